@@ -1,0 +1,66 @@
+"""An HDF5 cache of a fixed data set, so slow sources (1.28M PNGs, compressed npz) are decoded once.
+
+`cache_dir/{name}-{split}.h5` holds one dataset `images`: uint8 (N, C, H, W), chunked one image per chunk,
+with attributes name, split and source (the files it was read from). It is written to a temporary file
+and renamed into place, so a crash never leaves a half-written cache that later loads would trust. A
+cached split is read fully into memory (chunked data cannot be memory-mapped, and training touches all of
+it anyway); the source files are then not looked at, not even for staleness: delete the cache to rebuild.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from snailcompress.data.base import PathLike
+from snailcompress.errors import DatasetError
+
+
+def read_cache(path: Path, name: str, split: str) -> np.ndarray:
+    try:
+        with h5py.File(path, "r") as file:
+            stored = file["images"]
+            if (stored.attrs.get("name"), stored.attrs.get("split")) != (name, split) or stored.dtype != np.uint8 \
+                    or stored.ndim != 4:
+                raise DatasetError(f"{path} is not a cache of {name} {split}; delete it to rebuild it.")
+            images = np.empty(stored.shape, np.uint8)
+            stored.read_direct(images)
+    except (OSError, KeyError) as error:
+        raise DatasetError(f"{path} is not a readable cache ({error}); delete it to rebuild it.") from error
+    return images
+
+
+def write_cache(path: Path, images: np.ndarray, *, name: str, split: str, source: str) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(handle)
+        try:
+            with h5py.File(temporary, "w") as file:
+                stored = file.create_dataset("images", data=images, chunks=(1, *images.shape[1:]))
+                stored.attrs.update(name=name, split=split, source=source)
+            os.replace(temporary, path)
+        finally:
+            if os.path.exists(temporary):
+                os.unlink(temporary)
+    except OSError as error:
+        raise DatasetError(f"Cannot write the cache {path} ({error}).") from error
+
+
+def cached(
+    name: str, split: str, cache_dir: PathLike | None, read: Callable[[], tuple[np.ndarray, str]]
+) -> np.ndarray:
+    """The images from the cache if it exists, else from `read()`, writing the cache on the way."""
+    if cache_dir is None:
+        return read()[0]
+    path = Path(cache_dir) / f"{name}-{split}.h5"
+    if path.exists():
+        return read_cache(path, name, split)
+    images, source = read()
+    write_cache(path, images, name=name, split=split, source=source)
+    return images

@@ -1,0 +1,66 @@
+"""MNIST and Fashion-MNIST, from their IDX image files, gzipped or not.
+
+Only the image files are read: density estimation and compression need no labels.
+"""
+
+from __future__ import annotations
+
+import gzip
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from snailcompress.data.base import PathLike, not_found
+from snailcompress.errors import DatasetError
+
+IMAGE_FILES = {"train": "train-images-idx3-ubyte", "test": "t10k-images-idx3-ubyte"}
+UBYTE_3D_MAGIC = 0x00000803  # two zero bytes, type 0x08 (unsigned byte), 3 dimensions
+FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian/Ubuntu package dataset-fashion-mnist
+
+
+def read_idx_images(path: Path) -> np.ndarray:
+    """An IDX file of unsigned bytes, N x rows x cols, as (N, 1, rows, cols)."""
+    try:
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as file:
+            raw = file.read()
+    except (OSError, EOFError, zlib.error) as error:
+        raise DatasetError(f"{path} cannot be read ({error}); download it again.") from error
+    if len(raw) < 16 or struct.unpack(">I", raw[:4])[0] != UBYTE_3D_MAGIC:
+        raise DatasetError(f"{path} does not start with the IDX magic 0x00000803 of a 3-D unsigned-byte array.")
+    count, rows, cols = struct.unpack(">3I", raw[4:16])
+    if len(raw) != 16 + count * rows * cols:
+        raise DatasetError(
+            f"{path} holds {len(raw) - 16} bytes of pixels where its header promises {count}x{rows}x{cols}, "
+            "so it is truncated or damaged."
+        )
+    return np.frombuffer(raw, np.uint8, offset=16).reshape(count, 1, rows, cols)
+
+
+def _read(title: str, data_dir: PathLike | None, split: str, origin: str) -> tuple[np.ndarray, str]:
+    name = IMAGE_FILES[split]
+    candidates = [] if data_dir is None else [Path(data_dir) / name, Path(data_dir) / f"{name}.gz"]
+    path = next((p for p in candidates if p.is_file()), None)
+    if path is None:
+        raise not_found(title, data_dir, f"{name} or {name}.gz", origin)
+    images = read_idx_images(path)
+    if images.shape[2:] != (28, 28):
+        raise DatasetError(f"{path} holds {images.shape[2]}x{images.shape[3]} images where {title} has 28x28.")
+    return images, str(path)
+
+
+def read_mnist(data_dir: PathLike | None, split: str) -> tuple[np.ndarray, str]:
+    """Images (N, 1, 28, 28) of a split and the file they came from."""
+    return _read("MNIST", data_dir, split, "download from http://yann.lecun.com/exdb/mnist/")
+
+
+def read_fashion_mnist(data_dir: PathLike | None, split: str) -> tuple[np.ndarray, str]:
+    """Like read_mnist; with no data_dir, the system copy in /usr/share/datasets/fashion-mnist is used."""
+    return _read(
+        "Fashion-MNIST",
+        FASHION_MNIST_SYSTEM_DIR if data_dir is None else data_dir,
+        split,
+        "install with `apt-get install dataset-fashion-mnist` or download from "
+        "https://github.com/zalandoresearch/fashion-mnist",
+    )

@@ -1,0 +1,117 @@
+"""Downsampled ImageNet, 32x32 or 64x64, from either of its two official releases.
+
+- van den Oord et al. (2016): PNG folders train_32x32/ and valid_32x32/ (train_64x64/, valid_64x64/).
+  PixelCNN, PixelSNAIL and most density-estimation papers report bits/dim on this version.
+- Chrabaszcz et al. (2017): npz batches train_data_batch_1..10.npz and val_data.npz, rows in CIFAR's plane
+  order. Its images were resized differently, so its bits/dim do not compare with the papers'.
+
+When both are present the PNG folders win, so results compare with the paper. Files are looked for in
+DIR and in its immediate sub-folders (as the downloads unpack: Imagenet32_train_npz/, Imagenet32_val_npz/,
+...), skipping sub-folders named for the other resolution. The test split is the validation set.
+"""
+
+from __future__ import annotations
+
+import re
+import zipfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from snailcompress.data.base import PathLike, not_found, planes_to_images
+from snailcompress.errors import DatasetError
+
+_NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+_NPZ_ERRORS = (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, zlib.error)
+
+
+def _unreadable(path: Path, error: Exception) -> DatasetError:
+    return DatasetError(f"{path} is not a readable ImageNet npz batch ({type(error).__name__}: {error}).")
+
+
+def _search_dirs(root: Path, side: int) -> list[Path]:
+    """DIR, then its sub-folders by name, except those named for another resolution (Imagenet64_* for 32)."""
+    def other_resolution(name: str) -> bool:
+        match = re.match(r"imagenet(\d+)", name, re.IGNORECASE)
+        return match is not None and int(match.group(1)) != side
+
+    return [root, *sorted(p for p in root.iterdir() if p.is_dir() and not other_resolution(p.name))]
+
+
+def _npz_rows(path: Path, side: int) -> int:
+    """Number of images in an npz batch, checked from the `data` header alone, before anything is decompressed."""
+    try:
+        with zipfile.ZipFile(path) as archive, archive.open("data.npy") as member:
+            version = np.lib.format.read_magic(member)
+            shape, _, dtype = _NPY_HEADER_READERS[version](member)
+    except _NPZ_ERRORS as error:
+        raise _unreadable(path, error) from error
+    if dtype != np.uint8 or len(shape) != 2 or shape[1] != 3 * side * side:
+        raise DatasetError(
+            f"{path} holds {dtype} data of shape {shape} where uint8 rows of {3 * side * side} values "
+            f"(ImageNet{side}) were expected."
+        )
+    return shape[0]
+
+
+def _read_npz(paths: list[Path], side: int) -> np.ndarray:
+    """Fills one preallocated array batch by batch, so memory peaks at the data set plus one batch."""
+    counts = [_npz_rows(path, side) for path in paths]
+    images = np.empty((sum(counts), 3, side, side), np.uint8)
+    start = 0
+    for path, count in zip(paths, counts):
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                rows = npz["data"]
+        except _NPZ_ERRORS as error:
+            raise _unreadable(path, error) from error
+        images[start : start + count] = planes_to_images(rows, side, str(path))
+        start += count
+    return images
+
+
+def _read_pngs(folder: Path, side: int) -> np.ndarray:
+    """Every PNG in the folder, sorted by name. Slow for the 1.28M training images: use a cache_dir."""
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".png")
+    if not paths:
+        raise DatasetError(f"{folder} holds no PNG files, so it is not an ImageNet{side} folder.")
+    images = np.empty((len(paths), 3, side, side), np.uint8)
+    for i, path in enumerate(paths):
+        try:
+            with Image.open(path) as image:
+                pixels = np.asarray(image.convert("RGB"))
+        except OSError as error:
+            raise DatasetError(f"{path} is not a readable PNG ({error}).") from error
+        if pixels.shape != (side, side, 3):
+            size = f"{pixels.shape[1]}x{pixels.shape[0]}"
+            raise DatasetError(f"{path} is {size} where ImageNet{side} images are {side}x{side}.")
+        images[i] = pixels.transpose(2, 0, 1)
+    return images
+
+
+def read(data_dir: PathLike | None, split: str, side: int) -> tuple[np.ndarray, str]:
+    """Images (N, 3, side, side) of a split and the files they came from."""
+    png_folder = f"{'train' if split == 'train' else 'valid'}_{side}x{side}"
+    npz_files = [f"train_data_batch_{i}.npz" for i in range(1, 11)] if split == "train" else ["val_data.npz"]
+    if data_dir is not None and Path(data_dir).is_dir():
+        dirs = _search_dirs(Path(data_dir), side)
+        for folder in (d / png_folder for d in dirs):
+            if folder.is_dir():
+                return _read_pngs(folder, side), str(folder)
+        found = {name: next((d / name for d in dirs if (d / name).is_file()), None) for name in npz_files}
+        paths = [path for path in found.values() if path is not None]
+        if paths:
+            missing = [name for name, path in found.items() if path is None]
+            if missing:
+                raise DatasetError(f"ImageNet{side} in {data_dir} is incomplete: {', '.join(missing)} missing.")
+            return _read_npz(paths, side), ", ".join(map(str, paths))
+    raise not_found(
+        f"ImageNet{side}",
+        data_dir,
+        f"{png_folder}/ (van den Oord et al., as in the paper) or "
+        f"{npz_files[0] if len(npz_files) == 1 else f'{npz_files[0]} to {npz_files[-1]}'} (Chrabaszcz et al.), "
+        "in it or one sub-folder below",
+        "download Downsampled ImageNet from https://image-net.org/download-images",
+    )

@@ -1,0 +1,33 @@
+"""Errors a user can cause. The CLI prints them as one line and exits non-zero; anything else is a bug."""
+
+
+class SnailError(Exception):
+    """Base class: the message is a complete, user-facing sentence."""
+
+    exit_code = 1
+
+
+class UsageError(SnailError):
+    """Bad arguments: unknown model, unknown codec, conflicting options."""
+
+    exit_code = 2
+
+
+class DatasetError(SnailError):
+    """A data set is missing, incomplete or not in the official format."""
+
+
+class ImageError(SnailError):
+    """An input image cannot be read or cannot be coded exactly (mode, bit depth)."""
+
+
+class FormatError(SnailError):
+    """A .snail file is not valid: wrong magic, unknown version, corrupt, truncated."""
+
+
+class ExactnessError(SnailError):
+    """Decoding here could not reproduce the encoder's probability tables bit for bit."""
+
+
+class ModelError(SnailError):
+    """A model name, checkpoint or weights file is unknown or invalid."""

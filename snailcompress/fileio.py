@@ -1,0 +1,109 @@
+"""Writing output files safely: all or nothing, and never over an existing file by accident.
+
+`atomic_write` writes the bytes to a hidden temporary file in the target's directory, flushes it
+to disk and then moves it into place in one step, so a reader (or a crash) never sees a half-written
+file.  Used for .snail files and for decoded images.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+
+from snailcompress.errors import SnailError
+
+__all__ = ["OutputExistsError", "atomic_write"]
+
+
+class OutputExistsError(SnailError, FileExistsError):
+    """The output file exists and overwriting was not asked for."""
+
+
+def _reason(e: OSError) -> str:
+    return e.strerror or str(e) or type(e).__name__
+
+
+def atomic_write(path: str | os.PathLike, data: bytes, overwrite: bool = False) -> None:
+    """Write ``data`` to ``path`` atomically.
+
+    Refuses an existing ``path`` unless ``overwrite`` (OutputExistsError, a SnailError).  Any
+    operating-system failure (missing or unwritable directory, full disk, ...) becomes a SnailError
+    with one sentence.  The temporary file is removed on every failure path.
+    """
+    path = os.fspath(path)
+    if isinstance(path, bytes):
+        path = os.fsdecode(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    name = os.path.basename(path)
+    if not name:
+        raise SnailError(f"cannot write {path!r}: not a file name")
+    if os.path.isdir(path):
+        raise SnailError(f"cannot write {path}: it is a directory")
+    if not overwrite and os.path.lexists(path):
+        raise OutputExistsError(f"{path} already exists (use -f to overwrite)")
+    if not os.path.isdir(directory):
+        raise SnailError(f"cannot write {path}: directory {directory} does not exist")
+
+    tmp = None
+    fd = -1
+    try:
+        for _ in range(100):
+            candidate = os.path.join(directory, f".{name}.{secrets.token_hex(6)}.tmp")
+            try:
+                fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+            except FileExistsError:
+                continue
+            tmp = candidate
+            break
+        else:  # pragma: no cover - 100 collisions of 48 random bits
+            raise SnailError(f"cannot write {path}: could not create a temporary file in {directory}")
+        view = memoryview(data)
+        while view:
+            n = os.write(fd, view)
+            view = view[n:]
+        os.fsync(fd)
+        os.close(fd)
+        fd = -1
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            _move_no_clobber(tmp, path)
+        tmp = None
+    except SnailError:
+        raise
+    except PermissionError as e:
+        raise SnailError(f"cannot write {path}: permission denied ({directory} is not writable)") from e
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise SnailError(f"cannot write {path}: no space left on the device") from e
+        raise SnailError(f"cannot write {path}: {_reason(e)}") from e
+    finally:
+        if fd >= 0:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+
+
+def _move_no_clobber(tmp: str, path: str) -> None:
+    """Move tmp to path, failing if path appeared meanwhile (hard link where the file system allows)."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError as e:
+        raise OutputExistsError(f"{path} already exists (use -f to overwrite)") from e
+    except OSError:
+        # No hard links here (FAT, some network file systems): check, then replace.
+        if os.path.lexists(path):
+            raise OutputExistsError(f"{path} already exists (use -f to overwrite)") from None
+        os.replace(tmp, path)
+        return
+    try:
+        os.unlink(tmp)
+    except OSError:  # pragma: no cover - the data is in place; only a stray link would remain
+        pass

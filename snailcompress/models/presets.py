@@ -1,0 +1,107 @@
+"""Named model configurations: the paper's, and smaller ones sized for a CPU.
+
+A preset fixes the architecture; the data decides the channel count (`build(name, channels=1)` gives
+the grayscale variant of any preset).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch.nn as nn
+
+from ..errors import ModelError
+from .layers import count_parameters
+from .pixelcnnpp import PixelCNNpp, PixelCNNppConfig
+from .pixelsnail import PixelSNAIL, PixelSNAILConfig
+
+ARCHITECTURES = {"pixelsnail": (PixelSNAIL, PixelSNAILConfig), "pixelcnnpp": (PixelCNNpp, PixelCNNppConfig)}
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    config: PixelSNAILConfig | PixelCNNppConfig
+    description: str
+
+    @property
+    def architecture(self) -> str:
+        return self.config.to_dict()["architecture"]
+
+
+PRESETS = {
+    p.name: p
+    for p in [
+        Preset(
+            "pixelsnail-cifar10",
+            PixelSNAILConfig(filters=256, blocks=12, resnets_per_block=4, mixtures=10, dropout=0.5),
+            "the paper's CIFAR-10 model (2.85 bits/dim)",
+        ),
+        Preset(
+            "pixelsnail-imagenet32",
+            PixelSNAILConfig(filters=256, blocks=12, resnets_per_block=4, mixtures=32, dropout=0.0),
+            "the paper's ImageNet 32x32 model (3.80 bits/dim)",
+        ),
+        Preset(
+            "pixelsnail-small",
+            PixelSNAILConfig(filters=64, blocks=4, resnets_per_block=2, value_channels=32, mixtures=10, dropout=0.0),
+            "CPU-sized PixelSNAIL: 4 attention blocks of 2 resnets, 64 filters",
+        ),
+        Preset(
+            "pixelsnail-tiny",
+            PixelSNAILConfig(filters=32, blocks=2, resnets_per_block=2, value_channels=16, mixtures=5, dropout=0.0),
+            "tests and quick experiments",
+        ),
+        Preset(
+            "pixelcnnpp-cifar10",
+            PixelCNNppConfig(filters=160, resnets_per_stage=5, mixtures=10, dropout=0.5),
+            "PixelCNN++ as in its paper (2.92 bits/dim on CIFAR-10)",
+        ),
+        Preset(
+            "pixelcnnpp-small",
+            PixelCNNppConfig(filters=64, resnets_per_stage=2, mixtures=10, dropout=0.0),
+            "CPU-sized PixelCNN++: 2 resnets per stage, 64 filters",
+        ),
+        Preset(
+            "pixelcnnpp-tiny",
+            PixelCNNppConfig(filters=32, resnets_per_stage=1, mixtures=5, dropout=0.0),
+            "tests and quick experiments",
+        ),
+    ]
+}
+
+
+def config_from_dict(d: dict) -> PixelSNAILConfig | PixelCNNppConfig:
+    """Inverse of `config.to_dict()` (as stored in checkpoints)."""
+    d = dict(d)
+    arch = d.pop("architecture", None)
+    if arch not in ARCHITECTURES:
+        raise ModelError(f"unknown architecture {arch!r} in model config; known: {', '.join(ARCHITECTURES)}")
+    try:
+        return ARCHITECTURES[arch][1](**d)
+    except TypeError as e:
+        raise ModelError(f"invalid {arch} config: {e}") from None
+
+
+def build_from_config(config: PixelSNAILConfig | PixelCNNppConfig) -> nn.Module:
+    model_cls = ARCHITECTURES[config.to_dict()["architecture"]][0]
+    return model_cls(config)
+
+
+def preset_config(name: str, channels: int | None = None, **overrides) -> PixelSNAILConfig | PixelCNNppConfig:
+    if name not in PRESETS:
+        raise ModelError(f"unknown model preset {name!r}; known: {', '.join(PRESETS)}")
+    config = PRESETS[name].config
+    if channels is not None:
+        overrides["channels"] = channels
+    return replace(config, **overrides) if overrides else config
+
+
+def build(name: str, channels: int | None = None, **overrides) -> nn.Module:
+    """A freshly initialised model of preset `name` (weights random until data-dependent init)."""
+    return build_from_config(preset_config(name, channels, **overrides))
+
+
+def parameter_counts(channels: int = 3) -> list[tuple[str, int, str]]:
+    """(name, parameter count, description) of every preset, for `snailcompress models`."""
+    return [(p.name, count_parameters(build(p.name, channels)), p.description) for p in PRESETS.values()]

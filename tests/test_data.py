@@ -1,0 +1,448 @@
+"""Dataset readers, on tiny fixtures written in each data set's official format."""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import io
+import os
+import pickle
+import struct
+import tarfile
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from snailcompress.data import DATASETS, load_split
+from snailcompress.data.folder import find_images
+from snailcompress.data.idx import FASHION_MNIST_SYSTEM_DIR
+from snailcompress.errors import DatasetError
+
+KODAK = Path("/work/shared/data/kodak")
+
+
+@contextlib.contextmanager
+def raises_sentence(match: str):
+    """pytest.raises for a DatasetError whose message matches and is one line ending in a full stop."""
+    with pytest.raises(DatasetError, match=match) as info:
+        yield info
+    message = str(info.value)
+    assert "\n" not in message and message.endswith("."), message
+
+
+# ---------------------------------------------------------------------------------------------------- CIFAR-10
+
+
+class Python2Pickler(pickle._Pickler):
+    """Writes bytes as Python 2 `str` opcodes, as the official batches (pickled by Python 2) do."""
+
+    dispatch = dict(pickle._Pickler.dispatch)
+
+    def save_bytes(self, obj):
+        if len(obj) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(obj)]) + obj)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", len(obj)) + obj)
+        self.memoize(obj)
+
+    dispatch[bytes] = save_bytes
+
+
+def cifar_batch(rows: np.ndarray, style: str) -> bytes:
+    """A batch pickled with protocol 2: "numpy.core" is byte for byte how the official files name things."""
+    batch = {
+        b"batch_label": b"training batch 1 of 5",
+        b"labels": [i % 10 for i in range(len(rows))],
+        b"data": rows,
+        b"filenames": [b"img_%d.png" % i for i in range(len(rows))],
+    }
+    if style == "python3":
+        return pickle.dumps(batch, protocol=2)
+    file = io.BytesIO()
+    Python2Pickler(file, protocol=2).dump(batch)
+    raw = file.getvalue()
+    if style == "numpy.core":
+        raw = raw.replace(b"cnumpy._core.multiarray\n", b"cnumpy.core.multiarray\n")
+    return raw
+
+
+def write_cifar(root: Path, layout: str, style: str = "numpy.core", members: dict[str, bytes] | None = None):
+    """The official batches (2 images each here, 3 in test_batch) as archive, folder, or the folder itself."""
+    rng = np.random.default_rng(1)
+    rows = {f"data_batch_{i}": rng.integers(0, 256, (2, 3072), dtype=np.uint8) for i in range(1, 6)}
+    rows["test_batch"] = rng.integers(0, 256, (3, 3072), dtype=np.uint8)
+    rows["data_batch_2"][1, 0 * 1024 + 5 * 32 + 7] = 201  # R at (y=5, x=7) of the 4th training image
+    rows["data_batch_2"][1, 2 * 1024 + 31 * 32 + 0] = 77  # B at (y=31, x=0)
+    files = {name: cifar_batch(r, style) for name, r in rows.items()} | (members or {})
+    if layout == "archive":
+        with tarfile.open(root / "cifar-10-python.tar.gz", "w:gz") as tar:
+            for name, raw in files.items():
+                info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+                info.size = len(raw)
+                tar.addfile(info, io.BytesIO(raw))
+        return root, rows
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir()
+    for name, raw in files.items():
+        (folder / name).write_bytes(raw)
+    return (root if layout == "folder" else folder), rows
+
+
+@pytest.mark.parametrize("style", ["numpy.core", "numpy._core", "python3"])
+@pytest.mark.parametrize("layout", ["archive", "folder", "folder itself"])
+def test_cifar_reads_every_official_layout(tmp_path, layout, style):
+    data_dir, rows = write_cifar(tmp_path, layout, style)
+    train = load_split("cifar10", data_dir, "train")
+    test = load_split("cifar10", data_dir, "test")
+    assert (train.name, train.channels, train.image_size, len(train), len(test)) == ("cifar10", 3, (32, 32), 10, 3)
+    assert train.array.dtype == np.uint8 and train.array.shape == (10, 3, 32, 32)
+    assert train.array[3, 0, 5, 7] == 201 and train.array[3, 2, 31, 0] == 77
+    expected = np.concatenate([rows[f"data_batch_{i}"] for i in range(1, 6)]).reshape(10, 3, 32, 32)
+    np.testing.assert_array_equal(train.array, expected)
+    np.testing.assert_array_equal(test.array, rows["test_batch"].reshape(3, 3, 32, 32))
+    item = train[3]
+    assert item.dtype == torch.uint8 and item.shape == (3, 32, 32) and item[0, 5, 7] == 201
+
+
+class RunsShell:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.parametrize("layout", ["archive", "folder"])
+def test_cifar_refuses_a_pickle_that_calls_a_function_and_never_runs_it(tmp_path, layout):
+    marker = tmp_path / "pwned"
+    hostile = pickle.dumps({b"data": RunsShell(marker)}, protocol=2)
+    data_dir, _ = write_cifar(tmp_path, layout, members={"data_batch_3": hostile})
+    with raises_sentence(r"system"):
+        load_split("cifar10", data_dir, "train")
+    assert not marker.exists()
+    pickle.loads(hostile)  # the fixture really is hostile: plain pickle runs it
+    assert marker.exists()
+
+
+def test_cifar_refuses_a_codec_other_than_latin1(tmp_path):
+    raw = pickle.dumps({b"data": b"x"}, protocol=2).replace(b"latin1", b"rot13_")
+    data_dir, _ = write_cifar(tmp_path, "folder", members={"test_batch": raw})
+    with raises_sentence("codec"):
+        load_split("cifar10", data_dir, "test")
+
+
+def test_cifar_damaged_files(tmp_path):
+    wrong_shape = cifar_batch(np.zeros((2, 3000), np.uint8), "numpy.core")
+    data_dir, _ = write_cifar(tmp_path, "folder", members={"data_batch_1": wrong_shape})
+    with raises_sentence(r"shape \(2, 3000\)"):
+        load_split("cifar10", data_dir, "train")
+    (data_dir / "cifar-10-batches-py" / "data_batch_1").write_bytes(pickle.dumps([1, 2], protocol=2))
+    with raises_sentence("no b'data' array"):
+        load_split("cifar10", data_dir, "train")
+    (data_dir / "cifar-10-batches-py" / "data_batch_1").write_bytes(wrong_shape[:100])
+    with raises_sentence("not a readable CIFAR-10 batch"):
+        load_split("cifar10", data_dir, "train")
+    (data_dir / "cifar-10-batches-py" / "data_batch_1").unlink()
+    with raises_sentence("incomplete: data_batch_1 missing"):
+        load_split("cifar10", data_dir, "train")
+
+
+def test_cifar_archive_without_batches_or_truncated(tmp_path):
+    with tarfile.open(tmp_path / "cifar-10-python.tar.gz", "w:gz") as tar:
+        info = tarfile.TarInfo("cifar-10-batches-py/readme.html")
+        tar.addfile(info, io.BytesIO(b""))
+    with raises_sentence("lacks cifar-10-batches-py/test_batch"):
+        load_split("cifar10", tmp_path, "test")
+    other = tmp_path / "other"
+    other.mkdir()
+    write_cifar(other, "archive")
+    raw = (other / "cifar-10-python.tar.gz").read_bytes()
+    (tmp_path / "cifar-10-python.tar.gz").write_bytes(raw[: len(raw) // 2])
+    with raises_sentence("not a readable tar.gz"):
+        load_split("cifar10", tmp_path, "train")
+
+
+# ---------------------------------------------------------------------------------------------------- ImageNet
+
+
+def write_npz_batches(folders: list[Path], side: int, split: str, seed: int = 0) -> np.ndarray:
+    """Chrabaszcz et al.'s batches (1 to 3 images each), spread over `folders` in turn; returns all rows."""
+    rng = np.random.default_rng(seed)
+    names = [f"train_data_batch_{i}.npz" for i in range(1, 11)] if split == "train" else ["val_data.npz"]
+    rows = []
+    for i, name in enumerate(names):
+        data = rng.integers(0, 256, (1 + i % 3, 3 * side * side), dtype=np.uint8)
+        folder = folders[i * len(folders) // len(names)]
+        folder.mkdir(parents=True, exist_ok=True)
+        np.savez(folder / name, data=data, labels=np.arange(len(data)) + 1, mean=data.mean(axis=0))
+        rows.append(data)
+    return np.concatenate(rows)
+
+
+@pytest.mark.parametrize("layout", ["flat", "sub-folders"])
+def test_imagenet32_npz_batches(tmp_path, layout):
+    train_dir = tmp_path if layout == "flat" else tmp_path / "Imagenet32_train_npz"
+    val_dir = tmp_path if layout == "flat" else tmp_path / "Imagenet32_val_npz"
+    train_rows = write_npz_batches([train_dir], 32, "train")
+    val_rows = write_npz_batches([val_dir], 32, "test", seed=1)
+    write_npz_batches([tmp_path / "Imagenet64_train_npz"], 64, "train")  # the other resolution: ignored
+    train = load_split("imagenet32", tmp_path, "train")
+    test = load_split("imagenet32", tmp_path, "test")
+    assert (train.name, train.channels, train.image_size, len(train), len(test)) == ("imagenet32", 3, (32, 32), 19, 1)
+    np.testing.assert_array_equal(train.array, train_rows.reshape(-1, 3, 32, 32))
+    np.testing.assert_array_equal(test.array, val_rows.reshape(-1, 3, 32, 32))
+    assert train.array[4, 1, 2, 3] == train_rows[4, 1024 + 2 * 32 + 3]
+
+
+def test_imagenet64_npz_batches_in_two_parts(tmp_path):
+    rows = write_npz_batches([tmp_path / "Imagenet64_train_part1_npz", tmp_path / "Imagenet64_train_part2_npz"], 64,
+                             "train")
+    train = load_split("imagenet64", tmp_path, "train")
+    assert train.image_size == (64, 64)
+    np.testing.assert_array_equal(train.array, rows.reshape(-1, 3, 64, 64))
+
+
+def test_imagenet_png_folders_are_preferred_and_sorted_by_name(tmp_path):
+    write_npz_batches([tmp_path], 32, "test")
+    folder = tmp_path / "valid_32x32"
+    folder.mkdir()
+    rng = np.random.default_rng(2)
+    pixels = {name: rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for name in ["b.png", "a.png", "c.png"]}
+    for name, p in pixels.items():
+        Image.fromarray(p).save(folder / name)
+    test = load_split("imagenet32", tmp_path, "test")
+    expected = np.stack([pixels[name].transpose(2, 0, 1) for name in sorted(pixels)])
+    np.testing.assert_array_equal(test.array, expected)
+
+
+def test_imagenet_damaged_files(tmp_path):
+    write_npz_batches([tmp_path], 32, "train")
+    (tmp_path / "train_data_batch_7.npz").unlink()
+    with raises_sentence("incomplete: train_data_batch_7.npz missing"):
+        load_split("imagenet32", tmp_path, "train")
+    raw = (tmp_path / "train_data_batch_6.npz").read_bytes()
+    (tmp_path / "train_data_batch_7.npz").write_bytes(raw[: len(raw) // 2])
+    with raises_sentence("train_data_batch_7.npz is not a readable ImageNet npz batch"):
+        load_split("imagenet32", tmp_path, "train")
+    np.savez(tmp_path / "train_data_batch_7.npz", data=np.zeros((2, 3 * 64 * 64), np.uint8))
+    with raises_sentence(r"shape \(2, 12288\)"):
+        load_split("imagenet32", tmp_path, "train")
+    np.savez(tmp_path / "val_data.npz", data=np.array([None, 1], dtype=object))
+    with raises_sentence("object data"):
+        load_split("imagenet32", tmp_path, "test")
+    (tmp_path / "valid_32x32").mkdir()
+    Image.new("RGB", (31, 32)).save(tmp_path / "valid_32x32" / "0.png")
+    with raises_sentence("31x32 where ImageNet32 images are 32x32"):
+        load_split("imagenet32", tmp_path, "test")
+
+
+# ------------------------------------------------------------------------------------------ MNIST, Fashion-MNIST
+
+
+def idx_bytes(images: np.ndarray, magic: int = 0x00000803) -> bytes:
+    return struct.pack(">4I", magic, *images.shape) + images.tobytes()
+
+
+@pytest.mark.parametrize("name", ["mnist", "fashion-mnist"])
+@pytest.mark.parametrize("gzipped", [False, True])
+def test_idx_images(tmp_path, name, gzipped):
+    rng = np.random.default_rng(3)
+    images = {"train": rng.integers(0, 256, (4, 28, 28), dtype=np.uint8), "test": np.zeros((2, 28, 28), np.uint8)}
+    images["train"][2, 27, 1] = 250
+    for split, stem in [("train", "train-images-idx3-ubyte"), ("test", "t10k-images-idx3-ubyte")]:
+        raw = idx_bytes(images[split])
+        (tmp_path / (stem + ".gz" if gzipped else stem)).write_bytes(gzip.compress(raw) if gzipped else raw)
+    train = load_split(name, tmp_path, "train")
+    assert (train.name, train.channels, train.image_size, len(train)) == (name, 1, (28, 28), 4)
+    assert train.array[2, 0, 27, 1] == 250 and train[2].shape == (1, 28, 28)
+    np.testing.assert_array_equal(train.array[:, 0], images["train"])
+    assert len(load_split(name, tmp_path, "test")) == 2
+
+
+def test_idx_damaged_files(tmp_path):
+    path = tmp_path / "train-images-idx3-ubyte"
+    good = idx_bytes(np.zeros((3, 28, 28), np.uint8))
+    path.write_bytes(idx_bytes(np.zeros((3, 28, 28), np.uint8), magic=0x00000801))
+    with raises_sentence("IDX magic"):
+        load_split("mnist", tmp_path, "train")
+    path.write_bytes(good[:-5])
+    with raises_sentence("truncated or damaged"):
+        load_split("mnist", tmp_path, "train")
+    path.write_bytes(idx_bytes(np.zeros((3, 27, 28), np.uint8)))
+    with raises_sentence("27x28 images"):
+        load_split("mnist", tmp_path, "train")
+    path.unlink()
+    (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(good)[:-20])
+    with raises_sentence("cannot be read"):
+        load_split("fashion-mnist", tmp_path, "train")
+    with raises_sentence(r"apt-get install dataset-fashion-mnist.*zalandoresearch"):
+        load_split("fashion-mnist", tmp_path, "test")
+
+
+@pytest.mark.skipif(not FASHION_MNIST_SYSTEM_DIR.is_dir(), reason="apt-get install dataset-fashion-mnist")
+def test_real_fashion_mnist_from_the_system_location():
+    train = load_split("fashion-mnist", None, "train")
+    test = load_split("fashion-mnist", None, "test")
+    assert train.array.shape == (60000, 1, 28, 28) and test.array.shape == (10000, 1, 28, 28)
+    assert 0 < train.array.mean() < 255 and train.array.max() == 255
+
+
+# ---------------------------------------------------------------------------------------------------- cache
+
+
+def test_cache_is_written_once_and_then_replaces_the_source(tmp_path):
+    data_dir, _ = write_cifar(tmp_path, "folder")
+    cache_dir = tmp_path / "cache"
+    first = load_split("cifar10", data_dir, "train", cache_dir=cache_dir)
+    assert sorted(p.name for p in cache_dir.iterdir()) == ["cifar10-train.h5"]  # no temporary file left
+    with h5py.File(cache_dir / "cifar10-train.h5", "r") as file:
+        stored = file["images"]
+        assert stored.dtype == np.uint8 and stored.chunks == (1, 3, 32, 32)
+        assert stored.attrs["name"] == "cifar10" and "cifar-10-batches-py" in stored.attrs["source"]
+    for batch in (data_dir / "cifar-10-batches-py").iterdir():
+        batch.unlink()
+    second = load_split("cifar10", data_dir, "train", cache_dir=cache_dir)
+    np.testing.assert_array_equal(second.array, first.array)
+    assert second.name == "cifar10" and second.image_size == (32, 32)
+    with raises_sentence("not found"):
+        load_split("cifar10", data_dir, "test", cache_dir=cache_dir)
+    (cache_dir / "cifar10-test.h5").write_bytes(b"not hdf5")
+    with raises_sentence("delete it to rebuild it"):
+        load_split("cifar10", data_dir, "test", cache_dir=cache_dir)
+
+
+# ---------------------------------------------------------------------------------------------------- folder
+
+
+def coordinate_image(width: int, height: int) -> np.ndarray:
+    """R = x, G = y: a crop's top-left pixel says where it was cut."""
+    y, x = np.mgrid[:height, :width]
+    return np.stack([x, y, np.full_like(x, 9)], axis=-1).astype(np.uint8)
+
+
+def test_folder_train_crops_are_windows_and_pure_functions_of_seed_epoch_index(tmp_path):
+    image = coordinate_image(100, 80)
+    Image.fromarray(image).save(tmp_path / "a.png")
+    ds = load_split("folder", tmp_path, "train", crop=16, scales=(1.0,), samples_per_epoch=50, seed=7)
+    assert (ds.name, ds.channels, ds.image_size, len(ds)) == ("folder", 3, (16, 16), 50)
+    crops = [ds[i] for i in range(len(ds))]
+    for crop in crops:
+        assert crop.dtype == torch.uint8 and crop.shape == (3, 16, 16)
+        x, y = int(crop[0, 0, 0]), int(crop[1, 0, 0])
+        np.testing.assert_array_equal(crop.numpy(), image[y : y + 16, x : x + 16].transpose(2, 0, 1))
+    again = load_split("folder", tmp_path, "train", crop=16, scales=(1.0,), samples_per_epoch=50, seed=7)
+    assert all(torch.equal(again[i], crops[i]) for i in reversed(range(50)))
+    again.set_epoch(1)
+    assert sum(torch.equal(again[i], crops[i]) for i in range(50)) < 5
+    again.set_epoch(0)
+    assert all(torch.equal(again[i], crops[i]) for i in range(50))
+    with pytest.raises(IndexError):
+        ds[50]
+
+
+def test_folder_epoch_reaches_persistent_dataloader_workers(tmp_path):
+    Image.fromarray(coordinate_image(100, 80)).save(tmp_path / "a.png")
+    ds = load_split("folder", tmp_path, "train", crop=16, scales=(1.0,), samples_per_epoch=8)
+    loader = DataLoader(ds, batch_size=8, num_workers=1, persistent_workers=True)
+    for epoch in range(2):
+        ds.set_epoch(epoch)
+        (batch,) = list(loader)
+        assert torch.equal(batch, torch.stack([ds[i] for i in range(8)]))
+    assert ds.epoch == 1
+
+
+def test_folder_downsamples_with_a_box_filter(tmp_path):
+    image = np.random.default_rng(4).integers(0, 256, (20, 26, 3), dtype=np.uint8)
+    Image.fromarray(image).save(tmp_path / "a.png")
+    ds = load_split("folder", tmp_path, "train", crop=8, scales=(0.5,), samples_per_epoch=20)
+    box = ((image.reshape(10, 2, 13, 2, 3).astype(int).sum(axis=(1, 3)) + 2) // 4).astype(np.uint8)  # rounds half up
+    windows = {box[y : y + 8, x : x + 8].transpose(2, 0, 1).tobytes() for y in range(3) for x in range(6)}
+    assert all(ds[i].numpy().tobytes() in windows for i in range(len(ds)))
+    test = load_split("folder", tmp_path, "test", crop=8, scales=(1.0, 0.5), holdout=["a"])
+    assert len(test) == 2 * 3 + 1 * 1
+    np.testing.assert_array_equal(test.array[6], box[:8, :8].transpose(2, 0, 1))
+
+
+def test_folder_draws_images_by_area_and_skips_those_smaller_than_the_crop(tmp_path):
+    for name, (width, height), value in [("wide", (17, 16), 10), ("square", (16, 16), 20), ("small", (8, 8), 30)]:
+        Image.new("RGB", (width, height), (value,) * 3).save(tmp_path / f"{name}.png")
+    ds = load_split("folder", tmp_path, "train", crop=16, scales=(1.0, 0.5), samples_per_epoch=3000)
+    values = np.array([int(ds[i][0, 0, 0]) for i in range(len(ds))])
+    assert set(values) == {10, 20}
+    assert 0.62 < np.mean(values == 10) < 0.71  # 2 crop positions against 1
+    assert len(load_split("folder", tmp_path, "train", crop=8, scales=(1.0, 0.5))) == (4 + 4 + 1) + (1 + 1)
+
+
+def test_folder_holdout_splits_and_tile_order(tmp_path):
+    colours = {"a": 10, "b": 20, "c": 30}
+    for name, value in colours.items():
+        Image.new("RGB", (48, 32), (value, 0, 0)).save(tmp_path / f"{name}.png")
+    image = coordinate_image(48, 32)
+    Image.fromarray(image).save(tmp_path / "b.png")
+    train = load_split("folder", tmp_path, "train", crop=16, scales=(1.0,), holdout=["b.png", "c"])
+    assert {int(train[i][0, 0, 0]) for i in range(len(train))} == {10}
+    test = load_split("folder", tmp_path, "test", crop=16, scales=(1.0,), holdout=["b.png", "c"])
+    assert test.array.shape == (12, 3, 16, 16) and isinstance(test[0], torch.Tensor)
+    np.testing.assert_array_equal(test.array[1], image[0:16, 16:32].transpose(2, 0, 1))
+    np.testing.assert_array_equal(test.array[3], image[16:32, 0:16].transpose(2, 0, 1))
+    assert (test.array[6:, 0] == 30).all()
+    with raises_sentence("no image named d to hold out"):
+        load_split("folder", tmp_path, "test", holdout=["c", "d"])
+    with raises_sentence("no test split"):
+        load_split("folder", tmp_path, "test")
+    with raises_sentence("train split is empty"):
+        load_split("folder", tmp_path, "train", holdout=["a", "b", "c"])
+
+
+def test_folder_colour_modes_and_file_discovery(tmp_path):
+    rgba = np.random.default_rng(5).integers(0, 256, (16, 16, 4), dtype=np.uint8)
+    (tmp_path / "sub").mkdir()
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "sub" / "x.PNG")
+    Image.new("L", (16, 16), 5).save(tmp_path / "y.pgm")
+    (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / ".hidden.png").write_bytes(b"resource fork")
+    assert [p.name for p in find_images(tmp_path)] == ["x.PNG", "y.pgm"]
+    colour = load_split("folder", tmp_path, "test", crop=16, scales=(1.0,), holdout=["x"])
+    np.testing.assert_array_equal(colour.array[0], rgba[..., :3].transpose(2, 0, 1))
+    gray = load_split("folder", tmp_path, "train", crop=16, scales=(1.0,), channels=1, holdout=["x"])
+    assert gray.channels == 1 and torch.equal(gray[0], torch.full((1, 16, 16), 5, dtype=torch.uint8))
+
+
+@pytest.mark.skipif(not KODAK.is_dir(), reason="no Kodak images in /work/shared/data/kodak")
+def test_folder_on_kodak():
+    train = load_split("folder", KODAK, "train", holdout=["kodim01"])
+    test = load_split("folder", KODAK, "test", holdout=["kodim01"])
+    tiles_per_image = 24 * 16 + 12 * 8 + 6 * 4  # 768x512 at scales 1, 1/2, 1/4
+    assert len(test) == tiles_per_image and len(train) == 23 * tiles_per_image
+    assert train[0].shape == (3, 32, 32) and train[0].dtype == torch.uint8
+    with Image.open(KODAK / "kodim01.png") as image:
+        np.testing.assert_array_equal(test.array[0], np.asarray(image.convert("RGB"))[:32, :32].transpose(2, 0, 1))
+
+
+# ---------------------------------------------------------------------------------------------------- load_split
+
+
+def test_load_split_rejects_unknown_names_and_misplaced_options(tmp_path):
+    with raises_sentence("Unknown data set 'svhn': the known data sets are " + ", ".join(DATASETS)):
+        load_split("svhn", tmp_path, "train")
+    with raises_sentence("Unknown split 'val'"):
+        load_split("cifar10", tmp_path, "val")
+    with raises_sentence("folder data set only"):
+        load_split("cifar10", tmp_path, "train", holdout=["x"])
+    with raises_sentence("CIFAR-10 needs a data directory"):
+        load_split("cifar10", None, "train")
+
+
+def test_fixed_items_are_copies_of_a_read_only_array(tmp_path):
+    data_dir, _ = write_cifar(tmp_path, "folder")
+    ds = load_split("cifar10", data_dir, "test")
+    item = ds[0]
+    item.zero_()
+    assert ds.array[0].any() and not ds.array.flags.writeable
+    ds.set_epoch(3)
+    assert torch.equal(ds[1], torch.from_numpy(ds.array[1].copy()))
