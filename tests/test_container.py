@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import struct
 import time
 import tracemalloc
@@ -377,7 +378,7 @@ _DELETE = object()
 def test_invalid_headers(changes, match):
     e = fails(_mutated(**changes))
     assert str(e).startswith("header is invalid: ")
-    assert __import__("re").search(match, str(e)), str(e)
+    assert re.search(match, str(e)), str(e)
 
 
 @pytest.mark.parametrize(
@@ -405,7 +406,7 @@ def test_invalid_extras(mode, extras, match):
     obj["planes"] = [dict(obj["planes"][0], channels=C.MODE_CHANNELS[mode])]
     obj["extras"] = extras
     e = fails(forge(obj))
-    assert __import__("re").search(match, str(e)), str(e)
+    assert re.search(match, str(e)), str(e)
 
 
 @pytest.mark.parametrize(
@@ -424,7 +425,7 @@ def test_invalid_extras(mode, extras, match):
 )
 def test_malformed_json(raw, match):
     e = fails(forge(None, payload_words=[], raw_header=raw))
-    assert __import__("re").search(match, str(e)), str(e)
+    assert re.search(match, str(e)), str(e)
 
 
 def test_lone_surrogate_in_string_is_refused():

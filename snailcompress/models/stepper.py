@@ -100,7 +100,7 @@ class PixelSNAILStepper:
                         "q_resnet": _StepResnet(block.q_resnet, batch, width, spatial=False),
                         "q_proj": _Linear(block.q_proj),
                         "out_resnet": _StepResnet(block.out_resnet, batch, width, spatial=False),
-                        "keys": torch.zeros(batch, n, cfg.key_channels),
+                        "keys": torch.zeros(batch, cfg.key_channels, n),  # (B, dk, N): q @ K[:, :, :p] is one fast bmm
                         "values": torch.zeros(batch, n, cfg.value_channels),
                     }
                 )
@@ -136,9 +136,9 @@ class PixelSNAILStepper:
     def _attend(self, query: torch.Tensor, block: dict, p: int) -> torch.Tensor:
         if p == 0:
             return torch.zeros(self.batch, self.cfg.value_channels)
-        logits = torch.bmm(block["keys"][:, :p], query.unsqueeze(2)).squeeze(2) / self.cfg.key_channels**0.5
-        weights = torch.softmax(logits, dim=1)
-        return torch.bmm(weights.unsqueeze(1), block["values"][:, :p]).squeeze(1)
+        scaled_query = query * self.cfg.key_channels**-0.5
+        weights = torch.softmax(torch.bmm(scaled_query.unsqueeze(1), block["keys"][:, :, :p]), dim=2)
+        return torch.bmm(weights, block["values"][:, :p]).squeeze(1)
 
     @torch.no_grad()
     def commit(self, values: torch.Tensor) -> None:
@@ -152,7 +152,7 @@ class PixelSNAILStepper:
         background = self._background(i, j)
         for block, ul in zip(self.blocks, self._features_at_p):
             kv = block["kv_proj"](block["kv_resnet"](torch.cat([x, ul, background], dim=1), i, j))
-            block["keys"][:, self.position] = kv[:, : self.cfg.key_channels]
+            block["keys"][:, :, self.position] = kv[:, : self.cfg.key_channels]
             block["values"][:, self.position] = kv[:, self.cfg.key_channels :]
         self._features_at_p = []
         self.position += 1

@@ -1,0 +1,100 @@
+"""The shipped default models: their data, their training, and the choice of their size.
+
+Training data: ../shared/data/photos (79 permissively licensed photos) and ../shared/data/kodak (24),
+random 32x32 crops at scales 1, 1/2 and 1/4. Held out, never trained on, and used for every number
+in results/default_model*: the images in HOLDOUT (6 Kodak images, 6 photos).
+
+    # 1. a folder of links to the training images (+ the held-out Kodak images, for periodic tests)
+    python benchmarks/default_models.py data --out runs/default-data
+    # 2. train one size (any device; a lent H100 trained the shipped ones, see results/default_models.md)
+    snailcompress train --model pixelsnail-small --set filters=64 --dataset folder \\
+        --data-dir runs/default-data --holdout kodim03,kodim07,kodim12,kodim15,kodim20,kodim23 \\
+        --batch-size 64 --minutes 60 --out runs/rgb-f64
+    # 3. copy the EMA weights into the package
+    python benchmarks/default_models.py ship runs/rgb-f64 snail-rgb
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+from pathlib import Path
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+KODAK_HOLDOUT = ("kodim03", "kodim07", "kodim12", "kodim15", "kodim20", "kodim23")
+PHOTO_HOLDOUT = (
+    "budgie-backgrounds__casa-mila",
+    "elementary-wallpapers__Jonas_Nilsson_Lee",
+    "lomiri-wallpapers__aitzgorri_by_Aitzol_Berasategi",
+    "pop-os-wallpapers__nasa-53884",
+    "squeeze-unsplash__jake-nackos-HjpNeUD8qdw-unsplash",
+    "squeeze-unsplash__raynaldy-dachlan-DdBGiqkIvJ8-unsplash",
+)
+HOLDOUT = KODAK_HOLDOUT + PHOTO_HOLDOUT
+
+
+def training_files(shared: Path = SHARED) -> list[Path]:
+    files = sorted((shared / "kodak").glob("*.png")) + sorted((shared / "photos").glob("*.png"))
+    return [f for f in files if f.stem not in HOLDOUT]
+
+
+def heldout_files(shared: Path = SHARED) -> list[Path]:
+    files = sorted((shared / "kodak").glob("*.png")) + sorted((shared / "photos").glob("*.png"))
+    return [f for f in files if f.stem in HOLDOUT]
+
+
+def make_data_folder(out: Path, copy: bool = False, part: tuple[int, int] = (1, 1), shared: Path = SHARED) -> None:
+    """Links (or copies) to the training images and to the held-out Kodak images (the test split).
+
+    `part` k/n keeps every n-th photo starting at the k-th (all Kodak images always): a transport
+    limit of the lent GPU machine (64 MiB per call) made us train on the photos in two halves.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    k, n = part
+    photos = [f for f in training_files(shared) if f.parent.name == "photos"]
+    chosen = [f for f in training_files(shared) if f.parent.name == "kodak"] + photos[k - 1 :: n]
+    chosen += [f for f in heldout_files(shared) if f.stem in KODAK_HOLDOUT]
+    for f in chosen:
+        target = out / f.name
+        if target.exists() or target.is_symlink():
+            target.unlink()
+        if copy:
+            shutil.copy2(f, target)
+        else:
+            os.symlink(f.resolve(), target)
+    size = sum((out / f.name).stat().st_size for f in chosen)
+    print(f"{out}: {len(chosen)} images ({size / 2**20:.1f} MiB)")
+
+
+def ship(run_dir: Path, name: str) -> None:
+    """Copy a run's EMA weights into snailcompress/weights/NAME.safetensors."""
+    from snailcompress.zoo import WEIGHTS_DIR, load_model, save_model
+
+    loaded = load_model(run_dir)
+    facts = dict(loaded.metadata)
+    facts.update(name=name, holdout=list(HOLDOUT), trained_on="shared/data/photos + shared/data/kodak (minus holdout)")
+    path = save_model(loaded.model, WEIGHTS_DIR / f"{name}.safetensors", **facts)
+    print(f"{path}: {path.stat().st_size / 2**20:.2f} MiB, id {load_model(name).model_id}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    data = sub.add_parser("data", help="make the training data folder")
+    data.add_argument("--out", type=Path, required=True)
+    data.add_argument("--copy", action="store_true", help="copy files instead of linking them")
+    data.add_argument("--part", default="1/1", help="k/n: every n-th photo from the k-th")
+    shipping = sub.add_parser("ship", help="copy a run's EMA weights into the package")
+    shipping.add_argument("run_dir", type=Path)
+    shipping.add_argument("name")
+    args = parser.parse_args()
+    if args.command == "data":
+        k, n = (int(v) for v in args.part.split("/"))
+        make_data_folder(args.out, args.copy, (k, n))
+    else:
+        ship(args.run_dir, args.name)
+
+
+if __name__ == "__main__":
+    main()

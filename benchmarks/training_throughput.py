@@ -1,0 +1,113 @@
+"""Training throughput (images/s) of model presets on this machine's device.
+
+Runs the real training step (forward, reference loss, backward, ReferenceAdam, EMA update) on random
+32x32 images: data loading is excluded, so this is the model's ceiling. Writes a markdown table.
+
+    python benchmarks/training_throughput.py --out results/training_throughput_h100.md
+    python benchmarks/training_throughput.py --presets pixelsnail-small:16 --steps 5   # CPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import platform
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from snailcompress import mixture
+from snailcompress.models.layers import count_parameters, data_dependent_init
+from snailcompress.models.presets import build
+from snailcompress.train import ReferenceAdam
+
+DEFAULT = "pixelsnail-cifar10:8,pixelsnail-cifar10:32,pixelsnail-imagenet32:8,pixelcnnpp-cifar10:16,pixelcnnpp-cifar10:64"
+
+
+def measure(preset: str, batch: int, steps: int, device: torch.device, amp: bool, compile_: bool) -> dict:
+    torch.manual_seed(0)
+    model = build(preset).to(device)
+    x = mixture.to_unit(torch.randint(0, 256, (batch, 3, 32, 32), device=device))
+    data_dependent_init(model, x)
+    ema = [p.detach().clone() for p in model.parameters()]
+    params = list(model.parameters())
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    forward = torch.compile(model) if compile_ else model
+    optimizer = ReferenceAdam(params)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if (amp and device.type == "cuda") else contextlib.nullcontext()
+
+    def step():
+        with autocast:
+            out = forward(x)
+        loss = -mixture.log_prob(x, out.float()).sum()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            torch._foreach_lerp_(ema, params, 0.0005)
+
+    warmup = 3 if not compile_ else 6
+    for _ in range(warmup):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    memory = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
+    return {
+        "preset": preset, "params_M": count_parameters(model) / 1e6, "batch": batch, "amp": amp and device.type == "cuda",
+        "compile": compile_, "images_per_s": batch * steps / seconds, "step_ms": 1000 * seconds / steps, "peak_GiB": memory,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--presets", default=DEFAULT, help="comma-separated PRESET:BATCH")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--no-amp", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="also measure with torch.compile")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    rows = []
+    for item in args.presets.split(","):
+        preset, batch = item.split(":")
+        for compile_ in [False, True] if args.compile else [False]:
+            row = measure(preset, int(batch), args.steps, device, not args.no_amp, compile_)
+            rows.append(row)
+            print(row, flush=True)
+    name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu"
+    lines = [
+        f"# Training throughput on {name}",
+        "",
+        f"Command: `python {' '.join(sys.argv)}`  ",
+        f"torch {torch.__version__}, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, random 32x32 RGB data (no data loading), "
+        f"{args.steps} timed steps after warm-up.",
+        "",
+        "| preset | params | batch | bf16 | compile | images/s | ms/step | peak GPU memory | CIFAR-10 epochs/day |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['preset']} | {r['params_M']:.2f}M | {r['batch']} | {r['amp']} | {r['compile']} | {r['images_per_s']:.0f} "
+            f"| {r['step_ms']:.1f} | {r['peak_GiB']:.1f} GiB | {r['images_per_s'] * 86400 / 50000:.0f} |"
+        )
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,218 @@
+"""The `snailcompress` command: parse, call the library, print. No logic lives here."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from .errors import SnailError, UsageError
+
+
+def friendly_errors(fn):
+    """User errors become one line on stderr and a non-zero exit status, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except SnailError as e:
+            click.echo(f"snailcompress: error: {e}", err=True)
+            sys.exit(e.exit_code)
+        except KeyboardInterrupt:
+            click.echo("snailcompress: interrupted", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+def parse_overrides(pairs: tuple[str, ...]) -> dict:
+    """`--set filters=96 --set dropout=0.1` -> {"filters": 96, "dropout": 0.1} (values parsed as JSON)."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--set expects KEY=VALUE, got {pair!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="snailcompress")
+def main():
+    """PixelSNAIL as a lossless image compressor and a density-estimation benchmark."""
+
+
+@main.command()
+@click.option("--channels", type=click.Choice(["3", "1"]), default="3", help="count parameters for RGB or grayscale")
+@friendly_errors
+def models(channels):
+    """List model presets (with parameter counts) and shipped models."""
+    from .models.presets import parameter_counts
+    from .zoo import DEFAULT_MODELS, load_model, shipped_models
+
+    click.echo("presets (architecture only; train them or load a checkpoint):")
+    for name, count, description in parameter_counts(int(channels)):
+        click.echo(f"  {name:24s} {count / 1e6:7.2f}M  {description}")
+    shipped = shipped_models()
+    if shipped:
+        click.echo("shipped models (trained weights inside the package):")
+        defaults = {v: k for k, v in DEFAULT_MODELS.items()}
+        for name in shipped:
+            loaded = load_model(name)
+            role = f"  [default for {defaults[name]}]" if name in defaults else ""
+            params = sum(p.numel() for p in loaded.model.parameters())
+            click.echo(f"  {name:24s} {params / 1e6:7.2f}M  id {loaded.model_id}{role}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Training and evaluation
+
+DATASET_CHOICES = ["cifar10", "imagenet32", "imagenet64", "fashion-mnist", "mnist", "folder"]
+
+
+def folder_options(fn):
+    for decorator in reversed(
+        [
+            click.option("--crop", type=int, default=32, show_default=True, help="folder: crop size"),
+            click.option("--scales", default="1,0.5,0.25", show_default=True, help="folder: downsampling scales"),
+            click.option("--holdout", default="", help="folder: comma-separated image names kept for the test split"),
+            click.option("--channels", type=click.Choice(["3", "1"]), default=None, help="folder: RGB or grayscale"),
+        ]
+    ):
+        fn = decorator(fn)
+    return fn
+
+
+def _folder_kwargs(crop, scales, holdout, channels) -> dict:
+    try:
+        scale_values = tuple(float(s) for s in scales.split(",") if s)
+    except ValueError:
+        raise UsageError(f"--scales expects numbers like 1,0.5,0.25, got {scales!r}") from None
+    return {
+        "crop": crop,
+        "scales": scale_values,
+        "holdout": tuple(h for h in holdout.split(",") if h),
+        "channels": int(channels) if channels else None,
+    }
+
+
+@main.command()
+@click.option("--model", "model_name", help="preset to train (see `snailcompress models`)")
+@click.option("--dataset", type=click.Choice(DATASET_CHOICES))
+@click.option("--data-dir", type=click.Path(), help="where the data set's official files are")
+@click.option("--out", required=True, type=click.Path(), help="run directory (resumed if it holds a checkpoint)")
+@click.option("--batch-size", type=int, default=None, help="images per process per step [8]")
+@click.option("--steps", type=int, default=None, help="stop after this many optimiser steps (in total)")
+@click.option("--minutes", type=float, default=None, help="stop after this much training time (in total)")
+@click.option("--lr", type=float, default=None, help="initial learning rate [1e-3]")
+@click.option("--ema", "ema_decay", type=float, default=None, help="Polyak averaging decay [0.9995]")
+@click.option("--dropout", type=float, default=None, help="override the preset's dropout")
+@click.option("--set", "overrides", multiple=True, help="override a model setting, e.g. --set filters=96")
+@click.option("--eval-every", type=int, default=None, help="steps between test evaluations [1000]")
+@click.option("--eval-images", type=int, default=None, help="test images per periodic evaluation [1000]")
+@click.option("--workers", type=int, default=None, help="data-loading processes [2]")
+@click.option("--device", default=None, help="auto, cpu, cuda, cuda:1, ...")
+@click.option("--compile/--no-compile", "compile_", default=None, help="torch.compile the model (CUDA)")
+@click.option("--seed", type=int, default=None)
+@folder_options
+@friendly_errors
+def train(model_name, dataset, data_dir, out, overrides, crop, scales, holdout, channels, compile_, **options):
+    """Train a preset, the reference's way, on one CPU/GPU or many (torchrun).
+
+    \b
+    Examples:
+      snailcompress train --model pixelsnail-small --dataset fashion-mnist --out runs/fm --minutes 60
+      torchrun --nproc_per_node 8 -m snailcompress.cli train --model pixelsnail-cifar10 \\
+          --dataset cifar10 --data-dir ~/data --out runs/cifar --batch-size 8 --steps 500000
+    Running the same command again resumes from the run's last checkpoint.
+    """
+    from .train import TrainOptions, resume_options, train as run_training
+
+    given = {k: v for k, v in options.items() if v is not None}
+    if compile_ is not None:
+        given["compile"] = compile_
+    if (Path(out) / "checkpoints" / "last" / "trainer.pt").is_file():
+        opts = resume_options(out, **given)
+        click.echo(f"resuming {out} at its last checkpoint", err=True)
+    else:
+        if not model_name or not dataset:
+            raise UsageError("a new run needs --model and --dataset")
+        folder = _folder_kwargs(crop, scales, holdout, channels)
+        opts = TrainOptions(
+            model=model_name, dataset=dataset, data_dir=data_dir, out=out,
+            model_overrides=parse_overrides(overrides), **folder, **given,
+        )
+    progress = run_training(opts)
+    click.echo(f"{out}: {progress['step']} steps, {progress['images']} images, test {progress['test_bpd']:.4f} bits/dim")
+
+
+@main.command("eval")
+@click.option("--model", "model_spec", default=None, help="checkpoint, run dir, model file or shipped name")
+@click.option("--dataset", type=click.Choice(DATASET_CHOICES), required=True)
+@click.option("--data-dir", type=click.Path(), default=None)
+@click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True)
+@click.option("--limit", type=int, default=None, help="only the first N images")
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@folder_options
+@friendly_errors
+def evaluate_command(model_spec, dataset, data_dir, split, limit, batch_size, device, crop, scales, holdout, channels):
+    """Bits/dim of a model over a whole split (EMA weights, dropout off, exact division)."""
+    import torch
+
+    from .data import load_split
+    from .evaluate import evaluate
+    from .zoo import default_model_for, load_model
+
+    folder = _folder_kwargs(crop, scales, holdout, channels)
+    kwargs = folder if dataset == "folder" else {}
+    data = load_split(dataset, data_dir, split, **kwargs)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    spec = model_spec or default_model_for(data.channels)
+    loaded = load_model(spec, device=device)
+    if loaded.channels != data.channels:
+        raise UsageError(f"model {spec} codes {loaded.channels}-channel images; {dataset} has {data.channels}")
+    result = evaluate(loaded.model, data, batch_size=batch_size, limit=limit)
+    click.echo(
+        f"{dataset} {split}: {result.bits_per_dim:.4f} bits/dim over {result.images} images "
+        f"({result.dims} dims) with {loaded.name} [{loaded.model_id}]"
+    )
+
+
+@main.command()
+@click.option("--model", "model_spec", required=True, help="preset, checkpoint, run dir or shipped name")
+@click.option("-n", "count", type=int, default=16, show_default=True)
+@click.option("--size", default="32x32", show_default=True, help="HxW of each sample")
+@click.option("-o", "--output", type=click.Path(), default="samples.png", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--scale", type=int, default=4, show_default=True, help="enlarge the grid by this factor")
+@click.option("-f", "--force", is_flag=True, help="overwrite the output")
+@friendly_errors
+def sample(model_spec, count, size, output, seed, scale, force):
+    """Draw images from a model, pixel by pixel, into a grid PNG."""
+    from .figures import save_image_grid
+    from .sampling import sample_images
+    from .zoo import load_model
+
+    try:
+        height, width = (int(v) for v in size.lower().split("x"))
+    except ValueError:
+        raise UsageError(f"--size expects HxW like 32x32, got {size!r}") from None
+    if Path(output).exists() and not force:
+        raise UsageError(f"{output} already exists (use -f to overwrite)")
+    loaded = load_model(model_spec)
+    images = sample_images(loaded.model, count, height, width, seed=seed)
+    save_image_grid(images, Path(output), scale=scale)
+    click.echo(f"{output}: {count} samples of {height}x{width} from {loaded.name}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""Pictures people look at: training curves, sample grids, receptive fields."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from PIL import Image  # noqa: E402
+
+
+def _save_atomic(fig_or_image, path: Path, **kwargs) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        if isinstance(fig_or_image, Image.Image):
+            fig_or_image.save(tmp, **kwargs)
+        else:
+            fig_or_image.savefig(tmp, **kwargs)
+            plt.close(fig_or_image)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def plot_training_curve(log_csv: Path, out_png: Path, title: str = "") -> Path:
+    """Train and test bits/dim against images seen, from a training run's log.csv."""
+    log = pd.read_csv(log_csv)
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+    train = log.dropna(subset=["train_bpd"])
+    test = log.dropna(subset=["test_bpd"])
+    if len(train):
+        ax.plot(train["images"], train["train_bpd"], lw=1, alpha=0.8, label="train (running, dropout on)")
+    if len(test):
+        ax.plot(test["images"], test["test_bpd"], "o-", ms=3, label="test (EMA weights)")
+    ax.set_xlabel("training images seen")
+    ax.set_ylabel("bits / dim")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return _save_atomic(fig, out_png)
+
+
+def image_grid(images: np.ndarray, columns: int | None = None, pad: int = 2) -> Image.Image:
+    """uint8 images (N, C, H, W) -> one grid image with `pad` pixels of white between cells."""
+    n, c, h, w = images.shape
+    columns = columns or int(np.ceil(np.sqrt(n)))
+    rows = int(np.ceil(n / columns))
+    grid = np.full((rows * (h + pad) + pad, columns * (w + pad) + pad, c), 255, np.uint8)
+    for k in range(n):
+        r, col = divmod(k, columns)
+        y, x = pad + r * (h + pad), pad + col * (w + pad)
+        grid[y : y + h, x : x + w] = images[k].transpose(1, 2, 0)
+    return Image.fromarray(grid[..., 0] if c == 1 else grid)
+
+
+def save_image_grid(images: np.ndarray, path: Path, scale: int = 1) -> Path:
+    grid = image_grid(images)
+    if scale > 1:
+        grid = grid.resize((grid.width * scale, grid.height * scale), Image.Resampling.NEAREST)
+    return _save_atomic(grid, path)

@@ -1,0 +1,417 @@
+"""Training, the reference's way (docs/pixelsnail-reference.md section 5), in one plain loop.
+
+    data-dependent init on the first batch
+    for every step:  loss = total NLL (nats) of the batch      (the reference's per-GPU loss)
+                     Adam(beta1 0.95, beta2 0.9995, eps inside the square root)
+                     lr = lr0 * decay**step                     (decayed every step, not every epoch)
+                     EMA of every parameter (V, g, b)           (used to evaluate, sample and code)
+
+Distributed: launched with torchrun, every process trains on its own `batch_size` images of one
+global batch (global batch = batch_size x world size; the paper's 8 GPUs x 8 images = 64) and DDP
+averages the gradients. Averaging instead of the reference's summing only rescales the gradient,
+which Adam ignores up to its epsilon. The data order is a pure function of (seed, epoch), so every
+rank agrees and a resumed run continues exactly where the interrupted one stopped.
+
+A run directory holds:
+    checkpoints/last/   ema.safetensors (a model file: --model RUN_DIR works), weights.safetensors,
+                        trainer.pt (optimiser state, step, RNG states; loaded with weights_only=True),
+                        config.json
+    log.csv             one row per log interval: step, images, lr, train and test bits/dim, speed
+    bpd_curve.png       the curves of log.csv
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader, Sampler
+from tqdm.auto import tqdm
+
+from . import mixture
+from .data import load_split
+from .errors import UsageError
+from .evaluate import evaluate
+from .models.layers import data_dependent_init
+from .models.presets import build_from_config, preset_config
+from .zoo import save_model
+
+# Reference hyper-parameters by architecture: lr decay per step, Adam epsilon (inside the sqrt).
+REFERENCE = {
+    "pixelsnail": {"lr_decay": 0.999998, "adam_eps": 1e-6},
+    "pixelcnnpp": {"lr_decay": 0.999995, "adam_eps": 1e-8},
+}
+LOG_FIELDS = ["step", "epoch", "images", "elapsed_s", "lr", "train_bpd", "test_bpd", "images_per_s"]
+
+
+@dataclass
+class TrainOptions:
+    model: str  # a preset name
+    dataset: str
+    out: str
+    data_dir: str | None = None
+    batch_size: int = 8  # per process; the reference uses 8 per GPU (PixelSNAIL), 16 (PixelCNN++)
+    init_batch: int | None = None  # images for data-dependent init; default batch_size
+    lr: float = 1e-3
+    lr_decay: float | None = None  # per optimiser step; default from REFERENCE
+    adam_eps: float | None = None  # inside the square root; default from REFERENCE
+    ema_decay: float = 0.9995  # 0.9995 CIFAR-10, 0.9997 ImageNet
+    dropout: float | None = None  # overrides the preset's
+    model_overrides: dict = field(default_factory=dict)  # e.g. {"filters": 96}
+    steps: int | None = None
+    minutes: float | None = None
+    log_every: int = 50
+    eval_every: int = 1000
+    eval_images: int | None = 1000  # test images per periodic evaluation; None = whole split
+    checkpoint_minutes: float = 10.0
+    seed: int = 0
+    workers: int = 2
+    device: str = "auto"
+    amp: bool = True  # bf16 autocast on CUDA
+    compile: bool = False
+    # `folder` data set only
+    crop: int = 32
+    scales: tuple[float, ...] = (1.0, 0.5, 0.25)
+    holdout: tuple[str, ...] = ()
+    channels: int | None = None
+    samples_per_epoch: int | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# The optimiser of the reference code
+
+
+class ReferenceAdam(torch.optim.Optimizer):
+    """Adam as the reference's nn.adam_updates: update = lr * m_hat / sqrt(v_hat + eps).
+
+    torch.optim.Adam puts eps outside the square root; with the reference's eps = 1e-6 the two
+    differ for parameters with small gradients, so this is written out.
+    """
+
+    def __init__(self, params, lr=1e-3, betas=(0.95, 0.9995), eps=1e-6):
+        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps})
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            states = [self.state[p] for p in params]
+            for p, s in zip(params, states):
+                if not s:
+                    s["step"] = torch.zeros((), dtype=torch.float64)
+                    s["m"], s["v"] = torch.zeros_like(p), torch.zeros_like(p)
+            t = float(states[0]["step"]) + 1
+            grads = [p.grad for p in params]
+            m, v = [s["m"] for s in states], [s["v"] for s in states]
+            torch._foreach_lerp_(m, grads, 1 - beta1)
+            torch._foreach_mul_(v, beta2)
+            torch._foreach_addcmul_(v, grads, grads, value=1 - beta2)
+            denom = torch._foreach_div(v, 1 - beta2**t)
+            torch._foreach_add_(denom, group["eps"])
+            torch._foreach_sqrt_(denom)
+            torch._foreach_addcdiv_(params, m, denom, value=-group["lr"] / (1 - beta1**t))
+            for s in states:
+                s["step"] += 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Data order: a pure function of (seed, epoch), shared by every rank
+
+
+class GlobalBatchSampler(Sampler):
+    """Batches of this rank's share of each global batch, from `start_batch` of the epoch on."""
+
+    def __init__(self, n, batch_size, rank, world, seed, epoch, start_batch=0):
+        self.n, self.batch_size, self.rank, self.world = n, batch_size, rank, world
+        self.seed, self.epoch, self.start_batch = seed, epoch, start_batch
+
+    def batches_per_epoch(self) -> int:
+        return self.n // (self.batch_size * self.world)
+
+    def __len__(self):
+        return self.batches_per_epoch() - self.start_batch
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(self.n, generator=generator).tolist()
+        per_global = self.batch_size * self.world
+        for b in range(self.start_batch, self.batches_per_epoch()):
+            first = b * per_global + self.rank * self.batch_size
+            yield order[first : first + self.batch_size]
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def _rng_state(device: torch.device) -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def save_checkpoint(run_dir: Path, model, ema, optimizer, progress: dict, options: TrainOptions, device) -> None:
+    """Write checkpoints/last atomically (a new directory renamed into place)."""
+    ckpt_root = run_dir / "checkpoints"
+    tmp, last, old = ckpt_root / "last.tmp", ckpt_root / "last", ckpt_root / "last.old"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    facts = {"dataset": options.dataset, **{k: progress[k] for k in ("step", "images", "test_bpd")}}
+    save_model(ema, tmp / "ema.safetensors", **facts)
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / "weights.safetensors"))
+    torch.save(
+        {"optimizer": optimizer.state_dict(), "progress": progress, "rng": _rng_state(device)},
+        tmp / "trainer.pt",
+    )
+    config = {"model": model.config.to_dict(), "options": asdict(options), "progress": progress}
+    (tmp / "config.json").write_text(json.dumps(config, indent=2, default=str))
+    if last.exists():
+        last.rename(old)
+    tmp.rename(last)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load_checkpoint(run_dir: Path, model, ema, optimizer, device) -> dict:
+    last = run_dir / "checkpoints" / "last"
+    model.load_state_dict(load_file(str(last / "weights.safetensors")))
+    ema.load_state_dict(load_file(str(last / "ema.safetensors")))
+    state = torch.load(last / "trainer.pt", map_location="cpu", weights_only=True)
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["rng"]["torch"])
+    if device.type == "cuda" and "cuda" in state["rng"]:
+        torch.cuda.set_rng_state(state["rng"]["cuda"], device)
+    return state["progress"]
+
+
+def saved_options(run_dir: Path) -> TrainOptions | None:
+    """The options a run was started with, to resume it without repeating them."""
+    path = Path(run_dir) / "checkpoints" / "last" / "config.json"
+    if not path.is_file():
+        return None
+    saved = json.loads(path.read_text())["options"]
+    saved["scales"], saved["holdout"] = tuple(saved["scales"]), tuple(saved["holdout"])
+    return TrainOptions(**saved)
+
+
+# ---------------------------------------------------------------------------------------------
+# Logs and curves
+
+
+class CsvLog:
+    def __init__(self, path: Path, resume_step: int):
+        self.path = path
+        rows = []
+        if path.exists() and resume_step > 0:  # drop rows an interrupted run wrote after its checkpoint
+            with path.open() as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
+        with path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, LOG_FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    def append(self, row: dict) -> None:
+        with self.path.open("a", newline="") as f:
+            csv.DictWriter(f, LOG_FIELDS).writerow({k: row.get(k, "") for k in LOG_FIELDS})
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+
+
+def _distributed() -> tuple[int, int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+    return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def _device(option: str, local_rank: int) -> torch.device:
+    if option == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    return torch.device(option)
+
+
+def _resolve_model_config(options: TrainOptions, channels: int):
+    overrides = dict(options.model_overrides)
+    if options.dropout is not None:
+        overrides["dropout"] = options.dropout
+    return preset_config(options.model, channels, **overrides)
+
+
+def train(options: TrainOptions, progress_bar: bool = True) -> dict:
+    """Train (or resume, if OUT holds a checkpoint) and return the final progress record."""
+    if options.steps is None and options.minutes is None:
+        raise UsageError("say how long to train: --steps N or --minutes M")
+    rank, world, local_rank = _distributed()
+    device = _device(options.device, local_rank)
+    run_dir = Path(options.out)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    data_kwargs = dict(
+        crop=options.crop, scales=options.scales, seed=options.seed, samples_per_epoch=options.samples_per_epoch
+    )
+    if options.dataset == "folder":
+        data_kwargs.update(channels=options.channels, holdout=options.holdout)
+    train_set = load_split(options.dataset, options.data_dir, "train", **data_kwargs)
+    test_set = load_split(options.dataset, options.data_dir, "test", **data_kwargs) if rank == 0 else None
+
+    config = _resolve_model_config(options, train_set.channels)
+    arch = config.to_dict()["architecture"]
+    reference = REFERENCE[arch]
+    lr_decay = options.lr_decay if options.lr_decay is not None else reference["lr_decay"]
+    adam_eps = options.adam_eps if options.adam_eps is not None else reference["adam_eps"]
+
+    torch.manual_seed(options.seed + rank)
+    model = build_from_config(config).to(device)
+    ema = build_from_config(config).to(device)
+    optimizer = ReferenceAdam(model.parameters(), lr=options.lr, eps=adam_eps)
+
+    resuming = (run_dir / "checkpoints" / "last" / "trainer.pt").is_file()
+    if resuming:
+        progress = load_checkpoint(run_dir, model, ema, optimizer, device)
+    else:
+        init_n = options.init_batch or options.batch_size
+        init_batch = torch.stack([train_set[i] for i in range(init_n)]).to(device)
+        data_dependent_init(model, mixture.to_unit(init_batch))
+        ema.load_state_dict(model.state_dict())
+        progress = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "images": 0, "elapsed_s": 0.0, "test_bpd": None}
+    ema.eval()
+    for p in ema.parameters():
+        p.requires_grad_(False)
+
+    net = model
+    if device.type == "cuda":
+        net = net.to(memory_format=torch.channels_last)
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    forward = torch.compile(net) if options.compile else net
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16) if (device.type == "cuda" and options.amp) else contextlib.nullcontext()
+    )
+
+    log = CsvLog(run_dir / "log.csv", progress["step"]) if rank == 0 else None
+    bar = tqdm(
+        total=options.steps, initial=progress["step"] if options.steps else 0, desc="train", unit="step",
+        disable=not (progress_bar and rank == 0), dynamic_ncols=True,
+    )
+    started = time.monotonic() - progress["elapsed_s"]
+    last_checkpoint = time.monotonic()
+    window_nats, window_dims, window_images, window_start = 0.0, 0, 0, time.monotonic()
+    params, ema_params = list(model.parameters()), list(ema.parameters())
+
+    def finished() -> bool:
+        if options.steps is not None and progress["step"] >= options.steps:
+            return True
+        return options.minutes is not None and time.monotonic() - started >= options.minutes * 60
+
+    def run_eval() -> float | None:
+        if rank != 0:
+            return None
+        result = evaluate(ema, test_set, batch_size=max(options.batch_size, 16), limit=options.eval_images, progress=False)
+        return result.bits_per_dim
+
+    model.train()
+    while not finished():
+        train_set.set_epoch(progress["epoch"])
+        sampler = GlobalBatchSampler(
+            len(train_set), options.batch_size, rank, world, options.seed, progress["epoch"], progress["batch_in_epoch"]
+        )
+        if len(sampler) <= 0 and progress["batch_in_epoch"] == 0:
+            raise UsageError(f"the training set has {len(train_set)} images, fewer than one global batch")
+        loader = DataLoader(
+            train_set, batch_sampler=sampler, num_workers=options.workers, collate_fn=torch.stack,
+            pin_memory=device.type == "cuda", persistent_workers=False,
+        )
+        for batch in loader:
+            x = mixture.to_unit(batch.to(device, non_blocking=True))
+            if device.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+            for group in optimizer.param_groups:
+                group["lr"] = options.lr * lr_decay ** progress["step"]
+            with autocast:
+                params_out = forward(x)
+            nats = -mixture.log_prob(x, params_out.float()).sum()
+            if not torch.isfinite(nats):
+                raise FloatingPointError(f"loss is {nats.item()} at step {progress['step']}; stopping")
+            optimizer.zero_grad(set_to_none=True)
+            nats.backward()
+            optimizer.step()
+            with torch.no_grad():
+                torch._foreach_lerp_(ema_params, params, 1 - options.ema_decay)
+
+            progress["step"] += 1
+            progress["batch_in_epoch"] += 1
+            progress["images"] += len(batch) * world
+            window_nats += nats.item()
+            window_dims += x.numel()
+            window_images += len(batch) * world
+            bar.update(1)
+            if progress["step"] % 10 == 0:
+                bar.set_postfix(bpd=f"{mixture.bits_per_dim(window_nats, window_dims):.3f}")
+
+            test_bpd = None
+            if options.eval_every and progress["step"] % options.eval_every == 0:
+                test_bpd = run_eval()
+                progress["test_bpd"] = test_bpd
+            if rank == 0 and (progress["step"] % options.log_every == 0 or test_bpd is not None):
+                now = time.monotonic()
+                log.append(
+                    {
+                        "step": progress["step"], "epoch": progress["epoch"], "images": progress["images"],
+                        "elapsed_s": f"{now - started:.1f}", "lr": f"{optimizer.param_groups[0]['lr']:.6g}",
+                        "train_bpd": f"{mixture.bits_per_dim(window_nats, window_dims):.5f}",
+                        "test_bpd": f"{test_bpd:.5f}" if test_bpd is not None else "",
+                        "images_per_s": f"{window_images / max(now - window_start, 1e-9):.1f}",
+                    }
+                )
+                window_nats, window_dims, window_images, window_start = 0.0, 0, 0, now
+            if rank == 0 and time.monotonic() - last_checkpoint >= options.checkpoint_minutes * 60:
+                progress["elapsed_s"] = time.monotonic() - started
+                save_checkpoint(run_dir, model, ema, optimizer, progress, options, device)
+                last_checkpoint = time.monotonic()
+            if finished():
+                break
+        else:
+            progress["epoch"] += 1
+            progress["batch_in_epoch"] = 0
+    bar.close()
+
+    progress["elapsed_s"] = time.monotonic() - started
+    if rank == 0:
+        progress["test_bpd"] = run_eval()
+        log.append(
+            {"step": progress["step"], "epoch": progress["epoch"], "images": progress["images"],
+             "elapsed_s": f"{progress['elapsed_s']:.1f}", "lr": f"{optimizer.param_groups[0]['lr']:.6g}",
+             "test_bpd": f"{progress['test_bpd']:.5f}"}
+        )
+        save_checkpoint(run_dir, model, ema, optimizer, progress, options, device)
+        from .figures import plot_training_curve
+
+        plot_training_curve(run_dir / "log.csv", run_dir / "bpd_curve.png", title=f"{options.model} on {options.dataset}")
+    if world > 1:
+        dist.barrier()
+    return progress
+
+
+def resume_options(run_dir: str, **changes) -> TrainOptions:
+    """Options of an existing run, with `changes` (e.g. a longer --steps) applied."""
+    saved = saved_options(Path(run_dir))
+    if saved is None:
+        raise UsageError(f"{run_dir} holds no checkpoint to resume")
+    return replace(saved, **{k: v for k, v in changes.items() if v is not None})
+

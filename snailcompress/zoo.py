@@ -1,0 +1,144 @@
+"""Finding, saving and loading models: presets, shipped weights, training checkpoints.
+
+A model file is one safetensors file holding the weights and, in its metadata, the model config
+(JSON) and free-form facts about how it was made; nothing in it is ever unpickled. A training
+checkpoint directory holds such a file for the EMA weights (`ema.safetensors`, the ones used to
+evaluate, sample and code), so `--model RUN_DIR` works wherever a model is expected.
+
+A model is identified by `model_id`: a hash of its config and of every tensor's bytes, so that a
+.snail file can name the exact weights it needs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+
+from .errors import ModelError
+from .models.presets import PRESETS, build, build_from_config, config_from_dict
+
+WEIGHTS_DIR = Path(str(resources.files("snailcompress") / "weights"))
+
+# Shipped models, by role: the codec picks one per image plane when no --model is given.
+DEFAULT_MODELS = {"rgb": "snail-rgb", "gray": "snail-gray"}
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module  # in eval mode
+    name: str  # what the user called it, or the shipped name
+    model_id: str  # 16 hex digits identifying config + weights
+    metadata: dict
+
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def channels(self) -> int:
+        return self.model.config.channels
+
+
+def model_id(model: nn.Module) -> str:
+    """16 hex digits of SHA-256 over the config and every tensor (name, dtype, shape, bytes)."""
+    digest = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()[:16]
+
+
+def save_model(model: nn.Module, path: str | Path, **facts) -> Path:
+    """Write weights + config (+ facts such as training data, steps, bits/dim) atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    metadata = {"config": json.dumps(model.config.to_dict()), "facts": json.dumps(facts, default=str)}
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def _read_model_file(path: Path) -> tuple[nn.Module, dict]:
+    try:
+
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ModelError(f"{path}: not a readable safetensors model file ({e})") from None
+    if "config" not in metadata:
+        raise ModelError(f"{path}: no model config in its metadata (not a snailcompress model file)")
+    try:
+        config = config_from_dict(json.loads(metadata["config"]))
+        facts = json.loads(metadata.get("facts", "{}"))
+    except json.JSONDecodeError:
+        raise ModelError(f"{path}: model config in its metadata is not valid JSON") from None
+    model = build_from_config(config)
+    try:
+        model.load_state_dict(tensors)
+    except RuntimeError as e:
+        raise ModelError(f"{path}: weights do not match the config: {str(e).splitlines()[0]}") from None
+    return model, facts
+
+
+def shipped_models() -> list[str]:
+    return sorted(p.stem for p in WEIGHTS_DIR.glob("*.safetensors"))
+
+
+def resolve_model_path(spec: str | Path) -> Path | None:
+    """A file, a checkpoint dir, a run dir (its last checkpoint), or a shipped model name."""
+    path = Path(spec)
+    candidates = [path, path / "ema.safetensors", path / "checkpoints" / "last" / "ema.safetensors"]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    shipped = WEIGHTS_DIR / f"{spec}.safetensors"
+    return shipped if shipped.is_file() else None
+
+
+def load_model(spec: str | Path, channels: int | None = None, device: str | torch.device = "cpu") -> LoadedModel:
+    """Load a model by preset name (fixed-seed random weights), shipped name, file or directory."""
+    spec_str = str(spec)
+    if spec_str in PRESETS:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = build(spec_str, channels)
+        facts = {"note": "untrained preset with fixed-seed random weights"}
+        name = spec_str if channels is None else f"{spec_str}:{channels}ch"
+    else:
+        path = resolve_model_path(spec)
+        if path is None:
+            known = ", ".join(shipped_models() + list(PRESETS))
+            raise ModelError(f"no model {spec_str!r}: not a file, checkpoint directory or known name ({known})")
+        model, facts = _read_model_file(path)
+        name = spec_str
+        if channels is not None and model.config.channels != channels:
+            raise ModelError(f"model {spec_str!r} codes {model.config.channels}-channel images, not {channels}-channel")
+    model.eval().to(device)
+    return LoadedModel(model, name, model_id(model), facts)
+
+
+def default_model_for(channels: int) -> str:
+    """The shipped model used when no --model is given; an untrained preset until one is shipped."""
+    name = DEFAULT_MODELS["rgb" if channels == 3 else "gray"]
+    if (WEIGHTS_DIR / f"{name}.safetensors").is_file():
+        return name
+    raise ModelError(f"no shipped {name} model in this installation; pass --model")
