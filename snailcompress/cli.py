@@ -214,5 +214,106 @@ def sample(model_spec, count, size, output, seed, scale, force):
     click.echo(f"{output}: {count} samples of {height}x{width} from {loaded.name}")
 
 
+# ---------------------------------------------------------------------------------------------
+# The codec
+
+
+def _report_line(verb: str, report) -> str:
+    return (
+        f"{report.source} -> {report.target}: {report.width}x{report.height} {report.mode}, {report.bytes} bytes, "
+        f"{report.bits_per_subpixel:.3f} bits/subpixel, {report.seconds:.1f} s"
+    )
+
+
+def _check_output(outputs: list[Path], force: bool) -> None:
+    """Refuse before any work: an existing output without -f, or two inputs writing one output."""
+    if len(set(outputs)) != len(outputs):
+        raise UsageError("several inputs would write the same output; use separate calls or -o DIR")
+    for out in outputs:
+        if out.exists() and not force:
+            raise UsageError(f"{out} already exists (use -f to overwrite)")
+
+
+def _outputs(inputs: tuple[str, ...], output: str | None, default) -> list[Path]:
+    paths = [Path(p) for p in inputs]
+    if output is None:
+        return [default(p) for p in paths]
+    out = Path(output)
+    if len(paths) > 1 or out.is_dir():
+        if not out.is_dir():
+            raise UsageError(f"-o {output}: with several inputs, -o must be an existing directory")
+        return [out / default(p).name for p in paths]
+    return [out]
+
+
+def _threads(threads: int | None) -> None:
+    import torch
+
+    if threads is not None:
+        if threads < 1:
+            raise UsageError("--threads must be at least 1")
+        torch.set_num_threads(threads)
+
+
+@main.command()
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.option("-o", "--output", type=click.Path(), help="output file (one input) or directory")
+@click.option("-f", "--force", is_flag=True, help="overwrite existing outputs")
+@click.option("--model", "models", multiple=True, help="model (name or path) for the planes it fits; repeatable")
+@click.option("--tile", type=int, default=None, help="tile size in pixels [32]")
+@click.option("--threads", type=int, default=None, help="CPU threads (decoding will use the same number)")
+@click.option("-q", "--quiet", is_flag=True, help="no progress bar")
+@friendly_errors
+def encode(images, output, force, models, tile, threads, quiet):
+    """Compress images losslessly into .snail files (inputs are kept)."""
+    from .api import DEFAULT_TILE, ModelChooser, default_output, encode_file
+
+    _threads(threads)
+    if tile is not None and not 1 <= tile <= 1024:
+        raise UsageError("--tile must be between 1 and 1024")
+    outputs = _outputs(images, output, lambda p: default_output(p, ".snail"))
+    _check_output(outputs, force)
+    chooser = ModelChooser(models)
+    for source, target in zip(images, outputs):
+        report = encode_file(source, target, chooser, tile or DEFAULT_TILE, force, progress=not quiet)
+        click.echo(_report_line("encode", report))
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path())
+@click.option("-o", "--output", type=click.Path(), help="output image (one input) or directory")
+@click.option("-f", "--force", is_flag=True, help="overwrite existing outputs")
+@click.option("--model", "models", multiple=True, help="model the file was made with, if not a shipped one")
+@click.option("-q", "--quiet", is_flag=True, help="no progress bar")
+@friendly_errors
+def decode(files, output, force, models, quiet):
+    """Restore the exact original images from .snail files (checked against their checksum)."""
+    from .api import ModelChooser, decode_file
+
+    outputs = _outputs(files, output, lambda p: p.with_suffix(".png") if p.suffix == ".snail" else Path(f"{p}.png"))
+    _check_output(outputs, force)
+    chooser = ModelChooser(models)
+    for source, target in zip(files, outputs):
+        report = decode_file(source, target, chooser, force, progress=not quiet)
+        click.echo(_report_line("decode", report))
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path())
+@friendly_errors
+def info(files):
+    """Print the header of .snail files in words."""
+    from .codec import container
+    from .errors import FormatError
+
+    for name in files:
+        try:
+            data = Path(name).read_bytes()
+        except OSError as e:
+            raise FormatError(f"{name}: cannot read ({e.strerror})") from None
+        click.echo(f"{name}:")
+        click.echo(container.describe(container.read_header(data)))
+
+
 if __name__ == "__main__":
     main()

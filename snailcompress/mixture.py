@@ -168,15 +168,18 @@ class PixelConditionals:
         return log_w - torch.logsumexp(log_w, dim=-1, keepdim=True)
 
     def pmf(self, c: int, known_values: torch.Tensor | None = None) -> torch.Tensor:
-        """Probabilities (N, 256) of channel c given the true values (N, >= c) of channels < c."""
+        """Probabilities (N, 256) of channel c given the true values (N, >= c) of channels < c.
+
+        Computed as differences of the mixture's CDF at the 255 interior bin edges, so bin 0 and
+        bin 255 take the whole tails, exactly as in `bin_log_prob`.
+        """
         known = to_unit(known_values, self.edges.dtype) if c > 0 else None
         weights = self._posterior_log_weights(c, known).exp()  # (N, M)
         mean = self.mix.channel_means(c, known) if c > 0 else self.mix.means[:, 0]
         inv_scale = torch.exp(-self.mix.log_scales[:, c])
-        cdf = torch.sigmoid((self.edges.view(1, 1, -1) - mean.unsqueeze(-1)) * inv_scale.unsqueeze(-1))
-        zeros, ones = torch.zeros_like(cdf[..., :1]), torch.ones_like(cdf[..., :1])
-        component_pmf = torch.diff(torch.cat([zeros, cdf, ones], dim=-1), dim=-1)  # (N, M, 256)
-        return torch.bmm(weights.unsqueeze(1), component_pmf).squeeze(1)
+        component_cdf = torch.sigmoid((self.edges.view(1, 1, -1) - mean.unsqueeze(-1)) * inv_scale.unsqueeze(-1))
+        cdf = torch.bmm(weights.unsqueeze(1), component_cdf).squeeze(1)  # (N, 255)
+        return torch.diff(cdf, prepend=torch.zeros_like(cdf[:, :1]), append=torch.ones_like(cdf[:, :1]))
 
     def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
         """Exact samples (N, C) uint8 from the discrete model, channel by channel."""

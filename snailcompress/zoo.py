@@ -122,7 +122,7 @@ def load_model(spec: str | Path, channels: int | None = None, device: str | torc
             torch.manual_seed(0)
             model = build(spec_str, channels)
         facts = {"note": "untrained preset with fixed-seed random weights"}
-        name = spec_str if channels is None else f"{spec_str}:{channels}ch"
+        name = spec_str
     else:
         path = resolve_model_path(spec)
         if path is None:

@@ -1,0 +1,195 @@
+"""What the CLI and users call: encode and decode images and .snail files, choose the models.
+
+    image file ─► images.read_image ─► planes (RGB | L | A | P) ─► one model per plane ─► coder
+              ─► container.write ─► .snail (written to a temporary file, then renamed)
+
+Each plane is coded by the model for its channel count: RGB by a 3-channel model, L, A and P (palette
+indices) by a 1-channel one. Decoding checks everything exactness depends on before it starts and
+the pixel checksum after it ends: a file either decodes to the original pixels or fails loudly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import constriction
+import numpy as np
+import torch
+
+from .codec import container
+from .codec.coder import FloatModelTables, code_plane, decode_plane
+from .codec.images import DecomposedImage, pixel_checksum, read_image, write_image
+from .errors import ExactnessError, FormatError, ModelError
+from .fileio import atomic_write
+from .zoo import LoadedModel, default_model_for, load_model
+
+DEFAULT_TILE = 32
+PLANE_CHANNELS = {"RGB": 3, "L": 1, "A": 1, "P": 1}
+
+
+def environment() -> dict[str, str]:
+    """What float decoding needs to be identical to encoding, besides the thread count."""
+    facts = {
+        "provider": "float32-cpu-incremental",
+        "device": "cpu",
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "machine": platform.machine(),
+        "torch": torch.__version__,
+        "blas": "mkl" if torch.backends.mkl.is_available() else "other",
+        "constriction": getattr(constriction, "__version__", "unknown"),
+        "numpy": np.__version__,
+    }
+    return {key: str(value) for key, value in facts.items()}
+
+
+def environment_digest(env: dict[str, str] | None = None) -> str:
+    """16 hex digits identifying `environment()`: stored in every header instead of the whole list."""
+    text = json.dumps(env or environment(), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def exactness_record(threads: int) -> dict[str, str]:
+    return {"env": environment_digest(), "threads": str(threads)}
+
+
+def check_exactness(recorded: dict[str, str]) -> int:
+    """Refuse to decode where the float computation could differ; returns the thread count to use."""
+    if recorded.get("env") != environment_digest():
+        here = ", ".join(f"{k} {v}" for k, v in environment().items())
+        raise ExactnessError(
+            f"this file was encoded in another environment (digest {recorded.get('env')}, here "
+            f"{environment_digest()}: {here}); float decoding is exact only where the file was made"
+        )
+    try:
+        threads = int(recorded["threads"])
+    except (KeyError, ValueError):
+        raise ExactnessError("the file does not record the thread count it was encoded with") from None
+    if not 1 <= threads <= 1024:
+        raise ExactnessError(f"the file records an impossible thread count ({threads})")
+    return threads
+
+
+class ModelChooser:
+    """One model per channel count: the user's (--model, any number of times), else the shipped default."""
+
+    def __init__(self, specs: Sequence[str] = ()):
+        self.specs = list(specs)
+        self._cache: dict[tuple[str, int], LoadedModel] = {}
+
+    def _load(self, spec: str, channels: int) -> LoadedModel:
+        key = (spec, channels)
+        if key not in self._cache:
+            self._cache[key] = load_model(spec, channels=channels)
+        return self._cache[key]
+
+    def for_channels(self, channels: int) -> LoadedModel:
+        for spec in self.specs:
+            try:
+                return self._load(spec, channels)
+            except ModelError:
+                continue  # a model for the other channel count
+        return self._load(default_model_for(channels), channels)
+
+    def for_plane(self, plane: container.Plane, channels: int) -> LoadedModel:
+        """The model that made this plane: the user's if its id matches, else the one it names."""
+        for spec in [*self.specs, plane.model_name]:
+            try:
+                loaded = self._load(spec, channels)
+            except ModelError:
+                continue
+            if loaded.model_id == plane.model_id:
+                return loaded
+        raise ModelError(
+            f"this file was coded with model {plane.model_name!r} (id {plane.model_id}), which is not available "
+            "here with those exact weights; pass it with --model"
+        )
+
+
+@dataclass
+class CodingReport:
+    source: Path
+    target: Path
+    width: int
+    height: int
+    mode: str
+    bytes: int
+    subpixels: int
+    seconds: float
+
+    @property
+    def bits_per_subpixel(self) -> float:
+        return 8 * self.bytes / self.subpixels
+
+
+def encode_image(image: DecomposedImage, models: ModelChooser, tile: int = DEFAULT_TILE, progress: bool = False) -> container.SnailFile:
+    threads = torch.get_num_threads()
+    planes = []
+    for name in image.expected_planes():
+        pixels = image.planes[name]
+        loaded = models.for_channels(PLANE_CHANNELS[name])
+        words, grid = code_plane(FloatModelTables(loaded.model), pixels, tile, progress)
+        planes.append(container.Plane(name, loaded.model_id, loaded.name, (grid.tile_h, grid.tile_w), words))
+    return container.SnailFile(
+        width=image.width, height=image.height, mode=image.mode, planes=tuple(planes),
+        pixel_crc32=pixel_checksum(image), exactness=exactness_record(threads), extras=dict(image.extras),
+    )
+
+
+def decode_image(snail: container.SnailFile, models: ModelChooser, progress: bool = False) -> DecomposedImage:
+    threads = check_exactness(snail.exactness)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        planes = {}
+        for plane in snail.planes:
+            channels = PLANE_CHANNELS[plane.channels]
+            loaded = models.for_plane(plane, channels)
+            planes[plane.channels] = decode_plane(
+                FloatModelTables(loaded.model), plane.words, snail.height, snail.width, channels, plane.tile, progress
+            )
+    finally:
+        torch.set_num_threads(previous)
+    image = DecomposedImage(snail.mode, snail.width, snail.height, planes, dict(snail.extras))
+    if pixel_checksum(image) != snail.pixel_crc32:
+        raise FormatError("decoded pixels do not match the stored checksum: the file is corrupt")
+    return image
+
+
+def default_output(source: Path, suffix: str) -> Path:
+    return source.with_name(source.name + suffix) if source.suffix == suffix else source.with_suffix(suffix)
+
+
+def encode_file(source, target=None, models: ModelChooser | None = None, tile: int = DEFAULT_TILE,
+                force: bool = False, progress: bool = False) -> CodingReport:
+    source = Path(source)
+    target = Path(target) if target else default_output(source, ".snail")
+    start = time.perf_counter()
+    image = read_image(source)
+    data = container.write(encode_image(image, models or ModelChooser(), tile, progress))
+    atomic_write(target, data, overwrite=force)
+    subpixels = sum(p.size for p in image.planes.values())
+    return CodingReport(source, target, image.width, image.height, image.mode, len(data), max(subpixels, 1),
+                        time.perf_counter() - start)
+
+
+def decode_file(source, target=None, models: ModelChooser | None = None, force: bool = False,
+                progress: bool = False) -> CodingReport:
+    source = Path(source)
+    target = Path(target) if target else (source.with_suffix(".png") if source.suffix == ".snail" else Path(f"{source}.png"))
+    start = time.perf_counter()
+    try:
+        data = source.read_bytes()
+    except OSError as e:
+        raise FormatError(f"{source}: cannot read ({e.strerror})") from None
+    snail = container.read(data)
+    image = decode_image(snail, models or ModelChooser(), progress)
+    write_image(image, target, overwrite=force)
+    subpixels = sum(p.size for p in image.planes.values())
+    return CodingReport(source, target, image.width, image.height, image.mode, len(data), max(subpixels, 1),
+                        time.perf_counter() - start)
