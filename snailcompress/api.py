@@ -24,7 +24,7 @@ import torch
 
 from .codec import container
 from .codec.coder import FloatModelTables, code_plane, decode_plane
-from .codec.images import DecomposedImage, pixel_checksum, read_image, write_image
+from .codec.images import SUPPORTED_MODES, DecomposedImage, pixel_checksum, read_image, write_image
 from .errors import ExactnessError, FormatError, ModelError
 from .fileio import atomic_write
 from .zoo import LoadedModel, default_model_for, load_model
@@ -127,6 +127,15 @@ class CodingReport:
         return 8 * self.bytes / self.subpixels
 
 
+def stored_model_name(name: str) -> str:
+    """A model name as a .snail header holds it: no control characters, and at most 100 characters
+    (the end of a long path, which says the most)."""
+    clean = "".join("?" if ord(ch) < 0x20 or 0x7F <= ord(ch) <= 0x9F or 0xD800 <= ord(ch) <= 0xDFFF else ch
+                    for ch in name) or "?"
+    limit = container.MAX_MODEL_NAME_CHARS
+    return clean if len(clean) <= limit else "..." + clean[3 - limit:]
+
+
 def encode_image(image: DecomposedImage, models: ModelChooser, tile: int = DEFAULT_TILE, progress: bool = False) -> container.SnailFile:
     threads = torch.get_num_threads()
     planes = []
@@ -134,7 +143,7 @@ def encode_image(image: DecomposedImage, models: ModelChooser, tile: int = DEFAU
         pixels = image.planes[name]
         loaded = models.for_channels(PLANE_CHANNELS[name])
         words, grid = code_plane(FloatModelTables(loaded.model), pixels, tile, progress)
-        planes.append(container.Plane(name, loaded.model_id, loaded.name, (grid.tile_h, grid.tile_w), words))
+        planes.append(container.Plane(name, loaded.model_id, stored_model_name(loaded.name), (grid.tile_h, grid.tile_w), words))
     return container.SnailFile(
         width=image.width, height=image.height, mode=image.mode, planes=tuple(planes),
         pixel_crc32=pixel_checksum(image), exactness=exactness_record(threads), extras=dict(image.extras),
@@ -142,6 +151,8 @@ def encode_image(image: DecomposedImage, models: ModelChooser, tile: int = DEFAU
 
 
 def decode_image(snail: container.SnailFile, models: ModelChooser, progress: bool = False) -> DecomposedImage:
+    if snail.mode not in SUPPORTED_MODES:  # the format has room for modes (PA) this version never writes
+        raise FormatError(f"this file holds a mode {snail.mode} image, which this version of snailcompress cannot decode")
     threads = check_exactness(snail.exactness)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)

@@ -214,6 +214,94 @@ def sample(model_spec, count, size, output, seed, scale, force):
     click.echo(f"{output}: {count} samples of {height}x{width} from {loaded.name}")
 
 
+@main.command("receptive-field")
+@click.option("--model", "models", multiple=True, required=True,
+              help="preset, checkpoint, run dir or shipped name; repeatable")
+@click.option("--size", default="32x32", show_default=True, help="HxW of the input")
+@click.option("--position", default=None, help="ROW,COL of the output pixel [the centre]")
+@click.option("--channels", type=click.Choice(["3", "1"]), default=None, help="channels of preset models [3]")
+@click.option("-o", "--output", type=click.Path(), default="receptive_field.png", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="random input image (and init of presets)")
+@click.option("-f", "--force", is_flag=True, help="overwrite the output")
+@friendly_errors
+def receptive_field_command(models, size, position, channels, output, seed, force):
+    """Which input pixels one output pixel depends on: gradient maps side by side (the paper's figure).
+
+    \b
+    Example:
+      snailcompress receptive-field --model pixelcnnpp-cifar10 --model pixelsnail-cifar10 -o rf.png
+    Presets get a data-dependent init on random images; trained models are used as they are.
+    """
+    from .receptive_field import model_for_receptive_field, plot_receptive_fields, receptive_field
+
+    try:
+        height, width = (int(v) for v in size.lower().split("x"))
+    except ValueError:
+        raise UsageError(f"--size expects HxW like 32x32, got {size!r}") from None
+    target = None
+    if position is not None:
+        try:
+            row, col = (int(v) for v in position.split(","))
+        except ValueError:
+            raise UsageError(f"--position expects ROW,COL like 16,16, got {position!r}") from None
+        target = (row, col)
+    if Path(output).exists() and not force:
+        raise UsageError(f"{output} already exists (use -f to overwrite)")
+    fields = []
+    for spec in models:
+        loaded = model_for_receptive_field(spec, height, width, int(channels) if channels else None, seed)
+        field = receptive_field(loaded.model, height, width, target, seed, name=loaded.name)
+        click.echo(
+            f"{loaded.name}: output {field.target} depends on {field.seen} of its {field.context} causal positions "
+            f"({field.fraction:.1%}; {field.fraction_above(1e-3):.1%} at >= 1e-3 of the largest gradient); "
+            f"non-causal positions with a gradient: {field.leaks}"
+        )
+        fields.append(field)
+    plot_receptive_fields(fields, Path(output))
+    click.echo(f"{output}: receptive fields of {len(fields)} models on a {height}x{width} input")
+
+
+# ---------------------------------------------------------------------------------------------
+# The benchmark
+
+
+@main.command()
+@click.option("--dataset", type=click.Choice(DATASET_CHOICES), required=True)
+@click.option("--data-dir", type=click.Path(), default=None, help="where the data set's official files are")
+@click.option("--model", "models", multiple=True, help="checkpoint, run dir, preset or shipped name; repeatable")
+@click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True)
+@click.option("--limit", type=int, default=None, help="only the first N images [all]")
+@click.option("--coded-limit", type=int, default=100, show_default=True, help="images coded as separate .snail files")
+@click.option("--chunk", type=int, default=1000, show_default=True, help="images per batch of the one-stream coding")
+@click.option("--codecs", "codec_names", default="all", show_default=True,
+              help="comma-separated, from png,webp,jpegxl-e7,jpegxl-e9,jpeg2000,jpegls")
+@click.option("--batch-size", type=int, default=32, show_default=True, help="evaluation batch")
+@click.option("--out", type=click.Path(), default=None, help="report directory [bench-DATASET]")
+@click.option("-q", "--quiet", is_flag=True, help="no progress bars")
+@folder_options
+@friendly_errors
+def bench(dataset, data_dir, models, split, limit, coded_limit, chunk, codec_names, batch_size, out, quiet,
+          crop, scales, holdout, channels):
+    """Models (NLL and real coded size) against classical lossless codecs, and the paper's Table 1.
+
+    \b
+    Writes OUT/summary.csv, summary.md, per_image.h5 and bits_per_dim.png. Example:
+      snailcompress bench --dataset cifar10 --data-dir ~/data --model runs/cifar --limit 1000
+    """
+    from .bench.harness import BenchOptions, run_benchmark
+    from .bench.report import format_table
+
+    options = BenchOptions(
+        dataset=dataset, data_dir=data_dir, models=models, split=split, limit=limit, coded_limit=coded_limit,
+        chunk=chunk, codecs=codec_names, out=out or f"bench-{dataset}", batch_size=batch_size,
+        folder=_folder_kwargs(crop, scales, holdout, channels), progress=not quiet,
+        argv=["snailcompress", *sys.argv[1:]],
+    )
+    result = run_benchmark(options, log=lambda line: click.echo(line, err=True))
+    click.echo(format_table(result.rows))
+    click.echo(f"report written to {result.out}/ (summary.csv, summary.md, per_image.h5, bits_per_dim.png)")
+
+
 # ---------------------------------------------------------------------------------------------
 # The codec
 
@@ -311,8 +399,19 @@ def info(files):
             data = Path(name).read_bytes()
         except OSError as e:
             raise FormatError(f"{name}: cannot read ({e.strerror})") from None
+        text = container.describe(container.read_header(data))  # nothing printed for a bad file
         click.echo(f"{name}:")
-        click.echo(container.describe(container.read_header(data)))
+        click.echo(text)
+
+
+@main.command()
+@click.option("--keep", type=click.Path(), default=None, help="keep the files in this directory")
+@friendly_errors
+def demo(keep):
+    """Encode, decode and verify the shipped demo image; compare with PNG, WebP, JPEG-XL, JPEG 2000."""
+    from .demo import run_demo
+
+    run_demo(Path(keep) if keep else None, echo=click.echo)
 
 
 if __name__ == "__main__":

@@ -74,11 +74,19 @@ def _coded(valid_h: np.ndarray, valid_w: np.ndarray, i: int, j: int) -> np.ndarr
     return (valid_h > i) & (valid_w > j)
 
 
-def encode_tiles(provider: TableProvider, tiles: np.ndarray, grid: TileGrid | None = None, progress=None) -> np.ndarray:
-    """Code (N, C, th, tw) uint8 tiles; `grid` marks which pixels are padding. Returns uint32 words."""
+def encode_tiles(
+    provider: TableProvider, tiles: np.ndarray, grid: TileGrid | None = None, progress=None, encoder=None
+) -> np.ndarray:
+    """Code (N, C, th, tw) uint8 tiles; `grid` marks which pixels are padding. Returns uint32 words.
+
+    `encoder`: an existing queue RangeEncoder to append to, so that several calls (batches) make one
+    stream; the words returned are then the whole stream so far. Decode such a stream with one
+    RangeDecoder passed to decode_tiles for the same batches in the same order.
+    """
     n, channels, th, tw = tiles.shape
     valid_h, valid_w = grid.valid_extent() if grid else (np.full(n, th), np.full(n, tw))
-    encoder = constriction.stream.queue.RangeEncoder()
+    if encoder is None:
+        encoder = constriction.stream.queue.RangeEncoder()
     provider.reset(n, th, tw)
     for position in range(th * tw):
         i, j = divmod(position, tw)
@@ -96,12 +104,18 @@ def encode_tiles(provider: TableProvider, tiles: np.ndarray, grid: TileGrid | No
 
 
 def decode_tiles(
-    provider: TableProvider, words: np.ndarray, shape: tuple[int, int, int, int], grid: TileGrid | None = None, progress=None
+    provider: TableProvider, words: np.ndarray | None, shape: tuple[int, int, int, int], grid: TileGrid | None = None,
+    progress=None, decoder=None,
 ) -> np.ndarray:
-    """Inverse of encode_tiles: (N, C, th, tw) uint8 tiles from the words."""
+    """Inverse of encode_tiles: (N, C, th, tw) uint8 tiles from the words.
+
+    `decoder`: an existing queue RangeDecoder to continue reading from (then `words` is ignored and
+    may be None): the inverse of passing one encoder to several encode_tiles calls.
+    """
     n, channels, th, tw = shape
     valid_h, valid_w = grid.valid_extent() if grid else (np.full(n, th), np.full(n, tw))
-    decoder = constriction.stream.queue.RangeDecoder(np.ascontiguousarray(words, dtype=np.uint32))
+    if decoder is None:
+        decoder = constriction.stream.queue.RangeDecoder(np.ascontiguousarray(words, dtype=np.uint32))
     tiles = np.zeros(shape, np.uint8)
     provider.reset(n, th, tw)
     rows = np.arange(n)

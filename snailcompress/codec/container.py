@@ -6,68 +6,92 @@ be fuzzed on its own.  `read` raises `FormatError` for every invalid input and n
 File format, version 1
 ======================
 
-All integers are unsigned little-endian.  CRC32 is zlib's / PNG's CRC-32 (``zlib.crc32``).
+A compact binary header: a 28 x 28 image coded in a few hundred bytes must not carry a big one.
+A typical one-plane file (model "snail-rgb" with a 16-hex-digit id, exactness ``env`` +
+``threads``) has 64 to 66 bytes of overhead in all (magic, version, header and both checksums),
+depending on the length of its stream.
 
-====== ======== ==============================================================================
-offset size     field
-====== ======== ==============================================================================
-0      8        magic ``89 53 4E 41 49 4C 0D 0A`` = ``b"\x89SNAIL\r\n"``.  The high-bit first byte
-                and the CR LF catch 7-bit and text-mode transfers, like PNG's signature.
-8      1        format version, u8 = 1
-9      4        ``H``: header length in bytes, u32, 1 <= H <= 1 MiB (1048576)
-13     H        header: UTF-8 JSON object (schema below)
-13+H   4        CRC32 of the H header bytes, u32
-17+H   ...      payload: for each plane of the header, in header order:
-                  4 bytes   ``n``: number of 32-bit words of the coded stream, u32; must equal the
-                            plane's ``n_words`` in the header
-                  4*n bytes the words of the range coder's output, each a u32
-end-4  4        CRC32 of all payload bytes (the length fields and the words), u32
-====== ======== ==============================================================================
+Fixed-size integers (u8, u32) are unsigned little-endian.  ``varint`` is unsigned LEB128: 7 bits a
+byte, least significant group first, the high bit set on every byte but the last; at most 5 bytes
+and minimal (no redundant final ``00`` group), so every number has exactly one encoding.  CRC32 is
+zlib's / PNG's CRC-32 (``zlib.crc32``).
 
-The file ends right after the payload CRC: the exact file length follows from the header
-(``17 + H + sum(4 + 4*n_words) + 4``), so a short file is "truncated" and a long one has
-"trailing data"; both are errors.
+====== ====== ================================================================================
+offset size   field
+====== ====== ================================================================================
+0      8      magic ``89 53 4E 41 49 4C 0D 0A`` = ``b"\x89SNAIL\r\n"``.  The high-bit first byte and
+              the CR LF catch 7-bit and text-mode transfers, like PNG's signature.
+8      1      format version, u8 = 1
+9      v      ``H``: header length in bytes, varint, 1 <= H <= 65536 (``v`` = 1 to 3 bytes)
+9+v    H      header fields (table below)
+9+v+H  4      header CRC32, u32, over bytes 8 .. 9+v+H-1: the version byte, H and the header
+13+v+H 4*N    payload: the coded words of plane 1, then of plane 2, ..., each word a u32; plane i
+              has ``n_words`` words (from the header), N = the sum over the planes
+end-4  4      payload CRC32, u32, over the 4*N payload bytes
+====== ====== ================================================================================
 
-Header (writers emit compact JSON with sorted keys and ASCII only; readers accept any valid UTF-8
-JSON but reject duplicate keys, NaN/Infinity, unknown fields, and strings containing control
-characters or unpaired surrogates).  Integers must be JSON integers (not ``1.0``, not ``true``)::
+The file ends right after the payload CRC: its exact length, ``9 + v + H + 4 + 4*N + 4``,
+follows from the header, so a short file is "truncated" and a long one has "trailing data".
 
-    {
-      "width":       int, 1..65535
-      "height":      int, 1..65535, and width*height <= 2**28
-      "mode":        Pillow mode of the original image: "L", "LA", "RGB", "RGBA", "P", "PA" or "1"
-      "pixel_crc32": int, 0..2**32-1, CRC32 of the original pixels (images.pixel_checksum)
-      "planes":      list of 1..4 objects, one per coded stream, in payload order:
-        {
-          "channels":   str, the image channels this stream codes, e.g. "RGB", "L", "A", "P"
-          "model_id":   str, 1..64 lowercase hex digits identifying the exact weights
-          "model_name": str, 1..100 characters, human-readable model name
-          "tile":       [tile_h, tile_w], ints 1..65535
-          "n_words":    int, 0..2**32-1, length of the coded stream in u32 words
-        }
-      "exactness":   object, at most 32 entries, str (1..200 chars) -> str (0..200 chars):
-                     what bit-exact decoding depends on (format, dtype, threads, device, versions)
-      "extras":      object, only these keys, each only where stated:
-        "constant_alpha": int 0..255; modes LA, RGBA, PA, exactly when no plane codes "A"
-        "palette":        str, lowercase hex of the raw palette bytes, 0..256 entries of
-                          len(palette_mode) bytes; required for P and PA, forbidden otherwise
-        "palette_mode":   "RGB" or "RGBA"; required for P and PA, forbidden otherwise
-        "transparency":   P, PA: int 0..255 (the one transparent index) or str (lowercase hex of
-                          1..256 per-index alpha bytes); L, 1: int 0..65535 (transparent grey);
-                          RGB: [r, g, b], ints 0..65535; forbidden for other modes
-    }
+Header fields, in this order (``text`` is defined below):
 
-The planes' ``channels`` concatenated, in order, must spell the mode's channels: "L" for L and 1,
-"LA", "RGB", "RGBA", "P", "PA" -- without the final "A" when the alpha is constant.  Examples:
-RGBA = ["RGB", "A"] or ["RGB"] + constant_alpha; 1 (bilevel) = ["L"] holding 0/255.
+================ ============= =====================================================================
+field            encoding      meaning and range
+================ ============= =====================================================================
+width            varint        1..65535
+height           varint        1..65535, and width * height <= 2**28
+mode             u8            Pillow mode of the original image: 0 "L", 1 "1", 2 "LA", 3 "RGB",
+                               4 "RGBA", 5 "P", 6 "PA"
+pixel_crc32      u32           CRC32 of the original pixels (images.pixel_checksum)
+plane count      u8            1..4, then for each plane, in payload order:
+  channels       u8            image channels the stream codes: 0 "L", 1 "A", 2 "RGB", 3 "P"
+  model_id       text          1..64 lowercase hex digits identifying the exact weights
+  model_name     text          1..100 characters, human-readable model name
+  tile_h         varint        1..65535
+  tile_w         varint        1..65535
+  n_words        varint        0..2**32-1, length of the coded stream in u32 words
+exactness count  u8            0..32, then for each entry, in strictly increasing order of key
+                               (by code points):
+  key            u8 [text]     1 = "env", 2 = "threads" (well-known keys must use their code), or
+                               0 followed by the key as text, 1..200 characters
+  value          text          0..200 characters
+extras count     u8            0..3, then for each field, in strictly increasing order of tag:
+  tag            u8            which field, and its encoding:
+  1              u8            constant_alpha, 0..255; modes LA, RGBA, PA, exactly when no plane
+                               codes "A"
+  2              u8 varint     palette (P and PA, required; forbidden otherwise): u8 bytes per
+                 bytes         entry, 3 (palette_mode "RGB") or 4 ("RGBA"); varint entry count
+                               0..256; the raw palette bytes
+  3              varint(s)     transparency as numbers: P, PA: 1 varint, the transparent index
+                               0..255; L, 1: 1 varint, the transparent grey 0..65535; RGB: 3
+                               varints r, g, b, 0..65535; forbidden for other modes
+  4              varint bytes  transparency as per-index alpha (P, PA only): varint length
+                               1..256, then the alpha bytes
+================ ============= =====================================================================
 
-Everything is checked before anything is allocated: a header promising 60000 x 60000 pixels or
-4 G words is refused (or found truncated) without allocating more than the file itself.
+``text`` is a string: a varint ``n``, then, if n is even, n/2 bytes of UTF-8; if n is odd (n >= 3),
+(n-1)/2 raw bytes standing for their lowercase hex digits (so a 16-hex-digit model id takes 9
+bytes).  Writers use the hex form exactly for non-empty strings of an even number of lowercase hex
+digits, and readers refuse the other choice.  No string may contain control characters (C0, DEL,
+C1) or invalid UTF-8.  The header ends exactly after its last field.
+
+In the Python API (`SnailFile.extras`) the extras keep the keys and value types of
+images.DecomposedImage: "constant_alpha" int; "palette" lowercase hex str and "palette_mode"
+"RGB"/"RGBA" (tag 2); "transparency" int (tag 3; a list [r, g, b] for RGB) or lowercase hex str
+(tag 4).
+
+The planes' channels concatenated, in order, must spell the mode's channels: "L" for L and 1,
+"LA", "RGB", "RGBA", "P", "PA" -- without the final "A" when the alpha is constant.  So RGBA is
+["RGB", "A"] or ["RGB"] + constant_alpha; 1 (bilevel) is ["L"] holding 0/255.
+
+Every header has exactly one encoding (minimal varints, sorted keys and tags, canonical text), so
+``write(read(data)) == data`` for every file ``read`` accepts.  Everything is checked before
+anything is allocated: a header promising 60000 x 60000 pixels or 4 G words is refused (or found
+truncated) without allocating more than the file itself.
 """
 
 from __future__ import annotations
 
-import json
 import re
 import struct
 import zlib
@@ -88,6 +112,7 @@ __all__ = [
     "MAX_PLANES",
     "MODES",
     "MODE_CHANNELS",
+    "PLANE_CHANNELS",
     "Plane",
     "SnailFile",
     "write",
@@ -95,12 +120,13 @@ __all__ = [
     "read_header",
     "describe",
     "file_size",
+    "overhead",
 ]
 
 MAGIC = b"\x89SNAIL\r\n"
 VERSION = 1
 READABLE_VERSIONS = (1,)
-MAX_HEADER_BYTES = 1 << 20
+MAX_HEADER_BYTES = 1 << 16
 MAX_SIDE = 65535
 MAX_PIXELS = 1 << 28
 MAX_PLANES = 4
@@ -109,15 +135,20 @@ MAX_EXACTNESS_ENTRIES = 32
 MAX_EXACTNESS_CHARS = 200
 MAX_MODEL_NAME_CHARS = 100
 MAX_MODEL_ID_CHARS = 64
+MAX_PALETTE_ENTRIES = 256
 
 #: Pillow mode -> the channels its planes must spell, in order (before dropping a constant alpha).
 MODE_CHANNELS = {"L": "L", "1": "L", "LA": "LA", "RGB": "RGB", "RGBA": "RGBA", "P": "P", "PA": "PA"}
-MODES = tuple(MODE_CHANNELS)
+MODES = tuple(MODE_CHANNELS)  # index = the mode's code in the header
+#: What one plane may code; index = the channels' code in the header.
+PLANE_CHANNELS = ("L", "A", "RGB", "P")
+#: Exactness keys stored as a one-byte code (index + 1) instead of as text.
+KNOWN_EXACTNESS_KEYS = ("env", "threads")
 
-_FIXED = len(MAGIC) + 1 + 4  # magic, version, header length
+_TAG_CONSTANT_ALPHA, _TAG_PALETTE, _TAG_TRANSPARENCY, _TAG_ALPHA_TABLE = 1, 2, 3, 4
+_MAX_EXTRAS = 3  # constant_alpha, palette and one transparency at most
+_VARINT_MAX_BYTES = 5
 _U32 = struct.Struct("<I")
-_HEADER_KEYS = frozenset({"width", "height", "mode", "pixel_crc32", "planes", "exactness", "extras"})
-_PLANE_KEYS = frozenset({"channels", "model_id", "model_name", "tile", "n_words"})
 _EXTRA_KEYS = frozenset({"constant_alpha", "palette", "palette_mode", "transparency"})
 _BAD_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 _HEX = re.compile(r"(?:[0-9a-f]{2})*\Z")
@@ -128,7 +159,7 @@ _MODEL_ID = re.compile(r"[0-9a-f]{1,%d}\Z" % MAX_MODEL_ID_CHARS)
 class Plane:
     """One coded stream: the pixels of some channels of the image, coded with one model."""
 
-    channels: str  # which image channels, e.g. "RGB", "L", "A", "P" (palette indices)
+    channels: str  # which image channels: "RGB", "L", "A" or "P" (palette indices)
     model_id: str  # hex digest identifying the exact weights (e.g. first 16 hex of sha256)
     model_name: str  # human-readable name (e.g. "snail-rgb-small"), for messages
     tile: tuple[int, int]  # (tile_h, tile_w) used for coding
@@ -185,7 +216,7 @@ class SnailFile:
 
 
 # --------------------------------------------------------------------------------------------
-# validation of the header object (shared by write and read, so write never emits what read refuses)
+# validation of the header's values (shared by write and read, so write never emits what read refuses)
 
 
 def _bad(msg: str) -> FormatError:
@@ -220,7 +251,7 @@ def _hex(obj: Any, name: str, max_bytes: int) -> bytes:
 
 def _jtype(obj: Any) -> str:
     if obj is None:
-        return "null"
+        return "None"
     if isinstance(obj, bool):
         return "a boolean"
     if isinstance(obj, int):
@@ -232,66 +263,62 @@ def _jtype(obj: Any) -> str:
     if isinstance(obj, (list, tuple)):
         return "a list"
     if isinstance(obj, dict):
-        return "an object"
+        return "a dict"
     return type(obj).__name__
 
 
-def _keys(obj: Any, name: str, allowed: frozenset, required: frozenset) -> dict:
-    if type(obj) is not dict:
-        raise _bad(f"{name} must be an object, not {_jtype(obj)}")
-    unknown = [k for k in obj if k not in allowed]
-    if unknown:
-        shown = ", ".join(repr(k)[:40] for k in sorted(unknown, key=str)[:5])
-        raise _bad(f"unknown field(s) in {name}: {shown}")
-    missing = sorted(required - obj.keys())
-    if missing:
-        raise _bad(f"{name} lacks required field(s): {', '.join(missing)}")
-    return obj
+def _check_header(obj: dict) -> None:
+    """Check the header's values completely; raise FormatError('header is invalid: ...').
 
-
-def _check_header(obj: Any) -> None:
-    """Check a parsed header object completely; raise FormatError('header is invalid: ...')."""
-    h = _keys(obj, "the header", _HEADER_KEYS, _HEADER_KEYS)
-    width = _int(h["width"], "width", 1, MAX_SIDE)
-    height = _int(h["height"], "height", 1, MAX_SIDE)
+    ``obj`` has the keys width, height, mode, pixel_crc32, planes (a list of dicts with channels,
+    model_id, model_name, tile, n_words), exactness and extras, with the API's value types.
+    """
+    width = _int(obj["width"], "width", 1, MAX_SIDE)
+    height = _int(obj["height"], "height", 1, MAX_SIDE)
     if width * height > MAX_PIXELS:
         raise _bad(f"{width} x {height} pixels is more than the {MAX_PIXELS} this format allows")
-    mode = h["mode"]
+    mode = obj["mode"]
     if type(mode) is not str or mode not in MODE_CHANNELS:
         shown = repr(mode)[:40] if type(mode) is str else _jtype(mode)
         raise _bad(f"mode {shown} is not one of {', '.join(MODES)}")
-    _int(h["pixel_crc32"], "pixel_crc32", 0, 0xFFFFFFFF)
+    _int(obj["pixel_crc32"], "pixel_crc32", 0, 0xFFFFFFFF)
 
-    planes = h["planes"]
-    if type(planes) is not list:
-        raise _bad(f"planes must be a list, not {_jtype(planes)}")
+    planes = obj["planes"]
     if not 1 <= len(planes) <= MAX_PLANES:
         raise _bad(f"there must be 1 to {MAX_PLANES} planes, not {len(planes)}")
     for i, p in enumerate(planes):
         where = f"plane {i + 1}"
-        _keys(p, where, _PLANE_KEYS, _PLANE_KEYS)
-        _str(p["channels"], f"{where} channels", 1, 4)
+        ch = p["channels"]
+        if type(ch) is not str or ch not in PLANE_CHANNELS:
+            shown = repr(ch)[:40] if type(ch) is str else _jtype(ch)
+            raise _bad(f"{where} channels {shown} is not one of {', '.join(PLANE_CHANNELS)}")
         mid = _str(p["model_id"], f"{where} model_id", 1, MAX_MODEL_ID_CHARS)
         if not _MODEL_ID.match(mid):
             raise _bad(f"{where} model_id must be lowercase hexadecimal")
         _str(p["model_name"], f"{where} model_name", 1, MAX_MODEL_NAME_CHARS)
         tile = p["tile"]
-        if type(tile) is not list or len(tile) != 2:
-            raise _bad(f"{where} tile must be a list [tile_h, tile_w]")
+        if type(tile) not in (list, tuple) or len(tile) != 2:
+            raise _bad(f"{where} tile must be a pair (tile_h, tile_w)")
         _int(tile[0], f"{where} tile height", 1, MAX_SIDE)
         _int(tile[1], f"{where} tile width", 1, MAX_SIDE)
         _int(p["n_words"], f"{where} n_words", 0, MAX_WORDS)
 
-    ex = h["exactness"]
+    ex = obj["exactness"]
     if type(ex) is not dict:
-        raise _bad(f"exactness must be an object, not {_jtype(ex)}")
+        raise _bad(f"exactness must be a dict, not {_jtype(ex)}")
     if len(ex) > MAX_EXACTNESS_ENTRIES:
         raise _bad(f"exactness has {len(ex)} entries, at most {MAX_EXACTNESS_ENTRIES} are allowed")
     for k, v in ex.items():
         _str(k, "an exactness key", 1, MAX_EXACTNESS_CHARS)
         _str(v, f"exactness[{k!r}]", 0, MAX_EXACTNESS_CHARS)
 
-    extras = _keys(h["extras"], "extras", _EXTRA_KEYS, frozenset())
+    extras = obj["extras"]
+    if type(extras) is not dict:
+        raise _bad(f"extras must be a dict, not {_jtype(extras)}")
+    unknown = [k for k in extras if k not in _EXTRA_KEYS]
+    if unknown:
+        shown = ", ".join(repr(k)[:40] for k in sorted(unknown, key=str)[:5])
+        raise _bad(f"unknown field(s) in extras: {shown}")
     _check_extras(mode, extras)
 
     expected = MODE_CHANNELS[mode]
@@ -317,7 +344,7 @@ def _check_extras(mode: str, extras: dict) -> None:
         pmode = extras["palette_mode"]
         if type(pmode) is not str or pmode not in ("RGB", "RGBA"):
             raise _bad("palette_mode must be 'RGB' or 'RGBA'")
-        pal = _hex(extras["palette"], "palette", 256 * len(pmode))
+        pal = _hex(extras["palette"], "palette", MAX_PALETTE_ENTRIES * len(pmode))
         if len(pal) % len(pmode):
             raise _bad(f"palette length {len(pal)} is not a multiple of {len(pmode)} ({pmode})")
     else:
@@ -349,7 +376,7 @@ def _check_extras(mode: str, extras: dict) -> None:
 
 
 def _plain(x: Any) -> Any:
-    """numpy scalars and tuples -> JSON-able Python values (anything else is left for the check)."""
+    """numpy scalars -> int, tuples -> lists (anything else is left for the check)."""
     if isinstance(x, np.integer):
         return int(x)
     if isinstance(x, (list, tuple)):
@@ -360,7 +387,7 @@ def _plain(x: Any) -> Any:
 
 
 def _header_obj(f: SnailFile) -> dict:
-    """The JSON header for f, checked (ValueError if f is not a valid SnailFile)."""
+    """The header values of f, checked (ValueError if f is not a valid SnailFile)."""
     if not isinstance(f, SnailFile):
         raise TypeError(f"write() needs a SnailFile, not {type(f).__name__}")
     planes = []
@@ -386,7 +413,7 @@ def _header_obj(f: SnailFile) -> dict:
         "pixel_crc32": _plain(f.pixel_crc32),
         "planes": planes,
         "exactness": dict(f.exactness) if isinstance(f.exactness, dict) else f.exactness,
-        "extras": _plain(f.extras),
+        "extras": _plain(dict(f.extras)) if isinstance(f.extras, dict) else f.extras,
     }
     try:
         _check_header(obj)
@@ -395,57 +422,251 @@ def _header_obj(f: SnailFile) -> dict:
     return obj
 
 
-def _header_bytes(obj: dict) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode("ascii")
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _text(s: str) -> bytes:
+    if s and _HEX.match(s):
+        raw = bytes.fromhex(s)
+        return _varint(2 * len(raw) + 1) + raw
+    raw = s.encode("utf-8")
+    return _varint(2 * len(raw)) + raw
+
+
+def _encode_header(obj: dict) -> bytes:
+    """The header bytes of a checked header object (see the module docstring)."""
+    out = bytearray()
+    out += _varint(obj["width"])
+    out += _varint(obj["height"])
+    out.append(MODES.index(obj["mode"]))
+    out += _U32.pack(obj["pixel_crc32"])
+    out.append(len(obj["planes"]))
+    for p in obj["planes"]:
+        out.append(PLANE_CHANNELS.index(p["channels"]))
+        out += _text(p["model_id"])
+        out += _text(p["model_name"])
+        out += _varint(p["tile"][0])
+        out += _varint(p["tile"][1])
+        out += _varint(p["n_words"])
+    ex = obj["exactness"]
+    out.append(len(ex))
+    for key in sorted(ex):
+        if key in KNOWN_EXACTNESS_KEYS:
+            out.append(KNOWN_EXACTNESS_KEYS.index(key) + 1)
+        else:
+            out.append(0)
+            out += _text(key)
+        out += _text(ex[key])
+    extras = obj["extras"]
+    fields = []
+    if "constant_alpha" in extras:
+        fields.append(bytes((_TAG_CONSTANT_ALPHA, extras["constant_alpha"])))
+    if "palette" in extras:
+        pal = bytes.fromhex(extras["palette"])
+        bpe = len(extras["palette_mode"])
+        fields.append(bytes((_TAG_PALETTE, bpe)) + _varint(len(pal) // bpe) + pal)
+    if "transparency" in extras:
+        t = extras["transparency"]
+        if isinstance(t, str):
+            alpha = bytes.fromhex(t)
+            fields.append(bytes((_TAG_ALPHA_TABLE,)) + _varint(len(alpha)) + alpha)
+        else:
+            values = t if isinstance(t, list) else [t]
+            fields.append(bytes((_TAG_TRANSPARENCY,)) + b"".join(_varint(v) for v in values))
+    out.append(len(fields))
+    for chunk in fields:
+        out += chunk
+    return bytes(out)
+
+
+def _header_bytes(f: SnailFile) -> bytes:
+    header = _encode_header(_header_obj(f))
+    if len(header) > MAX_HEADER_BYTES:  # pragma: no cover - the field limits keep headers far smaller
+        raise ValueError(f"invalid SnailFile: header of {len(header)} bytes exceeds {MAX_HEADER_BYTES}")
+    return header
 
 
 def write(f: SnailFile) -> bytes:
     """Serialize f.  Raises ValueError (TypeError) if f would not be readable back."""
-    header = _header_bytes(_header_obj(f))
-    if len(header) > MAX_HEADER_BYTES:
-        raise ValueError(f"invalid SnailFile: header of {len(header)} bytes exceeds {MAX_HEADER_BYTES}")
-    payload = bytearray()
-    for p in f.planes:
-        payload += _U32.pack(p.words.size)
-        payload += p.words.astype("<u4", copy=False).tobytes()
-    return b"".join(
-        (
-            MAGIC,
-            bytes((VERSION,)),
-            _U32.pack(len(header)),
-            header,
-            _U32.pack(zlib.crc32(header)),
-            payload,
-            _U32.pack(zlib.crc32(payload)),
-        )
-    )
+    header = _header_bytes(f)
+    checked = bytes((VERSION,)) + _varint(len(header)) + header
+    payload = b"".join(p.words.astype("<u4", copy=False).tobytes() for p in f.planes)
+    return b"".join((MAGIC, checked, _U32.pack(zlib.crc32(checked)), payload, _U32.pack(zlib.crc32(payload))))
+
+
+def overhead(f: SnailFile) -> int:
+    """Bytes of write(f) that are not coded words: magic, version, header and both checksums."""
+    header = _header_bytes(f)
+    return len(MAGIC) + 1 + len(_varint(len(header))) + len(header) + 4 + 4
 
 
 def file_size(f: SnailFile) -> int:
     """The length in bytes of write(f), without building it."""
-    header = _header_bytes(_header_obj(f))
-    return _FIXED + len(header) + 4 + sum(4 + 4 * p.n_words for p in f.planes) + 4
+    return overhead(f) + sum(4 * p.n_words for p in f.planes)
 
 
 # --------------------------------------------------------------------------------------------
 # reading
 
 
-def _pairs(pairs: list) -> dict:
-    d: dict = {}
-    for k, v in pairs:
-        if k in d:
-            raise _bad(f"duplicate field {k!r}"[:200])
-        d[k] = v
-    return d
-
-
-def _no_constant(name: str) -> Any:
-    raise _bad(f"{name} is not valid JSON here")
-
-
 def _truncated() -> FormatError:
     return FormatError("file is truncated")
+
+
+class _Fields:
+    """Reads the header's fields from bytes whose length and checksum were already verified."""
+
+    def __init__(self, data: bytes):
+        self.data = data
+        self.pos = 0
+
+    def take(self, n: int, name: str) -> bytes:
+        if n > len(self.data) - self.pos:
+            raise _bad(f"it ends in the middle of {name}")
+        chunk = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return chunk
+
+    def u8(self, name: str) -> int:
+        return self.take(1, name)[0]
+
+    def u32(self, name: str) -> int:
+        return _U32.unpack(self.take(4, name))[0]
+
+    def varint(self, name: str) -> int:
+        value = 0
+        for i in range(_VARINT_MAX_BYTES):
+            b = self.u8(name)
+            value |= (b & 0x7F) << (7 * i)
+            if not b & 0x80:
+                if b == 0 and i:
+                    raise _bad(f"{name} is not minimally encoded")
+                return value
+        raise _bad(f"{name} is longer than {_VARINT_MAX_BYTES} bytes")
+
+    def text(self, name: str) -> str:
+        n = self.varint(f"the length of {name}")
+        size = n >> 1
+        raw = self.take(size, name)
+        if n & 1:
+            if not size:
+                raise _bad(f"{name} has an invalid length code (1)")
+            return raw.hex()
+        try:
+            s = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise _bad(f"{name} is not valid UTF-8") from None
+        if s and _HEX.match(s):
+            raise _bad(f"{name} is stored as text but must be stored as packed hex digits (not canonical)")
+        return s
+
+    def known_code(self, name: str, table: tuple[str, ...]) -> str:
+        code = self.u8(name)
+        if code >= len(table):
+            raise _bad(f"{name} code {code} is not one of 0..{len(table) - 1} ({', '.join(table)})")
+        return table[code]
+
+
+def _decode_header(data: bytes) -> dict:
+    """Parse the header's fields (FormatError for anything malformed); values checked separately."""
+    r = _Fields(data)
+    obj: dict[str, Any] = {}
+    obj["width"] = r.varint("width")
+    obj["height"] = r.varint("height")
+    mode = obj["mode"] = r.known_code("mode", MODES)
+    obj["pixel_crc32"] = r.u32("pixel_crc32")
+    count = r.u8("the plane count")
+    if not 1 <= count <= MAX_PLANES:
+        raise _bad(f"there must be 1 to {MAX_PLANES} planes, not {count}")
+    planes = []
+    for i in range(count):
+        where = f"plane {i + 1}"
+        planes.append(
+            {
+                "channels": r.known_code(f"{where} channels", PLANE_CHANNELS),
+                "model_id": r.text(f"{where} model_id"),
+                "model_name": r.text(f"{where} model_name"),
+                "tile": (r.varint(f"{where} tile height"), r.varint(f"{where} tile width")),
+                "n_words": r.varint(f"{where} n_words"),
+            }
+        )
+    obj["planes"] = planes
+
+    count = r.u8("the exactness count")
+    if count > MAX_EXACTNESS_ENTRIES:
+        raise _bad(f"exactness has {count} entries, at most {MAX_EXACTNESS_ENTRIES} are allowed")
+    exactness: dict[str, str] = {}
+    previous = None
+    for i in range(count):
+        code = r.u8(f"exactness key {i + 1}")
+        if code == 0:
+            key = r.text(f"exactness key {i + 1}")
+            if key in KNOWN_EXACTNESS_KEYS:
+                code = KNOWN_EXACTNESS_KEYS.index(key) + 1
+                raise _bad(f"exactness key {key!r} must be stored as its code {code} (not canonical)")
+        elif code <= len(KNOWN_EXACTNESS_KEYS):
+            key = KNOWN_EXACTNESS_KEYS[code - 1]
+        else:
+            raise _bad(f"exactness key code {code} is unknown (0..{len(KNOWN_EXACTNESS_KEYS)} are defined)")
+        if previous is not None and key <= previous:
+            if key == previous:
+                raise _bad(f"exactness key {key!r:.60} appears twice")
+            raise _bad("exactness keys are not in increasing order")
+        previous = key
+        exactness[key] = r.text(f"exactness[{key!r:.60}]")
+    obj["exactness"] = exactness
+
+    count = r.u8("the extras count")
+    if count > _MAX_EXTRAS:
+        raise _bad(f"extras has {count} fields, at most {_MAX_EXTRAS} are allowed")
+    extras: dict[str, Any] = {}
+    last = 0
+    for _ in range(count):
+        tag = r.u8("an extras tag")
+        if not _TAG_CONSTANT_ALPHA <= tag <= _TAG_ALPHA_TABLE:
+            raise _bad(f"unknown extras field (tag {tag})")
+        if tag <= last:
+            raise _bad(f"extras field tag {tag} " + ("appears twice" if tag == last else "is out of order"))
+        last = tag
+        if tag == _TAG_CONSTANT_ALPHA:
+            extras["constant_alpha"] = r.u8("constant_alpha")
+        elif tag == _TAG_PALETTE:
+            bpe = r.u8("the palette entry size")
+            if bpe not in (3, 4):
+                raise _bad(f"palette entry size {bpe} is not 3 (RGB) or 4 (RGBA)")
+            entries = r.varint("the palette entry count")
+            if entries > MAX_PALETTE_ENTRIES:
+                raise _bad(f"palette has {entries} entries, at most {MAX_PALETTE_ENTRIES} are allowed")
+            extras["palette"] = r.take(entries * bpe, "the palette").hex()
+            extras["palette_mode"] = "RGB" if bpe == 3 else "RGBA"
+        elif tag == _TAG_TRANSPARENCY:
+            if mode == "RGB":
+                extras["transparency"] = [r.varint(f"transparency {c}") for c in "rgb"]
+            elif mode in ("L", "1", "P", "PA"):
+                extras["transparency"] = r.varint("transparency")
+            else:
+                raise _bad(f"transparency is not allowed for mode {mode}")
+        else:
+            if "transparency" in extras:
+                raise _bad("transparency is given twice")
+            if mode not in ("P", "PA"):
+                raise _bad(f"transparency as per-index alpha is not allowed for mode {mode}")
+            n = r.varint("the transparency length")
+            if n > 256:
+                raise _bad(f"transparency has {n} entries, at most 256 are allowed")
+            extras["transparency"] = r.take(n, "transparency").hex()
+    obj["extras"] = extras
+
+    left = len(data) - r.pos
+    if left:
+        raise _bad(f"{left} unexpected byte{'s' if left != 1 else ''} after its last field")
+    return obj
 
 
 def _parse(data: bytes | bytearray | memoryview, verify_payload: bool) -> SnailFile:
@@ -463,40 +684,46 @@ def _parse(data: bytes | bytearray | memoryview, verify_payload: bool) -> SnailF
                 "(was it copied in text mode or opened in an editor?)"
             )
         raise FormatError("not a .snail file")
-    if size < len(MAGIC) + 1:
+    pos = len(MAGIC)
+    if size <= pos:
         raise _truncated()
-    version = view[len(MAGIC)]
+    version = view[pos]
     if version not in READABLE_VERSIONS:
         readable = ", ".join(str(v) for v in READABLE_VERSIONS)
         raise FormatError(
             f"unsupported .snail format version {version}; this build of snailcompress reads version {readable}"
         )
-    if size < _FIXED:
-        raise _truncated()
-    (hlen,) = _U32.unpack_from(view, len(MAGIC) + 1)
+    pos += 1
+    hlen = 0
+    for i in range(3):  # the header length: a varint of at most 3 bytes (MAX_HEADER_BYTES < 2**21)
+        if pos >= size:
+            raise _truncated()
+        b = view[pos]
+        pos += 1
+        hlen |= (b & 0x7F) << (7 * i)
+        if not b & 0x80:
+            if b == 0 and i:
+                raise FormatError("header is corrupt (its length is not minimally encoded)")
+            break
+    else:
+        raise FormatError(f"header is corrupt (it claims more than {MAX_HEADER_BYTES} bytes)")
     if hlen > MAX_HEADER_BYTES:
         raise FormatError(f"header is corrupt (it claims {hlen} bytes; at most {MAX_HEADER_BYTES} are allowed)")
     if hlen == 0:
         raise FormatError("header is corrupt (it is empty)")
-    if size < _FIXED + hlen + 4:
+    if size < pos + hlen + 4:
         raise _truncated()
-    header = bytes(view[_FIXED : _FIXED + hlen])
-    (hcrc,) = _U32.unpack_from(view, _FIXED + hlen)
-    if zlib.crc32(header) != hcrc:
+    checked = bytes(view[len(MAGIC) : pos + hlen])
+    (hcrc,) = _U32.unpack_from(view, pos + hlen)
+    if zlib.crc32(checked) != hcrc:
         raise FormatError("header is corrupt (checksum mismatch)")
 
-    try:
-        text = header.decode("utf-8")
-        obj = json.loads(text, object_pairs_hook=_pairs, parse_constant=_no_constant)
-    except FormatError:
-        raise
-    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, huge int literals
-        raise FormatError("header is invalid: it is not valid UTF-8 JSON") from e
+    obj = _decode_header(checked[pos - len(MAGIC) :])
     _check_header(obj)
 
     counts = [p["n_words"] for p in obj["planes"]]
-    start = _FIXED + hlen + 4
-    expected = start + sum(4 + 4 * n for n in counts) + 4
+    start = pos + hlen + 4
+    expected = start + 4 * sum(counts) + 4
     if size < expected:
         raise _truncated()
     if size > expected:
@@ -504,43 +731,29 @@ def _parse(data: bytes | bytearray | memoryview, verify_payload: bool) -> SnailF
         raise FormatError(
             f"file has {extra} byte{'s' if extra != 1 else ''} of unexpected data after its end (trailing garbage)"
         )
-    payload = view[start : expected - 4]
     if verify_payload:
         (pcrc,) = _U32.unpack_from(view, expected - 4)
-        if zlib.crc32(payload) != pcrc:
+        if zlib.crc32(view[start : expected - 4]) != pcrc:
             raise FormatError("payload is corrupt (checksum mismatch)")
 
     planes = []
     pos = start
-    for i, (p, n) in enumerate(zip(obj["planes"], counts)):
-        (m,) = _U32.unpack_from(view, pos)
-        if m != n:
-            raise FormatError(
-                f"payload is corrupt (stream {i + 1} has {m} words, the header says {n})"
-            )
-        pos += 4
+    for p, n in zip(obj["planes"], counts):
         words = np.frombuffer(view, dtype="<u4", count=n, offset=pos)
         if verify_payload or words.dtype != np.uint32:
-            words = words.astype(np.uint32)  # a private, native-endian copy
+            words = words.astype(np.uint32)  # a private, aligned, native-endian copy
         pos += 4 * n
         planes.append(
-            Plane(
-                channels=p["channels"],
-                model_id=p["model_id"],
-                model_name=p["model_name"],
-                tile=(p["tile"][0], p["tile"][1]),
-                words=words,
-            )
+            Plane(channels=p["channels"], model_id=p["model_id"], model_name=p["model_name"], tile=p["tile"], words=words)
         )
-    extras = dict(obj["extras"])
     return SnailFile(
         width=obj["width"],
         height=obj["height"],
         mode=obj["mode"],
         planes=tuple(planes),
         pixel_crc32=obj["pixel_crc32"],
-        exactness=dict(obj["exactness"]),
-        extras=extras,
+        exactness=obj["exactness"],
+        extras=obj["extras"],
     )
 
 
@@ -552,8 +765,8 @@ def read(data: bytes) -> SnailFile:
 def read_header(data: bytes) -> SnailFile:
     """Like read, but does not verify the payload checksum; the words are read-only views of data.
 
-    Meant for `snailcompress info`: everything in the header is checked, and so are the file length
-    and the stream lengths, but a payload bit flip goes unnoticed.
+    Meant for `snailcompress info`: everything in the header is checked, and so is the file length,
+    but a payload bit flip goes unnoticed.
     """
     return _parse(data, verify_payload=False)
 
@@ -564,7 +777,7 @@ def read_header(data: bytes) -> SnailFile:
 
 def _fmt_bytes(n: int) -> str:
     if n < 10_000:
-        return f"{n:,} bytes"
+        return f"{n:,} byte{'s' if n != 1 else ''}"
     for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
         if n >= scale:
             return f"{n:,} bytes ({n / scale:.1f} {unit})"
@@ -580,6 +793,7 @@ def describe(f: SnailFile) -> str:
         f".snail file, format version {VERSION}, {_fmt_bytes(total)}",
         f"image:        {f.width} x {f.height} pixels, mode {f.mode}",
         f"size:         {8 * total / pixels:.4f} bits per pixel in all, {8 * payload / pixels:.4f} in the coded streams",
+        f"container:    {_fmt_bytes(total - payload)} of header and checksums",
         f"pixel CRC32:  {f.pixel_crc32:08x}",
         f"planes:       {len(f.planes)}",
     ]

@@ -1,0 +1,410 @@
+"""The benchmark: models (likelihood and real coded size) against classical codecs on one data set.
+
+    load_split ─► the first N images ─┬─► each model: NLL bits/dim (evaluate)            kind model-nll
+                                      ├─► each PixelSNAIL: .snail files, one per image    kind model-coded
+                                      │                    one range-coder stream         kind model-coded
+                                      ├─► each codec: one file per image, one mosaic      kind codec
+                                      └─► Table 1 of the paper (cifar10, imagenet32)      kind paper
+                                    ─► bench.report.write_report: summary.csv/.md, per_image.h5, bits_per_dim.png
+
+Coded sizes are real and checked: every .snail file and every stream is decoded again and compared
+with the original pixels; a mismatch raises (it is a bug, not a user error).
+
+* "per file": each of the first `coded_limit` images is its own .snail file (coded alone as one tile
+  through api.encode_image / container.write; every header byte counted), decoded with
+  api.decode_image.
+* "one stream": all N images in one range-coder stream, in chunks of at most `chunk` images, each a
+  batch of coder.encode_tiles appending to one shared encoder; bytes = 4 * words + the fixed
+  container overhead (the length of a .snail file with an empty stream and the header of one image
+  of the set: magic, version, header, CRCs, stream length field).
+
+PixelCNN++ has no incremental decoder (coding would take H*W full forward passes per image), so it
+gets an NLL row and a note, no coded rows.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import constriction
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from .. import api
+from ..codec import container
+from ..codec.coder import FloatModelTables, decode_tiles, encode_tiles
+from ..codec.images import DecomposedImage, same_image
+from ..data import ArrayDataset, load_split
+from ..errors import DatasetError, ModelError, UsageError
+from ..evaluate import evaluate, image_log_probs
+from ..models.pixelsnail import PixelSNAIL
+from ..models.presets import PRESETS
+from ..zoo import LoadedModel, load_model
+from . import codecs as bench_codecs
+from .codecs import NotLosslessError
+from .paper import paper_rows
+from .report import default_meta, write_report
+
+__all__ = ["BenchOptions", "BenchResult", "run_benchmark", "machine_facts"]
+
+MODES = {3: "RGB", 1: "L"}
+
+
+@dataclass
+class BenchOptions:
+    dataset: str
+    data_dir: str | os.PathLike | None = None
+    models: Sequence[str] = ()
+    split: str = "test"
+    limit: int | None = None  # the first N images (None: the whole split)
+    coded_limit: int = 100  # images coded as separate .snail files
+    chunk: int = 1000  # images per batch of the one-stream coding
+    codecs: str | Sequence[str] | None = None  # None or "all": every available codec
+    out: str | os.PathLike = "bench"
+    folder: dict = field(default_factory=dict)  # crop, scales, holdout, channels (folder data set only)
+    batch_size: int = 32  # evaluation batch
+    progress: bool = True
+    argv: list[str] | None = None  # the command line recorded in the meta (default sys.argv)
+
+
+@dataclass
+class BenchResult:
+    rows: pd.DataFrame
+    per_image: dict[str, np.ndarray]
+    meta: dict
+    out: Path
+    notes: list[str]
+
+
+# ---------------------------------------------------------------------------------------------
+# inputs
+
+
+def machine_facts() -> dict:
+    """CPU model, cores, torch version and threads: what the timings depend on."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cpu_cores": os.cpu_count(),
+        "torch": str(torch.__version__),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def _check_options(opts: BenchOptions) -> None:
+    if opts.limit is not None and opts.limit < 1:
+        raise UsageError("--limit must be at least 1")
+    if opts.coded_limit < 0:
+        raise UsageError("--coded-limit must be 0 or more")
+    if opts.chunk < 1:
+        raise UsageError("--chunk must be at least 1")
+    if opts.batch_size < 1:
+        raise UsageError("--batch-size must be at least 1")
+
+
+def _images(data, limit: int | None) -> np.ndarray:
+    """The first `limit` images of a data set as uint8 (N, C, H, W); a read-only view of an ArrayDataset's array."""
+    n = len(data) if limit is None else min(limit, len(data))
+    if n < 1:
+        raise DatasetError(f"The {data.name} split holds no images.")
+    array = getattr(data, "array", None)
+    if array is not None:
+        return np.ascontiguousarray(array[:n])
+    return np.stack([np.asarray(data[i]) for i in range(n)]).astype(np.uint8, copy=False)
+
+
+def _load(spec: str, channels: int, dataset: str) -> LoadedModel:
+    if spec in PRESETS:
+        return load_model(spec, channels=channels)
+    loaded = load_model(spec)
+    if loaded.channels != channels:
+        raise ModelError(
+            f"model {spec!r} codes {loaded.channels}-channel images but {dataset} has {channels}-channel images"
+        )
+    return loaded
+
+
+def _rate(n: int, seconds: float) -> float:
+    return n / seconds if seconds > 0 else float("inf")
+
+
+# ---------------------------------------------------------------------------------------------
+# models
+
+
+def _nll_row(loaded: LoadedModel, images: np.ndarray, opts: BenchOptions, dataset: str) -> tuple[dict, np.ndarray]:
+    per_image: list[np.ndarray] = []
+    dims_per_image = int(np.prod(images.shape[1:]))
+
+    def log_probs(model, batch):
+        lp = image_log_probs(model, batch)
+        per_image.append((-lp / (dims_per_image * math.log(2))).cpu().numpy())
+        return lp
+
+    start = time.perf_counter()
+    result = evaluate(
+        loaded.model, ArrayDataset(dataset, images), batch_size=opts.batch_size,
+        progress=opts.progress, log_prob_fn=log_probs,
+    )
+    seconds = time.perf_counter() - start
+    row = {
+        "method": loaded.name,
+        "kind": "model-nll",
+        "bits_per_dim": result.bits_per_dim,
+        "images": result.images,
+        "subpixels": result.dims,
+        "coding": "likelihood",
+        "parameters": sum(p.numel() for p in loaded.model.parameters()),
+        "model_id": loaded.model_id,
+        "eval_s": seconds,
+        "eval_images_per_s": _rate(result.images, seconds),
+    }
+    return row, np.concatenate(per_image)
+
+
+class _OneModel(api.ModelChooser):
+    """A chooser that always answers with one already loaded model."""
+
+    def __init__(self, loaded: LoadedModel):
+        super().__init__(())
+        self.loaded = loaded
+
+    def for_channels(self, channels: int) -> LoadedModel:
+        if channels != self.loaded.channels:
+            raise ModelError(f"model {self.loaded.name!r} codes {self.loaded.channels}-channel planes, not {channels}")
+        return self.loaded
+
+    def for_plane(self, plane: container.Plane, channels: int) -> LoadedModel:
+        if plane.model_id != self.loaded.model_id:
+            raise ModelError(f"plane coded with model id {plane.model_id}, not {self.loaded.model_id}")
+        return self.for_channels(channels)
+
+
+def _as_image(pixels: np.ndarray) -> DecomposedImage:
+    """(C, H, W) uint8 -> a DecomposedImage of mode RGB or L."""
+    channels, height, width = pixels.shape
+    mode = MODES[channels]
+    return DecomposedImage(mode, width, height, {mode: np.array(pixels.transpose(1, 2, 0), order="C")}, {})
+
+
+def _per_file_row(loaded: LoadedModel, images: np.ndarray, opts: BenchOptions) -> tuple[dict, np.ndarray]:
+    """Each image its own .snail file, coded alone as one tile, decoded and compared."""
+    n, channels, height, width = images.shape
+    chooser = _OneModel(loaded)
+    sizes = np.zeros(n, np.int64)
+    subpixels = channels * height * width
+    encode_s = decode_s = 0.0
+    bar = tqdm(total=n, desc=f"{loaded.name} per file", unit="file", disable=not opts.progress, leave=False)
+    try:
+        for k in range(n):
+            image = _as_image(images[k])
+            t0 = time.perf_counter()
+            data = container.write(api.encode_image(image, chooser, tile=max(height, width)))
+            t1 = time.perf_counter()
+            decoded = api.decode_image(container.read(data), chooser)
+            t2 = time.perf_counter()
+            encode_s += t1 - t0
+            decode_s += t2 - t1
+            if not same_image(image, decoded):
+                raise NotLosslessError(f"{loaded.name}: image {k} did not decode from its .snail file exactly")
+            sizes[k] = len(data)
+            bar.update(1)
+            bar.set_postfix(bpd=f"{8 * sizes[: k + 1].sum() / ((k + 1) * subpixels):.4f}", refresh=False)
+    finally:
+        bar.close()
+    total = int(sizes.sum())
+    row = {
+        "method": f"{loaded.name} (coded, per file)",
+        "kind": "model-coded",
+        "bits_per_dim": 8.0 * total / (n * subpixels),
+        "images": n,
+        "subpixels": n * subpixels,
+        "total_bytes": total,
+        "coding": "per file",
+        "parameters": sum(p.numel() for p in loaded.model.parameters()),
+        "model_id": loaded.model_id,
+        "encode_s": encode_s,
+        "decode_s": decode_s,
+        "encode_images_per_s": _rate(n, encode_s),
+        "decode_images_per_s": _rate(n, decode_s),
+    }
+    return row, 8.0 * sizes / subpixels
+
+
+def stream_overhead(loaded: LoadedModel, images: np.ndarray) -> int:
+    """Bytes of a .snail file around an empty stream, for a header describing one image of the set."""
+    _, channels, height, width = images.shape
+    mode = MODES[channels]
+    snail = container.SnailFile(
+        width=width, height=height, mode=mode,
+        planes=(container.Plane(mode, loaded.model_id, loaded.name[: container.MAX_MODEL_NAME_CHARS],
+                                (height, width), np.zeros(0, np.uint32)),),
+        pixel_crc32=zlib.crc32(images.tobytes()) & 0xFFFFFFFF,
+        exactness=api.exactness_record(torch.get_num_threads()),
+    )
+    return container.file_size(snail)
+
+
+class _StreamProgress:
+    """What encode_tiles calls `progress`: a tqdm bar of positions with the running bits/dim."""
+
+    def __init__(self, bar, encoder=None, subpixels_per_position: int = 0):
+        self.bar, self.encoder, self.per_position = bar, encoder, subpixels_per_position
+        self.coded = 0  # subpixels coded so far
+        self.positions = 0
+
+    def set_chunk(self, images: int, channels: int) -> None:
+        self.per_position = images * channels
+
+    def update(self, n: int = 1) -> None:
+        self.bar.update(n)
+        self.coded += n * self.per_position
+        self.positions += n
+        if self.encoder is not None and self.positions % 64 == 0 and self.coded:
+            self.bar.set_postfix(bpd=f"{self.encoder.num_bits() / self.coded:.4f}", refresh=False)
+
+
+def _one_stream_row(loaded: LoadedModel, images: np.ndarray, opts: BenchOptions) -> dict:
+    """All images in one range-coder stream, chunk by chunk; decoded again in the same chunks."""
+    n, channels, height, width = images.shape
+    starts = range(0, n, opts.chunk)
+    provider = FloatModelTables(loaded.model)
+    total_positions = len(starts) * height * width
+
+    encoder = constriction.stream.queue.RangeEncoder()
+    bar = tqdm(total=total_positions, desc=f"{loaded.name} encode stream", unit="pos", disable=not opts.progress,
+               leave=False)
+    progress = _StreamProgress(bar, encoder)
+    t0 = time.perf_counter()
+    try:
+        for s in starts:
+            chunk = np.array(images[s : s + opts.chunk])  # a writable copy: the coder hands it to torch
+            progress.set_chunk(len(chunk), channels)
+            encode_tiles(provider, chunk, None, progress, encoder=encoder)
+        words = encoder.get_compressed()
+    finally:
+        bar.close()
+    encode_s = time.perf_counter() - t0
+
+    decoder = constriction.stream.queue.RangeDecoder(words)
+    bar = tqdm(total=total_positions, desc=f"{loaded.name} decode stream", unit="pos", disable=not opts.progress,
+               leave=False)
+    t0 = time.perf_counter()
+    try:
+        for s in starts:
+            chunk = images[s : s + opts.chunk]
+            decoded = decode_tiles(provider, None, chunk.shape, None, bar, decoder=decoder)
+            if not np.array_equal(decoded, chunk):
+                raise NotLosslessError(f"{loaded.name}: images {s}..{s + len(chunk) - 1} did not decode exactly")
+    finally:
+        bar.close()
+    decode_s = time.perf_counter() - t0
+
+    overhead = stream_overhead(loaded, images)
+    total = 4 * int(words.size) + overhead
+    subpixels = int(images.size)
+    return {
+        "method": f"{loaded.name} (coded, one stream)",
+        "kind": "model-coded",
+        "bits_per_dim": 8.0 * total / subpixels,
+        "images": n,
+        "subpixels": subpixels,
+        "total_bytes": total,
+        "stream_words": int(words.size),
+        "container_overhead_bytes": overhead,
+        "coding": "one stream",
+        "parameters": sum(p.numel() for p in loaded.model.parameters()),
+        "model_id": loaded.model_id,
+        "encode_s": encode_s,
+        "decode_s": decode_s,
+        "encode_images_per_s": _rate(n, encode_s),
+        "decode_images_per_s": _rate(n, decode_s),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# the run
+
+
+def run_benchmark(opts: BenchOptions, log: Callable[[str], None] = print) -> BenchResult:
+    """Run everything, write the report into opts.out, return the rows (see the module docstring)."""
+    _check_options(opts)
+    codecs = bench_codecs.get_codecs(opts.codecs)  # UsageError for an unknown codec, before any work
+    folder = dict(opts.folder) if opts.dataset == "folder" else {}
+    data = load_split(opts.dataset, opts.data_dir, opts.split, **folder)
+    images = _images(data, opts.limit)
+    n, channels, height, width = images.shape
+    models = [_load(spec, channels, opts.dataset) for spec in opts.models]
+    log(f"{opts.dataset} {opts.split}: {n} images of {channels}x{height}x{width}")
+
+    rows: list[dict] = []
+    per_image: dict[str, np.ndarray] = {}
+    notes: list[str] = []
+
+    for loaded in models:
+        row, values = _nll_row(loaded, images, opts, opts.dataset)
+        rows.append(row)
+        per_image[row["method"]] = values
+        log(f"{row['method']}: {row['bits_per_dim']:.4f} bits/dim (NLL), {row['eval_images_per_s']:.3g} images/s")
+        if not isinstance(loaded.model, PixelSNAIL):
+            note = (
+                f"{loaded.name}: no coded rows: {type(loaded.model).__name__} has no incremental decoder "
+                f"(coding would take {height * width} full forward passes per image)"
+            )
+            notes.append(note)
+            log(note)
+            continue
+        coded = min(opts.coded_limit, n)
+        if coded:
+            row, values = _per_file_row(loaded, images[:coded], opts)
+            rows.append(row)
+            per_image[row["method"]] = values
+            log(f"{row['method']}: {row['bits_per_dim']:.4f} bits/dim over {coded} files")
+        row = _one_stream_row(loaded, images, opts)
+        rows.append(row)
+        log(f"{row['method']}: {row['bits_per_dim']:.4f} bits/dim over {n} images")
+
+    hwc = list(images.transpose(0, 2, 3, 1))
+    jobs = [(codec, mosaic) for codec in codecs for mosaic in (False, True)]
+    for codec, mosaic in tqdm(jobs, desc="codecs", unit="run", disable=not opts.progress, leave=False):
+        result = bench_codecs.measure(codec, hwc, mosaic=mosaic)
+        rows.append({**result.as_row(), "coding": "mosaic" if mosaic else "per file"})
+        if not mosaic:
+            per_image[codec.name] = result.per_image_bits_per_dim
+
+    table = pd.DataFrame.from_records(rows)
+    table["dataset"] = opts.dataset
+    paper = paper_rows(opts.dataset)
+    if len(paper):
+        table = pd.concat([table, paper], ignore_index=True) if len(table) else paper
+    if not len(table):
+        table = pd.DataFrame(columns=["method", "kind", "bits_per_dim", "images"])
+
+    meta = default_meta(
+        dataset=opts.dataset, images=n, argv=opts.argv,
+        split=opts.split, image_shape=f"{channels}x{height}x{width}", **machine_facts(),
+        models=[m.name for m in models], model_ids=[m.model_id for m in models],
+        codecs=[c.name for c in codecs], coded_files=min(opts.coded_limit, n), chunk=opts.chunk,
+    )
+    if notes:
+        meta["notes"] = notes
+    out = Path(opts.out)
+    write_report(out, table, per_image, meta)
+    return BenchResult(table, per_image, meta, out, notes)

@@ -1,0 +1,238 @@
+"""The benchmark harness and the receptive-field figure, end to end through the CLI, on tiny fixtures."""
+
+from __future__ import annotations
+
+import pickle
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from snailcompress.bench.harness import BenchOptions, run_benchmark
+from snailcompress.bench.paper import paper_rows
+from snailcompress.cli import main
+from snailcompress.errors import ModelError
+from snailcompress.receptive_field import model_for_receptive_field, receptive_field
+
+TEST_IMAGES = 7
+
+
+def smooth_noisy(rng: np.random.Generator, n: int, channels: int, side: int) -> np.ndarray:
+    """Images with some structure (gradients + noise), uint8 (N, C, side, side)."""
+    yy, xx = np.mgrid[0:side, 0:side]
+    out = np.empty((n, channels, side, side), np.uint8)
+    for k in range(n):
+        for c in range(channels):
+            base = 128 + 60 * np.sin(xx / side * (2 + k) + c) * np.cos(yy / side * (1 + c))
+            out[k, c] = np.clip(base + rng.normal(0, 12, (side, side)), 0, 255).astype(np.uint8)
+    return out
+
+
+def write_cifar_folder(root):
+    """cifar-10-batches-py with the official pickled batches (2 training images each, 7 test images)."""
+    rng = np.random.default_rng(0)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for name, n in [*((f"data_batch_{i}", 2) for i in range(1, 6)), ("test_batch", TEST_IMAGES)]:
+        rows = smooth_noisy(rng, n, 3, 32).reshape(n, 3072)
+        batch = {b"batch_label": name.encode(), b"labels": [0] * n, b"data": rows, b"filenames": [b"x.png"] * n}
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
+    return root
+
+
+@pytest.fixture(scope="module")
+def bench_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench")
+    data_dir = write_cifar_folder(root / "data")
+    out = root / "report"
+    args = [
+        "bench", "--dataset", "cifar10", "--data-dir", str(data_dir), "--model", "pixelsnail-tiny",
+        "--model", "pixelcnnpp-tiny", "--limit", "6", "--coded-limit", "2",
+        "--codecs", "png,jpegxl-e7", "--out", str(out),
+    ]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("sys.argv", ["/somewhere/bin/snailcompress", *args])  # as a shell would run it
+        result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, (result.output, result.exception)
+    return out, result
+
+
+def test_bench_writes_every_output(bench_run):
+    out, result = bench_run
+    for name in ("summary.csv", "summary.md", "per_image.h5", "bits_per_dim.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    with Image.open(out / "bits_per_dim.png") as im:
+        assert im.format == "PNG"
+    assert "pixelsnail-tiny (coded, one stream)" in result.stdout  # the table printed at the end
+    assert "PixelCNNpp has no incremental decoder" in result.stderr  # the note for PixelCNN++
+
+
+def test_bench_summary_rows(bench_run):
+    out, _ = bench_run
+    table = pd.read_csv(out / "summary.csv")
+    for column in ("method", "kind", "bits_per_dim", "images", "encode_images_per_s", "decode_images_per_s"):
+        assert column in table.columns
+    assert set(table["kind"]) == {"model-nll", "model-coded", "codec", "paper"}
+    by_method = {(r.method, r.kind): r for r in table.itertuples()}
+
+    nll = by_method[("pixelsnail-tiny", "model-nll")]
+    per_file = by_method[("pixelsnail-tiny (coded, per file)", "model-coded")]
+    stream = by_method[("pixelsnail-tiny (coded, one stream)", "model-coded")]
+    assert (nll.images, per_file.images, stream.images) == (6, 2, 6)
+    assert nll.parameters > 0 and nll.eval_images_per_s > 0
+    assert per_file.encode_images_per_s > 0 and per_file.decode_images_per_s > 0
+    # real coded sizes: a little above the likelihood (range coder, table quantisation, headers)
+    assert nll.bits_per_dim - 1e-3 <= stream.bits_per_dim <= nll.bits_per_dim + 0.05
+    assert stream.bits_per_dim <= per_file.bits_per_dim
+    # the per-file overhead is the .snail header of each file: ~0.1-0.3 bits/dim on 3072 subpixels
+    assert stream.total_bytes == 4 * stream.stream_words + stream.container_overhead_bytes
+    assert 20 < stream.container_overhead_bytes < 200
+
+    # PixelCNN++: an NLL row, no coded rows
+    assert ("pixelcnnpp-tiny", "model-nll") in by_method
+    assert not any(m.startswith("pixelcnnpp-tiny (coded") for m, _ in by_method)
+
+    codecs = table[table["kind"] == "codec"]
+    assert sorted(zip(codecs["method"], codecs["mosaic"])) == [
+        ("jpegxl-e7", False), ("jpegxl-e7", True), ("png", False), ("png", True)
+    ]
+    assert (codecs["images"] == 6).all() and (codecs["bits_per_dim"] > 0).all()
+
+    paper = table[table["kind"] == "paper"].set_index("method")["bits_per_dim"]
+    expected = paper_rows("cifar10").set_index("method")["bits_per_dim"]
+    pd.testing.assert_series_equal(paper.sort_index(), expected.sort_index(), check_names=False)
+
+
+def test_bench_per_image_and_meta(bench_run):
+    out, _ = bench_run
+    table = pd.read_csv(out / "summary.csv").set_index("method")
+    with h5py.File(out / "per_image.h5", "r") as f:
+        methods = {f[k].attrs["method"]: f[k][()] for k in f}
+        attrs = dict(f.attrs)
+    nll = methods["pixelsnail-tiny"]
+    per_file = methods["pixelsnail-tiny (coded, per file)"]
+    assert nll.shape == (6,) and per_file.shape == (2,) and methods["png"].shape == (6,)
+    assert nll.mean() == pytest.approx(table.loc["pixelsnail-tiny", "bits_per_dim"], rel=1e-6)
+    assert per_file.mean() == pytest.approx(table.loc["pixelsnail-tiny (coded, per file)", "bits_per_dim"], rel=1e-9)
+    assert (per_file > nll[:2]).all()  # each file costs more than its image's NLL
+    for key in ("command", "machine", "date", "dataset", "split", "images", "cpu", "cpu_cores", "torch",
+                "torch_threads"):
+        assert key in attrs, key
+    assert attrs["dataset"] == "cifar10" and attrs["split"] == "test" and attrs["images"] == 6
+    assert attrs["command"].startswith("snailcompress bench --dataset cifar10 ")
+    assert "--coded-limit 2" in attrs["command"]
+    assert "pixelsnail-tiny (coded, one stream)" in (out / "summary.md").read_text()
+
+
+def test_bench_grayscale_folder_in_chunks(tmp_path):
+    """Grayscale folder tiles: a 1-channel preset, a stream of several chunks, no paper rows."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(3)
+    for k in range(2):
+        Image.fromarray(smooth_noisy(rng, 1, 1, 24)[0, 0]).save(photos / f"p{k}.png")
+    opts = BenchOptions(
+        dataset="folder", data_dir=photos, models=["pixelsnail-tiny"], codecs="png", out=tmp_path / "out",
+        coded_limit=2, chunk=4, progress=False, argv=["test"],
+        folder={"crop": 8, "scales": (1.0,), "holdout": ("p0.png",), "channels": 1},
+    )
+    result = run_benchmark(opts, log=lambda line: None)
+    rows = result.rows.set_index("method")
+    assert set(rows["kind"]) == {"model-nll", "model-coded", "codec"}  # Table 1 has no folder column
+    assert result.meta["image_shape"] == "1x8x8" and result.meta["images"] == 9
+    stream = rows.loc["pixelsnail-tiny (coded, one stream)"]
+    assert stream["images"] == 9  # chunks of 4, 4 and 1 images in one stream, decoded exactly
+    assert stream["bits_per_dim"] >= rows.loc["pixelsnail-tiny", "bits_per_dim"] - 1e-3
+    assert rows.loc["pixelsnail-tiny (coded, per file)", "images"] == 2
+    assert (tmp_path / "out" / "summary.csv").is_file()
+
+
+def test_shared_encoder_makes_one_stream():
+    """coder.encode_tiles/decode_tiles with an existing encoder/decoder: batches append to one stream."""
+    import constriction
+
+    from snailcompress.codec.coder import FloatModelTables, decode_tiles, encode_tiles
+    from snailcompress.zoo import load_model
+
+    provider = FloatModelTables(load_model("pixelsnail-tiny").model)
+    tiles = np.random.default_rng(0).integers(0, 256, (5, 3, 4, 4), dtype=np.uint8)
+    encoder = constriction.stream.queue.RangeEncoder()
+    first = encode_tiles(provider, tiles[:3], encoder=encoder)
+    words = encode_tiles(provider, tiles[3:], encoder=encoder)
+    assert 0 < len(first) < len(words)
+    decoder = constriction.stream.queue.RangeDecoder(words)
+    np.testing.assert_array_equal(decode_tiles(provider, None, (3, 3, 4, 4), decoder=decoder), tiles[:3])
+    np.testing.assert_array_equal(decode_tiles(provider, None, (2, 3, 4, 4), decoder=decoder), tiles[3:])
+    alone = encode_tiles(provider, tiles[:3])  # the old signature: a stream of its own
+    np.testing.assert_array_equal(decode_tiles(provider, alone, (3, 3, 4, 4)), tiles[:3])
+
+
+def test_bench_model_channels_must_match_data(tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(photos / "a.png")
+    checkpoint = tmp_path / "rgb.safetensors"
+    from snailcompress.zoo import load_model, save_model
+
+    save_model(load_model("pixelsnail-tiny").model, checkpoint)
+    opts = BenchOptions(
+        dataset="folder", data_dir=photos, models=[str(checkpoint)], codecs="png", out=tmp_path / "out",
+        progress=False, folder={"crop": 16, "scales": (1.0,), "holdout": ("a.png",), "channels": 1},
+    )
+    with pytest.raises(ModelError, match="3-channel images but folder has 1-channel"):
+        run_benchmark(opts, log=lambda line: None)
+
+
+@pytest.mark.parametrize(
+    "extra, code, match",
+    [
+        (["--data-dir", "{missing}"], 1, "not found in"),
+        (["--data-dir", "{data}", "--codecs", "png,gif"], 2, "unknown codec 'gif'"),
+        (["--data-dir", "{data}", "--model", "no-such-model"], 1, "no model 'no-such-model'"),
+        (["--data-dir", "{data}", "--limit", "0"], 2, "--limit must be at least 1"),
+    ],
+)
+def test_bench_bad_inputs_fail_in_one_line(tmp_path, extra, code, match):
+    data = write_cifar_folder(tmp_path / "data")
+    args = ["bench", "--dataset", "cifar10", "--out", str(tmp_path / "out"), "-q"]
+    args += [a.format(missing=tmp_path / "nowhere", data=data) for a in extra]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == code, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("snailcompress: error: ") and match in lines[0], result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# receptive field
+
+
+def test_receptive_field_pixelsnail_sees_all_of_the_context():
+    fields = {}
+    for name in ("pixelcnnpp-tiny", "pixelsnail-tiny"):
+        loaded = model_for_receptive_field(name, 16, 16)
+        fields[name] = receptive_field(loaded.model, 16, 16, (15, 15), name=name)
+    for field in fields.values():
+        assert field.leaks == 0  # nothing at or after the target: both models are causal
+        assert field.context == 255
+    assert fields["pixelsnail-tiny"].fraction == 1.0  # attention reaches every previous pixel
+    assert fields["pixelcnnpp-tiny"].fraction < fields["pixelsnail-tiny"].fraction
+
+
+def test_receptive_field_command(tmp_path):
+    out = tmp_path / "rf.png"
+    args = ["receptive-field", "--model", "pixelcnnpp-tiny", "--model", "pixelsnail-tiny", "--size", "16x16",
+            "--position", "15,15", "-o", str(out)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, (result.output, result.exception)
+    with Image.open(out) as im:
+        assert im.format == "PNG" and im.width > im.height
+    assert "pixelsnail-tiny: output (15, 15) depends on 255 of its 255 causal positions (100.0%;" in result.stdout
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 2 and "already exists" in again.stderr
+    args = ["receptive-field", "--model", "pixelcnnpp-tiny", "--size", "18x18", "-o", str(tmp_path / "x.png")]
+    bad = CliRunner().invoke(main, args)
+    assert bad.exit_code == 2 and "divisible by 4" in bad.stderr
