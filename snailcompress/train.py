@@ -51,7 +51,7 @@ REFERENCE = {
     "pixelsnail": {"lr_decay": 0.999998, "adam_eps": 1e-6},
     "pixelcnnpp": {"lr_decay": 0.999995, "adam_eps": 1e-8},
 }
-LOG_FIELDS = ["step", "epoch", "images", "elapsed_s", "lr", "train_bpd", "test_bpd", "images_per_s"]
+LOG_FIELDS = ["step", "epoch", "images", "elapsed_s", "cpu_s", "lr", "train_bpd", "test_bpd", "images_per_s"]
 
 
 @dataclass
@@ -69,7 +69,8 @@ class TrainOptions:
     dropout: float | None = None  # overrides the preset's
     model_overrides: dict = field(default_factory=dict)  # e.g. {"filters": 96}
     steps: int | None = None
-    minutes: float | None = None
+    minutes: float | None = None  # wall-clock budget (in total, across resumes)
+    cpu_minutes: float | None = None  # CPU-time budget of this process: fair on a shared machine
     log_every: int = 50
     eval_every: int = 1000
     eval_images: int | None = 1000  # test images per periodic evaluation; None = whole split
@@ -255,8 +256,8 @@ def _resolve_model_config(options: TrainOptions, channels: int):
 
 def train(options: TrainOptions, progress_bar: bool = True) -> dict:
     """Train (or resume, if OUT holds a checkpoint) and return the final progress record."""
-    if options.steps is None and options.minutes is None:
-        raise UsageError("say how long to train: --steps N or --minutes M")
+    if options.steps is None and options.minutes is None and options.cpu_minutes is None:
+        raise UsageError("say how long to train: --steps N, --minutes M or --cpu-minutes M")
     rank, world, local_rank = _distributed()
     device = _device(options.device, local_rank)
     run_dir = Path(options.out)
@@ -289,7 +290,7 @@ def train(options: TrainOptions, progress_bar: bool = True) -> dict:
         init_batch = torch.stack([train_set[i] for i in range(init_n)]).to(device)
         data_dependent_init(model, mixture.to_unit(init_batch))
         ema.load_state_dict(model.state_dict())
-        progress = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "images": 0, "elapsed_s": 0.0, "test_bpd": None}
+        progress = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "images": 0, "elapsed_s": 0.0, "cpu_s": 0.0, "test_bpd": None}
     ema.eval()
     for p in ema.parameters():
         p.requires_grad_(False)
@@ -310,6 +311,7 @@ def train(options: TrainOptions, progress_bar: bool = True) -> dict:
         disable=not (progress_bar and rank == 0), dynamic_ncols=True,
     )
     started = time.monotonic() - progress["elapsed_s"]
+    cpu_started = time.process_time() - progress.get("cpu_s", 0.0)
     last_checkpoint = time.monotonic()
     window_nats, window_dims, window_images, window_start = 0.0, 0, 0, time.monotonic()
     params, ema_params = list(model.parameters()), list(ema.parameters())
@@ -317,12 +319,18 @@ def train(options: TrainOptions, progress_bar: bool = True) -> dict:
     def finished() -> bool:
         if options.steps is not None and progress["step"] >= options.steps:
             return True
+        if options.cpu_minutes is not None and time.process_time() - cpu_started >= options.cpu_minutes * 60:
+            return True
         return options.minutes is not None and time.monotonic() - started >= options.minutes * 60
 
     def run_eval() -> float | None:
+        """Test bits/dim of the EMA weights; its CPU time does not count against --cpu-minutes."""
+        nonlocal cpu_started
         if rank != 0:
             return None
+        cpu_before = time.process_time()
         result = evaluate(ema, test_set, batch_size=max(options.batch_size, 16), limit=options.eval_images, progress=False)
+        cpu_started += time.process_time() - cpu_before
         return result.bits_per_dim
 
     model.train()
@@ -373,7 +381,7 @@ def train(options: TrainOptions, progress_bar: bool = True) -> dict:
                 log.append(
                     {
                         "step": progress["step"], "epoch": progress["epoch"], "images": progress["images"],
-                        "elapsed_s": f"{now - started:.1f}", "lr": f"{optimizer.param_groups[0]['lr']:.6g}",
+                        "elapsed_s": f"{now - started:.1f}", "cpu_s": f"{time.process_time() - cpu_started:.1f}", "lr": f"{optimizer.param_groups[0]['lr']:.6g}",
                         "train_bpd": f"{mixture.bits_per_dim(window_nats, window_dims):.5f}",
                         "test_bpd": f"{test_bpd:.5f}" if test_bpd is not None else "",
                         "images_per_s": f"{window_images / max(now - window_start, 1e-9):.1f}",
@@ -382,6 +390,7 @@ def train(options: TrainOptions, progress_bar: bool = True) -> dict:
                 window_nats, window_dims, window_images, window_start = 0.0, 0, 0, now
             if rank == 0 and time.monotonic() - last_checkpoint >= options.checkpoint_minutes * 60:
                 progress["elapsed_s"] = time.monotonic() - started
+                progress["cpu_s"] = time.process_time() - cpu_started
                 save_checkpoint(run_dir, model, ema, optimizer, progress, options, device)
                 last_checkpoint = time.monotonic()
             if finished():
@@ -392,11 +401,12 @@ def train(options: TrainOptions, progress_bar: bool = True) -> dict:
     bar.close()
 
     progress["elapsed_s"] = time.monotonic() - started
+    progress["cpu_s"] = time.process_time() - cpu_started
     if rank == 0:
         progress["test_bpd"] = run_eval()
         log.append(
             {"step": progress["step"], "epoch": progress["epoch"], "images": progress["images"],
-             "elapsed_s": f"{progress['elapsed_s']:.1f}", "lr": f"{optimizer.param_groups[0]['lr']:.6g}",
+             "elapsed_s": f"{progress['elapsed_s']:.1f}", "cpu_s": f"{progress['cpu_s']:.1f}", "lr": f"{optimizer.param_groups[0]['lr']:.6g}",
              "test_bpd": f"{progress['test_bpd']:.5f}"}
         )
         save_checkpoint(run_dir, model, ema, optimizer, progress, options, device)

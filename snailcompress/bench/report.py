@@ -269,7 +269,9 @@ def _write_h5(target: Path, per_image: Mapping[str, np.ndarray], meta: Mapping) 
 
 def _bar_label(row: pd.Series) -> str:
     label = str(row["method"])
-    label += {"paper": " (paper)", "model-nll": " (NLL)", "model-coded": " (coded)"}.get(str(row.get("kind")), "")
+    suffix = {"paper": " (paper)", "model-nll": " (NLL)", "model-coded": " (coded)"}.get(str(row.get("kind")), "")
+    if suffix.strip(" ()") not in label:  # method names may already say it
+        label += suffix
     if "mosaic" in row.index and not _is_missing(row["mosaic"]) and bool(row["mosaic"]):
         label += " [mosaic]"
     return label
