@@ -84,10 +84,18 @@ def folder_options(fn):
             click.option("--scales", default="1,0.5,0.25", show_default=True, help="folder: downsampling scales"),
             click.option("--holdout", default="", help="folder: comma-separated image names kept for the test split"),
             click.option("--channels", type=click.Choice(["3", "1"]), default=None, help="folder: RGB or grayscale"),
+            click.option("--cache", "cache_dir", type=click.Path(), default=None, help="HDF5 cache directory for fixed data sets"),
         ]
     ):
         fn = decorator(fn)
     return fn
+
+
+def _data_kwargs(dataset, crop, scales, holdout, channels, cache_dir) -> dict:
+    """Keyword arguments of data.load_split: the folder options for `folder`, the cache for the others."""
+    if dataset != "folder":
+        return {"cache_dir": cache_dir}
+    return _folder_kwargs(crop, scales, holdout, channels)
 
 
 def _folder_kwargs(crop, scales, holdout, channels) -> dict:
@@ -125,7 +133,7 @@ def _folder_kwargs(crop, scales, holdout, channels) -> dict:
 @click.option("--seed", type=int, default=None)
 @folder_options
 @friendly_errors
-def train(model_name, dataset, data_dir, out, overrides, crop, scales, holdout, channels, compile_, **options):
+def train(model_name, dataset, data_dir, out, overrides, crop, scales, holdout, channels, cache_dir, compile_, **options):
     """Train a preset, the reference's way, on one CPU/GPU or many (torchrun).
 
     \b
@@ -141,18 +149,19 @@ def train(model_name, dataset, data_dir, out, overrides, crop, scales, holdout, 
     if compile_ is not None:
         given["compile"] = compile_
     if (Path(out) / "checkpoints" / "last" / "trainer.pt").is_file():
-        opts = resume_options(out, **given)
+        opts = resume_options(out, out=out, **given)  # the run may have been moved since it was saved
         click.echo(f"resuming {out} at its last checkpoint", err=True)
     else:
         if not model_name or not dataset:
             raise UsageError("a new run needs --model and --dataset")
         folder = _folder_kwargs(crop, scales, holdout, channels)
         opts = TrainOptions(
-            model=model_name, dataset=dataset, data_dir=data_dir, out=out,
+            model=model_name, dataset=dataset, data_dir=data_dir, out=out, cache_dir=cache_dir,
             model_overrides=parse_overrides(overrides), **folder, **given,
         )
     progress = run_training(opts)
-    click.echo(f"{out}: {progress['step']} steps, {progress['images']} images, test {progress['test_bpd']:.4f} bits/dim")
+    if progress["test_bpd"] is not None:  # None on ranks > 0 of a torchrun job, which only rank 0 evaluates
+        click.echo(f"{out}: {progress['step']} steps, {progress['images']} images, test {progress['test_bpd']:.4f} bits/dim")
 
 
 @main.command("eval")
@@ -165,7 +174,8 @@ def train(model_name, dataset, data_dir, out, overrides, crop, scales, holdout, 
 @click.option("--device", default="auto", show_default=True)
 @folder_options
 @friendly_errors
-def evaluate_command(model_spec, dataset, data_dir, split, limit, batch_size, device, crop, scales, holdout, channels):
+def evaluate_command(model_spec, dataset, data_dir, split, limit, batch_size, device, crop, scales, holdout, channels,
+                     cache_dir):
     """Bits/dim of a model over a whole split (EMA weights, dropout off, exact division)."""
     import torch
 
@@ -173,15 +183,11 @@ def evaluate_command(model_spec, dataset, data_dir, split, limit, batch_size, de
     from .evaluate import evaluate
     from .zoo import default_model_for, load_model
 
-    folder = _folder_kwargs(crop, scales, holdout, channels)
-    kwargs = folder if dataset == "folder" else {}
-    data = load_split(dataset, data_dir, split, **kwargs)
+    data = load_split(dataset, data_dir, split, **_data_kwargs(dataset, crop, scales, holdout, channels, cache_dir))
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     spec = model_spec or default_model_for(data.channels)
-    loaded = load_model(spec, device=device)
-    if loaded.channels != data.channels:
-        raise UsageError(f"model {spec} codes {loaded.channels}-channel images; {dataset} has {data.channels}")
+    loaded = load_model(spec, channels=data.channels, device=device)
     result = evaluate(loaded.model, data, batch_size=batch_size, limit=limit)
     click.echo(
         f"{dataset} {split}: {result.bits_per_dim:.4f} bits/dim over {result.images} images "
@@ -283,7 +289,7 @@ def receptive_field_command(models, size, position, channels, output, seed, forc
 @folder_options
 @friendly_errors
 def bench(dataset, data_dir, models, split, limit, coded_limit, chunk, codec_names, batch_size, out, quiet,
-          crop, scales, holdout, channels):
+          crop, scales, holdout, channels, cache_dir):
     """Models (NLL and real coded size) against classical lossless codecs, and the paper's Table 1.
 
     \b
@@ -296,7 +302,7 @@ def bench(dataset, data_dir, models, split, limit, coded_limit, chunk, codec_nam
     options = BenchOptions(
         dataset=dataset, data_dir=data_dir, models=models, split=split, limit=limit, coded_limit=coded_limit,
         chunk=chunk, codecs=codec_names, out=out or f"bench-{dataset}", batch_size=batch_size,
-        folder=_folder_kwargs(crop, scales, holdout, channels), progress=not quiet,
+        folder=_data_kwargs(dataset, crop, scales, holdout, channels, cache_dir), progress=not quiet,
         argv=["snailcompress", *sys.argv[1:]],
     )
     result = run_benchmark(options, log=lambda line: click.echo(line, err=True))

@@ -7,9 +7,10 @@
                      EMA of every parameter (V, g, b)           (used to evaluate, sample and code)
 
 Distributed: launched with torchrun, every process trains on its own `batch_size` images of one
-global batch (global batch = batch_size x world size; the paper's 8 GPUs x 8 images = 64) and DDP
-averages the gradients. Averaging instead of the reference's summing only rescales the gradient,
-which Adam ignores up to its epsilon. The data order is a pure function of (seed, epoch), so every
+global batch (global batch = batch_size x world size; the paper's 8 GPUs x 8 images = 64). Each
+rank's loss is scaled by the world size, so DDP's average of the gradients is their sum over the
+global batch, as in the reference (with eps inside Adam's square root the scale matters: averaging
+would act like a world^2 times larger eps). The data order is a pure function of (seed, epoch), so every
 rank agrees and a resumed run continues exactly where the interrupted one stopped.
 
 A run directory holds:
@@ -80,6 +81,7 @@ class TrainOptions:
     device: str = "auto"
     amp: bool = True  # bf16 autocast on CUDA
     compile: bool = False
+    cache_dir: str | None = None  # HDF5 cache of fixed data sets (see snailcompress.data.cache)
     # `folder` data set only
     crop: int = 32
     scales: tuple[float, ...] = (1.0, 0.5, 0.25)
@@ -264,7 +266,8 @@ def train(options: TrainOptions, progress_bar: bool = True) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
 
     data_kwargs = dict(
-        crop=options.crop, scales=options.scales, seed=options.seed, samples_per_epoch=options.samples_per_epoch
+        crop=options.crop, scales=options.scales, seed=options.seed, samples_per_epoch=options.samples_per_epoch,
+        cache_dir=options.cache_dir,
     )
     if options.dataset == "folder":
         data_kwargs.update(channels=options.channels, holdout=options.holdout)
@@ -344,6 +347,7 @@ def train(options: TrainOptions, progress_bar: bool = True) -> dict:
         loader = DataLoader(
             train_set, batch_sampler=sampler, num_workers=options.workers, collate_fn=torch.stack,
             pin_memory=device.type == "cuda", persistent_workers=False,
+            generator=torch.Generator(),  # its own RNG: a loader started on resume must not shift dropout's
         )
         for batch in loader:
             x = mixture.to_unit(batch.to(device, non_blocking=True))
@@ -357,7 +361,7 @@ def train(options: TrainOptions, progress_bar: bool = True) -> dict:
             if not torch.isfinite(nats):
                 raise FloatingPointError(f"loss is {nats.item()} at step {progress['step']}; stopping")
             optimizer.zero_grad(set_to_none=True)
-            nats.backward()
+            (nats * world).backward()  # DDP averages over ranks: this makes it the reference's sum
             optimizer.step()
             with torch.no_grad():
                 torch._foreach_lerp_(ema_params, params, 1 - options.ema_decay)

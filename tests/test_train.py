@@ -1,0 +1,348 @@
+"""Training (reference section 5): the optimiser, learning, exact resume, DDP, and the CLI around it.
+
+Everything runs on CPU with one thread and workers=0. Small runs use the `folder` data set on a few
+generated 24x24 PNGs (8x8 crops); the learning test uses the system copy of Fashion-MNIST.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+from safetensors.torch import load_file
+
+from snailcompress.cli import main
+from snailcompress.data.idx import FASHION_MNIST_SYSTEM_DIR
+from snailcompress.errors import DatasetError, UsageError
+from snailcompress.train import GlobalBatchSampler, ReferenceAdam, TrainOptions, train
+from snailcompress.zoo import load_model
+
+CHECKPOINT_FILES = ("config.json", "ema.safetensors", "weights.safetensors", "trainer.pt")
+
+
+@pytest.fixture(scope="module")
+def photo_dir(tmp_path_factory) -> Path:
+    """Three 24x24 RGB 'photographs' (smooth structure + noise); c.png is held out as the test split."""
+    root = tmp_path_factory.mktemp("photos")
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:24, 0:24]
+    for k, name in enumerate("abc"):
+        image = np.stack([(yy * 9 + k * 40) % 256, (xx * 7 + 30) % 256, (yy + xx) * 5 % 256], -1)
+        image = np.clip(image + rng.integers(0, 20, (24, 24, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(image).save(root / f"{name}.png")
+    return root
+
+
+def folder_options(photo_dir: Path, out: Path, **changes) -> TrainOptions:
+    """18 train crops of 8x8 per epoch (2 images x 9 tiles), 9 test tiles; no periodic evaluation."""
+    options = dict(
+        model="pixelsnail-tiny", dataset="folder", data_dir=str(photo_dir), out=str(out), batch_size=4,
+        crop=8, scales=(1.0,), holdout=("c",), log_every=1, eval_every=0, ema_decay=0.9, workers=0, device="cpu",
+    )
+    options.update(changes)
+    return TrainOptions(**options)
+
+
+def folder_cli_args(photo_dir: Path) -> list[str]:
+    return ["--dataset", "folder", "--data-dir", str(photo_dir), "--holdout", "c", "--crop", "8", "--scales", "1"]
+
+
+def read_log(run_dir: Path) -> list[dict]:
+    with open(run_dir / "log.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def checkpoint(run_dir: Path) -> Path:
+    return run_dir / "checkpoints" / "last"
+
+
+def assert_same_tensors(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), f"{key} differs (max {float((a[key] - b[key]).abs().max()):.3g})"
+
+
+# ---------------------------------------------------------------------------------------------
+# The optimiser
+
+
+def numpy_adam_updates(params, grads_per_step, lrs, mom1=0.95, mom2=0.9995, eps=1e-6):
+    """The reference's nn.adam_updates, step by step: eps inside the sqrt, bias correction with t."""
+    params = [p.copy() for p in params]
+    v = [np.zeros_like(p) for p in params]  # first moment ("v" in the reference)
+    mg = [np.zeros_like(p) for p in params]  # second moment ("mg")
+    history = []
+    for t, (grads, lr) in enumerate(zip(grads_per_step, lrs), start=1):
+        for i, g in enumerate(grads):
+            v[i] = mom1 * v[i] + (1.0 - mom1) * g
+            v_hat = v[i] / (1.0 - mom1**t)
+            mg[i] = mom2 * mg[i] + (1.0 - mom2) * g * g
+            mg_hat = mg[i] / (1.0 - mom2**t)
+            params[i] = params[i] - lr * v_hat / np.sqrt(mg_hat + eps)
+        history.append([p.copy() for p in params])
+    return history
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-13), (torch.float32, 2e-6)])
+@pytest.mark.parametrize("eps", [1e-6, 1e-8])
+def test_reference_adam_matches_the_reference_update(dtype, tol, eps):
+    rng = np.random.default_rng(1)
+    shapes = [(3, 4), (5,), (2, 3, 2, 2)]
+    initial = [rng.standard_normal(s) for s in shapes]
+    # gradients of very different sizes: where eps matters (1e-4) and where it does not (10)
+    steps = [[rng.standard_normal(s) * scale for s, scale in zip(shapes, (10.0, 1e-3, 1e-4))] for _ in range(6)]
+    lrs = [1e-3 * 0.999998**t for t in range(6)]
+    tensors = [torch.nn.Parameter(torch.tensor(p, dtype=dtype)) for p in initial]
+    optimizer = ReferenceAdam(tensors, lr=lrs[0], eps=eps)
+    expected = numpy_adam_updates(initial, steps, lrs, eps=eps)
+    for grads, lr, want in zip(steps, lrs, expected):
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        for p, g in zip(tensors, grads):
+            p.grad = torch.tensor(g, dtype=dtype)
+        optimizer.step()
+        for p, w in zip(tensors, want):
+            np.testing.assert_allclose(p.detach().double().numpy(), w, rtol=tol, atol=tol)
+    assert float(optimizer.state[tensors[0]]["step"]) == 6
+    # the update is not torch's (eps outside the square root): the test can tell them apart
+    if eps == 1e-6 and dtype == torch.float64:
+        torch_params = [torch.nn.Parameter(torch.tensor(p, dtype=dtype)) for p in initial]
+        torch_adam = torch.optim.Adam(torch_params, lr=lrs[0], betas=(0.95, 0.9995), eps=eps)
+        for p, g in zip(torch_params, steps[0]):
+            p.grad = torch.tensor(g, dtype=dtype)
+        torch_adam.step()
+        assert not np.allclose(torch_params[2].detach().numpy(), numpy_adam_updates(initial, steps[:1], lrs)[0][2])
+
+
+def test_reference_adam_skips_parameters_without_gradient():
+    a, b = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2))
+    optimizer = ReferenceAdam([a, b])
+    a.grad = torch.ones(3)
+    optimizer.step()
+    assert torch.equal(b.detach(), torch.ones(2)) and not torch.equal(a.detach(), torch.ones(3))
+
+
+def test_global_batches_are_split_between_ranks():
+    whole = list(GlobalBatchSampler(40, 6, rank=0, world=1, seed=3, epoch=2))
+    halves = [list(GlobalBatchSampler(40, 3, rank=r, world=2, seed=3, epoch=2)) for r in range(2)]
+    assert len(whole) == len(halves[0]) == len(halves[1]) == 40 // 6
+    for b, batch in enumerate(whole):
+        assert batch == halves[0][b] + halves[1][b]
+    resumed = list(GlobalBatchSampler(40, 6, rank=0, world=1, seed=3, epoch=2, start_batch=4))
+    assert resumed == whole[4:]
+    assert list(GlobalBatchSampler(40, 6, rank=0, world=1, seed=3, epoch=3)) != whole
+
+
+# ---------------------------------------------------------------------------------------------
+# Learning on real data
+
+
+@pytest.mark.skipif(
+    not (FASHION_MNIST_SYSTEM_DIR / "train-images-idx3-ubyte.gz").is_file()
+    or not (FASHION_MNIST_SYSTEM_DIR / "t10k-images-idx3-ubyte.gz").is_file(),
+    reason="Fashion-MNIST is not installed in /usr/share/datasets/fashion-mnist",
+)
+def test_pixelsnail_tiny_learns_fashion_mnist(tmp_path):
+    options = TrainOptions(
+        model="pixelsnail-tiny", dataset="fashion-mnist", data_dir=None, out=str(tmp_path / "run"), batch_size=4,
+        steps=120, log_every=10, eval_every=0, eval_images=32, ema_decay=0.9, workers=0, device="cpu",
+    )
+    progress = train(options, progress_bar=False)
+    assert progress["step"] == 120 and progress["images"] == 480
+    rows = [r for r in read_log(tmp_path / "run") if r["train_bpd"]]
+    assert [int(r["step"]) for r in rows] == list(range(10, 121, 10))
+    first, last = float(rows[0]["train_bpd"]), float(rows[-1]["train_bpd"])
+    assert math.isfinite(first) and first < 9.0
+    assert last < first - 1.0, f"train bits/dim went from {first:.3f} (steps 1-10) to {last:.3f} (steps 111-120)"
+    assert last < 4.5
+    # the EMA weights (decay 0.9) evaluated on the test split agree with the learnt model
+    assert progress["test_bpd"] < first - 1.0, (progress["test_bpd"], first)
+
+
+# ---------------------------------------------------------------------------------------------
+# Exact resume
+
+
+def test_resumed_run_is_identical_to_an_uninterrupted_one(photo_dir, tmp_path):
+    """6 steps vs 3 + 3 (resumed mid-epoch, then across an epoch boundary); dropout on, so the
+    RNG state must be restored exactly too."""
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    train(folder_options(photo_dir, straight, steps=6, dropout=0.5), progress_bar=False)
+    first = train(folder_options(photo_dir, split, steps=3, dropout=0.5), progress_bar=False)
+    assert first["step"] == 3 and first["epoch"] == 0
+    resumed = train(folder_options(photo_dir, split, steps=6, dropout=0.5), progress_bar=False)
+    assert resumed["step"] == 6 and resumed["epoch"] == 1 and resumed["batch_in_epoch"] == 2  # 4 batches/epoch
+
+    for name in ("weights.safetensors", "ema.safetensors"):
+        assert_same_tensors(load_file(checkpoint(straight) / name), load_file(checkpoint(split) / name))
+    a = torch.load(checkpoint(straight) / "trainer.pt", weights_only=True)
+    b = torch.load(checkpoint(split) / "trainer.pt", weights_only=True)
+    assert a["optimizer"]["state"].keys() == b["optimizer"]["state"].keys()
+    for index, state in a["optimizer"]["state"].items():
+        assert state.keys() == b["optimizer"]["state"][index].keys()
+        for key, value in state.items():
+            assert torch.equal(value, b["optimizer"]["state"][index][key]), (index, key)
+    assert a["optimizer"]["param_groups"] == b["optimizer"]["param_groups"]
+    assert torch.equal(a["rng"]["torch"], b["rng"]["torch"])
+    skip = {"elapsed_s", "cpu_s"}
+    assert {k: v for k, v in a["progress"].items() if k not in skip} == {
+        k: v for k, v in b["progress"].items() if k not in skip
+    }
+    # every step's training loss is the same, before and after the interruption
+    train_bpd = lambda run: [(r["step"], r["train_bpd"]) for r in read_log(run) if r["train_bpd"]]  # noqa: E731
+    assert train_bpd(straight) == train_bpd(split) and len(train_bpd(split)) == 6
+
+
+# ---------------------------------------------------------------------------------------------
+# Distributed data parallel
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_process_ddp_matches_one_process_with_the_global_batch(photo_dir, tmp_path):
+    """torchrun, gloo, 2 ranks x 2 images == 1 process x 4 images on the same global batches."""
+    steps = 5
+    ddp_dir, single_dir = tmp_path / "ddp", tmp_path / "single"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
+        "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
+        "-m", "snailcompress.cli", "train", "--model", "pixelsnail-tiny", *folder_cli_args(photo_dir),
+        "--batch-size", "2", "--steps", str(steps), "--workers", "0", "--device", "cpu", "--eval-every", "0",
+        "--ema", "0.9", "--out", str(ddp_dir),
+    ]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env.pop("WORLD_SIZE", None)
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert done.stdout.count("bits/dim") == 1, done.stdout  # rank 0 reports, rank 1 stays quiet
+
+    # DDP's init batch is each rank's batch (rank 0's init wins, broadcast by DDP): 2 images.
+    single = train(
+        folder_options(photo_dir, single_dir, batch_size=4, init_batch=2, steps=steps, log_every=50, ema_decay=0.9),
+        progress_bar=False,
+    )
+    ddp_progress = json.loads((checkpoint(ddp_dir) / "config.json").read_text())["progress"]
+    assert ddp_progress["step"] == single["step"] == steps
+    assert ddp_progress["images"] == single["images"] == 4 * steps
+    for name in ("weights.safetensors", "ema.safetensors"):
+        a, b = load_file(checkpoint(ddp_dir) / name), load_file(checkpoint(single_dir) / name)
+        assert a.keys() == b.keys()
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-5, msg=f"{name} {key}")
+    # the weights did move during these steps, by much more than the tolerance
+    weights, ema = load_file(checkpoint(ddp_dir) / "weights.safetensors"), load_file(checkpoint(ddp_dir) / "ema.safetensors")
+    assert max(float((weights[k] - ema[k]).abs().max()) for k in weights) > 1e-3
+
+
+# ---------------------------------------------------------------------------------------------
+# The CLI
+
+
+def one_line_error(result) -> str:
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("snailcompress: error: "), lines[0]
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+def test_cli_train_needs_a_length(photo_dir, tmp_path):
+    out = tmp_path / "run"
+    result = CliRunner().invoke(main, ["train", "--model", "pixelsnail-tiny", *folder_cli_args(photo_dir), "--out", str(out)])
+    assert result.exit_code == UsageError.exit_code != 0
+    assert "--steps" in one_line_error(result)
+    assert not (out / "checkpoints").exists()
+
+
+def test_cli_train_on_a_missing_data_set(tmp_path):
+    result = CliRunner().invoke(
+        main,
+        ["train", "--model", "pixelsnail-tiny", "--dataset", "mnist", "--data-dir", str(tmp_path / "nowhere"),
+         "--steps", "1", "--workers", "0", "--device", "cpu", "--out", str(tmp_path / "run")],
+    )
+    assert result.exit_code == DatasetError.exit_code != 0
+    assert "MNIST" in one_line_error(result)
+    evaluated = CliRunner().invoke(
+        main, ["eval", "--model", "pixelsnail-tiny", "--dataset", "cifar10", "--data-dir", str(tmp_path / "nowhere")]
+    )
+    assert evaluated.exit_code == DatasetError.exit_code
+    assert "CIFAR" in one_line_error(evaluated)
+
+
+@pytest.fixture(scope="module")
+def cli_run(photo_dir, tmp_path_factory) -> Path:
+    """A 2-step run trained through the CLI."""
+    out = tmp_path_factory.mktemp("cli") / "run"
+    result = CliRunner().invoke(
+        main,
+        ["train", "--model", "pixelsnail-tiny", *folder_cli_args(photo_dir), "--batch-size", "3", "--steps", "2",
+         "--workers", "0", "--device", "cpu", "--eval-every", "0", "--out", str(out)],
+    )
+    assert result.exit_code == 0, result.output
+    assert re.search(r"2 steps, 6 images, test \d+\.\d{4} bits/dim", result.stdout), result.stdout
+    return out
+
+
+def test_cli_run_directory_contents(cli_run):
+    for name in CHECKPOINT_FILES:
+        assert (checkpoint(cli_run) / name).is_file(), name
+    assert (cli_run / "bpd_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = read_log(cli_run)
+    assert rows and rows[-1]["step"] == "2" and rows[-1]["test_bpd"]
+    config = json.loads((checkpoint(cli_run) / "config.json").read_text())
+    assert config["model"]["architecture"] == "pixelsnail" and config["options"]["steps"] == 2
+    assert config["progress"]["step"] == 2
+    loaded = load_model(cli_run)  # --model RUN_DIR: the EMA weights
+    assert loaded.metadata["step"] == 2
+    ema = load_file(checkpoint(cli_run) / "ema.safetensors")
+    assert_same_tensors(loaded.model.state_dict(), ema)
+    weights = load_file(checkpoint(cli_run) / "weights.safetensors")
+    assert weights.keys() == ema.keys() and any(not torch.equal(weights[k], ema[k]) for k in ema)
+    state = torch.load(checkpoint(cli_run) / "trainer.pt", weights_only=True)
+    assert state["progress"]["step"] == 2 and len(state["optimizer"]["state"]) == len(weights)
+
+
+def test_cli_eval_prints_bits_per_dim_of_a_run(cli_run, photo_dir):
+    result = CliRunner().invoke(main, ["eval", "--model", str(cli_run), *folder_cli_args(photo_dir), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    match = re.search(r"folder test: (\d+\.\d+) bits/dim over 9 images \(1728 dims\)", result.stdout)
+    assert match, result.stdout
+    trained = json.loads((checkpoint(cli_run) / "config.json").read_text())["progress"]["test_bpd"]
+    assert float(match.group(1)) == pytest.approx(trained, abs=1e-4)
+
+
+def test_cli_resumes_a_finished_run_with_more_steps(cli_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(cli_run, run)
+    before = read_log(run)
+    result = CliRunner().invoke(main, ["train", "--out", str(run), "--steps", "3"])  # no model or data set needed
+    assert result.exit_code == 0, result.output
+    assert "resuming" in result.stderr
+    assert re.search(r"3 steps, 9 images", result.stdout), result.stdout
+    after = read_log(run)
+    assert read_log(cli_run) == before, "resuming a copied run wrote into the original run directory"
+    assert after[: len(before)] == before  # the first run's rows are kept as they were
+    assert [r["step"] for r in after[len(before):]] == ["3"]
+    state = torch.load(checkpoint(run) / "trainer.pt", weights_only=True)
+    assert state["progress"]["step"] == 3
+    assert all(float(s["step"]) == 3 for s in state["optimizer"]["state"].values())  # 2 old + 1 new update
+    options = json.loads((checkpoint(run) / "config.json").read_text())["options"]
+    assert options["steps"] == 3 and options["batch_size"] == 3 and options["dataset"] == "folder"
