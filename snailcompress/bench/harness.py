@@ -204,6 +204,26 @@ def _as_image(pixels: np.ndarray) -> DecomposedImage:
     return DecomposedImage(mode, width, height, {mode: np.array(pixels.transpose(1, 2, 0), order="C")}, {})
 
 
+def _coded_row(loaded: LoadedModel, coding: str, n: int, subpixels: int, total_bytes: int,
+               encode_s: float, decode_s: float) -> dict:
+    """A model-coded summary row: real bytes, verified, with timings."""
+    return {
+        "method": f"{loaded.name} (coded, {coding})",
+        "kind": "model-coded",
+        "bits_per_dim": 8.0 * total_bytes / subpixels,
+        "images": n,
+        "subpixels": subpixels,
+        "total_bytes": total_bytes,
+        "coding": coding,
+        "parameters": sum(p.numel() for p in loaded.model.parameters()),
+        "model_id": loaded.model_id,
+        "encode_s": encode_s,
+        "decode_s": decode_s,
+        "encode_images_per_s": _rate(n, encode_s),
+        "decode_images_per_s": _rate(n, decode_s),
+    }
+
+
 def _per_file_row(loaded: LoadedModel, images: np.ndarray, opts: BenchOptions) -> tuple[dict, np.ndarray]:
     """Each image its own .snail file, coded alone as one tile, decoded and compared."""
     n, channels, height, width = images.shape
@@ -229,22 +249,7 @@ def _per_file_row(loaded: LoadedModel, images: np.ndarray, opts: BenchOptions) -
             bar.set_postfix(bpd=f"{8 * sizes[: k + 1].sum() / ((k + 1) * subpixels):.4f}", refresh=False)
     finally:
         bar.close()
-    total = int(sizes.sum())
-    row = {
-        "method": f"{loaded.name} (coded, per file)",
-        "kind": "model-coded",
-        "bits_per_dim": 8.0 * total / (n * subpixels),
-        "images": n,
-        "subpixels": n * subpixels,
-        "total_bytes": total,
-        "coding": "per file",
-        "parameters": sum(p.numel() for p in loaded.model.parameters()),
-        "model_id": loaded.model_id,
-        "encode_s": encode_s,
-        "decode_s": decode_s,
-        "encode_images_per_s": _rate(n, encode_s),
-        "decode_images_per_s": _rate(n, decode_s),
-    }
+    row = _coded_row(loaded, "per file", n, n * subpixels, int(sizes.sum()), encode_s, decode_s)
     return row, 8.0 * sizes / subpixels
 
 
@@ -318,25 +323,9 @@ def _one_stream_row(loaded: LoadedModel, images: np.ndarray, opts: BenchOptions)
     decode_s = time.perf_counter() - t0
 
     overhead = stream_overhead(loaded, images)
-    total = 4 * int(words.size) + overhead
-    subpixels = int(images.size)
-    return {
-        "method": f"{loaded.name} (coded, one stream)",
-        "kind": "model-coded",
-        "bits_per_dim": 8.0 * total / subpixels,
-        "images": n,
-        "subpixels": subpixels,
-        "total_bytes": total,
-        "stream_words": int(words.size),
-        "container_overhead_bytes": overhead,
-        "coding": "one stream",
-        "parameters": sum(p.numel() for p in loaded.model.parameters()),
-        "model_id": loaded.model_id,
-        "encode_s": encode_s,
-        "decode_s": decode_s,
-        "encode_images_per_s": _rate(n, encode_s),
-        "decode_images_per_s": _rate(n, decode_s),
-    }
+    row = _coded_row(loaded, "one stream", n, int(images.size), 4 * int(words.size) + overhead, encode_s, decode_s)
+    row.update(stream_words=int(words.size), container_overhead_bytes=overhead)
+    return row
 
 
 # ---------------------------------------------------------------------------------------------
