@@ -52,7 +52,9 @@ class _RowCache:
         """Store value at (i, j) and return the 2x2 window ending there, flattened (B, 4C)."""
         current, previous = i % 2, (i + 1) % 2  # row i-1 of the first row is the zero slot 1
         self.rows[:, current, j + 1] = value
-        return self.rows[:, (previous, current), j : j + 2].reshape(value.shape[0], -1)
+        batch = value.shape[0]
+        above, here = self.rows[:, previous, j : j + 2], self.rows[:, current, j : j + 2]
+        return torch.cat([above.reshape(batch, -1), here.reshape(batch, -1)], dim=1)
 
 
 class _StepResnet:
