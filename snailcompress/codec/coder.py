@@ -30,6 +30,8 @@ from .tables import quantize
 from .tiles import TileGrid
 
 _FAMILY = constriction.stream.model.Categorical(perfect=False)
+MAX_BATCH_TILES = 1536  # part of the format: encoder and decoder must batch alike
+Extent = tuple[np.ndarray, np.ndarray]
 
 
 class TableProvider(Protocol):
@@ -75,16 +77,17 @@ def _coded(valid_h: np.ndarray, valid_w: np.ndarray, i: int, j: int) -> np.ndarr
 
 
 def encode_tiles(
-    provider: TableProvider, tiles: np.ndarray, grid: TileGrid | None = None, progress=None, encoder=None
+    provider: TableProvider, tiles: np.ndarray, extent: Extent | None = None, progress=None, encoder=None
 ) -> np.ndarray:
-    """Code (N, C, th, tw) uint8 tiles; `grid` marks which pixels are padding. Returns uint32 words.
+    """Code (N, C, th, tw) uint8 tiles; `extent` (real rows, real columns of each tile, see
+    TileGrid.valid_extent) marks the padding, which is not coded. Returns uint32 words.
 
     `encoder`: an existing queue RangeEncoder to append to, so that several calls (batches) make one
     stream; the words returned are then the whole stream so far. Decode such a stream with one
     RangeDecoder passed to decode_tiles for the same batches in the same order.
     """
     n, channels, th, tw = tiles.shape
-    valid_h, valid_w = grid.valid_extent() if grid else (np.full(n, th), np.full(n, tw))
+    valid_h, valid_w = extent if extent is not None else (np.full(n, th), np.full(n, tw))
     if encoder is None:
         encoder = constriction.stream.queue.RangeEncoder()
     provider.reset(n, th, tw)
@@ -104,7 +107,7 @@ def encode_tiles(
 
 
 def decode_tiles(
-    provider: TableProvider, words: np.ndarray | None, shape: tuple[int, int, int, int], grid: TileGrid | None = None,
+    provider: TableProvider, words: np.ndarray | None, shape: tuple[int, int, int, int], extent: Extent | None = None,
     progress=None, decoder=None,
 ) -> np.ndarray:
     """Inverse of encode_tiles: (N, C, th, tw) uint8 tiles from the words.
@@ -113,7 +116,7 @@ def decode_tiles(
     may be None): the inverse of passing one encoder to several encode_tiles calls.
     """
     n, channels, th, tw = shape
-    valid_h, valid_w = grid.valid_extent() if grid else (np.full(n, th), np.full(n, tw))
+    valid_h, valid_w = extent if extent is not None else (np.full(n, th), np.full(n, tw))
     if decoder is None:
         decoder = constriction.stream.queue.RangeDecoder(np.ascontiguousarray(words, dtype=np.uint32))
     tiles = np.zeros(shape, np.uint8)
@@ -144,17 +147,35 @@ def decode_tiles(
     return tiles
 
 
+def _batches(count: int) -> list[slice]:
+    """Tiles are coded in batches of at most MAX_BATCH_TILES, one after the other in the same stream:
+    this bounds memory (keys and values of every position of every tile in a batch) for any image."""
+    return [slice(start, min(count, start + MAX_BATCH_TILES)) for start in range(0, count, MAX_BATCH_TILES)]
+
+
 def code_plane(provider: TableProvider, plane: np.ndarray, tile: int | tuple[int, int], show_progress: bool = False):
     """Encode an (H, W, C) plane in tiles; returns (words, grid)."""
     grid = TileGrid.for_image(plane.shape[0], plane.shape[1], tile)
-    with tqdm(total=grid.tile_h * grid.tile_w, desc="encode", unit="px", disable=not show_progress, leave=False) as bar:
-        words = encode_tiles(provider, grid.split(plane), grid, bar)
-    return words, grid
+    tiles, (valid_h, valid_w) = grid.split(plane), grid.valid_extent()
+    encoder = constriction.stream.queue.RangeEncoder()
+    batches = _batches(grid.count)
+    total = len(batches) * grid.tile_h * grid.tile_w
+    with tqdm(total=total, desc="encode", unit="px", disable=not show_progress, leave=False) as bar:
+        for part in batches:
+            encode_tiles(provider, tiles[part], (valid_h[part], valid_w[part]), bar, encoder)
+    return encoder.get_compressed(), grid
 
 
 def decode_plane(provider: TableProvider, words: np.ndarray, height: int, width: int, channels: int, tile, show_progress=False):
+    """Inverse of code_plane: the (H, W, C) plane."""
     grid = TileGrid.for_image(height, width, tile)
-    shape = (grid.count, channels, grid.tile_h, grid.tile_w)
-    with tqdm(total=grid.tile_h * grid.tile_w, desc="decode", unit="px", disable=not show_progress, leave=False) as bar:
-        tiles = decode_tiles(provider, words, shape, grid, bar)
+    valid_h, valid_w = grid.valid_extent()
+    decoder = constriction.stream.queue.RangeDecoder(np.ascontiguousarray(words, dtype=np.uint32))
+    tiles = np.zeros((grid.count, channels, grid.tile_h, grid.tile_w), np.uint8)
+    batches = _batches(grid.count)
+    total = len(batches) * grid.tile_h * grid.tile_w
+    with tqdm(total=total, desc="decode", unit="px", disable=not show_progress, leave=False) as bar:
+        for part in batches:
+            shape = (part.stop - part.start, channels, grid.tile_h, grid.tile_w)
+            tiles[part] = decode_tiles(provider, None, shape, (valid_h[part], valid_w[part]), bar, decoder)
     return grid.merge(tiles)
