@@ -399,6 +399,7 @@ def decode(files, output, force, models, quiet):
 @friendly_errors
 def info(files):
     """Print the header of .snail files in words."""
+    from .api import environment_digest
     from .codec import container
     from .errors import FormatError
 
@@ -407,9 +408,12 @@ def info(files):
             data = Path(name).read_bytes()
         except OSError as e:
             raise FormatError(f"{name}: cannot read ({e.strerror})") from None
-        text = container.describe(container.read_header(data))  # nothing printed for a bad file
+        header = container.read_header(data)  # nothing printed for a bad file
         click.echo(f"{name}:")
-        click.echo(text)
+        click.echo(container.describe(header))
+        here = environment_digest()
+        verdict = "same environment: decodable here" if header.exactness.get("env") == here else "decoding here will be refused"
+        click.echo(f"this machine: env {here} ({verdict})")
 
 
 @main.command()
