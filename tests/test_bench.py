@@ -79,7 +79,7 @@ def test_bench_summary_rows(bench_run):
     by_method = {(r.method, r.kind): r for r in table.itertuples()}
 
     nll = by_method[("pixelsnail-tiny", "model-nll")]
-    per_file = by_method[("pixelsnail-tiny (coded, per file)", "model-coded")]
+    per_file = by_method[("pixelsnail-tiny (coded, per file, first 2)", "model-coded")]
     stream = by_method[("pixelsnail-tiny (coded, one stream)", "model-coded")]
     assert (nll.images, per_file.images, stream.images) == (6, 2, 6)
     assert nll.parameters > 0 and nll.eval_images_per_s > 0
@@ -113,10 +113,10 @@ def test_bench_per_image_and_meta(bench_run):
         methods = {f[k].attrs["method"]: f[k][()] for k in f}
         attrs = dict(f.attrs)
     nll = methods["pixelsnail-tiny"]
-    per_file = methods["pixelsnail-tiny (coded, per file)"]
+    per_file = methods["pixelsnail-tiny (coded, per file, first 2)"]
     assert nll.shape == (6,) and per_file.shape == (2,) and methods["png"].shape == (6,)
     assert nll.mean() == pytest.approx(table.loc["pixelsnail-tiny", "bits_per_dim"], rel=1e-6)
-    assert per_file.mean() == pytest.approx(table.loc["pixelsnail-tiny (coded, per file)", "bits_per_dim"], rel=1e-9)
+    assert per_file.mean() == pytest.approx(table.loc["pixelsnail-tiny (coded, per file, first 2)", "bits_per_dim"], rel=1e-9)
     assert (per_file > nll[:2]).all()  # each file costs more than its image's NLL
     for key in ("command", "machine", "date", "dataset", "split", "images", "cpu", "cpu_cores", "torch",
                 "torch_threads"):
@@ -146,7 +146,7 @@ def test_bench_grayscale_folder_in_chunks(tmp_path):
     stream = rows.loc["pixelsnail-tiny (coded, one stream)"]
     assert stream["images"] == 9  # chunks of 4, 4 and 1 images in one stream, decoded exactly
     assert stream["bits_per_dim"] >= rows.loc["pixelsnail-tiny", "bits_per_dim"] - 1e-3
-    assert rows.loc["pixelsnail-tiny (coded, per file)", "images"] == 2
+    assert rows.loc["pixelsnail-tiny (coded, per file, first 2)", "images"] == 2
     assert (tmp_path / "out" / "summary.csv").is_file()
 
 

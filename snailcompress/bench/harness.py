@@ -208,7 +208,7 @@ def _coded_row(loaded: LoadedModel, coding: str, n: int, subpixels: int, total_b
                encode_s: float, decode_s: float) -> dict:
     """A model-coded summary row: real bytes, verified, with timings."""
     return {
-        "method": f"{loaded.name} (coded, {coding})",
+        "method": f"{loaded.name} (coded, {coding})" if coding == "one stream" else f"{loaded.name} (coded, {coding}, first {n})",
         "kind": "model-coded",
         "bits_per_dim": 8.0 * total_bytes / subpixels,
         "images": n,
