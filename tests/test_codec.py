@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -58,7 +58,7 @@ def make_image(mode: str, height: int, width: int, content: str, seed: int, extr
         return Image.fromarray(arr[..., 0] >= 128)
     if mode == "P":
         entries = int(rng.integers(1, 257))
-        im = Image.frombytes("P", (width, height), (arr[..., 0] % entries).astype(np.uint8).tobytes())
+        im = Image.frombytes("P", (width, height), (arr[..., 0].astype(np.int64) % entries).astype(np.uint8).tobytes())
         im.putpalette(rng.integers(0, 256, 3 * entries, dtype=np.uint8).tobytes(), "RGB")
         if extra:
             im.info["transparency"] = int(rng.integers(0, entries)) if seed % 2 else bytes(rng.integers(0, 256, 5, dtype=np.uint8))
@@ -103,6 +103,7 @@ _sides = st.one_of(st.sampled_from([1, 2, 7, 8, 9, 16, 17]), st.integers(1, 20))
     extra=st.booleans(),
     tile=st.sampled_from([3, 5, TILE]),
 )
+@example(mode="P", height=1, width=1, content="random", seed=92862, extra=False, tile=3)  # a full 256-entry palette
 def test_round_trip(tiny_models, mode, height, width, content, seed, extra, tile):
     im = make_image(mode, height, width, content, seed, extra)
     dec = decompose(im)
