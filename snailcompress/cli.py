@@ -302,7 +302,7 @@ def bench(dataset, data_dir, models, split, limit, coded_limit, chunk, codec_nam
     options = BenchOptions(
         dataset=dataset, data_dir=data_dir, models=models, split=split, limit=limit, coded_limit=coded_limit,
         chunk=chunk, codecs=codec_names, out=out or f"bench-{dataset}", batch_size=batch_size,
-        folder=_data_kwargs(dataset, crop, scales, holdout, channels, cache_dir), progress=not quiet,
+        data_options=_data_kwargs(dataset, crop, scales, holdout, channels, cache_dir), progress=not quiet,
         argv=["snailcompress", *sys.argv[1:]],
     )
     result = run_benchmark(options, log=lambda line: click.echo(line, err=True))

@@ -137,7 +137,7 @@ def test_bench_grayscale_folder_in_chunks(tmp_path):
     opts = BenchOptions(
         dataset="folder", data_dir=photos, models=["pixelsnail-tiny"], codecs="png", out=tmp_path / "out",
         coded_limit=2, chunk=4, progress=False, argv=["test"],
-        folder={"crop": 8, "scales": (1.0,), "holdout": ("p0.png",), "channels": 1},
+        data_options={"crop": 8, "scales": (1.0,), "holdout": ("p0.png",), "channels": 1},
     )
     result = run_benchmark(opts, log=lambda line: None)
     rows = result.rows.set_index("method")
@@ -180,7 +180,7 @@ def test_bench_model_channels_must_match_data(tmp_path):
     save_model(load_model("pixelsnail-tiny").model, checkpoint)
     opts = BenchOptions(
         dataset="folder", data_dir=photos, models=[str(checkpoint)], codecs="png", out=tmp_path / "out",
-        progress=False, folder={"crop": 16, "scales": (1.0,), "holdout": ("a.png",), "channels": 1},
+        progress=False, data_options={"crop": 16, "scales": (1.0,), "holdout": ("a.png",), "channels": 1},
     )
     with pytest.raises(ModelError, match="3-channel images but folder has 1-channel"):
         run_benchmark(opts, log=lambda line: None)

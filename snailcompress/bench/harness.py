@@ -70,7 +70,7 @@ class BenchOptions:
     chunk: int = 1000  # images per batch of the one-stream coding
     codecs: str | Sequence[str] | None = None  # None or "all": every available codec
     out: str | os.PathLike = "bench"
-    folder: dict = field(default_factory=dict)  # load_split keywords: crop, scales, holdout, channels; cache_dir
+    data_options: dict = field(default_factory=dict)  # load_split keywords: crop, scales, holdout, channels (folder); cache_dir
     batch_size: int = 32  # evaluation batch
     progress: bool = True
     argv: list[str] | None = None  # the command line recorded in the meta (default sys.argv)
@@ -336,7 +336,7 @@ def run_benchmark(opts: BenchOptions, log: Callable[[str], None] = print) -> Ben
     """Run everything, write the report into opts.out, return the rows (see the module docstring)."""
     _check_options(opts)
     codecs = bench_codecs.get_codecs(opts.codecs)  # UsageError for an unknown codec, before any work
-    data = load_split(opts.dataset, opts.data_dir, opts.split, **opts.folder)
+    data = load_split(opts.dataset, opts.data_dir, opts.split, **opts.data_options)
     images = _images(data, opts.limit)
     n, channels, height, width = images.shape
     models = [_load(spec, channels, opts.dataset) for spec in opts.models]
