@@ -61,11 +61,11 @@ def tiled_nll_bits(model, plane: np.ndarray, tile: int, context: int = 0, batch:
     total = 0.0
     for members in groups.values():
         windows = np.stack([w for w, _ in members])
-        real = torch.from_numpy(np.stack([r for _, r in members]))
+        counted = torch.from_numpy(np.stack([r for _, r in members]))  # the tiles' real pixels
         for start in range(0, len(windows), batch):
             x = mixture.to_unit(torch.from_numpy(np.ascontiguousarray(windows[start : start + batch])))
             log_p = mixture.log_prob(x, model(x))  # (B, h, w) nats per pixel
-            total -= float(log_p[real[start : start + batch]].sum())
+            total -= float(log_p[counted[start : start + batch]].sum())
     return total / math.log(2)
 
 
