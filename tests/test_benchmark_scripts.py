@@ -1,0 +1,39 @@
+"""The measurement in benchmarks/adaptation.py is honest: a chunk is scored before the model adapts on it."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+adaptation = pytest.importorskip("adaptation")
+
+from snailcompress.models.presets import build  # noqa: E402
+
+
+@pytest.fixture
+def tiles_and_model():
+    torch.manual_seed(0)
+    plane = np.random.default_rng(0).integers(0, 256, (40, 70, 3), dtype=np.uint8)  # padded tiles too
+    return adaptation.tiles_of(plane), build("pixelsnail-tiny", channels=3)
+
+
+def test_real_pixels_are_exactly_the_image(tiles_and_model):
+    (x, real), _ = tiles_and_model
+    assert x.shape == (6, 3, 32, 32) and int(real.sum()) == 40 * 70
+
+
+def test_one_chunk_is_scored_before_any_step(tiles_and_model):
+    (x, real), model = tiles_and_model
+    static = adaptation.adapted_nll_bits(model, x, real, None)
+    assert adaptation.adapted_nll_bits(model, x, real, (1, 3, 1e-2)) == pytest.approx(static, rel=1e-6)
+
+
+def test_later_chunks_see_the_adapted_model(tiles_and_model):
+    (x, real), model = tiles_and_model
+    static = adaptation.adapted_nll_bits(model, x, real, None)
+    adapted = adaptation.adapted_nll_bits(model, x, real, (3, 2, 1e-2))
+    assert adapted != pytest.approx(static, rel=1e-4)
+    assert adaptation.adapted_nll_bits(model, x, real, None) == static  # the caller's model is untouched
