@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import publish  # noqa: E402
 from default_models import heldout_files  # noqa: E402
 
 from snailcompress import mixture  # noqa: E402
@@ -128,11 +129,7 @@ def main() -> None:
     lines.append("| **all** | " + " | ".join(f"**{bits[s] / dims:.4f}**" for s in specs) + " |")
     lines.append(f"| vs {specs[0]} | " + " | ".join(f"{100 * (bits[s] / base - 1):+.2f}%" for s in specs) + " |")
     lines.append("| seconds | " + " | ".join(f"{seconds[s]:.0f}" for s in specs) + " |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+    publish(lines, args.out)
 
 
 if __name__ == "__main__":

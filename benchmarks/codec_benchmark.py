@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import publish  # noqa: E402
 from default_models import SHARED, heldout_files  # noqa: E402
 from tiling import tiled_nll_bits  # noqa: E402
 
@@ -119,10 +120,7 @@ def main() -> None:
              f"**{file_bpsp:.4f}**", "", f"{sum(r['encode_s'] for r in rows):.1f}", f"{sum(r['decode_s'] for r in rows):.1f}"]
     cells += [f"**{pooled(n):.4f}**" for n in names]
     lines.append("| " + " | ".join(cells) + " |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        args.out.write_text(text)
+    publish(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import publish  # noqa: E402
 from default_models import KODAK_HOLDOUT, SHARED  # noqa: E402
 from tiling import tiled_nll_bits  # noqa: E402
 
@@ -74,8 +75,7 @@ def main() -> None:
             f"| {r['model']} | {r['params'] / 1e6:.2f}M | {r['train_images']} | {r['nll_bpsp']:.4f} | {r['crop_bpsp']:.4f} "
             f"| {r['encode_s']:.1f} | {r['decode_s']:.1f} |"
         )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    publish(lines, args.out.with_suffix(".md"))
     fig, ax = plt.subplots(figsize=(6.5, 4.2), dpi=120)
     for r in rows:
         ax.scatter(r["decode_s"], r["nll_bpsp"], s=40 + r["params"] / 2e4)
@@ -87,7 +87,6 @@ def main() -> None:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(args.out.with_suffix(".png"))
-    print("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import publish  # noqa: E402
 from default_models import heldout_files  # noqa: E402
 
 from snailcompress import mixture  # noqa: E402
@@ -108,10 +109,7 @@ def main() -> None:
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     lines.append("| **all** | " + " | ".join(f"**{totals[t] / subpixels:.4f}**" for t in tiles) + " |")
     lines.append("| forward s | " + " | ".join(f"{seconds[t]:.1f}" for t in tiles) + " |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        args.out.write_text(text)
+    publish(lines, args.out)
 
 
 if __name__ == "__main__":

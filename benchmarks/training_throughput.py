@@ -19,10 +19,13 @@ from pathlib import Path
 
 import torch
 
-from snailcompress import mixture
-from snailcompress.models.layers import count_parameters, data_dependent_init
-from snailcompress.models.presets import build
-from snailcompress.train import ReferenceAdam
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import publish  # noqa: E402
+
+from snailcompress import mixture  # noqa: E402
+from snailcompress.models.layers import count_parameters, data_dependent_init  # noqa: E402
+from snailcompress.models.presets import build  # noqa: E402
+from snailcompress.train import ReferenceAdam  # noqa: E402
 
 DEFAULT = "pixelsnail-cifar10:8,pixelsnail-cifar10:32,pixelsnail-imagenet32:8,pixelcnnpp-cifar10:16,pixelcnnpp-cifar10:64"
 
@@ -102,11 +105,7 @@ def main() -> None:
             f"| {r['preset']} | {r['params_M']:.2f}M | {r['batch']} | {r['amp']} | {r['compile']} | {r['images_per_s']:.0f} "
             f"| {r['step_ms']:.1f} | {r['peak_GiB']:.1f} GiB | {r['images_per_s'] * 86400 / 50000:.0f} |"
         )
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+    publish(lines, args.out)
 
 
 if __name__ == "__main__":
