@@ -69,7 +69,7 @@ def adapted_nll_bits(model, x: torch.Tensor, real: torch.Tensor, config) -> floa
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     total = 0.0
     for index in torch.arange(len(x)).chunk(chunks):
-        with torch.no_grad():
+        with torch.no_grad():  # a separate pass, as in a codec, whose decoder scores incrementally
             total += float(nll_nats(model, x[index], real[index]))
         for _ in range(steps):
             loss = nll_nats(model, x[index], real[index]) / (real[index].sum() * x.shape[1])

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-adaptation = pytest.importorskip("adaptation")
+import adaptation  # noqa: E402
 
 from snailcompress.models.presets import build  # noqa: E402
 
