@@ -121,6 +121,7 @@ def _folder_kwargs(crop, scales, holdout, channels) -> dict:
 @click.option("--minutes", type=float, default=None, help="stop after this much training time (in total)")
 @click.option("--cpu-minutes", type=float, default=None, help="stop after this much CPU time of this process")
 @click.option("--lr", type=float, default=None, help="initial learning rate [1e-3]")
+@click.option("--cooldown-steps", type=int, default=None, help="take the lr linearly to 0 over the last N of --steps")
 @click.option("--ema", "ema_decay", type=float, default=None, help="Polyak averaging decay [0.9995]")
 @click.option("--dropout", type=float, default=None, help="override the preset's dropout")
 @click.option("--set", "overrides", multiple=True, help="override a model setting, e.g. --set filters=96")
@@ -149,7 +150,8 @@ def train(model_name, dataset, data_dir, out, overrides, crop, scales, holdout, 
     if compile_ is not None:
         given["compile"] = compile_
     if (Path(out) / "checkpoints" / "last" / "trainer.pt").is_file():
-        opts = resume_options(out, out=out, **given)  # the run may have been moved since it was saved
+        # the run (and its data) may have been moved since it was saved
+        opts = resume_options(out, out=out, data_dir=data_dir, **given)
         click.echo(f"resuming {out} at its last checkpoint", err=True)
     else:
         if not model_name or not dataset:

@@ -4,6 +4,8 @@
     for every step:  loss = total NLL (nats) of the batch      (the reference's per-GPU loss)
                      Adam(beta1 0.95, beta2 0.9995, eps inside the square root)
                      lr = lr0 * decay**step                     (decayed every step, not every epoch)
+                          x (steps - step) / cooldown           (optional, not the reference: over the
+                                                                 last `cooldown_steps`, falling to 0)
                      EMA of every parameter (V, g, b)           (used to evaluate, sample and code)
 
 Distributed: launched with torchrun, every process trains on its own `batch_size` images of one
@@ -65,6 +67,7 @@ class TrainOptions:
     init_batch: int | None = None  # images for data-dependent init; default batch_size
     lr: float = 1e-3
     lr_decay: float | None = None  # per optimiser step; default from REFERENCE
+    cooldown_steps: int = 0  # the last N of `steps` take the lr linearly down to 0 (not in the reference)
     adam_eps: float | None = None  # inside the square root; default from REFERENCE
     ema_decay: float = 0.9995  # 0.9995 CIFAR-10, 0.9997 ImageNet
     dropout: float | None = None  # overrides the preset's
@@ -158,6 +161,20 @@ class GlobalBatchSampler(Sampler):
 
 # ---------------------------------------------------------------------------------------------
 # Checkpoints
+
+
+def learning_rate(options: TrainOptions, step: int, lr_decay: float) -> float:
+    """The lr of optimiser step `step` (0-based): the reference's per-step exponential decay, times
+    an optional linear cool-down to zero over the run's last `cooldown_steps`.
+
+    The cool-down is ours, not the paper's: a run cut short by its compute budget (our shipped
+    models) ends with its lr still high; annealing it before the end ("warmup-stable-decay",
+    Hagele et al. 2024) takes the loss the rest of the way down without retraining from scratch.
+    """
+    lr = options.lr * lr_decay**step
+    if options.cooldown_steps:
+        lr *= min(1.0, max(0.0, (options.steps - step) / options.cooldown_steps))
+    return lr
 
 
 def _rng_state(device: torch.device) -> dict:
@@ -260,6 +277,8 @@ def train(options: TrainOptions, progress_bar: bool = True) -> dict:
     """Train (or resume, if OUT holds a checkpoint) and return the final progress record."""
     if options.steps is None and options.minutes is None and options.cpu_minutes is None:
         raise UsageError("say how long to train: --steps N, --minutes M or --cpu-minutes M")
+    if options.cooldown_steps and options.steps is None:
+        raise UsageError("--cooldown-steps counts back from --steps: give --steps too")
     rank, world, local_rank = _distributed()
     device = _device(options.device, local_rank)
     run_dir = Path(options.out)
@@ -354,7 +373,7 @@ def train(options: TrainOptions, progress_bar: bool = True) -> dict:
             if device.type == "cuda":
                 x = x.contiguous(memory_format=torch.channels_last)
             for group in optimizer.param_groups:
-                group["lr"] = options.lr * lr_decay ** progress["step"]
+                group["lr"] = learning_rate(options, progress["step"], lr_decay)
             with autocast:
                 params_out = forward(x)
             nats = -mixture.log_prob(x, params_out.float()).sum()
@@ -422,10 +441,20 @@ def train(options: TrainOptions, progress_bar: bool = True) -> dict:
     return progress
 
 
+BUDGETS = ("steps", "minutes", "cpu_minutes")
+
+
 def resume_options(run_dir: str, **changes) -> TrainOptions:
-    """Options of an existing run, with `changes` (e.g. a longer --steps) applied."""
+    """Options of an existing run, with `changes` (e.g. a longer --steps) applied.
+
+    A new budget replaces the saved one whole: a run saved with --minutes 21 and resumed with
+    --steps 30000 trains to step 30000, instead of stopping at once on its spent 21 minutes.
+    """
     saved = saved_options(Path(run_dir))
     if saved is None:
         raise UsageError(f"{run_dir} holds no checkpoint to resume")
-    return replace(saved, **{k: v for k, v in changes.items() if v is not None})
+    changes = {k: v for k, v in changes.items() if v is not None}
+    if any(k in changes for k in BUDGETS):
+        saved = replace(saved, **{k: None for k in BUDGETS})
+    return replace(saved, **changes)
 

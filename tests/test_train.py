@@ -29,7 +29,7 @@ from safetensors.torch import load_file
 from snailcompress.cli import main
 from snailcompress.data.idx import FASHION_MNIST_SYSTEM_DIR
 from snailcompress.errors import DatasetError, UsageError
-from snailcompress.train import GlobalBatchSampler, ReferenceAdam, TrainOptions, train
+from snailcompress.train import GlobalBatchSampler, ReferenceAdam, TrainOptions, learning_rate, train
 from snailcompress.zoo import load_model
 
 CHECKPOINT_FILES = ("config.json", "ema.safetensors", "weights.safetensors", "trainer.pt")
@@ -146,6 +146,21 @@ def test_global_batches_are_split_between_ranks():
     resumed = list(GlobalBatchSampler(40, 6, rank=0, world=1, seed=3, epoch=2, start_batch=4))
     assert resumed == whole[4:]
     assert list(GlobalBatchSampler(40, 6, rank=0, world=1, seed=3, epoch=3)) != whole
+
+
+def test_learning_rate_is_the_reference_decay_until_the_cooldown_takes_it_to_zero():
+    plain = TrainOptions(model="m", dataset="d", out="o", lr=1e-3, steps=100)
+    assert [learning_rate(plain, s, 0.99) for s in (0, 50, 100)] == pytest.approx([1e-3, 1e-3 * 0.99**50, 1e-3 * 0.99**100])
+    cooled = TrainOptions(model="m", dataset="d", out="o", lr=1e-3, steps=100, cooldown_steps=40)
+    assert learning_rate(cooled, 60, 0.99) == learning_rate(plain, 60, 0.99)  # before the last 40 steps
+    assert learning_rate(cooled, 80, 0.99) == pytest.approx(learning_rate(plain, 80, 0.99) * 0.5)
+    assert learning_rate(cooled, 99, 0.99) == pytest.approx(learning_rate(plain, 99, 0.99) / 40)
+    assert learning_rate(cooled, 100, 0.99) == 0.0
+
+
+def test_cooldown_needs_a_step_budget(photo_dir, tmp_path):
+    with pytest.raises(UsageError, match="--steps"):
+        train(folder_options(photo_dir, tmp_path / "run", minutes=1.0, cooldown_steps=5), progress_bar=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -370,3 +385,25 @@ def test_cli_resumes_a_finished_run_with_more_steps(cli_run, tmp_path):
     assert all(float(s["step"]) == 3 for s in state["optimizer"]["state"].values())  # 2 old + 1 new update
     options = json.loads((checkpoint(run) / "config.json").read_text())["options"]
     assert options["steps"] == 3 and options["batch_size"] == 3 and options["dataset"] == "folder"
+
+
+def test_cli_resume_with_a_cooldown_replaces_the_saved_budget_and_finds_moved_data(cli_run, photo_dir, tmp_path):
+    """A run saved with --minutes (spent) resumed with --steps trains to those steps, the lr falling
+    linearly over the cool-down; its data folder moved, so --data-dir points at the new place."""
+    run, moved = tmp_path / "run", tmp_path / "moved-data"
+    shutil.copytree(cli_run, run)
+    shutil.copytree(photo_dir, moved)
+    config_path = checkpoint(run) / "config.json"
+    config = json.loads(config_path.read_text())
+    config["options"].update(steps=None, minutes=1e-9, data_dir=str(tmp_path / "gone"))
+    config_path.write_text(json.dumps(config))
+    result = CliRunner().invoke(
+        main, ["train", "--out", str(run), "--data-dir", str(moved), "--steps", "6", "--cooldown-steps", "4"]
+    )
+    assert result.exit_code == 0, result.output
+    assert re.search(r"6 steps, 18 images", result.stdout), result.stdout
+    options = json.loads(config_path.read_text())["options"]
+    assert options["minutes"] is None and options["steps"] == 6 and options["data_dir"] == str(moved)
+    new_rows = read_log(run)[len(read_log(cli_run)):]
+    assert [r["step"] for r in new_rows] == ["6"]
+    assert float(new_rows[-1]["lr"]) == pytest.approx(1e-3 * 0.999998**5 / 4, rel=1e-4)  # the last step's, 0-based 5
