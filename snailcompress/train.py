@@ -279,6 +279,8 @@ def train(options: TrainOptions, progress_bar: bool = True) -> dict:
         raise UsageError("say how long to train: --steps N, --minutes M or --cpu-minutes M")
     if options.cooldown_steps and options.steps is None:
         raise UsageError("--cooldown-steps counts back from --steps: give --steps too")
+    if not 0 <= options.cooldown_steps <= (options.steps or 0):
+        raise UsageError(f"--cooldown-steps must be between 0 and --steps ({options.steps}), got {options.cooldown_steps}")
     rank, world, local_rank = _distributed()
     device = _device(options.device, local_rank)
     run_dir = Path(options.out)

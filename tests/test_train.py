@@ -158,9 +158,15 @@ def test_learning_rate_is_the_reference_decay_until_the_cooldown_takes_it_to_zer
     assert learning_rate(cooled, 100, 0.99) == 0.0
 
 
-def test_cooldown_needs_a_step_budget(photo_dir, tmp_path):
+@pytest.mark.parametrize(
+    "budget, cooldown",
+    [({"minutes": 1.0}, 5), ({"steps": 4}, -1), ({"steps": 4}, 5)],
+    ids=["no-step-budget", "negative", "longer-than-the-run"],
+)
+def test_cooldown_needs_a_step_budget_it_fits_in(photo_dir, tmp_path, budget, cooldown):
     with pytest.raises(UsageError, match="--steps"):
-        train(folder_options(photo_dir, tmp_path / "run", minutes=1.0, cooldown_steps=5), progress_bar=False)
+        train(folder_options(photo_dir, tmp_path / "run", cooldown_steps=cooldown, **budget), progress_bar=False)
+    assert not (tmp_path / "run").exists()
 
 
 # ---------------------------------------------------------------------------------------------
