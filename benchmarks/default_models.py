@@ -6,12 +6,17 @@ in results/default_model*: the images in HOLDOUT (6 Kodak images, 6 photos).
 
     # 1. a folder of links to the training images (+ the held-out Kodak images, for periodic tests)
     python benchmarks/default_models.py data --out runs/default-data
-    # 2. train one size (any device; a lent H100 trained the shipped ones, see results/default_models.md)
-    snailcompress train --model pixelsnail-small --set filters=64 --dataset folder \\
-        --data-dir runs/default-data --holdout kodim03,kodim07,kodim12,kodim15,kodim20,kodim23 \\
-        --batch-size 64 --minutes 60 --out runs/rgb-f64
-    # 3. copy the EMA weights into the package
-    python benchmarks/default_models.py ship runs/rgb-f64 snail-rgb
+    # 2. train the candidate sizes side by side (a lent H100 trained them for 21 minutes, rgb-l for 7:
+    #    results/default_models/rgb-s.log.csv, gray-m.log.csv; the size choice: results/model_size_tradeoff.md)
+    bash benchmarks/gpu_default_models.sh runs/default-data runs/gpu 21 rgb-s rgb-m rgb-l gray-m -- --ema 0.999
+    # 3. cool the lr down to zero over 1,200 more steps (snail-rgb: the 2-core CPU, 80 minutes from step
+    #    23,733; test 2.5135 -> 2.4646 bits/dim, results/default_models/rgb-s-cooldown.log.csv)
+    cp -r runs/gpu/rgb-s runs/cpu/rgb-s-cool
+    snailcompress train --out runs/cpu/rgb-s-cool --data-dir runs/default-data --steps 24933 \\
+        --cooldown-steps 1200 --ema 0.997 --eval-every 400 --eval-images 512 --workers 1
+    # 4. copy the EMA weights into the package
+    python benchmarks/default_models.py ship runs/cpu/rgb-s-cool snail-rgb
+    python benchmarks/default_models.py ship runs/gpu/gray-m snail-gray
 """
 
 from __future__ import annotations
