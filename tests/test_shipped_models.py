@@ -17,6 +17,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from snailcompress.cli import main
+from snailcompress.codec.tiles import TileGrid
 from snailcompress.evaluate import image_log_probs
 from snailcompress.zoo import WEIGHTS_DIR, default_model_for, load_model
 
@@ -38,13 +39,11 @@ def png_bits_per_subpixel(image: Image.Image) -> float:
 
 def nll_bits_per_subpixel(model: torch.nn.Module, image: Image.Image) -> float:
     """The model's NLL of the image cut into TILE x TILE tiles, as the codec codes it."""
-    pixels = torch.from_numpy(np.asarray(image).copy())
-    pixels = pixels.unsqueeze(-1) if pixels.ndim == 2 else pixels
-    height, width, channels = pixels.shape
-    tiles = pixels.reshape(height // TILE, TILE, width // TILE, TILE, channels).permute(0, 2, 4, 1, 3)
+    plane = np.asarray(image).reshape(image.height, image.width, -1)  # 256x256: whole tiles, no padding
+    tiles = TileGrid.for_image(image.height, image.width, TILE).split(plane)
     with torch.no_grad():
-        nats = image_log_probs(model, tiles.reshape(-1, channels, TILE, TILE)).sum().item()
-    return -nats / np.log(2) / pixels.numel()
+        nats = image_log_probs(model, torch.from_numpy(tiles)).sum().item()
+    return -nats / np.log(2) / plane.size
 
 
 def test_the_defaults_ship_within_20_mb_with_their_attribution():
