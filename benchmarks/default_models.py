@@ -9,14 +9,18 @@ in results/default_model*: the images in HOLDOUT (6 Kodak images, 6 photos).
     # 2. train the candidate sizes side by side (a lent H100 trained them for 21 minutes, rgb-l for 7:
     #    results/default_models/rgb-s.log.csv, gray-m.log.csv; the size choice: results/model_size_tradeoff.md)
     bash benchmarks/gpu_default_models.sh runs/default-data runs/gpu 21 rgb-s rgb-m rgb-l gray-m -- --ema 0.999
-    # 3. cool the lr down to zero over 1,200 more steps (snail-rgb: the 2-core CPU, 80 minutes from step
-    #    23,733; test 2.5135 -> 2.4646 bits/dim, results/default_models/rgb-s-cooldown.log.csv)
+    # 3. cool the lr down to zero over more steps, on the 2-core CPU (results/default_models/*-cooldown.*):
+    #    rgb-s 1,200 steps from 23,733, 80 minutes, test 2.5135 -> 2.4646 bits/dim;
+    #    gray-m 400 steps from 16,001, 60 minutes, test 3.1142 -> 3.0939 bits/dim
     cp -r runs/gpu/rgb-s runs/cpu/rgb-s-cool
     snailcompress train --out runs/cpu/rgb-s-cool --data-dir runs/default-data --steps 24933 \\
         --cooldown-steps 1200 --ema 0.997 --eval-every 400 --eval-images 512 --workers 1
+    cp -r runs/gpu/gray-m runs/cpu/gray-m-cool
+    snailcompress train --out runs/cpu/gray-m-cool --data-dir runs/default-data --steps 16401 \\
+        --cooldown-steps 400 --ema 0.997 --eval-every 200 --eval-images 512 --workers 1
     # 4. copy the EMA weights into the package
     python benchmarks/default_models.py ship runs/cpu/rgb-s-cool snail-rgb
-    python benchmarks/default_models.py ship runs/gpu/gray-m snail-gray
+    python benchmarks/default_models.py ship runs/cpu/gray-m-cool snail-gray
 """
 
 from __future__ import annotations
