@@ -133,6 +133,20 @@ class ReferenceAdam(torch.optim.Optimizer):
                 s["step"] += 1
 
 
+def learning_rate(options: TrainOptions, step: int, lr_decay: float) -> float:
+    """The lr of optimiser step `step` (0-based): the reference's per-step exponential decay, times
+    an optional linear cool-down to zero over the run's last `cooldown_steps`.
+
+    The cool-down is ours, not the paper's: a run cut short by its compute budget (our shipped
+    models) ends with its lr still high; annealing it before the end ("warmup-stable-decay",
+    Hagele et al. 2024) takes the loss the rest of the way down without retraining from scratch.
+    """
+    lr = options.lr * lr_decay**step
+    if options.cooldown_steps:
+        lr *= min(1.0, max(0.0, (options.steps - step) / options.cooldown_steps))
+    return lr
+
+
 # ---------------------------------------------------------------------------------------------
 # Data order: a pure function of (seed, epoch), shared by every rank
 
@@ -161,20 +175,6 @@ class GlobalBatchSampler(Sampler):
 
 # ---------------------------------------------------------------------------------------------
 # Checkpoints
-
-
-def learning_rate(options: TrainOptions, step: int, lr_decay: float) -> float:
-    """The lr of optimiser step `step` (0-based): the reference's per-step exponential decay, times
-    an optional linear cool-down to zero over the run's last `cooldown_steps`.
-
-    The cool-down is ours, not the paper's: a run cut short by its compute budget (our shipped
-    models) ends with its lr still high; annealing it before the end ("warmup-stable-decay",
-    Hagele et al. 2024) takes the loss the rest of the way down without retraining from scratch.
-    """
-    lr = options.lr * lr_decay**step
-    if options.cooldown_steps:
-        lr *= min(1.0, max(0.0, (options.steps - step) / options.cooldown_steps))
-    return lr
 
 
 def _rng_state(device: torch.device) -> dict:

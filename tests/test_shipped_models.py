@@ -18,6 +18,7 @@ from PIL import Image
 
 from snailcompress.cli import main
 from snailcompress.codec.tiles import TileGrid
+from snailcompress.demo import DEMO_IMAGE
 from snailcompress.evaluate import image_log_probs
 from snailcompress.zoo import WEIGHTS_DIR, default_model_for, load_model
 
@@ -27,7 +28,7 @@ TILE = 32
 
 def demo_image(mode: str) -> Image.Image:
     """The demo crop of kodim23, held out from the shipped models' training."""
-    with resources.as_file(resources.files("snailcompress") / "assets" / "kodim23-crop.png") as path:
+    with resources.as_file(resources.files("snailcompress") / "assets" / DEMO_IMAGE) as path:
         return Image.open(path).convert(mode)
 
 
