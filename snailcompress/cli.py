@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from .errors import SnailError, UsageError
 
@@ -130,7 +131,7 @@ def _folder_kwargs(crop, scales, holdout, channels) -> dict:
 @click.option("--checkpoint-minutes", type=float, default=None, help="minutes between checkpoints [10]")
 @click.option("--workers", type=int, default=None, help="data-loading processes [2]")
 @click.option("--device", default=None, help="auto, cpu, cuda, cuda:1, ...")
-@click.option("--compile/--no-compile", "compile_", default=None, help="torch.compile the model (CUDA)")
+@click.option("--compile/--no-compile", "compile_", default=None, help="torch.compile the model (CUDA or CPU)")
 @click.option("--seed", type=int, default=None)
 @folder_options
 @friendly_errors
@@ -150,8 +151,18 @@ def train(model_name, dataset, data_dir, out, overrides, crop, scales, holdout, 
     if compile_ is not None:
         given["compile"] = compile_
     if (Path(out) / "checkpoints" / "last" / "trainer.pt").is_file():
-        # the run (and its data) may have been moved since it was saved
-        opts = resume_options(out, out=out, data_dir=data_dir, **given)
+        # Only what was typed counts on resume (the folder options have defaults); the run and its
+        # data may have been moved since it was saved.
+        source = click.get_current_context().get_parameter_source
+        typed = {name for name in ("overrides", "crop", "scales", "holdout", "channels")
+                 if source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)}
+        folder = _folder_kwargs(crop, scales, holdout, channels)
+        retyped = {
+            "model": model_name, "dataset": dataset, "cache_dir": cache_dir,
+            "model_overrides": parse_overrides(overrides) if "overrides" in typed else None,
+            **{key: folder[key] for key in ("crop", "scales", "holdout", "channels") if key in typed},
+        }
+        opts = resume_options(out, out=out, data_dir=data_dir, **retyped, **given)
         click.echo(f"resuming {out} at its last checkpoint", err=True)
     else:
         if not model_name or not dataset:

@@ -444,6 +444,10 @@ def train(options: TrainOptions, progress_bar: bool = True) -> dict:
 
 
 BUDGETS = ("steps", "minutes", "cpu_minutes")
+# What a run is: resuming may retrain on other crops (--crop, --scales) but not change these.
+KEPT_ON_RESUME = {
+    "model": "--model", "dataset": "--dataset", "model_overrides": "--set", "holdout": "--holdout", "channels": "--channels",
+}
 
 
 def resume_options(run_dir: str, **changes) -> TrainOptions:
@@ -451,12 +455,29 @@ def resume_options(run_dir: str, **changes) -> TrainOptions:
 
     A new budget replaces the saved one whole: a run saved with --minutes 21 and resumed with
     --steps 30000 trains to step 30000, instead of stopping at once on its spent 21 minutes.
+    The model, data set and test split (KEPT_ON_RESUME) cannot change: UsageError if `changes`
+    gives them other values, rather than silently training something else.
     """
     saved = saved_options(Path(run_dir))
     if saved is None:
         raise UsageError(f"{run_dir} holds no checkpoint to resume")
     changes = {k: v for k, v in changes.items() if v is not None}
+    for key, option in KEPT_ON_RESUME.items():
+        if key in changes and changes[key] != getattr(saved, key):
+            raise UsageError(
+                f"{run_dir} was started with {option} {_as_option(getattr(saved, key))}; a resumed run keeps it "
+                f"(got {_as_option(changes[key])}): start a new --out to change it"
+            )
     if any(k in changes for k in BUDGETS):
         saved = replace(saved, **{k: None for k in BUDGETS})
     return replace(saved, **changes)
 
+
+
+def _as_option(value) -> str:
+    """A saved option value as it would be typed: 'a,b' for tuples, k=v for --set."""
+    if isinstance(value, dict):
+        return " ".join(f"{k}={v}" for k, v in value.items()) or "(none)"
+    if isinstance(value, (tuple, list)):
+        return ",".join(map(str, value)) or "(none)"
+    return "(none)" if value is None else str(value)

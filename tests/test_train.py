@@ -393,6 +393,37 @@ def test_cli_resumes_a_finished_run_with_more_steps(cli_run, tmp_path):
     assert options["steps"] == 3 and options["batch_size"] == 3 and options["dataset"] == "folder"
 
 
+def test_cli_resume_retyping_the_command_may_change_the_crops(cli_run, photo_dir, tmp_path):
+    """The same command again resumes; of the data options typed, --crop and --scales replace the
+    saved ones (fine-tuning on other crops), the rest must match."""
+    run = tmp_path / "run"
+    shutil.copytree(cli_run, run)
+    args = ["train", "--model", "pixelsnail-tiny", *folder_cli_args(photo_dir), "--out", str(run), "--steps", "3"]
+    args[args.index("--scales") + 1] = "1,0.5"
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "resuming" in result.stderr and re.search(r"3 steps, 9 images", result.stdout), result.output
+    options = json.loads((checkpoint(run) / "config.json").read_text())["options"]
+    assert options["scales"] == [1.0, 0.5] and options["holdout"] == ["c"] and options["crop"] == 8
+
+
+@pytest.mark.parametrize(
+    "change, option",
+    [(["--model", "pixelsnail-small"], "--model"), (["--set", "filters=8"], "--set"), (["--holdout", "a"], "--holdout"),
+     (["--dataset", "mnist"], "--dataset"), (["--channels", "1"], "--channels")],
+)
+def test_cli_resume_refuses_another_model_or_test_split(cli_run, tmp_path, change, option):
+    run = tmp_path / "run"
+    shutil.copytree(cli_run, run)
+    before = (checkpoint(run) / "trainer.pt").read_bytes()
+    result = CliRunner().invoke(main, ["train", "--out", str(run), "--steps", "3", *change])
+    assert result.exit_code != 0
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert f"was started with {option}" in result.stderr and "start a new --out" in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert (checkpoint(run) / "trainer.pt").read_bytes() == before
+
+
 def test_cli_resume_with_a_cooldown_replaces_the_saved_budget_and_finds_moved_data(cli_run, photo_dir, tmp_path):
     """A run saved with --minutes (spent) resumed with --steps trains to those steps, the lr falling
     linearly over the cool-down; its data folder moved, so --data-dir points at the new place."""
