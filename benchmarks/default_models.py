@@ -10,11 +10,13 @@ in results/default_model*: the images in HOLDOUT (6 Kodak images, 6 photos).
     #    results/default_models/rgb-s.log.csv, gray-m.log.csv; the size choice: results/model_size_tradeoff.md)
     bash benchmarks/gpu_default_models.sh runs/default-data runs/gpu 21 rgb-s rgb-m rgb-l gray-m -- --ema 0.999
     # 3. cool the lr down to zero over more steps, on the 2-core CPU (results/default_models/*-cooldown.*):
-    #    rgb-s 1,200 steps from 23,733, 80 minutes, test 2.5135 -> 2.4646 bits/dim;
-    #    gray-m 400 steps from 16,001, 60 minutes, test 3.1142 -> 3.0939 bits/dim
+    #    rgb-s 1,200 steps from 23,733 on full-resolution crops only (--scales 1: the scale the codec
+    #    codes at; 0.6% fewer held-out bits than the same cool-down at all three scales,
+    #    results/default_models/cooldown_scales.md), 64 minutes with --compile (80 eager);
+    #    gray-m 400 steps from 16,001 at all scales, 60 minutes, test 3.1142 -> 3.0939 bits/dim
     cp -r runs/gpu/rgb-s runs/cpu/rgb-s-cool
     snailcompress train --out runs/cpu/rgb-s-cool --data-dir runs/default-data --steps 24933 \\
-        --cooldown-steps 1200 --ema 0.997 --eval-every 400 --eval-images 512 --workers 1
+        --cooldown-steps 1200 --ema 0.997 --eval-every 400 --eval-images 512 --workers 1 --scales 1 --compile
     cp -r runs/gpu/gray-m runs/cpu/gray-m-cool
     snailcompress train --out runs/cpu/gray-m-cool --data-dir runs/default-data --steps 16401 \\
         --cooldown-steps 400 --ema 0.997 --eval-every 200 --eval-images 512 --workers 1
