@@ -473,7 +473,6 @@ def resume_options(run_dir: str, **changes) -> TrainOptions:
     return replace(saved, **changes)
 
 
-
 def _as_option(value) -> str:
     """A saved option value as it would be typed: 'a,b' for tuples, k=v for --set."""
     if isinstance(value, dict):
