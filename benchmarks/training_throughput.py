@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import platform
 import sys
 import time
@@ -103,7 +104,8 @@ def main() -> None:
     for r in rows:
         lines.append(
             f"| {r['preset']} | {r['params_M']:.2f}M | {r['batch']} | {r['amp']} | {r['compile']} | {r['images_per_s']:.0f} "
-            f"| {r['step_ms']:.1f} | {r['peak_GiB']:.1f} GiB | {r['images_per_s'] * 86400 / 50000:.0f} |"
+            f"| {r['step_ms']:.1f} | {'-' if math.isnan(r['peak_GiB']) else format(r['peak_GiB'], '.1f') + ' GiB'} "
+            f"| {r['images_per_s'] * 86400 / 50000:.0f} |"
         )
     publish(lines, args.out)
 
