@@ -27,7 +27,7 @@ from common import publish  # noqa: E402
 from default_models import SHARED, heldout_files  # noqa: E402
 from tiling import tiled_nll_bits  # noqa: E402
 
-from snailcompress.api import DEFAULT_TILE, ModelChooser, decode_file, encode_file  # noqa: E402
+from snailcompress.api import DEFAULT_CONTEXT, DEFAULT_TILE, ModelChooser, decode_file, encode_file  # noqa: E402
 from snailcompress.bench.codecs import get_codecs  # noqa: E402
 from snailcompress.codec import container  # noqa: E402
 
@@ -49,11 +49,11 @@ def crops_of(path: Path, sizes: list[str], workdir: Path) -> list[Path]:
     return out
 
 
-def measure(path: Path, chooser: ModelChooser, tile: int, codecs, workdir: Path) -> dict:
+def measure(path: Path, chooser: ModelChooser, tile: int, context: int, codecs, workdir: Path) -> dict:
     pixels = np.asarray(Image.open(path).convert("RGB"))
     model = chooser.for_channels(3)
-    nll_bits = tiled_nll_bits(model.model, pixels, tile)
-    encoded = encode_file(path, workdir / f"{path.stem}.snail", chooser, tile, force=True)
+    nll_bits = tiled_nll_bits(model.model, pixels, tile, context)
+    encoded = encode_file(path, workdir / f"{path.stem}.snail", chooser, tile, context, force=True)
     decoded = decode_file(encoded.target, workdir / f"{path.stem}.decoded.png", chooser, force=True)
     snail = container.read(encoded.target.read_bytes())
     payload_bytes = sum(4 * p.n_words for p in snail.planes)
@@ -76,6 +76,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="32,256,full", help="centre crops of --image")
     parser.add_argument("--heldout", action="store_true", help="all held-out images at full size instead")
     parser.add_argument("--tile", type=int, default=DEFAULT_TILE)
+    parser.add_argument("--context", type=int, default=DEFAULT_CONTEXT)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--codecs", default="png,jpegxl-e9")
     parser.add_argument("--out", type=Path, default=None)
@@ -88,7 +89,7 @@ def main() -> None:
         work = Path(tmp)
         images = heldout_files() if args.heldout else crops_of(args.image, args.sizes.split(","), work)
         for path in images:
-            rows.append(measure(path, chooser, args.tile, codecs, work))
+            rows.append(measure(path, chooser, args.tile, args.context, codecs, work))
             print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in rows[-1].items()}, flush=True)
     model = chooser.for_channels(3)
     cpu = platform.processor() or platform.machine()
@@ -97,7 +98,7 @@ def main() -> None:
         "",
         f"Command: `python {' '.join(sys.argv)}`  ",
         f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; {cpu}, {torch.get_num_threads()} torch threads, "
-        f"torch {torch.__version__}; model {model.name} (id {model.model_id}), tile {args.tile}. "
+        f"torch {torch.__version__}; model {model.name} (id {model.model_id}), tile {args.tile}, context {args.context}. "
         "Times are wall-clock for the whole command (read, code, write, verify). Bits per subpixel count "
         "every byte of the file; 'payload' leaves out the container header.",
         "",

@@ -5,13 +5,12 @@ A tile's first rows and columns see no context, so small tiles cost bits; large 
 (attention over T*T positions per tile). This measures the model's NLL of exactly the pixels the
 codec codes, per tile size, on held-out images, with one full forward pass per batch of tiles.
 
-A layout written `T+C` measures the alternative the codec does not use: each T x T tile is run in a
-window that also holds the C already-coded rows above it and C columns to its left (clipped at the
-image's top and left edges), and only the tile's own pixels are counted. That is what coding tiles
-with context from their neighbours would gain.
+A layout written `T+C` is `snailcompress encode --tile T --context C`: each T x T tile is run in a
+window that also holds the C already-coded rows above it and C columns to its left (see
+codec/tiles.py, WindowPlan), and every pixel is counted once, in the window that codes it.
 
     python benchmarks/tiling.py --model snail-rgb --tiles 16,24,32,48,64 --out results/tiling.md
-    python benchmarks/tiling.py --model snail-rgb --tiles 32,32+4,32+8,32+16,24+8 --out results/tiling_context.md
+    python benchmarks/tiling.py --model snail-rgb --tiles 32,32+2,32+4 --images 6
 """
 
 from __future__ import annotations
@@ -31,49 +30,38 @@ from default_models import heldout_files  # noqa: E402
 
 from snailcompress import mixture  # noqa: E402
 from snailcompress.codec.images import read_image  # noqa: E402
-from snailcompress.codec.tiles import TileGrid  # noqa: E402
+from snailcompress.api import context_band  # noqa: E402
+from snailcompress.codec.tiles import WindowPlan  # noqa: E402
 from snailcompress.zoo import load_model  # noqa: E402
 
 
 def parse_layout(spec: str) -> tuple[int, int]:
-    """'32' -> (32, 0); '32+8' -> tile 32 with 8 pixels of context above and to the left."""
+    """'32' -> (32, 0); '32+4' -> tile 32 with 4 pixels of context above and to the left."""
     tile, _, context = spec.partition("+")
     return int(tile), int(context or 0)
 
 
 @torch.no_grad()
 def tiled_nll_bits(model, plane: np.ndarray, tile: int, context: int = 0, batch: int = 64) -> float:
-    """Total -log2 p of the real pixels of `plane` (H, W, C) coded in tiles, each tile seen through a
-    window that adds `context` rows above and columns to the left (fewer at the image's top and left)."""
-    grid = TileGrid.for_image(plane.shape[0], plane.shape[1], tile)
-    th, tw = grid.tile_h, grid.tile_w
-    pad_h, pad_w = grid.rows * th - grid.height, grid.cols * tw - grid.width
-    padded = np.pad(plane, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
-    valid_h, valid_w = grid.valid_extent()
-    # Windows of equal shape run together: the context actually available is (0 or C) on each side.
-    groups: dict[tuple[int, int], list[tuple[np.ndarray, np.ndarray]]] = {}
-    for index in range(grid.count):
-        y0, x0 = (index // grid.cols) * th, (index % grid.cols) * tw
-        above, left = min(context, y0), min(context, x0)
-        window = padded[y0 - above : y0 + th, x0 - left : x0 + tw].transpose(2, 0, 1)
-        real = np.zeros(window.shape[1:], bool)
-        real[above : above + valid_h[index], left : left + valid_w[index]] = True
-        groups.setdefault((above, left), []).append((window, real))
+    """Total -log2 p of the pixels of `plane` (H, W, C) as the codec codes them: in tiles, each seen
+    through a window with `context` already-coded rows above and columns to the left (WindowPlan,
+    in the bands api.context_band picks), counting every pixel once, in the window that codes it."""
+    band = context_band(plane.shape[0], plane.shape[1], tile)
+    plan = WindowPlan.for_image(plane.shape[0], plane.shape[1], (tile, tile), (context, context), band)
+    windows, coded = plan.windows(plane)
+    coded = torch.from_numpy(coded)
     total = 0.0
-    for members in groups.values():
-        windows = np.stack([w for w, _ in members])
-        counted = torch.from_numpy(np.stack([r for _, r in members]))  # the tiles' real pixels
-        for start in range(0, len(windows), batch):
-            x = mixture.to_unit(torch.from_numpy(np.ascontiguousarray(windows[start : start + batch])))
-            log_p = mixture.log_prob(x, model(x))  # (B, h, w) nats per pixel
-            total -= float(log_p[counted[start : start + batch]].sum())
+    for start in range(0, len(windows), batch):
+        x = mixture.to_unit(torch.from_numpy(np.ascontiguousarray(windows[start : start + batch])))
+        log_p = mixture.log_prob(x, model(x))  # (B, h, w) nats per pixel
+        total -= float(log_p[coded[start : start + batch]].sum())
     return total / math.log(2)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="snail-rgb")
-    parser.add_argument("--tiles", default="16,24,32,48,64", help="tile sizes; T+C adds C pixels of context")
+    parser.add_argument("--tiles", default="16,24,32,48,64", help="tile sizes; T+C adds C pixels of context (--context)")
     parser.add_argument("--images", type=int, default=None, help="only the first N held-out images")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()

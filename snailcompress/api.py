@@ -30,6 +30,8 @@ from .fileio import atomic_write
 from .zoo import LoadedModel, default_model_for, load_model
 
 DEFAULT_TILE = 32
+DEFAULT_CONTEXT = 2
+BAND_SLOTS = 96  # see context_band
 PLANE_CHANNELS = {"RGB": 3, "L": 1, "A": 1, "P": 1}
 
 
@@ -136,14 +138,24 @@ def stored_model_name(name: str) -> str:
     return clean if len(clean) <= limit else "..." + clean[3 - limit:]
 
 
-def encode_image(image: DecomposedImage, models: ModelChooser, tile: int = DEFAULT_TILE, progress: bool = False) -> container.SnailFile:
+def context_band(height: int, width: int, tile: int) -> int:
+    """Rows of windows per band (codec/tiles.py, WindowPlan): as long as leaves about BAND_SLOTS
+    windows coding side by side, and at least 2 (a band of 1 has no context above)."""
+    windows = -(-height // tile) * -(-width // tile)
+    return max(2, windows // BAND_SLOTS)
+
+
+def encode_image(image: DecomposedImage, models: ModelChooser, tile: int = DEFAULT_TILE, context: int = DEFAULT_CONTEXT,
+                 progress: bool = False) -> container.SnailFile:
     threads = torch.get_num_threads()
     planes = []
     for name in image.expected_planes():
         pixels = image.planes[name]
         loaded = models.for_channels(PLANE_CHANNELS[name])
-        words, grid = code_plane(FloatModelTables(loaded.model), pixels, tile, progress)
-        planes.append(container.Plane(name, loaded.model_id, stored_model_name(loaded.name), (grid.tile_h, grid.tile_w), words))
+        band = context_band(image.height, image.width, tile)
+        words, plan = code_plane(FloatModelTables(loaded.model), pixels, (tile, tile), (context, context), band, progress)
+        planes.append(container.Plane(name, loaded.model_id, stored_model_name(loaded.name), (plan.tile_h, plan.tile_w),
+                                      words, (plan.above, plan.left), plan.band))
     return container.SnailFile(
         width=image.width, height=image.height, mode=image.mode, planes=tuple(planes),
         pixel_crc32=pixel_checksum(image), exactness=exactness_record(threads), extras=dict(image.extras),
@@ -162,7 +174,8 @@ def decode_image(snail: container.SnailFile, models: ModelChooser, progress: boo
             channels = PLANE_CHANNELS[plane.channels]
             loaded = models.for_plane(plane, channels)
             planes[plane.channels] = decode_plane(
-                FloatModelTables(loaded.model), plane.words, snail.height, snail.width, channels, plane.tile, progress
+                FloatModelTables(loaded.model), plane.words, snail.height, snail.width, channels, plane.tile,
+                plane.context, plane.band, progress,
             )
     finally:
         torch.set_num_threads(previous)
@@ -177,12 +190,12 @@ def default_output(source: Path, suffix: str) -> Path:
 
 
 def encode_file(source, target=None, models: ModelChooser | None = None, tile: int = DEFAULT_TILE,
-                force: bool = False, progress: bool = False) -> CodingReport:
+                context: int = DEFAULT_CONTEXT, force: bool = False, progress: bool = False) -> CodingReport:
     source = Path(source)
     target = Path(target) if target else default_output(source, ".snail")
     start = time.perf_counter()
     image = read_image(source)
-    data = container.write(encode_image(image, models or ModelChooser(), tile, progress))
+    data = container.write(encode_image(image, models or ModelChooser(), tile, context, progress))
     atomic_write(target, data, overwrite=force)
     subpixels = sum(p.size for p in image.planes.values())
     return CodingReport(source, target, image.width, image.height, image.mode, len(data), max(subpixels, 1),

@@ -18,22 +18,28 @@ from .models.stepper import PixelSNAILStepper
 
 
 class FullForwardStepper:
-    """The stepper interface for any causal model: re-runs the whole network at every position."""
+    """The stepper interface for any causal model: re-runs the whole network at every position.
+    Slots keep positions of their own, as in models/stepper.py."""
 
     def __init__(self, model: nn.Module, batch: int, height: int, width: int):
         self.model, self.width = model, width
         self.images = torch.zeros(batch, model.config.channels, height, width)
-        self.position = 0
+        self.position = torch.zeros(batch, dtype=torch.long)
+        self._slots = torch.arange(batch)
+
+    def restart(self, slots: torch.Tensor) -> None:
+        self.position[slots] = 0
+        self.images[slots] = 0.0
 
     @torch.no_grad()
     def predict(self) -> torch.Tensor:
-        i, j = divmod(self.position, self.width)
-        return self.model(self.images)[:, :, i, j]
+        i, j = self.position // self.width, self.position % self.width
+        return self.model(self.images)[self._slots, :, i, j]
 
-    def commit(self, values: torch.Tensor) -> None:
-        i, j = divmod(self.position, self.width)
-        self.images[:, :, i, j] = mixture.to_unit(values)
-        self.position += 1
+    def commit(self, values: torch.Tensor, advance: torch.Tensor | None = None) -> None:
+        i, j = self.position // self.width, self.position % self.width
+        self.images[self._slots, :, i, j] = mixture.to_unit(values)
+        self.position += 1 if advance is None else advance.long()
 
 
 def stepper_for(model: nn.Module, batch: int, height: int, width: int):

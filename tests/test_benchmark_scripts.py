@@ -1,4 +1,4 @@
-"""The measurement in benchmarks/adaptation.py is honest: a chunk is scored before the model adapts on it."""
+"""Benchmark scripts measure honestly: adaptation scores a chunk before adapting on it; tiling scores what the codec codes."""
 
 import sys
 from pathlib import Path
@@ -37,3 +37,23 @@ def test_later_chunks_see_the_adapted_model(tiles_and_model):
     adapted = adaptation.adapted_nll_bits(model, x, real, (3, 2, 1e-2))
     assert adapted != pytest.approx(static, rel=1e-4)
     assert adaptation.adapted_nll_bits(model, x, real, None) == static  # the caller's model is untouched
+
+
+@pytest.mark.parametrize("context", [0, 2])
+def test_tiling_nll_is_what_the_codec_codes(context):
+    """benchmarks/tiling.py's NLL scores each pixel in the window that codes it (WindowPlan.windows):
+    the coder's real stream is within the range coder's flush and table rounding of it."""
+    import tiling
+
+    from snailcompress.codec import coder
+
+    torch.manual_seed(0)
+    model = build("pixelsnail-tiny", channels=3).eval()
+    yy, xx = np.mgrid[0:30, 0:37]
+    plane = np.stack([(3 * yy + 2 * xx) % 256, (yy * xx) % 256, (5 * xx) % 256], -1).astype(np.uint8)
+    nll = tiling.tiled_nll_bits(model, plane, 8, context)
+    band = tiling.context_band(30, 37, 8)
+    words, _ = coder.code_plane(coder.FloatModelTables(model), plane, (8, 8), (context, context), band)
+    assert abs(32 * len(words) - nll) < 0.01 * nll + 64
+    if context:
+        assert abs(nll - tiling.tiled_nll_bits(model, plane, 8, 0)) > 0.01 * nll  # the context counts

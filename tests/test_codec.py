@@ -27,7 +27,7 @@ from snailcompress.codec import coder
 from snailcompress.codec import container as C
 from snailcompress.codec.images import DecomposedImage, compose, decompose, pixel_checksum, same_image
 from snailcompress.codec.tables import TABLE_TOTAL, code_length_bits, quantize
-from snailcompress.codec.tiles import TileGrid
+from snailcompress.codec.tiles import TileGrid, WindowPlan
 from snailcompress.errors import ExactnessError, FormatError, ModelError
 
 TILE = 8
@@ -254,6 +254,90 @@ def test_tile_padding_example():
     assert np.array_equal(grid.merge(tiles), plane)
 
 
+class _CountingEncoder:
+    """Stands in for the range encoder: counts the symbols it is given."""
+
+    def __init__(self):
+        self.symbols = 0
+
+    def encode(self, symbols, family, tables):
+        self.symbols += len(symbols)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    height=st.integers(1, 30),
+    width=st.integers(1, 30),
+    tile=st.integers(1, 12),
+    above=st.integers(0, 6),
+    left=st.integers(0, 6),
+    band=st.integers(1, 5),
+)
+def test_window_plans_cover_every_pixel_once(height, width, tile, above, left, band):
+    """Windows with context overlap, but each real pixel is coded by exactly one of them: the coder
+    hands exactly H * W * C symbols to the range coder (the round trips below show they are the
+    right ones)."""
+    plan = WindowPlan.for_image(height, width, (tile, tile), (above, left), band)
+    assert plan.win_h <= height and plan.win_w <= width and plan.band >= 1
+    canvas = plan.canvas(np.zeros((height, width, 1), np.uint8))
+    assert canvas.shape[0] >= height and canvas.shape[1] >= width
+    counter = _CountingEncoder()
+
+    class Uniform:  # tables only: no model needed to count symbols
+        channels = 1
+
+        def reset(self, batch, height, width): pass
+        def restart(self, slots): pass
+        def begin_position(self): pass
+        def tables(self, channel, known): return np.ones((len(known), 256))
+        def end_position(self, values, advance=None): pass
+
+    for slots in plan.slot_groups(4):
+        coder._code_windows(Uniform(), plan, canvas, slots, counter, False)
+    assert counter.symbols == height * width
+    # the same ownership, pixel by pixel, in WindowPlan.windows (what NLL measurements score)
+    plane = np.arange(height * width).reshape(height, width, 1)
+    windows, coded = plan.windows(plane)
+    assert windows.shape == (plan.rows * plan.cols, 1, plan.win_h, plan.win_w) and coded.sum() == height * width
+    assert sorted(windows[:, 0][coded].tolist()) == list(range(height * width))
+
+
+@pytest.mark.parametrize(
+    "model, channels, height, width, tile, context, band",
+    [
+        (TINY, 3, 20, 23, 8, (2, 2), 2),
+        (TINY, 3, 20, 23, 8, (0, 3), 1),
+        (TINY, 1, 20, 23, 8, (3, 0), 3),
+        (TINY, 3, 9, 40, 8, (4, 4), 2),  # one row of windows: no context above is used
+        (TINY, 1, 17, 5, 4, (2, 1), 4),
+        (TINY, 3, 13, 30, 6, (2, 5), 2),
+        ("pixelcnnpp-tiny", 3, 12, 13, 4, (4, 4), 2),  # 8 x 8 windows; the full-forward stepper keeps slot positions too
+    ],
+)
+def test_windows_with_context_round_trip(model, channels, height, width, tile, context, band):
+    rng = np.random.default_rng(height * width)
+    plane = np.cumsum(rng.integers(0, 40, (height, width, channels)), axis=1).astype(np.uint8)  # some structure
+    net = zoo.load_model(model, channels=channels).model
+    words, plan = coder.code_plane(coder.FloatModelTables(net), plane, (tile, tile), context, band)
+    decoded = coder.decode_plane(coder.FloatModelTables(net), words, height, width, channels, (tile, tile), context, band)
+    assert np.array_equal(decoded, plane)
+    # the same plane without context is another stream: the context is really used
+    plain, _ = coder.code_plane(coder.FloatModelTables(net), plane, (tile, tile))
+    assert not np.array_equal(plain, words)
+
+
+def test_windows_without_context_are_the_tiles_of_version_1():
+    """code_plane with no context writes exactly the stream of the independent tiles (encode_tiles on
+    TileGrid's tiles), so files of format version 1 decode as before."""
+    rng = np.random.default_rng(11)
+    plane = rng.integers(0, 256, (19, 21, 3), dtype=np.uint8)
+    provider = coder.FloatModelTables(_model(3))
+    words, plan = coder.code_plane(provider, plane, (TILE, TILE))
+    grid = TileGrid.for_image(19, 21, TILE)
+    assert (plan.tile_h, plan.tile_w, plan.rows, plan.cols) == (grid.tile_h, grid.tile_w, grid.rows, grid.cols)
+    assert np.array_equal(words, coder.encode_tiles(provider, grid.split(plane), grid.valid_extent()))
+
+
 # --------------------------------------------------------------------------------------------
 # 4. probability tables
 
@@ -374,16 +458,33 @@ def test_cli_encode_info_decode(work):
     r = cli("info", "a.snail")
     assert r.exit_code == 0
     assert f"model {TINY}" in r.output and "11 x 9 pixels, mode RGB" in r.output
-    assert f"{len((work / 'a.snail').read_bytes())} bytes" in r.output and "tiles 8x8" in r.output
+    # the default --context 2: the 9-row image is one row of windows, so only the left context is used
+    assert f"{len((work / 'a.snail').read_bytes())} bytes" in r.output
+    assert "format version 2" in r.output and "tiles 9x8 with context 0 above, 2 left" in r.output
     r = cli("decode", "a.snail", "-o", "b.png", "-q")
     assert r.exit_code == 0, r.output
     assert pixels(work / "b.png") == pixels(work / "a.png")
     assert listing(work) == ["a.png", "a.snail", "b.png"]
 
 
-def _reframe(header: bytes, n_words: int = 0) -> bytes:
-    """A .snail file around raw header fields, with correct checksums (C._encode_header does not check)."""
-    checked = bytes([1]) + C._varint(len(header)) + header
+def test_cli_encode_with_context(work):
+    """--context: tiles see their coded neighbours; the file says so, and decodes exactly."""
+    make_image("RGB", 21, 26, "gradient", 3).save(work / "c.png")
+    r = cli("encode", "c.png", "--model", TINY, "--tile", TILE, "--context", 2, "-q")
+    assert r.exit_code == 0, r.output
+    r = cli("info", "c.snail")
+    assert "format version 2" in r.output and "tiles 8x8 with context 2 above, 2 left in bands of 2" in r.output
+    r = cli("decode", "c.snail", "-o", "d.png", "-q")
+    assert r.exit_code == 0, r.output
+    assert pixels(work / "d.png") == pixels(work / "c.png")
+    for bad in ("-1", "65"):
+        one_line_error(cli("encode", "c.png", "--model", TINY, "--context", bad, "-q", "-f"), "--context must be between")
+
+
+def _reframe(obj: dict, n_words: int = 0) -> bytes:
+    """A .snail file around a header object, with correct checksums (C._encode_header does not check)."""
+    header = C._encode_header(obj)
+    checked = bytes([C._version(obj)]) + C._varint(len(header)) + header
     payload = bytes(4 * n_words)
     return C.MAGIC + checked + struct.pack("<I", zlib.crc32(checked)) + payload + struct.pack("<I", zlib.crc32(payload))
 
@@ -408,7 +509,7 @@ def _absurd(data: bytes) -> bytes:
     obj = C._header_obj(f)
     obj["width"] = obj["height"] = 60000
     obj["planes"][0]["n_words"] = 2**32 - 1
-    return _reframe(C._encode_header(obj), 10)
+    return _reframe(obj, 10)
 
 
 def _mode_pa(data: bytes) -> bytes:
@@ -417,7 +518,7 @@ def _mode_pa(data: bytes) -> bytes:
     obj = C._header_obj(f)
     obj.update(mode="PA", extras={"palette": "00" * 3, "palette_mode": "RGB", "constant_alpha": 255})
     obj["planes"][0]["channels"] = "P"
-    return _reframe(C._encode_header(obj), f.planes[0].n_words)
+    return _reframe(obj, f.planes[0].n_words)
 
 
 BAD_FILES = {
@@ -433,7 +534,7 @@ BAD_FILES = {
     "payload checksum flip": (lambda d: _flip(d, len(d) - 1, 7), "payload is corrupt (checksum mismatch)"),
     "wrong magic": (lambda d: b"\x89SNAIX" + d[6:], "not a .snail file"),
     "text-mode copy": (lambda d: d.replace(b"\r\n", b"\n", 1), "first bytes were altered"),
-    "unknown version": (lambda d: d[:8] + b"\x02" + d[9:], "unsupported .snail format version 2"),
+    "unknown version": (lambda d: d[:8] + b"\x09" + d[9:], "unsupported .snail format version 9"),
     "absurd dimensions": (_absurd, "60000 x 60000 pixels is more than"),
     "unsupported mode": (_mode_pa, "mode PA image, which this version of snailcompress cannot decode"),
     "another model": (
@@ -647,13 +748,18 @@ def test_cli_several_inputs(work):
     one_line_error(cli("encode", "a.png", "--tile", "0", "--model", TINY, "-q"), "--tile must be between")
 
 
-def test_large_planes_are_coded_in_bounded_batches_of_one_stream(monkeypatch):
-    """More tiles than MAX_BATCH_TILES: several batches, one stream, exact round trip."""
+@pytest.mark.parametrize("context, batches", [(0, 5), (2, 3)])
+def test_large_planes_are_coded_in_bounded_batches_of_one_stream(monkeypatch, context, batches):
+    """More tiles than MAX_BATCH_TILES: several batches, one stream, exact round trip. Without
+    context: 5 x 3 = 15 tiles in batches of 3; with it, each of the 3 bands of (at most) 2 x 3 windows
+    (api.context_band) is a batch of its own, as left context links a band's windows."""
     monkeypatch.setattr(coder, "MAX_BATCH_TILES", 3)
     rng = np.random.default_rng(7)
-    image = DecomposedImage("RGB", 21, 17, {"RGB": rng.integers(0, 256, (17, 21, 3), dtype=np.uint8)}, {})
+    image = DecomposedImage("RGB", 21, 40, {"RGB": rng.integers(0, 256, (40, 21, 3), dtype=np.uint8)}, {})
     models = api.ModelChooser(["pixelsnail-tiny"])
-    snail = api.encode_image(image, models, tile=8)  # 3 x 3 = 9 tiles: batches of 3, 3, 3
-    assert len(coder._batches(9)) == 3
+    snail = api.encode_image(image, models, tile=8, context=context)
+    plane = snail.planes[0]
+    plan = WindowPlan.for_image(40, 21, plane.tile, plane.context, plane.band)
+    assert len(plan.slot_groups(3)) == batches
     decoded = api.decode_image(C.read(C.write(snail)), models)
     assert np.array_equal(decoded.planes["RGB"], image.planes["RGB"])

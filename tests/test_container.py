@@ -90,6 +90,8 @@ def encode_header(h: dict) -> bytes:
             out += _field(p["channels"], lambda c: bytes([CHANNEL_CODES[c]]))
             out += text(p["model_id"]) + text(p["model_name"])
             out += _field(p["tile"], lambda t: varint(t[0]) + varint(t[1]))
+            if "context" in p:  # version 2
+                out += _field(p["context"], lambda c: varint(c[0]) + varint(c[1])) + _field(p["band"], varint)
             out += _field(p["n_words"], varint)
     ex = h["exactness"]
     if isinstance(ex, Raw):
@@ -825,3 +827,54 @@ def test_atomic_write_race_is_not_clobbered(tmp_path, monkeypatch):
         atomic_write(target, b"ours", overwrite=False)
     assert target.read_bytes() == b"theirs"
     assert _entries(tmp_path) == ["race.snail"]
+
+
+# --------------------------------------------------------------------------------------------
+# version 2: tiles coded with context from their neighbours
+
+
+def _context_file(context=(4, 4), band=3) -> SnailFile:
+    plane = Plane("RGB", "0123456789abcdef", "snail-rgb", (32, 32), np.zeros(5, np.uint32), context, band)
+    return SnailFile(width=100, height=80, mode="RGB", planes=(plane,), pixel_crc32=7, exactness={"threads": "1"}, extras={})
+
+
+def _v2_header(context, band) -> dict:
+    h = header_dict(_context_file())
+    h["planes"][0].update(context=context, band=band)
+    return h
+
+
+def test_context_is_written_as_version_2_and_reads_back():
+    f = _context_file()
+    data = C.write(f)
+    assert data[8] == 2
+    back = C.read(data)
+    assert back == f and back.planes[0].context == (4, 4) and back.planes[0].band == 3
+    assert C.write(back) == data
+    assert data == forge(_v2_header((4, 4), 3), version=2)  # the layout the docstring gives
+    assert "context 4 above, 4 left in bands of 3" in C.describe(back)
+
+
+def test_files_without_context_stay_version_1():
+    f = _context_file((0, 0), 1)
+    data = C.write(f)
+    assert data[8] == 1 and C.read(data).planes[0].context == (0, 0)
+    assert data == forge(header_dict(f))
+
+
+@pytest.mark.parametrize(
+    "context, band, message",
+    [
+        ((0, 0), 1, "must be version 1"),  # one encoding per header
+        ((0, 3), 2, "band"),  # a band only means something with context above
+        ((4, 0), 0, "band"),
+        ((70000, 0), 2, "context above"),
+    ],
+)
+def test_version_2_fields_are_checked(context, band, message):
+    fails(forge(_v2_header(context, band), version=2), message)
+
+
+def test_version_1_readers_see_no_context_fields():
+    """A version-1 header with the version-2 fields inside is not a valid file."""
+    fails(forge(_v2_header((4, 4), 3), version=1))

@@ -369,7 +369,40 @@ def test_stepper_matches_full_forward_at_every_position(overrides, channels, siz
         worst = max(worst, float((predicted - full[:, :, i, j]).abs().max()))
         torch.testing.assert_close(predicted, full[:, :, i, j], rtol=1e-5, atol=1e-5)
         stepper.commit(images[:, :, i, j])
-    assert stepper.position == height * width
+    assert stepper.position.tolist() == [height * width] * 3
+
+
+@pytest.mark.parametrize("channels", [3, 1])
+def test_stepper_slots_keep_positions_of_their_own(channels):
+    """What the codec's windows with context need: slot k starts 5k steps late (it waits at
+    position 0), and slot 0 restarts on a fourth image once its first is done. Every prediction
+    matches the full forward pass of the slot's own image."""
+    height, width = 4, 5
+    n = height * width
+    model = initialised("pixelsnail-tiny", channels, 5, 6, seed=3, nonlinearity="concat_elu")
+    images = random_images(4, channels, height, width, seed=4)
+    with torch.no_grad():
+        full = model(mixture.to_unit(images))
+    stepper = PixelSNAILStepper(model, 3, height, width)
+    start = torch.tensor([0, 5, 10])
+    image_of = torch.tensor([0, 1, 2])
+    checked = 0
+    for step in range(2 * n):
+        if step == n:  # slot 0 finished image 0: it codes image 3 next
+            stepper.restart(torch.tensor([True, False, False]))
+            image_of[0], start[0] = 3, n
+        elapsed = step - start
+        active = (elapsed >= 0) & (elapsed < n)
+        assert torch.equal(stepper.position[active], elapsed[active])
+        predicted = stepper.predict()
+        i, j = stepper.position // width, stepper.position % width
+        for slot in torch.nonzero(active).flatten().tolist():
+            expected = full[image_of[slot], :, i[slot], j[slot]]
+            torch.testing.assert_close(predicted[slot], expected, rtol=1e-5, atol=1e-5)
+            checked += 1
+        values = images[image_of, :, i, j]
+        stepper.commit(values, active & (elapsed < n - 1))
+    assert checked == 4 * n  # every position of the four images
 
 
 def test_stepper_requires_predict_before_commit():

@@ -1,17 +1,21 @@
-"""The encode and decode loops: a batch of equal tiles, position by position, through a range coder.
+"""The encode and decode loops: a batch of equal windows, step by step, through a range coder.
 
-The network stays behind a narrow interface, `TableProvider`: at each pixel position it gives, for
-channel c, the integer frequency tables of every tile given the values of channels < c at that
-position, and is then told the pixel values. The coder knows nothing else about the model; a
-provider computing in integer arithmetic (portable across machines) can replace the float one
-without touching this file.
+The network stays behind a narrow interface, `TableProvider`: at each step it gives, for channel c,
+the integer frequency tables of every batch slot given the values of channels < c at the slot's
+position, and is then told the pixel values and which slots move on. The coder knows nothing else
+about the model; a provider computing in integer arithmetic (portable across machines) can replace
+the float one without touching this file.
 
 Encoder and decoder run literally the same sequence of provider calls on the same batch; the only
 difference is where the pixel values come from (the image, or the range decoder). That is what makes
 their tables identical bit for bit on one machine, environment and thread count.
 
-Stream layout: for each position in raster order, for each channel, the symbols of the tiles that
-have a real pixel there (padding is never coded), in tile order. One stream per plane (queue order).
+Planes are coded in windows (codec/tiles.py, WindowPlan): tiles, each with the already-coded rows
+above and columns to its left that it may see. Stream layout: for each step, for each channel, the
+symbols of the slots whose window codes a real pixel there (context and padding are never coded),
+in slot order; batches of slots one after the other. One stream per plane (queue order). Without
+context this is the layout of independent tiles (encode_tiles), position by position in raster
+order, which format version 1 uses.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from .. import mixture
 from ..errors import FormatError
 from ..sampling import stepper_for
 from .tables import quantize
-from .tiles import TileGrid
+from .tiles import TileGrid, WindowPlan
 
 _FAMILY = constriction.stream.model.Categorical(perfect=False)
 MAX_BATCH_TILES = 1536  # part of the format: encoder and decoder must batch alike
@@ -41,11 +45,13 @@ class TableProvider(Protocol):
 
     def reset(self, batch: int, height: int, width: int) -> None: ...
 
+    def restart(self, slots: np.ndarray) -> None: ...
+
     def begin_position(self) -> None: ...
 
     def tables(self, channel: int, known: np.ndarray) -> np.ndarray: ...
 
-    def end_position(self, values: np.ndarray) -> None: ...
+    def end_position(self, values: np.ndarray, advance: np.ndarray | None = None) -> None: ...
 
 
 class FloatModelTables:
@@ -60,6 +66,9 @@ class FloatModelTables:
     def reset(self, batch: int, height: int, width: int) -> None:
         self._stepper = stepper_for(self.model, batch, height, width)
 
+    def restart(self, slots: np.ndarray) -> None:
+        self._stepper.restart(torch.from_numpy(slots))
+
     def begin_position(self) -> None:
         params = self._stepper.predict()
         self._conditionals = mixture.PixelConditionals(params, self.channels, dtype=torch.float32)
@@ -68,8 +77,8 @@ class FloatModelTables:
         probs = self._conditionals.pmf(channel, torch.from_numpy(known) if channel else None)
         return quantize(probs.numpy())
 
-    def end_position(self, values: np.ndarray) -> None:
-        self._stepper.commit(torch.from_numpy(values))
+    def end_position(self, values: np.ndarray, advance: np.ndarray | None = None) -> None:
+        self._stepper.commit(torch.from_numpy(values), None if advance is None else torch.from_numpy(advance))
 
 
 def _coded(valid_h: np.ndarray, valid_w: np.ndarray, i: int, j: int) -> np.ndarray:
@@ -147,35 +156,79 @@ def decode_tiles(
     return tiles
 
 
-def _batches(count: int) -> list[slice]:
-    """Tiles are coded in batches of at most MAX_BATCH_TILES, one after the other in the same stream:
-    this bounds memory (keys and values of every position of every tile in a batch) for any image."""
-    return [slice(start, min(count, start + MAX_BATCH_TILES)) for start in range(0, count, MAX_BATCH_TILES)]
+def _code_windows(provider: TableProvider, plan: WindowPlan, canvas: np.ndarray, slots: np.ndarray, coder, decoding: bool, progress=None) -> None:
+    """Run one batch of window slots (see WindowPlan) step by step, coding the pixels each window owns.
+
+    Encoding, `canvas` is the padded plane; decoding, it starts empty and fills in as pixels are
+    decoded. Pixels a window does not code (its context, and the padding) come from the canvas,
+    where they are already known: context from windows that ran earlier, padding from the window's
+    own earlier pixels. Symbols go in step order, then channel, then slot.
+    """
+    start, count = plan.slot_schedule(slots)
+    n, positions, channels = len(slots), plan.positions, canvas.shape[2]
+    provider.reset(n, plan.win_h, plan.win_w)
+    for step in range(_plan_steps(plan, [slots])):
+        elapsed = step - start
+        active = (elapsed >= 0) & (elapsed < count * positions)
+        window, position = np.divmod(np.maximum(elapsed, 0), positions)
+        window = np.minimum(window, count - 1)
+        if step and (begins := active & (position == 0) & (window > 0)).any():
+            provider.restart(begins)
+        r, c = np.divmod(position, plan.win_w)
+        i, j = slots[:, 0] + window, slots[:, 1]
+        y, x = plan.top(i) + r, j * plan.tile_w + c
+        coded = active & ((r >= plan.above) | (i % plan.band == 0)) & ((c >= plan.left) | (j == 0))
+        coded &= (y < plan.height) & (x < plan.width)
+        values = canvas[np.minimum(y, plan.height - 1), np.minimum(x, plan.width - 1)]  # what is known (n, C)
+        provider.begin_position()
+        for ch in range(channels):
+            table = provider.tables(ch, np.ascontiguousarray(values[:, :ch]))
+            if not coded.any():
+                continue
+            if decoding:
+                try:
+                    values[coded, ch] = coder.decode(_FAMILY, np.ascontiguousarray(table[coded]))
+                except Exception as e:  # constriction raises on a stream that ends too early
+                    raise FormatError(f"coded stream is corrupt or truncated ({e})") from None
+            else:
+                coder.encode(values[coded, ch].astype(np.int32), _FAMILY, np.ascontiguousarray(table[coded]))
+        if decoding:
+            canvas[y[coded], x[coded]] = values[coded]
+        provider.end_position(values, active & (position < positions - 1))
+        if progress is not None:
+            progress.update(1)
 
 
-def code_plane(provider: TableProvider, plane: np.ndarray, tile: int | tuple[int, int], show_progress: bool = False):
-    """Encode an (H, W, C) plane in tiles; returns (words, grid)."""
-    grid = TileGrid.for_image(plane.shape[0], plane.shape[1], tile)
-    tiles, (valid_h, valid_w) = grid.split(plane), grid.valid_extent()
+def _plan_steps(plan: WindowPlan, groups: list[np.ndarray]) -> int:
+    """Steps of all batches together (for progress bars)."""
+    total = 0
+    for slots in groups:
+        start, count = plan.slot_schedule(slots)
+        total += int((start + count * plan.positions).max())
+    return total
+
+
+def code_plane(provider: TableProvider, plane: np.ndarray, tile: tuple[int, int], context: tuple[int, int] = (0, 0),
+               band: int = 1, show_progress: bool = False):
+    """Encode an (H, W, C) plane in windows (WindowPlan); returns (words, plan)."""
+    plan = WindowPlan.for_image(plane.shape[0], plane.shape[1], tile, context, band)
+    canvas = plan.canvas(plane)
     encoder = constriction.stream.queue.RangeEncoder()
-    batches = _batches(grid.count)
-    total = len(batches) * grid.tile_h * grid.tile_w
-    with tqdm(total=total, desc="encode", unit="px", disable=not show_progress, leave=False) as bar:
-        for part in batches:
-            encode_tiles(provider, tiles[part], (valid_h[part], valid_w[part]), bar, encoder)
-    return encoder.get_compressed(), grid
+    groups = plan.slot_groups(MAX_BATCH_TILES)
+    with tqdm(total=_plan_steps(plan, groups), desc="encode", unit="step", disable=not show_progress, leave=False) as bar:
+        for slots in groups:
+            _code_windows(provider, plan, canvas, slots, encoder, False, bar)
+    return encoder.get_compressed(), plan
 
 
-def decode_plane(provider: TableProvider, words: np.ndarray, height: int, width: int, channels: int, tile, show_progress=False):
+def decode_plane(provider: TableProvider, words: np.ndarray, height: int, width: int, channels: int,
+                 tile: tuple[int, int], context: tuple[int, int] = (0, 0), band: int = 1, show_progress: bool = False):
     """Inverse of code_plane: the (H, W, C) plane."""
-    grid = TileGrid.for_image(height, width, tile)
-    valid_h, valid_w = grid.valid_extent()
+    plan = WindowPlan.for_image(height, width, tile, context, band)
     decoder = constriction.stream.queue.RangeDecoder(np.ascontiguousarray(words, dtype=np.uint32))
-    tiles = np.zeros((grid.count, channels, grid.tile_h, grid.tile_w), np.uint8)
-    batches = _batches(grid.count)
-    total = len(batches) * grid.tile_h * grid.tile_w
-    with tqdm(total=total, desc="decode", unit="px", disable=not show_progress, leave=False) as bar:
-        for part in batches:
-            shape = (part.stop - part.start, channels, grid.tile_h, grid.tile_w)
-            tiles[part] = decode_tiles(provider, None, shape, (valid_h[part], valid_w[part]), bar, decoder)
-    return grid.merge(tiles)
+    canvas = plan.canvas(np.zeros((height, width, channels), np.uint8))
+    groups = plan.slot_groups(MAX_BATCH_TILES)
+    with tqdm(total=_plan_steps(plan, groups), desc="decode", unit="step", disable=not show_progress, leave=False) as bar:
+        for slots in groups:
+            _code_windows(provider, plan, canvas, slots, decoder, True, bar)
+    return np.ascontiguousarray(canvas[:height, :width])

@@ -3,13 +3,13 @@ r"""The .snail container: one losslessly coded image per file.
 This module only moves bytes; it knows nothing about the model (it must not import torch) and can
 be fuzzed on its own.  `read` raises `FormatError` for every invalid input and nothing else.
 
-File format, version 1
+File format, version 2
 ======================
 
 A compact binary header: a 28 x 28 image coded in a few hundred bytes must not carry a big one.
 A typical one-plane file (model "snail-rgb" with a 16-hex-digit id, exactness ``env`` +
 ``threads``) has 64 to 66 bytes of overhead in all (magic, version, header and both checksums),
-depending on the length of its stream.
+depending on the length of its stream, and 3 more in version 2 (tiles coded with context).
 
 Fixed-size integers (u8, u32) are unsigned little-endian.  ``varint`` is unsigned LEB128: 7 bits a
 byte, least significant group first, the high bit set on every byte but the last; at most 5 bytes
@@ -21,7 +21,7 @@ offset size   field
 ====== ====== ================================================================================
 0      8      magic ``89 53 4E 41 49 4C 0D 0A`` = ``b"\x89SNAIL\r\n"``.  The high-bit first byte and
               the CR LF catch 7-bit and text-mode transfers, like PNG's signature.
-8      1      format version, u8 = 1
+8      1      format version, u8 = 1 or 2 (writers use 1 when no plane has context, below)
 9      v      ``H``: header length in bytes, varint, 1 <= H <= 65536 (``v`` = 1 to 3 bytes)
 9+v    H      header fields (table below)
 9+v+H  4      header CRC32, u32, over bytes 8 .. 9+v+H-1: the version byte, H and the header
@@ -49,6 +49,11 @@ plane count      u8            1..4, then for each plane, in payload order:
   model_name     text          1..100 characters, human-readable model name
   tile_h         varint        1..65535
   tile_w         varint        1..65535
+  context_above  varint        version 2 only (0 in version 1): 0..65535 rows above each tile that
+                               its coding window also holds (codec/tiles.py, WindowPlan)
+  context_left   varint        version 2 only (0 in version 1): 0..65535 columns to its left
+  band           varint        version 2 only (1 in version 1): 1..65535 rows of windows coded one
+                               after the other; 1 when context_above is 0
   n_words        varint        0..2**32-1, length of the coded stream in u32 words
 exactness count  u8            0..32, then for each entry, in strictly increasing order of key
                                (by code points):
@@ -124,8 +129,8 @@ __all__ = [
 ]
 
 MAGIC = b"\x89SNAIL\r\n"
-VERSION = 1
-READABLE_VERSIONS = (1,)
+VERSION = 2  # the newest; files without context are written as version 1
+READABLE_VERSIONS = (1, 2)
 MAX_HEADER_BYTES = 1 << 16
 MAX_SIDE = 65535
 MAX_PIXELS = 1 << 28
@@ -164,10 +169,13 @@ class Plane:
     model_name: str  # human-readable name (e.g. "snail-rgb-small"), for messages
     tile: tuple[int, int]  # (tile_h, tile_w) used for coding
     words: np.ndarray = field(repr=False)  # uint32 coded stream; may be empty
+    context: tuple[int, int] = (0, 0)  # (rows above, columns left) each tile's window also holds
+    band: int = 1  # rows of windows per band (see codec/tiles.py, WindowPlan)
 
     def __post_init__(self) -> None:
-        if isinstance(self.tile, list):
-            object.__setattr__(self, "tile", tuple(self.tile))
+        for name in ("tile", "context"):
+            if isinstance(getattr(self, name), list):
+                object.__setattr__(self, name, tuple(getattr(self, name)))
         if not isinstance(self.words, np.ndarray):
             object.__setattr__(self, "words", np.asarray(self.words, dtype=np.uint32))
 
@@ -183,6 +191,8 @@ class Plane:
             and self.model_id == other.model_id
             and self.model_name == other.model_name
             and tuple(self.tile) == tuple(other.tile)
+            and tuple(self.context) == tuple(other.context)
+            and self.band == other.band
             and self.words.shape == other.words.shape
             and bool(np.array_equal(self.words, other.words))
         )
@@ -192,7 +202,7 @@ class Plane:
     def __repr__(self) -> str:
         return (
             f"Plane(channels={self.channels!r}, model_id={self.model_id!r}, model_name={self.model_name!r}, "
-            f"tile={self.tile!r}, n_words={self.n_words})"
+            f"tile={self.tile!r}, context={self.context!r}, band={self.band!r}, n_words={self.n_words})"
         )
 
 
@@ -301,6 +311,12 @@ def _check_header(obj: dict) -> None:
             raise _bad(f"{where} tile must be a pair (tile_h, tile_w)")
         _int(tile[0], f"{where} tile height", 1, MAX_SIDE)
         _int(tile[1], f"{where} tile width", 1, MAX_SIDE)
+        context = p["context"]
+        if type(context) not in (list, tuple) or len(context) != 2:
+            raise _bad(f"{where} context must be a pair (above, left)")
+        _int(context[0], f"{where} context above", 0, MAX_SIDE)
+        _int(context[1], f"{where} context left", 0, MAX_SIDE)
+        _int(p["band"], f"{where} band", 1, MAX_SIDE if context[0] else 1)
         _int(p["n_words"], f"{where} n_words", 0, MAX_WORDS)
 
     ex = obj["exactness"]
@@ -403,6 +419,8 @@ def _header_obj(f: SnailFile) -> dict:
                 "model_id": p.model_id,
                 "model_name": p.model_name,
                 "tile": _plain(p.tile),
+                "context": _plain(p.context),
+                "band": _plain(p.band),
                 "n_words": int(w.size),
             }
         )
@@ -439,6 +457,11 @@ def _text(s: str) -> bytes:
     return _varint(2 * len(raw)) + raw
 
 
+def _version(obj: dict) -> int:
+    """The oldest format version that holds the header: 2 only if some plane has context."""
+    return 2 if any(tuple(p["context"]) != (0, 0) for p in obj["planes"]) else 1
+
+
 def _encode_header(obj: dict) -> bytes:
     """The header bytes of a checked header object (see the module docstring)."""
     out = bytearray()
@@ -453,6 +476,10 @@ def _encode_header(obj: dict) -> bytes:
         out += _text(p["model_name"])
         out += _varint(p["tile"][0])
         out += _varint(p["tile"][1])
+        if _version(obj) >= 2:
+            out += _varint(p["context"][0])
+            out += _varint(p["context"][1])
+            out += _varint(p["band"])
         out += _varint(p["n_words"])
     ex = obj["exactness"]
     out.append(len(ex))
@@ -485,24 +512,26 @@ def _encode_header(obj: dict) -> bytes:
     return bytes(out)
 
 
-def _header_bytes(f: SnailFile) -> bytes:
-    header = _encode_header(_header_obj(f))
+def _header_bytes(f: SnailFile) -> tuple[int, bytes]:
+    """The format version and the header bytes of f."""
+    obj = _header_obj(f)
+    header = _encode_header(obj)
     if len(header) > MAX_HEADER_BYTES:  # pragma: no cover - the field limits keep headers far smaller
         raise ValueError(f"invalid SnailFile: header of {len(header)} bytes exceeds {MAX_HEADER_BYTES}")
-    return header
+    return _version(obj), header
 
 
 def write(f: SnailFile) -> bytes:
     """Serialize f.  Raises ValueError (TypeError) if f would not be readable back."""
-    header = _header_bytes(f)
-    checked = bytes((VERSION,)) + _varint(len(header)) + header
+    version, header = _header_bytes(f)
+    checked = bytes((version,)) + _varint(len(header)) + header
     payload = b"".join(p.words.astype("<u4", copy=False).tobytes() for p in f.planes)
     return b"".join((MAGIC, checked, _U32.pack(zlib.crc32(checked)), payload, _U32.pack(zlib.crc32(payload))))
 
 
 def overhead(f: SnailFile) -> int:
     """Bytes of write(f) that are not coded words: magic, version, header and both checksums."""
-    header = _header_bytes(f)
+    _, header = _header_bytes(f)
     return len(MAGIC) + 1 + len(_varint(len(header))) + len(header) + 4 + 4
 
 
@@ -573,7 +602,7 @@ class _Fields:
         return table[code]
 
 
-def _decode_header(data: bytes) -> dict:
+def _decode_header(data: bytes, version: int) -> dict:
     """Parse the header's fields (FormatError for anything malformed); values checked separately."""
     r = _Fields(data)
     obj: dict[str, Any] = {}
@@ -593,9 +622,13 @@ def _decode_header(data: bytes) -> dict:
                 "model_id": r.text(f"{where} model_id"),
                 "model_name": r.text(f"{where} model_name"),
                 "tile": (r.varint(f"{where} tile height"), r.varint(f"{where} tile width")),
+                "context": (r.varint(f"{where} context above"), r.varint(f"{where} context left")) if version >= 2 else (0, 0),
+                "band": r.varint(f"{where} band") if version >= 2 else 1,
                 "n_words": r.varint(f"{where} n_words"),
             }
         )
+    if version >= 2 and all(p["context"] == (0, 0) for p in planes):  # one encoding per header
+        raise _bad("no plane has context, so the file must be version 1, not 2")
     obj["planes"] = planes
 
     count = r.u8("the exactness count")
@@ -718,7 +751,7 @@ def _parse(data: bytes | bytearray | memoryview, verify_payload: bool) -> SnailF
     if zlib.crc32(checked) != hcrc:
         raise FormatError("header is corrupt (checksum mismatch)")
 
-    obj = _decode_header(checked[pos - len(MAGIC) :])
+    obj = _decode_header(checked[pos - len(MAGIC) :], version)
     _check_header(obj)
 
     counts = [p["n_words"] for p in obj["planes"]]
@@ -744,7 +777,8 @@ def _parse(data: bytes | bytearray | memoryview, verify_payload: bool) -> SnailF
             words = words.astype(np.uint32)  # a private, aligned, native-endian copy
         pos += 4 * n
         planes.append(
-            Plane(channels=p["channels"], model_id=p["model_id"], model_name=p["model_name"], tile=p["tile"], words=words)
+            Plane(channels=p["channels"], model_id=p["model_id"], model_name=p["model_name"], tile=p["tile"],
+                  words=words, context=p["context"], band=p["band"])
         )
     return SnailFile(
         width=obj["width"],
@@ -790,7 +824,7 @@ def describe(f: SnailFile) -> str:
     total = file_size(f)
     payload = sum(4 * p.n_words for p in f.planes)
     lines = [
-        f".snail file, format version {VERSION}, {_fmt_bytes(total)}",
+        f".snail file, format version {_version(_header_obj(f))}, {_fmt_bytes(total)}",
         f"image:        {f.width} x {f.height} pixels, mode {f.mode}",
         f"size:         {8 * total / pixels:.4f} bits per pixel in all, {8 * payload / pixels:.4f} in the coded streams",
         f"container:    {_fmt_bytes(total - payload)} of header and checksums",
@@ -800,7 +834,9 @@ def describe(f: SnailFile) -> str:
     for i, p in enumerate(f.planes, 1):
         bpv = 32 * p.n_words / (pixels * len(p.channels))
         lines.append(
-            f"  {i}. {p.channels:<4} model {p.model_name} (id {p.model_id}), tiles {p.tile[0]}x{p.tile[1]}, "
+            f"  {i}. {p.channels:<4} model {p.model_name} (id {p.model_id}), tiles {p.tile[0]}x{p.tile[1]}"
+            + (f" with context {p.context[0]} above, {p.context[1]} left" if any(p.context) else "")
+            + (f" in bands of {p.band}" if p.band > 1 else "") + ", "
             f"{_fmt_bytes(4 * p.n_words)}, {bpv:.4f} bits per value"
         )
     ex = f.extras

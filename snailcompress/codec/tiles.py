@@ -56,3 +56,102 @@ class TileGrid:
         channels = tiles.shape[1]
         grid = tiles.reshape(self.rows, self.cols, channels, self.tile_h, self.tile_w).transpose(0, 3, 1, 4, 2)
         return np.ascontiguousarray(grid.reshape(self.rows * self.tile_h, self.cols * self.tile_w, channels)[: self.height, : self.width])
+
+
+@dataclass(frozen=True)
+class WindowPlan:
+    """Tiles coded with context: each tile is run through the model in a window that also holds
+    `above` already-coded rows above it and `left` columns to its left.
+
+    Windows are (win_h, win_w) = (tile_h + above, tile_w + left); they start every tile_w columns,
+    and every tile_h rows within a band of `band` rows of windows, so they overlap by the context.
+    The first window of a row of windows codes all its columns (it has nothing to its left), and the
+    first row of windows of a band codes all its rows; every other window codes only its tile. All
+    windows thus have one shape and run as one batch. Edges are padded by repetition (causal, never
+    coded) as in TileGrid. With no context this is TileGrid.
+
+    Order, in steps of one pixel position: a window needs its left neighbour's row r before it can
+    read that row's context, so window (i, j) starts j * win_w steps after window (i, 0), one row of
+    positions behind its neighbour. A row of windows needs the whole row above it, so within a band
+    the windows of column j run one after the other in one batch slot. Bands are independent and
+    run side by side: longer bands give more windows context above, shorter ones more slots to
+    batch (a step costs about the same for 24 slots as for 96, so few slots make coding slow).
+    """
+
+    height: int
+    width: int
+    win_h: int
+    win_w: int
+    above: int  # context actually used: 0 where one window spans the image
+    left: int
+    band: int  # rows of windows per band; 1 where there is no context above
+
+    @classmethod
+    def for_image(cls, height: int, width: int, tile: tuple[int, int], context: tuple[int, int], band: int = 1) -> WindowPlan:
+        (tile_h, tile_w), (above, left) = tile, context
+        win_h, win_w = min(tile_h + above, height), min(tile_w + left, width)
+        above, left = (above if win_h < height else 0), (left if win_w < width else 0)
+        return cls(height, width, win_h, win_w, above, left, band if above else 1)
+
+    @property
+    def tile_h(self) -> int:
+        return self.win_h - self.above
+
+    @property
+    def tile_w(self) -> int:
+        return self.win_w - self.left
+
+    def top(self, i: np.ndarray | int):
+        """Image row of the top of window row i."""
+        return (i // self.band) * (self.band * self.tile_h + self.above) + (i % self.band) * self.tile_h
+
+    @property
+    def rows(self) -> int:
+        rows = 1
+        while self.top(rows - 1) + self.win_h < self.height:
+            rows += 1
+        return rows
+
+    @property
+    def cols(self) -> int:
+        return -(-(self.width - self.win_w) // self.tile_w) + 1
+
+    @property
+    def positions(self) -> int:
+        return self.win_h * self.win_w
+
+    def canvas(self, plane: np.ndarray) -> np.ndarray:
+        """(H, W, C) -> the plane padded by repetition to cover every window."""
+        padded_h = self.top(self.rows - 1) + self.win_h
+        padded_w = (self.cols - 1) * self.tile_w + self.win_w
+        return np.pad(plane, ((0, padded_h - self.height), (0, padded_w - self.width), (0, 0)), mode="edge")
+
+    def slot_groups(self, max_slots: int) -> list[np.ndarray]:
+        """First window row and column (n, 2) of each batch slot, grouped into batches of at most
+        `max_slots` slots (or one band) that depend on nothing outside themselves. A slot is one
+        column of a band: its windows run one after the other."""
+        bands = -(-self.rows // self.band)
+        slots = np.stack([np.repeat(np.arange(bands) * self.band, self.cols), np.tile(np.arange(self.cols), bands)], 1)
+        step = max_slots if not self.left else max(1, max_slots // self.cols) * self.cols  # left context links a band's slots
+        return [slots[s : s + step] for s in range(0, len(slots), step)]
+
+    def slot_schedule(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Step at which each slot starts, and how many windows it runs back to back."""
+        start = slots[:, 1] * self.win_w if self.left else np.zeros(len(slots), int)
+        return start, np.minimum(self.band, self.rows - slots[:, 0])
+
+    def windows(self, plane: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """All windows of an (H, W, C) plane as (N, C, win_h, win_w), in raster order of windows, and
+        which of their pixels each codes, (N, win_h, win_w) bool: what the model sees and is scored on
+        (the NLL the codec's stream matches), for one full forward pass instead of the coder's steps."""
+        canvas = self.canvas(plane)
+        out, coded = [], []
+        r, c = np.mgrid[0 : self.win_h, 0 : self.win_w]
+        for i in range(self.rows):
+            top = int(self.top(i))
+            for j in range(self.cols):
+                x0 = j * self.tile_w
+                out.append(canvas[top : top + self.win_h, x0 : x0 + self.win_w].transpose(2, 0, 1))
+                owned = ((r >= self.above) | (i % self.band == 0)) & ((c >= self.left) | (j == 0))
+                coded.append(owned & (top + r < self.height) & (x0 + c < self.width))
+        return np.stack(out), np.stack(coded)

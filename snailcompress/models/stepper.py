@@ -43,18 +43,45 @@ class _Linear:
 
 
 class _RowCache:
-    """The last two rows of a conv input, (B, 2, W + 1, C); column 0 is the zero padding on the left."""
+    """The last two rows of a conv input, flattened to (B * 2 * (W + 1), C); column 0 is the zero
+    padding on the left. Where a slot reads and writes comes from the step's `_Where`."""
 
     def __init__(self, batch: int, width: int, channels: int):
         self.rows = torch.zeros(batch, 2, width + 1, channels)
+        self.flat = self.rows.view(-1, channels)
 
-    def window(self, i: int, j: int, value: torch.Tensor) -> torch.Tensor:
-        """Store value at (i, j) and return the 2x2 window ending there, flattened (B, 4C)."""
-        current, previous = i % 2, (i + 1) % 2  # row i-1 of the first row is the zero slot 1
-        self.rows[:, current, j + 1] = value
-        batch = value.shape[0]
-        above, here = self.rows[:, previous, j : j + 2], self.rows[:, current, j : j + 2]
-        return torch.cat([above.reshape(batch, -1), here.reshape(batch, -1)], dim=1)
+    def window(self, where: _Where, value: torch.Tensor) -> torch.Tensor:
+        """Store value at each slot's (i, j) and return the 2x2 windows ending there, flattened (B, 4C)."""
+        self.flat.index_copy_(0, where.row_write, value)
+        return self.flat.index_select(0, where.row_read).view(value.shape[0], -1)
+
+
+class _Where:
+    """Flat indices of one step's reads and writes, shared by every buffer of the same width.
+
+    Slot b is at row i[b], column j[b] of its own image: slots may be at different positions (the
+    codec starts the tiles that wait for their left neighbour later than the others).
+    """
+
+    def __init__(self, position: torch.Tensor, height: int, width: int):
+        batch = position.shape[0]
+        self.i, self.j = position // width, position % width
+        slots = torch.arange(batch)
+        # Row caches: (slot, row parity, column + 1); the row above row 0 is parity 1, zero until then.
+        current = (slots * 2 + self.i % 2) * (width + 1)
+        previous = (slots * 2 + (self.i + 1) % 2) * (width + 1)
+        self.row_write = current + self.j + 1
+        self.row_read = torch.stack([previous + self.j, previous + self.j + 1, current + self.j, current + self.j + 1], 1).view(-1)
+        # Input pixels, padded by one row on top and one column on each side: (slot, row, column).
+        base = slots * (height + 1) * (width + 2)
+        above = base + self.i * (width + 2) + self.j  # padded row i = image row i-1, columns j-1..j+1
+        self.pixels_above = torch.stack([above, above + 1, above + 2], 1).view(-1)
+        left = base + self.i * (width + 2) + self.j  # padded rows i, i+1 = image rows i-1, i at column j-1
+        self.pixels_left = torch.stack([left, left + width + 2], 1).view(-1)
+        self.pixel_write = base + (self.i + 1) * (width + 2) + self.j + 1
+        self.background = torch.stack(
+            [((self.i.double() - height / 2) / height).float(), ((self.j.double() - width / 2) / width).float()], 1
+        )
 
 
 class _StepResnet:
@@ -71,24 +98,30 @@ class _StepResnet:
         else:
             self.caches = None
 
-    def __call__(self, x: torch.Tensor, i: int, j: int, aux: torch.Tensor | None = None) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, where: _Where, aux: torch.Tensor | None = None) -> torch.Tensor:
         h = self.f(x)
-        c1 = self.conv_in(self.caches[0].window(i, j, h) if self.caches else h)
+        c1 = self.conv_in(self.caches[0].window(where, h) if self.caches else h)
         if aux is not None:
             c1 = c1 + self.aux_in(self.f(aux))
         h = self.f(c1)
-        c2 = self.conv_out(self.caches[1].window(i, j, h) if self.caches else h)
+        c2 = self.conv_out(self.caches[1].window(where, h) if self.caches else h)
         a, gate = c2.chunk(2, dim=1)
         return x + a * torch.sigmoid(gate)
 
 
 class PixelSNAILStepper:
-    """Runs a (trained, eval-mode) PixelSNAIL one position at a time on a batch of H x W images."""
+    """Runs a (trained, eval-mode) PixelSNAIL one position at a time on a batch of H x W images.
+
+    Each batch slot has its own position (`position`, (B,)): `commit(values, advance)` moves on only
+    the slots marked in `advance`, and `restart(slots)` begins a new image in those slots. Slots that
+    wait do the work of their current position again and throw it away; that keeps one step one
+    batched pass, and a slot's result never depends on what the other slots hold.
+    """
 
     def __init__(self, model: PixelSNAIL, batch: int, height: int, width: int):
         cfg = model.config
         self.cfg, self.batch, self.height, self.width = cfg, batch, height, width
-        self.position = 0
+        self.position = torch.zeros(batch, dtype=torch.long)
         n = height * width
         with torch.no_grad():
             self.input_above, self.input_left = _Linear(model.input_above), _Linear(model.input_left)
@@ -110,51 +143,67 @@ class PixelSNAILStepper:
         # Input pixels with the ones channel, padded: one row on top, one column on each side.
         self.pixels = torch.zeros(batch, height + 1, width + 2, cfg.channels + 1)
         self._features_at_p: list[torch.Tensor] = []
+        self._where: _Where | None = None
 
-    def _background(self, i: int, j: int) -> torch.Tensor:
-        pos = torch.tensor([(i - self.height / 2) / self.height, (j - self.width / 2) / self.width])
-        return pos.expand(self.batch, 2)
+    def restart(self, slots: torch.Tensor) -> None:
+        """Slots (bool (B,)) begin a new image at position 0."""
+        self.position[slots] = 0
+        self.pixels[slots] = 0.0
+        for block in self.blocks:
+            for resnet in block["resnets"]:
+                for cache in resnet.caches:
+                    cache.rows[slots] = 0.0
 
     @torch.no_grad()
     def predict(self) -> torch.Tensor:
-        """Mixture parameters (B, K) of the pixel at the current position, from earlier pixels only."""
-        i, j = divmod(self.position, self.width)
+        """Mixture parameters (B, K) of the pixel at each slot's position, from its earlier pixels only."""
+        where = self._where = _Where(self.position, self.height, self.width)
+        flat_pixels = self.pixels.view(-1, self.cfg.channels + 1)
         ul = torch.zeros(self.batch, self.cfg.filters)
-        if i > 0:  # down_shift(conv1x3): row i-1, columns j-1..j+1
-            ul = ul + self.input_above(self.pixels[:, i, j : j + 3].reshape(self.batch, -1))
-        if j > 0:  # right_shift(conv2x1): rows i-1..i, column j-1
-            ul = ul + self.input_left(self.pixels[:, i : i + 2, j].reshape(self.batch, -1))
-        background = self._background(i, j)
+        # down_shift(conv1x3): row i-1, columns j-1..j+1 (nothing on row 0)
+        above = self.input_above(flat_pixels.index_select(0, where.pixels_above).view(self.batch, -1))
+        ul = torch.where((where.i > 0).unsqueeze(1), ul + above, ul)
+        # right_shift(conv2x1): rows i-1..i, column j-1 (nothing in column 0)
+        left = self.input_left(flat_pixels.index_select(0, where.pixels_left).view(self.batch, -1))
+        ul = torch.where((where.j > 0).unsqueeze(1), ul + left, ul)
         self._features_at_p = []
         for block in self.blocks:
             for resnet in block["resnets"]:
-                ul = resnet(ul, i, j)
+                ul = resnet(ul, where)
             self._features_at_p.append(ul)
-            query = block["q_proj"](block["q_resnet"](torch.cat([ul, background], dim=1), i, j))
-            attended = self._attend(query, block, self.position)
-            ul = block["out_resnet"](ul, i, j, aux=attended)
+            query = block["q_proj"](block["q_resnet"](torch.cat([ul, where.background], dim=1), where))
+            attended = self._attend(query, block)
+            ul = block["out_resnet"](ul, where, aux=attended)
         return self.head(F.elu(ul))
 
-    def _attend(self, query: torch.Tensor, block: dict, p: int) -> torch.Tensor:
-        if p == 0:
+    def _attend(self, query: torch.Tensor, block: dict) -> torch.Tensor:
+        """Attention of each slot over its own positions < p (masked where slots differ)."""
+        longest = int(self.position.max())
+        if longest == 0:
             return torch.zeros(self.batch, self.cfg.value_channels)
         scaled_query = query * self.cfg.key_channels**-0.5
-        weights = torch.softmax(torch.bmm(scaled_query.unsqueeze(1), block["keys"][:, :, :p]), dim=2)
-        return torch.bmm(weights, block["values"][:, :p]).squeeze(1)
+        logits = torch.bmm(scaled_query.unsqueeze(1), block["keys"][:, :, :longest])
+        if bool((self.position < longest).any()):
+            later = torch.arange(longest) >= self.position.unsqueeze(1)  # (B, longest)
+            logits = logits.masked_fill(later.unsqueeze(1), float("-inf"))
+            weights = torch.softmax(logits, dim=2).nan_to_num(0.0)  # a slot at position 0 attends to nothing
+        else:
+            weights = torch.softmax(logits, dim=2)
+        return torch.bmm(weights, block["values"][:, :longest]).squeeze(1)
 
     @torch.no_grad()
-    def commit(self, values: torch.Tensor) -> None:
-        """Pixel values (B, C) in 0..255 of the current position; advances to the next position."""
+    def commit(self, values: torch.Tensor, advance: torch.Tensor | None = None) -> None:
+        """Pixel values (B, C) in 0..255 at each slot's position; the slots in `advance` (bool (B,),
+        default all) move to their next position, the others stay where they are."""
         if len(self._features_at_p) != len(self.blocks):
             raise RuntimeError("commit() must follow predict() for the same position")
-        i, j = divmod(self.position, self.width)
+        where = self._where
         x = to_unit(values)
-        self.pixels[:, i + 1, j + 1, :-1] = x
-        self.pixels[:, i + 1, j + 1, -1] = 1.0
-        background = self._background(i, j)
+        self.pixels.view(-1, self.cfg.channels + 1).index_copy_(0, where.pixel_write, torch.cat([x, torch.ones(self.batch, 1)], 1))
+        slots = torch.arange(self.batch)
         for block, ul in zip(self.blocks, self._features_at_p):
-            kv = block["kv_proj"](block["kv_resnet"](torch.cat([x, ul, background], dim=1), i, j))
-            block["keys"][:, :, self.position] = kv[:, : self.cfg.key_channels]
-            block["values"][:, self.position] = kv[:, self.cfg.key_channels :]
+            kv = block["kv_proj"](block["kv_resnet"](torch.cat([x, ul, where.background], dim=1), where))
+            block["keys"][slots, :, self.position] = kv[:, : self.cfg.key_channels]
+            block["values"][slots, self.position] = kv[:, self.cfg.key_channels :]
         self._features_at_p = []
-        self.position += 1
+        self.position += 1 if advance is None else advance.long()

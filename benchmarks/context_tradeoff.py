@@ -1,0 +1,82 @@
+"""What context from neighbouring tiles buys, and what it costs: bits and encode time per layout.
+
+`snailcompress encode --context C` runs every 32x32 tile in a window that also holds the C
+already-coded rows above it and columns to its left (codec/tiles.py, WindowPlan). Windows then wait
+for their neighbours: a row of windows for the row above it (within a band of rows), a window for
+the row of its left neighbour. This codes one image with each layout and reports the real coded
+size and the encode time; decoding runs the same steps (results/default_model_heldout.md measures
+both). `C/bN` forces bands of N rows of windows instead of api.context_band's choice.
+
+    python benchmarks/context_tradeoff.py --threads 1 --layouts 0,2,4,8,4/b2,4/b8,4/b16 --out results/context_tradeoff.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import publish  # noqa: E402
+from default_models import SHARED  # noqa: E402
+
+from snailcompress.api import DEFAULT_TILE, context_band  # noqa: E402
+from snailcompress.codec.coder import FloatModelTables, code_plane  # noqa: E402
+from snailcompress.codec.images import read_image  # noqa: E402
+from snailcompress.zoo import load_model  # noqa: E402
+
+
+def parse_layout(spec: str, height: int, width: int, tile: int) -> tuple[int, int]:
+    """'4' -> (4, the band api picks); '4/b8' -> (4, 8)."""
+    context, _, band = spec.partition("/b")
+    return int(context), int(band) if band else context_band(height, width, tile)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="snail-rgb")
+    parser.add_argument("--image", type=Path, default=SHARED / "kodak" / "kodim23.png", help="held out from training")
+    parser.add_argument("--layouts", default="0,2,4,8,4/b2,4/b8,4/b16")
+    parser.add_argument("--tile", type=int, default=DEFAULT_TILE)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    loaded = load_model(args.model)
+    plane = read_image(args.image).planes["RGB"]
+    height, width = plane.shape[:2]
+    rows, baseline = [], None
+    for spec in args.layouts.split(","):
+        context, band = parse_layout(spec, height, width, args.tile)
+        start = time.perf_counter()
+        words, plan = code_plane(FloatModelTables(loaded.model), plane, (args.tile, args.tile), (context, context), band)
+        seconds = time.perf_counter() - start
+        bpsp = 32 * len(words) / plane.size
+        baseline = baseline or (bpsp, seconds)
+        rows.append(
+            f"| {context} | {plan.band if plan.above else '-'} | {plan.rows}x{plan.cols} | {bpsp:.4f} | "
+            f"{100 * (bpsp / baseline[0] - 1):+.2f}% | {seconds:.1f} | {seconds / baseline[1]:.2f}x |"
+        )
+        print(rows[-1], flush=True)
+    lines = [
+        f"# Context from neighbouring tiles: {args.image.name} ({width}x{height}), {loaded.name}",
+        "",
+        f"Command: `python {' '.join(sys.argv)}`  ",
+        f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; {platform.machine()}, {args.threads} torch threads, "
+        f"torch {torch.__version__}; model {loaded.name} (id {loaded.model_id}), tile {args.tile}. Bits: the coded "
+        "stream (no container header); seconds: encoding the plane (decoding runs the same steps).",
+        "",
+        "| context | band (rows of windows) | windows | bits/subpixel | vs no context | encode s | time vs no context |",
+        "|---|---|---|---|---|---|---|",
+        *rows,
+    ]
+    publish(lines, args.out)
+
+
+if __name__ == "__main__":
+    main()
