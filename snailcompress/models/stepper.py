@@ -12,6 +12,11 @@ A step has two halves, because the key and value of position p need the pixel at
     params = stepper.predict()      # distribution of pixel p, from pixels < p
     stepper.commit(pixel_values)    # pixel p is now known: update buffers, keys and values, p += 1
 
+Each batch slot has a position of its own (the codec starts a tile's window when its neighbours have
+coded what it reads; see codec/tiles.py, WindowPlan). When all slots are at the same position the
+computation is exactly the one of a shared position, so files coded before slots had positions of
+their own decode unchanged.
+
 The encoder and the decoder of the codec both run this exact code on the same batch, which is what
 keeps their probability tables bit-identical (see snailcompress.codec.coder).
 """
