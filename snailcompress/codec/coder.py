@@ -176,9 +176,8 @@ def _code_windows(provider: TableProvider, plan: WindowPlan, canvas: np.ndarray,
             provider.restart(begins)
         r, c = np.divmod(position, plan.win_w)
         i, j = slots[:, 0] + window, slots[:, 1]
-        y, x = plan.top(i) + r, j * plan.tile_w + c
-        coded = active & ((r >= plan.above) | (i % plan.band == 0)) & ((c >= plan.left) | (j == 0))
-        coded &= (y < plan.height) & (x < plan.width)
+        y, x = plan.place(i, j, r, c)
+        coded = active & plan.owns(i, j, r, c)
         values = canvas[np.minimum(y, plan.height - 1), np.minimum(x, plan.width - 1)]  # what is known (n, C)
         provider.begin_position()
         for ch in range(channels):

@@ -105,6 +105,16 @@ class WindowPlan:
         """Image row of the top of window row i."""
         return (i // self.band) * (self.band * self.tile_h + self.above) + (i % self.band) * self.tile_h
 
+    def place(self, i, j, r, c):
+        """Image row and column of pixel (r, c) of window (i, j) (numbers or arrays)."""
+        return self.top(i) + r, j * self.tile_w + c
+
+    def owns(self, i, j, r, c):
+        """Whether window (i, j) codes its pixel (r, c): a real pixel of its tile, or of its context
+        rows (columns) where it is the first row of windows of a band (the first window of a row)."""
+        y, x = self.place(i, j, r, c)
+        return ((r >= self.above) | (i % self.band == 0)) & ((c >= self.left) | (j == 0)) & (y < self.height) & (x < self.width)
+
     @property
     def rows(self) -> int:
         rows = 1
@@ -152,6 +162,5 @@ class WindowPlan:
             for j in range(self.cols):
                 x0 = j * self.tile_w
                 out.append(canvas[top : top + self.win_h, x0 : x0 + self.win_w].transpose(2, 0, 1))
-                owned = ((r >= self.above) | (i % self.band == 0)) & ((c >= self.left) | (j == 0))
-                coded.append(owned & (top + r < self.height) & (x0 + c < self.width))
+                coded.append(self.owns(i, j, r, c))
         return np.stack(out), np.stack(coded)
