@@ -75,7 +75,7 @@ class WindowPlan:
     positions behind its neighbour. A row of windows needs the whole row above it, so within a band
     the windows of column j run one after the other in one batch slot. Bands are independent and
     run side by side: longer bands give more windows context above, shorter ones more slots to
-    batch (a step for 96 slots costs about twice one for 24, so few slots make coding slow).
+    batch (few slots make coding slow: a step's fixed cost is paid per step, not per slot).
     """
 
     height: int
