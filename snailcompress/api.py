@@ -148,11 +148,11 @@ def context_band(height: int, width: int, tile: int) -> int:
 def encode_image(image: DecomposedImage, models: ModelChooser, tile: int = DEFAULT_TILE, context: int = DEFAULT_CONTEXT,
                  progress: bool = False) -> container.SnailFile:
     threads = torch.get_num_threads()
+    band = context_band(image.height, image.width, tile)
     planes = []
     for name in image.expected_planes():
         pixels = image.planes[name]
         loaded = models.for_channels(PLANE_CHANNELS[name])
-        band = context_band(image.height, image.width, tile)
         words, plan = code_plane(FloatModelTables(loaded.model), pixels, (tile, tile), (context, context), band, progress)
         planes.append(container.Plane(name, loaded.model_id, stored_model_name(loaded.name), (plan.tile_h, plan.tile_w),
                                       words, (plan.above, plan.left), plan.band))

@@ -470,13 +470,14 @@ def _encode_header(obj: dict) -> bytes:
     out.append(MODES.index(obj["mode"]))
     out += _U32.pack(obj["pixel_crc32"])
     out.append(len(obj["planes"]))
+    with_context = _version(obj) >= 2
     for p in obj["planes"]:
         out.append(PLANE_CHANNELS.index(p["channels"]))
         out += _text(p["model_id"])
         out += _text(p["model_name"])
         out += _varint(p["tile"][0])
         out += _varint(p["tile"][1])
-        if _version(obj) >= 2:
+        if with_context:
             out += _varint(p["context"][0])
             out += _varint(p["context"][1])
             out += _varint(p["band"])
