@@ -28,7 +28,7 @@ from default_models import heldout_files  # noqa: E402
 
 from snailcompress import mixture  # noqa: E402
 from snailcompress.codec.images import read_image  # noqa: E402
-from snailcompress.codec.tiles import TileGrid  # noqa: E402
+from snailcompress.codec.tiles import WindowPlan  # noqa: E402
 from snailcompress.zoo import load_model  # noqa: E402
 
 TILE = 32
@@ -45,11 +45,8 @@ def parse_config(spec: str) -> tuple[int, int, float] | None:
 
 def tiles_of(plane: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     """The codec's tiles (N, C, T, T) in [-1, 1] and the mask of their real (coded) pixels (N, T, T)."""
-    grid = TileGrid.for_image(plane.shape[0], plane.shape[1], TILE)
-    valid_h, valid_w = grid.valid_extent()
-    rows, cols = np.arange(TILE)[None, :, None], np.arange(TILE)[None, None, :]
-    real = (rows < valid_h[:, None, None]) & (cols < valid_w[:, None, None])
-    return mixture.to_unit(torch.from_numpy(grid.split(plane))), torch.from_numpy(real)
+    tiles, real = WindowPlan.for_image(plane.shape[0], plane.shape[1], (TILE, TILE), (0, 0)).windows(plane)
+    return mixture.to_unit(torch.from_numpy(tiles)), torch.from_numpy(real)
 
 
 def nll_nats(model, x: torch.Tensor, real: torch.Tensor, batch: int = 64) -> torch.Tensor:

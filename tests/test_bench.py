@@ -151,23 +151,27 @@ def test_bench_grayscale_folder_in_chunks(tmp_path):
 
 
 def test_shared_encoder_makes_one_stream():
-    """coder.encode_tiles/decode_tiles with an existing encoder/decoder: batches append to one stream."""
+    """The harness's one stream: rows of images side by side (one tile each), coded by code_plane into
+    one shared encoder and decoded by decode_plane from one shared decoder."""
     import constriction
 
-    from snailcompress.codec.coder import FloatModelTables, decode_tiles, encode_tiles
+    from snailcompress.bench.harness import side_by_side
+    from snailcompress.codec.coder import FloatModelTables, code_plane, decode_plane
     from snailcompress.zoo import load_model
 
     provider = FloatModelTables(load_model("pixelsnail-tiny").model)
-    tiles = np.random.default_rng(0).integers(0, 256, (5, 3, 4, 4), dtype=np.uint8)
+    images = np.random.default_rng(0).integers(0, 256, (5, 3, 4, 6), dtype=np.uint8)
+    row = side_by_side(images)
+    assert row.shape == (4, 30, 3) and np.array_equal(row[:, 6:12].transpose(2, 0, 1), images[1])
     encoder = constriction.stream.queue.RangeEncoder()
-    first = encode_tiles(provider, tiles[:3], encoder=encoder)
-    words = encode_tiles(provider, tiles[3:], encoder=encoder)
+    first, _ = code_plane(provider, side_by_side(images[:3]), (4, 6), encoder=encoder)
+    words, _ = code_plane(provider, side_by_side(images[3:]), (4, 6), encoder=encoder)
     assert 0 < len(first) < len(words)
     decoder = constriction.stream.queue.RangeDecoder(words)
-    np.testing.assert_array_equal(decode_tiles(provider, None, (3, 3, 4, 4), decoder=decoder), tiles[:3])
-    np.testing.assert_array_equal(decode_tiles(provider, None, (2, 3, 4, 4), decoder=decoder), tiles[3:])
-    alone = encode_tiles(provider, tiles[:3])  # the old signature: a stream of its own
-    np.testing.assert_array_equal(decode_tiles(provider, alone, (3, 3, 4, 4)), tiles[:3])
+    np.testing.assert_array_equal(decode_plane(provider, None, 4, 18, 3, (4, 6), decoder=decoder), side_by_side(images[:3]))
+    np.testing.assert_array_equal(decode_plane(provider, None, 4, 12, 3, (4, 6), decoder=decoder), side_by_side(images[3:]))
+    alone, _ = code_plane(provider, side_by_side(images[:3]), (4, 6))  # without an encoder: a stream of its own
+    np.testing.assert_array_equal(alone, first)
 
 
 def test_bench_model_channels_must_match_data(tmp_path):

@@ -27,7 +27,7 @@ from snailcompress.codec import coder
 from snailcompress.codec import container as C
 from snailcompress.codec.images import DecomposedImage, compose, decompose, pixel_checksum, same_image
 from snailcompress.codec.tables import TABLE_TOTAL, code_length_bits, quantize
-from snailcompress.codec.tiles import TileGrid, WindowPlan
+from snailcompress.codec.tiles import WindowPlan
 from snailcompress.errors import ExactnessError, FormatError, ModelError
 
 TILE = 8
@@ -155,32 +155,34 @@ class Recording:
         self.tables_seen.append(np.array(table, copy=True))
         return table
 
-    def end_position(self, values):
-        self.calls.append(("end", values.copy()))
-        self.inner.end_position(values)
+    def restart(self, slots):
+        self.calls.append(("restart", slots.copy()))
+        self.inner.restart(slots)
+
+    def end_position(self, values, advance=None):
+        self.calls.append(("end", values.copy(), None if advance is None else advance.copy()))
+        self.inner.end_position(values, advance)
 
 
 def _model(channels: int):
     return zoo.load_model(TINY, channels=channels).model
 
 
-@pytest.mark.parametrize("channels, height, width", [(3, 11, 13), (1, 9, 8)])
-def test_encoder_and_decoder_tables_are_bit_identical(channels, height, width):
+@pytest.mark.parametrize("channels, height, width, context", [(3, 11, 13, (0, 0)), (1, 9, 8, (0, 0)), (3, 19, 21, (2, 3))])
+def test_encoder_and_decoder_tables_are_bit_identical(channels, height, width, context):
     rng = np.random.default_rng(channels)
     plane = rng.integers(0, 256, (height, width, channels), dtype=np.uint8)
-    grid = TileGrid.for_image(height, width, TILE)
-    tiles = grid.split(plane)
     model = _model(channels)
     enc = Recording(coder.FloatModelTables(model))
     dec = Recording(coder.FloatModelTables(model))
-    words = coder.encode_tiles(enc, tiles, grid.valid_extent())
-    decoded = coder.decode_tiles(dec, words, tiles.shape, grid.valid_extent())
-    assert np.array_equal(decoded, tiles)  # padding included: the decoder repeats the edge as split did
-    assert np.array_equal(grid.merge(decoded), plane)
+    words, plan = coder.code_plane(enc, plane, (TILE, TILE), context, band=2)
+    decoded = coder.decode_plane(dec, words, height, width, channels, (TILE, TILE), context, band=2)
+    assert np.array_equal(decoded, plane)
 
-    assert len(enc.tables_seen) == len(dec.tables_seen) == grid.tile_h * grid.tile_w * channels
+    slots = sum(len(group) for group in plan.slot_groups(coder.MAX_BATCH_TILES))
+    assert len(enc.tables_seen) == len(dec.tables_seen) == coder._plan_steps(plan, plan.slot_groups(coder.MAX_BATCH_TILES)) * channels
     for a, b in zip(enc.tables_seen, dec.tables_seen):
-        assert a.dtype == b.dtype == np.float64 and a.shape == b.shape == (grid.count, 256)
+        assert a.dtype == b.dtype == np.float64 and a.shape == b.shape == (slots, 256)
         assert np.array_equal(a, b)
         assert a.tobytes() == b.tobytes()  # bit for bit, signed zeros included
     assert len(enc.calls) == len(dec.calls)
@@ -194,14 +196,13 @@ def test_decoding_with_other_tables_does_not_give_the_image():
     """The agreement above matters: a decoder with other weights gets other pixels (or an error)."""
     rng = np.random.default_rng(5)
     plane = rng.integers(0, 256, (8, 8, 1), dtype=np.uint8)
-    grid = TileGrid.for_image(8, 8, TILE)
-    words = coder.encode_tiles(coder.FloatModelTables(_model(1)), grid.split(plane), grid.valid_extent())
+    words, _ = coder.code_plane(coder.FloatModelTables(_model(1)), plane, (TILE, TILE))
     other = zoo.load_model("pixelsnail-small", channels=1).model
     try:
-        decoded = coder.decode_tiles(coder.FloatModelTables(other), words, (1, 1, 8, 8), grid.valid_extent())
+        decoded = coder.decode_plane(coder.FloatModelTables(other), words, 8, 8, 1, (TILE, TILE))
     except FormatError:
         return
-    assert not np.array_equal(grid.merge(decoded), plane)
+    assert not np.array_equal(decoded, plane)
 
 
 # --------------------------------------------------------------------------------------------
@@ -216,42 +217,36 @@ def test_decoding_with_other_tables_does_not_give_the_image():
     tile=st.one_of(st.integers(1, 17), st.tuples(st.integers(1, 17), st.integers(1, 17))),
     seed=st.integers(0, 2**32 - 1),
 )
-def test_tile_split_merge(height, width, channels, tile, seed):
+def test_windows_without_context_are_padded_tiles(height, width, channels, tile, seed):
     plane = np.random.default_rng(seed).integers(0, 256, (height, width, channels), dtype=np.uint8)
-    grid = TileGrid.for_image(height, width, tile)
     th, tw = (tile, tile) if isinstance(tile, int) else tile
-    assert (grid.tile_h, grid.tile_w) == (min(th, height), min(tw, width))
-    tiles = grid.split(plane)
-    assert tiles.shape == (grid.count, channels, grid.tile_h, grid.tile_w) and tiles.dtype == np.uint8
-    assert grid.count == -(-height // grid.tile_h) * -(-width // grid.tile_w)
-    assert np.array_equal(grid.merge(tiles), plane)
-
-    valid_h, valid_w = grid.valid_extent()
-    assert valid_h.shape == valid_w.shape == (grid.count,)
-    assert valid_h.reshape(grid.rows, grid.cols)[:, 0].sum() == height
-    assert valid_w.reshape(grid.rows, grid.cols)[0].sum() == width
-    for n in range(grid.count):
-        r, c = divmod(n, grid.cols)
-        vh, vw = valid_h[n], valid_w[n]
-        assert 1 <= vh <= grid.tile_h and 1 <= vw <= grid.tile_w
-        real = plane[r * grid.tile_h : r * grid.tile_h + vh, c * grid.tile_w : c * grid.tile_w + vw].transpose(2, 0, 1)
+    plan = WindowPlan.for_image(height, width, (th, tw), (0, 0))
+    assert (plan.tile_h, plan.tile_w) == (plan.win_h, plan.win_w) == (min(th, height), min(tw, width))
+    assert (plan.rows, plan.cols) == (-(-height // plan.tile_h), -(-width // plan.tile_w))
+    tiles, coded = plan.windows(plane)
+    assert tiles.shape == (plan.rows * plan.cols, channels, plan.tile_h, plan.tile_w) and tiles.dtype == np.uint8
+    for n in range(len(tiles)):
+        r, c = divmod(n, plan.cols)
+        vh, vw = min(plan.tile_h, height - r * plan.tile_h), min(plan.tile_w, width - c * plan.tile_w)
+        assert 1 <= vh and 1 <= vw
+        real = plane[r * plan.tile_h : r * plan.tile_h + vh, c * plan.tile_w : c * plan.tile_w + vw].transpose(2, 0, 1)
         t = tiles[n]
         assert np.array_equal(t[:, :vh, :vw], real)
+        assert coded[n, :vh, :vw].all() and coded[n].sum() == vh * vw  # only the real pixels are coded
         # padding repeats the last real row, then the last real column
-        for i in range(grid.tile_h):
-            for j in range(grid.tile_w):
+        for i in range(plan.tile_h):
+            for j in range(plan.tile_w):
                 assert np.array_equal(t[:, i, j], t[:, min(i, vh - 1), min(j, vw - 1)])
 
 
 def test_tile_padding_example():
     plane = np.arange(15, dtype=np.uint8).reshape(3, 5, 1)
-    grid = TileGrid.for_image(3, 5, 2)
-    tiles = grid.split(plane)
-    assert grid.count == 6
+    tiles, coded = WindowPlan.for_image(3, 5, (2, 2), (0, 0)).windows(plane)
+    assert len(tiles) == 6
     assert tiles[2, 0].tolist() == [[4, 4], [9, 9]]  # top right: column 4 repeated
     assert tiles[3, 0].tolist() == [[10, 11], [10, 11]]  # bottom left: row 2 repeated
     assert tiles[5, 0].tolist() == [[14, 14], [14, 14]]  # the corner
-    assert np.array_equal(grid.merge(tiles), plane)
+    assert coded[5].tolist() == [[True, False], [False, False]]
 
 
 class _CountingEncoder:
@@ -327,15 +322,31 @@ def test_windows_with_context_round_trip(model, channels, height, width, tile, c
 
 
 def test_windows_without_context_are_the_tiles_of_version_1():
-    """code_plane with no context writes exactly the stream of the independent tiles (encode_tiles on
-    TileGrid's tiles), so files of format version 1 decode as before."""
+    """code_plane with no context writes exactly the stream of format version 1, written out here from
+    its definition: the plane's tiles (edges repeated) as one batch, position by position in raster
+    order, for each channel the symbols of the tiles with a real pixel there, in tile order."""
     rng = np.random.default_rng(11)
     plane = rng.integers(0, 256, (19, 21, 3), dtype=np.uint8)
     provider = coder.FloatModelTables(_model(3))
     words, plan = coder.code_plane(provider, plane, (TILE, TILE))
-    grid = TileGrid.for_image(19, 21, TILE)
-    assert (plan.tile_h, plan.tile_w, plan.rows, plan.cols) == (grid.tile_h, grid.tile_w, grid.rows, grid.cols)
-    assert np.array_equal(words, coder.encode_tiles(provider, grid.split(plane), grid.valid_extent()))
+
+    padded = np.pad(plane, ((0, 24 - 19), (0, 24 - 21), (0, 0)), mode="edge")
+    tiles = padded.reshape(3, TILE, 3, TILE, 3).transpose(0, 2, 4, 1, 3).reshape(9, 3, TILE, TILE)
+    real_h, real_w = np.repeat([8, 8, 3], 3), np.tile([8, 8, 5], 3)
+    encoder = constriction.stream.queue.RangeEncoder()
+    family = constriction.stream.model.Categorical(perfect=False)
+    provider.reset(9, TILE, TILE)
+    for i in range(TILE):
+        for j in range(TILE):
+            values = np.ascontiguousarray(tiles[:, :, i, j])
+            real = (real_h > i) & (real_w > j)
+            provider.begin_position()
+            for c in range(3):
+                table = provider.tables(c, np.ascontiguousarray(values[:, :c]))
+                encoder.encode(values[real, c].astype(np.int32), family, np.ascontiguousarray(table[real]))
+            provider.end_position(values)
+    assert (plan.rows, plan.cols) == (3, 3)
+    assert np.array_equal(words, encoder.get_compressed())
 
 
 # --------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from snailcompress.cli import main
-from snailcompress.codec.tiles import TileGrid
+from snailcompress.codec.tiles import WindowPlan
 from snailcompress.demo import DEMO_IMAGE
 from snailcompress.evaluate import image_log_probs
 from snailcompress.zoo import WEIGHTS_DIR, default_model_for, load_model
@@ -39,9 +39,9 @@ def png_bits_per_subpixel(image: Image.Image) -> float:
 
 
 def nll_bits_per_subpixel(model: torch.nn.Module, image: Image.Image) -> float:
-    """The model's NLL of the image cut into TILE x TILE tiles, as the codec codes it."""
+    """The model's NLL of the image cut into independent TILE x TILE tiles (the codec without context)."""
     plane = np.asarray(image).reshape(image.height, image.width, -1)  # 256x256: whole tiles, no padding
-    tiles = TileGrid.for_image(image.height, image.width, TILE).split(plane)
+    tiles, _ = WindowPlan.for_image(image.height, image.width, (TILE, TILE), (0, 0)).windows(plane)
     with torch.no_grad():
         nats = image_log_probs(model, torch.from_numpy(tiles)).sum().item()
     return -nats / np.log(2) / plane.size

@@ -14,7 +14,8 @@ with the original pixels; a mismatch raises (it is a bug, not a user error).
   through api.encode_image / container.write; every header byte counted), decoded with
   api.decode_image.
 * "one stream": all N images in one range-coder stream, in chunks of at most `chunk` images, each a
-  batch of coder.encode_tiles appending to one shared encoder; bytes = 4 * words + the fixed
+  row of images side by side coded as one plane (coder.code_plane, tiles the size of an image, no
+  context: each image is coded alone) appending to one shared encoder; bytes = 4 * words + the fixed
   container overhead (the length of a .snail file with an empty stream and the header of one image
   of the set: magic, version, header, CRCs, stream length field).
 
@@ -41,7 +42,7 @@ from tqdm.auto import tqdm
 
 from .. import api
 from ..codec import container
-from ..codec.coder import FloatModelTables, decode_tiles, encode_tiles
+from ..codec.coder import FloatModelTables, code_plane, decode_plane
 from ..codec.images import DecomposedImage, same_image
 from ..data import ArrayDataset, load_split
 from ..errors import DatasetError, ModelError, UsageError
@@ -267,8 +268,14 @@ def stream_overhead(loaded: LoadedModel, images: np.ndarray) -> int:
     return container.file_size(snail)
 
 
+def side_by_side(images: np.ndarray) -> np.ndarray:
+    """(N, C, H, W) images -> one (H, N * W, C) plane: N tiles of one row, coded together as a batch."""
+    n, channels, height, width = images.shape
+    return np.ascontiguousarray(images.transpose(2, 0, 3, 1).reshape(height, n * width, channels))
+
+
 class _StreamProgress:
-    """What encode_tiles calls `progress`: a tqdm bar of positions with the running bits/dim."""
+    """What code_plane calls `progress`: a tqdm bar of positions with the running bits/dim."""
 
     def __init__(self, bar, encoder=None, subpixels_per_position: int = 0):
         self.bar, self.encoder, self.per_position = bar, encoder, subpixels_per_position
@@ -300,9 +307,9 @@ def _one_stream_row(loaded: LoadedModel, images: np.ndarray, opts: BenchOptions)
     t0 = time.perf_counter()
     try:
         for s in starts:
-            chunk = np.array(images[s : s + opts.chunk])  # a writable copy: the coder hands it to torch
+            chunk = images[s : s + opts.chunk]
             progress.set_chunk(len(chunk), channels)
-            encode_tiles(provider, chunk, None, progress, encoder=encoder)
+            code_plane(provider, side_by_side(chunk), (height, width), progress=progress, encoder=encoder)
         words = encoder.get_compressed()
     finally:
         bar.close()
@@ -315,7 +322,9 @@ def _one_stream_row(loaded: LoadedModel, images: np.ndarray, opts: BenchOptions)
     try:
         for s in starts:
             chunk = images[s : s + opts.chunk]
-            decoded = decode_tiles(provider, None, chunk.shape, None, bar, decoder=decoder)
+            row = decode_plane(provider, None, height, len(chunk) * width, channels, (height, width), progress=bar,
+                               decoder=decoder)
+            decoded = row.reshape(height, len(chunk), width, channels).transpose(1, 3, 0, 2)
             if not np.array_equal(decoded, chunk):
                 raise NotLosslessError(f"{loaded.name}: images {s}..{s + len(chunk) - 1} did not decode exactly")
     finally:

@@ -13,13 +13,15 @@ their tables identical bit for bit on one machine, environment and thread count.
 Planes are coded in windows (codec/tiles.py, WindowPlan): tiles, each with the already-coded rows
 above and columns to its left that it may see. Stream layout: for each step, for each channel, the
 symbols of the slots whose window codes a real pixel there (context and padding are never coded),
-in slot order; batches of slots one after the other. One stream per plane (queue order). Without
-context this is the layout of independent tiles (encode_tiles), position by position in raster
-order, which format version 1 uses.
+in slot order; batches of slots one after the other. One stream per plane (queue order), or several
+planes appended to one stream (the benchmark's images, side by side in one row, see bench/harness.py).
+Without context this is the layout of independent tiles, position by position in raster order, which
+format version 1 uses.
 """
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Protocol
 
 import constriction
@@ -31,11 +33,10 @@ from .. import mixture
 from ..errors import FormatError
 from ..sampling import stepper_for
 from .tables import quantize
-from .tiles import TileGrid, WindowPlan
+from .tiles import WindowPlan
 
 _FAMILY = constriction.stream.model.Categorical(perfect=False)
 MAX_BATCH_TILES = 1536  # part of the format: encoder and decoder must batch alike
-Extent = tuple[np.ndarray, np.ndarray]
 
 
 class TableProvider(Protocol):
@@ -81,81 +82,6 @@ class FloatModelTables:
         self._stepper.commit(torch.from_numpy(values), None if advance is None else torch.from_numpy(advance))
 
 
-def _coded(valid_h: np.ndarray, valid_w: np.ndarray, i: int, j: int) -> np.ndarray:
-    return (valid_h > i) & (valid_w > j)
-
-
-def encode_tiles(
-    provider: TableProvider, tiles: np.ndarray, extent: Extent | None = None, progress=None, encoder=None
-) -> np.ndarray:
-    """Code (N, C, th, tw) uint8 tiles; `extent` (real rows, real columns of each tile, see
-    TileGrid.valid_extent) marks the padding, which is not coded. Returns uint32 words.
-
-    `encoder`: an existing queue RangeEncoder to append to, so that several calls (batches) make one
-    stream; the words returned are then the whole stream so far. Decode such a stream with one
-    RangeDecoder passed to decode_tiles for the same batches in the same order.
-    """
-    n, channels, th, tw = tiles.shape
-    valid_h, valid_w = extent if extent is not None else (np.full(n, th), np.full(n, tw))
-    if encoder is None:
-        encoder = constriction.stream.queue.RangeEncoder()
-    provider.reset(n, th, tw)
-    for position in range(th * tw):
-        i, j = divmod(position, tw)
-        values = np.ascontiguousarray(tiles[:, :, i, j])
-        coded = _coded(valid_h, valid_w, i, j)
-        provider.begin_position()
-        for c in range(channels):
-            table = provider.tables(c, np.ascontiguousarray(values[:, :c]))
-            if coded.any():
-                encoder.encode(values[coded, c].astype(np.int32), _FAMILY, np.ascontiguousarray(table[coded]))
-        provider.end_position(values)
-        if progress is not None:
-            progress.update(1)
-    return encoder.get_compressed()
-
-
-def decode_tiles(
-    provider: TableProvider, words: np.ndarray | None, shape: tuple[int, int, int, int], extent: Extent | None = None,
-    progress=None, decoder=None,
-) -> np.ndarray:
-    """Inverse of encode_tiles: (N, C, th, tw) uint8 tiles from the words.
-
-    `decoder`: an existing queue RangeDecoder to continue reading from (then `words` is ignored and
-    may be None): the inverse of passing one encoder to several encode_tiles calls.
-    """
-    n, channels, th, tw = shape
-    valid_h, valid_w = extent if extent is not None else (np.full(n, th), np.full(n, tw))
-    if decoder is None:
-        decoder = constriction.stream.queue.RangeDecoder(np.ascontiguousarray(words, dtype=np.uint32))
-    tiles = np.zeros(shape, np.uint8)
-    provider.reset(n, th, tw)
-    rows = np.arange(n)
-    for position in range(th * tw):
-        i, j = divmod(position, tw)
-        coded = _coded(valid_h, valid_w, i, j)
-        padding = ~coded
-        values = np.zeros((n, channels), np.uint8)
-        if padding.any():  # repeat the last real pixel of the row / column, decoded earlier
-            src_i = np.minimum(i, valid_h[padding] - 1)
-            src_j = np.minimum(j, valid_w[padding] - 1)
-            values[padding] = tiles[rows[padding], :, src_i, src_j]
-        provider.begin_position()
-        for c in range(channels):
-            table = provider.tables(c, np.ascontiguousarray(values[:, :c]))
-            if coded.any():
-                try:
-                    symbols = decoder.decode(_FAMILY, np.ascontiguousarray(table[coded]))
-                except Exception as e:  # constriction raises on a stream that ends too early
-                    raise FormatError(f"coded stream is corrupt or truncated ({e})") from None
-                values[coded, c] = symbols
-        provider.end_position(values)
-        tiles[:, :, i, j] = values
-        if progress is not None:
-            progress.update(1)
-    return tiles
-
-
 def _code_windows(provider: TableProvider, plan: WindowPlan, canvas: np.ndarray, slots: np.ndarray, coder, decoding: bool, progress=None) -> None:
     """Run one batch of window slots (see WindowPlan) step by step, coding the pixels each window owns.
 
@@ -179,6 +105,7 @@ def _code_windows(provider: TableProvider, plan: WindowPlan, canvas: np.ndarray,
         y, x = plan.place(i, j, r, c)
         coded = active & plan.owns(i, j, r, c)
         values = canvas[np.minimum(y, plan.height - 1), np.minimum(x, plan.width - 1)]  # what is known (n, C)
+        values[~active] = 0  # idle slots (not started, or done) see the same values in encoder and decoder
         provider.begin_position()
         for ch in range(channels):
             table = provider.tables(ch, np.ascontiguousarray(values[:, :ch]))
@@ -207,27 +134,42 @@ def _plan_steps(plan: WindowPlan, groups: list[np.ndarray]) -> int:
     return total
 
 
+def _bar(progress, plan: WindowPlan, groups: list[np.ndarray], desc: str):
+    """`progress`: False (no bar), True (a bar of its own) or the caller's tqdm-like bar to advance."""
+    if not isinstance(progress, bool):
+        return nullcontext(progress)
+    return tqdm(total=_plan_steps(plan, groups), desc=desc, unit="step", disable=not progress, leave=False)
+
+
 def code_plane(provider: TableProvider, plane: np.ndarray, tile: tuple[int, int], context: tuple[int, int] = (0, 0),
-               band: int = 1, show_progress: bool = False):
-    """Encode an (H, W, C) plane in windows (WindowPlan); returns (words, plan)."""
+               band: int = 1, progress=False, encoder=None):
+    """Encode an (H, W, C) plane in windows (WindowPlan); returns (words, plan).
+
+    `encoder`: an existing queue RangeEncoder to append to, so that several planes make one stream;
+    the words returned are then the whole stream so far. Decode it with one RangeDecoder passed to
+    decode_plane for the same planes in the same order.
+    """
     plan = WindowPlan.for_image(plane.shape[0], plane.shape[1], tile, context, band)
     canvas = plan.canvas(plane)
-    encoder = constriction.stream.queue.RangeEncoder()
+    encoder = encoder if encoder is not None else constriction.stream.queue.RangeEncoder()
     groups = plan.slot_groups(MAX_BATCH_TILES)
-    with tqdm(total=_plan_steps(plan, groups), desc="encode", unit="step", disable=not show_progress, leave=False) as bar:
+    with _bar(progress, plan, groups, "encode") as bar:
         for slots in groups:
             _code_windows(provider, plan, canvas, slots, encoder, False, bar)
     return encoder.get_compressed(), plan
 
 
-def decode_plane(provider: TableProvider, words: np.ndarray, height: int, width: int, channels: int,
-                 tile: tuple[int, int], context: tuple[int, int] = (0, 0), band: int = 1, show_progress: bool = False):
-    """Inverse of code_plane: the (H, W, C) plane."""
+def decode_plane(provider: TableProvider, words: np.ndarray | None, height: int, width: int, channels: int,
+                 tile: tuple[int, int], context: tuple[int, int] = (0, 0), band: int = 1, progress=False,
+                 decoder=None) -> np.ndarray:
+    """Inverse of code_plane: the (H, W, C) plane. `decoder`: an existing queue RangeDecoder to go
+    on reading from (`words` is then ignored and may be None)."""
     plan = WindowPlan.for_image(height, width, tile, context, band)
-    decoder = constriction.stream.queue.RangeDecoder(np.ascontiguousarray(words, dtype=np.uint32))
+    if decoder is None:
+        decoder = constriction.stream.queue.RangeDecoder(np.ascontiguousarray(words, dtype=np.uint32))
     canvas = plan.canvas(np.zeros((height, width, channels), np.uint8))
     groups = plan.slot_groups(MAX_BATCH_TILES)
-    with tqdm(total=_plan_steps(plan, groups), desc="decode", unit="step", disable=not show_progress, leave=False) as bar:
+    with _bar(progress, plan, groups, "decode") as bar:
         for slots in groups:
             _code_windows(provider, plan, canvas, slots, decoder, True, bar)
     return np.ascontiguousarray(canvas[:height, :width])

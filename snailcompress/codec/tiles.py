@@ -15,50 +15,6 @@ import numpy as np
 
 
 @dataclass(frozen=True)
-class TileGrid:
-    height: int
-    width: int
-    tile_h: int
-    tile_w: int
-
-    @classmethod
-    def for_image(cls, height: int, width: int, tile: int | tuple[int, int]) -> TileGrid:
-        th, tw = (tile, tile) if isinstance(tile, int) else tile
-        return cls(height, width, min(th, height), min(tw, width))
-
-    @property
-    def rows(self) -> int:
-        return -(-self.height // self.tile_h)
-
-    @property
-    def cols(self) -> int:
-        return -(-self.width // self.tile_w)
-
-    @property
-    def count(self) -> int:
-        return self.rows * self.cols
-
-    def valid_extent(self) -> tuple[np.ndarray, np.ndarray]:
-        """Real rows and columns (N,), (N,) of every tile in raster order of tiles."""
-        rows = np.minimum(self.tile_h, self.height - np.arange(self.rows) * self.tile_h)
-        cols = np.minimum(self.tile_w, self.width - np.arange(self.cols) * self.tile_w)
-        return np.repeat(rows, self.cols), np.tile(cols, self.rows)
-
-    def split(self, plane: np.ndarray) -> np.ndarray:
-        """(H, W, C) uint8 -> (N, C, th, tw) tiles, edges padded by repetition."""
-        padded_h, padded_w = self.rows * self.tile_h, self.cols * self.tile_w
-        padded = np.pad(plane, ((0, padded_h - self.height), (0, padded_w - self.width), (0, 0)), mode="edge")
-        tiles = padded.reshape(self.rows, self.tile_h, self.cols, self.tile_w, -1)
-        return np.ascontiguousarray(tiles.transpose(0, 2, 4, 1, 3).reshape(self.count, -1, self.tile_h, self.tile_w))
-
-    def merge(self, tiles: np.ndarray) -> np.ndarray:
-        """Inverse of split: (N, C, th, tw) -> (H, W, C)."""
-        channels = tiles.shape[1]
-        grid = tiles.reshape(self.rows, self.cols, channels, self.tile_h, self.tile_w).transpose(0, 3, 1, 4, 2)
-        return np.ascontiguousarray(grid.reshape(self.rows * self.tile_h, self.cols * self.tile_w, channels)[: self.height, : self.width])
-
-
-@dataclass(frozen=True)
 class WindowPlan:
     """Tiles coded with context: each tile is run through the model in a window that also holds
     `above` already-coded rows above it and `left` columns to its left.
@@ -68,7 +24,7 @@ class WindowPlan:
     The first window of a row of windows codes all its columns (it has nothing to its left), and the
     first row of windows of a band codes all its rows; every other window codes only its tile. All
     windows thus have one shape and run as one batch. Edges are padded by repetition (causal, never
-    coded) as in TileGrid. With no context this is TileGrid.
+    coded). With no context the windows are the tiles, coded independently.
 
     Order, in steps of one pixel position: a window needs its left neighbour's row r before it can
     read that row's context, so window (i, j) starts j * win_w steps after window (i, 0), one row of
