@@ -321,6 +321,24 @@ def test_windows_with_context_round_trip(model, channels, height, width, tile, c
     assert not np.array_equal(plain, words)
 
 
+def test_progress_shows_the_running_code_length():
+    """The bar's running bits/subpixel is the code length of what was coded: the same when decoding,
+    and within a few words of the real stream."""
+    rng = np.random.default_rng(3)
+    plane = np.cumsum(rng.integers(0, 30, (20, 23, 3)), axis=1).astype(np.uint8)
+    provider = coder.FloatModelTables(_model(3))
+    plan = WindowPlan.for_image(20, 23, (TILE, TILE), (2, 2), 2)
+    total = coder._plan_steps(plan, plan.slot_groups(coder.MAX_BATCH_TILES))
+    with coder.CodingProgress(total, "encode", enabled=False) as encoding:
+        words, _ = coder.code_plane(provider, plane, (TILE, TILE), (2, 2), 2, progress=encoding)
+    with coder.CodingProgress(total, "decode", enabled=False) as decoding:
+        coder.decode_plane(provider, words, 20, 23, 3, (TILE, TILE), (2, 2), 2, progress=decoding)
+    assert encoding.subpixels == decoding.subpixels == plane.size
+    assert encoding.steps == decoding.steps == total
+    assert encoding.bits == decoding.bits
+    assert 32 * (len(words) - 2) <= encoding.bits <= 32 * len(words)
+
+
 def test_windows_without_context_are_the_tiles_of_version_1():
     """code_plane with no context writes exactly the stream of format version 1, written out here from
     its definition: the plane's tiles (edges repeated) as one batch, position by position in raster

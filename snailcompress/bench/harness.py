@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 
 from .. import api
 from ..codec import container
-from ..codec.coder import FloatModelTables, code_plane, decode_plane
+from ..codec.coder import CodingProgress, FloatModelTables, code_plane, decode_plane
 from ..codec.images import DecomposedImage, same_image
 from ..data import ArrayDataset, load_split
 from ..errors import DatasetError, ModelError, UsageError
@@ -274,61 +274,32 @@ def side_by_side(images: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(images.transpose(2, 0, 3, 1).reshape(height, n * width, channels))
 
 
-class _StreamProgress:
-    """What code_plane calls `progress`: a tqdm bar of positions with the running bits/dim."""
-
-    def __init__(self, bar, encoder=None, subpixels_per_position: int = 0):
-        self.bar, self.encoder, self.per_position = bar, encoder, subpixels_per_position
-        self.coded = 0  # subpixels coded so far
-        self.positions = 0
-
-    def set_chunk(self, images: int, channels: int) -> None:
-        self.per_position = images * channels
-
-    def update(self, n: int = 1) -> None:
-        self.bar.update(n)
-        self.coded += n * self.per_position
-        self.positions += n
-        if self.encoder is not None and self.positions % 64 == 0 and self.coded:
-            self.bar.set_postfix(bpd=f"{self.encoder.num_bits() / self.coded:.4f}", refresh=False)
-
-
 def _one_stream_row(loaded: LoadedModel, images: np.ndarray, opts: BenchOptions) -> dict:
     """All images in one range-coder stream, chunk by chunk; decoded again in the same chunks."""
     n, channels, height, width = images.shape
     starts = range(0, n, opts.chunk)
     provider = FloatModelTables(loaded.model)
-    total_positions = len(starts) * height * width
+    total_steps = len(starts) * height * width  # one step per pixel position of a row of images
 
     encoder = constriction.stream.queue.RangeEncoder()
-    bar = tqdm(total=total_positions, desc=f"{loaded.name} encode stream", unit="pos", disable=not opts.progress,
-               leave=False)
-    progress = _StreamProgress(bar, encoder)
     t0 = time.perf_counter()
-    try:
+    with CodingProgress(total_steps, f"{loaded.name} encode stream", opts.progress) as progress:
         for s in starts:
             chunk = images[s : s + opts.chunk]
-            progress.set_chunk(len(chunk), channels)
             code_plane(provider, side_by_side(chunk), (height, width), progress=progress, encoder=encoder)
-        words = encoder.get_compressed()
-    finally:
-        bar.close()
+    words = encoder.get_compressed()
     encode_s = time.perf_counter() - t0
 
     decoder = constriction.stream.queue.RangeDecoder(words)
-    bar = tqdm(total=total_positions, desc=f"{loaded.name} decode stream", unit="pos", disable=not opts.progress,
-               leave=False)
     t0 = time.perf_counter()
-    try:
+    with CodingProgress(total_steps, f"{loaded.name} decode stream", opts.progress) as progress:
         for s in starts:
             chunk = images[s : s + opts.chunk]
-            row = decode_plane(provider, None, height, len(chunk) * width, channels, (height, width), progress=bar,
+            row = decode_plane(provider, None, height, len(chunk) * width, channels, (height, width), progress=progress,
                                decoder=decoder)
             decoded = row.reshape(height, len(chunk), width, channels).transpose(1, 3, 0, 2)
             if not np.array_equal(decoded, chunk):
                 raise NotLosslessError(f"{loaded.name}: images {s}..{s + len(chunk) - 1} did not decode exactly")
-    finally:
-        bar.close()
     decode_s = time.perf_counter() - t0
 
     overhead = stream_overhead(loaded, images)

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from .. import mixture
 from ..errors import FormatError
 from ..sampling import stepper_for
-from .tables import quantize
+from .tables import code_length_bits, quantize
 from .tiles import WindowPlan
 
 _FAMILY = constriction.stream.model.Categorical(perfect=False)
@@ -82,7 +82,8 @@ class FloatModelTables:
         self._stepper.commit(torch.from_numpy(values), None if advance is None else torch.from_numpy(advance))
 
 
-def _code_windows(provider: TableProvider, plan: WindowPlan, canvas: np.ndarray, slots: np.ndarray, coder, decoding: bool, progress=None) -> None:
+def _code_windows(provider: TableProvider, plan: WindowPlan, canvas: np.ndarray, slots: np.ndarray, coder, decoding: bool,
+                  progress: CodingProgress | None = None) -> None:
     """Run one batch of window slots (see WindowPlan) step by step, coding the pixels each window owns.
 
     Encoding, `canvas` is the padded plane; decoding, it starts empty and fills in as pixels are
@@ -106,23 +107,27 @@ def _code_windows(provider: TableProvider, plan: WindowPlan, canvas: np.ndarray,
         coded = active & plan.owns(i, j, r, c)
         values = canvas[np.minimum(y, plan.height - 1), np.minimum(x, plan.width - 1)]  # what is known (n, C)
         values[~active] = 0  # idle slots (not started, or done) see the same values in encoder and decoder
+        bits = 0.0
         provider.begin_position()
         for ch in range(channels):
             table = provider.tables(ch, np.ascontiguousarray(values[:, :ch]))
             if not coded.any():
                 continue
+            coded_table = np.ascontiguousarray(table[coded])
             if decoding:
                 try:
-                    values[coded, ch] = coder.decode(_FAMILY, np.ascontiguousarray(table[coded]))
+                    values[coded, ch] = coder.decode(_FAMILY, coded_table)
                 except Exception as e:  # constriction raises on a stream that ends too early
                     raise FormatError(f"coded stream is corrupt or truncated ({e})") from None
             else:
-                coder.encode(values[coded, ch].astype(np.int32), _FAMILY, np.ascontiguousarray(table[coded]))
+                coder.encode(values[coded, ch].astype(np.int32), _FAMILY, coded_table)
+            if progress is not None:
+                bits += float(code_length_bits(coded_table, values[coded, ch]).sum())
         if decoding:
             canvas[y[coded], x[coded]] = values[coded]
         provider.end_position(values, active & (position < positions - 1))
         if progress is not None:
-            progress.update(1)
+            progress.step(bits, int(coded.sum()) * channels)
 
 
 def _plan_steps(plan: WindowPlan, groups: list[np.ndarray]) -> int:
@@ -134,11 +139,34 @@ def _plan_steps(plan: WindowPlan, groups: list[np.ndarray]) -> int:
     return total
 
 
-def _bar(progress, plan: WindowPlan, groups: list[np.ndarray], desc: str):
-    """`progress`: False (no bar), True (a bar of its own) or the caller's tqdm-like bar to advance."""
-    if not isinstance(progress, bool):
+class CodingProgress:
+    """A progress bar of coding steps showing the running bits per subpixel: the code length of the
+    symbols coded so far under their tables (what the range coder's output approaches)."""
+
+    def __init__(self, total: int, desc: str, enabled: bool = True):
+        self.bar = tqdm(total=total, desc=desc, unit="step", disable=not enabled, leave=False)
+        self.steps, self.bits, self.subpixels = 0, 0.0, 0
+
+    def step(self, bits: float, subpixels: int) -> None:
+        self.steps += 1
+        self.bits += bits
+        self.subpixels += subpixels
+        self.bar.update(1)
+        if self.steps % 64 == 0 and self.subpixels:
+            self.bar.set_postfix(bpd=f"{self.bits / self.subpixels:.4f}", refresh=False)
+
+    def __enter__(self) -> CodingProgress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.close()
+
+
+def _progress(progress, plan: WindowPlan, groups: list[np.ndarray], desc: str):
+    """`progress`: False (no bar), True (a bar of its own) or the caller's CodingProgress (kept open)."""
+    if isinstance(progress, CodingProgress):
         return nullcontext(progress)
-    return tqdm(total=_plan_steps(plan, groups), desc=desc, unit="step", disable=not progress, leave=False)
+    return CodingProgress(_plan_steps(plan, groups), desc, enabled=progress) if progress else nullcontext(None)
 
 
 def code_plane(provider: TableProvider, plane: np.ndarray, tile: tuple[int, int], context: tuple[int, int] = (0, 0),
@@ -153,7 +181,7 @@ def code_plane(provider: TableProvider, plane: np.ndarray, tile: tuple[int, int]
     canvas = plan.canvas(plane)
     encoder = encoder if encoder is not None else constriction.stream.queue.RangeEncoder()
     groups = plan.slot_groups(MAX_BATCH_TILES)
-    with _bar(progress, plan, groups, "encode") as bar:
+    with _progress(progress, plan, groups, "encode") as bar:
         for slots in groups:
             _code_windows(provider, plan, canvas, slots, encoder, False, bar)
     return encoder.get_compressed(), plan
@@ -169,7 +197,7 @@ def decode_plane(provider: TableProvider, words: np.ndarray | None, height: int,
         decoder = constriction.stream.queue.RangeDecoder(np.ascontiguousarray(words, dtype=np.uint32))
     canvas = plan.canvas(np.zeros((height, width, channels), np.uint8))
     groups = plan.slot_groups(MAX_BATCH_TILES)
-    with _bar(progress, plan, groups, "decode") as bar:
+    with _progress(progress, plan, groups, "decode") as bar:
         for slots in groups:
             _code_windows(provider, plan, canvas, slots, decoder, True, bar)
     return np.ascontiguousarray(canvas[:height, :width])
