@@ -166,7 +166,7 @@ def _progress(progress, plan: WindowPlan, groups: list[np.ndarray], desc: str):
     """`progress`: False (no bar), True (a bar of its own) or the caller's CodingProgress (kept open)."""
     if isinstance(progress, CodingProgress):
         return nullcontext(progress)
-    return CodingProgress(_plan_steps(plan, groups), desc, enabled=progress) if progress else nullcontext(None)
+    return CodingProgress(_plan_steps(plan, groups), desc) if progress else nullcontext(None)
 
 
 def code_plane(provider: TableProvider, plane: np.ndarray, tile: tuple[int, int], context: tuple[int, int] = (0, 0),
