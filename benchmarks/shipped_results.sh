@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Remake every result that depends on the shipped weights, after `default_models.py ship` put new
+# ones into snailcompress/weights/ (each output file records its own command, date and model id).
+#
+#   bash benchmarks/shipped_results.sh            # about an hour on the 2-core CPU
+#   THREADS=2 bash benchmarks/shipped_results.sh  # the held-out table on 2 threads (the README quotes 1)
+#
+# Then copy the new numbers into README.md (Results, the demo output of `snailcompress demo`) and
+# results/model_size_tradeoff.md's note; nothing here edits prose.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-.venv/bin/python}
+SNAIL=${SNAIL:-.venv/bin/snailcompress}
+THREADS=${THREADS:-1}
+KODAK=../shared/data/kodak
+
+"$PY" benchmarks/codec_benchmark.py --heldout --threads "$THREADS" \
+    --codecs png,webp,jpegxl-e7,jpegxl-e9,jpeg2000,jpegls --out results/default_model_heldout.md
+"$PY" benchmarks/codec_benchmark.py --sizes 32,256,full --threads 2 --codecs png,webp,jpegxl-e9,jpeg2000 \
+    --out results/codec_speed.md
+"$PY" benchmarks/tiling.py --model snail-rgb --tiles 32,32+2,48+2,64+2,64+4 --images 6 \
+    --out results/tiling_with_context.md
+"$SNAIL" bench --dataset folder --data-dir "$KODAK" --holdout kodim03,kodim07,kodim12,kodim15,kodim20,kodim23 \
+    --scales 1 --model snail-rgb --coded-limit 20 --chunk 1536 --out results/kodak-heldout-tiles -q
+"$SNAIL" sample --model snail-rgb -n 36 -o results/samples_snail-rgb.png -f
+"$SNAIL" sample --model snail-gray -n 36 -o results/samples_snail-gray.png -f
+"$SNAIL" demo
