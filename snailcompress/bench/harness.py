@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 
 from .. import api
 from ..codec import container
-from ..codec.coder import CodingProgress, FloatModelTables, code_plane, decode_plane
+from ..codec.coder import MAX_BATCH_TILES, CodingProgress, FloatModelTables, code_plane, decode_plane
 from ..codec.images import DecomposedImage, same_image
 from ..data import ArrayDataset, load_split
 from ..errors import DatasetError, ModelError, UsageError
@@ -279,7 +279,8 @@ def _one_stream_row(loaded: LoadedModel, images: np.ndarray, opts: BenchOptions)
     n, channels, height, width = images.shape
     starts = range(0, n, opts.chunk)
     provider = FloatModelTables(loaded.model)
-    total_steps = len(starts) * height * width  # one step per pixel position of a row of images
+    batches = sum(-(-min(opts.chunk, n - s) // MAX_BATCH_TILES) for s in starts)  # the coder's batches
+    total_steps = batches * height * width  # a batch takes one step per pixel position
 
     encoder = constriction.stream.queue.RangeEncoder()
     t0 = time.perf_counter()
@@ -297,8 +298,7 @@ def _one_stream_row(loaded: LoadedModel, images: np.ndarray, opts: BenchOptions)
             chunk = images[s : s + opts.chunk]
             row = decode_plane(provider, None, height, len(chunk) * width, channels, (height, width), progress=progress,
                                decoder=decoder)
-            decoded = row.reshape(height, len(chunk), width, channels).transpose(1, 3, 0, 2)
-            if not np.array_equal(decoded, chunk):
+            if not np.array_equal(row, side_by_side(chunk)):
                 raise NotLosslessError(f"{loaded.name}: images {s}..{s + len(chunk) - 1} did not decode exactly")
     decode_s = time.perf_counter() - t0
 
