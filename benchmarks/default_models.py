@@ -20,6 +20,8 @@ in results/default_model*: the images in HOLDOUT (6 Kodak images, 6 photos).
     cp -r runs/gpu/gray-m runs/cpu/gray-m-cool
     snailcompress train --out runs/cpu/gray-m-cool --data-dir runs/default-data --steps 16401 \\
         --cooldown-steps 400 --ema 0.997 --eval-every 200 --eval-images 512 --workers 1
+    #    (a 2,000-step cool-down of rgb-s: 0.56% fewer held-out bits, not shipped yet,
+    #    results/default_models/cooldown_length.md)
     # 4. copy the EMA weights into the package
     python benchmarks/default_models.py ship runs/cpu/rgb-s-cool snail-rgb
     python benchmarks/default_models.py ship runs/cpu/gray-m-cool snail-gray
