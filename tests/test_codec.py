@@ -327,8 +327,7 @@ def test_progress_shows_the_running_code_length():
     rng = np.random.default_rng(3)
     plane = np.cumsum(rng.integers(0, 30, (20, 23, 3)), axis=1).astype(np.uint8)
     provider = coder.FloatModelTables(_model(3))
-    plan = WindowPlan.for_image(20, 23, (TILE, TILE), (2, 2), 2)
-    total = coder._plan_steps(plan, plan.slot_groups(coder.MAX_BATCH_TILES))
+    total = coder.coding_steps(20, 23, (TILE, TILE), (2, 2), 2)
     with coder.CodingProgress(total, "encode", enabled=False) as encoding:
         words, _ = coder.code_plane(provider, plane, (TILE, TILE), (2, 2), 2, progress=encoding)
     with coder.CodingProgress(total, "decode", enabled=False) as decoding:

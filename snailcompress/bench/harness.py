@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 
 from .. import api
 from ..codec import container
-from ..codec.coder import MAX_BATCH_TILES, CodingProgress, FloatModelTables, code_plane, decode_plane
+from ..codec.coder import CodingProgress, FloatModelTables, code_plane, coding_steps, decode_plane
 from ..codec.images import DecomposedImage, same_image
 from ..data import ArrayDataset, load_split
 from ..errors import DatasetError, ModelError, UsageError
@@ -279,8 +279,7 @@ def _one_stream_row(loaded: LoadedModel, images: np.ndarray, opts: BenchOptions)
     n, channels, height, width = images.shape
     starts = range(0, n, opts.chunk)
     provider = FloatModelTables(loaded.model)
-    batches = sum(-(-min(opts.chunk, n - s) // MAX_BATCH_TILES) for s in starts)  # the coder's batches
-    total_steps = batches * height * width  # a batch takes one step per pixel position
+    total_steps = sum(coding_steps(height, min(opts.chunk, n - s) * width, (height, width)) for s in starts)
 
     encoder = constriction.stream.queue.RangeEncoder()
     t0 = time.perf_counter()

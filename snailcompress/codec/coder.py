@@ -139,6 +139,12 @@ def _plan_steps(plan: WindowPlan, groups: list[np.ndarray]) -> int:
     return total
 
 
+def coding_steps(height: int, width: int, tile: tuple[int, int], context: tuple[int, int] = (0, 0), band: int = 1) -> int:
+    """Steps code_plane takes for an (height, width) plane: the total of a progress bar."""
+    plan = WindowPlan.for_image(height, width, tile, context, band)
+    return _plan_steps(plan, plan.slot_groups(MAX_BATCH_TILES))
+
+
 class CodingProgress:
     """A progress bar of coding steps showing the running bits per subpixel: the code length of the
     symbols coded so far under their tables (what the range coder's output approaches)."""
