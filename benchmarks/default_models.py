@@ -9,21 +9,20 @@ in results/default_model*: the images in HOLDOUT (6 Kodak images, 6 photos).
     # 2. train the candidate sizes side by side (a lent H100 trained them for 21 minutes, rgb-l for 7:
     #    results/default_models/rgb-s.log.csv, gray-m.log.csv; the size choice: results/model_size_tradeoff.md)
     bash benchmarks/gpu_default_models.sh runs/default-data runs/gpu 21 rgb-s rgb-m rgb-l gray-m -- --ema 0.999
-    # 3. cool the lr down to zero over more steps, on the 2-core CPU (results/default_models/*-cooldown.*):
-    #    rgb-s 1,200 steps from 23,733 on full-resolution crops only (--scales 1: the scale the codec
-    #    codes at; 0.6% fewer held-out bits than the same cool-down at all three scales,
-    #    results/default_models/cooldown_scales.md), 64 minutes with --compile (80 eager);
+    # 3. cool the lr down to zero over more steps, on the 2-core CPU (results/default_models/*-cooldown*.*):
+    #    rgb-s 2,000 steps from 23,733 on full-resolution crops only (--scales 1: the scale the codec
+    #    codes at: over 1,200 steps 0.6% fewer held-out bits than all three scales,
+    #    results/default_models/cooldown_scales.md; 2,000 steps took 0.56% more off than 1,200,
+    #    results/default_models/cooldown_length.md), 2 h 16 min with --compile on one thread;
     #    gray-m 400 steps from 16,001 at all scales, 60 minutes, test 3.1142 -> 3.0939 bits/dim
-    cp -r runs/gpu/rgb-s runs/cpu/rgb-s-cool
-    snailcompress train --out runs/cpu/rgb-s-cool --data-dir runs/default-data --steps 24933 \\
-        --cooldown-steps 1200 --ema 0.997 --eval-every 400 --eval-images 512 --workers 1 --scales 1 --compile
+    cp -r runs/gpu/rgb-s runs/cpu/rgb-s-cool2k
+    OMP_NUM_THREADS=1 snailcompress train --out runs/cpu/rgb-s-cool2k --data-dir runs/default-data --steps 25733 \\
+        --cooldown-steps 2000 --ema 0.997 --eval-every 500 --eval-images 512 --workers 1 --scales 1 --compile
     cp -r runs/gpu/gray-m runs/cpu/gray-m-cool
     snailcompress train --out runs/cpu/gray-m-cool --data-dir runs/default-data --steps 16401 \\
         --cooldown-steps 400 --ema 0.997 --eval-every 200 --eval-images 512 --workers 1
-    #    (a 2,000-step cool-down of rgb-s: 0.56% fewer held-out bits, not shipped yet,
-    #    results/default_models/cooldown_length.md)
     # 4. copy the EMA weights into the package
-    python benchmarks/default_models.py ship runs/cpu/rgb-s-cool snail-rgb
+    python benchmarks/default_models.py ship runs/cpu/rgb-s-cool2k snail-rgb
     python benchmarks/default_models.py ship runs/cpu/gray-m-cool snail-gray
 """
 

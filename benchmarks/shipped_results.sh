@@ -18,6 +18,7 @@ KODAK=../shared/data/kodak
     --codecs png,webp,jpegxl-e7,jpegxl-e9,jpeg2000,jpegls --out results/default_model_heldout.md
 "$PY" benchmarks/codec_benchmark.py --sizes 32,256,full --threads 2 --codecs png,webp,jpegxl-e9,jpeg2000 \
     --out results/codec_speed.md
+"$PY" benchmarks/context_tradeoff.py --threads 1 --layouts 0,2,4,8,4/b2,4/b8,4/b16 --out results/context_tradeoff.md
 "$PY" benchmarks/tiling.py --model snail-rgb --tiles 32,32+2,48+2,64+2,64+4 --images 6 \
     --out results/tiling_with_context.md
 "$SNAIL" bench --dataset folder --data-dir "$KODAK" --holdout kodim03,kodim07,kodim12,kodim15,kodim20,kodim23 \
