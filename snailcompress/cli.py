@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -173,6 +174,10 @@ def train(model_name, dataset, data_dir, out, overrides, crop, scales, holdout, 
             model_overrides=parse_overrides(overrides), **folder, **given,
         )
     progress = run_training(opts)
+    if progress["stopped_by"]:
+        click.echo(f"{out}: stopped by {progress['stopped_by']} at step {progress['step']}, checkpoint saved; "
+                   "the same command resumes it", err=True)
+        sys.exit(128 + signal.Signals[progress["stopped_by"]].value)
     if progress["test_bpd"] is not None:  # None on ranks > 0 of a torchrun job, which only rank 0 evaluates
         click.echo(f"{out}: {progress['step']} steps, {progress['images']} images, test {progress['test_bpd']:.4f} bits/dim")
 

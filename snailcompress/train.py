@@ -30,6 +30,9 @@ import csv
 import json
 import os
 import shutil
+import signal
+import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -273,8 +276,51 @@ def _resolve_model_config(options: TrainOptions, channels: int):
     return preset_config(options.model, channels, **overrides)
 
 
+class StopRequest:
+    """SIGINT/SIGTERM (Ctrl-C, a session ending) during training: finish the step, save, stop.
+
+    The first signal sets `signal_name`; the loop then saves a checkpoint after the current step and
+    returns, so the same command resumes with nothing lost. A second signal acts as usual (stops at
+    once). Single-process runs only: under torchrun the ranks could see the signal at different
+    steps and wait on each other forever, so there the default behaviour is kept.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.signal_name: str | None = None
+        self._previous: dict = {}
+
+    def _handle(self, number, frame) -> None:
+        self.signal_name = signal.Signals(number).name
+        for sig, handler in self._previous.items():  # the next one stops at once
+            signal.signal(sig, handler)
+        print(f"\n{self.signal_name}: stopping after this step and saving a checkpoint (again to stop now)",
+              file=sys.stderr, flush=True)
+
+    def __enter__(self) -> StopRequest:
+        if self.enabled:
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    """In data-loading workers: a Ctrl-C reaches the whole process group, and a worker that died of
+    it would fail the batch the main process still fetches before it stops (workers end with it)."""
+    for sig in StopRequest.SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def train(options: TrainOptions, progress_bar: bool = True) -> dict:
-    """Train (or resume, if OUT holds a checkpoint) and return the final progress record."""
+    """Train (or resume, if OUT holds a checkpoint) and return the final progress record.
+
+    Its "stopped_by" is the name of the signal that stopped the run early (StopRequest), else None.
+    """
     if options.steps is None and options.minutes is None and options.cpu_minutes is None:
         raise UsageError("say how long to train: --steps N, --minutes M or --cpu-minutes M")
     if options.cooldown_steps and options.steps is None:
@@ -339,8 +385,11 @@ def train(options: TrainOptions, progress_bar: bool = True) -> dict:
     last_checkpoint = time.monotonic()
     window_nats, window_dims, window_images, window_start = 0.0, 0, 0, time.monotonic()
     params, ema_params = list(model.parameters()), list(ema.parameters())
+    stop = StopRequest(enabled=world == 1)
 
     def finished() -> bool:
+        if stop.signal_name is not None:
+            return True
         if options.steps is not None and progress["step"] >= options.steps:
             return True
         if options.cpu_minutes is not None and time.process_time() - cpu_started >= options.cpu_minutes * 60:
@@ -358,89 +407,92 @@ def train(options: TrainOptions, progress_bar: bool = True) -> dict:
         return result.bits_per_dim
 
     model.train()
-    while not finished():
-        train_set.set_epoch(progress["epoch"])
-        sampler = GlobalBatchSampler(
-            len(train_set), options.batch_size, rank, world, options.seed, progress["epoch"], progress["batch_in_epoch"]
-        )
-        if len(sampler) <= 0 and progress["batch_in_epoch"] == 0:
-            raise UsageError(f"the training set has {len(train_set)} images, fewer than one global batch")
-        loader = DataLoader(
-            train_set, batch_sampler=sampler, num_workers=options.workers, collate_fn=torch.stack,
-            pin_memory=device.type == "cuda", persistent_workers=False,
-            generator=torch.Generator(),  # its own RNG: a loader started on resume must not shift dropout's
-        )
-        for batch in loader:
-            x = mixture.to_unit(batch.to(device, non_blocking=True))
-            if device.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(options, progress["step"], lr_decay)
-            with autocast:
-                params_out = forward(x)
-            nats = -mixture.log_prob(x, params_out.float()).sum()
-            if not torch.isfinite(nats):
-                raise FloatingPointError(f"loss is {nats.item()} at step {progress['step']}; stopping")
-            optimizer.zero_grad(set_to_none=True)
-            (nats * world).backward()  # DDP averages over ranks: this makes it the reference's sum
-            optimizer.step()
-            with torch.no_grad():
-                torch._foreach_lerp_(ema_params, params, 1 - options.ema_decay)
+    with stop:
+        while not finished():
+            train_set.set_epoch(progress["epoch"])
+            sampler = GlobalBatchSampler(
+                len(train_set), options.batch_size, rank, world, options.seed, progress["epoch"], progress["batch_in_epoch"]
+            )
+            if len(sampler) <= 0 and progress["batch_in_epoch"] == 0:
+                raise UsageError(f"the training set has {len(train_set)} images, fewer than one global batch")
+            loader = DataLoader(
+                train_set, batch_sampler=sampler, num_workers=options.workers, collate_fn=torch.stack,
+                pin_memory=device.type == "cuda", persistent_workers=False,
+                generator=torch.Generator(),  # its own RNG: a loader started on resume must not shift dropout's
+            worker_init_fn=_ignore_stop_signals if stop.enabled else None,
+            )
+            for batch in loader:
+                x = mixture.to_unit(batch.to(device, non_blocking=True))
+                if device.type == "cuda":
+                    x = x.contiguous(memory_format=torch.channels_last)
+                for group in optimizer.param_groups:
+                    group["lr"] = learning_rate(options, progress["step"], lr_decay)
+                with autocast:
+                    params_out = forward(x)
+                nats = -mixture.log_prob(x, params_out.float()).sum()
+                if not torch.isfinite(nats):
+                    raise FloatingPointError(f"loss is {nats.item()} at step {progress['step']}; stopping")
+                optimizer.zero_grad(set_to_none=True)
+                (nats * world).backward()  # DDP averages over ranks: this makes it the reference's sum
+                optimizer.step()
+                with torch.no_grad():
+                    torch._foreach_lerp_(ema_params, params, 1 - options.ema_decay)
 
-            progress["step"] += 1
-            progress["batch_in_epoch"] += 1
-            progress["images"] += len(batch) * world
-            window_nats += nats.item()
-            window_dims += x.numel()
-            window_images += len(batch) * world
-            bar.update(1)
-            if progress["step"] % 10 == 0:
-                bar.set_postfix(bpd=f"{mixture.bits_per_dim(window_nats, window_dims):.3f}")
+                progress["step"] += 1
+                progress["batch_in_epoch"] += 1
+                progress["images"] += len(batch) * world
+                window_nats += nats.item()
+                window_dims += x.numel()
+                window_images += len(batch) * world
+                bar.update(1)
+                if progress["step"] % 10 == 0:
+                    bar.set_postfix(bpd=f"{mixture.bits_per_dim(window_nats, window_dims):.3f}")
 
-            test_bpd = None
-            if options.eval_every and progress["step"] % options.eval_every == 0:
-                test_bpd = run_eval()
-                progress["test_bpd"] = test_bpd
-            if rank == 0 and (progress["step"] % options.log_every == 0 or test_bpd is not None):
-                now = time.monotonic()
-                log.append(
-                    {
-                        "step": progress["step"], "epoch": progress["epoch"], "images": progress["images"],
-                        "elapsed_s": f"{now - started:.1f}", "cpu_s": f"{time.process_time() - cpu_started:.1f}", "lr": f"{optimizer.param_groups[0]['lr']:.6g}",
-                        "train_bpd": f"{mixture.bits_per_dim(window_nats, window_dims):.5f}",
-                        "test_bpd": f"{test_bpd:.5f}" if test_bpd is not None else "",
-                        "images_per_s": f"{window_images / max(now - window_start, 1e-9):.1f}",
-                    }
-                )
-                window_nats, window_dims, window_images, window_start = 0.0, 0, 0, now
-            if rank == 0 and time.monotonic() - last_checkpoint >= options.checkpoint_minutes * 60:
-                progress["elapsed_s"] = time.monotonic() - started
-                progress["cpu_s"] = time.process_time() - cpu_started
-                save_checkpoint(run_dir, model, ema, optimizer, progress, options, device)
-                last_checkpoint = time.monotonic()
-            if finished():
-                break
-        else:
-            progress["epoch"] += 1
-            progress["batch_in_epoch"] = 0
+                test_bpd = None
+                if options.eval_every and progress["step"] % options.eval_every == 0:
+                    test_bpd = run_eval()
+                    progress["test_bpd"] = test_bpd
+                if rank == 0 and (progress["step"] % options.log_every == 0 or test_bpd is not None):
+                    now = time.monotonic()
+                    log.append(
+                        {
+                            "step": progress["step"], "epoch": progress["epoch"], "images": progress["images"],
+                            "elapsed_s": f"{now - started:.1f}", "cpu_s": f"{time.process_time() - cpu_started:.1f}", "lr": f"{optimizer.param_groups[0]['lr']:.6g}",
+                            "train_bpd": f"{mixture.bits_per_dim(window_nats, window_dims):.5f}",
+                            "test_bpd": f"{test_bpd:.5f}" if test_bpd is not None else "",
+                            "images_per_s": f"{window_images / max(now - window_start, 1e-9):.1f}",
+                        }
+                    )
+                    window_nats, window_dims, window_images, window_start = 0.0, 0, 0, now
+                if rank == 0 and time.monotonic() - last_checkpoint >= options.checkpoint_minutes * 60:
+                    progress["elapsed_s"] = time.monotonic() - started
+                    progress["cpu_s"] = time.process_time() - cpu_started
+                    save_checkpoint(run_dir, model, ema, optimizer, progress, options, device)
+                    last_checkpoint = time.monotonic()
+                if finished():
+                    break
+            else:
+                progress["epoch"] += 1
+                progress["batch_in_epoch"] = 0
     bar.close()
 
     progress["elapsed_s"] = time.monotonic() - started
     progress["cpu_s"] = time.process_time() - cpu_started
     if rank == 0:
-        progress["test_bpd"] = run_eval()
-        log.append(
-            {"step": progress["step"], "epoch": progress["epoch"], "images": progress["images"],
-             "elapsed_s": f"{progress['elapsed_s']:.1f}", "cpu_s": f"{progress['cpu_s']:.1f}", "lr": f"{optimizer.param_groups[0]['lr']:.6g}",
-             "test_bpd": f"{progress['test_bpd']:.5f}"}
-        )
+        if stop.signal_name is None:  # a run stopped by a signal saves at once; its resumed run evaluates at the end
+            progress["test_bpd"] = run_eval()
+            log.append(
+                {"step": progress["step"], "epoch": progress["epoch"], "images": progress["images"],
+                 "elapsed_s": f"{progress['elapsed_s']:.1f}", "cpu_s": f"{progress['cpu_s']:.1f}", "lr": f"{optimizer.param_groups[0]['lr']:.6g}",
+                 "test_bpd": f"{progress['test_bpd']:.5f}"}
+            )
         save_checkpoint(run_dir, model, ema, optimizer, progress, options, device)
         from .figures import plot_training_curve
 
         plot_training_curve(run_dir / "log.csv", run_dir / "bpd_curve.png", title=f"{options.model} on {options.dataset}")
     if world > 1:
         dist.barrier()
-    return progress
+    return {**progress, "stopped_by": stop.signal_name}
 
 
 BUDGETS = ("steps", "minutes", "cpu_minutes")

@@ -13,9 +13,11 @@ import math
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 from importlib.resources import files
 from pathlib import Path
 
@@ -444,3 +446,36 @@ def test_cli_resume_with_a_cooldown_replaces_the_saved_budget_and_finds_moved_da
     new_rows = read_log(run)[len(read_log(cli_run)):]
     assert [r["step"] for r in new_rows] == ["6"]
     assert float(new_rows[-1]["lr"]) == pytest.approx(1e-3 * 0.999998**5 / 4, rel=1e-4)  # the last step's, 0-based 5
+
+
+def test_ctrl_c_saves_a_checkpoint_and_the_same_command_resumes(photo_dir, tmp_path):
+    """SIGINT to the whole process group, as Ctrl-C sends it (data-loading workers included): the run
+    finishes its step, saves, says so and exits 130; the checkpoint holds the step it reported."""
+    out = tmp_path / "run"
+    command = [
+        sys.executable, "-m", "snailcompress.cli", "train", "--model", "pixelsnail-tiny", *folder_cli_args(photo_dir),
+        "--batch-size", "2", "--steps", "100000", "--workers", "1", "--device", "cpu", "--eval-every", "0",
+        "--checkpoint-minutes", "0.0001", "--out", str(out),
+    ]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (checkpoint(out) / "trainer.pt").is_file():  # a checkpoint after every step: it is training
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1][-2000:]
+            time.sleep(0.2)
+        os.killpg(process.pid, signal.SIGINT)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 128 + signal.SIGINT, stderr[-2000:]
+    assert "Traceback" not in stderr, stderr[-2000:]
+    match = re.search(r"stopped by SIGINT at step (\d+), checkpoint saved", stderr)
+    assert match, stderr[-2000:]
+    saved = json.loads((checkpoint(out) / "config.json").read_text())["progress"]
+    assert saved["step"] == int(match.group(1)) > 0
+    resumed = CliRunner().invoke(main, ["train", "--out", str(out), "--steps", str(saved["step"] + 1)])
+    assert resumed.exit_code == 0, resumed.output
+    assert re.search(rf"{saved['step'] + 1} steps", resumed.stdout), resumed.stdout
