@@ -419,7 +419,7 @@ def train(options: TrainOptions, progress_bar: bool = True) -> dict:
                 train_set, batch_sampler=sampler, num_workers=options.workers, collate_fn=torch.stack,
                 pin_memory=device.type == "cuda", persistent_workers=False,
                 generator=torch.Generator(),  # its own RNG: a loader started on resume must not shift dropout's
-            worker_init_fn=_ignore_stop_signals if stop.enabled else None,
+                worker_init_fn=_ignore_stop_signals if stop.enabled else None,
             )
             for batch in loader:
                 x = mixture.to_unit(batch.to(device, non_blocking=True))
