@@ -1,13 +1,21 @@
-"""What adapting the model to each image would save: dynamic evaluation, measured before building it.
+"""What adapting the model to each image saves: dynamic evaluation, simulated with full forward passes.
 
-Encoder and decoder could both fine-tune the model on the tiles already coded (the decoder has them
-too) and code the next tiles with the adapted weights: no side information, the same result on both
-sides in one environment. This measures the model's NLL of the held-out images coded that way: the
-tiles, in the codec's order, are cut into K chunks; chunk k is scored with the weights adapted on
-chunks < k, then the model takes S Adam steps (lr) on chunk k. `static` is the shipped codec.
+Encoder and decoder both fine-tune the model on the windows already coded (the decoder has them
+too) and code the next ones with the adapted weights: no side information, the same result on both
+sides in one environment (`snailcompress encode --adapt`, codec/adaptation.py). This measures the
+model's NLL of the held-out images coded that way: the windows, in the order the codec finishes
+them, are cut into K chunks; chunk k is scored with the weights adapted on chunks < k, then the
+model takes S Adam steps (lr) on chunk k. `static` is the model as shipped.
+
+--context 0 gives independent tiles (in raster order); with context, --bands default cuts the image
+into the bands the static codec uses (api.context_band), whose windows finish interleaved (one per
+band at a time), and --bands one makes one band, whose windows finish in raster order (what --adapt
+codes).
 
     python benchmarks/adaptation.py --model snail-rgb --images 6 --configs static,16x1@3e-5,16x3@3e-5 \
         --out results/adaptation.md
+    python benchmarks/adaptation.py --images 6 --context 2 --bands default,one --configs static,96x1@3e-5 \
+        --out results/adaptation_bands.md
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from common import publish  # noqa: E402
 from default_models import heldout_files  # noqa: E402
 
 from snailcompress import mixture  # noqa: E402
+from snailcompress.api import adaptive_band, context_band  # noqa: E402
 from snailcompress.codec.images import read_image  # noqa: E402
 from snailcompress.codec.tiles import WindowPlan  # noqa: E402
 from snailcompress.zoo import load_model  # noqa: E402
@@ -43,10 +52,18 @@ def parse_config(spec: str) -> tuple[int, int, float] | None:
     return int(chunks), int(steps), float(lr)
 
 
-def tiles_of(plane: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """The codec's tiles (N, C, T, T) in [-1, 1] and the mask of their real (coded) pixels (N, T, T)."""
-    tiles, real = WindowPlan.for_image(plane.shape[0], plane.shape[1], (TILE, TILE), (0, 0)).windows(plane)
-    return mixture.to_unit(torch.from_numpy(tiles)), torch.from_numpy(real)
+def windows_of(plane: np.ndarray, context: int = 0, bands: str = "default") -> tuple[torch.Tensor, torch.Tensor]:
+    """The codec's windows (N, C, h, w) in [-1, 1], in the order the coder finishes them, and the mask
+    of the pixels each codes (N, h, w)."""
+    height, width = plane.shape[:2]
+    band = adaptive_band(height, TILE) if bands == "one" else context_band(height, width, TILE)
+    plan = WindowPlan.for_image(height, width, (TILE, TILE), (context, context), band)
+    windows, coded = plan.windows(plane)  # raster order of windows
+    i, j = np.divmod(np.arange(len(windows)), plan.cols)
+    start, _ = plan.slot_schedule(np.stack([i - i % plan.band, j], 1))
+    finished = start + (i % plan.band + 1) * plan.positions  # steps (coder.py): slots run side by side
+    order = np.lexsort((j, i // plan.band, finished))  # ties: slot order, as the coder hands them over
+    return mixture.to_unit(torch.from_numpy(windows[order])), torch.from_numpy(coded[order])
 
 
 def nll_nats(model, x: torch.Tensor, real: torch.Tensor, batch: int = 64) -> torch.Tensor:
@@ -81,12 +98,17 @@ def main() -> None:
     parser.add_argument("--model", default="snail-rgb")
     parser.add_argument("--configs", default="static,16x1@3e-5,16x3@3e-5", help="static, or CHUNKSxSTEPS@LR")
     parser.add_argument("--images", type=int, default=None, help="only the first N held-out images")
+    parser.add_argument("--context", type=int, default=0, help="context of each window (0: independent tiles)")
+    parser.add_argument("--bands", default="default", help="default, one, or both as 'default,one' (see the docstring)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     torch.manual_seed(0)
     loaded = load_model(args.model)
-    specs = args.configs.split(",")
-    configs = [parse_config(s) for s in specs]
+    bands = args.bands.split(",")
+    if not set(bands) <= {"default", "one"}:
+        parser.error("--bands takes default, one or default,one")
+    columns = [(b, spec, parse_config(spec)) for b in bands for spec in args.configs.split(",")]
+    specs = [spec if len(bands) == 1 else f"{b} bands: {spec}" for b, spec, _ in columns]
     files = heldout_files()[: args.images]
     bits = {s: 0.0 for s in specs}
     seconds = {s: 0.0 for s in specs}
@@ -94,11 +116,11 @@ def main() -> None:
     rows = []
     for path in files:
         plane = read_image(path).planes["RGB"]
-        x, real = tiles_of(plane)
+        windows = {b: windows_of(plane, args.context, b) for b in bands}
         row = {"image": path.stem}
-        for spec, config in zip(specs, configs):
+        for spec, (b, _, config) in zip(specs, columns):
             started = time.perf_counter()
-            image_bits = adapted_nll_bits(loaded.model, x, real, config)
+            image_bits = adapted_nll_bits(loaded.model, *windows[b], config)
             seconds[spec] += time.perf_counter() - started
             bits[spec] += image_bits
             row[spec] = image_bits / plane.size
@@ -108,16 +130,16 @@ def main() -> None:
 
     base = bits[specs[0]]
     lines = [
-        f"# Adapting {loaded.name} to each image (dynamic evaluation), {TILE}x{TILE} tiles",
+        f"# Adapting {loaded.name} to each image (dynamic evaluation), {TILE}x{TILE} tiles"
+        + (f" with context {args.context}" if args.context else ""),
         "",
-        f"Command: `python benchmarks/adaptation.py --model {args.model} "
-        + (f"--images {args.images} " if args.images else "") + f"--configs {args.configs}"
-        + (f" --out {args.out}`" if args.out else "`"),
+        f"Command: `python {' '.join(sys.argv)}`",
         "",
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {torch.get_num_threads()} torch threads, "
         f"torch {torch.__version__}. Bits per subpixel of the model's NLL (what the codec's payload "
         "matches within 0.01%); `CxS@lr`: C chunks of tiles in coding order, S Adam steps on each chunk "
-        "after scoring it. Seconds: the whole measurement (forward passes, and the adaptation steps).",
+        "after scoring it, in the order the codec finishes the windows. Seconds: the whole measurement "
+        "(forward passes, and the adaptation steps).",
         "",
         "| image | " + " | ".join(specs) + " |",
         "|---|" + "---|" * len(specs),

@@ -6,6 +6,9 @@ batch of tiles, padding excluded), the real .snail file (payload and header), an
 
     python benchmarks/codec_benchmark.py --sizes 32,256,full --threads 2 --out results/codec_speed.md
     python benchmarks/codec_benchmark.py --heldout --codecs png,webp,jpegxl-e9,jpeg2000 --out results/default_model.md
+
+--adapt also codes each image with `snailcompress encode --adapt` (the model learns the image while
+coding it, codec/adaptation.py) and adds its file size and times.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from tiling import tiled_nll_bits  # noqa: E402
 from snailcompress.api import DEFAULT_CONTEXT, DEFAULT_TILE, ModelChooser, decode_file, encode_file  # noqa: E402
 from snailcompress.bench.codecs import get_codecs  # noqa: E402
 from snailcompress.codec import container  # noqa: E402
+from snailcompress.codec.adaptation import Adaptation  # noqa: E402
 
 
 def crops_of(path: Path, sizes: list[str], workdir: Path) -> list[Path]:
@@ -49,7 +53,7 @@ def crops_of(path: Path, sizes: list[str], workdir: Path) -> list[Path]:
     return out
 
 
-def measure(path: Path, chooser: ModelChooser, tile: int, context: int, codecs, workdir: Path) -> dict:
+def measure(path: Path, chooser: ModelChooser, tile: int, context: int, codecs, workdir: Path, adapt: bool) -> dict:
     pixels = np.asarray(Image.open(path).convert("RGB"))
     model = chooser.for_channels(3)
     nll_bits = tiled_nll_bits(model.model, pixels, tile, context)
@@ -64,6 +68,11 @@ def measure(path: Path, chooser: ModelChooser, tile: int, context: int, codecs, 
         "encode_s": encoded.seconds, "decode_s": decoded.seconds,
     }
     row["payload_over_nll_pct"] = 100 * (8 * payload_bytes / nll_bits - 1)
+    if adapt:
+        adapted = encode_file(path, workdir / f"{path.stem}.adapt.snail", chooser, tile, context, force=True,
+                              adaptation=Adaptation())
+        back = decode_file(adapted.target, workdir / f"{path.stem}.adapt.png", chooser, force=True)
+        row.update(adapt_bpsp=adapted.bits_per_subpixel, adapt_encode_s=adapted.seconds, adapt_decode_s=back.seconds)
     for codec in codecs:
         row[codec.name] = 8 * len(codec.encode(pixels)) / pixels.size
     return row
@@ -79,6 +88,7 @@ def main() -> None:
     parser.add_argument("--context", type=int, default=DEFAULT_CONTEXT)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--codecs", default="png,jpegxl-e9")
+    parser.add_argument("--adapt", action="store_true", help="also code with --adapt (see the docstring)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -89,7 +99,7 @@ def main() -> None:
         work = Path(tmp)
         images = heldout_files() if args.heldout else crops_of(args.image, args.sizes.split(","), work)
         for path in images:
-            rows.append(measure(path, chooser, args.tile, args.context, codecs, work))
+            rows.append(measure(path, chooser, args.tile, args.context, codecs, work, args.adapt))
             print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in rows[-1].items()}, flush=True)
     model = chooser.for_channels(3)
     cpu = platform.processor() or platform.machine()
@@ -100,16 +110,23 @@ def main() -> None:
         f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; {cpu}, {torch.get_num_threads()} torch threads, "
         f"torch {torch.__version__}; model {model.name} (id {model.model_id}), tile {args.tile}, context {args.context}. "
         "Times are wall-clock for the whole command (read, code, write, verify). Bits per subpixel count "
-        "every byte of the file; 'payload' leaves out the container header.",
+        "every byte of the file; 'payload' leaves out the container header."
+        + (f" '--adapt': `snailcompress encode --adapt` ({Adaptation()}), its file and times, and its "
+           "file against the static .snail file." if args.adapt else ""),
         "",
     ]
     names = [c.name for c in codecs]
-    header = ["image", "size", "model NLL", "payload", "payload/NLL", ".snail file", "header B", "encode s", "decode s"] + names
+    adapt_header = ["--adapt file", "vs static", "--adapt encode s", "--adapt decode s"] if args.adapt else []
+    header = ["image", "size", "model NLL", "payload", "payload/NLL", ".snail file", "header B", "encode s", "decode s"] + adapt_header + names
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         cells = [r["image"], r["size"], f"{r['nll_bpsp']:.4f}", f"{r['payload_bpsp']:.4f}",
                  f"{r['payload_over_nll_pct']:+.3f}%", f"{r['file_bpsp']:.4f}", str(r["header_bytes"]),
-                 f"{r['encode_s']:.1f}", f"{r['decode_s']:.1f}"] + [f"{r[n]:.4f}" for n in names]
+                 f"{r['encode_s']:.1f}", f"{r['decode_s']:.1f}"]
+        if args.adapt:
+            cells += [f"{r['adapt_bpsp']:.4f}", f"{100 * (r['adapt_bpsp'] / r['file_bpsp'] - 1):+.2f}%",
+                      f"{r['adapt_encode_s']:.1f}", f"{r['adapt_decode_s']:.1f}"]
+        cells += [f"{r[n]:.4f}" for n in names]
         lines.append("| " + " | ".join(cells) + " |")
     total = sum(r["subpixels"] for r in rows)
 
@@ -119,6 +136,10 @@ def main() -> None:
     nll, payload, file_bpsp = pooled("nll_bpsp"), pooled("payload_bpsp"), pooled("file_bpsp")
     cells = ["**all**", "", f"**{nll:.4f}**", f"**{payload:.4f}**", f"{100 * (payload / nll - 1):+.3f}%",
              f"**{file_bpsp:.4f}**", "", f"{sum(r['encode_s'] for r in rows):.1f}", f"{sum(r['decode_s'] for r in rows):.1f}"]
+    if args.adapt:
+        adapted = pooled("adapt_bpsp")
+        cells += [f"**{adapted:.4f}**", f"{100 * (adapted / file_bpsp - 1):+.2f}%",
+                  f"{sum(r['adapt_encode_s'] for r in rows):.1f}", f"{sum(r['adapt_decode_s'] for r in rows):.1f}"]
     cells += [f"**{pooled(n):.4f}**" for n in names]
     lines.append("| " + " | ".join(cells) + " |")
     publish(lines, args.out)

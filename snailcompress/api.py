@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from .codec import container
+from .codec.adaptation import Adaptation, AdaptingModelTables
 from .codec.coder import FloatModelTables, code_plane, decode_plane
 from .codec.images import SUPPORTED_MODES, DecomposedImage, pixel_checksum, read_image, write_image
 from .errors import ExactnessError, FormatError, ModelError
@@ -145,17 +146,32 @@ def context_band(height: int, width: int, tile: int) -> int:
     return max(2, windows // BAND_SLOTS)
 
 
+def adaptive_band(height: int, tile: int) -> int:
+    """One band: the windows then finish in raster order, which adaptation needs (updates on windows
+    from several bands at once gained a quarter as much; results/adaptation_bands.md)."""
+    return min(-(-height // tile), container.MAX_SIDE)
+
+
+def table_provider(model: torch.nn.Module, adaptation: Adaptation | None):
+    return AdaptingModelTables(model, adaptation) if adaptation else FloatModelTables(model)
+
+
 def encode_image(image: DecomposedImage, models: ModelChooser, tile: int = DEFAULT_TILE, context: int = DEFAULT_CONTEXT,
-                 progress: bool = False) -> container.SnailFile:
+                 progress: bool = False, adaptation: Adaptation | None = None) -> container.SnailFile:
+    """`adaptation`: let the model learn the image while coding it (codec/adaptation.py); slower, smaller."""
+    if adaptation and not context:
+        raise ValueError("adaptation needs context: without it every tile is coded at once, none after another")
     threads = torch.get_num_threads()
-    band = context_band(image.height, image.width, tile)
+    band = adaptive_band(image.height, tile) if adaptation else context_band(image.height, image.width, tile)
     planes = []
     for name in image.expected_planes():
         pixels = image.planes[name]
         loaded = models.for_channels(PLANE_CHANNELS[name])
-        words, plan = code_plane(FloatModelTables(loaded.model), pixels, (tile, tile), (context, context), band, progress)
+        words, plan = code_plane(table_provider(loaded.model, adaptation), pixels, (tile, tile), (context, context), band,
+                                 progress)
         planes.append(container.Plane(name, loaded.model_id, stored_model_name(loaded.name), (plan.tile_h, plan.tile_w),
-                                      words, (plan.above, plan.left), plan.band))
+                                      words, (plan.above, plan.left), plan.band,
+                                      (adaptation.windows, adaptation.steps, adaptation.lr) if adaptation else None))
     return container.SnailFile(
         width=image.width, height=image.height, mode=image.mode, planes=tuple(planes),
         pixel_crc32=pixel_checksum(image), exactness=exactness_record(threads), extras=dict(image.extras),
@@ -173,8 +189,9 @@ def decode_image(snail: container.SnailFile, models: ModelChooser, progress: boo
         for plane in snail.planes:
             channels = PLANE_CHANNELS[plane.channels]
             loaded = models.for_plane(plane, channels)
+            adaptation = Adaptation(*plane.adaptation) if plane.adaptation else None
             planes[plane.channels] = decode_plane(
-                FloatModelTables(loaded.model), plane.words, snail.height, snail.width, channels, plane.tile,
+                table_provider(loaded.model, adaptation), plane.words, snail.height, snail.width, channels, plane.tile,
                 plane.context, plane.band, progress,
             )
     finally:
@@ -190,12 +207,13 @@ def default_output(source: Path, suffix: str) -> Path:
 
 
 def encode_file(source, target=None, models: ModelChooser | None = None, tile: int = DEFAULT_TILE,
-                context: int = DEFAULT_CONTEXT, force: bool = False, progress: bool = False) -> CodingReport:
+                context: int = DEFAULT_CONTEXT, force: bool = False, progress: bool = False,
+                adaptation: Adaptation | None = None) -> CodingReport:
     source = Path(source)
     target = Path(target) if target else default_output(source, ".snail")
     start = time.perf_counter()
     image = read_image(source)
-    data = container.write(encode_image(image, models or ModelChooser(), tile, context, progress))
+    data = container.write(encode_image(image, models or ModelChooser(), tile, context, progress, adaptation))
     atomic_write(target, data, overwrite=force)
     subpixels = sum(p.size for p in image.planes.values())
     return CodingReport(source, target, image.width, image.height, image.mode, len(data), max(subpixels, 1),

@@ -17,7 +17,7 @@ from snailcompress.models.presets import build  # noqa: E402
 def tiles_and_model():
     torch.manual_seed(0)
     plane = np.random.default_rng(0).integers(0, 256, (40, 70, 3), dtype=np.uint8)  # padded tiles too
-    return adaptation.tiles_of(plane), build("pixelsnail-tiny", channels=3)
+    return adaptation.windows_of(plane), build("pixelsnail-tiny", channels=3)
 
 
 def test_real_pixels_are_exactly_the_image(tiles_and_model):
@@ -57,3 +57,19 @@ def test_tiling_nll_is_what_the_codec_codes(context):
     assert abs(32 * len(words) - nll) < 0.01 * nll + 64
     if context:
         assert abs(nll - tiling.tiled_nll_bits(model, plane, 8, 0)) > 0.01 * nll  # the context counts
+
+
+def test_windows_come_in_the_order_the_coder_finishes_them():
+    """With the default bands the coder finishes one window per band at a time; with one band, in raster order."""
+    from snailcompress.codec.tiles import WindowPlan
+
+    plane = np.random.default_rng(1).integers(0, 256, (200, 100, 3), dtype=np.uint8)
+    raster, coded = WindowPlan.for_image(200, 100, (32, 32), (2, 2), 7).windows(plane)
+    x, real = adaptation.windows_of(plane, 2, "one")
+    assert torch.equal(x, adaptation.mixture.to_unit(torch.from_numpy(raster))) and torch.equal(real, torch.from_numpy(coded))
+    x, real = adaptation.windows_of(plane, 2, "default")  # 7 x 4 windows: bands of 2 rows (api.context_band)
+    plan = WindowPlan.for_image(200, 100, (32, 32), (2, 2), 2)
+    raster, _ = plan.windows(plane)
+    first = [0, 8, 16, 24, 1, 9, 17, 25]  # window (0, 0) of each band, then (0, 1) of each band, ...
+    assert torch.equal(x[:8], adaptation.mixture.to_unit(torch.from_numpy(raster[first])))
+    assert int(real.sum()) == 200 * 100

@@ -137,7 +137,7 @@ class Recording:
 
     def __init__(self, inner):
         self.inner = inner
-        self.channels = inner.channels
+        self.channels, self.learns = inner.channels, inner.learns
         self.calls: list = []
         self.tables_seen: list[np.ndarray] = []
 
@@ -162,6 +162,10 @@ class Recording:
     def end_position(self, values, advance=None):
         self.calls.append(("end", values.copy(), None if advance is None else advance.copy()))
         self.inner.end_position(values, advance)
+
+    def learn(self, windows, coded):
+        self.calls.append(("learn", windows.copy(), coded.copy()))
+        self.inner.learn(windows, coded)
 
 
 def _model(channels: int):
@@ -279,7 +283,7 @@ def test_window_plans_cover_every_pixel_once(height, width, tile, above, left, b
     counter = _CountingEncoder()
 
     class Uniform:  # tables only: no model needed to count symbols
-        channels = 1
+        channels, learns = 1, False
 
         def reset(self, batch, height, width): pass
         def restart(self, slots): pass

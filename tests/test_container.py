@@ -92,6 +92,8 @@ def encode_header(h: dict) -> bytes:
             out += _field(p["tile"], lambda t: varint(t[0]) + varint(t[1]))
             if "context" in p:  # version 2
                 out += _field(p["context"], lambda c: varint(c[0]) + varint(c[1])) + _field(p["band"], varint)
+            if "adaptation" in p:  # version 3
+                out += _field(p["adaptation"], lambda a: varint(0) if a is None else varint(a[0]) + bytes([a[1]]) + struct.pack("<d", a[2]))
             out += _field(p["n_words"], varint)
     ex = h["exactness"]
     if isinstance(ex, Raw):
@@ -878,3 +880,72 @@ def test_version_2_fields_are_checked(context, band, message):
 def test_version_1_readers_see_no_context_fields():
     """A version-1 header with the version-2 fields inside is not a valid file."""
     fails(forge(_v2_header((4, 4), 3), version=1))
+
+
+
+# --------------------------------------------------------------------------------------------
+# version 3: a model that adapts to the image while coding it
+
+
+def _adapting_file(adaptation=(4, 1, 3e-5), context=(2, 2)) -> SnailFile:
+    plane = Plane("RGB", "0123456789abcdef", "snail-rgb", (32, 32), np.zeros(5, np.uint32), context, 3 if context[0] else 1,
+                  adaptation)
+    return SnailFile(width=100, height=80, mode="RGB", planes=(plane,), pixel_crc32=7, exactness={"threads": "1"}, extras={})
+
+
+def _v3_header(adaptation, context=(2, 2)) -> dict:
+    h = header_dict(_adapting_file(context=context))
+    h["planes"][0].update(context=context, band=3 if context[0] else 1, adaptation=adaptation)
+    return h
+
+
+@pytest.mark.parametrize("context", [(2, 2), (0, 0)])
+def test_adaptation_is_written_as_version_3_and_reads_back(context):
+    f = _adapting_file(context=context)
+    data = C.write(f)
+    assert data[8] == 3
+    back = C.read(data)
+    assert back == f and back.planes[0].adaptation == (4, 1, 3e-5)
+    assert C.write(back) == data
+    assert data == forge(_v3_header((4, 1, 3e-5), context), version=3)  # the layout the docstring gives
+    assert "adapting (Adam, 1 step(s) at lr 3e-05 every 4 windows)" in C.describe(back)
+    assert len(data) - len(C.write(_context_file(context, 3 if context[0] else 1))) == 10 + (0 if context[0] else 3)
+
+
+def test_a_different_adaptation_is_a_different_file():
+    assert _adapting_file((4, 1, 3e-5)).planes[0] != _adapting_file((4, 1, 3.0000000000000004e-05)).planes[0]
+    assert C.read(C.write(_adapting_file((4, 1, 3.0000000000000004e-05)))).planes[0].adaptation[2] == 3.0000000000000004e-05
+
+
+@pytest.mark.parametrize(
+    "adaptation, message",
+    [
+        (None, "must be version 2"),  # one encoding per header
+        ((4, 0, 3e-5), "adapt_steps"),
+        ((70000, 1, 3e-5), "adapt_windows"),
+        ((4, 1, 0.0), "adapt_lr"),
+        ((4, 1, 1.0), "adapt_lr"),
+        ((4, 1, float("nan")), "adapt_lr"),
+        ((4, 1, float("inf")), "adapt_lr"),
+        ((4, 1, -3e-5), "adapt_lr"),
+    ],
+)
+def test_version_3_fields_are_checked(adaptation, message):
+    fails(forge(_v3_header(adaptation), version=3), message)
+
+
+def test_version_3_without_adaptation_or_context_must_be_version_1():
+    fails(forge(_v3_header(None, (0, 0)), version=3), "must be version 1")
+
+
+def test_writing_an_invalid_adaptation_is_refused():
+    for bad in [(4, 1, 2.0), (0, 1, 3e-5), (4, 1), (4, 1, 1)]:
+        with pytest.raises(ValueError, match="adapt"):
+            C.write(_adapting_file(bad))
+
+
+@pytest.mark.parametrize("n", range(1, 11))
+def test_a_header_cut_inside_the_adaptation_fields_is_refused(n):
+    h = encode_header(_v3_header((4, 1, 3e-5)))
+    plane_end = h.index(struct.pack("<d", 3e-5)) + 8
+    fails(forge(h[: plane_end - n], version=3), "header is invalid")

@@ -2,7 +2,8 @@
 
 The network stays behind a narrow interface, `TableProvider`: at each step it gives, for channel c,
 the integer frequency tables of every batch slot given the values of channels < c at the slot's
-position, and is then told the pixel values and which slots move on. The coder knows nothing else
+position, and is then told the pixel values and which slots move on; a provider that `learns` is
+also handed each window once it is coded (codec/adaptation.py). The coder knows nothing else
 about the model; a provider computing in integer arithmetic (portable across machines) can replace
 the float one without touching this file.
 
@@ -43,6 +44,7 @@ class TableProvider(Protocol):
     """Per-position integer frequency tables for a batch of tiles (see module docstring)."""
 
     channels: int
+    learns: bool  # whether it wants learn() calls (the coder skips gathering windows otherwise)
 
     def reset(self, batch: int, height: int, width: int) -> None: ...
 
@@ -54,9 +56,13 @@ class TableProvider(Protocol):
 
     def end_position(self, values: np.ndarray, advance: np.ndarray | None = None) -> None: ...
 
+    def learn(self, windows: np.ndarray, coded: np.ndarray) -> None: ...
+
 
 class FloatModelTables:
     """Tables from a float32 network run incrementally on the CPU (see models/stepper.py)."""
+
+    learns = False
 
     def __init__(self, model: torch.nn.Module):
         self.model = model.eval()
@@ -80,6 +86,9 @@ class FloatModelTables:
 
     def end_position(self, values: np.ndarray, advance: np.ndarray | None = None) -> None:
         self._stepper.commit(torch.from_numpy(values), None if advance is None else torch.from_numpy(advance))
+
+    def learn(self, windows: np.ndarray, coded: np.ndarray) -> None:
+        """A static model learns nothing."""
 
 
 def _code_windows(provider: TableProvider, plan: WindowPlan, canvas: np.ndarray, slots: np.ndarray, coder, decoding: bool,
@@ -126,6 +135,8 @@ def _code_windows(provider: TableProvider, plan: WindowPlan, canvas: np.ndarray,
         if decoding:
             canvas[y[coded], x[coded]] = values[coded]
         provider.end_position(values, active & (position < positions - 1))
+        if provider.learns and (done := active & (position == positions - 1)).any():
+            provider.learn(*plan.windows_at(canvas, i[done], j[done]))  # both sides know these pixels now
         if progress is not None:
             progress.step(bits, int(coded.sum()) * channels)
 

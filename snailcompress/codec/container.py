@@ -3,13 +3,14 @@ r"""The .snail container: one losslessly coded image per file.
 This module only moves bytes; it knows nothing about the model (it must not import torch) and can
 be fuzzed on its own.  `read` raises `FormatError` for every invalid input and nothing else.
 
-File format, version 2
+File format, version 3
 ======================
 
 A compact binary header: a 28 x 28 image coded in a few hundred bytes must not carry a big one.
 A typical one-plane file (model "snail-rgb" with a 16-hex-digit id, exactness ``env`` +
 ``threads``) has 64 to 66 bytes of overhead in all (magic, version, header and both checksums),
-depending on the length of its stream, and 3 more in version 2 (tiles coded with context).
+depending on the length of its stream, 3 more in version 2 (tiles coded with context) and 10 more in
+version 3 (a model that adapts to the image while coding it).
 
 Fixed-size integers (u8, u32) are unsigned little-endian.  ``varint`` is unsigned LEB128: 7 bits a
 byte, least significant group first, the high bit set on every byte but the last; at most 5 bytes
@@ -21,7 +22,8 @@ offset size   field
 ====== ====== ================================================================================
 0      8      magic ``89 53 4E 41 49 4C 0D 0A`` = ``b"\x89SNAIL\r\n"``.  The high-bit first byte and
               the CR LF catch 7-bit and text-mode transfers, like PNG's signature.
-8      1      format version, u8 = 1 or 2 (writers use 1 when no plane has context, below)
+8      1      format version, u8 = 1, 2 or 3: writers use the oldest that holds the header (3 when
+              some plane adapts, else 2 when some plane has context, else 1)
 9      v      ``H``: header length in bytes, varint, 1 <= H <= 65536 (``v`` = 1 to 3 bytes)
 9+v    H      header fields (table below)
 9+v+H  4      header CRC32, u32, over bytes 8 .. 9+v+H-1: the version byte, H and the header
@@ -54,6 +56,11 @@ plane count      u8            1..4, then for each plane, in payload order:
   context_left   varint        version 2 only (0 in version 1): 0..65535 columns to its left
   band           varint        version 2 only (1 in version 1): 1..65535 rows of windows coded one
                                after the other; 1 when context_above is 0
+  adapt_windows  varint        version 3 only (0 before): 0..65535; 0: the model stays as it is;
+                               otherwise it learns, every adapt_windows coded windows, from those
+                               windows (codec/adaptation.py), and two more fields follow:
+  adapt_steps    u8            1..255 Adam steps per update
+  adapt_lr       f64           Adam's learning rate, IEEE 754 binary64, 0 < lr < 1
   n_words        varint        0..2**32-1, length of the coded stream in u32 words
 exactness count  u8            0..32, then for each entry, in strictly increasing order of key
                                (by code points):
@@ -129,8 +136,8 @@ __all__ = [
 ]
 
 MAGIC = b"\x89SNAIL\r\n"
-VERSION = 2  # the newest; files without context are written as version 1
-READABLE_VERSIONS = (1, 2)
+VERSION = 3  # the newest; writers use the oldest version that holds the header
+READABLE_VERSIONS = (1, 2, 3)
 MAX_HEADER_BYTES = 1 << 16
 MAX_SIDE = 65535
 MAX_PIXELS = 1 << 28
@@ -154,6 +161,9 @@ _TAG_CONSTANT_ALPHA, _TAG_PALETTE, _TAG_TRANSPARENCY, _TAG_ALPHA_TABLE = 1, 2, 3
 _MAX_EXTRAS = 3  # constant_alpha, palette and one transparency at most
 _VARINT_MAX_BYTES = 5
 _U32 = struct.Struct("<I")
+_F64 = struct.Struct("<d")
+MAX_ADAPT_WINDOWS = 65535
+MAX_ADAPT_STEPS = 255
 _EXTRA_KEYS = frozenset({"constant_alpha", "palette", "palette_mode", "transparency"})
 _BAD_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 _HEX = re.compile(r"(?:[0-9a-f]{2})*\Z")
@@ -171,9 +181,10 @@ class Plane:
     words: np.ndarray = field(repr=False)  # uint32 coded stream; may be empty
     context: tuple[int, int] = (0, 0)  # (rows above, columns left) each tile's window also holds
     band: int = 1  # rows of windows per band (see codec/tiles.py, WindowPlan)
+    adaptation: tuple[int, int, float] | None = None  # (windows, steps, lr) of codec/adaptation.py
 
     def __post_init__(self) -> None:
-        for name in ("tile", "context"):
+        for name in ("tile", "context", "adaptation"):
             if isinstance(getattr(self, name), list):
                 object.__setattr__(self, name, tuple(getattr(self, name)))
         if not isinstance(self.words, np.ndarray):
@@ -193,6 +204,7 @@ class Plane:
             and tuple(self.tile) == tuple(other.tile)
             and tuple(self.context) == tuple(other.context)
             and self.band == other.band
+            and self.adaptation == other.adaptation
             and self.words.shape == other.words.shape
             and bool(np.array_equal(self.words, other.words))
         )
@@ -202,7 +214,8 @@ class Plane:
     def __repr__(self) -> str:
         return (
             f"Plane(channels={self.channels!r}, model_id={self.model_id!r}, model_name={self.model_name!r}, "
-            f"tile={self.tile!r}, context={self.context!r}, band={self.band!r}, n_words={self.n_words})"
+            f"tile={self.tile!r}, context={self.context!r}, band={self.band!r}, adaptation={self.adaptation!r}, "
+            f"n_words={self.n_words})"
         )
 
 
@@ -281,7 +294,7 @@ def _check_header(obj: dict) -> None:
     """Check the header's values completely; raise FormatError('header is invalid: ...').
 
     ``obj`` has the keys width, height, mode, pixel_crc32, planes (a list of dicts with channels,
-    model_id, model_name, tile, n_words), exactness and extras, with the API's value types.
+    model_id, model_name, tile, context, band, adaptation, n_words), exactness and extras, with the API's value types.
     """
     width = _int(obj["width"], "width", 1, MAX_SIDE)
     height = _int(obj["height"], "height", 1, MAX_SIDE)
@@ -317,6 +330,7 @@ def _check_header(obj: dict) -> None:
         _int(context[0], f"{where} context above", 0, MAX_SIDE)
         _int(context[1], f"{where} context left", 0, MAX_SIDE)
         _int(p["band"], f"{where} band", 1, MAX_SIDE if context[0] else 1)
+        _check_adaptation(p["adaptation"], where)
         _int(p["n_words"], f"{where} n_words", 0, MAX_WORDS)
 
     ex = obj["exactness"]
@@ -344,6 +358,18 @@ def _check_header(obj: dict) -> None:
     if spelled != expected:
         listed = " + ".join(repr(p["channels"]) for p in planes)
         raise _bad(f"planes {listed} do not spell the channels {expected!r} of mode {mode}")
+
+
+def _check_adaptation(adaptation: Any, where: str) -> None:
+    if adaptation is None:
+        return
+    if type(adaptation) not in (list, tuple) or len(adaptation) != 3:
+        raise _bad(f"{where} adaptation must be None or (windows, steps, lr)")
+    windows, steps, lr = adaptation
+    _int(windows, f"{where} adapt_windows", 1, MAX_ADAPT_WINDOWS)
+    _int(steps, f"{where} adapt_steps", 1, MAX_ADAPT_STEPS)
+    if type(lr) is not float or not 0.0 < lr < 1.0:  # also refuses NaN
+        raise _bad(f"{where} adapt_lr must be a number between 0 and 1 (exclusive)")
 
 
 def _check_extras(mode: str, extras: dict) -> None:
@@ -395,6 +421,8 @@ def _plain(x: Any) -> Any:
     """numpy scalars -> int, tuples -> lists (anything else is left for the check)."""
     if isinstance(x, np.integer):
         return int(x)
+    if isinstance(x, np.floating):
+        return float(x)
     if isinstance(x, (list, tuple)):
         return [_plain(v) for v in x]
     if isinstance(x, dict):
@@ -421,6 +449,7 @@ def _header_obj(f: SnailFile) -> dict:
                 "tile": _plain(p.tile),
                 "context": _plain(p.context),
                 "band": _plain(p.band),
+                "adaptation": _plain(p.adaptation),
                 "n_words": int(w.size),
             }
         )
@@ -458,7 +487,10 @@ def _text(s: str) -> bytes:
 
 
 def _version(obj: dict) -> int:
-    """The oldest format version that holds the header: 2 only if some plane has context."""
+    """The oldest format version that holds the header: 3 if some plane adapts, else 2 if some plane
+    has context, else 1."""
+    if any(p["adaptation"] is not None for p in obj["planes"]):
+        return 3
     return 2 if any(tuple(p["context"]) != (0, 0) for p in obj["planes"]) else 1
 
 
@@ -470,17 +502,23 @@ def _encode_header(obj: dict) -> bytes:
     out.append(MODES.index(obj["mode"]))
     out += _U32.pack(obj["pixel_crc32"])
     out.append(len(obj["planes"]))
-    with_context = _version(obj) >= 2
+    version = _version(obj)
     for p in obj["planes"]:
         out.append(PLANE_CHANNELS.index(p["channels"]))
         out += _text(p["model_id"])
         out += _text(p["model_name"])
         out += _varint(p["tile"][0])
         out += _varint(p["tile"][1])
-        if with_context:
+        if version >= 2:
             out += _varint(p["context"][0])
             out += _varint(p["context"][1])
             out += _varint(p["band"])
+        if version >= 3:
+            if p["adaptation"] is None:
+                out += _varint(0)
+            else:
+                windows, steps, lr = p["adaptation"]
+                out += _varint(windows) + bytes((steps,)) + _F64.pack(lr)
         out += _varint(p["n_words"])
     ex = obj["exactness"]
     out.append(len(ex))
@@ -569,6 +607,15 @@ class _Fields:
     def u32(self, name: str) -> int:
         return _U32.unpack(self.take(4, name))[0]
 
+    def f64(self, name: str) -> float:
+        return _F64.unpack(self.take(8, name))[0]
+
+    def adaptation(self, where: str) -> tuple[int, int, float] | None:
+        windows = self.varint(f"{where} adapt_windows")
+        if not windows:
+            return None
+        return windows, self.u8(f"{where} adapt_steps"), self.f64(f"{where} adapt_lr")
+
     def varint(self, name: str) -> int:
         value = 0
         for i in range(_VARINT_MAX_BYTES):
@@ -625,11 +672,14 @@ def _decode_header(data: bytes, version: int) -> dict:
                 "tile": (r.varint(f"{where} tile height"), r.varint(f"{where} tile width")),
                 "context": (r.varint(f"{where} context above"), r.varint(f"{where} context left")) if version >= 2 else (0, 0),
                 "band": r.varint(f"{where} band") if version >= 2 else 1,
+                "adaptation": r.adaptation(where) if version >= 3 else None,
                 "n_words": r.varint(f"{where} n_words"),
             }
         )
-    if version >= 2 and all(p["context"] == (0, 0) for p in planes):  # one encoding per header
+    if version == 2 and all(p["context"] == (0, 0) for p in planes):  # one encoding per header
         raise _bad("no plane has context, so the file must be version 1, not 2")
+    if version == 3 and all(p["adaptation"] is None for p in planes):
+        raise _bad(f"no plane adapts, so the file must be version {2 if any(p['context'] != (0, 0) for p in planes) else 1}, not 3")
     obj["planes"] = planes
 
     count = r.u8("the exactness count")
@@ -779,7 +829,7 @@ def _parse(data: bytes | bytearray | memoryview, verify_payload: bool) -> SnailF
         pos += 4 * n
         planes.append(
             Plane(channels=p["channels"], model_id=p["model_id"], model_name=p["model_name"], tile=p["tile"],
-                  words=words, context=p["context"], band=p["band"])
+                  words=words, context=p["context"], band=p["band"], adaptation=p["adaptation"])
         )
     return SnailFile(
         width=obj["width"],
@@ -837,7 +887,9 @@ def describe(f: SnailFile) -> str:
         lines.append(
             f"  {i}. {p.channels:<4} model {p.model_name} (id {p.model_id}), tiles {p.tile[0]}x{p.tile[1]}"
             + (f" with context {p.context[0]} above, {p.context[1]} left" if any(p.context) else "")
-            + (f" in bands of {p.band}" if p.band > 1 else "") + ", "
+            + (f" in bands of {p.band}" if p.band > 1 else "")
+            + (f", adapting (Adam, {p.adaptation[1]} step(s) at lr {p.adaptation[2]:g} every {p.adaptation[0]} windows)"
+               if p.adaptation else "") + ", "
             f"{_fmt_bytes(4 * p.n_words)}, {bpv:.4f} bits per value"
         )
     ex = f.extras
