@@ -23,6 +23,7 @@ from snailcompress.codec.adaptation import Adaptation, AdaptingModelTables
 from snailcompress.codec.images import DecomposedImage
 from snailcompress.errors import FormatError
 from snailcompress.models.stepper import PixelSNAILStepper
+from test_codec import Recording
 
 TINY = "pixelsnail-tiny"
 FAST = Adaptation(windows=2, steps=1, lr=1e-3)  # big steps, so that a tiny image shows their effect
@@ -33,21 +34,9 @@ def _plane(height: int, width: int, channels: int, seed: int = 0) -> np.ndarray:
     return np.cumsum(rng.integers(0, 40, (height, width, channels)), axis=1).astype(np.uint8)
 
 
-class RecordingLearner(AdaptingModelTables):
-    """Keeps what the coder taught it and the tables it gave."""
-
-    def __init__(self, model, adaptation):
-        super().__init__(model, adaptation)
-        self.lessons, self.tables_seen = [], []
-
-    def learn(self, windows, coded):
-        self.lessons.append((windows.copy(), coded.copy()))
-        super().learn(windows, coded)
-
-    def tables(self, channel, known):
-        table = super().tables(channel, known)
-        self.tables_seen.append(table)
-        return table
+def _lessons(recording: Recording) -> list:
+    """(windows, coded) of every learn() call the coder made."""
+    return [call[1:] for call in recording.calls if call[0] == "learn"]
 
 
 @pytest.mark.parametrize("model, channels, context, band", [(TINY, 3, (2, 2), 3), (TINY, 1, (1, 0), 3), ("pixelcnnpp-tiny", 3, (2, 2), 2)])
@@ -56,21 +45,23 @@ def test_encoder_and_decoder_learn_alike_and_the_round_trip_is_exact(model, chan
     plane = _plane(height, width, channels)
     net = zoo.load_model(model, channels=channels).model
     before = {k: v.clone() for k, v in net.state_dict().items()}
-    enc, dec = RecordingLearner(net, FAST), RecordingLearner(net, FAST)
+    enc, dec = Recording(AdaptingModelTables(net, FAST)), Recording(AdaptingModelTables(net, FAST))
     words, plan = coder.code_plane(enc, plane, tile, context, band)
     decoded = coder.decode_plane(dec, words, height, width, channels, tile, context, band)
     assert np.array_equal(decoded, plane)
     # the same lessons, in the same order; together they hold every pixel exactly once
-    assert len(enc.lessons) == len(dec.lessons) > 1
-    for (w1, c1), (w2, c2) in zip(enc.lessons, dec.lessons):
+    lessons = _lessons(enc)
+    assert len(lessons) == len(_lessons(dec)) > 1
+    for (w1, c1), (w2, c2) in zip(lessons, _lessons(dec)):
         assert np.array_equal(w1, w2) and np.array_equal(c1, c2)
-    assert sum(int(c.sum()) for _, c in enc.lessons) == height * width
-    assert sum(len(w) for w, _ in enc.lessons) == plan.rows * plan.cols
+    assert sum(int(c.sum()) for _, c in lessons) == height * width
+    assert sum(len(w) for w, _ in lessons) == plan.rows * plan.cols
+    assert len(enc.tables_seen) == len(dec.tables_seen) > 0
     assert all(a.tobytes() == b.tobytes() for a, b in zip(enc.tables_seen, dec.tables_seen))
     # the model learned (privately): another stream than the static one, the caller's weights untouched
     static, _ = coder.code_plane(coder.FloatModelTables(net), plane, tile, context, band)
     assert not np.array_equal(static, words)
-    assert any(not torch.equal(before[k], v) for k, v in enc.model.state_dict().items())
+    assert any(not torch.equal(before[k], v) for k, v in enc.inner.model.state_dict().items())
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
 
 

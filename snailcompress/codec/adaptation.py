@@ -25,6 +25,7 @@ import torch
 
 from .. import mixture
 from .coder import FloatModelTables
+from .container import MAX_ADAPT_STEPS, MAX_ADAPT_WINDOWS
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ class Adaptation:
     lr: float = 3e-5
 
     def __post_init__(self) -> None:
-        if not (1 <= self.windows <= 65535 and 1 <= self.steps <= 255 and 0.0 < self.lr < 1.0):
+        if not (1 <= self.windows <= MAX_ADAPT_WINDOWS and 1 <= self.steps <= MAX_ADAPT_STEPS and 0.0 < self.lr < 1.0):
             raise ValueError(f"adaptation settings out of range: {self}")
 
 

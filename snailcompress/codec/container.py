@@ -122,6 +122,8 @@ __all__ = [
     "MAX_SIDE",
     "MAX_PIXELS",
     "MAX_PLANES",
+    "MAX_ADAPT_WINDOWS",
+    "MAX_ADAPT_STEPS",
     "MODES",
     "MODE_CHANNELS",
     "PLANE_CHANNELS",
@@ -142,6 +144,8 @@ MAX_HEADER_BYTES = 1 << 16
 MAX_SIDE = 65535
 MAX_PIXELS = 1 << 28
 MAX_PLANES = 4
+MAX_ADAPT_WINDOWS = 65535
+MAX_ADAPT_STEPS = 255
 MAX_WORDS = (1 << 32) - 1
 MAX_EXACTNESS_ENTRIES = 32
 MAX_EXACTNESS_CHARS = 200
@@ -162,8 +166,6 @@ _MAX_EXTRAS = 3  # constant_alpha, palette and one transparency at most
 _VARINT_MAX_BYTES = 5
 _U32 = struct.Struct("<I")
 _F64 = struct.Struct("<d")
-MAX_ADAPT_WINDOWS = 65535
-MAX_ADAPT_STEPS = 255
 _EXTRA_KEYS = frozenset({"constant_alpha", "palette", "palette_mode", "transparency"})
 _BAD_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 _HEX = re.compile(r"(?:[0-9a-f]{2})*\Z")
@@ -676,10 +678,9 @@ def _decode_header(data: bytes, version: int) -> dict:
                 "n_words": r.varint(f"{where} n_words"),
             }
         )
-    if version == 2 and all(p["context"] == (0, 0) for p in planes):  # one encoding per header
-        raise _bad("no plane has context, so the file must be version 1, not 2")
-    if version == 3 and all(p["adaptation"] is None for p in planes):
-        raise _bad(f"no plane adapts, so the file must be version {2 if any(p['context'] != (0, 0) for p in planes) else 1}, not 3")
+    oldest = _version({"planes": planes})
+    if oldest != version:  # one encoding per header: the rule writers follow
+        raise _bad(f"the file must be version {oldest}, not {version}: the oldest version that holds its header")
     obj["planes"] = planes
 
     count = r.u8("the exactness count")
