@@ -7,8 +7,11 @@ batch of tiles, padding excluded), the real .snail file (payload and header), an
     python benchmarks/codec_benchmark.py --sizes 32,256,full --threads 2 --out results/codec_speed.md
     python benchmarks/codec_benchmark.py --heldout --codecs png,webp,jpegxl-e9,jpeg2000 --out results/default_model.md
 
---adapt also codes each image with `snailcompress encode --adapt` (the model learns the image while
-coding it, codec/adaptation.py) and adds its file size and times.
+--variants codes each image in several ways, each with its file size and times, the first the
+reference of the others (VARIANTS: `default` is plain `snailcompress encode`; `static`, the shipped
+model as it is, `--no-calibrate`, whose payload should match the model NLL; `adapt`, `--adapt`):
+
+    python benchmarks/codec_benchmark.py --heldout --threads 2 --variants static,default,adapt --codecs jpegxl-e9
 """
 
 from __future__ import annotations
@@ -53,26 +56,29 @@ def crops_of(path: Path, sizes: list[str], workdir: Path) -> list[Path]:
     return out
 
 
-def measure(path: Path, chooser: ModelChooser, tile: int, context: int, codecs, workdir: Path, adapt: bool) -> dict:
+#: name -> (encode_file options, what it is in words)
+VARIANTS = {
+    "default": ({}, "`snailcompress encode`"),
+    "static": ({"calibrate": False}, "`snailcompress encode --no-calibrate` (the shipped model as it is)"),
+    "adapt": ({"adaptation": Adaptation()}, f"`snailcompress encode --adapt` ({Adaptation()})"),
+    "adapt-static": ({"adaptation": Adaptation(), "calibrate": False}, "`snailcompress encode --adapt --no-calibrate`"),
+}
+
+
+def measure(path: Path, chooser: ModelChooser, tile: int, context: int, codecs, workdir: Path, variants: list[str]) -> dict:
     pixels = np.asarray(Image.open(path).convert("RGB"))
     model = chooser.for_channels(3)
     nll_bits = tiled_nll_bits(model.model, pixels, tile, context)
-    encoded = encode_file(path, workdir / f"{path.stem}.snail", chooser, tile, context, force=True)
-    decoded = decode_file(encoded.target, workdir / f"{path.stem}.decoded.png", chooser, force=True)
-    snail = container.read(encoded.target.read_bytes())
-    payload_bytes = sum(4 * p.n_words for p in snail.planes)
-    row = {
-        "image": path.stem, "size": f"{pixels.shape[1]}x{pixels.shape[0]}", "subpixels": pixels.size,
-        "nll_bpsp": nll_bits / pixels.size, "payload_bpsp": 8 * payload_bytes / pixels.size,
-        "file_bpsp": encoded.bits_per_subpixel, "header_bytes": encoded.bytes - payload_bytes,
-        "encode_s": encoded.seconds, "decode_s": decoded.seconds,
-    }
-    row["payload_over_nll_pct"] = 100 * (8 * payload_bytes / nll_bits - 1)
-    if adapt:
-        adapted = encode_file(path, workdir / f"{path.stem}.adapt.snail", chooser, tile, context, force=True,
-                              adaptation=Adaptation())
-        back = decode_file(adapted.target, workdir / f"{path.stem}.adapt.png", chooser, force=True)
-        row.update(adapt_bpsp=adapted.bits_per_subpixel, adapt_encode_s=adapted.seconds, adapt_decode_s=back.seconds)
+    row = {"image": path.stem, "size": f"{pixels.shape[1]}x{pixels.shape[0]}", "subpixels": pixels.size,
+           "nll_bpsp": nll_bits / pixels.size}
+    for name in variants:
+        encoded = encode_file(path, workdir / f"{path.stem}.{name}.snail", chooser, tile, context, force=True,
+                              **VARIANTS[name][0])
+        decoded = decode_file(encoded.target, workdir / f"{path.stem}.{name}.png", chooser, force=True)
+        payload_bytes = sum(4 * p.n_words for p in container.read(encoded.target.read_bytes()).planes)
+        row[name] = {"payload_bpsp": 8 * payload_bytes / pixels.size, "file_bpsp": encoded.bits_per_subpixel,
+                     "header_bytes": encoded.bytes - payload_bytes, "encode_s": encoded.seconds,
+                     "decode_s": decoded.seconds, "payload_over_nll_pct": 100 * (8 * payload_bytes / nll_bits - 1)}
     for codec in codecs:
         row[codec.name] = 8 * len(codec.encode(pixels)) / pixels.size
     return row
@@ -88,18 +94,22 @@ def main() -> None:
     parser.add_argument("--context", type=int, default=DEFAULT_CONTEXT)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--codecs", default="png,jpegxl-e9")
-    parser.add_argument("--adapt", action="store_true", help="also code with --adapt (see the docstring)")
+    parser.add_argument("--variants", default="default", help=f"ways to encode, first the reference: {', '.join(VARIANTS)}")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     chooser = ModelChooser(args.model)
+    variants = args.variants.split(",")
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
     codecs = get_codecs(args.codecs) if args.codecs else []
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         images = heldout_files() if args.heldout else crops_of(args.image, args.sizes.split(","), work)
         for path in images:
-            rows.append(measure(path, chooser, args.tile, args.context, codecs, work, args.adapt))
+            rows.append(measure(path, chooser, args.tile, args.context, codecs, work, variants))
             print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in rows[-1].items()}, flush=True)
     model = chooser.for_channels(3)
     cpu = platform.processor() or platform.machine()
@@ -110,38 +120,50 @@ def main() -> None:
         f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; {cpu}, {torch.get_num_threads()} torch threads, "
         f"torch {torch.__version__}; model {model.name} (id {model.model_id}), tile {args.tile}, context {args.context}. "
         "Times are wall-clock for the whole command (read, code, write, verify). Bits per subpixel count "
-        "every byte of the file; 'payload' leaves out the container header."
-        + (f" '--adapt': `snailcompress encode --adapt` ({Adaptation()}), its file and times, and its "
-           "file against the static .snail file." if args.adapt else ""),
+        "every byte of the file; 'payload' leaves out the container header. Ways of encoding: "
+        + "; ".join(f"**{v}**, {VARIANTS[v][1]}" for v in variants) + f"; each against **{variants[0]}** ('vs')."
+        + " Model NLL: the shipped model's, as it is.",
         "",
     ]
     names = [c.name for c in codecs]
-    adapt_header = ["--adapt file", "vs static", "--adapt encode s", "--adapt decode s"] if args.adapt else []
-    header = ["image", "size", "model NLL", "payload", "payload/NLL", ".snail file", "header B", "encode s", "decode s"] + adapt_header + names
+    first, others = variants[0], variants[1:]
+    header = ["image", "size", "model NLL", f"{first} payload", "payload/NLL", f"{first} file", "header B", "encode s",
+              "decode s"]
+    for v in others:
+        header += [f"{v} file", "vs", f"{v} encode s", f"{v} decode s"]
+    header += names
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for r in rows:
-        cells = [r["image"], r["size"], f"{r['nll_bpsp']:.4f}", f"{r['payload_bpsp']:.4f}",
-                 f"{r['payload_over_nll_pct']:+.3f}%", f"{r['file_bpsp']:.4f}", str(r["header_bytes"]),
-                 f"{r['encode_s']:.1f}", f"{r['decode_s']:.1f}"]
-        if args.adapt:
-            cells += [f"{r['adapt_bpsp']:.4f}", f"{100 * (r['adapt_bpsp'] / r['file_bpsp'] - 1):+.2f}%",
-                      f"{r['adapt_encode_s']:.1f}", f"{r['adapt_decode_s']:.1f}"]
-        cells += [f"{r[n]:.4f}" for n in names]
-        lines.append("| " + " | ".join(cells) + " |")
     total = sum(r["subpixels"] for r in rows)
 
-    def pooled(key: str) -> float:
-        return sum(r[key] * r["subpixels"] for r in rows) / total
+    def pooled(get) -> float:
+        return sum(get(r) * r["subpixels"] for r in rows) / total
 
-    nll, payload, file_bpsp = pooled("nll_bpsp"), pooled("payload_bpsp"), pooled("file_bpsp")
-    cells = ["**all**", "", f"**{nll:.4f}**", f"**{payload:.4f}**", f"{100 * (payload / nll - 1):+.3f}%",
-             f"**{file_bpsp:.4f}**", "", f"{sum(r['encode_s'] for r in rows):.1f}", f"{sum(r['decode_s'] for r in rows):.1f}"]
-    if args.adapt:
-        adapted = pooled("adapt_bpsp")
-        cells += [f"**{adapted:.4f}**", f"{100 * (adapted / file_bpsp - 1):+.2f}%",
-                  f"{sum(r['adapt_encode_s'] for r in rows):.1f}", f"{sum(r['adapt_decode_s'] for r in rows):.1f}"]
-    cells += [f"**{pooled(n):.4f}**" for n in names]
-    lines.append("| " + " | ".join(cells) + " |")
+    def cells_of(r: dict, get, bold=lambda text: text) -> list[str]:
+        """One row of the table; `get(r, variant, key)` reads a number (pooled or one image's)."""
+        ref = get(r, first, "file_bpsp")
+        cells = [bold(f"{get(r, first, 'payload_bpsp'):.4f}"), f"{get(r, first, 'payload_over_nll_pct'):+.3f}%",
+                 bold(f"{ref:.4f}"), "" if r is None else str(r[first]["header_bytes"]),
+                 f"{get(r, first, 'encode_s'):.1f}", f"{get(r, first, 'decode_s'):.1f}"]
+        for v in others:
+            mine = get(r, v, "file_bpsp")
+            cells += [bold(f"{mine:.4f}"), f"{100 * (mine / ref - 1):+.2f}%", f"{get(r, v, 'encode_s'):.1f}",
+                      f"{get(r, v, 'decode_s'):.1f}"]
+        return cells
+
+    for r in rows:
+        lines.append("| " + " | ".join([r["image"], r["size"], f"{r['nll_bpsp']:.4f}",
+                                         *cells_of(r, lambda r, v, k: r[v][k]), *[f"{r[n]:.4f}" for n in names]]) + " |")
+
+    def summed(_, v, k):
+        if k.endswith("_s"):
+            return sum(r[v][k] for r in rows)
+        if k == "payload_over_nll_pct":
+            return 100 * (pooled(lambda r: r[v]["payload_bpsp"]) / pooled(lambda r: r["nll_bpsp"]) - 1)
+        return pooled(lambda r: r[v][k])
+
+    lines.append("| " + " | ".join(["**all**", "", f"**{pooled(lambda r: r['nll_bpsp']):.4f}**",
+                                     *cells_of(None, summed, lambda t: f"**{t}**"),
+                                     *[f"**{pooled(lambda r, n=n: r[n]):.4f}**" for n in names]]) + " |")
     publish(lines, args.out)
 
 

@@ -2,7 +2,7 @@
 # Remake every result that depends on the shipped weights, after `default_models.py ship` put new
 # ones into snailcompress/weights/ (each output file records its own command, date and model id).
 #
-#   bash benchmarks/shipped_results.sh            # about two hours on the 2-core CPU
+#   bash benchmarks/shipped_results.sh            # about two and a half hours on the 2-core CPU
 #   THREADS=2 bash benchmarks/shipped_results.sh  # the held-out table on 2 threads (the README quotes 1)
 #
 # Then copy the new numbers into README.md (Results, the demo output of `snailcompress demo`) and
@@ -16,10 +16,10 @@ KODAK=../shared/data/kodak
 
 "$PY" benchmarks/codec_benchmark.py --heldout --threads "$THREADS" \
     --codecs png,webp,jpegxl-e7,jpegxl-e9,jpeg2000,jpegls --out results/default_model_heldout.md
-"$PY" benchmarks/codec_benchmark.py --sizes 32,256,full --threads 2 --codecs png,webp,jpegxl-e9,jpeg2000 \
+"$PY" benchmarks/codec_benchmark.py --sizes 32,256,full --threads 2 --variants static,default --codecs png,webp,jpegxl-e9,jpeg2000 \
     --out results/codec_speed.md
-"$PY" benchmarks/codec_benchmark.py --heldout --threads 2 --adapt --codecs jpegxl-e9 \
-    --out results/default_model_heldout_adapt.md
+"$PY" benchmarks/codec_benchmark.py --heldout --threads 2 --variants static,default,adapt --codecs jpegxl-e9 \
+    --out results/default_model_heldout_variants.md
 OMP_NUM_THREADS=2 "$PY" benchmarks/adaptation.py --images 6 --context 2 --bands default,one \
     --configs static,96x1@3e-5 --out results/adaptation_bands.md
 "$PY" benchmarks/context_tradeoff.py --threads 1 --layouts 0,2,4,8,4/b2,4/b8,4/b16 --out results/context_tradeoff.md

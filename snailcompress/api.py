@@ -1,7 +1,8 @@
 """What the CLI and users call: encode and decode images and .snail files, choose the models.
 
-    image file ─► images.read_image ─► planes (RGB | L | A | P) ─► one model per plane ─► coder
-              ─► container.write ─► .snail (written to a temporary file, then renamed)
+    image file ─► images.read_image ─► planes (RGB | L | A | P) ─► one model per plane, calibrated
+              for it where that pays (codec/calibration.py) ─► coder ─► container.write ─► .snail
+              (written to a temporary file, then renamed)
 
 Each plane is coded by the model for its channel count: RGB by a 3-channel model, L, A and P (palette
 indices) by a 1-channel one. Decoding checks everything exactness depends on before it starts and
@@ -24,7 +25,9 @@ import torch
 
 from .codec import container
 from .codec.adaptation import Adaptation, AdaptingModelTables
+from .codec.calibration import Calibration, calibrated, calibration_for
 from .codec.coder import FloatModelTables, code_plane, decode_plane
+from .codec.tiles import WindowPlan
 from .codec.images import SUPPORTED_MODES, DecomposedImage, pixel_checksum, read_image, write_image
 from .errors import ExactnessError, FormatError, ModelError
 from .fileio import atomic_write
@@ -157,8 +160,11 @@ def table_provider(model: torch.nn.Module, adaptation: Adaptation | None):
 
 
 def encode_image(image: DecomposedImage, models: ModelChooser, tile: int = DEFAULT_TILE, context: int = DEFAULT_CONTEXT,
-                 progress: bool = False, adaptation: Adaptation | None = None) -> container.SnailFile:
-    """`adaptation`: let the model learn the image while coding it (codec/adaptation.py); slower, smaller."""
+                 progress: bool = False, adaptation: Adaptation | None = None,
+                 calibrate: bool = True) -> container.SnailFile:
+    """`adaptation`: let the model learn the image while coding it (codec/adaptation.py); slower, smaller.
+    `calibrate`: fit and send a correction of the model's outputs for each plane where it pays
+    (codec/calibration.py); a little slower to encode, no slower to decode."""
     if adaptation and not context:
         raise ValueError("adaptation needs context: without it every tile is coded at once, none after another")
     threads = torch.get_num_threads()
@@ -167,15 +173,31 @@ def encode_image(image: DecomposedImage, models: ModelChooser, tile: int = DEFAU
     for name in image.expected_planes():
         pixels = image.planes[name]
         loaded = models.for_channels(PLANE_CHANNELS[name])
-        words, plan = code_plane(table_provider(loaded.model, adaptation), pixels, (tile, tile), (context, context), band,
+        model, calibration = loaded.model, None
+        if calibrate:
+            plan = WindowPlan.for_image(image.height, image.width, (tile, tile), (context, context), band)
+            calibration = calibration_for(model, plan, pixels)
+            model = calibrated(model, calibration) if calibration else model
+        words, plan = code_plane(table_provider(model, adaptation), pixels, (tile, tile), (context, context), band,
                                  progress)
         planes.append(container.Plane(name, loaded.model_id, stored_model_name(loaded.name), (plan.tile_h, plan.tile_w),
                                       words, (plan.above, plan.left), plan.band,
-                                      (adaptation.windows, adaptation.steps, adaptation.lr) if adaptation else None))
+                                      (adaptation.windows, adaptation.steps, adaptation.lr) if adaptation else None,
+                                      (calibration.scale, calibration.shift) if calibration else None))
     return container.SnailFile(
         width=image.width, height=image.height, mode=image.mode, planes=tuple(planes),
         pixel_crc32=pixel_checksum(image), exactness=exactness_record(threads), extras=dict(image.extras),
     )
+
+
+def plane_model(model: torch.nn.Module, plane: container.Plane) -> torch.nn.Module:
+    """The model as the plane was coded with it: calibrated if the plane says so."""
+    if plane.calibration is None:
+        return model
+    try:
+        return calibrated(model, Calibration(*plane.calibration))
+    except ValueError as e:
+        raise FormatError(f"plane {plane.channels}: {e}") from None
 
 
 def decode_image(snail: container.SnailFile, models: ModelChooser, progress: bool = False) -> DecomposedImage:
@@ -188,10 +210,10 @@ def decode_image(snail: container.SnailFile, models: ModelChooser, progress: boo
         planes = {}
         for plane in snail.planes:
             channels = PLANE_CHANNELS[plane.channels]
-            loaded = models.for_plane(plane, channels)
+            model = plane_model(models.for_plane(plane, channels).model, plane)
             adaptation = Adaptation(*plane.adaptation) if plane.adaptation else None
             planes[plane.channels] = decode_plane(
-                table_provider(loaded.model, adaptation), plane.words, snail.height, snail.width, channels, plane.tile,
+                table_provider(model, adaptation), plane.words, snail.height, snail.width, channels, plane.tile,
                 plane.context, plane.band, progress,
             )
     finally:
@@ -208,12 +230,12 @@ def default_output(source: Path, suffix: str) -> Path:
 
 def encode_file(source, target=None, models: ModelChooser | None = None, tile: int = DEFAULT_TILE,
                 context: int = DEFAULT_CONTEXT, force: bool = False, progress: bool = False,
-                adaptation: Adaptation | None = None) -> CodingReport:
+                adaptation: Adaptation | None = None, calibrate: bool = True) -> CodingReport:
     source = Path(source)
     target = Path(target) if target else default_output(source, ".snail")
     start = time.perf_counter()
     image = read_image(source)
-    data = container.write(encode_image(image, models or ModelChooser(), tile, context, progress, adaptation))
+    data = container.write(encode_image(image, models or ModelChooser(), tile, context, progress, adaptation, calibrate))
     atomic_write(target, data, overwrite=force)
     subpixels = sum(p.size for p in image.planes.values())
     return CodingReport(source, target, image.width, image.height, image.mode, len(data), max(subpixels, 1),

@@ -502,7 +502,7 @@ def test_cli_encode_info_decode(work):
 def test_cli_encode_with_context(work):
     """--context: tiles see their coded neighbours; the file says so, and decodes exactly."""
     make_image("RGB", 21, 26, "gradient", 3).save(work / "c.png")
-    r = cli("encode", "c.png", "--model", TINY, "--tile", TILE, "--context", 2, "-q")
+    r = cli("encode", "c.png", "--model", TINY, "--tile", TILE, "--context", 2, "--no-calibrate", "-q")
     assert r.exit_code == 0, r.output
     r = cli("info", "c.snail")
     assert "format version 2" in r.output and "tiles 8x8 with context 2 above, 2 left in bands of 2" in r.output

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import os
 import re
 import struct
@@ -94,6 +96,9 @@ def encode_header(h: dict) -> bytes:
                 out += _field(p["context"], lambda c: varint(c[0]) + varint(c[1])) + _field(p["band"], varint)
             if "adaptation" in p:  # version 3
                 out += _field(p["adaptation"], lambda a: varint(0) if a is None else varint(a[0]) + bytes([a[1]]) + struct.pack("<d", a[2]))
+            if "calibration" in p:  # version 4
+                out += _field(p["calibration"], lambda c: varint(0) if c is None else
+                              varint(len(c[0])) + b"".join(struct.pack("<e", v) for v in (*c[0], *c[1])))
             out += _field(p["n_words"], varint)
     ex = h["exactness"]
     if isinstance(ex, Raw):
@@ -949,3 +954,73 @@ def test_a_header_cut_inside_the_adaptation_fields_is_refused(n):
     h = encode_header(_v3_header((4, 1, 3e-5)))
     plane_end = h.index(struct.pack("<d", 3e-5)) + 8
     fails(forge(h[: plane_end - n], version=3), "header is invalid")
+
+
+# --------------------------------------------------------------------------------------------
+# version 4: a calibration of the model's outputs for the image
+
+CALIBRATION = ((0.5, -0.25, 0.0), (1.0, 0.0009765625, -65504.0))  # binary16 numbers, 3 outputs
+
+
+def _calibrated_file(calibration=CALIBRATION, adaptation=None, context=(2, 2)) -> SnailFile:
+    plane = Plane("RGB", "0123456789abcdef", "snail-rgb", (32, 32), np.zeros(5, np.uint32), context,
+                  3 if context[0] else 1, adaptation, calibration)
+    return SnailFile(width=100, height=80, mode="RGB", planes=(plane,), pixel_crc32=7, exactness={"threads": "1"}, extras={})
+
+
+def _v4_header(calibration, adaptation=None, context=(2, 2)) -> dict:
+    h = _v3_header(adaptation, context)
+    h["planes"][0]["calibration"] = calibration
+    return h
+
+
+@pytest.mark.parametrize("adaptation, context", [(None, (2, 2)), ((4, 1, 3e-5), (2, 2)), (None, (0, 0))])
+def test_calibration_is_written_as_version_4_and_reads_back(adaptation, context):
+    f = _calibrated_file(adaptation=adaptation, context=context)
+    data = C.write(f)
+    assert data[8] == 4
+    back = C.read(data)
+    assert back == f and back.planes[0].calibration == CALIBRATION and back.planes[0].adaptation == adaptation
+    assert C.write(back) == data
+    assert data == forge(_v4_header(CALIBRATION, adaptation, context), version=4)  # the layout the docstring gives
+    assert "calibrated (3 outputs)" in C.describe(back)
+    uncalibrated = C.write(dataclasses.replace(f, planes=(dataclasses.replace(f.planes[0], calibration=None),)))
+    assert len(data) - len(uncalibrated) == 1 + 4 * 3 + (0 if adaptation else 1 + (0 if context[0] else 3))
+
+
+def test_a_different_calibration_is_a_different_plane():
+    other = ((0.5, -0.25, 0.0), (1.0, 0.0009765625, -65472.0))
+    assert _calibrated_file().planes[0] != _calibrated_file(other).planes[0]
+    assert C.read(C.write(_calibrated_file(other))).planes[0].calibration == other
+
+
+@pytest.mark.parametrize(
+    "calibration, message",
+    [
+        (None, "must be version 2"),  # one encoding per header
+        (((float("nan"),), (0.0,)), "binary16"),
+        (((float("inf"),), (0.0,)), "binary16"),
+        (((0.0,), (-0.0,)), "binary16"),  # -0 and +0 would be two encodings of one calibration
+    ],
+)
+def test_version_4_fields_are_checked(calibration, message):
+    fails(forge(_v4_header(calibration), version=4), message)
+
+
+def test_version_4_refuses_more_outputs_than_allowed():
+    fails(forge(encode_header(_v3_header(None)).replace(b"\x00\x05", b"\x00" + varint(1025) + b"\x05"), version=4),
+          "1025 outputs")
+
+
+@pytest.mark.parametrize("n", range(1, 13))
+def test_a_header_cut_inside_the_calibration_is_refused(n):
+    h = encode_header(_v4_header(CALIBRATION))
+    plane_end = h.index(struct.pack("<e", -65504.0)) + 2
+    fails(forge(h[: plane_end - n], version=4), "header is invalid")
+
+
+def test_writing_an_invalid_calibration_is_refused():
+    for bad in [((0.1,), (0.0,)), ((0.5,), (0.0, 0.0)), ((), ()), ((1,), (0.0,)), ((0.5, 0.5),), ((70000.0,), (0.0,)),
+                (tuple([0.0] * 1025), tuple([0.0] * 1025))]:
+        with pytest.raises(ValueError, match="calibration"):
+            C.write(_calibrated_file(bad))

@@ -12,7 +12,8 @@ with the original pixels; a mismatch raises (it is a bug, not a user error).
 
 * "per file": each of the first `coded_limit` images is its own .snail file (coded alone as one tile
   through api.encode_image / container.write; every header byte counted), decoded with
-  api.decode_image.
+  api.decode_image. Without the codec's per-image calibration (codec/calibration.py): the files
+  measure the model, as its NLL row does.
 * "one stream": all N images in one range-coder stream, in chunks of at most `chunk` images, each a
   row of images side by side coded as one plane (coder.code_plane, tiles the size of an image, no
   context: each image is coded alone) appending to one shared encoder; bytes = 4 * words + the fixed
@@ -237,7 +238,7 @@ def _per_file_row(loaded: LoadedModel, images: np.ndarray, opts: BenchOptions) -
         for k in range(n):
             image = _as_image(images[k])
             t0 = time.perf_counter()
-            data = container.write(api.encode_image(image, chooser, tile=max(height, width)))
+            data = container.write(api.encode_image(image, chooser, tile=max(height, width), calibrate=False))
             t1 = time.perf_counter()
             decoded = api.decode_image(container.read(data), chooser)
             t2 = time.perf_counter()

@@ -12,7 +12,7 @@ of windows, so they finish in raster order. In the static codec's bands they fin
 at a time, and updates on windows from distant bands took a quarter as much off (and made some
 images larger than no updates at all; results/adaptation_bands.md). The settings travel in the
 file's header (format version 3), so a file decodes with the settings it was made with. What it
-buys, and costs: results/default_model_heldout_adapt.md.
+buys, and costs: results/default_model_heldout_variants.md.
 """
 
 from __future__ import annotations

@@ -3,14 +3,15 @@ r"""The .snail container: one losslessly coded image per file.
 This module only moves bytes; it knows nothing about the model (it must not import torch) and can
 be fuzzed on its own.  `read` raises `FormatError` for every invalid input and nothing else.
 
-File format, version 3
+File format, version 4
 ======================
 
 A compact binary header: a 28 x 28 image coded in a few hundred bytes must not carry a big one.
 A typical one-plane file (model "snail-rgb" with a 16-hex-digit id, exactness ``env`` +
 ``threads``) has 64 to 66 bytes of overhead in all (magic, version, header and both checksums),
-depending on the length of its stream, 3 more in version 2 (tiles coded with context) and 10 more in
-version 3 (a model that adapts to the image while coding it).
+depending on the length of its stream, 3 more in version 2 (tiles coded with context), 10 more in
+version 3 (a model that adapts to the image while coding it) and 4 per network output more in
+version 4 (a calibration of the model for the image: 403 bytes for the 100 outputs of snail-rgb).
 
 Fixed-size integers (u8, u32) are unsigned little-endian.  ``varint`` is unsigned LEB128: 7 bits a
 byte, least significant group first, the high bit set on every byte but the last; at most 5 bytes
@@ -22,8 +23,9 @@ offset size   field
 ====== ====== ================================================================================
 0      8      magic ``89 53 4E 41 49 4C 0D 0A`` = ``b"\x89SNAIL\r\n"``.  The high-bit first byte and
               the CR LF catch 7-bit and text-mode transfers, like PNG's signature.
-8      1      format version, u8 = 1, 2 or 3: writers use the oldest that holds the header (3 when
-              some plane adapts, else 2 when some plane has context, else 1)
+8      1      format version, u8 = 1 to 4: writers use the oldest that holds the header (4 when
+              some plane is calibrated, else 3 when some plane adapts, else 2 when some plane has
+              context, else 1)
 9      v      ``H``: header length in bytes, varint, 1 <= H <= 65536 (``v`` = 1 to 3 bytes)
 9+v    H      header fields (table below)
 9+v+H  4      header CRC32, u32, over bytes 8 .. 9+v+H-1: the version byte, H and the header
@@ -56,11 +58,16 @@ plane count      u8            1..4, then for each plane, in payload order:
   context_left   varint        version 2 only (0 in version 1): 0..65535 columns to its left
   band           varint        version 2 only (1 in version 1): 1..65535 rows of windows coded one
                                after the other; 1 when context_above is 0
-  adapt_windows  varint        version 3 only (0 before): 0..65535; 0: the model stays as it is;
+  adapt_windows  varint        versions 3 and 4 (0 before): 0..65535; 0: the model stays as it is;
                                otherwise it learns, every adapt_windows coded windows, from those
                                windows (codec/adaptation.py), and two more fields follow:
   adapt_steps    u8            1..255 Adam steps per update
   adapt_lr       f64           Adam's learning rate, IEEE 754 binary64, 0 < lr < 1
+  calibrated     varint        version 4 only (0 before): 0..1024; 0: the model's outputs are used
+                               as they are; otherwise the number K of the model's outputs, each
+                               used as output * (1 + scale) + shift (codec/calibration.py):
+  scale          K x f16       IEEE 754 binary16, finite, not -0
+  shift          K x f16       the same
   n_words        varint        0..2**32-1, length of the coded stream in u32 words
 exactness count  u8            0..32, then for each entry, in strictly increasing order of key
                                (by code points):
@@ -104,6 +111,7 @@ truncated) without allocating more than the file itself.
 
 from __future__ import annotations
 
+import math
 import re
 import struct
 import zlib
@@ -124,6 +132,7 @@ __all__ = [
     "MAX_PLANES",
     "MAX_ADAPT_WINDOWS",
     "MAX_ADAPT_STEPS",
+    "MAX_CALIBRATION_OUTPUTS",
     "MODES",
     "MODE_CHANNELS",
     "PLANE_CHANNELS",
@@ -138,14 +147,15 @@ __all__ = [
 ]
 
 MAGIC = b"\x89SNAIL\r\n"
-VERSION = 3  # the newest; writers use the oldest version that holds the header
-READABLE_VERSIONS = (1, 2, 3)
+VERSION = 4  # the newest; writers use the oldest version that holds the header
+READABLE_VERSIONS = (1, 2, 3, 4)
 MAX_HEADER_BYTES = 1 << 16
 MAX_SIDE = 65535
 MAX_PIXELS = 1 << 28
 MAX_PLANES = 4
 MAX_ADAPT_WINDOWS = 65535
 MAX_ADAPT_STEPS = 255
+MAX_CALIBRATION_OUTPUTS = 1024
 MAX_WORDS = (1 << 32) - 1
 MAX_EXACTNESS_ENTRIES = 32
 MAX_EXACTNESS_CHARS = 200
@@ -166,6 +176,7 @@ _MAX_EXTRAS = 3  # constant_alpha, palette and one transparency at most
 _VARINT_MAX_BYTES = 5
 _U32 = struct.Struct("<I")
 _F64 = struct.Struct("<d")
+_F16 = struct.Struct("<e")
 _EXTRA_KEYS = frozenset({"constant_alpha", "palette", "palette_mode", "transparency"})
 _BAD_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 _HEX = re.compile(r"(?:[0-9a-f]{2})*\Z")
@@ -184,11 +195,15 @@ class Plane:
     context: tuple[int, int] = (0, 0)  # (rows above, columns left) each tile's window also holds
     band: int = 1  # rows of windows per band (see codec/tiles.py, WindowPlan)
     adaptation: tuple[int, int, float] | None = None  # (windows, steps, lr) of codec/adaptation.py
+    calibration: tuple[tuple[float, ...], tuple[float, ...]] | None = None  # (scale, shift) of codec/calibration.py
 
     def __post_init__(self) -> None:
         for name in ("tile", "context", "adaptation"):
             if isinstance(getattr(self, name), list):
                 object.__setattr__(self, name, tuple(getattr(self, name)))
+        if isinstance(self.calibration, (list, tuple)):
+            object.__setattr__(self, "calibration", tuple(tuple(v) if isinstance(v, (list, tuple)) else v
+                                                          for v in self.calibration))
         if not isinstance(self.words, np.ndarray):
             object.__setattr__(self, "words", np.asarray(self.words, dtype=np.uint32))
 
@@ -207,6 +222,7 @@ class Plane:
             and tuple(self.context) == tuple(other.context)
             and self.band == other.band
             and self.adaptation == other.adaptation
+            and self.calibration == other.calibration
             and self.words.shape == other.words.shape
             and bool(np.array_equal(self.words, other.words))
         )
@@ -217,6 +233,7 @@ class Plane:
         return (
             f"Plane(channels={self.channels!r}, model_id={self.model_id!r}, model_name={self.model_name!r}, "
             f"tile={self.tile!r}, context={self.context!r}, band={self.band!r}, adaptation={self.adaptation!r}, "
+            f"calibration={'None' if self.calibration is None else f'<{len(self.calibration[0])} outputs>'}, "
             f"n_words={self.n_words})"
         )
 
@@ -296,7 +313,7 @@ def _check_header(obj: dict) -> None:
     """Check the header's values completely; raise FormatError('header is invalid: ...').
 
     ``obj`` has the keys width, height, mode, pixel_crc32, planes (a list of dicts with channels,
-    model_id, model_name, tile, context, band, adaptation, n_words), exactness and extras, with the API's value types.
+    model_id, model_name, tile, context, band, adaptation, calibration, n_words), exactness and extras, with the API's value types.
     """
     width = _int(obj["width"], "width", 1, MAX_SIDE)
     height = _int(obj["height"], "height", 1, MAX_SIDE)
@@ -333,6 +350,7 @@ def _check_header(obj: dict) -> None:
         _int(context[1], f"{where} context left", 0, MAX_SIDE)
         _int(p["band"], f"{where} band", 1, MAX_SIDE if context[0] else 1)
         _check_adaptation(p["adaptation"], where)
+        _check_calibration(p["calibration"], where)
         _int(p["n_words"], f"{where} n_words", 0, MAX_WORDS)
 
     ex = obj["exactness"]
@@ -372,6 +390,29 @@ def _check_adaptation(adaptation: Any, where: str) -> None:
     _int(steps, f"{where} adapt_steps", 1, MAX_ADAPT_STEPS)
     if type(lr) is not float or not 0.0 < lr < 1.0:  # also refuses NaN
         raise _bad(f"{where} adapt_lr must be a number between 0 and 1 (exclusive)")
+
+
+def _check_calibration(calibration: Any, where: str) -> None:
+    if calibration is None:
+        return
+    if type(calibration) not in (list, tuple) or len(calibration) != 2:
+        raise _bad(f"{where} calibration must be None or (scale, shift)")
+    scale, shift = calibration
+    if type(scale) not in (list, tuple) or type(shift) not in (list, tuple) or len(scale) != len(shift):
+        raise _bad(f"{where} calibration scale and shift must be lists of the same length")
+    if not 1 <= len(scale) <= MAX_CALIBRATION_OUTPUTS:
+        raise _bad(f"{where} calibration has {len(scale)} outputs, not 1..{MAX_CALIBRATION_OUTPUTS}")
+    for name, values in (("scale", scale), ("shift", shift)):
+        for v in values:
+            if type(v) is not float or not _is_binary16(v):
+                raise _bad(f"{where} calibration {name} values must be finite binary16 numbers (not -0)")
+
+
+def _is_binary16(v: float) -> bool:
+    """Whether v is exactly a finite IEEE binary16 number other than -0 (one encoding per value)."""
+    if not math.isfinite(v) or abs(v) > 65504.0 or math.copysign(1.0, v) < 0 and v == 0.0:
+        return False
+    return _F16.unpack(_F16.pack(v))[0] == v
 
 
 def _check_extras(mode: str, extras: dict) -> None:
@@ -452,6 +493,7 @@ def _header_obj(f: SnailFile) -> dict:
                 "context": _plain(p.context),
                 "band": _plain(p.band),
                 "adaptation": _plain(p.adaptation),
+                "calibration": _plain(p.calibration),
                 "n_words": int(w.size),
             }
         )
@@ -489,8 +531,10 @@ def _text(s: str) -> bytes:
 
 
 def _version(obj: dict) -> int:
-    """The oldest format version that holds the header: 3 if some plane adapts, else 2 if some plane
-    has context, else 1."""
+    """The oldest format version that holds the header: 4 if some plane is calibrated, else 3 if some
+    plane adapts, else 2 if some plane has context, else 1."""
+    if any(p["calibration"] is not None for p in obj["planes"]):
+        return 4
     if any(p["adaptation"] is not None for p in obj["planes"]):
         return 3
     return 2 if any(tuple(p["context"]) != (0, 0) for p in obj["planes"]) else 1
@@ -521,6 +565,12 @@ def _encode_header(obj: dict) -> bytes:
             else:
                 windows, steps, lr = p["adaptation"]
                 out += _varint(windows) + bytes((steps,)) + _F64.pack(lr)
+        if version >= 4:
+            if p["calibration"] is None:
+                out += _varint(0)
+            else:
+                scale, shift = p["calibration"]
+                out += _varint(len(scale)) + b"".join(_F16.pack(v) for v in (*scale, *shift))
         out += _varint(p["n_words"])
     ex = obj["exactness"]
     out.append(len(ex))
@@ -618,6 +668,16 @@ class _Fields:
             return None
         return windows, self.u8(f"{where} adapt_steps"), self.f64(f"{where} adapt_lr")
 
+    def calibration(self, where: str) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+        outputs = self.varint(f"{where} calibration count")
+        if not outputs:
+            return None
+        if outputs > MAX_CALIBRATION_OUTPUTS:
+            raise _bad(f"{where} calibration has {outputs} outputs, not 1..{MAX_CALIBRATION_OUTPUTS}")
+        values = self.take(2 * _F16.size * outputs, f"{where} calibration")
+        numbers = [v for (v,) in _F16.iter_unpack(values)]
+        return tuple(numbers[:outputs]), tuple(numbers[outputs:])
+
     def varint(self, name: str) -> int:
         value = 0
         for i in range(_VARINT_MAX_BYTES):
@@ -675,6 +735,7 @@ def _decode_header(data: bytes, version: int) -> dict:
                 "context": (r.varint(f"{where} context above"), r.varint(f"{where} context left")) if version >= 2 else (0, 0),
                 "band": r.varint(f"{where} band") if version >= 2 else 1,
                 "adaptation": r.adaptation(where) if version >= 3 else None,
+                "calibration": r.calibration(where) if version >= 4 else None,
                 "n_words": r.varint(f"{where} n_words"),
             }
         )
@@ -830,7 +891,8 @@ def _parse(data: bytes | bytearray | memoryview, verify_payload: bool) -> SnailF
         pos += 4 * n
         planes.append(
             Plane(channels=p["channels"], model_id=p["model_id"], model_name=p["model_name"], tile=p["tile"],
-                  words=words, context=p["context"], band=p["band"], adaptation=p["adaptation"])
+                  words=words, context=p["context"], band=p["band"], adaptation=p["adaptation"],
+                  calibration=p["calibration"])
         )
     return SnailFile(
         width=obj["width"],
@@ -890,7 +952,8 @@ def describe(f: SnailFile) -> str:
             + (f" with context {p.context[0]} above, {p.context[1]} left" if any(p.context) else "")
             + (f" in bands of {p.band}" if p.band > 1 else "")
             + (f", adapting (Adam, {p.adaptation[1]} step(s) at lr {p.adaptation[2]:g} every {p.adaptation[0]} windows)"
-               if p.adaptation else "") + ", "
+               if p.adaptation else "")
+            + (f", calibrated ({len(p.calibration[0])} outputs)" if p.calibration else "") + ", "
             f"{_fmt_bytes(4 * p.n_words)}, {bpv:.4f} bits per value"
         )
     ex = f.extras

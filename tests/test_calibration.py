@@ -1,0 +1,161 @@
+"""Per-image calibration of the model's outputs (codec/calibration.py), fitted by the encoder and sent.
+
+What must hold: the calibrated model computes exactly `output * (1 + scale) + shift`; the fit lowers
+the NLL where the model is off and is sent only where it pays for its header; the decoder uses the
+calibration the header holds (another one fails the checksum, one of the wrong size is a clean error);
+the round trip stays exact, with and without --adapt; the caller's model is left as it was.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from importlib import resources
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from snailcompress import api, mixture, zoo
+from snailcompress.cli import main
+from snailcompress.codec import container
+from snailcompress.codec.adaptation import Adaptation
+from snailcompress.codec import calibration
+from snailcompress.codec.calibration import Calibration, calibrated, calibration_for, fit_calibration, sample_windows
+from snailcompress.codec.images import DecomposedImage
+from snailcompress.codec.tiles import WindowPlan
+from snailcompress.demo import DEMO_IMAGE
+from snailcompress.errors import FormatError
+
+TINY = "pixelsnail-tiny"
+
+
+@pytest.fixture
+def small_images_calibrate(monkeypatch):
+    """Let the encoder try a calibration on the tests' small images (it does not on real ones that
+    small: see test_small_planes_are_not_tried)."""
+    monkeypatch.setattr(calibration, "TYPICAL_SAVING_BITS", 100.0)
+
+
+def _plane(height: int, width: int, channels: int = 3, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.cumsum(rng.integers(0, 40, (height, width, channels)), axis=1).astype(np.uint8)
+
+
+def _calibration(outputs: int, seed: int = 0) -> Calibration:
+    rng = np.random.default_rng(seed)
+    half = lambda a: tuple(float(v) for v in np.float16(a))  # noqa: E731
+    return Calibration(half(rng.normal(0, 0.1, outputs)), half(rng.normal(0, 0.2, outputs)))
+
+
+@pytest.mark.parametrize("model, channels", [(TINY, 3), (TINY, 1), ("pixelcnnpp-tiny", 3)])
+def test_the_calibrated_model_scales_and_shifts_every_output(model, channels):
+    net = zoo.load_model(model, channels=channels).model.eval()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    outputs = mixture.num_params(channels, net.config.mixtures)
+    calibration = _calibration(outputs)
+    x = mixture.to_unit(torch.from_numpy(_plane(8, 8, channels).transpose(2, 0, 1)[None].copy()))
+    with torch.no_grad():
+        expected = net(x) * (1 + torch.tensor(calibration.scale))[:, None, None] + torch.tensor(calibration.shift)[:, None, None]
+        got = calibrated(net, calibration).eval()(x)
+        same = calibrated(net, Calibration((0.0,) * outputs, (0.0,) * outputs)).eval()(x)
+        assert torch.allclose(got, expected, atol=1e-4, rtol=1e-4)
+        assert torch.equal(same, net(x))  # the identity calibration changes nothing
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())  # the caller's model is untouched
+    with pytest.raises(ValueError, match=f"for {outputs + 1} outputs, the model has {outputs}"):
+        calibrated(net, _calibration(outputs + 1))
+
+
+def test_the_sample_is_spread_over_the_image_and_capped():
+    plane = _plane(300, 200)
+    plan = WindowPlan.for_image(300, 200, (8, 8), (2, 2), 4)
+    windows, coded = sample_windows(plan, plane)
+    everything, owned = plan.windows(plane)
+    assert len(everything) > 64 and len(windows) == 64
+    assert np.array_equal(windows[0], everything[0]) and np.array_equal(windows[-1], everything[-1])
+    assert np.array_equal(coded[-1], owned[-1])
+
+
+def test_the_fit_lowers_the_nll_and_pays_where_the_model_is_off(small_images_calibrate):
+    """The tiny test model is untrained, so a calibration of its outputs saves a lot."""
+    net = zoo.load_model(TINY).model
+    plane = _plane(48, 40)
+    plan = WindowPlan.for_image(48, 40, (8, 8), (2, 2), 2)
+    calibration, net_bits = fit_calibration(net, plan, plane)
+    assert net_bits > 0 and calibration_for(net, plan, plane) == calibration
+    windows, coded = plan.windows(plane)
+    x = mixture.to_unit(torch.from_numpy(windows))
+    with torch.no_grad():
+        before = -mixture.log_prob(x, net.eval()(x))[torch.from_numpy(coded)].sum()
+        after = -mixture.log_prob(x, calibrated(net, calibration).eval()(x))[torch.from_numpy(coded)].sum()
+    assert after < 0.9 * before
+
+
+def test_a_small_image_is_not_worth_a_calibration():
+    """The shipped model on a 16 x 16 image: 768 subpixels cannot repay 400 bytes of header."""
+    net = zoo.load_model("snail-rgb").model
+    plane = np.asarray(Image.open(resources.files("snailcompress") / "assets" / DEMO_IMAGE).convert("RGB"))[:16, :16]
+    plan = WindowPlan.for_image(16, 16, (32, 32), (2, 2), 1)
+    calibration, net_bits = fit_calibration(net, plan, plane)
+    assert calibration is not None and net_bits < 0
+    assert calibration_for(net, plan, plane) is None
+
+
+def _image(height=20, width=23) -> DecomposedImage:
+    return DecomposedImage("RGB", width, height, {"RGB": _plane(height, width, seed=4)}, {})
+
+
+def test_small_planes_are_not_tried(monkeypatch):
+    """A plane whose typical saving would not repay the header twice is coded as it is, unfitted."""
+    monkeypatch.setattr(calibration, "fit_calibration", lambda *a: pytest.fail("fitted a plane too small to pay"))
+    net = zoo.load_model("snail-rgb").model
+    for side, worth in ((377, False), (378, True)):  # 2 x 3,200 header bits / 0.015 bits: 426,667 subpixels
+        assert calibration.worth_trying(net, np.zeros((side, side, 3), np.uint8)) == worth
+    snail = api.encode_image(_image(), api.ModelChooser([TINY]), tile=8, context=2)
+    assert snail.planes[0].calibration is None
+
+
+@pytest.mark.parametrize("adaptation", [None, Adaptation(windows=2, steps=1, lr=1e-3)])
+def test_calibrated_files_decode_exactly_and_are_smaller(adaptation, small_images_calibrate):
+    models = api.ModelChooser([TINY])
+    image = _image()
+    snail = api.encode_image(image, models, tile=8, context=2, adaptation=adaptation)
+    plain = api.encode_image(image, models, tile=8, context=2, adaptation=adaptation, calibrate=False)
+    assert snail.planes[0].calibration is not None and plain.planes[0].calibration is None
+    assert container.file_size(snail) < container.file_size(plain)
+    data = container.write(snail)
+    assert data[8] == 4
+    back = api.decode_image(container.read(data), models)
+    assert np.array_equal(back.planes["RGB"], image.planes["RGB"])
+
+
+def test_decoding_uses_the_calibration_the_header_holds(small_images_calibrate):
+    models = api.ModelChooser([TINY])
+    snail = api.encode_image(_image(), models, tile=8, context=2)
+    plane = snail.planes[0]
+    scale, shift = plane.calibration
+    nudged = (scale, (float(np.float16(shift[0] + 0.5)),) + shift[1:])
+    forged = dataclasses.replace(snail, planes=(dataclasses.replace(plane, calibration=nudged),))
+    with pytest.raises(FormatError, match="checksum"):
+        api.decode_image(container.read(container.write(forged)), models)
+    short = dataclasses.replace(snail, planes=(dataclasses.replace(plane, calibration=(scale[:-1], shift[:-1])),))
+    with pytest.raises(FormatError, match=f"calibration is for {len(scale) - 1} outputs"):
+        api.decode_image(container.read(container.write(short)), models)
+
+
+def test_cli_calibrates_by_default_and_not_when_told(tmp_path, monkeypatch, small_images_calibrate):
+    monkeypatch.chdir(tmp_path)
+    Image.fromarray(_plane(20, 23, seed=6)).save("a.png")
+    runner = CliRunner()
+    sizes = {}
+    for name, flags in (("on", []), ("off", ["--no-calibrate"])):
+        r = runner.invoke(main, ["encode", "a.png", "-o", f"{name}.snail", "--model", TINY, "--tile", "8", "-q", *flags])
+        assert r.exit_code == 0, r.output
+        r = runner.invoke(main, ["info", f"{name}.snail"])
+        assert ("calibrated (50 outputs)" in r.output) == (name == "on"), r.output
+        r = runner.invoke(main, ["decode", f"{name}.snail", "-o", f"{name}.png", "-q", "--model", TINY])
+        assert r.exit_code == 0, r.output
+        assert np.array_equal(np.asarray(Image.open(f"{name}.png")), np.asarray(Image.open("a.png")))
+        sizes[name] = (tmp_path / f"{name}.snail").stat().st_size
+    assert sizes["on"] < sizes["off"]
