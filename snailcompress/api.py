@@ -27,8 +27,8 @@ from .codec import container
 from .codec.adaptation import Adaptation, AdaptingModelTables
 from .codec.calibration import Calibration, calibrated, calibration_for
 from .codec.coder import FloatModelTables, code_plane, decode_plane
-from .codec.tiles import WindowPlan
 from .codec.images import SUPPORTED_MODES, DecomposedImage, pixel_checksum, read_image, write_image
+from .codec.tiles import WindowPlan
 from .errors import ExactnessError, FormatError, ModelError
 from .fileio import atomic_write
 from .zoo import LoadedModel, default_model_for, load_model
