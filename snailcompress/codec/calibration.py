@@ -27,12 +27,11 @@ import numpy as np
 import torch
 
 from .. import mixture
-from .container import MAX_CALIBRATION_OUTPUTS
+from .container import BINARY16_MAX, MAX_CALIBRATION_OUTPUTS
 from .tiles import WindowPlan
 
 MAX_SAMPLE_WINDOWS = 64  # windows the fit sees; 200 numbers need far fewer than 64 x 32 x 32 pixels
 LBFGS_ITERATIONS = 30
-BINARY16_MAX = 65504.0
 #: bits per subpixel a calibration typically saves, header paid: the median of the 12 held-out images
 #: (results/default_model_heldout_variants.md: 0.007 to 0.078); planes too small to save twice the
 #: header at this rate are not tried.

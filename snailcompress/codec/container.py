@@ -133,6 +133,7 @@ __all__ = [
     "MAX_ADAPT_WINDOWS",
     "MAX_ADAPT_STEPS",
     "MAX_CALIBRATION_OUTPUTS",
+    "BINARY16_MAX",
     "MODES",
     "MODE_CHANNELS",
     "PLANE_CHANNELS",
@@ -156,6 +157,7 @@ MAX_PLANES = 4
 MAX_ADAPT_WINDOWS = 65535
 MAX_ADAPT_STEPS = 255
 MAX_CALIBRATION_OUTPUTS = 1024
+BINARY16_MAX = 65504.0  # the largest finite IEEE binary16 number
 MAX_WORDS = (1 << 32) - 1
 MAX_EXACTNESS_ENTRIES = 32
 MAX_EXACTNESS_CHARS = 200
@@ -410,7 +412,7 @@ def _check_calibration(calibration: Any, where: str) -> None:
 
 def _is_binary16(v: float) -> bool:
     """Whether v is exactly a finite IEEE binary16 number other than -0 (one encoding per value)."""
-    if not math.isfinite(v) or abs(v) > 65504.0 or math.copysign(1.0, v) < 0 and v == 0.0:
+    if not math.isfinite(v) or abs(v) > BINARY16_MAX or math.copysign(1.0, v) < 0 and v == 0.0:
         return False
     return _F16.unpack(_F16.pack(v))[0] == v
 
