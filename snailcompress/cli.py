@@ -114,7 +114,8 @@ def _folder_kwargs(crop, scales, holdout, channels) -> dict:
 
 
 @main.command()
-@click.option("--model", "model_name", help="preset to train (see `snailcompress models`)")
+@click.option("--model", "model_name",
+              help="preset to train (see `snailcompress models`), or a trained model to go on training from")
 @click.option("--dataset", type=click.Choice(DATASET_CHOICES))
 @click.option("--data-dir", type=click.Path(), help="where the data set's official files are")
 @click.option("--out", required=True, type=click.Path(), help="run directory (resumed if it holds a checkpoint)")
@@ -124,6 +125,7 @@ def _folder_kwargs(crop, scales, holdout, channels) -> dict:
 @click.option("--cpu-minutes", type=float, default=None, help="stop after this much CPU time of this process")
 @click.option("--lr", type=float, default=None, help="initial learning rate [1e-3]")
 @click.option("--cooldown-steps", type=int, default=None, help="take the lr linearly to 0 over the last N of --steps")
+@click.option("--warmup-steps", type=int, default=None, help="take the lr linearly up from 0 over the first N steps")
 @click.option("--ema", "ema_decay", type=float, default=None, help="Polyak averaging decay [0.9995]")
 @click.option("--dropout", type=float, default=None, help="override the preset's dropout")
 @click.option("--set", "overrides", multiple=True, help="override a model setting, e.g. --set filters=96")
@@ -137,11 +139,14 @@ def _folder_kwargs(crop, scales, holdout, channels) -> dict:
 @folder_options
 @friendly_errors
 def train(model_name, dataset, data_dir, out, overrides, crop, scales, holdout, channels, cache_dir, compile_, **options):
-    """Train a preset, the reference's way, on one CPU/GPU or many (torchrun).
+    """Train a preset, the reference's way, on one CPU/GPU or many (torchrun), or go on training a
+    trained model (fine-tune a shipped one on your own images: the second example).
 
     \b
     Examples:
       snailcompress train --model pixelsnail-small --dataset fashion-mnist --out runs/fm --minutes 60
+      snailcompress train --model snail-rgb --dataset folder --data-dir my-photos --scales 1 --out runs/mine \\
+          --lr 2e-4 --warmup-steps 200 --steps 2000 --cooldown-steps 1800
       torchrun --nproc_per_node 8 -m snailcompress.cli train --model pixelsnail-cifar10 \\
           --dataset cifar10 --data-dir ~/data --out runs/cifar --batch-size 8 --steps 500000
     Running the same command again resumes from the run's last checkpoint.

@@ -46,11 +46,11 @@ from tqdm.auto import tqdm
 
 from . import mixture
 from .data import load_split
-from .errors import UsageError
+from .errors import ModelError, UsageError
 from .evaluate import evaluate
 from .models.layers import data_dependent_init
-from .models.presets import build_from_config, preset_config
-from .zoo import save_model
+from .models.presets import PRESETS, ModelConfig, build_from_config, config_from_dict, preset_config
+from .zoo import load_model, save_model
 
 # Reference hyper-parameters by architecture: lr decay per step, Adam epsilon (inside the sqrt).
 REFERENCE = {
@@ -62,7 +62,7 @@ LOG_FIELDS = ["step", "epoch", "images", "elapsed_s", "cpu_s", "lr", "train_bpd"
 
 @dataclass
 class TrainOptions:
-    model: str  # a preset name
+    model: str  # a preset name, or a trained model (shipped name, model file, run dir) to go on training
     dataset: str
     out: str
     data_dir: str | None = None
@@ -71,6 +71,7 @@ class TrainOptions:
     lr: float = 1e-3
     lr_decay: float | None = None  # per optimiser step; default from REFERENCE
     cooldown_steps: int = 0  # the last N of `steps` take the lr linearly down to 0 (not in the reference)
+    warmup_steps: int = 0  # the first N steps take the lr linearly up from 0 (not in the reference)
     adam_eps: float | None = None  # inside the square root; default from REFERENCE
     ema_decay: float = 0.9995  # 0.9995 CIFAR-10, 0.9997 ImageNet
     dropout: float | None = None  # overrides the preset's
@@ -138,13 +139,19 @@ class ReferenceAdam(torch.optim.Optimizer):
 
 def learning_rate(options: TrainOptions, step: int, lr_decay: float) -> float:
     """The lr of optimiser step `step` (0-based): the reference's per-step exponential decay, times
-    an optional linear cool-down to zero over the run's last `cooldown_steps`.
+    an optional linear warm-up from zero over the first `warmup_steps` and an optional linear
+    cool-down to zero over the run's last `cooldown_steps`.
 
-    The cool-down is ours, not the paper's: a run cut short by its compute budget (our shipped
+    Both are ours, not the paper's. The cool-down: a run cut short by its compute budget (our shipped
     models) ends with its lr still high; annealing it before the end ("warmup-stable-decay",
     Hagele et al. 2024) takes the loss the rest of the way down without retraining from scratch.
+    The warm-up: going on from a trained model with a fresh optimiser, Adam's first steps move every
+    weight by about the full lr (its second-moment estimate is one gradient), which undoes training
+    (snail-rgb: 2.3 to 4.5 bits/dim in one step at lr 4e-4); a ramp lets the estimate settle first.
     """
     lr = options.lr * lr_decay**step
+    if options.warmup_steps:
+        lr *= min(1.0, (step + 1) / options.warmup_steps)
     if options.cooldown_steps:
         lr *= min(1.0, max(0.0, (options.steps - step) / options.cooldown_steps))
     return lr
@@ -269,11 +276,40 @@ def _device(option: str, local_rank: int) -> torch.device:
     return torch.device(option)
 
 
-def _resolve_model_config(options: TrainOptions, channels: int):
+def _starting_point(options: TrainOptions, channels: int) -> tuple[ModelConfig, dict | None]:
+    """The config of a new run and, when it goes on from a trained model, that model's weights.
+
+    A preset starts from data-dependent init. A trained model (fine-tuning, or a warm restart of a
+    run whose checkpoint is gone) keeps its architecture; `--set`/`--dropout` may change settings
+    that leave the weights' shapes alone (dropout), and the data must have its channel count.
+    """
     overrides = dict(options.model_overrides)
     if options.dropout is not None:
         overrides["dropout"] = options.dropout
-    return preset_config(options.model, channels, **overrides)
+    if options.model in PRESETS:
+        return preset_config(options.model, channels, **overrides), None
+    try:
+        trained = load_model(options.model).model
+    except ModelError as e:
+        raise UsageError(f"--model: {e} (a preset, or a trained model to go on training)") from None
+    if trained.config.channels != channels:
+        raise UsageError(
+            f"--model {options.model} codes {trained.config.channels}-channel images; the data has {channels} channels"
+        )
+    config = replace(trained.config, **overrides)
+    weights = trained.state_dict()
+    shapes = {k: tuple(v.shape) for k, v in build_from_config(config).state_dict().items()}
+    if shapes != {k: tuple(v.shape) for k, v in weights.items()}:
+        raise UsageError(f"--set {_as_option(options.model_overrides)} changes the shapes of {options.model}'s weights; "
+                         "going on from a trained model keeps its architecture")
+    return config, weights
+
+
+def _saved_config(run_dir: Path, dropout: float | None) -> ModelConfig:
+    """The config a run was trained with (what its checkpoint's weights fit), with a new dropout if
+    one is given on resuming."""
+    saved = config_from_dict(json.loads((run_dir / "checkpoints" / "last" / "config.json").read_text())["model"])
+    return saved if dropout is None else replace(saved, dropout=dropout)
 
 
 class StopRequest:
@@ -325,12 +361,13 @@ def train(options: TrainOptions, progress_bar: bool = True) -> dict:
         raise UsageError("say how long to train: --steps N, --minutes M or --cpu-minutes M")
     if options.cooldown_steps and options.steps is None:
         raise UsageError("--cooldown-steps counts back from --steps: give --steps too")
+    if options.warmup_steps < 0:
+        raise UsageError(f"--warmup-steps must be 0 or more, got {options.warmup_steps}")
     if not 0 <= options.cooldown_steps <= (options.steps or 0):
         raise UsageError(f"--cooldown-steps must be between 0 and --steps ({options.steps}), got {options.cooldown_steps}")
     rank, world, local_rank = _distributed()
     device = _device(options.device, local_rank)
     run_dir = Path(options.out)
-    run_dir.mkdir(parents=True, exist_ok=True)
 
     data_kwargs = dict(
         crop=options.crop, scales=options.scales, seed=options.seed, samples_per_epoch=options.samples_per_epoch,
@@ -341,7 +378,12 @@ def train(options: TrainOptions, progress_bar: bool = True) -> dict:
     train_set = load_split(options.dataset, options.data_dir, "train", **data_kwargs)
     test_set = load_split(options.dataset, options.data_dir, "test", **data_kwargs) if rank == 0 else None
 
-    config = _resolve_model_config(options, train_set.channels)
+    resuming = (run_dir / "checkpoints" / "last" / "trainer.pt").is_file()
+    if resuming:
+        config, start_weights = _saved_config(run_dir, options.dropout), None
+    else:
+        config, start_weights = _starting_point(options, train_set.channels)
+    run_dir.mkdir(parents=True, exist_ok=True)
     arch = config.to_dict()["architecture"]
     reference = REFERENCE[arch]
     lr_decay = options.lr_decay if options.lr_decay is not None else reference["lr_decay"]
@@ -352,13 +394,15 @@ def train(options: TrainOptions, progress_bar: bool = True) -> dict:
     ema = build_from_config(config).to(device)
     optimizer = ReferenceAdam(model.parameters(), lr=options.lr, eps=adam_eps)
 
-    resuming = (run_dir / "checkpoints" / "last" / "trainer.pt").is_file()
     if resuming:
         progress = load_checkpoint(run_dir, model, ema, optimizer, device)
     else:
-        init_n = options.init_batch or options.batch_size
-        init_batch = torch.stack([train_set[i] for i in range(init_n)]).to(device)
-        data_dependent_init(model, mixture.to_unit(init_batch))
+        if start_weights is not None:
+            model.load_state_dict(start_weights)
+        else:
+            init_n = options.init_batch or options.batch_size
+            init_batch = torch.stack([train_set[i] for i in range(init_n)]).to(device)
+            data_dependent_init(model, mixture.to_unit(init_batch))
         ema.load_state_dict(model.state_dict())
         progress = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "images": 0, "elapsed_s": 0.0, "cpu_s": 0.0, "test_bpd": None}
     ema.eval()

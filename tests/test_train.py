@@ -158,6 +158,10 @@ def test_learning_rate_is_the_reference_decay_until_the_cooldown_takes_it_to_zer
     assert learning_rate(cooled, 80, 0.99) == pytest.approx(learning_rate(plain, 80, 0.99) * 0.5)
     assert learning_rate(cooled, 99, 0.99) == pytest.approx(learning_rate(plain, 99, 0.99) / 40)
     assert learning_rate(cooled, 100, 0.99) == 0.0
+    warmed = TrainOptions(model="m", dataset="d", out="o", lr=1e-3, steps=100, warmup_steps=10, cooldown_steps=40)
+    assert learning_rate(warmed, 0, 0.99) == pytest.approx(learning_rate(cooled, 0, 0.99) / 10)
+    assert learning_rate(warmed, 4, 0.99) == pytest.approx(learning_rate(cooled, 4, 0.99) / 2)
+    assert [learning_rate(warmed, s, 0.99) for s in (9, 60, 80)] == [learning_rate(cooled, s, 0.99) for s in (9, 60, 80)]
 
 
 @pytest.mark.parametrize(
@@ -168,6 +172,73 @@ def test_learning_rate_is_the_reference_decay_until_the_cooldown_takes_it_to_zer
 def test_cooldown_needs_a_step_budget_it_fits_in(photo_dir, tmp_path, budget, cooldown):
     with pytest.raises(UsageError, match="--steps"):
         train(folder_options(photo_dir, tmp_path / "run", cooldown_steps=cooldown, **budget), progress_bar=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_warmup_cannot_be_negative(photo_dir, tmp_path):
+    with pytest.raises(UsageError, match="--warmup-steps"):
+        train(folder_options(photo_dir, tmp_path / "run", steps=2, warmup_steps=-1), progress_bar=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Going on from a trained model
+
+
+def test_a_run_from_a_shipped_model_starts_from_its_weights(photo_dir, tmp_path):
+    """--model snail-rgb: its architecture and weights, no data-dependent init; the first step's loss
+    is the shipped model's own NLL of that batch (lr 0 keeps the weights exactly)."""
+    shipped = load_model("snail-rgb").model
+    options = folder_options(photo_dir, tmp_path / "run", model="snail-rgb", steps=1, lr=0.0, eval_every=0)
+    progress = train(options, progress_bar=False)
+    assert progress["step"] == 1
+    saved = json.loads((checkpoint(tmp_path / "run") / "config.json").read_text())["model"]
+    assert saved == shipped.config.to_dict()
+    for name in ("weights.safetensors", "ema.safetensors"):
+        assert_same_tensors(load_file(checkpoint(tmp_path / "run") / name), shipped.state_dict())
+
+    from snailcompress import mixture
+    from snailcompress.data import load_split
+
+    data = load_split("folder", str(photo_dir), "train", crop=8, scales=(1.0,), seed=0, holdout=("c",))
+    data.set_epoch(0)
+    first = next(iter(GlobalBatchSampler(len(data), 4, rank=0, world=1, seed=0, epoch=0)))
+    x = mixture.to_unit(torch.stack([data[i] for i in first]))
+    with torch.no_grad():
+        expected = mixture.bits_per_dim(-mixture.log_prob(x, shipped(x)).sum().item(), x.numel())
+    assert float(read_log(tmp_path / "run")[0]["train_bpd"]) == pytest.approx(expected, abs=1e-4)
+    fresh = folder_options(photo_dir, tmp_path / "fresh", model="pixelsnail-small", steps=1, lr=0.0,
+                           model_overrides={"filters": 48, "blocks": 2, "resnets_per_block": 3, "value_channels": 24})
+    train(fresh, progress_bar=False)
+    assert float(read_log(tmp_path / "fresh")[0]["train_bpd"]) > expected + 1.0  # the same architecture, untrained
+
+
+def test_a_run_from_a_trained_run_resumes_without_it(cli_run, photo_dir, tmp_path):
+    """A run started from another run's directory saves that config; resuming reads it from its own
+    checkpoint, so the run it started from may be gone."""
+    source = tmp_path / "source"
+    shutil.copytree(cli_run, source)
+    run = tmp_path / "run"
+    train(folder_options(photo_dir, run, model=str(source), steps=1, dropout=0.25), progress_bar=False)
+    saved = json.loads((checkpoint(run) / "config.json").read_text())["model"]
+    assert saved == {**load_model(source).config.to_dict(), "dropout": 0.25}
+    shutil.rmtree(source)
+    result = CliRunner().invoke(main, ["train", "--out", str(run), "--steps", "2", "--dropout", "0.5"])
+    assert result.exit_code == 0, result.output
+    assert re.search(r"2 steps, 8 images", result.stdout), result.stdout
+    resumed = json.loads((checkpoint(run) / "config.json").read_text())["model"]
+    assert resumed == {**saved, "dropout": 0.5}  # a new dropout applies on resuming
+
+
+@pytest.mark.parametrize(
+    "model, changes, message",
+    [("snail-gray", {}, "codes 1-channel images; the data has 3 channels"),
+     ("snail-rgb", {"model_overrides": {"filters": 8}}, "--set filters=8 changes the shapes of snail-rgb's weights"),
+     ("no-such-model", {}, "--model: no model 'no-such-model'")],
+    ids=["channels", "shapes", "unknown"],
+)
+def test_a_run_from_a_trained_model_that_does_not_fit_is_refused(photo_dir, tmp_path, model, changes, message):
+    with pytest.raises(UsageError, match=re.escape(message)):
+        train(folder_options(photo_dir, tmp_path / "run", model=model, steps=1, **changes), progress_bar=False)
     assert not (tmp_path / "run").exists()
 
 

@@ -15,13 +15,14 @@ from .layers import count_parameters
 from .pixelcnnpp import PixelCNNpp, PixelCNNppConfig
 from .pixelsnail import PixelSNAIL, PixelSNAILConfig
 
+ModelConfig = PixelSNAILConfig | PixelCNNppConfig
 ARCHITECTURES = {"pixelsnail": (PixelSNAIL, PixelSNAILConfig), "pixelcnnpp": (PixelCNNpp, PixelCNNppConfig)}
 
 
 @dataclass(frozen=True)
 class Preset:
     name: str
-    config: PixelSNAILConfig | PixelCNNppConfig
+    config: ModelConfig
     description: str
 
     @property
@@ -71,7 +72,7 @@ PRESETS = {
 }
 
 
-def config_from_dict(d: dict) -> PixelSNAILConfig | PixelCNNppConfig:
+def config_from_dict(d: dict) -> ModelConfig:
     """Inverse of `config.to_dict()` (as stored in checkpoints)."""
     d = dict(d)
     arch = d.pop("architecture", None)
@@ -83,12 +84,12 @@ def config_from_dict(d: dict) -> PixelSNAILConfig | PixelCNNppConfig:
         raise ModelError(f"invalid {arch} config: {e}") from None
 
 
-def build_from_config(config: PixelSNAILConfig | PixelCNNppConfig) -> nn.Module:
+def build_from_config(config: ModelConfig) -> nn.Module:
     model_cls = ARCHITECTURES[config.to_dict()["architecture"]][0]
     return model_cls(config)
 
 
-def preset_config(name: str, channels: int | None = None, **overrides) -> PixelSNAILConfig | PixelCNNppConfig:
+def preset_config(name: str, channels: int | None = None, **overrides) -> ModelConfig:
     if name not in PRESETS:
         raise ModelError(f"unknown model preset {name!r}; known: {', '.join(PRESETS)}")
     config = PRESETS[name].config
