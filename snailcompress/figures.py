@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -14,22 +12,17 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from .fileio import atomic_path  # noqa: E402
+
 
 def _save_atomic(fig_or_image, path: Path, **kwargs) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         if isinstance(fig_or_image, Image.Image):
             fig_or_image.save(tmp, **kwargs)
         else:
             fig_or_image.savefig(tmp, **kwargs)
             plt.close(fig_or_image)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 

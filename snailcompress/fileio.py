@@ -2,7 +2,8 @@
 
 `atomic_write` writes the bytes to a hidden temporary file in the target's directory, flushes it
 to disk and then moves it into place in one step, so a reader (or a crash) never sees a half-written
-file.  Used for .snail files and for decoded images.
+file.  Used for .snail files and for decoded images. `atomic_path` does the same for writers that
+want a file name (matplotlib, h5py, safetensors, pandas): every other file the package writes.
 """
 
 from __future__ import annotations
@@ -10,10 +11,13 @@ from __future__ import annotations
 import errno
 import os
 import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 from snailcompress.errors import SnailError
 
-__all__ = ["OutputExistsError", "atomic_write"]
+__all__ = ["OutputExistsError", "atomic_path", "atomic_write"]
 
 
 class OutputExistsError(SnailError, FileExistsError):
@@ -48,16 +52,7 @@ def atomic_write(path: str | os.PathLike, data: bytes, overwrite: bool = False) 
     tmp = None
     fd = -1
     try:
-        for _ in range(100):
-            candidate = os.path.join(directory, f".{name}.{secrets.token_hex(6)}.tmp")
-            try:
-                fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-            except FileExistsError:
-                continue
-            tmp = candidate
-            break
-        else:  # pragma: no cover - 100 collisions of 48 random bits
-            raise SnailError(f"cannot write {path}: could not create a temporary file in {directory}")
+        fd, tmp = _new_temporary(directory, name)
         view = memoryview(data)
         while view:
             n = os.write(fd, view)
@@ -89,6 +84,37 @@ def atomic_write(path: str | os.PathLike, data: bytes, overwrite: bool = False) 
                 os.unlink(tmp)
             except OSError:
                 pass
+
+
+def _new_temporary(directory: str, name: str) -> tuple[int, str]:
+    """An open descriptor and the path of a new hidden file beside `name` in `directory`, created
+    like any new file (mode 0o666 less the umask, not private as mkstemp's) and keeping the name's
+    extension last (matplotlib picks the format from it)."""
+    stem, dot, suffix = name.rpartition(".")
+    stem, suffix = (stem, dot + suffix) if stem else (name, "")
+    for _ in range(100):
+        candidate = os.path.join(directory, f".{stem}.{secrets.token_hex(6)}.tmp{suffix}")
+        try:
+            return os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666), candidate
+        except FileExistsError:
+            continue
+    raise SnailError(f"cannot write {os.path.join(directory, name)}: could not create a temporary file in {directory}")  # pragma: no cover
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path beside `path` to write to; moved onto `path` (replacing it) when the block
+    ends without an error, removed when it raises. Creates `path`'s directory."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = _new_temporary(str(path.parent), path.name)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def _move_no_clobber(tmp: str, path: str) -> None:

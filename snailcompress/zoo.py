@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -25,6 +24,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .errors import ModelError
+from .fileio import atomic_path
 from .models.presets import PRESETS, build, build_from_config, config_from_dict
 
 WEIGHTS_DIR = Path(str(resources.files("snailcompress") / "weights"))
@@ -62,18 +62,11 @@ def model_id(model: nn.Module) -> str:
 def save_model(model: nn.Module, path: str | Path, **facts) -> Path:
     """Write weights + config (+ facts such as training data, steps, bits/dim) atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     metadata = {"config": json.dumps(model.config.to_dict()), "facts": json.dumps(facts, default=str)}
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a model file is meant to be shared
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+        os.chmod(tmp, 0o644)  # safetensors writes its files private; a model file is meant to be shared
     return path
 
 

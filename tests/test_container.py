@@ -1,4 +1,4 @@
-"""The .snail container (snailcompress.codec.container) and atomic_write (snailcompress.fileio)."""
+"""The .snail container (snailcompress.codec.container) and atomic_write/atomic_path (snailcompress.fileio)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from snailcompress.codec import container as C
 from snailcompress.codec.container import MAGIC, Plane, SnailFile
 from snailcompress.errors import FormatError, SnailError
-from snailcompress.fileio import OutputExistsError, atomic_write
+from snailcompress.fileio import OutputExistsError, atomic_path, atomic_write
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -834,6 +834,35 @@ def test_atomic_write_race_is_not_clobbered(tmp_path, monkeypatch):
         atomic_write(target, b"ours", overwrite=False)
     assert target.read_bytes() == b"theirs"
     assert _entries(tmp_path) == ["race.snail"]
+
+
+def test_atomic_path_writes_whole_files_others_may_read(tmp_path):
+    """For writers that want a name (figures, reports, caches, model files): the extension stays last
+    (matplotlib picks the format from it), the file is made like any new file (0o666 less the umask,
+    not mkstemp's private 0o600), the directory is created, and an existing file is replaced."""
+    target = tmp_path / "new" / "curve.png"
+    old_umask = os.umask(0o022)
+    try:
+        with atomic_path(target) as tmp:
+            assert tmp.parent == target.parent and tmp.name.startswith(".curve.") and tmp.suffix == ".png"
+            assert not target.exists()
+            tmp.write_bytes(b"first")
+    finally:
+        os.umask(old_umask)
+    assert target.read_bytes() == b"first" and target.stat().st_mode & 0o777 == 0o644
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(b"second")
+    assert target.read_bytes() == b"second" and _entries(target.parent) == ["curve.png"]
+
+
+def test_atomic_path_leaves_the_old_file_when_the_writer_fails(tmp_path):
+    target = tmp_path / "summary.csv"
+    target.write_text("old")
+    with pytest.raises(RuntimeError, match="writer failed"):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("writer failed")
+    assert target.read_text() == "old" and _entries(tmp_path) == ["summary.csv"]
 
 
 # --------------------------------------------------------------------------------------------

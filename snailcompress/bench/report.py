@@ -19,13 +19,13 @@ import os
 import platform
 import shlex
 import sys
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Mapping
 
 import numpy as np
 import pandas as pd
+
+from ..fileio import atomic_path
 
 __all__ = [
     "KINDS",
@@ -184,25 +184,8 @@ def _meta_value(value):
     return json.dumps(value, default=str)
 
 
-# --------------------------------------------------------------------------- atomic writes
-
-
-@contextmanager
-def _atomic_path(target: Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``target``; on success move it onto ``target``."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        os.replace(tmp_path, target)
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
-        raise
-
-
 def _write_text(target: Path, text: str) -> None:
-    with _atomic_path(target) as tmp:
+    with atomic_path(target) as tmp:
         tmp.write_text(text, encoding="utf-8")
 
 
@@ -253,7 +236,7 @@ def _h5_name(method: str, used: set[str]) -> str:
 def _write_h5(target: Path, per_image: Mapping[str, np.ndarray], meta: Mapping) -> None:
     import h5py
 
-    with _atomic_path(target) as tmp:
+    with atomic_path(target) as tmp:
         with h5py.File(tmp, "w") as f:
             for key, value in meta.items():
                 f.attrs[key] = _meta_value(value)
@@ -330,7 +313,7 @@ def _write_chart(target: Path, rows: pd.DataFrame, meta: Mapping) -> None:
     ]
     if handles:
         fig.legend(handles=handles, loc="outside upper center", ncols=len(handles), fontsize=8)
-    with _atomic_path(target) as tmp:
+    with atomic_path(target) as tmp:
         with open(tmp, "wb") as fh:
             fig.savefig(fh, format="png", dpi=120)
 
@@ -361,7 +344,7 @@ def write_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     meta = dict(meta)
     table = normalize_rows(rows)
-    with _atomic_path(out_dir / "summary.csv") as tmp:
+    with atomic_path(out_dir / "summary.csv") as tmp:
         table.to_csv(tmp, index=False)
     _write_markdown(out_dir / "summary.md", table, meta)
     _write_h5(out_dir / "per_image.h5", per_image or {}, meta)

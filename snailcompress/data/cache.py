@@ -9,8 +9,6 @@ it anyway); the source files are then not looked at, not even for staleness: del
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,6 +17,7 @@ import numpy as np
 
 from snailcompress.data.base import PathLike
 from snailcompress.errors import DatasetError
+from snailcompress.fileio import atomic_path
 
 
 def read_cache(path: Path, name: str, split: str) -> np.ndarray:
@@ -37,17 +36,9 @@ def read_cache(path: Path, name: str, split: str) -> np.ndarray:
 
 def write_cache(path: Path, images: np.ndarray, *, name: str, split: str, source: str) -> None:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(handle)
-        try:
-            with h5py.File(temporary, "w") as file:
-                stored = file.create_dataset("images", data=images, chunks=(1, *images.shape[1:]))
-                stored.attrs.update(name=name, split=split, source=source)
-            os.replace(temporary, path)
-        finally:
-            if os.path.exists(temporary):
-                os.unlink(temporary)
+        with atomic_path(path) as temporary, h5py.File(temporary, "w") as file:
+            stored = file.create_dataset("images", data=images, chunks=(1, *images.shape[1:]))
+            stored.attrs.update(name=name, split=split, source=source)
     except OSError as error:
         raise DatasetError(f"Cannot write the cache {path} ({error}).") from error
 
