@@ -276,7 +276,17 @@ def _device(option: str, local_rank: int) -> torch.device:
     return torch.device(option)
 
 
-def _starting_point(options: TrainOptions, channels: int) -> tuple[ModelConfig, dict | None]:
+def _trained_model(options: TrainOptions) -> nn.Module | None:
+    """The trained model a new run goes on from, or None where `--model` is a preset."""
+    if options.model in PRESETS:
+        return None
+    try:
+        return load_model(options.model).model
+    except ModelError as e:
+        raise UsageError(f"--model: {e} (a preset, or a trained model to go on training)") from None
+
+
+def _starting_point(options: TrainOptions, trained: nn.Module | None, channels: int) -> tuple[ModelConfig, dict | None]:
     """The config of a new run and, when it goes on from a trained model, that model's weights.
 
     A preset starts from data-dependent init. A trained model (fine-tuning, or a warm restart of a
@@ -286,12 +296,8 @@ def _starting_point(options: TrainOptions, channels: int) -> tuple[ModelConfig, 
     overrides = dict(options.model_overrides)
     if options.dropout is not None:
         overrides["dropout"] = options.dropout
-    if options.model in PRESETS:
+    if trained is None:
         return preset_config(options.model, channels, **overrides), None
-    try:
-        trained = load_model(options.model).model
-    except ModelError as e:
-        raise UsageError(f"--model: {e} (a preset, or a trained model to go on training)") from None
     if trained.config.channels != channels:
         raise UsageError(
             f"--model {options.model} codes {trained.config.channels}-channel images; the data has {channels} channels"
@@ -368,6 +374,10 @@ def train(options: TrainOptions, progress_bar: bool = True) -> dict:
     rank, world, local_rank = _distributed()
     device = _device(options.device, local_rank)
     run_dir = Path(options.out)
+    resuming = (run_dir / "checkpoints" / "last" / "trainer.pt").is_file()
+    trained = None if resuming else _trained_model(options)
+    if trained is not None and options.dataset == "folder" and options.channels is None:
+        options = replace(options, channels=trained.config.channels)  # saved with the run, for resuming
 
     data_kwargs = dict(
         crop=options.crop, scales=options.scales, seed=options.seed, samples_per_epoch=options.samples_per_epoch,
@@ -378,11 +388,10 @@ def train(options: TrainOptions, progress_bar: bool = True) -> dict:
     train_set = load_split(options.dataset, options.data_dir, "train", **data_kwargs)
     test_set = load_split(options.dataset, options.data_dir, "test", **data_kwargs) if rank == 0 else None
 
-    resuming = (run_dir / "checkpoints" / "last" / "trainer.pt").is_file()
     if resuming:
         config, start_weights = _saved_config(run_dir, options.dropout), None
     else:
-        config, start_weights = _starting_point(options, train_set.channels)
+        config, start_weights = _starting_point(options, trained, train_set.channels)
     run_dir.mkdir(parents=True, exist_ok=True)
     arch = config.to_dict()["architecture"]
     reference = REFERENCE[arch]

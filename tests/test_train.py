@@ -229,9 +229,21 @@ def test_a_run_from_a_trained_run_resumes_without_it(cli_run, photo_dir, tmp_pat
     assert resumed == {**saved, "dropout": 0.5}  # a new dropout applies on resuming
 
 
+def test_a_folder_run_from_a_gray_model_reads_the_images_in_gray(photo_dir, tmp_path):
+    """Without --channels the folder data set takes the trained model's channel count (3 for a
+    preset), saved with the run so that resuming reads the same way."""
+    run = tmp_path / "run"
+    train(folder_options(photo_dir, run, model="snail-gray", steps=1), progress_bar=False)
+    options = json.loads((checkpoint(run) / "config.json").read_text())["options"]
+    assert options["channels"] == 1
+    result = CliRunner().invoke(main, ["train", "--out", str(run), "--steps", "2"])
+    assert result.exit_code == 0, result.output
+    assert re.search(r"2 steps, 8 images", result.stdout), result.stdout
+
+
 @pytest.mark.parametrize(
     "model, changes, message",
-    [("snail-gray", {}, "codes 1-channel images; the data has 3 channels"),
+    [("snail-gray", {"channels": 3}, "codes 1-channel images; the data has 3 channels"),
      ("snail-rgb", {"model_overrides": {"filters": 8}}, "--set filters=8 changes the shapes of snail-rgb's weights"),
      ("no-such-model", {}, "--model: no model 'no-such-model'")],
     ids=["channels", "shapes", "unknown"],
