@@ -227,12 +227,18 @@ def load_checkpoint(run_dir: Path, model, ema, optimizer, device) -> dict:
     return state["progress"]
 
 
+def _saved_record(run_dir: Path) -> dict | None:
+    """The last checkpoint's config.json (model config, options, progress), None if there is none."""
+    path = Path(run_dir) / "checkpoints" / "last" / "config.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def saved_options(run_dir: Path) -> TrainOptions | None:
     """The options a run was started with, to resume it without repeating them."""
-    path = Path(run_dir) / "checkpoints" / "last" / "config.json"
-    if not path.is_file():
+    record = _saved_record(run_dir)
+    if record is None:
         return None
-    saved = json.loads(path.read_text())["options"]
+    saved = record["options"]
     saved["scales"], saved["holdout"] = tuple(saved["scales"]), tuple(saved["holdout"])
     return TrainOptions(**saved)
 
@@ -314,7 +320,7 @@ def _starting_point(options: TrainOptions, trained: nn.Module | None, channels: 
 def _saved_config(run_dir: Path, dropout: float | None) -> ModelConfig:
     """The config a run was trained with (what its checkpoint's weights fit), with a new dropout if
     one is given on resuming."""
-    saved = config_from_dict(json.loads((run_dir / "checkpoints" / "last" / "config.json").read_text())["model"])
+    saved = config_from_dict(_saved_record(run_dir)["model"])
     return saved if dropout is None else replace(saved, dropout=dropout)
 
 
