@@ -21,17 +21,18 @@ in results/default_model*: the images in HOLDOUT (6 Kodak images, 6 photos).
     cp -r runs/gpu/gray-m runs/cpu/gray-m-cool
     snailcompress train --out runs/cpu/gray-m-cool --data-dir runs/default-data --steps 16401 \\
         --cooldown-steps 400 --ema 0.997 --eval-every 200 --eval-images 512 --workers 1
-    # 4. copy the EMA weights into the package
+    # 4. copy the EMA weights into the package (snail-gray is still this one; snail-rgb was, id c74d4be1)
     python benchmarks/default_models.py ship runs/cpu/rgb-s-cool2k snail-rgb
     python benchmarks/default_models.py ship runs/cpu/gray-m-cool snail-gray
-    # 5. (a candidate, not shipped yet) a warm restart of the shipped snail-rgb when its run was gone:
+    # 5. a warm restart of that snail-rgb when its run was gone, shipped as snail-rgb (id bf39e239):
     #    1,800 more steps, the lr up to 4e-4 over 200 and down to zero over the other 1,600, on
     #    full-resolution crops; 94 minutes compiled on one thread, beside a second run at lr 1.5e-4
-    #    (results/default_models/warm_restart.md, rgb-s-ft*.log.csv; the weights: rgb-s-ft.safetensors)
+    #    (results/default_models/warm_restart.md, rgb-s-ft*.log.csv), then bash benchmarks/shipped_results.sh
     OMP_NUM_THREADS=1 snailcompress train --model snail-rgb --out runs/cpu/rgb-s-ft --dataset folder \
         --data-dir runs/default-data --holdout kodim03,kodim07,kodim12,kodim15,kodim20,kodim23 --batch-size 64 \
         --lr 4e-4 --warmup-steps 200 --steps 1800 --cooldown-steps 1600 --ema 0.997 --eval-every 450 \
         --eval-images 512 --workers 1 --scales 1 --compile
+    python benchmarks/default_models.py ship runs/cpu/rgb-s-ft snail-rgb
 """
 
 from __future__ import annotations
