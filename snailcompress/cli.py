@@ -151,12 +151,12 @@ def train(model_name, dataset, data_dir, out, overrides, crop, scales, holdout, 
           --dataset cifar10 --data-dir ~/data --out runs/cifar --batch-size 8 --steps 500000
     Running the same command again resumes from the run's last checkpoint.
     """
-    from .train import TrainOptions, resume_options, train as run_training
+    from .train import TrainOptions, has_checkpoint, resume_options, train as run_training
 
     given = {k: v for k, v in options.items() if v is not None}
     if compile_ is not None:
         given["compile"] = compile_
-    if (Path(out) / "checkpoints" / "last" / "trainer.pt").is_file():
+    if has_checkpoint(Path(out)):
         # Only what was typed counts on resume (the folder options have defaults); the run and its
         # data may have been moved since it was saved.
         source = click.get_current_context().get_parameter_source

@@ -227,6 +227,11 @@ def load_checkpoint(run_dir: Path, model, ema, optimizer, device) -> dict:
     return state["progress"]
 
 
+def has_checkpoint(run_dir: Path) -> bool:
+    """Whether `run_dir` holds a checkpoint to resume: then the same command goes on from it."""
+    return (Path(run_dir) / "checkpoints" / "last" / "trainer.pt").is_file()
+
+
 def _saved_record(run_dir: Path) -> dict | None:
     """The last checkpoint's config.json (model config, options, progress), None if there is none."""
     path = Path(run_dir) / "checkpoints" / "last" / "config.json"
@@ -380,7 +385,7 @@ def train(options: TrainOptions, progress_bar: bool = True) -> dict:
     rank, world, local_rank = _distributed()
     device = _device(options.device, local_rank)
     run_dir = Path(options.out)
-    resuming = (run_dir / "checkpoints" / "last" / "trainer.pt").is_file()
+    resuming = has_checkpoint(run_dir)
     trained = None if resuming else _trained_model(options)
     if trained is not None and options.dataset == "folder" and options.channels is None:
         options = replace(options, channels=trained.config.channels)  # saved with the run, for resuming
