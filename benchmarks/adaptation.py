@@ -12,9 +12,9 @@ into the bands the static codec uses (api.context_band), whose windows finish in
 band at a time), and --bands one makes one band, whose windows finish in raster order (what --adapt
 codes).
 
-    python benchmarks/adaptation.py --model snail-rgb --images 6 --configs static,16x1@3e-5,16x3@3e-5 \
+    python benchmarks/adaptation.py --model snail-rgb --images 6 --configs static,16x1@3e-5,16x3@3e-5 \\
         --out results/adaptation.md
-    python benchmarks/adaptation.py --images 6 --context 2 --bands default,one --configs static,96x1@3e-5 \
+    python benchmarks/adaptation.py --images 6 --context 2 --bands default,one --configs static,96x1@3e-5 \\
         --out results/adaptation_bands.md
 """
 

@@ -33,7 +33,7 @@ def plot_training_curve(log_csv: Path, out_png: Path, title: str = "") -> Path:
     train = log.dropna(subset=["train_bpd"])
     test = log.dropna(subset=["test_bpd"])
     if len(train):
-        ax.plot(train["images"], train["train_bpd"], lw=1, alpha=0.8, label="train (running, dropout on)")
+        ax.plot(train["images"], train["train_bpd"], lw=1, alpha=0.8, label="train (running, training mode)")
     if len(test):
         ax.plot(test["images"], test["test_bpd"], "o-", ms=3, label="test (EMA weights)")
     ax.set_xlabel("training images seen")

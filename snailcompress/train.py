@@ -553,7 +553,7 @@ def train(options: TrainOptions, progress_bar: bool = True) -> dict:
         save_checkpoint(run_dir, model, ema, optimizer, progress, options, device)
         from .figures import plot_training_curve
 
-        plot_training_curve(run_dir / "log.csv", run_dir / "bpd_curve.png", title=f"{options.model} on {options.dataset}")
+        plot_training_curve(run_dir / "log.csv", run_dir / "bpd_curve.png", title=f"{run_dir}: {options.model} on {options.dataset}")
     if world > 1:
         dist.barrier()
     return {**progress, "stopped_by": stop.signal_name}
