@@ -194,10 +194,15 @@ def _rng_state(device: torch.device) -> dict:
     return state
 
 
+def last_checkpoint(run_dir: Path) -> Path:
+    """The directory of a run's newest checkpoint, the one resuming reads."""
+    return Path(run_dir) / "checkpoints" / "last"
+
+
 def save_checkpoint(run_dir: Path, model, ema, optimizer, progress: dict, options: TrainOptions, device) -> None:
     """Write checkpoints/last atomically (a new directory renamed into place)."""
-    ckpt_root = run_dir / "checkpoints"
-    tmp, last, old = ckpt_root / "last.tmp", ckpt_root / "last", ckpt_root / "last.old"
+    last = last_checkpoint(run_dir)
+    tmp, old = last.with_name("last.tmp"), last.with_name("last.old")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     facts = {"dataset": options.dataset, **{k: progress[k] for k in ("step", "images", "test_bpd")}}
@@ -216,7 +221,7 @@ def save_checkpoint(run_dir: Path, model, ema, optimizer, progress: dict, option
 
 
 def load_checkpoint(run_dir: Path, model, ema, optimizer, device) -> dict:
-    last = run_dir / "checkpoints" / "last"
+    last = last_checkpoint(run_dir)
     model.load_state_dict(load_file(str(last / "weights.safetensors")))
     ema.load_state_dict(load_file(str(last / "ema.safetensors")))
     state = torch.load(last / "trainer.pt", map_location="cpu", weights_only=True)
@@ -229,12 +234,12 @@ def load_checkpoint(run_dir: Path, model, ema, optimizer, device) -> dict:
 
 def has_checkpoint(run_dir: Path) -> bool:
     """Whether `run_dir` holds a checkpoint to resume: then the same command goes on from it."""
-    return (Path(run_dir) / "checkpoints" / "last" / "trainer.pt").is_file()
+    return (last_checkpoint(run_dir) / "trainer.pt").is_file()
 
 
 def _saved_record(run_dir: Path) -> dict | None:
     """The last checkpoint's config.json (model config, options, progress), None if there is none."""
-    path = Path(run_dir) / "checkpoints" / "last" / "config.json"
+    path = last_checkpoint(run_dir) / "config.json"
     return json.loads(path.read_text()) if path.is_file() else None
 
 
