@@ -50,7 +50,7 @@ from .errors import ModelError, UsageError
 from .evaluate import evaluate
 from .models.layers import data_dependent_init
 from .models.presets import PRESETS, ModelConfig, build_from_config, config_from_dict, preset_config
-from .zoo import load_model, save_model
+from .zoo import last_checkpoint, load_model, save_model
 
 # Reference hyper-parameters by architecture: lr decay per step, Adam epsilon (inside the sqrt).
 REFERENCE = {
@@ -192,11 +192,6 @@ def _rng_state(device: torch.device) -> dict:
     if device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state(device)
     return state
-
-
-def last_checkpoint(run_dir: Path) -> Path:
-    """The directory of a run's newest checkpoint, the one resuming reads."""
-    return Path(run_dir) / "checkpoints" / "last"
 
 
 def save_checkpoint(run_dir: Path, model, ema, optimizer, progress: dict, options: TrainOptions, device) -> None:
@@ -451,7 +446,7 @@ def train(options: TrainOptions, progress_bar: bool = True) -> dict:
     )
     started = time.monotonic() - progress["elapsed_s"]
     cpu_started = time.process_time() - progress.get("cpu_s", 0.0)
-    last_checkpoint = time.monotonic()
+    last_saved = time.monotonic()
     window_nats, window_dims, window_images, window_start = 0.0, 0, 0, time.monotonic()
     params, ema_params = list(model.parameters()), list(ema.parameters())
     stop = StopRequest(enabled=world == 1)
@@ -533,11 +528,11 @@ def train(options: TrainOptions, progress_bar: bool = True) -> dict:
                         }
                     )
                     window_nats, window_dims, window_images, window_start = 0.0, 0, 0, now
-                if rank == 0 and time.monotonic() - last_checkpoint >= options.checkpoint_minutes * 60:
+                if rank == 0 and time.monotonic() - last_saved >= options.checkpoint_minutes * 60:
                     progress["elapsed_s"] = time.monotonic() - started
                     progress["cpu_s"] = time.process_time() - cpu_started
                     save_checkpoint(run_dir, model, ema, optimizer, progress, options, device)
-                    last_checkpoint = time.monotonic()
+                    last_saved = time.monotonic()
                 if finished():
                     break
             else:

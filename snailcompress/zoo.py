@@ -97,10 +97,15 @@ def shipped_models() -> list[str]:
     return sorted(p.stem for p in WEIGHTS_DIR.glob("*.safetensors"))
 
 
+def last_checkpoint(run_dir: Path) -> Path:
+    """The directory of a training run's newest checkpoint: the one resuming and `--model RUN_DIR` read."""
+    return Path(run_dir) / "checkpoints" / "last"
+
+
 def resolve_model_path(spec: str | Path) -> Path | None:
     """A file, a checkpoint dir, a run dir (its last checkpoint), or a shipped model name."""
     path = Path(spec)
-    candidates = [path, path / "ema.safetensors", path / "checkpoints" / "last" / "ema.safetensors"]
+    candidates = [path, path / "ema.safetensors", last_checkpoint(path) / "ema.safetensors"]
     for candidate in candidates:
         if candidate.is_file():
             return candidate
