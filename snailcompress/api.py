@@ -29,7 +29,7 @@ from .codec.calibration import Calibration, calibrated, calibration_for
 from .codec.coder import FloatModelTables, code_plane, decode_plane
 from .codec.images import SUPPORTED_MODES, DecomposedImage, pixel_checksum, read_image, write_image
 from .codec.tiles import WindowPlan
-from .errors import ExactnessError, FormatError, ModelError
+from .errors import ChannelCountError, ExactnessError, FormatError, ModelError
 from .fileio import atomic_write
 from .zoo import LoadedModel, default_model_for, load_model
 
@@ -95,10 +95,12 @@ class ModelChooser:
         return self._cache[key]
 
     def for_channels(self, channels: int) -> LoadedModel:
+        """The first --model that codes this many channels, else the default. A --model that cannot be
+        loaded at all (a typo, a damaged file) is an error, not a silent switch to the default."""
         for spec in self.specs:
             try:
                 return self._load(spec, channels)
-            except ModelError:
+            except ChannelCountError:
                 continue  # a model for the other channel count
         return self._load(default_model_for(channels), channels)
 

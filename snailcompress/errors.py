@@ -31,3 +31,7 @@ class ExactnessError(SnailError):
 
 class ModelError(SnailError):
     """A model name, checkpoint or weights file is unknown or invalid."""
+
+
+class ChannelCountError(ModelError):
+    """A model codes another number of channels than asked for (RGB against grayscale)."""

@@ -23,7 +23,7 @@ import torch.nn as nn
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from .errors import ModelError
+from .errors import ChannelCountError, ModelError
 from .fileio import atomic_path
 from .models.presets import PRESETS, build, build_from_config, config_from_dict
 
@@ -130,7 +130,9 @@ def load_model(spec: str | Path, channels: int | None = None, device: str | torc
         model, facts = _read_model_file(path)
         name = spec_str
         if channels is not None and model.config.channels != channels:
-            raise ModelError(f"model {spec_str!r} codes {model.config.channels}-channel images, not {channels}-channel")
+            raise ChannelCountError(
+                f"model {spec_str!r} codes {model.config.channels}-channel images, not {channels}-channel"
+            )
     model.eval().to(device)
     return LoadedModel(model, name, model_id(model), facts)
 

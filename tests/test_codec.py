@@ -651,6 +651,25 @@ def test_cli_model_file_that_changed_or_vanished(work):
     assert listing(work) == sorted(set(before) - {"mine.safetensors"})
 
 
+def test_cli_encode_model_that_cannot_be_loaded_is_an_error_not_the_default(work):
+    """A --model typo or a damaged file must not silently code with the shipped default instead."""
+    (work / "damaged.safetensors").write_bytes(b"not weights")
+    (work / "empty-run").mkdir()
+    for spec, message in [("no-such-run", "no model 'no-such-run'"), ("empty-run", "no model 'empty-run'"),
+                          ("damaged.safetensors", "damaged.safetensors")]:
+        before = listing(work)
+        one_line_error(cli("encode", "a.png", "-o", "x.snail", "--model", spec, "-q"), message)
+        assert listing(work) == before
+
+
+def test_cli_encode_skips_a_model_for_the_other_channel_count(work):
+    """--model may name a grayscale and an RGB model: each plane takes the first that codes its channels."""
+    zoo.save_model(zoo.load_model(TINY, channels=1).model, work / "gray.safetensors")
+    r = cli("encode", "a.png", "-o", "two.snail", "--model", "gray.safetensors", "--model", TINY, "--tile", TILE, "-q")
+    assert r.exit_code == 0, r.output
+    assert C.read((work / "two.snail").read_bytes()).planes[0].model_name == TINY
+
+
 def test_cli_long_model_path_is_stored_shortened(work):
     deep = work / ("d" * 120)
     deep.mkdir()

@@ -46,7 +46,7 @@ from ..codec import container
 from ..codec.coder import CodingProgress, FloatModelTables, code_plane, coding_steps, decode_plane
 from ..codec.images import DecomposedImage, same_image
 from ..data import ArrayDataset, load_split
-from ..errors import DatasetError, ModelError, UsageError
+from ..errors import ChannelCountError, DatasetError, ModelError, UsageError
 from ..evaluate import evaluate, image_log_probs
 from ..models.pixelsnail import PixelSNAIL
 from ..models.presets import PRESETS
@@ -190,7 +190,7 @@ class _OneModel(api.ModelChooser):
 
     def for_channels(self, channels: int) -> LoadedModel:
         if channels != self.loaded.channels:
-            raise ModelError(f"model {self.loaded.name!r} codes {self.loaded.channels}-channel planes, not {channels}")
+            raise ChannelCountError(f"model {self.loaded.name!r} codes {self.loaded.channels}-channel planes, not {channels}")
         return self.loaded
 
     def for_plane(self, plane: container.Plane, channels: int) -> LoadedModel:
