@@ -17,7 +17,6 @@ model as it is, `--no-calibrate`, whose payload should match the model NLL; `ada
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import tempfile
 import time
@@ -35,6 +34,7 @@ from tiling import tiled_nll_bits  # noqa: E402
 
 from snailcompress.api import DEFAULT_CONTEXT, DEFAULT_TILE, ModelChooser, decode_file, encode_file  # noqa: E402
 from snailcompress.bench.codecs import get_codecs  # noqa: E402
+from snailcompress.bench.harness import machine_facts  # noqa: E402
 from snailcompress.codec import container  # noqa: E402
 from snailcompress.codec.adaptation import Adaptation  # noqa: E402
 
@@ -112,7 +112,7 @@ def main() -> None:
             rows.append(measure(path, chooser, args.tile, args.context, codecs, work, variants))
             print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in rows[-1].items()}, flush=True)
     model = chooser.for_channels(3)
-    cpu = platform.processor() or platform.machine()
+    cpu = machine_facts()["cpu"]
     lines = [
         f"# Codec: {model.name} on {'held-out images' if args.heldout else args.image.name + ' crops'}",
         "",

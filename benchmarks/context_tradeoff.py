@@ -13,7 +13,6 @@ both). `C/bN` forces bands of N rows of windows instead of api.context_band's ch
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import time
 from datetime import datetime, timezone
@@ -26,6 +25,7 @@ from common import publish  # noqa: E402
 from default_models import SHARED  # noqa: E402
 
 from snailcompress.api import DEFAULT_TILE, context_band  # noqa: E402
+from snailcompress.bench.harness import machine_facts  # noqa: E402
 from snailcompress.codec.coder import FloatModelTables, code_plane  # noqa: E402
 from snailcompress.codec.images import read_image  # noqa: E402
 from snailcompress.zoo import load_model  # noqa: E402
@@ -67,7 +67,7 @@ def main() -> None:
         f"# Context from neighbouring tiles: {args.image.name} ({width}x{height}), {loaded.name}",
         "",
         f"Command: `python {' '.join(sys.argv)}`  ",
-        f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; {platform.machine()}, {args.threads} torch threads, "
+        f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; {machine_facts()['cpu']}, {args.threads} torch threads, "
         f"torch {torch.__version__}; model {loaded.name} (id {loaded.model_id}), tile {args.tile}. Bits: the coded "
         "stream (no container header); seconds: encoding the plane (decoding runs the same steps).",
         "",

@@ -35,7 +35,8 @@ in results/default_model*: the images in HOLDOUT (6 Kodak images, 6 photos).
     python benchmarks/default_models.py ship runs/cpu/rgb-s-ft snail-rgb
     # 6. the same again from it, seed 1 (-0.46% held-out NLL, results/default_models/warm_restart2.md),
     #    shipped as snail-rgb (id 95d6653f), then bash benchmarks/shipped_results.sh; a third restart
-    #    from that one, seed 2: -0.32% more (results/default_models/warm_restart3.md), not shipped yet
+    #    from that one, seed 2: -0.32% more (results/default_models/warm_restart3.md), shipped as
+    #    snail-rgb (id d2c12968), then bash benchmarks/shipped_results.sh
     #    (warm_restart2.md's "snail-rgb" was id bf39e239, runs/cpu/rgb-s-ft; warm_restart3.md's is id 95d6653f)
     OMP_NUM_THREADS=1 snailcompress train --model runs/cpu/rgb-s-ft --out runs/cpu/rgb-s-ft2 --seed 1 --dataset folder \\
         --data-dir runs/default-data --holdout kodim03,kodim07,kodim12,kodim15,kodim20,kodim23 --batch-size 64 \\
@@ -48,6 +49,7 @@ in results/default_model*: the images in HOLDOUT (6 Kodak images, 6 photos).
     python benchmarks/compare_models.py snail-rgb runs/cpu/rgb-s-ft2 --context 2 --out results/default_models/warm_restart2.md
     python benchmarks/default_models.py ship runs/cpu/rgb-s-ft2 snail-rgb
     python benchmarks/compare_models.py snail-rgb runs/cpu/rgb-s-ft3 --context 2 --threads 2 --out results/default_models/warm_restart3.md
+    python benchmarks/default_models.py ship runs/cpu/rgb-s-ft3 snail-rgb
 """
 
 from __future__ import annotations

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
-import platform
 import sys
 import time
 from datetime import datetime, timezone
@@ -24,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import publish  # noqa: E402
 
 from snailcompress import mixture  # noqa: E402
+from snailcompress.bench.harness import machine_facts  # noqa: E402
 from snailcompress.models.layers import count_parameters, data_dependent_init  # noqa: E402
 from snailcompress.models.presets import build  # noqa: E402
 from snailcompress.train import ReferenceAdam  # noqa: E402
@@ -90,7 +90,7 @@ def main() -> None:
             row = measure(preset, int(batch), args.steps, device, not args.no_amp, compile_)
             rows.append(row)
             print(row, flush=True)
-    name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu"
+    name = torch.cuda.get_device_name() if device.type == "cuda" else machine_facts()["cpu"]
     lines = [
         f"# Training throughput on {name}",
         "",
