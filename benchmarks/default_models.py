@@ -50,6 +50,12 @@ in results/default_model*: the images in HOLDOUT (6 Kodak images, 6 photos).
     python benchmarks/default_models.py ship runs/cpu/rgb-s-ft2 snail-rgb
     python benchmarks/compare_models.py snail-rgb runs/cpu/rgb-s-ft3 --context 2 --threads 2 --out results/default_models/warm_restart3.md
     python benchmarks/default_models.py ship runs/cpu/rgb-s-ft3 snail-rgb
+    # 7. a fourth restart from that one, seed 3, as one longer cycle (3,600 steps, the lr down over 3,200):
+    #    does one long cycle beat two short ones? Started 2026-11-25, not finished yet
+    OMP_NUM_THREADS=1 snailcompress train --model runs/cpu/rgb-s-ft3 --out runs/cpu/rgb-s-ft4 --seed 3 --dataset folder \\
+        --data-dir runs/default-data --holdout kodim03,kodim07,kodim12,kodim15,kodim20,kodim23 --batch-size 64 \\
+        --lr 4e-4 --warmup-steps 200 --steps 3600 --cooldown-steps 3200 --ema 0.997 --eval-every 450 \\
+        --eval-images 512 --workers 1 --scales 1 --compile
 """
 
 from __future__ import annotations
