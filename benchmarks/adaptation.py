@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import publish  # noqa: E402
+from common import publish, run_facts  # noqa: E402
 from default_models import heldout_files  # noqa: E402
 
 from snailcompress import mixture  # noqa: E402
@@ -135,8 +135,7 @@ def main() -> None:
         "",
         f"Command: `python {' '.join(sys.argv)}`",
         "",
-        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {torch.get_num_threads()} torch threads, "
-        f"torch {torch.__version__}. Bits per subpixel of the model's NLL (what the codec's payload "
+        f"{run_facts()}. Bits per subpixel of the model's NLL (what the codec's payload "
         "matches within 0.01%); `CxS@lr`: C chunks of tiles in coding order, S Adam steps on each chunk "
         "after scoring it, in the order the codec finishes the windows. Seconds: the whole measurement "
         "(forward passes, and the adaptation steps).",

@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -28,13 +26,12 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import publish  # noqa: E402
+from common import publish, run_facts  # noqa: E402
 from default_models import SHARED, heldout_files  # noqa: E402
 from tiling import tiled_nll_bits  # noqa: E402
 
 from snailcompress.api import DEFAULT_CONTEXT, DEFAULT_TILE, ModelChooser, decode_file, encode_file  # noqa: E402
 from snailcompress.bench.codecs import get_codecs  # noqa: E402
-from snailcompress.bench.harness import machine_facts  # noqa: E402
 from snailcompress.codec import container  # noqa: E402
 from snailcompress.codec.adaptation import Adaptation  # noqa: E402
 
@@ -112,13 +109,11 @@ def main() -> None:
             rows.append(measure(path, chooser, args.tile, args.context, codecs, work, variants))
             print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in rows[-1].items()}, flush=True)
     model = chooser.for_channels(3)
-    cpu = machine_facts()["cpu"]
     lines = [
         f"# Codec: {model.name} on {'held-out images' if args.heldout else args.image.name + ' crops'}",
         "",
         f"Command: `python {' '.join(sys.argv)}`  ",
-        f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; {cpu}, {torch.get_num_threads()} torch threads, "
-        f"torch {torch.__version__}; model {model.name} (id {model.model_id}), tile {args.tile}, context {args.context}. "
+        f"{run_facts()}; model {model.name} (id {model.model_id}), tile {args.tile}, context {args.context}. "
         "Times are wall-clock for the whole command (read, code, write, verify). Bits per subpixel count "
         "every byte of the file; 'payload' leaves out the container header. Ways of encoding: "
         + "; ".join(f"**{v}**, {VARIANTS[v][1]}" for v in variants) + f"; each against **{variants[0]}** ('vs')."

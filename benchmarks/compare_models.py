@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import publish  # noqa: E402
+from common import publish, run_facts  # noqa: E402
 from default_models import heldout_files  # noqa: E402
 from tiling import tiled_nll_bits  # noqa: E402
 
@@ -58,7 +58,7 @@ def main() -> None:
         f"# Held-out NLL of {', '.join(names)}",
         "",
         f"Command: `python {' '.join(sys.argv)}`  ",
-        f"{args.threads} torch threads, torch {torch.__version__}. Bits/subpixel of the 12 held-out images"
+        f"{run_facts()}. Bits/subpixel of the 12 held-out images"
         f" ({'grayscale' if args.gray else 'RGB'}), tile {DEFAULT_TILE}, context {args.context}; the change is"
         f" against {base}. Model ids: " + ", ".join(f"{name} {loaded.model_id}" for name, loaded in models.items()) + ".",
         "",

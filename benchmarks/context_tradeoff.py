@@ -15,17 +15,15 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import publish  # noqa: E402
+from common import publish, run_facts  # noqa: E402
 from default_models import SHARED  # noqa: E402
 
 from snailcompress.api import DEFAULT_TILE, context_band  # noqa: E402
-from snailcompress.bench.harness import machine_facts  # noqa: E402
 from snailcompress.codec.coder import FloatModelTables, code_plane  # noqa: E402
 from snailcompress.codec.images import read_image  # noqa: E402
 from snailcompress.zoo import load_model  # noqa: E402
@@ -67,8 +65,7 @@ def main() -> None:
         f"# Context from neighbouring tiles: {args.image.name} ({width}x{height}), {loaded.name}",
         "",
         f"Command: `python {' '.join(sys.argv)}`  ",
-        f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; {machine_facts()['cpu']}, {args.threads} torch threads, "
-        f"torch {torch.__version__}; model {loaded.name} (id {loaded.model_id}), tile {args.tile}. Bits: the coded "
+        f"{run_facts()}; model {loaded.name} (id {loaded.model_id}), tile {args.tile}. Bits: the coded "
         "stream (no container header); seconds: encoding the plane (decoding runs the same steps).",
         "",
         "| context | band (rows of windows) | windows | bits/subpixel | vs no context | encode s | time vs no context |",

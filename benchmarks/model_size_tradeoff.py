@@ -21,11 +21,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import publish  # noqa: E402
+from common import publish, run_facts  # noqa: E402
 from default_models import KODAK_HOLDOUT, SHARED  # noqa: E402
 from tiling import tiled_nll_bits  # noqa: E402
 
@@ -63,7 +62,7 @@ def main() -> None:
         "# Default model size: bits against CPU decode time",
         "",
         f"Command: `python {' '.join(sys.argv)}`  ",
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads. NLL at tile {DEFAULT_TILE} on the held-out "
+        f"{run_facts()}. NLL at tile {DEFAULT_TILE} on the held-out "
         f"Kodak images {', '.join(KODAK_HOLDOUT[: args.images])}; times: real encode/decode (verified) of a "
         "256x256 crop of kodim23 (held out).",
         "",

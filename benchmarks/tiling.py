@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import publish  # noqa: E402
+from common import publish, run_facts  # noqa: E402
 from default_models import heldout_files  # noqa: E402
 
 from snailcompress import mixture  # noqa: E402
@@ -87,7 +87,7 @@ def main() -> None:
         f"# Tiling cost: {loaded.name} NLL bits/subpixel by tile size",
         "",
         f"Command: `python {' '.join(sys.argv)}`  ",
-        f"Model {loaded.name} (id {loaded.model_id}); {len(files)} held-out images at full resolution; "
+        f"{run_facts()}; model {loaded.name} (id {loaded.model_id}); {len(files)} held-out images at full resolution; "
         "the NLL of exactly the pixels the codec codes (padding excluded). Forward-pass seconds are for "
         "the full-forward measurement here, not the codec.",
         "",

@@ -73,3 +73,17 @@ def test_windows_come_in_the_order_the_coder_finishes_them():
     first = [0, 8, 16, 24, 1, 9, 17, 25]  # window (0, 0) of each band, then (0, 1) of each band, ...
     assert torch.equal(x[:8], adaptation.mixture.to_unit(torch.from_numpy(raster[first])))
     assert int(real.sum()) == 200 * 100
+
+
+def test_report_header_names_the_cpu_and_threads(monkeypatch):
+    """Sessions of this project get different CPUs, so every timing report says which one it ran on."""
+    import common
+
+    monkeypatch.setattr(common, "machine_facts", lambda: {"cpu": "Example CPU 9000"})
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        facts = common.run_facts()
+    finally:
+        torch.set_num_threads(old)
+    assert "Example CPU 9000, 1 torch threads" in facts and torch.__version__ in facts and facts.endswith(torch.__version__)
