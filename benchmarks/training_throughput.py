@@ -14,13 +14,12 @@ import contextlib
 import math
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import publish  # noqa: E402
+from common import publish, run_facts  # noqa: E402
 
 from snailcompress import mixture  # noqa: E402
 from snailcompress.bench.harness import machine_facts  # noqa: E402
@@ -95,7 +94,7 @@ def main() -> None:
         f"# Training throughput on {name}",
         "",
         f"Command: `python {' '.join(sys.argv)}`  ",
-        f"torch {torch.__version__}, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, random 32x32 RGB data (no data loading), "
+        f"{run_facts()}; random 32x32 RGB data (no data loading), "
         f"{args.steps} timed steps after warm-up.",
         "",
         "| preset | params | batch | bf16 | compile | images/s | ms/step | peak GPU memory | CIFAR-10 epochs/day |",
