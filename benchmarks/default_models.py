@@ -51,8 +51,22 @@ in results/default_model*: the images in HOLDOUT (6 Kodak images, 6 photos).
     python benchmarks/compare_models.py snail-rgb runs/cpu/rgb-s-ft3 --context 2 --threads 2 --out results/default_models/warm_restart3.md
     python benchmarks/default_models.py ship runs/cpu/rgb-s-ft3 snail-rgb
     # 7. a fourth restart from that one, seed 3, as one longer cycle (3,600 steps, the lr down over 3,200):
-    #    does one long cycle beat two short ones? Started 2026-11-25, not finished yet
+    #    does one long cycle beat two short ones? (results/default_models/warm_restart4.md, rgb-s-ft4.*)
     OMP_NUM_THREADS=1 snailcompress train --model runs/cpu/rgb-s-ft3 --out runs/cpu/rgb-s-ft4 --seed 3 --dataset folder \\
+        --data-dir runs/default-data --holdout kodim03,kodim07,kodim12,kodim15,kodim20,kodim23 --batch-size 64 \\
+        --lr 4e-4 --warmup-steps 200 --steps 3600 --cooldown-steps 3200 --ema 0.997 --eval-every 450 \\
+        --eval-images 512 --workers 1 --scales 1 --compile
+    python benchmarks/compare_models.py snail-rgb runs/cpu/rgb-s-ft4 --context 2 --threads 2 --out results/default_models/warm_restart4.md
+    # 8. bf16 on the CPU (AMX): the same short cycle from rgb-s-ft4 in fp32 and in bf16, compared
+    #    (results/default_models/bf16_training.md); P is fp32, then bf16
+    OMP_NUM_THREADS=2 snailcompress train --model runs/cpu/rgb-s-ft4 --out runs/cpu/rgb-s-ab-P --precision P --seed 4 \\
+        --dataset folder --data-dir runs/default-data --holdout kodim03,kodim07,kodim12,kodim15,kodim20,kodim23 \\
+        --batch-size 64 --lr 2e-4 --warmup-steps 50 --steps 600 --cooldown-steps 550 --ema 0.997 --eval-every 300 \\
+        --eval-images 512 --workers 1 --scales 1 --compile
+    python benchmarks/compare_models.py runs/cpu/rgb-s-ft4 runs/cpu/rgb-s-ab-fp32 runs/cpu/rgb-s-ab-bf16 --context 2 \\
+        --threads 2 --out results/default_models/bf16_training.md
+    # 9. a fifth restart, from rgb-s-ft4, the long cycle again (seed 5); started 2026-11-25, not finished
+    OMP_NUM_THREADS=2 snailcompress train --model runs/cpu/rgb-s-ft4 --out runs/cpu/rgb-s-ft5 --seed 5 --dataset folder \\
         --data-dir runs/default-data --holdout kodim03,kodim07,kodim12,kodim15,kodim20,kodim23 --batch-size 64 \\
         --lr 4e-4 --warmup-steps 200 --steps 3600 --cooldown-steps 3200 --ema 0.997 --eval-every 450 \\
         --eval-images 512 --workers 1 --scales 1 --compile

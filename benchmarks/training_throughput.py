@@ -4,13 +4,15 @@ Runs the real training step (forward, reference loss, backward, ReferenceAdam, E
 32x32 images: data loading is excluded, so this is the model's ceiling. Writes a markdown table.
 
     python benchmarks/training_throughput.py --out results/training_throughput_h100.md
-    python benchmarks/training_throughput.py --presets pixelsnail-small:16 --steps 5   # CPU
+    python benchmarks/training_throughput.py --presets pixelsnail-small:64 --steps 5 --compile \
+        --precisions fp32,bf16 --set filters=48 --set blocks=2 --set resnets_per_block=3 --set value_channels=24
+        # CPU, snail-rgb's architecture; bf16 pays on a CPU only with AMX or AVX512-BF16
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
+import json
 import math
 import sys
 import time
@@ -25,14 +27,15 @@ from snailcompress import mixture  # noqa: E402
 from snailcompress.bench.harness import machine_facts  # noqa: E402
 from snailcompress.models.layers import count_parameters, data_dependent_init  # noqa: E402
 from snailcompress.models.presets import build  # noqa: E402
-from snailcompress.train import ReferenceAdam  # noqa: E402
+from snailcompress.train import PRECISIONS, ReferenceAdam, cpu_bf16_units, network_autocast  # noqa: E402
 
 DEFAULT = "pixelsnail-cifar10:8,pixelsnail-cifar10:32,pixelsnail-imagenet32:8,pixelcnnpp-cifar10:16,pixelcnnpp-cifar10:64"
 
 
-def measure(preset: str, batch: int, steps: int, device: torch.device, amp: bool, compile_: bool) -> dict:
+def measure(preset: str, batch: int, steps: int, device: torch.device, precision: str, compile_: bool,
+            overrides: dict) -> dict:
     torch.manual_seed(0)
-    model = build(preset).to(device)
+    model = build(preset, **overrides).to(device)
     x = mixture.to_unit(torch.randint(0, 256, (batch, 3, 32, 32), device=device))
     data_dependent_init(model, x)
     ema = [p.detach().clone() for p in model.parameters()]
@@ -42,7 +45,7 @@ def measure(preset: str, batch: int, steps: int, device: torch.device, amp: bool
         x = x.contiguous(memory_format=torch.channels_last)
     forward = torch.compile(model) if compile_ else model
     optimizer = ReferenceAdam(params)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if (amp and device.type == "cuda") else contextlib.nullcontext()
+    autocast = network_autocast(precision, device)
 
     def step():
         with autocast:
@@ -68,7 +71,7 @@ def measure(preset: str, batch: int, steps: int, device: torch.device, amp: bool
     seconds = time.perf_counter() - start
     memory = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
     return {
-        "preset": preset, "params_M": count_parameters(model) / 1e6, "batch": batch, "amp": amp and device.type == "cuda",
+        "preset": preset, "params_M": count_parameters(model) / 1e6, "batch": batch, "bf16": isinstance(autocast, torch.autocast),
         "compile": compile_, "images_per_s": batch * steps / seconds, "step_ms": 1000 * seconds / steps, "peak_GiB": memory,
     }
 
@@ -77,25 +80,30 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--presets", default=DEFAULT, help="comma-separated PRESET:BATCH")
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--no-amp", action="store_true")
+    parser.add_argument("--precisions", default="auto", help=f"comma-separated, of {', '.join(PRECISIONS)}")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a model setting of every preset, as `snailcompress train --set`")
     parser.add_argument("--compile", action="store_true", help="also measure with torch.compile")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    overrides = {key: json.loads(value) for key, _, value in (pair.partition("=") for pair in args.overrides)}
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     rows = []
     for item in args.presets.split(","):
         preset, batch = item.split(":")
-        for compile_ in [False, True] if args.compile else [False]:
-            row = measure(preset, int(batch), args.steps, device, not args.no_amp, compile_)
-            rows.append(row)
-            print(row, flush=True)
-    name = torch.cuda.get_device_name() if device.type == "cuda" else machine_facts()["cpu"]
+        for precision in args.precisions.split(","):
+            for compile_ in [False, True] if args.compile else [False]:
+                row = measure(preset, int(batch), args.steps, device, precision, compile_, overrides)
+                rows.append(row)
+                print(row, flush=True)
+    name = torch.cuda.get_device_name() if device.type == "cuda" else f"{machine_facts()['cpu']} (bf16 units: {cpu_bf16_units()})"
     lines = [
         f"# Training throughput on {name}",
         "",
         f"Command: `python {' '.join(sys.argv)}`  ",
         f"{run_facts()}; random 32x32 RGB data (no data loading), "
-        f"{args.steps} timed steps after warm-up.",
+        f"{args.steps} timed steps after warm-up."
+        + (f" Every preset with {', '.join(args.overrides)}." if args.overrides else ""),
         "",
         "| preset | params | batch | bf16 | compile | images/s | ms/step | peak GPU memory | CIFAR-10 epochs/day |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -103,7 +111,7 @@ def main() -> None:
     for r in rows:
         memory = "-" if math.isnan(r["peak_GiB"]) else f"{r['peak_GiB']:.1f} GiB"  # no GPU memory on the CPU
         lines.append(
-            f"| {r['preset']} | {r['params_M']:.2f}M | {r['batch']} | {r['amp']} | {r['compile']} | {r['images_per_s']:.0f} "
+            f"| {r['preset']} | {r['params_M']:.2f}M | {r['batch']} | {r['bf16']} | {r['compile']} | {r['images_per_s']:.0f} "
             f"| {r['step_ms']:.1f} | {memory} | {r['images_per_s'] * 86400 / 50000:.0f} |"
         )
     publish(lines, args.out)

@@ -87,3 +87,22 @@ def test_report_header_names_the_cpu_and_threads(monkeypatch):
     finally:
         torch.set_num_threads(old)
     assert "Example CPU 9000, 1 torch threads" in facts and facts.endswith(f"torch {torch.__version__}")
+
+
+def test_training_throughput_measures_each_precision_of_the_overridden_preset(tmp_path, monkeypatch):
+    """One row per (precision, compile); --set reaches the model measured (fewer parameters than the
+    preset's own), and the bf16 column says whether autocast was on."""
+    import training_throughput
+
+    from snailcompress.models.layers import count_parameters
+
+    out = tmp_path / "throughput.md"
+    monkeypatch.setattr(sys, "argv", ["training_throughput.py", "--presets", "pixelsnail-tiny:2", "--steps", "1",
+                                      "--precisions", "fp32,bf16", "--set", "filters=16", "--out", str(out)])
+    training_throughput.main()
+    rows = [line.split(" | ") for line in out.read_text().splitlines() if line.startswith("| pixelsnail-tiny")]
+    assert [row[3] for row in rows] == ["False", "True"]
+    smaller = count_parameters(build("pixelsnail-tiny", filters=16)) / 1e6
+    assert smaller < count_parameters(build("pixelsnail-tiny")) / 1e6
+    assert all(row[1] == f"{smaller:.2f}M" for row in rows)
+    assert "Every preset with filters=16." in out.read_text()

@@ -31,7 +31,9 @@ from safetensors.torch import load_file
 from snailcompress.cli import main
 from snailcompress.data.idx import FASHION_MNIST_SYSTEM_DIR
 from snailcompress.errors import DatasetError, UsageError
-from snailcompress.train import GlobalBatchSampler, ReferenceAdam, TrainOptions, learning_rate, train
+from snailcompress.train import (
+    GlobalBatchSampler, ReferenceAdam, TrainOptions, learning_rate, network_autocast, saved_options, train,
+)
 from snailcompress.zoo import load_model
 
 CHECKPOINT_FILES = ("config.json", "ema.safetensors", "weights.safetensors", "trainer.pt")
@@ -529,6 +531,50 @@ def test_cli_resume_with_a_cooldown_replaces_the_saved_budget_and_finds_moved_da
     new_rows = read_log(run)[len(read_log(cli_run)):]
     assert [r["step"] for r in new_rows] == ["6"]
     assert float(new_rows[-1]["lr"]) == pytest.approx(1e-3 * 0.999998**5 / 4, rel=1e-4)  # the last step's, 0-based 5
+
+
+def test_network_autocast_is_bf16_where_asked_and_auto_keeps_the_cpu_in_fp32():
+    model = load_model("pixelsnail-tiny").model.eval()
+    x = torch.zeros(1, 3, 8, 8)
+    cpu = torch.device("cpu")
+    with torch.no_grad():
+        with network_autocast("bf16", cpu):
+            assert model(x).dtype == torch.bfloat16
+        for precision in ("auto", "fp32"):
+            with network_autocast(precision, cpu):
+                assert model(x).dtype == torch.float32
+    with pytest.raises(ValueError, match="precision must be one of auto, bf16, fp32"):
+        network_autocast("fp16", cpu)
+
+
+def test_cli_train_in_bf16_on_the_cpu_and_resume_in_fp32(cli_run, photo_dir, tmp_path):
+    """--precision is saved with the run, and a resumed run may change it (it is not the model)."""
+    out = tmp_path / "bf16"
+    result = CliRunner().invoke(
+        main,
+        ["train", "--model", "pixelsnail-tiny", *folder_cli_args(photo_dir), "--batch-size", "3", "--steps", "2",
+         "--workers", "0", "--device", "cpu", "--eval-every", "0", "--precision", "bf16", "--out", str(out)],
+    )
+    assert result.exit_code == 0, result.output
+    assert re.search(r"2 steps, 6 images, test \d+\.\d{4} bits/dim", result.stdout), result.stdout
+    assert saved_options(out).precision == "bf16"
+    assert all(math.isfinite(float(row["train_bpd"])) for row in read_log(out) if row["train_bpd"])
+    resumed = CliRunner().invoke(main, ["train", "--out", str(out), "--steps", "3", "--precision", "fp32"])
+    assert resumed.exit_code == 0, resumed.output
+    assert saved_options(out).precision == "fp32"
+
+
+@pytest.mark.parametrize("amp, precision", [(True, "auto"), (False, "fp32")])
+def test_runs_saved_before_precision_resume_with_what_their_amp_meant(cli_run, tmp_path, amp, precision):
+    """Checkpoints from before --precision saved `amp` (bf16 autocast on CUDA only): "auto" is that."""
+    run = tmp_path / "old"
+    shutil.copytree(cli_run, run)
+    config_path = checkpoint(run) / "config.json"
+    config = json.loads(config_path.read_text())
+    del config["options"]["precision"]
+    config["options"]["amp"] = amp
+    config_path.write_text(json.dumps(config))
+    assert saved_options(run).precision == precision
 
 
 def test_ctrl_c_saves_a_checkpoint_and_the_same_command_resumes(photo_dir, tmp_path):
