@@ -86,7 +86,7 @@ class TrainOptions:
     seed: int = 0
     workers: int = 2
     device: str = "auto"
-    precision: str = "auto"  # network arithmetic: "bf16" autocast, "fp32", or "auto" (bf16 on CUDA only); see autocast
+    precision: str = "auto"  # network arithmetic: "bf16" autocast, "fp32", or "auto" (bf16 on CUDA only); see network_autocast
     compile: bool = False
     cache_dir: str | None = None  # HDF5 cache of fixed data sets (see snailcompress.data.cache)
     # `folder` data set only
@@ -141,8 +141,8 @@ PRECISIONS = ("auto", "bf16", "fp32")
 
 
 def network_autocast(precision: str, device: torch.device):
-    """bf16 autocast of the network's forward pass (the loss, gradients' accumulation into fp32
-    parameters, Adam and the EMA stay fp32), or nothing. "auto" uses it on CUDA only. On a CPU with
+    """bf16 autocast of the network's forward pass, or nothing (the parameters, their gradients, the
+    loss, Adam and the EMA are fp32 either way). "auto" uses it on CUDA only. On a CPU with
     AMX, bf16 trained snail-rgb 1.24x faster but 0.59% worse on the held-out images where fp32 gained
     0.04% (results/default_models/bf16_training.md); without AMX or AVX512-BF16 it is emulated."""
     if precision not in PRECISIONS:
@@ -153,7 +153,7 @@ def network_autocast(precision: str, device: torch.device):
 
 
 def cpu_bf16_units() -> str:
-    """This CPU's native bf16 units ("AMX, AVX512-BF16"), or "none": where bf16 on the CPU pays."""
+    """This CPU's native bf16 units ("AMX, AVX512-BF16"), or "none": where bf16 on the CPU runs fast."""
     checks = {"AMX": "_is_amx_tile_supported", "AVX512-BF16": "_is_avx512_bf16_supported"}  # torch.cpu, private
     return ", ".join(name for name, check in checks.items() if getattr(torch.cpu, check, lambda: False)()) or "none"
 
