@@ -12,7 +12,6 @@ Runs the real training step (forward, reference loss, backward, ReferenceAdam, E
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -25,6 +24,7 @@ from common import publish, run_facts  # noqa: E402
 
 from snailcompress import mixture  # noqa: E402
 from snailcompress.bench.harness import machine_facts  # noqa: E402
+from snailcompress.cli import parse_overrides  # noqa: E402
 from snailcompress.models.layers import count_parameters, data_dependent_init  # noqa: E402
 from snailcompress.models.presets import build  # noqa: E402
 from snailcompress.train import PRECISIONS, ReferenceAdam, cpu_bf16_units, network_autocast  # noqa: E402
@@ -86,7 +86,7 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="also measure with torch.compile")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    overrides = {key: json.loads(value) for key, _, value in (pair.partition("=") for pair in args.overrides)}
+    overrides = parse_overrides(tuple(args.overrides))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     rows = []
     for item in args.presets.split(","):

@@ -28,11 +28,11 @@ from click.testing import CliRunner
 from PIL import Image
 from safetensors.torch import load_file
 
-from snailcompress.cli import main
+from snailcompress.cli import PRECISION_CHOICES, main
 from snailcompress.data.idx import FASHION_MNIST_SYSTEM_DIR
 from snailcompress.errors import DatasetError, UsageError
 from snailcompress.train import (
-    GlobalBatchSampler, ReferenceAdam, TrainOptions, learning_rate, network_autocast, saved_options, train,
+    PRECISIONS, GlobalBatchSampler, ReferenceAdam, TrainOptions, learning_rate, network_autocast, saved_options, train,
 )
 from snailcompress.zoo import load_model
 
@@ -545,9 +545,10 @@ def test_network_autocast_is_bf16_where_asked_and_auto_keeps_the_cpu_in_fp32():
                 assert model(x).dtype == torch.float32
     with pytest.raises(ValueError, match="precision must be one of auto, bf16, fp32"):
         network_autocast("fp16", cpu)
+    assert tuple(PRECISION_CHOICES) == PRECISIONS  # the CLI's copy of the list
 
 
-def test_cli_train_in_bf16_on_the_cpu_and_resume_in_fp32(cli_run, photo_dir, tmp_path):
+def test_cli_train_in_bf16_on_the_cpu_and_resume_in_fp32(photo_dir, tmp_path):
     """--precision is saved with the run, and a resumed run may change it (it is not the model)."""
     out = tmp_path / "bf16"
     result = CliRunner().invoke(
