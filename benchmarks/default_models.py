@@ -57,6 +57,7 @@ in results/default_model*: the images in HOLDOUT (6 Kodak images, 6 photos).
         --lr 4e-4 --warmup-steps 200 --steps 3600 --cooldown-steps 3200 --ema 0.997 --eval-every 450 \\
         --eval-images 512 --workers 1 --scales 1 --compile
     python benchmarks/compare_models.py snail-rgb runs/cpu/rgb-s-ft4 --context 2 --threads 2 --out results/default_models/warm_restart4.md
+    python benchmarks/default_models.py ship runs/cpu/rgb-s-ft4 snail-rgb   # id e062c9d4, then shipped_results.sh
     # 8. bf16 on the CPU (AMX): the same short cycle from rgb-s-ft4 in fp32 and in bf16, compared
     #    (results/default_models/bf16_training.md); P is fp32, then bf16
     OMP_NUM_THREADS=2 snailcompress train --model runs/cpu/rgb-s-ft4 --out runs/cpu/rgb-s-ab-P --precision P --seed 4 \\

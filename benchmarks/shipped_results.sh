@@ -2,7 +2,7 @@
 # Remake every result that depends on the shipped weights, after `default_models.py ship` put new
 # ones into snailcompress/weights/ (each output file records its own command, date and model id).
 #
-#   bash benchmarks/shipped_results.sh            # about two hours on the 2-core CPU (1 h 58 min on 2026-11-25)
+#   bash benchmarks/shipped_results.sh            # about two hours on the 2-core CPU (2 h 6 min on 2026-11-25)
 #   THREADS=2 bash benchmarks/shipped_results.sh  # the held-out table on 2 threads (the README quotes 1)
 #
 # Then copy the new numbers into README.md (Results, the demo output of `snailcompress demo`) and

@@ -33,7 +33,8 @@ from .tiles import WindowPlan
 MAX_SAMPLE_WINDOWS = 64  # windows the fit sees; 200 numbers need far fewer than 64 x 32 x 32 pixels
 LBFGS_ITERATIONS = 30
 #: bits per subpixel a calibration typically saves, header paid: the median of the 12 held-out images
-#: (results/default_model_heldout_variants.md: 0.007 to 0.078); planes too small to save twice the
+#: when it was set (0.007 to 0.078; with today's snail-rgb 0.005 to 0.080, median 0.014,
+#: results/default_model_heldout_variants.md); planes too small to save twice the
 #: header at this rate are not tried.
 TYPICAL_SAVING_BITS = 0.015
 
