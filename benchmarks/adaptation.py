@@ -135,10 +135,10 @@ def main() -> None:
         "",
         f"Command: `python {' '.join(sys.argv)}`",
         "",
-        f"{run_facts()}. Bits per subpixel of the model's NLL (what the codec's payload "
-        "matches within 0.01%); `CxS@lr`: C chunks of tiles in coding order, S Adam steps on each chunk "
-        "after scoring it, in the order the codec finishes the windows. Seconds: the whole measurement "
-        "(forward passes, and the adaptation steps).",
+        f"{run_facts()}; model {loaded.name} (id {loaded.model_id}). Bits per subpixel of the model's NLL "
+        "(what the codec's payload matches within 0.01%); `CxS@lr`: C chunks of tiles in coding order, "
+        "S Adam steps on each chunk after scoring it, in the order the codec finishes the windows. "
+        "Seconds: the whole measurement (forward passes, and the adaptation steps).",
         "",
         "| image | " + " | ".join(specs) + " |",
         "|---|" + "---|" * len(specs),

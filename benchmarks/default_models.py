@@ -66,11 +66,18 @@ in results/default_model*: the images in HOLDOUT (6 Kodak images, 6 photos).
         --eval-images 512 --workers 1 --scales 1 --compile
     python benchmarks/compare_models.py runs/cpu/rgb-s-ft4 runs/cpu/rgb-s-ab-fp32 runs/cpu/rgb-s-ab-bf16 --context 2 \\
         --threads 2 --out results/default_models/bf16_training.md
-    # 9. a fifth restart, from rgb-s-ft4, the long cycle again (seed 5); started 2026-11-25, not finished
-    OMP_NUM_THREADS=2 snailcompress train --model runs/cpu/rgb-s-ft4 --out runs/cpu/rgb-s-ft5 --seed 5 --dataset folder \\
+    # 9. a fifth restart from the shipped snail-rgb (id e062c9d4: rgb-s-ft4's EMA weights), seed 5, the
+    #    short cycle again: a long one (3,600 steps) was stopped at step 2,277 and its run folder lost
+    #    between sessions, and on the AMD EPYC (3.4 s a step) a long cycle outlasts a session. The
+    #    candidate's EMA weights are kept in results/default_models/ (runs/ does not survive), and
+    #    compared: results/default_models/warm_restart5.md
+    OMP_NUM_THREADS=2 snailcompress train --model snail-rgb --out runs/cpu/rgb-s-ft5 --seed 5 --dataset folder \\
         --data-dir runs/default-data --holdout kodim03,kodim07,kodim12,kodim15,kodim20,kodim23 --batch-size 64 \\
-        --lr 4e-4 --warmup-steps 200 --steps 3600 --cooldown-steps 3200 --ema 0.997 --eval-every 450 \\
+        --lr 4e-4 --warmup-steps 200 --steps 1800 --cooldown-steps 1600 --ema 0.997 --eval-every 450 \\
         --eval-images 512 --workers 1 --scales 1 --compile
+    cp runs/cpu/rgb-s-ft5/checkpoints/last/ema.safetensors results/default_models/rgb-s-ft5.safetensors
+    python benchmarks/compare_models.py snail-rgb results/default_models/rgb-s-ft5.safetensors --context 2 \\
+        --threads 2 --out results/default_models/warm_restart5.md
 """
 
 from __future__ import annotations

@@ -1,0 +1,115 @@
+"""The committed results and the README's copy of them describe the weights that ship.
+
+Shipping new weights (benchmarks/default_models.py ship) makes every weight-dependent result stale
+until benchmarks/shipped_results.sh remakes it, and the README's numbers are copied from those
+files by hand. These tests fail when either step was forgotten: a results file made with other
+weights, or a README number that is not its table's.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from pathlib import Path
+
+import pytest
+
+from snailcompress.zoo import load_model
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "results"
+README = (ROOT / "README.md").read_text()
+
+# Results made by benchmarks/shipped_results.sh whose header names the model id they were made with.
+REMADE_WITH_ID = [
+    "default_model_heldout.md",
+    "default_model_heldout_variants.md",
+    "codec_speed.md",
+    "context_tradeoff.md",
+    "tiling_with_context.md",
+]  # and adaptation_bands.md, whose header names the id from its next remake on
+
+# The README's table of the shipped model against classical codecs: row label -> codec column.
+CODEC_ROWS = {
+    "JPEG-XL lossless, effort 9": "jpegxl-e9",
+    "JPEG-XL lossless, effort 7": "jpegxl-e7",
+    "WebP lossless, method 6": "webp",
+    "JPEG 2000 lossless": "jpeg2000",
+    "JPEG-LS": "jpegls",
+    "PNG (optimize)": "png",
+}
+
+
+def markdown_table(text: str) -> list[dict[str, str]]:
+    """The first markdown table in `text`, one dict per row, bold marks removed."""
+    lines = [line for line in text.splitlines() if line.startswith("|")]
+    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    rows = []
+    for line in lines[2:]:
+        cells = [cell.strip().replace("**", "") for cell in line.strip("|").split("|")]
+        rows.append(dict(zip(header, cells)))
+    return rows
+
+
+def all_row(name: str) -> dict[str, str]:
+    (row,) = [r for r in markdown_table((RESULTS / name).read_text()) if r["image"] == "all"]
+    return row
+
+
+def readme_codec_table() -> dict[str, tuple[str, str]]:
+    """Row label -> (bits/subpixel, change against snailcompress) of the README's codec table."""
+    section = README.split("**Shipped model against classical codecs**", 1)[1]
+    return {row["method"]: (row["bits/subpixel"], row["vs snailcompress"]) for row in markdown_table(section)}
+
+
+def change(value: float, base: float) -> str:
+    return f"{100 * (value / base - 1):+.1f}%"
+
+
+@pytest.fixture(scope="module")
+def shipped_id() -> str:
+    return load_model("snail-rgb").model_id
+
+
+@pytest.mark.parametrize("name", REMADE_WITH_ID)
+def test_results_were_made_with_the_shipped_rgb_model(name, shipped_id):
+    header = "\n".join((RESULTS / name).read_text().splitlines()[:6])
+    ids = re.findall(r"snail-rgb \(id ([0-9a-f]{16})\)", header)
+    assert ids == [shipped_id], f"{name} was made with {ids}; rerun benchmarks/shipped_results.sh"
+
+
+def test_kodak_tile_benchmark_was_made_with_the_shipped_rgb_model(shipped_id):
+    with open(RESULTS / "kodak-heldout-tiles" / "summary.csv", newline="") as f:
+        ids = {row["model_id"] for row in csv.DictReader(f) if row["method"].startswith("snail-rgb")}
+    assert ids == {shipped_id}
+
+
+def test_readme_codec_table_is_the_held_out_table():
+    measured = all_row("default_model_heldout.md")
+    variants = all_row("default_model_heldout_variants.md")
+    ours = float(measured["default file"])
+    table = readme_codec_table()
+    (shipped_label,) = [label for label in table if label.startswith("snailcompress (snail-rgb")]
+    assert table[shipped_label][0] == f"{ours:.3f}"
+    expected = {label: float(measured[column]) for label, column in CODEC_ROWS.items()}
+    for label, value in table.items():
+        if "--adapt" in label:
+            expected[label] = float(variants["adapt file"])
+        elif "--no-calibrate" in label:
+            expected[label] = float(variants["static file"])
+    assert set(expected) | {shipped_label} == set(table), "a README row without a measured counterpart"
+    for label, value in expected.items():
+        assert table[label] == (f"{value:.3f}", change(value, ours)), label
+
+
+def test_readme_says_how_far_from_jpegxl_effort_9():
+    measured = all_row("default_model_heldout.md")
+    variants = all_row("default_model_heldout_variants.md")
+    e9 = float(measured["jpegxl-e9"])
+    ours, adapted = float(measured["default file"]), float(variants["adapt file"])
+
+    def against_e9(bits: float) -> str:
+        return f"{abs(100 * (bits / e9 - 1)):.1f}% {'larger' if bits > e9 else 'smaller'}"
+
+    sentence = f"{against_e9(ours)} than JPEG-XL effort 9's, {against_e9(adapted)} with `--adapt`"
+    assert sentence in " ".join(README.split()), f"README should say: {sentence}"
