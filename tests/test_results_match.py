@@ -42,7 +42,10 @@ CODEC_ROWS = {
 
 def markdown_table(text: str) -> list[dict[str, str]]:
     """The first markdown table in `text`, one dict per row, bold marks removed."""
-    lines = [line for line in text.splitlines() if line.startswith("|")]
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
+    lines = lines[start:end]
     header = [cell.strip() for cell in lines[0].strip("|").split("|")]
     rows = []
     for line in lines[2:]:
