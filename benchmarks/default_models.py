@@ -68,7 +68,7 @@ in results/default_model*: the images in HOLDOUT (6 Kodak images, 6 photos).
         --threads 2 --out results/default_models/bf16_training.md
     # 9. a fifth restart from the shipped snail-rgb (id e062c9d4: rgb-s-ft4's EMA weights), seed 5, the
     #    short cycle again: a long one (3,600 steps) was stopped at step 2,277 and its run folder lost
-    #    between sessions, and on the AMD EPYC (3.4 s a step) a long cycle outlasts a session. The
+    #    between sessions, and on the AMD EPYC (3.2 s a step) a long cycle outlasts a session. The
     #    candidate's EMA weights are kept in results/default_models/ (runs/ does not survive), and
     #    compared: results/default_models/warm_restart5.md
     OMP_NUM_THREADS=2 snailcompress train --model snail-rgb --out runs/cpu/rgb-s-ft5 --seed 5 --dataset folder \\

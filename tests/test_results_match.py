@@ -74,6 +74,18 @@ def shipped_id() -> str:
     return load_model("snail-rgb").model_id
 
 
+@pytest.fixture(scope="module")
+def measured() -> dict[str, str]:
+    """The 'all' row of the held-out table: the shipped model's files and the classical codecs."""
+    return all_row("default_model_heldout.md")
+
+
+@pytest.fixture(scope="module")
+def variants() -> dict[str, str]:
+    """The 'all' row of the held-out variants table: `--no-calibrate` (static) and `--adapt`."""
+    return all_row("default_model_heldout_variants.md")
+
+
 @pytest.mark.parametrize("name", REMADE_WITH_ID)
 def test_results_were_made_with_the_shipped_rgb_model(name, shipped_id):
     header = "\n".join((RESULTS / name).read_text().splitlines()[:6])
@@ -87,15 +99,13 @@ def test_kodak_tile_benchmark_was_made_with_the_shipped_rgb_model(shipped_id):
     assert ids == {shipped_id}
 
 
-def test_readme_codec_table_is_the_held_out_table():
-    measured = all_row("default_model_heldout.md")
-    variants = all_row("default_model_heldout_variants.md")
+def test_readme_codec_table_is_the_held_out_table(measured, variants):
     ours = float(measured["default file"])
     table = readme_codec_table()
     (shipped_label,) = [label for label in table if label.startswith("snailcompress (snail-rgb")]
     assert table[shipped_label][0] == f"{ours:.3f}"
     expected = {label: float(measured[column]) for label, column in CODEC_ROWS.items()}
-    for label, value in table.items():
+    for label in table:
         if "--adapt" in label:
             expected[label] = float(variants["adapt file"])
         elif "--no-calibrate" in label:
@@ -105,9 +115,7 @@ def test_readme_codec_table_is_the_held_out_table():
         assert table[label] == (f"{value:.3f}", change(value, ours)), label
 
 
-def test_readme_says_how_far_from_jpegxl_effort_9():
-    measured = all_row("default_model_heldout.md")
-    variants = all_row("default_model_heldout_variants.md")
+def test_readme_says_how_far_from_jpegxl_effort_9(measured, variants):
     e9 = float(measured["jpegxl-e9"])
     ours, adapted = float(measured["default file"]), float(variants["adapt file"])
 
