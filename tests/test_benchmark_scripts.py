@@ -1,5 +1,6 @@
 """Benchmark scripts measure honestly: adaptation scores a chunk before adapting on it; tiling scores what the codec codes."""
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -11,6 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import adaptation  # noqa: E402
 
 from snailcompress.models.presets import build  # noqa: E402
+from snailcompress.zoo import WEIGHTS_DIR  # noqa: E402
 
 
 @pytest.fixture
@@ -106,3 +108,14 @@ def test_training_throughput_measures_each_precision_of_the_overridden_preset(tm
     assert smaller < count_parameters(build("pixelsnail-tiny")) / 1e6
     assert all(row[1] == f"{smaller:.2f}M" for row in rows)
     assert "Every preset with filters=16." in out.read_text()
+
+
+def test_shipping_a_file_that_is_not_a_model_is_one_line_and_writes_nothing(tmp_path):
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "default_models.py"
+    (tmp_path / "junk.safetensors").write_bytes(b"not a model")
+    for source in (tmp_path / "missing", tmp_path / "junk.safetensors"):
+        done = subprocess.run([sys.executable, str(script), "ship", str(source), "snail-test-nothing"],
+                              capture_output=True, text=True)
+        assert done.returncode == 1 and done.stdout == ""
+        assert done.stderr.startswith("default_models.py: error: ") and done.stderr.count("\n") == 1
+    assert not list(WEIGHTS_DIR.glob("snail-test-nothing*"))
