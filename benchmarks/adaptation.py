@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import publish, run_facts  # noqa: E402
+from common import publish, run, run_facts  # noqa: E402
 from default_models import heldout_files  # noqa: E402
 
 from snailcompress import mixture  # noqa: E402
@@ -151,4 +151,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

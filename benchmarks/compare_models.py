@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import publish, run_facts  # noqa: E402
+from common import publish, run, run_facts  # noqa: E402
 from default_models import heldout_files  # noqa: E402
 from tiling import tiled_nll_bits  # noqa: E402
 
@@ -73,4 +73,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

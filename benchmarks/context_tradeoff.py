@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import publish, run_facts  # noqa: E402
+from common import publish, run, run_facts  # noqa: E402
 from default_models import SHARED  # noqa: E402
 
 from snailcompress.api import DEFAULT_TILE, context_band  # noqa: E402
@@ -76,4 +76,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

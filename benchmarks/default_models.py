@@ -159,13 +159,10 @@ def main() -> None:
         k, n = (int(v) for v in args.part.split("/"))
         make_data_folder(args.out, args.copy, (k, n))
     else:
-        from snailcompress.errors import SnailError
-
-        try:
-            ship(args.run_dir, args.name)
-        except SnailError as e:  # a wrong path or a file that is not a model: one line, not a traceback
-            parser.exit(e.exit_code, f"{parser.prog}: error: {e}\n")
+        ship(args.run_dir, args.name)
 
 
 if __name__ == "__main__":
-    main()
+    from common import run
+
+    run(main)

@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import publish, run_facts  # noqa: E402
+from common import publish, run, run_facts  # noqa: E402
 from default_models import KODAK_HOLDOUT, SHARED  # noqa: E402
 from tiling import tiled_nll_bits  # noqa: E402
 
@@ -89,4 +89,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import publish, run_facts  # noqa: E402
+from common import publish, run, run_facts  # noqa: E402
 
 from snailcompress import mixture  # noqa: E402
 from snailcompress.bench.harness import machine_facts  # noqa: E402
@@ -118,4 +118,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import publish  # noqa: E402
+from common import publish, run  # noqa: E402
 from default_models import KODAK_HOLDOUT  # noqa: E402
 
 from snailcompress.train import TrainOptions, train  # noqa: E402
@@ -62,4 +62,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

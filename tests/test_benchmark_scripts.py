@@ -1,5 +1,6 @@
 """Benchmark scripts measure honestly: adaptation scores a chunk before adapting on it; tiling scores what the codec codes."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -119,3 +120,20 @@ def test_shipping_a_file_that_is_not_a_model_is_one_line_and_writes_nothing(tmp_
         assert done.returncode == 1 and done.stdout == ""
         assert done.stderr.startswith("default_models.py: error: ") and done.stderr.count("\n") == 1
     assert not list(WEIGHTS_DIR.glob("snail-test-nothing*"))
+
+
+@pytest.mark.parametrize("args", [
+    ["compare_models.py", "MISSING"], ["context_tradeoff.py", "--model", "MISSING"], ["tiling.py", "--model", "MISSING"],
+    ["adaptation.py", "--model", "MISSING"], ["codec_benchmark.py", "--model", "MISSING"],
+    ["model_size_tradeoff.py", "MISSING", "--out", "OUT"], ["warmup.py", "--data-dir", "DIR", "--model", "MISSING"],
+], ids=lambda args: args[0])
+def test_every_script_says_a_missing_model_in_one_line(args, tmp_path):
+    """common.run: what snailcompress refuses ends a script with one line and the CLI's exit code."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / args[0]
+    paths = {"MISSING": tmp_path / "missing", "OUT": tmp_path / "out", "DIR": tmp_path}
+    argv = [str(paths.get(a, a)) for a in args[1:]]
+    done = subprocess.run([sys.executable, str(script), *argv], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode in (1, 2) and done.stdout == ""
+    assert done.stderr.startswith(f"{args[0]}: error: ") and "no model" in done.stderr and done.stderr.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []
