@@ -124,3 +124,41 @@ def test_readme_says_how_far_from_jpegxl_effort_9(measured, variants):
 
     sentence = f"{against_e9(ours)} than JPEG-XL effort 9's, {against_e9(adapted)} with `--adapt`"
     assert sentence in " ".join(README.split()), f"README should say: {sentence}"
+
+
+def percent(value: float, base: float, signed: bool = True) -> str:
+    change = 100 * (value / base - 1)
+    return f"{change:+.2f}%" if signed else f"{abs(change):.2f}%"
+
+
+def reading(name: str) -> str:
+    """The file's **Reading.** paragraph, on one line."""
+    text = (RESULTS / name).read_text()
+    return " ".join(text.split("**Reading.**", 1)[1].split("\n\n", 1)[0].split())
+
+
+def test_held_out_tables_say_their_own_numbers(measured, variants):
+    """The hand-written Reading paragraphs of the two held-out tables quote their own 'all' rows: a
+    remade table whose paragraph was not rewritten fails here."""
+    e9 = float(measured["jpegxl-e9"])
+    nll, payload, ours = (float(measured[k]) for k in ("model NLL", "default payload", "default file"))
+    static, default, adapted = (float(variants[k]) for k in ("static file", "default file", "adapt file"))
+    assert float(variants["jpegxl-e9"]) == e9
+    expected = {
+        "default_model_heldout.md": [
+            f"below the shipped model's NLL ({percent(payload, nll)})",
+            f"Against JPEG-XL effort 9 ({e9:.4f}): {percent(ours, e9, signed=False)} "
+            f"{'larger' if ours > e9 else 'smaller'} in all",
+        ],
+        "default_model_heldout_variants.md": [
+            f"by {percent(default, static, signed=False)} in all",
+            f"a further {percent(adapted, default, signed=False)} off ({percent(adapted, static)} against `--no-calibrate`)",
+            f"Against JPEG-XL effort 9 ({e9:.4f}): default {percent(default, e9, signed=False)} "
+            f"{'larger' if default > e9 else 'smaller'}, `--adapt` {percent(adapted, e9, signed=False)} "
+            f"{'larger' if adapted > e9 else 'smaller'}",
+        ],
+    }
+    for name, fragments in expected.items():
+        text = reading(name)
+        for fragment in fragments:
+            assert fragment in text, f"{name}'s Reading should say: {fragment}"
