@@ -40,7 +40,8 @@ def plot_training_curve(log_csv: Path, out_png: Path, title: str = "") -> Path:
     ax.set_ylabel("bits / dim")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend()
+    if len(train) or len(test):  # a run stopped before its first log row has nothing to label
+        ax.legend()
     fig.tight_layout()
     return _save_atomic(fig, out_png)
 

@@ -609,3 +609,18 @@ def test_ctrl_c_saves_a_checkpoint_and_the_same_command_resumes(photo_dir, tmp_p
     resumed = CliRunner().invoke(main, ["train", "--out", str(out), "--steps", str(saved["step"] + 1)])
     assert resumed.exit_code == 0, resumed.output
     assert re.search(rf"{saved['step'] + 1} steps", resumed.stdout), resumed.stdout
+
+
+def test_the_curve_of_a_run_stopped_before_its_first_log_row_is_an_empty_plot(tmp_path):
+    """A run stopped at once (Ctrl-C in its first steps) has a log with no rows: its picture is an
+    empty plot, without matplotlib's warning about a legend with nothing to label."""
+    import warnings
+
+    from snailcompress.figures import plot_training_curve
+    from snailcompress.train import LOG_FIELDS
+
+    (tmp_path / "log.csv").write_text(",".join(LOG_FIELDS) + "\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = plot_training_curve(tmp_path / "log.csv", tmp_path / "curve.png", "stopped early")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
