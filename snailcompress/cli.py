@@ -139,6 +139,9 @@ def _folder_kwargs(crop, scales, holdout, channels) -> dict:
 @click.option("--precision", type=click.Choice(PRECISION_CHOICES), default=None,
               help="the network's arithmetic: auto = bf16 on CUDA, fp32 on a CPU (bf16 there trained 1.24x "
                    "faster with AMX, and worse: results/default_models/bf16_training.md) [auto]")
+@click.option("--context", type=int, default=None,
+              help="score only pixels below the first N rows and right of the first N columns of each image, as "
+                   "`encode --context N` codes a window; use with --crop 32+N [0]")
 @click.option("--seed", type=int, default=None)
 @folder_options
 @friendly_errors
@@ -199,10 +202,12 @@ def train(model_name, dataset, data_dir, out, overrides, crop, scales, holdout, 
 @click.option("--limit", type=int, default=None, help="only the first N images")
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--device", default="auto", show_default=True)
+@click.option("--context", type=int, default=0, show_default=True,
+              help="score only pixels below the first N rows and right of the first N columns (as train --context)")
 @folder_options
 @friendly_errors
-def evaluate_command(model_spec, dataset, data_dir, split, limit, batch_size, device, crop, scales, holdout, channels,
-                     cache_dir):
+def evaluate_command(model_spec, dataset, data_dir, split, limit, batch_size, device, context, crop, scales, holdout,
+                     channels, cache_dir):
     """Bits/dim of a model over a whole split (EMA weights, dropout off, exact division)."""
     import torch
 
@@ -215,7 +220,9 @@ def evaluate_command(model_spec, dataset, data_dir, split, limit, batch_size, de
         device = "cuda" if torch.cuda.is_available() else "cpu"
     spec = model_spec or default_model_for(data.channels)
     loaded = load_model(spec, channels=data.channels, device=device)
-    result = evaluate(loaded.model, data, batch_size=batch_size, limit=limit)
+    if not 0 <= context < min(data[0].shape[-2:]):
+        raise UsageError(f"--context {context} leaves nothing to score in {tuple(data[0].shape[-2:])} images")
+    result = evaluate(loaded.model, data, batch_size=batch_size, limit=limit, context=context)
     click.echo(
         f"{dataset} {split}: {result.bits_per_dim:.4f} bits/dim over {result.images} images "
         f"({result.dims} dims) with {loaded.name} [{loaded.model_id}]"

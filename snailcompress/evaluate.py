@@ -39,12 +39,13 @@ def iterate_batches(dataset: Dataset, batch_size: int, limit: int | None = None)
     yield from loader
 
 
-def image_log_probs(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
-    """log p(image) in nats for each image of a uint8 batch (B, C, H, W)."""
+def image_log_probs(model: nn.Module, batch: torch.Tensor, context: int = 0) -> torch.Tensor:
+    """log p(image) in nats for each image of a uint8 batch (B, C, H, W), counting only the pixels
+    below the first `context` rows and right of the first `context` columns (see `evaluate`)."""
     device = next(model.parameters()).device
     x = mixture.to_unit(batch.to(device))
     params = model(x).float()
-    return mixture.log_prob(x, params).flatten(1).sum(1).double()
+    return mixture.log_prob(x, params)[:, context:, context:].flatten(1).sum(1).double()
 
 
 @torch.no_grad()
@@ -55,8 +56,13 @@ def evaluate(
     limit: int | None = None,
     progress: bool = True,
     log_prob_fn=image_log_probs,
+    context: int = 0,
 ) -> Evaluation:
-    """Bits/dim of `model` (eval mode: dropout off) over the first `limit` images of `dataset`."""
+    """Bits/dim of `model` (eval mode: dropout off) over the first `limit` images of `dataset`.
+
+    `context` > 0 scores each image as the codec scores a window: the first `context` rows and
+    columns are only seen, the pixels below and right of them are counted (train --context).
+    """
     was_training = model.training
     model.eval()
     total, dims, images = 0.0, 0, 0
@@ -64,8 +70,8 @@ def evaluate(
     bar = tqdm(total=n, desc="eval", unit="img", disable=not progress, leave=False)
     try:
         for batch in iterate_batches(dataset, batch_size, limit):
-            total -= float(log_prob_fn(model, batch).sum())
-            dims += batch[0].numel() * len(batch)
+            total -= float(log_prob_fn(model, batch, context).sum())
+            dims += batch[0, :, context:, context:].numel() * len(batch)
             images += len(batch)
             bar.update(len(batch))
             bar.set_postfix(bpd=f"{total / (dims * math.log(2)):.4f}")

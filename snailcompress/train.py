@@ -89,6 +89,9 @@ class TrainOptions:
     precision: str = "auto"  # network arithmetic: "bf16" autocast, "fp32", or "auto" (bf16 on CUDA only); see network_autocast
     compile: bool = False
     cache_dir: str | None = None  # HDF5 cache of fixed data sets (see snailcompress.data.cache)
+    # Score only pixels below the first N rows and right of the first N columns of each image, as
+    # the codec codes a window (encode --context N): train on --crop tile+N (not in the reference).
+    context: int = 0
     # `folder` data set only
     crop: int = 32
     scales: tuple[float, ...] = (1.0, 0.5, 0.25)
@@ -405,6 +408,8 @@ def train(options: TrainOptions, progress_bar: bool = True) -> dict:
         raise UsageError(f"--warmup-steps must be 0 or more, got {options.warmup_steps}")
     if not 0 <= options.cooldown_steps <= (options.steps or 0):
         raise UsageError(f"--cooldown-steps must be between 0 and --steps ({options.steps}), got {options.cooldown_steps}")
+    if options.context < 0:
+        raise UsageError(f"--context must be 0 or more, got {options.context}")
     rank, world, local_rank = _distributed()
     device = _device(options.device, local_rank)
     run_dir = Path(options.out)
@@ -421,6 +426,8 @@ def train(options: TrainOptions, progress_bar: bool = True) -> dict:
         data_kwargs.update(channels=options.channels, holdout=options.holdout)
     train_set = load_split(options.dataset, options.data_dir, "train", **data_kwargs)
     test_set = load_split(options.dataset, options.data_dir, "test", **data_kwargs) if rank == 0 else None
+    if options.context >= min(train_set[0].shape[-2:]):
+        raise UsageError(f"--context {options.context} leaves nothing to score in {tuple(train_set[0].shape[-2:])} images")
 
     if resuming:
         config, start_weights = _saved_config(run_dir, options.dropout), None
@@ -487,7 +494,8 @@ def train(options: TrainOptions, progress_bar: bool = True) -> dict:
         if rank != 0:
             return None
         cpu_before = time.process_time()
-        result = evaluate(ema, test_set, batch_size=max(options.batch_size, 16), limit=options.eval_images, progress=False)
+        result = evaluate(ema, test_set, batch_size=max(options.batch_size, 16), limit=options.eval_images, progress=False,
+                          context=options.context)
         cpu_started += time.process_time() - cpu_before
         return result.bits_per_dim
 
@@ -514,7 +522,8 @@ def train(options: TrainOptions, progress_bar: bool = True) -> dict:
                     group["lr"] = learning_rate(options, progress["step"], lr_decay)
                 with autocast:
                     params_out = forward(x)
-                nats = -mixture.log_prob(x, params_out.float()).sum()
+                scored = mixture.log_prob(x, params_out.float())[:, options.context :, options.context :]
+                nats = -scored.sum()
                 if not torch.isfinite(nats):
                     raise FloatingPointError(f"loss is {nats.item()} at step {progress['step']}; stopping")
                 optimizer.zero_grad(set_to_none=True)
@@ -527,7 +536,7 @@ def train(options: TrainOptions, progress_bar: bool = True) -> dict:
                 progress["batch_in_epoch"] += 1
                 progress["images"] += len(batch) * world
                 window_nats += nats.item()
-                window_dims += x.numel()
+                window_dims += scored.numel() * x.shape[1]
                 window_images += len(batch) * world
                 bar.update(1)
                 if progress["step"] % 10 == 0:

@@ -239,18 +239,20 @@ class UniformModel(nn.Module):
         raise AssertionError
 
 
-def uniform_log_prob(model, batch):
-    return torch.full((len(batch),), -math.log(256) * batch[0].numel(), dtype=F64)
+def uniform_log_prob(model, batch, context):
+    return torch.full((len(batch),), -math.log(256) * batch[0, :, context:, context:].numel(), dtype=F64)
 
 
-@pytest.mark.parametrize("n,batch_size,limit", [(10, 4, None), (7, 3, None), (10, 4, 9), (1, 8, None)])
-def test_uniform_model_is_exactly_eight_bits_per_dim(n, batch_size, limit):
+@pytest.mark.parametrize("n,batch_size,limit,context", [(10, 4, None, 0), (7, 3, None, 0), (10, 4, 9, 0), (1, 8, None, 0),
+                                                         (7, 3, None, 2)])
+def test_uniform_model_is_exactly_eight_bits_per_dim(n, batch_size, limit, context):
     data = ArrayDataset("t", np.zeros((n, 3, 4, 5), np.uint8))
     result = evaluate_module.evaluate(
-        UniformModel(), data, batch_size=batch_size, limit=limit, progress=False, log_prob_fn=uniform_log_prob
+        UniformModel(), data, batch_size=batch_size, limit=limit, progress=False, log_prob_fn=uniform_log_prob,
+        context=context,
     )
     images = n if limit is None else min(n, limit)
-    assert result.images == images and result.dims == images * 3 * 4 * 5
+    assert result.images == images and result.dims == images * 3 * (4 - context) * (5 - context)
     assert result.bits_per_dim == pytest.approx(8.0, rel=1e-14, abs=0)
 
 

@@ -155,8 +155,8 @@ def _nll_row(loaded: LoadedModel, images: np.ndarray, opts: BenchOptions, datase
     per_image: list[np.ndarray] = []
     dims_per_image = int(np.prod(images.shape[1:]))
 
-    def log_probs(model, batch):
-        lp = image_log_probs(model, batch)
+    def log_probs(model, batch, context):
+        lp = image_log_probs(model, batch, context)
         per_image.append((-lp / (dims_per_image * math.log(2))).cpu().numpy())
         return lp
 
