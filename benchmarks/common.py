@@ -8,28 +8,28 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
+import torch
+
+from snailcompress.bench.harness import machine_facts
 from snailcompress.errors import SnailError
 from snailcompress.fileio import atomic_write
 
 
 def run(main: Callable[[], None]) -> None:
     """Run a script's main(): what snailcompress refuses (a --model that is not a model, a missing data
-    set) ends it with one line and the CLI's exit code, not a traceback."""
+    set) ends it with one line and the CLI's exit code, and a file it cannot read (the shared images
+    missing) with one line and exit code 1, not a traceback."""
     try:
         main()
-    except SnailError as e:
+    except (SnailError, OSError) as e:
         print(f"{Path(sys.argv[0]).name}: error: {e}", file=sys.stderr)
-        sys.exit(e.exit_code)
+        sys.exit(getattr(e, "exit_code", 1))
 
 
 def run_facts() -> str:
     """When, on which CPU, with how many threads and which torch: what a timing depends on.
 
     This project's sessions get different CPUs, so a report's times mean something only beside its CPU."""
-    import torch
-
-    from snailcompress.bench.harness import machine_facts
-
     return (f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; {machine_facts()['cpu']}, "
             f"{torch.get_num_threads()} torch threads, torch {torch.__version__}")
 
