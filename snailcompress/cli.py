@@ -212,16 +212,15 @@ def evaluate_command(model_spec, dataset, data_dir, split, limit, batch_size, de
     import torch
 
     from .data import load_split
-    from .evaluate import evaluate
+    from .evaluate import check_context, evaluate
     from .zoo import default_model_for, load_model
 
     data = load_split(dataset, data_dir, split, **_data_kwargs(dataset, crop, scales, holdout, channels, cache_dir))
+    check_context(context, data[0].shape)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     spec = model_spec or default_model_for(data.channels)
     loaded = load_model(spec, channels=data.channels, device=device)
-    if not 0 <= context < min(data[0].shape[-2:]):
-        raise UsageError(f"--context {context} leaves nothing to score in {tuple(data[0].shape[-2:])} images")
     result = evaluate(loaded.model, data, batch_size=batch_size, limit=limit, context=context)
     click.echo(
         f"{dataset} {split}: {result.bits_per_dim:.4f} bits/dim over {result.images} images "

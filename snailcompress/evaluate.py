@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from . import mixture
+from .errors import UsageError
 
 
 @dataclass
@@ -46,6 +47,14 @@ def image_log_probs(model: nn.Module, batch: torch.Tensor, context: int = 0) -> 
     x = mixture.to_unit(batch.to(device))
     params = model(x).float()
     return mixture.log_prob(x, params)[:, context:, context:].flatten(1).sum(1).double()
+
+
+def check_context(context: int, image_shape: tuple[int, ...]) -> None:
+    """Refuse a --context that scores nothing (or counts from the wrong end) in images of this shape."""
+    if context < 0:
+        raise UsageError(f"--context must be 0 or more, got {context}")
+    if context >= min(image_shape[-2:]):
+        raise UsageError(f"--context {context} leaves nothing to score in {tuple(image_shape[-2:])} images")
 
 
 @torch.no_grad()

@@ -47,7 +47,7 @@ from tqdm.auto import tqdm
 from . import mixture
 from .data import load_split
 from .errors import ModelError, UsageError
-from .evaluate import evaluate
+from .evaluate import check_context, evaluate
 from .models.layers import data_dependent_init
 from .models.presets import PRESETS, ModelConfig, build_from_config, config_from_dict, preset_config
 from .zoo import last_checkpoint, load_model, save_model
@@ -408,8 +408,6 @@ def train(options: TrainOptions, progress_bar: bool = True) -> dict:
         raise UsageError(f"--warmup-steps must be 0 or more, got {options.warmup_steps}")
     if not 0 <= options.cooldown_steps <= (options.steps or 0):
         raise UsageError(f"--cooldown-steps must be between 0 and --steps ({options.steps}), got {options.cooldown_steps}")
-    if options.context < 0:
-        raise UsageError(f"--context must be 0 or more, got {options.context}")
     rank, world, local_rank = _distributed()
     device = _device(options.device, local_rank)
     run_dir = Path(options.out)
@@ -426,8 +424,7 @@ def train(options: TrainOptions, progress_bar: bool = True) -> dict:
         data_kwargs.update(channels=options.channels, holdout=options.holdout)
     train_set = load_split(options.dataset, options.data_dir, "train", **data_kwargs)
     test_set = load_split(options.dataset, options.data_dir, "test", **data_kwargs) if rank == 0 else None
-    if options.context >= min(train_set[0].shape[-2:]):
-        raise UsageError(f"--context {options.context} leaves nothing to score in {tuple(train_set[0].shape[-2:])} images")
+    check_context(options.context, train_set[0].shape)
 
     if resuming:
         config, start_weights = _saved_config(run_dir, options.dropout), None
