@@ -63,6 +63,23 @@ def folder_options(photo_dir: Path, out: Path, **changes) -> TrainOptions:
     return TrainOptions(**options)
 
 
+def folder_split(photo_dir: Path, split: str):
+    """The split that folder_options trains (or tests) on."""
+    from snailcompress.data import load_split
+
+    return load_split("folder", str(photo_dir), split, crop=8, scales=(1.0,), seed=0, holdout=("c",))
+
+
+def first_training_batch(photo_dir: Path) -> torch.Tensor:
+    """The first batch a folder_options run trains on, scaled to [-1, 1]."""
+    from snailcompress import mixture
+
+    data = folder_split(photo_dir, "train")
+    data.set_epoch(0)
+    first = next(iter(GlobalBatchSampler(len(data), 4, rank=0, world=1, seed=0, epoch=0)))
+    return mixture.to_unit(torch.stack([data[i] for i in first]))
+
+
 def folder_cli_args(photo_dir: Path) -> list[str]:
     return ["--dataset", "folder", "--data-dir", str(photo_dir), "--holdout", "c", "--crop", "8", "--scales", "1"]
 
@@ -187,31 +204,28 @@ def test_context_scores_only_the_pixels_a_codec_window_codes(photo_dir, tmp_path
     """--context 2: the loss and the test bits/dim count only pixels below and right of each crop's
     first 2 rows and columns (what `encode --context 2` codes of a window), which the model still sees."""
     from snailcompress import mixture
-    from snailcompress.data import load_split
 
     shipped = load_model("snail-rgb").model
     options = folder_options(photo_dir, tmp_path / "run", model="snail-rgb", steps=1, lr=0.0, context=2,
                              eval_every=1, eval_images=4)
     train(options, progress_bar=False)
-    data = load_split("folder", str(photo_dir), "train", crop=8, scales=(1.0,), seed=0, holdout=("c",))
-    data.set_epoch(0)
-    first = next(iter(GlobalBatchSampler(len(data), 4, rank=0, world=1, seed=0, epoch=0)))
-    x = mixture.to_unit(torch.stack([data[i] for i in first]))
+    x = first_training_batch(photo_dir)
     with torch.no_grad():
         log_p = mixture.log_prob(x, shipped(x))
     inner = mixture.bits_per_dim(-log_p[:, 2:, 2:].sum().item(), 4 * 3 * 6 * 6)
     whole = mixture.bits_per_dim(-log_p.sum().item(), x.numel())
     row = read_log(tmp_path / "run")[0]
     assert float(row["train_bpd"]) == pytest.approx(inner, abs=1e-4) and abs(inner - whole) > 1e-2
-    test = load_split("folder", str(photo_dir), "test", crop=8, scales=(1.0,), seed=0, holdout=("c",))
-    expected = evaluate(shipped, test, limit=4, progress=False, context=2)
+    expected = evaluate(shipped, folder_split(photo_dir, "test"), limit=4, progress=False, context=2)
     assert expected.dims == 4 * 3 * 6 * 6
     assert float(row["test_bpd"]) == pytest.approx(expected.bits_per_dim, abs=1e-4)
 
 
-def test_context_must_leave_pixels_to_score(photo_dir, tmp_path):
-    with pytest.raises(UsageError, match="--context 8 leaves nothing"):
-        train(folder_options(photo_dir, tmp_path / "run", steps=1, context=8), progress_bar=False)
+@pytest.mark.parametrize("context, message", [(8, "--context 8 leaves nothing"), (-1, "--context must be 0 or more")])
+def test_context_must_leave_pixels_to_score(photo_dir, tmp_path, context, message):
+    with pytest.raises(UsageError, match=message):
+        train(folder_options(photo_dir, tmp_path / "run", steps=1, context=context), progress_bar=False)
+    assert not (tmp_path / "run").exists()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -231,12 +245,8 @@ def test_a_run_from_a_shipped_model_starts_from_its_weights(photo_dir, tmp_path)
         assert_same_tensors(load_file(checkpoint(tmp_path / "run") / name), shipped.state_dict())
 
     from snailcompress import mixture
-    from snailcompress.data import load_split
 
-    data = load_split("folder", str(photo_dir), "train", crop=8, scales=(1.0,), seed=0, holdout=("c",))
-    data.set_epoch(0)
-    first = next(iter(GlobalBatchSampler(len(data), 4, rank=0, world=1, seed=0, epoch=0)))
-    x = mixture.to_unit(torch.stack([data[i] for i in first]))
+    x = first_training_batch(photo_dir)
     with torch.no_grad():
         expected = mixture.bits_per_dim(-mixture.log_prob(x, shipped(x)).sum().item(), x.numel())
     assert float(read_log(tmp_path / "run")[0]["train_bpd"]) == pytest.approx(expected, abs=1e-4)
@@ -494,15 +504,13 @@ def test_cli_eval_prints_bits_per_dim_of_a_run(cli_run, photo_dir):
 
 
 def test_cli_eval_with_context_scores_what_a_codec_window_codes(cli_run, photo_dir):
-    from snailcompress.data import load_split
-
     args = ["eval", "--model", str(cli_run), *folder_cli_args(photo_dir), "--device", "cpu"]
     result = CliRunner().invoke(main, [*args, "--context", "2"])
     assert result.exit_code == 0, result.output
     match = re.search(r"folder test: (\d+\.\d+) bits/dim over 9 images \(972 dims\)", result.stdout)
     assert match, result.stdout
-    test = load_split("folder", str(photo_dir), "test", crop=8, scales=(1.0,), seed=0, holdout=("c",))
-    expected = evaluate(load_model(str(cli_run)).model, test, progress=False, context=2).bits_per_dim
+    expected = evaluate(load_model(str(cli_run)).model, folder_split(photo_dir, "test"), progress=False,
+                        context=2).bits_per_dim
     assert float(match.group(1)) == pytest.approx(expected, abs=1e-4)
     refused = CliRunner().invoke(main, [*args, "--context", "8"])
     assert refused.exit_code != 0 and "--context 8 leaves nothing to score" in refused.output
