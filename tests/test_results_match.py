@@ -65,8 +65,19 @@ def readme_codec_table() -> dict[str, tuple[str, str]]:
     return {row["method"]: (row["bits/subpixel"], row["vs snailcompress"]) for row in markdown_table(section)}
 
 
-def change(value: float, base: float) -> str:
-    return f"{100 * (value / base - 1):+.1f}%"
+def change(value: float, base: float, digits: int = 1) -> str:
+    """'+0.8%': value against base, signed."""
+    return f"{100 * (value / base - 1):+.{digits}f}%"
+
+
+def size_of_change(value: float, base: float, digits: int = 2) -> str:
+    """'0.84%': how far value is from base, without its sign."""
+    return change(value, base, digits).lstrip("+-")
+
+
+def against(value: float, base: float, digits: int) -> str:
+    """'0.83% larger' (or 'smaller')."""
+    return f"{size_of_change(value, base, digits)} {'larger' if value > base else 'smaller'}"
 
 
 @pytest.fixture(scope="module")
@@ -119,16 +130,8 @@ def test_readme_says_how_far_from_jpegxl_effort_9(measured, variants):
     e9 = float(measured["jpegxl-e9"])
     ours, adapted = float(measured["default file"]), float(variants["adapt file"])
 
-    def against_e9(bits: float) -> str:
-        return f"{abs(100 * (bits / e9 - 1)):.1f}% {'larger' if bits > e9 else 'smaller'}"
-
-    sentence = f"{against_e9(ours)} than JPEG-XL effort 9's, {against_e9(adapted)} with `--adapt`"
+    sentence = f"{against(ours, e9, 1)} than JPEG-XL effort 9's, {against(adapted, e9, 1)} with `--adapt`"
     assert sentence in " ".join(README.split()), f"README should say: {sentence}"
-
-
-def percent(value: float, base: float, signed: bool = True) -> str:
-    change = 100 * (value / base - 1)
-    return f"{change:+.2f}%" if signed else f"{abs(change):.2f}%"
 
 
 def reading(name: str) -> str:
@@ -146,16 +149,13 @@ def test_held_out_tables_say_their_own_numbers(measured, variants):
     assert float(variants["jpegxl-e9"]) == e9
     expected = {
         "default_model_heldout.md": [
-            f"below the shipped model's NLL ({percent(payload, nll)})",
-            f"Against JPEG-XL effort 9 ({e9:.4f}): {percent(ours, e9, signed=False)} "
-            f"{'larger' if ours > e9 else 'smaller'} in all",
+            f"below the shipped model's NLL ({change(payload, nll, 2)})",
+            f"Against JPEG-XL effort 9 ({e9:.4f}): {against(ours, e9, 2)} in all",
         ],
         "default_model_heldout_variants.md": [
-            f"by {percent(default, static, signed=False)} in all",
-            f"a further {percent(adapted, default, signed=False)} off ({percent(adapted, static)} against `--no-calibrate`)",
-            f"Against JPEG-XL effort 9 ({e9:.4f}): default {percent(default, e9, signed=False)} "
-            f"{'larger' if default > e9 else 'smaller'}, `--adapt` {percent(adapted, e9, signed=False)} "
-            f"{'larger' if adapted > e9 else 'smaller'}",
+            f"by {size_of_change(default, static)} in all",
+            f"a further {size_of_change(adapted, default)} off ({change(adapted, static, 2)} against `--no-calibrate`)",
+            f"Against JPEG-XL effort 9 ({e9:.4f}): default {against(default, e9, 2)}, `--adapt` {against(adapted, e9, 2)}",
         ],
     }
     for name, fragments in expected.items():
