@@ -125,7 +125,7 @@ def test_shipping_a_file_that_is_not_a_model_is_one_line_and_writes_nothing(tmp_
 @pytest.mark.parametrize("args", [
     ["compare_models.py", "MISSING"], ["context_tradeoff.py", "--model", "MISSING"], ["tiling.py", "--model", "MISSING"],
     ["adaptation.py", "--model", "MISSING"], ["codec_benchmark.py", "--model", "MISSING"],
-    ["model_size_tradeoff.py", "MISSING", "--out", "OUT"], ["warmup.py", "--data-dir", "DIR", "--model", "MISSING"],
+    ["model_size_tradeoff.py", "MISSING", "--out", "OUT"], ["orientation.py", "--model", "MISSING"], ["warmup.py", "--data-dir", "DIR", "--model", "MISSING"],
 ], ids=lambda args: args[0])
 def test_every_script_says_a_missing_model_in_one_line(args, tmp_path):
     """common.run: what snailcompress refuses ends a script with one line and the CLI's exit code (in a
