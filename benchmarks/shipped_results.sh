@@ -4,7 +4,12 @@
 #
 #   bash benchmarks/shipped_results.sh            # about two hours on the 2-core CPU (2 h 6 min on 2026-11-25)
 #   THREADS=2 bash benchmarks/shipped_results.sh  # the held-out table on 2 threads (the README quotes 1)
+#   REDO=1 bash benchmarks/shipped_results.sh     # remake even what already names the shipped model
 #
+# A run stopped part-way (a session ending) is resumed by running it again: a table whose file
+# already names the shipped snail-rgb's id was made with these weights and is skipped (the tables
+# are written whole at the end, so a stopped step left the old file). The pictures, the demo and
+# the quick adaptation table are made again each time.
 # Then copy the new numbers into README.md (Results, the demo output of `snailcompress demo`) and
 # results/model_size_tradeoff.md's note; nothing here edits prose.
 set -euo pipefail
@@ -13,17 +18,19 @@ PY=${PYTHON:-.venv/bin/python}
 SNAIL=${SNAIL:-.venv/bin/snailcompress}
 THREADS=${THREADS:-1}
 KODAK=../shared/data/kodak
+RGB_ID=$("$PY" -c 'from snailcompress.zoo import load_model; print(load_model("snail-rgb").model_id)')
+made() { [ "${REDO:-0}" = 0 ] && grep -qs "$RGB_ID" "$1" && echo "skipped, made with id $RGB_ID: $1"; }
 
-"$PY" benchmarks/codec_benchmark.py --heldout --threads "$THREADS" \
+made results/default_model_heldout.md || "$PY" benchmarks/codec_benchmark.py --heldout --threads "$THREADS" \
     --codecs png,webp,jpegxl-e7,jpegxl-e9,jpeg2000,jpegls --out results/default_model_heldout.md
-"$PY" benchmarks/codec_benchmark.py --sizes 32,256,full --threads 2 --variants static,default --codecs png,webp,jpegxl-e9,jpeg2000 \
+made results/codec_speed.md || "$PY" benchmarks/codec_benchmark.py --sizes 32,256,full --threads 2 --variants static,default --codecs png,webp,jpegxl-e9,jpeg2000 \
     --out results/codec_speed.md
-"$PY" benchmarks/codec_benchmark.py --heldout --threads 2 --variants static,default,adapt --codecs jpegxl-e9 \
+made results/default_model_heldout_variants.md || "$PY" benchmarks/codec_benchmark.py --heldout --threads 2 --variants static,default,adapt --codecs jpegxl-e9 \
     --out results/default_model_heldout_variants.md
-"$PY" benchmarks/context_tradeoff.py --threads 1 --layouts 0,2,4,8,4/b2,4/b8,4/b16 --out results/context_tradeoff.md
-"$PY" benchmarks/tiling.py --model snail-rgb --tiles 32,32+2,48+2,64+2,64+4 --images 6 \
+made results/context_tradeoff.md || "$PY" benchmarks/context_tradeoff.py --threads 1 --layouts 0,2,4,8,4/b2,4/b8,4/b16 --out results/context_tradeoff.md
+made results/tiling_with_context.md || "$PY" benchmarks/tiling.py --model snail-rgb --tiles 32,32+2,48+2,64+2,64+4 --images 6 \
     --out results/tiling_with_context.md
-"$SNAIL" bench --dataset folder --data-dir "$KODAK" --holdout kodim03,kodim07,kodim12,kodim15,kodim20,kodim23 \
+made results/kodak-heldout-tiles/summary.md || "$SNAIL" bench --dataset folder --data-dir "$KODAK" --holdout kodim03,kodim07,kodim12,kodim15,kodim20,kodim23 \
     --scales 1 --model snail-rgb --coded-limit 20 --chunk 1536 --out results/kodak-heldout-tiles -q
 "$SNAIL" sample --model snail-rgb -n 36 -o results/samples_snail-rgb.png -f
 "$SNAIL" sample --model snail-gray -n 36 -o results/samples_snail-gray.png -f
