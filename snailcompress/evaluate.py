@@ -40,13 +40,19 @@ def iterate_batches(dataset: Dataset, batch_size: int, limit: int | None = None)
     yield from loader
 
 
+def scored_log_prob(x: torch.Tensor, params: torch.Tensor, context: int = 0) -> torch.Tensor:
+    """log p of each pixel that counts, (B, H - context, W - context): those below the first `context`
+    rows and right of the first `context` columns, which the model only sees there, as `encode
+    --context N` codes a window. The one definition the training loss and `evaluate` share."""
+    return mixture.log_prob(x, params)[:, context:, context:]
+
+
 def image_log_probs(model: nn.Module, batch: torch.Tensor, context: int = 0) -> torch.Tensor:
-    """log p(image) in nats for each image of a uint8 batch (B, C, H, W), counting only the pixels
-    below the first `context` rows and right of the first `context` columns (see `evaluate`)."""
+    """log p(image) in nats for each image of a uint8 batch (B, C, H, W), counting the pixels
+    `scored_log_prob` counts."""
     device = next(model.parameters()).device
     x = mixture.to_unit(batch.to(device))
-    params = model(x).float()
-    return mixture.log_prob(x, params)[:, context:, context:].flatten(1).sum(1).double()
+    return scored_log_prob(x, model(x).float(), context).flatten(1).sum(1).double()
 
 
 def check_context(context: int, image_shape: tuple[int, ...]) -> None:

@@ -47,7 +47,7 @@ from tqdm.auto import tqdm
 from . import mixture
 from .data import load_split
 from .errors import ModelError, UsageError
-from .evaluate import check_context, evaluate
+from .evaluate import check_context, evaluate, scored_log_prob
 from .models.layers import data_dependent_init
 from .models.presets import PRESETS, ModelConfig, build_from_config, config_from_dict, preset_config
 from .zoo import last_checkpoint, load_model, save_model
@@ -519,7 +519,7 @@ def train(options: TrainOptions, progress_bar: bool = True) -> dict:
                     group["lr"] = learning_rate(options, progress["step"], lr_decay)
                 with autocast:
                     params_out = forward(x)
-                scored = mixture.log_prob(x, params_out.float())[:, options.context :, options.context :]
+                scored = scored_log_prob(x, params_out.float(), options.context)
                 nats = -scored.sum()
                 if not torch.isfinite(nats):
                     raise FloatingPointError(f"loss is {nats.item()} at step {progress['step']}; stopping")
