@@ -26,12 +26,13 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import publish, run, run_facts  # noqa: E402
+from common import PartialRows, publish, run, run_facts  # noqa: E402
 from default_models import SHARED, heldout_files  # noqa: E402
 from tiling import tiled_nll_bits  # noqa: E402
 
 from snailcompress.api import DEFAULT_CONTEXT, DEFAULT_TILE, ModelChooser, decode_file, encode_file  # noqa: E402
 from snailcompress.bench.codecs import get_codecs  # noqa: E402
+from snailcompress.bench.harness import machine_facts  # noqa: E402
 from snailcompress.codec import container  # noqa: E402
 from snailcompress.codec.adaptation import Adaptation  # noqa: E402
 
@@ -101,14 +102,20 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
     codecs = get_codecs(args.codecs) if args.codecs else []
+    model = chooser.for_channels(3)
+    kept = PartialRows(args.out, {"argv": sys.argv[1:], "model": model.model_id, "cpu": machine_facts()["cpu"],
+                                  "threads": args.threads, "torch": torch.__version__})
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         images = heldout_files() if args.heldout else crops_of(args.image, args.sizes.split(","), work)
         for path in images:
-            rows.append(measure(path, chooser, args.tile, args.context, codecs, work, variants))
-            print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in rows[-1].items()}, flush=True)
-    model = chooser.for_channels(3)
+            row = kept.get(path.name)
+            if row is None:
+                row = measure(path, chooser, args.tile, args.context, codecs, work, variants)
+                kept.add(path.name, row)
+            rows.append(row)
+            print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
     lines = [
         f"# Codec: {model.name} on {'held-out images' if args.heldout else args.image.name + ' crops'}",
         "",
@@ -117,7 +124,7 @@ def main() -> None:
         "Times are wall-clock for the whole command (read, code, write, verify). Bits per subpixel count "
         "every byte of the file; 'payload' leaves out the container header. Ways of encoding: "
         + "; ".join(f"**{v}**, {VARIANTS[v][1]}" for v in variants) + f"; each against **{variants[0]}** ('vs')."
-        + " Model NLL: the shipped model's, as it is.",
+        + " Model NLL: the shipped model's, as it is." + kept.note(),
         "",
     ]
     names = [c.name for c in codecs]
@@ -160,6 +167,7 @@ def main() -> None:
                                      *cells_of(None, summed, lambda t: f"**{t}**"),
                                      *[f"**{pooled(lambda r, n=n: r[n]):.4f}**" for n in names]]) + " |")
     publish(lines, args.out)
+    kept.done()
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
 """What every benchmark script shares: its report shown and written under results/ whole or not at
-all, and its errors said in one line."""
+all, its errors said in one line, and the rows of a long one kept so that it can go on after a stop."""
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -41,3 +43,53 @@ def publish(lines: list[str], out: Path | None) -> None:
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(out, text.encode(), overwrite=True)
+
+
+class PartialRows:
+    """The rows of a long report kept as they are measured (`OUT.partial.jsonl` beside the report),
+    so that a run stopped part-way, by a session's end, goes on where it stopped when run again.
+
+    Kept rows are reused only when `fingerprint` (the command, the model, the CPU, the threads, ...)
+    is the same as when they were measured: times taken on another CPU do not belong in one table.
+    `publish` the report first, then `done()` removes the file. Without `out` nothing is kept."""
+
+    def __init__(self, out: Path | None, fingerprint: dict):
+        self.path = None if out is None else out.with_name(out.name + ".partial.jsonl")
+        self.rows: dict[str, dict] = {}
+        self.resumed = 0  # rows measured by an earlier, stopped run
+        if self.path is None:
+            return
+        records = []
+        if self.path.exists():
+            for line in self.path.read_text().splitlines():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError:  # the last line, cut short by the stop
+                    break
+        if records and records[0] == {"fingerprint": fingerprint}:
+            self.rows = {r["key"]: r["row"] for r in records[1:]}
+            self.resumed = len(self.rows)
+            print(f"going on from {self.path}: {len(self.rows)} row(s) kept", file=sys.stderr)
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(json.dumps({"fingerprint": fingerprint}) + "\n")
+
+    def note(self) -> str:
+        """What a report's header should say when some of its rows come from a stopped run."""
+        return (f" {self.resumed} row(s) were measured by an earlier run on the same CPU that was stopped"
+                " part-way (benchmarks/common.py, PartialRows)." if self.resumed else "")
+
+    def get(self, key: str) -> dict | None:
+        return self.rows.get(key)
+
+    def add(self, key: str, row: dict) -> None:
+        self.rows[key] = row
+        if self.path is not None:
+            with open(self.path, "a") as f:
+                f.write(json.dumps({"key": key, "row": row}) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+
+    def done(self) -> None:
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)

@@ -2,14 +2,15 @@
 # Remake every result that depends on the shipped weights, after `default_models.py ship` put new
 # ones into snailcompress/weights/ (each output file records its own command, date and model id).
 #
-#   bash benchmarks/shipped_results.sh            # about two hours on the 2-core CPU (2 h 6 min on 2026-11-25)
+#   bash benchmarks/shipped_results.sh            # 2 h 6 min on the Intel Xeon, about twice that on the AMD EPYC
 #   THREADS=2 bash benchmarks/shipped_results.sh  # the held-out table on 2 threads (the README quotes 1)
 #   REDO=1 bash benchmarks/shipped_results.sh     # remake even what already names the shipped model
 #
 # A run stopped part-way (a session ending) is resumed by running it again: a table whose file
 # already names the shipped snail-rgb's id was made with these weights and is skipped (the tables
-# are written whole at the end, so a stopped step left the old file). The pictures, the demo and
-# the quick adaptation table are made again each time.
+# are written whole at the end, so a stopped step left the old file), and codec_benchmark.py goes on
+# from the images it had measured on the same CPU (results/*.partial.jsonl, benchmarks/common.py).
+# The pictures, the demo and the quick adaptation table are made again each time.
 # Then copy the new numbers into README.md (Results, the demo output of `snailcompress demo`) and
 # results/model_size_tradeoff.md's note; nothing here edits prose.
 set -euo pipefail
@@ -25,8 +26,6 @@ made results/default_model_heldout.md || "$PY" benchmarks/codec_benchmark.py --h
     --codecs png,webp,jpegxl-e7,jpegxl-e9,jpeg2000,jpegls --out results/default_model_heldout.md
 made results/codec_speed.md || "$PY" benchmarks/codec_benchmark.py --sizes 32,256,full --threads 2 --variants static,default --codecs png,webp,jpegxl-e9,jpeg2000 \
     --out results/codec_speed.md
-made results/default_model_heldout_variants.md || "$PY" benchmarks/codec_benchmark.py --heldout --threads 2 --variants static,default,adapt --codecs jpegxl-e9 \
-    --out results/default_model_heldout_variants.md
 made results/context_tradeoff.md || "$PY" benchmarks/context_tradeoff.py --threads 1 --layouts 0,2,4,8,4/b2,4/b8,4/b16 --out results/context_tradeoff.md
 made results/tiling_with_context.md || "$PY" benchmarks/tiling.py --model snail-rgb --tiles 32,32+2,48+2,64+2,64+4 --images 6 \
     --out results/tiling_with_context.md
@@ -35,6 +34,10 @@ made results/kodak-heldout-tiles/summary.md || "$SNAIL" bench --dataset folder -
 "$SNAIL" sample --model snail-rgb -n 36 -o results/samples_snail-rgb.png -f
 "$SNAIL" sample --model snail-gray -n 36 -o results/samples_snail-gray.png -f
 "$SNAIL" demo
+# The longest step (about an hour on the Xeon, two on the EPYC), so that a session's end stops it
+# after the shorter ones are made:
+made results/default_model_heldout_variants.md || "$PY" benchmarks/codec_benchmark.py --heldout --threads 2 --variants static,default,adapt --codecs jpegxl-e9 \
+    --out results/default_model_heldout_variants.md
 # Last: it reports bits only, no times, so the test suite may run beside it.
 OMP_NUM_THREADS=2 "$PY" benchmarks/adaptation.py --images 6 --context 2 --bands default,one \
     --configs static,96x1@3e-5 --out results/adaptation_bands.md

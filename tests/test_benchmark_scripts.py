@@ -139,3 +139,29 @@ def test_every_script_says_a_missing_model_in_one_line(args, tmp_path):
     assert done.stderr.startswith(f"{args[0]}: error: ") and done.stderr.count("\n") == 1
     assert "no model" in done.stderr or "No such file" in done.stderr, done.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_stopped_benchmark_goes_on_only_with_the_same_fingerprint(tmp_path):
+    """PartialRows keeps each measured row; a second run with the same command and CPU reuses them,
+    a run that differs (another CPU) starts again, and a line cut short by the stop is dropped."""
+    from common import PartialRows
+
+    out = tmp_path / "report.md"
+    same = {"argv": ["--heldout"], "cpu": "AMD EPYC"}
+    first = PartialRows(out, same)
+    first.add("a.png", {"bits": 2.5})
+    first.add("b.png", {"bits": 3.0})
+    with open(first.path, "a") as f:
+        f.write('{"key": "c.png", "row": {"bi')  # the process killed mid-write
+
+    again = PartialRows(out, same)
+    assert again.get("a.png") == {"bits": 2.5} and again.get("b.png") == {"bits": 3.0}
+    assert again.get("c.png") is None and again.resumed == 2 and "2 row(s)" in again.note()
+
+    elsewhere = PartialRows(out, {**same, "cpu": "Intel(R) Xeon(R) Processor"})
+    assert elsewhere.get("a.png") is None and elsewhere.note() == ""
+    assert PartialRows(out, same).get("a.png") is None  # the other CPU's run started the file again
+
+    elsewhere.done()
+    assert not elsewhere.path.exists()
+    assert PartialRows(None, same).get("a.png") is None  # no report file, nothing kept
