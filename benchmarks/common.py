@@ -69,7 +69,8 @@ class PartialRows:
         if records and records[0] == {"fingerprint": fingerprint}:
             self.rows = {r["key"]: r["row"] for r in records[1:]}
             self.resumed = len(self.rows)
-            print(f"going on from {self.path}: {len(self.rows)} row(s) kept", file=sys.stderr)
+            if self.rows:
+                print(f"going on from {self.path}: {len(self.rows)} row(s) kept", file=sys.stderr)
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.path.write_text(json.dumps({"fingerprint": fingerprint}) + "\n")
