@@ -32,7 +32,6 @@ from tiling import tiled_nll_bits  # noqa: E402
 
 from snailcompress.api import DEFAULT_CONTEXT, DEFAULT_TILE, ModelChooser, decode_file, encode_file  # noqa: E402
 from snailcompress.bench.codecs import get_codecs  # noqa: E402
-from snailcompress.bench.harness import machine_facts  # noqa: E402
 from snailcompress.codec import container  # noqa: E402
 from snailcompress.codec.adaptation import Adaptation  # noqa: E402
 
@@ -103,8 +102,7 @@ def main() -> None:
         parser.error(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
     codecs = get_codecs(args.codecs) if args.codecs else []
     model = chooser.for_channels(3)
-    kept = PartialRows(args.out, {"argv": sys.argv[1:], "model": model.model_id, "cpu": machine_facts()["cpu"],
-                                  "threads": args.threads, "torch": torch.__version__})
+    kept = PartialRows(args.out, {"argv": sys.argv[1:], "model": model.model_id})
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

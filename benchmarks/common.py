@@ -49,31 +49,29 @@ class PartialRows:
     """The rows of a long report kept as they are measured (`OUT.partial.jsonl` beside the report),
     so that a run stopped part-way, by a session's end, goes on where it stopped when run again.
 
-    Kept rows are reused only when `fingerprint` (the command, the model, the CPU, the threads, ...)
-    is the same as when they were measured: times taken on another CPU do not belong in one table.
-    `publish` the report first, then `done()` removes the file. Without `out` nothing is kept."""
+    Kept rows are reused only when `fingerprint` (the command, the model, ...) and the machine (CPU,
+    torch threads, torch version, added here) are the same as when they were measured: times taken
+    on another CPU do not belong in one table. `publish` the report first, then `done()` removes the
+    file. Without `out` nothing is kept."""
 
     def __init__(self, out: Path | None, fingerprint: dict):
+        facts = machine_facts()
+        self.fingerprint = {**fingerprint, "cpu": facts["cpu"], "threads": facts["torch_threads"], "torch": facts["torch"]}
         self.path = None if out is None else out.with_name(out.name + ".partial.jsonl")
         self.rows: dict[str, dict] = {}
         self.resumed = 0  # rows measured by an earlier, stopped run
-        if self.path is None:
-            return
         records = []
-        if self.path.exists():
+        if self.path is not None and self.path.exists():
             for line in self.path.read_text().splitlines():
                 try:
                     records.append(json.loads(line))
                 except json.JSONDecodeError:  # the last line, cut short by the stop
                     break
-        if records and records[0] == {"fingerprint": fingerprint}:
+        if records and records[0] == {"fingerprint": self.fingerprint}:
             self.rows = {r["key"]: r["row"] for r in records[1:]}
             self.resumed = len(self.rows)
             if self.rows:
                 print(f"going on from {self.path}: {len(self.rows)} row(s) kept", file=sys.stderr)
-        else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.path.write_text(json.dumps({"fingerprint": fingerprint}) + "\n")
 
     def note(self) -> str:
         """What a report's header should say when some of its rows come from a stopped run."""
@@ -84,12 +82,22 @@ class PartialRows:
         return self.rows.get(key)
 
     def add(self, key: str, row: dict) -> None:
+        """Keep one measured row. This run's first row writes the file afresh, atomically (the
+        fingerprint and every kept row): a run that fails before measuring anything leaves no file,
+        and a line cut short by the last stop is not followed by good ones a load would never reach."""
+        first = len(self.rows) == self.resumed
         self.rows[key] = row
-        if self.path is not None:
-            with open(self.path, "a") as f:
-                f.write(json.dumps({"key": key, "row": row}) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
+        if self.path is None:
+            return
+        if first:
+            records = [{"fingerprint": self.fingerprint}] + [{"key": k, "row": r} for k, r in self.rows.items()]
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(self.path, "".join(json.dumps(r) + "\n" for r in records).encode(), overwrite=True)
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"key": key, "row": row}) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
 
     def done(self) -> None:
         if self.path is not None:

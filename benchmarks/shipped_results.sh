@@ -34,7 +34,7 @@ made results/kodak-heldout-tiles/summary.md || "$SNAIL" bench --dataset folder -
 "$SNAIL" sample --model snail-rgb -n 36 -o results/samples_snail-rgb.png -f
 "$SNAIL" sample --model snail-gray -n 36 -o results/samples_snail-gray.png -f
 "$SNAIL" demo
-# The longest step (about an hour on the Xeon, two on the EPYC), so that a session's end stops it
+# The longest step (about an hour on the Xeon, three on the EPYC), so that a session's end stops it
 # after the shorter ones are made:
 made results/default_model_heldout_variants.md || "$PY" benchmarks/codec_benchmark.py --heldout --threads 2 --variants static,default,adapt --codecs jpegxl-e9 \
     --out results/default_model_heldout_variants.md

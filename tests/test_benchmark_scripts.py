@@ -141,14 +141,17 @@ def test_every_script_says_a_missing_model_in_one_line(args, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_stopped_benchmark_goes_on_only_with_the_same_fingerprint(tmp_path):
+def test_a_stopped_benchmark_goes_on_only_with_the_same_fingerprint(tmp_path, monkeypatch):
     """PartialRows keeps each measured row; a second run with the same command and CPU reuses them,
     a run that differs (another CPU) starts again, and a line cut short by the stop is dropped."""
+    import common
     from common import PartialRows
 
     out = tmp_path / "report.md"
-    same = {"argv": ["--heldout"], "cpu": "AMD EPYC"}
+    same = {"argv": ["--heldout"]}
+    machine = common.machine_facts()
     first = PartialRows(out, same)
+    assert not first.path.exists()  # nothing measured, nothing left behind
     first.add("a.png", {"bits": 2.5})
     first.add("b.png", {"bits": 3.0})
     with open(first.path, "a") as f:
@@ -157,9 +160,15 @@ def test_a_stopped_benchmark_goes_on_only_with_the_same_fingerprint(tmp_path):
     again = PartialRows(out, same)
     assert again.get("a.png") == {"bits": 2.5} and again.get("b.png") == {"bits": 3.0}
     assert again.get("c.png") is None and again.resumed == 2 and "2 row(s)" in again.note()
+    again.add("c.png", {"bits": 2.0})
+    third = PartialRows(out, same)  # the row measured after the cut line is not lost behind it
+    assert third.resumed == 3 and third.get("c.png") == {"bits": 2.0}
 
-    elsewhere = PartialRows(out, {**same, "cpu": "Intel(R) Xeon(R) Processor"})
+    monkeypatch.setattr(common, "machine_facts", lambda: {**machine, "cpu": "another CPU"})
+    elsewhere = PartialRows(out, same)
     assert elsewhere.get("a.png") is None and elsewhere.note() == ""
+    elsewhere.add("z.png", {"bits": 1.0})
+    monkeypatch.setattr(common, "machine_facts", lambda: machine)
     assert PartialRows(out, same).get("a.png") is None  # the other CPU's run started the file again
 
     elsewhere.done()
