@@ -92,7 +92,8 @@ in results/default_model*: the images in HOLDOUT (6 Kodak images, 6 photos).
         results/default_models/rgb-s-ctx.safetensors --context 2 --threads 2 --out results/default_models/context_training.md
     # 11. a sixth restart, from step 9's candidate, seed 6, a shorter cycle (1,500 steps, the lr down over
     #     1,300) that fits a session on the AMD EPYC with time left to measure it:
-    #     results/default_models/warm_restart6.md (a candidate, not shipped; its EMA weights kept there)
+    #     results/default_models/warm_restart6.md (-0.34% against e062c9d4; its EMA weights kept there),
+    #     shipped as snail-rgb (id 0e414a9c), then bash benchmarks/shipped_results.sh
     OMP_NUM_THREADS=2 snailcompress train --model results/default_models/rgb-s-ft5.safetensors --out runs/cpu/rgb-s-ft6 \\
         --seed 6 --dataset folder --data-dir runs/default-data --holdout kodim03,kodim07,kodim12,kodim15,kodim20,kodim23 \\
         --batch-size 64 --lr 4e-4 --warmup-steps 200 --steps 1500 --cooldown-steps 1300 --ema 0.997 --eval-every 500 \\
@@ -100,6 +101,7 @@ in results/default_model*: the images in HOLDOUT (6 Kodak images, 6 photos).
     cp runs/cpu/rgb-s-ft6/checkpoints/last/ema.safetensors results/default_models/rgb-s-ft6.safetensors
     python benchmarks/compare_models.py snail-rgb results/default_models/rgb-s-ft5.safetensors \\
         results/default_models/rgb-s-ft6.safetensors --context 2 --threads 2 --out results/default_models/warm_restart6.md
+    python benchmarks/default_models.py ship results/default_models/rgb-s-ft6.safetensors snail-rgb
 """
 
 from __future__ import annotations

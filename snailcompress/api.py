@@ -153,7 +153,7 @@ def context_band(height: int, width: int, tile: int) -> int:
 
 def adaptive_band(height: int, tile: int) -> int:
     """One band: the windows then finish in raster order, which adaptation needs (updates on windows
-    from several bands at once gained a quarter as much; results/adaptation_bands.md)."""
+    from several bands at once gained a fifth as much; results/adaptation_bands.md)."""
     return min(-(-height // tile), container.MAX_SIDE)
 
 

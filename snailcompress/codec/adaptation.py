@@ -9,7 +9,7 @@ the encoder's (same environment and thread count, as for static coding; the pixe
 
 The windows must reach the model in a sensible order: api.encode_image codes the image as one band
 of windows, so they finish in raster order. In the static codec's bands they finish one per band
-at a time, and updates on windows from distant bands took a quarter as much off (and made some
+at a time, and updates on windows from distant bands took a fifth as much off (and made some
 images larger than no updates at all; results/adaptation_bands.md). The settings travel in the
 file's header (format version 3), so a file decodes with the settings it was made with. What it
 buys, and costs: results/default_model_heldout_variants.md.
