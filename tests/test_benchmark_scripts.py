@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import adaptation  # noqa: E402
 
 from snailcompress.models.presets import build  # noqa: E402
-from snailcompress.zoo import WEIGHTS_DIR  # noqa: E402
+from snailcompress.zoo import WEIGHTS_DIR, load_model, save_model  # noqa: E402
 
 
 @pytest.fixture
@@ -120,6 +120,28 @@ def test_shipping_a_file_that_is_not_a_model_is_one_line_and_writes_nothing(tmp_
         assert done.returncode == 1 and done.stdout == ""
         assert done.stderr.startswith("default_models.py: error: ") and done.stderr.count("\n") == 1
     assert not list(WEIGHTS_DIR.glob("snail-test-nothing*"))
+
+
+def test_averaging_models_writes_the_mean_of_their_weights_and_refuses_two_architectures(tmp_path):
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "default_models.py"
+    torch.manual_seed(0)
+    models = [build("pixelsnail-tiny", channels=3) for _ in range(2)]
+    paths = [save_model(m, tmp_path / f"m{i}.safetensors") for i, m in enumerate(models)]
+    save_model(build("pixelsnail-tiny", channels=1), tmp_path / "gray.safetensors")
+
+    done = subprocess.run([sys.executable, str(script), "average", *map(str, paths), "--out", str(tmp_path / "mean.safetensors")],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    mean = load_model(tmp_path / "mean.safetensors").model.state_dict()
+    first, second = (m.state_dict() for m in models)
+    for name, value in mean.items():
+        torch.testing.assert_close(value, (first[name] + second[name]) / 2)
+    assert any(not torch.equal(mean[name], first[name]) for name in mean)  # two different models, not one twice
+
+    done = subprocess.run([sys.executable, str(script), "average", str(paths[0]), str(tmp_path / "gray.safetensors"),
+                           "--out", str(tmp_path / "mixed.safetensors")], capture_output=True, text=True)
+    assert done.returncode != 0 and done.stderr.startswith("default_models.py: error: ") and done.stderr.count("\n") == 1
+    assert not (tmp_path / "mixed.safetensors").exists()
 
 
 @pytest.mark.parametrize("args", [
