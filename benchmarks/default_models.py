@@ -121,7 +121,6 @@ in results/default_model*: the images in HOLDOUT (6 Kodak images, 6 photos).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 from pathlib import Path
@@ -186,14 +185,11 @@ def ship(run_dir: Path, name: str) -> None:
 def average(models: list[Path], out: Path) -> None:
     """The mean of several model files' weights (as stochastic weight averaging does with the ends of
     cyclic-lr runs), written to OUT: a candidate to compare against its parts with compare_models.py."""
-    import torch
-
     from snailcompress.errors import UsageError
     from snailcompress.zoo import load_model, save_model
 
     loaded = [load_model(m) for m in models]
-    configs = {json.dumps(m.model.config.to_dict(), sort_keys=True) for m in loaded}
-    if len(loaded) < 2 or len(configs) != 1:
+    if len(loaded) < 2 or any(m.model.config != loaded[0].model.config for m in loaded):
         raise UsageError("average needs two or more model files of one architecture")
     states = [m.model.state_dict() for m in loaded]
     mean = {k: (sum(s[k].double() for s in states) / len(states)).to(states[0][k].dtype) for k in states[0]}
