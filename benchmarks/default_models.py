@@ -116,6 +116,25 @@ in results/default_model*: the images in HOLDOUT (6 Kodak images, 6 photos).
         results/default_models/rgb-s-ft7.safetensors --out runs/rgb-s-ft6-ft7-mean.safetensors
     python benchmarks/compare_models.py snail-rgb results/default_models/rgb-s-ft7.safetensors \\
         runs/rgb-s-ft6-ft7-mean.safetensors --context 2 --threads 2 --out results/default_models/warm_restart7.md
+    # 13. an eighth restart, from rgb-s-ft7, seed 8, the same 1,500-step cycle (1.6 s a step on an idle
+    #     AMD EPYC this time): results/default_models/warm_restart8.md (-0.29% against 0e414a9c, -0.14%
+    #     against rgb-s-ft7; printed, then saved)
+    OMP_NUM_THREADS=2 snailcompress train --model results/default_models/rgb-s-ft7.safetensors --out runs/cpu/rgb-s-ft8 \\
+        --seed 8 --dataset folder --data-dir runs/default-data --holdout kodim03,kodim07,kodim12,kodim15,kodim20,kodim23 \\
+        --batch-size 64 --lr 4e-4 --warmup-steps 200 --steps 1500 --cooldown-steps 1300 --ema 0.997 --eval-every 500 \\
+        --eval-images 512 --workers 1 --scales 1 --compile
+    cp runs/cpu/rgb-s-ft8/checkpoints/last/ema.safetensors results/default_models/rgb-s-ft8.safetensors
+    python benchmarks/compare_models.py snail-rgb results/default_models/rgb-s-ft7.safetensors \\
+        results/default_models/rgb-s-ft8.safetensors --context 2 --threads 1
+    # 14. a ninth restart, from rgb-s-ft8, seed 9, one longer cycle (3,000 steps, the lr down over 2,800:
+    #     the fourth restart's long cycle gained the most per step): results/default_models/warm_restart9.md
+    OMP_NUM_THREADS=2 snailcompress train --model results/default_models/rgb-s-ft8.safetensors --out runs/cpu/rgb-s-ft9 \\
+        --seed 9 --dataset folder --data-dir runs/default-data --holdout kodim03,kodim07,kodim12,kodim15,kodim20,kodim23 \\
+        --batch-size 64 --lr 4e-4 --warmup-steps 200 --steps 3000 --cooldown-steps 2800 --ema 0.997 --eval-every 500 \\
+        --eval-images 512 --workers 1 --scales 1 --compile
+    cp runs/cpu/rgb-s-ft9/checkpoints/last/ema.safetensors results/default_models/rgb-s-ft9.safetensors
+    python benchmarks/compare_models.py snail-rgb results/default_models/rgb-s-ft8.safetensors \\
+        results/default_models/rgb-s-ft9.safetensors --context 2 --threads 2 --out results/default_models/warm_restart9.md
 """
 
 from __future__ import annotations

@@ -38,6 +38,8 @@ made results/kodak-heldout-tiles/summary.md || "$SNAIL" bench --dataset folder -
 # after the shorter ones are made:
 made results/default_model_heldout_variants.md || "$PY" benchmarks/codec_benchmark.py --heldout --threads 2 --variants static,default,adapt --codecs jpegxl-e9 \
     --out results/default_model_heldout_variants.md
-# Last: it reports bits only, no times, so the test suite may run beside it.
+# Last: these report bits only, no times, so the test suite may run beside them.
+made results/calibration.md || "$PY" benchmarks/calibration.py --variants 64,128,128+features,all+features --threads 2 \
+    --out results/calibration.md
 OMP_NUM_THREADS=2 "$PY" benchmarks/adaptation.py --images 6 --context 2 --bands default,one \
     --configs static,96x1@3e-5 --out results/adaptation_bands.md

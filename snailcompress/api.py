@@ -165,7 +165,7 @@ def encode_image(image: DecomposedImage, models: ModelChooser, tile: int = DEFAU
                  progress: bool = False, adaptation: Adaptation | None = None,
                  calibrate: bool = True) -> container.SnailFile:
     """`adaptation`: let the model learn the image while coding it (codec/adaptation.py); slower, smaller.
-    `calibrate`: fit and send a correction of the model's outputs for each plane where it pays
+    `calibrate`: fit and send a correction of the model's output layer for each plane where it pays
     (codec/calibration.py); a little slower to encode, no slower to decode."""
     if adaptation and not context:
         raise ValueError("adaptation needs context: without it every tile is coded at once, none after another")
@@ -185,7 +185,7 @@ def encode_image(image: DecomposedImage, models: ModelChooser, tile: int = DEFAU
         planes.append(container.Plane(name, loaded.model_id, stored_model_name(loaded.name), (plan.tile_h, plan.tile_w),
                                       words, (plan.above, plan.left), plan.band,
                                       (adaptation.windows, adaptation.steps, adaptation.lr) if adaptation else None,
-                                      (calibration.scale, calibration.shift) if calibration else None))
+                                      calibration.numbers() if calibration else None))
     return container.SnailFile(
         width=image.width, height=image.height, mode=image.mode, planes=tuple(planes),
         pixel_crc32=pixel_checksum(image), exactness=exactness_record(threads), extras=dict(image.extras),

@@ -148,6 +148,7 @@ def test_averaging_models_writes_the_mean_of_their_weights_and_refuses_two_archi
     ["compare_models.py", "MISSING"], ["context_tradeoff.py", "--model", "MISSING"], ["tiling.py", "--model", "MISSING"],
     ["adaptation.py", "--model", "MISSING"], ["codec_benchmark.py", "--model", "MISSING"],
     ["model_size_tradeoff.py", "MISSING", "--out", "OUT"], ["orientation.py", "--model", "MISSING"], ["warmup.py", "--data-dir", "DIR", "--model", "MISSING"],
+    ["calibration.py", "--model", "MISSING"],
 ], ids=lambda args: args[0])
 def test_every_script_says_a_missing_model_in_one_line(args, tmp_path):
     """common.run: what snailcompress refuses ends a script with one line and the CLI's exit code (in a

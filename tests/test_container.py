@@ -96,9 +96,11 @@ def encode_header(h: dict) -> bytes:
                 out += _field(p["context"], lambda c: varint(c[0]) + varint(c[1])) + _field(p["band"], varint)
             if "adaptation" in p:  # version 3
                 out += _field(p["adaptation"], lambda a: varint(0) if a is None else varint(a[0]) + bytes([a[1]]) + struct.pack("<d", a[2]))
-            if "calibration" in p:  # version 4
+            if "calibration" in p:  # version 4 (and 5: "features" in p)
                 out += _field(p["calibration"], lambda c: varint(0) if c is None else
                               varint(len(c[0])) + b"".join(struct.pack("<e", v) for v in (*c[0], *c[1])))
+            if p.get("calibration") is not None and "features" in p:  # version 5
+                out += _field(p["features"], lambda g: varint(len(g)) + b"".join(struct.pack("<e", v) for v in g))
             out += _field(p["n_words"], varint)
     ex = h["exactness"]
     if isinstance(ex, Raw):
@@ -1052,3 +1054,80 @@ def test_writing_an_invalid_calibration_is_refused():
                 (tuple([0.0] * 1025), tuple([0.0] * 1025))]:
         with pytest.raises(ValueError, match="calibration"):
             C.write(_calibrated_file(bad))
+
+
+# --------------------------------------------------------------------------------------------
+# version 5: the calibration also gains the features the output layer reads
+
+FEATURE_GAIN = (0.125, -0.5)  # binary16 numbers, 2 features
+
+
+def _v5_header(calibration=CALIBRATION, features=FEATURE_GAIN, adaptation=None, context=(2, 2)) -> dict:
+    h = _v4_header(calibration, adaptation, context)
+    h["planes"][0]["features"] = features
+    return h
+
+
+@pytest.mark.parametrize("adaptation, context", [(None, (2, 2)), ((4, 1, 3e-5), (2, 2)), (None, (0, 0))])
+def test_feature_gains_are_written_as_version_5_and_read_back(adaptation, context):
+    f = _calibrated_file((*CALIBRATION, FEATURE_GAIN), adaptation, context)
+    data = C.write(f)
+    assert data[8] == 5
+    back = C.read(data)
+    assert back == f and back.planes[0].calibration == (*CALIBRATION, FEATURE_GAIN)
+    assert C.write(back) == data
+    assert data == forge(_v5_header(adaptation=adaptation, context=context), version=5)  # the docstring's layout
+    assert "calibrated (3 outputs, 2 features)" in C.describe(back)
+    outputs_only = C.write(_calibrated_file(CALIBRATION, adaptation, context))
+    assert outputs_only[8] == 4 and len(data) - len(outputs_only) == 1 + 2 * 2
+
+
+def test_an_empty_feature_gain_is_a_version_4_calibration():
+    plane = _calibrated_file((*CALIBRATION, ())).planes[0]
+    assert plane.calibration == CALIBRATION and plane == _calibrated_file().planes[0]
+    assert C.write(_calibrated_file((*CALIBRATION, ())))[8] == 4
+
+
+def test_version_5_holds_planes_calibrated_with_and_without_feature_gains():
+    f = _calibrated_file((*CALIBRATION, FEATURE_GAIN))
+    plain = dataclasses.replace(f.planes[0], channels="A", calibration=CALIBRATION)
+    f = dataclasses.replace(f, mode="RGBA", planes=(f.planes[0], plain))
+    back = C.read(C.write(f))
+    assert back == f and back.planes[1].calibration == CALIBRATION
+
+
+@pytest.mark.parametrize(
+    "features, message",
+    [
+        ((), "must be version 4"),  # one encoding per header: no feature gains is version 4
+        ((float("nan"),), "binary16"),
+        ((-0.0,), "binary16"),
+        (Raw(varint(1025)), "1025 features"),
+    ],
+)
+def test_version_5_fields_are_checked(features, message):
+    fails(forge(_v5_header(features=features), version=5), message)
+
+
+def test_version_5_has_no_feature_field_on_an_uncalibrated_plane():
+    """An uncalibrated plane ends its calibration at the count 0, in version 5 too."""
+    f = _calibrated_file((*CALIBRATION, FEATURE_GAIN))
+    plain = dataclasses.replace(f.planes[0], channels="A", calibration=None)
+    f = dataclasses.replace(f, mode="RGBA", planes=(f.planes[0], plain))
+    h = _v5_header()
+    h["mode"] = "RGBA"
+    h["planes"].append(dict(h["planes"][0], channels="A", calibration=None, features=None))
+    assert C.write(f) == forge(h, version=5)
+
+
+@pytest.mark.parametrize("n", range(1, 6))
+def test_a_header_cut_inside_the_feature_gains_is_refused(n):
+    h = encode_header(_v5_header())
+    plane_end = h.index(struct.pack("<e", -0.5), h.index(struct.pack("<e", -65504.0))) + 2
+    fails(forge(h[: plane_end - n], version=5), "header is invalid")
+
+
+def test_writing_an_invalid_feature_gain_is_refused():
+    for bad in [(0.1,), (1,), tuple([0.0] * 1025), (float("inf"),)]:
+        with pytest.raises(ValueError, match="calibration"):
+            C.write(_calibrated_file((*CALIBRATION, bad)))

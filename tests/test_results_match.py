@@ -28,6 +28,7 @@ REMADE_WITH_ID = [
     "context_tradeoff.md",
     "tiling_with_context.md",
     "adaptation_bands.md",
+    "calibration.md",
 ]
 
 # The README's table of the shipped model against classical codecs: row label -> codec column.

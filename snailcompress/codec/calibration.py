@@ -1,20 +1,24 @@
-"""Calibration: a correction of the network's outputs for one image, fitted by the encoder and sent.
+"""Calibration: a correction of the network for one image, fitted by the encoder and sent.
 
 A small model trained on a hundred photos is a little off on any given image: its mixtures a little
 too wide here, its colour coefficients a little too weak there. Before coding a plane, the encoder
 fits, for each of the network's K outputs (mixture logits, means, log-scales, coefficients), a gain
-and an offset,
+and an offset, and for each of the F features its 1x1 output layer reads, a gain:
 
-    output -> output * (1 + scale) + shift,
+    output -> output * (1 + scale) + shift,        feature -> feature * (1 + gain),
 
-that minimise the NLL of a sample of the plane's windows (at most MAX_SAMPLE_WINDOWS, spread evenly
-over the image), and stores the 2K numbers as IEEE binary16 in the plane's header (format version 4:
-400 bytes for the RGB model's K = 100). Both sides fold them into the model's 1x1 output layer
-(`calibrated`), so decoding costs nothing extra and encoding one forward pass over the sample and a
-few seconds of L-BFGS. The encoder does not try where a typical saving would not repay the header
-twice (a 256 x 256 crop saved 0.05% for twice the encode time), and keeps a calibration only where
-the bits it saves on the sample, scaled to the whole plane, exceed what it costs in the header.
-What it buys, and costs: results/default_model_heldout_variants.md, results/codec_speed.md.
+that minimise the NLL of a sample of the plane's pixels (MAX_SAMPLE_PIXELS, drawn from at most
+MAX_SAMPLE_WINDOWS windows spread evenly over the image), and stores the 2K + F numbers as IEEE
+binary16 in the plane's header (format version 5: 500 bytes for the RGB model's K = 100, F = 48).
+Both sides fold them into the model's output layer (`calibrated`), so decoding costs nothing extra
+and encoding one forward pass over the sample and a few seconds of L-BFGS on the features it
+computed. The encoder does not try where a typical saving would not repay the header twice (a
+256 x 256 crop saved 0.05% for twice the encode time), and keeps a calibration only where the bits it
+saves on the sample, scaled to the whole plane, exceed what it costs in the header.
+
+Why these numbers (results/calibration.md, the 12 held-out images, header paid): outputs alone
+fitted on 64 windows took 0.83% off the NLL, on 128 windows 0.87%, with the feature gains 0.99%; a
+sample drawn from every window 1.02%, for a forward pass over the whole image. What it buys in real files, and costs: results/default_model_heldout_variants.md.
 """
 
 from __future__ import annotations
@@ -27,55 +31,78 @@ import numpy as np
 import torch
 
 from .. import mixture
-from .container import BINARY16_MAX, MAX_CALIBRATION_OUTPUTS
+from .container import BINARY16_MAX, MAX_CALIBRATION_FEATURES, MAX_CALIBRATION_OUTPUTS
 from .tiles import WindowPlan
 
-MAX_SAMPLE_WINDOWS = 64  # windows the fit sees; 200 numbers need far fewer than 64 x 32 x 32 pixels
+MAX_SAMPLE_WINDOWS = 128  # windows the network runs on for the fit: the larger the spread, the better the fit
+MAX_SAMPLE_PIXELS = 65536  # pixels of those windows the fit scores (a fixed-seed draw): enough for 248 numbers
 LBFGS_ITERATIONS = 30
 #: bits per subpixel a calibration typically saves, header paid: the median of the 12 held-out images
-#: when it was set (0.007 to 0.078; with today's snail-rgb 0.005 to 0.080, median 0.014,
-#: results/default_model_heldout_variants.md); planes too small to save twice the
-#: header at this rate are not tried.
+#: when it was set (0.007 to 0.078); with the feature gains 0.005 to 0.087, median 0.017
+#: (results/calibration.md, snail-rgb 0e414a9c). Planes too small to save twice the header at this
+#: rate are not tried.
 TYPICAL_SAVING_BITS = 0.015
 
 
 @dataclass(frozen=True)
 class Calibration:
-    """Per-output gain (1 + scale) and offset (shift), each exactly a binary16 number."""
+    """Per-output gain (1 + scale) and offset (shift), and per-feature gain (1 + feature_gain; none
+    in files of format version 4), each exactly a binary16 number."""
 
     scale: tuple[float, ...]
     shift: tuple[float, ...]
+    feature_gain: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if not 1 <= len(self.scale) == len(self.shift) <= MAX_CALIBRATION_OUTPUTS:
             raise ValueError(f"a calibration needs 1 to {MAX_CALIBRATION_OUTPUTS} (scale, shift) pairs")
+        if len(self.feature_gain) > MAX_CALIBRATION_FEATURES:
+            raise ValueError(f"a calibration has at most {MAX_CALIBRATION_FEATURES} feature gains")
 
     @property
     def outputs(self) -> int:
         return len(self.scale)
 
     @property
+    def features(self) -> int:
+        return len(self.feature_gain)
+
+    @property
     def header_bits(self) -> int:
-        return header_bits(self.outputs)
+        return header_bits(self.outputs, self.features)
+
+    def numbers(self) -> tuple[tuple[float, ...], ...]:
+        """As the container's Plane.calibration holds it."""
+        return self.scale, self.shift, self.feature_gain
 
 
-def header_bits(outputs: int) -> int:
-    """What a calibration of `outputs` outputs adds to the header: two binary16 numbers per output
-    (the count's varint aside)."""
-    return 8 * 2 * 2 * outputs
+def header_bits(outputs: int, features: int) -> int:
+    """What a calibration adds to the header: one binary16 number per feature and two per output
+    (the counts' varints aside)."""
+    return 8 * 2 * (2 * outputs + features)
 
 
 def calibrated(model: torch.nn.Module, calibration: Calibration) -> torch.nn.Module:
-    """A copy of `model` whose outputs are `output * (1 + scale) + shift`, folded into its head (a
-    weight-normalised 1x1 conv: gain g and bias b scale, b shifts), so it runs as fast as `model`."""
+    """A copy of `model` whose head reads `feature * (1 + feature_gain)` and whose outputs are
+    `output * (1 + scale) + shift`, folded into the head (a weight-normalised 1x1 conv, weight
+    g * v / |v| per output: the feature gain scales v's columns and g keeps what |v| then changes;
+    the output gain scales g and b, the shift moves b), so it runs as fast as `model`."""
     head = model.head
-    if head.b.numel() != calibration.outputs:
-        raise ValueError(f"the calibration is for {calibration.outputs} outputs, the model has {head.b.numel()}")
+    outputs, features = head.v.shape[:2]
+    if outputs != calibration.outputs:
+        raise ValueError(f"the calibration is for {calibration.outputs} outputs, the model has {outputs}")
+    if calibration.features not in (0, features):
+        raise ValueError(f"the calibration is for {calibration.features} features, the model's head reads {features}")
     gain = 1.0 + torch.tensor(calibration.scale, dtype=torch.float64)
     shift = torch.tensor(calibration.shift, dtype=torch.float64)
     out = copy.deepcopy(model)
     with torch.no_grad():
-        out.head.g.copy_(head.g.double() * gain)
+        g, v = head.g.double(), head.v.double()
+        if calibration.features:
+            scaled = v * (1.0 + torch.tensor(calibration.feature_gain, dtype=torch.float64)).view(1, -1, 1, 1)
+            g = g * scaled.flatten(1).norm(dim=1) / v.flatten(1).norm(dim=1)
+            out.head.v.copy_(scaled)
+        out.head.g.copy_(g * gain)
         out.head.b.copy_(head.b.double() * gain + shift)
     return out
 
@@ -85,56 +112,101 @@ def _to_binary16(t: torch.Tensor) -> torch.Tensor:
     return t.detach().clamp(-BINARY16_MAX, BINARY16_MAX).half().float() + 0.0
 
 
-def sample_windows(plan: WindowPlan, plane: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """At most MAX_SAMPLE_WINDOWS of the plan's windows of `plane` (H, W, C), evenly spread in raster
-    order, and which pixels each codes (WindowPlan.windows_at)."""
+def sample_windows(plan: WindowPlan, plane: np.ndarray, windows: int = MAX_SAMPLE_WINDOWS) -> tuple[np.ndarray, np.ndarray]:
+    """At most `windows` of the plan's windows of `plane` (H, W, C), evenly spread in raster order,
+    and which pixels each codes (WindowPlan.windows_at)."""
     count = plan.rows * plan.cols
-    pick = np.unique(np.linspace(0, count - 1, min(count, MAX_SAMPLE_WINDOWS)).round().astype(np.int64))
+    pick = np.unique(np.linspace(0, count - 1, min(count, windows)).round().astype(np.int64))
     return plan.windows_at(plane, pick // plan.cols, pick % plan.cols)
 
 
-def fit_calibration(model: torch.nn.Module, plan: WindowPlan, plane: np.ndarray) -> tuple[Calibration | None, float]:
-    """Fit a calibration on a sample of the plan's windows of `plane` (H, W, C); returns it with the
-    bits it is estimated to save on the whole plane, net of its header cost (None, -inf where the
-    fit failed)."""
-    windows, coded = sample_windows(plan, plane)
-    x = mixture.to_unit(torch.from_numpy(windows))
+def sample_pixels(model: torch.nn.Module, plan: WindowPlan, plane: np.ndarray, windows: int = MAX_SAMPLE_WINDOWS,
+                  pixels: int | None = MAX_SAMPLE_PIXELS) -> tuple[torch.Tensor, torch.Tensor]:
+    """The features the head reads (P, F) and the values in [-1, 1] (P, C) of at most `pixels`
+    pixels (None: all) drawn with a fixed seed from those that `windows` sample windows code."""
+    sample, coded = sample_windows(plan, plane, windows)
     mask = torch.from_numpy(coded)
+    features, values = [], []
     with torch.no_grad():
-        raw = model.eval()(x)
-    outputs = raw.shape[1]
+        for start in range(0, len(sample), MAX_SAMPLE_WINDOWS):  # bounded memory when sampling every window
+            x = mixture.to_unit(torch.from_numpy(sample[start : start + MAX_SAMPLE_WINDOWS]))
+            window_mask = mask[start : start + MAX_SAMPLE_WINDOWS]
+            features.append(model.eval().features(x).permute(0, 2, 3, 1)[window_mask])
+            values.append(x.permute(0, 2, 3, 1)[window_mask])
+    features, values = torch.cat(features), torch.cat(values)
+    if pixels is not None and len(values) > pixels:
+        pick = np.sort(np.random.default_rng(0).choice(len(values), pixels, replace=False))
+        features, values = features[pick], values[pick]
+    return features.contiguous(), values.contiguous()
 
-    def nll_nats(scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-        params = raw * (1.0 + scale)[None, :, None, None] + shift[None, :, None, None]
-        return -mixture.log_prob(x, params)[mask].sum()
 
-    scale = torch.zeros(outputs, requires_grad=True)
-    shift = torch.zeros(outputs, requires_grad=True)
-    scored = max(int(mask.sum()) * x.shape[1], 1)
-    optimizer = torch.optim.LBFGS([scale, shift], max_iter=LBFGS_ITERATIONS, line_search_fn="strong_wolfe")
+def _head_nll_nats(head: torch.nn.Module, features: torch.Tensor, values: torch.Tensor, scale: torch.Tensor,
+                   shift: torch.Tensor, feature_gain: torch.Tensor) -> torch.Tensor:
+    """NLL of pixels whose head reads `features`, under a calibration given as tensors (0: none)."""
+    weight, bias = head.weight().detach()[:, :, 0, 0], head.b.detach()
+    params = torch.addmm(bias, features * (1.0 + feature_gain), weight.t()) * (1.0 + scale) + shift
+    return -mixture.pixel_log_prob(values, mixture.unpack(params, values.shape[1], pixel_last=True)).sum()
+
+
+def _tensors(head: torch.nn.Module, calibration: Calibration | None) -> list[torch.Tensor]:
+    outputs, features = head.v.shape[:2]
+    if calibration is None:
+        return [torch.zeros(outputs), torch.zeros(outputs), torch.zeros(features)]
+    return [torch.tensor(calibration.scale), torch.tensor(calibration.shift),
+            torch.tensor(calibration.feature_gain) if calibration.features else torch.zeros(features)]
+
+
+def nll_bits(head: torch.nn.Module, features: torch.Tensor, values: torch.Tensor, calibration: Calibration | None) -> float:
+    """Bits of the pixels whose head reads `features` (P, F), under `calibration` (None: the model as it is)."""
+    numbers = _tensors(head, calibration)
+    with torch.no_grad():
+        nats = sum(float(_head_nll_nats(head, features[i : i + 65536], values[i : i + 65536], *numbers))
+                   for i in range(0, len(values), 65536))
+    return nats / math.log(2)
+
+
+def fit(head: torch.nn.Module, features: torch.Tensor, values: torch.Tensor,
+        feature_gains: bool = True) -> Calibration | None:
+    """The calibration (rounded to binary16) that minimises the NLL of these pixels (None where the
+    fit failed); `feature_gains=False` fits the outputs' gains and offsets only (format version 4)."""
+    numbers = _tensors(head, None)
+    fitted = numbers if feature_gains else numbers[:2]
+    for n in fitted:
+        n.requires_grad_(True)
+    scored = max(values.numel(), 1)
+    optimizer = torch.optim.LBFGS(fitted, max_iter=LBFGS_ITERATIONS, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
-        loss = nll_nats(scale, shift) / scored
+        loss = _head_nll_nats(head, features, values, *numbers) / scored
         loss.backward()
         return loss
 
     with torch.enable_grad():
         optimizer.step(closure)
-    scale, shift = _to_binary16(scale), _to_binary16(shift)
-    with torch.no_grad():
-        zero = torch.zeros(outputs)
-        saved_nats = float(nll_nats(zero, zero) - nll_nats(scale, shift))
-    if not (math.isfinite(saved_nats) and scale.isfinite().all() and shift.isfinite().all()):
+    numbers = [_to_binary16(n) for n in fitted]
+    if not all(n.isfinite().all() for n in numbers):
+        return None
+    return Calibration(*(tuple(n.tolist()) for n in numbers))
+
+
+def fit_calibration(model: torch.nn.Module, plan: WindowPlan, plane: np.ndarray) -> tuple[Calibration | None, float]:
+    """Fit a calibration on a sample of the pixels of `plane` (H, W, C) as the plan codes them;
+    returns it with the bits it is estimated to save on the whole plane, net of its header cost
+    (None, -inf where the fit failed)."""
+    features, values = sample_pixels(model, plan, plane)
+    calibration = fit(model.head, features, values)
+    if calibration is None:
         return None, -math.inf
-    calibration = Calibration(tuple(scale.tolist()), tuple(shift.tolist()))
-    saved_bits = saved_nats / math.log(2) * (plane.shape[0] * plane.shape[1] / max(int(mask.sum()), 1))
-    return calibration, saved_bits - calibration.header_bits
+    saved = nll_bits(model.head, features, values, None) - nll_bits(model.head, features, values, calibration)
+    if not math.isfinite(saved):
+        return None, -math.inf
+    return calibration, saved * (plane.shape[0] * plane.shape[1] / max(len(values), 1)) - calibration.header_bits
 
 
 def worth_trying(model: torch.nn.Module, plane: np.ndarray) -> bool:
     """Whether the plane is large enough for a typical calibration to repay its header twice."""
-    return plane.size * TYPICAL_SAVING_BITS >= 2 * header_bits(model.head.b.numel())
+    return plane.size * TYPICAL_SAVING_BITS >= 2 * header_bits(*model.head.v.shape[:2])
 
 
 def calibration_for(model: torch.nn.Module, plan: WindowPlan, plane: np.ndarray) -> Calibration | None:

@@ -3,15 +3,17 @@ r"""The .snail container: one losslessly coded image per file.
 This module only moves bytes; it knows nothing about the model (it must not import torch) and can
 be fuzzed on its own.  `read` raises `FormatError` for every invalid input and nothing else.
 
-File format, version 4
+File format, version 5
 ======================
 
 A compact binary header: a 28 x 28 image coded in a few hundred bytes must not carry a big one.
 A typical one-plane file (model "snail-rgb" with a 16-hex-digit id, exactness ``env`` +
 ``threads``) has 64 to 66 bytes of overhead in all (magic, version, header and both checksums),
 depending on the length of its stream, 3 more in version 2 (tiles coded with context), 10 more in
-version 3 (a model that adapts to the image while coding it) and 4 per network output more in
-version 4 (a calibration of the model for the image: 403 bytes for the 100 outputs of snail-rgb).
+version 3 (a model that adapts to the image while coding it), 4 per network output more in
+version 4 (a calibration of the model's outputs for the image: 403 bytes for the 100 outputs of
+snail-rgb) and 2 per feature the network's output layer reads more in version 5 (a calibration of
+those features too: 500 bytes in all for snail-rgb's 100 outputs and 48 features).
 
 Fixed-size integers (u8, u32) are unsigned little-endian.  ``varint`` is unsigned LEB128: 7 bits a
 byte, least significant group first, the high bit set on every byte but the last; at most 5 bytes
@@ -23,9 +25,9 @@ offset size   field
 ====== ====== ================================================================================
 0      8      magic ``89 53 4E 41 49 4C 0D 0A`` = ``b"\x89SNAIL\r\n"``.  The high-bit first byte and
               the CR LF catch 7-bit and text-mode transfers, like PNG's signature.
-8      1      format version, u8 = 1 to 4: writers use the oldest that holds the header (4 when
-              some plane is calibrated, else 3 when some plane adapts, else 2 when some plane has
-              context, else 1)
+8      1      format version, u8 = 1 to 5: writers use the oldest that holds the header (5 when
+              some plane's calibration has feature gains, else 4 when some plane is calibrated, else
+              3 when some plane adapts, else 2 when some plane has context, else 1)
 9      v      ``H``: header length in bytes, varint, 1 <= H <= 65536 (``v`` = 1 to 3 bytes)
 9+v    H      header fields (table below)
 9+v+H  4      header CRC32, u32, over bytes 8 .. 9+v+H-1: the version byte, H and the header
@@ -58,16 +60,20 @@ plane count      u8            1..4, then for each plane, in payload order:
   context_left   varint        version 2 only (0 in version 1): 0..65535 columns to its left
   band           varint        version 2 only (1 in version 1): 1..65535 rows of windows coded one
                                after the other; 1 when context_above is 0
-  adapt_windows  varint        versions 3 and 4 (0 before): 0..65535; 0: the model stays as it is;
+  adapt_windows  varint        versions 3 to 5 (0 before): 0..65535; 0: the model stays as it is;
                                otherwise it learns, every adapt_windows coded windows, from those
                                windows (codec/adaptation.py), and two more fields follow:
   adapt_steps    u8            1..255 Adam steps per update
   adapt_lr       f64           Adam's learning rate, IEEE 754 binary64, 0 < lr < 1
-  calibrated     varint        version 4 only (0 before): 0..1024; 0: the model's outputs are used
-                               as they are; otherwise the number K of the model's outputs, each
-                               used as output * (1 + scale) + shift (codec/calibration.py):
+  calibrated     varint        versions 4 and 5 (0 before): 0..1024; 0: the model's outputs are
+                               used as they are; otherwise the number K of the model's outputs,
+                               each used as output * (1 + scale) + shift (codec/calibration.py):
   scale          K x f16       IEEE 754 binary16, finite, not -0
   shift          K x f16       the same
+  features       varint        version 5 only, and only after K > 0: 0..1024; the number F of
+                               features the output layer reads, each used as feature * (1 + gain)
+                               (0: none)
+  gain           F x f16       IEEE 754 binary16, finite, not -0
   n_words        varint        0..2**32-1, length of the coded stream in u32 words
 exactness count  u8            0..32, then for each entry, in strictly increasing order of key
                                (by code points):
@@ -133,6 +139,7 @@ __all__ = [
     "MAX_ADAPT_WINDOWS",
     "MAX_ADAPT_STEPS",
     "MAX_CALIBRATION_OUTPUTS",
+    "MAX_CALIBRATION_FEATURES",
     "BINARY16_MAX",
     "MODES",
     "MODE_CHANNELS",
@@ -148,8 +155,8 @@ __all__ = [
 ]
 
 MAGIC = b"\x89SNAIL\r\n"
-VERSION = 4  # the newest; writers use the oldest version that holds the header
-READABLE_VERSIONS = (1, 2, 3, 4)
+VERSION = 5  # the newest; writers use the oldest version that holds the header
+READABLE_VERSIONS = (1, 2, 3, 4, 5)
 MAX_HEADER_BYTES = 1 << 16
 MAX_SIDE = 65535
 MAX_PIXELS = 1 << 28
@@ -157,6 +164,7 @@ MAX_PLANES = 4
 MAX_ADAPT_WINDOWS = 65535
 MAX_ADAPT_STEPS = 255
 MAX_CALIBRATION_OUTPUTS = 1024
+MAX_CALIBRATION_FEATURES = 1024
 BINARY16_MAX = 65504.0  # the largest finite IEEE binary16 number
 MAX_WORDS = (1 << 32) - 1
 MAX_EXACTNESS_ENTRIES = 32
@@ -197,15 +205,16 @@ class Plane:
     context: tuple[int, int] = (0, 0)  # (rows above, columns left) each tile's window also holds
     band: int = 1  # rows of windows per band (see codec/tiles.py, WindowPlan)
     adaptation: tuple[int, int, float] | None = None  # (windows, steps, lr) of codec/adaptation.py
-    calibration: tuple[tuple[float, ...], tuple[float, ...]] | None = None  # (scale, shift) of codec/calibration.py
+    #: (scale, shift) or (scale, shift, feature gain) of codec/calibration.py; an empty feature gain is dropped
+    calibration: tuple[tuple[float, ...], ...] | None = None
 
     def __post_init__(self) -> None:
         for name in ("tile", "context", "adaptation"):
             if isinstance(getattr(self, name), list):
                 object.__setattr__(self, name, tuple(getattr(self, name)))
         if isinstance(self.calibration, (list, tuple)):
-            object.__setattr__(self, "calibration", tuple(tuple(v) if isinstance(v, (list, tuple)) else v
-                                                          for v in self.calibration))
+            calibration = tuple(tuple(v) if isinstance(v, (list, tuple)) else v for v in self.calibration)
+            object.__setattr__(self, "calibration", calibration[:2] if calibration[2:] == ((),) else calibration)
         if not isinstance(self.words, np.ndarray):
             object.__setattr__(self, "words", np.asarray(self.words, dtype=np.uint32))
 
@@ -235,7 +244,7 @@ class Plane:
         return (
             f"Plane(channels={self.channels!r}, model_id={self.model_id!r}, model_name={self.model_name!r}, "
             f"tile={self.tile!r}, context={self.context!r}, band={self.band!r}, adaptation={self.adaptation!r}, "
-            f"calibration={'None' if self.calibration is None else f'<{len(self.calibration[0])} outputs>'}, "
+            f"calibration={'None' if self.calibration is None else f'<{_calibration_size(self.calibration)}>'}, "
             f"n_words={self.n_words})"
         )
 
@@ -394,17 +403,25 @@ def _check_adaptation(adaptation: Any, where: str) -> None:
         raise _bad(f"{where} adapt_lr must be a number between 0 and 1 (exclusive)")
 
 
+def _calibration_size(calibration: tuple) -> str:
+    """'100 outputs', or '100 outputs, 48 features' (for messages)."""
+    features = f", {len(calibration[2])} features" if len(calibration) > 2 else ""
+    return f"{len(calibration[0])} outputs{features}"
+
+
 def _check_calibration(calibration: Any, where: str) -> None:
     if calibration is None:
         return
-    if type(calibration) not in (list, tuple) or len(calibration) != 2:
-        raise _bad(f"{where} calibration must be None or (scale, shift)")
-    scale, shift = calibration
+    if type(calibration) not in (list, tuple) or len(calibration) not in (2, 3):
+        raise _bad(f"{where} calibration must be None, (scale, shift) or (scale, shift, feature gain)")
+    scale, shift, *gain = calibration
     if type(scale) not in (list, tuple) or type(shift) not in (list, tuple) or len(scale) != len(shift):
         raise _bad(f"{where} calibration scale and shift must be lists of the same length")
     if not 1 <= len(scale) <= MAX_CALIBRATION_OUTPUTS:
         raise _bad(f"{where} calibration has {len(scale)} outputs, not 1..{MAX_CALIBRATION_OUTPUTS}")
-    for name, values in (("scale", scale), ("shift", shift)):
+    if gain and (type(gain[0]) not in (list, tuple) or not 1 <= len(gain[0]) <= MAX_CALIBRATION_FEATURES):
+        raise _bad(f"{where} calibration feature gain must be a list of 1..{MAX_CALIBRATION_FEATURES} numbers")
+    for name, values in (("scale", scale), ("shift", shift), ("feature gain", gain[0] if gain else ())):
         for v in values:
             if type(v) is not float or not _is_binary16(v):
                 raise _bad(f"{where} calibration {name} values must be finite binary16 numbers (not -0)")
@@ -533,8 +550,11 @@ def _text(s: str) -> bytes:
 
 
 def _version(obj: dict) -> int:
-    """The oldest format version that holds the header: 4 if some plane is calibrated, else 3 if some
-    plane adapts, else 2 if some plane has context, else 1."""
+    """The oldest format version that holds the header: 5 if some plane's calibration has feature gains,
+    else 4 if some plane is calibrated, else 3 if some plane adapts, else 2 if some plane has context,
+    else 1."""
+    if any(p["calibration"] is not None and len(p["calibration"]) > 2 for p in obj["planes"]):
+        return 5
     if any(p["calibration"] is not None for p in obj["planes"]):
         return 4
     if any(p["adaptation"] is not None for p in obj["planes"]):
@@ -571,8 +591,11 @@ def _encode_header(obj: dict) -> bytes:
             if p["calibration"] is None:
                 out += _varint(0)
             else:
-                scale, shift = p["calibration"]
+                scale, shift, *gain = p["calibration"]
                 out += _varint(len(scale)) + b"".join(_F16.pack(v) for v in (*scale, *shift))
+                if version >= 5:
+                    gain = gain[0] if gain else ()
+                    out += _varint(len(gain)) + b"".join(_F16.pack(v) for v in gain)
         out += _varint(p["n_words"])
     ex = obj["exactness"]
     out.append(len(ex))
@@ -670,15 +693,21 @@ class _Fields:
             return None
         return windows, self.u8(f"{where} adapt_steps"), self.f64(f"{where} adapt_lr")
 
-    def calibration(self, where: str) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    def calibration(self, where: str, version: int) -> tuple[tuple[float, ...], ...] | None:
         outputs = self.varint(f"{where} calibration count")
         if not outputs:
             return None
         if outputs > MAX_CALIBRATION_OUTPUTS:
             raise _bad(f"{where} calibration has {outputs} outputs, not 1..{MAX_CALIBRATION_OUTPUTS}")
-        values = self.take(2 * _F16.size * outputs, f"{where} calibration")
-        numbers = [v for (v,) in _F16.iter_unpack(values)]
-        return tuple(numbers[:outputs]), tuple(numbers[outputs:])
+        numbers = self.binary16s(2 * outputs, f"{where} calibration")
+        scale_shift = numbers[:outputs], numbers[outputs:]
+        features = self.varint(f"{where} calibration feature count") if version >= 5 else 0
+        if features > MAX_CALIBRATION_FEATURES:
+            raise _bad(f"{where} calibration has {features} features, not 0..{MAX_CALIBRATION_FEATURES}")
+        return (*scale_shift, self.binary16s(features, f"{where} calibration feature gain")) if features else scale_shift
+
+    def binary16s(self, count: int, name: str) -> tuple[float, ...]:
+        return tuple(v for (v,) in _F16.iter_unpack(self.take(_F16.size * count, name)))
 
     def varint(self, name: str) -> int:
         value = 0
@@ -737,7 +766,7 @@ def _decode_header(data: bytes, version: int) -> dict:
                 "context": (r.varint(f"{where} context above"), r.varint(f"{where} context left")) if version >= 2 else (0, 0),
                 "band": r.varint(f"{where} band") if version >= 2 else 1,
                 "adaptation": r.adaptation(where) if version >= 3 else None,
-                "calibration": r.calibration(where) if version >= 4 else None,
+                "calibration": r.calibration(where, version) if version >= 4 else None,
                 "n_words": r.varint(f"{where} n_words"),
             }
         )
@@ -955,7 +984,7 @@ def describe(f: SnailFile) -> str:
             + (f" in bands of {p.band}" if p.band > 1 else "")
             + (f", adapting (Adam, {p.adaptation[1]} step(s) at lr {p.adaptation[2]:g} every {p.adaptation[0]} windows)"
                if p.adaptation else "")
-            + (f", calibrated ({len(p.calibration[0])} outputs)" if p.calibration else "") + ", "
+            + (f", calibrated ({_calibration_size(p.calibration)})" if p.calibration else "") + ", "
             f"{_fmt_bytes(4 * p.n_words)}, {bpv:.4f} bits per value"
         )
     ex = f.extras

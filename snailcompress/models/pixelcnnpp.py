@@ -81,6 +81,10 @@ class PixelCNNpp(nn.Module):
         self.head = nin(f, mixture.num_params(cfg.channels, cfg.mixtures))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """What the 1x1 head reads at every position (B, filters, H, W), as in PixelSNAIL."""
         x_pad = with_ones_channel(x)
         u_stack = [down_shift(self.input_u(x_pad))]
         ul_stack = [causal_input(x_pad, self.input_above, self.input_left)]
@@ -102,4 +106,4 @@ class PixelCNNpp(nn.Module):
                 u = u_block(u, u_stack.pop())
                 ul = ul_block(ul, torch.cat([u, ul_stack.pop()], dim=1))
         assert not u_stack and not ul_stack
-        return self.head(F.elu(ul))
+        return F.elu(ul)

@@ -122,9 +122,14 @@ class PixelSNAIL(nn.Module):
         self.head = nin(cfg.filters, mixture.num_params(cfg.channels, cfg.mixtures))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """What the 1x1 head reads at every position (B, filters, H, W): codec/calibration.py fits its
+        per-image correction on these, computed once."""
         batch, _, height, width = x.shape
         background = positional_background(height, width, x).expand(batch, -1, -1, -1)
         ul = causal_input(with_ones_channel(x), self.input_above, self.input_left)
         for block in self.blocks:
             ul = block(ul, x, background)
-        return self.head(F.elu(ul))
+        return F.elu(ul)
