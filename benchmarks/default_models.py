@@ -128,6 +128,8 @@ in results/default_model*: the images in HOLDOUT (6 Kodak images, 6 photos).
         results/default_models/rgb-s-ft8.safetensors --context 2 --threads 1
     # 14. a ninth restart, from rgb-s-ft8, seed 9, one longer cycle (3,000 steps, the lr down over 2,800:
     #     the fourth restart's long cycle gained the most per step): results/default_models/warm_restart9.md
+    #     (-0.60% against 0e414a9c, -0.31% against rgb-s-ft8), shipped as snail-rgb (id ff7d3a5d), then
+    #     bash benchmarks/shipped_results.sh
     OMP_NUM_THREADS=2 snailcompress train --model results/default_models/rgb-s-ft8.safetensors --out runs/cpu/rgb-s-ft9 \\
         --seed 9 --dataset folder --data-dir runs/default-data --holdout kodim03,kodim07,kodim12,kodim15,kodim20,kodim23 \\
         --batch-size 64 --lr 4e-4 --warmup-steps 200 --steps 3000 --cooldown-steps 2800 --ema 0.997 --eval-every 500 \\
@@ -135,6 +137,7 @@ in results/default_model*: the images in HOLDOUT (6 Kodak images, 6 photos).
     cp runs/cpu/rgb-s-ft9/checkpoints/last/ema.safetensors results/default_models/rgb-s-ft9.safetensors
     python benchmarks/compare_models.py snail-rgb results/default_models/rgb-s-ft8.safetensors \\
         results/default_models/rgb-s-ft9.safetensors --context 2 --threads 2 --out results/default_models/warm_restart9.md
+    python benchmarks/default_models.py ship results/default_models/rgb-s-ft9.safetensors snail-rgb
 """
 
 from __future__ import annotations

@@ -393,9 +393,9 @@ def _threads(threads: int | None) -> None:
 @click.option("--context", type=int, default=None,
               help="rows and columns of already coded neighbours each tile also sees: smaller files, slower [2]")
 @click.option("--adapt", is_flag=True,
-              help="the model also learns the image while coding it: about 0.4% smaller, about 2.2x slower to encode and decode")
+              help="the model also learns the image while coding it: about 0.15% smaller, about 2.1x slower to encode and decode")
 @click.option("--calibrate/--no-calibrate", default=True,
-              help="fit and send a per-image correction of the model's output layer where it pays: about 0.8% smaller, "
+              help="fit and send a per-image correction of the model's output layer where it pays: about 0.9% smaller, "
                    "a little slower to encode, no slower to decode [on]")
 @click.option("--threads", type=int, default=None, help="CPU threads (decoding will use the same number)")
 @click.option("-q", "--quiet", is_flag=True, help="no progress bar")

@@ -38,9 +38,9 @@ MAX_SAMPLE_WINDOWS = 128  # windows the network runs on for the fit: the larger 
 MAX_SAMPLE_PIXELS = 65536  # pixels of those windows the fit scores (a fixed-seed draw): enough for 248 numbers
 LBFGS_ITERATIONS = 30
 #: bits per subpixel a calibration typically saves, header paid: the median of the 12 held-out images
-#: when it was set (0.007 to 0.078); with the feature gains 0.005 to 0.087, median 0.017
-#: (results/calibration.md, snail-rgb 0e414a9c). Planes too small to save twice the header at this
-#: rate are not tried.
+#: when it was set (0.007 to 0.078); with the feature gains 0.005 to 0.087, median 0.017 (snail-rgb
+#: 0e414a9c), and 0.003 to 0.087, median 0.016, for snail-rgb ff7d3a5d (results/calibration.md).
+#: Planes too small to save twice the header at this rate are not tried.
 TYPICAL_SAVING_BITS = 0.015
 
 
