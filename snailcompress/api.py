@@ -5,80 +5,35 @@
               (written to a temporary file, then renamed)
 
 Each plane is coded by the model for its channel count: RGB by a 3-channel model, L, A and P (palette
-indices) by a 1-channel one. Decoding checks everything exactness depends on before it starts and
-the pixel checksum after it ends: a file either decodes to the original pixels or fails loudly.
+indices) by a 1-channel one, converted to the integer network (integer/network.py) with the plane's
+calibration folded in: its tables are the same on every machine, so a file decodes anywhere, with
+any thread count. Decoding checks the arithmetic version and the model before it starts and the
+pixel checksum after it ends: a file either decodes to the original pixels or fails loudly.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-import constriction
-import numpy as np
 import torch
 
 from .codec import container
-from .codec.adaptation import Adaptation, AdaptingModelTables
-from .codec.calibration import Calibration, calibrated, calibration_for
-from .codec.coder import FloatModelTables, code_plane, decode_plane
+from .codec.calibration import Calibration, calibration_for
+from .codec.coder import code_plane, decode_plane
 from .codec.images import SUPPORTED_MODES, DecomposedImage, pixel_checksum, read_image, write_image
-from .codec.tiles import WindowPlan
-from .errors import ChannelCountError, ExactnessError, FormatError, ModelError
+from .codec.tiles import WindowPlan, default_band
+from .errors import ChannelCountError, FormatError, ModelError
+from .integer.arithmetic import ARITHMETIC_VERSION
+from .integer.network import IntegerPixelSNAIL
 from .fileio import atomic_write
-from .zoo import LoadedModel, default_model_for, load_model
+from .zoo import LoadedModel, default_model_for, load_model, shipped_models
 
 DEFAULT_TILE = 32
 DEFAULT_CONTEXT = 2
-BAND_SLOTS = 96  # see context_band
 PLANE_CHANNELS = {"RGB": 3, "L": 1, "A": 1, "P": 1}
-
-
-def environment() -> dict[str, str]:
-    """What float decoding needs to be identical to encoding, besides the thread count."""
-    facts = {
-        "provider": "float32-cpu-incremental",
-        "device": "cpu",
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "machine": platform.machine(),
-        "torch": torch.__version__,
-        "blas": "mkl" if torch.backends.mkl.is_available() else "other",
-        "constriction": getattr(constriction, "__version__", "unknown"),
-        "numpy": np.__version__,
-    }
-    return {key: str(value) for key, value in facts.items()}
-
-
-def environment_digest(env: dict[str, str] | None = None) -> str:
-    """16 hex digits identifying `environment()`: stored in every header instead of the whole list."""
-    text = json.dumps(env or environment(), sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def exactness_record(threads: int) -> dict[str, str]:
-    return {"env": environment_digest(), "threads": str(threads)}
-
-
-def check_exactness(recorded: dict[str, str]) -> int:
-    """Refuse to decode where the float computation could differ; returns the thread count to use."""
-    if recorded.get("env") != environment_digest():
-        here = ", ".join(f"{k} {v}" for k, v in environment().items())
-        raise ExactnessError(
-            f"this file was encoded in another environment (digest {recorded.get('env')}, here "
-            f"{environment_digest()}: {here}); float decoding is exact only where the file was made"
-        )
-    try:
-        threads = int(recorded["threads"])
-    except (KeyError, ValueError):
-        raise ExactnessError("the file does not record the thread count it was encoded with") from None
-    if not 1 <= threads <= 1024:
-        raise ExactnessError(f"the file records an impossible thread count ({threads})")
-    return threads
 
 
 class ModelChooser:
@@ -106,16 +61,16 @@ class ModelChooser:
 
     def for_plane(self, plane: container.Plane, channels: int) -> LoadedModel:
         """The model that made this plane: the user's if its id matches, else the one it names."""
-        for spec in [*self.specs, plane.model_name]:
+        for spec in [*self.specs, *([plane.model_name] if plane.model_name else []), *shipped_models()]:
             try:
                 loaded = self._load(spec, channels)
             except ModelError:
                 continue
-            if loaded.model_id == plane.model_id:
+            if loaded.model_id.startswith(plane.model_id):
                 return loaded
         raise ModelError(
-            f"this file was coded with model {plane.model_name!r} (id {plane.model_id}), which is not available "
-            "here with those exact weights; pass it with --model"
+            f"this file was coded with model {plane.model_name or 'id ' + plane.model_id!r} (id {plane.model_id}), "
+            "which is not available here with those exact weights; pass it with --model"
         )
 
 
@@ -144,60 +99,42 @@ def stored_model_name(name: str) -> str:
     return clean if len(clean) <= limit else "..." + clean[3 - limit:]
 
 
-def context_band(height: int, width: int, tile: int) -> int:
-    """Rows of windows per band (codec/tiles.py, WindowPlan): as long as leaves about BAND_SLOTS
-    windows coding side by side, and at least 2 (a band of 1 has no context above)."""
-    windows = -(-height // tile) * -(-width // tile)
-    return max(2, windows // BAND_SLOTS)
-
-
-def adaptive_band(height: int, tile: int) -> int:
-    """One band: the windows then finish in raster order, which adaptation needs (updates on windows
-    from several bands at once gained a fifth as much; results/adaptation_bands.md)."""
-    return min(-(-height // tile), container.MAX_SIDE)
-
-
-def table_provider(model: torch.nn.Module, adaptation: Adaptation | None):
-    return AdaptingModelTables(model, adaptation) if adaptation else FloatModelTables(model)
+def integer_network(model: torch.nn.Module, calibration: Calibration | None = None) -> IntegerPixelSNAIL:
+    """The network the codec runs: `model` in integers, with the calibration folded into its head."""
+    try:
+        return IntegerPixelSNAIL.convert(model, calibration)
+    except ValueError as e:
+        raise ModelError(f"this model cannot be coded with exact integer arithmetic: {e}") from None
 
 
 def encode_image(image: DecomposedImage, models: ModelChooser, tile: int = DEFAULT_TILE, context: int = DEFAULT_CONTEXT,
-                 progress: bool = False, adaptation: Adaptation | None = None,
-                 calibrate: bool = True) -> container.SnailFile:
-    """`adaptation`: let the model learn the image while coding it (codec/adaptation.py); slower, smaller.
-    `calibrate`: fit and send a correction of the model's output layer for each plane where it pays
+                 progress: bool = False, calibrate: bool = True) -> container.SnailFile:
+    """`calibrate`: fit and send a correction of the model's output layer for each plane where it pays
     (codec/calibration.py); a little slower to encode, no slower to decode."""
-    if adaptation and not context:
-        raise ValueError("adaptation needs context: without it every tile is coded at once, none after another")
-    threads = torch.get_num_threads()
-    band = adaptive_band(image.height, tile) if adaptation else context_band(image.height, image.width, tile)
+    band = default_band(image.height, image.width, (tile, tile), (context, context))
     planes = []
     for name in image.expected_planes():
         pixels = image.planes[name]
         loaded = models.for_channels(PLANE_CHANNELS[name])
-        model, calibration = loaded.model, None
+        calibration = None
         if calibrate:
             plan = WindowPlan.for_image(image.height, image.width, (tile, tile), (context, context), band)
-            calibration = calibration_for(model, plan, pixels)
-            model = calibrated(model, calibration) if calibration else model
-        words, plan = code_plane(table_provider(model, adaptation), pixels, (tile, tile), (context, context), band,
-                                 progress)
-        planes.append(container.Plane(name, loaded.model_id, stored_model_name(loaded.name), (plan.tile_h, plan.tile_w),
-                                      words, (plan.above, plan.left), plan.band,
-                                      (adaptation.windows, adaptation.steps, adaptation.lr) if adaptation else None,
-                                      calibration.numbers() if calibration else None))
-    return container.SnailFile(
-        width=image.width, height=image.height, mode=image.mode, planes=tuple(planes),
-        pixel_crc32=pixel_checksum(image), exactness=exactness_record(threads), extras=dict(image.extras),
-    )
+            calibration = calibration_for(loaded.model, plan, pixels)
+        net = integer_network(loaded.model, calibration)
+        words, plan = code_plane(net, pixels, (tile, tile), (context, context), band, progress)
+        stored_name = None if loaded.name in shipped_models() else stored_model_name(loaded.name)
+        planes.append(container.Plane(name, loaded.model_id[:8], words, stored_name, (tile, tile), (context, context),
+                                      band, calibration.numbers() if calibration else None))
+    return container.SnailFile(width=image.width, height=image.height, mode=image.mode, planes=tuple(planes),
+                               pixel_crc32=pixel_checksum(image), arithmetic=ARITHMETIC_VERSION,
+                               extras=dict(image.extras))
 
 
-def plane_model(model: torch.nn.Module, plane: container.Plane) -> torch.nn.Module:
-    """The model as the plane was coded with it: calibrated if the plane says so."""
+def plane_calibration(plane: container.Plane) -> Calibration | None:
     if plane.calibration is None:
-        return model
+        return None
     try:
-        return calibrated(model, Calibration(*plane.calibration))
+        return Calibration(*plane.calibration)
     except ValueError as e:
         raise FormatError(f"plane {plane.channels}: {e}") from None
 
@@ -205,21 +142,19 @@ def plane_model(model: torch.nn.Module, plane: container.Plane) -> torch.nn.Modu
 def decode_image(snail: container.SnailFile, models: ModelChooser, progress: bool = False) -> DecomposedImage:
     if snail.mode not in SUPPORTED_MODES:  # the format has room for modes (PA) this version never writes
         raise FormatError(f"this file holds a mode {snail.mode} image, which this version of snailcompress cannot decode")
-    threads = check_exactness(snail.exactness)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        planes = {}
-        for plane in snail.planes:
-            channels = PLANE_CHANNELS[plane.channels]
-            model = plane_model(models.for_plane(plane, channels).model, plane)
-            adaptation = Adaptation(*plane.adaptation) if plane.adaptation else None
-            planes[plane.channels] = decode_plane(
-                table_provider(model, adaptation), plane.words, snail.height, snail.width, channels, plane.tile,
-                plane.context, plane.band, progress,
-            )
-    finally:
-        torch.set_num_threads(previous)
+    if snail.arithmetic != ARITHMETIC_VERSION:
+        raise FormatError(f"this file was coded with integer arithmetic version {snail.arithmetic}; this release "
+                          f"of snailcompress has version {ARITHMETIC_VERSION} only")
+    planes = {}
+    for plane in snail.planes:
+        channels = PLANE_CHANNELS[plane.channels]
+        loaded = models.for_plane(plane, channels)
+        try:
+            net = integer_network(loaded.model, plane_calibration(plane))
+        except ModelError as e:
+            raise FormatError(f"plane {plane.channels}: {e}") from None
+        planes[plane.channels] = decode_plane(net, plane.words, snail.height, snail.width, channels, plane.tile,
+                                              plane.context, plane.band, progress)
     image = DecomposedImage(snail.mode, snail.width, snail.height, planes, dict(snail.extras))
     if pixel_checksum(image) != snail.pixel_crc32:
         raise FormatError("decoded pixels do not match the stored checksum: the file is corrupt")
@@ -232,12 +167,12 @@ def default_output(source: Path, suffix: str) -> Path:
 
 def encode_file(source, target=None, models: ModelChooser | None = None, tile: int = DEFAULT_TILE,
                 context: int = DEFAULT_CONTEXT, force: bool = False, progress: bool = False,
-                adaptation: Adaptation | None = None, calibrate: bool = True) -> CodingReport:
+                calibrate: bool = True) -> CodingReport:
     source = Path(source)
     target = Path(target) if target else default_output(source, ".snail")
     start = time.perf_counter()
     image = read_image(source)
-    data = container.write(encode_image(image, models or ModelChooser(), tile, context, progress, adaptation, calibrate))
+    data = container.write(encode_image(image, models or ModelChooser(), tile, context, progress, calibrate))
     atomic_write(target, data, overwrite=force)
     subpixels = sum(p.size for p in image.planes.values())
     return CodingReport(source, target, image.width, image.height, image.mode, len(data), max(subpixels, 1),

@@ -375,13 +375,16 @@ def _outputs(inputs: tuple[str, ...], output: str | None, default) -> list[Path]
     return [out]
 
 
-def _threads(threads: int | None) -> None:
+THREADS_HELP = ("CPU threads [1]: coding runs thousands of small steps, each waiting for all its threads, so give "
+                "it only idle cores; any count decodes any file")
+
+
+def _threads(threads: int) -> None:
     import torch
 
-    if threads is not None:
-        if threads < 1:
-            raise UsageError("--threads must be at least 1")
-        torch.set_num_threads(threads)
+    if threads < 1:
+        raise UsageError("--threads must be at least 1")
+    torch.set_num_threads(threads)
 
 
 @main.command()
@@ -392,33 +395,28 @@ def _threads(threads: int | None) -> None:
 @click.option("--tile", type=int, default=None, help="tile size in pixels [32]")
 @click.option("--context", type=int, default=None,
               help="rows and columns of already coded neighbours each tile also sees: smaller files, slower [2]")
-@click.option("--adapt", is_flag=True,
-              help="the model also learns the image while coding it: about 0.15% smaller, about 2.1x slower to encode and decode")
 @click.option("--calibrate/--no-calibrate", default=True,
               help="fit and send a per-image correction of the model's output layer where it pays: about 0.9% smaller, "
                    "a little slower to encode, no slower to decode [on]")
-@click.option("--threads", type=int, default=None, help="CPU threads (decoding will use the same number)")
+@click.option("--threads", type=int, default=1, help=THREADS_HELP)
 @click.option("-q", "--quiet", is_flag=True, help="no progress bar")
 @friendly_errors
-def encode(images, output, force, models, tile, context, adapt, calibrate, threads, quiet):
+def encode(images, output, force, models, tile, context, calibrate, threads, quiet):
     """Compress images losslessly into .snail files (inputs are kept)."""
     from .api import DEFAULT_CONTEXT, DEFAULT_TILE, ModelChooser, default_output, encode_file
-    from .codec.adaptation import Adaptation
 
     _threads(threads)
     if tile is not None and not 1 <= tile <= 1024:
         raise UsageError("--tile must be between 1 and 1024")
     if context is not None and not 0 <= context <= 64:
         raise UsageError("--context must be between 0 and 64")
-    if adapt and context == 0:
-        raise UsageError("--adapt needs --context of at least 1 (without context every tile is coded at once)")
     outputs = _outputs(images, output, lambda p: default_output(p, ".snail"))
     _check_output(outputs, force)
     chooser = ModelChooser(models)
     for source, target in zip(images, outputs):
         report = encode_file(source, target, chooser, tile or DEFAULT_TILE,
                              DEFAULT_CONTEXT if context is None else context, force=force, progress=not quiet,
-                             adaptation=Adaptation() if adapt else None, calibrate=calibrate)
+                             calibrate=calibrate)
         click.echo(_report_line("encode", report))
 
 
@@ -427,12 +425,14 @@ def encode(images, output, force, models, tile, context, adapt, calibrate, threa
 @click.option("-o", "--output", type=click.Path(), help="output image (one input) or directory")
 @click.option("-f", "--force", is_flag=True, help="overwrite existing outputs")
 @click.option("--model", "models", multiple=True, help="model the file was made with, if not a shipped one")
+@click.option("--threads", type=int, default=1, help=THREADS_HELP)
 @click.option("-q", "--quiet", is_flag=True, help="no progress bar")
 @friendly_errors
-def decode(files, output, force, models, quiet):
+def decode(files, output, force, models, threads, quiet):
     """Restore the exact original images from .snail files (checked against their checksum)."""
     from .api import ModelChooser, decode_file
 
+    _threads(threads)
     outputs = _outputs(files, output, lambda p: p.with_suffix(".png") if p.suffix == ".snail" else Path(f"{p}.png"))
     _check_output(outputs, force)
     chooser = ModelChooser(models)
@@ -446,7 +446,6 @@ def decode(files, output, force, models, quiet):
 @friendly_errors
 def info(files):
     """Print the header of .snail files in words."""
-    from .api import environment_digest
     from .codec import container
     from .errors import FormatError
 
@@ -458,9 +457,6 @@ def info(files):
         header = container.read_header(data)  # nothing printed for a bad file
         click.echo(f"{name}:")
         click.echo(container.describe(header))
-        here = environment_digest()
-        verdict = "same environment: decodable here" if header.exactness.get("env") == here else "decoding here will be refused"
-        click.echo(f"this machine: env {here} ({verdict})")
 
 
 @main.command()

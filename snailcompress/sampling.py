@@ -31,9 +31,6 @@ class FullForwardStepper:
         self.position[slots] = 0
         self.images[slots] = 0.0
 
-    def reload_weights(self) -> None:
-        """Nothing to do: every step runs the model as it is."""
-
     @torch.no_grad()
     def predict(self) -> torch.Tensor:
         i, j = self.position // self.width, self.position % self.width

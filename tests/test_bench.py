@@ -84,8 +84,10 @@ def test_bench_summary_rows(bench_run):
     assert (nll.images, per_file.images, stream.images) == (6, 2, 6)
     assert nll.parameters > 0 and nll.eval_images_per_s > 0
     assert per_file.encode_images_per_s > 0 and per_file.decode_images_per_s > 0
-    # real coded sizes: a little above the likelihood (range coder, table quantisation, headers)
-    assert nll.bits_per_dim - 1e-3 <= stream.bits_per_dim <= nll.bits_per_dim + 0.05
+    # real coded sizes, by the integer network (integer/): close to the float likelihood. The untrained
+    # preset's outputs are extreme (log-scales past the integer network's clamp at +-7), which moves
+    # it by about 1.5% here; the trained model's cost is measured in test_integer.py (< 0.3%).
+    assert abs(stream.bits_per_dim / nll.bits_per_dim - 1) < 0.03
     assert stream.bits_per_dim <= per_file.bits_per_dim
     # the per-file overhead is the .snail header of each file: ~0.1-0.3 bits/dim on 3072 subpixels
     assert stream.total_bytes == 4 * stream.stream_words + stream.container_overhead_bytes
@@ -117,7 +119,7 @@ def test_bench_per_image_and_meta(bench_run):
     assert nll.shape == (6,) and per_file.shape == (2,) and methods["png"].shape == (6,)
     assert nll.mean() == pytest.approx(table.loc["pixelsnail-tiny", "bits_per_dim"], rel=1e-6)
     assert per_file.mean() == pytest.approx(table.loc["pixelsnail-tiny (coded, per file, first 2)", "bits_per_dim"], rel=1e-9)
-    assert (per_file > nll[:2]).all()  # each file costs more than its image's NLL
+    assert (per_file > 0.97 * nll[:2]).all()  # each file costs about its image's NLL, and a header
     for key in ("command", "machine", "date", "dataset", "split", "images", "cpu", "cpu_cores", "torch",
                 "torch_threads"):
         assert key in attrs, key
@@ -156,10 +158,11 @@ def test_shared_encoder_makes_one_stream():
     import constriction
 
     from snailcompress.bench.harness import side_by_side
-    from snailcompress.codec.coder import FloatModelTables, code_plane, decode_plane
+    from snailcompress.api import integer_network
+    from snailcompress.codec.coder import code_plane, decode_plane
     from snailcompress.zoo import load_model
 
-    provider = FloatModelTables(load_model("pixelsnail-tiny").model)
+    provider = integer_network(load_model("pixelsnail-tiny").model)
     images = np.random.default_rng(0).integers(0, 256, (5, 3, 4, 6), dtype=np.uint8)
     row = side_by_side(images)
     assert row.shape == (4, 30, 3) and np.array_equal(row[:, 6:12].transpose(2, 0, 1), images[1])

@@ -4,7 +4,7 @@ What must hold: the calibrated model computes exactly `head(features * (1 + feat
 + shift`; the sample is the pixels the codec codes, spread over the image and capped; the fit lowers
 the NLL where the model is off and is sent only where it pays for its header; the decoder uses the
 calibration the header holds (another one fails the checksum, one of the wrong size is a clean error);
-the round trip stays exact, with and without --adapt; the caller's model is left as it was.
+the round trip stays exact; the caller's model is left as it was.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from PIL import Image
 from snailcompress import api, mixture, zoo
 from snailcompress.cli import main
 from snailcompress.codec import container
-from snailcompress.codec.adaptation import Adaptation
 from snailcompress.codec import calibration
 from snailcompress.codec.calibration import (Calibration, calibrated, calibration_for, fit, fit_calibration, nll_bits,
                                              sample_pixels, sample_windows)
@@ -147,16 +146,15 @@ def test_small_planes_are_not_tried(monkeypatch):
     assert snail.planes[0].calibration is None
 
 
-@pytest.mark.parametrize("adaptation", [None, Adaptation(windows=2, steps=1, lr=1e-3)])
-def test_calibrated_files_decode_exactly_and_are_smaller(adaptation, small_images_calibrate):
+def test_calibrated_files_decode_exactly_and_are_smaller(small_images_calibrate):
     models = api.ModelChooser([TINY])
-    image = _image(24, 27)  # at 20 x 23 the 64 bytes of feature gains are not repaid under --adapt
-    snail = api.encode_image(image, models, tile=8, context=2, adaptation=adaptation)
-    plain = api.encode_image(image, models, tile=8, context=2, adaptation=adaptation, calibrate=False)
+    image = _image(24, 27)
+    snail = api.encode_image(image, models, tile=8, context=2)
+    plain = api.encode_image(image, models, tile=8, context=2, calibrate=False)
     assert snail.planes[0].calibration is not None and plain.planes[0].calibration is None
     assert container.file_size(snail) < container.file_size(plain)
     data = container.write(snail)
-    assert data[8] == 5 and len(snail.planes[0].calibration) == 3  # with feature gains
+    assert len(snail.planes[0].calibration[2]) > 0  # with feature gains
     back = api.decode_image(container.read(data), models)
     assert np.array_equal(back.planes["RGB"], image.planes["RGB"])
 

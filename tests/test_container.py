@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-
 import os
 import re
 import struct
+import sys
+import subprocess
 import time
 import tracemalloc
 import zlib
@@ -17,7 +18,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from snailcompress.codec import container as C
-from snailcompress.codec.container import MAGIC, Plane, SnailFile
+from snailcompress.codec.container import Plane, SnailFile
+from snailcompress.codec.tiles import default_band
 from snailcompress.errors import FormatError, SnailError
 from snailcompress.fileio import OutputExistsError, atomic_path, atomic_write
 
@@ -25,6 +27,12 @@ FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCh
 
 # --------------------------------------------------------------------------------------------
 # an independent writer of the byte layout in container's docstring, that also writes invalid files
+
+MAGIC = b"\x89SNL"
+OLD_MAGIC = b"\x89SNAIL\r\n"
+TRUNCATED = "file is truncated"
+PART_WORD = "file is truncated or has trailing data (its length leaves a part of a 4-byte word)"
+CRC_MISMATCH = "file is corrupt, truncated or has trailing data (checksum mismatch)"
 
 
 class Raw(bytes):
@@ -41,110 +49,124 @@ def varint(n: int) -> bytes:
             return bytes(out)
 
 
-def text(s) -> bytes:
-    if isinstance(s, Raw):
-        return s
-    if s and re.fullmatch(r"(?:[0-9a-f]{2})+", s):
-        return varint(len(s) + 1) + bytes.fromhex(s)  # n = 2 * (len(s) / 2) + 1
-    raw = s.encode("utf-8", "surrogatepass")
-    return varint(2 * len(raw)) + raw
+def f16s(values) -> bytes:
+    return b"".join(struct.pack("<e", v) for v in values)
 
 
 MODE_CODES = {"L": 0, "1": 1, "LA": 2, "RGB": 3, "RGBA": 4, "P": 5, "PA": 6}
-CHANNEL_CODES = {"L": 0, "A": 1, "RGB": 2, "P": 3}
-KEY_CODES = {"env": 1, "threads": 2}
+T_NAME, T_TILE, T_CONTEXT, T_BAND, T_CALIBRATION, T_ALPHA, T_PALETTE, T_TRANSPARENCY, T_ALPHA_TABLE = range(1, 10)
+PLANE_FIELDS = {  # key in a plane dict -> (tag, encoder of the content after the plane index)
+    "model_name": (T_NAME, lambda s: s.encode("utf-8", "surrogatepass")),
+    "tile": (T_TILE, lambda t: varint(t[0]) + varint(t[1])),
+    "context": (T_CONTEXT, lambda c: varint(c[0]) + varint(c[1])),
+    "band": (T_BAND, varint),
+    "calibration": (T_CALIBRATION, lambda c: varint(len(c[0])) + f16s(c[0]) + f16s(c[1]) + varint(len(c[2])) + f16s(c[2])),
+}
 
 
 def _field(value, encode):
     return value if isinstance(value, Raw) else encode(value)
 
 
-def encode_extras(mode: str, extras) -> bytes:
-    if isinstance(extras, Raw):
-        return extras
+def tagged(tag: int, content: bytes, plane: int | None = None) -> bytes:
+    body = (b"" if plane is None else bytes([plane])) + content
+    return bytes([tag]) + varint(len(body)) + body
+
+
+def encode_fields(h: dict) -> bytes:
+    """The tagged fields of a header dict, sorted by (tag, plane) as the docstring says."""
+    if "fields" in h:
+        return h["fields"]
     fields = []
-    if "constant_alpha" in extras:
-        fields.append(bytes([1, extras["constant_alpha"]]))
-    if "palette" in extras:
-        pal = bytes.fromhex(extras["palette"])
-        bpe = len(extras["palette_mode"])
-        fields.append(bytes([2, bpe]) + varint(len(pal) // bpe) + pal)
-    if "transparency" in extras:
-        t = extras["transparency"]
-        if isinstance(t, str):
-            fields.append(bytes([4]) + varint(len(t) // 2) + bytes.fromhex(t))
-        else:
-            fields.append(bytes([3]) + b"".join(varint(v) for v in (t if isinstance(t, list) else [t])))
-    return bytes([len(fields)]) + b"".join(fields)
+    planes = h["planes"] if isinstance(h["planes"], list) else []
+    for i, p in enumerate(planes):
+        for key, (tag, encode) in PLANE_FIELDS.items():
+            if key in p:
+                fields.append((tag, i, tagged(tag, _field(p[key], encode), i)))
+    extras = h["extras"]
+    if isinstance(extras, Raw):
+        fields.append((T_ALPHA, 0, extras))
+    else:
+        if "constant_alpha" in extras:
+            fields.append((T_ALPHA, 0, tagged(T_ALPHA, bytes([extras["constant_alpha"]]))))
+        if "palette" in extras:
+            pal = bytes.fromhex(extras["palette"])
+            bpe = len(extras["palette_mode"])
+            fields.append((T_PALETTE, 0, tagged(T_PALETTE, bytes([bpe]) + varint(len(pal) // bpe) + pal)))
+        if "transparency" in extras:
+            t = extras["transparency"]
+            if isinstance(t, str):
+                fields.append((T_ALPHA_TABLE, 0, tagged(T_ALPHA_TABLE, varint(len(t) // 2) + bytes.fromhex(t))))
+            else:
+                values = t if isinstance(t, list) else [t]
+                fields.append((T_TRANSPARENCY, 0, tagged(T_TRANSPARENCY, b"".join(varint(v) for v in values))))
+    return b"".join(chunk for *_, chunk in sorted(fields, key=lambda x: x[:2]))
 
 
 def encode_header(h: dict) -> bytes:
     """Header bytes for a header dict (values as in the API; any value may be a Raw override)."""
     out = _field(h["width"], varint) + _field(h["height"], varint)
-    out += _field(h["mode"], lambda m: bytes([MODE_CODES[m]]))
+    constant = h.get("constant", isinstance(h["extras"], dict) and "constant_alpha" in h["extras"])
+    out += _field(h["mode"], lambda m: bytes([MODE_CODES[m] + 8 * constant]))
     out += _field(h["pixel_crc32"], lambda c: struct.pack("<I", c))
+    out += _field(h.get("arithmetic", 1), lambda a: bytes([a]))
     planes = h["planes"]
     if isinstance(planes, Raw):
         out += planes
     else:
-        out += bytes([len(planes)])
-        for p in planes:
-            out += _field(p["channels"], lambda c: bytes([CHANNEL_CODES[c]]))
-            out += text(p["model_id"]) + text(p["model_name"])
-            out += _field(p["tile"], lambda t: varint(t[0]) + varint(t[1]))
-            if "context" in p:  # version 2
-                out += _field(p["context"], lambda c: varint(c[0]) + varint(c[1])) + _field(p["band"], varint)
-            if "adaptation" in p:  # version 3
-                out += _field(p["adaptation"], lambda a: varint(0) if a is None else varint(a[0]) + bytes([a[1]]) + struct.pack("<d", a[2]))
-            if "calibration" in p:  # version 4 (and 5: "features" in p)
-                out += _field(p["calibration"], lambda c: varint(0) if c is None else
-                              varint(len(c[0])) + b"".join(struct.pack("<e", v) for v in (*c[0], *c[1])))
-            if p.get("calibration") is not None and "features" in p:  # version 5
-                out += _field(p["features"], lambda g: varint(len(g)) + b"".join(struct.pack("<e", v) for v in g))
-            out += _field(p["n_words"], varint)
-    ex = h["exactness"]
-    if isinstance(ex, Raw):
-        out += ex
-    else:
-        out += bytes([len(ex)])
-        for k, v in ex.items():  # in the dict's order: sort it to be valid
-            out += bytes([KEY_CODES[k]]) if k in KEY_CODES else b"\0" + text(k)
-            out += text(v)
-    out += encode_extras(h["mode"] if isinstance(h["mode"], str) else "", h["extras"])
-    return out + h.get("tail", b"")
+        for i, p in enumerate(planes):
+            out += _field(p["model_id"], bytes.fromhex)
+            if i < len(planes) - 1:  # the last plane's count is implied by the file's length
+                out += _field(p["n_words"], varint)
+    return out + encode_fields(h) + h.get("tail", b"")
 
 
 def header_dict(f: SnailFile) -> dict:
+    """The header of f as encode_header takes it: only the tagged fields that differ from their defaults."""
+    planes = []
+    for p in f.planes:
+        d = {"channels": p.channels, "model_id": p.model_id, "n_words": p.n_words}
+        if p.model_name is not None:
+            d["model_name"] = p.model_name
+        if tuple(p.tile) != (32, 32):
+            d["tile"] = tuple(p.tile)
+        if tuple(p.context) != (2, 2):
+            d["context"] = tuple(p.context)
+        if p.band != default_band(f.height, f.width, tuple(p.tile), tuple(p.context)):
+            d["band"] = p.band
+        if p.calibration is not None:
+            d["calibration"] = p.calibration
+        planes.append(d)
     return {
         "width": f.width,
         "height": f.height,
         "mode": f.mode,
         "pixel_crc32": f.pixel_crc32,
-        "planes": [
-            {"channels": p.channels, "model_id": p.model_id, "model_name": p.model_name, "tile": p.tile, "n_words": p.n_words}
-            for p in f.planes
-        ],
-        "exactness": dict(sorted(f.exactness.items())),
+        "arithmetic": f.arithmetic,
+        "planes": planes,
         "extras": dict(f.extras),
     }
 
 
-def forge(header: dict | bytes, n_words: int | None = None, version: int = 1) -> bytes:
-    """A file with this header (a dict or raw bytes), correct checksums and n_words zero words."""
+def frame(header: bytes, payload: bytes, version: int = 6) -> bytes:
+    checked = bytes([version]) + varint(len(header)) + header + payload
+    return MAGIC + checked + struct.pack("<I", zlib.crc32(checked))
+
+
+def forge(header: dict | bytes, n_words: int | None = None, version: int = 6) -> bytes:
+    """A file with this header (a dict or raw bytes), a correct checksum and n_words zero words in all."""
     raw = header if isinstance(header, bytes) else encode_header(header)
     if n_words is None:
         n_words = 0
         if isinstance(header, dict) and isinstance(header["planes"], list):
             counts = [p["n_words"] for p in header["planes"]]
             n_words = sum(n for n in counts if isinstance(n, int) and 0 <= n < 1000)
-    checked = bytes([version]) + varint(len(raw)) + raw
-    payload = bytes(4 * n_words)
-    return MAGIC + checked + struct.pack("<I", zlib.crc32(checked)) + payload + struct.pack("<I", zlib.crc32(payload))
+    return frame(raw, bytes(4 * n_words), version)
 
 
 def header_span(data: bytes) -> tuple[int, int]:
     """(start, end) of the header fields in a file."""
-    pos, hlen, shift = 9, 0, 0
+    pos, hlen, shift = 5, 0, 0
     while True:
         b = data[pos]
         pos += 1
@@ -157,27 +179,52 @@ def header_span(data: bytes) -> tuple[int, int]:
 # --------------------------------------------------------------------------------------------
 # strategies
 
-_PIECES = {
-    "L": [["L"]],
-    "1": [["L"]],
-    "LA": [["L", "A"]],
-    "RGB": [["RGB"]],
-    "RGBA": [["RGB", "A"]],
-    "P": [["P"]],
-    "PA": [["P", "A"]],
-}
+_PIECES = {"L": ["L"], "1": ["L"], "LA": ["L", "A"], "RGB": ["RGB"], "RGBA": ["RGB", "A"], "P": ["P"], "PA": ["P", "A"]}
 _safe_text = st.text(
     alphabet=st.characters(blacklist_categories=("Cc", "Cs"), blacklist_characters="\x7f"), min_size=1, max_size=30
 )
-_hexish = st.text(alphabet="0123456789abcdef", min_size=1, max_size=20)
 _words = st.binary(max_size=160).map(lambda b: np.frombuffer(b[: len(b) // 4 * 4], "<u4").astype(np.uint32))
+_binary16 = (
+    st.integers(0, 0xFFFF)
+    .filter(lambda bits: bits != 0x8000 and bits & 0x7C00 != 0x7C00)  # not -0, not inf or NaN
+    .map(lambda bits: struct.unpack("<e", struct.pack("<H", bits))[0])
+)
+
+
+@st.composite
+def calibrations(draw):
+    k = draw(st.integers(1, 6))
+    gain = draw(st.lists(_binary16, max_size=5))
+    return (tuple(draw(st.lists(_binary16, min_size=k, max_size=k))), tuple(draw(st.lists(_binary16, min_size=k, max_size=k))),
+            tuple(gain))
+
+
+@st.composite
+def planes_for(draw, channels: str) -> Plane:
+    def pairs(lo, small):
+        any_pair = st.tuples(st.integers(lo, 65535), st.integers(lo, 65535))
+        return st.one_of(any_pair, st.tuples(st.integers(lo, small), st.integers(lo, small)))
+
+    tile = draw(st.one_of(st.just((32, 32)), pairs(1, 40)))
+    context = draw(st.one_of(st.just((2, 2)), pairs(0, 4)))
+    band = draw(st.one_of(st.none(), st.integers(1, 65535) if context[0] else st.just(1)))
+    return Plane(
+        channels=channels,
+        model_id=draw(st.text(alphabet="0123456789abcdef", min_size=8, max_size=8)),
+        words=draw(_words),
+        model_name=draw(st.one_of(st.none(), _safe_text, st.text(alphabet="0123456789abcdef", min_size=1, max_size=8))),
+        tile=tile,
+        context=context,
+        band=band,
+        calibration=draw(st.one_of(st.none(), calibrations())),
+    )
 
 
 @st.composite
 def snail_files(draw) -> SnailFile:
     mode = draw(st.sampled_from(C.MODES))
     extras: dict = {}
-    pieces = list(_PIECES[mode][0])
+    pieces = list(_PIECES[mode])
     if mode in ("LA", "RGBA", "PA") and draw(st.booleans()):
         extras["constant_alpha"] = draw(st.integers(0, 255))
         pieces = pieces[:-1]
@@ -193,38 +240,15 @@ def snail_files(draw) -> SnailFile:
         extras["transparency"] = draw(st.integers(0, 65535))
     elif mode == "RGB" and draw(st.booleans()):
         extras["transparency"] = draw(st.lists(st.integers(0, 65535), min_size=3, max_size=3))
-    planes = tuple(
-        Plane(
-            channels=ch,
-            model_id=draw(st.text(alphabet="0123456789abcdef", min_size=1, max_size=64)),
-            model_name=draw(st.one_of(_safe_text, _hexish)),
-            tile=(draw(st.integers(1, 65535)), draw(st.integers(1, 65535))),
-            words=draw(_words),
-        )
-        for ch in pieces
-    )
-    width = draw(st.integers(1, 65535))
-    height = draw(st.integers(1, min(65535, C.MAX_PIXELS // width)))
-    exactness = draw(
-        st.dictionaries(
-            st.one_of(
-                st.sampled_from(["env", "threads", "torch", "device"]),
-                st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), min_size=1, max_size=20),
-            ),
-            st.one_of(
-                _hexish,
-                st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x2FF, blacklist_categories=("Cc",)), max_size=40),
-            ),
-            max_size=8,
-        )
-    )
+    width = draw(st.one_of(st.integers(1, 65535), st.integers(1, 300)))
+    height = draw(st.one_of(st.integers(1, min(65535, C.MAX_PIXELS // width)), st.integers(1, min(300, C.MAX_PIXELS // width))))
     return SnailFile(
         width=width,
         height=height,
         mode=mode,
-        planes=planes,
+        planes=tuple(draw(planes_for(ch)) for ch in pieces),
         pixel_crc32=draw(st.integers(0, 2**32 - 1)),
-        exactness=exactness,
+        arithmetic=draw(st.one_of(st.just(1), st.integers(1, 255))),
         extras=extras,
     )
 
@@ -235,36 +259,30 @@ def small_file(**over) -> SnailFile:
         height=2,
         mode="RGBA",
         planes=(
-            Plane("RGB", "0123456789abcdef", "snail-rgb-small", (16, 16), np.arange(7, dtype=np.uint32) * 0x01010101),
-            Plane("A", "fedcba9876543210", "snail-gray-small", (8, 8), np.array([5, 2**32 - 1], dtype=np.uint32)),
+            Plane("RGB", "01234567", np.arange(7, dtype=np.uint32) * 0x01010101, "snail-rgb-small", (16, 16)),
+            Plane("A", "fedcba98", np.array([5, 2**32 - 1], dtype=np.uint32), "snail-gray-small", (8, 8)),
         ),
         pixel_crc32=0xDEADBEEF,
-        exactness={"format": "1", "torch": "2.13.0", "device": "cpu"},
         extras={},
     )
     kw.update(over)
     return SnailFile(**kw)
 
 
-def typical_file(n_words: int = 72) -> SnailFile:
-    """What `snailcompress encode` writes for a 28 x 28 RGB image."""
-    return SnailFile(
-        width=28,
-        height=28,
-        mode="RGB",
-        planes=(Plane("RGB", "0123456789abcdef", "snail-rgb", (28, 28), np.arange(n_words, dtype=np.uint32)),),
-        pixel_crc32=0x12345678,
-        exactness={"env": "0123456789abcdef", "threads": "2"},
-        extras={},
-    )
+def common_file(width: int = 768, height: int = 512, n_words: int = 72) -> SnailFile:
+    """What `snailcompress encode` writes for an RGB image with the defaults: no field is stored."""
+    plane = Plane("RGB", "ff7d3a5d", np.arange(n_words, dtype=np.uint32))
+    return SnailFile(width=width, height=height, mode="RGB", planes=(plane,), pixel_crc32=0x12345678)
 
 
 VALID = C.write(small_file())
+SMALL_HEADER = header_dict(small_file())
 
 
 def fails(data: bytes, match: str | None = None) -> FormatError:
     with pytest.raises(FormatError, match=match) as ei:
         C.read(data)
+    assert "\n" not in str(ei.value)
     return ei.value
 
 
@@ -283,98 +301,176 @@ def test_round_trip(f):
     assert C.overhead(f) == len(data) - 4 * sum(p.n_words for p in f.planes)
     start, end = header_span(data)
     assert data[start:end] == encode_header(header_dict(f))  # the documented layout, written independently
+    assert data == frame(encode_header(header_dict(f)), b"".join(p.words.astype("<u4").tobytes() for p in f.planes))
     back = C.read(data)
-    for p in back.planes:
+    for p, q in zip(back.planes, f.planes):
         assert p.words.dtype == np.uint32 and p.words.ndim == 1
+        assert type(p.band) is int and p.band == q.band and len(p.calibration or (0, 0, 0)) == 3
 
 
 def test_byte_layout():
     f = SnailFile(
-        width=3,
+        width=300,
         height=2,
-        mode="L",
-        planes=(Plane("L", "ab12", "m", (8, 8), np.array([1, 2], np.uint32)),),
+        mode="LA",
+        planes=(
+            Plane("L", "ab12cd34", np.array([1, 2], np.uint32), model_name="m", tile=(8, 8), context=(0, 0)),
+            Plane("A", "00ff00ff", np.array([3], np.uint32), band=5, calibration=((0.5,), (-2.0,), ())),
+        ),
         pixel_crc32=0x01020304,
-        exactness={"zz": "\u00e9", "threads": "1", "env": "00ff"},
-        extras={"transparency": 300},
+        arithmetic=2,
     )
     header = bytes.fromhex(
-        "03 02 00"  # width 3, height 2, mode L
+        "ac 02 02 02"  # width 300, height 2, mode LA (2)
         "04 03 02 01"  # pixel_crc32
-        "01"  # one plane
-        "00 05 ab 12 02 6d 08 08 02"  # channels L, model_id ab12 (packed hex), model_name "m", tile 8x8, 2 words
-        "03"  # three exactness entries, in key order:
-        "01 05 00 ff"  # env (code 1) = "00ff" (packed hex)
-        "02 02 31"  # threads (code 2) = "1" (UTF-8: odd number of digits)
-        "00 04 7a 7a 04 c3 a9"  # "zz" = "é" (UTF-8)
-        "01 03 ac 02"  # one extra: transparency (tag 3) = 300
+        "02"  # arithmetic 2
+        "ab 12 cd 34 02"  # plane 1: model id, 2 words
+        "00 ff 00 ff"  # plane 2: model id (its word count is implied)
+        "01 02 00 6d"  # model_name of plane 1 = "m"
+        "02 03 00 08 08"  # tile of plane 1 = 8 x 8
+        "03 03 00 00 00"  # context of plane 1 = (0, 0) (so its band is 1, the default)
+        "04 02 01 05"  # band of plane 2 = 5 (the default is 1: one 34-row window spans the image)
+        "05 07 01 01 00 38 00 c0 00"  # calibration of plane 2: 1 output, scale 0.5, shift -2, no feature gain
     )
-    checked = b"\x01" + bytes([len(header)]) + header
-    payload = bytes.fromhex("01000000 02000000")
-    expected = MAGIC + checked + struct.pack("<I", zlib.crc32(checked)) + payload + struct.pack("<I", zlib.crc32(payload))
+    checked = b"\x06" + bytes([len(header)]) + header + bytes.fromhex("01000000 02000000 03000000")
+    expected = b"\x89SNL" + checked + struct.pack("<I", zlib.crc32(checked))
     data = C.write(f)
     assert data == expected, data.hex(" ")
-    assert C.read(data) == f and list(C.read(data).exactness) == ["env", "threads", "zz"]
-    assert C.overhead(f) == len(data) - 8
+    back = C.read(data)
+    assert back == f and back.planes[0].band == 1 and back.planes[1].tile == (32, 32) and back.planes[1].model_name is None
+    assert C.overhead(f) == len(data) - 12
 
 
-def test_typical_header_overhead():
-    """The whole container costs well under 80 bytes for a typical one-plane file."""
-    for n_words, size in ((72, 64), (700, 65), (20000, 66)):
-        f = typical_file(n_words)
+def test_byte_layout_of_the_image_fields():
+    f = SnailFile(1, 1, "PA", (Plane("P", "00000000", np.zeros(0, np.uint32)),), 0,
+                  extras={"constant_alpha": 255, "palette": "aabbcc", "palette_mode": "RGB", "transparency": "00"})
+    header = bytes.fromhex(
+        "01 01 0e"  # 1 x 1, mode PA (6) + 8: the alpha is constant, and the only plane is P
+        "00 00 00 00 01"  # pixel_crc32, arithmetic 1
+        "00 00 00 00"  # the plane's model id
+        "06 01 ff"  # constant_alpha 255
+        "07 05 03 01 aa bb cc"  # palette: 3 bytes per entry, 1 entry
+        "09 02 01 00"  # transparency as per-index alpha: 1 entry, 0
+    )
+    assert C.write(f) == frame(header, b"")
+    assert C.read(frame(header, b"")) == f
+
+
+@pytest.mark.parametrize("width, height, size", [(768, 512, 24), (32, 32, 22), (65535, 4096, 25)])
+def test_the_common_file_has_at_most_24_bytes_of_overhead(width, height, size):
+    """An RGB image coded with the defaults: magic 4, version 1, header length 1, header (width,
+    height, mode 1, pixel CRC 4, arithmetic 1, model id 4), CRC 4."""
+    for n_words in (0, 72, 110_000):
+        f = common_file(width, height, n_words)
         data = C.write(f)
-        overhead = len(data) - 4 * n_words
-        print(f"\ntypical one-plane RGB file, {n_words} words: {overhead} bytes of container overhead")
-        assert overhead == C.overhead(f) == size
-        assert overhead < 80
-    assert C.read(C.write(typical_file())) == typical_file()
+        assert len(data) - 4 * n_words == C.overhead(f) == size
+        if width <= 768:
+            assert C.overhead(f) <= 24
+        assert C.read(data) == f
+    header = varint(width) + varint(height) + b"\x03" + struct.pack("<I", 0x12345678) + b"\x01" + bytes.fromhex("ff7d3a5d")
+    assert C.write(common_file(width, height, 3)) == frame(header, bytes.fromhex("00000000 01000000 02000000"))
 
 
 def test_largest_header_fits():
     big = "\U0001f40c" * 100  # 4 UTF-8 bytes each
+    calibration = (tuple([65504.0] * 1024), tuple([-65504.0] * 1024), tuple([0.5] * 1024))
     f = SnailFile(
         width=1,
         height=65535,
         mode="PA",
         planes=(
-            Plane("P", "f" * 64, big, (65535, 65535), np.zeros(1, np.uint32)),
-            Plane("A", "e" * 63, big, (65535, 65535), np.zeros(0, np.uint32)),
+            Plane("P", "ffffffff", np.zeros(1, np.uint32), big, (65535, 65535), (65535, 65535), 65535, calibration),
+            Plane("A", "eeeeeeee", np.zeros(0, np.uint32), big, (65535, 65535), (65535, 65535), 65535, calibration),
         ),
         pixel_crc32=2**32 - 1,
-        exactness={f"{i:02d}" + "\u00e9" * 198: "\U0001f40c" * 200 for i in range(C.MAX_EXACTNESS_ENTRIES)},
+        arithmetic=255,
         extras={"palette_mode": "RGBA", "palette": "ab" * 1024, "transparency": "cd" * 256},
     )
     data = C.write(f)
     assert C.read(data) == f
     start, end = header_span(data)
-    assert end - start < C.MAX_HEADER_BYTES
+    assert 13_000 < end - start < C.MAX_HEADER_BYTES
 
 
 def test_equality_and_words_views():
     f = small_file()
     assert f == small_file()
-    other = small_file(planes=(f.planes[0], Plane("A", "fedcba9876543210", "snail-gray-small", (8, 8), np.array([5, 7], np.uint32))))
+    other = small_file(planes=(f.planes[0], dataclasses.replace(f.planes[1], words=np.array([5, 7], np.uint32))))
     assert f != other
+    assert f != small_file(arithmetic=2)
+    assert f.planes[0] != dataclasses.replace(f.planes[0], model_name=None)
     h = C.read_header(VALID)
-    assert not h.planes[0].words.flags.writeable  # a view, not loaded
+    assert h == f and not h.planes[0].words.flags.writeable  # a view, not loaded
     assert C.read(VALID).planes[0].words.flags.writeable  # a private copy
     assert C.read(VALID).planes[1].words.flags.aligned
 
 
 def test_numpy_scalars_and_lists_are_accepted_by_write():
-    f = small_file(width=np.int64(3), pixel_crc32=np.uint32(0xDEADBEEF), extras={"constant_alpha": np.uint8(9)},
-                   planes=(small_file().planes[0],))
+    f = small_file(width=np.int64(3), pixel_crc32=np.uint32(0xDEADBEEF), arithmetic=np.uint8(3),
+                   extras={"constant_alpha": np.uint8(9)}, planes=(small_file().planes[0],))
     g = C.read(C.write(f))
-    assert g.width == 3 and type(g.width) is int and g.extras == {"constant_alpha": 9}
-    p = Plane("L", "ab", "m", [4, 5], [1, 2, 3])
-    assert p.tile == (4, 5) and p.words.dtype == np.uint32
+    assert g.width == 3 and type(g.width) is int and g.extras == {"constant_alpha": 9} and g.arithmetic == 3
+    p = Plane("L", "000000ab", [1, 2, 3], "m", [4, 5], [1, 0], calibration=[[0.5], [0.0]])
+    assert p.tile == (4, 5) and p.context == (1, 0) and p.words.dtype == np.uint32
+    assert p.calibration == ((0.5,), (0.0,), ())  # (scale, shift): no feature gain
     rgb = small_file(mode="RGB", planes=(small_file().planes[0],), extras={"transparency": (1, np.uint16(2), 3)})
     assert C.read(C.write(rgb)).extras == {"transparency": [1, 2, 3]}
 
 
-def test_empty_streams_are_allowed():
-    f = small_file(mode="L", planes=(Plane("L", "00", "gray", (1, 1), np.zeros(0, np.uint32)),), extras={})
-    assert C.read(C.write(f)) == f
+@pytest.mark.parametrize("counts", [(0, 0), (0, 3), (3, 0)])
+def test_empty_streams_are_allowed(counts):
+    f = small_file(planes=tuple(dataclasses.replace(p, words=np.arange(n, dtype=np.uint32))
+                                for p, n in zip(small_file().planes, counts)))
+    data = C.write(f)
+    assert C.read(data) == f and [p.n_words for p in C.read(data).planes] == list(counts)
+
+
+def test_the_module_does_not_import_torch():
+    code = "import sys, snailcompress.codec.container; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --------------------------------------------------------------------------------------------
+# the last plane's word count: implied by the file's length
+
+
+def test_the_last_planes_word_count_is_implied_by_the_length():
+    h = SMALL_HEADER  # plane 1 has 7 words (stored), plane 2 2 (implied)
+    for total, last in ((7, 0), (9, 2), (12, 5)):
+        f = C.read(forge(h, n_words=total))
+        assert [p.n_words for p in f.planes] == [7, last]
+    assert str(fails(forge(h, n_words=6))) == TRUNCATED  # fewer words than plane 1 alone has
+    one_plane = header_dict(common_file())
+    assert C.read(forge(one_plane, n_words=0)).planes[0].n_words == 0
+    assert C.read(forge(one_plane, n_words=1000)).planes[0].n_words == 1000
+
+
+def test_a_last_plane_longer_than_a_word_count_can_be_is_refused(monkeypatch):
+    """2**32 words (16 GiB) are more than a plane may have: shown with a smaller limit."""
+    data = forge(SMALL_HEADER, n_words=12)
+    monkeypatch.setattr(C, "MAX_WORDS", 5)
+    assert str(fails(data)).startswith("header is invalid: plane 1 n_words = 7 is out of range (0..5)")
+    monkeypatch.setattr(C, "MAX_WORDS", 7)
+    assert C.read(forge(SMALL_HEADER, n_words=14)).planes[1].n_words == 7
+    message = "file is too long: its last plane would have 8 words, at most 7 are allowed"
+    assert str(fails(forge(SMALL_HEADER, n_words=15))) == message
+
+
+def test_a_length_that_leaves_part_of_a_word_is_refused():
+    data = forge(SMALL_HEADER, n_words=9)
+    for extra in (b"\0", b"\0\0", b"\0\0\0"):  # with a valid checksum: only the length is wrong
+        start, end = header_span(data)
+        bad = frame(data[start:end], bytes(36) + extra)
+        assert str(fails(bad)) == PART_WORD
+    assert str(fails(data + b"\0")) == PART_WORD  # the checksum does not match either: the length says why
+
+
+def test_a_written_file_ends_exactly_after_its_checksum():
+    f = small_file()
+    start, end = header_span(VALID)
+    assert len(VALID) == end + 4 * 9 + 4
+    assert VALID[end : end + 4 * 7] == f.planes[0].words.astype("<u4").tobytes()
+    assert VALID[-4:] == struct.pack("<I", zlib.crc32(VALID[4:-4]))
 
 
 # --------------------------------------------------------------------------------------------
@@ -383,60 +479,91 @@ def test_empty_streams_are_allowed():
 
 def test_empty_and_foreign_files():
     assert "empty" in str(fails(b""))
-    fails(b"hello world, this is text", "not a .snail file")
-    fails(b"\x89PNG\r\n\x1a\n" + b"\0" * 30, "not a .snail file")
-    fails(VALID.replace(b"\r\n", b"\n", 1), "first bytes were altered")
+    fails(b"hello world, this is text", "^not a .snail file$")
+    fails(b"\x89PNG\r\n\x1a\n" + b"\0" * 30, "^not a .snail file$")
+    fails(b"\x09SNL" + VALID[4:], "first bytes were altered")  # the high bit lost in a 7-bit channel
+    fails(b"\x89SNAIL\n\x05" + b"\0" * 30, "first bytes were altered")  # an old file copied in text mode
 
 
-def test_unknown_version_names_both():
-    e = fails(VALID[:8] + b"\x07" + VALID[9:])
-    assert "version 7" in str(e) and "version 1" in str(e)
+@pytest.mark.parametrize("version", [1, 2, 3, 4, 5])
+def test_files_of_snailcompress_0_1_name_the_release_that_reads_them(version):
+    for rest in (b"", b"\x40" + bytes(80), VALID[5:]):
+        assert str(fails(OLD_MAGIC + bytes([version]) + rest)) == (
+            f"this is a .snail file of format version {version}, written by snailcompress 0.1; this release reads "
+            "version 6 only: decode it with snailcompress 0.1 (pip install 'snailcompress<0.2')"
+        )
+
+
+def test_old_layout_with_an_unknown_version():
+    fails(OLD_MAGIC + b"\x06" + bytes(20), "layout with an unknown format version 6")
+    fails(OLD_MAGIC + b"\x00" + bytes(20), "unknown format version 0")
+    assert str(fails(OLD_MAGIC)) == TRUNCATED
+
+
+@pytest.mark.parametrize("version", [7, 8, 255])
+def test_newer_versions_say_so(version):
+    e = str(fails(VALID[:4] + bytes([version]) + VALID[5:]))
+    assert f"format version {version}, written by a newer snailcompress" in e and "version 6 only" in e
+
+
+@pytest.mark.parametrize("version", [0, 1, 5])
+def test_versions_that_never_had_this_layout(version):
+    message = f"^unsupported .snail format version {version}; this release reads version 6 only$"
+    fails(VALID[:4] + bytes([version]) + VALID[5:], message)
 
 
 @pytest.mark.parametrize("n", range(1, len(VALID)))
 def test_every_truncation(n):
-    assert str(fails(VALID[:n])) == "file is truncated"
+    message = str(fails(VALID[:n]))
+    assert "truncated" in message
+    start, end = header_span(VALID)
+    if n < end + 4 * 7 + 4:  # the header, plane 1's words (stored) and the checksum cannot be there
+        assert message == TRUNCATED
+    else:  # plane 2's words are implied by the length: a cut shows as a part word, or as a checksum mismatch
+        assert message == (PART_WORD if (len(VALID) - n) % 4 else CRC_MISMATCH)
 
 
 def test_trailing_garbage():
-    fails(VALID + b"\0", "1 byte of unexpected data")
-    fails(VALID + VALID, "trailing garbage")
+    assert str(fails(VALID + b"\0")) == PART_WORD
+    assert str(fails(VALID + b"\0" * 4)) == CRC_MISMATCH
+    assert str(fails(VALID + VALID)) == (CRC_MISMATCH if len(VALID) % 4 == 0 else PART_WORD)
+    assert str(fails(VALID + VALID[-4:])) == CRC_MISMATCH
 
 
-def test_header_checksum():
+def test_one_checksum_covers_everything_after_the_magic():
     start, end = header_span(VALID)
-    for i in (8, start, (start + end) // 2, end - 1, end):  # version .. header CRC: all covered
-        if i == 8:
-            continue  # a changed version byte is an unknown version
+    n_words_byte = start + 3 + 4 + 1 + 4  # width, height, mode, pixel_crc32, arithmetic, plane 1's model id
+    assert VALID[n_words_byte] == 7
+    for i in range(6, len(VALID)):  # header, payload and the checksum itself (4: the version, 5: the header length)
         for bit in (0, 7):
             bad = VALID[:i] + bytes([VALID[i] ^ (1 << bit)]) + VALID[i + 1 :]
-            assert str(fails(bad)) == "header is corrupt (checksum mismatch)"
+            message = str(fails(bad))
+            if i == n_words_byte:  # a flipped word count makes the length look wrong
+                assert message in (CRC_MISMATCH, TRUNCATED)
+            else:
+                assert message == CRC_MISMATCH
+            with pytest.raises(FormatError):
+                C.read_header(bad)  # `info` shows no header that may be corrupt
 
 
-def test_payload_checksum_and_read_header_skips_it():
+def test_read_header_checks_the_checksum_too_and_returns_views():
     bad = bytearray(VALID)
     bad[-6] ^= 1  # inside the last stream
-    assert str(fails(bytes(bad))) == "payload is corrupt (checksum mismatch)"
-    h = C.read_header(bytes(bad))  # info still works
-    assert h.width == 3 and h.planes[1].n_words == 2
-    bad2 = bytearray(VALID)
-    bad2[-1] ^= 0x80  # the checksum itself
-    fails(bytes(bad2), "payload is corrupt")
+    assert str(fails(bytes(bad))) == CRC_MISMATCH
+    with pytest.raises(FormatError, match="checksum mismatch"):
+        C.read_header(bytes(bad))
+    h = C.read_header(VALID)
+    assert h == small_file() and not h.planes[1].words.flags.writeable
+    assert C.read(bytearray(VALID)) == C.read(memoryview(VALID)) == small_file()
 
 
 def test_header_length_field():
-    fails(MAGIC + b"\x01" + varint(C.MAX_HEADER_BYTES + 1) + b"\0" * 40, "at most 65536")
-    fails(MAGIC + b"\x01" + b"\x80\x80\x80\x01" + b"\0" * 40, "claims more than 65536")
-    fails(MAGIC + b"\x01" + b"\x85\x00" + b"\0" * 40, "not minimally encoded")
-    fails(MAGIC + b"\x01" + b"\x00" + b"\0\0\0\0", "empty")
-    assert str(fails(MAGIC + b"\x01" + b"\x85")) == "file is truncated"
-
-
-def test_word_counts_decide_the_file_length():
-    h = header_dict(small_file())
-    assert str(fails(forge(h, n_words=10))) == "file has 4 bytes of unexpected data after its end (trailing garbage)"
-    assert str(fails(forge(h, n_words=8))) == "file is truncated"
-    assert C.read(forge(h, n_words=9)).planes[1].n_words == 2
+    fails(MAGIC + b"\x06" + varint(C.MAX_HEADER_BYTES + 1) + b"\0" * 40, "at most 65536")
+    fails(MAGIC + b"\x06" + b"\x80\x80\x80\x01" + b"\0" * 40, "claims more than 65536")
+    fails(MAGIC + b"\x06" + b"\x85\x00" + b"\0" * 40, "not minimally encoded")
+    fails(MAGIC + b"\x06" + b"\x00" + b"\0\0\0\0", "empty")
+    assert str(fails(MAGIC + b"\x06" + b"\x85")) == TRUNCATED
+    assert str(fails(MAGIC + b"\x06" + b"\x20" + bytes(35))) == TRUNCATED  # 32 header bytes and a checksum: 36
 
 
 def _assert_cheap(fn):
@@ -461,10 +588,13 @@ def test_huge_dimensions_refused_quickly_without_allocation():
 
 def test_huge_word_counts_are_truncation_without_allocation():
     h = header_dict(small_file())
-    h["planes"][0]["n_words"] = h["planes"][1]["n_words"] = 2**32 - 1
+    h["planes"][0]["n_words"] = 2**32 - 1
     data = forge(h, n_words=6)
     _assert_cheap(lambda: fails(data, "^file is truncated$"))
     _assert_cheap(lambda: pytest.raises(FormatError, C.read_header, data))
+    bad = bytearray(data)
+    bad[-1] ^= 1  # with a checksum mismatch too, the length says it is truncated
+    _assert_cheap(lambda: fails(bytes(bad), "^file is truncated$"))
 
 
 def _mutated(**changes) -> bytes:
@@ -478,8 +608,12 @@ def _mutated(**changes) -> bytes:
     return forge(h)
 
 
-def _entries(*pairs) -> Raw:
-    return Raw(bytes([len(pairs)]) + b"".join(pairs))
+def raw_fields(*chunks: bytes) -> Raw:
+    return Raw(b"".join(chunks))
+
+
+_NAME1 = tagged(T_NAME, b"snail-rgb-small", 0)
+_TILE1 = tagged(T_TILE, b"\x10\x10", 0)
 
 
 @pytest.mark.parametrize(
@@ -493,51 +627,54 @@ def _entries(*pairs) -> Raw:
         (dict(height=100000), "height = 100000 is out of range"),
         (dict(mode=Raw(b"\x07")), "mode code 7 is not one of 0..6"),
         (dict(mode=Raw(b"\xff")), "mode code 255"),
-        (dict(mode="L"), "do not spell the channels 'L'"),
+        (dict(mode=Raw(b"\x08")), "mode code 8 is not one of"),  # L has no alpha to be constant
+        (dict(mode=Raw(b"\x0b")), "mode code 11"),  # nor RGB
+        (dict(mode=Raw(b"\x0f")), "mode code 15"),
         (dict(mode="PA"), "needs extras.palette"),
-        (dict(planes=Raw(b"\x00")), "1 to 4 planes, not 0"),
-        (dict(planes=Raw(b"\x05")), "1 to 4 planes, not 5"),
-        (dict(planes__0__channels=Raw(b"\x04")), "plane 1 channels code 4 is not one of 0..3"),
-        (dict(planes__0__channels="A"), "do not spell"),
-        (dict(planes__1__channels="RGB"), "do not spell"),
-        (dict(planes__0__model_id=""), "model_id must have 1 to 64 characters, not 0"),
-        (dict(planes__0__model_id="XYZ"), "model_id must be lowercase hexadecimal"),
-        (dict(planes__0__model_id="A0"), "model_id must be lowercase hexadecimal"),
-        (dict(planes__0__model_id="0" * 66), "1 to 64 characters"),
-        (dict(planes__0__model_id=Raw(varint(8) + b"abcd")), "must be stored as packed hex digits"),
-        (dict(planes__0__model_id=Raw(b"\x01")), "invalid length code"),
+        (dict(arithmetic=Raw(b"\x00")), "arithmetic = 0 is out of range \\(1..255\\)"),
+        (dict(planes=Raw(bytes.fromhex("01234567"))), "it ends in the middle of plane 1 n_words"),
+        (dict(planes=Raw(bytes.fromhex("0123"))), "it ends in the middle of plane 1 model_id"),
+        (dict(planes__0__n_words=2**32), "plane 1 n_words = 4294967296 is out of range"),
+        (dict(planes__0__n_words=Raw(b"\x87\x00")), "plane 1 n_words is not minimally encoded"),
         (dict(planes__0__model_name="evil\x1b[2J"), "model_name contains control characters"),
-        (dict(planes__0__model_name=Raw(b"\x04\xc2\x85")), "control characters"),  # U+0085, a C1 control
-        (dict(planes__0__model_name=""), "1 to 100"),
+        (dict(planes__0__model_name=Raw(b"\xc2\x85")), "control characters"),  # U+0085, a C1 control
+        (dict(planes__0__model_name=""), "plane 1 model_name must have 1 to 100 characters, not 0"),
         (dict(planes__0__model_name="x" * 101), "1 to 100"),
-        (dict(planes__0__model_name=Raw(b"\x04\xff\xfe")), "model_name is not valid UTF-8"),
-        (dict(planes__0__model_name=Raw(b"\x06\xed\xa0\x80")), "not valid UTF-8"),  # a surrogate
-        (dict(planes__0__model_name=Raw(varint(2000))), "ends in the middle of plane 1 model_name"),
+        (dict(planes__1__model_name=Raw(b"\xff\xfe")), "plane 2 model_name is not valid UTF-8"),
+        (dict(planes__0__model_name=Raw(b"\xed\xa0\x80")), "not valid UTF-8"),  # a surrogate
+        (dict(planes__0__model_name=Raw(b"\xc0\xaf")), "not valid UTF-8"),  # an overlong "/"
         (dict(planes__0__tile=(0, 4)), "plane 1 tile height = 0 is out of range"),
         (dict(planes__1__tile=(4, 65536)), "plane 2 tile width = 65536"),
-        (dict(planes__0__n_words=2**32), "n_words = 4294967296 is out of range"),
-        (dict(exactness={"k" * 201: "x"}), "an exactness key must have 1 to 200"),
-        (dict(exactness={"": "x"}), "1 to 200"),
-        (dict(exactness={"k": "x" * 201}), "0 to 200"),
-        (dict(exactness={"k": "a\nb"}), "control characters"),
-        (dict(exactness={"b": "1", "a": "2"}), "not in increasing order"),
-        (dict(exactness={"threads": "1", "env": "2"}), "not in increasing order"),
-        (dict(exactness=_entries(b"\0" + text("a") + text("1"), b"\0" + text("a") + text("2"))), "'a' appears twice"),
-        (dict(exactness=_entries(b"\0" + text("env") + text("x"))), "'env' must be stored as its code 1"),
-        (dict(exactness=_entries(b"\x03" + text("x"))), "key code 3 is unknown"),
-        (dict(exactness=Raw(b"\x21")), "exactness has 33 entries, at most 32"),
-        (dict(exactness=_entries(b"\x01\x09")), "ends in the middle of exactness\\['env'\\]"),
-        (dict(extras=_entries(b"\x05")), "unknown extras field \\(tag 5\\)"),
-        (dict(extras=_entries(b"\x00")), "unknown extras field \\(tag 0\\)"),
-        (dict(extras=Raw(b"\x04")), "extras has 4 fields, at most 3"),
-        (dict(extras=_entries(b"\x01\x07", b"\x01\x07")), "tag 1 appears twice"),
-        (dict(extras=_entries(b"\x02\x03\x00", b"\x01\x07")), "tag 1 is out of order"),
-        (dict(extras={"constant_alpha": 255}), "do not spell"),  # constant alpha but an A plane
+        (dict(planes__0__tile=Raw(b"\x10")), "the tile field of plane 1 ends in the middle of plane 1 tile width"),
+        (dict(planes__0__tile=Raw(b"\x10\x10\x00")), "the tile field of plane 1 has 1 unexpected byte at its end"),
+        (dict(planes__0__tile=Raw(b"\x10\x90\x00")), "plane 1 tile width is not minimally encoded"),
+        (dict(planes__0__context=(70000, 0)), "plane 1 context above = 70000 is out of range"),
+        (dict(planes__0__context=(0, 70000)), "context left = 70000"),
+        (dict(planes__0__band=0), "plane 1 band = 0 is out of range"),
+        (dict(planes__0__band=70000), "plane 1 band = 70000 is out of range"),
+        (dict(planes__0__context=(0, 3), planes__0__band=2), "plane 1 band must be 1 where there is no context above"),
+        (dict(planes__0__calibration=((float("nan"),), (0.0,), ())), "binary16"),
+        (dict(planes__0__calibration=((float("inf"),), (0.0,), ())), "binary16"),
+        (dict(planes__0__calibration=((0.0,), (-0.0,), ())), "binary16"),  # -0 and +0: two encodings of one value
+        (dict(planes__0__calibration=((0.0,), (0.0,), (-0.0,))), "feature gain values must be finite binary16"),
+        (dict(planes__0__calibration=Raw(b"\x00\x00")), "plane 1 calibration has 0 outputs, not 1..1024"),
+        (dict(planes__0__calibration=Raw(varint(1025))), "plane 1 calibration has 1025 outputs, not 1..1024"),
+        (dict(planes__0__calibration=Raw(b"\x01\x00\x38\x00\x38" + varint(1025))), "1025 features, not 0..1024"),
+        (dict(planes__0__calibration=Raw(b"\x01\x00\x38\x00\x38")), "ends in the middle of plane 1 calibration feature count"),
+        (dict(planes__0__calibration=Raw(b"\x02\x00\x38\x00\x38\x00")), "ends in the middle of plane 1 calibration scales"),
+        (dict(planes__0__calibration=Raw(b"\x01\x00\x38\x00\x38\x01\x00")), "middle of plane 1 calibration feature gains"),
+        (dict(extras={"constant_alpha": 7}, constant=False), "constant_alpha field is given but mode code 4 \\(RGBA\\) codes"),
         (dict(extras={"palette": "00" * 3, "palette_mode": "RGB"}), "palette is not allowed for mode RGBA"),
         (dict(extras={"transparency": 3}), "transparency is not allowed for mode RGBA"),
-        (dict(extras=Raw(b"")), "ends in the middle of the extras count"),
-        (dict(tail=b"\0"), "1 unexpected byte after its last field"),
-        (dict(tail=b"\0\0\0"), "3 unexpected bytes"),
+        (dict(fields=raw_fields(_NAME1, _NAME1)), "the model_name field of plane 1 appears twice"),
+        (dict(fields=raw_fields(_TILE1, _NAME1)), "the model_name field of plane 1 is out of order"),
+        (dict(fields=raw_fields(tagged(T_TILE, b"\x10\x10", 1), _TILE1)), "the tile field of plane 1 is out of order"),
+        (dict(fields=raw_fields(tagged(T_PALETTE, b"\x03\x00"), _TILE1)), "the tile field of plane 1 is out of order"),
+        (dict(fields=raw_fields(tagged(T_TILE, b"\x10\x10", 2))), "the tile field is for plane 3, and there are only 2"),
+        (dict(fields=raw_fields(bytes([T_TILE, 0]))), "the tile field ends in the middle of its plane index"),
+        (dict(fields=raw_fields(bytes([T_TILE, 9, 0]))), "it ends in the middle of the tile field"),
+        (dict(fields=raw_fields(bytes([T_TILE]))), "it ends in the middle of the length of the tile field"),
+        (dict(fields=raw_fields(bytes([T_TILE, 0x83, 0]))), "the length of the tile field is not minimally encoded"),
     ],
 )
 def test_invalid_headers(changes, match):
@@ -546,32 +683,116 @@ def test_invalid_headers(changes, match):
     assert re.search(match, str(e)), str(e)
 
 
-_PAL = b"\x02\x03\x01\xaa\xbb\xcc"  # tag 2: one RGB entry
+@pytest.mark.parametrize(
+    "changes, match",
+    [
+        (dict(planes__0__tile=(32, 32)), "plane 1 tile \\(32, 32\\) is the default, so its field must be left out"),
+        (dict(planes__1__context=(2, 2)), "plane 2 context \\(2, 2\\) is the default"),
+        (dict(planes__0__context=(0, 0), planes__0__band=1), "plane 1 band 1 is the default"),  # no context above
+        (dict(planes__0__band=1), "plane 1 band 1 is the default"),  # 16 + 2 rows span the 2-row image
+        (dict(planes__0__calibration=Raw(b"")), "the calibration field of plane 1 ends in the middle"),  # no "none" value
+    ],
+)
+def test_fields_holding_their_default_are_refused(changes, match):
+    e = str(fails(_mutated(**changes)))
+    assert e.startswith("header is invalid: ") and re.search(match, e), e
+
+
+@pytest.mark.parametrize("tag", [0, 10, 11, 128, 255])
+@pytest.mark.parametrize("where", ["alone", "after", "before"])
+def test_unknown_fields_are_from_a_newer_release(tag, where):
+    unknown = bytes([tag]) + varint(2) + b"\x00\x01"
+    chunks = {"alone": [unknown], "after": [_NAME1, _TILE1, unknown], "before": [unknown, _NAME1]}[where]
+    e = str(fails(_mutated(fields=raw_fields(*chunks))))
+    assert e == f"this file was written by a newer snailcompress (unknown header field {tag}): upgrade snailcompress to decode it"
+
+
+def test_constant_alpha_and_the_mode_flag_go_together():
+    h = header_dict(small_file(planes=small_file().planes[:1], extras={"constant_alpha": 200}))
+    data = forge(h)
+    assert data[header_span(data)[0] + 2] == 4 + 8 and C.read(data).extras == {"constant_alpha": 200}
+    del h["extras"]["constant_alpha"]
+    fails(forge(dict(h, constant=True)), "mode code 12 \\(RGBA with a constant alpha\\) needs the constant_alpha field")
+
+
+def test_band_default_rule():
+    f = common_file()
+    band = default_band(512, 768, (32, 32), (2, 2))
+    assert band == 4 and f.planes[0].band == band  # a SnailFile resolves band=None
+    assert C.read(C.write(f)).planes[0].band == band
+    explicit = dataclasses.replace(f, planes=(dataclasses.replace(f.planes[0], band=band),))
+    assert C.write(explicit) == C.write(f)  # the default is not written
+    other = dataclasses.replace(f, planes=(dataclasses.replace(f.planes[0], band=7),))
+    data = C.write(other)
+    assert len(data) == len(C.write(f)) + 4 and C.read(data).planes[0].band == 7
+    assert encode_header(header_dict(other)).endswith(bytes([T_BAND, 2, 0, 7]))
+    # the default depends on the image's size, the tile and the context
+    small = SnailFile(40, 40, "L", (Plane("L", "00000000", [], tile=(16, 16), context=(4, 0)),), 0)
+    assert small.planes[0].band == default_band(40, 40, (16, 16), (4, 0)) == 2
+    none = SnailFile(40, 40, "L", (Plane("L", "00000000", [], context=(0, 5)),), 0)
+    assert none.planes[0].band == 1
+    with pytest.raises(ValueError, match="band must be 1 where there is no context above"):
+        C.write(SnailFile(40, 40, "L", (Plane("L", "00000000", [], context=(0, 5), band=2),), 0))
+    huge = SnailFile(4000, 4000, "L", (Plane("L", "00000000", [], tile=(1, 1)),), 0)  # 16 M windows / 96 per band
+    assert huge.planes[0].band == default_band(4000, 4000, (1, 1), (2, 2)) > 65535
+    plain = SnailFile(4000, 4000, "L", (Plane("L", "00000000", []),), 0)
+    assert C.read(C.write(huge)) == huge and C.overhead(huge) == C.overhead(plain) + 5  # the tile field only
+    with pytest.raises(ValueError, match="band = 65536 is out of range"):
+        C.write(SnailFile(4000, 4000, "L", (Plane("L", "00000000", [], tile=(1, 1), band=65536),), 0))
+    tall = SnailFile(40, 40, "L", (Plane("L", "00000000", [], band=9),), 0)  # the default: 2
+    assert default_band(40, 40, (32, 32), (2, 2)) == 2
+    assert C.read(C.write(tall)).planes[0].band == 9
+
+
+def test_calibration_round_trip_and_size():
+    calibration = ((0.5, -0.25, 0.0), (1.0, 0.0009765625, -65504.0), (0.125, -0.5))
+    f = small_file(planes=(dataclasses.replace(small_file().planes[0], calibration=calibration), small_file().planes[1]))
+    data = C.write(f)
+    assert C.read(data) == f and C.read(data).planes[0].calibration == calibration
+    assert len(data) - len(VALID) == 1 + 1 + 1 + 1 + 2 * 3 * 2 + 1 + 2 * 2  # tag, length, plane, K, numbers, F, gains
+    no_gain = dataclasses.replace(f.planes[0], calibration=calibration[:2])
+    assert no_gain.calibration == (*calibration[:2], ())
+    assert no_gain == dataclasses.replace(f.planes[0], calibration=(*calibration[:2], ()))
+    assert f.planes[0] != no_gain
+
+
+def test_writing_an_invalid_calibration_is_refused():
+    for bad in [((0.1,), (0.0,), ()), ((0.5,), (0.0, 0.0), ()), ((), (), ()), ((1,), (0.0,), ()), ((0.5, 0.5),),
+                ((70000.0,), (0.0,), ()), (tuple([0.0] * 1025), tuple([0.0] * 1025), ()), ((0.5,), (0.5,), (0.1,)),
+                ((0.5,), (0.5,), tuple([0.0] * 1025)), ((0.5,), (0.5,), (float("inf"),))]:
+        with pytest.raises(ValueError, match="calibration"):
+            C.write(small_file(planes=(dataclasses.replace(small_file().planes[0], calibration=bad), small_file().planes[1])))
+
+
+_PAL = tagged(T_PALETTE, b"\x03\x01\xaa\xbb\xcc")  # one RGB entry
 
 
 @pytest.mark.parametrize(
     "mode, extras, match",
     [
         ("P", {}, "needs extras.palette"),
-        ("P", _entries(b"\x02\x05\x00"), "palette entry size 5 is not 3"),
-        ("P", _entries(b"\x02\x03" + varint(257) + bytes(771)), "palette has 257 entries"),
-        ("P", _entries(b"\x02\x03\x02\0\0\0"), "ends in the middle of the palette"),
+        ("P", Raw(tagged(T_PALETTE, b"\x05\x00")), "palette entry size 5 is not 3"),
+        ("P", Raw(tagged(T_PALETTE, b"\x03" + varint(257) + bytes(771))), "palette has 257 entries"),
+        ("P", Raw(tagged(T_PALETTE, b"\x03\x02\0\0\0")), "the palette field ends in the middle of the palette"),
+        ("P", Raw(tagged(T_PALETTE, b"\x03\x01\0\0\0\0")), "the palette field has 1 unexpected byte at its end"),
         ("P", {"palette": "000000", "palette_mode": "RGB", "transparency": 256}, "transparency = 256 is out of range"),
         ("P", {"palette": "000000", "palette_mode": "RGB", "transparency": ""}, "must not be empty"),
-        ("P", _entries(_PAL, b"\x04" + varint(257) + bytes(257)), "transparency has 257 entries"),
-        ("P", _entries(_PAL, b"\x03\x00", b"\x04\x01\x00"), "transparency is given twice"),
+        ("P", Raw(_PAL + tagged(T_ALPHA_TABLE, varint(257) + bytes(257))), "transparency has 257 entries"),
+        ("P", Raw(_PAL + tagged(T_TRANSPARENCY, b"\x00") + tagged(T_ALPHA_TABLE, b"\x01\x00")), "transparency is given twice"),
+        ("P", Raw(_PAL + tagged(T_TRANSPARENCY, b"\x00\x00")), "the transparency field has 1 unexpected byte"),
         ("L", {"transparency": 65536}, "out of range"),
         ("L", {"transparency": "00"}, "per-index alpha is not allowed for mode L"),
-        ("L", {"constant_alpha": 1}, "constant_alpha is not allowed for mode L"),
-        ("L", _entries(_PAL), "palette is not allowed for mode L"),
+        ("L", Raw(tagged(T_ALPHA, b"\x01")), "constant_alpha field is given but mode code 0 \\(L\\) codes its alpha"),
+        ("L", Raw(_PAL), "palette is not allowed for mode L"),
         ("RGB", {"transparency": [1, 2, 70000]}, "transparency b = 70000 is out of range"),
-        ("RGB", _entries(b"\x03\x01\x02"), "ends in the middle of transparency b"),
+        ("RGB", Raw(tagged(T_TRANSPARENCY, b"\x01\x02")), "ends in the middle of transparency b"),
+        ("LA", {"transparency": 1}, "transparency is not allowed for mode LA"),
     ],
 )
 def test_invalid_extras(mode, extras, match):
     h = header_dict(small_file())
     h["mode"] = mode
-    h["planes"] = [dict(h["planes"][0], channels=C.MODE_CHANNELS[mode])]
+    h["planes"] = [dict(h["planes"][0], channels=_PIECES[mode][0])] + ([dict(h["planes"][1])] if len(_PIECES[mode]) > 1 else [])
     h["extras"] = extras
     e = fails(forge(h))
     assert re.search(match, str(e)), str(e)
@@ -584,55 +805,81 @@ def test_valid_extras_of_every_kind():
         ("P", {"palette": "", "palette_mode": "RGBA", "transparency": 0}),
         ("PA", {"palette": "aabbccdd", "palette_mode": "RGBA", "constant_alpha": 7, "transparency": 255}),
         ("1", {"transparency": 255}),
+        ("L", {"transparency": 65535}),
         ("RGB", {"transparency": [0, 65535, 300]}),
+        ("LA", {"constant_alpha": 0}),
     ]:
         h = dict(base, mode=mode, extras=extras)
-        h["planes"] = [dict(base["planes"][0], channels=C.MODE_CHANNELS[mode][:1] if mode != "RGB" else "RGB")]
+        h["planes"] = [dict(base["planes"][0], channels=_PIECES[mode][0])]
         data = forge(h)
         f = C.read(data)
-        assert f.extras == extras and C.write(f) == data
+        assert f.extras == extras and C.write(f) == data and [p.channels for p in f.planes] == _PIECES[mode][:1]
 
 
 def test_write_refuses_invalid_files():
-    with pytest.raises(ValueError, match="spell"):
+    rgb, alpha = small_file().planes
+    with pytest.raises(ValueError, match="planes 'RGB' \\+ 'A' are not those of mode RGB: 'RGB'"):
         C.write(small_file(mode="RGB"))
+    with pytest.raises(ValueError, match="are not those of mode RGBA, its alpha constant: 'RGB'"):
+        C.write(small_file(extras={"constant_alpha": 255}))
+    with pytest.raises(ValueError, match="are not those of mode RGBA"):
+        C.write(small_file(planes=(alpha, rgb)))
     with pytest.raises(ValueError, match="uint32"):
-        C.write(small_file(planes=(Plane("RGB", "00", "m", (1, 1), np.zeros(3, np.int64)), small_file().planes[1])))
+        C.write(small_file(planes=(dataclasses.replace(rgb, words=np.zeros(3, np.int64)), alpha)))
     with pytest.raises(ValueError, match="uint32"):
-        C.write(small_file(planes=(Plane("RGB", "00", "m", (1, 1), np.zeros((2, 2), np.uint32)), small_file().planes[1])))
+        C.write(small_file(planes=(dataclasses.replace(rgb, words=np.zeros((2, 2), np.uint32)), alpha)))
     with pytest.raises(ValueError, match="out of range"):
         C.write(small_file(width=70000))
     with pytest.raises(ValueError, match="not a Plane"):
         C.write(small_file(planes=("RGB",)))
     with pytest.raises(ValueError, match="channels 'RG' is not one of L, A, RGB, P"):
-        C.write(small_file(planes=(Plane("RG", "00", "m", (1, 1), np.zeros(1, np.uint32)), Plane("BA", "00", "m", (1, 1), np.zeros(1, np.uint32)))))
+        C.write(small_file(planes=(dataclasses.replace(rgb, channels="RG"), alpha)))
     with pytest.raises(ValueError, match="must be an integer, not a boolean"):
         C.write(small_file(width=True))
-    with pytest.raises(ValueError, match="exactness must be a dict"):
-        C.write(small_file(exactness=[("a", "b")]))
     with pytest.raises(ValueError, match="unknown field"):
         C.write(small_file(extras={"png_info": {}}))
-    with pytest.raises(ValueError, match="must be a string"):
-        C.write(small_file(exactness={"threads": 2}))
+    with pytest.raises(ValueError, match="arithmetic = 0 is out of range"):
+        C.write(small_file(arithmetic=0))
+    with pytest.raises(ValueError, match="arithmetic = 256 is out of range"):
+        C.write(small_file(arithmetic=256))
+    for model_id in ("0123456", "0123456789", "0123456G", "ABCDEF01", 12345678):
+        with pytest.raises(ValueError, match="model_id"):
+            C.write(small_file(planes=(dataclasses.replace(rgb, model_id=model_id), alpha)))
+    with pytest.raises(ValueError, match="model_name must be a string"):
+        C.write(small_file(planes=(dataclasses.replace(rgb, model_name=3), alpha)))
+    with pytest.raises(ValueError, match="1 or 2 planes, not 0"):
+        C.write(small_file(planes=()))
     with pytest.raises(TypeError):
         C.write({"width": 1})
 
 
 def test_describe():
-    f = small_file(mode="P", planes=(Plane("P", "ab12", "snail-p", (32, 32), np.zeros(10, np.uint32)),),
-                   extras={"palette": "00" * 48, "palette_mode": "RGB", "transparency": 3})
+    f = small_file(mode="P", planes=(Plane("P", "ab12cd34", np.zeros(10, np.uint32), "snail-p", (16, 8)),),
+                   extras={"palette": "00" * 48, "palette_mode": "RGB", "transparency": 3}, arithmetic=3)
     data = C.write(f)
     text_ = C.describe(C.read_header(data))
-    assert "3 x 2 pixels, mode P" in text_
-    assert "snail-p" in text_ and "ab12" in text_ and "32x32" in text_ and "40 bytes" in text_
-    assert "16 entries" in text_ and "index 3" in text_
-    assert "deadbeef" in text_ and "torch" in text_ and "2.13.0" in text_
-    assert f"{len(data)} bytes" in text_
-    assert f"container:    {len(data) - 40} bytes of header and checksums" in text_
-    text_ = C.describe(small_file(extras={"constant_alpha": 255}, planes=small_file().planes[:1]))
-    assert "constant 255" in text_
+    assert "format version 6" in text_ and "3 x 2 pixels, mode P" in text_
+    assert "ab12cd34 (snail-p)" in text_ and "tiles 16x8, context 2 above, 2 left, bands of 1 rows of windows" in text_
+    assert "integer arithmetic version 3" in text_
+    assert "16 entries" in text_ and "index 3" in text_ and "deadbeef" in text_
+    overhead = len(data) - 40
+    assert (f"size:         {len(data)} bytes, {8 * len(data) / 6:.4f} bits per subpixel "
+            f"({8 * 40 / 6:.4f} in the coded streams, {overhead} bytes of header and checksum)") in text_
+    assert f"stream: {32 * 10 / 6:.4f} bits per subpixel" in text_ and "not calibrated" in text_
+    assert "env" not in text_ and "threads" not in text_
+    rgb_only = small_file(extras={"constant_alpha": 255}, planes=small_file().planes[:1])
+    text_ = C.describe(rgb_only)
+    assert "alpha constant 255 (not coded)" in text_
+    assert f"{8 * C.file_size(rgb_only) / 18:.4f} bits per subpixel" in text_  # 3 x 2 pixels, 3 coded channels
     text_ = C.describe(small_file(mode="RGB", planes=small_file().planes[:1], extras={"transparency": [1, 2, 3]}))
     assert "colour (1, 2, 3)" in text_
+    calibrated = dataclasses.replace(common_file().planes[0], calibration=((0.5,) * 3, (0.5,) * 3, (0.5,) * 2),
+                                     context=(4, 1), band=None)
+    text_ = C.describe(dataclasses.replace(common_file(), planes=(calibrated,)))
+    assert "calibrated (3 outputs, 2 features)" in text_ and "context 4 above, 1 left" in text_
+    assert f"bands of {default_band(512, 768, (32, 32), (4, 1))} rows of windows" in text_
+    assert "model ff7d3a5d\n" in C.describe(common_file())  # no name stored
+    assert len(C.describe(common_file()).splitlines()) >= 6
 
 
 # --------------------------------------------------------------------------------------------
@@ -651,10 +898,11 @@ def _read_or_formaterror(data: bytes):
 @given(st.binary(max_size=200))
 @example(b"")
 @example(MAGIC)
-@example(MAGIC + b"\x01")
+@example(MAGIC + b"\x06")
+@example(OLD_MAGIC + b"\x05")
 def test_random_bytes(data):
     assert _read_or_formaterror(data) is None
-    assert _read_or_formaterror(MAGIC + b"\x01" + data) is None
+    assert _read_or_formaterror(MAGIC + b"\x06" + data) is None
 
 
 @settings(max_examples=300, deadline=None)
@@ -704,7 +952,7 @@ def test_mutated_files(case):
     if data == C.write(f):
         assert got == f
     else:
-        assert got is None  # CRC32 catches every change of up to 32 bits; lengths catch the rest
+        assert got is None  # the CRC catches every change of up to 32 bits, and all but 2**-32 of the others
     try:
         h = C.read_header(data)
     except FormatError:
@@ -712,20 +960,20 @@ def test_mutated_files(case):
     assert isinstance(h, SnailFile)
 
 
-_FIELDS = ["width", "height", "mode", "pixel_crc32", "planes", "exactness", "extras", "tail"]
-_PLANE_FIELDS = ["channels", "model_id", "model_name", "tile", "n_words"]
+_FIELD_KEYS = ["width", "height", "mode", "pixel_crc32", "arithmetic", "planes", "extras", "tail"]
+_PLANE_KEYS = ["model_id", "n_words", "model_name", "tile", "context", "band", "calibration"]
 
 
 @st.composite
 def forged_headers(draw):
-    """Valid headers with one field's encoding replaced by arbitrary bytes (checksums correct)."""
+    """Valid headers with one field's encoding replaced by arbitrary bytes (checksum correct)."""
     h = header_dict(draw(snail_files()))
     raw = Raw(draw(st.one_of(st.binary(max_size=12), st.sampled_from([b"\x00", b"\x01", b"\x80\x00", b"\xff" * 5]))))
     if draw(st.booleans()):
         plane = h["planes"][draw(st.integers(0, len(h["planes"]) - 1))]
-        plane[draw(st.sampled_from(_PLANE_FIELDS))] = raw
+        plane[draw(st.sampled_from(_PLANE_KEYS))] = raw
     else:
-        h[draw(st.sampled_from(_FIELDS))] = raw
+        h[draw(st.sampled_from(_FIELD_KEYS))] = raw
     return h
 
 
@@ -867,267 +1115,3 @@ def test_atomic_path_leaves_the_old_file_when_the_writer_fails(tmp_path):
     assert target.read_text() == "old" and _entries(tmp_path) == ["summary.csv"]
 
 
-# --------------------------------------------------------------------------------------------
-# version 2: tiles coded with context from their neighbours
-
-
-def _context_file(context=(4, 4), band=3) -> SnailFile:
-    plane = Plane("RGB", "0123456789abcdef", "snail-rgb", (32, 32), np.zeros(5, np.uint32), context, band)
-    return SnailFile(width=100, height=80, mode="RGB", planes=(plane,), pixel_crc32=7, exactness={"threads": "1"}, extras={})
-
-
-def _v2_header(context, band) -> dict:
-    h = header_dict(_context_file())
-    h["planes"][0].update(context=context, band=band)
-    return h
-
-
-def test_context_is_written_as_version_2_and_reads_back():
-    f = _context_file()
-    data = C.write(f)
-    assert data[8] == 2
-    back = C.read(data)
-    assert back == f and back.planes[0].context == (4, 4) and back.planes[0].band == 3
-    assert C.write(back) == data
-    assert data == forge(_v2_header((4, 4), 3), version=2)  # the layout the docstring gives
-    assert "context 4 above, 4 left in bands of 3" in C.describe(back)
-
-
-def test_files_without_context_stay_version_1():
-    f = _context_file((0, 0), 1)
-    data = C.write(f)
-    assert data[8] == 1 and C.read(data).planes[0].context == (0, 0)
-    assert data == forge(header_dict(f))
-
-
-@pytest.mark.parametrize(
-    "context, band, message",
-    [
-        ((0, 0), 1, "must be version 1"),  # one encoding per header
-        ((0, 3), 2, "band"),  # a band only means something with context above
-        ((4, 0), 0, "band"),
-        ((70000, 0), 2, "context above"),
-    ],
-)
-def test_version_2_fields_are_checked(context, band, message):
-    fails(forge(_v2_header(context, band), version=2), message)
-
-
-def test_version_1_readers_see_no_context_fields():
-    """A version-1 header with the version-2 fields inside is not a valid file."""
-    fails(forge(_v2_header((4, 4), 3), version=1))
-
-
-
-# --------------------------------------------------------------------------------------------
-# version 3: a model that adapts to the image while coding it
-
-
-def _adapting_file(adaptation=(4, 1, 3e-5), context=(2, 2)) -> SnailFile:
-    plane = Plane("RGB", "0123456789abcdef", "snail-rgb", (32, 32), np.zeros(5, np.uint32), context, 3 if context[0] else 1,
-                  adaptation)
-    return SnailFile(width=100, height=80, mode="RGB", planes=(plane,), pixel_crc32=7, exactness={"threads": "1"}, extras={})
-
-
-def _v3_header(adaptation, context=(2, 2)) -> dict:
-    h = header_dict(_adapting_file(context=context))
-    h["planes"][0].update(context=context, band=3 if context[0] else 1, adaptation=adaptation)
-    return h
-
-
-@pytest.mark.parametrize("context", [(2, 2), (0, 0)])
-def test_adaptation_is_written_as_version_3_and_reads_back(context):
-    f = _adapting_file(context=context)
-    data = C.write(f)
-    assert data[8] == 3
-    back = C.read(data)
-    assert back == f and back.planes[0].adaptation == (4, 1, 3e-5)
-    assert C.write(back) == data
-    assert data == forge(_v3_header((4, 1, 3e-5), context), version=3)  # the layout the docstring gives
-    assert "adapting (Adam, 1 step(s) at lr 3e-05 every 4 windows)" in C.describe(back)
-    assert len(data) - len(C.write(_context_file(context, 3 if context[0] else 1))) == 10 + (0 if context[0] else 3)
-
-
-def test_a_different_adaptation_is_a_different_file():
-    assert _adapting_file((4, 1, 3e-5)).planes[0] != _adapting_file((4, 1, 3.0000000000000004e-05)).planes[0]
-    assert C.read(C.write(_adapting_file((4, 1, 3.0000000000000004e-05)))).planes[0].adaptation[2] == 3.0000000000000004e-05
-
-
-@pytest.mark.parametrize(
-    "adaptation, message",
-    [
-        (None, "must be version 2"),  # one encoding per header
-        ((4, 0, 3e-5), "adapt_steps"),
-        ((70000, 1, 3e-5), "adapt_windows"),
-        ((4, 1, 0.0), "adapt_lr"),
-        ((4, 1, 1.0), "adapt_lr"),
-        ((4, 1, float("nan")), "adapt_lr"),
-        ((4, 1, float("inf")), "adapt_lr"),
-        ((4, 1, -3e-5), "adapt_lr"),
-    ],
-)
-def test_version_3_fields_are_checked(adaptation, message):
-    fails(forge(_v3_header(adaptation), version=3), message)
-
-
-def test_version_3_without_adaptation_or_context_must_be_version_1():
-    fails(forge(_v3_header(None, (0, 0)), version=3), "must be version 1")
-
-
-def test_writing_an_invalid_adaptation_is_refused():
-    for bad in [(4, 1, 2.0), (0, 1, 3e-5), (4, 1), (4, 1, 1)]:
-        with pytest.raises(ValueError, match="adapt"):
-            C.write(_adapting_file(bad))
-
-
-@pytest.mark.parametrize("n", range(1, 11))
-def test_a_header_cut_inside_the_adaptation_fields_is_refused(n):
-    h = encode_header(_v3_header((4, 1, 3e-5)))
-    plane_end = h.index(struct.pack("<d", 3e-5)) + 8
-    fails(forge(h[: plane_end - n], version=3), "header is invalid")
-
-
-# --------------------------------------------------------------------------------------------
-# version 4: a calibration of the model's outputs for the image
-
-CALIBRATION = ((0.5, -0.25, 0.0), (1.0, 0.0009765625, -65504.0))  # binary16 numbers, 3 outputs
-
-
-def _calibrated_file(calibration=CALIBRATION, adaptation=None, context=(2, 2)) -> SnailFile:
-    plane = Plane("RGB", "0123456789abcdef", "snail-rgb", (32, 32), np.zeros(5, np.uint32), context,
-                  3 if context[0] else 1, adaptation, calibration)
-    return SnailFile(width=100, height=80, mode="RGB", planes=(plane,), pixel_crc32=7, exactness={"threads": "1"}, extras={})
-
-
-def _v4_header(calibration, adaptation=None, context=(2, 2)) -> dict:
-    h = _v3_header(adaptation, context)
-    h["planes"][0]["calibration"] = calibration
-    return h
-
-
-@pytest.mark.parametrize("adaptation, context", [(None, (2, 2)), ((4, 1, 3e-5), (2, 2)), (None, (0, 0))])
-def test_calibration_is_written_as_version_4_and_reads_back(adaptation, context):
-    f = _calibrated_file(adaptation=adaptation, context=context)
-    data = C.write(f)
-    assert data[8] == 4
-    back = C.read(data)
-    assert back == f and back.planes[0].calibration == CALIBRATION and back.planes[0].adaptation == adaptation
-    assert C.write(back) == data
-    assert data == forge(_v4_header(CALIBRATION, adaptation, context), version=4)  # the layout the docstring gives
-    assert "calibrated (3 outputs)" in C.describe(back)
-    uncalibrated = C.write(dataclasses.replace(f, planes=(dataclasses.replace(f.planes[0], calibration=None),)))
-    assert len(data) - len(uncalibrated) == 1 + 4 * 3 + (0 if adaptation else 1 + (0 if context[0] else 3))
-
-
-def test_a_different_calibration_is_a_different_plane():
-    other = ((0.5, -0.25, 0.0), (1.0, 0.0009765625, -65472.0))
-    assert _calibrated_file().planes[0] != _calibrated_file(other).planes[0]
-    assert C.read(C.write(_calibrated_file(other))).planes[0].calibration == other
-
-
-@pytest.mark.parametrize(
-    "calibration, message",
-    [
-        (None, "must be version 2"),  # one encoding per header
-        (((float("nan"),), (0.0,)), "binary16"),
-        (((float("inf"),), (0.0,)), "binary16"),
-        (((0.0,), (-0.0,)), "binary16"),  # -0 and +0 would be two encodings of one calibration
-    ],
-)
-def test_version_4_fields_are_checked(calibration, message):
-    fails(forge(_v4_header(calibration), version=4), message)
-
-
-def test_version_4_refuses_more_outputs_than_allowed():
-    fails(forge(_v4_header(Raw(varint(1025))), version=4), "1025 outputs")
-
-
-@pytest.mark.parametrize("n", range(1, 13))
-def test_a_header_cut_inside_the_calibration_is_refused(n):
-    h = encode_header(_v4_header(CALIBRATION))
-    plane_end = h.index(struct.pack("<e", -65504.0)) + 2
-    fails(forge(h[: plane_end - n], version=4), "header is invalid")
-
-
-def test_writing_an_invalid_calibration_is_refused():
-    for bad in [((0.1,), (0.0,)), ((0.5,), (0.0, 0.0)), ((), ()), ((1,), (0.0,)), ((0.5, 0.5),), ((70000.0,), (0.0,)),
-                (tuple([0.0] * 1025), tuple([0.0] * 1025))]:
-        with pytest.raises(ValueError, match="calibration"):
-            C.write(_calibrated_file(bad))
-
-
-# --------------------------------------------------------------------------------------------
-# version 5: the calibration also gains the features the output layer reads
-
-FEATURE_GAIN = (0.125, -0.5)  # binary16 numbers, 2 features
-
-
-def _v5_header(calibration=CALIBRATION, features=FEATURE_GAIN, adaptation=None, context=(2, 2)) -> dict:
-    h = _v4_header(calibration, adaptation, context)
-    h["planes"][0]["features"] = features
-    return h
-
-
-@pytest.mark.parametrize("adaptation, context", [(None, (2, 2)), ((4, 1, 3e-5), (2, 2)), (None, (0, 0))])
-def test_feature_gains_are_written_as_version_5_and_read_back(adaptation, context):
-    f = _calibrated_file((*CALIBRATION, FEATURE_GAIN), adaptation, context)
-    data = C.write(f)
-    assert data[8] == 5
-    back = C.read(data)
-    assert back == f and back.planes[0].calibration == (*CALIBRATION, FEATURE_GAIN)
-    assert C.write(back) == data
-    assert data == forge(_v5_header(adaptation=adaptation, context=context), version=5)  # the docstring's layout
-    assert "calibrated (3 outputs, 2 features)" in C.describe(back)
-    outputs_only = C.write(_calibrated_file(CALIBRATION, adaptation, context))
-    assert outputs_only[8] == 4 and len(data) - len(outputs_only) == 1 + 2 * 2
-
-
-def test_an_empty_feature_gain_is_a_version_4_calibration():
-    plane = _calibrated_file((*CALIBRATION, ())).planes[0]
-    assert plane.calibration == CALIBRATION and plane == _calibrated_file().planes[0]
-    assert C.write(_calibrated_file((*CALIBRATION, ())))[8] == 4
-
-
-def test_version_5_holds_planes_calibrated_with_and_without_feature_gains():
-    f = _calibrated_file((*CALIBRATION, FEATURE_GAIN))
-    plain = dataclasses.replace(f.planes[0], channels="A", calibration=CALIBRATION)
-    f = dataclasses.replace(f, mode="RGBA", planes=(f.planes[0], plain))
-    back = C.read(C.write(f))
-    assert back == f and back.planes[1].calibration == CALIBRATION
-
-
-@pytest.mark.parametrize(
-    "features, message",
-    [
-        ((), "must be version 4"),  # one encoding per header: no feature gains is version 4
-        ((float("nan"),), "binary16"),
-        ((-0.0,), "binary16"),
-        (Raw(varint(1025)), "1025 features"),
-    ],
-)
-def test_version_5_fields_are_checked(features, message):
-    fails(forge(_v5_header(features=features), version=5), message)
-
-
-def test_version_5_has_no_feature_field_on_an_uncalibrated_plane():
-    """An uncalibrated plane ends its calibration at the count 0, in version 5 too."""
-    f = _calibrated_file((*CALIBRATION, FEATURE_GAIN))
-    plain = dataclasses.replace(f.planes[0], channels="A", calibration=None)
-    f = dataclasses.replace(f, mode="RGBA", planes=(f.planes[0], plain))
-    h = _v5_header()
-    h["mode"] = "RGBA"
-    h["planes"].append(dict(h["planes"][0], channels="A", calibration=None, features=None))
-    assert C.write(f) == forge(h, version=5)
-
-
-@pytest.mark.parametrize("n", range(1, 6))
-def test_a_header_cut_inside_the_feature_gains_is_refused(n):
-    h = encode_header(_v5_header())
-    plane_end = h.index(struct.pack("<e", -0.5), h.index(struct.pack("<e", -65504.0))) + 2
-    fails(forge(h[: plane_end - n], version=5), "header is invalid")
-
-
-def test_writing_an_invalid_feature_gain_is_refused():
-    for bad in [(0.1,), (1,), tuple([0.0] * 1025), (float("inf"),)]:
-        with pytest.raises(ValueError, match="calibration"):
-            C.write(_calibrated_file((*CALIBRATION, bad)))

@@ -254,8 +254,8 @@ def test_extras_are_valid_container_extras():
         if im.mode == "L":
             im.info["transparency"] = 3
         dec = decompose(im)
-        planes = tuple(container.Plane(k, "00", "m", (8, 8), np.zeros(1, np.uint32)) for k in dec.expected_planes())
-        f = container.SnailFile(dec.width, dec.height, dec.mode, planes, pixel_checksum(dec), {}, dec.extras)
+        planes = tuple(container.Plane(k, "00000000", np.zeros(1, np.uint32), "m", (8, 8)) for k in dec.expected_planes())
+        f = container.SnailFile(dec.width, dec.height, dec.mode, planes, pixel_checksum(dec), 1, dec.extras)
         assert container.read(container.write(f)).extras == dec.extras
 
 

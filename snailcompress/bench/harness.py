@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 
 from .. import api
 from ..codec import container
-from ..codec.coder import CodingProgress, FloatModelTables, code_plane, coding_steps, decode_plane
+from ..codec.coder import CodingProgress, code_plane, coding_steps, decode_plane
 from ..codec.images import DecomposedImage, same_image
 from ..data import ArrayDataset, load_split
 from ..errors import ChannelCountError, DatasetError, ModelError, UsageError
@@ -194,7 +194,7 @@ class _OneModel(api.ModelChooser):
         return self.loaded
 
     def for_plane(self, plane: container.Plane, channels: int) -> LoadedModel:
-        if plane.model_id != self.loaded.model_id:
+        if not self.loaded.model_id.startswith(plane.model_id):
             raise ModelError(f"plane coded with model id {plane.model_id}, not {self.loaded.model_id}")
         return self.for_channels(channels)
 
@@ -261,10 +261,8 @@ def stream_overhead(loaded: LoadedModel, images: np.ndarray) -> int:
     mode = MODES[channels]
     snail = container.SnailFile(
         width=width, height=height, mode=mode,
-        planes=(container.Plane(mode, loaded.model_id, loaded.name[: container.MAX_MODEL_NAME_CHARS],
-                                (height, width), np.zeros(0, np.uint32)),),
+        planes=(container.Plane(mode, loaded.model_id[:8], np.zeros(0, np.uint32), tile=(height, width)),),
         pixel_crc32=zlib.crc32(images.tobytes()) & 0xFFFFFFFF,
-        exactness=api.exactness_record(torch.get_num_threads()),
     )
     return container.file_size(snail)
 
@@ -279,12 +277,12 @@ def _one_stream_row(loaded: LoadedModel, images: np.ndarray, opts: BenchOptions)
     """All images in one range-coder stream, chunk by chunk; decoded again in the same chunks."""
     n, channels, height, width = images.shape
     starts = range(0, n, opts.chunk)
-    provider = FloatModelTables(loaded.model)
+    provider = api.integer_network(loaded.model)
     total_steps = sum(coding_steps(height, min(opts.chunk, n - s) * width, (height, width)) for s in starts)
 
     encoder = constriction.stream.queue.RangeEncoder()
     t0 = time.perf_counter()
-    with CodingProgress(total_steps, f"{loaded.name} encode stream", opts.progress) as progress:
+    with CodingProgress(n, f"{loaded.name} encode stream", opts.progress, unit="image") as progress:
         for s in starts:
             chunk = images[s : s + opts.chunk]
             code_plane(provider, side_by_side(chunk), (height, width), progress=progress, encoder=encoder)

@@ -13,6 +13,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
+BAND_WINDOWS = 96  # windows coding side by side that the default band aims at (see default_band)
+
+
+def default_band(height: int, width: int, tile: tuple[int, int], context: tuple[int, int]) -> int:
+    """Rows of windows per band when the encoder is not told otherwise: as many as leave about
+    BAND_WINDOWS windows coding side by side (few windows at a time make decoding slow: a step's
+    fixed cost is paid per step, not per window), and at least 2 (a band of 1 has no context
+    above); 1 where there is no context above. The container stores a band only where it differs."""
+    (tile_h, tile_w), (above, _) = tile, context
+    if not above or tile_h + above >= height:
+        return 1
+    windows = -(-height // tile_h) * -(-width // tile_w)
+    return max(2, windows // BAND_WINDOWS)
+
 
 @dataclass(frozen=True)
 class WindowPlan:

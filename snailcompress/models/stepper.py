@@ -17,8 +17,8 @@ coded what it reads; see codec/tiles.py, WindowPlan). When all slots are at the 
 computation is exactly the one of a shared position, so files coded before slots had positions of
 their own decode unchanged.
 
-The encoder and the decoder of the codec both run this exact code on the same batch, which is what
-keeps their probability tables bit-identical (see snailcompress.codec.coder).
+The sampler uses it (sampling.py); the codec runs the integer twin of this stepper
+(integer/network.py), whose results do not depend on the machine.
 """
 
 from __future__ import annotations
@@ -41,12 +41,7 @@ class _Linear:
     """A folded conv applied to gathered inputs: one addmm per step."""
 
     def __init__(self, conv: WeightNormConv2d):
-        self.conv = conv
-        self.refold()
-
-    def refold(self) -> None:
-        """Fold the conv's current weights again (after they were trained further)."""
-        self.weight, self.bias = _matrix(self.conv)
+        self.weight, self.bias = _matrix(conv)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return torch.addmm(self.bias, x, self.weight)
@@ -154,22 +149,6 @@ class PixelSNAILStepper:
         self.pixels = torch.zeros(batch, height + 1, width + 2, cfg.channels + 1)
         self._features_at_p: list[torch.Tensor] = []
         self._where: _Where | None = None
-
-    def _linears(self):
-        yield self.input_above
-        yield self.input_left
-        for block in self.blocks:
-            for resnet in [*block["resnets"], block["kv_resnet"], block["q_resnet"], block["out_resnet"]]:
-                yield from (linear for linear in (resnet.conv_in, resnet.conv_out, resnet.aux_in) if linear is not None)
-            yield block["kv_proj"]
-            yield block["q_proj"]
-        yield self.head
-
-    def reload_weights(self) -> None:
-        """Use the model's current weights from the next step on. Buffers, keys and values computed
-        so far stay as they are (codec/adaptation.py changes the weights in the middle of windows)."""
-        for linear in self._linears():
-            linear.refold()
 
     def restart(self, slots: torch.Tensor) -> None:
         """Slots (bool (B,)) begin a new image at position 0."""

@@ -1,0 +1,138 @@
+"""The discretized logistic mixture in integers: frequency tables for the range coder.
+
+The integer twin of snailcompress.mixture's `PixelConditionals`: the same model (one component
+indicator shared by the channels; the G mean shifted by alpha r, the B mean by beta r + gamma g; bin 0
+and bin 255 take the tails), the same sequential conditionals (R; G given R; B given R and G, with
+the component weights updated to their posterior after each known channel), computed from the
+network's Q.12 outputs with integer arithmetic only (arithmetic.py):
+
+* component weights: exp(logit - max) from the Q.16 exp table, normalised to sum to at most 2**16
+  (floor division); a posterior multiplies them by each component's Q.20 probability of the known
+  value and normalises again (the prior's weights where every component gives that value 0);
+* the logistic CDF of component k at the edge between values v - 1 and v, in pixel units where the
+  edges are the half-integers v - 1/2: z = (v - 1/2 - mean) / scale with the mean on the 0..255
+  scale (Q.13, exact from the Q.12 mean) and 1/scale from a table of the log-scale (Q.26); the CDF
+  (Q.20) from a table of the sigmoid at z floored to a multiple of 1/8192;
+* the mixture's cumulative count below v: floor(sum_k w_k cdf_k * TOTAL / (sum_k w_k * 2**20)),
+  0 below value 0 and TOTAL = 2**24 - 256 above 255, so every table sums to TOTAL exactly and the
+  range coder (which adds 1 to each count) gives every value a non-zero probability.
+
+`symbol_bounds` computes, for known values, only the two cumulative counts that bound each value:
+exactly the entries of the full table (`tables`), at 2/255 of the cost. The encoder needs no more.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..mixture import num_params
+from . import arithmetic as ar
+from .arithmetic import ONE
+
+EDGE_ONE = 2 * ONE  # the CDF's arguments are Q.13 on the 0..255 scale
+_Z_FRACTION = ar.INVERSE_SCALE_BITS + ar.ACTIVATION_BITS + 1  # z = (edge - mean) * inverse scale, Q.39
+_TABLE_CENTRE = ar.CDF_Z_LIMIT << ar.CDF_TABLE_STEP_BITS
+CDF_ONE = 1 << ar.CDF_BITS
+WEIGHT_ONE = 1 << ar.ATTENTION_WEIGHT_BITS
+
+
+def _normalise(weights: torch.Tensor) -> torch.Tensor:
+    """(N, M) non-negative integers -> floor(w * 2**16 / sum w) (int64, exact); a zero row stays zero."""
+    w = weights.to(torch.int64)
+    total = w.sum(dim=1, keepdim=True)
+    return torch.div(w * WEIGHT_ONE, total.clamp(min=1), rounding_mode="floor")
+
+
+class IntegerConditionals:
+    """Per-channel integer frequency tables of N pixels, from their Q.12 mixture parameters (N, K)."""
+
+    def __init__(self, params: torch.Tensor, channels: int):
+        t = self.t = ar.on(str(params.device))
+        n, k = params.shape
+        self.channels = channels
+        slot = 3 if channels == 3 else 2
+        m = self.mixtures = k // (1 + channels * slot)
+        if num_params(channels, m) != k:
+            raise ValueError(f"{k} outputs do not fit a {channels}-channel mixture")
+        logits = params[:, :m]
+        per_channel = params[:, m:].reshape(n, channels, slot * m)
+        distance = (logits.amax(dim=1, keepdim=True) - logits).clamp_(0, ar.EXP_INPUT_LIMIT)
+        self.prior = _normalise(t["exp16"][distance.long()])  # (N, M) int64
+        self._posteriors = [self.prior]
+        self.means = per_channel[..., :m]  # (N, C, M) Q.12, before the autoregressive shift
+        log_scales = per_channel[..., m : 2 * m].clamp(-ar.LOG_SCALE_LIMIT, ar.LOG_SCALE_LIMIT)
+        # 1/scale in Q.26, times 2**-(39 - 13): (edge - mean) * this is z on the CDF table's grid, exactly
+        inverse_scales = t["inverse_scale"][(log_scales + ar.LOG_SCALE_LIMIT).long()]
+        self.inverse_scales = inverse_scales.mul_(2.0 ** (ar.CDF_TABLE_STEP_BITS - _Z_FRACTION))  # (N, C, M)
+        if channels == 3:
+            raw = per_channel[..., 2 * m :].clamp(-ar.TANH_INPUT_LIMIT, ar.TANH_INPUT_LIMIT)
+            self.coeffs = t["tanh"][(raw + ar.TANH_INPUT_LIMIT).long()]  # (N, 3, M) Q.12: alpha, beta, gamma
+
+    def _mean(self, c: int, known: torch.Tensor | None) -> torch.Tensor:
+        """Channel c's component means (N, M) on the 0..255 scale, Q.13, given values of channels < c."""
+        mean = self.means[:, c]
+        if c:
+            x = self.t["pixels"][known.long()]  # (N, >= c) Q.12
+            if c == 1:
+                shift = self.coeffs[:, 0] * x[:, 0:1]
+            else:
+                shift = self.coeffs[:, 1] * x[:, 0:1] + self.coeffs[:, 2] * x[:, 1:2]
+            mean = mean + shift.add_(ONE // 2).mul_(1.0 / ONE).floor_()  # Q.24 -> Q.12, half up
+        return (mean.clamp(-ar.MEAN_LIMIT, ar.MEAN_LIMIT) + ONE) * 255  # (mean + 1) * 127.5 in Q.13
+
+    def _cdf(self, c: int, known: torch.Tensor | None, edges: torch.Tensor) -> torch.Tensor:
+        """Component CDFs (N, M, E), Q.20, at edges given as values v (the edge v - 1/2), 1 <= v <= 255;
+        edges: (E,) for every pixel or (N, E)."""
+        position = edges.to(torch.float64) * EDGE_ONE - ONE  # Q.13
+        position = position.view(1, 1, -1) if edges.dim() == 1 else position.unsqueeze(1)
+        z = (position - self._mean(c, known).unsqueeze(-1)).mul_(self.inverse_scales[:, c].unsqueeze(-1))
+        index = z.floor_().clamp_(-_TABLE_CENTRE, _TABLE_CENTRE).add_(_TABLE_CENTRE).to(torch.int32)
+        return self.t["cdf"].index_select(0, index.view(-1)).view(index.shape)
+
+    def _weights(self, c: int, known: torch.Tensor | None) -> torch.Tensor:
+        """Component weights (N, M) int64 for channel c: the prior, updated by each known channel.
+        Kept per channel: an object's known values are those of its pixels, the same in every call."""
+        while len(self._posteriors) <= c:
+            prev = len(self._posteriors) - 1
+            weights = self._posteriors[prev]
+            probability = self._bin_probability(prev, known, known[:, prev].long())
+            posterior = _normalise(weights * probability)
+            self._posteriors.append(torch.where(posterior.sum(dim=1, keepdim=True) > 0, posterior, weights))
+        return self._posteriors[c]
+
+    def _bin_probability(self, c: int, known: torch.Tensor | None, value: torch.Tensor) -> torch.Tensor:
+        """Each component's Q.20 probability (N, M) int64 of value (N,) in channel c."""
+        edges = torch.stack([value, value + 1], dim=1).clamp(1, 255)
+        cdf = self._cdf(c, known, edges).to(torch.int64)
+        low = torch.where((value == 0).unsqueeze(1), 0, cdf[..., 0])
+        high = torch.where((value == 255).unsqueeze(1), CDF_ONE, cdf[..., 1])
+        return high - low
+
+    def tables(self, c: int, known: torch.Tensor | None = None) -> torch.Tensor:
+        """Counts (N, 256) int64 of channel c given the values (N, >= c) of channels < c; every row
+        sums to TABLE_TOTAL."""
+        weights = self._weights(c, known)
+        edges = torch.arange(1, 256, device=weights.device)
+        mixed = torch.bmm(weights.to(torch.float64).unsqueeze(1), self._cdf(c, known, edges)).squeeze(1)
+        cumulative = self._cumulative(mixed.to(torch.int64), weights)
+        n = cumulative.shape[0]
+        zero = torch.zeros(n, 1, dtype=torch.int64, device=cumulative.device)
+        full = torch.cat([zero, cumulative, torch.full_like(zero, ar.TABLE_TOTAL)], dim=1)
+        return full.diff(dim=1)
+
+    def symbol_bounds(self, c: int, known: torch.Tensor | None, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(start, count) int64 (N,) of value (N,) in channel c: the cumulative count below it and its
+        count in `tables(c, known)`, computed at its two edges only."""
+        weights = self._weights(c, known)
+        value = value.long()
+        edges = torch.stack([value, value + 1], dim=1).clamp(1, 255)
+        mixed = torch.bmm(weights.to(torch.float64).unsqueeze(1), self._cdf(c, known, edges)).squeeze(1)
+        cumulative = self._cumulative(mixed.to(torch.int64), weights)
+        low = torch.where(value == 0, 0, cumulative[:, 0])
+        high = torch.where(value == 255, ar.TABLE_TOTAL, cumulative[:, 1])
+        return low, high - low
+
+    @staticmethod
+    def _cumulative(mixed: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        total = weights.sum(dim=1, keepdim=True) * CDF_ONE
+        return torch.div(mixed * ar.TABLE_TOTAL, total, rounding_mode="floor")

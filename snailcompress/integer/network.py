@@ -1,0 +1,409 @@
+"""A trained float PixelSNAIL converted to integers: the network the codec runs on both sides.
+
+Conversion (`IntegerPixelSNAIL.convert`) is deterministic on every machine: each effective weight
+g * v / |v| is computed in float64 with correctly rounded elementwise operations and an exactly
+rounded sum (math.fsum) for the norm, the per-image calibration and the attention's 1/sqrt(dk) are
+folded in the same way, and each output channel's weights become integers w * 2**k (|w| <= 2**14)
+so that requantising its output is a shift by k. Every layer records the largest accumulator its
+inputs can produce (`bound`); conversion refuses a model for which one reaches 2**52.
+
+The network runs in two ways that give identical integers (arithmetic.py explains why):
+
+* `forward(pixels)`: the full forward pass over a batch of windows, all positions at once: the
+  encoder's one pass (codec/coder.py, chunks of windows bounded in memory);
+* `stepper(batch, h, w)`: one position at a time with cached rows and keys/values (as
+  models/stepper.py does in float): the decoder.
+
+Layout is channels-last (B, H, W, C) throughout: every layer is a matrix product over the last axis,
+the same product in both ways (a 2x2 down-right-shifted conv reads (i-1, j-1), (i-1, j), (i, j-1),
+(i, j) in that order).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..models.layers import GatedResnet, WeightNormConv2d
+from ..models.pixelsnail import PixelSNAIL, PixelSNAILConfig
+from . import arithmetic as ar
+from .arithmetic import ONE
+
+
+# ---------------------------------------------------------------------------------------------
+# Conversion
+
+
+def _effective_weight(conv: WeightNormConv2d) -> np.ndarray:
+    """g * v / |v| as float64 (out, kh * kw * in), inputs ordered (kernel row, column, channel);
+    the norm summed by math.fsum so that no machine's reduction order can change a bit."""
+    v = conv.v.detach().cpu().double().numpy()
+    g = conv.g.detach().cpu().double().numpy()
+    flat = v.reshape(v.shape[0], -1)
+    norms = np.array([math.sqrt(math.fsum(row.tolist())) for row in flat * flat])
+    weight = v * (g / norms).reshape(-1, 1, 1, 1)
+    return weight.transpose(0, 2, 3, 1).reshape(v.shape[0], -1)
+
+
+class IntegerLinear:
+    """A conv as an integer matrix: out = round_half_up((x @ w + b) * 2**-k) per output channel,
+    clamped to the activation range; x holds Q.12 integers, w * 2**-k the weights.
+
+    The last `gate_channels` outputs feed a gate's sigmoid table: they are offset by 16 (in Q.12) and
+    clamped to the table's range [0, 2 * 16] instead, so the gate reads the table directly."""
+
+    def __init__(self, weight: np.ndarray, bias: np.ndarray, name: str, gate_channels: int = 0):
+        """weight (out, in) and bias (out,) as float64, already exactly what the layer computes."""
+        largest = np.abs(weight).max(axis=1)
+        shifts = [0 if m == 0 else min(ar.MAX_WEIGHT_SHIFT, ar.WEIGHT_BITS - math.frexp(m)[1]) for m in largest.tolist()]
+        shift = np.array(shifts, dtype=np.float64)
+        integer_weight = np.floor(weight * np.exp2(shift)[:, None] + 0.5)
+        integer_bias = np.floor(bias * np.exp2(shift + ar.ACTIVATION_BITS) + 0.5)
+        outputs = len(shifts)
+        low = np.full(outputs, -float(ar.ACTIVATION_LIMIT))
+        high = np.full(outputs, float(ar.ACTIVATION_LIMIT))
+        if gate_channels:
+            integer_bias[-gate_channels:] += ar.EXP_INPUT_LIMIT * np.exp2(shift[-gate_channels:])
+            low[-gate_channels:], high[-gate_channels:] = 0, 2 * ar.EXP_INPUT_LIMIT
+        self.name = name
+        self.bound = max(
+            sum(abs(int(w)) for w in row) * ar.ACTIVATION_LIMIT + abs(int(b)) + 2 ** max(int(k) - 1, 0)
+            for row, b, k in zip(integer_weight.tolist(), integer_bias.tolist(), shifts)
+        )
+        if self.bound >= ar.ACCUMULATOR_LIMIT or not np.isfinite(integer_bias).all():
+            raise ValueError(f"{name}: an accumulator could reach 2**{math.log2(max(self.bound, 1)):.1f}, "
+                             "beyond exact float64 arithmetic")
+        self.weight = torch.from_numpy(integer_weight.T.copy())  # (in, out) integers
+        self.bias = torch.from_numpy(integer_bias)  # integers, in units of 2**-(12 + k)
+        self.shift = torch.from_numpy(shift)
+        # What runs: the weights and bias times 2**-k, with the rounding's 1/2 in the bias. Every
+        # partial sum is then an integer multiple of 2**-k below 2**(52 - k): exact, so flooring it
+        # gives round_half_up of the integer accumulator times 2**-k.
+        self._weight = self.weight * torch.exp2(-self.shift)
+        self._bias = (self.bias + torch.exp2(self.shift - 1)) * torch.exp2(-self.shift)
+        self._low, self._high = torch.from_numpy(low), torch.from_numpy(high)
+        self._gated = bool(gate_channels)
+
+    @classmethod
+    def from_conv(cls, conv: WeightNormConv2d, name: str, output_gain: np.ndarray | None = None,
+                  output_shift: np.ndarray | None = None, input_gain: np.ndarray | None = None,
+                  gate_channels: int = 0) -> IntegerLinear:
+        weight, bias = _effective_weight(conv), conv.b.detach().cpu().double().numpy()
+        if input_gain is not None:
+            weight = weight * input_gain[None, :]
+        if output_gain is not None:
+            weight, bias = weight * output_gain[:, None], bias * output_gain
+        if output_shift is not None:
+            bias = bias + output_shift
+        return cls(weight, bias, name, gate_channels)
+
+    def to(self, device) -> IntegerLinear:
+        for name in ("weight", "bias", "shift", "_weight", "_bias", "_low", "_high"):
+            setattr(self, name, getattr(self, name).to(device))
+        return self
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.addmm(self._bias, x.reshape(-1, x.shape[-1]), self._weight).floor_()
+        out = torch.clamp(out, self._low, self._high) if self._gated else ar.clamp_activation(out)
+        return out.view(*x.shape[:-1], -1)
+
+    def down_right_2x2(self, h: torch.Tensor) -> torch.Tensor:
+        """The 2x2 down-right-shifted conv over (B, H, W, C): each position's inputs at (i-1, j-1),
+        (i-1, j), (i, j-1), (i, j), side by side, times the weight matrix."""
+        height, width = h.shape[1:3]
+        p = F.pad(h, (0, 0, 1, 0, 1, 0))
+        return self(torch.cat([p[:, :height, :width], p[:, :height, 1:], p[:, 1:, :width], p[:, 1:, 1:]], dim=-1))
+
+
+@dataclass
+class IntegerResnet:
+    """GatedResnet in integers: x + A * sigmoid(B), [A, B] = conv(ELU(conv(ELU(x)) + nin(ELU(aux))))."""
+
+    conv_in: IntegerLinear
+    conv_out: IntegerLinear
+    aux_in: IntegerLinear | None
+    spatial: bool  # 2x2 down-right-shifted convs (else 1x1)
+
+    @classmethod
+    def convert(cls, block: GatedResnet, name: str, spatial: bool) -> IntegerResnet:
+        if block.f is not F.elu:
+            raise ValueError("the integer network supports the paper's ELU, not concat_elu")
+        aux = IntegerLinear.from_conv(block.aux_in, f"{name}.aux_in") if block.aux_in is not None else None
+        gates = block.conv_out.v.shape[0] // 2
+        return cls(IntegerLinear.from_conv(block.conv_in, f"{name}.conv_in"),
+                   IntegerLinear.from_conv(block.conv_out, f"{name}.conv_out", gate_channels=gates), aux, spatial)
+
+    def linears(self):
+        return [lin for lin in (self.conv_in, self.conv_out, self.aux_in) if lin is not None]
+
+    def _conv(self, linear: IntegerLinear, h: torch.Tensor) -> torch.Tensor:
+        return linear.down_right_2x2(h) if self.spatial else linear(h)
+
+    def forward(self, x: torch.Tensor, t: dict, aux: torch.Tensor | None = None) -> torch.Tensor:
+        """Full forward over (B, H, W, C)."""
+        c1 = self._conv(self.conv_in, ar.elu(x, t))
+        if aux is not None:
+            c1 = ar.clamp_activation(c1 + self.aux_in(ar.elu(aux, t)))
+        c2 = self._conv(self.conv_out, ar.elu(c1, t))
+        a, b = c2.chunk(2, dim=-1)
+        return ar.gate(x, a, b, t)
+
+
+class IntegerPixelSNAIL:
+    """The integer twin of a PixelSNAIL (see the module docstring). Outputs mixture parameters in Q.12,
+    channels-last, in the layout of snailcompress.mixture."""
+
+    def __init__(self, config: PixelSNAILConfig, input_above, input_left, blocks, head, device="cpu"):
+        self.config, self.input_above, self.input_left, self.blocks, self.head = config, input_above, input_left, blocks, head
+        self.device = torch.device(device)
+
+    @classmethod
+    def convert(cls, model: PixelSNAIL, calibration=None) -> IntegerPixelSNAIL:
+        """`calibration`: a codec.calibration.Calibration folded into the head (or None)."""
+        cfg = model.config
+        if not isinstance(model, PixelSNAIL):
+            raise ValueError("only PixelSNAIL models convert to the integer network")
+        blocks = []
+        query_gain = np.full(cfg.key_channels, 1.0 / math.sqrt(cfg.key_channels))
+        for b, block in enumerate(model.blocks):
+            name = f"blocks.{b}"
+            blocks.append({
+                "resnets": [IntegerResnet.convert(r, f"{name}.resnets.{i}", True) for i, r in enumerate(block.resnets)],
+                "kv_resnet": IntegerResnet.convert(block.kv_resnet, f"{name}.kv_resnet", False),
+                "kv_proj": IntegerLinear.from_conv(block.kv_proj, f"{name}.kv_proj"),
+                "q_resnet": IntegerResnet.convert(block.q_resnet, f"{name}.q_resnet", False),
+                "q_proj": IntegerLinear.from_conv(block.q_proj, f"{name}.q_proj", output_gain=query_gain),
+                "out_resnet": IntegerResnet.convert(block.out_resnet, f"{name}.out_resnet", False),
+            })
+        head_args = {}
+        outputs, features = model.head.v.shape[:2]
+        if calibration is not None and calibration.outputs != outputs:
+            raise ValueError(f"the calibration is for {calibration.outputs} outputs, the model has {outputs}")
+        if calibration is not None and calibration.features not in (0, features):
+            raise ValueError(f"the calibration is for {calibration.features} features, the model's head reads {features}")
+        if calibration is not None:
+            head_args["output_gain"] = 1.0 + np.array(calibration.scale, dtype=np.float64)
+            head_args["output_shift"] = np.array(calibration.shift, dtype=np.float64)
+            if calibration.features:
+                head_args["input_gain"] = 1.0 + np.array(calibration.feature_gain, dtype=np.float64)
+        head = IntegerLinear.from_conv(model.head, "head", **head_args)
+        return cls(cfg, IntegerLinear.from_conv(model.input_above, "input_above"),
+                   IntegerLinear.from_conv(model.input_left, "input_left"), blocks, head)
+
+    def linears(self) -> list[IntegerLinear]:
+        out = [self.input_above, self.input_left]
+        for block in self.blocks:
+            for resnet in [*block["resnets"], block["kv_resnet"], block["q_resnet"], block["out_resnet"]]:
+                out += resnet.linears()
+            out += [block["kv_proj"], block["q_proj"]]
+        return out + [self.head]
+
+    def to(self, device) -> IntegerPixelSNAIL:
+        for linear in self.linears():
+            linear.to(device)
+        self.device = torch.device(device)
+        return self
+
+    def digest(self) -> str:
+        """SHA-256 of every integer weight, bias and shift: equal on every machine for the same model."""
+        import hashlib
+
+        h = hashlib.sha256()
+        for linear in self.linears():
+            for t in (linear.weight, linear.bias, linear.shift):
+                h.update(t.cpu().to(torch.int64).numpy().astype("<i8").tobytes())
+        return h.hexdigest()
+
+    # -----------------------------------------------------------------------------------------
+    # The full forward pass (encoder)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        """pixels: integer values 0..255, (B, C, H, W) -> mixture parameters (B, H, W, K), Q.12."""
+        t = ar.on(str(self.device))
+        x = t["pixels"][pixels.to(self.device).long()].permute(0, 2, 3, 1)  # (B, H, W, C) Q.12
+        batch, height, width, _ = x.shape
+        xp = torch.cat([x, torch.full_like(x[..., :1], ONE)], dim=-1)
+        above = F.pad(xp, (0, 0, 1, 1, 1, 0))  # one row on top, one column each side
+        ul = self.input_above(torch.cat([above[:, :height, k : k + width] for k in range(3)], dim=-1))
+        ul[:, 0] = 0  # down_shift: nothing above row 0
+        left = F.pad(xp, (0, 0, 1, 0, 1, 0))
+        from_left = self.input_left(torch.cat([left[:, :height, :width], left[:, 1:, :width]], dim=-1))
+        from_left[:, :, 0] = 0  # right_shift: nothing left of column 0
+        ul = ar.clamp_activation(ul + from_left)
+        background = self._background(height, width).expand(batch, -1, -1, -1)
+        for block in self.blocks:
+            for resnet in block["resnets"]:
+                ul = resnet.forward(ul, t)
+            kv = block["kv_proj"](block["kv_resnet"].forward(torch.cat([x, ul, background], dim=-1), t))
+            query = block["q_proj"](block["q_resnet"].forward(torch.cat([ul, background], dim=-1), t))
+            key, value = kv.split([self.config.key_channels, self.config.value_channels], dim=-1)
+            attended = _causal_attention(query.flatten(1, 2), key.flatten(1, 2), value.flatten(1, 2), t)
+            ul = block["out_resnet"].forward(ul, t, aux=attended.view(batch, height, width, -1))
+        return self.head(ar.elu(ul, t))
+
+    def _background(self, height: int, width: int) -> torch.Tensor:
+        rows = ar.positional_channel(height).to(self.device).view(height, 1).expand(height, width)
+        cols = ar.positional_channel(width).to(self.device).view(1, width).expand(height, width)
+        return torch.stack([rows, cols], dim=-1).unsqueeze(0)
+
+    def stepper(self, batch: int, height: int, width: int) -> IntegerStepper:
+        return IntegerStepper(self, batch, height, width)
+
+
+def check_positions(positions: int) -> None:
+    """The attention's weighted sums stay exact only below 2**16 positions per window."""
+    if positions * (1 << ar.ATTENTION_WEIGHT_BITS) * ar.ACTIVATION_LIMIT >= ar.ACCUMULATOR_LIMIT:
+        raise ValueError(f"windows of {positions} positions are too large for exact attention")
+
+
+_MASKED = -(2.0**60)  # a logit no real one comes near (|logit| < 2**44): its weight is exp(-huge) = 0
+QUERY_BLOCK = 64  # queries per block of the full pass's attention (temporaries of a few MB, not n^2)
+
+
+def _attention_weights(logits: torch.Tensor, t: dict) -> torch.Tensor:
+    """exp(logit - max) in Q.16 (N, ..., P) of Q.24 logits, masked positions holding _MASKED; the
+    distance to the max is floored to Q.12 and clamped at 16, where the table is 0."""
+    top = logits.amax(dim=-1, keepdim=True)
+    distance = torch.sub(top, logits, out=logits).mul_(1.0 / ONE).floor_().clamp_(0, ar.EXP_INPUT_LIMIT)
+    index = distance.to(torch.int32)
+    return t["exp16"].index_select(0, index.view(-1)).view(index.shape)
+
+
+def _normalise(weighted: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
+    """round_half_up(weighted / total) with int64 floor division (total > 0)."""
+    num, den = weighted.to(torch.int64), total.to(torch.int64)
+    return torch.div(2 * num + den, 2 * den, rounding_mode="floor").to(torch.float64)
+
+
+def _causal_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, t: dict) -> torch.Tensor:
+    """(B, N, dk), (B, N, dk), (B, N, dv) -> (B, N, dv): position i attends to positions j < i;
+    position 0, which has nothing to attend to, gets 0. In blocks of queries, each reading only the
+    keys before its last query."""
+    batch, n, _ = query.shape
+    check_positions(n)
+    out = torch.zeros(batch, n, value.shape[-1], dtype=torch.float64, device=query.device)
+    keys = key.transpose(1, 2)
+    for a in range(1, n, QUERY_BLOCK):
+        b = min(n, a + QUERY_BLOCK)
+        logits = torch.bmm(query[:, a:b], keys[:, :, : b - 1])  # (B, b - a, b - 1)
+        later = torch.arange(b - 1, device=query.device) >= torch.arange(a, b, device=query.device).unsqueeze(1)
+        weights = _attention_weights(logits.masked_fill_(later, _MASKED), t)
+        out[:, a:b] = _normalise(torch.bmm(weights, value[:, : b - 1]), weights.sum(dim=-1, keepdim=True))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The incremental stepper (decoder)
+
+
+class IntegerStepper:
+    """The integer network one position at a time for a batch of windows (the interface of
+    models/stepper.py: predict(), commit(values, advance), restart(slots)); each slot has its own
+    position. Gives exactly the integers of `IntegerPixelSNAIL.forward` at every position."""
+
+    def __init__(self, net: IntegerPixelSNAIL, batch: int, height: int, width: int):
+        cfg, device = net.config, net.device
+        check_positions(height * width)
+        self.net, self.cfg, self.batch, self.height, self.width, self.device = net, cfg, batch, height, width, device
+        self.t = ar.on(str(device))
+        self.position = torch.zeros(batch, dtype=torch.long, device=device)
+        zeros = lambda *shape: torch.zeros(*shape, dtype=torch.float64, device=device)  # noqa: E731
+        self.caches = [[(zeros(batch * 2 * (width + 1), cfg.filters), zeros(batch * 2 * (width + 1), cfg.filters))
+                        for _ in block["resnets"]] for block in net.blocks]
+        n = height * width
+        self.keys = [zeros(batch, cfg.key_channels, n) for _ in net.blocks]
+        self.values = [zeros(batch, n, cfg.value_channels) for _ in net.blocks]
+        self.pixels = zeros(batch * (height + 1) * (width + 2), cfg.channels + 1)  # padded, with the ones channel
+        self.rows = ar.positional_channel(height).to(device)
+        self.cols = ar.positional_channel(width).to(device)
+        self._slots = torch.arange(batch, device=device)
+        self._features: list[torch.Tensor] = []
+
+    def restart(self, slots: torch.Tensor) -> None:
+        slots = slots.to(self.device)
+        self.position[slots] = 0
+        self.pixels.view(self.batch, -1)[slots] = 0.0
+        for caches in self.caches:
+            for pair in caches:
+                for cache in pair:
+                    cache.view(self.batch, -1)[slots] = 0.0
+
+    def _where(self):
+        width, height = self.width, self.height
+        i, j = self.position // width, self.position % width
+        slots = self._slots
+        current = (slots * 2 + i % 2) * (width + 1)
+        previous = (slots * 2 + (i + 1) % 2) * (width + 1)
+        self._row_write = current + j + 1
+        self._row_read = torch.stack([previous + j, previous + j + 1, current + j, current + j + 1], 1).view(-1)
+        base = slots * (height + 1) * (width + 2) + i * (width + 2) + j
+        self._pixels_above = torch.stack([base, base + 1, base + 2], 1).view(-1)
+        self._pixels_left = torch.stack([base, base + width + 2], 1).view(-1)
+        self._pixel_write = base + width + 3
+        self._background = torch.stack([self.rows[i], self.cols[j]], 1)
+        self._i, self._j = i, j
+        self._longest = int(self.position.max())
+        self._waiting = bool((self.position < self._longest).any())
+
+    def _window(self, cache: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        cache.index_copy_(0, self._row_write, value)
+        return cache.index_select(0, self._row_read).view(self.batch, -1)
+
+    def _resnet(self, resnet: IntegerResnet, x: torch.Tensor, caches=None, aux=None) -> torch.Tensor:
+        t = self.t
+        h = ar.elu(x, t)
+        c1 = resnet.conv_in(self._window(caches[0], h) if caches else h)
+        if aux is not None:
+            c1 = ar.clamp_activation(c1 + resnet.aux_in(ar.elu(aux, t)))
+        h = ar.elu(c1, t)
+        c2 = resnet.conv_out(self._window(caches[1], h) if caches else h)
+        a, b = c2.chunk(2, dim=1)
+        return ar.gate(x, a, b, t)
+
+    @torch.no_grad()
+    def predict(self) -> torch.Tensor:
+        """Mixture parameters (B, K), Q.12, of the pixel at each slot's position."""
+        self._where()
+        net = self.net
+        above = net.input_above(self.pixels.index_select(0, self._pixels_above).view(self.batch, -1))
+        left = net.input_left(self.pixels.index_select(0, self._pixels_left).view(self.batch, -1))
+        ul = ar.clamp_activation(above * (self._i > 0).unsqueeze(1) + left * (self._j > 0).unsqueeze(1))
+        self._features = []
+        for b, block in enumerate(net.blocks):
+            for resnet, caches in zip(block["resnets"], self.caches[b]):
+                ul = self._resnet(resnet, ul, caches)
+            self._features.append(ul)
+            query = block["q_proj"](self._resnet(block["q_resnet"], torch.cat([ul, self._background], 1)))
+            ul = self._resnet(block["out_resnet"], ul, aux=self._attend(query, b))
+        return net.head(ar.elu(ul, self.t))
+
+    def _attend(self, query: torch.Tensor, b: int) -> torch.Tensor:
+        longest = self._longest
+        if longest == 0:
+            return torch.zeros(self.batch, self.cfg.value_channels, dtype=torch.float64, device=self.device)
+        logits = torch.bmm(query.unsqueeze(1), self.keys[b][:, :, :longest])  # (B, 1, p)
+        if self._waiting:  # slots behind the others: their later positions are not theirs
+            later = torch.arange(longest, device=self.device) >= self.position.unsqueeze(1)
+            logits.masked_fill_(later.unsqueeze(1), _MASKED)
+        weights = _attention_weights(logits, self.t)
+        out = _normalise(torch.bmm(weights, self.values[b][:, :longest]), weights.sum(dim=-1, keepdim=True)).squeeze(1)
+        return out.masked_fill_((self.position == 0).unsqueeze(1), 0.0) if self._waiting else out
+
+    @torch.no_grad()
+    def commit(self, values: torch.Tensor, advance: torch.Tensor | None = None) -> None:
+        """Pixel values (B, C) 0..255 at each slot's position; slots in `advance` move on."""
+        if len(self._features) != len(self.net.blocks):
+            raise RuntimeError("commit() must follow predict() for the same position")
+        x = self.t["pixels"][values.to(self.device).long()]
+        ones = torch.full_like(x[:, :1], ONE)
+        self.pixels.index_copy_(0, self._pixel_write, torch.cat([x, ones], 1))
+        for b, (block, ul) in enumerate(zip(self.net.blocks, self._features)):
+            kv = block["kv_proj"](self._resnet(block["kv_resnet"], torch.cat([x, ul, self._background], 1)))
+            self.keys[b][self._slots, :, self.position] = kv[:, : self.cfg.key_channels]
+            self.values[b][self._slots, self.position] = kv[:, self.cfg.key_channels :]
+        self._features = []
+        self.position += 1 if advance is None else advance.to(self.device).long()

@@ -1,0 +1,220 @@
+"""The integer network: deterministic conversion, exact arithmetic, identical tables on every path.
+
+Tables are compared directly (arrays, not round trips): thread counts, batch sizes, compositions and
+orders, the incremental stepper against the full forward pass, and against pinned digests of the
+lookup tables and of the shipped models' conversion, so that any change of arithmetic shows up here
+and needs a new arithmetic version.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from snailcompress import mixture
+from snailcompress.codec.calibration import Calibration
+from snailcompress.integer import arithmetic as ar
+from snailcompress.integer.mixture import IntegerConditionals
+from snailcompress.integer.network import IntegerLinear, IntegerPixelSNAIL
+from snailcompress.zoo import load_model
+
+#: SHA-256 of arithmetic version 1's lookup tables (arithmetic.table_digest).
+TABLE_DIGEST = "e5e6352564d93efdbc6c93242916f8c808b2fbc3d676602e165a4d93b2d8c7e1"
+#: The integer weights of the shipped models under arithmetic version 1 (IntegerPixelSNAIL.digest).
+PINNED = {"snail-rgb": "54133c73cf937cbe", "snail-gray": "136a6c461a591cae"}
+
+
+def _net(channels: int, preset: str = "pixelsnail-tiny") -> IntegerPixelSNAIL:
+    return IntegerPixelSNAIL.convert(load_model(preset, channels=channels).model)
+
+
+def _images(n: int, channels: int, height: int, width: int, seed: int) -> torch.Tensor:
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 256, (n, channels, 1, 1))
+    noise = rng.integers(-20, 21, (n, channels, height, width))
+    return torch.from_numpy(np.clip(base + noise.cumsum(axis=3), 0, 255).astype(np.uint8))
+
+
+def test_lookup_tables_are_pinned():
+    assert ar.table_digest() == TABLE_DIGEST
+
+
+def test_lookup_tables_follow_their_functions():
+    t = ar.tables()
+    k = torch.arange(0, ar.EXP_INPUT_LIMIT + 1, 97, dtype=torch.float64)
+    assert torch.equal(t["elu"][k.long()], torch.floor(ar.ONE * torch.expm1(-k / ar.ONE) + 0.5))
+    x = torch.arange(-ar.EXP_INPUT_LIMIT, ar.EXP_INPUT_LIMIT + 1, 101, dtype=torch.float64)
+    expected = ar.ONE * torch.sigmoid(x / ar.ONE)
+    assert (t["sigmoid"][(x + ar.EXP_INPUT_LIMIT).long()] - expected).abs().max() <= 0.5 + 1e-9
+    assert torch.equal(t["sigmoid"] + t["sigmoid"].flip(0), torch.full_like(t["sigmoid"], ar.ONE))  # odd about 1/2
+    assert torch.equal(t["tanh"], -t["tanh"].flip(0))
+    cdf = t["cdf"]
+    assert cdf[0] == 0 and cdf[-1] == 1 << ar.CDF_BITS and bool((cdf.diff() >= 0).all())
+    z = torch.arange(-16 * 8192, 16 * 8192 + 1, 1009, dtype=torch.float64)
+    expected = (1 << ar.CDF_BITS) * torch.sigmoid(z / 8192)
+    assert (cdf[(z + 16 * 8192).long()] - expected).abs().max() <= 0.5 + 1e-6
+    assert t["pixels"][0] == -ar.ONE and t["pixels"][255] == ar.ONE and bool((t["pixels"].diff() > 0).all())
+
+
+@pytest.mark.parametrize("name", ["snail-rgb", "snail-gray"])
+def test_shipped_conversion_is_pinned_and_independent_of_threads(name):
+    model = load_model(name).model
+    digests = set()
+    for threads in (1, 2, 4):
+        torch.set_num_threads(threads)
+        digests.add(IntegerPixelSNAIL.convert(model).digest()[:16])
+    torch.set_num_threads(1)
+    assert digests == {PINNED[name]}
+
+
+def test_every_layer_bound_holds_on_worst_case_inputs():
+    """The bound each layer records is reached by inputs at the activation limit with the signs of a
+    row's weights; the float64 product of those equals the exact int64 one, and stays below 2**52."""
+    net = IntegerPixelSNAIL.convert(load_model("snail-rgb").model)
+    for linear in net.linears():
+        assert linear.bound < ar.ACCUMULATOR_LIMIT, linear.name
+        weight = linear.weight  # (in, out)
+        worst = torch.sign(weight.t()) * ar.ACTIVATION_LIMIT  # row o: the input that maximises output o
+        exact = worst.to(torch.int64) @ weight.to(torch.int64) + linear.bias.to(torch.int64)
+        floating = torch.addmm(linear.bias, worst, weight)
+        assert torch.equal(floating, exact.to(torch.float64)), linear.name
+        assert int(floating.abs().max()) <= linear.bound
+
+
+def test_conversion_refuses_weights_beyond_exact_arithmetic():
+    """Tiny weights get a large shift; a large bias at that shift would overflow the accumulator."""
+    with pytest.raises(ValueError, match="beyond exact"):
+        IntegerLinear(np.full((1, 4), 1e-6), np.array([1000.0]), "tiny weights, large bias")
+    IntegerLinear(np.full((1, 4), 1e-6), np.array([1.0]), "fine")
+
+
+@pytest.mark.parametrize("channels", [3, 1])
+def test_stepper_equals_the_full_forward_pass_at_every_position(channels):
+    net = _net(channels)
+    images = _images(3, channels, 6, 7, seed=channels)
+    full = net.forward(images)
+    stepper = net.stepper(3, 6, 7)
+    for p in range(42):
+        i, j = divmod(p, 7)
+        assert torch.equal(stepper.predict(), full[:, i, j]), p
+        stepper.commit(images[:, :, i, j])
+
+
+def test_slots_at_different_positions_get_their_own_window_exactly():
+    """A slot that waits (the codec starts windows at different steps) and a slot that restarts on a
+    new image give, at every position, the integers of the full pass over their own image."""
+    net = _net(3)
+    images = _images(3, 3, 5, 5, seed=7)
+    full = net.forward(images)
+    stepper = net.stepper(2, 5, 5)
+    seen = {0: 0, 1: 0}  # slot -> positions done
+    image_of = {0: 0, 1: 1}
+    for step in range(60):
+        advance = torch.tensor([True, step % 3 == 0])
+        params = stepper.predict()
+        for slot in (0, 1):
+            i, j = divmod(seen[slot], 5)
+            assert torch.equal(params[slot], full[image_of[slot], i, j]), (step, slot)
+        values = torch.stack([images[image_of[s], :, *divmod(seen[s], 5)] for s in (0, 1)])
+        stepper.commit(values, advance)
+        for slot in (0, 1):
+            seen[slot] += int(advance[slot])
+        if seen[0] == 25:  # slot 0 starts the third image
+            stepper.restart(torch.tensor([True, False]))
+            seen[0], image_of[0] = 0, 2
+        if seen[1] == 25:
+            break
+
+
+def _tables(net: IntegerPixelSNAIL, images: torch.Tensor) -> list[torch.Tensor]:
+    params = net.forward(images)
+    values = images.permute(0, 2, 3, 1).reshape(-1, images.shape[1]).long()
+    conditionals = IntegerConditionals(params.reshape(-1, params.shape[-1]), images.shape[1])
+    return [conditionals.tables(c, values[:, :c]) for c in range(images.shape[1])]
+
+
+def test_tables_do_not_depend_on_threads_batch_composition_or_order():
+    net = _net(3, "pixelsnail-small")
+    images = _images(6, 3, 9, 11, seed=3)
+    reference = [t.reshape(6, -1, 256) for t in _tables(net, images)]
+    for threads in (1, 2, 4):
+        torch.set_num_threads(threads)
+        alone = [t.reshape(1, -1, 256) for t in _tables(net, images[2:3])]
+        permuted = [t.reshape(6, -1, 256) for t in _tables(net, images[[5, 2, 0, 1, 4, 3]])]
+        pair = [t.reshape(2, -1, 256) for t in _tables(net, images[[4, 2]])]
+        for c in range(3):
+            assert torch.equal(alone[c][0], reference[c][2])
+            assert torch.equal(permuted[c][1], reference[c][2])
+            assert torch.equal(pair[c][1], reference[c][2])
+    torch.set_num_threads(1)
+
+
+@pytest.mark.parametrize("channels", [3, 1])
+def test_tables_are_exact_integer_distributions(channels):
+    net = _net(channels)
+    images = _images(2, channels, 8, 8, seed=11)
+    values = images.permute(0, 2, 3, 1).reshape(-1, channels).long()
+    conditionals = IntegerConditionals(net.forward(images).reshape(len(values), -1), channels)
+    for c in range(channels):
+        table = conditionals.tables(c, values[:, :c])
+        assert table.dtype == torch.int64 and bool((table >= 0).all())
+        assert bool((table.sum(dim=1) == ar.TABLE_TOTAL).all())
+        start, count = conditionals.symbol_bounds(c, values[:, :c], values[:, c])
+        rows = torch.arange(len(values))
+        assert torch.equal(count, table[rows, values[:, c]])
+        assert torch.equal(start, table.cumsum(dim=1)[rows, values[:, c]] - table[rows, values[:, c]])
+
+
+def test_extreme_parameters_still_give_valid_tables():
+    """Means far outside the range, the smallest and largest scales, saturated logits and coefficients."""
+    m, n = 4, 64
+    rng = np.random.default_rng(0)
+    params = torch.from_numpy(rng.choice([-2**20, -9 * 4096, 0, 5, 9 * 4096, 2**20], (n, 10 * m))).double()
+    conditionals = IntegerConditionals(params, 3)
+    values = torch.from_numpy(rng.integers(0, 256, (n, 3)))
+    for c in range(3):
+        table = conditionals.tables(c, values[:, :c])
+        assert bool((table.sum(dim=1) == ar.TABLE_TOTAL).all()) and bool((table >= 0).all())
+
+
+def test_integer_tables_cost_little_against_the_float_model():
+    """On a real image crop, the integer tables' code length is within 0.3% of the float model's NLL."""
+    from PIL import Image
+
+    from importlib import resources
+
+    model = load_model("snail-rgb").model
+    crop = np.array(Image.open(resources.files("snailcompress") / "assets" / "kodim23-crop.png").convert("RGB"))[:34, :68]
+    images = torch.from_numpy(np.stack([crop[:, :34], crop[:, 34:]])).permute(0, 3, 1, 2).contiguous()
+    values = images.permute(0, 2, 3, 1).reshape(-1, 3).long()
+    net = IntegerPixelSNAIL.convert(model)
+    conditionals = IntegerConditionals(net.forward(images).reshape(len(values), -1), 3)
+    bits = 0.0
+    for c in range(3):
+        _, count = conditionals.symbol_bounds(c, values[:, :c], values[:, c])
+        bits += float((ar.PRECISION_BITS - torch.log2(count.double() + 1)).sum())
+    with torch.no_grad():
+        nats = -mixture.log_prob(mixture.to_unit(images), model(mixture.to_unit(images))).sum()
+    float_bits = float(nats) / math.log(2)
+    assert abs(bits / float_bits - 1) < 0.003, (bits, float_bits)
+
+
+def test_calibration_is_folded_into_the_head_deterministically():
+    model = load_model("snail-rgb").model
+    k, f = model.head.v.shape[:2]
+    rng = np.random.default_rng(1)
+    calibration = Calibration(tuple(np.float16(rng.normal(0, 0.05, k)).astype(float).tolist()),
+                              tuple(np.float16(rng.normal(0, 0.05, k)).astype(float).tolist()),
+                              tuple(np.float16(rng.normal(0, 0.05, f)).astype(float).tolist()))
+    a = IntegerPixelSNAIL.convert(model, calibration)
+    b = IntegerPixelSNAIL.convert(model, calibration)
+    plain = IntegerPixelSNAIL.convert(model)
+    assert a.digest() == b.digest() != plain.digest()
+    images = _images(1, 3, 4, 4, seed=5)
+    # the folded head computes (1 + scale) * (W (1 + gain) f + b) + shift, up to the integer rounding
+    feature_out = IntegerPixelSNAIL.convert(model).forward(images)  # not calibrated
+    calibrated_out = a.forward(images)
+    assert not torch.equal(feature_out, calibrated_out)
