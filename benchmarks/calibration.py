@@ -29,9 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import publish, run, run_facts  # noqa: E402
 from default_models import heldout_files  # noqa: E402
 
-from snailcompress.api import DEFAULT_CONTEXT, DEFAULT_TILE, context_band  # noqa: E402
+from snailcompress.api import DEFAULT_CONTEXT, DEFAULT_TILE  # noqa: E402
 from snailcompress.codec import calibration  # noqa: E402
-from snailcompress.codec.tiles import WindowPlan  # noqa: E402
+from snailcompress.codec.tiles import WindowPlan, default_band  # noqa: E402
 from snailcompress.zoo import load_model  # noqa: E402
 
 
@@ -61,7 +61,7 @@ def main() -> None:
         plane = np.asarray(Image.open(path).convert("RGB"))
         height, width = plane.shape[:2]
         plan = WindowPlan.for_image(height, width, (DEFAULT_TILE,) * 2, (DEFAULT_CONTEXT,) * 2,
-                                    context_band(height, width, DEFAULT_TILE))
+                                    default_band(height, width, (DEFAULT_TILE,) * 2, (DEFAULT_CONTEXT,) * 2))
         every = plan.rows * plan.cols
         features, values = calibration.sample_pixels(model, plan, plane, windows=every, pixels=None)
         bits = {"none": calibration.nll_bits(head, features, values, None)}

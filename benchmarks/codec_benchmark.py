@@ -9,9 +9,9 @@ batch of tiles, padding excluded), the real .snail file (payload and header), an
 
 --variants codes each image in several ways, each with its file size and times, the first the
 reference of the others (VARIANTS: `default` is plain `snailcompress encode`; `static`, the shipped
-model as it is, `--no-calibrate`, whose payload should match the model NLL; `adapt`, `--adapt`):
+model as it is, `--no-calibrate`, whose payload should match the model NLL):
 
-    python benchmarks/codec_benchmark.py --heldout --threads 2 --variants static,default,adapt --codecs jpegxl-e9
+    python benchmarks/codec_benchmark.py --heldout --threads 2 --variants static,default --codecs jpegxl-e9
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ from tiling import tiled_nll_bits  # noqa: E402
 from snailcompress.api import DEFAULT_CONTEXT, DEFAULT_TILE, ModelChooser, decode_file, encode_file  # noqa: E402
 from snailcompress.bench.codecs import get_codecs  # noqa: E402
 from snailcompress.codec import container  # noqa: E402
-from snailcompress.codec.adaptation import Adaptation  # noqa: E402
 
 
 def crops_of(path: Path, sizes: list[str], workdir: Path) -> list[Path]:
@@ -57,8 +56,6 @@ def crops_of(path: Path, sizes: list[str], workdir: Path) -> list[Path]:
 VARIANTS = {
     "default": ({}, "`snailcompress encode`"),
     "static": ({"calibrate": False}, "`snailcompress encode --no-calibrate` (the shipped model as it is)"),
-    "adapt": ({"adaptation": Adaptation()}, f"`snailcompress encode --adapt` ({Adaptation()})"),
-    "adapt-static": ({"adaptation": Adaptation(), "calibrate": False}, "`snailcompress encode --adapt --no-calibrate`"),
 }
 
 

@@ -5,7 +5,8 @@ already-coded rows above it and columns to its left (codec/tiles.py, WindowPlan)
 for their neighbours: a row of windows for the row above it (within a band of rows), a window for
 the row of its left neighbour. This codes one image with each layout and reports the real coded
 size and the encode time; decoding runs the same steps (results/default_model_heldout.md measures
-both). `C/bN` forces bands of N rows of windows instead of api.context_band's choice.
+both). `C/bN` forces bands of N rows of windows instead of tiles.default_band's choice. The model is
+converted to the integer network the codec runs (api.integer_network) once, before the timings.
 
     python benchmarks/context_tradeoff.py --threads 1 --layouts 0,2,4,8,4/b2,4/b8,4/b16 --out results/context_tradeoff.md
 """
@@ -23,16 +24,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import publish, run, run_facts  # noqa: E402
 from default_models import SHARED  # noqa: E402
 
-from snailcompress.api import DEFAULT_TILE, context_band  # noqa: E402
-from snailcompress.codec.coder import FloatModelTables, code_plane  # noqa: E402
+from snailcompress.api import DEFAULT_TILE, integer_network  # noqa: E402
+from snailcompress.codec.coder import code_plane  # noqa: E402
 from snailcompress.codec.images import read_image  # noqa: E402
+from snailcompress.codec.tiles import default_band  # noqa: E402
 from snailcompress.zoo import load_model  # noqa: E402
 
 
 def parse_layout(spec: str, height: int, width: int, tile: int) -> tuple[int, int]:
-    """'4' -> (4, the band api picks); '4/b8' -> (4, 8)."""
+    """'4' -> (4, the band the codec picks, tiles.default_band); '4/b8' -> (4, 8)."""
     context, _, band = spec.partition("/b")
-    return int(context), int(band) if band else context_band(height, width, tile)
+    context = int(context)
+    return context, int(band) if band else default_band(height, width, (tile, tile), (context, context))
 
 
 def main() -> None:
@@ -46,13 +49,14 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     loaded = load_model(args.model)
+    net = integer_network(loaded.model)
     plane = read_image(args.image).planes["RGB"]
     height, width = plane.shape[:2]
     rows, baseline = [], None
     for spec in args.layouts.split(","):
         context, band = parse_layout(spec, height, width, args.tile)
         start = time.perf_counter()
-        words, plan = code_plane(FloatModelTables(loaded.model), plane, (args.tile, args.tile), (context, context), band)
+        words, plan = code_plane(net, plane, (args.tile, args.tile), (context, context), band)
         seconds = time.perf_counter() - start
         bpsp = 32 * len(words) / plane.size
         baseline = baseline or (bpsp, seconds)

@@ -10,7 +10,7 @@
 # already names the shipped snail-rgb's id was made with these weights and is skipped (the tables
 # are written whole at the end, so a stopped step left the old file), and codec_benchmark.py goes on
 # from the images it had measured on the same CPU (results/*.partial.jsonl, benchmarks/common.py).
-# The pictures, the demo and the quick adaptation table are made again each time.
+# The pictures and the demo are made again each time.
 # Then copy the new numbers into README.md (Results, the demo output of `snailcompress demo`) and
 # results/model_size_tradeoff.md's note; nothing here edits prose.
 set -euo pipefail
@@ -36,10 +36,8 @@ made results/kodak-heldout-tiles/summary.md || "$SNAIL" bench --dataset folder -
 "$SNAIL" demo
 # The longest step (about an hour on the Xeon, three on the EPYC), so that a session's end stops it
 # after the shorter ones are made:
-made results/default_model_heldout_variants.md || "$PY" benchmarks/codec_benchmark.py --heldout --threads 2 --variants static,default,adapt --codecs jpegxl-e9 \
+made results/default_model_heldout_variants.md || "$PY" benchmarks/codec_benchmark.py --heldout --threads 2 --variants static,default --codecs jpegxl-e9 \
     --out results/default_model_heldout_variants.md
-# Last: these report bits only, no times, so the test suite may run beside them.
+# Last: this reports bits only, no times, so the test suite may run beside it.
 made results/calibration.md || "$PY" benchmarks/calibration.py --variants 64,128,128+features,all+features --threads 2 \
     --out results/calibration.md
-OMP_NUM_THREADS=2 "$PY" benchmarks/adaptation.py --images 6 --context 2 --bands default,one \
-    --configs static,96x1@3e-5 --out results/adaptation_bands.md

@@ -30,8 +30,7 @@ from default_models import heldout_files  # noqa: E402
 
 from snailcompress import mixture  # noqa: E402
 from snailcompress.codec.images import read_image  # noqa: E402
-from snailcompress.api import context_band  # noqa: E402
-from snailcompress.codec.tiles import WindowPlan  # noqa: E402
+from snailcompress.codec.tiles import WindowPlan, default_band  # noqa: E402
 from snailcompress.zoo import load_model  # noqa: E402
 
 
@@ -45,8 +44,8 @@ def parse_layout(spec: str) -> tuple[int, int]:
 def tiled_nll_bits(model, plane: np.ndarray, tile: int, context: int = 0, batch: int = 64) -> float:
     """Total -log2 p of the pixels of `plane` (H, W, C) as the codec codes them: in tiles, each seen
     through a window with `context` already-coded rows above and columns to the left (WindowPlan,
-    in the bands api.context_band picks), counting every pixel once, in the window that codes it."""
-    band = context_band(plane.shape[0], plane.shape[1], tile)
+    in the bands tiles.default_band picks), counting every pixel once, in the window that codes it."""
+    band = default_band(plane.shape[0], plane.shape[1], (tile, tile), (context, context))
     plan = WindowPlan.for_image(plane.shape[0], plane.shape[1], (tile, tile), (context, context), band)
     windows, coded = plan.windows(plane)
     coded = torch.from_numpy(coded)

@@ -1,4 +1,5 @@
-"""Benchmark scripts measure honestly: adaptation scores a chunk before adapting on it; tiling scores what the codec codes."""
+"""Benchmark scripts measure honestly: tiling scores what the codec codes, reports name the machine, and a
+script given what snailcompress refuses stops with one line."""
 
 import os
 import subprocess
@@ -10,72 +11,86 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import adaptation  # noqa: E402
 
 from snailcompress.models.presets import build  # noqa: E402
 from snailcompress.zoo import WEIGHTS_DIR, load_model, save_model  # noqa: E402
 
 
-@pytest.fixture
-def tiles_and_model():
-    torch.manual_seed(0)
-    plane = np.random.default_rng(0).integers(0, 256, (40, 70, 3), dtype=np.uint8)  # padded tiles too
-    return adaptation.windows_of(plane), build("pixelsnail-tiny", channels=3)
-
-
-def test_real_pixels_are_exactly_the_image(tiles_and_model):
-    (x, real), _ = tiles_and_model
-    assert x.shape == (6, 3, 32, 32) and int(real.sum()) == 40 * 70
-
-
-def test_one_chunk_is_scored_before_any_step(tiles_and_model):
-    (x, real), model = tiles_and_model
-    static = adaptation.adapted_nll_bits(model, x, real, None)
-    assert adaptation.adapted_nll_bits(model, x, real, (1, 3, 1e-2)) == pytest.approx(static, rel=1e-6)
-
-
-def test_later_chunks_see_the_adapted_model(tiles_and_model):
-    (x, real), model = tiles_and_model
-    static = adaptation.adapted_nll_bits(model, x, real, None)
-    adapted = adaptation.adapted_nll_bits(model, x, real, (3, 2, 1e-2))
-    assert adapted != pytest.approx(static, rel=1e-4)
-    assert adaptation.adapted_nll_bits(model, x, real, None) == static  # the caller's model is untouched
-
-
 @pytest.mark.parametrize("context", [0, 2])
 def test_tiling_nll_is_what_the_codec_codes(context):
-    """benchmarks/tiling.py's NLL scores each pixel in the window that codes it (WindowPlan.windows):
-    the coder's real stream is within the range coder's flush and table rounding of it."""
+    """benchmarks/tiling.py's NLL scores each pixel in the window that codes it (WindowPlan.windows),
+    in the bands the codec picks: the coder's real stream, from the integer network the codec runs, is
+    within the range coder's flush and the integer network's rounding of it.
+
+    A trained model on a smooth image: the integer tables give every value at least about 2**-24, so
+    a pixel the float model finds all but impossible (an untrained model's, or a trained one's on
+    pixels that wrap from 255 to 0) costs far fewer bits in the stream than in the float NLL."""
     import tiling
 
+    from snailcompress.api import integer_network
     from snailcompress.codec import coder
+    from snailcompress.codec.tiles import default_band
 
-    torch.manual_seed(0)
-    model = build("pixelsnail-tiny", channels=3).eval()
+    model = load_model("snail-rgb").model
     yy, xx = np.mgrid[0:30, 0:37]
-    plane = np.stack([(3 * yy + 2 * xx) % 256, (yy * xx) % 256, (5 * xx) % 256], -1).astype(np.uint8)
+    noise = np.random.default_rng(0).integers(-3, 4, (30, 37, 3))
+    plane = np.clip(np.stack([100 + 2 * yy + 3 * xx, 60 + 4 * yy, 200 - 3 * xx], -1) + noise, 0, 255).astype(np.uint8)
     nll = tiling.tiled_nll_bits(model, plane, 8, context)
-    band = tiling.context_band(30, 37, 8)
-    words, _ = coder.code_plane(coder.FloatModelTables(model), plane, (8, 8), (context, context), band)
+    band = default_band(30, 37, (8, 8), (context, context))
+    words, _ = coder.code_plane(integer_network(model), plane, (8, 8), (context, context), band)
     assert abs(32 * len(words) - nll) < 0.01 * nll + 64
     if context:
         assert abs(nll - tiling.tiled_nll_bits(model, plane, 8, 0)) > 0.01 * nll  # the context counts
 
 
-def test_windows_come_in_the_order_the_coder_finishes_them():
-    """With the default bands the coder finishes one window per band at a time; with one band, in raster order."""
-    from snailcompress.codec.tiles import WindowPlan
+def _smooth_png(path: Path, height: int, width: int) -> Path:
+    from PIL import Image
 
-    plane = np.random.default_rng(1).integers(0, 256, (200, 100, 3), dtype=np.uint8)
-    raster, coded = WindowPlan.for_image(200, 100, (32, 32), (2, 2), 7).windows(plane)
-    x, real = adaptation.windows_of(plane, 2, "one")
-    assert torch.equal(x, adaptation.mixture.to_unit(torch.from_numpy(raster))) and torch.equal(real, torch.from_numpy(coded))
-    x, real = adaptation.windows_of(plane, 2, "default")  # 7 x 4 windows: bands of 2 rows (api.context_band)
-    plan = WindowPlan.for_image(200, 100, (32, 32), (2, 2), 2)
-    raster, _ = plan.windows(plane)
-    first = [0, 8, 16, 24, 1, 9, 17, 25]  # window (0, 0) of each band, then (0, 1) of each band, ...
-    assert torch.equal(x[:8], adaptation.mixture.to_unit(torch.from_numpy(raster[first])))
-    assert int(real.sum()) == 200 * 100
+    yy, xx = np.mgrid[0:height, 0:width]
+    pixels = np.clip(np.stack([100 + 2 * yy + 3 * xx, 60 + 4 * yy, 200 - 3 * xx], -1), 0, 255).astype(np.uint8)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def test_context_tradeoff_reports_the_stream_the_codec_codes(tmp_path, monkeypatch):
+    """benchmarks/context_tradeoff.py codes with the integer network (api.integer_network), in the
+    bands tiles.default_band picks unless a layout names one: its bits are the coder's real stream."""
+    import context_tradeoff
+
+    from snailcompress.api import integer_network
+    from snailcompress.codec import coder
+    from snailcompress.codec.images import read_image
+    from snailcompress.codec.tiles import default_band
+
+    image, out = _smooth_png(tmp_path / "img.png", 40, 44), tmp_path / "context.md"
+    monkeypatch.setattr(sys, "argv", ["context_tradeoff.py", "--model", "pixelsnail-tiny", "--image", str(image),
+                                      "--tile", "8", "--layouts", "0,2,2/b1", "--out", str(out)])
+    context_tradeoff.main()
+    rows = [line.split(" | ") for line in out.read_text().splitlines() if line.startswith("| ") and line[2].isdigit()]
+    band = default_band(40, 44, (8, 8), (2, 2))
+    assert band > 1 and [(row[0], row[1]) for row in rows] == [("| 0", "-"), ("| 2", str(band)), ("| 2", "1")]
+    plane = read_image(image).planes["RGB"]
+    net = integer_network(load_model("pixelsnail-tiny").model)
+    for row, (context, rows_per_band) in zip(rows, [(0, 1), (2, band), (2, 1)]):
+        words, _ = coder.code_plane(net, plane, (8, 8), (context, context), rows_per_band)
+        assert row[3] == f"{32 * len(words) / plane.size:.4f}"
+
+
+def test_codec_benchmark_codes_each_variant_and_refuses_adapt(tmp_path):
+    """`--variants static,default` codes (and decodes, checksum verified) each crop both ways; `adapt`,
+    a feature that is gone, is a usage error (exit 2)."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "codec_benchmark.py"
+    image, out = _smooth_png(tmp_path / "img.png", 40, 44), tmp_path / "codec.md"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    common = [sys.executable, str(script), "--model", "pixelsnail-tiny", "--image", str(image), "--sizes", "16",
+              "--threads", "1", "--codecs", "png"]
+    done = subprocess.run([*common, "--variants", "static,adapt"], capture_output=True, text=True, env=env)
+    assert done.returncode == 2 and done.stdout == "" and "unknown variant(s) adapt" in done.stderr
+    done = subprocess.run([*common, "--variants", "static,default", "--out", str(out)], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    table = [line for line in out.read_text().splitlines() if line.startswith("| ")]
+    assert "| static payload |" in table[0] and "| default file |" in table[0] and "| png |" in table[0]
+    assert table[1].startswith("| img-16x16 | 16x16 |") and table[2].startswith("| **all** |") and len(table) == 3
 
 
 def test_report_header_names_the_cpu_and_threads(monkeypatch):
@@ -146,7 +161,7 @@ def test_averaging_models_writes_the_mean_of_their_weights_and_refuses_two_archi
 
 @pytest.mark.parametrize("args", [
     ["compare_models.py", "MISSING"], ["context_tradeoff.py", "--model", "MISSING"], ["tiling.py", "--model", "MISSING"],
-    ["adaptation.py", "--model", "MISSING"], ["codec_benchmark.py", "--model", "MISSING"],
+    ["codec_benchmark.py", "--model", "MISSING"],
     ["model_size_tradeoff.py", "MISSING", "--out", "OUT"], ["orientation.py", "--model", "MISSING"], ["warmup.py", "--data-dir", "DIR", "--model", "MISSING"],
     ["calibration.py", "--model", "MISSING"],
 ], ids=lambda args: args[0])
