@@ -82,6 +82,11 @@ def test_every_layer_bound_holds_on_worst_case_inputs():
         floating = torch.addmm(linear.bias, worst, weight)
         assert torch.equal(floating, exact.to(torch.float64)), linear.name
         assert int(floating.abs().max()) <= linear.bound
+        # what runs (weights and bias times 2**-k) gives round_half_up(exact * 2**-k), clamped
+        shift = linear.shift.to(torch.int64)
+        rounded = torch.div(exact + (1 << (shift - 1).clamp(min=0)) * (shift > 0), 2**shift, rounding_mode="floor")
+        low, high = linear._low.to(torch.int64), linear._high.to(torch.int64)
+        assert torch.equal(linear(worst), torch.maximum(torch.minimum(rounded, high), low).to(torch.float64)), linear.name
 
 
 def test_conversion_refuses_weights_beyond_exact_arithmetic():
