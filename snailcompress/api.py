@@ -13,6 +13,7 @@ pixel checksum after it ends: a file either decodes to the original pixels or fa
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,8 @@ import torch
 from .codec import container
 from .codec.calibration import Calibration, calibration_for
 from .codec.coder import code_plane, decode_plane
-from .codec.images import SUPPORTED_MODES, DecomposedImage, pixel_checksum, read_image, write_image
+from .codec.images import (SUPPORTED_MODES, DecomposedImage, pixel_checksum, png_bytes, read_image, read_image_bytes,
+                           write_image)
 from .codec.tiles import WindowPlan, default_band
 from .errors import ChannelCountError, FormatError, ModelError
 from .integer.arithmetic import ARITHMETIC_VERSION
@@ -165,32 +167,56 @@ def default_output(source: Path, suffix: str) -> Path:
     return source.with_name(source.name + suffix) if source.suffix == suffix else source.with_suffix(suffix)
 
 
+def encode_bytes(image: DecomposedImage, models: ModelChooser | None = None, tile: int = DEFAULT_TILE,
+                 context: int = DEFAULT_CONTEXT, progress: bool = False, calibrate: bool = True) -> bytes:
+    """The .snail file of an image, as bytes."""
+    return container.write(encode_image(image, models or ModelChooser(), tile, context, progress, calibrate))
+
+
 def encode_file(source, target=None, models: ModelChooser | None = None, tile: int = DEFAULT_TILE,
                 context: int = DEFAULT_CONTEXT, force: bool = False, progress: bool = False,
-                calibrate: bool = True) -> CodingReport:
+                calibrate: bool = True, stdout=None) -> CodingReport:
+    """Encode an image file (source "-": standard input) to `target`, or to `stdout` (a binary stream)."""
     source = Path(source)
-    target = Path(target) if target else default_output(source, ".snail")
     start = time.perf_counter()
-    image = read_image(source)
-    data = container.write(encode_image(image, models or ModelChooser(), tile, context, progress, calibrate))
-    atomic_write(target, data, overwrite=force)
+    if str(source) == "-":
+        image = read_image_bytes(sys.stdin.buffer.read())
+    else:
+        image = read_image(source)
+    data = encode_bytes(image, models, tile, context, progress, calibrate)
+    if stdout is not None:
+        stdout.write(data)
+        stdout.flush()
+        target = Path("-")
+    else:
+        target = Path(target) if target else default_output(source, ".snail")
+        atomic_write(target, data, overwrite=force)
     subpixels = sum(p.size for p in image.planes.values())
     return CodingReport(source, target, image.width, image.height, image.mode, len(data), max(subpixels, 1),
                         time.perf_counter() - start)
 
 
 def decode_file(source, target=None, models: ModelChooser | None = None, force: bool = False,
-                progress: bool = False) -> CodingReport:
+                progress: bool = False, stdout=None) -> CodingReport:
+    """Decode a .snail file (source "-": standard input) to an image file, or to `stdout` as PNG."""
     source = Path(source)
-    target = Path(target) if target else (source.with_suffix(".png") if source.suffix == ".snail" else Path(f"{source}.png"))
     start = time.perf_counter()
-    try:
-        data = source.read_bytes()
-    except OSError as e:
-        raise FormatError(f"{source}: cannot read ({e.strerror})") from None
+    if str(source) == "-":
+        data = sys.stdin.buffer.read()
+    else:
+        try:
+            data = source.read_bytes()
+        except OSError as e:
+            raise FormatError(f"{source}: cannot read ({e.strerror})") from None
     snail = container.read(data)
     image = decode_image(snail, models or ModelChooser(), progress)
-    write_image(image, target, overwrite=force)
+    if stdout is not None:
+        stdout.write(png_bytes(image))
+        stdout.flush()
+        target = Path("-")
+    else:
+        target = Path(target) if target else (source.with_suffix(".png") if source.suffix == ".snail" else Path(f"{source}.png"))
+        write_image(image, target, overwrite=force)
     subpixels = sum(p.size for p in image.planes.values())
     return CodingReport(source, target, image.width, image.height, image.mode, len(data), max(subpixels, 1),
                         time.perf_counter() - start)

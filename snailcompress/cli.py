@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -229,7 +230,7 @@ def evaluate_command(model_spec, dataset, data_dir, split, limit, batch_size, de
 
 
 @main.command()
-@click.option("--model", "model_spec", required=True, help="preset, checkpoint, run dir or shipped name")
+@click.option("--model", "model_spec", default=None, help="preset, checkpoint, run dir or shipped name [snail-rgb]")
 @click.option("-n", "count", type=int, default=16, show_default=True)
 @click.option("--size", default="32x32", show_default=True, help="HxW of each sample")
 @click.option("-o", "--output", type=click.Path(), default="samples.png", show_default=True)
@@ -249,7 +250,9 @@ def sample(model_spec, count, size, output, seed, scale, force):
         raise UsageError(f"--size expects HxW like 32x32, got {size!r}") from None
     if Path(output).exists() and not force:
         raise UsageError(f"{output} already exists (use -f to overwrite)")
-    loaded = load_model(model_spec)
+    from .zoo import default_model_for
+
+    loaded = load_model(model_spec or default_model_for(3))
     images = sample_images(loaded.model, count, height, width, seed=seed)
     save_image_grid(images, Path(output), scale=scale)
     click.echo(f"{output}: {count} samples of {height}x{width} from {loaded.name}")
@@ -347,32 +350,66 @@ def bench(dataset, data_dir, models, split, limit, coded_limit, chunk, codec_nam
 # The codec
 
 
-def _report_line(verb: str, report) -> str:
+def _report_line(report) -> str:
     return (
         f"{report.source} -> {report.target}: {report.width}x{report.height} {report.mode}, {report.bytes} bytes, "
         f"{report.bits_per_subpixel:.3f} bits/subpixel, {report.seconds:.1f} s"
     )
 
 
-def _check_output(outputs: list[Path], force: bool) -> None:
-    """Refuse before any work: an existing output without -f, or two inputs writing one output."""
-    if len(set(outputs)) != len(outputs):
-        raise UsageError("several inputs would write the same output; use separate calls or -o DIR")
-    for out in outputs:
-        if out.exists() and not force:
-            raise UsageError(f"{out} already exists (use -f to overwrite)")
-
-
 def _outputs(inputs: tuple[str, ...], output: str | None, default) -> list[Path]:
+    """Where each input goes: beside it, or -o FILE (one input), or into -o DIR (a directory, a name
+    ending in /, or several inputs), which is created if needed."""
     paths = [Path(p) for p in inputs]
     if output is None:
         return [default(p) for p in paths]
     out = Path(output)
-    if len(paths) > 1 or out.is_dir():
-        if not out.is_dir():
-            raise UsageError(f"-o {output}: with several inputs, -o must be an existing directory")
+    if len(paths) > 1 or out.is_dir() or output.endswith(("/", os.sep)):
+        if out.exists() and not out.is_dir():
+            raise UsageError(f"-o {output}: with several inputs, -o must be a directory, and this is a file")
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UsageError(f"-o {output}: cannot create the directory ({e.strerror or e})") from None
         return [out / default(p).name for p in paths]
     return [out]
+
+
+def _outputs_or_stdout(inputs: tuple[str, ...], output: str | None, to_stdout: bool, default) -> list[Path | None]:
+    """_outputs, or None for each input that goes to standard output (-c: one input, no -o)."""
+    if to_stdout:
+        if output is not None or len(inputs) != 1:
+            raise UsageError("-c writes one input to standard output: give one input and no -o")
+        return [None]
+    if "-" in inputs and output is None:
+        raise UsageError("-: standard input has no name to write beside; give -o FILE or -c")
+    return _outputs(inputs, output, default)
+
+
+def _each_file(pairs, work, force: bool, quiet: bool, to_stdout: bool = False) -> None:
+    """Run `work(source, target)` for every pair, as gzip does: a file that fails is said in one line
+    that names it, the others go on, and the exit status is 1 if any failed. An existing output
+    without -f is refused before any work."""
+    seen: set[Path] = set()
+    failed = 0
+    for source, target in pairs:
+        try:
+            if target in seen:
+                raise UsageError(f"{target} would be written twice (several inputs with one name; use separate calls)")
+            seen.add(target)
+            if target is not None and target.exists() and not force:
+                raise UsageError(f"{target} already exists (use -f to overwrite)")
+            report = work(source, target)
+        except SnailError as e:
+            failed += 1
+            message = str(e)
+            named = message if message.startswith(str(source)) else f"{source}: {message}"
+            click.echo(f"snailcompress: error: {named}", err=True)
+            continue
+        if not quiet:
+            click.echo(_report_line(report), err=to_stdout)  # with -c, standard output holds the data
+    if failed:
+        sys.exit(1)
 
 
 THREADS_HELP = ("CPU threads [1]: coding runs thousands of small steps, each waiting for all its threads, so give "
@@ -399,10 +436,11 @@ def _threads(threads: int) -> None:
               help="fit and send a per-image correction of the model's output layer where it pays: about 0.9% smaller, "
                    "a little slower to encode, no slower to decode [on]")
 @click.option("--threads", type=int, default=1, help=THREADS_HELP)
-@click.option("-q", "--quiet", is_flag=True, help="no progress bar")
+@click.option("-c", "--stdout", "to_stdout", is_flag=True, help="write the .snail file to standard output")
+@click.option("-q", "--quiet", is_flag=True, help="print nothing but errors")
 @friendly_errors
-def encode(images, output, force, models, tile, context, calibrate, threads, quiet):
-    """Compress images losslessly into .snail files (inputs are kept)."""
+def encode(images, output, force, models, tile, context, calibrate, threads, to_stdout, quiet):
+    """Compress images losslessly into .snail files (inputs are kept); - reads standard input."""
     from .api import DEFAULT_CONTEXT, DEFAULT_TILE, ModelChooser, default_output, encode_file
 
     _threads(threads)
@@ -410,14 +448,12 @@ def encode(images, output, force, models, tile, context, calibrate, threads, qui
         raise UsageError("--tile must be between 1 and 1024")
     if context is not None and not 0 <= context <= 64:
         raise UsageError("--context must be between 0 and 64")
-    outputs = _outputs(images, output, lambda p: default_output(p, ".snail"))
-    _check_output(outputs, force)
+    outputs = _outputs_or_stdout(images, output, to_stdout, lambda p: default_output(p, ".snail"))
     chooser = ModelChooser(models)
-    for source, target in zip(images, outputs):
-        report = encode_file(source, target, chooser, tile or DEFAULT_TILE,
-                             DEFAULT_CONTEXT if context is None else context, force=force, progress=not quiet,
-                             calibrate=calibrate)
-        click.echo(_report_line("encode", report))
+    stdout = sys.stdout.buffer if to_stdout else None
+    _each_file(zip(images, outputs), lambda source, target: encode_file(
+        source, target, chooser, tile or DEFAULT_TILE, DEFAULT_CONTEXT if context is None else context, force=force,
+        progress=not quiet, calibrate=calibrate, stdout=stdout), force, quiet, to_stdout)
 
 
 @main.command()
@@ -426,19 +462,22 @@ def encode(images, output, force, models, tile, context, calibrate, threads, qui
 @click.option("-f", "--force", is_flag=True, help="overwrite existing outputs")
 @click.option("--model", "models", multiple=True, help="model the file was made with, if not a shipped one")
 @click.option("--threads", type=int, default=1, help=THREADS_HELP)
-@click.option("-q", "--quiet", is_flag=True, help="no progress bar")
+@click.option("-c", "--stdout", "to_stdout", is_flag=True, help="write the image (PNG) to standard output")
+@click.option("-q", "--quiet", is_flag=True, help="print nothing but errors")
 @friendly_errors
-def decode(files, output, force, models, threads, quiet):
-    """Restore the exact original images from .snail files (checked against their checksum)."""
+def decode(files, output, force, models, threads, to_stdout, quiet):
+    """Restore the exact original images from .snail files (checked against their checksum); - reads
+    standard input."""
     from .api import ModelChooser, decode_file
 
     _threads(threads)
-    outputs = _outputs(files, output, lambda p: p.with_suffix(".png") if p.suffix == ".snail" else Path(f"{p}.png"))
-    _check_output(outputs, force)
+    outputs = _outputs_or_stdout(files, output, to_stdout,
+                                 lambda p: p.with_suffix(".png") if p.suffix == ".snail" else Path(f"{p}.png"))
     chooser = ModelChooser(models)
-    for source, target in zip(files, outputs):
-        report = decode_file(source, target, chooser, force, progress=not quiet)
-        click.echo(_report_line("decode", report))
+    stdout = sys.stdout.buffer if to_stdout else None
+    _each_file(zip(files, outputs), lambda source, target: decode_file(source, target, chooser, force,
+                                                                        progress=not quiet, stdout=stdout),
+               force, quiet, to_stdout)
 
 
 @main.command()

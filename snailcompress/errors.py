@@ -25,10 +25,6 @@ class FormatError(SnailError):
     """A .snail file is not valid: wrong magic, unknown version, corrupt, truncated."""
 
 
-class ExactnessError(SnailError):
-    """Decoding here could not reproduce the encoder's probability tables bit for bit."""
-
-
 class ModelError(SnailError):
     """A model name, checkpoint or weights file is unknown or invalid."""
 

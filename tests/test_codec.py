@@ -7,6 +7,7 @@ trained weights are needed and the whole file takes well under a minute on one t
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 import struct
 import zlib
@@ -710,28 +711,44 @@ def test_cli_existing_output_needs_force(work):
 
 def test_cli_several_inputs(work):
     make_image("L", 4, 6, "random", 2).save(work / "g.png")
-    r = cli("encode", "a.png", "g.png", "-o", "one.snail", "--model", TINY, "-q")
-    one_line_error(r, "-o must be an existing directory")
+    (work / "one.snail").write_bytes(b"x")
+    one_line_error(cli("encode", "a.png", "g.png", "-o", "one.snail", "--model", TINY, "-q"), "must be a directory")
     (work / "out").mkdir()
     (work / "out" / "g.snail").write_bytes(b"x")
-    one_line_error(cli("encode", "a.png", "g.png", "-o", "out", "--model", TINY, "-q"), "g.snail already exists")
-    assert listing(work / "out") == ["g.snail"]  # refused before any work
+    r = cli("encode", "a.png", "g.png", "-o", "out", "--model", TINY, "--tile", TILE, "-q")
+    assert r.exit_code == 1 and r.stdout == ""
+    assert r.stderr.strip() == "snailcompress: error: g.png: out/g.snail already exists (use -f to overwrite)"
+    assert listing(work / "out") == ["a.snail", "g.snail"]  # a.png coded, g.snail untouched
+    assert (work / "out" / "g.snail").read_bytes() == b"x"
     (work / "out" / "g.snail").unlink()
 
-    r = cli("encode", "a.png", "g.png", "-o", "out", "--model", TINY, "--tile", TILE, "-q")
+    r = cli("encode", "a.png", "g.png", "-o", "out", "--model", TINY, "--tile", TILE, "-f")
     assert r.exit_code == 0, r.output
-    assert len(r.output.splitlines()) == 2
+    assert len(r.stdout.splitlines()) == 2  # one summary line per file
     assert listing(work / "out") == ["a.snail", "g.snail"]
-    (work / "back").mkdir()
-    r = cli("decode", "out/a.snail", "out/g.snail", "-o", "back", "--model", TINY, "-q")
-    assert r.exit_code == 0, r.output
+    r = cli("decode", "out/a.snail", "out/g.snail", "-o", "back/", "--model", TINY, "-q")  # the directory is made
+    assert r.exit_code == 0 and r.output == "", r.output
     assert pixels(work / "back" / "a.png") == pixels(work / "a.png")
     assert pixels(work / "back" / "g.png") == pixels(work / "g.png")
 
     r = cli("encode", "g.png", "-o", "g2.snail", "--model", TINY, "--tile", TILE, "-q")
     assert r.exit_code == 0
-    one_line_error(cli("encode", "g.png", "g.png", "--model", TINY, "-q"), "several inputs would write the same output")
+    one_line_error(cli("encode", "g.png", "g.png", "--model", TINY, "-q", "-f"), "would be written twice")
     one_line_error(cli("encode", "a.png", "--tile", "0", "--model", TINY, "-q"), "--tile must be between")
+
+
+def test_cli_batch_goes_on_past_bad_files_and_names_them(work):
+    """As gzip: every file is tried, each failure is one line naming its file, and the status is 1."""
+    (work / "trunc.snail").write_bytes((work / "a.snail").read_bytes()[:30])
+    (work / "junk.snail").write_bytes(b"not a snail file at all")
+    r = cli("decode", "trunc.snail", "a.snail", "junk.snail", "-o", "out/", "--model", TINY, "-q")
+    assert r.exit_code == 1
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("snailcompress: error: trunc.snail: ")
+    assert lines[1].startswith("snailcompress: error: junk.snail: ") and "not a .snail file" in lines[1]
+    assert listing(work / "out") == ["a.png"] and pixels(work / "out" / "a.png") == pixels(work / "a.png")
+    r = cli("encode", "missing.png", "a.png", "-o", "enc/", "--model", TINY, "--tile", TILE, "-q")
+    assert r.exit_code == 1 and "missing.png" in r.stderr and listing(work / "enc") == ["a.snail"]
 
 
 @pytest.mark.parametrize("context, batches", [(0, 5), (2, 3)])
@@ -749,3 +766,19 @@ def test_large_planes_are_coded_in_bounded_batches_of_one_stream(monkeypatch, co
     assert len(plan.slot_groups(3)) == batches
     decoded = api.decode_image(C.read(C.write(snail)), models)
     assert np.array_equal(decoded.planes["RGB"], image.planes["RGB"])
+
+
+def test_cli_pipes_standard_input_to_standard_output(work):
+    """`encode - -c | decode - -c` gives back the same pixels; -q prints nothing; -c refuses two inputs."""
+    runner = CliRunner()
+    png = (work / "a.png").read_bytes()
+    r = runner.invoke(main, ["encode", "-", "-c", "--model", TINY, "--tile", str(TILE), "-q"], input=png)
+    assert r.exit_code == 0 and r.stderr == ""
+    snail = r.stdout_bytes
+    assert C.read(snail).width == Image.open(work / "a.png").width
+    r = runner.invoke(main, ["decode", "-", "-c", "--model", TINY], input=snail)
+    assert r.exit_code == 0 and "-> -" in r.stderr  # the summary goes to standard error
+    back = Image.open(io.BytesIO(r.stdout_bytes))
+    assert np.array_equal(np.asarray(back), np.asarray(Image.open(work / "a.png")))
+    one_line_error(cli("encode", "a.png", "a.png", "-c", "-q"), "-c writes one input")
+    one_line_error(cli("encode", "-", "-q"), "standard input has no name")

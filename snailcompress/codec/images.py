@@ -342,11 +342,21 @@ def read_image(path: str | os.PathLike) -> DecomposedImage:
             raise ImageError(f"{name} is empty, not an image")
     except OSError as e:
         raise ImageError(f"{name}: cannot read it ({e.strerror or e})") from e
+    return _read(name, name)
 
+
+def read_image_bytes(data: bytes, name: str = "standard input") -> DecomposedImage:
+    """read_image for the bytes of an image file (`encode -`): the same checks, `name` in messages."""
+    if not data:
+        raise ImageError(f"{name} is empty, not an image")
+    return _read(io.BytesIO(data), name)
+
+
+def _read(source, name: str) -> DecomposedImage:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
-            im = Image.open(name)
+            im = Image.open(source)
         except UnidentifiedImageError:
             raise ImageError(f"{name} is not an image file (or not in a format Pillow can read)") from None
         except Image.DecompressionBombError:
@@ -432,6 +442,15 @@ def encode_image(img: DecomposedImage, fmt: str = "PNG", **options: Any) -> byte
     buf = io.BytesIO()
     im.save(buf, fmt, **options)
     return buf.getvalue()
+
+
+def png_bytes(img: DecomposedImage) -> bytes:
+    """The image as PNG bytes, checked to read back exactly (`decode -c`)."""
+    fmt, options = WRITE_FORMATS[".png"]
+    data = encode_image(img, fmt, **options)
+    if not same_image(img, _reread(data)):
+        raise ImageError(f"this mode {img.mode} image cannot be stored exactly as PNG")
+    return data
 
 
 def write_image(img: DecomposedImage, path: str | os.PathLike, overwrite: bool = False) -> None:

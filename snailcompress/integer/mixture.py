@@ -86,7 +86,7 @@ class IntegerConditionals:
         position = edges.to(torch.float64) * EDGE_ONE - ONE  # Q.13
         position = position.view(1, 1, -1) if edges.dim() == 1 else position.unsqueeze(1)
         z = (position - self._mean(c, known).unsqueeze(-1)).mul_(self.inverse_scales[:, c].unsqueeze(-1))
-        index = z.floor_().clamp_(-_TABLE_CENTRE, _TABLE_CENTRE).add_(_TABLE_CENTRE).to(torch.int32)
+        index = z.clamp_(-_TABLE_CENTRE, _TABLE_CENTRE).add_(_TABLE_CENTRE).to(torch.int32)  # >= 0: truncation floors
         return self.t["cdf"].index_select(0, index.view(-1)).view(index.shape)
 
     def _weights(self, c: int, known: torch.Tensor | None) -> torch.Tensor:

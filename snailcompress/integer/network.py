@@ -268,8 +268,8 @@ def _attention_weights(logits: torch.Tensor, t: dict) -> torch.Tensor:
     """exp(logit - max) in Q.16 (N, ..., P) of Q.24 logits, masked positions holding _MASKED; the
     distance to the max is floored to Q.12 and clamped at 16, where the table is 0."""
     top = logits.amax(dim=-1, keepdim=True)
-    distance = torch.sub(top, logits, out=logits).mul_(1.0 / ONE).floor_().clamp_(0, ar.EXP_INPUT_LIMIT)
-    index = distance.to(torch.int32)
+    distance = torch.sub(top, logits, out=logits).mul_(1.0 / ONE).clamp_(0, ar.EXP_INPUT_LIMIT)
+    index = distance.to(torch.int32)  # >= 0: truncation floors
     return t["exp16"].index_select(0, index.view(-1)).view(index.shape)
 
 
