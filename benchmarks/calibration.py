@@ -10,7 +10,7 @@ plus the calibration's header bits. A variant is written SAMPLE or SAMPLE+featur
     all       the sample drawn from every window: a forward pass over the whole image
 
 `128+features` is what `snailcompress encode` does (codec/calibration.py); `64` is what it did before.
-Bits only: what the fit costs the encoder is in the codec's tables (results/default_model_heldout*.md).
+Bits only: what the fit costs the encoder is in the codec's tables (results/default_model_heldout.md, results/codec_speed.md).
 
     python benchmarks/calibration.py --variants 64,128,128+features,all+features --out results/calibration.md
 """

@@ -4,8 +4,10 @@ For each image: the model's NLL of exactly the pixels the codec codes (one full 
 batch of tiles, padding excluded), the real .snail file (payload and header), and the wall time of
 `encode_file` and `decode_file` (which also verifies the pixel checksum), plus classical codecs.
 
-    python benchmarks/codec_benchmark.py --sizes 32,256,full --threads 2 --out results/codec_speed.md
-    python benchmarks/codec_benchmark.py --heldout --codecs png,webp,jpegxl-e9,jpeg2000 --out results/default_model.md
+    python benchmarks/codec_benchmark.py --heldout --threads 1 --codecs png,webp,jpegxl-e7,jpegxl-e9,jpeg2000,jpegls \\
+        --out results/default_model_heldout.md
+    python benchmarks/codec_benchmark.py --sizes 32,256,full --threads 2 --variants static,default \\
+        --codecs png,webp,jpegxl-e9,jpeg2000 --out results/codec_speed.md
 
 --variants codes each image in several ways, each with its file size and times, the first the
 reference of the others (VARIANTS: `default` is plain `snailcompress encode`; `static`, the shipped

@@ -4,7 +4,7 @@ The 12 held-out images (default_models.HOLDOUT) at full size, in RGB or converte
 PIL's convert("L") (`--gray`), cut into tiles of 32 with `--context` rows and columns of context
 (tiling.tiled_nll_bits: exactly the pixels the codec codes, each once). One row per image, one column
 per model, the change of each model against the first. Used to decide whether a new run is worth
-shipping (results/default_models/).
+shipping (results/experiments/default_models/).
 
     python benchmarks/compare_models.py snail-rgb runs/cpu/rgb-s-cool2k --context 2
     python benchmarks/compare_models.py --gray --context 0 snail-gray runs/cpu/gray-m-cool1

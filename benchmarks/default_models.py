@@ -1,19 +1,22 @@
 """The shipped default models: their data, their training, and the choice of their size.
 
 Training data: ../shared/data/photos (79 permissively licensed photos) and ../shared/data/kodak (24),
-random 32x32 crops at scales 1, 1/2 and 1/4. Held out, never trained on, and used for every number
-in results/default_model*: the images in HOLDOUT (6 Kodak images, 6 photos).
+random 32x32 crops at scales 1, 1/2 and 1/4. Held out, never trained on, and used for every held-out
+number (results/default_model_heldout.md, results/experiments/): the images in HOLDOUT (6 Kodak images,
+6 photos).
 
     # 1. a folder of links to the training images (+ the held-out Kodak images, for periodic tests)
     python benchmarks/default_models.py data --out runs/default-data
     # 2. train the candidate sizes side by side (a lent H100 trained them for 21 minutes, rgb-l for 7:
-    #    results/default_models/rgb-s.log.csv, gray-m.log.csv; the size choice: results/model_size_tradeoff.md)
+    #    results/experiments/default_models/rgb-s.log.csv, gray-m.log.csv; the size choice:
+    #    results/experiments/model_size_tradeoff.md)
     bash benchmarks/gpu_default_models.sh runs/default-data runs/gpu 21 rgb-s rgb-m rgb-l gray-m -- --ema 0.999
-    # 3. cool the lr down to zero over more steps, on the 2-core CPU (results/default_models/*-cooldown*.*):
-    #    rgb-s 2,000 steps from 23,733 on full-resolution crops only (--scales 1: the scale the codec
-    #    codes at: over 1,200 steps 0.6% fewer held-out bits than all three scales,
-    #    results/default_models/cooldown_scales.md; 2,000 steps took 0.56% more off than 1,200,
-    #    results/default_models/cooldown_length.md), 2 h 16 min with --compile on one thread;
+    # 3. cool the lr down to zero over more steps, on the 2-core CPU
+    #    (results/experiments/default_models/*-cooldown*.*): rgb-s 2,000 steps from 23,733 on
+    #    full-resolution crops only (--scales 1: the scale the codec codes at: over 1,200 steps 0.6%
+    #    fewer held-out bits than all three scales, results/experiments/default_models/cooldown_scales.md;
+    #    2,000 steps took 0.56% more off than 1,200, results/experiments/default_models/cooldown_length.md),
+    #    2 h 16 min with --compile on one thread;
     #    gray-m 400 steps from 16,001 at all scales, 60 minutes, test 3.1142 -> 3.0939 bits/dim
     cp -r runs/gpu/rgb-s runs/cpu/rgb-s-cool2k
     OMP_NUM_THREADS=1 snailcompress train --out runs/cpu/rgb-s-cool2k --data-dir runs/default-data --steps 25733 \\
@@ -27,15 +30,16 @@ in results/default_model*: the images in HOLDOUT (6 Kodak images, 6 photos).
     # 5. a warm restart of that snail-rgb when its run was gone, shipped as snail-rgb (id bf39e239):
     #    1,800 more steps, the lr up to 4e-4 over 200 and down to zero over the other 1,600, on
     #    full-resolution crops; 94 minutes compiled on one thread, beside a second run at lr 1.5e-4
-    #    (results/default_models/warm_restart.md, rgb-s-ft*.log.csv), then bash benchmarks/shipped_results.sh
+    #    (results/experiments/default_models/warm_restart.md, rgb-s-ft*.log.csv), then
+    #    bash benchmarks/shipped_results.sh
     OMP_NUM_THREADS=1 snailcompress train --model snail-rgb --out runs/cpu/rgb-s-ft --dataset folder \\
         --data-dir runs/default-data --holdout kodim03,kodim07,kodim12,kodim15,kodim20,kodim23 --batch-size 64 \\
         --lr 4e-4 --warmup-steps 200 --steps 1800 --cooldown-steps 1600 --ema 0.997 --eval-every 450 \\
         --eval-images 512 --workers 1 --scales 1 --compile
     python benchmarks/default_models.py ship runs/cpu/rgb-s-ft snail-rgb
-    # 6. the same again from it, seed 1 (-0.46% held-out NLL, results/default_models/warm_restart2.md),
+    # 6. the same again from it, seed 1 (-0.46% held-out NLL, results/experiments/default_models/warm_restart2.md),
     #    shipped as snail-rgb (id 95d6653f), then bash benchmarks/shipped_results.sh; a third restart
-    #    from that one, seed 2: -0.32% more (results/default_models/warm_restart3.md), shipped as
+    #    from that one, seed 2: -0.32% more (results/experiments/default_models/warm_restart3.md), shipped as
     #    snail-rgb (id d2c12968), then bash benchmarks/shipped_results.sh
     #    (warm_restart2.md's "snail-rgb" was id bf39e239, runs/cpu/rgb-s-ft; warm_restart3.md's is id 95d6653f)
     OMP_NUM_THREADS=1 snailcompress train --model runs/cpu/rgb-s-ft --out runs/cpu/rgb-s-ft2 --seed 1 --dataset folder \\
@@ -46,98 +50,110 @@ in results/default_model*: the images in HOLDOUT (6 Kodak images, 6 photos).
         --data-dir runs/default-data --holdout kodim03,kodim07,kodim12,kodim15,kodim20,kodim23 --batch-size 64 \\
         --lr 4e-4 --warmup-steps 200 --steps 1800 --cooldown-steps 1600 --ema 0.997 --eval-every 450 \\
         --eval-images 512 --workers 1 --scales 1 --compile
-    python benchmarks/compare_models.py snail-rgb runs/cpu/rgb-s-ft2 --context 2 --out results/default_models/warm_restart2.md
+    python benchmarks/compare_models.py snail-rgb runs/cpu/rgb-s-ft2 --context 2 --out results/experiments/default_models/warm_restart2.md
     python benchmarks/default_models.py ship runs/cpu/rgb-s-ft2 snail-rgb
-    python benchmarks/compare_models.py snail-rgb runs/cpu/rgb-s-ft3 --context 2 --threads 2 --out results/default_models/warm_restart3.md
+    python benchmarks/compare_models.py snail-rgb runs/cpu/rgb-s-ft3 --context 2 --threads 2 --out results/experiments/default_models/warm_restart3.md
     python benchmarks/default_models.py ship runs/cpu/rgb-s-ft3 snail-rgb
     # 7. a fourth restart from that one, seed 3, as one longer cycle (3,600 steps, the lr down over 3,200):
-    #    does one long cycle beat two short ones? (results/default_models/warm_restart4.md, rgb-s-ft4.*)
+    #    does one long cycle beat two short ones? (results/experiments/default_models/warm_restart4.md, rgb-s-ft4.*)
     OMP_NUM_THREADS=1 snailcompress train --model runs/cpu/rgb-s-ft3 --out runs/cpu/rgb-s-ft4 --seed 3 --dataset folder \\
         --data-dir runs/default-data --holdout kodim03,kodim07,kodim12,kodim15,kodim20,kodim23 --batch-size 64 \\
         --lr 4e-4 --warmup-steps 200 --steps 3600 --cooldown-steps 3200 --ema 0.997 --eval-every 450 \\
         --eval-images 512 --workers 1 --scales 1 --compile
-    python benchmarks/compare_models.py snail-rgb runs/cpu/rgb-s-ft4 --context 2 --threads 2 --out results/default_models/warm_restart4.md
+    python benchmarks/compare_models.py snail-rgb runs/cpu/rgb-s-ft4 --context 2 --threads 2 --out results/experiments/default_models/warm_restart4.md
     python benchmarks/default_models.py ship runs/cpu/rgb-s-ft4 snail-rgb   # id e062c9d4, then shipped_results.sh
     # 8. bf16 on the CPU (AMX): the same short cycle from rgb-s-ft4 in fp32 and in bf16, compared
-    #    (results/default_models/bf16_training.md); P is fp32, then bf16
+    #    (results/experiments/default_models/bf16_training.md); P is fp32, then bf16
     OMP_NUM_THREADS=2 snailcompress train --model runs/cpu/rgb-s-ft4 --out runs/cpu/rgb-s-ab-P --precision P --seed 4 \\
         --dataset folder --data-dir runs/default-data --holdout kodim03,kodim07,kodim12,kodim15,kodim20,kodim23 \\
         --batch-size 64 --lr 2e-4 --warmup-steps 50 --steps 600 --cooldown-steps 550 --ema 0.997 --eval-every 300 \\
         --eval-images 512 --workers 1 --scales 1 --compile
     python benchmarks/compare_models.py runs/cpu/rgb-s-ft4 runs/cpu/rgb-s-ab-fp32 runs/cpu/rgb-s-ab-bf16 --context 2 \\
-        --threads 2 --out results/default_models/bf16_training.md
+        --threads 2 --out results/experiments/default_models/bf16_training.md
     # 9. a fifth restart from the shipped snail-rgb (id e062c9d4: rgb-s-ft4's EMA weights), seed 5, the
     #    short cycle again: a long one (3,600 steps) was stopped at step 2,277 and its run folder lost
     #    between sessions, and on the AMD EPYC (3.2 s a step) a long cycle outlasts a session. The
-    #    candidate's EMA weights are kept in results/default_models/ (runs/ does not survive), and
-    #    compared: results/default_models/warm_restart5.md
+    #    candidate's EMA weights were kept beside the results (runs/ does not survive), and compared:
+    #    results/experiments/default_models/warm_restart5.md.
+    #    The candidate weights of steps 9 and 11-14 (rgb-s-ft5 ... rgb-s-ft9.safetensors) were removed
+    #    from the tree since (model weights live only in snailcompress/weights/); git history keeps them
+    #    under their old path. Steps 10-14 use them: to run those without retraining steps 9 and 11-14, first
+    #        for n in 5 6 7 8 9; do git show 5ca9ae7:results/default_models/rgb-s-ft$n.safetensors \\
+    #            > results/experiments/default_models/rgb-s-ft$n.safetensors; done
     OMP_NUM_THREADS=2 snailcompress train --model snail-rgb --out runs/cpu/rgb-s-ft5 --seed 5 --dataset folder \\
         --data-dir runs/default-data --holdout kodim03,kodim07,kodim12,kodim15,kodim20,kodim23 --batch-size 64 \\
         --lr 4e-4 --warmup-steps 200 --steps 1800 --cooldown-steps 1600 --ema 0.997 --eval-every 450 \\
         --eval-images 512 --workers 1 --scales 1 --compile
-    cp runs/cpu/rgb-s-ft5/checkpoints/last/ema.safetensors results/default_models/rgb-s-ft5.safetensors
-    python benchmarks/compare_models.py snail-rgb results/default_models/rgb-s-ft5.safetensors --context 2 \\
-        --threads 2 --out results/default_models/warm_restart5.md
+    cp runs/cpu/rgb-s-ft5/checkpoints/last/ema.safetensors results/experiments/default_models/rgb-s-ft5.safetensors
+    python benchmarks/compare_models.py snail-rgb results/experiments/default_models/rgb-s-ft5.safetensors --context 2 \\
+        --threads 2 --out results/experiments/default_models/warm_restart5.md
     # 10. step 9 again with the loss the codec sees: 34x34 crops, only the 32x32 below and right of
     #     their first 2 rows and columns scored (`train --context 2`), as `encode --context 2` codes a
     #     window. 1,200 steps, not 1,800: at 4.5 s a step on the AMD EPYC the longer cycle would not
-    #     have left time to measure it. Compared with step 9's candidate: results/default_models/context_training.md
-    #     (+0.09% against the shipped model, where step 9 took 0.19% off: not shipped, weights not kept)
+    #     have left time to measure it. Compared with step 9's candidate (rgb-s-ft5, in git history:
+    #     `git show 5ca9ae7:results/default_models/rgb-s-ft5.safetensors`):
+    #     results/experiments/default_models/context_training.md (+0.09% against the shipped model, where
+    #     step 9 took 0.19% off: not shipped, weights not kept)
     OMP_NUM_THREADS=2 snailcompress train --model snail-rgb --out runs/cpu/rgb-s-ctx --seed 5 --dataset folder \\
         --data-dir runs/default-data --holdout kodim03,kodim07,kodim12,kodim15,kodim20,kodim23 --batch-size 64 \\
         --lr 4e-4 --warmup-steps 200 --steps 1200 --cooldown-steps 1000 --ema 0.997 --eval-every 450 \\
         --eval-images 512 --workers 1 --scales 1 --compile --crop 34 --context 2
-    cp runs/cpu/rgb-s-ctx/checkpoints/last/ema.safetensors results/default_models/rgb-s-ctx.safetensors
-    python benchmarks/compare_models.py snail-rgb results/default_models/rgb-s-ft5.safetensors \\
-        results/default_models/rgb-s-ctx.safetensors --context 2 --threads 2 --out results/default_models/context_training.md
+    cp runs/cpu/rgb-s-ctx/checkpoints/last/ema.safetensors results/experiments/default_models/rgb-s-ctx.safetensors
+    python benchmarks/compare_models.py snail-rgb results/experiments/default_models/rgb-s-ft5.safetensors \\
+        results/experiments/default_models/rgb-s-ctx.safetensors --context 2 --threads 2 --out results/experiments/default_models/context_training.md
     # 11. a sixth restart, from step 9's candidate, seed 6, a shorter cycle (1,500 steps, the lr down over
     #     1,300) that fits a session on the AMD EPYC with time left to measure it:
-    #     results/default_models/warm_restart6.md (-0.34% against e062c9d4; its EMA weights kept there),
-    #     shipped as snail-rgb (id 0e414a9c), then bash benchmarks/shipped_results.sh
-    OMP_NUM_THREADS=2 snailcompress train --model results/default_models/rgb-s-ft5.safetensors --out runs/cpu/rgb-s-ft6 \\
+    #     results/experiments/default_models/warm_restart6.md (-0.34% against e062c9d4; its EMA weights
+    #     were kept beside it), shipped as snail-rgb (id 0e414a9c), then bash benchmarks/shipped_results.sh.
+    #     Its start, rgb-s-ft5, is in git history: `git show 5ca9ae7:results/default_models/rgb-s-ft5.safetensors`
+    OMP_NUM_THREADS=2 snailcompress train --model results/experiments/default_models/rgb-s-ft5.safetensors --out runs/cpu/rgb-s-ft6 \\
         --seed 6 --dataset folder --data-dir runs/default-data --holdout kodim03,kodim07,kodim12,kodim15,kodim20,kodim23 \\
         --batch-size 64 --lr 4e-4 --warmup-steps 200 --steps 1500 --cooldown-steps 1300 --ema 0.997 --eval-every 500 \\
         --eval-images 512 --workers 1 --scales 1 --compile
-    cp runs/cpu/rgb-s-ft6/checkpoints/last/ema.safetensors results/default_models/rgb-s-ft6.safetensors
-    python benchmarks/compare_models.py snail-rgb results/default_models/rgb-s-ft5.safetensors \\
-        results/default_models/rgb-s-ft6.safetensors --context 2 --threads 2 --out results/default_models/warm_restart6.md
-    python benchmarks/default_models.py ship results/default_models/rgb-s-ft6.safetensors snail-rgb
+    cp runs/cpu/rgb-s-ft6/checkpoints/last/ema.safetensors results/experiments/default_models/rgb-s-ft6.safetensors
+    python benchmarks/compare_models.py snail-rgb results/experiments/default_models/rgb-s-ft5.safetensors \\
+        results/experiments/default_models/rgb-s-ft6.safetensors --context 2 --threads 2 --out results/experiments/default_models/warm_restart6.md
+    python benchmarks/default_models.py ship results/experiments/default_models/rgb-s-ft6.safetensors snail-rgb
     # 12. a seventh restart, from the shipped rgb-s-ft6, seed 7, the same 1,500-step cycle (the run began as
     #     an 1,800-step cycle, was stopped at step 135, inside the 200-step warm-up both cycles share, and
     #     resumed as this one); compared with the mean of its weights and rgb-s-ft6's:
-    #     results/default_models/warm_restart7.md (-0.15% against 0e414a9c, the mean
-    #     -0.08%; its EMA weights kept there; a candidate, not shipped)
-    OMP_NUM_THREADS=2 snailcompress train --model results/default_models/rgb-s-ft6.safetensors --out runs/cpu/rgb-s-ft7 \\
+    #     results/experiments/default_models/warm_restart7.md (-0.15% against 0e414a9c, the mean
+    #     -0.08%; its EMA weights were kept beside it; a candidate, not shipped). Its start, rgb-s-ft6, is
+    #     in git history: `git show 5ca9ae7:results/default_models/rgb-s-ft6.safetensors`
+    OMP_NUM_THREADS=2 snailcompress train --model results/experiments/default_models/rgb-s-ft6.safetensors --out runs/cpu/rgb-s-ft7 \\
         --seed 7 --dataset folder --data-dir runs/default-data --holdout kodim03,kodim07,kodim12,kodim15,kodim20,kodim23 \\
         --batch-size 64 --lr 4e-4 --warmup-steps 200 --steps 1500 --cooldown-steps 1300 --ema 0.997 --eval-every 500 \\
         --eval-images 512 --workers 1 --scales 1 --compile
-    cp runs/cpu/rgb-s-ft7/checkpoints/last/ema.safetensors results/default_models/rgb-s-ft7.safetensors
-    python benchmarks/default_models.py average results/default_models/rgb-s-ft6.safetensors \\
-        results/default_models/rgb-s-ft7.safetensors --out runs/rgb-s-ft6-ft7-mean.safetensors
-    python benchmarks/compare_models.py snail-rgb results/default_models/rgb-s-ft7.safetensors \\
-        runs/rgb-s-ft6-ft7-mean.safetensors --context 2 --threads 2 --out results/default_models/warm_restart7.md
-    # 13. an eighth restart, from rgb-s-ft7, seed 8, the same 1,500-step cycle (1.6 s a step on an idle
-    #     AMD EPYC this time): results/default_models/warm_restart8.md (-0.29% against 0e414a9c, -0.14%
-    #     against rgb-s-ft7; printed, then saved)
-    OMP_NUM_THREADS=2 snailcompress train --model results/default_models/rgb-s-ft7.safetensors --out runs/cpu/rgb-s-ft8 \\
+    cp runs/cpu/rgb-s-ft7/checkpoints/last/ema.safetensors results/experiments/default_models/rgb-s-ft7.safetensors
+    python benchmarks/default_models.py average results/experiments/default_models/rgb-s-ft6.safetensors \\
+        results/experiments/default_models/rgb-s-ft7.safetensors --out runs/rgb-s-ft6-ft7-mean.safetensors
+    python benchmarks/compare_models.py snail-rgb results/experiments/default_models/rgb-s-ft7.safetensors \\
+        runs/rgb-s-ft6-ft7-mean.safetensors --context 2 --threads 2 --out results/experiments/default_models/warm_restart7.md
+    # 13. an eighth restart, from rgb-s-ft7 (in git history:
+    #     `git show 5ca9ae7:results/default_models/rgb-s-ft7.safetensors`), seed 8, the same 1,500-step
+    #     cycle (1.6 s a step on an idle AMD EPYC this time): results/experiments/default_models/warm_restart8.md
+    #     (-0.29% against 0e414a9c, -0.14% against rgb-s-ft7; printed, then saved)
+    OMP_NUM_THREADS=2 snailcompress train --model results/experiments/default_models/rgb-s-ft7.safetensors --out runs/cpu/rgb-s-ft8 \\
         --seed 8 --dataset folder --data-dir runs/default-data --holdout kodim03,kodim07,kodim12,kodim15,kodim20,kodim23 \\
         --batch-size 64 --lr 4e-4 --warmup-steps 200 --steps 1500 --cooldown-steps 1300 --ema 0.997 --eval-every 500 \\
         --eval-images 512 --workers 1 --scales 1 --compile
-    cp runs/cpu/rgb-s-ft8/checkpoints/last/ema.safetensors results/default_models/rgb-s-ft8.safetensors
-    python benchmarks/compare_models.py snail-rgb results/default_models/rgb-s-ft7.safetensors \\
-        results/default_models/rgb-s-ft8.safetensors --context 2 --threads 1
-    # 14. a ninth restart, from rgb-s-ft8, seed 9, one longer cycle (3,000 steps, the lr down over 2,800:
-    #     the fourth restart's long cycle gained the most per step): results/default_models/warm_restart9.md
-    #     (-0.60% against 0e414a9c, -0.31% against rgb-s-ft8), shipped as snail-rgb (id ff7d3a5d), then
+    cp runs/cpu/rgb-s-ft8/checkpoints/last/ema.safetensors results/experiments/default_models/rgb-s-ft8.safetensors
+    python benchmarks/compare_models.py snail-rgb results/experiments/default_models/rgb-s-ft7.safetensors \\
+        results/experiments/default_models/rgb-s-ft8.safetensors --context 2 --threads 1
+    # 14. a ninth restart, from rgb-s-ft8 (in git history:
+    #     `git show 5ca9ae7:results/default_models/rgb-s-ft8.safetensors`), seed 9, one longer cycle
+    #     (3,000 steps, the lr down over 2,800: the fourth restart's long cycle gained the most per step):
+    #     results/experiments/default_models/warm_restart9.md (-0.60% against 0e414a9c, -0.31% against
+    #     rgb-s-ft8), shipped as snail-rgb (id ff7d3a5d), then
     #     bash benchmarks/shipped_results.sh
-    OMP_NUM_THREADS=2 snailcompress train --model results/default_models/rgb-s-ft8.safetensors --out runs/cpu/rgb-s-ft9 \\
+    OMP_NUM_THREADS=2 snailcompress train --model results/experiments/default_models/rgb-s-ft8.safetensors --out runs/cpu/rgb-s-ft9 \\
         --seed 9 --dataset folder --data-dir runs/default-data --holdout kodim03,kodim07,kodim12,kodim15,kodim20,kodim23 \\
         --batch-size 64 --lr 4e-4 --warmup-steps 200 --steps 3000 --cooldown-steps 2800 --ema 0.997 --eval-every 500 \\
         --eval-images 512 --workers 1 --scales 1 --compile
-    cp runs/cpu/rgb-s-ft9/checkpoints/last/ema.safetensors results/default_models/rgb-s-ft9.safetensors
-    python benchmarks/compare_models.py snail-rgb results/default_models/rgb-s-ft8.safetensors \\
-        results/default_models/rgb-s-ft9.safetensors --context 2 --threads 2 --out results/default_models/warm_restart9.md
-    python benchmarks/default_models.py ship results/default_models/rgb-s-ft9.safetensors snail-rgb
+    cp runs/cpu/rgb-s-ft9/checkpoints/last/ema.safetensors results/experiments/default_models/rgb-s-ft9.safetensors
+    python benchmarks/compare_models.py snail-rgb results/experiments/default_models/rgb-s-ft8.safetensors \\
+        results/experiments/default_models/rgb-s-ft9.safetensors --context 2 --threads 2 --out results/experiments/default_models/warm_restart9.md
+    python benchmarks/default_models.py ship results/experiments/default_models/rgb-s-ft9.safetensors snail-rgb
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@
 # larger TOTAL_MINUTES resumes each run from its last checkpoint (options after -- apply to every
 # run, e.g. -- --ema 0.999). The runs use bf16 on CUDA (`--precision auto`); for a late cycle of small
 # steps from a well-trained model add -- --precision fp32: on the CPU, bf16 made such a cycle 0.59%
-# worse where fp32 gained 0.04% (results/default_models/bf16_training.md).
+# worse where fp32 gained 0.04% (results/experiments/default_models/bf16_training.md).
 set -euo pipefail
 data=$1 runs=$2 minutes=$3; shift 3
 names=(); while [[ $# -gt 0 && $1 != -- ]]; do names+=("$1"); shift; done; [[ $# -gt 0 ]] && shift

@@ -5,7 +5,7 @@ Kodak images, and the wall time to encode and decode (real .snail, verified) a 2
 Writes a table and the plot that justified the choice of the shipped model.
 
     python benchmarks/model_size_tradeoff.py runs/gpu/rgb-s runs/gpu/rgb-m runs/gpu/rgb-l \\
-        --out results/model_size_tradeoff
+        --out results/experiments/model_size_tradeoff
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Would coding an image turned or flipped make it smaller? The NLL of held-out images under the 8
 rotations and flips, as the codec codes them (tile 32, `--context`), against the upright image.
 
-    python benchmarks/orientation.py --images 2 --threads 2 --out results/orientation.md
+    python benchmarks/orientation.py --images 2 --threads 2 --out results/experiments/orientation.md
 
 A codec could code each image in its best orientation for 3 bits; this measures what that would gain.
 """

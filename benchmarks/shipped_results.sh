@@ -2,7 +2,7 @@
 # Remake every result that depends on the shipped weights, after `default_models.py ship` put new
 # ones into snailcompress/weights/ (each output file records its own command, date and model id).
 #
-#   bash benchmarks/shipped_results.sh            # 2 h 6 min on the Intel Xeon, about twice that on the AMD EPYC
+#   bash benchmarks/shipped_results.sh            # about an hour on these 2-core CPUs (the held-out table most of it)
 #   THREADS=2 bash benchmarks/shipped_results.sh  # the held-out table on 2 threads (the README quotes 1)
 #   REDO=1 bash benchmarks/shipped_results.sh     # remake even what already names the shipped model
 #
@@ -12,7 +12,8 @@
 # from the images it had measured on the same CPU (results/*.partial.jsonl, benchmarks/common.py).
 # The pictures and the demo are made again each time.
 # Then copy the new numbers into README.md (Results, the demo output of `snailcompress demo`) and
-# results/model_size_tradeoff.md's note; nothing here edits prose.
+# add the new model's training to results/experiments/README.md ("How the shipped snail-rgb was
+# trained"); nothing here edits prose.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
@@ -34,10 +35,6 @@ made results/kodak-heldout-tiles/summary.md || "$SNAIL" bench --dataset folder -
 "$SNAIL" sample --model snail-rgb -n 36 -o results/samples_snail-rgb.png -f
 "$SNAIL" sample --model snail-gray -n 36 -o results/samples_snail-gray.png -f
 "$SNAIL" demo
-# The longest step (about an hour on the Xeon, three on the EPYC), so that a session's end stops it
-# after the shorter ones are made:
-made results/default_model_heldout_variants.md || "$PY" benchmarks/codec_benchmark.py --heldout --threads 2 --variants static,default --codecs jpegxl-e9 \
-    --out results/default_model_heldout_variants.md
 # Last: this reports bits only, no times, so the test suite may run beside it.
 made results/calibration.md || "$PY" benchmarks/calibration.py --variants 64,128,128+features,all+features --threads 2 \
     --out results/calibration.md

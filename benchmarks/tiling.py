@@ -9,7 +9,8 @@ A layout written `T+C` is `snailcompress encode --tile T --context C`: each T x 
 window that also holds the C already-coded rows above it and C columns to its left (see
 codec/tiles.py, WindowPlan), and every pixel is counted once, in the window that codes it.
 
-    python benchmarks/tiling.py --model snail-rgb --tiles 16,24,32,48,64 --out results/tiling.md
+    python benchmarks/tiling.py --model snail-rgb --tiles 32,32+2,48+2,64+2,64+4 --images 6 --out results/tiling_with_context.md
+    python benchmarks/tiling.py --model snail-rgb --tiles 16,24,32,48,64 --out results/experiments/tiling.md
     python benchmarks/tiling.py --model snail-rgb --tiles 32,32+2,32+4 --images 6
 """
 

@@ -3,9 +3,10 @@
 Runs the real training step (forward, reference loss, backward, ReferenceAdam, EMA update) on random
 32x32 images: data loading is excluded, so this is the model's ceiling. Writes a markdown table.
 
-    python benchmarks/training_throughput.py --out results/training_throughput_h100.md
-    python benchmarks/training_throughput.py --presets pixelsnail-small:64 --steps 5 --compile \
-        --precisions fp32,bf16 --set filters=48 --set blocks=2 --set resnets_per_block=3 --set value_channels=24
+    python benchmarks/training_throughput.py --steps 10 --out results/training_throughput_h100_eager.md   # on the H100
+    python benchmarks/training_throughput.py --presets pixelsnail-small:64 --steps 20 --compile \\
+        --precisions fp32,bf16 --set filters=48 --set blocks=2 --set resnets_per_block=3 --set value_channels=24 \\
+        --out results/training_throughput_cpu.md
         # CPU, snail-rgb's architecture; bf16 pays on a CPU only with AMX or AVX512-BF16
 """
 

@@ -6,7 +6,7 @@ at once, and lr 4e-4 reached over a 200-step warm-up. One row per step: the batc
 (the loss that step, before its update).
 
     python benchmarks/default_models.py data --out runs/default-data
-    python benchmarks/warmup.py --data-dir runs/default-data --out results/default_models/warmup.md
+    python benchmarks/warmup.py --data-dir runs/default-data --out results/experiments/default_models/warmup.md
 """
 
 from __future__ import annotations

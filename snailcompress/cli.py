@@ -139,7 +139,7 @@ def _folder_kwargs(crop, scales, holdout, channels) -> dict:
 @click.option("--compile/--no-compile", "compile_", default=None, help="torch.compile the model (CUDA or CPU)")
 @click.option("--precision", type=click.Choice(PRECISION_CHOICES), default=None,
               help="the network's arithmetic: auto = bf16 on CUDA, fp32 on a CPU (bf16 there trained 1.24x "
-                   "faster with AMX, and worse: results/default_models/bf16_training.md) [auto]")
+                   "faster with AMX, and worse: results/experiments/default_models/bf16_training.md) [auto]")
 @click.option("--context", type=int, default=None,
               help="score only pixels below the first N rows and right of the first N columns of each image, as "
                    "`encode --context N` codes a window; use with --crop 32+N [0]")

@@ -147,7 +147,7 @@ def network_autocast(precision: str, device: torch.device):
     """bf16 autocast of the network's forward pass, or nothing (the parameters, their gradients, the
     loss, Adam and the EMA are fp32 either way). "auto" uses it on CUDA only. On a CPU with
     AMX, bf16 trained snail-rgb 1.24x faster but 0.59% worse on the held-out images where fp32 gained
-    0.04% (results/default_models/bf16_training.md); without AMX or AVX512-BF16 it is emulated."""
+    0.04% (results/experiments/default_models/bf16_training.md); without AMX or AVX512-BF16 it is emulated."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     if precision == "bf16" or (precision == "auto" and device.type == "cuda"):

@@ -85,8 +85,12 @@ class IntegerConditionals:
         edges: (E,) for every pixel or (N, E)."""
         position = edges.to(torch.float64) * EDGE_ONE - ONE  # Q.13
         position = position.view(1, 1, -1) if edges.dim() == 1 else position.unsqueeze(1)
-        z = (position - self._mean(c, known).unsqueeze(-1)).mul_(self.inverse_scales[:, c].unsqueeze(-1))
-        index = z.clamp_(-_TABLE_CENTRE, _TABLE_CENTRE).add_(_TABLE_CENTRE).to(torch.int32)  # >= 0: truncation floors
+        inverse = self.inverse_scales[:, c].unsqueeze(-1)
+        # z + centre = position * inverse + (centre - mean * inverse), in one pass: every product and sum
+        # is exact (multiples of 2**-26 below 2**51), so this is exactly (position - mean) * inverse + centre
+        offset = torch.addcmul(torch.full_like(inverse, _TABLE_CENTRE), self._mean(c, known).unsqueeze(-1), inverse, value=-1)
+        shifted = torch.addcmul(offset, position, inverse)
+        index = shifted.clamp_(0, 2 * _TABLE_CENTRE).to(torch.int32)  # >= 0: truncation floors
         return self.t["cdf"].index_select(0, index.view(-1)).view(index.shape)
 
     def _weights(self, c: int, known: torch.Tensor | None) -> torch.Tensor:
