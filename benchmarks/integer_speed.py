@@ -49,6 +49,10 @@ def _code(tree: Path, work: Path, name: str, threads: int | None) -> tuple[float
     return encode, decode, snail.stat().st_size
 
 
+def _versus(reference: float, time_s: float) -> str:
+    return f"{reference / time_s:.2f}x faster" if time_s <= reference else f"{time_s / reference:.2f}x slower"
+
+
 def _busy_core() -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", "while True: pass"])
 
@@ -96,7 +100,7 @@ def main() -> None:
     ]
     for codec, threads, machine, encode, decode, size in rows:
         ref = floats.get(threads)
-        vs = (f"{ref[3] / encode:.2f}x faster", f"{ref[4] / decode:.2f}x faster") if ref and codec.startswith("integer") else ("", "")
+        vs = (_versus(ref[3], encode), _versus(ref[4], decode)) if ref and codec.startswith("integer") else ("", "")
         lines.append(f"| {codec} | {threads} | {machine} | {encode:.1f} | {decode:.1f} | {size:,} | {vs[0]} | {vs[1]} |")
     idle, busy = rows[-2], rows[-1]
     lines += ["", f"One core busy against idle, default thread count: encode {busy[3] / idle[3]:.2f}x, "

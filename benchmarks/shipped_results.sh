@@ -2,7 +2,7 @@
 # Remake every result that depends on the shipped weights, after `default_models.py ship` put new
 # ones into snailcompress/weights/ (each output file records its own command, date and model id).
 #
-#   bash benchmarks/shipped_results.sh            # about an hour on these 2-core CPUs (the held-out table most of it)
+#   bash benchmarks/shipped_results.sh            # the held-out table takes most of its time
 #   THREADS=2 bash benchmarks/shipped_results.sh  # the held-out table on 2 threads (the README quotes 1)
 #   REDO=1 bash benchmarks/shipped_results.sh     # remake even what already names the shipped model
 #
