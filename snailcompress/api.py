@@ -35,7 +35,7 @@ from .zoo import LoadedModel, default_model_for, load_model, shipped_models
 
 DEFAULT_TILE = 32
 DEFAULT_CONTEXT = 2
-PLANE_CHANNELS = {"RGB": 3, "L": 1, "A": 1, "P": 1}
+CHANNEL_COUNT = {"RGB": 3, "L": 1, "A": 1, "P": 1}  # of each kind of plane (container.PLANE_CHANNELS)
 
 
 class ModelChooser:
@@ -117,7 +117,7 @@ def encode_image(image: DecomposedImage, models: ModelChooser, tile: int = DEFAU
     planes = []
     for name in image.expected_planes():
         pixels = image.planes[name]
-        loaded = models.for_channels(PLANE_CHANNELS[name])
+        loaded = models.for_channels(CHANNEL_COUNT[name])
         calibration = None
         if calibrate:
             plan = WindowPlan.for_image(image.height, image.width, (tile, tile), (context, context), band)
@@ -149,7 +149,7 @@ def decode_image(snail: container.SnailFile, models: ModelChooser, progress: boo
                           f"of snailcompress has version {ARITHMETIC_VERSION} only")
     planes = {}
     for plane in snail.planes:
-        channels = PLANE_CHANNELS[plane.channels]
+        channels = CHANNEL_COUNT[plane.channels]
         loaded = models.for_plane(plane, channels)
         try:
             net = integer_network(loaded.model, plane_calibration(plane))

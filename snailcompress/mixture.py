@@ -132,11 +132,6 @@ def bits_per_dim(total_nll_nats: float | torch.Tensor, num_dims: int) -> float |
     return total_nll_nats / (num_dims * math.log(2.0))
 
 
-def nll_bits_per_dim(x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
-    """Mean bits/dim of a batch: the training loss. x: (B, C, H, W) in [-1, 1]."""
-    return bits_per_dim(-log_prob(x, params).sum(), x.numel())
-
-
 # ---------------------------------------------------------------------------------------------
 # Sequential per-channel distributions: the sampler and the coder
 

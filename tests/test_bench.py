@@ -243,3 +243,15 @@ def test_receptive_field_command(tmp_path):
     args = ["receptive-field", "--model", "pixelcnnpp-tiny", "--size", "18x18", "-o", str(tmp_path / "x.png")]
     bad = CliRunner().invoke(main, args)
     assert bad.exit_code == 2 and "divisible by 4" in bad.stderr
+
+
+def test_bench_without_model_runs_the_shipped_default(tmp_path):
+    """`bench --dataset X` alone measures the shipped model for the data's channel count, and says so."""
+    data_dir = write_cifar_folder(tmp_path / "data")
+    args = ["bench", "--dataset", "cifar10", "--data-dir", str(data_dir), "--limit", "2", "--coded-limit", "1",
+            "--codecs", "png", "--out", str(tmp_path / "report"), "-q"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "no --model: the shipped snail-rgb" in result.stderr
+    table = pd.read_csv(tmp_path / "report" / "summary.csv")
+    assert {"snail-rgb", "snail-rgb (coded, one stream)"} <= set(table["method"])

@@ -50,7 +50,7 @@ from ..errors import ChannelCountError, DatasetError, ModelError, UsageError
 from ..evaluate import evaluate, image_log_probs
 from ..models.pixelsnail import PixelSNAIL
 from ..models.presets import PRESETS
-from ..zoo import LoadedModel, load_model
+from ..zoo import LoadedModel, default_model_for, load_model
 from . import codecs as bench_codecs
 from .codecs import NotLosslessError
 from .paper import paper_rows
@@ -317,8 +317,12 @@ def run_benchmark(opts: BenchOptions, log: Callable[[str], None] = print) -> Ben
     data = load_split(opts.dataset, opts.data_dir, opts.split, **opts.data_options)
     images = _images(data, opts.limit)
     n, channels, height, width = images.shape
-    models = [_load(spec, channels, opts.dataset) for spec in opts.models]
+    # without --model, what a user who types `bench --dataset X` wants to see: the shipped model for the data
+    specs = list(opts.models) or [default_model_for(channels)]
+    models = [_load(spec, channels, opts.dataset) for spec in specs]
     log(f"{opts.dataset} {opts.split}: {n} images of {channels}x{height}x{width}")
+    if not opts.models:
+        log(f"no --model: the shipped {specs[0]} (for {channels}-channel images)")
 
     rows: list[dict] = []
     per_image: dict[str, np.ndarray] = {}

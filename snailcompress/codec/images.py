@@ -54,7 +54,7 @@ __all__ = [
     "pixel_checksum",
     "same_image",
     "read_image",
-    "encode_image",
+    "image_file_bytes",
     "write_image",
 ]
 
@@ -415,7 +415,7 @@ def _why(e: BaseException) -> str:
 def _check_palette_storable(img: DecomposedImage, name: str) -> None:
     """A palette image must come back exactly from a PNG; find out now rather than when decoding."""
     try:
-        ok = same_image(img, _reread(encode_image(img, "PNG")))
+        ok = same_image(img, _reread(image_file_bytes(img, "PNG")))
     except Exception:
         ok = False
     if ok:
@@ -436,7 +436,7 @@ def _reread(data: bytes) -> DecomposedImage:
         return decompose(im)
 
 
-def encode_image(img: DecomposedImage, fmt: str = "PNG", **options: Any) -> bytes:
+def image_file_bytes(img: DecomposedImage, fmt: str = "PNG", **options: Any) -> bytes:
     """The image file bytes in Pillow format fmt (no check that they read back exactly)."""
     im = compose(img)
     buf = io.BytesIO()
@@ -447,7 +447,7 @@ def encode_image(img: DecomposedImage, fmt: str = "PNG", **options: Any) -> byte
 def png_bytes(img: DecomposedImage) -> bytes:
     """The image as PNG bytes, checked to read back exactly (`decode -c`)."""
     fmt, options = WRITE_FORMATS[".png"]
-    data = encode_image(img, fmt, **options)
+    data = image_file_bytes(img, fmt, **options)
     if not same_image(img, _reread(data)):
         raise ImageError(f"this mode {img.mode} image cannot be stored exactly as PNG")
     return data
@@ -475,7 +475,7 @@ def write_image(img: DecomposedImage, path: str | os.PathLike, overwrite: bool =
         raise OutputExistsError(f"{name} already exists (use -f to overwrite)")
     _check_structure(img)  # an inconsistent img is a bug in the caller: ValueError, not ImageError
     try:
-        data = encode_image(img, fmt, **options)
+        data = image_file_bytes(img, fmt, **options)
         ok = same_image(img, _reread(data))
     except Exception:  # Pillow refuses the mode for this format (OSError, KeyError, ...) or reads back another
         ok = False
