@@ -230,7 +230,10 @@ def _decode_windows(net, plan: WindowPlan, canvas: np.ndarray, slots: np.ndarray
         values[~active] = 0  # idle slots (not started, or done) see the same values in every decoder
         bits = 0.0
         if coded.any():
-            conditionals = IntegerConditionals(stepper.predict()[torch.from_numpy(coded).to(net.device)], channels)
+            params = stepper.predict()
+            everyone = bool(coded.all())
+            conditionals = IntegerConditionals(params if everyone else params[torch.from_numpy(coded).to(net.device)],
+                                               channels)
             known = torch.from_numpy(values[coded]).to(net.device)
             for ch in range(channels):
                 table = conditionals.tables(ch, known[:, :ch]).cpu().numpy().astype(np.float64)

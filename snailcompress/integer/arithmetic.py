@@ -133,8 +133,13 @@ def table_digest() -> str:
 
 @functools.lru_cache(maxsize=None)
 def on(device: str) -> dict[str, torch.Tensor]:
-    """The tables on a device (copied once)."""
-    return {name: t.to(device) for name, t in tables().items()}
+    """The tables on a device (copied once), with two derived from them to save steps: ELU over the
+    whole activation range, and the sigmoid divided by 4096 (exact: a power of two)."""
+    t = {name: table.to(device) for name, table in tables().items()}
+    x = torch.arange(-ACTIVATION_LIMIT, ACTIVATION_LIMIT + 1, dtype=torch.float64, device=device)
+    t["elu_all"] = torch.where(x >= 0, x, t["elu"][(-x).clamp(0, EXP_INPUT_LIMIT).long()])
+    t["sigmoid_over_one"] = t["sigmoid"] / ONE
+    return t
 
 
 def positional_channel(length: int) -> torch.Tensor:
@@ -151,14 +156,15 @@ def clamp_activation(x: torch.Tensor) -> torch.Tensor:
 
 
 def elu(x: torch.Tensor, t: dict[str, torch.Tensor]) -> torch.Tensor:
-    """ELU in Q.12: x where x >= 0, else the table (ELU(x) >= x, so the larger of the two is ELU)."""
-    index = (-x).clamp_(0, EXP_INPUT_LIMIT).to(torch.int32)
-    return torch.maximum(x, t["elu"].index_select(0, index.view(-1)).view(x.shape))
+    """ELU in Q.12 of activations (|x| <= 2**20): x where x >= 0, else the ELU table at -x (clamped
+    at 16, where it is -1), read from one table over the whole range."""
+    index = (x + ACTIVATION_LIMIT).to(torch.int32)
+    return t["elu_all"].index_select(0, index.view(-1)).view(x.shape)
 
 
 def gate(x: torch.Tensor, a: torch.Tensor, b_index: torch.Tensor, t: dict[str, torch.Tensor]) -> torch.Tensor:
     """x + a * sigmoid(b), rounded half up to Q.12 and clamped; b_index = b + 16 in Q.12, already
-    clamped to the table (network.IntegerLinear's gate channels)."""
-    s = t["sigmoid"].index_select(0, b_index.to(torch.int32).view(-1)).view(b_index.shape)
-    product = (a * s).add_(ONE // 2).mul_(1.0 / ONE).floor_()
-    return clamp_activation(product.add_(x))
+    clamped to the table (network.IntegerLinear's gate channels). x + a * s / 4096 + 1/2 is exact
+    (x integer, a * s an integer below 2**33), so its floor is x + round_half_up(a * s / 4096)."""
+    s = t["sigmoid_over_one"].index_select(0, b_index.to(torch.int32).view(-1)).view(b_index.shape)
+    return clamp_activation(torch.addcmul(x, a, s).add_(0.5).floor_())

@@ -107,9 +107,10 @@ class IntegerLinear:
         return self
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        out = torch.addmm(self._bias, x.reshape(-1, x.shape[-1]), self._weight).floor_()
+        flat = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
+        out = torch.addmm(self._bias, flat, self._weight).floor_()
         out = torch.clamp(out, self._low, self._high) if self._gated else ar.clamp_activation(out)
-        return out.view(*x.shape[:-1], -1)
+        return out if x.dim() == 2 else out.view(*x.shape[:-1], -1)
 
     def down_right_2x2(self, h: torch.Tensor) -> torch.Tensor:
         """The 2x2 down-right-shifted conv over (B, H, W, C): each position's inputs at (i-1, j-1),
