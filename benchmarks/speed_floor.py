@@ -1,0 +1,105 @@
+"""The floor under coding time: the default model's work a pixel, this CPU's matrix throughput in the
+codec's arithmetic, the least time that implies for a 768x512 image, and how close encode and decode come.
+
+FLOPs are counted from the integer network's layers (2 x inputs x outputs per position for every
+matrix, and the attention's two products over the positions before each one), per window position
+and per coded pixel (windows overlap by their context). Throughput is measured on float64 matrix
+products of the shapes the encoder runs (the codec's arithmetic: float64 holding integers). Encode
+and decode are timed in-process on kodim23 without calibration (the network's work only).
+
+    python benchmarks/speed_floor.py --threads 1,2 --out results/speed_floor.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import publish, run, run_facts  # noqa: E402
+
+from snailcompress import api  # noqa: E402
+from snailcompress.codec import coder  # noqa: E402
+from snailcompress.codec.tiles import WindowPlan, default_band  # noqa: E402
+from snailcompress.zoo import load_model  # noqa: E402
+
+IMAGE = Path(__file__).resolve().parents[2] / "shared" / "data" / "kodak" / "kodim23.png"
+
+
+def flops_per_position(net, positions: int) -> float:
+    """Multiply-adds x 2 of one window position, averaged over a window of `positions`."""
+    matrices = sum(2 * linear.weight.shape[0] * linear.weight.shape[1] for linear in net.linears())
+    cfg = net.config
+    # kv_resnet/kv_proj run once a position like the rest; the attention reads (p - 1) / 2 earlier positions on average
+    attention = len(net.blocks) * 2 * (positions - 1) / 2 * (cfg.key_channels + cfg.value_channels)
+    return matrices + attention
+
+
+def gemm_gflops(threads: int, rows: int = 4096, inner: int = 192, cols: int = 96, repeat: int = 40) -> float:
+    torch.set_num_threads(threads)
+    a = torch.randint(-4096, 4096, (rows, inner)).double()
+    b = torch.randint(-4096, 4096, (inner, cols)).double()
+    torch.mm(a, b)
+    start = time.perf_counter()
+    for _ in range(repeat):
+        torch.mm(a, b)
+    return 2 * rows * inner * cols * repeat / (time.perf_counter() - start) / 1e9
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", default="1,2")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    if not IMAGE.is_file():
+        raise OSError(f"{IMAGE}: not found (the shared Kodak images)")
+    plane = np.asarray(Image.open(IMAGE).convert("RGB"))
+    height, width = plane.shape[:2]
+    tile, context = (api.DEFAULT_TILE,) * 2, (api.DEFAULT_CONTEXT,) * 2
+    band = default_band(height, width, tile, context)
+    plan = WindowPlan.for_image(height, width, tile, context, band)
+    net = api.integer_network(load_model("snail-rgb").model)
+    windows = plan.rows * plan.cols
+    per_position = flops_per_position(net, plan.positions)
+    total = per_position * plan.positions * windows
+    per_pixel = total / (height * width)
+    lines = [
+        "# The floor under coding time: work a pixel, matrix throughput, and how close the codec comes",
+        "",
+        f"`python benchmarks/speed_floor.py --threads {args.threads}{' --out ' + str(args.out) if args.out else ''}`; {run_facts()}.",
+        "",
+        f"snail-rgb as the integer network: {per_position / 1e6:.3f} MFLOP a window position "
+        f"({plan.win_h}x{plan.win_w} windows, attention averaged over the window), {per_pixel / 1e6:.3f} MFLOP a "
+        f"coded pixel (windows overlap by their context); kodim23 ({width}x{height}): {windows} windows, "
+        f"{total / 1e9:.0f} GFLOP.",
+        "",
+        "| threads | float64 matmul GFLOPS | least time s | encode s (no calibration) | of the least | decode s | of the least |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for threads in (int(t) for t in args.threads.split(",")):
+        gflops = gemm_gflops(threads)
+        least = total / (gflops * 1e9)
+        start = time.perf_counter()
+        words, _ = coder.code_plane(net, plane, tile, context, band)
+        encode = time.perf_counter() - start
+        start = time.perf_counter()
+        decoded = coder.decode_plane(net, words, height, width, 3, tile, context, band)
+        decode = time.perf_counter() - start
+        if not np.array_equal(decoded, plane):
+            raise AssertionError("decoded pixels differ")
+        lines.append(f"| {threads} | {gflops:.1f} | {least:.1f} | {encode:.1f} | {least / encode:.0%} | {decode:.1f} | "
+                     f"{least / decode:.0%} |")
+        print(lines[-1], flush=True)
+    lines += ["", "The least time is the matrix work alone at the measured throughput; the rest of a step (requantising,",
+              "table lookups, the mixture's frequency tables, the range coder, Python) is what separates the codec from it."]
+    publish(lines, args.out)
+
+
+if __name__ == "__main__":
+    run(main)
