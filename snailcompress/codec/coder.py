@@ -49,10 +49,6 @@ class CodingNetwork(Protocol):
     def stepper(self, batch: int, height: int, width: int): ...  # predict() / commit() / restart()
 
 
-def channels_of(net) -> int:
-    return net.config.channels
-
-
 # ---------------------------------------------------------------------------------------------
 # Where each symbol goes in the stream
 
@@ -72,9 +68,8 @@ def stream_order(plan: WindowPlan, coded: np.ndarray) -> tuple[np.ndarray, np.nd
                 window = (i0 + w) * plan.cols + j
                 mine = np.flatnonzero(coded[window].reshape(-1))
                 windows.append(np.full(len(mine), window))
-                positions_of = mine
-                steps.append(step_offset + first + w * positions + positions_of)
-                slot_of.append(np.stack([np.full(len(mine), k), positions_of], 1))
+                steps.append(step_offset + first + w * positions + mine)
+                slot_of.append(np.stack([np.full(len(mine), k), mine], 1))
         step_offset += int((start + count * positions).max())
     window = np.concatenate(windows)
     step = np.concatenate(steps)
@@ -139,7 +134,7 @@ def symbol_bounds(net, windows: np.ndarray, coded: np.ndarray, progress=None) ->
     """(start, count) of every coded subpixel, (P, C) each, in raster order of (window, position):
     the full forward pass over chunks of windows, then the symbols' two cumulative counts."""
     channels = windows.shape[1]
-    per_chunk = max(1, ENCODE_CHUNK_POSITIONS // (windows.shape[2] * windows.shape[3]) ** 1)
+    per_chunk = max(1, ENCODE_CHUNK_POSITIONS // (windows.shape[2] * windows.shape[3]))
     starts, counts = [], []
     for s in range(0, len(windows), per_chunk):
         chunk = torch.from_numpy(windows[s : s + per_chunk])

@@ -21,6 +21,7 @@ the same product in both ways (a 2x2 down-right-shifted conv reads (i-1, j-1), (
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 
@@ -211,8 +212,6 @@ class IntegerPixelSNAIL:
 
     def digest(self) -> str:
         """SHA-256 of every integer weight, bias and shift: equal on every machine for the same model."""
-        import hashlib
-
         h = hashlib.sha256()
         for linear in self.linears():
             for t in (linear.weight, linear.bias, linear.shift):
