@@ -9,8 +9,9 @@ and an offset, and for each of the F features its 1x1 output layer reads, a gain
 
 that minimise the NLL of a sample of the plane's pixels (MAX_SAMPLE_PIXELS, drawn from at most
 MAX_SAMPLE_WINDOWS windows spread evenly over the image), and stores the 2K + F numbers as IEEE
-binary16 in the plane's header (format version 5: 500 bytes for the RGB model's K = 100, F = 48).
-Both sides fold them into the model's output layer (`calibrated`), so decoding costs nothing extra
+binary16 in the plane's header (a tagged field of about 500 bytes for the RGB model's K = 100, F = 48).
+Both sides fold them into the integer network's output layer (integer/network.py; `calibrated` does
+the same for the float model, for NLL measurements), so decoding costs nothing extra
 and encoding one forward pass over the sample and a few seconds of L-BFGS on the features it
 computed. The encoder does not try where a typical saving would not repay the header twice (a
 256 x 256 crop saved 0.05% for twice the encode time), and keeps a calibration only where the bits it
@@ -48,7 +49,7 @@ TYPICAL_SAVING_BITS = 0.015
 @dataclass(frozen=True)
 class Calibration:
     """Per-output gain (1 + scale) and offset (shift), and per-feature gain (1 + feature_gain; none
-    in files of format version 4), each exactly a binary16 number."""
+    when only the outputs were fitted), each exactly a binary16 number."""
 
     scale: tuple[float, ...]
     shift: tuple[float, ...]
@@ -169,7 +170,7 @@ def nll_bits(head: torch.nn.Module, features: torch.Tensor, values: torch.Tensor
 def fit(head: torch.nn.Module, features: torch.Tensor, values: torch.Tensor,
         feature_gains: bool = True) -> Calibration | None:
     """The calibration (rounded to binary16) that minimises the NLL of these pixels (None where the
-    fit failed); `feature_gains=False` fits the outputs' gains and offsets only (format version 4)."""
+    fit failed); `feature_gains=False` fits the outputs' gains and offsets only (benchmarks/calibration.py)."""
     numbers = _tensors(head, None)
     fitted = numbers if feature_gains else numbers[:2]
     for n in fitted:
