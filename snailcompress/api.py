@@ -70,10 +70,9 @@ class ModelChooser:
                 continue
             if loaded.model_id.startswith(plane.model_id):
                 return loaded
-        raise ModelError(
-            f"this file was coded with model {plane.model_name or 'id ' + plane.model_id!r} (id {plane.model_id}), "
-            "which is not available here with those exact weights; pass it with --model"
-        )
+        named = f"model {plane.model_name!r} (id {plane.model_id})" if plane.model_name else f"the model with id {plane.model_id}"
+        raise ModelError(f"this file was coded with {named}, which is not available here with those exact weights; "
+                         "pass it with --model (snailcompress models lists the ids of the shipped ones)")
 
 
 @dataclass
