@@ -6,9 +6,9 @@ any order and with or without fused multiply-add, while every intermediate magni
 2**53; every product of the network is built so that it stays below 2**52 (`ACCUMULATOR_LIMIT`,
 checked per layer when a model is converted: network.py). Multiplying by a power of two is exact
 too, and `floor` is exact, so one rounding rule, `round_half_up(x) = floor(x + 1/2)`, written as
-a multiply by 2**-k of an integer that already holds the 1/2, is the only requantisation. Divisions
-that a power of two cannot do (the attention's normalisation, the mixture's) are int64 floor
-divisions, exact everywhere. TF32 and other reduced-precision modes apply to float32 and bfloat16
+a multiply by 2**-k of an integer that already holds the 1/2, is the only requantisation of
+activations (and of the attention's normalisation, an int64 division). Table indices are floors of
+non-negative values; the mixture's cumulative counts are int64 floor divisions, exact everywhere. TF32 and other reduced-precision modes apply to float32 and bfloat16
 only, never to these float64 products.
 
 The nonlinearities (ELU, the gates' sigmoid, the softmax's exp, tanh, exp of the log-scales and the
@@ -54,11 +54,6 @@ PRECISION_BITS = 24  # the range coder's tables are counts out of 2**24
 TABLE_TOTAL = (1 << PRECISION_BITS) - 256  # constriction gives each of the 256 symbols count + 1 out of 2**24
 
 _PRECISION = 96  # bits of the exact fixed-point exp used to build the tables (errors stay below 2**-70)
-
-
-def round_half_up_shift(value: int, shift: int) -> int:
-    """floor(value / 2**shift + 1/2) for Python integers: the one rounding rule."""
-    return (value + (1 << (shift - 1))) >> shift if shift > 0 else value << -shift
 
 
 @functools.lru_cache(maxsize=None)
