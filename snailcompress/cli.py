@@ -499,7 +499,7 @@ def info(files):
 
 
 @main.command()
-@click.option("--keep", type=click.Path(), default=None, help="keep the files in this directory")
+@click.option("--keep", type=click.Path(), default=None, help="keep the demo's files (image, .snail, decoded) in this directory")
 @friendly_errors
 def demo(keep):
     """Encode, decode and verify the shipped demo image; compare with PNG, WebP, JPEG-XL, JPEG 2000."""

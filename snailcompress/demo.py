@@ -46,6 +46,6 @@ def run_demo(workdir: Path | None = None, echo=print) -> dict[str, float]:
         width = max(len(k) for k in results)
         for method, bits in sorted(results.items(), key=lambda kv: kv[1]):
             echo(f"  {method:<{width}}  {bits:.3f} bits/subpixel  ({bits / results['snailcompress']:.2f}x)")
-        if workdir:
-            echo(f"files kept in {work}")
+        echo(f"files kept in {work}" if workdir else
+             "the files were made in a temporary folder and removed; `snailcompress demo --keep DIR` keeps them")
     return results

@@ -82,3 +82,13 @@ def test_encode_without_model_round_trips_rgba_through_both_shipped_models(tmp_p
     assert decoded.mode == "RGBA" and np.array_equal(np.asarray(decoded), original)
     planes = container.read((tmp_path / "a.snail").read_bytes()).planes
     assert [p.model_id for p in planes] == [load_model(name).model_id[:8] for name in ("snail-rgb", "snail-gray")]
+
+
+def test_demo_round_trips_and_keeps_its_files_only_when_asked(tmp_path):
+    runner = CliRunner()
+    r = runner.invoke(main, ["demo", "--keep", str(tmp_path / "kept")])
+    assert r.exit_code == 0, r.output
+    assert "pixels identical to the original" in r.output
+    assert sorted(p.name for p in (tmp_path / "kept").iterdir()) == ["demo-decoded.png", "demo.snail", DEMO_IMAGE]
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "kept" / "demo-decoded.png").convert("RGB")),
+                          np.asarray(Image.open(tmp_path / "kept" / DEMO_IMAGE).convert("RGB")))
