@@ -166,6 +166,11 @@ def default_output(source: Path, suffix: str) -> Path:
     return source.with_name(source.name + suffix) if source.suffix == suffix else source.with_suffix(suffix)
 
 
+def decoded_output(source: Path) -> Path:
+    """Where `decode` writes a file's image by default: x.snail -> x.png, anything else -> its name + .png."""
+    return source.with_suffix(".png") if source.suffix == ".snail" else Path(f"{source}.png")
+
+
 def encode_bytes(image: DecomposedImage, models: ModelChooser | None = None, tile: int = DEFAULT_TILE,
                  context: int = DEFAULT_CONTEXT, progress: bool = False, calibrate: bool = True) -> bytes:
     """The .snail file of an image, as bytes."""
@@ -214,7 +219,7 @@ def decode_file(source, target=None, models: ModelChooser | None = None, force: 
         stdout.flush()
         target = Path("-")
     else:
-        target = Path(target) if target else (source.with_suffix(".png") if source.suffix == ".snail" else Path(f"{source}.png"))
+        target = Path(target) if target else decoded_output(source)
         write_image(image, target, overwrite=force)
     subpixels = sum(p.size for p in image.planes.values())
     return CodingReport(source, target, image.width, image.height, image.mode, len(data), max(subpixels, 1),

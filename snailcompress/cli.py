@@ -468,11 +468,10 @@ def encode(images, output, force, models, tile, context, calibrate, threads, to_
 def decode(files, output, force, models, threads, to_stdout, quiet):
     """Restore the exact original images from .snail files (checked against their checksum); - reads
     standard input."""
-    from .api import ModelChooser, decode_file
+    from .api import ModelChooser, decode_file, decoded_output
 
     _threads(threads)
-    outputs = _outputs_or_stdout(files, output, to_stdout,
-                                 lambda p: p.with_suffix(".png") if p.suffix == ".snail" else Path(f"{p}.png"))
+    outputs = _outputs_or_stdout(files, output, to_stdout, decoded_output)
     chooser = ModelChooser(models)
     stdout = sys.stdout.buffer if to_stdout else None
     _each_file(zip(files, outputs), lambda source, target: decode_file(source, target, chooser, force,

@@ -163,9 +163,7 @@ def test_the_decoders_tables_give_the_encoders_counts(channels, height, width, c
 
     windows, coded = plan.windows(plane)
     start, count = coder.symbol_bounds(net, windows, coded)
-    window, position, _ = coder.stream_order(plan, coded)
-    rank = np.cumsum(coded.reshape(len(coded), -1), axis=1) - 1
-    pixel = np.concatenate([[0], np.cumsum(coded.reshape(len(coded), -1).sum(1))])[window] + rank[window, position]
+    pixel, _ = coder.stream_order(plan, coded)
     values = windows.transpose(0, 2, 3, 1)[coded]
     tables = iter(recorder.tables)
     seen = 0
@@ -276,9 +274,9 @@ def test_window_plans_cover_every_pixel_once(height, width, tile, above, left, b
     windows, coded = plan.windows(plane)
     assert windows.shape == (plan.rows * plan.cols, 1, plan.win_h, plan.win_w) and coded.sum() == height * width
     assert sorted(windows[:, 0][coded].tolist()) == list(range(height * width))
-    window, position, step = coder.stream_order(plan, coded)
-    assert len(window) == height * width and np.all(np.diff(step) >= 0)
-    assert sorted(windows[window, 0].reshape(len(window), -1)[np.arange(len(window)), position].tolist()) == list(range(height * width))
+    pixel, step = coder.stream_order(plan, coded)
+    assert len(pixel) == height * width and np.all(np.diff(step) >= 0)
+    assert sorted(windows[:, 0][coded][pixel].tolist()) == list(range(height * width))
 
 
 @pytest.mark.parametrize(

@@ -18,8 +18,7 @@ computed. The encoder does not try where a typical saving would not repay the he
 saves on the sample, scaled to the whole plane, exceed what it costs in the header.
 
 Why these settings: results/calibration.md (the 12 held-out images' NLL, header paid, by what is
-fitted and on how large a sample). The codec folds the calibration into the integer network's head
-(integer/network.py), so it costs nothing to decode.
+fitted and on how large a sample).
 """
 
 from __future__ import annotations

@@ -53,29 +53,30 @@ class CodingNetwork(Protocol):
 # Where each symbol goes in the stream
 
 
-def stream_order(plan: WindowPlan, coded: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The coded pixels in the order the decoder reads them, as (window, position) arrays, and the
-    step of the decoder's schedule at which each is coded (a running count over all batches).
+def stream_order(plan: WindowPlan, coded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The coded pixels in the order the decoder reads them, and the step of the decoder's schedule at
+    which each is coded (a running count over all batches). Pixels are numbered in raster order of
+    (window, position), as `coded[coded]` lists them.
 
     coded: (windows, win_h, win_w), which pixels each window codes (raster order of windows).
     Within a step the channels come one after the other (see `code_plane`)."""
-    windows, steps, slot_of, positions = [], [], [], plan.positions
+    flat = coded.reshape(len(coded), -1)
+    first_pixel = np.concatenate([[0], np.cumsum(flat.sum(axis=1))])
+    pixels, steps, slot_of, positions = [], [], [], plan.positions
     step_offset = 0
     for slots in plan.slot_groups(MAX_BATCH_TILES):
         start, count = plan.slot_schedule(slots)
         for k, ((i0, j), first, n) in enumerate(zip(slots, start, count)):
             for w in range(n):
                 window = (i0 + w) * plan.cols + j
-                mine = np.flatnonzero(coded[window].reshape(-1))
-                windows.append(np.full(len(mine), window))
+                mine = np.flatnonzero(flat[window])
+                pixels.append(first_pixel[window] + np.arange(len(mine)))
                 steps.append(step_offset + first + w * positions + mine)
-                slot_of.append(np.stack([np.full(len(mine), k), mine], 1))
+                slot_of.append(np.full(len(mine), k))
         step_offset += int((start + count * positions).max())
-    window = np.concatenate(windows)
-    step = np.concatenate(steps)
-    slot_position = np.concatenate(slot_of)
-    order = np.lexsort((slot_position[:, 0], step))  # by step, then slot
-    return window[order], slot_position[order, 1], step[order]
+    pixel, step, slot = np.concatenate(pixels), np.concatenate(steps), np.concatenate(slot_of)
+    order = np.lexsort((slot, step))  # by step, then slot
+    return pixel[order], step[order]
 
 
 def _plan_steps(plan: WindowPlan) -> int:
@@ -180,10 +181,7 @@ def code_plane(net, plane: np.ndarray, tile: tuple[int, int], context: tuple[int
     with _progress(progress, len(windows), "encode", "window") as bar:
         start, count = symbol_bounds(net, windows, coded, bar)
     pixel_values = windows.transpose(0, 2, 3, 1)[coded]  # (P, C), the same raster order
-    window, position, step = stream_order(plan, coded)
-    first_pixel = np.concatenate([[0], np.cumsum(coded.reshape(len(coded), -1).sum(1))])
-    rank = np.cumsum(coded.reshape(len(coded), -1), axis=1) - 1  # index of each coded position within its window
-    pixel = first_pixel[window] + rank[window, position]
+    pixel, step = stream_order(plan, coded)
     # Within a step: every slot's channel 0, then channel 1, ...: sort (step, channel, stream order).
     channels = plane.shape[2]
     order = np.argsort(np.repeat(step, channels) * channels + np.tile(np.arange(channels), len(step)), kind="stable")
@@ -224,11 +222,10 @@ def _decode_windows(net, plan: WindowPlan, canvas: np.ndarray, slots: np.ndarray
         values = canvas[np.minimum(y, plan.height - 1), np.minimum(x, plan.width - 1)]  # what is known (n, C)
         values[~active] = 0  # idle slots (not started, or done) see the same values in every decoder
         bits = 0.0
+        params = stepper.predict()  # every slot steps, coding or not: that keeps one step one batched pass
         if coded.any():
-            params = stepper.predict()
-            everyone = bool(coded.all())
-            conditionals = IntegerConditionals(params if everyone else params[torch.from_numpy(coded).to(net.device)],
-                                               channels)
+            mine = params if coded.all() else params[torch.from_numpy(coded).to(net.device)]
+            conditionals = IntegerConditionals(mine, channels)
             known = torch.from_numpy(values[coded]).to(net.device)
             for ch in range(channels):
                 table = conditionals.tables(ch, known[:, :ch]).cpu().numpy().astype(np.float64)
@@ -241,8 +238,6 @@ def _decode_windows(net, plan: WindowPlan, canvas: np.ndarray, slots: np.ndarray
                 if progress is not None:
                     bits += _bits(table[np.arange(len(decoded)), decoded])
             canvas[y[coded], x[coded]] = values[coded]
-        else:
-            stepper.predict()
         stepper.commit(torch.from_numpy(values), torch.from_numpy(active & (position < positions - 1)))
         if progress is not None:
             progress.step(bits, int(coded.sum()) * channels)

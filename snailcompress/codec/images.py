@@ -447,9 +447,26 @@ def image_file_bytes(img: DecomposedImage, fmt: str = "PNG", **options: Any) -> 
 def png_bytes(img: DecomposedImage) -> bytes:
     """The image as PNG bytes, checked to read back exactly (`decode -c`)."""
     fmt, options = WRITE_FORMATS[".png"]
-    data = image_file_bytes(img, fmt, **options)
-    if not same_image(img, _reread(data)):
-        raise ImageError(f"this mode {img.mode} image cannot be stored exactly as PNG")
+    return _exact_bytes(img, fmt, options, "standard output")
+
+
+def _exact_bytes(img: DecomposedImage, fmt: str, options: dict, name: str) -> bytes:
+    """The image file bytes in `fmt`, re-read to make sure they hold exactly img; ImageError naming
+    `name` (where they were to go) otherwise."""
+    _check_structure(img)  # an inconsistent img is a bug in the caller: ValueError, not ImageError
+    try:
+        data = image_file_bytes(img, fmt, **options)
+        ok = same_image(img, _reread(data))
+    except Exception:  # Pillow refuses the mode for this format (OSError, KeyError, ...) or reads back another
+        ok = False
+    if not ok:
+        what = f"mode {img.mode} image"
+        if "transparency" in img.extras:
+            what += " with transparency"
+        elif img.mode == "P":
+            what += f" with a {len(img.extras.get('palette', '')) // 6}-entry palette"
+        hint = "" if fmt == "PNG" else "; use .png"
+        raise ImageError(f"cannot write {name}: this {what} cannot be stored exactly as {fmt}{hint}")
     return data
 
 
@@ -473,18 +490,4 @@ def write_image(img: DecomposedImage, path: str | os.PathLike, overwrite: bool =
         raise ImageError(f"cannot write {name}: {suffix} is not a format snailcompress writes exactly (use {known})")
     if not overwrite and os.path.lexists(name):
         raise OutputExistsError(f"{name} already exists (use -f to overwrite)")
-    _check_structure(img)  # an inconsistent img is a bug in the caller: ValueError, not ImageError
-    try:
-        data = image_file_bytes(img, fmt, **options)
-        ok = same_image(img, _reread(data))
-    except Exception:  # Pillow refuses the mode for this format (OSError, KeyError, ...) or reads back another
-        ok = False
-    if not ok:
-        what = f"mode {img.mode} image"
-        if "transparency" in img.extras:
-            what += " with transparency"
-        elif img.mode == "P":
-            what += f" with a {len(img.extras.get('palette', '')) // 6}-entry palette"
-        hint = "" if fmt == "PNG" else "; use .png"
-        raise ImageError(f"cannot write {name}: this {what} cannot be stored exactly as {fmt}{hint}")
-    atomic_write(name, data, overwrite)
+    atomic_write(name, _exact_bytes(img, fmt, options, name), overwrite)

@@ -106,37 +106,39 @@ class IntegerConditionals:
 
     def _bin_probability(self, c: int, known: torch.Tensor | None, value: torch.Tensor) -> torch.Tensor:
         """Each component's Q.20 probability (N, M) int64 of value (N,) in channel c."""
-        edges = torch.stack([value, value + 1], dim=1).clamp(1, 255)
-        cdf = self._cdf(c, known, edges).to(torch.int64)
-        low = torch.where((value == 0).unsqueeze(1), 0, cdf[..., 0])
-        high = torch.where((value == 255).unsqueeze(1), CDF_ONE, cdf[..., 1])
+        low, high = _ends(value, self._cdf(c, known, _edges(value)).to(torch.int64), CDF_ONE)
         return high - low
+
+    def _cumulative(self, c: int, known: torch.Tensor | None, edges: torch.Tensor) -> torch.Tensor:
+        """The mixture's cumulative counts (N, E) int64 below the edges (v - 1/2 for v in `edges`,
+        (E,) or (N, E)): floor(sum_k w_k cdf_k * TOTAL / (sum_k w_k * 2**20))."""
+        weights = self._weights(c, known)
+        mixed = torch.bmm(weights.to(torch.float64).unsqueeze(1), self._cdf(c, known, edges)).squeeze(1)
+        total = weights.sum(dim=1, keepdim=True) * CDF_ONE
+        return torch.div(mixed.to(torch.int64) * ar.TABLE_TOTAL, total, rounding_mode="floor")
 
     def tables(self, c: int, known: torch.Tensor | None = None) -> torch.Tensor:
         """Counts (N, 256) int64 of channel c given the values (N, >= c) of channels < c; every row
         sums to TABLE_TOTAL."""
-        weights = self._weights(c, known)
-        edges = torch.arange(1, 256, device=weights.device)
-        mixed = torch.bmm(weights.to(torch.float64).unsqueeze(1), self._cdf(c, known, edges)).squeeze(1)
-        cumulative = self._cumulative(mixed.to(torch.int64), weights)
-        n = cumulative.shape[0]
-        zero = torch.zeros(n, 1, dtype=torch.int64, device=cumulative.device)
-        full = torch.cat([zero, cumulative, torch.full_like(zero, ar.TABLE_TOTAL)], dim=1)
-        return full.diff(dim=1)
+        cumulative = self._cumulative(c, known, torch.arange(1, 256, device=self.prior.device))
+        zero = torch.zeros(cumulative.shape[0], 1, dtype=torch.int64, device=cumulative.device)
+        return torch.cat([zero, cumulative, torch.full_like(zero, ar.TABLE_TOTAL)], dim=1).diff(dim=1)
 
     def symbol_bounds(self, c: int, known: torch.Tensor | None, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(start, count) int64 (N,) of value (N,) in channel c: the cumulative count below it and its
         count in `tables(c, known)`, computed at its two edges only."""
-        weights = self._weights(c, known)
         value = value.long()
-        edges = torch.stack([value, value + 1], dim=1).clamp(1, 255)
-        mixed = torch.bmm(weights.to(torch.float64).unsqueeze(1), self._cdf(c, known, edges)).squeeze(1)
-        cumulative = self._cumulative(mixed.to(torch.int64), weights)
-        low = torch.where(value == 0, 0, cumulative[:, 0])
-        high = torch.where(value == 255, ar.TABLE_TOTAL, cumulative[:, 1])
+        low, high = _ends(value, self._cumulative(c, known, _edges(value)), ar.TABLE_TOTAL)
         return low, high - low
 
-    @staticmethod
-    def _cumulative(mixed: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        total = weights.sum(dim=1, keepdim=True) * CDF_ONE
-        return torch.div(mixed * ar.TABLE_TOTAL, total, rounding_mode="floor")
+
+def _edges(value: torch.Tensor) -> torch.Tensor:
+    """The two edges (N, 2) around each value (N,): v and v + 1, clamped to the interior edges 1..255."""
+    return torch.stack([value, value + 1], dim=1).clamp(1, 255)
+
+
+def _ends(value: torch.Tensor, at_edges: torch.Tensor, top: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A CDF below and above each value from its values at `_edges(value)` (..., 2): 0 below value 0
+    and `top` above value 255, where those edges are the tails."""
+    value = value.view(-1, *[1] * (at_edges.dim() - 2))
+    return torch.where(value == 0, 0, at_edges[..., 0]), torch.where(value == 255, top, at_edges[..., 1])

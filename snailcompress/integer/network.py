@@ -142,15 +142,19 @@ class IntegerResnet:
     def linears(self):
         return [lin for lin in (self.conv_in, self.conv_out, self.aux_in) if lin is not None]
 
-    def _conv(self, linear: IntegerLinear, h: torch.Tensor) -> torch.Tensor:
-        return linear.down_right_2x2(h) if self.spatial else linear(h)
+    def _conv(self, which: int, linear: IntegerLinear, h: torch.Tensor, window) -> torch.Tensor:
+        if not self.spatial:
+            return linear(h)
+        return linear(window(which, h)) if window is not None else linear.down_right_2x2(h)
 
-    def forward(self, x: torch.Tensor, t: dict, aux: torch.Tensor | None = None) -> torch.Tensor:
-        """Full forward over (B, H, W, C)."""
-        c1 = self._conv(self.conv_in, ar.elu(x, t))
+    def forward(self, x: torch.Tensor, t: dict, aux: torch.Tensor | None = None, window=None) -> torch.Tensor:
+        """Over (..., C): the full pass's (B, H, W, C), or one position of a batch, (B, C), where
+        `window(which, h)` gives the 2x2 inputs of conv `which` (0: conv_in, 1: conv_out) from the
+        stepper's row caches."""
+        c1 = self._conv(0, self.conv_in, ar.elu(x, t), window)
         if aux is not None:
             c1 = ar.clamp_activation(c1 + self.aux_in(ar.elu(aux, t)))
-        c2 = self._conv(self.conv_out, ar.elu(c1, t))
+        c2 = self._conv(1, self.conv_out, ar.elu(c1, t), window)
         a, b = c2.chunk(2, dim=-1)
         return ar.gate(x, a, b, t)
 
@@ -353,16 +357,6 @@ class IntegerStepper:
         cache.index_copy_(0, self._row_write, value)
         return cache.index_select(0, self._row_read).view(self.batch, -1)
 
-    def _resnet(self, resnet: IntegerResnet, x: torch.Tensor, caches=None, aux=None) -> torch.Tensor:
-        t = self.t
-        h = ar.elu(x, t)
-        c1 = resnet.conv_in(self._window(caches[0], h) if caches else h)
-        if aux is not None:
-            c1 = ar.clamp_activation(c1 + resnet.aux_in(ar.elu(aux, t)))
-        h = ar.elu(c1, t)
-        c2 = resnet.conv_out(self._window(caches[1], h) if caches else h)
-        a, b = c2.chunk(2, dim=1)
-        return ar.gate(x, a, b, t)
 
     @torch.no_grad()
     def predict(self) -> torch.Tensor:
@@ -375,10 +369,10 @@ class IntegerStepper:
         self._features = []
         for b, block in enumerate(net.blocks):
             for resnet, caches in zip(block["resnets"], self.caches[b]):
-                ul = self._resnet(resnet, ul, caches)
+                ul = resnet.forward(ul, self.t, window=lambda which, h, caches=caches: self._window(caches[which], h))
             self._features.append(ul)
-            query = block["q_proj"](self._resnet(block["q_resnet"], torch.cat([ul, self._background], 1)))
-            ul = self._resnet(block["out_resnet"], ul, aux=self._attend(query, b))
+            query = block["q_proj"](block["q_resnet"].forward(torch.cat([ul, self._background], 1), self.t))
+            ul = block["out_resnet"].forward(ul, self.t, aux=self._attend(query, b))
         return net.head(ar.elu(ul, self.t))
 
     def _attend(self, query: torch.Tensor, b: int) -> torch.Tensor:
@@ -402,7 +396,7 @@ class IntegerStepper:
         ones = torch.full_like(x[:, :1], ONE)
         self.pixels.index_copy_(0, self._pixel_write, torch.cat([x, ones], 1))
         for b, (block, ul) in enumerate(zip(self.net.blocks, self._features)):
-            kv = block["kv_proj"](self._resnet(block["kv_resnet"], torch.cat([x, ul, self._background], 1)))
+            kv = block["kv_proj"](block["kv_resnet"].forward(torch.cat([x, ul, self._background], 1), self.t))
             self.keys[b][self._slots, :, self.position] = kv[:, : self.cfg.key_channels]
             self.values[b][self._slots, self.position] = kv[:, self.cfg.key_channels :]
         self._features = []
