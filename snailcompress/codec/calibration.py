@@ -37,7 +37,7 @@ from .tiles import WindowPlan
 MAX_SAMPLE_WINDOWS = 128  # windows the network runs on for the fit: the larger the spread, the better the fit
 MAX_SAMPLE_PIXELS = 65536  # pixels of those windows the fit scores (a fixed-seed draw): enough for 248 numbers
 LBFGS_ITERATIONS = 30
-FEATURE_CHUNK = 4  # windows per forward pass of the sample (128 at once took 2.6x as long)
+FEATURE_CHUNK = 4  # windows per forward pass of the sample: a few at a time keep the attention in cache
 #: bits per subpixel a calibration typically saves, header paid: the median of the 12 held-out images
 #: when it was set (0.007 to 0.078); with the feature gains 0.005 to 0.087, median 0.017 (snail-rgb
 #: 0e414a9c), and 0.003 to 0.087, median 0.016, for snail-rgb ff7d3a5d (results/calibration.md).
