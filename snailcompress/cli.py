@@ -159,33 +159,21 @@ def train(model_name, dataset, data_dir, out, overrides, crop, scales, holdout, 
           --dataset cifar10 --data-dir ~/data --out runs/cifar --batch-size 8 --steps 500000
     Running the same command again resumes from the run's last checkpoint.
     """
-    from .train import TrainOptions, has_checkpoint, resume_options, train as run_training
+    from .train import train as run_training, train_options
 
-    given = {k: v for k, v in options.items() if v is not None}
-    if compile_ is not None:
-        given["compile"] = compile_
-    if has_checkpoint(Path(out)):
-        # Only what was typed counts on resume (the folder options have defaults); the run and its
-        # data may have been moved since it was saved.
-        source = click.get_current_context().get_parameter_source
-        typed = {name for name in ("overrides", "crop", "scales", "holdout", "channels")
-                 if source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)}
-        folder = _folder_kwargs(crop, scales, holdout, channels)
-        retyped = {
-            "model": model_name, "dataset": dataset, "cache_dir": cache_dir,
-            "model_overrides": parse_overrides(overrides) if "overrides" in typed else None,
-            **{key: folder[key] for key in ("crop", "scales", "holdout", "channels") if key in typed},
-        }
-        opts = resume_options(out, out=out, data_dir=data_dir, **retyped, **given)
+    # Only what was typed counts, as a resumed run keeps its saved options (the folder options have
+    # defaults, the same as TrainOptions'); the run and its data may have been moved since it was saved.
+    source = click.get_current_context().get_parameter_source
+    typed = {name for name in ("overrides", "crop", "scales", "holdout", "channels")
+             if source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)}
+    folder = _folder_kwargs(crop, scales, holdout, channels)
+    opts, resuming = train_options(
+        out, model=model_name, dataset=dataset, data_dir=data_dir, cache_dir=cache_dir, compile=compile_,
+        model_overrides=parse_overrides(overrides) if "overrides" in typed else None,
+        **{key: folder[key] for key in ("crop", "scales", "holdout", "channels") if key in typed}, **options,
+    )
+    if resuming:
         click.echo(f"resuming {out} at its last checkpoint", err=True)
-    else:
-        if not model_name or not dataset:
-            raise UsageError("a new run needs --model and --dataset")
-        folder = _folder_kwargs(crop, scales, holdout, channels)
-        opts = TrainOptions(
-            model=model_name, dataset=dataset, data_dir=data_dir, out=out, cache_dir=cache_dir,
-            model_overrides=parse_overrides(overrides), **folder, **given,
-        )
     progress = run_training(opts)
     if progress["stopped_by"]:
         click.echo(f"{out}: stopped by {progress['stopped_by']} at step {progress['step']}, checkpoint saved; "

@@ -395,11 +395,8 @@ def _ignore_stop_signals(worker_id: int) -> None:
         signal.signal(sig, signal.SIG_IGN)
 
 
-def train(options: TrainOptions, progress_bar: bool = True) -> dict:
-    """Train (or resume, if OUT holds a checkpoint) and return the final progress record.
-
-    Its "stopped_by" is the name of the signal that stopped the run early (StopRequest), else None.
-    """
+def _check_length(options: TrainOptions) -> None:
+    """Refuse a run with no length, or lr ramps that do not fit it, before anything is loaded or written."""
     if options.steps is None and options.minutes is None and options.cpu_minutes is None:
         raise UsageError("say how long to train: --steps N, --minutes M or --cpu-minutes M")
     if options.cooldown_steps and options.steps is None:
@@ -408,6 +405,102 @@ def train(options: TrainOptions, progress_bar: bool = True) -> dict:
         raise UsageError(f"--warmup-steps must be 0 or more, got {options.warmup_steps}")
     if not 0 <= options.cooldown_steps <= (options.steps or 0):
         raise UsageError(f"--cooldown-steps must be between 0 and --steps ({options.steps}), got {options.cooldown_steps}")
+
+
+@dataclass
+class _Run:
+    """What a run holds from its setup to its end; `progress` is what its checkpoints save of the loop."""
+
+    options: TrainOptions
+    rank: int
+    world: int
+    device: torch.device
+    run_dir: Path
+    train_set: object
+    test_set: object | None  # rank 0 only: the other ranks do not evaluate
+    model: nn.Module
+    ema: nn.Module  # the parameters' moving average: what is evaluated, saved as the model file and shipped
+    optimizer: ReferenceAdam
+    forward: nn.Module  # `model` as trained: channels-last on CUDA, DDP under torchrun, compiled if asked
+    autocast: object
+    lr_decay: float
+    progress: dict
+
+    def save(self) -> None:
+        save_checkpoint(self.run_dir, self.model, self.ema, self.optimizer, self.progress, self.options, self.device)
+
+
+@dataclass
+class _Clock:
+    """The run's wall and CPU time in total, across resumes: what --minutes and --cpu-minutes count."""
+
+    started: float  # time.monotonic() at the start the run would have had if it never stopped
+    cpu_started: float  # the same for time.process_time(), moved on by each evaluation's: only training counts
+    last_saved: float
+
+    @classmethod
+    def resumed(cls, progress: dict) -> _Clock:
+        now = time.monotonic()
+        return cls(now - progress["elapsed_s"], time.process_time() - progress.get("cpu_s", 0.0), now)
+
+    def elapsed_s(self) -> float:
+        return time.monotonic() - self.started
+
+    def cpu_s(self) -> float:
+        return time.process_time() - self.cpu_started
+
+    def stamp(self, progress: dict) -> None:
+        """Into `progress`, for the checkpoint: a resumed run goes on counting from there."""
+        progress["elapsed_s"], progress["cpu_s"] = self.elapsed_s(), self.cpu_s()
+
+
+@dataclass
+class _Window:
+    """The training loss and images since the last log row: that row's train bits/dim and speed."""
+
+    nats: float = 0.0
+    dims: int = 0
+    images: int = 0
+    start: float = field(default_factory=time.monotonic)
+
+    def add(self, nats: float, dims: int, images: int) -> None:
+        self.nats, self.dims, self.images = self.nats + nats, self.dims + dims, self.images + images
+
+    def bits_per_dim(self) -> float:
+        return mixture.bits_per_dim(self.nats, self.dims)
+
+
+def _datasets(options: TrainOptions, rank: int) -> tuple:
+    """The train split, and the test split on rank 0 (the only one that evaluates)."""
+    kwargs = dict(
+        crop=options.crop, scales=options.scales, seed=options.seed, samples_per_epoch=options.samples_per_epoch,
+        cache_dir=options.cache_dir,
+    )
+    if options.dataset == "folder":
+        kwargs.update(channels=options.channels, holdout=options.holdout)
+    train_set = load_split(options.dataset, options.data_dir, "train", **kwargs)
+    test_set = load_split(options.dataset, options.data_dir, "test", **kwargs) if rank == 0 else None
+    check_context(options.context, train_set[0].shape)
+    return train_set, test_set
+
+
+def _init_weights(model, ema, start_weights: dict | None, train_set, options: TrainOptions, device) -> None:
+    """A new run's weights: those of the trained model it goes on from, else data-dependent init on
+    the first images (the reference's); the EMA starts from them."""
+    if start_weights is not None:
+        model.load_state_dict(start_weights)
+    else:
+        init_n = options.init_batch or options.batch_size
+        init_batch = torch.stack([train_set[i] for i in range(init_n)]).to(device)
+        data_dependent_init(model, mixture.to_unit(init_batch))
+    ema.load_state_dict(model.state_dict())
+
+
+def _start(options: TrainOptions) -> _Run:
+    """The run to train: the interrupted one where OUT holds a checkpoint, else a new one.
+
+    The model, the data and --set are checked before OUT is created: a refused run leaves nothing behind.
+    """
     rank, world, local_rank = _distributed()
     device = _device(options.device, local_rank)
     run_dir = Path(options.out)
@@ -415,24 +508,13 @@ def train(options: TrainOptions, progress_bar: bool = True) -> dict:
     trained = None if resuming else _trained_model(options)
     if trained is not None and options.dataset == "folder" and options.channels is None:
         options = replace(options, channels=trained.config.channels)  # saved with the run, for resuming
-
-    data_kwargs = dict(
-        crop=options.crop, scales=options.scales, seed=options.seed, samples_per_epoch=options.samples_per_epoch,
-        cache_dir=options.cache_dir,
-    )
-    if options.dataset == "folder":
-        data_kwargs.update(channels=options.channels, holdout=options.holdout)
-    train_set = load_split(options.dataset, options.data_dir, "train", **data_kwargs)
-    test_set = load_split(options.dataset, options.data_dir, "test", **data_kwargs) if rank == 0 else None
-    check_context(options.context, train_set[0].shape)
-
+    train_set, test_set = _datasets(options, rank)
     if resuming:
         config, start_weights = _saved_config(run_dir, options.dropout), None
     else:
         config, start_weights = _starting_point(options, trained, train_set.channels)
     run_dir.mkdir(parents=True, exist_ok=True)
-    arch = config.to_dict()["architecture"]
-    reference = REFERENCE[arch]
+    reference = REFERENCE[config.to_dict()["architecture"]]
     lr_decay = options.lr_decay if options.lr_decay is not None else reference["lr_decay"]
     adam_eps = options.adam_eps if options.adam_eps is not None else reference["adam_eps"]
 
@@ -440,149 +522,171 @@ def train(options: TrainOptions, progress_bar: bool = True) -> dict:
     model = build_from_config(config).to(device)
     ema = build_from_config(config).to(device)
     optimizer = ReferenceAdam(model.parameters(), lr=options.lr, eps=adam_eps)
-
     if resuming:
         progress = load_checkpoint(run_dir, model, ema, optimizer, device)
     else:
-        if start_weights is not None:
-            model.load_state_dict(start_weights)
-        else:
-            init_n = options.init_batch or options.batch_size
-            init_batch = torch.stack([train_set[i] for i in range(init_n)]).to(device)
-            data_dependent_init(model, mixture.to_unit(init_batch))
-        ema.load_state_dict(model.state_dict())
+        _init_weights(model, ema, start_weights, train_set, options, device)
         progress = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "images": 0, "elapsed_s": 0.0, "cpu_s": 0.0, "test_bpd": None}
     ema.eval()
     for p in ema.parameters():
         p.requires_grad_(False)
 
-    net = model
-    if device.type == "cuda":
-        net = net.to(memory_format=torch.channels_last)
+    net = model.to(memory_format=torch.channels_last) if device.type == "cuda" else model
     if world > 1:
         net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
-    forward = torch.compile(net) if options.compile else net
-    autocast = network_autocast(options.precision, device)
-
-    log = CsvLog(run_dir / "log.csv", progress["step"]) if rank == 0 else None
-    bar = tqdm(
-        total=options.steps, initial=progress["step"] if options.steps else 0, desc="train", unit="step",
-        disable=not (progress_bar and rank == 0), dynamic_ncols=True,
+    return _Run(
+        options, rank, world, device, run_dir, train_set, test_set, model, ema, optimizer,
+        forward=torch.compile(net) if options.compile else net, autocast=network_autocast(options.precision, device),
+        lr_decay=lr_decay, progress=progress,
     )
-    started = time.monotonic() - progress["elapsed_s"]
-    cpu_started = time.process_time() - progress.get("cpu_s", 0.0)
-    last_saved = time.monotonic()
-    window_nats, window_dims, window_images, window_start = 0.0, 0, 0, time.monotonic()
-    params, ema_params = list(model.parameters()), list(ema.parameters())
-    stop = StopRequest(enabled=world == 1)
 
-    def finished() -> bool:
-        if stop.signal_name is not None:
-            return True
-        if options.steps is not None and progress["step"] >= options.steps:
-            return True
-        if options.cpu_minutes is not None and time.process_time() - cpu_started >= options.cpu_minutes * 60:
-            return True
-        return options.minutes is not None and time.monotonic() - started >= options.minutes * 60
 
-    def run_eval() -> float | None:
-        """Test bits/dim of the EMA weights; its CPU time does not count against --cpu-minutes."""
-        nonlocal cpu_started
-        if rank != 0:
-            return None
-        cpu_before = time.process_time()
-        result = evaluate(ema, test_set, batch_size=max(options.batch_size, 16), limit=options.eval_images, progress=False,
-                          context=options.context)
-        cpu_started += time.process_time() - cpu_before
-        return result.bits_per_dim
+def _epoch_batches(run: _Run, stop: StopRequest) -> DataLoader:
+    """This rank's batches of the rest of the current epoch: a resumed run picks up mid-epoch."""
+    options, progress, train_set = run.options, run.progress, run.train_set
+    train_set.set_epoch(progress["epoch"])
+    sampler = GlobalBatchSampler(
+        len(train_set), options.batch_size, run.rank, run.world, options.seed, progress["epoch"], progress["batch_in_epoch"]
+    )
+    if len(sampler) <= 0 and progress["batch_in_epoch"] == 0:
+        raise UsageError(f"the training set has {len(train_set)} images, fewer than one global batch")
+    return DataLoader(
+        train_set, batch_sampler=sampler, num_workers=options.workers, collate_fn=torch.stack,
+        pin_memory=run.device.type == "cuda", persistent_workers=False,
+        generator=torch.Generator(),  # its own RNG: a loader started on resume must not shift dropout's
+        worker_init_fn=_ignore_stop_signals if stop.enabled else None,
+    )
 
-    model.train()
+
+def _train_step(run: _Run, batch: torch.Tensor) -> tuple[float, int]:
+    """One optimiser step and EMA update on this rank's share of a global batch; returns the batch's
+    loss (nats) and how many dimensions it scored."""
+    options, progress, device = run.options, run.progress, run.device
+    x = mixture.to_unit(batch.to(device, non_blocking=True))
+    if device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    for group in run.optimizer.param_groups:
+        group["lr"] = learning_rate(options, progress["step"], run.lr_decay)
+    with run.autocast:
+        params_out = run.forward(x)
+    scored = scored_log_prob(x, params_out.float(), options.context)
+    nats = -scored.sum()
+    if not torch.isfinite(nats):
+        raise FloatingPointError(f"loss is {nats.item()} at step {progress['step']}; stopping")
+    run.optimizer.zero_grad(set_to_none=True)
+    (nats * run.world).backward()  # DDP averages over ranks: this makes it the reference's sum
+    run.optimizer.step()
+    with torch.no_grad():
+        torch._foreach_lerp_(list(run.ema.parameters()), list(run.model.parameters()), 1 - options.ema_decay)
+    progress["step"] += 1
+    progress["batch_in_epoch"] += 1
+    progress["images"] += len(batch) * run.world
+    return nats.item(), scored.numel() * x.shape[1]
+
+
+def _finished(run: _Run, clock: _Clock, stop: StopRequest) -> bool:
+    """A stop signal came, or one of the run's budgets (steps, minutes, CPU minutes) is spent."""
+    options = run.options
+    if stop.signal_name is not None:
+        return True
+    if options.steps is not None and run.progress["step"] >= options.steps:
+        return True
+    if options.cpu_minutes is not None and clock.cpu_s() >= options.cpu_minutes * 60:
+        return True
+    return options.minutes is not None and clock.elapsed_s() >= options.minutes * 60
+
+
+def _evaluate(run: _Run, clock: _Clock) -> float | None:
+    """Test bits/dim of the EMA weights (rank 0 only); its CPU time does not count against --cpu-minutes."""
+    if run.rank != 0:
+        return None
+    cpu_before = time.process_time()
+    result = evaluate(run.ema, run.test_set, batch_size=max(run.options.batch_size, 16), limit=run.options.eval_images,
+                      progress=False, context=run.options.context)
+    clock.cpu_started += time.process_time() - cpu_before
+    return result.bits_per_dim
+
+
+def _log_row(run: _Run, elapsed_s: float, cpu_s: float, test_bpd: float | None, **window) -> dict:
+    """A row of log.csv at the current step; `window` adds the train bits/dim and speed."""
+    progress = run.progress
+    return {
+        "step": progress["step"], "epoch": progress["epoch"], "images": progress["images"],
+        "elapsed_s": f"{elapsed_s:.1f}", "cpu_s": f"{cpu_s:.1f}", "lr": f"{run.optimizer.param_groups[0]['lr']:.6g}",
+        "test_bpd": f"{test_bpd:.5f}" if test_bpd is not None else "", **window,
+    }
+
+
+def _periodic(run: _Run, clock: _Clock, window: _Window, log: CsvLog | None) -> _Window:
+    """After a step: evaluate every eval_every steps, log every log_every steps and after each
+    evaluation, save every checkpoint_minutes. Returns the loss window, a fresh one after a log row."""
+    options, progress = run.options, run.progress
+    test_bpd = None
+    if options.eval_every and progress["step"] % options.eval_every == 0:
+        test_bpd = progress["test_bpd"] = _evaluate(run, clock)
+    if run.rank == 0 and (progress["step"] % options.log_every == 0 or test_bpd is not None):
+        now = time.monotonic()
+        log.append(_log_row(run, now - clock.started, clock.cpu_s(), test_bpd,
+                            train_bpd=f"{window.bits_per_dim():.5f}",
+                            images_per_s=f"{window.images / max(now - window.start, 1e-9):.1f}"))
+        window = _Window(start=now)
+    if run.rank == 0 and time.monotonic() - clock.last_saved >= options.checkpoint_minutes * 60:
+        clock.stamp(progress)
+        run.save()
+        clock.last_saved = time.monotonic()
+    return window
+
+
+def _finish(run: _Run, clock: _Clock, log: CsvLog | None, stop: StopRequest) -> None:
+    """The last evaluation and log row, the checkpoint and the curve. A run stopped by a signal saves
+    at once without evaluating: its resumed run evaluates at its end."""
+    progress = run.progress
+    clock.stamp(progress)
+    if run.rank == 0:
+        if stop.signal_name is None:
+            progress["test_bpd"] = _evaluate(run, clock)
+            log.append(_log_row(run, progress["elapsed_s"], progress["cpu_s"], progress["test_bpd"]))
+        run.save()
+        from .figures import plot_training_curve
+
+        plot_training_curve(run.run_dir / "log.csv", run.run_dir / "bpd_curve.png",
+                            title=f"{run.run_dir}: {run.options.model} on {run.options.dataset}")
+    if run.world > 1:
+        dist.barrier()
+
+
+def train(options: TrainOptions, progress_bar: bool = True) -> dict:
+    """Train (or resume, if OUT holds a checkpoint) and return the final progress record.
+
+    Its "stopped_by" is the name of the signal that stopped the run early (StopRequest), else None.
+    """
+    _check_length(options)
+    run = _start(options)
+    progress = run.progress
+    log = CsvLog(run.run_dir / "log.csv", progress["step"]) if run.rank == 0 else None
+    bar = tqdm(
+        total=run.options.steps, initial=progress["step"] if run.options.steps else 0, desc="train", unit="step",
+        disable=not (progress_bar and run.rank == 0), dynamic_ncols=True,
+    )
+    clock, window = _Clock.resumed(progress), _Window()
+    stop = StopRequest(enabled=run.world == 1)
+    run.model.train()
     with stop:
-        while not finished():
-            train_set.set_epoch(progress["epoch"])
-            sampler = GlobalBatchSampler(
-                len(train_set), options.batch_size, rank, world, options.seed, progress["epoch"], progress["batch_in_epoch"]
-            )
-            if len(sampler) <= 0 and progress["batch_in_epoch"] == 0:
-                raise UsageError(f"the training set has {len(train_set)} images, fewer than one global batch")
-            loader = DataLoader(
-                train_set, batch_sampler=sampler, num_workers=options.workers, collate_fn=torch.stack,
-                pin_memory=device.type == "cuda", persistent_workers=False,
-                generator=torch.Generator(),  # its own RNG: a loader started on resume must not shift dropout's
-                worker_init_fn=_ignore_stop_signals if stop.enabled else None,
-            )
-            for batch in loader:
-                x = mixture.to_unit(batch.to(device, non_blocking=True))
-                if device.type == "cuda":
-                    x = x.contiguous(memory_format=torch.channels_last)
-                for group in optimizer.param_groups:
-                    group["lr"] = learning_rate(options, progress["step"], lr_decay)
-                with autocast:
-                    params_out = forward(x)
-                scored = scored_log_prob(x, params_out.float(), options.context)
-                nats = -scored.sum()
-                if not torch.isfinite(nats):
-                    raise FloatingPointError(f"loss is {nats.item()} at step {progress['step']}; stopping")
-                optimizer.zero_grad(set_to_none=True)
-                (nats * world).backward()  # DDP averages over ranks: this makes it the reference's sum
-                optimizer.step()
-                with torch.no_grad():
-                    torch._foreach_lerp_(ema_params, params, 1 - options.ema_decay)
-
-                progress["step"] += 1
-                progress["batch_in_epoch"] += 1
-                progress["images"] += len(batch) * world
-                window_nats += nats.item()
-                window_dims += scored.numel() * x.shape[1]
-                window_images += len(batch) * world
+        while not _finished(run, clock, stop):
+            for batch in _epoch_batches(run, stop):
+                nats, dims = _train_step(run, batch)
+                window.add(nats, dims, images=len(batch) * run.world)
                 bar.update(1)
                 if progress["step"] % 10 == 0:
-                    bar.set_postfix(bpd=f"{mixture.bits_per_dim(window_nats, window_dims):.3f}")
-
-                test_bpd = None
-                if options.eval_every and progress["step"] % options.eval_every == 0:
-                    test_bpd = run_eval()
-                    progress["test_bpd"] = test_bpd
-                if rank == 0 and (progress["step"] % options.log_every == 0 or test_bpd is not None):
-                    now = time.monotonic()
-                    log.append(
-                        {
-                            "step": progress["step"], "epoch": progress["epoch"], "images": progress["images"],
-                            "elapsed_s": f"{now - started:.1f}", "cpu_s": f"{time.process_time() - cpu_started:.1f}", "lr": f"{optimizer.param_groups[0]['lr']:.6g}",
-                            "train_bpd": f"{mixture.bits_per_dim(window_nats, window_dims):.5f}",
-                            "test_bpd": f"{test_bpd:.5f}" if test_bpd is not None else "",
-                            "images_per_s": f"{window_images / max(now - window_start, 1e-9):.1f}",
-                        }
-                    )
-                    window_nats, window_dims, window_images, window_start = 0.0, 0, 0, now
-                if rank == 0 and time.monotonic() - last_saved >= options.checkpoint_minutes * 60:
-                    progress["elapsed_s"] = time.monotonic() - started
-                    progress["cpu_s"] = time.process_time() - cpu_started
-                    save_checkpoint(run_dir, model, ema, optimizer, progress, options, device)
-                    last_saved = time.monotonic()
-                if finished():
+                    bar.set_postfix(bpd=f"{window.bits_per_dim():.3f}")
+                window = _periodic(run, clock, window, log)
+                if _finished(run, clock, stop):
                     break
-            else:
+            else:  # the epoch is done: the next one, in its own order
                 progress["epoch"] += 1
                 progress["batch_in_epoch"] = 0
     bar.close()
-
-    progress["elapsed_s"] = time.monotonic() - started
-    progress["cpu_s"] = time.process_time() - cpu_started
-    if rank == 0:
-        if stop.signal_name is None:  # a run stopped by a signal saves at once; its resumed run evaluates at the end
-            progress["test_bpd"] = run_eval()
-            log.append(
-                {"step": progress["step"], "epoch": progress["epoch"], "images": progress["images"],
-                 "elapsed_s": f"{progress['elapsed_s']:.1f}", "cpu_s": f"{progress['cpu_s']:.1f}", "lr": f"{optimizer.param_groups[0]['lr']:.6g}",
-                 "test_bpd": f"{progress['test_bpd']:.5f}"}
-            )
-        save_checkpoint(run_dir, model, ema, optimizer, progress, options, device)
-        from .figures import plot_training_curve
-
-        plot_training_curve(run_dir / "log.csv", run_dir / "bpd_curve.png", title=f"{run_dir}: {options.model} on {options.dataset}")
-    if world > 1:
-        dist.barrier()
+    _finish(run, clock, log, stop)
     return {**progress, "stopped_by": stop.signal_name}
 
 
@@ -591,6 +695,20 @@ BUDGETS = ("steps", "minutes", "cpu_minutes")
 KEPT_ON_RESUME = {
     "model": "--model", "dataset": "--dataset", "model_overrides": "--set", "holdout": "--holdout", "channels": "--channels",
 }
+
+
+def train_options(out: str, **typed) -> tuple[TrainOptions, bool]:
+    """The options of `train --out OUT` from what was typed (None: not typed), and whether they resume.
+
+    Where OUT holds a checkpoint the same command, or a shorter one, goes on with the run's saved
+    options (resume_options); a new run needs a model and a data set, the rest has defaults.
+    """
+    typed = {k: v for k, v in typed.items() if v is not None}
+    if has_checkpoint(Path(out)):
+        return resume_options(out, out=out, **typed), True
+    if not typed.get("model") or not typed.get("dataset"):
+        raise UsageError("a new run needs --model and --dataset")
+    return TrainOptions(out=out, **typed), False
 
 
 def resume_options(run_dir: str, **changes) -> TrainOptions:

@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import fields, replace
 from importlib.resources import files
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from snailcompress.errors import DatasetError, UsageError
 from snailcompress.evaluate import evaluate
 from snailcompress.train import (
     PRECISIONS, GlobalBatchSampler, ReferenceAdam, TrainOptions, learning_rate, network_autocast, saved_options, train,
+    train_options,
 )
 from snailcompress.zoo import load_model
 
@@ -586,6 +588,33 @@ def test_cli_resume_with_a_cooldown_replaces_the_saved_budget_and_finds_moved_da
     new_rows = read_log(run)[len(read_log(cli_run)):]
     assert [r["step"] for r in new_rows] == ["6"]
     assert float(new_rows[-1]["lr"]) == pytest.approx(1e-3 * 0.999998**5 / 4, rel=1e-4)  # the last step's, 0-based 5
+
+
+def test_train_options_resume_a_run_with_a_checkpoint_and_start_one_without(cli_run, tmp_path):
+    """What was typed (None: not typed): a run with a checkpoint keeps its saved options but for
+    what was typed; a new run takes TrainOptions' defaults and needs a model and a data set."""
+    resumed, resuming = train_options(str(cli_run), steps=3, model=None, crop=None)
+    assert resuming and resumed == replace(saved_options(cli_run), steps=3)
+    new = tmp_path / "new"
+    fresh, resuming = train_options(str(new), model="pixelsnail-tiny", dataset="mnist", steps=3, crop=None)
+    assert not resuming and fresh == TrainOptions(model="pixelsnail-tiny", dataset="mnist", out=str(new), steps=3)
+    for model, dataset in [("pixelsnail-tiny", None), (None, "mnist"), ("", "mnist")]:
+        with pytest.raises(UsageError, match="a new run needs --model and --dataset"):
+            train_options(str(new), model=model, dataset=dataset, steps=3)
+    result = CliRunner().invoke(main, ["train", "--out", str(new), "--steps", "3", "--dataset", "mnist"])
+    assert result.exit_code == UsageError.exit_code
+    assert one_line_error(result).endswith("a new run needs --model and --dataset")
+    assert not new.exists()
+
+
+def test_cli_train_shows_the_folder_defaults_a_new_run_gets():
+    """A new run leaves the folder options not typed to TrainOptions: `train --help` must show those."""
+    from snailcompress.cli import _folder_kwargs
+
+    shown = {p.name: p.default for p in main.commands["train"].params}
+    typed = _folder_kwargs(shown["crop"], shown["scales"], shown["holdout"], shown["channels"])
+    library = {f.name: f.default for f in fields(TrainOptions)}
+    assert typed == {key: library[key] for key in typed}
 
 
 def test_network_autocast_is_bf16_where_asked_and_auto_keeps_the_cpu_in_fp32():
