@@ -1,8 +1,8 @@
 """What the per-image calibration saves, by what it fits and on how large a sample.
 
-The 12 held-out images (default_models.HOLDOUT) as the codec codes them (tile 32, context 2, the
-default bands): every coded pixel scored under the model's output layer, calibrated by each variant,
-plus the calibration's header bits. A variant is written SAMPLE or SAMPLE+features:
+The 12 held-out images (snailcompress.bench.heldout.HOLDOUT) as the codec codes them (tile 32,
+context 2, the default bands): every coded pixel scored under the model's output layer, calibrated
+by each variant, plus the calibration's header bits. A variant is written SAMPLE or SAMPLE+features:
 
     64, 128   outputs' gain and offset (format version 4), fitted on the pixels of that many windows
               spread over the image (at most MAX_SAMPLE_PIXELS of them, drawn with a fixed seed)
@@ -25,14 +25,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import publish, run, run_facts  # noqa: E402
-from default_models import heldout_files  # noqa: E402
-
-from snailcompress.api import DEFAULT_CONTEXT, DEFAULT_TILE  # noqa: E402
-from snailcompress.codec import calibration  # noqa: E402
-from snailcompress.codec.tiles import WindowPlan, default_band  # noqa: E402
-from snailcompress.zoo import load_model  # noqa: E402
+from snailcompress.api import DEFAULT_CONTEXT, DEFAULT_TILE
+from snailcompress.bench.heldout import heldout_files
+from snailcompress.bench.scripts import publish, run, run_facts
+from snailcompress.codec import calibration
+from snailcompress.codec.tiles import WindowPlan, default_band
+from snailcompress.zoo import load_model
 
 
 def parse_variant(spec: str) -> tuple[int | None, bool]:

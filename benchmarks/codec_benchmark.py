@@ -27,14 +27,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import PartialRows, publish, run, run_facts  # noqa: E402
-from default_models import SHARED, heldout_files  # noqa: E402
-from tiling import tiled_nll_bits  # noqa: E402
-
-from snailcompress.api import DEFAULT_CONTEXT, DEFAULT_TILE, ModelChooser, decode_file, encode_file  # noqa: E402
-from snailcompress.bench.codecs import get_codecs  # noqa: E402
-from snailcompress.codec import container  # noqa: E402
+from snailcompress.api import DEFAULT_CONTEXT, DEFAULT_TILE, ModelChooser, decode_file, encode_file
+from snailcompress.bench.codecs import get_codecs
+from snailcompress.bench.heldout import SHARED, heldout_files
+from snailcompress.bench.scripts import PartialRows, publish, run, run_facts
+from snailcompress.codec import container
+from snailcompress.evaluate import tiled_nll_bits
 
 
 def crops_of(path: Path, sizes: list[str], workdir: Path) -> list[Path]:

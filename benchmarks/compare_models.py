@@ -1,10 +1,10 @@
 """Candidate default models side by side: held-out NLL bits/subpixel, as the codec would code.
 
-The 12 held-out images (default_models.HOLDOUT) at full size, in RGB or converted to grayscale with
-PIL's convert("L") (`--gray`), cut into tiles of 32 with `--context` rows and columns of context
-(tiling.tiled_nll_bits: exactly the pixels the codec codes, each once). One row per image, one column
-per model, the change of each model against the first. Used to decide whether a new run is worth
-shipping (results/experiments/default_models/).
+The 12 held-out images (snailcompress.bench.heldout.HOLDOUT) at full size, in RGB or converted to
+grayscale with PIL's convert("L") (`--gray`), cut into tiles of 32 with `--context` rows and columns
+of context (snailcompress.evaluate.tiled_nll_bits: exactly the pixels the codec codes, each once).
+One row per image, one column per model, the change of each model against the first. Used to
+decide whether a new run is worth shipping (results/experiments/default_models/).
 
     python benchmarks/compare_models.py snail-rgb runs/cpu/rgb-s-cool2k --context 2
     python benchmarks/compare_models.py --gray --context 0 snail-gray runs/cpu/gray-m-cool1
@@ -20,13 +20,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import publish, run, run_facts  # noqa: E402
-from default_models import heldout_files  # noqa: E402
-from tiling import tiled_nll_bits  # noqa: E402
-
-from snailcompress.api import DEFAULT_CONTEXT, DEFAULT_TILE  # noqa: E402
-from snailcompress.zoo import load_model  # noqa: E402
+from snailcompress.api import DEFAULT_CONTEXT, DEFAULT_TILE
+from snailcompress.bench.heldout import heldout_files
+from snailcompress.bench.scripts import publish, run, run_facts
+from snailcompress.evaluate import tiled_nll_bits
+from snailcompress.zoo import load_model
 
 
 def main() -> None:

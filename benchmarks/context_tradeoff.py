@@ -20,15 +20,13 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import publish, run, run_facts  # noqa: E402
-from default_models import SHARED  # noqa: E402
-
-from snailcompress.api import DEFAULT_TILE, integer_network  # noqa: E402
-from snailcompress.codec.coder import code_plane  # noqa: E402
-from snailcompress.codec.images import read_image  # noqa: E402
-from snailcompress.codec.tiles import default_band  # noqa: E402
-from snailcompress.zoo import load_model  # noqa: E402
+from snailcompress.api import DEFAULT_TILE, integer_network
+from snailcompress.bench.heldout import SHARED
+from snailcompress.bench.scripts import publish, run, run_facts
+from snailcompress.codec.coder import code_plane
+from snailcompress.codec.images import read_image
+from snailcompress.codec.tiles import default_band
+from snailcompress.zoo import load_model
 
 
 def parse_layout(spec: str, height: int, width: int, tile: int) -> tuple[int, int]:

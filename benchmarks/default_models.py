@@ -3,7 +3,7 @@
 Training data: ../shared/data/photos (79 permissively licensed photos) and ../shared/data/kodak (24),
 random 32x32 crops at scales 1, 1/2 and 1/4. Held out, never trained on, and used for every held-out
 number (results/default_model_heldout.md, results/experiments/): the images in HOLDOUT (6 Kodak images,
-6 photos).
+6 photos; the lists are snailcompress/bench/heldout.py, which every benchmark script reads).
 
     # 1. a folder of links to the training images (+ the held-out Kodak images, for periodic tests)
     python benchmarks/default_models.py data --out runs/default-data
@@ -163,27 +163,8 @@ import os
 import shutil
 from pathlib import Path
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-KODAK_HOLDOUT = ("kodim03", "kodim07", "kodim12", "kodim15", "kodim20", "kodim23")
-PHOTO_HOLDOUT = (
-    "budgie-backgrounds__casa-mila",
-    "elementary-wallpapers__Jonas_Nilsson_Lee",
-    "lomiri-wallpapers__aitzgorri_by_Aitzol_Berasategi",
-    "pop-os-wallpapers__nasa-53884",
-    "squeeze-unsplash__jake-nackos-HjpNeUD8qdw-unsplash",
-    "squeeze-unsplash__raynaldy-dachlan-DdBGiqkIvJ8-unsplash",
-)
-HOLDOUT = KODAK_HOLDOUT + PHOTO_HOLDOUT
-
-
-def training_files(shared: Path = SHARED) -> list[Path]:
-    files = sorted((shared / "kodak").glob("*.png")) + sorted((shared / "photos").glob("*.png"))
-    return [f for f in files if f.stem not in HOLDOUT]
-
-
-def heldout_files(shared: Path = SHARED) -> list[Path]:
-    files = sorted((shared / "kodak").glob("*.png")) + sorted((shared / "photos").glob("*.png"))
-    return [f for f in files if f.stem in HOLDOUT]
+from snailcompress.bench.heldout import HOLDOUT, KODAK_HOLDOUT, SHARED, heldout_files, training_files
+from snailcompress.bench.scripts import run
 
 
 def make_data_folder(out: Path, copy: bool = False, part: tuple[int, int] = (1, 1), shared: Path = SHARED) -> None:
@@ -261,6 +242,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    from common import run
-
     run(main)

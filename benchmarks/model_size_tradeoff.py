@@ -23,12 +23,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import publish, run, run_facts  # noqa: E402
-from default_models import KODAK_HOLDOUT, SHARED  # noqa: E402
-from tiling import tiled_nll_bits  # noqa: E402
-
 from snailcompress.api import DEFAULT_TILE, ModelChooser, decode_file, encode_file  # noqa: E402
+from snailcompress.bench.heldout import KODAK_HOLDOUT, SHARED  # noqa: E402
+from snailcompress.bench.scripts import publish, run, run_facts  # noqa: E402
+from snailcompress.evaluate import tiled_nll_bits  # noqa: E402
 from snailcompress.models.layers import count_parameters  # noqa: E402
 from snailcompress.zoo import load_model  # noqa: E402
 

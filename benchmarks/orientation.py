@@ -16,13 +16,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import publish, run, run_facts  # noqa: E402
-from default_models import heldout_files  # noqa: E402
-from tiling import tiled_nll_bits  # noqa: E402
-
-from snailcompress.api import DEFAULT_CONTEXT, DEFAULT_TILE  # noqa: E402
-from snailcompress.zoo import load_model  # noqa: E402
+from snailcompress.api import DEFAULT_CONTEXT, DEFAULT_TILE
+from snailcompress.bench.heldout import heldout_files
+from snailcompress.bench.scripts import publish, run, run_facts
+from snailcompress.evaluate import tiled_nll_bits
+from snailcompress.zoo import load_model
 
 ORIENTATIONS = {
     "upright": lambda a: a,

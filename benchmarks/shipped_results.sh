@@ -9,8 +9,9 @@
 # A run stopped part-way (a session ending) is resumed by running it again: a table whose file
 # already names the shipped snail-rgb's id was made with these weights and is skipped (the tables
 # are written whole at the end, so a stopped step left the old file), and codec_benchmark.py goes on
-# from the images it had measured on the same CPU (results/*.partial.jsonl, benchmarks/common.py).
-# The pictures and the demo are made again each time.
+# from the images it had measured on the same CPU (results/*.partial.jsonl, snailcompress/bench/scripts.py).
+# The pictures and the demo are made again each time. Last, check_model_ids.py checks that every
+# table made (or skipped) here names the shipped models' ids in its header, and fails if one does not.
 # Then copy the new numbers into README.md (Results, the demo output of `snailcompress demo`) and
 # add the new model's training to results/experiments/README.md ("How the shipped snail-rgb was
 # trained"); nothing here edits prose.
@@ -21,7 +22,8 @@ SNAIL=${SNAIL:-.venv/bin/snailcompress}
 THREADS=${THREADS:-1}
 KODAK=../shared/data/kodak
 RGB_ID=$("$PY" -c 'from snailcompress.zoo import load_model; print(load_model("snail-rgb").model_id)')
-made() { [ "${REDO:-0}" = 0 ] && grep -qs "$RGB_ID" "$1" && echo "skipped, made with id $RGB_ID: $1"; }
+MADE=()  # every table this script makes, for the check at the end
+made() { MADE+=("$1"); [ "${REDO:-0}" = 0 ] && grep -qs "$RGB_ID" "$1" && echo "skipped, made with id $RGB_ID: $1"; }
 
 made results/default_model_heldout.md || "$PY" benchmarks/codec_benchmark.py --heldout --threads "$THREADS" \
     --codecs png,webp,jpegxl-e7,jpegxl-e9,jpeg2000,jpegls --out results/default_model_heldout.md
@@ -38,3 +40,4 @@ made results/kodak-heldout-tiles/summary.md || "$SNAIL" bench --dataset folder -
 # Last: this reports bits only, no times, so the test suite may run beside it.
 made results/calibration.md || "$PY" benchmarks/calibration.py --variants 64,128,128+features,all+features --threads 2 \
     --out results/calibration.md
+"$PY" benchmarks/check_model_ids.py "${MADE[@]}"

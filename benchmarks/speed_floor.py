@@ -13,7 +13,6 @@ and decode are timed in-process on kodim23 without calibration (the network's wo
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
@@ -21,13 +20,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import publish, run, run_facts  # noqa: E402
-
-from snailcompress import api  # noqa: E402
-from snailcompress.codec import coder  # noqa: E402
-from snailcompress.codec.tiles import WindowPlan, default_band  # noqa: E402
-from snailcompress.zoo import load_model  # noqa: E402
+from snailcompress import api
+from snailcompress.bench.scripts import publish, run, run_facts
+from snailcompress.codec import coder
+from snailcompress.codec.tiles import WindowPlan, default_band
+from snailcompress.zoo import load_model
 
 IMAGE = Path(__file__).resolve().parents[2] / "shared" / "data" / "kodak" / "kodim23.png"
 

@@ -7,7 +7,8 @@ codec codes, per tile size, on held-out images, with one full forward pass per b
 
 A layout written `T+C` is `snailcompress encode --tile T --context C`: each T x T tile is run in a
 window that also holds the C already-coded rows above it and C columns to its left (see
-codec/tiles.py, WindowPlan), and every pixel is counted once, in the window that codes it.
+codec/tiles.py, WindowPlan), and every pixel is counted once, in the window that codes it
+(snailcompress.evaluate.tiled_nll_bits, which the other benchmarks' NLL columns use too).
 
     python benchmarks/tiling.py --model snail-rgb --tiles 32,32+2,48+2,64+2,64+4 --images 6 --out results/tiling_with_context.md
     python benchmarks/tiling.py --model snail-rgb --tiles 16,24,32,48,64 --out results/experiments/tiling.md
@@ -17,45 +18,21 @@ codec/tiles.py, WindowPlan), and every pixel is counted once, in the window that
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import publish, run, run_facts  # noqa: E402
-from default_models import heldout_files  # noqa: E402
-
-from snailcompress import mixture  # noqa: E402
-from snailcompress.codec.images import read_image  # noqa: E402
-from snailcompress.codec.tiles import WindowPlan, default_band  # noqa: E402
-from snailcompress.zoo import load_model  # noqa: E402
+from snailcompress.bench.heldout import heldout_files
+from snailcompress.bench.scripts import publish, run, run_facts
+from snailcompress.codec.images import read_image
+from snailcompress.evaluate import tiled_nll_bits
+from snailcompress.zoo import load_model
 
 
 def parse_layout(spec: str) -> tuple[int, int]:
     """'32' -> (32, 0); '32+4' -> tile 32 with 4 pixels of context above and to the left."""
     tile, _, context = spec.partition("+")
     return int(tile), int(context or 0)
-
-
-@torch.no_grad()
-def tiled_nll_bits(model, plane: np.ndarray, tile: int, context: int = 0, batch: int = 64) -> float:
-    """Total -log2 p of the pixels of `plane` (H, W, C) as the codec codes them: in tiles, each seen
-    through a window with `context` already-coded rows above and columns to the left (WindowPlan,
-    in the bands tiles.default_band picks), counting every pixel once, in the window that codes it."""
-    band = default_band(plane.shape[0], plane.shape[1], (tile, tile), (context, context))
-    plan = WindowPlan.for_image(plane.shape[0], plane.shape[1], (tile, tile), (context, context), band)
-    windows, coded = plan.windows(plane)
-    coded = torch.from_numpy(coded)
-    total = 0.0
-    for start in range(0, len(windows), batch):
-        x = mixture.to_unit(torch.from_numpy(np.ascontiguousarray(windows[start : start + batch])))
-        log_p = mixture.log_prob(x, model(x))  # (B, h, w) nats per pixel
-        total -= float(log_p[coded[start : start + batch]].sum())
-    return total / math.log(2)
 
 
 def main() -> None:

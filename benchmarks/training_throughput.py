@@ -20,15 +20,13 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import publish, run, run_facts  # noqa: E402
-
-from snailcompress import mixture  # noqa: E402
-from snailcompress.bench.harness import machine_facts  # noqa: E402
-from snailcompress.cli import parse_overrides  # noqa: E402
-from snailcompress.models.layers import count_parameters, data_dependent_init  # noqa: E402
-from snailcompress.models.presets import build  # noqa: E402
-from snailcompress.train import PRECISIONS, ReferenceAdam, cpu_bf16_units, network_autocast  # noqa: E402
+from snailcompress import mixture
+from snailcompress.bench.harness import machine_facts
+from snailcompress.bench.scripts import publish, run, run_facts
+from snailcompress.cli import parse_overrides
+from snailcompress.models.layers import count_parameters, data_dependent_init
+from snailcompress.models.presets import build
+from snailcompress.train import PRECISIONS, ReferenceAdam, cpu_bf16_units, network_autocast
 
 DEFAULT = "pixelsnail-cifar10:8,pixelsnail-cifar10:32,pixelsnail-imagenet32:8,pixelcnnpp-cifar10:16,pixelcnnpp-cifar10:64"
 

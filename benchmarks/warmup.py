@@ -19,11 +19,9 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import publish, run  # noqa: E402
-from default_models import KODAK_HOLDOUT  # noqa: E402
-
-from snailcompress.train import TrainOptions, train  # noqa: E402
+from snailcompress.bench.heldout import KODAK_HOLDOUT
+from snailcompress.bench.scripts import publish, run
+from snailcompress.train import TrainOptions, train
 
 WAYS = {"lr ~0 (1e-9)": dict(lr=1e-9), "lr 4e-4 at once": dict(lr=4e-4), "lr 4e-4, warm-up 200": dict(lr=4e-4, warmup_steps=200)}
 

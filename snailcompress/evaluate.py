@@ -3,6 +3,9 @@
 Bits/dim = (total negative log-likelihood in nats over every image) / (number of sub-pixels * ln 2):
 one division by the exact number of dimensions, never an average of per-batch means (which weighs a
 short last batch wrongly, one of the porting bugs listed in the reference notes).
+
+And the NLL of an image as the codec codes it, each pixel scored in the window that codes it
+(`tiled_nll_bits`, `windowed_nll_bits`): what the benchmarks compare models and tile sizes by.
 """
 
 from __future__ import annotations
@@ -10,12 +13,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from . import mixture
+from .codec.tiles import WindowPlan, default_band
 from .errors import UsageError
 
 
@@ -53,6 +58,35 @@ def image_log_probs(model: nn.Module, batch: torch.Tensor, context: int = 0) -> 
     device = next(model.parameters()).device
     x = mixture.to_unit(batch.to(device))
     return scored_log_prob(x, model(x).float(), context).flatten(1).sum(1).double()
+
+
+def window_batches(windows: np.ndarray, coded: np.ndarray, batch: int):
+    """Windows (N, C, h, w) uint8 as the model reads them, `batch` at a time: x in [-1, 1] (B, C, h, w)
+    with which of their pixels each codes (B, h, w) bool (WindowPlan.windows, windows_at)."""
+    coded = torch.from_numpy(coded)
+    for start in range(0, len(windows), batch):
+        x = mixture.to_unit(torch.from_numpy(np.ascontiguousarray(windows[start : start + batch])))
+        yield x, coded[start : start + batch]
+
+
+@torch.no_grad()
+def windowed_nll_bits(model: nn.Module, windows: np.ndarray, coded: np.ndarray, batch: int = 64) -> float:
+    """Total -log2 p of the pixels `coded` marks in `windows`, each pixel scored in the window that
+    codes it, seeing the rest of that window (its context, its padding) as the codec's model does."""
+    total = 0.0
+    for x, mask in window_batches(windows, coded, batch):
+        total -= float(mixture.log_prob(x, model(x))[mask].sum())  # (B, h, w) nats per pixel, coded ones
+    return total / math.log(2)
+
+
+def tiled_nll_bits(model: nn.Module, plane: np.ndarray, tile: int, context: int = 0, batch: int = 64) -> float:
+    """Total -log2 p of the pixels of `plane` (H, W, C) as the codec codes them: in tiles, each seen
+    through a window with `context` already-coded rows above and columns to the left (WindowPlan,
+    in the bands tiles.default_band picks), counting every pixel once, in the window that codes it.
+    One full forward pass per batch of windows: the NLL the coded stream matches, without coding."""
+    band = default_band(plane.shape[0], plane.shape[1], (tile, tile), (context, context))
+    plan = WindowPlan.for_image(plane.shape[0], plane.shape[1], (tile, tile), (context, context), band)
+    return windowed_nll_bits(model, *plan.windows(plane), batch)
 
 
 def check_context(context: int, image_shape: tuple[int, ...]) -> None:

@@ -2,6 +2,7 @@
 script given what snailcompress refuses stops with one line."""
 
 import os
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -10,23 +11,29 @@ import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from snailcompress.bench import scripts
+from snailcompress.bench.scripts import PartialRows
+from snailcompress.evaluate import tiled_nll_bits
+from snailcompress.models.presets import build
+from snailcompress.zoo import WEIGHTS_DIR, load_model, save_model
 
-from snailcompress.models.presets import build  # noqa: E402
-from snailcompress.zoo import WEIGHTS_DIR, load_model, save_model  # noqa: E402
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def script_main(name: str):
+    """The main() of benchmarks/NAME.py (a script, not a module of the package), to call in this process."""
+    return runpy.run_path(str(BENCHMARKS / f"{name}.py"))["main"]
 
 
 @pytest.mark.parametrize("context", [0, 2])
 def test_tiling_nll_is_what_the_codec_codes(context):
-    """benchmarks/tiling.py's NLL scores each pixel in the window that codes it (WindowPlan.windows),
-    in the bands the codec picks: the coder's real stream, from the integer network the codec runs, is
-    within the range coder's flush and the integer network's rounding of it.
+    """The benchmarks' NLL (evaluate.tiled_nll_bits) scores each pixel in the window that codes it
+    (WindowPlan.windows), in the bands the codec picks: the coder's real stream, from the integer
+    network the codec runs, is within the range coder's flush and the integer network's rounding of it.
 
     A trained model on a smooth image: the integer tables give every value at least about 2**-24, so
     a pixel the float model finds all but impossible (an untrained model's, or a trained one's on
     pixels that wrap from 255 to 0) costs far fewer bits in the stream than in the float NLL."""
-    import tiling
-
     from snailcompress.api import integer_network
     from snailcompress.codec import coder
     from snailcompress.codec.tiles import default_band
@@ -35,12 +42,12 @@ def test_tiling_nll_is_what_the_codec_codes(context):
     yy, xx = np.mgrid[0:30, 0:37]
     noise = np.random.default_rng(0).integers(-3, 4, (30, 37, 3))
     plane = np.clip(np.stack([100 + 2 * yy + 3 * xx, 60 + 4 * yy, 200 - 3 * xx], -1) + noise, 0, 255).astype(np.uint8)
-    nll = tiling.tiled_nll_bits(model, plane, 8, context)
+    nll = tiled_nll_bits(model, plane, 8, context)
     band = default_band(30, 37, (8, 8), (context, context))
     words, _ = coder.code_plane(integer_network(model), plane, (8, 8), (context, context), band)
     assert abs(32 * len(words) - nll) < 0.01 * nll + 64
     if context:
-        assert abs(nll - tiling.tiled_nll_bits(model, plane, 8, 0)) > 0.01 * nll  # the context counts
+        assert abs(nll - tiled_nll_bits(model, plane, 8, 0)) > 0.01 * nll  # the context counts
 
 
 def _smooth_png(path: Path, height: int, width: int) -> Path:
@@ -55,8 +62,6 @@ def _smooth_png(path: Path, height: int, width: int) -> Path:
 def test_context_tradeoff_reports_the_stream_the_codec_codes(tmp_path, monkeypatch):
     """benchmarks/context_tradeoff.py codes with the integer network (api.integer_network), in the
     bands tiles.default_band picks unless a layout names one: its bits are the coder's real stream."""
-    import context_tradeoff
-
     from snailcompress.api import integer_network
     from snailcompress.codec import coder
     from snailcompress.codec.images import read_image
@@ -65,7 +70,7 @@ def test_context_tradeoff_reports_the_stream_the_codec_codes(tmp_path, monkeypat
     image, out = _smooth_png(tmp_path / "img.png", 40, 44), tmp_path / "context.md"
     monkeypatch.setattr(sys, "argv", ["context_tradeoff.py", "--model", "pixelsnail-tiny", "--image", str(image),
                                       "--tile", "8", "--layouts", "0,2,2/b1", "--out", str(out)])
-    context_tradeoff.main()
+    script_main("context_tradeoff")()
     rows = [line.split(" | ") for line in out.read_text().splitlines() if line.startswith("| ") and line[2].isdigit()]
     band = default_band(40, 44, (8, 8), (2, 2))
     assert band > 1 and [(row[0], row[1]) for row in rows] == [("| 0", "-"), ("| 2", str(band)), ("| 2", "1")]
@@ -79,7 +84,7 @@ def test_context_tradeoff_reports_the_stream_the_codec_codes(tmp_path, monkeypat
 def test_codec_benchmark_codes_each_variant_and_refuses_adapt(tmp_path):
     """`--variants static,default` codes (and decodes, checksum verified) each crop both ways; `adapt`,
     a feature that is gone, is a usage error (exit 2)."""
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "codec_benchmark.py"
+    script = BENCHMARKS / "codec_benchmark.py"
     image, out = _smooth_png(tmp_path / "img.png", 40, 44), tmp_path / "codec.md"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     common = [sys.executable, str(script), "--model", "pixelsnail-tiny", "--image", str(image), "--sizes", "16",
@@ -95,13 +100,11 @@ def test_codec_benchmark_codes_each_variant_and_refuses_adapt(tmp_path):
 
 def test_report_header_names_the_cpu_and_threads(monkeypatch):
     """Sessions of this project get different CPUs, so every timing report says which one it ran on."""
-    import common
-
-    monkeypatch.setattr(common, "machine_facts", lambda: {"cpu": "Example CPU 9000"})
+    monkeypatch.setattr(scripts, "machine_facts", lambda: {"cpu": "Example CPU 9000"})
     old = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        facts = common.run_facts()
+        facts = scripts.run_facts()
     finally:
         torch.set_num_threads(old)
     assert "Example CPU 9000, 1 torch threads" in facts and facts.endswith(f"torch {torch.__version__}")
@@ -110,14 +113,12 @@ def test_report_header_names_the_cpu_and_threads(monkeypatch):
 def test_training_throughput_measures_each_precision_of_the_overridden_preset(tmp_path, monkeypatch):
     """One row per (precision, compile); --set reaches the model measured (fewer parameters than the
     preset's own), and the bf16 column says whether autocast was on."""
-    import training_throughput
-
     from snailcompress.models.layers import count_parameters
 
     out = tmp_path / "throughput.md"
     monkeypatch.setattr(sys, "argv", ["training_throughput.py", "--presets", "pixelsnail-tiny:2", "--steps", "1",
                                       "--precisions", "fp32,bf16", "--set", "filters=16", "--out", str(out)])
-    training_throughput.main()
+    script_main("training_throughput")()
     rows = [line.split(" | ") for line in out.read_text().splitlines() if line.startswith("| pixelsnail-tiny")]
     assert [row[3] for row in rows] == ["False", "True"]
     smaller = count_parameters(build("pixelsnail-tiny", filters=16)) / 1e6
@@ -127,7 +128,7 @@ def test_training_throughput_measures_each_precision_of_the_overridden_preset(tm
 
 
 def test_shipping_a_file_that_is_not_a_model_is_one_line_and_writes_nothing(tmp_path):
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "default_models.py"
+    script = BENCHMARKS / "default_models.py"
     (tmp_path / "junk.safetensors").write_bytes(b"not a model")
     for source in (tmp_path / "missing", tmp_path / "junk.safetensors"):
         done = subprocess.run([sys.executable, str(script), "ship", str(source), "snail-test-nothing"],
@@ -138,7 +139,7 @@ def test_shipping_a_file_that_is_not_a_model_is_one_line_and_writes_nothing(tmp_
 
 
 def test_averaging_models_writes_the_mean_of_their_weights_and_refuses_two_architectures(tmp_path):
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "default_models.py"
+    script = BENCHMARKS / "default_models.py"
     torch.manual_seed(0)
     models = [build("pixelsnail-tiny", channels=3) for _ in range(2)]
     paths = [save_model(m, tmp_path / f"m{i}.safetensors") for i, m in enumerate(models)]
@@ -159,6 +160,32 @@ def test_averaging_models_writes_the_mean_of_their_weights_and_refuses_two_archi
     assert not (tmp_path / "mixed.safetensors").exists()
 
 
+def test_the_results_check_wants_the_shipped_ids_in_each_header(tmp_path):
+    """check_model_ids.py, the last step of shipped_results.sh: a header (above the first table row) that
+    names the shipped model's id passes, in a script's report or a bench summary.md; an older id, weights
+    that are not shipped, or no model named fail, one line each. An id below the table does not count."""
+    rgb = load_model("snail-rgb").model_id
+    table = "\n| image | bits |\n|---|---|\n| a | 1.0 |\n"
+    files = {
+        "report.md": f"# T\n\nCommand: `x`  \ndate; model snail-rgb (id {rgb}), tile 32.\n{table}\nbefore: model snail-rgb (id 0123)\n",
+        "summary.md": f'# B\n\n- **models**: ["snail-rgb"]\n- **model_ids**: ["{rgb}"]\n{table}',
+        "old.md": f"# T\n\nModel snail-rgb (id 0123456789abcdef); 6 images.\n{table}",
+        "other.md": f'# B\n\n- **models**: ["runs/x"]\n- **model_ids**: ["fedcba9876543210"]\n{table}',
+        "none.md": f"# T\n{table}\nmodel snail-rgb (id {rgb})\n",
+    }
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    check = [sys.executable, str(BENCHMARKS / "check_model_ids.py")]
+    done = subprocess.run([*check, *(str(tmp_path / n) for n in ("report.md", "summary.md"))], capture_output=True, text=True)
+    assert done.returncode == 0 and f"snail-rgb id {rgb}" in done.stdout, done.stderr
+    done = subprocess.run([*check, *(str(tmp_path / n) for n in files)], capture_output=True, text=True)
+    assert done.returncode == 1 and done.stderr.splitlines() == [
+        f"check_model_ids.py: error: {tmp_path / 'old.md'}: made with snail-rgb id 0123456789abcdef, the shipped snail-rgb is id {rgb}",
+        f"check_model_ids.py: error: {tmp_path / 'other.md'}: made with runs/x id fedcba9876543210, not a shipped model's weights",
+        f"check_model_ids.py: error: {tmp_path / 'none.md'}: names no model in its header",
+    ]
+
+
 @pytest.mark.parametrize("args", [
     ["compare_models.py", "MISSING"], ["context_tradeoff.py", "--model", "MISSING"], ["tiling.py", "--model", "MISSING"],
     ["codec_benchmark.py", "--model", "MISSING"],
@@ -166,9 +193,9 @@ def test_averaging_models_writes_the_mean_of_their_weights_and_refuses_two_archi
     ["calibration.py", "--model", "MISSING"],
 ], ids=lambda args: args[0])
 def test_every_script_says_a_missing_model_in_one_line(args, tmp_path):
-    """common.run: what snailcompress refuses ends a script with one line and the CLI's exit code (in a
+    """scripts.run: what snailcompress refuses ends a script with one line and the CLI's exit code (in a
     checkout without ../shared/data, the scripts that read those images first say that instead)."""
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / args[0]
+    script = BENCHMARKS / args[0]
     paths = {"MISSING": tmp_path / "missing", "OUT": tmp_path / "out", "DIR": tmp_path}
     argv = [str(paths.get(a, a)) for a in args[1:]]
     done = subprocess.run([sys.executable, str(script), *argv], capture_output=True, text=True,
@@ -182,12 +209,9 @@ def test_every_script_says_a_missing_model_in_one_line(args, tmp_path):
 def test_a_stopped_benchmark_goes_on_only_with_the_same_fingerprint(tmp_path, monkeypatch):
     """PartialRows keeps each measured row; a second run with the same command and CPU reuses them,
     a run that differs (another CPU) starts again, and a line cut short by the stop is dropped."""
-    import common
-    from common import PartialRows
-
     out = tmp_path / "report.md"
     same = {"argv": ["--heldout"]}
-    machine = common.machine_facts()
+    machine = scripts.machine_facts()
     first = PartialRows(out, same)
     assert not first.path.exists()  # nothing measured, nothing left behind
     first.add("a.png", {"bits": 2.5})
@@ -202,11 +226,11 @@ def test_a_stopped_benchmark_goes_on_only_with_the_same_fingerprint(tmp_path, mo
     third = PartialRows(out, same)  # the row measured after the cut line is not lost behind it
     assert third.resumed == 3 and third.get("c.png") == {"bits": 2.0}
 
-    monkeypatch.setattr(common, "machine_facts", lambda: {**machine, "cpu": "another CPU"})
+    monkeypatch.setattr(scripts, "machine_facts", lambda: {**machine, "cpu": "another CPU"})
     elsewhere = PartialRows(out, same)
     assert elsewhere.get("a.png") is None and elsewhere.note() == ""
     elsewhere.add("z.png", {"bits": 1.0})
-    monkeypatch.setattr(common, "machine_facts", lambda: machine)
+    monkeypatch.setattr(scripts, "machine_facts", lambda: machine)
     assert PartialRows(out, same).get("a.png") is None  # the other CPU's run started the file again
 
     elsewhere.done()

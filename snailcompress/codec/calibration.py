@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from .. import mixture
+from ..evaluate import window_batches
 from .container import BINARY16_MAX, MAX_CALIBRATION_FEATURES, MAX_CALIBRATION_OUTPUTS
 from .tiles import WindowPlan
 
@@ -125,15 +126,11 @@ def sample_pixels(model: torch.nn.Module, plan: WindowPlan, plane: np.ndarray, w
                   pixels: int | None = MAX_SAMPLE_PIXELS) -> tuple[torch.Tensor, torch.Tensor]:
     """The features the head reads (P, F) and the values in [-1, 1] (P, C) of at most `pixels`
     pixels (None: all) drawn with a fixed seed from those that `windows` sample windows code."""
-    sample, coded = sample_windows(plan, plane, windows)
-    mask = torch.from_numpy(coded)
     features, values = [], []
-    with torch.no_grad():
-        for start in range(0, len(sample), FEATURE_CHUNK):  # a few windows at a time: stays in cache
-            x = mixture.to_unit(torch.from_numpy(sample[start : start + FEATURE_CHUNK]))
-            window_mask = mask[start : start + FEATURE_CHUNK]
-            features.append(model.eval().features(x).permute(0, 2, 3, 1)[window_mask])
-            values.append(x.permute(0, 2, 3, 1)[window_mask])
+    with torch.no_grad():  # a few windows at a time: stays in cache
+        for x, mask in window_batches(*sample_windows(plan, plane, windows), FEATURE_CHUNK):
+            features.append(model.eval().features(x).permute(0, 2, 3, 1)[mask])
+            values.append(x.permute(0, 2, 3, 1)[mask])
     features, values = torch.cat(features), torch.cat(values)
     if pixels is not None and len(values) > pixels:
         pick = np.sort(np.random.default_rng(0).choice(len(values), pixels, replace=False))

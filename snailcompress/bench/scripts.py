@@ -1,5 +1,6 @@
-"""What every benchmark script shares: its report shown and written under results/ whole or not at
-all, its errors said in one line, and the rows of a long one kept so that it can go on after a stop."""
+"""What every script under benchmarks/ shares: its report shown and written under results/ whole or
+not at all, headed by the machine it ran on, its errors said in one line, and the rows of a long one
+kept so that it can go on after a stop."""
 
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ from typing import Callable
 
 import torch
 
-from snailcompress.bench.harness import machine_facts
-from snailcompress.errors import SnailError
-from snailcompress.fileio import atomic_write
+from ..errors import SnailError
+from ..fileio import atomic_write
+from .harness import machine_facts
 
 
 def run(main: Callable[[], None]) -> None:
@@ -76,7 +77,7 @@ class PartialRows:
     def note(self) -> str:
         """What a report's header should say when some of its rows come from a stopped run."""
         return (f" {self.resumed} row(s) were measured by an earlier run on the same CPU that was stopped"
-                " part-way (benchmarks/common.py, PartialRows)." if self.resumed else "")
+                " part-way (snailcompress/bench/scripts.py, PartialRows)." if self.resumed else "")
 
     def get(self, key: str) -> dict | None:
         return self.rows.get(key)
