@@ -36,6 +36,8 @@ from .tiles import WindowPlan
 _FAMILY = constriction.stream.model.Categorical(perfect=False)
 MAX_BATCH_TILES = 1536  # part of the format: encoder and decoder must batch alike
 ENCODE_CHUNK_POSITIONS = 4096  # window positions per forward pass of the encoder: small chunks stay in cache
+GPU_CHUNK_POSITIONS = 1 << 18  # on a GPU: large passes keep it busy
+ENCODE_CHUNK_PIXELS = 1 << 16  # (step, slot) pairs the encoder schedules at once: bounds its memory
 ENCODE_CHUNK_SYMBOLS = 1 << 15  # symbols per call of the range encoder (a (n, 256) table each)
 
 
@@ -53,39 +55,29 @@ class CodingNetwork(Protocol):
 # Where each symbol goes in the stream
 
 
-def stream_order(plan: WindowPlan, coded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The coded pixels in the order the decoder reads them, and the step of the decoder's schedule at
-    which each is coded (a running count over all batches). Pixels are numbered in raster order of
-    (window, position), as `coded[coded]` lists them.
+def schedule(plan: WindowPlan, slots: np.ndarray, start: np.ndarray, count: np.ndarray, steps: np.ndarray):
+    """What each slot of a batch does at each of `steps` (S,): arrays (S, n) of whether it is running
+    (`active`), the number of the window it runs (from 0, its first), the position in that window, and
+    whether it codes the pixel there (`coded`). `start`, `count`: the slots' WindowPlan.slot_schedule.
+    The decoder asks one step at a time, the encoder a range of steps at once."""
+    positions = plan.positions
+    elapsed = steps[:, None] - start[None, :]
+    active = (elapsed >= 0) & (elapsed < count * positions)
+    window, position = np.divmod(np.maximum(elapsed, 0), positions)
+    window = np.minimum(window, count - 1)
+    r, c = np.divmod(position, plan.win_w)
+    coded = active & plan.owns(slots[:, 0] + window, slots[:, 1], r, c)
+    return active, window, position, coded
 
-    coded: (windows, win_h, win_w), which pixels each window codes (raster order of windows).
-    Within a step the channels come one after the other (see `code_plane`)."""
-    flat = coded.reshape(len(coded), -1)
-    first_pixel = np.concatenate([[0], np.cumsum(flat.sum(axis=1))])
-    pixels, steps, slot_of, positions = [], [], [], plan.positions
-    step_offset = 0
-    for slots in plan.slot_groups(MAX_BATCH_TILES):
-        start, count = plan.slot_schedule(slots)
-        for k, ((i0, j), first, n) in enumerate(zip(slots, start, count)):
-            for w in range(n):
-                window = (i0 + w) * plan.cols + j
-                mine = np.flatnonzero(flat[window])
-                pixels.append(first_pixel[window] + np.arange(len(mine)))
-                steps.append(step_offset + first + w * positions + mine)
-                slot_of.append(np.full(len(mine), k))
-        step_offset += int((start + count * positions).max())
-    pixel, step, slot = np.concatenate(pixels), np.concatenate(steps), np.concatenate(slot_of)
-    order = np.lexsort((slot, step))  # by step, then slot
-    return pixel[order], step[order]
+
+def batch_steps(plan: WindowPlan, start: np.ndarray, count: np.ndarray) -> int:
+    """Steps that a batch of slots takes, all its windows back to back."""
+    return int((start + count * plan.positions).max())
 
 
 def _plan_steps(plan: WindowPlan) -> int:
     """Steps of all batches of the decoder together (for progress bars)."""
-    total = 0
-    for slots in plan.slot_groups(MAX_BATCH_TILES):
-        start, count = plan.slot_schedule(slots)
-        total += int((start + count * plan.positions).max())
-    return total
+    return sum(batch_steps(plan, *plan.slot_schedule(slots)) for slots in plan.slot_groups(MAX_BATCH_TILES))
 
 
 def coding_steps(height: int, width: int, tile: tuple[int, int], context: tuple[int, int] = (0, 0), band: int = 1) -> int:
@@ -135,7 +127,8 @@ def symbol_bounds(net, windows: np.ndarray, coded: np.ndarray, progress=None) ->
     """(start, count) of every coded subpixel, (P, C) each, in raster order of (window, position):
     the full forward pass over chunks of windows, then the symbols' two cumulative counts."""
     channels = windows.shape[1]
-    per_chunk = max(1, ENCODE_CHUNK_POSITIONS // (windows.shape[2] * windows.shape[3]))
+    positions = ENCODE_CHUNK_POSITIONS if net.device.type == "cpu" else GPU_CHUNK_POSITIONS
+    per_chunk = max(1, positions // (windows.shape[2] * windows.shape[3]))
     starts, counts = [], []
     for s in range(0, len(windows), per_chunk):
         chunk = torch.from_numpy(windows[s : s + per_chunk])
@@ -168,28 +161,77 @@ def _encode_symbols(encoder, symbols: np.ndarray, start: np.ndarray, count: np.n
         encoder.encode(sym.astype(np.int32), _FAMILY, table)
 
 
+class _WindowRing:
+    """The (value, start, count) of every subpixel of the windows a batch of slots is coding: the
+    windows of one chunk of steps and those still running from the last, `depth` per slot, each
+    computed once by the full forward pass and overwritten when its slot has moved on."""
+
+    def __init__(self, slots: int, depth: int, positions: int, channels: int):
+        self.depth = depth
+        self.held = np.full((slots, depth), -1)  # which window number each place holds
+        self.values = np.zeros((slots, depth, positions, channels), np.uint8)
+        self.start = np.zeros((slots, depth, positions, channels), np.int32)  # counts are below 2**24
+        self.count = np.zeros((slots, depth, positions, channels), np.int32)
+
+    def fill(self, net, plan: WindowPlan, canvas: np.ndarray, slots: np.ndarray, slot: np.ndarray,
+             window: np.ndarray, progress=None) -> None:
+        """Compute the windows (slot, window number) not held yet."""
+        place = window % self.depth
+        missing = self.held[slot, place] != window
+        slot, window, place = slot[missing], window[missing], place[missing]
+        if not len(slot):
+            return
+        pixels, coded = plan.windows_at(canvas, slots[slot, 0] + window, slots[slot, 1])
+        start, count = symbol_bounds(net, pixels, coded, progress)
+        flat = coded.reshape(len(slot), -1)
+        for array, known in ((self.values, pixels.reshape(*pixels.shape[:2], -1).transpose(0, 2, 1)[flat]),
+                             (self.start, start), (self.count, count)):
+            dense = np.zeros((len(slot), flat.shape[1], array.shape[-1]), array.dtype)
+            dense[flat] = known
+            array[slot, place] = dense
+        self.held[slot, place] = window
+
+
+def _encode_batch(net, plan: WindowPlan, canvas: np.ndarray, slots: np.ndarray, encoder, progress=None) -> None:
+    """Encode one batch of window slots in the decoder's order, a chunk of steps at a time: per step,
+    per channel, the symbols of the slots that code a pixel there, in slot order."""
+    start, count = plan.slot_schedule(slots)
+    total, channels = batch_steps(plan, start, count), canvas.shape[2]
+    chunk = max(1, ENCODE_CHUNK_PIXELS // len(slots))  # steps per chunk
+    ring = _WindowRing(len(slots), (chunk - 1) // plan.positions + 2, plan.positions, channels)
+    for first in range(0, total, chunk):
+        active, window, position, coded = schedule(plan, slots, start, count, np.arange(first, min(first + chunk, total)))
+        running = np.nonzero(active.any(axis=0))[0]
+        # every window a running slot has in this chunk: from its first to its last step here
+        lowest = np.where(active, window, window.max() + 1).min(axis=0)[running]
+        highest = np.where(active, window, -1).max(axis=0)[running]
+        spans = highest - lowest + 1
+        slot = np.repeat(running, spans)
+        number = np.repeat(lowest, spans) + np.arange(spans.sum()) - np.repeat(np.cumsum(spans) - spans, spans)
+        ring.fill(net, plan, canvas, slots, slot, number, progress)
+        step, slot = np.nonzero(coded)  # by step, then slot: the stream's order of pixels
+        where = (slot, window[step, slot] % ring.depth, position[step, slot])
+        # within a step the channels come one after the other: order by (step, channel, slot)
+        order = np.argsort(np.repeat(step, channels) * channels + np.tile(np.arange(channels), len(step)), kind="stable")
+        pick = lambda array: array[where].reshape(-1)[order]
+        _encode_symbols(encoder, pick(ring.values), pick(ring.start), pick(ring.count))
+
+
 def code_plane(net, plane: np.ndarray, tile: tuple[int, int], context: tuple[int, int] = (0, 0), band: int = 1,
                progress=False, encoder=None):
-    """Encode an (H, W, C) plane in windows (WindowPlan); returns (words, plan).
+    """Encode an (H, W, C) plane in windows (WindowPlan); returns (words, plan). Memory stays bounded
+    whatever the plane's size: windows are computed a chunk of steps at a time.
 
     `encoder`: an existing queue RangeEncoder to append to, so that several planes make one stream;
     the words returned are then the whole stream so far. Decode it with one RangeDecoder passed to
     decode_plane for the same planes in the same order.
     """
     plan = WindowPlan.for_image(plane.shape[0], plane.shape[1], tile, context, band)
-    windows, coded = plan.windows(plane)
-    with _progress(progress, len(windows), "encode", "window") as bar:
-        start, count = symbol_bounds(net, windows, coded, bar)
-    pixel_values = windows.transpose(0, 2, 3, 1)[coded]  # (P, C), the same raster order
-    pixel, step = stream_order(plan, coded)
-    # Within a step: every slot's channel 0, then channel 1, ...: sort (step, channel, stream order).
-    channels = plane.shape[2]
-    order = np.argsort(np.repeat(step, channels) * channels + np.tile(np.arange(channels), len(step)), kind="stable")
-    flat_pixel = np.repeat(pixel, channels)[order]
-    flat_channel = np.tile(np.arange(channels), len(step))[order]
+    canvas = plan.canvas(plane)
     encoder = encoder if encoder is not None else constriction.stream.queue.RangeEncoder()
-    _encode_symbols(encoder, pixel_values[flat_pixel, flat_channel].astype(np.int64),
-                    start[flat_pixel, flat_channel], count[flat_pixel, flat_channel])
+    with _progress(progress, plan.rows * plan.cols, "encode", "window") as bar, torch.no_grad():
+        for slots in plan.slot_groups(MAX_BATCH_TILES):
+            _encode_batch(net, plan, canvas, slots, encoder, bar)
     return encoder.get_compressed(), plan
 
 
@@ -197,29 +239,32 @@ def code_plane(net, plane: np.ndarray, tile: tuple[int, int], context: tuple[int
 # Decoding: step by step
 
 
-def _decode_windows(net, plan: WindowPlan, canvas: np.ndarray, slots: np.ndarray, decoder,
-                    progress: CodingProgress | None = None) -> None:
-    """Run one batch of window slots (see WindowPlan) step by step, decoding the pixels each window owns.
+def _decode_batch(net, plan: WindowPlan, canvases: np.ndarray, slots: np.ndarray, decoders: list,
+                  errors: dict, progress: CodingProgress | None = None) -> None:
+    """Run one batch of window slots (see WindowPlan) of K planes of one shape, step by step, decoding
+    the pixels each window owns; plane k's symbols come from decoders[k].
 
-    `canvas` starts empty and fills in as pixels are decoded. Pixels a window does not code (its
-    context, and the padding) come from the canvas, where they are already known: context from
-    windows that ran earlier, padding from the window's own earlier pixels.
+    `canvases` (K, H', W', C) start empty and fill in as pixels are decoded. Pixels a window does not
+    code (its context, and the padding) come from its canvas, where they are already known: context
+    from windows that ran earlier, padding from the window's own earlier pixels. The stepper runs the
+    K planes' slots as one batch (plane by plane, so each plane's coded slots are one run of rows, in
+    its slot order); slots never mix, so a plane whose stream fails (errors[k] is set) stops reading
+    and cannot change another plane's pixels. Stops early once every plane has failed.
     """
     start, count = plan.slot_schedule(slots)
-    n, positions, channels = len(slots), plan.positions, canvas.shape[2]
-    stepper = net.stepper(n, plan.win_h, plan.win_w)
-    for step in range(int((start + count * positions).max())):
-        elapsed = step - start
-        active = (elapsed >= 0) & (elapsed < count * positions)
-        window, position = np.divmod(np.maximum(elapsed, 0), positions)
-        window = np.minimum(window, count - 1)
+    planes, n, positions, channels = len(canvases), len(slots), plan.positions, canvases.shape[3]
+    plane = np.repeat(np.arange(planes), n)
+    stepper = net.stepper(planes * n, plan.win_h, plan.win_w)
+    for step in range(batch_steps(plan, start, count)):
+        if len(errors) == planes:
+            return
+        active, window, position, coded = (np.tile(a[0], planes) for a in schedule(plan, slots, start, count, np.array([step])))
         if step and (begins := active & (position == 0) & (window > 0)).any():
             stepper.restart(torch.from_numpy(begins))
         r, c = np.divmod(position, plan.win_w)
-        i, j = slots[:, 0] + window, slots[:, 1]
-        y, x = plan.place(i, j, r, c)
-        coded = active & plan.owns(i, j, r, c)
-        values = canvas[np.minimum(y, plan.height - 1), np.minimum(x, plan.width - 1)]  # what is known (n, C)
+        y, x = plan.place(np.tile(slots[:, 0], planes) + window, np.tile(slots[:, 1], planes), r, c)
+        y, x = np.minimum(y, plan.height - 1), np.minimum(x, plan.width - 1)
+        values = canvases[plane, y, x]  # what is known (K * n, C)
         values[~active] = 0  # idle slots (not started, or done) see the same values in every decoder
         bits = 0.0
         params = stepper.predict()  # every slot steps, coding or not: that keeps one step one batched pass
@@ -227,20 +272,48 @@ def _decode_windows(net, plan: WindowPlan, canvas: np.ndarray, slots: np.ndarray
             mine = params if coded.all() else params[torch.from_numpy(coded).to(net.device)]
             conditionals = IntegerConditionals(mine, channels)
             known = torch.from_numpy(values[coded]).to(net.device)
+            per_plane = int(coded.sum()) // planes  # the planes share one plan: the same count each
             for ch in range(channels):
-                table = conditionals.tables(ch, known[:, :ch]).cpu().numpy().astype(np.float64)
-                try:
-                    decoded = decoder.decode(_FAMILY, table)
-                except Exception as e:  # constriction raises on a stream that ends too early
-                    raise FormatError(f"coded stream is corrupt or truncated ({e})") from None
+                tables = conditionals.tables(ch, known[:, :ch]).cpu().numpy().astype(np.float64)
+                decoded = np.zeros(len(tables), np.int32)
+                for k, decoder in enumerate(decoders):
+                    rows = slice(k * per_plane, (k + 1) * per_plane)
+                    if k not in errors:
+                        try:
+                            decoded[rows] = decoder.decode(_FAMILY, tables[rows])
+                        except Exception as e:  # constriction raises on a stream that ends too early
+                            errors[k] = FormatError(f"coded stream is corrupt or truncated ({e})")
                 values[coded, ch] = decoded
                 known[:, ch] = torch.from_numpy(decoded.astype(np.uint8)).to(net.device)
                 if progress is not None:
-                    bits += _bits(table[np.arange(len(decoded)), decoded])
-            canvas[y[coded], x[coded]] = values[coded]
+                    bits += _bits(tables[np.arange(len(decoded)), decoded])
+            canvases[plane[coded], y[coded], x[coded]] = values[coded]
         stepper.commit(torch.from_numpy(values), torch.from_numpy(active & (position < positions - 1)))
         if progress is not None:
             progress.step(bits, int(coded.sum()) * channels)
+
+
+def decode_planes(net, streams: list, height: int, width: int, channels: int, tile: tuple[int, int],
+                  context: tuple[int, int] = (0, 0), band: int = 1, progress=False) -> list:
+    """Decode planes of one shape and coding, each from its own stream (its words, or a queue
+    RangeDecoder to go on reading from), together: the steps of one plane decode many. Returns, for
+    each, its (H, W, C) plane or the FormatError its stream gave."""
+    plan = WindowPlan.for_image(height, width, tile, context, band)
+    decoders = [stream if hasattr(stream, "decode") else
+                constriction.stream.queue.RangeDecoder(np.ascontiguousarray(stream, dtype=np.uint32))
+                for stream in streams]
+    errors: dict[int, FormatError] = {}
+    canvases = np.stack([plan.canvas(np.zeros((height, width, channels), np.uint8))] * len(streams))
+    groups = plan.slot_groups(MAX_BATCH_TILES)
+    per_batch = max(1, MAX_BATCH_TILES // max(len(slots) for slots in groups))  # planes stepped together
+    with _progress(progress, _plan_steps(plan) * -(-len(streams) // per_batch), "decode", "step") as bar, torch.no_grad():
+        for first in range(0, len(streams), per_batch):
+            batch = slice(first, first + per_batch)
+            failed: dict[int, FormatError] = {}
+            for slots in groups:
+                _decode_batch(net, plan, canvases[batch], slots, decoders[batch], failed, bar)
+            errors.update({first + k: error for k, error in failed.items()})
+    return [errors.get(k) or np.ascontiguousarray(canvas[:height, :width]) for k, canvas in enumerate(canvases)]
 
 
 def decode_plane(net, words: np.ndarray | None, height: int, width: int, channels: int,
@@ -248,11 +321,8 @@ def decode_plane(net, words: np.ndarray | None, height: int, width: int, channel
                  decoder=None) -> np.ndarray:
     """Inverse of code_plane: the (H, W, C) plane. `decoder`: an existing queue RangeDecoder to go
     on reading from (`words` is then ignored and may be None)."""
-    plan = WindowPlan.for_image(height, width, tile, context, band)
-    if decoder is None:
-        decoder = constriction.stream.queue.RangeDecoder(np.ascontiguousarray(words, dtype=np.uint32))
-    canvas = plan.canvas(np.zeros((height, width, channels), np.uint8))
-    with _progress(progress, _plan_steps(plan), "decode", "step") as bar, torch.no_grad():
-        for slots in plan.slot_groups(MAX_BATCH_TILES):
-            _decode_windows(net, plan, canvas, slots, decoder, bar)
-    return np.ascontiguousarray(canvas[:height, :width])
+    result = decode_planes(net, [decoder if decoder is not None else words], height, width, channels, tile, context,
+                           band, progress)[0]
+    if isinstance(result, FormatError):
+        raise result
+    return result

@@ -71,11 +71,15 @@ class IntegerLinear:
             integer_bias[-gate_channels:] += ar.EXP_INPUT_LIMIT * np.exp2(shift[-gate_channels:])
             low[-gate_channels:], high[-gate_channels:] = 0, 2 * ar.EXP_INPUT_LIMIT
         self.name = name
+        if not np.isfinite(integer_bias).all():
+            raise ValueError(f"{name}: a bias is not finite")
+        # |w| <= 2**14 over fewer than 2**39 inputs: each row's float64 sum of |w| is exact.
+        weight_sums = np.abs(integer_weight).sum(axis=1).tolist()
         self.bound = max(
-            sum(abs(int(w)) for w in row) * ar.ACTIVATION_LIMIT + abs(int(b)) + 2 ** max(int(k) - 1, 0)
-            for row, b, k in zip(integer_weight.tolist(), integer_bias.tolist(), shifts)
+            int(total) * ar.ACTIVATION_LIMIT + abs(int(b)) + 2 ** max(int(k) - 1, 0)
+            for total, b, k in zip(weight_sums, integer_bias.tolist(), shifts)
         )
-        if self.bound >= ar.ACCUMULATOR_LIMIT or not np.isfinite(integer_bias).all():
+        if self.bound >= ar.ACCUMULATOR_LIMIT:
             raise ValueError(f"{name}: an accumulator could reach 2**{math.log2(max(self.bound, 1)):.1f}, "
                              "beyond exact float64 arithmetic")
         self.weight = torch.from_numpy(integer_weight.T.copy())  # (in, out) integers
