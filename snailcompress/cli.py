@@ -57,8 +57,8 @@ def main():
 @friendly_errors
 def models(channels):
     """List model presets (with parameter counts) and shipped models."""
-    from .models.presets import parameter_counts
-    from .zoo import DEFAULT_MODELS, load_model, shipped_models
+    from .models.presets import parameter_counts  # neither imports torch: the list takes well under a second
+    from .zoo import DEFAULT_MODELS, WEIGHTS_DIR, describe_model_file, shipped_models
 
     click.echo("presets (architecture only; train them or load a checkpoint):")
     for name, count, description in parameter_counts(int(channels)):
@@ -68,10 +68,9 @@ def models(channels):
         click.echo("shipped models (trained weights inside the package):")
         defaults = {v: k for k, v in DEFAULT_MODELS.items()}
         for name in shipped:
-            loaded = load_model(name)
+            model_id, params = describe_model_file(WEIGHTS_DIR / f"{name}.safetensors")
             role = f"  [default for {defaults[name]}]" if name in defaults else ""
-            params = sum(p.numel() for p in loaded.model.parameters())
-            click.echo(f"  {name:24s} {params / 1e6:7.2f}M  id {loaded.model_id}{role}")
+            click.echo(f"  {name:24s} {params / 1e6:7.2f}M  id {model_id}{role}")
 
 
 # ---------------------------------------------------------------------------------------------

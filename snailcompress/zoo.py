@@ -6,7 +6,8 @@ checkpoint directory holds such a file for the EMA weights (`ema.safetensors`, t
 evaluate, sample and code), so `--model RUN_DIR` works wherever a model is expected.
 
 A model is identified by `model_id`: a hash of its config and of every tensor's bytes, so that a
-.snail file can name the exact weights it needs.
+.snail file can name the exact weights it needs. `describe_model_file` computes it from a file with
+numpy, without torch: importing this module does not import torch (`snailcompress models`).
 """
 
 from __future__ import annotations
@@ -17,15 +18,18 @@ import os
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING, Iterable
 
-import torch
-import torch.nn as nn
+import numpy as np
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
 
 from .errors import ChannelCountError, ModelError
 from .fileio import atomic_path
 from .models.presets import PRESETS, build, build_from_config, config_from_dict
+
+if TYPE_CHECKING:
+    import torch
+    import torch.nn as nn
 
 WEIGHTS_DIR = Path(str(resources.files("snailcompress") / "weights"))
 
@@ -49,18 +53,44 @@ class LoadedModel:
         return self.model.config.channels
 
 
-def model_id(model: nn.Module) -> str:
-    """16 hex digits of SHA-256 over the config and every tensor (name, dtype, shape, bytes)."""
-    digest = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True).encode())
-    for name, tensor in sorted(model.state_dict().items()):
-        t = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+def _weights_id(config: dict, tensors: Iterable[tuple[str, str, tuple[int, ...], bytes]]) -> str:
+    """16 hex digits of SHA-256 over the config and every tensor (name, dtype, shape, bytes) in name order."""
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
+    for name, dtype, shape, data in sorted(tensors, key=lambda t: t[0]):
+        digest.update(f"{name}:{dtype}:{shape}".encode())
+        digest.update(data)
     return digest.hexdigest()[:16]
+
+
+def model_id(model: nn.Module) -> str:
+    """The id of a model's config and weights (its state dict), as a .snail file names it."""
+    import torch
+
+    tensors = []
+    for name, tensor in model.state_dict().items():
+        t = tensor.detach().cpu().contiguous()
+        tensors.append((name, str(t.dtype), tuple(t.shape), t.view(torch.uint8).numpy().tobytes() if t.numel() else b""))
+    return _weights_id(model.config.to_dict(), tensors)
+
+
+def describe_model_file(path: str | Path) -> tuple[str, int]:
+    """(model_id, parameter count) of a model file, read with numpy: what `load_model` gives for it,
+    without torch. The models hold float32 parameters only (no buffers), which `load_model` copies
+    the file's tensors into, so each tensor is hashed as float32."""
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            config = config_from_dict(json.loads((f.metadata() or {})["config"])).to_dict()
+            arrays = {name: np.ascontiguousarray(f.get_tensor(name), dtype=np.float32) for name in f.keys()}
+    except (SafetensorError, OSError, ValueError, KeyError, TypeError) as e:
+        raise ModelError(f"{path}: not a readable safetensors model file ({e})") from None
+    tensors = ((name, "torch.float32", a.shape, a.tobytes()) for name, a in arrays.items())
+    return _weights_id(config, tensors), sum(a.size for a in arrays.values())
 
 
 def save_model(model: nn.Module, path: str | Path, **facts) -> Path:
     """Write weights + config (+ facts such as training data, steps, bits/dim) atomically."""
+    from safetensors.torch import save_file
+
     path = Path(path)
     metadata = {"config": json.dumps(model.config.to_dict()), "facts": json.dumps(facts, default=str)}
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -71,8 +101,9 @@ def save_model(model: nn.Module, path: str | Path, **facts) -> Path:
 
 
 def _read_model_file(path: Path) -> tuple[nn.Module, dict]:
-    try:
+    from safetensors.torch import load_file
 
+    try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
         tensors = load_file(str(path))
@@ -115,6 +146,8 @@ def resolve_model_path(spec: str | Path) -> Path | None:
 
 def load_model(spec: str | Path, channels: int | None = None, device: str | torch.device = "cpu") -> LoadedModel:
     """Load a model by preset name (fixed-seed random weights), shipped name, file or directory."""
+    import torch
+
     spec_str = str(spec)
     if spec_str in PRESETS:
         with torch.random.fork_rng(devices=[]):

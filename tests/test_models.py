@@ -187,6 +187,13 @@ def test_parameter_counts_match_the_reference(name, expected):
     assert count_parameters(gray) < count
 
 
+@pytest.mark.parametrize("name", list(presets.PRESETS))
+def test_stored_parameter_counts_are_the_built_models(name):
+    """`snailcompress models` prints the counts stored with each preset, to list them without torch."""
+    built = tuple(count_parameters(presets.build(name, channels=channels)) for channels in (3, 1))
+    assert presets.PRESETS[name].parameters == built, f"{name}: set Preset.parameters to {built}"
+
+
 def test_paper_pixelsnail_imagenet_differs_from_cifar_only_in_head_and_dropout():
     cifar, imagenet = presets.build("pixelsnail-cifar10"), presets.build("pixelsnail-imagenet32")
     head_params = lambda m: m.head.v.numel() + m.head.g.numel() + m.head.b.numel()  # noqa: E731

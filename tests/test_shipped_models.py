@@ -8,6 +8,8 @@ limit, with their attribution, coding an image exactly through the default path.
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 from importlib import resources
 
 import numpy as np
@@ -21,7 +23,7 @@ from snailcompress.codec import container
 from snailcompress.codec.tiles import WindowPlan
 from snailcompress.demo import DEMO_IMAGE
 from snailcompress.evaluate import image_log_probs
-from snailcompress.zoo import WEIGHTS_DIR, default_model_for, load_model
+from snailcompress.zoo import WEIGHTS_DIR, default_model_for, describe_model_file, load_model, save_model
 
 SHIPPED = {"snail-rgb": ("RGB", 3), "snail-gray": ("L", 1)}
 TILE = 32
@@ -56,6 +58,23 @@ def test_the_defaults_ship_within_20_mb_with_their_attribution():
         assert name in attribution
         for held_out in load_model(name).metadata["holdout"]:
             assert held_out in attribution
+
+
+def test_models_lists_the_shipped_models_without_importing_torch(tmp_path):
+    """`snailcompress models` reads the model files with numpy, to answer in well under a second
+    (results/cli_startup.md); the ids and parameter counts it prints are load_model's."""
+    code = ("import sys\nfrom snailcompress.cli import main\nmain(['models'], standalone_mode=False)\n"
+            "print('torch imported' if 'torch' in sys.modules else 'no torch')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.endswith("no torch\n"), out
+    for name in SHIPPED:
+        loaded = load_model(name)
+        parameters = sum(p.numel() for p in loaded.model.parameters())
+        assert describe_model_file(WEIGHTS_DIR / f"{name}.safetensors") == (loaded.model_id, parameters)
+        assert f"{parameters / 1e6:7.2f}M  id {loaded.model_id}" in out
+    tiny = load_model("pixelsnail-tiny", channels=1)
+    saved = save_model(tiny.model, tmp_path / "tiny.safetensors")
+    assert describe_model_file(saved) == (load_model(saved).model_id, 77_192)
 
 
 @pytest.mark.parametrize("name", SHIPPED)

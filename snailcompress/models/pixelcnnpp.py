@@ -13,13 +13,12 @@ Height and width must be divisible by 4.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import mixture
+from .configs import PixelCNNppConfig
 from .layers import (
     DownRightShiftedConv2d,
     DownRightShiftedDeconv2d,
@@ -32,19 +31,6 @@ from .layers import (
     nin,
     with_ones_channel,
 )
-
-
-@dataclass(frozen=True)
-class PixelCNNppConfig:
-    channels: int = 3
-    filters: int = 160
-    resnets_per_stage: int = 5
-    mixtures: int = 10
-    dropout: float = 0.5
-    nonlinearity: str = "concat_elu"
-
-    def to_dict(self) -> dict:
-        return {"architecture": "pixelcnnpp", **asdict(self)}
 
 
 def _resnet_pair(cfg: PixelCNNppConfig, ul_aux: int) -> tuple[GatedResnet, GatedResnet]:

@@ -20,13 +20,12 @@ Departures from the reference, all deliberate:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import mixture
+from .configs import PixelSNAILConfig
 from .layers import (
     DownRightShiftedConv2d,
     GatedResnet,
@@ -35,22 +34,6 @@ from .layers import (
     nin,
     with_ones_channel,
 )
-
-
-@dataclass(frozen=True)
-class PixelSNAILConfig:
-    channels: int = 3  # 3 for RGB, 1 for grayscale
-    filters: int = 256  # F, width of the residual stream
-    blocks: int = 12  # attention blocks
-    resnets_per_block: int = 4  # gated residual blocks before each attention
-    key_channels: int = 16  # "small key"
-    value_channels: int = 128  # F/2 in the paper configuration
-    mixtures: int = 10  # M logistic components per pixel
-    dropout: float = 0.5  # drop probability after the second nonlinearity of every gated block
-    nonlinearity: str = "elu"  # "elu" (paper) or "concat_elu" (PixelCNN++ style)
-
-    def to_dict(self) -> dict:
-        return {"architecture": "pixelsnail", **asdict(self)}
 
 
 def positional_background(height: int, width: int, like: torch.Tensor) -> torch.Tensor:

@@ -1,22 +1,23 @@
 """Named model configurations: the paper's, and smaller ones sized for a CPU.
 
 A preset fixes the architecture; the data decides the channel count (`build(name, channels=1)` gives
-the grayscale variant of any preset).
+the grayscale variant of any preset). Importing this module does not import torch: `snailcompress
+models` lists the presets, with their parameter counts, without it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-
-import torch.nn as nn
+from typing import TYPE_CHECKING
 
 from ..errors import ModelError
-from .layers import count_parameters
-from .pixelcnnpp import PixelCNNpp, PixelCNNppConfig
-from .pixelsnail import PixelSNAIL, PixelSNAILConfig
+from .configs import PixelCNNppConfig, PixelSNAILConfig
+
+if TYPE_CHECKING:
+    import torch.nn as nn
 
 ModelConfig = PixelSNAILConfig | PixelCNNppConfig
-ARCHITECTURES = {"pixelsnail": (PixelSNAIL, PixelSNAILConfig), "pixelcnnpp": (PixelCNNpp, PixelCNNppConfig)}
+CONFIGS = {"pixelsnail": PixelSNAILConfig, "pixelcnnpp": PixelCNNppConfig}
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,7 @@ class Preset:
     name: str
     config: ModelConfig
     description: str
+    parameters: tuple[int, int]  # of the built model with 3 and with 1 channels (tests/test_models.py checks them)
 
     @property
     def architecture(self) -> str:
@@ -37,36 +39,43 @@ PRESETS = {
             "pixelsnail-cifar10",
             PixelSNAILConfig(filters=256, blocks=12, resnets_per_block=4, mixtures=10, dropout=0.5),
             "the paper's CIFAR-10 model (2.85 bits/dim)",
+            (46_021_908, 45_960_248),
         ),
         Preset(
             "pixelsnail-imagenet32",
             PixelSNAILConfig(filters=256, blocks=12, resnets_per_block=4, mixtures=32, dropout=0.0),
             "the paper's ImageNet 32x32 model (3.80 bits/dim)",
+            (46_078_668, 45_977_276),
         ),
         Preset(
             "pixelsnail-small",
             PixelSNAILConfig(filters=64, blocks=4, resnets_per_block=2, value_channels=32, mixtures=10, dropout=0.0),
             "CPU-sized PixelSNAIL: 4 attention blocks of 2 resnets, 64 filters",
+            (594_444, 585_488),
         ),
         Preset(
             "pixelsnail-tiny",
             PixelSNAILConfig(filters=32, blocks=2, resnets_per_block=2, value_channels=16, mixtures=5, dropout=0.0),
             "tests and quick experiments",
+            (79_718, 77_192),
         ),
         Preset(
             "pixelcnnpp-cifar10",
             PixelCNNppConfig(filters=160, resnets_per_stage=5, mixtures=10, dropout=0.5),
             "PixelCNN++ as in its paper (2.92 bits/dim on CIFAR-10)",
+            (53_659_080, 53_644_220),
         ),
         Preset(
             "pixelcnnpp-small",
             PixelCNNppConfig(filters=64, resnets_per_stage=2, mixtures=10, dropout=0.0),
             "CPU-sized PixelCNN++: 2 resnets per stage, 64 filters",
+            (3_874_632, 3_868_604),
         ),
         Preset(
             "pixelcnnpp-tiny",
             PixelCNNppConfig(filters=32, resnets_per_stage=1, mixtures=5, dropout=0.0),
             "tests and quick experiments",
+            (577_060, 575_166),
         ),
     ]
 }
@@ -76,16 +85,19 @@ def config_from_dict(d: dict) -> ModelConfig:
     """Inverse of `config.to_dict()` (as stored in checkpoints)."""
     d = dict(d)
     arch = d.pop("architecture", None)
-    if arch not in ARCHITECTURES:
-        raise ModelError(f"unknown architecture {arch!r} in model config; known: {', '.join(ARCHITECTURES)}")
+    if arch not in CONFIGS:
+        raise ModelError(f"unknown architecture {arch!r} in model config; known: {', '.join(CONFIGS)}")
     try:
-        return ARCHITECTURES[arch][1](**d)
+        return CONFIGS[arch](**d)
     except TypeError as e:
         raise ModelError(f"invalid {arch} config: {e}") from None
 
 
 def build_from_config(config: ModelConfig) -> nn.Module:
-    model_cls = ARCHITECTURES[config.to_dict()["architecture"]][0]
+    from .pixelcnnpp import PixelCNNpp  # the models import torch: only here, where one is built
+    from .pixelsnail import PixelSNAIL
+
+    model_cls = {PixelSNAILConfig: PixelSNAIL, PixelCNNppConfig: PixelCNNpp}[type(config)]
     return model_cls(config)
 
 
@@ -104,5 +116,5 @@ def build(name: str, channels: int | None = None, **overrides) -> nn.Module:
 
 
 def parameter_counts(channels: int = 3) -> list[tuple[str, int, str]]:
-    """(name, parameter count, description) of every preset, for `snailcompress models`."""
-    return [(p.name, count_parameters(build(p.name, channels)), p.description) for p in PRESETS.values()]
+    """(name, parameter count, description) of every preset, for `snailcompress models` (without torch)."""
+    return [(p.name, p.parameters[0 if channels == 3 else 1], p.description) for p in PRESETS.values()]
