@@ -297,12 +297,14 @@ def receptive_field_command(models, size, position, channels, output, seed, forc
 
 
 @main.command()
+@click.argument("directory", required=False, type=click.Path())
 @click.option("--dataset", type=click.Choice(DATASET_CHOICES), required=True)
-@click.option("--data-dir", type=click.Path(), default=None, help="where the data set's official files are")
+@click.option("--data-dir", type=click.Path(), default=None, help="where the data set's official files are (or DIRECTORY)")
 @click.option("--model", "models", multiple=True, help="checkpoint, run dir, preset or shipped name; repeatable")
 @click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True)
 @click.option("--limit", type=int, default=None, help="only the first N images [all]")
-@click.option("--coded-limit", type=int, default=100, show_default=True, help="images coded as separate .snail files")
+@click.option("--coded-limit", type=int, default=None,
+              help="images coded as separate .snail files [100; a folder's whole images: all]")
 @click.option("--chunk", type=int, default=1000, show_default=True, help="images per batch of the one-stream coding")
 @click.option("--codecs", "codec_names", default="all", show_default=True,
               help="comma-separated, from png,webp,jpegxl-e7,jpegxl-e9,jpeg2000,jpegls")
@@ -311,26 +313,34 @@ def receptive_field_command(models, size, position, channels, output, seed, forc
 @click.option("-q", "--quiet", is_flag=True, help="no progress bars")
 @folder_options
 @friendly_errors
-def bench(dataset, data_dir, models, split, limit, coded_limit, chunk, codec_names, batch_size, out, quiet,
+def bench(directory, dataset, data_dir, models, split, limit, coded_limit, chunk, codec_names, batch_size, out, quiet,
           crop, scales, holdout, channels, cache_dir):
-    """Models (NLL and real coded size) against classical lossless codecs, and the paper's Table 1.
+    """Models (NLL and real coded size) against classical lossless codecs, and the paper's Table 1, in
+    bits per subpixel (the papers' bits/dim). A folder's images are measured whole, as `encode` codes
+    them and as the codecs write them (one file each); --crop or --scales measures crops instead
+    (--holdout NAME: only those images).
 
     \b
-    Writes OUT/summary.csv, summary.md, per_image.h5 and bits_per_dim.png. Example:
+    Writes OUT/summary.csv, summary.md, per_image.h5 and bits_per_subpixel.png. Examples:
+      snailcompress bench --dataset folder my-photos
       snailcompress bench --dataset cifar10 --data-dir ~/data --model runs/cifar --limit 1000
     """
     from .bench.harness import BenchOptions, run_benchmark
     from .bench.report import format_table
 
+    if directory is not None and data_dir is not None:
+        raise UsageError(f"give the data directory once: {directory} or --data-dir {data_dir}")
+    source = click.get_current_context().get_parameter_source
+    crops = any(source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT) for name in ("crop", "scales"))
     options = BenchOptions(
-        dataset=dataset, data_dir=data_dir, models=models, split=split, limit=limit, coded_limit=coded_limit,
-        chunk=chunk, codecs=codec_names, out=out or f"bench-{dataset}", batch_size=batch_size,
-        data_options=_data_kwargs(dataset, crop, scales, holdout, channels, cache_dir), progress=not quiet,
-        argv=["snailcompress", *sys.argv[1:]],
+        dataset=dataset, data_dir=directory or data_dir, models=models, split=split, limit=limit,
+        coded_limit=coded_limit, chunk=chunk, codecs=codec_names, out=out or f"bench-{dataset}", batch_size=batch_size,
+        data_options=_data_kwargs(dataset, crop, scales, holdout, channels, cache_dir), crops=crops,
+        progress=not quiet, argv=["snailcompress", *sys.argv[1:]],
     )
     result = run_benchmark(options, log=lambda line: click.echo(line, err=True))
     click.echo(format_table(result.rows))
-    click.echo(f"report written to {result.out}/ (summary.csv, summary.md, per_image.h5, bits_per_dim.png)")
+    click.echo(f"report written to {result.out}/ (summary.csv, summary.md, per_image.h5, bits_per_subpixel.png)")
 
 
 # ---------------------------------------------------------------------------------------------

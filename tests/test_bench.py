@@ -62,18 +62,22 @@ def bench_run(tmp_path_factory):
 
 def test_bench_writes_every_output(bench_run):
     out, result = bench_run
-    for name in ("summary.csv", "summary.md", "per_image.h5", "bits_per_dim.png"):
+    for name in ("summary.csv", "summary.md", "per_image.h5", "bits_per_subpixel.png"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
-    with Image.open(out / "bits_per_dim.png") as im:
+    with Image.open(out / "bits_per_subpixel.png") as im:
         assert im.format == "PNG"
     assert "pixelsnail-tiny (coded, one stream)" in result.stdout  # the table printed at the end
     assert "PixelCNNpp has no incremental decoder" in result.stderr  # the note for PixelCNN++
+    # one unit, bits per subpixel, said once to be what the paper's Table 1 calls bits/dim
+    assert "bits/subpixel" in result.stdout.splitlines()[0] and "bits/dim" not in result.output
+    assert "bits/subpixel (NLL)" in result.stderr
+    assert "what the papers call bits/dim" in (out / "summary.md").read_text()
 
 
 def test_bench_summary_rows(bench_run):
     out, _ = bench_run
     table = pd.read_csv(out / "summary.csv")
-    for column in ("method", "kind", "bits_per_dim", "images", "encode_images_per_s", "decode_images_per_s"):
+    for column in ("method", "kind", "bits_per_subpixel", "images", "encode_images_per_s", "decode_images_per_s"):
         assert column in table.columns
     assert set(table["kind"]) == {"model-nll", "model-coded", "codec", "paper"}
     by_method = {(r.method, r.kind): r for r in table.itertuples()}
@@ -87,9 +91,9 @@ def test_bench_summary_rows(bench_run):
     # real coded sizes, by the integer network (integer/): close to the float likelihood. The untrained
     # preset's outputs are extreme (log-scales past the integer network's clamp at +-7), which moves
     # it by about 1.5% here; the trained model's cost is measured in test_integer.py (< 0.3%).
-    assert abs(stream.bits_per_dim / nll.bits_per_dim - 1) < 0.03
-    assert stream.bits_per_dim <= per_file.bits_per_dim
-    # the per-file overhead is the .snail header of each file: ~0.1-0.3 bits/dim on 3072 subpixels
+    assert abs(stream.bits_per_subpixel / nll.bits_per_subpixel - 1) < 0.03
+    assert stream.bits_per_subpixel <= per_file.bits_per_subpixel
+    # the per-file overhead is the .snail header of each file: ~0.1-0.3 bits/subpixel on 3072 subpixels
     assert stream.total_bytes == 4 * stream.stream_words + stream.container_overhead_bytes
     assert 20 < stream.container_overhead_bytes < 200
 
@@ -101,10 +105,10 @@ def test_bench_summary_rows(bench_run):
     assert sorted(zip(codecs["method"], codecs["mosaic"])) == [
         ("jpegxl-e7", False), ("jpegxl-e7", True), ("png", False), ("png", True)
     ]
-    assert (codecs["images"] == 6).all() and (codecs["bits_per_dim"] > 0).all()
+    assert (codecs["images"] == 6).all() and (codecs["bits_per_subpixel"] > 0).all()
 
-    paper = table[table["kind"] == "paper"].set_index("method")["bits_per_dim"]
-    expected = paper_rows("cifar10").set_index("method")["bits_per_dim"]
+    paper = table[table["kind"] == "paper"].set_index("method")["bits_per_subpixel"]
+    expected = paper_rows("cifar10").set_index("method")["bits_per_subpixel"]
     pd.testing.assert_series_equal(paper.sort_index(), expected.sort_index(), check_names=False)
 
 
@@ -117,8 +121,8 @@ def test_bench_per_image_and_meta(bench_run):
     nll = methods["pixelsnail-tiny"]
     per_file = methods["pixelsnail-tiny (coded, per file, first 2)"]
     assert nll.shape == (6,) and per_file.shape == (2,) and methods["png"].shape == (6,)
-    assert nll.mean() == pytest.approx(table.loc["pixelsnail-tiny", "bits_per_dim"], rel=1e-6)
-    assert per_file.mean() == pytest.approx(table.loc["pixelsnail-tiny (coded, per file, first 2)", "bits_per_dim"], rel=1e-9)
+    assert nll.mean() == pytest.approx(table.loc["pixelsnail-tiny", "bits_per_subpixel"], rel=1e-6)
+    assert per_file.mean() == pytest.approx(table.loc["pixelsnail-tiny (coded, per file, first 2)", "bits_per_subpixel"], rel=1e-9)
     assert (per_file > 0.97 * nll[:2]).all()  # each file costs about its image's NLL, and a header
     for key in ("command", "machine", "date", "dataset", "split", "images", "cpu", "cpu_cores", "torch",
                 "torch_threads"):
@@ -138,7 +142,7 @@ def test_bench_grayscale_folder_in_chunks(tmp_path):
         Image.fromarray(smooth_noisy(rng, 1, 1, 24)[0, 0]).save(photos / f"p{k}.png")
     opts = BenchOptions(
         dataset="folder", data_dir=photos, models=["pixelsnail-tiny"], codecs="png", out=tmp_path / "out",
-        coded_limit=2, chunk=4, progress=False, argv=["test"],
+        coded_limit=2, chunk=4, progress=False, argv=["test"], crops=True,
         data_options={"crop": 8, "scales": (1.0,), "holdout": ("p0.png",), "channels": 1},
     )
     result = run_benchmark(opts, log=lambda line: None)
@@ -147,9 +151,70 @@ def test_bench_grayscale_folder_in_chunks(tmp_path):
     assert result.meta["image_shape"] == "1x8x8" and result.meta["images"] == 9
     stream = rows.loc["pixelsnail-tiny (coded, one stream)"]
     assert stream["images"] == 9  # chunks of 4, 4 and 1 images in one stream, decoded exactly
-    assert stream["bits_per_dim"] >= rows.loc["pixelsnail-tiny", "bits_per_dim"] - 1e-3
+    assert stream["bits_per_subpixel"] >= rows.loc["pixelsnail-tiny", "bits_per_subpixel"] - 1e-3
     assert rows.loc["pixelsnail-tiny (coded, per file, first 2)", "images"] == 2
     assert (tmp_path / "out" / "summary.csv").is_file()
+
+
+def write_photos(folder, sizes=((20, 24), (9, 13), (16, 16))):
+    """A few small RGB PNGs of different sizes (height, width): p0.png, p1.png, ..."""
+    folder.mkdir()
+    rng = np.random.default_rng(5)
+    for k, (height, width) in enumerate(sizes):
+        side = max(height, width)
+        Image.fromarray(smooth_noisy(rng, 1, 3, side)[0, :, :height, :width].transpose(1, 2, 0)).save(folder / f"p{k}.png")
+    return folder
+
+
+def test_bench_folder_measures_every_image_whole(tmp_path):
+    """`bench --dataset folder DIR`: every image at full size, coded as `encode` codes it (the same bytes)
+    and by each codec in one file per image; no crops, no one stream, no mosaic."""
+    from snailcompress.api import ModelChooser, encode_bytes
+    from snailcompress.bench.codecs import PillowPNG
+    from snailcompress.codec.images import read_image
+
+    photos = write_photos(tmp_path / "photos")
+    args = ["bench", "--dataset", "folder", str(photos), "--model", "pixelsnail-tiny", "--codecs", "png",
+            "--out", str(tmp_path / "report"), "-q"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert "3 whole images of 3x9..20x13..24" in result.stderr
+    table = pd.read_csv(tmp_path / "report" / "summary.csv").set_index("method")
+    assert list(table.index) == sorted(table.index, key=lambda m: table.loc[m, "bits_per_subpixel"])
+    assert set(table.index) == {"pixelsnail-tiny", "pixelsnail-tiny (coded, per file)", "png"}
+    assert (table["images"] == 3).all() and (table["subpixels"] == 3 * (20 * 24 + 9 * 13 + 16 * 16)).all()
+    files = sorted(photos.iterdir())
+    chooser = ModelChooser(["pixelsnail-tiny"])
+    snail_bytes = sum(len(encode_bytes(read_image(path), chooser)) for path in files)
+    assert table.loc["pixelsnail-tiny (coded, per file)", "total_bytes"] == snail_bytes
+    png_bytes = sum(len(PillowPNG().encode(np.asarray(Image.open(path)))) for path in files)
+    assert table.loc["png", "total_bytes"] == png_bytes and not table.loc["png", "mosaic"]
+    assert table.loc["pixelsnail-tiny", "coding"] == "likelihood, 32x32 tiles, context 2"
+    with h5py.File(tmp_path / "report" / "per_image.h5", "r") as f:
+        assert f.attrs["whole_images"] and f.attrs["split"] == "all"
+        assert {f[k].attrs["method"]: f[k].shape for k in f} == {m: (3,) for m in table.index}
+
+    held = CliRunner().invoke(main, [*args[:4], "--holdout", "p1", *args[4:-3], "--out", str(tmp_path / "held"), "-q"])
+    assert held.exit_code == 0, held.output
+    assert "1 whole images of 3x9x13" in held.stderr
+
+
+@pytest.mark.parametrize(
+    "extra, code, match",
+    [
+        (["--crop", "8"], 1, "no test split unless images are held out with --holdout NAME"),
+        (["--holdout", "nope"], 1, "no image named nope to hold out (--holdout takes file names"),
+        (["--data-dir", "{photos}"], 2, "give the data directory once"),
+    ],
+)
+def test_bench_folder_errors_name_flags(tmp_path, extra, code, match):
+    photos = write_photos(tmp_path / "photos")
+    args = ["bench", "--dataset", "folder", str(photos), "--model", "pixelsnail-tiny", "--codecs", "png",
+            "--out", str(tmp_path / "out"), "-q", *(a.format(photos=photos) for a in extra)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == code, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and match in lines[0], result.stderr
 
 
 def test_shared_encoder_makes_one_stream():
@@ -187,7 +252,7 @@ def test_bench_model_channels_must_match_data(tmp_path):
     save_model(load_model("pixelsnail-tiny").model, checkpoint)
     opts = BenchOptions(
         dataset="folder", data_dir=photos, models=[str(checkpoint)], codecs="png", out=tmp_path / "out",
-        progress=False, data_options={"crop": 16, "scales": (1.0,), "holdout": ("a.png",), "channels": 1},
+        progress=False, data_options={"holdout": ("a.png",), "channels": 1},
     )
     with pytest.raises(ModelError, match="3-channel images but folder has 1-channel"):
         run_benchmark(opts, log=lambda line: None)

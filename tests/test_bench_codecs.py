@@ -71,9 +71,9 @@ def test_smooth_compresses_better_than_noise(codec):
     for shape in [(32, 32, 3), (32, 32)]:
         noise = measure(codec, [_random(shape, s) for s in range(3)], mosaic=False)
         smooth = measure(codec, [_smooth(shape, s) for s in range(3)], mosaic=False)
-        assert smooth.bits_per_dim < noise.bits_per_dim, (codec.name, shape)
+        assert smooth.bits_per_subpixel < noise.bits_per_subpixel, (codec.name, shape)
         # noise cannot be compressed below ~8 bits/subpixel (plus headers)
-        assert noise.bits_per_dim > 7.5
+        assert noise.bits_per_subpixel > 7.5
 
 
 def test_measure_counts_every_byte(codec):
@@ -85,9 +85,9 @@ def test_measure_counts_every_byte(codec):
     assert per_file.per_image_bytes.tolist() == sizes
     assert per_file.total_bytes == sum(sizes)
     assert per_file.subpixels == 5 * 8 * 6 * 3
-    assert per_file.bits_per_dim == pytest.approx(sum(sizes) * 8 / (5 * 8 * 6 * 3))
+    assert per_file.bits_per_subpixel == pytest.approx(sum(sizes) * 8 / (5 * 8 * 6 * 3))
     assert per_file.images == 5 and not per_file.mosaic
-    np.testing.assert_allclose(per_file.per_image_bits_per_dim, np.array(sizes) * 8 / (8 * 6 * 3))
+    np.testing.assert_allclose(per_file.per_image_bits_per_subpixel, np.array(sizes) * 8 / (8 * 6 * 3))
     assert per_file.encode_s > 0 and per_file.decode_s > 0
     assert per_file.encode_images_per_s == pytest.approx(5 / per_file.encode_s)
     assert per_file.decode_images_per_s == pytest.approx(5 / per_file.decode_s)
@@ -99,7 +99,7 @@ def test_measure_counts_every_byte(codec):
     assert mosaic.total_bytes == len(codec.encode(big))
     # divided by the real images' subpixels, not the padded mosaic's
     assert mosaic.subpixels == per_file.subpixels
-    assert mosaic.bits_per_dim == pytest.approx(mosaic.total_bytes * 8 / per_file.subpixels)
+    assert mosaic.bits_per_subpixel == pytest.approx(mosaic.total_bytes * 8 / per_file.subpixels)
     # one file has one set of headers: cheaper than five
     assert mosaic.total_bytes < per_file.total_bytes
 
@@ -177,9 +177,9 @@ def test_get_codecs():
 
 def test_paper_rows_cifar10():
     df = paper_rows("cifar10")
-    assert list(df.columns) == ["method", "kind", "bits_per_dim", "reference", "dataset"]
+    assert list(df.columns) == ["method", "kind", "bits_per_subpixel", "reference", "dataset"]
     assert (df["kind"] == "paper").all() and (df["dataset"] == "cifar10").all()
-    values = dict(zip(df["method"], df["bits_per_dim"]))
+    values = dict(zip(df["method"], df["bits_per_subpixel"]))
     assert values["PixelSNAIL"] == pytest.approx(2.85)
     assert values["PixelCNN++"] == pytest.approx(2.92)
     assert values["Block Sparse PixelCNN++"] == pytest.approx(2.90)
@@ -190,7 +190,7 @@ def test_paper_rows_cifar10():
 
 def test_paper_rows_imagenet32():
     df = paper_rows("imagenet32")
-    values = dict(zip(df["method"], df["bits_per_dim"]))
+    values = dict(zip(df["method"], df["bits_per_subpixel"]))
     assert values["PixelSNAIL"] == pytest.approx(3.80)
     assert values["PixelRNN"] == pytest.approx(3.86)
     # dashes in the table: no ImageNet number for these
@@ -201,7 +201,7 @@ def test_paper_rows_imagenet32():
 def test_paper_rows_other_dataset_empty():
     df = paper_rows("kodak")
     assert df.empty
-    assert list(df.columns) == ["method", "kind", "bits_per_dim", "reference", "dataset"]
+    assert list(df.columns) == ["method", "kind", "bits_per_subpixel", "reference", "dataset"]
 
 
 # --------------------------------------------------------------------------- report
@@ -213,11 +213,11 @@ def _report_rows() -> pd.DataFrame:
     model = {
         "method": "pixelsnail-small",
         "kind": "model-nll",
-        "bits_per_dim": 3.1,
+        "bits_per_subpixel": 3.1,
         "images": 3,
         "dataset": "cifar10",
     }
-    coded = dict(model, kind="model-coded", bits_per_dim=3.15, encode_images_per_s=0.5, decode_images_per_s=0.4)
+    coded = dict(model, kind="model-coded", bits_per_subpixel=3.15, encode_images_per_s=0.5, decode_images_per_s=0.4)
     return pd.concat([pd.DataFrame([model, coded] + codec_rows), paper_rows("cifar10")], ignore_index=True)
 
 
@@ -234,24 +234,24 @@ def test_write_report(tmp_path):
     write_report(out, rows, per_image, meta)
 
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["bits_per_dim.png", "per_image.h5", "summary.csv", "summary.md"]  # no temp files left
+    assert names == ["bits_per_subpixel.png", "per_image.h5", "summary.csv", "summary.md"]  # no temp files left
 
     csv = pd.read_csv(out / "summary.csv")
-    for col in ["method", "kind", "bits_per_dim", "images", "encode_images_per_s", "decode_images_per_s",
+    for col in ["method", "kind", "bits_per_subpixel", "images", "encode_images_per_s", "decode_images_per_s",
                 "dataset", "mosaic", "reference"]:
         assert col in csv.columns
     assert len(csv) == len(rows)
-    assert list(csv["bits_per_dim"]) == sorted(csv["bits_per_dim"])
+    assert list(csv["bits_per_subpixel"]) == sorted(csv["bits_per_subpixel"])
     assert set(csv["kind"]) == {"model-nll", "model-coded", "codec", "paper"}
     snail = csv[(csv["kind"] == "paper") & (csv["method"] == "PixelSNAIL")]
-    assert snail["bits_per_dim"].iloc[0] == pytest.approx(2.85)
+    assert snail["bits_per_subpixel"].iloc[0] == pytest.approx(2.85)
     assert csv.loc[csv["kind"] == "model-nll", "encode_images_per_s"].isna().all()
 
     with h5py.File(out / "per_image.h5", "r") as f:
         assert set(f) == {"png", "pixelsnail-small", "odd_name"}
         np.testing.assert_array_equal(f["png"][()], [100, 120, 90])
         assert f["png"].attrs["unit"] == "bytes"
-        assert f["pixelsnail-small"].attrs["unit"] == "bits/dim"
+        assert f["pixelsnail-small"].attrs["unit"] == "bits/subpixel"
         assert f["odd_name"].attrs["method"] == "odd/name"
         assert f.attrs["dataset"] == "cifar10"
         assert f.attrs["images"] == 3
@@ -260,7 +260,7 @@ def test_write_report(tmp_path):
 
     md = (out / "summary.md").read_text()
     assert "snail bench --dataset cifar10" in md and "| method |" in md and "PixelSNAIL" in md
-    assert (out / "bits_per_dim.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "bits_per_subpixel.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_write_report_without_per_image_and_multi_dataset(tmp_path):
@@ -274,9 +274,9 @@ def test_write_report_without_per_image_and_multi_dataset(tmp_path):
 
 def test_write_report_rejects_bad_rows(tmp_path):
     with pytest.raises(ValueError, match="images"):
-        write_report(tmp_path, pd.DataFrame({"method": ["a"], "kind": ["codec"], "bits_per_dim": [1.0]}), None, {})
+        write_report(tmp_path, pd.DataFrame({"method": ["a"], "kind": ["codec"], "bits_per_subpixel": [1.0]}), None, {})
     with pytest.raises(ValueError, match="kind"):
-        write_report(tmp_path, pd.DataFrame({"method": ["a"], "kind": ["x"], "bits_per_dim": [1.0],
+        write_report(tmp_path, pd.DataFrame({"method": ["a"], "kind": ["x"], "bits_per_subpixel": [1.0],
                                              "images": [1]}), None, {})
 
 
@@ -284,10 +284,10 @@ def test_format_table():
     text = format_table(_report_rows())
     lines = text.splitlines()
     assert lines[0].split()[:2] == ["method", "kind"]
-    assert "bits/dim" in lines[0] and "enc img/s" in lines[0]
+    assert "bits/subpixel" in lines[0] and "enc img/s" in lines[0]
     assert set(lines[1]) <= {"-", " "}
     assert len(lines) == 2 + len(_report_rows())
     body = "\n".join(lines[2:])
     assert "2.8500" in body and "3.1000" in body and "yes" in body
-    # sorted by bits/dim: the paper's PixelSNAIL (2.85) comes first
+    # sorted by bits/subpixel: the paper's PixelSNAIL (2.85) comes first
     assert lines[2].startswith("PixelSNAIL")

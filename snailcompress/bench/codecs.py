@@ -27,7 +27,7 @@ jpegls         ``imagecodecs.jpegls_encode(img, level=0)`` (NEAR = 0, i.e.
 
 ``measure`` codes a set of images either one file per image or as one mosaic
 file, verifies that every file decodes to exactly the input pixels, and reports
-bits per subpixel ("bits/dim") and throughput.  A codec that is not lossless on
+bits per subpixel (the papers' "bits/dim") and throughput.  A codec that is not lossless on
 some input raises :class:`NotLosslessError`, which is deliberately *not* a
 :class:`~snailcompress.errors.SnailError`: it is a bug, not a user error.
 """
@@ -345,7 +345,7 @@ class CodecResult:
     images: int
     subpixels: int
     total_bytes: int
-    bits_per_dim: float
+    bits_per_subpixel: float
     encode_s: float
     decode_s: float
     encode_images_per_s: float
@@ -355,8 +355,8 @@ class CodecResult:
     per_image_subpixels: np.ndarray | None = field(default=None, repr=False)
 
     @property
-    def per_image_bits_per_dim(self) -> np.ndarray | None:
-        """Bits/dim of each image's own file; None for a mosaic."""
+    def per_image_bits_per_subpixel(self) -> np.ndarray | None:
+        """Bits per subpixel of each image's own file; None for a mosaic."""
         if self.per_image_bytes is None or self.per_image_subpixels is None:
             return None
         return self.per_image_bytes * 8.0 / self.per_image_subpixels
@@ -367,7 +367,7 @@ class CodecResult:
             "method": self.codec,
             "label": self.label,
             "kind": "codec",
-            "bits_per_dim": self.bits_per_dim,
+            "bits_per_subpixel": self.bits_per_subpixel,
             "images": self.images,
             "subpixels": self.subpixels,
             "total_bytes": self.total_bytes,
@@ -416,17 +416,17 @@ def _rate(n: int, seconds: float) -> float:
 
 
 def measure(codec: Codec, images: Sequence[np.ndarray], mosaic: bool = False) -> CodecResult:
-    """Code ``images`` with ``codec``; return sizes, bits/dim and throughput.
+    """Code ``images`` with ``codec``; return sizes, bits/subpixel and throughput.
 
     * ``mosaic=False``: one file per image. ``total_bytes`` is the sum of the
       file sizes, ``per_image_bytes`` holds each file's size.
     * ``mosaic=True``: the images are tiled (see :func:`tile_mosaic`) into ONE
       file. The padding of unused/oversize cells is coded but not counted as
-      subpixels: bits/dim = (bytes of the real mosaic file) * 8 / (subpixels of
+      subpixels: bits/subpixel = (bytes of the real mosaic file) * 8 / (subpixels of
       the real images), so padding can only make the mosaic look worse.
       ``per_image_bytes`` is None.
 
-    bits_per_dim = total_bytes * 8 / sum(H * W * C) over the input images.
+    bits_per_subpixel = total_bytes * 8 / sum(H * W * C) over the input images.
     Every file is decoded and compared with its input (outside the timed
     region); a mismatch raises NotLosslessError. Timings use
     ``time.perf_counter`` around the encode and decode calls only (the mosaic
@@ -482,7 +482,7 @@ def measure(codec: Codec, images: Sequence[np.ndarray], mosaic: bool = False) ->
         images=n,
         subpixels=subpixels,
         total_bytes=int(total),
-        bits_per_dim=total * 8.0 / subpixels,
+        bits_per_subpixel=total * 8.0 / subpixels,
         encode_s=enc_s,
         decode_s=dec_s,
         encode_images_per_s=_rate(n, enc_s),

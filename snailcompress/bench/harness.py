@@ -1,19 +1,27 @@
 """The benchmark: models (likelihood and real coded size) against classical codecs on one data set.
 
-    load_split ─► the first N images ─┬─► each model: NLL bits/dim (evaluate)            kind model-nll
+    load_split ─► the first N images ─┬─► each model: NLL bits/subpixel (evaluate)        kind model-nll
                                       ├─► each PixelSNAIL: .snail files, one per image    kind model-coded
                                       │                    one range-coder stream         kind model-coded
                                       ├─► each codec: one file per image, one mosaic      kind codec
                                       └─► Table 1 of the paper (cifar10, imagenet32)      kind paper
-                                    ─► bench.report.write_report: summary.csv/.md, per_image.h5, bits_per_dim.png
+                                    ─► bench.report.write_report: summary.csv/.md, per_image.h5, bits_per_subpixel.png
 
+Every number is in bits per subpixel (one channel of one pixel), what the papers call bits/dim.
 Coded sizes are real and checked: every .snail file and every stream is decoded again and compared
 with the original pixels; a mismatch raises (it is a bug, not a user error).
 
-* "per file": each of the first `coded_limit` images is its own .snail file (coded alone as one tile
-  through api.encode_image / container.write; every header byte counted), decoded with
-  api.decode_image. Without the codec's per-image calibration (codec/calibration.py): the files
-  measure the model, as its NLL row does.
+A folder of images (dataset "folder", unless `crops`) is measured whole, each image at full size,
+as a user codes it: the NLL row scores every pixel in the window that codes it
+(evaluate.tiled_nll_bits, the codec's tiles and context), the .snail files are what `snailcompress
+encode` writes (api.encode_bytes: default tiles, context and calibration), and each codec writes
+one file per image; no one-stream row and no mosaic, which are for sets of small images. With
+`crops`, a folder gives crop x crop tiles (data_options crop, scales, holdout) like any data set.
+
+* "per file": each of the first `coded_limit` images is its own .snail file (every header byte
+  counted), decoded with api.decode_image. For small images: coded alone as one tile through
+  api.encode_image / container.write, without the codec's per-image calibration
+  (codec/calibration.py), so that the files measure the model, as its NLL row does.
 * "one stream": all N images in one range-coder stream, in chunks of at most `chunk` images, each a
   row of images side by side coded as one plane (coder.code_plane, tiles the size of an image, no
   context: each image is coded alone) appending to one shared encoder; bytes = 4 * words + the fixed
@@ -46,8 +54,9 @@ from ..codec import container
 from ..codec.coder import CodingProgress, code_plane, coding_steps, decode_plane
 from ..codec.images import DecomposedImage, same_image
 from ..data import ArrayDataset, load_split
+from ..data.folder import whole_images
 from ..errors import ChannelCountError, DatasetError, ModelError, UsageError
-from ..evaluate import evaluate, image_log_probs
+from ..evaluate import evaluate, image_log_probs, tiled_nll_bits
 from ..models.pixelsnail import PixelSNAIL
 from ..models.presets import PRESETS
 from ..zoo import LoadedModel, default_model_for, load_model
@@ -68,11 +77,12 @@ class BenchOptions:
     models: Sequence[str] = ()
     split: str = "test"
     limit: int | None = None  # the first N images (None: the whole split)
-    coded_limit: int = 100  # images coded as separate .snail files
+    coded_limit: int | None = None  # images coded as separate .snail files (None: 100, or every whole image)
     chunk: int = 1000  # images per batch of the one-stream coding
     codecs: str | Sequence[str] | None = None  # None or "all": every available codec
     out: str | os.PathLike = "bench"
     data_options: dict = field(default_factory=dict)  # load_split keywords: crop, scales, holdout, channels (folder); cache_dir
+    crops: bool = False  # folder: crop x crop tiles (data_options crop, scales) instead of the images whole
     batch_size: int = 32  # evaluation batch
     progress: bool = True
     argv: list[str] | None = None  # the command line recorded in the meta (default sys.argv)
@@ -113,7 +123,7 @@ def machine_facts() -> dict:
 def _check_options(opts: BenchOptions) -> None:
     if opts.limit is not None and opts.limit < 1:
         raise UsageError("--limit must be at least 1")
-    if opts.coded_limit < 0:
+    if opts.coded_limit is not None and opts.coded_limit < 0:
         raise UsageError("--coded-limit must be 0 or more")
     if opts.chunk < 1:
         raise UsageError("--chunk must be at least 1")
@@ -130,6 +140,21 @@ def _images(data, limit: int | None) -> np.ndarray:
     if array is not None:
         return np.ascontiguousarray(array[:n])
     return np.stack([np.asarray(data[i]) for i in range(n)]).astype(np.uint8, copy=False)
+
+
+def _whole_images(opts: BenchOptions) -> list[np.ndarray]:
+    """The first `limit` images of a folder, whole, uint8 (H, W, C) each."""
+    options = {key: opts.data_options[key] for key in ("holdout", "channels") if opts.data_options.get(key)}
+    images = [pixels for _, pixels in whole_images(opts.data_dir, opts.split, **options)]
+    return images if opts.limit is None else images[: opts.limit]
+
+
+def _shape(images: Sequence[np.ndarray]) -> str:
+    """CxHxW of images (H, W, C), or the range of their heights and widths."""
+    def span(sizes: set[int]) -> str:
+        return f"{min(sizes)}" if len(sizes) == 1 else f"{min(sizes)}..{max(sizes)}"
+
+    return f"{images[0].shape[2]}x{span({im.shape[0] for im in images})}x{span({im.shape[1] for im in images})}"
 
 
 def _load(spec: str, channels: int, dataset: str) -> LoadedModel:
@@ -169,7 +194,7 @@ def _nll_row(loaded: LoadedModel, images: np.ndarray, opts: BenchOptions, datase
     row = {
         "method": loaded.name,
         "kind": "model-nll",
-        "bits_per_dim": result.bits_per_dim,
+        "bits_per_subpixel": result.bits_per_dim,
         "images": result.images,
         "subpixels": result.dims,
         "coding": "likelihood",
@@ -179,6 +204,33 @@ def _nll_row(loaded: LoadedModel, images: np.ndarray, opts: BenchOptions, datase
         "eval_images_per_s": _rate(result.images, seconds),
     }
     return row, np.concatenate(per_image)
+
+
+def _whole_nll_row(loaded: LoadedModel, images: Sequence[np.ndarray], opts: BenchOptions) -> tuple[dict, np.ndarray]:
+    """NLL of whole images (H, W, C), each pixel scored in the window of the codec's tiles that codes
+    it. A PixelSNAIL sees the codec's context; other models independent tiles (PixelCNN++ needs sides
+    divisible by 4)."""
+    context = api.DEFAULT_CONTEXT if isinstance(loaded.model, PixelSNAIL) else 0
+    bits = np.zeros(len(images))
+    start = time.perf_counter()
+    for k, pixels in enumerate(tqdm(images, desc=f"{loaded.name} NLL", unit="image", disable=not opts.progress,
+                                    leave=False)):
+        bits[k] = tiled_nll_bits(loaded.model, pixels, api.DEFAULT_TILE, context, opts.batch_size)
+    seconds = time.perf_counter() - start
+    subpixels = np.array([pixels.size for pixels in images])
+    row = {
+        "method": loaded.name,
+        "kind": "model-nll",
+        "bits_per_subpixel": float(bits.sum() / subpixels.sum()),
+        "images": len(images),
+        "subpixels": int(subpixels.sum()),
+        "coding": f"likelihood, {api.DEFAULT_TILE}x{api.DEFAULT_TILE} tiles, context {context}",
+        "parameters": sum(p.numel() for p in loaded.model.parameters()),
+        "model_id": loaded.model_id,
+        "eval_s": seconds,
+        "eval_images_per_s": _rate(len(images), seconds),
+    }
+    return row, bits / subpixels
 
 
 class _OneModel(api.ModelChooser):
@@ -200,19 +252,19 @@ class _OneModel(api.ModelChooser):
 
 
 def _as_image(pixels: np.ndarray) -> DecomposedImage:
-    """(C, H, W) uint8 -> a DecomposedImage of mode RGB or L."""
-    channels, height, width = pixels.shape
+    """(H, W, C) uint8 -> a DecomposedImage of mode RGB or L."""
+    height, width, channels = pixels.shape
     mode = MODES[channels]
-    return DecomposedImage(mode, width, height, {mode: np.array(pixels.transpose(1, 2, 0), order="C")}, {})
+    return DecomposedImage(mode, width, height, {mode: np.array(pixels, order="C")}, {})
 
 
-def _coded_row(loaded: LoadedModel, coding: str, n: int, subpixels: int, total_bytes: int,
+def _coded_row(loaded: LoadedModel, coding: str, n: int, of: int, subpixels: int, total_bytes: int,
                encode_s: float, decode_s: float) -> dict:
-    """A model-coded summary row: real bytes, verified, with timings."""
+    """A model-coded summary row over the first n of `of` images: real bytes, verified, with timings."""
     return {
-        "method": f"{loaded.name} (coded, {coding})" if coding == "one stream" else f"{loaded.name} (coded, {coding}, first {n})",
+        "method": f"{loaded.name} (coded, {coding}{'' if n == of else f', first {n}'})",
         "kind": "model-coded",
-        "bits_per_dim": 8.0 * total_bytes / subpixels,
+        "bits_per_subpixel": 8.0 * total_bytes / subpixels,
         "images": n,
         "subpixels": subpixels,
         "total_bytes": total_bytes,
@@ -226,19 +278,25 @@ def _coded_row(loaded: LoadedModel, coding: str, n: int, subpixels: int, total_b
     }
 
 
-def _per_file_row(loaded: LoadedModel, images: np.ndarray, opts: BenchOptions) -> tuple[dict, np.ndarray]:
-    """Each image its own .snail file, coded alone as one tile, decoded and compared."""
-    n, channels, height, width = images.shape
+def _one_tile_file(image: DecomposedImage, chooser: api.ModelChooser) -> bytes:
+    """A small image's .snail file: coded alone as one tile, without calibration (the module docstring)."""
+    return container.write(api.encode_image(image, chooser, tile=max(image.height, image.width), calibrate=False))
+
+
+def _per_file_row(loaded: LoadedModel, images: Sequence[np.ndarray], opts: BenchOptions, of: int,
+                  encode: Callable[[DecomposedImage, api.ModelChooser], bytes]) -> tuple[dict, np.ndarray]:
+    """Each image (H, W, C) its own .snail file, `encode`d, decoded and compared; the first of `of` images."""
+    n = len(images)
     chooser = _OneModel(loaded)
     sizes = np.zeros(n, np.int64)
-    subpixels = channels * height * width
+    subpixels = np.array([pixels.size for pixels in images])
     encode_s = decode_s = 0.0
     bar = tqdm(total=n, desc=f"{loaded.name} per file", unit="file", disable=not opts.progress, leave=False)
     try:
         for k in range(n):
             image = _as_image(images[k])
             t0 = time.perf_counter()
-            data = container.write(api.encode_image(image, chooser, tile=max(height, width), calibrate=False))
+            data = encode(image, chooser)
             t1 = time.perf_counter()
             decoded = api.decode_image(container.read(data), chooser)
             t2 = time.perf_counter()
@@ -248,10 +306,10 @@ def _per_file_row(loaded: LoadedModel, images: np.ndarray, opts: BenchOptions) -
                 raise NotLosslessError(f"{loaded.name}: image {k} did not decode from its .snail file exactly")
             sizes[k] = len(data)
             bar.update(1)
-            bar.set_postfix(bpd=f"{8 * sizes[: k + 1].sum() / ((k + 1) * subpixels):.4f}", refresh=False)
+            bar.set_postfix(bpd=f"{8 * sizes[: k + 1].sum() / subpixels[: k + 1].sum():.4f}", refresh=False)
     finally:
         bar.close()
-    row = _coded_row(loaded, "per file", n, n * subpixels, int(sizes.sum()), encode_s, decode_s)
+    row = _coded_row(loaded, "per file", n, of, int(subpixels.sum()), int(sizes.sum()), encode_s, decode_s)
     return row, 8.0 * sizes / subpixels
 
 
@@ -301,7 +359,7 @@ def _one_stream_row(loaded: LoadedModel, images: np.ndarray, opts: BenchOptions)
     decode_s = time.perf_counter() - t0
 
     overhead = stream_overhead(loaded, images)
-    row = _coded_row(loaded, "one stream", n, int(images.size), 4 * int(words.size) + overhead, encode_s, decode_s)
+    row = _coded_row(loaded, "one stream", n, n, int(images.size), 4 * int(words.size) + overhead, encode_s, decode_s)
     row.update(stream_words=int(words.size), container_overhead_bytes=overhead)
     return row
 
@@ -314,13 +372,23 @@ def run_benchmark(opts: BenchOptions, log: Callable[[str], None] = print) -> Ben
     """Run everything, write the report into opts.out, return the rows (see the module docstring)."""
     _check_options(opts)
     codecs = bench_codecs.get_codecs(opts.codecs)  # UsageError for an unknown codec, before any work
-    data = load_split(opts.dataset, opts.data_dir, opts.split, **opts.data_options)
-    images = _images(data, opts.limit)
-    n, channels, height, width = images.shape
+    whole = opts.dataset == "folder" and not opts.crops
+    if whole:
+        array = None
+        images = _whole_images(opts)
+        split = opts.split if opts.data_options.get("holdout") else "all"
+        described = f"{opts.data_dir}: {len(images)} whole images of {_shape(images)}"
+    else:
+        array = _images(load_split(opts.dataset, opts.data_dir, opts.split, **opts.data_options), opts.limit)
+        images = list(array.transpose(0, 2, 3, 1))
+        split = opts.split
+        described = f"{opts.dataset} {opts.split}: {len(images)} images of {_shape(images)}"
+    n, channels = len(images), images[0].shape[2]
+    coded = min(n, (n if whole else 100) if opts.coded_limit is None else opts.coded_limit)
     # without --model, what a user who types `bench --dataset X` wants to see: the shipped model for the data
     specs = list(opts.models) or [default_model_for(channels)]
     models = [_load(spec, channels, opts.dataset) for spec in specs]
-    log(f"{opts.dataset} {opts.split}: {n} images of {channels}x{height}x{width}")
+    log(described)
     if not opts.models:
         log(f"no --model: the shipped {specs[0]} (for {channels}-channel images)")
 
@@ -329,35 +397,35 @@ def run_benchmark(opts: BenchOptions, log: Callable[[str], None] = print) -> Ben
     notes: list[str] = []
 
     for loaded in models:
-        row, values = _nll_row(loaded, images, opts, opts.dataset)
+        row, values = _whole_nll_row(loaded, images, opts) if whole else _nll_row(loaded, array, opts, opts.dataset)
         rows.append(row)
         per_image[row["method"]] = values
-        log(f"{row['method']}: {row['bits_per_dim']:.4f} bits/dim (NLL), {row['eval_images_per_s']:.3g} images/s")
+        log(f"{row['method']}: {row['bits_per_subpixel']:.4f} bits/subpixel (NLL), {row['eval_images_per_s']:.3g} images/s")
         if not isinstance(loaded.model, PixelSNAIL):
             note = (
                 f"{loaded.name}: no coded rows: {type(loaded.model).__name__} has no incremental decoder "
-                f"(coding would take {height * width} full forward passes per image)"
+                "(coding would take a full forward pass per pixel)"
             )
             notes.append(note)
             log(note)
             continue
-        coded = min(opts.coded_limit, n)
         if coded:
-            row, values = _per_file_row(loaded, images[:coded], opts)
+            encode = api.encode_bytes if whole else _one_tile_file
+            row, values = _per_file_row(loaded, images[:coded], opts, n, encode)
             rows.append(row)
             per_image[row["method"]] = values
-            log(f"{row['method']}: {row['bits_per_dim']:.4f} bits/dim over {coded} files")
-        row = _one_stream_row(loaded, images, opts)
-        rows.append(row)
-        log(f"{row['method']}: {row['bits_per_dim']:.4f} bits/dim over {n} images")
+            log(f"{row['method']}: {row['bits_per_subpixel']:.4f} bits/subpixel over {coded} files")
+        if not whole:
+            row = _one_stream_row(loaded, array, opts)
+            rows.append(row)
+            log(f"{row['method']}: {row['bits_per_subpixel']:.4f} bits/subpixel over {n} images")
 
-    hwc = list(images.transpose(0, 2, 3, 1))
-    jobs = [(codec, mosaic) for codec in codecs for mosaic in (False, True)]
+    jobs = [(codec, mosaic) for codec in codecs for mosaic in ((False,) if whole else (False, True))]
     for codec, mosaic in tqdm(jobs, desc="codecs", unit="run", disable=not opts.progress, leave=False):
-        result = bench_codecs.measure(codec, hwc, mosaic=mosaic)
+        result = bench_codecs.measure(codec, images, mosaic=mosaic)
         rows.append({**result.as_row(), "coding": "mosaic" if mosaic else "per file"})
         if not mosaic:
-            per_image[codec.name] = result.per_image_bits_per_dim
+            per_image[codec.name] = result.per_image_bits_per_subpixel
 
     table = pd.DataFrame.from_records(rows)
     table["dataset"] = opts.dataset
@@ -365,13 +433,13 @@ def run_benchmark(opts: BenchOptions, log: Callable[[str], None] = print) -> Ben
     if len(paper):
         table = pd.concat([table, paper], ignore_index=True) if len(table) else paper
     if not len(table):
-        table = pd.DataFrame(columns=["method", "kind", "bits_per_dim", "images"])
+        table = pd.DataFrame(columns=["method", "kind", "bits_per_subpixel", "images"])
 
     meta = default_meta(
         dataset=opts.dataset, images=n, argv=opts.argv,
-        split=opts.split, image_shape=f"{channels}x{height}x{width}", **machine_facts(),
-        models=[m.name for m in models], model_ids=[m.model_id for m in models],
-        codecs=[c.name for c in codecs], coded_files=min(opts.coded_limit, n), chunk=opts.chunk,
+        split=split, image_shape=_shape(images), whole_images=whole,
+        **machine_facts(), models=[m.name for m in models], model_ids=[m.model_id for m in models],
+        codecs=[c.name for c in codecs], coded_files=coded, **({} if whole else {"chunk": opts.chunk}),
     )
     if notes:
         meta["notes"] = notes

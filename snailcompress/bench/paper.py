@@ -56,7 +56,7 @@ REFERENCES: dict[int, str] = {
 
 @dataclass(frozen=True)
 class PaperRow:
-    """One row of Table 1. Bits/dim are None where the table has a dash."""
+    """One row of Table 1. Bits per subpixel are None where the table has a dash."""
 
     method: str
     paper_label: str  # the method cell as printed
@@ -87,13 +87,13 @@ TABLE1: tuple[PaperRow, ...] = (
 #: the data sets Table 1 has columns for
 DATASETS: tuple[str, ...] = ("cifar10", "imagenet32")
 
-_COLUMNS = ["method", "kind", "bits_per_dim", "reference", "dataset"]
+_COLUMNS = ["method", "kind", "bits_per_subpixel", "reference", "dataset"]
 
 
 def paper_rows(dataset: str) -> pd.DataFrame:
     """Table 1 rows with a number for ``dataset`` ("cifar10" or "imagenet32").
 
-    Columns: method, kind (always "paper"), bits_per_dim, reference, dataset.
+    Columns: method, kind (always "paper"), bits_per_subpixel, reference, dataset.
     Any other data set name gives an empty frame with the same columns.
     """
     key = str(dataset).lower()
@@ -107,10 +107,10 @@ def paper_rows(dataset: str) -> pd.DataFrame:
                 {
                     "method": row.method,
                     "kind": "paper",
-                    "bits_per_dim": float(value),
+                    "bits_per_subpixel": float(value),
                     "reference": row.reference,
                     "dataset": key,
                 }
             )
     frame = pd.DataFrame.from_records(records, columns=_COLUMNS)
-    return frame.astype({"bits_per_dim": "float64"})
+    return frame.astype({"bits_per_subpixel": "float64"})

@@ -1,8 +1,8 @@
-"""Outputs of a benchmark run: summary.csv, summary.md, per_image.h5, bits_per_dim.png.
+"""Outputs of a benchmark run: summary.csv, summary.md, per_image.h5, bits_per_subpixel.png.
 
 ``rows`` is a DataFrame with one row per result and at least the columns
 ``method``, ``kind`` (``model-nll``, ``model-coded``, ``codec`` or ``paper``),
-``bits_per_dim`` and ``images``; the timing columns ``encode_images_per_s``
+``bits_per_subpixel`` and ``images``; the timing columns ``encode_images_per_s``
 and ``decode_images_per_s`` may be missing or NaN; ``dataset``, ``mosaic``,
 ``reference`` and any other columns are optional and kept in the CSV.
 
@@ -38,17 +38,17 @@ __all__ = [
 ]
 
 KINDS: tuple[str, ...] = ("model-nll", "model-coded", "codec", "paper")
-REQUIRED_COLUMNS: tuple[str, ...] = ("method", "kind", "bits_per_dim", "images")
+REQUIRED_COLUMNS: tuple[str, ...] = ("method", "kind", "bits_per_subpixel", "images")
 TIMING_COLUMNS: tuple[str, ...] = ("encode_images_per_s", "decode_images_per_s")
 
 # the columns shown in the printed / markdown tables, in this order, when present
-_SHOWN = ("method", "kind", "dataset", "mosaic", "bits_per_dim", "images") + TIMING_COLUMNS
+_SHOWN = ("method", "kind", "dataset", "mosaic", "bits_per_subpixel", "images") + TIMING_COLUMNS
 _HEADERS = {
     "method": "method",
     "kind": "kind",
     "dataset": "dataset",
     "mosaic": "mosaic",
-    "bits_per_dim": "bits/dim",
+    "bits_per_subpixel": "bits/subpixel",
     "images": "images",
     "encode_images_per_s": "enc img/s",
     "decode_images_per_s": "dec img/s",
@@ -67,7 +67,7 @@ _KIND_COLOURS = {
 def normalize_rows(rows: pd.DataFrame) -> pd.DataFrame:
     """Check the required columns and kinds; add missing timing columns as NaN; sort.
 
-    Sorted by dataset (if present), then bits/dim ascending, then method.
+    Sorted by dataset (if present), then bits/subpixel ascending, then method.
     """
     missing = [c for c in REQUIRED_COLUMNS if c not in rows.columns]
     if missing:
@@ -79,11 +79,11 @@ def normalize_rows(rows: pd.DataFrame) -> pd.DataFrame:
     for col in TIMING_COLUMNS:
         if col not in out.columns:
             out[col] = np.nan
-    out["bits_per_dim"] = pd.to_numeric(out["bits_per_dim"], errors="coerce").astype("float64")
+    out["bits_per_subpixel"] = pd.to_numeric(out["bits_per_subpixel"], errors="coerce").astype("float64")
     out["images"] = pd.to_numeric(out["images"], errors="coerce")
     for col in TIMING_COLUMNS:
         out[col] = pd.to_numeric(out[col], errors="coerce").astype("float64")
-    keys = (["dataset"] if "dataset" in out.columns else []) + ["bits_per_dim", "method"]
+    keys = (["dataset"] if "dataset" in out.columns else []) + ["bits_per_subpixel", "method"]
     return out.sort_values(keys, kind="stable", na_position="last").reset_index(drop=True)
 
 
@@ -99,7 +99,7 @@ def _is_missing(value) -> bool:
 def _fmt(col: str, value) -> str:
     if _is_missing(value):
         return "-"
-    if col == "bits_per_dim":
+    if col == "bits_per_subpixel":
         return f"{float(value):.4f}"
     if col == "images":
         return f"{int(value)}"
@@ -121,7 +121,7 @@ def _cells(rows: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     return header, body
 
 
-_NUMERIC_HEADERS = {"bits/dim", "images", "enc img/s", "dec img/s"}
+_NUMERIC_HEADERS = {"bits/subpixel", "images", "enc img/s", "dec img/s"}
 
 
 def format_table(rows: pd.DataFrame) -> str:
@@ -204,7 +204,8 @@ def _write_markdown(target: Path, rows: pd.DataFrame, meta: Mapping) -> None:
         lines.append(f"- **{key}**: {shown}")
     lines += [
         "",
-        "bits/dim = coded (or model) bits per subpixel; lower is better. "
+        "bits/subpixel = coded (or model) bits per subpixel, a subpixel being one channel of one pixel: "
+        "what the papers call bits/dim, so the paper's rows compare directly; lower is better. "
         "Kinds: model-nll = model negative log-likelihood, model-coded = actual file size "
         "from the model's entropy coder, codec = classical lossless codec (complete files), "
         "paper = number reported in the PixelSNAIL paper's Table 1.",
@@ -245,7 +246,7 @@ def _write_h5(target: Path, per_image: Mapping[str, np.ndarray], meta: Mapping) 
                 arr = np.asarray(values)
                 ds = f.create_dataset(_h5_name(method, used), data=arr)
                 ds.attrs["method"] = str(method)
-                ds.attrs["unit"] = "bytes" if np.issubdtype(arr.dtype, np.integer) else "bits/dim"
+                ds.attrs["unit"] = "bytes" if np.issubdtype(arr.dtype, np.integer) else "bits/subpixel"
                 for key, value in meta.items():
                     ds.attrs[key] = _meta_value(value)
 
@@ -266,7 +267,7 @@ def _write_chart(target: Path, rows: pd.DataFrame, meta: Mapping) -> None:
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
-    rows = rows[rows["bits_per_dim"].notna()]
+    rows = rows[rows["bits_per_subpixel"].notna()]
     if "dataset" in rows.columns and rows["dataset"].nunique(dropna=True) > 1:
         groups = [(str(k), g) for k, g in rows.groupby("dataset", sort=True, dropna=False)]
     else:
@@ -275,15 +276,15 @@ def _write_chart(target: Path, rows: pd.DataFrame, meta: Mapping) -> None:
     fig = Figure(figsize=(9, sum(heights) + 0.9), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(len(groups), 1, squeeze=False, height_ratios=heights)[:, 0]
-    vmax = float(rows["bits_per_dim"].max()) if len(rows) else 1.0
+    vmax = float(rows["bits_per_subpixel"].max()) if len(rows) else 1.0
     for ax, (name, group) in zip(axes, groups):
         # best (lowest) at the top
-        group = group.sort_values(["bits_per_dim", "method"], ascending=[False, False], kind="stable")
+        group = group.sort_values(["bits_per_subpixel", "method"], ascending=[False, False], kind="stable")
         y = np.arange(len(group))
         kinds = group["kind"].astype(str).tolist()
         bars = ax.barh(
             y,
-            group["bits_per_dim"].to_numpy(),
+            group["bits_per_subpixel"].to_numpy(),
             color=[_KIND_COLOURS.get(k, "#444444") for k in kinds],
             edgecolor="black",
             linewidth=0.5,
@@ -291,7 +292,7 @@ def _write_chart(target: Path, rows: pd.DataFrame, meta: Mapping) -> None:
         for bar, kind in zip(bars, kinds):
             if kind == "paper":
                 bar.set_hatch("//")
-        for bar, value in zip(bars, group["bits_per_dim"].to_numpy()):
+        for bar, value in zip(bars, group["bits_per_subpixel"].to_numpy()):
             ax.text(
                 bar.get_width() + vmax * 0.01,
                 bar.get_y() + bar.get_height() / 2,
@@ -324,19 +325,19 @@ def write_report(
     per_image: Mapping[str, np.ndarray] | None,
     meta: Mapping,
 ) -> None:
-    """Write summary.csv, summary.md, per_image.h5 and bits_per_dim.png into ``out_dir``.
+    """Write summary.csv, summary.md, per_image.h5 and bits_per_subpixel.png into ``out_dir``.
 
     * summary.csv: all columns of ``rows`` (timing columns added as NaN when
-      missing), sorted by dataset then bits/dim.
+      missing), sorted by dataset then bits/subpixel.
     * summary.md: ``meta`` as a header list, then a markdown table, then the
       references of paper rows.
     * per_image.h5: one dataset per method (``per_image`` key; "/" becomes
       "_", the original name is the ``method`` attribute) with attribute
-      ``unit`` = "bytes" for integer arrays, "bits/dim" for floats; ``meta`` is
+      ``unit`` = "bytes" for integer arrays, "bits/subpixel" for floats; ``meta`` is
       stored as attributes of the file and of each dataset (non-scalar values
       as JSON). Written (empty but with the attributes) when ``per_image`` is
       None or empty.
-    * bits_per_dim.png: horizontal bars sorted by bits/dim, coloured by kind,
+    * bits_per_subpixel.png: horizontal bars sorted by bits/subpixel, coloured by kind,
       paper rows grey and hatched, value labels; one panel per dataset when
       ``rows`` has several.
     """
@@ -348,4 +349,4 @@ def write_report(
         table.to_csv(tmp, index=False)
     _write_markdown(out_dir / "summary.md", table, meta)
     _write_h5(out_dir / "per_image.h5", per_image or {}, meta)
-    _write_chart(out_dir / "bits_per_dim.png", table, meta)
+    _write_chart(out_dir / "bits_per_subpixel.png", table, meta)

@@ -1,4 +1,5 @@
-"""Any folder of photographs: random multi-scale crops to train on, fixed tiles to test on.
+"""Any folder of photographs: random multi-scale crops to train on, fixed tiles to test on, or its
+images whole (`whole_images`: what `snailcompress bench --dataset folder DIR` measures by default).
 
 Images are found recursively (hidden files skipped) and sorted by path. Images named in `holdout` (by file
 name or stem) form the test split; all others the train split. Neither split is augmented (no flips), as in
@@ -62,7 +63,7 @@ def _image_size(path: Path) -> tuple[int, int]:
 def find_images(data_dir: PathLike | None) -> list[Path]:
     """Image files under data_dir, sorted by path so every run and every rank numbers them alike."""
     if data_dir is None:
-        raise DatasetError("The folder data set needs a data directory of images, for example the Kodak set.")
+        raise DatasetError("The folder data set needs a directory of images (--data-dir DIR), for example the Kodak set.")
     files = sorted(
         p for p in Path(data_dir).rglob("*")
         if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
@@ -76,20 +77,23 @@ def find_images(data_dir: PathLike | None) -> list[Path]:
 
 
 def split_files(files: list[Path], holdout: Sequence[str], split: str) -> list[Path]:
-    """The held-out images for "test", the others for "train"; a held-out name matching no image is an error."""
+    """The held-out images for "test", the others for "train"; a held-out name matching no image is an error.
+    The messages name the command line's flag, --holdout (TrainOptions.holdout, load_split's holdout)."""
     wanted = set(holdout)
     held = [p for p in files if p.name in wanted or p.stem in wanted]
     unknown = wanted - {p.name for p in held} - {p.stem for p in held}
     if unknown:
-        raise DatasetError(f"The folder data set has no image named {', '.join(sorted(unknown))} to hold out.")
+        raise DatasetError(f"The folder data set has no image named {', '.join(sorted(unknown))} to hold out "
+                           "(--holdout takes file names or stems, separated by commas).")
     if split == "test":
         if not held:
-            raise DatasetError("The folder data set has no test split unless images are held out with holdout=[names].")
+            raise DatasetError("The folder data set has no test split unless images are held out with "
+                               "--holdout NAME[,NAME...].")
         return held
     held_set = set(held)
     chosen = [p for p in files if p not in held_set]
     if not chosen:
-        raise DatasetError("Every image of the folder data set is held out, so its train split is empty.")
+        raise DatasetError("--holdout names every image of the folder data set, so its train split is empty.")
     return chosen
 
 
@@ -133,7 +137,8 @@ class RandomCrops(Dataset):
                 self._scales.append(_Scale(scale, np.flatnonzero(fits), widths, np.cumsum(positions)))
                 tile_count += int(((widths // crop) * (heights // crop)).sum())
         if not self._scales:
-            raise DatasetError(f"Every training image is smaller than the {crop}x{crop} crop at every scale.")
+            raise DatasetError(f"Every training image is smaller than the {crop}x{crop} crop (--crop) at every scale "
+                           f"(--scales {','.join(f'{s:g}' for s in scales)}).")
         self.samples_per_epoch = tile_count if samples_per_epoch is None else samples_per_epoch
         self._cache: dict[tuple[int, float], np.ndarray] = {}
 
@@ -181,8 +186,26 @@ def tiles(files: list[Path], *, crop: int, scales: Sequence[float], channels: in
             parts.append(grid.transpose(0, 2, 4, 1, 3).reshape(rows * cols, channels, crop, crop))
     array = np.concatenate(parts)
     if not len(array):
-        raise DatasetError(f"Every held-out image is smaller than the {crop}x{crop} crop at every scale.")
+        raise DatasetError(f"Every held-out image is smaller than the {crop}x{crop} crop (--crop) at every scale "
+                           f"(--scales {','.join(f'{s:g}' for s in scales)}).")
     return array
+
+
+def _check_channels(channels: int) -> None:
+    if channels not in MODES:
+        raise DatasetError(f"The folder data set has 3 (RGB) or 1 (grayscale) channels (--channels), not {channels}.")
+
+
+def whole_images(
+    data_dir: PathLike | None, split: str = "test", *, channels: int = 3, holdout: Sequence[str] = (),
+) -> list[tuple[Path, np.ndarray]]:
+    """Every image of the folder whole, at full size, uint8 (H, W, C), with its path, in path order.
+    With `holdout`, only the held-out images ("test") or the others ("train"); without, all of them."""
+    _check_channels(channels)
+    files = find_images(data_dir)
+    if holdout:
+        files = split_files(files, holdout, split)
+    return [(path, load_image(path, channels, 1.0)) for path in files]
 
 
 def load(
@@ -191,13 +214,12 @@ def load(
 ) -> Dataset:
     """The train split as RandomCrops, the test split as an ArrayDataset of tiles."""
     if not (isinstance(crop, int) and crop >= 1):
-        raise DatasetError(f"The crop size must be a positive integer, not {crop!r}.")
+        raise DatasetError(f"The crop size (--crop) must be a positive integer, not {crop!r}.")
     if not scales or not all(0 < s <= 1 for s in scales):
-        raise DatasetError(f"Scales must be a non-empty list of numbers in (0, 1], not {tuple(scales)!r}.")
+        raise DatasetError(f"The scales (--scales) must be numbers in (0, 1], not {','.join(map(str, scales)) or 'none'}.")
     if samples_per_epoch is not None and samples_per_epoch < 1:
         raise DatasetError(f"samples_per_epoch must be at least 1, not {samples_per_epoch}.")
-    if channels not in MODES:
-        raise DatasetError(f"The folder data set has 3 (RGB) or 1 (grayscale) channels, not {channels}.")
+    _check_channels(channels)
     files = split_files(find_images(data_dir), holdout, split)
     if split == "train":
         return RandomCrops(
