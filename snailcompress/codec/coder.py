@@ -99,7 +99,7 @@ class CodingProgress:
         self.subpixels += subpixels
         self.bar.update(amount)
         if self.steps % 64 == 0 and self.subpixels:
-            self.bar.set_postfix(bpd=f"{self.bits / self.subpixels:.4f}", refresh=False)
+            self.bar.set_postfix_str(f"{self.bits / self.subpixels:.4f} bits/subpixel", refresh=False)
 
     def __enter__(self) -> CodingProgress:
         return self
