@@ -1,0 +1,73 @@
+"""benchmarks/fair_study.py: each model trains to each budget of CPU time in turn, is evaluated on the
+whole test split, and a rerun goes on where the last one stopped without redoing an evaluated budget."""
+
+import json
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "fair_study.py"
+
+
+def write_idx(path: Path, images: np.ndarray) -> None:
+    path.write_bytes(struct.pack(">4I", 0x00000803, *images.shape) + images.tobytes())
+
+
+def run_study(tmp_path: Path, budgets: str, *extra: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, str(SCRIPT), "--models", "pixelsnail-tiny,pixelcnnpp-tiny", "--budgets", budgets,
+               "--data-dir", str(tmp_path / "data"), "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out"),
+               "--batch-size", "4", "--eval-every", "5", "--eval-images", "4", *extra]
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr
+    return done
+
+
+def test_fair_study_trains_each_budget_once_and_resumes(tmp_path):
+    rng = np.random.default_rng(0)
+    (tmp_path / "data").mkdir()
+    write_idx(tmp_path / "data" / "train-images-idx3-ubyte", rng.integers(0, 256, (40, 28, 28), dtype=np.uint8))
+    write_idx(tmp_path / "data" / "t10k-images-idx3-ubyte", rng.integers(0, 256, (6, 28, 28), dtype=np.uint8))
+    study = tmp_path / "runs" / "study.json"
+
+    first = run_study(tmp_path, "0.01")
+    assert first.stdout.count("training to 0.01 CPU-minutes from the start") == 2
+    rows = json.loads(study.read_text())["rows"]
+    assert [(r["model"], r["budget_cpu_minutes"], r["test_images"]) for r in rows] == [
+        ("pixelsnail-tiny", 0.01, 6), ("pixelcnnpp-tiny", 0.01, 6)]
+    assert all(r["cpu_minutes"] >= 0.01 and r["steps"] > 0 and r["ema_bpd"] > 0 and r["last_bpd"] > 0 for r in rows)
+
+    second = run_study(tmp_path, "0.01,0.02")  # a longer study: only the new budget trains, from the checkpoint
+    assert "training to 0.01" not in second.stdout and second.stdout.count("training to 0.02 CPU-minutes from 0.") == 2
+    rows2 = json.loads(study.read_text())["rows"]
+    assert rows2[:2] == rows and [(r["model"], r["budget_cpu_minutes"]) for r in rows2[2:]] == [
+        ("pixelsnail-tiny", 0.02), ("pixelcnnpp-tiny", 0.02)]
+    assert all(later["steps"] > earlier["steps"] and later["images"] > earlier["images"]
+               for earlier, later in zip(rows2[:2], rows2[2:]))
+
+    before = study.read_text()
+    third = run_study(tmp_path, "0.01,0.02")  # all done: nothing trains or is evaluated again
+    assert "training to" not in third.stdout and study.read_text() == before
+    readme = (tmp_path / "out" / "README.md").read_text()
+    table = [line for line in readme.splitlines() if line.startswith("| pixel")]
+    assert len(table) == 4 and "In progress" not in readme and (tmp_path / "out" / "curve.png").stat().st_size > 0
+    assert "## Which wins" in readme and "- **0.02 CPU-minutes**:" in readme and "Gap PixelSNAIL minus PixelCNN++" in readme
+
+    run_study(tmp_path, "0.01,0.02,0.04", "--report-only")
+    assert "**In progress**: 2 of 6" in (tmp_path / "out" / "README.md").read_text()
+
+    other = subprocess.run([sys.executable, str(SCRIPT), "--models", "pixelsnail-tiny,pixelcnnpp-tiny", "--budgets", "0.01",
+                            "--runs", str(tmp_path / "runs"), "--batch-size", "8", "--report-only"],
+                           capture_output=True, text=True)
+    assert other.returncode != 0 and other.stderr.startswith("fair_study.py: error: ") and "batch_size" in other.stderr
+
+
+def test_the_study_presets_have_parameter_counts_within_ten_percent():
+    from snailcompress.models.layers import count_parameters
+    from snailcompress.models.presets import build
+
+    snail, cnn = (count_parameters(build(name, channels=1)) for name in ("pixelsnail-fmnist", "pixelcnnpp-fmnist"))
+    assert (snail, cnn) == (585_488, 548_364) and abs(snail - cnn) / max(snail, cnn) < 0.10
