@@ -21,7 +21,7 @@ from typing import Sequence
 
 import torch
 
-from .codec import container
+from .codec import container, methods
 from .codec.calibration import Calibration, calibration_for
 from .codec.coder import code_plane, decode_plane
 from .codec.images import (SUPPORTED_MODES, DecomposedImage, pixel_checksum, png_bytes, read_image, read_image_bytes,
@@ -109,13 +109,17 @@ def integer_network(model: torch.nn.Module, calibration: Calibration | None = No
 
 
 def encode_image(image: DecomposedImage, models: ModelChooser, tile: int = DEFAULT_TILE, context: int = DEFAULT_CONTEXT,
-                 progress: bool = False, calibrate: bool = True) -> container.SnailFile:
+                 progress: bool = False, calibrate: bool = True, fallback: bool = True) -> container.SnailFile:
     """`calibrate`: fit and send a correction of the model's output layer for each plane where it pays
-    (codec/calibration.py); a little slower to encode, no slower to decode."""
+    (codec/calibration.py); a little slower to encode, no slower to decode. `fallback`: a plane may
+    instead be stored, deflated or coded as bilevel where that is smaller (codec/methods.py)."""
     band = default_band(image.height, image.width, (tile, tile), (context, context))
     planes = []
     for name in image.expected_planes():
         pixels = image.planes[name]
+        if fallback and not methods.model_may_win(pixels):  # a bilevel plane
+            planes.append(None)
+            continue
         loaded = models.for_channels(CHANNEL_COUNT[name])
         calibration = None
         if calibrate:
@@ -126,9 +130,7 @@ def encode_image(image: DecomposedImage, models: ModelChooser, tile: int = DEFAU
         stored_name = None if loaded.name in shipped_models() else stored_model_name(loaded.name)
         planes.append(container.Plane(name, loaded.model_id[:8], words, stored_name, (tile, tile), (context, context),
                                       band, calibration.numbers() if calibration else None))
-    return container.SnailFile(width=image.width, height=image.height, mode=image.mode, planes=tuple(planes),
-                               pixel_crc32=pixel_checksum(image), arithmetic=ARITHMETIC_VERSION,
-                               extras=dict(image.extras))
+    return methods.smallest(image, planes, ARITHMETIC_VERSION, fallback)
 
 
 def plane_calibration(plane: container.Plane) -> Calibration | None:
@@ -143,11 +145,14 @@ def plane_calibration(plane: container.Plane) -> Calibration | None:
 def decode_image(snail: container.SnailFile, models: ModelChooser, progress: bool = False) -> DecomposedImage:
     if snail.mode not in SUPPORTED_MODES:  # the format has room for modes (PA) this version never writes
         raise FormatError(f"this file holds a mode {snail.mode} image, which this version of snailcompress cannot decode")
-    if snail.arithmetic != ARITHMETIC_VERSION:
+    if snail.arithmetic not in (None, ARITHMETIC_VERSION):  # None: no plane is the model's
         raise FormatError(f"this file was coded with integer arithmetic version {snail.arithmetic}; this release "
                           f"of snailcompress has version {ARITHMETIC_VERSION} only")
     planes = {}
     for plane in snail.planes:
+        if plane.method != "model":
+            planes[plane.channels] = methods.decode_plane(snail, plane)
+            continue
         channels = CHANNEL_COUNT[plane.channels]
         loaded = models.for_plane(plane, channels)
         try:

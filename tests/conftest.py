@@ -16,6 +16,20 @@ def _one_torch_thread():
     torch.set_num_threads(previous)
 
 
+@pytest.fixture(scope="module")
+def model_only():
+    """api.encode_image, and so the CLI, with every plane coded by the model (fallback=False unless a
+    test says otherwise): for the tests of the model's coding, where the other methods
+    (codec/methods.py) would beat an untrained model."""
+    import functools
+
+    from snailcompress import api
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(api, "encode_image", functools.partial(api.encode_image, fallback=False))
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_models():
     """The untrained `pixelsnail-tiny` preset (fixed-seed weights) for every plane: no trained weights needed."""

@@ -44,7 +44,7 @@ def write_cifar_folder(root):
 
 
 @pytest.fixture(scope="module")
-def bench_run(tmp_path_factory):
+def bench_run(tmp_path_factory, model_only):  # the model's coded files, as the untrained model codes them
     root = tmp_path_factory.mktemp("bench")
     data_dir = write_cifar_folder(root / "data")
     out = root / "report"

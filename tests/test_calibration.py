@@ -31,6 +31,7 @@ from snailcompress.errors import FormatError
 from snailcompress.evaluate import windowed_nll_bits
 
 TINY = "pixelsnail-tiny"
+pytestmark = pytest.mark.usefixtures("model_only")  # the model's coding: the untrained model codes every plane
 
 
 @pytest.fixture

@@ -1,7 +1,9 @@
 """The codec end to end: api round trips, coder table agreement, tiles, tables, and the CLI's errors.
 
 Everything runs the untrained `pixelsnail-tiny` preset (fixed-seed weights) on small tiles, so no
-trained weights are needed and the whole file takes well under a minute on one thread.
+trained weights are needed and the whole file takes well under a minute on one thread. The model
+codes every plane here: the encoder's other methods (codec/methods.py), which would beat the
+untrained model, are tested in test_small_images.py.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ TILE = 8
 TINY = "pixelsnail-tiny"
 ERROR = "snailcompress: error:"
 BANDS = {"L": 1, "LA": 2, "RGB": 3, "RGBA": 4, "P": 1, "1": 1}
+pytestmark = pytest.mark.usefixtures("model_only")
 
 
 # --------------------------------------------------------------------------------------------
@@ -396,8 +399,8 @@ def listing(d: Path) -> list[str]:
     return sorted(str(p.relative_to(d)) for p in d.rglob("*"))
 
 
-@pytest.fixture(scope="session")
-def sample(tmp_path_factory):
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory, model_only):
     """A small RGB PNG and its .snail (made once)."""
     d = tmp_path_factory.mktemp("sample")
     make_image("RGB", 9, 11, "gradient", 7).save(d / "a.png")

@@ -54,6 +54,7 @@ def f16s(values) -> bytes:
 
 
 MODE_CODES = {"L": 0, "1": 1, "LA": 2, "RGB": 3, "RGBA": 4, "P": 5, "PA": 6}
+METHOD_CODES = {"model": 0, "stored": 1, "deflate": 2, "bilevel": 3}  # bits 4-5 (plane 1), 6-7 (plane 2) of the mode byte
 T_NAME, T_TILE, T_CONTEXT, T_BAND, T_CALIBRATION, T_ALPHA, T_PALETTE, T_TRANSPARENCY, T_ALPHA_TABLE = range(1, 10)
 PLANE_FIELDS = {  # key in a plane dict -> (tag, encoder of the content after the plane index)
     "model_name": (T_NAME, lambda s: s.encode("utf-8", "surrogatepass")),
@@ -107,16 +108,20 @@ def encode_header(h: dict) -> bytes:
     """Header bytes for a header dict (values as in the API; any value may be a Raw override)."""
     out = _field(h["width"], varint) + _field(h["height"], varint)
     constant = h.get("constant", isinstance(h["extras"], dict) and "constant_alpha" in h["extras"])
-    out += _field(h["mode"], lambda m: bytes([MODE_CODES[m] + 8 * constant]))
-    out += _field(h["pixel_crc32"], lambda c: struct.pack("<I", c))
-    out += _field(h.get("arithmetic", 1), lambda a: bytes([a]))
     planes = h["planes"]
+    methods = [p.get("method", "model") for p in planes] if isinstance(planes, list) else ["model"]
+    code = sum(METHOD_CODES[m] << (4 + 2 * i) for i, m in enumerate(methods))
+    out += _field(h["mode"], lambda m: bytes([MODE_CODES[m] + 8 * constant + code]))
+    out += _field(h["pixel_crc32"], lambda c: struct.pack("<I", c))
+    if h.get("arithmetic", 1) is not None:  # None where no plane is the model's: no field
+        out += _field(h.get("arithmetic", 1), lambda a: bytes([a]))
     if isinstance(planes, Raw):
         out += planes
     else:
         for i, p in enumerate(planes):
-            out += _field(p["model_id"], bytes.fromhex)
-            if i < len(planes) - 1:  # the last plane's count is implied by the file's length
+            if p.get("method", "model") == "model":
+                out += _field(p["model_id"], bytes.fromhex)
+            if i < len(planes) - 1:  # the last plane's length is implied by the file's length
                 out += _field(p["n_words"], varint)
     return out + encode_fields(h) + h.get("tail", b"")
 
@@ -125,6 +130,9 @@ def header_dict(f: SnailFile) -> dict:
     """The header of f as encode_header takes it: only the tagged fields that differ from their defaults."""
     planes = []
     for p in f.planes:
+        if p.method != "model":
+            planes.append({"channels": p.channels, "method": p.method, "n_words": len(p.data)})
+            continue
         d = {"channels": p.channels, "model_id": p.model_id, "n_words": p.n_words}
         if p.model_name is not None:
             d["model_name"] = p.model_name
@@ -154,14 +162,17 @@ def frame(header: bytes, payload: bytes, version: int = 6) -> bytes:
 
 
 def forge(header: dict | bytes, n_words: int | None = None, version: int = 6) -> bytes:
-    """A file with this header (a dict or raw bytes), a correct checksum and n_words zero words in all."""
+    """A file with this header (a dict or raw bytes), a correct checksum and n_words zero words in all
+    (by default the planes' lengths: words of a model plane, bytes of another)."""
     raw = header if isinstance(header, bytes) else encode_header(header)
-    if n_words is None:
-        n_words = 0
-        if isinstance(header, dict) and isinstance(header["planes"], list):
-            counts = [p["n_words"] for p in header["planes"]]
-            n_words = sum(n for n in counts if isinstance(n, int) and 0 <= n < 1000)
-    return frame(raw, bytes(4 * n_words), version)
+    if n_words is not None:
+        return frame(raw, bytes(4 * n_words), version)
+    size = 0
+    if isinstance(header, dict) and isinstance(header["planes"], list):
+        for p in header["planes"]:
+            if isinstance(p["n_words"], int) and 0 <= p["n_words"] < 10_000:
+                size += p["n_words"] * (4 if p.get("method", "model") == "model" else 1)
+    return frame(raw, bytes(size), version)
 
 
 def header_span(data: bytes) -> tuple[int, int]:
@@ -200,7 +211,18 @@ def calibrations(draw):
 
 
 @st.composite
-def planes_for(draw, channels: str) -> Plane:
+def planes_for(draw, channels: str, mode: str = "RGB", width: int = 1, height: int = 1) -> Plane:
+    method = draw(st.sampled_from(C.METHODS if len(channels) == 1 else C.METHODS[:3]))
+    if method == "stored" and C.stored_size(width, height, mode, channels) > 3000:
+        method = "deflate"
+    if method == "stored":
+        return Plane.coded(channels, method, draw(st.binary(min_size=C.stored_size(width, height, mode, channels),
+                                                            max_size=C.stored_size(width, height, mode, channels))))
+    if method == "deflate":
+        return Plane.coded(channels, method, draw(st.binary(min_size=1, max_size=40)))
+    if method == "bilevel":
+        return Plane.coded(channels, method, draw(_words).tobytes())
+
     def pairs(lo, small):
         any_pair = st.tuples(st.integers(lo, 65535), st.integers(lo, 65535))
         return st.one_of(any_pair, st.tuples(st.integers(lo, small), st.integers(lo, small)))
@@ -242,13 +264,16 @@ def snail_files(draw) -> SnailFile:
         extras["transparency"] = draw(st.lists(st.integers(0, 65535), min_size=3, max_size=3))
     width = draw(st.one_of(st.integers(1, 65535), st.integers(1, 300)))
     height = draw(st.one_of(st.integers(1, min(65535, C.MAX_PIXELS // width)), st.integers(1, min(300, C.MAX_PIXELS // width))))
+    planes = tuple(draw(planes_for(ch, mode, width, height)) for ch in pieces)
+    if mode in ("LA", "RGBA") and len(planes) == 2 and planes[0].method == "deflate" and draw(st.booleans()):
+        planes = (planes[0], Plane.coded("A", "deflate", b""))  # both planes in plane 1's stream
     return SnailFile(
         width=width,
         height=height,
         mode=mode,
-        planes=tuple(draw(planes_for(ch)) for ch in pieces),
+        planes=planes,
         pixel_crc32=draw(st.integers(0, 2**32 - 1)),
-        arithmetic=draw(st.one_of(st.just(1), st.integers(1, 255))),
+        arithmetic=draw(st.one_of(st.just(1), st.integers(1, 255))) if any(p.method == "model" for p in planes) else None,
         extras=extras,
     )
 
@@ -298,10 +323,11 @@ def test_round_trip(f):
     assert C.read_header(data) == f
     assert C.write(C.read(data)) == data  # canonical
     assert C.file_size(f) == len(data)
-    assert C.overhead(f) == len(data) - 4 * sum(p.n_words for p in f.planes)
+    assert C.overhead(f) == len(data) - sum(p.payload_bytes for p in f.planes)
     start, end = header_span(data)
     assert data[start:end] == encode_header(header_dict(f))  # the documented layout, written independently
-    assert data == frame(encode_header(header_dict(f)), b"".join(p.words.astype("<u4").tobytes() for p in f.planes))
+    payload = b"".join(p.words.astype("<u4").tobytes() if p.method == "model" else p.data for p in f.planes)
+    assert data == frame(encode_header(header_dict(f)), payload)
     back = C.read(data)
     for p, q in zip(back.planes, f.planes):
         assert p.words.dtype == np.uint32 and p.words.ndim == 1
@@ -390,6 +416,135 @@ def test_largest_header_fits():
     assert C.read(data) == f
     start, end = header_span(data)
     assert 13_000 < end - start < C.MAX_HEADER_BYTES
+
+
+# --------------------------------------------------------------------------------------------
+# coding methods: planes stored, deflated or bilevel
+
+
+def stored_file(width: int = 64, height: int = 64, mode: str = "L") -> SnailFile:
+    data = bytes(range(256)) * (C.stored_size(width, height, mode, "L") // 256) + bytes(C.stored_size(width, height, mode, "L") % 256)
+    return SnailFile(width, height, mode, (Plane.coded("L", "stored", data),), 0x01020304, arithmetic=None)
+
+
+def test_a_stored_file_is_17_bytes_over_its_pixels():
+    """Magic 4, version 1, header length 1, header 7 (width, height, mode, pixel CRC 4), CRC 4: no
+    arithmetic, no model id, no length (the last plane's is the file's)."""
+    f = stored_file()
+    data = C.write(f)
+    header = bytes.fromhex("40 40 10 04 03 02 01")  # 64 x 64, mode L (0) + stored (1) << 4, pixel CRC
+    assert data == frame(header, f.planes[0].data)
+    assert len(data) - 64 * 64 == C.overhead(f) == 17
+    assert C.read(data) == f and C.read(data).arithmetic is None
+    for width, height in [(1, 300), (300, 1), (8, 8)]:  # a side of 128 or more takes a second varint byte
+        assert C.overhead(stored_file(width, height)) == 17 + (max(width, height) >= 128)
+    bits = stored_file(64, 64, "1")  # one bit a pixel
+    assert bits.planes[0].payload_bytes == 512 and C.file_size(bits) == 512 + 17
+
+
+def test_byte_layout_of_mixed_methods():
+    """RGBA: the model's RGB and a bilevel alpha; the lengths of the planes before the last."""
+    f = SnailFile(3, 2, "RGBA", (Plane("RGB", "01234567", np.array([7, 8], np.uint32), tile=(16, 16)),
+                                Plane.coded("A", "bilevel", bytes(range(8)))), 5)
+    header = bytes.fromhex(
+        "03 02 c4"  # 3 x 2, mode RGBA (4), plane 1 the model's (0 << 4), plane 2 bilevel (3 << 6)
+        "05 00 00 00 01"  # pixel_crc32, arithmetic 1 (plane 1 is the model's)
+        "01 23 45 67 02"  # plane 1: model id, 2 words
+        "02 03 00 10 10"  # tile of plane 1 = 16 x 16; plane 2 has no model id and no fields
+    )
+    payload = bytes.fromhex("07000000 08000000") + bytes(range(8))
+    assert C.write(f) == frame(header, payload) and C.read(frame(header, payload)) == f
+    g = SnailFile(3, 2, "RGBA", (Plane.coded("RGB", "deflate", b"xyz"), Plane.coded("A", "stored", bytes(6))), 5,
+                  arithmetic=None)
+    header = bytes.fromhex("03 02 64 05 00 00 00 03")  # deflate (2 << 4), stored (1 << 6); plane 1: 3 bytes
+    assert C.write(g) == frame(header, b"xyz" + bytes(6)) and C.read(C.write(g)) == g
+    assert "plane 1:      RGB, deflate" in C.describe(g) and "arithmetic" not in C.describe(g)
+    assert "plane 2:      A, bilevel" in C.describe(f) and "arithmetic:   integer arithmetic version 1" in C.describe(f)
+
+
+def _methods(*planes: dict, mode: str = "L", width: int = 4, height: int = 2, **over) -> bytes:
+    h = {"width": width, "height": height, "mode": mode, "pixel_crc32": 0, "arithmetic": None, "planes": list(planes),
+         "extras": {}}
+    h.update(over)
+    return forge(h)
+
+
+@pytest.mark.parametrize(
+    "data, match",
+    [
+        (_methods({"method": "stored", "n_words": 7}), "plane 1 is stored in 7 bytes; a 4 x 2 L image's L pixels take 8"),
+        (_methods({"method": "stored", "n_words": 9}), "stored in 9 bytes"),
+        (_methods({"method": "stored", "n_words": 8}, mode="1"), "stored in 8 bytes; a 4 x 2 1 image's L pixels take 2"),
+        (_methods({"channels": "RGB", "method": "stored", "n_words": 24},
+                  {"channels": "A", "method": "stored", "n_words": 7}, mode="RGBA"), "plane 2 is stored in 7 bytes"),
+        (_methods({"channels": "RGB", "method": "stored", "n_words": 23},
+                  {"channels": "A", "method": "deflate", "n_words": 3}, mode="RGBA"), "plane 1 is stored in 23 bytes"),
+        (_methods({"method": "bilevel", "n_words": 6}), "plane 1 is bilevel in 6 bytes, not a whole number of 4-byte words"),
+        (_methods({"method": "bilevel", "n_words": 8}, mode="RGB"), "plane 1 is RGB: bilevel codes a plane of one channel"),
+        (_methods({"method": "stored", "n_words": 8}, mode=Raw(b"\x50")), "mode byte 80 gives a coding method for plane 2"),
+        (_methods({"method": "stored", "n_words": 8}, fields=tagged(T_TILE, b"\x10\x10", 0)),
+         "the tile field is for plane 1, which is coded stored, not by the model"),
+        (_methods({"channels": "L", "method": "deflate", "n_words": 3}, {"channels": "A", "model_id": "01234567", "n_words": 0},
+                  mode="LA", arithmetic=1, fields=tagged(T_NAME, b"m", 0)), "the model_name field is for plane 1, which is coded deflate"),
+        (_methods({"method": "deflate", "n_words": 3}, arithmetic=Raw(b"\x01")), "middle of the length of the model_name field"),  # no arithmetic: a tag
+        (_methods({"channels": "L", "method": "deflate", "n_words": 3}, {"channels": "A", "model_id": "01234567", "n_words": 0},
+                  mode="LA"), "it ends in the middle of plane 2 model_id"),  # the arithmetic byte is missing
+        (_methods({"method": "deflate", "n_words": 0}), "plane 1 is deflated in 0 bytes: only the alpha of an LA or RGBA"),
+        (_methods({"channels": "L", "method": "stored", "n_words": 8}, {"channels": "A", "method": "deflate", "n_words": 0},
+                  mode="LA"), "plane 2 is deflated in 0 bytes"),
+        (_methods({"channels": "L", "method": "deflate", "n_words": 0}, {"channels": "A", "method": "deflate", "n_words": 0},
+                  mode="LA"), "plane 1 is deflated in 0 bytes"),
+        (_methods({"channels": "P", "method": "deflate", "n_words": 5}, {"channels": "A", "method": "deflate", "n_words": 0},
+                  mode="PA", extras={"palette": "", "palette_mode": "RGB"}), "plane 2 is deflated in 0 bytes"),
+    ],
+)
+def test_invalid_methods(data, match):
+    e = str(fails(data))
+    assert e.startswith("header is invalid: ") and re.search(match, e), e
+
+
+def test_lengths_of_planes_not_coded_by_the_model():
+    """Bytes, not words: the last plane's is whatever the file leaves, a model plane's a whole number of words."""
+    for n in range(1, 9):
+        data = _methods({"method": "deflate", "n_words": n})
+        assert C.read(data).planes[0].data == bytes(n)
+    data = _methods({"channels": "L", "method": "deflate", "n_words": 5}, {"channels": "A", "model_id": "01234567", "n_words": 2},
+                    mode="LA", arithmetic=1)
+    f = C.read(data)
+    assert f.planes[0].data == bytes(5) and f.planes[1].n_words == 2
+    fails(frame(header_span_bytes(data), bytes(5 + 7)), "^file is truncated or has trailing data \\(its length leaves a part")
+    fails(frame(header_span_bytes(data), bytes(4)), "^file is truncated$")
+
+
+def header_span_bytes(data: bytes) -> bytes:
+    start, end = header_span(data)
+    return data[start:end]
+
+
+def test_write_refuses_planes_of_other_methods_with_a_models_fields():
+    plane = Plane.coded("L", "stored", bytes(8))
+    f = SnailFile(4, 2, "L", (plane,), 0, arithmetic=None)
+    assert C.read(C.write(f)) == f
+    for change, match in [
+        (dict(model_id="01234567"), "plane 1 is coded stored, not by the model, so it has no model_id"),
+        (dict(model_name="m"), "so it has no model_name"),
+        (dict(tile=(8, 8)), "so it has no tile"),
+        (dict(context=(0, 0)), "so it has no context"),
+        (dict(band=3), "so it has no band"),
+        (dict(calibration=((0.5,), (0.5,), ())), "so it has no calibration"),
+        (dict(method="jpeg"), "plane 1 method 'jpeg' is not one of model, stored, deflate, bilevel"),
+        (dict(words=np.zeros(1, np.uint32)), "bytes data .* or words .*, not both"),
+        (dict(data=bytearray(8)), "bytes data"),
+        (dict(data=bytes(9)), "plane 1 is stored in 9 bytes"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            C.write(dataclasses.replace(f, planes=(dataclasses.replace(plane, **change),)))
+    with pytest.raises(ValueError, match="arithmetic must be None where no plane is coded by the model, not 1"):
+        C.write(dataclasses.replace(f, arithmetic=1))
+    with pytest.raises(ValueError, match="arithmetic must be an integer"):
+        C.write(dataclasses.replace(common_file(), arithmetic=None))
+    with pytest.raises(ValueError, match="not both"):
+        C.write(dataclasses.replace(common_file(), planes=(dataclasses.replace(common_file().planes[0], data=b"x"),)))
 
 
 def test_equality_and_words_views():
@@ -626,7 +781,7 @@ _TILE1 = tagged(T_TILE, b"\x10\x10", 0)
         (dict(width=Raw(b"\xff" * 6)), "width is longer than 5 bytes"),
         (dict(height=100000), "height = 100000 is out of range"),
         (dict(mode=Raw(b"\x07")), "mode code 7 is not one of 0..6"),
-        (dict(mode=Raw(b"\xff")), "mode code 255"),
+        (dict(mode=Raw(b"\xff")), "mode code 15 is not one of"),  # bits 4-7 are the planes' methods
         (dict(mode=Raw(b"\x08")), "mode code 8 is not one of"),  # L has no alpha to be constant
         (dict(mode=Raw(b"\x0b")), "mode code 11"),  # nor RGB
         (dict(mode=Raw(b"\x0f")), "mode code 15"),

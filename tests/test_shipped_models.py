@@ -88,7 +88,7 @@ def test_a_shipped_model_is_trained_it_beats_png_on_a_held_out_image(name):
     assert nll_bits_per_subpixel(loaded.model, image) < png_bits_per_subpixel(image)
 
 
-def test_encode_without_model_round_trips_rgba_through_both_shipped_models(tmp_path, monkeypatch):
+def test_encode_without_model_round_trips_rgba_through_both_shipped_models(tmp_path, monkeypatch, model_only):
     rgb = np.asarray(demo_image("RGB"))[100:124, 60:100]  # 24x40: two tiles across, one edge tile
     alpha = np.tile(np.linspace(0, 255, 40).astype(np.uint8), (24, 1))
     original = np.dstack([rgb, alpha])

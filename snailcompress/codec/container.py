@@ -10,7 +10,9 @@ A small fixed header and optional tagged fields, each written only where it diff
 default.  A 768 x 512 RGB image coded with the defaults (one plane, tiles, context and band as the
 encoder picks them unless told otherwise, no calibration, no model name) carries 24 bytes besides
 its coded words: 4 of magic, 1 of version, 1 of header length, 14 of header (width 2, height 2,
-mode 1, pixel CRC32 4, arithmetic 1, model id 4) and 4 of checksum; a 32 x 32 one 22.
+mode 1, pixel CRC32 4, arithmetic 1, model id 4) and 4 of checksum; a 32 x 32 one 22.  A plane
+need not be coded by the model (see "Coding methods" below): a 64 x 64 L image stored raw carries
+17 bytes besides its 4096 pixel bytes (no arithmetic, no model id).
 
 Fixed-size integers (u8, u32) are unsigned little-endian.  ``varint`` is unsigned LEB128: 7 bits a
 byte, least significant group first, the high bit set on every byte but the last; at most 5 bytes
@@ -26,16 +28,17 @@ offset size   field
 4      1      format version, u8 = 6
 5      v      ``H``: header length in bytes, varint, 1 <= H <= 65536 (``v`` = 1 to 3 bytes)
 5+v    H      header: the fixed fields, then the tagged fields (tables below)
-5+v+H  4*N    payload: the coded words of plane 1, then of plane 2, each word a u32
+5+v+H  P      payload: the data of plane 1, then of plane 2: a plane coded by the model is
+              words, each a u32; a plane coded otherwise is bytes
 end-4  4      CRC32, u32, over bytes 4 .. end-5: the version byte, H, the header and the payload
 ====== ====== ================================================================================
 
-The header gives the word count of every plane but the last; the last plane has the words that
-are left, ``(length - 5 - v - H - 4) / 4`` less the others', which must be a whole number
-(0..2**32-1).  So a file shorter than ``5 + v + H + 4 * (the other planes' words) + 4`` bytes is
-"truncated", and one whose length leaves a part of a word is truncated or has trailing data; any
-other truncation or extension, like any corruption, is caught by the CRC (which the reader checks
-before it reads the header).
+The header gives the length of every plane but the last (in words for the model, in bytes
+otherwise); the last plane has what is left, ``length - 5 - v - H - 4`` bytes less the others',
+which for a model plane must be a whole number of words (0..2**32-1 of either).  So a file shorter
+than ``5 + v + H + (the other planes' bytes) + 4`` bytes is "truncated", and one whose length
+leaves a part of a word is truncated or has trailing data; any other truncation or extension, like
+any corruption, is caught by the CRC (which the reader checks before it reads the header).
 
 Fixed header fields, in this order:
 
@@ -44,24 +47,55 @@ field            encoding  meaning and range
 ================ ========= =========================================================================
 width            varint    1..65535
 height           varint    1..65535, and width * height <= 2**28
-mode             u8        Pillow mode of the original image: 0 "L", 1 "1", 2 "LA", 3 "RGB",
-                           4 "RGBA", 5 "P", 6 "PA"; plus 8 (so 10, 12 or 14) for LA, RGBA and PA
-                           images whose alpha is one constant value, not coded (the constant_alpha
-                           field holds it)
+mode             u8        bits 0-3, the mode code: the Pillow mode of the original image, 0 "L",
+                           1 "1", 2 "LA", 3 "RGB", 4 "RGBA", 5 "P", 6 "PA"; plus 8 (so 10, 12 or
+                           14) for LA, RGBA and PA images whose alpha is one constant value, not
+                           coded (the constant_alpha field holds it).  Bits 4-5: the coding method
+                           of plane 1, bits 6-7: that of plane 2 (0 where there is one plane):
+                           0 model, 1 stored, 2 deflate, 3 bilevel (see below).  A file whose
+                           planes are all coded by the model has the mode code alone
 pixel_crc32      u32       CRC32 of the original pixels (images.pixel_checksum)
-arithmetic       u8        1..255: the version of the integer arithmetic that coded the planes
-                           (the container checks only the range; a decoder refuses a version it
-                           does not implement)
+arithmetic       u8        1..255: the version of the integer arithmetic that coded the model's
+                           planes (the container checks only the range; a decoder refuses a
+                           version it does not implement).  Present only where a plane is coded
+                           by the model
 then for each plane, in payload order:
   model_id       4 bytes   the first 32 bits of the id of the model that coded it (in the API, 8
-                           lowercase hex digits)
-  n_words        varint    0..2**32-1, the plane's coded words; every plane but the last
+                           lowercase hex digits); only for a plane coded by the model
+  n_words        varint    0..2**32-1, the plane's length: its coded words for a model plane, its
+                           bytes for any other; every plane but the last
 ================ ========= =========================================================================
 
 The planes, their number and their channels follow from the mode code: "L" for L and 1 (1 holds
 0/255), ["L", "A"] for LA, "RGB", ["RGB", "A"] for RGBA, "P", ["P", "A"] for PA -- without the
-final "A" when the alpha is constant.  Plane i (from 0) is coded with its model over tiles coded
-with context (codec/tiles.py, WindowPlan).
+final "A" when the alpha is constant.  A plane coded by the model is coded over tiles with
+context (codec/tiles.py, WindowPlan).
+
+Coding methods (codec/methods.py, codec/bilevel.py; the encoder keeps the smallest per plane):
+
+=========== ====================================================================================
+method      the plane's data
+=========== ====================================================================================
+0 model     the range coder's words, coded with the model's integer tables (codec/coder.py)
+1 stored    the pixels, raw: height rows of width pixels of the plane's channels, interleaved,
+            one byte each; for mode "1" (a plane of 0 and 255) one bit a pixel (1 for 255), most
+            significant bit first, each row padded with 0 bits to a whole byte.  Exactly that
+            many bytes
+2 deflate   a zlib stream of PNG-filtered rows (the data of a PNG's IDAT chunks), as PNG reads
+            it for a non-interlaced image of the plane's width and height, of colour type and
+            bit depth: RGB truecolour 8; mode "1" greyscale 1 (a sample 1 is 255); P indexed,
+            1, 2 or 4 where the palette field has at most 2, 4 or 16 entries, else 8; L and A
+            greyscale 8.  The A plane of an LA or RGBA image may be deflated in 0 bytes
+            where plane 1 is deflated: plane 1's stream then holds both, the image's
+            channels interleaved, as in a PNG of the image (greyscale with alpha, or
+            truecolour with alpha, 8).  zlib's output is not part of the format: any stream
+            that decodes so is a valid plane (the pixel checksum still checks the pixels)
+3 bilevel   a plane of one channel (L, A or P) holding only 0 and 255: the range coder's
+            words (a whole number of them, so a multiple of 4 bytes) of an adaptive binary
+            context model (codec/bilevel.py, part of this format)
+=========== ====================================================================================
+
+The per-plane tagged fields (tags 1 to 5) belong to a model plane: a plane coded otherwise has none.
 
 Then tagged fields, until the header ends.  Each is ``tag`` u8, ``length`` varint (the bytes of its
 content), then its content, which must be exactly that long.  The content of a per-plane field
@@ -103,13 +137,17 @@ The default band is ``codec.tiles.default_band(height, width, tile, context)`` w
 tile and context: that function is part of this format (changing it changes what files mean).
 
 In the Python API, `Plane` holds the per-plane fields (``band`` is the actual number once a
-`SnailFile` holds the plane: None, the default, is resolved there) and `SnailFile.extras` keeps
+`SnailFile` holds the plane: None, the default, is resolved there) and its coding ``method``; a
+plane not coded by the model (`Plane.coded`) has its bytes in ``data``, no words and no model id.
+`SnailFile.arithmetic` is None exactly where no plane is the model's.  `SnailFile.extras` keeps
 the keys and value types of images.DecomposedImage: "constant_alpha" int; "palette" lowercase hex
 str and "palette_mode" "RGB"/"RGBA" (tag 7); "transparency" int (tag 8; a list [r, g, b] for RGB)
 or lowercase hex str (tag 9).
 
 Every file has exactly one encoding (minimal varints, fields in order and only where not default),
-so ``write(read(data)) == data`` for every file ``read`` accepts.  Everything is checked before
+so ``write(read(data)) == data`` for every file ``read`` accepts.  (The container checks a plane's
+data only for its length; the method's decoder reads the rest, and the pixel checksum is checked
+after every decode.)  Everything is checked before
 anything is allocated: a header promising 60000 x 60000 pixels or 4 G words is refused (or found
 truncated) without allocating more than the file itself.
 
@@ -148,9 +186,11 @@ __all__ = [
     "MODES",
     "MODE_CHANNELS",
     "PLANE_CHANNELS",
+    "METHODS",
     "Plane",
     "SnailFile",
     "plane_channels",
+    "stored_size",
     "write",
     "read",
     "read_header",
@@ -182,8 +222,12 @@ MODE_CHANNELS = {"L": "L", "1": "L", "LA": "LA", "RGB": "RGB", "RGBA": "RGBA", "
 MODES = tuple(MODE_CHANNELS)  # index = the mode's code in the header
 #: What one plane may code.
 PLANE_CHANNELS = ("L", "A", "RGB", "P")
+#: How a plane may be coded; index = the method's code in the mode byte (see the docstring).
+METHODS = ("model", "stored", "deflate", "bilevel")
 _ALPHA_MODES = ("LA", "RGBA", "PA")
 _CONSTANT_ALPHA_FLAG = 8
+_MODE_CODE_BITS = 4  # the mode byte: the mode code in bits 0-3, then 2 bits of method per plane
+_METHOD_BITS = 2
 
 _TAG_MODEL_NAME, _TAG_TILE, _TAG_CONTEXT, _TAG_BAND, _TAG_CALIBRATION = 1, 2, 3, 4, 5
 _TAG_CONSTANT_ALPHA, _TAG_PALETTE, _TAG_TRANSPARENCY, _TAG_ALPHA_TABLE = 6, 7, 8, 9
@@ -215,13 +259,22 @@ def plane_channels(mode: str, constant_alpha: bool) -> list[str]:
     return pieces[:-1] if constant_alpha else pieces
 
 
+def stored_size(width: int, height: int, mode: str, channels: str) -> int:
+    """The bytes of a stored plane: one a subpixel, or for mode "1" one bit a pixel, rows padded to bytes."""
+    if mode == "1":
+        return (width + 7) // 8 * height
+    return width * height * len(channels)
+
+
 @dataclass(frozen=True, eq=False)
 class Plane:
-    """One coded stream: the pixels of some channels of the image, coded with one model."""
+    """One coded stream: the pixels of some channels of the image, coded with one model, or by one of
+    the other methods (`method`, see the module docstring; `Plane.coded` makes such a plane)."""
 
     channels: str  # which image channels: "RGB", "L", "A" or "P" (palette indices)
-    model_id: str  # 8 lowercase hex digits: the first 32 bits of the id of the model's exact weights
-    words: np.ndarray = field(repr=False)  # uint32 coded stream; may be empty
+    #: 8 lowercase hex digits: the first 32 bits of the id of the model's exact weights (None: not the model's)
+    model_id: str | None
+    words: np.ndarray = field(repr=False)  # uint32 coded stream; may be empty (and is, for other methods)
     model_name: str | None = None  # human-readable name (e.g. "snail-rgb"), for messages; None: not stored
     tile: tuple[int, int] = DEFAULT_TILE  # (tile_h, tile_w)
     context: tuple[int, int] = DEFAULT_CONTEXT  # (rows above, columns left) each tile's window also holds
@@ -229,6 +282,13 @@ class Plane:
     band: int | None = None
     #: (scale, shift, feature gain) of codec/calibration.py; the feature gain may be empty
     calibration: tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...]] | None = None
+    method: str = "model"  # one of METHODS
+    data: bytes = field(default=b"", repr=False)  # the coded bytes of a plane not coded by the model
+
+    @classmethod
+    def coded(cls, channels: str, method: str, data: bytes) -> Plane:
+        """A plane coded otherwise than by the model ("stored", "deflate", "bilevel")."""
+        return cls(channels, None, np.zeros(0, np.uint32), method=method, data=bytes(data))
 
     def __post_init__(self) -> None:
         for name in ("tile", "context"):
@@ -244,6 +304,11 @@ class Plane:
     def n_words(self) -> int:
         return int(self.words.size)
 
+    @property
+    def payload_bytes(self) -> int:
+        """The plane's bytes in the file: its words, or its data."""
+        return 4 * self.n_words if self.method == "model" else len(self.data)
+
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Plane):
             return NotImplemented
@@ -255,6 +320,8 @@ class Plane:
             and tuple(self.context) == tuple(other.context)
             and self.band == other.band
             and self.calibration == other.calibration
+            and self.method == other.method
+            and self.data == other.data
             and self.words.shape == other.words.shape
             and bool(np.array_equal(self.words, other.words))
         )
@@ -262,6 +329,8 @@ class Plane:
     __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
+        if self.method != "model":
+            return f"Plane(channels={self.channels!r}, method={self.method!r}, {len(self.data)} bytes)"
         return (
             f"Plane(channels={self.channels!r}, model_id={self.model_id!r}, model_name={self.model_name!r}, "
             f"tile={self.tile!r}, context={self.context!r}, band={self.band!r}, "
@@ -281,7 +350,8 @@ class SnailFile:
     mode: str  # Pillow mode of the original image: "L", "LA", "RGB", "RGBA", "P", "PA", "1"
     planes: tuple[Plane, ...]
     pixel_crc32: int  # CRC32 of the original pixels (images.pixel_checksum)
-    arithmetic: int = 1  # version of the integer arithmetic that coded the planes
+    #: version of the integer arithmetic that coded the model's planes; None exactly where no plane is the model's
+    arithmetic: int | None = 1
     extras: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -377,7 +447,6 @@ def _check_header(obj: dict) -> None:
         shown = repr(mode)[:40] if type(mode) is str else _jtype(mode)
         raise _bad(f"mode {shown} is not one of {', '.join(MODES)}")
     _int(obj["pixel_crc32"], "pixel_crc32", 0, 0xFFFFFFFF)
-    _int(obj["arithmetic"], "arithmetic", 1, MAX_ARITHMETIC)
 
     planes = obj["planes"]
     if not 1 <= len(planes) <= 2:
@@ -388,30 +457,19 @@ def _check_header(obj: dict) -> None:
         if type(ch) is not str or ch not in PLANE_CHANNELS:
             shown = repr(ch)[:40] if type(ch) is str else _jtype(ch)
             raise _bad(f"{where} channels {shown} is not one of {', '.join(PLANE_CHANNELS)}")
-        mid = _str(p["model_id"], f"{where} model_id", 2 * MODEL_ID_BYTES, 2 * MODEL_ID_BYTES)
-        if not _MODEL_ID.match(mid):
-            raise _bad(f"{where} model_id must be lowercase hexadecimal")
-        if p["model_name"] is not None:
-            _str(p["model_name"], f"{where} model_name", 1, MAX_MODEL_NAME_CHARS)
-        tile = p["tile"]
-        if not _pair(tile):
-            raise _bad(f"{where} tile must be a pair (tile_h, tile_w)")
-        _int(tile[0], f"{where} tile height", 1, MAX_SIDE)
-        _int(tile[1], f"{where} tile width", 1, MAX_SIDE)
-        context = p["context"]
-        if not _pair(context):
-            raise _bad(f"{where} context must be a pair (above, left)")
-        _int(context[0], f"{where} context above", 0, MAX_SIDE)
-        _int(context[1], f"{where} context left", 0, MAX_SIDE)
-        default = default_band(height, width, tuple(tile), tuple(context))
-        if p["band"] is None:
-            p["band"] = default
-        if type(p["band"]) is not int or p["band"] != default:  # the default may exceed what the field holds
-            if context[0] == 0 and p["band"] != 1:
-                raise _bad(f"{where} band must be 1 where there is no context above, not {p['band']!r:.40}")
-            _int(p["band"], f"{where} band", 1, MAX_SIDE)
-        _check_calibration(p["calibration"], where)
+        method = p["method"]
+        if type(method) is not str or method not in METHODS:
+            shown = repr(method)[:40] if type(method) is str else _jtype(method)
+            raise _bad(f"{where} method {shown} is not one of {', '.join(METHODS)}")
+        if method == "model":
+            _check_model_plane(p, where, width, height)
+        else:
+            _check_other_plane(p, where, width, height)
         _int(p["n_words"], f"{where} n_words", 0, MAX_WORDS)
+    if any(p["method"] == "model" for p in planes):
+        _int(obj["arithmetic"], "arithmetic", 1, MAX_ARITHMETIC)
+    elif obj["arithmetic"] is not None:
+        raise _bad(f"arithmetic must be None where no plane is coded by the model, not {obj['arithmetic']!r:.40}")
 
     extras = obj["extras"]
     if type(extras) is not dict:
@@ -428,6 +486,68 @@ def _check_header(obj: dict) -> None:
         listed = " + ".join(repr(c) for c in spelled)
         alpha = ", its alpha constant" if "constant_alpha" in extras else ""
         raise _bad(f"planes {listed} are not those of mode {mode}{alpha}: {' + '.join(repr(c) for c in expected)}")
+
+
+def _check_model_plane(p: dict, where: str, width: int, height: int) -> None:
+    mid = _str(p["model_id"], f"{where} model_id", 2 * MODEL_ID_BYTES, 2 * MODEL_ID_BYTES)
+    if not _MODEL_ID.match(mid):
+        raise _bad(f"{where} model_id must be lowercase hexadecimal")
+    if p["model_name"] is not None:
+        _str(p["model_name"], f"{where} model_name", 1, MAX_MODEL_NAME_CHARS)
+    tile = p["tile"]
+    if not _pair(tile):
+        raise _bad(f"{where} tile must be a pair (tile_h, tile_w)")
+    _int(tile[0], f"{where} tile height", 1, MAX_SIDE)
+    _int(tile[1], f"{where} tile width", 1, MAX_SIDE)
+    context = p["context"]
+    if not _pair(context):
+        raise _bad(f"{where} context must be a pair (above, left)")
+    _int(context[0], f"{where} context above", 0, MAX_SIDE)
+    _int(context[1], f"{where} context left", 0, MAX_SIDE)
+    default = default_band(height, width, tuple(tile), tuple(context))
+    if p["band"] is None:
+        p["band"] = default
+    if type(p["band"]) is not int or p["band"] != default:  # the default may exceed what the field holds
+        if context[0] == 0 and p["band"] != 1:
+            raise _bad(f"{where} band must be 1 where there is no context above, not {p['band']!r:.40}")
+        _int(p["band"], f"{where} band", 1, MAX_SIDE)
+    _check_calibration(p["calibration"], where)
+
+
+def _check_other_plane(p: dict, where: str, width: int, height: int) -> None:
+    """A plane not coded by the model: nothing of a model's, and bilevel only for one channel."""
+    method = p["method"]
+    default = default_band(height, width, DEFAULT_TILE, DEFAULT_CONTEXT)
+    for name, value, unset in (("model_id", p["model_id"], None), ("model_name", p["model_name"], None),
+                               ("tile", p["tile"], DEFAULT_TILE), ("context", p["context"], DEFAULT_CONTEXT),
+                               ("band", p["band"], default), ("calibration", p["calibration"], None)):
+        if name in ("tile", "context"):
+            unchanged = _pair(value) and tuple(value) == unset
+        else:
+            unchanged = value is None or name == "band" and type(value) is int and value == default
+        if not unchanged:
+            raise _bad(f"{where} is coded {method}, not by the model, so it has no {name}")
+    p["band"] = default
+    if method == "bilevel" and len(p["channels"]) != 1:
+        raise _bad(f"{where} is {p['channels']}: bilevel codes a plane of one channel")
+
+
+def _check_lengths(obj: dict) -> None:
+    """The lengths that a plane's method fixes (once every plane's length is known)."""
+    for i, p in enumerate(obj["planes"]):
+        n, where = p["n_words"], f"plane {i + 1}"
+        if p["method"] == "stored":
+            size = stored_size(obj["width"], obj["height"], obj["mode"], p["channels"])
+            if n != size:
+                raise _bad(f"{where} is stored in {n} bytes; a {obj['width']} x {obj['height']} {obj['mode']} image's "
+                           f"{p['channels']} pixels take {size}")
+        elif p["method"] == "bilevel" and n % 4:
+            raise _bad(f"{where} is bilevel in {n} bytes, not a whole number of 4-byte words")
+        elif p["method"] == "deflate" and n == 0:
+            first = obj["planes"][0]
+            if i == 0 or obj["mode"] not in ("LA", "RGBA") or first["method"] != "deflate" or first["n_words"] == 0:
+                raise _bad(f"{where} is deflated in 0 bytes: only the alpha of an LA or RGBA image whose first plane "
+                           "is deflated may be (it is in that plane's stream)")
 
 
 def _calibration_size(calibration: tuple) -> str:
@@ -532,16 +652,20 @@ def _header_obj(f: SnailFile) -> dict:
         w = p.words
         if not isinstance(w, np.ndarray) or w.ndim != 1 or w.dtype != np.uint32:
             raise ValueError(f"invalid SnailFile: plane {i + 1} words must be a 1-D numpy uint32 array")
+        if type(p.data) is not bytes or (p.data if p.method == "model" else w.size):
+            raise ValueError(f"invalid SnailFile: plane {i + 1} must have bytes data (for a plane not coded by "
+                             "the model) or words (for one that is), not both")
         planes.append(
             {
                 "channels": p.channels,
+                "method": p.method,
                 "model_id": p.model_id,
                 "model_name": p.model_name,
                 "tile": _plain(p.tile),
                 "context": _plain(p.context),
                 "band": _plain(p.band),
                 "calibration": _plain(p.calibration),
-                "n_words": int(w.size),
+                "n_words": int(w.size) if p.method == "model" else len(p.data),
             }
         )
     obj = {
@@ -555,6 +679,7 @@ def _header_obj(f: SnailFile) -> dict:
     }
     try:
         _check_header(obj)
+        _check_lengths(obj)
     except FormatError as e:
         raise ValueError(f"invalid SnailFile: {str(e).removeprefix('header is invalid: ')}") from None
     return obj
@@ -579,16 +704,23 @@ def _encode_header(obj: dict) -> bytes:
     out = bytearray()
     out += _varint(obj["width"])
     out += _varint(obj["height"])
-    out.append(MODES.index(obj["mode"]) + (_CONSTANT_ALPHA_FLAG if "constant_alpha" in extras else 0))
-    out += _U32.pack(obj["pixel_crc32"])
-    out.append(obj["arithmetic"])
+    code = MODES.index(obj["mode"]) + (_CONSTANT_ALPHA_FLAG if "constant_alpha" in extras else 0)
     for i, p in enumerate(planes):
-        out += bytes.fromhex(p["model_id"])
+        code |= METHODS.index(p["method"]) << (_MODE_CODE_BITS + _METHOD_BITS * i)
+    out.append(code)
+    out += _U32.pack(obj["pixel_crc32"])
+    if obj["arithmetic"] is not None:
+        out.append(obj["arithmetic"])
+    for i, p in enumerate(planes):
+        if p["method"] == "model":
+            out += bytes.fromhex(p["model_id"])
         if i < len(planes) - 1:
             out += _varint(p["n_words"])
 
     fields: list[tuple[int, int, bytes]] = []  # (tag, plane, content)
     for i, p in enumerate(planes):
+        if p["method"] != "model":
+            continue  # none of the per-plane fields: _check_header made sure they hold their defaults
         index = bytes((i,))
         if p["model_name"] is not None:
             fields.append((_TAG_MODEL_NAME, i, index + p["model_name"].encode("utf-8")))
@@ -631,7 +763,7 @@ def write(f: SnailFile) -> bytes:
     """Serialize f.  Raises ValueError (TypeError) if f would not be readable back."""
     header = _header_bytes(f)
     parts = [MAGIC, bytes((VERSION,)) + _varint(len(header)) + header]
-    parts += [p.words.astype("<u4", copy=False).tobytes() for p in f.planes]
+    parts += [p.words.astype("<u4", copy=False).tobytes() if p.method == "model" else p.data for p in f.planes]
     crc = 0
     for part in parts[1:]:
         crc = zlib.crc32(part, crc)
@@ -646,7 +778,7 @@ def overhead(f: SnailFile) -> int:
 
 def file_size(f: SnailFile) -> int:
     """The length in bytes of write(f), without building it."""
-    return overhead(f) + sum(4 * p.n_words for p in f.planes)
+    return overhead(f) + sum(p.payload_bytes for p in f.planes)
 
 
 # --------------------------------------------------------------------------------------------
@@ -695,15 +827,22 @@ class _Fields:
     def binary16s(self, count: int, name: str) -> tuple[float, ...]:
         return tuple(v for (v,) in _F16.iter_unpack(self.take(_F16.size * count, name)))
 
-    def mode(self) -> tuple[str, bool]:
-        code = self.u8("mode")
+    def mode(self) -> tuple[str, bool, list[str]]:
+        """The mode, whether its alpha is constant, and the coding method of each of its planes."""
+        byte = self.u8("mode")
+        code = byte & ((1 << _MODE_CODE_BITS) - 1)
         base, constant = code & ~_CONSTANT_ALPHA_FLAG, bool(code & _CONSTANT_ALPHA_FLAG)
         if base >= len(MODES) or constant and MODES[base] not in _ALPHA_MODES:
             raise _bad(
                 f"mode code {code} is not one of 0..6 ({', '.join(MODES)}) or 10, 12, 14 "
                 "(LA, RGBA, PA with a constant alpha)"
             )
-        return MODES[base], constant
+        shifts = [_MODE_CODE_BITS + _METHOD_BITS * i for i in range(2)]
+        methods = [METHODS[(byte >> shift) & ((1 << _METHOD_BITS) - 1)] for shift in shifts]
+        count = len(plane_channels(MODES[base], constant))
+        if count == 1 and methods[1] != "model":
+            raise _bad(f"the mode byte {byte} gives a coding method for plane 2, and this mode has one plane")
+        return MODES[base], constant, methods[:count]
 
 
 def _decode_fixed(r: _Fields) -> dict:
@@ -711,17 +850,18 @@ def _decode_fixed(r: _Fields) -> dict:
     obj: dict[str, Any] = {}
     obj["width"] = r.varint("width")
     obj["height"] = r.varint("height")
-    obj["mode"], obj["constant"] = r.mode()
+    obj["mode"], obj["constant"], methods = r.mode()
     obj["pixel_crc32"] = r.u32("pixel_crc32")
-    obj["arithmetic"] = r.u8("arithmetic")
+    obj["arithmetic"] = r.u8("arithmetic") if "model" in methods else None
     pieces = plane_channels(obj["mode"], obj["constant"])
     planes = []
-    for i, ch in enumerate(pieces):
+    for i, (ch, method) in enumerate(zip(pieces, methods)):
         where = f"plane {i + 1}"
         planes.append(
             {
                 "channels": ch,
-                "model_id": r.take(MODEL_ID_BYTES, f"{where} model_id").hex(),
+                "method": method,
+                "model_id": r.take(MODEL_ID_BYTES, f"{where} model_id").hex() if method == "model" else None,
                 "model_name": None,
                 "tile": DEFAULT_TILE,
                 "context": DEFAULT_CONTEXT,
@@ -760,6 +900,9 @@ def _decode_header(data: bytes) -> tuple[dict, set]:
             plane = c.u8("its plane index")
             if plane >= len(planes):
                 raise _bad(f"the {name} field is for plane {plane + 1}, and there are only {len(planes)}")
+            if planes[plane]["method"] != "model":
+                method = planes[plane]["method"]
+                raise _bad(f"the {name} field is for plane {plane + 1}, which is coded {method}, not by the model")
             c.where = f"the {name} field of plane {plane + 1}"
         key = (tag, plane)
         if last is not None and key <= last:
@@ -901,11 +1044,15 @@ def _header_start(view: memoryview) -> tuple[int, int]:
     return pos, hlen
 
 
-def _word_counts(size: int, payload_start: int, explicit: list[int]) -> list[int] | str:
-    """Every plane's word count, the last one from the file's length; or why the length is wrong."""
-    rest = size - 4 - payload_start - 4 * sum(explicit)
+def _word_counts(size: int, payload_start: int, planes: list[dict]) -> list[int] | str:
+    """Every plane's length (words of a model plane, bytes of another), the last one from the file's
+    length; or why the length is wrong."""
+    explicit = [p["n_words"] for p in planes[:-1]]
+    rest = size - 4 - payload_start - sum(4 * n if p["method"] == "model" else n for p, n in zip(planes, explicit))
     if rest < 0:
         return _TRUNCATED
+    if planes[-1]["method"] != "model":
+        return [*explicit, rest]
     if rest % 4:
         return _PART_WORD
     return [*explicit, rest // 4]
@@ -917,7 +1064,7 @@ def _mismatch(view: memoryview, pos: int, hlen: int) -> FormatError:
         obj = _decode_fixed(_Fields(bytes(view[pos : pos + hlen])))
     except FormatError:
         return FormatError(_CRC_MISMATCH)
-    counts = _word_counts(len(view), pos + hlen, [p["n_words"] for p in obj["planes"][:-1]])
+    counts = _word_counts(len(view), pos + hlen, obj["planes"])
     return FormatError(counts if isinstance(counts, str) else _CRC_MISMATCH)
 
 
@@ -933,20 +1080,26 @@ def _parse(data: bytes | bytearray | memoryview, copy: bool) -> SnailFile:
 
     obj, present = _decode_header(bytes(view[pos : pos + hlen]))
     del obj["constant"]
-    counts = [p["n_words"] for p in obj["planes"][:-1]]
     obj["planes"][-1]["n_words"] = 0  # known below, from the file's length, once the header is valid
     _check_header(obj)
     _check_canonical(obj, present)
 
-    counts = _word_counts(size, pos + hlen, counts)
+    counts = _word_counts(size, pos + hlen, obj["planes"])
     if isinstance(counts, str):
         raise FormatError(counts)
     if counts[-1] > MAX_WORDS:
-        raise FormatError(f"file is too long: its last plane would have {counts[-1]} words, at most {MAX_WORDS} are allowed")
+        unit = "words" if obj["planes"][-1]["method"] == "model" else "bytes"
+        raise FormatError(f"file is too long: its last plane would have {counts[-1]} {unit}, at most {MAX_WORDS} are allowed")
+    obj["planes"][-1]["n_words"] = counts[-1]
+    _check_lengths(obj)
 
     planes = []
     offset = pos + hlen
     for p, n in zip(obj["planes"], counts):
+        if p["method"] != "model":
+            planes.append(Plane.coded(p["channels"], p["method"], view[offset : offset + n]))
+            offset += n
+            continue
         words = np.frombuffer(view, dtype="<u4", count=n, offset=offset)
         if copy or words.dtype != np.uint32:
             words = words.astype(np.uint32)  # a private, aligned, native-endian copy
@@ -981,11 +1134,18 @@ def read_header(data: bytes) -> SnailFile:
 # describing
 
 
+_METHOD_NOTES = {
+    "stored": "stored (the raw pixels)",
+    "deflate": "deflate (PNG-filtered rows, zlib)",
+    "bilevel": "bilevel (adaptive binary context model)",
+}
+
+
 def describe(f: SnailFile) -> str:
     """The header in words, several lines, for `snailcompress info`.  Sizes are in bits per
     subpixel: per coded value of the coded channels (a constant alpha is not coded)."""
     total = file_size(f)
-    payload = sum(4 * p.n_words for p in f.planes)
+    payload = sum(p.payload_bytes for p in f.planes)
     pixels = f.width * f.height
     subpixels = pixels * sum(len(p.channels) for p in f.planes)
     alpha = f", alpha constant {f.extras['constant_alpha']} (not coded)" if "constant_alpha" in f.extras else ""
@@ -995,9 +1155,15 @@ def describe(f: SnailFile) -> str:
         f"size:         {total:,} bytes, {8 * total / subpixels:.4f} bits per subpixel ({8 * payload / subpixels:.4f} in "
         f"the coded streams, {total - payload:,} bytes of header and checksum)",
         f"pixel CRC32:  {f.pixel_crc32:08x}",
-        f"arithmetic:   integer arithmetic version {f.arithmetic}",
     ]
+    if f.arithmetic is not None:
+        lines.append(f"arithmetic:   integer arithmetic version {f.arithmetic}")
     for i, p in enumerate(f.planes, 1):
+        if p.method != "model":
+            lines.append(f"plane {i}:      {p.channels}, {_METHOD_NOTES[p.method]}")
+            bits = 8 * p.payload_bytes / (pixels * len(p.channels))
+            lines.append(f"              stream: {bits:.4f} bits per subpixel")
+            continue
         name = f" ({p.model_name})" if p.model_name is not None else ""
         context = f"context {p.context[0]} above, {p.context[1]} left" if any(p.context) else "no context"
         band = f", bands of {p.band} rows of windows" if p.context[0] else ""

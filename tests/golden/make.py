@@ -1,12 +1,13 @@
 """Writes the golden files: small images with their .snail files, coded by the shipped models with
-integer arithmetic version 1. tests/test_golden.py decodes every one of them and re-encodes every
-source in each test run.
+integer arithmetic version 1 (every plane by the model), and a few coded by the other methods as
+the encoder chooses them (stored, deflate, bilevel: codec/methods.py). tests/test_golden.py decodes
+every one of them and re-encodes every source in each test run.
 
-Run it only for a new arithmetic version (or new shipped models): a golden file that changes means
-that files written before cannot be read, which needs a new arithmetic version, never a silently
-different table.
+Run it only for a new arithmetic version (or new shipped models), or to add a golden file: one
+that changes means that files written before cannot be read, which needs a new arithmetic version,
+never a silently different table.
 
-    python tests/golden/make.py            # refuses to overwrite
+    python tests/golden/make.py            # writes the missing ones, keeps the others
     python tests/golden/make.py --force
 """
 
@@ -17,7 +18,7 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from snailcompress import api
 from snailcompress.codec import calibration, coder, container
@@ -26,6 +27,7 @@ from snailcompress.codec.tiles import WindowPlan
 
 HERE = Path(__file__).parent
 CALIBRATED = "rgb-calibrated"  # its plane is calibrated although it is too small for the encoder to choose it
+OTHER_METHODS = ("bilevel", "stored", "deflate", "rgba-mask")  # coded as the encoder chooses; the others by the model
 
 
 def sources() -> dict[str, Image.Image]:
@@ -38,12 +40,30 @@ def sources() -> dict[str, Image.Image]:
         "rgba": Image.fromarray(np.dstack([pixels[60:79, 10:33], alpha]), "RGBA"),
         "palette": crop.crop((0, 0, 24, 20)).quantize(colors=12),  # mode P
         CALIBRATED: Image.fromarray(pixels[150:170, 150:174]),
+        **other_methods(pixels),
+    }
+
+
+def other_methods(pixels: np.ndarray) -> dict[str, Image.Image]:
+    """Sources that the encoder codes otherwise than by the model (one plane or both)."""
+    text = Image.new("1", (40, 24), 1)
+    ImageDraw.Draw(text).text((1, 1), "snail\n1-bit", fill=0)
+    stripes = np.zeros((12, 40, 3), np.uint8)
+    stripes[:, ::3] = (200, 30, 90)
+    stripes[::4] = (5, 5, 250)
+    yy, xx = np.mgrid[:19, :23]
+    disc = np.where((yy - 9) ** 2 + (xx - 11) ** 2 < 64, 255, 0).astype(np.uint8)
+    return {
+        "bilevel": text,  # mode 1
+        "stored": Image.fromarray(np.random.default_rng(6).integers(0, 256, (10, 13), dtype=np.uint8)),  # noise
+        "deflate": Image.fromarray(stripes),
+        "rgba-mask": Image.fromarray(np.dstack([pixels[60:79, 10:33], disc]), "RGBA"),  # model + bilevel
     }
 
 
 def encode(image: Image.Image, name: str) -> bytes:
     decomposed = decompose(image)
-    snail = api.encode_image(decomposed, api.ModelChooser(), calibrate=False)
+    snail = api.encode_image(decomposed, api.ModelChooser(), calibrate=False, fallback=name in OTHER_METHODS)
     if name == CALIBRATED:
         plane = snail.planes[0]
         model = api.ModelChooser().for_channels(3).model
@@ -64,7 +84,8 @@ def main() -> None:
     for name, image in sources().items():
         png, snail = HERE / f"{name}.png", HERE / f"{name}.snail"
         if (png.exists() or snail.exists()) and not args.force:
-            raise SystemExit(f"{png.name} exists: golden files change only with a new arithmetic version (--force)")
+            print(f"{snail.name}: kept (golden files change only with a new arithmetic version: --force)")
+            continue
         image.save(png)
         snail.write_bytes(encode(Image.open(png), name))
         print(f"{snail.name}: {snail.stat().st_size} bytes")
