@@ -23,11 +23,11 @@ import torch
 
 from .codec import container, methods
 from .codec.calibration import Calibration, calibration_for
-from .codec.coder import code_plane, decode_plane
+from .codec.coder import code_plane, decode_planes
 from .codec.images import (SUPPORTED_MODES, DecomposedImage, pixel_checksum, png_bytes, read_image, read_image_bytes,
                            write_image)
 from .codec.tiles import WindowPlan, default_band
-from .errors import ChannelCountError, FormatError, ModelError
+from .errors import ChannelCountError, FormatError, ModelError, SnailError, UsageError
 from .integer.arithmetic import ARITHMETIC_VERSION
 from .integer.network import IntegerPixelSNAIL
 from .fileio import atomic_write
@@ -38,12 +38,31 @@ DEFAULT_CONTEXT = 2
 CHANNEL_COUNT = {"RGB": 3, "L": 1, "A": 1, "P": 1}  # of each kind of plane (container.PLANE_CHANNELS)
 
 
-class ModelChooser:
-    """One model per channel count: the user's (--model, any number of times), else the shipped default."""
+def resolve_device(name: str = "auto") -> torch.device:
+    """--device: "auto" is CUDA where a GPU is present, else the CPU. Files are the same on every
+    device (the integer network's arithmetic is exact on each), so this only chooses speed."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise UsageError(f"--device {name}: not a device here (auto, cpu, cuda, cuda:N)")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: this machine has no CUDA GPU that torch can use")
+    return device
 
-    def __init__(self, specs: Sequence[str] = ()):
+
+class ModelChooser:
+    """One model per channel count: the user's (--model, any number of times), else the shipped default.
+    The integer networks it gives run on `device`."""
+
+    def __init__(self, specs: Sequence[str] = (), device: str | torch.device = "cpu"):
         self.specs = list(specs)
+        self.device = torch.device(device)
         self._cache: dict[tuple[str, int], LoadedModel] = {}
+        self._networks: dict[str, IntegerPixelSNAIL] = {}
 
     def _load(self, spec: str, channels: int) -> LoadedModel:
         key = (spec, channels)
@@ -60,6 +79,15 @@ class ModelChooser:
             except ChannelCountError:
                 continue  # a model for the other channel count
         return self._load(default_model_for(channels), channels)
+
+    def network(self, loaded: LoadedModel, calibration: Calibration | None = None) -> IntegerPixelSNAIL:
+        """The integer network the codec runs for a loaded model: converted once per model, except
+        where a plane's calibration is folded into it."""
+        if calibration is not None:
+            return integer_network(loaded.model, calibration).to(self.device)
+        if loaded.model_id not in self._networks:
+            self._networks[loaded.model_id] = integer_network(loaded.model).to(self.device)
+        return self._networks[loaded.model_id]
 
     def for_plane(self, plane: container.Plane, channels: int) -> LoadedModel:
         """The model that made this plane: the user's if its id matches, else the one it names."""
@@ -125,7 +153,7 @@ def encode_image(image: DecomposedImage, models: ModelChooser, tile: int = DEFAU
         if calibrate:
             plan = WindowPlan.for_image(image.height, image.width, (tile, tile), (context, context), band)
             calibration = calibration_for(loaded.model, plan, pixels)
-        net = integer_network(loaded.model, calibration)
+        net = models.network(loaded, calibration)
         words, plan = code_plane(net, pixels, (tile, tile), (context, context), band, progress)
         stored_name = None if loaded.name in shipped_models() else stored_model_name(loaded.name)
         planes.append(container.Plane(name, loaded.model_id[:8], words, stored_name, (tile, tile), (context, context),
@@ -142,29 +170,66 @@ def plane_calibration(plane: container.Plane) -> Calibration | None:
         raise FormatError(f"plane {plane.channels}: {e}") from None
 
 
-def decode_image(snail: container.SnailFile, models: ModelChooser, progress: bool = False) -> DecomposedImage:
+def _check_decodable(snail: container.SnailFile) -> None:
     if snail.mode not in SUPPORTED_MODES:  # the format has room for modes (PA) this version never writes
         raise FormatError(f"this file holds a mode {snail.mode} image, which this version of snailcompress cannot decode")
     if snail.arithmetic not in (None, ARITHMETIC_VERSION):  # None: no plane is the model's
         raise FormatError(f"this file was coded with integer arithmetic version {snail.arithmetic}; this release "
                           f"of snailcompress has version {ARITHMETIC_VERSION} only")
-    planes = {}
-    for plane in snail.planes:
-        if plane.method != "model":
-            planes[plane.channels] = methods.decode_plane(snail, plane)
-            continue
-        channels = CHANNEL_COUNT[plane.channels]
-        loaded = models.for_plane(plane, channels)
+
+
+def decode_images(snails: Sequence[container.SnailFile], models: ModelChooser,
+                  progress: bool = False) -> list[DecomposedImage | SnailError]:
+    """Decode many files at once: model-coded planes of one shape, model and coding decode together,
+    their steps shared (many small files decode many times faster than one by one). Each result is
+    the file's image, or the error that file alone gave."""
+    results: list = [None] * len(snails)
+    planes: list[dict] = [{} for _ in snails]
+    together: dict[tuple, list] = {}  # planes that decode as one batch
+    for index, snail in enumerate(snails):
         try:
-            net = integer_network(loaded.model, plane_calibration(plane))
-        except ModelError as e:
-            raise FormatError(f"plane {plane.channels}: {e}") from None
-        planes[plane.channels] = decode_plane(net, plane.words, snail.height, snail.width, channels, plane.tile,
-                                              plane.context, plane.band, progress)
-    image = DecomposedImage(snail.mode, snail.width, snail.height, planes, dict(snail.extras))
-    if pixel_checksum(image) != snail.pixel_crc32:
-        raise FormatError("decoded pixels do not match the stored checksum: the file is corrupt")
-    return image
+            _check_decodable(snail)
+            for plane in snail.planes:
+                if plane.method != "model":
+                    planes[index][plane.channels] = methods.decode_plane(snail, plane)
+                    continue
+                loaded = models.for_plane(plane, CHANNEL_COUNT[plane.channels])
+                coding = (snail.height, snail.width, CHANNEL_COUNT[plane.channels], plane.tile, plane.context, plane.band)
+                alone = None if plane.calibration is None else (index, plane.channels)  # its own network
+                together.setdefault((loaded.model_id, alone, coding), []).append((index, plane, loaded))
+        except SnailError as e:
+            results[index] = e
+    for (_, _, coding), members in together.items():
+        members = [m for m in members if results[m[0]] is None]
+        if not members:
+            continue
+        first = members[0][1]
+        try:
+            net = models.network(members[0][2], plane_calibration(first))
+        except (ModelError, FormatError) as e:
+            error = FormatError(f"plane {first.channels}: {e}")
+            for index, _, _ in members:
+                results[index] = error
+            continue
+        decoded = decode_planes(net, [plane.words for _, plane, _ in members], *coding, progress=progress)
+        for (index, plane, _), result in zip(members, decoded):
+            if isinstance(result, SnailError):
+                results[index] = result
+            else:
+                planes[index][plane.channels] = result
+    for index, snail in enumerate(snails):
+        if results[index] is None:
+            image = DecomposedImage(snail.mode, snail.width, snail.height, planes[index], dict(snail.extras))
+            results[index] = image if pixel_checksum(image) == snail.pixel_crc32 else FormatError(
+                "decoded pixels do not match the stored checksum: the file is corrupt")
+    return results
+
+
+def decode_image(snail: container.SnailFile, models: ModelChooser, progress: bool = False) -> DecomposedImage:
+    result = decode_images([snail], models, progress)[0]
+    if isinstance(result, SnailError):
+        raise result
+    return result
 
 
 def default_output(source: Path, suffix: str) -> Path:
@@ -205,27 +270,63 @@ def encode_file(source, target=None, models: ModelChooser | None = None, tile: i
                         time.perf_counter() - start)
 
 
+DECODE_BATCH_PIXELS = 1 << 22  # pixels of the files decode_files decodes together (memory: their images)
+
+
+def decode_files(jobs: Sequence[tuple], models: ModelChooser | None = None, force: bool = False, progress: bool = False,
+                 stdout=None):
+    """Decode .snail files (source "-": standard input) to image files, or to `stdout` as PNG, many
+    together (decode_images), in batches of about DECODE_BATCH_PIXELS; `jobs` are (source, target or
+    None for the default name). Yields, in order, each file's report or its error; the time a report
+    gives is its share of its batch's."""
+    models = models or ModelChooser()
+    batch: list = []  # (source, target, file or error, bytes)
+    for index, (source, target) in enumerate(jobs):
+        try:
+            if str(source) == "-":
+                data = sys.stdin.buffer.read()
+            else:
+                try:
+                    data = Path(source).read_bytes()
+                except OSError as e:
+                    raise FormatError(f"{source}: cannot read ({e.strerror})") from None
+            batch.append((source, target, container.read(data), len(data)))
+        except SnailError as e:
+            batch.append((source, target, e, 0))
+        pixels = sum(snail.width * snail.height for _, _, snail, _ in batch if not isinstance(snail, SnailError))
+        if pixels >= DECODE_BATCH_PIXELS or index == len(jobs) - 1:
+            yield from _decode_batch(batch, models, force, progress, stdout)
+            batch = []
+
+
+def _decode_batch(batch: list, models: ModelChooser, force: bool, progress: bool, stdout):
+    start = time.perf_counter()
+    snails = [snail for _, _, snail, _ in batch if not isinstance(snail, SnailError)]
+    images = iter(decode_images(snails, models, progress))
+    seconds = (time.perf_counter() - start) / len(batch)
+    for source, target, snail, size in batch:
+        image = snail if isinstance(snail, SnailError) else next(images)
+        try:
+            if isinstance(image, SnailError):
+                raise image
+            if stdout is not None:
+                stdout.write(png_bytes(image))
+                stdout.flush()
+                target = Path("-")
+            else:
+                target = Path(target) if target else decoded_output(Path(source))
+                write_image(image, target, overwrite=force)
+        except SnailError as e:
+            yield e
+            continue
+        subpixels = sum(p.size for p in image.planes.values())
+        yield CodingReport(Path(source), target, image.width, image.height, image.mode, size, max(subpixels, 1), seconds)
+
+
 def decode_file(source, target=None, models: ModelChooser | None = None, force: bool = False,
                 progress: bool = False, stdout=None) -> CodingReport:
     """Decode a .snail file (source "-": standard input) to an image file, or to `stdout` as PNG."""
-    source = Path(source)
-    start = time.perf_counter()
-    if str(source) == "-":
-        data = sys.stdin.buffer.read()
-    else:
-        try:
-            data = source.read_bytes()
-        except OSError as e:
-            raise FormatError(f"{source}: cannot read ({e.strerror})") from None
-    snail = container.read(data)
-    image = decode_image(snail, models or ModelChooser(), progress)
-    if stdout is not None:
-        stdout.write(png_bytes(image))
-        stdout.flush()
-        target = Path("-")
-    else:
-        target = Path(target) if target else decoded_output(source)
-        write_image(image, target, overwrite=force)
-    subpixels = sum(p.size for p in image.planes.values())
-    return CodingReport(source, target, image.width, image.height, image.mode, len(data), max(subpixels, 1),
-                        time.perf_counter() - start)
+    result = next(decode_files([(source, target)], models, force, progress, stdout))
+    if isinstance(result, SnailError):
+        raise result
+    return result

@@ -152,36 +152,51 @@ class RecordingDecoder:
         return self.inner.decode(family, tables)
 
 
+class RecordingEncoder:
+    """Wraps a RangeEncoder: records every symbol and the table it was coded with."""
+
+    def __init__(self):
+        self.inner = constriction.stream.queue.RangeEncoder()
+        self.symbols: list[np.ndarray] = []
+        self.tables: list[np.ndarray] = []
+
+    def encode(self, symbols, family, tables):
+        self.symbols.append(np.array(symbols, copy=True))
+        self.tables.append(np.array(tables, copy=True))
+        return self.inner.encode(symbols, family, tables)
+
+    def get_compressed(self):
+        return self.inner.get_compressed()
+
+
+def _bounds(tables: np.ndarray, symbols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(start, count) of each symbol in its table: what the range coder reads of it."""
+    rows = np.arange(len(symbols))
+    count = tables[rows, symbols]
+    return np.cumsum(tables, axis=1)[rows, symbols] - count, count
+
+
 @pytest.mark.parametrize("channels, height, width, context", [(3, 11, 13, (0, 0)), (1, 9, 8, (0, 0)), (3, 19, 21, (2, 3))])
-def test_the_decoders_tables_give_the_encoders_counts(channels, height, width, context):
+def test_the_decoders_tables_give_the_encoders_counts(channels, height, width, context, monkeypatch):
     """The decoder's full tables, step by step, hold at each decoded value exactly the (start,
-    count) the encoder's one forward pass computed for it, in the stream's order."""
+    count) the encoder's forward pass computed for it, in the same order (the encoder scheduling
+    its steps in small chunks, so that windows are reused across chunks)."""
+    monkeypatch.setattr(coder, "ENCODE_CHUNK_PIXELS", 7)
     rng = np.random.default_rng(channels)
     plane = rng.integers(0, 256, (height, width, channels), dtype=np.uint8)
     net = _net(channels)
-    words, plan = coder.code_plane(net, plane, (TILE, TILE), context, band=2)
-    recorder = RecordingDecoder(words)
-    decoded = coder.decode_plane(net, None, height, width, channels, (TILE, TILE), context, band=2, decoder=recorder)
+    recording = RecordingEncoder()
+    words, plan = coder.code_plane(net, plane, (TILE, TILE), context, band=2, encoder=recording)
+    decoder = RecordingDecoder(words)
+    decoded = coder.decode_plane(net, None, height, width, channels, (TILE, TILE), context, band=2, decoder=decoder)
     assert np.array_equal(decoded, plane)
 
-    windows, coded = plan.windows(plane)
-    start, count = coder.symbol_bounds(net, windows, coded)
-    pixel, _ = coder.stream_order(plan, coded)
-    values = windows.transpose(0, 2, 3, 1)[coded]
-    tables = iter(recorder.tables)
-    seen = 0
-    while seen < len(pixel):  # per step: one table per channel for the pixels coded at that step
-        batch = next(tables)
-        n = len(batch)
-        for c in range(channels):
-            table = batch if c == 0 else next(tables)
-            assert table.shape == (n, 256) and np.all(table.sum(axis=1) == coder.TABLE_TOTAL)
-            rows = pixel[seen : seen + n]
-            v = values[rows, c]
-            assert np.array_equal(table[np.arange(n), v], count[rows, c])
-            assert np.array_equal(np.cumsum(table, axis=1)[np.arange(n), v] - table[np.arange(n), v], start[rows, c])
-        seen += n
-    assert next(tables, None) is None
+    symbols = np.concatenate(recording.symbols)
+    assert len(symbols) == plane.size
+    full = np.concatenate(decoder.tables)
+    assert full.shape == (plane.size, 256) and np.all(full.sum(axis=1) == coder.TABLE_TOTAL)
+    for got, expected in zip(_bounds(full, symbols), _bounds(np.concatenate(recording.tables), symbols)):
+        assert np.array_equal(got, expected)
 
 
 def test_decoding_with_other_tables_does_not_give_the_image():
@@ -201,8 +216,9 @@ def test_encoding_does_not_depend_on_threads_or_chunking(monkeypatch):
     plane = np.cumsum(rng.integers(0, 30, (21, 30, 3)), axis=1).astype(np.uint8)
     net = _net(3)
     reference, _ = coder.code_plane(net, plane, (TILE, TILE), (2, 2), 2)
-    for threads, positions, symbols in ((2, 10, 7), (4, 1, 100_000), (1, 1 << 20, 1)):
+    for threads, positions, symbols, pixels in ((2, 10, 7, 3), (4, 1, 100_000, 1 << 20), (1, 1 << 20, 1, 1)):
         torch.set_num_threads(threads)
+        monkeypatch.setattr(coder, "ENCODE_CHUNK_PIXELS", pixels)
         monkeypatch.setattr(coder, "ENCODE_CHUNK_POSITIONS", positions)
         monkeypatch.setattr(coder, "ENCODE_CHUNK_SYMBOLS", symbols)
         words, _ = coder.code_plane(net, plane, (TILE, TILE), (2, 2), 2)
@@ -210,6 +226,50 @@ def test_encoding_does_not_depend_on_threads_or_chunking(monkeypatch):
     torch.set_num_threads(1)
     decoded = coder.decode_plane(net, reference, 21, 30, 3, (TILE, TILE), (2, 2), 2)
     assert np.array_equal(decoded, plane)
+
+
+def test_planes_decoded_together_are_each_decoded_alone(monkeypatch):
+    """decode_planes steps many planes of one shape as one batch (here in batches of two): each gets
+    its own pixels, and a stream cut short fails alone (an error, or other pixels that the file's
+    checksum catches), the others unharmed."""
+    monkeypatch.setattr(coder, "MAX_BATCH_TILES", 4)
+    rng = np.random.default_rng(4)
+    net = _net(3)
+    planes = [np.cumsum(rng.integers(0, 40, (13, 17, 3)), axis=1).astype(np.uint8) for _ in range(5)]
+    plan = WindowPlan.for_image(13, 17, (TILE, TILE), (2, 2), 2)
+    assert max(len(slots) for slots in plan.slot_groups(4)) == 2  # so two planes a batch
+    streams = [coder.code_plane(net, plane, (TILE, TILE), (2, 2), 2)[0] for plane in planes]
+    streams[2] = streams[2][: len(streams[2]) // 3]
+    results = coder.decode_planes(net, streams, 13, 17, 3, (TILE, TILE), (2, 2), 2)
+    for k, (plane, result) in enumerate(zip(planes, results)):
+        if k == 2:
+            assert isinstance(result, FormatError) or not np.array_equal(result, plane)
+        else:
+            assert np.array_equal(result, plane)
+
+
+def test_files_decoded_together_give_each_its_image_or_its_error(tiny_models):
+    """api.decode_images: files of different modes and shapes, some alike (decoded as one batch), give
+    what each gives alone; a file whose model is not here fails alone."""
+    images = [decompose(make_image(mode, h, w, "smooth", seed))
+              for seed, (mode, h, w) in enumerate([("RGB", 9, 11), ("RGB", 9, 11), ("L", 9, 11), ("RGBA", 7, 5),
+                                                   ("RGB", 9, 11)])]
+    snails = [api.encode_image(image, tiny_models, tile=TILE, calibrate=False, fallback=False) for image in images]
+    assert all(plane.method == "model" for snail in snails for plane in snail.planes)
+    missing = dataclasses.replace(snails[4].planes[0], model_id="00000000")
+    snails[4] = dataclasses.replace(snails[4], planes=(missing,))
+    results = api.decode_images(snails, tiny_models)
+    for image, result in zip(images[:4], results):
+        assert same_image(result, image)
+    assert isinstance(results[4], ModelError)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a machine without a GPU")
+def test_devices_that_are_not_here_are_refused():
+    assert api.resolve_device("auto") == torch.device("cpu")
+    for name in ("cuda", "cuda:1", "tpu", "nonsense"):
+        with pytest.raises(api.UsageError, match="--device"):
+            api.resolve_device(name)
 
 
 # --------------------------------------------------------------------------------------------
@@ -277,9 +337,16 @@ def test_window_plans_cover_every_pixel_once(height, width, tile, above, left, b
     windows, coded = plan.windows(plane)
     assert windows.shape == (plan.rows * plan.cols, 1, plan.win_h, plan.win_w) and coded.sum() == height * width
     assert sorted(windows[:, 0][coded].tolist()) == list(range(height * width))
-    pixel, step = coder.stream_order(plan, coded)
-    assert len(pixel) == height * width and np.all(np.diff(step) >= 0)
-    assert sorted(windows[:, 0][coded][pixel].tolist()) == list(range(height * width))
+    pixels = []
+    for slots in plan.slot_groups(coder.MAX_BATCH_TILES):
+        start, count = plan.slot_schedule(slots)
+        _, window, position, coded = coder.schedule(plan, slots, start, count,
+                                                    np.arange(coder.batch_steps(plan, start, count)))
+        step, slot = np.nonzero(coded)
+        r, c = np.divmod(position[step, slot], plan.win_w)
+        y, x = plan.place(slots[slot, 0] + window[step, slot], slots[slot, 1], r, c)
+        pixels.append(y * width + x)
+    assert sorted(np.concatenate(pixels).tolist()) == list(range(height * width))
 
 
 @pytest.mark.parametrize(
