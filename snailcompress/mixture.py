@@ -162,18 +162,23 @@ class PixelConditionals:
             log_w = log_w + bin_log_prob(known[:, prev : prev + 1], mean, self.mix.log_scales[:, prev])
         return log_w - torch.logsumexp(log_w, dim=-1, keepdim=True)
 
+    def cdf(self, c: int, known_values: torch.Tensor | None = None) -> torch.Tensor:
+        """The mixture's CDF (N, 255) of channel c at the 255 interior bin edges, given the true
+        values (N, >= c) of channels < c: P(value < v) for v = 1..255."""
+        known = to_unit(known_values, self.edges.dtype) if c > 0 else None
+        weights = self._posterior_log_weights(c, known).exp()  # (N, M)
+        mean = self.mix.channel_means(c, known) if c > 0 else self.mix.means[:, 0]
+        inv_scale = torch.exp(-self.mix.log_scales[:, c])
+        component_cdf = torch.sigmoid((self.edges.view(1, 1, -1) - mean.unsqueeze(-1)) * inv_scale.unsqueeze(-1))
+        return torch.bmm(weights.unsqueeze(1), component_cdf).squeeze(1)
+
     def pmf(self, c: int, known_values: torch.Tensor | None = None) -> torch.Tensor:
         """Probabilities (N, 256) of channel c given the true values (N, >= c) of channels < c.
 
         Computed as differences of the mixture's CDF at the 255 interior bin edges, so bin 0 and
         bin 255 take the whole tails, exactly as in `bin_log_prob`.
         """
-        known = to_unit(known_values, self.edges.dtype) if c > 0 else None
-        weights = self._posterior_log_weights(c, known).exp()  # (N, M)
-        mean = self.mix.channel_means(c, known) if c > 0 else self.mix.means[:, 0]
-        inv_scale = torch.exp(-self.mix.log_scales[:, c])
-        component_cdf = torch.sigmoid((self.edges.view(1, 1, -1) - mean.unsqueeze(-1)) * inv_scale.unsqueeze(-1))
-        cdf = torch.bmm(weights.unsqueeze(1), component_cdf).squeeze(1)  # (N, 255)
+        cdf = self.cdf(c, known_values)
         return torch.diff(cdf, prepend=torch.zeros_like(cdf[:, :1]), append=torch.ones_like(cdf[:, :1]))
 
     def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:

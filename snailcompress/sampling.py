@@ -2,7 +2,8 @@
 
 Every position's distribution comes from `snailcompress.mixture.PixelConditionals`, the same code the
 coder uses, so samples are exact draws from the discrete model (rounded to the 8-bit grid).
-PixelSNAIL runs incrementally (see models/stepper.py); other models re-run the network per position.
+PixelSNAIL and PixelCNN++ run incrementally (models/stepper.py, models/pixelcnnpp_stepper.py); other
+models re-run the network per position.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from . import mixture
+from .models.pixelcnnpp import PixelCNNpp
+from .models.pixelcnnpp_stepper import PixelCNNppStepper
 from .models.pixelsnail import PixelSNAIL
 from .models.stepper import PixelSNAILStepper
 
@@ -46,6 +49,8 @@ def stepper_for(model: nn.Module, batch: int, height: int, width: int):
     """The fastest exact one-position-at-a-time runner for this model."""
     if isinstance(model, PixelSNAIL):
         return PixelSNAILStepper(model, batch, height, width)
+    if isinstance(model, PixelCNNpp):
+        return PixelCNNppStepper(model, batch, height, width)
     return FullForwardStepper(model, batch, height, width)
 
 

@@ -67,7 +67,7 @@ def test_bench_writes_every_output(bench_run):
     with Image.open(out / "bits_per_subpixel.png") as im:
         assert im.format == "PNG"
     assert "pixelsnail-tiny (coded, one stream)" in result.stdout  # the table printed at the end
-    assert "PixelCNNpp has no incremental decoder" in result.stderr  # the note for PixelCNN++
+    assert "pixelcnnpp-tiny (coded, in-process, float: not a portable file; one stream, first 2)" in result.stdout
     # one unit, bits per subpixel, said once to be what the paper's Table 1 calls bits/dim
     assert "bits/subpixel" in result.stdout.splitlines()[0] and "bits/dim" not in result.output
     assert "bits/subpixel (NLL)" in result.stderr
@@ -97,9 +97,14 @@ def test_bench_summary_rows(bench_run):
     assert stream.total_bytes == 4 * stream.stream_words + stream.container_overhead_bytes
     assert 20 < stream.container_overhead_bytes < 200
 
-    # PixelCNN++: an NLL row, no coded rows
+    # PixelCNN++: an NLL row, and real bits of the first 2 images coded in-process (bench/inprocess.py)
     assert ("pixelcnnpp-tiny", "model-nll") in by_method
-    assert not any(m.startswith("pixelcnnpp-tiny (coded") for m, _ in by_method)
+    assert [m for m, _ in by_method if m.startswith("pixelcnnpp-tiny (coded")] == [
+        "pixelcnnpp-tiny (coded, in-process, float: not a portable file; one stream, first 2)"
+    ]
+    cnn = by_method[("pixelcnnpp-tiny (coded, in-process, float: not a portable file; one stream, first 2)", "model-coded")]
+    assert cnn.images == 2 and cnn.total_bytes == 4 * cnn.stream_words and cnn.container_overhead_bytes == 0
+    assert cnn.encode_images_per_s > 0 and cnn.decode_images_per_s > 0
 
     codecs = table[table["kind"] == "codec"]
     assert sorted(zip(codecs["method"], codecs["mosaic"])) == [
@@ -124,6 +129,10 @@ def test_bench_per_image_and_meta(bench_run):
     assert nll.mean() == pytest.approx(table.loc["pixelsnail-tiny", "bits_per_subpixel"], rel=1e-6)
     assert per_file.mean() == pytest.approx(table.loc["pixelsnail-tiny (coded, per file, first 2)", "bits_per_subpixel"], rel=1e-9)
     assert (per_file > 0.97 * nll[:2]).all()  # each file costs about its image's NLL, and a header
+    # PixelCNN++'s in-process stream of the first 2 images costs their NLL (the stream's last word aside)
+    cnn = table.loc["pixelcnnpp-tiny (coded, in-process, float: not a portable file; one stream, first 2)",
+                    "bits_per_subpixel"]
+    assert cnn == pytest.approx(methods["pixelcnnpp-tiny"][:2].mean(), rel=0.005)
     for key in ("command", "machine", "date", "dataset", "split", "images", "cpu", "cpu_cores", "torch",
                 "torch_threads"):
         assert key in attrs, key

@@ -3,6 +3,7 @@
     load_split ─► the first N images ─┬─► each model: NLL bits/subpixel (evaluate)        kind model-nll
                                       ├─► each PixelSNAIL: .snail files, one per image    kind model-coded
                                       │                    one range-coder stream         kind model-coded
+                                      ├─► each PixelCNN++: one stream coded in-process    kind model-coded
                                       ├─► each codec: one file per image, one mosaic      kind codec
                                       └─► Table 1 of the paper (cifar10, imagenet32)      kind paper
                                     ─► bench.report.write_report: summary.csv/.md, per_image.h5, bits_per_subpixel.png
@@ -28,8 +29,13 @@ one file per image; no one-stream row and no mosaic, which are for sets of small
   container overhead (the length of a .snail file with an empty stream and the header of one image
   of the set: magic, version, header, CRCs, stream length field).
 
-PixelCNN++ has no incremental decoder (coding would take H*W full forward passes per image), so it
-gets an NLL row and a note, no coded rows.
+PixelCNN++ has no integer twin, so it cannot write a .snail file that decodes on any machine. Its
+coded row is "coded in-process, float: not a portable file; one stream": the first `coded_limit`
+images in one range-coder stream, `chunk` images a batch, encoded and decoded again in this process by
+the same float computation, its incremental stepper (models/pixelcnnpp_stepper.py) on both sides
+(bench/inprocess.py: real bits, verified, but the stream may not decode on another machine, thread
+count or torch build); bytes = 4 * words, no container. A folder's whole images get no PixelCNN++
+coded row (its images differ in size; --crop gives a set of crops).
 """
 
 from __future__ import annotations
@@ -62,6 +68,9 @@ from ..models.presets import PRESETS
 from ..zoo import LoadedModel, default_model_for, load_model
 from . import codecs as bench_codecs
 from .codecs import NotLosslessError
+from .inprocess import cpu_model
+from .inprocess import decode_images as decode_in_process
+from .inprocess import encode_images as encode_in_process
 from .paper import paper_rows
 from .report import default_meta, write_report
 
@@ -364,6 +373,34 @@ def _one_stream_row(loaded: LoadedModel, images: np.ndarray, opts: BenchOptions)
     return row
 
 
+def _in_process_row(loaded: LoadedModel, images: np.ndarray, opts: BenchOptions, of: int) -> dict:
+    """Images (N, C, H, W) in one stream coded in-process by a float model's stepper (bench/inprocess.py),
+    `chunk` images a batch, decoded again in the same batches and compared; the first N of `of` images."""
+    n, _, height, width = images.shape
+    model = cpu_model(loaded.model)
+    starts = range(0, n, opts.chunk)
+    steps = len(starts) * height * width
+    encoder = constriction.stream.queue.RangeEncoder()
+    t0 = time.perf_counter()
+    with CodingProgress(steps, f"{loaded.name} encode in-process", opts.progress) as progress:
+        for s in starts:
+            encode_in_process(model, images[s : s + opts.chunk], encoder, progress)
+    words = encoder.get_compressed()
+    encode_s = time.perf_counter() - t0
+    decoder = constriction.stream.queue.RangeDecoder(words)
+    t0 = time.perf_counter()
+    with CodingProgress(steps, f"{loaded.name} decode in-process", opts.progress) as progress:
+        for s in starts:
+            chunk = images[s : s + opts.chunk]
+            if not np.array_equal(decode_in_process(model, decoder, chunk.shape, progress), chunk):
+                raise NotLosslessError(f"{loaded.name}: images {s}..{s + len(chunk) - 1} did not decode exactly")
+    decode_s = time.perf_counter() - t0
+    coding = "in-process, float: not a portable file; one stream"
+    row = _coded_row(loaded, coding, n, of, int(images.size), 4 * int(words.size), encode_s, decode_s)
+    row.update(stream_words=int(words.size), container_overhead_bytes=0)
+    return row
+
+
 # ---------------------------------------------------------------------------------------------
 # the run
 
@@ -401,13 +438,16 @@ def run_benchmark(opts: BenchOptions, log: Callable[[str], None] = print) -> Ben
         rows.append(row)
         per_image[row["method"]] = values
         log(f"{row['method']}: {row['bits_per_subpixel']:.4f} bits/subpixel (NLL), {row['eval_images_per_s']:.3g} images/s")
-        if not isinstance(loaded.model, PixelSNAIL):
-            note = (
-                f"{loaded.name}: no coded rows: {type(loaded.model).__name__} has no incremental decoder "
-                "(coding would take a full forward pass per pixel)"
-            )
-            notes.append(note)
-            log(note)
+        if not isinstance(loaded.model, PixelSNAIL):  # no integer twin: a float stream coded in-process
+            if coded and not whole:
+                row = _in_process_row(loaded, array[:coded], opts, n)
+                rows.append(row)
+                log(f"{row['method']}: {row['bits_per_subpixel']:.4f} bits/subpixel over {coded} images")
+            elif whole:
+                note = (f"{loaded.name}: no coded row: {type(loaded.model).__name__} codes in-process sets of "
+                        "same-sized images, not a folder's whole images (--crop measures crops)")
+                notes.append(note)
+                log(note)
             continue
         if coded:
             encode = api.encode_bytes if whole else _one_tile_file

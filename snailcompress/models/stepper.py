@@ -51,8 +51,8 @@ class _RowCache:
     """The last two rows of a conv input, flattened to (B * 2 * (W + 1), C); column 0 is the zero
     padding on the left. Where a slot reads and writes comes from the step's `_Where`."""
 
-    def __init__(self, batch: int, width: int, channels: int):
-        self.rows = torch.zeros(batch, 2, width + 1, channels)
+    def __init__(self, batch: int, width: int, channels: int, dtype: torch.dtype = torch.float32):
+        self.rows = torch.zeros(batch, 2, width + 1, channels, dtype=dtype)
         self.flat = self.rows.view(-1, channels)
 
     def window(self, where: _Where, value: torch.Tensor) -> torch.Tensor:
@@ -65,13 +65,15 @@ class _Where:
     """Flat indices of one step's reads and writes, shared by every buffer of the same width.
 
     Slot b is at row i[b], column j[b] of its own image: slots may be at different positions (the
-    codec starts the tiles that wait for their left neighbour later than the others).
+    codec starts the tiles that wait for their left neighbour later than the others). `slots`: the
+    slot number of each entry of `position`, where a step runs only some of the slots (default all,
+    in order: 0..B-1).
     """
 
-    def __init__(self, position: torch.Tensor, height: int, width: int):
+    def __init__(self, position: torch.Tensor, height: int, width: int, slots: torch.Tensor | None = None):
         batch = position.shape[0]
         self.i, self.j = position // width, position % width
-        slots = torch.arange(batch)
+        slots = torch.arange(batch) if slots is None else slots
         # Row caches: (slot, row parity, column + 1); the row above row 0 is parity 1, zero until then.
         current = (slots * 2 + self.i % 2) * (width + 1)
         previous = (slots * 2 + (self.i + 1) % 2) * (width + 1)
@@ -89,17 +91,30 @@ class _Where:
         )
 
 
+def _causal_input(pixels: torch.Tensor, where: _Where, above: _Linear, left: _Linear) -> torch.Tensor:
+    """layers.causal_input at each slot's position (B, F), from the padded input pixels (B, H + 1, W + 2, C + 1)."""
+    flat_pixels = pixels.view(-1, pixels.shape[-1])
+    batch = where.i.shape[0]
+    # down_shift(conv1x3): row i-1, columns j-1..j+1 (nothing on row 0)
+    above_out = above(flat_pixels.index_select(0, where.pixels_above).view(batch, -1))
+    ul = torch.zeros_like(above_out)
+    ul = torch.where((where.i > 0).unsqueeze(1), ul + above_out, ul)
+    # right_shift(conv2x1): rows i-1..i, column j-1 (nothing in column 0)
+    left_out = left(flat_pixels.index_select(0, where.pixels_left).view(batch, -1))
+    return torch.where((where.j > 0).unsqueeze(1), ul + left_out, ul)
+
+
 class _StepResnet:
     """GatedResnet at one position; 2x2 convs read their row caches, 1x1 convs nothing."""
 
-    def __init__(self, block: GatedResnet, batch: int, width: int, spatial: bool):
+    def __init__(self, block: GatedResnet, batch: int, width: int, spatial: bool, dtype: torch.dtype = torch.float32):
         self.f = block.f
         self.conv_in, self.conv_out = _Linear(block.conv_in), _Linear(block.conv_out)
         self.aux_in = _Linear(block.aux_in) if block.aux_in is not None else None
         if spatial:
             widen = 2 if block.f is concat_elu else 1
             channels = block.conv_in.v.shape[1] // widen
-            self.caches = (_RowCache(batch, width, widen * channels), _RowCache(batch, width, widen * channels))
+            self.caches = tuple(_RowCache(batch, width, widen * channels, dtype) for _ in range(2))
         else:
             self.caches = None
 
@@ -163,14 +178,7 @@ class PixelSNAILStepper:
     def predict(self) -> torch.Tensor:
         """Mixture parameters (B, K) of the pixel at each slot's position, from its earlier pixels only."""
         where = self._where = _Where(self.position, self.height, self.width)
-        flat_pixels = self.pixels.view(-1, self.cfg.channels + 1)
-        ul = torch.zeros(self.batch, self.cfg.filters)
-        # down_shift(conv1x3): row i-1, columns j-1..j+1 (nothing on row 0)
-        above = self.input_above(flat_pixels.index_select(0, where.pixels_above).view(self.batch, -1))
-        ul = torch.where((where.i > 0).unsqueeze(1), ul + above, ul)
-        # right_shift(conv2x1): rows i-1..i, column j-1 (nothing in column 0)
-        left = self.input_left(flat_pixels.index_select(0, where.pixels_left).view(self.batch, -1))
-        ul = torch.where((where.j > 0).unsqueeze(1), ul + left, ul)
+        ul = _causal_input(self.pixels, where, self.input_above, self.input_left)
         self._features_at_p = []
         for block in self.blocks:
             for resnet in block["resnets"]:
