@@ -19,7 +19,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from . import mixture
+from . import distributed, mixture
 from .codec.tiles import WindowPlan, default_band
 from .errors import UsageError
 
@@ -30,17 +30,18 @@ class Evaluation:
     total_nats: float
     dims: int
     images: int
+    per_image_nats: np.ndarray | None = None  # -log p of each image (float64), in the split's order
 
 
-def iterate_batches(dataset: Dataset, batch_size: int, limit: int | None = None):
-    """uint8 batches (B, C, H, W) of the first `limit` images, in order."""
+def iterate_batches(dataset: Dataset, batch_size: int, limit: int | None = None, start: int = 0):
+    """uint8 batches (B, C, H, W) of images start, start + 1, ... up to the first `limit`, in order."""
     n = len(dataset) if limit is None else min(limit, len(dataset))
     array = getattr(dataset, "array", None)
     if array is not None:
-        for start in range(0, n, batch_size):
-            yield torch.from_numpy(array[start : min(n, start + batch_size)].copy())
+        for first in range(start, n, batch_size):
+            yield torch.from_numpy(array[first : min(n, first + batch_size)].copy())
         return
-    indices = list(range(n))
+    indices = list(range(start, n))
     loader = DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=batch_size, shuffle=False)
     yield from loader
 
@@ -54,10 +55,10 @@ def scored_log_prob(x: torch.Tensor, params: torch.Tensor, context: int = 0) -> 
 
 def image_log_probs(model: nn.Module, batch: torch.Tensor, context: int = 0) -> torch.Tensor:
     """log p(image) in nats for each image of a uint8 batch (B, C, H, W), counting the pixels
-    `scored_log_prob` counts."""
+    `scored_log_prob` counts, summed in float64."""
     device = next(model.parameters()).device
     x = mixture.to_unit(batch.to(device))
-    return scored_log_prob(x, model(x).float(), context).flatten(1).sum(1).double()
+    return scored_log_prob(x, model(x).float(), context).double().flatten(1).sum(1)
 
 
 def window_batches(windows: np.ndarray, coded: np.ndarray, batch: int):
@@ -106,25 +107,41 @@ def evaluate(
     progress: bool = True,
     log_prob_fn=image_log_probs,
     context: int = 0,
+    sharded: bool = False,
 ) -> Evaluation:
     """Bits/dim of `model` (eval mode: dropout off) over the first `limit` images of `dataset`.
 
     `context` > 0 scores each image as the codec scores a window: the first `context` rows and
     columns are only seen, the pixels below and right of them are counted (train --context).
+
+    The total is math.fsum of the per-image float64 NLLs: exactly rounded, whatever their order.
+    `sharded` splits the images among the processes of an initialised process group (torchrun;
+    distributed.start): each scores a contiguous run of whole batches, the same batches one process
+    scores (distributed.batch_share), and every rank gets every image's NLL in order, so the result
+    is the same, to the last bit, for any number of processes. Only rank 0 shows a progress bar.
     """
+    rank, world = distributed.rank_world() if sharded else (0, 1)
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    mine = distributed.batch_share(n, batch_size, rank, world)
     was_training = model.training
     model.eval()
-    total, dims, images = 0.0, 0, 0
-    n = len(dataset) if limit is None else min(limit, len(dataset))
-    bar = tqdm(total=n, desc="eval", unit="img", disable=not progress, leave=False)
+    nats: list[np.ndarray] = []
+    total, dims = 0.0, 0
+    bar = tqdm(total=len(mine), desc="eval", unit="img", disable=not progress or rank != 0, leave=False)
     try:
-        for batch in iterate_batches(dataset, batch_size, limit):
-            total -= float(log_prob_fn(model, batch, context).sum())
+        for batch in iterate_batches(dataset, batch_size, mine.stop, mine.start):
+            nats.append(-log_prob_fn(model, batch, context).double().cpu().numpy())
+            total += float(nats[-1].sum())
             dims += batch[0, :, context:, context:].numel() * len(batch)
-            images += len(batch)
             bar.update(len(batch))
             bar.set_postfix(bpd=f"{total / (dims * math.log(2)):.4f}")
     finally:
         bar.close()
         model.train(was_training)
-    return Evaluation(mixture.bits_per_dim(total, dims), total, dims, images)
+    per_image = np.concatenate(nats) if nats else np.zeros(0)
+    if world > 1:  # not otherwise: train evaluates on rank 0 alone, inside its process group
+        per_image = distributed.gather(per_image)
+    shape = dataset[0].shape
+    dims = n * shape[-3] * (shape[-2] - context) * (shape[-1] - context)
+    total = math.fsum(per_image)
+    return Evaluation(mixture.bits_per_dim(total, dims), total, dims, n, per_image)

@@ -170,6 +170,31 @@ def load_model(spec: str | Path, channels: int | None = None, device: str | torc
     return LoadedModel(model, name, model_id(model), facts)
 
 
+#: the facts of a model file that say what its training cost (train.save_checkpoint writes them)
+TRAINING_FACTS = ("step", "images", "elapsed_s", "cpu_s", "device", "processes")
+
+
+def training_record(spec: str | Path, metadata: dict) -> dict:
+    """What training a model cost, as recorded: the TRAINING_FACTS its file has (`metadata`, the
+    LoadedModel's), and for a checkpoint saved before they were facts the step, images and wall and
+    CPU seconds of the progress in the config.json beside it. {"untrained": True} for a preset;
+    {} where nothing is recorded."""
+    if str(spec) in PRESETS:
+        return {"untrained": True}
+    record = {key: metadata[key] for key in TRAINING_FACTS if metadata.get(key) is not None}
+    path = resolve_model_path(spec)
+    saved = path.parent / "config.json" if path is not None else None
+    if saved is not None and saved.is_file():
+        try:
+            progress = json.loads(saved.read_text()).get("progress") or {}
+        except (OSError, ValueError, AttributeError):
+            progress = {}
+        for key in ("step", "images", "elapsed_s", "cpu_s"):
+            if key not in record and progress.get(key) is not None:
+                record[key] = progress[key]
+    return record
+
+
 def default_model_for(channels: int) -> str:
     """The shipped model used when no --model is given; an untrained preset until one is shipped."""
     name = DEFAULT_MODELS["rgb" if channels == 3 else "gray"]

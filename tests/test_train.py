@@ -488,6 +488,10 @@ def test_cli_run_directory_contents(cli_run):
     assert config["progress"]["step"] == 2
     loaded = load_model(cli_run)  # --model RUN_DIR: the EMA weights
     assert loaded.metadata["step"] == 2
+    # what the training cost, for bench's summary: images seen, time, device, processes
+    assert loaded.metadata["images"] == 6 and loaded.metadata["device"] == "cpu" and loaded.metadata["processes"] == 1
+    assert loaded.metadata["elapsed_s"] == config["progress"]["elapsed_s"] > 0
+    assert loaded.metadata["cpu_s"] == config["progress"]["cpu_s"] > 0
     ema = load_file(checkpoint(cli_run) / "ema.safetensors")
     assert_same_tensors(loaded.model.state_dict(), ema)
     weights = load_file(checkpoint(cli_run) / "weights.safetensors")

@@ -21,6 +21,17 @@ Notes on the source text:
   ``paper_label`` keeps the printed name.
 * PixelRNN is cited as [8]; the reference list has the same paper twice, as
   [8] and [13]. We keep [8] as printed in the table.
+
+Added beside the table, for comparing a model with the paper's row of its architecture (the
+``parameters`` and ``training`` columns; ``PAPER_MODELS``):
+
+* Parameters. Neither the PixelSNAIL paper nor the PixelCNN++ paper prints a parameter count. The
+  counts here are those of this package's presets of the papers' configurations (``pixelsnail-cifar10``,
+  ``pixelsnail-imagenet32``, ``pixelcnnpp-cifar10``; exact, checked against the built models by
+  tests/test_models.py), ports of the authors' code layer for layer: 46,021,908 matches the reference
+  notes' count from the authors' layer list (about 46.0 M) and 53,659,080 the commonly cited 53 M.
+* Training. The PixelSNAIL paper gives no training budget. For PixelCNN++ the README of its code (openai/pixel-cnn,
+  as quoted in the reference notes) says about 5 days to 2.92 bits/dim on 8 Maxwell Titan X GPUs.
 """
 
 from __future__ import annotations
@@ -29,7 +40,9 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-__all__ = ["PaperRow", "TABLE1", "REFERENCES", "DATASETS", "paper_rows"]
+from ..models.presets import PRESETS
+
+__all__ = ["PaperRow", "TABLE1", "REFERENCES", "DATASETS", "ARCHITECTURES", "PAPER_MODELS", "paper_rows"]
 
 #: the paper's reference list, verbatim, for the entries Table 1 cites
 REFERENCES: dict[int, str] = {
@@ -87,13 +100,27 @@ TABLE1: tuple[PaperRow, ...] = (
 #: the data sets Table 1 has columns for
 DATASETS: tuple[str, ...] = ("cifar10", "imagenet32")
 
-_COLUMNS = ["method", "kind", "bits_per_subpixel", "reference", "dataset"]
+#: a model config's "architecture" -> the Table 1 row of that architecture
+ARCHITECTURES: dict[str, str] = {"pixelsnail": "PixelSNAIL", "pixelcnnpp": "PixelCNN++"}
+
+#: (Table 1 method, data set) -> (the preset of the paper's configuration, its training budget as
+#: published, "" where none is): the module docstring says where each comes from
+PAPER_MODELS: dict[tuple[str, str], tuple[str, str]] = {
+    ("PixelSNAIL", "cifar10"): ("pixelsnail-cifar10", ""),
+    ("PixelSNAIL", "imagenet32"): ("pixelsnail-imagenet32", ""),
+    ("PixelCNN++", "cifar10"): ("pixelcnnpp-cifar10", "about 5 days on 8 Maxwell Titan X GPUs"),
+}
+
+_COLUMNS = ["method", "kind", "bits_per_subpixel", "reference", "dataset", "architecture", "parameters",
+            "parameters_source", "training"]
 
 
 def paper_rows(dataset: str) -> pd.DataFrame:
     """Table 1 rows with a number for ``dataset`` ("cifar10" or "imagenet32").
 
-    Columns: method, kind (always "paper"), bits_per_subpixel, reference, dataset.
+    Columns: method, kind (always "paper"), bits_per_subpixel, reference, dataset; and for the rows
+    of PAPER_MODELS the architecture (the method), parameters (of the preset of the paper's
+    configuration), parameters_source (that preset) and training (as published, else empty).
     Any other data set name gives an empty frame with the same columns.
     """
     key = str(dataset).lower()
@@ -103,6 +130,7 @@ def paper_rows(dataset: str) -> pd.DataFrame:
             value = getattr(row, key)
             if value is None:
                 continue
+            preset, training = PAPER_MODELS.get((row.method, key), (None, None))
             records.append(
                 {
                     "method": row.method,
@@ -110,7 +138,11 @@ def paper_rows(dataset: str) -> pd.DataFrame:
                     "bits_per_subpixel": float(value),
                     "reference": row.reference,
                     "dataset": key,
+                    "architecture": row.method if preset else None,
+                    "parameters": PRESETS[preset].parameters[0] if preset else None,
+                    "parameters_source": f"preset {preset} (the paper prints no count)" if preset else None,
+                    "training": training or None,
                 }
             )
     frame = pd.DataFrame.from_records(records, columns=_COLUMNS)
-    return frame.astype({"bits_per_subpixel": "float64"})
+    return frame.astype({"bits_per_subpixel": "float64", "parameters": "Int64"})

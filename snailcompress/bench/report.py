@@ -4,7 +4,10 @@
 ``method``, ``kind`` (``model-nll``, ``model-coded``, ``codec`` or ``paper``),
 ``bits_per_subpixel`` and ``images``; the timing columns ``encode_images_per_s``
 and ``decode_images_per_s`` may be missing or NaN; ``dataset``, ``mosaic``,
-``reference`` and any other columns are optional and kept in the CSV.
+``reference`` and any other columns are optional and kept in the CSV. Model and paper rows may
+carry ``parameters``, ``training`` (the budget in words: ``training_text``) and ``architecture``
+(the Table 1 method of the model's architecture): summary.md then sets each model beside the
+paper's row of its architecture.
 
 Every file is written to a temporary file in ``out_dir`` and then moved into
 place with ``os.replace``, so a reader never sees a half-written file.
@@ -34,6 +37,7 @@ __all__ = [
     "default_meta",
     "format_table",
     "normalize_rows",
+    "training_text",
     "write_report",
 ]
 
@@ -42,8 +46,11 @@ REQUIRED_COLUMNS: tuple[str, ...] = ("method", "kind", "bits_per_subpixel", "ima
 TIMING_COLUMNS: tuple[str, ...] = ("encode_images_per_s", "decode_images_per_s")
 
 # the columns shown in the printed / markdown tables, in this order, when present
-_SHOWN = ("method", "kind", "dataset", "mosaic", "bits_per_subpixel", "images") + TIMING_COLUMNS
+_SHOWN = ("method", "kind", "dataset", "mosaic", "bits_per_subpixel", "images") + TIMING_COLUMNS + (
+    "parameters", "training")
 _HEADERS = {
+    "parameters": "parameters",
+    "training": "training",
     "method": "method",
     "kind": "kind",
     "dataset": "dataset",
@@ -110,7 +117,42 @@ def _fmt(col: str, value) -> str:
         return f"{v:.3g}" if v < 100 else f"{v:.0f}"
     if col == "mosaic":
         return "yes" if bool(value) else "no"
-    return str(value)
+    if col == "parameters":
+        return _count(int(value))
+    return str(value) or "-"
+
+
+def _count(parameters: int) -> str:
+    """46.02M, 79.7k: a parameter count as `snailcompress models` lists them."""
+    return f"{parameters / 1e6:.2f}M" if parameters >= 1e6 else f"{parameters / 1e3:.1f}k"
+
+
+def _hours(hours: float) -> str:
+    return f"{hours:.3g}"
+
+
+def training_text(record: Mapping) -> str:
+    """A model's training budget in words from what its file records (zoo.training_record): steps,
+    images seen, and time: GPU-hours (wall time x processes) on CUDA, else wall hours and rank 0's
+    CPU-hours. "untrained" for a preset, "" where nothing is recorded."""
+    if record.get("untrained"):
+        return "untrained"
+    parts = []
+    if record.get("step") is not None:
+        parts.append(f"{int(record['step']):,} steps")
+    if record.get("images") is not None:
+        parts.append(f"{int(record['images']):,} images")
+    device, processes = record.get("device"), int(record.get("processes") or 1)
+    if record.get("elapsed_s") is not None:
+        hours = float(record["elapsed_s"]) / 3600
+        if device == "cuda":
+            parts.append(f"{_hours(hours * processes)} GPU-hours" + (f" ({processes} GPUs)" if processes > 1 else ""))
+        else:
+            where = {"cpu": " on the CPU"}.get(device, " wall") + (f" ({processes} processes)" if processes > 1 else "")
+            parts.append(f"{_hours(hours)} h{where}")
+    if record.get("cpu_s") is not None and device != "cuda":
+        parts.append(f"{_hours(float(record['cpu_s']) / 3600)} CPU-hours")
+    return ", ".join(parts)
 
 
 def _cells(rows: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
@@ -121,7 +163,7 @@ def _cells(rows: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     return header, body
 
 
-_NUMERIC_HEADERS = {"bits/subpixel", "images", "enc img/s", "dec img/s"}
+_NUMERIC_HEADERS = {"bits/subpixel", "images", "enc img/s", "dec img/s", "parameters"}
 
 
 def format_table(rows: pd.DataFrame) -> str:
@@ -212,6 +254,7 @@ def _write_markdown(target: Path, rows: pd.DataFrame, meta: Mapping) -> None:
         "",
         _markdown_table(rows),
     ]
+    lines += _beside_the_paper(rows)
     if "reference" in rows.columns:
         refs = sorted(
             (r for r in dict.fromkeys(rows["reference"].dropna().astype(str)) if r),
@@ -220,6 +263,38 @@ def _write_markdown(target: Path, rows: pd.DataFrame, meta: Mapping) -> None:
         if refs:
             lines += ["", "## References", ""] + [f"- {r}" for r in refs]
     _write_text(target, "\n".join(lines) + "\n")
+
+
+def _beside_the_paper(rows: pd.DataFrame) -> list[str]:
+    """summary.md's section setting each model's NLL row beside the paper's row of its architecture
+    (same data set): parameters, training budget and bits/subpixel. Nothing without both."""
+    if not {"architecture", "parameters"} <= set(rows.columns):
+        return []
+    paper = rows[(rows["kind"] == "paper") & rows["architecture"].notna()]
+    models = rows[rows["kind"] == "model-nll"]
+    if not len(paper) or not len(models):
+        return []
+
+    def cells(row) -> list[str]:
+        if row is None:
+            return ["-"] * 4
+        return [str(row["method"])] + [_fmt(c, row.get(c)) for c in ("parameters", "training", "bits_per_subpixel")]
+
+    lines = [
+        "", "## Models beside the paper", "",
+        "Each model's NLL row beside Table 1's row of the same architecture. Parameters of the paper's "
+        "rows: this package's preset of the paper's configuration (the papers print no count); training: "
+        "as recorded in the model's file, or as published.", "",
+        "| model | parameters | training | bits/subpixel | paper's row | parameters | training | bits/dim |",
+        "| --- | ---: | --- | ---: | --- | ---: | --- | ---: |",
+    ]
+    for _, model in models.iterrows():
+        same = paper[paper["method"] == model.get("architecture")]
+        if "dataset" in rows.columns:
+            same = same[same["dataset"] == model.get("dataset")]
+        row = cells(model) + cells(same.iloc[0] if len(same) else None)
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in row) + " |")
+    return lines
 
 
 def _h5_name(method: str, used: set[str]) -> str:
