@@ -16,5 +16,6 @@ case "$what" in
   pixelcnnpp) "${launch[@]}" --model pixelcnnpp-cifar10 --dataset cifar10 --batch-size 16 --ema 0.9995 ;;
   *) echo "usage: $0 cifar10|imagenet32|pixelcnnpp DATA_DIR RUN_DIR [STEPS]" >&2; exit 2 ;;
 esac
-# Test bits/dim over the whole split with the EMA weights (the number Table 1 reports):
-snailcompress eval --model "$run" --dataset "$([ "$what" = imagenet32 ] && echo imagenet32 || echo cifar10)" --data-dir "$data"
+# Test bits/dim over the whole split with the EMA weights (the number Table 1 reports), shared among
+# the 8 GPUs (each image scored in the batch one process scores it in: the same number):
+torchrun --standalone --nproc_per_node 8 -m snailcompress.cli eval --model "$run" --dataset "$([ "$what" = imagenet32 ] && echo imagenet32 || echo cifar10)" --data-dir "$data"

@@ -196,24 +196,36 @@ def train(model_name, dataset, data_dir, out, overrides, crop, scales, holdout, 
 @friendly_errors
 def evaluate_command(model_spec, dataset, data_dir, split, limit, batch_size, device, context, crop, scales, holdout,
                      channels, cache_dir):
-    """Bits/dim of a model over a whole split (EMA weights, dropout off, exact division)."""
-    import torch
+    """Bits/dim of a model over a whole split (EMA weights, dropout off, exact division).
 
+    \b
+    Under torchrun the processes split the split, each a contiguous run of whole batches, and gather
+    every image's NLL: the same bits/dim, to the last bit, as one process. Rank 0 prints:
+      torchrun --nproc_per_node 8 -m snailcompress.cli eval --dataset imagenet32 --data-dir ~/data \\
+          --model runs/imagenet32
+    """
+    from . import distributed
     from .data import load_split
     from .evaluate import check_context, evaluate
     from .zoo import default_model_for, load_model
 
-    data = load_split(dataset, data_dir, split, **_data_kwargs(dataset, crop, scales, holdout, channels, cache_dir))
-    check_context(context, data[0].shape)
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    spec = model_spec or default_model_for(data.channels)
-    loaded = load_model(spec, channels=data.channels, device=device)
-    result = evaluate(loaded.model, data, batch_size=batch_size, limit=limit, context=context)
-    click.echo(
-        f"{dataset} {split}: {result.bits_per_dim:.4f} bits/dim over {result.images} images "
-        f"({result.dims} dims) with {loaded.name} [{loaded.model_id}]"
-    )
+    rank, world, local_rank = distributed.start(device)
+    try:
+        data = load_split(dataset, data_dir, split, **_data_kwargs(dataset, crop, scales, holdout, channels, cache_dir))
+        check_context(context, data[0].shape)
+        device = distributed.device_for(device, local_rank)
+        spec = model_spec or default_model_for(data.channels)
+        loaded = load_model(spec, channels=data.channels, device=device)
+        result = evaluate(loaded.model, data, batch_size=batch_size, limit=limit, context=context, progress=rank == 0,
+                          sharded=True)
+    finally:
+        distributed.finish()
+    if rank == 0:
+        click.echo(
+            f"{dataset} {split}: {result.bits_per_dim:.4f} bits/dim over {result.images} images "
+            f"({result.dims} dims) with {loaded.name} [{loaded.model_id}]"
+            + (f", {world} processes" if world > 1 else "")
+        )
 
 
 @main.command()
@@ -324,7 +336,10 @@ def bench(directory, dataset, data_dir, models, split, limit, coded_limit, chunk
     Writes OUT/summary.csv, summary.md, per_image.h5 and bits_per_subpixel.png. Examples:
       snailcompress bench --dataset folder my-photos
       snailcompress bench --dataset cifar10 --data-dir ~/data --model runs/cifar --limit 1000
+    Under torchrun the processes share the models' NLL rows (the same numbers as one process); rank 0
+    codes, runs the codecs and writes the report.
     """
+    from . import distributed
     from .bench.harness import BenchOptions, run_benchmark
     from .bench.report import format_table
 
@@ -332,13 +347,19 @@ def bench(directory, dataset, data_dir, models, split, limit, coded_limit, chunk
         raise UsageError(f"give the data directory once: {directory} or --data-dir {data_dir}")
     source = click.get_current_context().get_parameter_source
     crops = any(source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT) for name in ("crop", "scales"))
-    options = BenchOptions(
-        dataset=dataset, data_dir=directory or data_dir, models=models, split=split, limit=limit,
-        coded_limit=coded_limit, chunk=chunk, codecs=codec_names, out=out or f"bench-{dataset}", batch_size=batch_size,
-        data_options=_data_kwargs(dataset, crop, scales, holdout, channels, cache_dir), crops=crops,
-        progress=not quiet, argv=["snailcompress", *sys.argv[1:]],
-    )
-    result = run_benchmark(options, log=lambda line: click.echo(line, err=True))
+    distributed.start("cpu")  # the models run on the CPU
+    try:
+        options = BenchOptions(
+            dataset=dataset, data_dir=directory or data_dir, models=models, split=split, limit=limit,
+            coded_limit=coded_limit, chunk=chunk, codecs=codec_names, out=out or f"bench-{dataset}",
+            batch_size=batch_size, data_options=_data_kwargs(dataset, crop, scales, holdout, channels, cache_dir),
+            crops=crops, progress=not quiet, argv=["snailcompress", *sys.argv[1:]],
+        )
+        result = run_benchmark(options, log=lambda line: click.echo(line, err=True))
+    finally:
+        distributed.finish()
+    if result is None:  # a rank > 0 of a torchrun job: rank 0 reports
+        return
     click.echo(format_table(result.rows))
     click.echo(f"report written to {result.out}/ (summary.csv, summary.md, per_image.h5, bits_per_subpixel.png)")
 

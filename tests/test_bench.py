@@ -329,3 +329,62 @@ def test_bench_without_model_runs_the_shipped_default(tmp_path):
     assert "no --model: the shipped snail-rgb" in result.stderr
     table = pd.read_csv(tmp_path / "report" / "summary.csv")
     assert {"snail-rgb", "snail-rgb (coded, one stream)"} <= set(table["method"])
+
+
+def test_bench_summary_gives_parameters_and_training_beside_the_paper(tmp_path):
+    """Every model row: its parameter count and training budget as its file records it (a preset:
+    untrained; an older checkpoint: the progress in the config.json beside it; nothing recorded:
+    blank), and summary.md sets each model beside Table 1's row of its architecture, whose parameter
+    count is the preset of the paper's configuration."""
+    import json
+
+    from snailcompress.models.presets import PRESETS
+    from snailcompress.zoo import load_model, save_model
+
+    tiny = load_model("pixelsnail-tiny").model
+    trained = tmp_path / "trained.safetensors"  # the facts train.save_checkpoint writes, 8 GPUs for 3 hours
+    save_model(tiny, trained, dataset="cifar10", step=5000, images=320000, test_bpd=3.1, elapsed_s=3 * 3600,
+               cpu_s=3 * 3600, device="cuda", processes=8)
+    older = tmp_path / "older-run"  # a run saved before the time was a fact: its config.json has it
+    (older / "checkpoints" / "last").mkdir(parents=True)
+    save_model(tiny, older / "checkpoints" / "last" / "ema.safetensors", dataset="cifar10", step=40, images=320,
+               test_bpd=None)
+    (older / "checkpoints" / "last" / "config.json").write_text(
+        json.dumps({"progress": {"step": 40, "images": 320, "elapsed_s": 1800.0, "cpu_s": 3600.0}}))
+    bare = tmp_path / "bare.safetensors"
+    save_model(load_model("pixelcnnpp-tiny").model, bare)
+
+    data_dir = write_cifar_folder(tmp_path / "data")
+    opts = BenchOptions(
+        dataset="cifar10", data_dir=data_dir, models=["pixelsnail-tiny", str(trained), str(older), str(bare)],
+        limit=1, coded_limit=0, codecs="png", out=tmp_path / "report", progress=False, argv=["test"],
+    )
+    run_benchmark(opts, log=lambda line: None)
+    table = pd.read_csv(tmp_path / "report" / "summary.csv").set_index("method")
+    for column in ("parameters", "training", "architecture", "train_step", "train_images", "train_elapsed_s",
+                   "train_cpu_s", "train_device", "train_processes"):
+        assert column in table.columns, column
+    assert table.loc["pixelsnail-tiny", "training"] == "untrained"
+    assert table.loc[str(trained), "training"] == "5,000 steps, 320,000 images, 24 GPU-hours (8 GPUs)"
+    assert table.loc[str(trained), "train_processes"] == 8 and table.loc[str(trained), "train_device"] == "cuda"
+    assert table.loc[str(older), "training"] == "40 steps, 320 images, 0.5 h wall, 1 CPU-hours"
+    assert pd.isna(table.loc[str(bare), "training"])  # nothing recorded: blank
+    assert table.loc[f"{trained} (coded, one stream)", "training"] == table.loc[str(trained), "training"]
+    assert table.loc[str(trained), "parameters"] == PRESETS["pixelsnail-tiny"].parameters[0]
+    assert table.loc[str(bare), "parameters"] == PRESETS["pixelcnnpp-tiny"].parameters[0]
+    assert table.loc[str(trained), "architecture"] == "PixelSNAIL" and table.loc[str(bare), "architecture"] == "PixelCNN++"
+    # the paper's rows of the two architectures: the presets of the paper's configurations
+    paper = table[table["kind"] == "paper"]
+    assert paper.loc["PixelSNAIL", "parameters"] == PRESETS["pixelsnail-cifar10"].parameters[0] == 46_021_908
+    assert paper.loc["PixelCNN++", "parameters"] == PRESETS["pixelcnnpp-cifar10"].parameters[0] == 53_659_080
+    assert paper.loc["PixelCNN++", "training"] == "about 5 days on 8 Maxwell Titan X GPUs"
+    assert paper.drop(["PixelSNAIL", "PixelCNN++"])["parameters"].isna().all()
+    assert (table[table["kind"] == "codec"]["parameters"]).isna().all()
+
+    summary = (tmp_path / "report" / "summary.md").read_text()
+    assert "| parameters | training |" in summary.splitlines()[summary.splitlines().index("## Models beside the paper") + 4]
+    beside = summary.split("## Models beside the paper")[1]
+    assert (f"| {trained} | 79.7k | 5,000 steps, 320,000 images, 24 GPU-hours (8 GPUs) |" in beside
+            and "| PixelSNAIL | 46.02M | - | 2.8500 |" in beside)
+    assert f"| {bare} | 577.1k | - |" in beside and "| PixelCNN++ | 53.66M | about 5 days on 8 Maxwell Titan X GPUs |" in beside
+    assert "| pixelsnail-tiny | 79.7k | untrained |" in beside

@@ -29,6 +29,15 @@ one file per image; no one-stream row and no mosaic, which are for sets of small
   container overhead (the length of a .snail file with an empty stream and the header of one image
   of the set: magic, version, header, CRCs, stream length field).
 
+Under torchrun (distributed.start: WORLD_SIZE > 1) every process scores a contiguous share of the
+images for each model's NLL row (whole batches, or whole images for a folder) and the per-image values
+are gathered in order: the rows and per_image.h5 are the same, to the last bit, as one process's. The
+coded rows, the codecs and the report are rank 0's alone, after the NLL rows; the other ranks return.
+
+Every model row also gives the model's architecture, parameter count and training budget as its file
+records them (zoo.training_record: steps, images seen, wall and CPU time, device), beside the paper's
+rows, which carry the parameters of the paper's configuration (bench.paper).
+
 PixelCNN++ has no integer twin, so it cannot write a .snail file that decodes on any machine. Its
 coded row is "coded in-process, float: not a portable file; one stream": the first `coded_limit`
 images in one range-coder stream, `chunk` images a batch, encoded and decoded again in this process by
@@ -40,6 +49,7 @@ coded row (its images differ in size; --crop gives a set of crops).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import platform
@@ -55,24 +65,24 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .. import api
+from .. import api, distributed
 from ..codec import container
 from ..codec.coder import CodingProgress, code_plane, coding_steps, decode_plane
 from ..codec.images import DecomposedImage, same_image
 from ..data import ArrayDataset, load_split
 from ..data.folder import whole_images
 from ..errors import ChannelCountError, DatasetError, ModelError, UsageError
-from ..evaluate import evaluate, image_log_probs, tiled_nll_bits
+from ..evaluate import evaluate, tiled_nll_bits
 from ..models.pixelsnail import PixelSNAIL
 from ..models.presets import PRESETS
-from ..zoo import LoadedModel, default_model_for, load_model
+from ..zoo import TRAINING_FACTS, LoadedModel, default_model_for, load_model, training_record
 from . import codecs as bench_codecs
 from .codecs import NotLosslessError
 from .inprocess import cpu_model
 from .inprocess import decode_images as decode_in_process
 from .inprocess import encode_images as encode_in_process
-from .paper import paper_rows
-from .report import default_meta, write_report
+from .paper import ARCHITECTURES, paper_rows
+from .report import default_meta, training_text, write_report
 
 __all__ = ["BenchOptions", "BenchResult", "run_benchmark", "machine_facts"]
 
@@ -177,6 +187,30 @@ def _load(spec: str, channels: int, dataset: str) -> LoadedModel:
     return loaded
 
 
+def _model_columns(loaded: LoadedModel) -> dict:
+    """Columns of every row of a model: its architecture (as the paper's rows name it), parameters and
+    training budget as its file records it (zoo.training_record; "untrained" for a preset)."""
+    record = training_record(loaded.name, loaded.metadata)
+    return {
+        "architecture": ARCHITECTURES.get(loaded.config.to_dict()["architecture"]),
+        "parameters": sum(p.numel() for p in loaded.model.parameters()),
+        "training": training_text(record),
+        **{f"train_{key}": record.get(key) for key in TRAINING_FACTS},
+    }
+
+
+def _with_model_columns(rows: list[dict], models: Sequence[LoadedModel]) -> list[dict]:
+    """`rows` with _model_columns added to each row of a model (its id, and its name or "name (...)")."""
+    described = [(loaded, _model_columns(loaded)) for loaded in models]
+    out = []
+    for row in rows:
+        method = str(row.get("method"))
+        owner = next((columns for loaded, columns in described if row.get("model_id") == loaded.model_id
+                      and (method == loaded.name or method.startswith(f"{loaded.name} ("))), {})
+        out.append({**row, **owner})
+    return out
+
+
 def _rate(n: int, seconds: float) -> float:
     return n / seconds if seconds > 0 else float("inf")
 
@@ -186,18 +220,10 @@ def _rate(n: int, seconds: float) -> float:
 
 
 def _nll_row(loaded: LoadedModel, images: np.ndarray, opts: BenchOptions, dataset: str) -> tuple[dict, np.ndarray]:
-    per_image: list[np.ndarray] = []
-    dims_per_image = int(np.prod(images.shape[1:]))
-
-    def log_probs(model, batch, context):
-        lp = image_log_probs(model, batch, context)
-        per_image.append((-lp / (dims_per_image * math.log(2))).cpu().numpy())
-        return lp
-
+    """NLL of images (N, C, H, W); under torchrun each process scores its share (evaluate, sharded)."""
     start = time.perf_counter()
     result = evaluate(
-        loaded.model, ArrayDataset(dataset, images), batch_size=opts.batch_size,
-        progress=opts.progress, log_prob_fn=log_probs,
+        loaded.model, ArrayDataset(dataset, images), batch_size=opts.batch_size, progress=opts.progress, sharded=True,
     )
     seconds = time.perf_counter() - start
     row = {
@@ -212,19 +238,22 @@ def _nll_row(loaded: LoadedModel, images: np.ndarray, opts: BenchOptions, datase
         "eval_s": seconds,
         "eval_images_per_s": _rate(result.images, seconds),
     }
-    return row, np.concatenate(per_image)
+    return row, result.per_image_nats / (int(np.prod(images.shape[1:])) * math.log(2))
 
 
 def _whole_nll_row(loaded: LoadedModel, images: Sequence[np.ndarray], opts: BenchOptions) -> tuple[dict, np.ndarray]:
     """NLL of whole images (H, W, C), each pixel scored in the window of the codec's tiles that codes
     it. A PixelSNAIL sees the codec's context; other models independent tiles (PixelCNN++ needs sides
-    divisible by 4)."""
+    divisible by 4). Under torchrun each process scores a contiguous share of the images, each image
+    alone as in one process, and every rank gets all of their values in order (distributed.gather)."""
     context = api.DEFAULT_CONTEXT if isinstance(loaded.model, PixelSNAIL) else 0
-    bits = np.zeros(len(images))
+    mine = distributed.share(len(images), *distributed.rank_world())
     start = time.perf_counter()
-    for k, pixels in enumerate(tqdm(images, desc=f"{loaded.name} NLL", unit="image", disable=not opts.progress,
-                                    leave=False)):
-        bits[k] = tiled_nll_bits(loaded.model, pixels, api.DEFAULT_TILE, context, opts.batch_size)
+    bits = distributed.gather([
+        tiled_nll_bits(loaded.model, pixels, api.DEFAULT_TILE, context, opts.batch_size)
+        for pixels in tqdm(images[mine.start : mine.stop], desc=f"{loaded.name} NLL", unit="image",
+                           disable=not opts.progress, leave=False)
+    ])
     seconds = time.perf_counter() - start
     subpixels = np.array([pixels.size for pixels in images])
     row = {
@@ -405,8 +434,15 @@ def _in_process_row(loaded: LoadedModel, images: np.ndarray, opts: BenchOptions,
 # the run
 
 
-def run_benchmark(opts: BenchOptions, log: Callable[[str], None] = print) -> BenchResult:
-    """Run everything, write the report into opts.out, return the rows (see the module docstring)."""
+def run_benchmark(opts: BenchOptions, log: Callable[[str], None] = print) -> BenchResult | None:
+    """Run everything, write the report into opts.out, return the rows (see the module docstring).
+
+    In a process group (torchrun; distributed.start) every process scores its share of the images
+    for the NLL rows, which come out the same to the last bit as in one process; the coded rows, the
+    codecs and the report are rank 0's alone, and the other ranks return None without logging."""
+    rank, world = distributed.rank_world()
+    if rank != 0:
+        log, opts = (lambda line: None), dataclasses.replace(opts, progress=False)
     _check_options(opts)
     codecs = bench_codecs.get_codecs(opts.codecs)  # UsageError for an unknown codec, before any work
     whole = opts.dataset == "folder" and not opts.crops
@@ -433,8 +469,12 @@ def run_benchmark(opts: BenchOptions, log: Callable[[str], None] = print) -> Ben
     per_image: dict[str, np.ndarray] = {}
     notes: list[str] = []
 
-    for loaded in models:
-        row, values = _whole_nll_row(loaded, images, opts) if whole else _nll_row(loaded, array, opts, opts.dataset)
+    # every process scores its share for each model first: the rest is rank 0's alone
+    nll_rows = [_whole_nll_row(loaded, images, opts) if whole else _nll_row(loaded, array, opts, opts.dataset)
+                for loaded in models]
+    if rank != 0:
+        return None
+    for loaded, (row, values) in zip(models, nll_rows):
         rows.append(row)
         per_image[row["method"]] = values
         log(f"{row['method']}: {row['bits_per_subpixel']:.4f} bits/subpixel (NLL), {row['eval_images_per_s']:.3g} images/s")
@@ -467,7 +507,7 @@ def run_benchmark(opts: BenchOptions, log: Callable[[str], None] = print) -> Ben
         if not mosaic:
             per_image[codec.name] = result.per_image_bits_per_subpixel
 
-    table = pd.DataFrame.from_records(rows)
+    table = pd.DataFrame.from_records(_with_model_columns(rows, models))
     table["dataset"] = opts.dataset
     paper = paper_rows(opts.dataset)
     if len(paper):
@@ -480,6 +520,7 @@ def run_benchmark(opts: BenchOptions, log: Callable[[str], None] = print) -> Ben
         split=split, image_shape=_shape(images), whole_images=whole,
         **machine_facts(), models=[m.name for m in models], model_ids=[m.model_id for m in models],
         codecs=[c.name for c in codecs], coded_files=coded, **({} if whole else {"chunk": opts.chunk}),
+        processes=world,
     )
     if notes:
         meta["notes"] = notes
