@@ -15,6 +15,9 @@ from click.core import ParameterSource
 from .errors import SnailError, UsageError
 
 
+DEVICE_HELP = "auto (a CUDA GPU where there is one), cpu, cuda or cuda:N; files are the same on every device"
+
+
 def friendly_errors(fn):
     """User errors become one line on stderr and a non-zero exit status, never a traceback."""
 
@@ -189,7 +192,7 @@ def train(model_name, dataset, data_dir, out, overrides, crop, scales, holdout, 
 @click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True)
 @click.option("--limit", type=int, default=None, help="only the first N images")
 @click.option("--batch-size", type=int, default=32, show_default=True)
-@click.option("--device", default="auto", show_default=True)
+@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--context", type=int, default=0, show_default=True,
               help="score only pixels below the first N rows and right of the first N columns (as train --context)")
 @folder_options
@@ -321,12 +324,13 @@ def receptive_field_command(models, size, position, channels, output, seed, forc
 @click.option("--codecs", "codec_names", default="all", show_default=True,
               help="comma-separated, from png,webp,jpegxl-e7,jpegxl-e9,jpeg2000,jpegls")
 @click.option("--batch-size", type=int, default=32, show_default=True, help="evaluation batch")
+@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--out", type=click.Path(), default=None, help="report directory [bench-DATASET]")
 @click.option("-q", "--quiet", is_flag=True, help="no progress bars")
 @folder_options
 @friendly_errors
-def bench(directory, dataset, data_dir, models, split, limit, coded_limit, chunk, codec_names, batch_size, out, quiet,
-          crop, scales, holdout, channels, cache_dir):
+def bench(directory, dataset, data_dir, models, split, limit, coded_limit, chunk, codec_names, batch_size, device, out,
+          quiet, crop, scales, holdout, channels, cache_dir):
     """Models (NLL and real coded size) against classical lossless codecs, and the paper's Table 1, in
     bits per subpixel (the papers' bits/dim). A folder's images are measured whole, as `encode` codes
     them and as the codecs write them (one file each); --crop or --scales measures crops instead
@@ -347,13 +351,14 @@ def bench(directory, dataset, data_dir, models, split, limit, coded_limit, chunk
         raise UsageError(f"give the data directory once: {directory} or --data-dir {data_dir}")
     source = click.get_current_context().get_parameter_source
     crops = any(source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT) for name in ("crop", "scales"))
-    distributed.start("cpu")  # the models run on the CPU
+    local_rank = distributed.start(device)[2]
     try:
         options = BenchOptions(
             dataset=dataset, data_dir=directory or data_dir, models=models, split=split, limit=limit,
             coded_limit=coded_limit, chunk=chunk, codecs=codec_names, out=out or f"bench-{dataset}",
             batch_size=batch_size, data_options=_data_kwargs(dataset, crop, scales, holdout, channels, cache_dir),
-            crops=crops, progress=not quiet, argv=["snailcompress", *sys.argv[1:]],
+            crops=crops, device=str(distributed.device_for(device, local_rank)), progress=not quiet,
+            argv=["snailcompress", *sys.argv[1:]],
         )
         result = run_benchmark(options, log=lambda line: click.echo(line, err=True))
     finally:
@@ -405,29 +410,43 @@ def _outputs_or_stdout(inputs: tuple[str, ...], output: str | None, to_stdout: b
 
 
 def _each_file(pairs, work, force: bool, quiet: bool, to_stdout: bool = False) -> None:
-    """Run `work(source, target)` for every pair, as gzip does: a file that fails is said in one line
-    that names it, the others go on, and the exit status is 1 if any failed. An existing output
-    without -f is refused before any work."""
+    """Run `work` on the (source, target) pairs that can be written: it takes a list of them and
+    yields, for each in order, its report or the SnailError it met (so that it may code many files
+    together). As gzip does: a file that fails is said in one line that names it, the others go on,
+    and the exit status is 1 if any failed. An existing output without -f is refused before any work."""
     seen: set[Path] = set()
+    refused: dict[int, SnailError] = {}
+    pairs = list(pairs)
+    for index, (_, target) in enumerate(pairs):
+        if target in seen:
+            refused[index] = UsageError(f"{target} would be written twice (several inputs with one name; use separate calls)")
+        elif target is not None and target.exists() and not force:
+            refused[index] = UsageError(f"{target} already exists (use -f to overwrite)")
+        seen.add(target)
+    results = iter(work([pair for index, pair in enumerate(pairs) if index not in refused]))
     failed = 0
-    for source, target in pairs:
-        try:
-            if target in seen:
-                raise UsageError(f"{target} would be written twice (several inputs with one name; use separate calls)")
-            seen.add(target)
-            if target is not None and target.exists() and not force:
-                raise UsageError(f"{target} already exists (use -f to overwrite)")
-            report = work(source, target)
-        except SnailError as e:
+    for index, (source, _) in enumerate(pairs):
+        result = refused[index] if index in refused else next(results)
+        if isinstance(result, SnailError):
             failed += 1
-            message = str(e)
+            message = str(result)
             named = message if message.startswith(str(source)) else f"{source}: {message}"
             click.echo(f"snailcompress: error: {named}", err=True)
-            continue
-        if not quiet:
-            click.echo(_report_line(report), err=to_stdout)  # with -c, standard output holds the data
+        elif not quiet:
+            click.echo(_report_line(result), err=to_stdout)  # with -c, standard output holds the data
     if failed:
         sys.exit(1)
+
+
+def _one_by_one(code):
+    """A `work` for _each_file from a function that codes one (source, target) pair."""
+    def work(pairs):
+        for source, target in pairs:
+            try:
+                yield code(source, target)
+            except SnailError as e:
+                yield e
+    return work
 
 
 THREADS_HELP = ("CPU threads [1]: coding runs thousands of small steps, each waiting for all its threads, so give "
@@ -454,12 +473,13 @@ def _threads(threads: int) -> None:
               help="fit and send a per-image correction of the model's output layer where it pays: about 0.9% smaller, "
                    "a little slower to encode, no slower to decode [on]")
 @click.option("--threads", type=int, default=1, help=THREADS_HELP)
+@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("-c", "--stdout", "to_stdout", is_flag=True, help="write the .snail file to standard output")
 @click.option("-q", "--quiet", is_flag=True, help="print nothing but errors")
 @friendly_errors
-def encode(images, output, force, models, tile, context, calibrate, threads, to_stdout, quiet):
+def encode(images, output, force, models, tile, context, calibrate, threads, device, to_stdout, quiet):
     """Compress images losslessly into .snail files (inputs are kept); - reads standard input."""
-    from .api import DEFAULT_CONTEXT, DEFAULT_TILE, ModelChooser, default_output, encode_file
+    from .api import DEFAULT_CONTEXT, DEFAULT_TILE, ModelChooser, default_output, encode_file, resolve_device
 
     _threads(threads)
     if tile is not None and not 1 <= tile <= 1024:
@@ -467,11 +487,11 @@ def encode(images, output, force, models, tile, context, calibrate, threads, to_
     if context is not None and not 0 <= context <= 64:
         raise UsageError("--context must be between 0 and 64")
     outputs = _outputs_or_stdout(images, output, to_stdout, lambda p: default_output(p, ".snail"))
-    chooser = ModelChooser(models)
+    chooser = ModelChooser(models, resolve_device(device))
     stdout = sys.stdout.buffer if to_stdout else None
-    _each_file(zip(images, outputs), lambda source, target: encode_file(
+    _each_file(zip(images, outputs), _one_by_one(lambda source, target: encode_file(
         source, target, chooser, tile or DEFAULT_TILE, DEFAULT_CONTEXT if context is None else context, force=force,
-        progress=not quiet, calibrate=calibrate, stdout=stdout), force, quiet, to_stdout)
+        progress=not quiet, calibrate=calibrate, stdout=stdout)), force, quiet, to_stdout)
 
 
 @main.command()
@@ -480,20 +500,20 @@ def encode(images, output, force, models, tile, context, calibrate, threads, to_
 @click.option("-f", "--force", is_flag=True, help="overwrite existing outputs")
 @click.option("--model", "models", multiple=True, help="model the file was made with, if not a shipped one")
 @click.option("--threads", type=int, default=1, help=THREADS_HELP)
+@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("-c", "--stdout", "to_stdout", is_flag=True, help="write the image (PNG) to standard output")
 @click.option("-q", "--quiet", is_flag=True, help="print nothing but errors")
 @friendly_errors
-def decode(files, output, force, models, threads, to_stdout, quiet):
+def decode(files, output, force, models, threads, device, to_stdout, quiet):
     """Restore the exact original images from .snail files (checked against their checksum); - reads
     standard input."""
-    from .api import ModelChooser, decode_file, decoded_output
+    from .api import ModelChooser, decode_files, decoded_output, resolve_device
 
     _threads(threads)
     outputs = _outputs_or_stdout(files, output, to_stdout, decoded_output)
-    chooser = ModelChooser(models)
+    chooser = ModelChooser(models, resolve_device(device))
     stdout = sys.stdout.buffer if to_stdout else None
-    _each_file(zip(files, outputs), lambda source, target: decode_file(source, target, chooser, force,
-                                                                        progress=not quiet, stdout=stdout),
+    _each_file(zip(files, outputs), lambda pairs: decode_files(pairs, chooser, force, progress=not quiet, stdout=stdout),
                force, quiet, to_stdout)
 
 
@@ -501,18 +521,25 @@ def decode(files, output, force, models, threads, to_stdout, quiet):
 @click.argument("files", nargs=-1, required=True, type=click.Path())
 @friendly_errors
 def info(files):
-    """Print the header of .snail files in words."""
+    """Print the header of .snail files in words; a bad file is said in one line, the others go on."""
     from .codec import container
-    from .errors import FormatError
 
+    failed = 0
     for name in files:
         try:
-            data = Path(name).read_bytes()
-        except OSError as e:
-            raise FormatError(f"{name}: cannot read ({e.strerror})") from None
-        header = container.read_header(data)  # nothing printed for a bad file
+            try:
+                data = Path(name).read_bytes()
+            except OSError as e:
+                raise UsageError(f"cannot read ({e.strerror})") from None
+            header = container.read_header(data)  # nothing printed for a bad file
+        except SnailError as e:
+            failed += 1
+            click.echo(f"snailcompress: error: {name}: {e}", err=True)
+            continue
         click.echo(f"{name}:")
         click.echo(container.describe(header))
+    if failed:
+        sys.exit(1)
 
 
 @main.command()

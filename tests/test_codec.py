@@ -603,6 +603,14 @@ def test_cli_info_bad_files(work, case):
     assert any(m in line for m in message.split("|")), line
 
 
+def test_cli_info_goes_on_past_bad_files(work):
+    (work / "bad.snail").write_bytes(b"junk")
+    r = cli("info", "bad.snail", "a.snail", "missing.snail")
+    assert r.exit_code == 1 and "a.snail:" in r.stdout and "Traceback" not in r.output
+    errors = r.stderr.splitlines()
+    assert len(errors) == 2 and "bad.snail" in errors[0] and "missing.snail" in errors[1]
+
+
 def test_api_errors_are_typed(work, tiny_models):
     data = (work / "a.snail").read_bytes()
     with pytest.raises(FormatError, match="arithmetic"):

@@ -70,7 +70,7 @@ from ..codec import container
 from ..codec.coder import CodingProgress, code_plane, coding_steps, decode_plane
 from ..codec.images import DecomposedImage, same_image
 from ..data import ArrayDataset, load_split
-from ..data.folder import whole_images
+from ..data.folder import MODE_OF, whole_images
 from ..errors import ChannelCountError, DatasetError, ModelError, UsageError
 from ..evaluate import evaluate, tiled_nll_bits
 from ..models.pixelsnail import PixelSNAIL
@@ -86,7 +86,6 @@ from .report import default_meta, training_text, write_report
 
 __all__ = ["BenchOptions", "BenchResult", "run_benchmark", "machine_facts"]
 
-MODES = {3: "RGB", 1: "L"}
 
 
 @dataclass
@@ -103,6 +102,7 @@ class BenchOptions:
     data_options: dict = field(default_factory=dict)  # load_split keywords: crop, scales, holdout, channels (folder); cache_dir
     crops: bool = False  # folder: crop x crop tiles (data_options crop, scales) instead of the images whole
     batch_size: int = 32  # evaluation batch
+    device: str = "cpu"  # where the models run (api.resolve_device); the coded bytes are the same on each
     progress: bool = True
     argv: list[str] | None = None  # the command line recorded in the meta (default sys.argv)
 
@@ -176,10 +176,10 @@ def _shape(images: Sequence[np.ndarray]) -> str:
     return f"{images[0].shape[2]}x{span({im.shape[0] for im in images})}x{span({im.shape[1] for im in images})}"
 
 
-def _load(spec: str, channels: int, dataset: str) -> LoadedModel:
+def _load(spec: str, channels: int, dataset: str, device: str = "cpu") -> LoadedModel:
     if spec in PRESETS:
-        return load_model(spec, channels=channels)
-    loaded = load_model(spec)
+        return load_model(spec, channels=channels, device=device)
+    loaded = load_model(spec, device=device)
     if loaded.channels != channels:
         raise ModelError(
             f"model {spec!r} codes {loaded.channels}-channel images but {dataset} has {channels}-channel images"
@@ -274,8 +274,8 @@ def _whole_nll_row(loaded: LoadedModel, images: Sequence[np.ndarray], opts: Benc
 class _OneModel(api.ModelChooser):
     """A chooser that always answers with one already loaded model."""
 
-    def __init__(self, loaded: LoadedModel):
-        super().__init__(())
+    def __init__(self, loaded: LoadedModel, device: str = "cpu"):
+        super().__init__((), device)
         self.loaded = loaded
 
     def for_channels(self, channels: int) -> LoadedModel:
@@ -292,7 +292,7 @@ class _OneModel(api.ModelChooser):
 def _as_image(pixels: np.ndarray) -> DecomposedImage:
     """(H, W, C) uint8 -> a DecomposedImage of mode RGB or L."""
     height, width, channels = pixels.shape
-    mode = MODES[channels]
+    mode = MODE_OF[channels]
     return DecomposedImage(mode, width, height, {mode: np.array(pixels, order="C")}, {})
 
 
@@ -317,44 +317,40 @@ def _coded_row(loaded: LoadedModel, coding: str, n: int, of: int, subpixels: int
 
 
 def _one_tile_file(image: DecomposedImage, chooser: api.ModelChooser) -> bytes:
-    """A small image's .snail file: coded alone as one tile, without calibration (the module docstring)."""
-    return container.write(api.encode_image(image, chooser, tile=max(image.height, image.width), calibrate=False))
+    """A small image's .snail file: coded alone as one tile by the model (no calibration, no stored or
+    deflated plane: the row measures the model; the module docstring)."""
+    return container.write(api.encode_image(image, chooser, tile=max(image.height, image.width), calibrate=False,
+                                            fallback=False))
 
 
 def _per_file_row(loaded: LoadedModel, images: Sequence[np.ndarray], opts: BenchOptions, of: int,
                   encode: Callable[[DecomposedImage, api.ModelChooser], bytes]) -> tuple[dict, np.ndarray]:
-    """Each image (H, W, C) its own .snail file, `encode`d, decoded and compared; the first of `of` images."""
+    """Each image (H, W, C) its own .snail file, `encode`d one by one, then decoded as `snailcompress
+    decode` decodes many files (api.decode_images, together) and compared; the first of `of` images."""
     n = len(images)
-    chooser = _OneModel(loaded)
-    sizes = np.zeros(n, np.int64)
+    chooser = _OneModel(loaded, opts.device)
+    originals = [_as_image(pixels) for pixels in images]
     subpixels = np.array([pixels.size for pixels in images])
-    encode_s = decode_s = 0.0
-    bar = tqdm(total=n, desc=f"{loaded.name} per file", unit="file", disable=not opts.progress, leave=False)
-    try:
-        for k in range(n):
-            image = _as_image(images[k])
-            t0 = time.perf_counter()
-            data = encode(image, chooser)
-            t1 = time.perf_counter()
-            decoded = api.decode_image(container.read(data), chooser)
-            t2 = time.perf_counter()
-            encode_s += t1 - t0
-            decode_s += t2 - t1
-            if not same_image(image, decoded):
-                raise NotLosslessError(f"{loaded.name}: image {k} did not decode from its .snail file exactly")
-            sizes[k] = len(data)
-            bar.update(1)
-            bar.set_postfix(bpd=f"{8 * sizes[: k + 1].sum() / subpixels[: k + 1].sum():.4f}", refresh=False)
-    finally:
-        bar.close()
-    row = _coded_row(loaded, "per file", n, of, int(subpixels.sum()), int(sizes.sum()), encode_s, decode_s)
+    files = []
+    t0 = time.perf_counter()
+    for image in tqdm(originals, desc=f"{loaded.name} per file: encode", unit="file", disable=not opts.progress,
+                      leave=False):
+        files.append(encode(image, chooser))
+    t1 = time.perf_counter()
+    decoded = api.decode_images([container.read(data) for data in files], chooser, progress=opts.progress)
+    decode_s = time.perf_counter() - t1
+    for k, (image, result) in enumerate(zip(originals, decoded)):
+        if not isinstance(result, DecomposedImage) or not same_image(image, result):
+            raise NotLosslessError(f"{loaded.name}: image {k} did not decode from its .snail file exactly")
+    sizes = np.array([len(data) for data in files], np.int64)
+    row = _coded_row(loaded, "per file", n, of, int(subpixels.sum()), int(sizes.sum()), t1 - t0, decode_s)
     return row, 8.0 * sizes / subpixels
 
 
 def stream_overhead(loaded: LoadedModel, images: np.ndarray) -> int:
     """Bytes of a .snail file around an empty stream, for a header describing one image of the set."""
     _, channels, height, width = images.shape
-    mode = MODES[channels]
+    mode = MODE_OF[channels]
     snail = container.SnailFile(
         width=width, height=height, mode=mode,
         planes=(container.Plane(mode, loaded.model_id[:8], np.zeros(0, np.uint32), tile=(height, width)),),
@@ -369,65 +365,59 @@ def side_by_side(images: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(images.transpose(2, 0, 3, 1).reshape(height, n * width, channels))
 
 
-def _one_stream_row(loaded: LoadedModel, images: np.ndarray, opts: BenchOptions) -> dict:
-    """All images in one range-coder stream, chunk by chunk; decoded again in the same chunks."""
-    n, channels, height, width = images.shape
+def _stream_row(loaded: LoadedModel, images: np.ndarray, opts: BenchOptions, of: int, coding: str, encode_chunk,
+                decode_chunk, encode_total: int, decode_total: int, overhead: int = 0) -> dict:
+    """Images (N, C, H, W) in one range-coder stream, `opts.chunk` images a batch (`encode_chunk(chunk,
+    encoder, progress)`), decoded again in the same batches (`decode_chunk(chunk, decoder, progress)`
+    gives them back) and compared; the first N of `of` images. `overhead`: container bytes around it."""
+    n = len(images)
     starts = range(0, n, opts.chunk)
-    provider = api.integer_network(loaded.model)
-    total_steps = sum(coding_steps(height, min(opts.chunk, n - s) * width, (height, width)) for s in starts)
-
     encoder = constriction.stream.queue.RangeEncoder()
     t0 = time.perf_counter()
-    with CodingProgress(n, f"{loaded.name} encode stream", opts.progress, unit="image") as progress:
+    with CodingProgress(encode_total, f"{loaded.name} encode ({coding})", opts.progress) as progress:
         for s in starts:
-            chunk = images[s : s + opts.chunk]
-            code_plane(provider, side_by_side(chunk), (height, width), progress=progress, encoder=encoder)
+            encode_chunk(images[s : s + opts.chunk], encoder, progress)
     words = encoder.get_compressed()
     encode_s = time.perf_counter() - t0
-
     decoder = constriction.stream.queue.RangeDecoder(words)
     t0 = time.perf_counter()
-    with CodingProgress(total_steps, f"{loaded.name} decode stream", opts.progress) as progress:
+    with CodingProgress(decode_total, f"{loaded.name} decode ({coding})", opts.progress) as progress:
         for s in starts:
             chunk = images[s : s + opts.chunk]
-            row = decode_plane(provider, None, height, len(chunk) * width, channels, (height, width), progress=progress,
-                               decoder=decoder)
-            if not np.array_equal(row, side_by_side(chunk)):
+            if not np.array_equal(decode_chunk(chunk, decoder, progress), chunk):
                 raise NotLosslessError(f"{loaded.name}: images {s}..{s + len(chunk) - 1} did not decode exactly")
     decode_s = time.perf_counter() - t0
-
-    overhead = stream_overhead(loaded, images)
-    row = _coded_row(loaded, "one stream", n, n, int(images.size), 4 * int(words.size) + overhead, encode_s, decode_s)
+    row = _coded_row(loaded, coding, n, of, int(images.size), 4 * int(words.size) + overhead, encode_s, decode_s)
     row.update(stream_words=int(words.size), container_overhead_bytes=overhead)
     return row
 
 
+def _one_stream_row(loaded: LoadedModel, images: np.ndarray, opts: BenchOptions) -> dict:
+    """All images in one stream of the codec's integer network: each chunk side by side, one tile an image."""
+    n, channels, height, width = images.shape
+    provider = api.integer_network(loaded.model).to(opts.device)
+
+    def encode(chunk, encoder, progress):
+        code_plane(provider, side_by_side(chunk), (height, width), progress=progress, encoder=encoder)
+
+    def decode(chunk, decoder, progress):
+        row = decode_plane(provider, None, height, len(chunk) * width, channels, (height, width), progress=progress,
+                           decoder=decoder)  # (H, N * W, C)
+        return np.ascontiguousarray(row.reshape(height, len(chunk), width, channels).transpose(1, 3, 0, 2))
+
+    decode_total = sum(coding_steps(height, min(opts.chunk, n - s) * width, (height, width)) for s in range(0, n, opts.chunk))
+    return _stream_row(loaded, images, opts, n, "one stream", encode, decode, n, decode_total,
+                       stream_overhead(loaded, images))
+
+
 def _in_process_row(loaded: LoadedModel, images: np.ndarray, opts: BenchOptions, of: int) -> dict:
-    """Images (N, C, H, W) in one stream coded in-process by a float model's stepper (bench/inprocess.py),
-    `chunk` images a batch, decoded again in the same batches and compared; the first N of `of` images."""
-    n, _, height, width = images.shape
+    """Images in one stream coded in-process by a float model's stepper (bench/inprocess.py)."""
     model = cpu_model(loaded.model)
-    starts = range(0, n, opts.chunk)
-    steps = len(starts) * height * width
-    encoder = constriction.stream.queue.RangeEncoder()
-    t0 = time.perf_counter()
-    with CodingProgress(steps, f"{loaded.name} encode in-process", opts.progress) as progress:
-        for s in starts:
-            encode_in_process(model, images[s : s + opts.chunk], encoder, progress)
-    words = encoder.get_compressed()
-    encode_s = time.perf_counter() - t0
-    decoder = constriction.stream.queue.RangeDecoder(words)
-    t0 = time.perf_counter()
-    with CodingProgress(steps, f"{loaded.name} decode in-process", opts.progress) as progress:
-        for s in starts:
-            chunk = images[s : s + opts.chunk]
-            if not np.array_equal(decode_in_process(model, decoder, chunk.shape, progress), chunk):
-                raise NotLosslessError(f"{loaded.name}: images {s}..{s + len(chunk) - 1} did not decode exactly")
-    decode_s = time.perf_counter() - t0
-    coding = "in-process, float: not a portable file; one stream"
-    row = _coded_row(loaded, coding, n, of, int(images.size), 4 * int(words.size), encode_s, decode_s)
-    row.update(stream_words=int(words.size), container_overhead_bytes=0)
-    return row
+    steps = -(-len(images) // opts.chunk) * images.shape[2] * images.shape[3]
+    return _stream_row(loaded, images, opts, of, "in-process, float: not a portable file; one stream",
+                       lambda chunk, encoder, progress: encode_in_process(model, chunk, encoder, progress),
+                       lambda chunk, decoder, progress: decode_in_process(model, decoder, chunk.shape, progress),
+                       steps, steps)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -460,7 +450,7 @@ def run_benchmark(opts: BenchOptions, log: Callable[[str], None] = print) -> Ben
     coded = min(n, (n if whole else 100) if opts.coded_limit is None else opts.coded_limit)
     # without --model, what a user who types `bench --dataset X` wants to see: the shipped model for the data
     specs = list(opts.models) or [default_model_for(channels)]
-    models = [_load(spec, channels, opts.dataset) for spec in specs]
+    models = [_load(spec, channels, opts.dataset, opts.device) for spec in specs]
     log(described)
     if not opts.models:
         log(f"no --model: the shipped {specs[0]} (for {channels}-channel images)")
@@ -489,6 +479,7 @@ def run_benchmark(opts: BenchOptions, log: Callable[[str], None] = print) -> Ben
                 notes.append(note)
                 log(note)
             continue
+        loaded = dataclasses.replace(loaded, model=cpu_model(loaded.model))  # the encoder's calibration runs on the CPU
         if coded:
             encode = api.encode_bytes if whole else _one_tile_file
             row, values = _per_file_row(loaded, images[:coded], opts, n, encode)

@@ -23,7 +23,7 @@ from snailcompress.data.base import ArrayDataset, PathLike
 from snailcompress.errors import DatasetError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
-MODES = {3: "RGB", 1: "L"}
+MODE_OF = {3: "RGB", 1: "L"}  # Pillow mode of an image of this many channels
 
 
 def scaled_size(size: tuple[int, int], scale: float) -> tuple[int, int]:
@@ -45,7 +45,7 @@ def load_image(path: Path, channels: int, scale: float) -> np.ndarray:
     """One image as uint8 (H, W, C) at a scale; colour images lose any alpha channel, grayscale uses Pillow's 'L'."""
     try:
         with Image.open(path) as image:
-            pixels = np.asarray(downsample(image.convert(MODES[channels]), scale))
+            pixels = np.asarray(downsample(image.convert(MODE_OF[channels]), scale))
     except (OSError, Image.DecompressionBombError) as error:
         raise DatasetError(f"{path} is not a readable image ({error}).") from error
     return pixels.reshape(pixels.shape[0], pixels.shape[1], channels)
@@ -192,7 +192,7 @@ def tiles(files: list[Path], *, crop: int, scales: Sequence[float], channels: in
 
 
 def _check_channels(channels: int) -> None:
-    if channels not in MODES:
+    if channels not in MODE_OF:
         raise DatasetError(f"The folder data set has 3 (RGB) or 1 (grayscale) channels (--channels), not {channels}.")
 
 
