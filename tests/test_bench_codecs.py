@@ -177,7 +177,10 @@ def test_get_codecs():
 
 def test_paper_rows_cifar10():
     df = paper_rows("cifar10")
-    assert list(df.columns) == ["method", "kind", "bits_per_subpixel", "reference", "dataset"]
+    assert list(df.columns) == ["method", "kind", "bits_per_subpixel", "reference", "dataset", "architecture",
+                                "parameters", "parameters_source", "training"]
+    snail = df[df["method"] == "PixelSNAIL"].iloc[0]
+    assert snail["architecture"] == "PixelSNAIL" and snail["parameters"] > 40_000_000
     assert (df["kind"] == "paper").all() and (df["dataset"] == "cifar10").all()
     values = dict(zip(df["method"], df["bits_per_subpixel"]))
     assert values["PixelSNAIL"] == pytest.approx(2.85)
@@ -201,7 +204,8 @@ def test_paper_rows_imagenet32():
 def test_paper_rows_other_dataset_empty():
     df = paper_rows("kodak")
     assert df.empty
-    assert list(df.columns) == ["method", "kind", "bits_per_subpixel", "reference", "dataset"]
+    assert list(df.columns) == ["method", "kind", "bits_per_subpixel", "reference", "dataset", "architecture",
+                                "parameters", "parameters_source", "training"]
 
 
 # --------------------------------------------------------------------------- report
