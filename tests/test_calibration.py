@@ -10,7 +10,9 @@ the round trip stays exact; the caller's model is left as it was.
 from __future__ import annotations
 
 import dataclasses
+import runpy
 from importlib import resources
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -103,6 +105,42 @@ def test_the_fit_sees_the_features_of_coded_pixels_only_at_most_the_cap():
     assert len(few_values) == 100
     rows = [int(np.flatnonzero((values == v).all(1) & (features == f).all(1))[0]) for v, f in zip(few_values, few_features)]
     assert len(set(rows)) == 100  # drawn from the coded pixels, without repeats
+    drawn = calibration.draw_pixels(features, values, 100)  # what the benchmark draws from a sample it keeps
+    assert torch.equal(drawn[0], few_features) and torch.equal(drawn[1], few_values)
+
+
+def test_the_fit_stops_after_its_iterations(monkeypatch):
+    """fit(iterations=N) runs at most N L-BFGS iterations, each an evaluation of the NLL and its gradient
+    (torch stops at 5N/4 of them, the last line search may add one), and a longer fit is better on the
+    sample (benchmarks/calibration.py measures what each costs)."""
+    net = zoo.load_model(TINY).model.eval()
+    plane = _plane(48, 40)
+    features, values = sample_pixels(net, WindowPlan.for_image(48, 40, (8, 8), (2, 2), 2), plane)
+    score, evaluations = calibration._head_nll_nats, []
+
+    def counted(*args):
+        evaluations.append(1)
+        return score(*args)
+
+    monkeypatch.setattr(calibration, "_head_nll_nats", counted)
+    short = fit(net.head, features, values, iterations=2)
+    assert 2 <= len(evaluations) <= 2 * 5 // 4 + 1
+    evaluations.clear()
+    long = fit(net.head, features, values)
+    assert 2 * 5 // 4 + 1 < len(evaluations) <= calibration.LBFGS_ITERATIONS * 5 // 4 + 1
+    assert nll_bits(net.head, features, values, long) < nll_bits(net.head, features, values, short)
+
+
+def test_the_benchmark_spells_what_and_how_a_variant_fits():
+    parse = runpy.run_path(str(Path(__file__).resolve().parents[1] / "benchmarks" / "calibration.py"))["parse_variant"]
+    default = (calibration.LBFGS_ITERATIONS, calibration.MAX_SAMPLE_PIXELS)
+    for spec, expected in (("64", (64, False, *default)), ("all+features", (None, True, *default)),
+                           ("128+features/it10/px32768", (128, True, 10, 32768)),
+                           ("128/px16384", (128, False, default[0], 16384))):
+        assert dataclasses.astuple(parse(spec)) == expected
+    for spec in ("0", "128+feature", "128/it0", "128/it5/it6", "128/xx5", "128/it", "128+features/"):
+        with pytest.raises(SystemExit, match="not '"):
+            parse(spec)
 
 
 def test_the_fit_lowers_the_nll_and_pays_where_the_model_is_off(small_images_calibrate):

@@ -8,17 +8,18 @@ and an offset, and for each of the F features its 1x1 output layer reads, a gain
     output -> output * (1 + scale) + shift,        feature -> feature * (1 + gain),
 
 that minimise the NLL of a sample of the plane's pixels (MAX_SAMPLE_PIXELS, drawn from at most
-MAX_SAMPLE_WINDOWS windows spread evenly over the image), and stores the 2K + F numbers as IEEE
-binary16 in the plane's header (a tagged field of about 500 bytes for the RGB model's K = 100, F = 48).
-Both sides fold them into the integer network's output layer (integer/network.py; `calibrated` does
-the same for the float model, for NLL measurements), so decoding costs nothing extra
-and encoding one forward pass over the sample and a few seconds of L-BFGS on the features it
-computed. The encoder does not try where a typical saving would not repay the header twice (a
-256 x 256 crop saved 0.05% for twice the encode time), and keeps a calibration only where the bits it
-saves on the sample, scaled to the whole plane, exceed what it costs in the header.
+MAX_SAMPLE_WINDOWS windows spread evenly over the image; LBFGS_ITERATIONS of L-BFGS), and stores the
+2K + F numbers as IEEE binary16 in the plane's header (a tagged field of about 500 bytes for the RGB
+model's K = 100, F = 48). Both sides fold them into the integer network's output layer
+(integer/network.py; `calibrated` does the same for the float model, for NLL measurements), so
+decoding costs nothing extra and encoding one forward pass over the sample's windows and a few
+seconds of L-BFGS on the features it computed (about as long as each other). The encoder does not
+try where a typical saving would not repay the header twice (a 256 x 256 crop saved 0.05% for twice
+the encode time), and keeps a calibration only where the bits it saves on the sample, scaled to the
+whole plane, exceed what it costs in the header.
 
 Why these settings: results/calibration.md (the 12 held-out images' NLL, header paid, by what is
-fitted and on how large a sample).
+fitted, on how large a sample, after how many iterations, and what the fit takes).
 """
 
 from __future__ import annotations
@@ -36,12 +37,17 @@ from .container import BINARY16_MAX, MAX_CALIBRATION_FEATURES, MAX_CALIBRATION_O
 from .tiles import WindowPlan
 
 MAX_SAMPLE_WINDOWS = 128  # windows the network runs on for the fit: the larger the spread, the better the fit
-MAX_SAMPLE_PIXELS = 65536  # pixels of those windows the fit scores (a fixed-seed draw): enough for 248 numbers
-LBFGS_ITERATIONS = 30
+#: pixels of those windows the fit scores (a fixed-seed draw) and L-BFGS iterations it takes: the fit is far
+#: from converged at any affordable count, so time goes further in iterations than in pixels; 60 on 16,384
+#: take 1.22% off the held-out images where 30 on 65,536 took 0.96%, in 38% of the fitting time (fewer
+#: pixels begin to overfit: results/calibration.md)
+MAX_SAMPLE_PIXELS = 16384
+LBFGS_ITERATIONS = 60
 FEATURE_CHUNK = 4  # windows per forward pass of the sample: a few at a time keep the attention in cache
 #: bits per subpixel a calibration typically saves, header paid: the median of the 12 held-out images
 #: when it was set (0.007 to 0.078); with the feature gains 0.005 to 0.087, median 0.017 (snail-rgb
-#: 0e414a9c), and 0.003 to 0.087, median 0.016, for snail-rgb ff7d3a5d (results/calibration.md).
+#: 0e414a9c), and 0.003 to 0.087, median 0.016, for snail-rgb ff7d3a5d (results/calibration.md); fitted
+#: by 60 iterations on 16,384 pixels 0.010 to 0.095, median 0.021 (kept: too low errs towards not trying).
 #: Planes too small to save twice the header at this rate are not tried.
 TYPICAL_SAVING_BITS = 0.015
 
@@ -131,7 +137,11 @@ def sample_pixels(model: torch.nn.Module, plan: WindowPlan, plane: np.ndarray, w
         for x, mask in window_batches(*sample_windows(plan, plane, windows), FEATURE_CHUNK):
             features.append(model.eval().features(x).permute(0, 2, 3, 1)[mask])
             values.append(x.permute(0, 2, 3, 1)[mask])
-    features, values = torch.cat(features), torch.cat(values)
+    return draw_pixels(torch.cat(features), torch.cat(values), pixels)
+
+
+def draw_pixels(features: torch.Tensor, values: torch.Tensor, pixels: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """At most `pixels` of these pixels (None: all), drawn with a fixed seed, in their order."""
     if pixels is not None and len(values) > pixels:
         pick = np.sort(np.random.default_rng(0).choice(len(values), pixels, replace=False))
         features, values = features[pick], values[pick]
@@ -164,15 +174,16 @@ def nll_bits(head: torch.nn.Module, features: torch.Tensor, values: torch.Tensor
 
 
 def fit(head: torch.nn.Module, features: torch.Tensor, values: torch.Tensor,
-        feature_gains: bool = True) -> Calibration | None:
+        feature_gains: bool = True, iterations: int = LBFGS_ITERATIONS) -> Calibration | None:
     """The calibration (rounded to binary16) that minimises the NLL of these pixels (None where the
-    fit failed); `feature_gains=False` fits the outputs' gains and offsets only (benchmarks/calibration.py)."""
+    fit failed) in at most `iterations` L-BFGS iterations; `feature_gains=False` fits the outputs'
+    gains and offsets only (benchmarks/calibration.py)."""
     numbers = _tensors(head, None)
     fitted = numbers if feature_gains else numbers[:2]
     for n in fitted:
         n.requires_grad_(True)
     scored = max(values.numel(), 1)
-    optimizer = torch.optim.LBFGS(fitted, max_iter=LBFGS_ITERATIONS, line_search_fn="strong_wolfe")
+    optimizer = torch.optim.LBFGS(fitted, max_iter=iterations, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
