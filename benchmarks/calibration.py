@@ -18,8 +18,7 @@ the others are compared with. Times, per image as fit_calibration spends them: s
 network's forward pass over the sample's windows, then the draw of its pixels; the forward pass is
 run once per window count and shared by the variants that sample as many windows) and fitting
 (L-BFGS, then the sample's NLL with and without the calibration, which decides whether it is sent),
-wall-clock and CPU. The whole coding's times are in results/default_model_heldout.md and
-results/codec_speed.md.
+wall-clock and CPU. The whole coding's times are in results/coding_speed.md.
 
     python benchmarks/calibration.py --threads 1 --out results/calibration.md   # the default variants
 """

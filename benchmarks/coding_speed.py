@@ -28,6 +28,7 @@ from PIL import Image
 from snailcompress.bench.codecs import get_codecs
 from snailcompress.bench.heldout import SHARED
 from snailcompress.bench.scripts import PartialRows, publish, run, run_facts
+from snailcompress.zoo import load_model
 
 SIZES = ("32", "32x100", "256", "768", "4000")
 
@@ -139,8 +140,8 @@ def main() -> None:
         "# Encode and decode time by image size, beside JPEG-XL",
         "",
         f"Command: `python {' '.join(sys.argv)}`  ",
-        f"{run_facts()}; the commands ran with --threads {args.threads} and the shipped snail-rgb (default options: "
-        "calibration on). snailcompress times are whole commands (a new Python, model loading, reading, coding, "
+        f"{run_facts()}; the commands ran with --threads {args.threads} and the shipped model snail-rgb "
+        f"(id {load_model('snail-rgb').model_id}), default options (calibration on). snailcompress times are whole commands (a new Python, model loading, reading, coding, "
         "writing; decode also checks each file's checksum); its memory is the command's peak resident set. JPEG-XL "
         "(imagecodecs) is timed in-process, so it pays no start-up. Bits per subpixel count every byte of the files. "
         "32x32 x100: one command for a hundred 32x32 files (the model loaded once, the files decoded together); its "

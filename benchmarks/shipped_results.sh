@@ -27,8 +27,8 @@ made() { MADE+=("$1"); [ "${REDO:-0}" = 0 ] && grep -qs "$RGB_ID" "$1" && echo "
 
 made results/default_model_heldout.md || "$PY" benchmarks/codec_benchmark.py --heldout --threads "$THREADS" \
     --codecs png,webp,jpegxl-e7,jpegxl-e9,jpeg2000,jpegls --out results/default_model_heldout.md
-made results/codec_speed.md || "$PY" benchmarks/codec_benchmark.py --sizes 32,256,full --threads 2 --variants static,default --codecs png,webp,jpegxl-e9,jpeg2000 \
-    --out results/codec_speed.md
+made results/coding_speed.md || "$PY" benchmarks/coding_speed.py --threads "$THREADS" --sizes 32,32x100,256,768,4000 \
+    --out results/coding_speed.md
 made results/context_tradeoff.md || "$PY" benchmarks/context_tradeoff.py --threads 1 --layouts 0,2,4,8,4/b2,4/b8,4/b16 --out results/context_tradeoff.md
 made results/tiling_with_context.md || "$PY" benchmarks/tiling.py --model snail-rgb --tiles 32,32+2,48+2,64+2,64+4 --images 6 \
     --out results/tiling_with_context.md
@@ -38,6 +38,5 @@ made results/kodak-heldout-tiles/summary.md || "$SNAIL" bench --dataset folder -
 "$SNAIL" sample --model snail-gray -n 36 -o results/samples_snail-gray.png -f
 "$SNAIL" demo
 # Last: this reports bits only, no times, so the test suite may run beside it.
-made results/calibration.md || "$PY" benchmarks/calibration.py --variants 64,128,128+features,all+features --threads 2 \
-    --out results/calibration.md
+made results/calibration.md || "$PY" benchmarks/calibration.py --threads 1 --out results/calibration.md
 "$PY" benchmarks/check_model_ids.py "${MADE[@]}"
