@@ -319,7 +319,7 @@ def receptive_field_command(models, size, position, channels, output, seed, forc
 @click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True)
 @click.option("--limit", type=int, default=None, help="only the first N images [all]")
 @click.option("--coded-limit", type=int, default=None,
-              help="images coded as separate .snail files [100; a folder's whole images: all]")
+              help="images coded as separate .snail files, and by PixelCNN++ in-process [100; a folder's whole images: all]")
 @click.option("--chunk", type=int, default=1000, show_default=True, help="images per batch of the one-stream coding")
 @click.option("--codecs", "codec_names", default="all", show_default=True,
               help="comma-separated, from png,webp,jpegxl-e7,jpegxl-e9,jpeg2000,jpegls")
