@@ -281,6 +281,7 @@ def decode_files(jobs: Sequence[tuple], models: ModelChooser | None = None, forc
     gives is its share of its batch's."""
     models = models or ModelChooser()
     batch: list = []  # (source, target, file or error, bytes)
+    pixels = 0  # of the batch's files
     for index, (source, target) in enumerate(jobs):
         try:
             if str(source) == "-":
@@ -290,16 +291,18 @@ def decode_files(jobs: Sequence[tuple], models: ModelChooser | None = None, forc
                     data = Path(source).read_bytes()
                 except OSError as e:
                     raise FormatError(f"{source}: cannot read ({e.strerror})") from None
-            batch.append((source, target, container.read(data), len(data)))
+            snail = container.read(data)
+            batch.append((source, target, snail, len(data)))
+            pixels += snail.width * snail.height
         except SnailError as e:
             batch.append((source, target, e, 0))
-        pixels = sum(snail.width * snail.height for _, _, snail, _ in batch if not isinstance(snail, SnailError))
         if pixels >= DECODE_BATCH_PIXELS or index == len(jobs) - 1:
-            yield from _decode_batch(batch, models, force, progress, stdout)
-            batch = []
+            yield from _decode_and_write(batch, models, force, progress, stdout)
+            batch, pixels = [], 0
 
 
-def _decode_batch(batch: list, models: ModelChooser, force: bool, progress: bool, stdout):
+def _decode_and_write(batch: list, models: ModelChooser, force: bool, progress: bool, stdout):
+    """decode_files for one batch: decode its files together, then write each, in order."""
     start = time.perf_counter()
     snails = [snail for _, _, snail, _ in batch if not isinstance(snail, SnailError)]
     images = iter(decode_images(snails, models, progress))
