@@ -29,6 +29,7 @@ made results/default_model_heldout.md || "$PY" benchmarks/codec_benchmark.py --h
     --codecs png,webp,jpegxl-e7,jpegxl-e9,jpeg2000,jpegls --out results/default_model_heldout.md
 made results/coding_speed.md || "$PY" benchmarks/coding_speed.py --threads "$THREADS" --sizes 32,32x100,256,768,4000 \
     --out results/coding_speed.md
+made results/decoder_kernels.md || "$PY" benchmarks/decoder_kernels.py --threads "$THREADS" --out results/decoder_kernels.md
 made results/context_tradeoff.md || "$PY" benchmarks/context_tradeoff.py --threads 1 --layouts 0,2,4,8,4/b2,4/b8,4/b16 --out results/context_tradeoff.md
 made results/tiling_with_context.md || "$PY" benchmarks/tiling.py --model snail-rgb --tiles 32,32+2,48+2,64+2,64+4 --images 6 \
     --out results/tiling_with_context.md

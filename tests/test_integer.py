@@ -18,7 +18,7 @@ from snailcompress import mixture
 from snailcompress.codec.calibration import Calibration
 from snailcompress.integer import arithmetic as ar
 from snailcompress.integer.mixture import IntegerConditionals
-from snailcompress.integer.network import IntegerLinear, IntegerPixelSNAIL
+from snailcompress.integer.network import IntegerLinear, IntegerPixelSNAIL, IntegerStepper
 from snailcompress.zoo import load_model
 
 #: SHA-256 of arithmetic version 1's lookup tables (arithmetic.table_digest).
@@ -96,25 +96,27 @@ def test_conversion_refuses_weights_beyond_exact_arithmetic():
     IntegerLinear(np.full((1, 4), 1e-6), np.array([1.0]), "fine")
 
 
+@pytest.mark.parametrize("compiled", [True, False])
 @pytest.mark.parametrize("channels", [3, 1])
-def test_stepper_equals_the_full_forward_pass_at_every_position(channels):
+def test_stepper_equals_the_full_forward_pass_at_every_position(channels, compiled):
     net = _net(channels)
     images = _images(3, channels, 6, 7, seed=channels)
     full = net.forward(images)
-    stepper = net.stepper(3, 6, 7)
+    stepper = IntegerStepper(net, 3, 6, 7, compiled=compiled)
     for p in range(42):
         i, j = divmod(p, 7)
         assert torch.equal(stepper.predict(), full[:, i, j]), p
         stepper.commit(images[:, :, i, j])
 
 
-def test_slots_at_different_positions_get_their_own_window_exactly():
+@pytest.mark.parametrize("compiled", [True, False])
+def test_slots_at_different_positions_get_their_own_window_exactly(compiled):
     """A slot that waits (the codec starts windows at different steps) and a slot that restarts on a
     new image give, at every position, the integers of the full pass over their own image."""
     net = _net(3)
     images = _images(3, 3, 5, 5, seed=7)
     full = net.forward(images)
-    stepper = net.stepper(2, 5, 5)
+    stepper = IntegerStepper(net, 2, 5, 5, compiled=compiled)
     seen = {0: 0, 1: 0}  # slot -> positions done
     image_of = {0: 0, 1: 1}
     for step in range(60):

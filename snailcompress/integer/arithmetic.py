@@ -1,9 +1,10 @@
 """The fixed-point arithmetic of the integer network: its rules, its bounds and its lookup tables.
 
 Why this is portable. Every tensor on the coding path holds integers, stored as float64 (fast matrix
-products on every BLAS and GPU) or int64. IEEE 754 binary64 adds and multiplies integers exactly, in
-any order and with or without fused multiply-add, while every intermediate magnitude stays below
-2**53; every product of the network is built so that it stays below 2**52 (`ACCUMULATOR_LIMIT`,
+products on every BLAS and GPU) or int64 (the decoder's attention keys and values as float32 on the
+CPU, kernels.py: integers below 2**24 are exact there too). IEEE 754 binary64 adds and multiplies
+integers exactly, in any order and with or without fused multiply-add, while every intermediate
+magnitude stays below 2**53; every product of the network is built so that it stays below 2**52 (`ACCUMULATOR_LIMIT`,
 checked per layer when a model is converted: network.py). Multiplying by a power of two is exact
 too, and `floor` is exact, so one rounding rule, `round_half_up(x) = floor(x + 1/2)`, written as
 a multiply by 2**-k of an integer that already holds the 1/2, is the only requantisation of

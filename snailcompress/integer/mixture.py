@@ -46,8 +46,11 @@ def _normalise(weights: torch.Tensor) -> torch.Tensor:
 class IntegerConditionals:
     """Per-channel integer frequency tables of N pixels, from their Q.12 mixture parameters (N, K)."""
 
-    def __init__(self, params: torch.Tensor, channels: int):
+    def __init__(self, params: torch.Tensor, channels: int, compiled: bool | None = None):
+        """`compiled`: build `tables` with integer/kernels.py (the default on the CPU) instead of
+        torch; the same integers either way."""
         t = self.t = ar.on(str(params.device))
+        self.compiled = params.device.type == "cpu" if compiled is None else compiled
         n, k = params.shape
         self.channels = channels
         slot = 3 if channels == 3 else 2
@@ -120,6 +123,10 @@ class IntegerConditionals:
     def tables(self, c: int, known: torch.Tensor | None = None) -> torch.Tensor:
         """Counts (N, 256) int64 of channel c given the values (N, >= c) of channels < c; every row
         sums to TABLE_TOTAL."""
+        if self.compiled:
+            from . import kernels  # numba: imported by decoders only (the encoder never needs it)
+
+            return kernels.mixture_counts(self._weights(c, known), self._mean(c, known), self.inverse_scales[:, c])
         cumulative = self._cumulative(c, known, torch.arange(1, 256, device=self.prior.device))
         zero = torch.zeros(cumulative.shape[0], 1, dtype=torch.int64, device=cumulative.device)
         return torch.cat([zero, cumulative, torch.full_like(zero, ar.TABLE_TOTAL)], dim=1).diff(dim=1)

@@ -12,7 +12,8 @@ The network runs in two ways that give identical integers (arithmetic.py explain
 * `forward(pixels)`: the full forward pass over a batch of windows, all positions at once: the
   encoder's one pass (codec/coder.py, chunks of windows bounded in memory);
 * `stepper(batch, h, w)`: one position at a time with cached rows and keys/values (as
-  models/stepper.py does in float): the decoder.
+  models/stepper.py does in float): the decoder. On the CPU its attention runs in a compiled
+  kernel (kernels.py), the same integers as `step_attention`.
 
 Layout is channels-last (B, H, W, C) throughout: every layer is a matrix product over the last axis,
 the same product in both ways (a 2x2 down-right-shifted conv reads (i-1, j-1), (i-1, j), (i, j-1),
@@ -304,6 +305,23 @@ def _causal_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
     return out
 
 
+def step_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+    """One position of the attention for a batch of slots, in torch (the reference; kernels.attend
+    on the CPU): query (B, dk), keys (B, dk, n), values (B, n, dv), each slot attending to its own
+    positions before `position` (B,); a slot at position 0 gets 0. -> (B, dv) float64."""
+    longest = int(position.max())
+    if longest == 0:
+        return torch.zeros(len(query), values.shape[2], dtype=torch.float64, device=query.device)
+    logits = torch.bmm(query.unsqueeze(1), keys[:, :, :longest].double())  # (B, 1, p)
+    waiting = bool((position < longest).any())
+    if waiting:  # slots behind the others: their later positions are not theirs
+        later = torch.arange(longest, device=query.device) >= position.unsqueeze(1)
+        logits.masked_fill_(later.unsqueeze(1), _MASKED)
+    weights = _attention_weights(logits, ar.on(str(query.device)))
+    out = _normalise(torch.bmm(weights, values[:, :longest].double()), weights.sum(dim=-1, keepdim=True)).squeeze(1)
+    return out.masked_fill_((position == 0).unsqueeze(1), 0.0) if waiting else out
+
+
 # ---------------------------------------------------------------------------------------------
 # The incremental stepper (decoder)
 
@@ -313,8 +331,13 @@ class IntegerStepper:
     models/stepper.py: predict(), commit(values, advance), restart(slots)); each slot has its own
     position. Gives exactly the integers of `IntegerPixelSNAIL.forward` at every position."""
 
-    def __init__(self, net: IntegerPixelSNAIL, batch: int, height: int, width: int):
+    def __init__(self, net: IntegerPixelSNAIL, batch: int, height: int, width: int, compiled: bool | None = None):
+        """`compiled`: attend with integer/kernels.py (the default on the CPU) instead of torch; the
+        same integers either way. Keys and values are then stored as float32, exact for integers below 2**20."""
         cfg, device = net.config, net.device
+        self.compiled = device.type == "cpu" if compiled is None else compiled
+        if self.compiled and device.type != "cpu":
+            raise ValueError("the compiled kernels run on the CPU")
         check_positions(height * width)
         self.net, self.cfg, self.batch, self.height, self.width, self.device = net, cfg, batch, height, width, device
         self.t = ar.on(str(device))
@@ -323,8 +346,9 @@ class IntegerStepper:
         self.caches = [[(zeros(batch * 2 * (width + 1), cfg.filters), zeros(batch * 2 * (width + 1), cfg.filters))
                         for _ in block["resnets"]] for block in net.blocks]
         n = height * width
-        self.keys = [zeros(batch, cfg.key_channels, n) for _ in net.blocks]
-        self.values = [zeros(batch, n, cfg.value_channels) for _ in net.blocks]
+        stored = torch.float32 if self.compiled else torch.float64
+        self.keys = [torch.zeros(batch, cfg.key_channels, n, dtype=stored, device=device) for _ in net.blocks]
+        self.values = [torch.zeros(batch, n, cfg.value_channels, dtype=stored, device=device) for _ in net.blocks]
         self.pixels = zeros(batch * (height + 1) * (width + 2), cfg.channels + 1)  # padded, with the ones channel
         self.rows = ar.positional_channel(height).to(device)
         self.cols = ar.positional_channel(width).to(device)
@@ -354,8 +378,6 @@ class IntegerStepper:
         self._pixel_write = base + width + 3
         self._background = torch.stack([self.rows[i], self.cols[j]], 1)
         self._i, self._j = i, j
-        self._longest = int(self.position.max())
-        self._waiting = bool((self.position < self._longest).any())
 
     def _window(self, cache: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
         cache.index_copy_(0, self._row_write, value)
@@ -380,16 +402,11 @@ class IntegerStepper:
         return net.head(ar.elu(ul, self.t))
 
     def _attend(self, query: torch.Tensor, b: int) -> torch.Tensor:
-        longest = self._longest
-        if longest == 0:
-            return torch.zeros(self.batch, self.cfg.value_channels, dtype=torch.float64, device=self.device)
-        logits = torch.bmm(query.unsqueeze(1), self.keys[b][:, :, :longest])  # (B, 1, p)
-        if self._waiting:  # slots behind the others: their later positions are not theirs
-            later = torch.arange(longest, device=self.device) >= self.position.unsqueeze(1)
-            logits.masked_fill_(later.unsqueeze(1), _MASKED)
-        weights = _attention_weights(logits, self.t)
-        out = _normalise(torch.bmm(weights, self.values[b][:, :longest]), weights.sum(dim=-1, keepdim=True)).squeeze(1)
-        return out.masked_fill_((self.position == 0).unsqueeze(1), 0.0) if self._waiting else out
+        if not self.compiled:
+            return step_attention(query, self.keys[b], self.values[b], self.position)
+        from . import kernels  # numba: imported by decoders only (the encoder never needs it)
+
+        return kernels.attend(query, self.keys[b], self.values[b], self.position)
 
     @torch.no_grad()
     def commit(self, values: torch.Tensor, advance: torch.Tensor | None = None) -> None:
@@ -401,7 +418,7 @@ class IntegerStepper:
         self.pixels.index_copy_(0, self._pixel_write, torch.cat([x, ones], 1))
         for b, (block, ul) in enumerate(zip(self.net.blocks, self._features)):
             kv = block["kv_proj"](block["kv_resnet"].forward(torch.cat([x, ul, self._background], 1), self.t))
-            self.keys[b][self._slots, :, self.position] = kv[:, : self.cfg.key_channels]
-            self.values[b][self._slots, self.position] = kv[:, self.cfg.key_channels :]
+            self.keys[b][self._slots, :, self.position] = kv[:, : self.cfg.key_channels].to(self.keys[b].dtype)
+            self.values[b][self._slots, self.position] = kv[:, self.cfg.key_channels :].to(self.values[b].dtype)
         self._features = []
         self.position += 1 if advance is None else advance.to(self.device).long()

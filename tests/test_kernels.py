@@ -1,0 +1,94 @@
+"""The compiled CPU kernels (integer/kernels.py) give exactly the integers of the torch code.
+
+Compared directly, array for array, on real network outputs and on inputs that reach the limits of
+the arithmetic: activations of +-2**20, every log-scale and mean, saturated and zero weights, slots
+at position 0 and slots waiting behind others.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from snailcompress.integer import arithmetic as ar
+from snailcompress.integer import kernels
+from snailcompress.integer.mixture import IntegerConditionals
+from snailcompress.integer.network import IntegerPixelSNAIL, step_attention
+from snailcompress.mixture import num_params
+from snailcompress.zoo import load_model
+
+
+def _both_tables(params: torch.Tensor, channels: int, values: torch.Tensor):
+    compiled = IntegerConditionals(params, channels, compiled=True)
+    reference = IntegerConditionals(params, channels, compiled=False)
+    for c in range(channels):
+        yield compiled.tables(c, values[:, :c]), reference.tables(c, values[:, :c])
+
+
+@pytest.mark.parametrize("channels", [3, 1])
+def test_tables_equal_torch_on_a_real_image(channels):
+    net = IntegerPixelSNAIL.convert(load_model("snail-rgb" if channels == 3 else "snail-gray").model)
+    rng = np.random.default_rng(channels)
+    ramp = np.add.outer(np.arange(12), np.arange(12))[None, None] * 9 + rng.integers(0, 9, (2, channels, 12, 12))
+    images = torch.from_numpy(np.clip(ramp, 0, 255).astype(np.uint8))
+    params = net.forward(images).reshape(-1, num_params(channels, 10))
+    values = images.permute(0, 2, 3, 1).reshape(-1, channels).long()
+    for compiled, reference in _both_tables(params, channels, values):
+        assert torch.equal(compiled, reference)
+
+
+@pytest.mark.parametrize("channels", [3, 1])
+@pytest.mark.parametrize("seed", range(4))
+def test_tables_equal_torch_at_the_limits(channels, seed):
+    """Parameters drawn over and beyond every clamp: logits, means, log-scales, coefficients."""
+    rng = np.random.default_rng(seed)
+    mixtures, n = 10, 400
+    k = num_params(channels, mixtures)
+    spread = rng.choice([2**20, 16 * 4096, 8 * 4096, 4096, 64], (n, k))
+    params = torch.from_numpy(np.floor(rng.uniform(-1, 1, (n, k)) * spread)).double()
+    params[: n // 4, :mixtures] = 0  # equal logits: every component weighted
+    values = torch.from_numpy(rng.choice([0, 1, 2, 127, 128, 253, 254, 255, *range(256)], (n, channels)))
+    for compiled, reference in _both_tables(params, channels, values):
+        assert torch.equal(compiled, reference)
+        assert bool((compiled.sum(dim=1) == ar.TABLE_TOTAL).all())
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_attention_equals_torch_at_the_limits(threads):
+    """Keys, values and queries of +-2**20 (the activation limit), positions from 0 to the window's
+    end, every slot at one position (nobody waits) and at different ones; keys of 0 make every weight
+    equal, so the rounding of the average meets exact halves."""
+    rng = np.random.default_rng(threads)
+    batch, n, dk, dv = 9, 40, 16, 24
+    torch.set_num_threads(threads)
+    try:
+        for trial in range(16):
+            limit = [2**20, 2**12, 50, 0][trial % 4]
+            keys = torch.from_numpy(rng.integers(-limit, limit + 1, (batch, dk, n))).float()
+            values = torch.from_numpy(rng.integers(-2**20, 2**20 + 1, (batch, n, dv))).float()
+            query = torch.from_numpy(rng.integers(-limit, limit + 1, (batch, dk))).double()
+            together = trial % 2 == 0
+            position = torch.full((batch,), int(rng.integers(0, n + 1))) if together else torch.from_numpy(
+                rng.integers(0, 4 if limit == 0 else n + 1, batch))
+            assert torch.equal(kernels.attend(query, keys, values, position),
+                               step_attention(query, keys.double(), values.double(), position)), trial
+    finally:
+        torch.set_num_threads(1)
+
+
+def test_keys_and_values_are_exact_in_float32():
+    """The kernels store keys and values as float32: exact for every activation, |a| <= 2**20."""
+    edge = torch.tensor([-ar.ACTIVATION_LIMIT, -ar.ACTIVATION_LIMIT + 1, -1, 0, 1, ar.ACTIVATION_LIMIT - 1,
+                         ar.ACTIVATION_LIMIT], dtype=torch.float64)
+    assert torch.equal(edge.float().double(), edge)
+
+
+def test_kernels_leave_the_thread_count_alone():
+    """--threads sets torch's threads; a kernel must not change them (numba's OpenMP layer would)."""
+    torch.set_num_threads(1)
+    kernels.attend(torch.zeros(2, 16, dtype=torch.float64), torch.zeros(2, 16, 3), torch.zeros(2, 3, 24),
+                   torch.tensor([1, 3]))
+    kernels.mixture_counts(torch.ones(2, 10, dtype=torch.int64), torch.zeros(2, 10, dtype=torch.float64),
+                           torch.ones(2, 10, dtype=torch.float64))
+    assert torch.get_num_threads() == 1
