@@ -4,9 +4,10 @@ kernel, and with both, each checked to give the same tables.
 
 The steps are those of decoding: the stepper predicts every slot's position, the three channels'
 full frequency tables are built one after the other (each given the channels before it), and the
-true values are committed. The slots are `--slots` windows of kodim23 (34x34: 32x32 tiles with two
-rows and columns of context, as the codec's default), scheduled as the decoder schedules a 768x512
-photo's 96 slots (24 columns, each a row of positions behind its left neighbour). Times exclude the range coder (the same in every variant).
+true values are committed. The slots are `--slots` windows of kodim23 (34x34: the codec's default
+32x32 tiles with two rows and columns of context), scheduled as the decoder schedules that 768x512
+photo's 96 slots (24 columns, each a row of positions behind its left neighbour). Times exclude the
+range coder (the same in every variant).
 
     python benchmarks/decoder_kernels.py --threads 1 --out results/decoder_kernels.md
 """
@@ -25,12 +26,11 @@ from PIL import Image
 from snailcompress import api
 from snailcompress.bench.heldout import SHARED
 from snailcompress.bench.scripts import publish, run, run_facts
-from snailcompress.codec.tiles import WindowPlan
+from snailcompress.codec.tiles import WindowPlan, default_band
 from snailcompress.integer.mixture import IntegerConditionals
 from snailcompress.integer.network import IntegerStepper
 from snailcompress.zoo import load_model
 
-COLUMNS = 24  # windows side by side in a band of a 768-wide image
 VARIANTS = {  # name: (attention kernel, tables kernel)
     "torch only": (False, False),
     "attention kernel": (True, False),
@@ -39,24 +39,25 @@ VARIANTS = {  # name: (attention kernel, tables kernel)
 }
 
 
-def step_through(net, windows: torch.Tensor, attention: bool, tables: bool) -> tuple[float, str]:
-    """Seconds to step `windows` (B, C, H, W) through every position, as the decoder schedules them
-    (slot s starts (s mod COLUMNS) * W steps after the first, one row of positions behind its left
-    neighbour), and a digest of every table."""
+def step_through(net, windows: torch.Tensor, columns: int, attention: bool, tables: bool) -> tuple[float, int, str]:
+    """Seconds and steps to step `windows` (B, C, H, W) through every position, as the decoder
+    schedules them (slot s starts (s mod columns) * W steps after the first, one row of positions
+    behind its left neighbour), and a digest of every table."""
     batch, channels, height, width = windows.shape
     positions = height * width
-    start = (torch.arange(batch) % COLUMNS) * width
+    start = (torch.arange(batch) % columns) * width
+    steps = positions + int(start.max())
     stepper = IntegerStepper(net, batch, height, width, compiled=attention)
     digest = hashlib.sha256()
     begin = time.perf_counter()
-    for step in range(positions + int(start.max())):
+    for step in range(steps):
         position = (step - start).clamp(0, positions - 1)
         values = windows[torch.arange(batch), :, position // width, position % width].long()
         conditionals = IntegerConditionals(stepper.predict(), channels, compiled=tables)
         for c in range(channels):
             digest.update(conditionals.tables(c, values[:, :c]).numpy().tobytes())
         stepper.commit(values, (step >= start) & (step - start < positions - 1))
-    return time.perf_counter() - begin, digest.hexdigest()
+    return time.perf_counter() - begin, steps, digest.hexdigest()
 
 
 def main() -> None:
@@ -70,21 +71,20 @@ def main() -> None:
     if not image.is_file():
         raise OSError(f"{image}: not found (the shared Kodak images)")
     plane = np.asarray(Image.open(image).convert("RGB"))
-    windows, _ = WindowPlan.for_image(*plane.shape[:2], (32, 32), (2, 2), band=4).windows(plane)
-    windows = torch.from_numpy(windows[: args.slots])
+    tile, context = (api.DEFAULT_TILE,) * 2, (api.DEFAULT_CONTEXT,) * 2
+    plan = WindowPlan.for_image(*plane.shape[:2], tile, context, default_band(*plane.shape[:2], tile, context))
+    windows = torch.from_numpy(plan.windows(plane)[0][: args.slots])
     loaded = load_model("snail-rgb")
     net = api.integer_network(loaded.model)
-    step_through(net, windows[:2, :, :4, :4], True, True)  # load the compiled kernels
+    step_through(net, windows[:2, :, :4, :4], plan.cols, True, True)  # load the compiled kernels
     rows, reference = [], None
     for name, (attention, tables) in VARIANTS.items():
-        seconds, digest = step_through(net, windows, attention, tables)
+        seconds, steps, digest = step_through(net, windows, plan.cols, attention, tables)
         reference = reference or digest
         if digest != reference:
             raise SystemExit(f"decoder_kernels.py: {name} gave other tables than torch alone")
         rows.append((name, seconds))
         print(f"{name}: {seconds:.1f} s", flush=True)
-    steps = windows.shape[2] * windows.shape[3]
-    total = steps + (min(len(windows), COLUMNS) - 1) * windows.shape[3]
     base = rows[0][1]
     lines = [
         "# What the decoder's compiled CPU kernels buy",
@@ -92,14 +92,15 @@ def main() -> None:
         f"`python benchmarks/decoder_kernels.py --threads {args.threads} --slots {args.slots}"
         f"{' --out ' + str(args.out) if args.out else ''}`; {run_facts()}.",
         "",
-        f"snail-rgb (model id {loaded.model_id}; integer network, no calibration), {len(windows)} windows of kodim23 (34x34) stepped together through "
-        f"all {steps} positions, as the decoder schedules them (24 columns, each {windows.shape[3]} steps behind its left "
-        f"neighbour: {total} steps): predict, the three channels' full tables, commit (the range coder not included). "
+        f"snail-rgb (model id {loaded.model_id}; integer network, no calibration), {len(windows)} windows of kodim23 "
+        f"({plan.win_h}x{plan.win_w}) stepped together through all {plan.positions} positions, as the decoder schedules "
+        f"them ({plan.cols} columns, each {plan.win_w} steps behind its left neighbour: {steps} steps): predict, the "
+        "three channels' full tables, commit (the range coder not included). "
         "Every variant gave the same tables (one SHA-256 over all of them).",
         "",
         "| variant | seconds | ms a step | speed-up |",
         "|---|---|---|---|",
-        *[f"| {name} | {seconds:.1f} | {1000 * seconds / total:.2f} | {base / seconds:.2f}x |" for name, seconds in rows],
+        *[f"| {name} | {seconds:.1f} | {1000 * seconds / steps:.2f} | {base / seconds:.2f}x |" for name, seconds in rows],
         "",
         "The attention kernel reads float32 keys and values (exact for these integers) only up to each slot's",
         "position, in one pass; the tables kernel skips components of zero weight and each component's",

@@ -26,12 +26,12 @@ import numpy as np
 import torch
 
 from . import arithmetic as ar
+from .mixture import EDGE_ONE as _EDGE_ONE
+from .mixture import TABLE_CENTRE as _CENTRE
 
 _ONE = ar.ONE
 _EXP_LIMIT = ar.EXP_INPUT_LIMIT
-_CENTRE = ar.CDF_Z_LIMIT << ar.CDF_TABLE_STEP_BITS  # index of z = 0 in the CDF table
-_TOP = 2 * _CENTRE  # its last index
-_EDGE_ONE = 2 * ar.ONE  # the mixture's edges are Q.13 on the 0..255 scale (integer/mixture.py)
+_TOP = 2 * _CENTRE  # the CDF table's last index
 _TOTAL = ar.TABLE_TOTAL
 _CDF_BITS = ar.CDF_BITS
 

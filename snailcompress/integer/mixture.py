@@ -31,7 +31,7 @@ from .arithmetic import ONE
 
 EDGE_ONE = 2 * ONE  # the CDF's arguments are Q.13 on the 0..255 scale
 _Z_FRACTION = ar.INVERSE_SCALE_BITS + ar.ACTIVATION_BITS + 1  # z = (edge - mean) * inverse scale, Q.39
-_TABLE_CENTRE = ar.CDF_Z_LIMIT << ar.CDF_TABLE_STEP_BITS
+TABLE_CENTRE = ar.CDF_Z_LIMIT << ar.CDF_TABLE_STEP_BITS  # index of z = 0 in the CDF table
 CDF_ONE = 1 << ar.CDF_BITS
 WEIGHT_ONE = 1 << ar.ATTENTION_WEIGHT_BITS
 
@@ -91,9 +91,9 @@ class IntegerConditionals:
         inverse = self.inverse_scales[:, c].unsqueeze(-1)
         # z + centre = position * inverse + (centre - mean * inverse), in one pass: every product and sum
         # is exact (multiples of 2**-26 below 2**51), so this is exactly (position - mean) * inverse + centre
-        offset = torch.addcmul(torch.full_like(inverse, _TABLE_CENTRE), self._mean(c, known).unsqueeze(-1), inverse, value=-1)
+        offset = torch.addcmul(torch.full_like(inverse, TABLE_CENTRE), self._mean(c, known).unsqueeze(-1), inverse, value=-1)
         shifted = torch.addcmul(offset, position, inverse)
-        index = shifted.clamp_(0, 2 * _TABLE_CENTRE).to(torch.int32)  # >= 0: truncation floors
+        index = shifted.clamp_(0, 2 * TABLE_CENTRE).to(torch.int32)  # >= 0: truncation floors
         return self.t["cdf"].index_select(0, index.view(-1)).view(index.shape)
 
     def _weights(self, c: int, known: torch.Tensor | None) -> torch.Tensor:
