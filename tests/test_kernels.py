@@ -14,9 +14,17 @@ import torch
 from snailcompress.integer import arithmetic as ar
 from snailcompress.integer import kernels
 from snailcompress.integer.mixture import IntegerConditionals
-from snailcompress.integer.network import IntegerPixelSNAIL, step_attention
+from snailcompress.codec import coder
+from snailcompress.integer.network import IntegerPixelSNAIL, IntegerStepper, step_attention
 from snailcompress.mixture import num_params
 from snailcompress.zoo import load_model
+
+
+@pytest.fixture
+def torch_threads():
+    """Set torch's thread count for a test (what --threads sets), and 1 again after it."""
+    yield torch.set_num_threads
+    torch.set_num_threads(1)
 
 
 def _both_tables(params: torch.Tensor, channels: int, values: torch.Tensor):
@@ -38,10 +46,13 @@ def test_tables_equal_torch_on_a_real_image(channels):
         assert torch.equal(compiled, reference)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("channels", [3, 1])
 @pytest.mark.parametrize("seed", range(4))
-def test_tables_equal_torch_at_the_limits(channels, seed):
-    """Parameters drawn over and beyond every clamp: logits, means, log-scales, coefficients."""
+def test_tables_equal_torch_at_the_limits(channels, seed, threads, torch_threads):
+    """Parameters drawn over and beyond every clamp: logits, means, log-scales, coefficients; on two
+    threads the rows are shared between them."""
+    torch_threads(threads)
     rng = np.random.default_rng(seed)
     mixtures, n = 10, 400
     k = num_params(channels, mixtures)
@@ -84,11 +95,58 @@ def test_keys_and_values_are_exact_in_float32():
     assert torch.equal(edge.float().double(), edge)
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_the_compiled_step_equals_torch_on_any_thread_count(threads, torch_threads):
+    """The shipped model's whole step (commit, then predict) as one compiled call, its slots shared
+    among threads, against the torch stepper: the same parameters at every step and the same keys and
+    values after, with slots that wait, restart on another window, and reach the window's end."""
+    net = IntegerPixelSNAIL.convert(load_model("snail-rgb").model)
+    rng = np.random.default_rng(threads)
+    batch, height, width = 5, 6, 7
+    images = torch.from_numpy(rng.integers(0, 256, (2 * batch, 3, height, width)).astype(np.uint8))
+    torch_threads(threads)
+    compiled, reference = (IntegerStepper(net, batch, height, width, compiled=flag) for flag in (True, False))
+    seen, image = np.zeros(batch, int), np.arange(batch)
+    for step in range(2 * height * width):
+        params = compiled.predict()
+        assert torch.equal(params, reference.predict()), step
+        advance = torch.from_numpy((rng.random(batch) < 0.8) & (seen < height * width - 1))
+        values = images[image, :, seen // width, seen % width]
+        for stepper in (compiled, reference):
+            stepper.commit(values, advance)
+        seen += advance.numpy()
+        if step == height * width:  # two slots start another window
+            begins = torch.tensor([True, False, False, True, False])
+            for stepper in (compiled, reference):
+                stepper.restart(begins)
+            seen[begins.numpy()], image[begins.numpy()] = 0, image[begins.numpy()] + batch
+    compiled.predict()  # does the last commit
+    assert torch.equal(compiled.keys.double(), reference.keys) and torch.equal(compiled.values.double(), reference.values)
+
+
+def test_a_decoder_holds_the_threads_and_gives_them_back(torch_threads):
+    """While decoding, the kernels run on --threads and torch on one (its spinning OpenMP threads
+    would take the kernels' cores); after, torch has its threads again."""
+    torch_threads(2)
+    with kernels.take_threads():
+        assert torch.get_num_threads() == 1 and kernels._threads == 2
+    assert torch.get_num_threads() == 2 and kernels._threads == 0
+
+
+def test_two_threads_decode_what_one_encoded(torch_threads):
+    net = IntegerPixelSNAIL.convert(load_model("snail-rgb").model)
+    rng = np.random.default_rng(5)
+    plane = np.clip(rng.integers(-30, 31, (20, 44, 3)).cumsum(axis=1) + 128, 0, 255).astype(np.uint8)
+    torch_threads(1)
+    words, _ = coder.code_plane(net, plane, (8, 8), (2, 2), band=2)
+    torch_threads(2)
+    assert np.array_equal(coder.decode_plane(net, words, 20, 44, 3, (8, 8), (2, 2), band=2), plane)
+
+
 def test_kernels_leave_the_thread_count_alone():
     """--threads sets torch's threads; a kernel must not change them (numba's OpenMP layer would)."""
     torch.set_num_threads(1)
     kernels.attend(torch.zeros(2, 16, dtype=torch.float64), torch.zeros(2, 16, 3), torch.zeros(2, 3, 24),
                    torch.tensor([1, 3]))
-    kernels.mixture_counts(torch.ones(2, 10, dtype=torch.int64), torch.zeros(2, 10, dtype=torch.float64),
-                           torch.ones(2, 10, dtype=torch.float64))
+    kernels.channel_tables(torch.zeros(2, num_params(3, 10), dtype=torch.float64), torch.zeros(2, 2), 2, 10, 3)
     assert torch.get_num_threads() == 1

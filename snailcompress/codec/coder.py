@@ -293,6 +293,16 @@ def _decode_batch(net, plan: WindowPlan, canvases: np.ndarray, slots: np.ndarray
             progress.step(bits, int(coded.sum()) * channels)
 
 
+def _kernel_threads(net):
+    """On the CPU the decoder's steps run in compiled kernels, which take the threads (see
+    integer/kernels.py: take_threads); elsewhere torch keeps them."""
+    if net.device.type != "cpu":
+        return nullcontext()
+    from ..integer import kernels  # numba: imported by decoders only
+
+    return kernels.take_threads()
+
+
 def decode_planes(net, streams: list, height: int, width: int, channels: int, tile: tuple[int, int],
                   context: tuple[int, int] = (0, 0), band: int = 1, progress=False) -> list:
     """Decode planes of one shape and coding, each from its own stream (its words, or a queue
@@ -306,7 +316,8 @@ def decode_planes(net, streams: list, height: int, width: int, channels: int, ti
     canvases = np.stack([plan.canvas(np.zeros((height, width, channels), np.uint8))] * len(streams))
     groups = plan.slot_groups(MAX_BATCH_TILES)
     per_batch = max(1, MAX_BATCH_TILES // max(len(slots) for slots in groups))  # planes stepped together
-    with _progress(progress, _plan_steps(plan) * -(-len(streams) // per_batch), "decode", "step") as bar, torch.no_grad():
+    with _progress(progress, _plan_steps(plan) * -(-len(streams) // per_batch), "decode", "step") as bar, torch.no_grad(), \
+            _kernel_threads(net):
         for first in range(0, len(streams), per_batch):
             batch = slice(first, first + per_batch)
             failed: dict[int, FormatError] = {}

@@ -1,25 +1,32 @@
-"""Compiled CPU kernels (numba) for the two hot spots of decoding: one position's attention and the
-mixture's frequency tables.
+"""Compiled CPU kernels (numba) for decoding: the network's whole step at one position, and the
+mixture's frequency tables from the network's outputs.
 
-Each gives exactly the integers of the torch code it replaces on the CPU (`network.step_attention`,
-`IntegerConditionals.tables`; tests compare them directly): every value is an integer or a multiple
-of a power of two, every product and sum stays exact in float64 or int64 (arithmetic.py), so neither
-the order of a sum, nor fused multiply-add, nor the number of threads can change a bit. They are
-faster because they do less, not because they round differently:
+Each gives exactly the integers of the torch code it replaces on the CPU (`IntegerStepper`'s torch
+path, `IntegerConditionals.tables`; tests compare them directly): every value is an integer or a
+multiple of a power of two, every product and sum stays exact in float64 or int64 (arithmetic.py), so
+neither the order of a sum, nor fused multiply-add, nor the number of threads can change a bit. They
+are faster because they do less, not because they round differently:
 
-* attention reads keys and values stored as float32 (integers below 2**20: exact), half the memory
-  traffic of float64, and reads each slot only up to its own position, in one pass;
-* the tables skip components of zero weight and, per component, the edges where its CDF is
-  saturated at the table's ends (the CDF's argument grows with the edge, so those are a prefix and
-  a suffix), adding their constant contribution through a difference array.
+* the step (a commit, then a predict) is one call instead of some two hundred torch operations: its
+  matrix products go to BLAS (numba's np.dot, through SciPy), everything between them (requantising,
+  lookup tables, the row caches of the 2x2 convs, gates) runs in compiled loops, and its attention
+  reads keys and values stored as float32 (integers below 2**20: exact) only up to each slot's own
+  position, in one pass;
+* the tables go from the network's outputs to counts in one call per channel, skipping components of
+  zero weight and, per component, the edges where its CDF is saturated at the table's ends (the CDF's
+  argument grows with the edge, so those are a prefix and a suffix), adding their constant
+  contribution through a difference array.
 
-Rows (slots, pixels) are independent and run in parallel on torch's number of threads (--threads).
-On a GPU the torch code runs instead; it is the reference.
+Rows (slots, pixels) are independent: `_split` shares them among --threads threads, each running the
+whole computation on its share. On a GPU the torch code runs instead; it is the reference.
 """
 
 from __future__ import annotations
 
 import functools
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
 
 import numba
 import numpy as np
@@ -27,6 +34,7 @@ import torch
 
 from . import arithmetic as ar
 from .mixture import EDGE_ONE as _EDGE_ONE
+from .mixture import INVERSE_TO_GRID
 from .mixture import TABLE_CENTRE as _CENTRE
 
 _ONE = ar.ONE
@@ -34,21 +42,73 @@ _EXP_LIMIT = ar.EXP_INPUT_LIMIT
 _TOP = 2 * _CENTRE  # the CDF table's last index
 _TOTAL = ar.TABLE_TOTAL
 _CDF_BITS = ar.CDF_BITS
+_LIMIT = float(ar.ACTIVATION_LIMIT)
+_WEIGHT_BITS = ar.ATTENTION_WEIGHT_BITS
+_CDF_ONE = 1 << ar.CDF_BITS
+_MEAN_LIMIT = float(ar.MEAN_LIMIT)
+_LOG_SCALE_LIMIT = float(ar.LOG_SCALE_LIMIT)
+_TANH_LIMIT = float(ar.TANH_INPUT_LIMIT)
+_INVERSE_TO_GRID = INVERSE_TO_GRID
 
 
-def _run(serial, parallel, *args) -> None:
-    """Run a kernel on torch's number of threads (--threads): one thread runs the serial version,
-    which starts no thread pool at all. numba's parallel one runs in its OpenMP layer, which shares
-    torch's OpenMP runtime and, starting, sets that runtime's thread count to its own: torch's is set
-    back after it. (numba's own pool, "workqueue", leaves torch alone but gained nothing from a
-    second thread; the OpenMP pool beside a busy core and OMP_NUM_THREADS=1 made one thread slower.)"""
-    threads = torch.get_num_threads()
-    if threads == 1:
-        serial(*args)
+def _split(kernel, rows: int, *args, share: int = 1) -> None:
+    """Run `kernel(first, step, *args)`, which does rows first, first + step, ... of `rows`, on
+    torch's number of threads (--threads), each thread with at least `share` rows (a hand-over to a
+    thread costs tens of microseconds): this thread takes the rows from 0, a pool of threads the
+    others. Interleaved rows share the work evenly (slots at later positions attend longer). The
+    kernels are compiled without the GIL and rows are independent, so shares run at once and give
+    the integers of one thread. (numba's own parallel loops were tried: their OpenMP layer resets
+    torch's thread count, and a loop that calls BLAS cannot be cached: it compiled in every run.)"""
+    threads = min(_threads or torch.get_num_threads(), rows // share)
+    if threads <= 1:
+        kernel(0, 1, *args)
         return
-    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
-    parallel(*args)
-    torch.set_num_threads(threads)
+    others = [_pool(threads - 1).submit(kernel, first, threads, *args) for first in range(1, threads)]
+    kernel(0, threads, *args)
+    for share in others:
+        share.result()
+
+
+TABLE_ROWS_PER_THREAD = 128  # a table takes a few microseconds: fewer rows are not worth a thread
+_threads = 0  # the kernels' threads while a decoder holds them (take_threads), else torch's
+
+
+@contextmanager
+def take_threads():
+    """For a decoding loop: the kernels run on torch's number of threads and torch on one. Torch's
+    few small operations between kernel calls gain nothing from threads, and its OpenMP threads,
+    spinning after each, would take the cores the kernels' threads need."""
+    global _threads
+    threads, previous = torch.get_num_threads(), _threads
+    _threads = threads
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        _threads = previous
+
+
+@functools.lru_cache(maxsize=None)
+def _pool(workers: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(workers, thread_name_prefix="snailcompress-kernels")
+
+
+@functools.lru_cache(maxsize=None)
+def _one_thread_per_product() -> None:
+    """The compiled step's matrix products call SciPy's BLAS (numba's np.dot), whose own threads
+    would spin on every core beside ours: threads come from splitting the slots (`_split`), so that
+    BLAS runs each product on one. Only SciPy's BLAS is limited, not numpy's or torch's."""
+    import scipy
+    import scipy.linalg.cython_blas  # noqa: F401  (loads the BLAS that numba calls)
+    from threadpoolctl import ThreadpoolController
+
+    controller = ThreadpoolController()
+    home = Path(scipy.__file__).parent
+    mine = [lib for lib in controller.info() if Path(lib["filepath"]).parent.name in (home.name, home.name + ".libs")
+            or Path(lib["filepath"]).is_relative_to(home)]
+    if mine:
+        controller.select(filepath=[lib["filepath"] for lib in mine]).limit(limits=1)
 
 
 @functools.lru_cache(maxsize=None)
@@ -57,16 +117,17 @@ def _table(name: str) -> np.ndarray:
 
 
 @numba.njit(cache=True)
-def _attend_row(b, query, keys, values, position, exp16, out):  # pragma: no cover (compiled)
-    key_channels, value_channels = query.shape[1], values.shape[2]
-    p = position[b]
+def _attend_row(query, keys, values, p, exp16, out):  # pragma: no cover (compiled)
+    """One slot's attention: its query (dk,) over its keys (dk, n) and values (n, dv) at positions
+    before p, into out (dv,)."""
+    key_channels, value_channels = len(query), values.shape[1]
     acc = np.zeros(value_channels)
     if p == 0:  # nothing to attend to: 0, as in the full pass
-        out[b] = acc
+        out[:] = acc
         return
     logits = np.zeros(p)  # q . k: integers below 2**44, exact in any order
     for c in range(key_channels):  # channel by channel: the inner loop runs along positions
-        q, row = query[b, c], keys[b, c]
+        q, row = query[c], keys[c]
         for j in range(p):
             logits[j] += q * row[j]
     top = logits.max()
@@ -80,45 +141,341 @@ def _attend_row(b, query, keys, values, position, exp16, out):  # pragma: no cov
             continue
         total += w
         for c in range(value_channels):  # w * v below 2**36, sums below 2**47: exact
-            acc[c] += w * values[b, j, c]
+            acc[c] += w * values[j, c]
     for c in range(value_channels):  # round_half_up(acc / total), as arithmetic's _normalise
-        out[b, c] = float((2 * np.int64(acc[c]) + total) // (2 * total))
+        out[c] = float((2 * np.int64(acc[c]) + total) // (2 * total))
 
 
-@numba.njit(cache=True)
-def _attend_serial(query, keys, values, position, exp16, out):  # pragma: no cover (compiled)
-    for b in range(len(query)):
-        _attend_row(b, query, keys, values, position, exp16, out)
-
-
-@numba.njit(parallel=True, cache=True)
-def _attend_parallel(query, keys, values, position, exp16, out):  # pragma: no cover (compiled)
-    for b in numba.prange(len(query)):
-        _attend_row(b, query, keys, values, position, exp16, out)
+@numba.njit(cache=True, nogil=True)
+def _attend_rows(first, step, query, keys, values, position, exp16, out):  # pragma: no cover (compiled)
+    for b in range(first, len(out), step):
+        _attend_row(query[b], keys[b], values[b], position[b], exp16, out[b])
 
 
 def attend(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
-    """Attention of each slot's query (B, dk) float64 over its own earlier positions: keys (B, dk, n)
-    and values (B, n, dv) float32 holding integers, positions (B,) -> (B, dv) float64, Q.12."""
+    """The step's attention on its own (tests check it at the arithmetic's limits): each slot's query
+    (B, dk) float64 over its own earlier positions, keys (B, dk, n) and values (B, n, dv) float32
+    holding integers, positions (B,) -> (B, dv) float64, Q.12."""
     out = np.empty((query.shape[0], values.shape[2]))
-    _run(_attend_serial, _attend_parallel, query.numpy(), keys.numpy(), values.numpy(), position.numpy(),
-         _table("exp16"), out)
+    _split(_attend_rows, len(out), query.numpy(), keys.numpy(), values.numpy(), position.numpy(), _table("exp16"), out)
     return torch.from_numpy(out)
 
 
+# ---------------------------------------------------------------------------------------------
+# The decoder's step: the whole network at one position, for a batch of slots
+
+
+class PackedNetwork:
+    """An IntegerPixelSNAIL's layers in three flat arrays, the form the compiled step reads: every
+    weight matrix (in, out) of `network.linears()`, in that order, one after the other (`weights`);
+    per layer its bias, low and high clamps (`vectors`); and per layer (weight offset, inputs,
+    outputs, vector offset) (`layers`). What runs is each IntegerLinear's own `_weight` and `_bias`."""
+
+    def __init__(self, net):
+        linears = net.linears()
+        weights, vectors, layers = [], [], []
+        w_offset = v_offset = 0
+        for linear in linears:
+            n_in, n_out = linear._weight.shape
+            weights.append(linear._weight.reshape(-1))
+            vectors += [linear._bias, linear._low, linear._high]
+            layers.append((w_offset, n_in, n_out, v_offset))
+            w_offset, v_offset = w_offset + n_in * n_out, v_offset + 3 * n_out
+        self.weights = torch.cat(weights).numpy()
+        self.vectors = torch.cat(vectors).numpy()
+        self.layers = np.array(layers, np.int64)
+        self.arrays = (self.layers, self.weights, self.vectors)
+        self.shape = (net.config.blocks, net.config.resnets_per_block)
+
+
+def _packed(net) -> PackedNetwork:
+    """The network's packed form, made once per network (its layers never change after conversion)."""
+    _one_thread_per_product()
+    if getattr(net, "_packed", None) is None:
+        net._packed = PackedNetwork(net)
+    return net._packed
+
+
 @numba.njit(cache=True)
-def _mixture_row(i, weights, mean, inverse, cdf, out):  # pragma: no cover (compiled)
-    mixtures = weights.shape[1]
+def _linear(net, index, x, out):  # pragma: no cover (compiled)
+    """IntegerLinear.__call__: out = clamp(floor(x @ w + b)), the same exact products and sums."""
+    layers, weights, vectors = net
+    w_offset, n_in, n_out, v_offset = layers[index]
+    np.dot(x, weights[w_offset : w_offset + n_in * n_out].reshape((n_in, n_out)), out)
+    bias = vectors[v_offset : v_offset + n_out]
+    low = vectors[v_offset + n_out : v_offset + 2 * n_out]
+    high = vectors[v_offset + 2 * n_out : v_offset + 3 * n_out]
+    for b in range(out.shape[0]):
+        for o in range(n_out):
+            out[b, o] = min(max(np.floor(out[b, o] + bias[o]), low[o]), high[o])
+
+
+@numba.njit(cache=True)
+def _outputs(net, index, rows):  # pragma: no cover (compiled)
+    return np.empty((rows, net[0][index, 2]))
+
+
+@numba.njit(cache=True)
+def _elu(x, elu):  # pragma: no cover (compiled)
+    """arithmetic.elu: x where x >= 0, else the ELU table at -x, clamped at its end."""
+    out = np.empty_like(x)
+    for b in range(x.shape[0]):
+        for c in range(x.shape[1]):
+            v = x[b, c]
+            out[b, c] = v if v >= 0 else elu[min(int(-v), _EXP_LIMIT)]
+    return out
+
+
+@numba.njit(cache=True)
+def _window(cache, rows, value):  # pragma: no cover (compiled)
+    """IntegerStepper._window: write each slot's value into its current row (rows[:, 0]), then read
+    its 2x2 inputs (above-left, above, left, here: rows[:, 1:]) side by side."""
+    batch, channels = value.shape
+    for b in range(batch):
+        cache[rows[b, 0]] = value[b]
+    out = np.empty((batch, 4 * channels))
+    for b in range(batch):
+        for k in range(4):
+            out[b, k * channels : (k + 1) * channels] = cache[rows[b, 1 + k]]
+    return out
+
+
+@numba.njit(cache=True)
+def _resnet(net, index, x, aux, caches, pair, rows, t):  # pragma: no cover (compiled)
+    """IntegerResnet.forward over (B, C), in place on x: layers index (conv_in), index + 1 (conv_out),
+    index + 2 (aux_in, where aux has columns); pair >= 0: a 2x2 resnet whose inputs are read through
+    caches[pair] and caches[pair + 1] (else 1x1)."""
+    elu, sigmoid = t[0], t[1]
+    h = _elu(x, elu)
+    if pair >= 0:
+        h = _window(caches[pair], rows, h)
+    c1 = _outputs(net, index, len(x))
+    _linear(net, index, h, c1)
+    if aux.shape[1]:
+        extra = np.empty_like(c1)
+        _linear(net, index + 2, _elu(aux, elu), extra)
+        for b in range(c1.shape[0]):
+            for c in range(c1.shape[1]):
+                c1[b, c] = min(max(c1[b, c] + extra[b, c], -_LIMIT), _LIMIT)
+    h = _elu(c1, elu)
+    if pair >= 0:
+        h = _window(caches[pair + 1], rows, h)
+    c2 = _outputs(net, index + 1, len(x))
+    _linear(net, index + 1, h, c2)
+    channels = x.shape[1]
+    for b in range(x.shape[0]):  # arithmetic.gate: x + a * sigmoid(b), half up, clamped
+        for c in range(channels):
+            gated = np.floor(x[b, c] + c2[b, c] * sigmoid[int(c2[b, channels + c])] + 0.5)
+            x[b, c] = min(max(gated, -_LIMIT), _LIMIT)
+
+
+@numba.njit(cache=True)
+def _where(first, step, position, height, width):  # pragma: no cover (compiled)
+    """IntegerStepper._where for slots first, first + step, ...: each one's cache rows (write; read
+    above-left, above, left, here) and the index of its pixel above-left in the padded pixels."""
+    batch = len(position)
+    rows = np.empty((batch, 5), np.int64)
+    base = np.empty(batch, np.int64)
+    for b in range(batch):
+        slot, i, j = first + b * step, position[b] // width, position[b] % width
+        current = (slot * 2 + i % 2) * (width + 1)
+        previous = (slot * 2 + (i + 1) % 2) * (width + 1)
+        rows[b, 0], rows[b, 1], rows[b, 2] = current + j + 1, previous + j, previous + j + 1
+        rows[b, 3], rows[b, 4] = current + j, current + j + 1
+        base[b] = slot * (height + 1) * (width + 2) + i * (width + 2) + j
+    return rows, base
+
+
+@numba.njit(cache=True)
+def _with_position(x, position, row_channel, column_channel):  # pragma: no cover (compiled)
+    """[x, row channel, column channel] per slot: the inputs of the q and kv resnets."""
+    width = len(column_channel)
+    out = np.empty((x.shape[0], x.shape[1] + 2))
+    for b in range(x.shape[0]):
+        out[b, : x.shape[1]] = x[b]
+        out[b, x.shape[1]] = row_channel[position[b] // width]
+        out[b, x.shape[1] + 1] = column_channel[position[b] % width]
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _predict_slots(first, step, shape, net, state, t, out):  # pragma: no cover (compiled)
+    """IntegerStepper.predict (torch) for slots first, first + step, ...: their mixture parameters."""
+    blocks, resnets = shape
+    position, pixels, caches, keys, values, features, row_channel, column_channel = state
+    position, mine = position[first::step], out[first::step]
+    batch, height, width, stride = len(position), len(row_channel), len(column_channel), pixels.shape[1]
+    rows, base = _where(first, step, position, height, width)
+    above, left = np.empty((batch, 3 * stride)), np.empty((batch, 2 * stride))
+    for b in range(batch):
+        for k in range(3):
+            above[b, k * stride : (k + 1) * stride] = pixels[base[b] + k]
+        left[b, :stride] = pixels[base[b]]
+        left[b, stride:] = pixels[base[b] + width + 2]
+    ul, from_left = _outputs(net, 0, batch), _outputs(net, 1, batch)
+    _linear(net, 0, above, ul)
+    _linear(net, 1, left, from_left)
+    for b in range(batch):
+        i, j = position[b] // width, position[b] % width
+        for c in range(ul.shape[1]):  # nothing above row 0, nothing left of column 0
+            ul[b, c] = min(max((ul[b, c] if i > 0 else 0.0) + (from_left[b, c] if j > 0 else 0.0), -_LIMIT), _LIMIT)
+    no_aux = np.empty((batch, 0))
+    per_block = 2 * resnets + 9  # linears(): resnets (in, out), kv (in, out), q (in, out), out (in, out, aux), kv_proj, q_proj
+    for block in range(blocks):
+        index = 2 + block * per_block
+        for r in range(resnets):
+            _resnet(net, index + 2 * r, ul, no_aux, caches, 2 * (block * resnets + r), rows, t)
+        features[block, first::step] = ul
+        q = _with_position(ul, position, row_channel, column_channel)
+        _resnet(net, index + 2 * resnets + 2, q, no_aux, caches, -1, rows, t)
+        query = _outputs(net, index + 2 * resnets + 8, batch)
+        _linear(net, index + 2 * resnets + 8, q, query)
+        attended = np.empty((batch, values.shape[3]))
+        for b in range(batch):  # keys and values indexed by slot: contiguous rows, vectorised loops
+            slot = first + b * step
+            _attend_row(query[b], keys[block, slot], values[block, slot], position[b], t[2], attended[b])
+        _resnet(net, index + 2 * resnets + 4, ul, attended, caches, -1, rows, t)
+    params = _outputs(net, len(net[0]) - 1, batch)
+    _linear(net, len(net[0]) - 1, _elu(ul, t[0]), params)
+    mine[:] = params
+
+
+@numba.njit(cache=True, nogil=True)
+def _commit_slots(first, step, shape, net, state, t, known, advance):  # pragma: no cover (compiled)
+    """IntegerStepper.commit (torch) for slots first, first + step, ...: values, keys and values stored."""
+    blocks, resnets = shape
+    position, pixels, caches, keys, values, features, row_channel, column_channel = state
+    position, known, advance = position[first::step], known[first::step], advance[first::step]
+    batch, height, width, channels = len(position), len(row_channel), len(column_channel), known.shape[1]
+    rows, base = _where(first, step, position, height, width)
+    x = np.empty((batch, channels))
+    for b in range(batch):
+        for c in range(channels):
+            x[b, c] = t[3][known[b, c]]
+            pixels[base[b] + width + 3, c] = x[b, c]
+        pixels[base[b] + width + 3, channels] = _ONE
+    no_aux = np.empty((batch, 0))
+    per_block = 2 * resnets + 9
+    key_channels = keys.shape[2]
+    for block in range(blocks):
+        index = 2 + block * per_block
+        kv_in = _with_position(np.concatenate((x, features[block, first::step]), axis=1), position, row_channel, column_channel)
+        _resnet(net, index + 2 * resnets, kv_in, no_aux, caches, -1, rows, t)
+        kv = _outputs(net, index + 2 * resnets + 7, batch)
+        _linear(net, index + 2 * resnets + 7, kv_in, kv)
+        for b in range(batch):
+            p = position[b]
+            for c in range(key_channels):
+                keys[block, first + b * step, c, p] = kv[b, c]
+            for c in range(values.shape[3]):
+                values[block, first + b * step, p, c] = kv[b, key_channels + c]
+    for b in range(batch):
+        position[b] += advance[b]
+
+
+@numba.njit(cache=True, nogil=True)
+def _step_slots(first, step, shape, net, state, t, known, advance, out):  # pragma: no cover (compiled)
+    """A commit (where `known` has rows), then a predict (where `out` has rows), for slots first,
+    first + step, ...: one call, so one hand-over to the threads, for both."""
+    if len(known):
+        _commit_slots(first, step, shape, net, state, t, known, advance)
+    if len(out):
+        _predict_slots(first, step, shape, net, state, t, out)
+
+
+def step(net, state: tuple[torch.Tensor, ...], known: torch.Tensor | None, advance: torch.Tensor | None,
+         predict: bool) -> torch.Tensor | None:
+    """IntegerStepper's commit (of known values (B, C) int64 0..255, slots moved on by `advance` (B,)
+    int64; None: none) and then predict (if `predict`: mixture parameters (B, K) float64, Q.12) in one
+    compiled call over the stepper's state (CPU tensors: position, pixels, caches, keys, values,
+    features, row and column channels; changed in place). Slots are split among the threads, each
+    running the whole network on its share (each matrix product on one thread)."""
+    packed = _packed(net)
+    batch = len(state[0])
+    if known is None:
+        known, advance = torch.zeros(0, 1, dtype=torch.int64), torch.zeros(0, dtype=torch.int64)
+    out = np.empty((batch if predict else 0, packed.layers[-1, 2]))
+    _split(_step_slots, batch, packed.shape, packed.arrays, tuple(s.numpy() for s in state), _step_tables(),
+           known.numpy(), advance.numpy(), out)
+    return torch.from_numpy(out) if predict else None
+
+
+@functools.lru_cache(maxsize=None)
+def _step_tables() -> tuple[np.ndarray, ...]:
+    """The lookup tables the step reads: ELU, sigmoid / 4096, exp16 (int64), pixel values."""
+    t = ar.on("cpu")
+    return t["elu"].numpy(), t["sigmoid_over_one"].numpy(), _table("exp16"), t["pixels"].numpy()
+
+
+# ---------------------------------------------------------------------------------------------
+# The mixture's frequency tables, from the network's outputs
+
+
+@numba.njit(cache=True)
+def _prior(row, mixtures, exp16, weights):  # pragma: no cover (compiled)
+    """IntegerConditionals.prior: exp(logit - max) from the Q.16 table, normalised (floor)."""
+    top = row[:mixtures].max()
+    for k in range(mixtures):
+        weights[k] = exp16[int(min(top - row[k], _EXP_LIMIT))]
+    _normalise(weights)
+
+
+@numba.njit(cache=True)
+def _normalise(weights):  # pragma: no cover (compiled)
+    """integer/mixture._normalise, in place: floor(w * 2**16 / sum w); a zero row stays zero."""
+    total = max(weights.sum(), 1)
+    for k in range(len(weights)):
+        weights[k] = (weights[k] << _WEIGHT_BITS) // total
+
+
+@numba.njit(cache=True)
+def _components(row, known, c, mixtures, channels, t, mean, inverse):  # pragma: no cover (compiled)
+    """IntegerConditionals._mean and inverse_scales of channel c: each component's mean on the
+    0..255 scale (Q.13), shifted by the known values of channels < c, and its inverse scale."""
+    tanh, inverse_scale, pixel_values = t[1], t[2], t[3]
+    slot = 3 if channels == 3 else 2
+    base = mixtures + c * slot * mixtures
+    for k in range(mixtures):
+        mu = row[base + k]
+        if c:
+            # the coefficients alpha, beta, gamma are the third parameter of channels 0, 1, 2
+            if c == 1:
+                shift = _coefficient(row, 0, k, mixtures, tanh) * pixel_values[known[0]]
+            else:
+                shift = (_coefficient(row, 1, k, mixtures, tanh) * pixel_values[known[0]]
+                         + _coefficient(row, 2, k, mixtures, tanh) * pixel_values[known[1]])
+            mu += np.floor((shift + _ONE // 2) * (1.0 / _ONE))  # Q.24 -> Q.12, half up
+        mean[k] = (min(max(mu, -_MEAN_LIMIT), _MEAN_LIMIT) + _ONE) * 255
+        log_scale = min(max(row[base + mixtures + k], -_LOG_SCALE_LIMIT), _LOG_SCALE_LIMIT)
+        inverse[k] = inverse_scale[int(log_scale + _LOG_SCALE_LIMIT)] * _INVERSE_TO_GRID
+
+
+@numba.njit(cache=True)
+def _coefficient(row, channel, k, mixtures, tanh):  # pragma: no cover (compiled)
+    raw = min(max(row[mixtures + channel * 3 * mixtures + 2 * mixtures + k], -_TANH_LIMIT), _TANH_LIMIT)
+    return tanh[int(raw + _TANH_LIMIT)]
+
+
+@numba.njit(cache=True)
+def _cdf_at(edge, mean, inverse, cdf):  # pragma: no cover (compiled)
+    """A component's Q.20 CDF at the edge v - 1/2 (IntegerConditionals._cdf)."""
+    v = float(edge * _EDGE_ONE - _ONE) * inverse + (_CENTRE - mean * inverse)
+    return cdf[int(min(v, float(_TOP))) if v > 0.0 else 0]
+
+
+@numba.njit(cache=True)
+def _counts(weights, mean, inverse, cdf, out):  # pragma: no cover (compiled)
+    """One pixel's frequency table (256,) from its component weights, means and inverse scales."""
     mixed = np.zeros(256, np.int64)  # sum_k w_k cdf_k at edges 1..255 (index e - 1)
     constant = np.zeros(257, np.int64)  # a difference array: saturated edges' contributions
     total = 0
-    for k in range(mixtures):
-        w = weights[i, k]
+    for k in range(len(weights)):
+        w = weights[k]
         if w == 0:
             continue
         total += w
-        inv = inverse[i, k]
-        offset = _CENTRE - mean[i, k] * inv  # exact (integer/mixture.py: _cdf)
+        inv = inverse[k]
+        offset = _CENTRE - mean[k] * inv  # exact (integer/mixture.py: _cdf)
         step = _EDGE_ONE * inv
         # the CDF's argument at edge e + 1 is ((e + 1) * EDGE_ONE - ONE) * inv + offset, increasing
         # with e; start a little below the estimated first unsaturated edge, and check that the
@@ -141,27 +498,48 @@ def _mixture_row(i, weights, mean, inverse, cdf, out):  # pragma: no cover (comp
     for e in range(255):
         running += constant[e]
         cumulative = ((mixed[e] + running) * _TOTAL) // denominator
-        out[i, e] = cumulative - previous
+        out[e] = cumulative - previous
         previous = cumulative
-    out[i, 255] = _TOTAL - previous
+    out[255] = _TOTAL - previous
 
 
-@numba.njit(cache=True)
-def _mixture_serial(weights, mean, inverse, cdf, out):  # pragma: no cover (compiled)
-    for i in range(len(weights)):
-        _mixture_row(i, weights, mean, inverse, cdf, out)
+@numba.njit(cache=True, nogil=True)
+def _table_rows(first, step, params, known, c, mixtures, channels, t, out):  # pragma: no cover (compiled)
+    """IntegerConditionals.tables(c, known) for rows first, first + step, ...: the prior's weights updated to
+    their posterior by each known channel < c, then channel c's table."""
+    exp16, cdf = t[0], t[4]
+    weights, posterior = np.empty(mixtures, np.int64), np.empty(mixtures, np.int64)
+    mean, inverse = np.empty(mixtures), np.empty(mixtures)
+    for i in range(first, len(out), step):
+        row = params[i]
+        _prior(row, mixtures, exp16, weights)
+        for prev in range(c):
+            _components(row, known[i], prev, mixtures, channels, t, mean, inverse)
+            v = known[i, prev]
+            for k in range(mixtures):  # each component's Q.20 probability of v: the tails at 0 and 255
+                low = 0 if v == 0 else _cdf_at(v, mean[k], inverse[k], cdf)
+                high = _CDF_ONE if v == 255 else _cdf_at(v + 1, mean[k], inverse[k], cdf)
+                posterior[k] = weights[k] * (high - low)
+            _normalise(posterior)
+            if posterior.sum() > 0:
+                weights[:] = posterior
+        _components(row, known[i], c, mixtures, channels, t, mean, inverse)
+        _counts(weights, mean, inverse, cdf, out[i])
 
 
-@numba.njit(parallel=True, cache=True)
-def _mixture_parallel(weights, mean, inverse, cdf, out):  # pragma: no cover (compiled)
-    for i in numba.prange(len(weights)):
-        _mixture_row(i, weights, mean, inverse, cdf, out)
-
-
-def mixture_counts(weights: torch.Tensor, mean: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
-    """Frequency tables (N, 256) int64 of the mixture: component weights (N, M) int64 (each row's sum
-    above 0), means (N, M) Q.13 and inverse scales (N, M) as integer/mixture.py computes them."""
-    out = np.empty((weights.shape[0], 256), np.int64)
-    _run(_mixture_serial, _mixture_parallel, weights.numpy(), mean.contiguous().numpy(), inverse.contiguous().numpy(),
-         _table("cdf"), out)
+def channel_tables(params: torch.Tensor, known: torch.Tensor, c: int, mixtures: int, channels: int) -> torch.Tensor:
+    """IntegerConditionals.tables(c, known) in one compiled call: frequency tables (N, 256) int64 of
+    channel c from the network's outputs (N, K) Q.12 and the values (N, >= c) of channels < c."""
+    out = np.empty((len(params), 256), np.int64)
+    _split(_table_rows, len(out), params.contiguous().numpy(), known.long().contiguous().numpy(), c, mixtures, channels,
+           _mixture_tables(), out, share=TABLE_ROWS_PER_THREAD)
     return torch.from_numpy(out)
+
+
+@functools.lru_cache(maxsize=None)
+def _mixture_tables() -> tuple[np.ndarray, ...]:
+    """What the tables read: exp16 (int64); tanh, inverse scales and pixel values (float64); the CDF as
+    int32 (its values are below 2**21), half the cache of int64."""
+    t = ar.tables()
+    cdf = _table("cdf").astype(np.int32)
+    return _table("exp16"), t["tanh"].numpy(), t["inverse_scale"].numpy(), t["pixels"].numpy(), cdf

@@ -23,6 +23,9 @@ exactly the entries of the full table (`tables`), at 2/255 of the cost. The enco
 
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass
+
 import torch
 
 from ..mixture import num_params
@@ -34,6 +37,7 @@ _Z_FRACTION = ar.INVERSE_SCALE_BITS + ar.ACTIVATION_BITS + 1  # z = (edge - mean
 TABLE_CENTRE = ar.CDF_Z_LIMIT << ar.CDF_TABLE_STEP_BITS  # index of z = 0 in the CDF table
 CDF_ONE = 1 << ar.CDF_BITS
 WEIGHT_ONE = 1 << ar.ATTENTION_WEIGHT_BITS
+INVERSE_TO_GRID = 2.0 ** (ar.CDF_TABLE_STEP_BITS - _Z_FRACTION)  # 1/scale in Q.26 -> steps of the CDF table
 
 
 def _normalise(weights: torch.Tensor) -> torch.Tensor:
@@ -43,43 +47,57 @@ def _normalise(weights: torch.Tensor) -> torch.Tensor:
     return torch.div(w * WEIGHT_ONE, total.clamp(min=1), rounding_mode="floor")
 
 
+@dataclass
+class _TorchParts:
+    t: dict[str, torch.Tensor]  # the arithmetic's tables on the parameters' device
+    means: torch.Tensor  # (N, C, M) Q.12, before the autoregressive shift
+    inverse_scales: torch.Tensor  # (N, C, M): 1/scale on the CDF table's grid
+    coeffs: torch.Tensor | None  # (N, 3, M) Q.12: alpha, beta, gamma (RGB)
+    posteriors: list[torch.Tensor]  # the component weights (N, M) int64 of channels 0, 1, ...: the prior first
+
+
 class IntegerConditionals:
     """Per-channel integer frequency tables of N pixels, from their Q.12 mixture parameters (N, K)."""
 
     def __init__(self, params: torch.Tensor, channels: int, compiled: bool | None = None):
         """`compiled`: build `tables` with integer/kernels.py (the default on the CPU) instead of
         torch; the same integers either way."""
-        t = self.t = ar.on(str(params.device))
+        self.params, self.channels = params, channels
         self.compiled = params.device.type == "cpu" if compiled is None else compiled
-        n, k = params.shape
-        self.channels = channels
+        k = params.shape[1]
         slot = 3 if channels == 3 else 2
         m = self.mixtures = k // (1 + channels * slot)
         if num_params(channels, m) != k:
             raise ValueError(f"{k} outputs do not fit a {channels}-channel mixture")
-        logits = params[:, :m]
-        per_channel = params[:, m:].reshape(n, channels, slot * m)
+
+    @functools.cached_property
+    def _parts(self) -> _TorchParts:
+        """What the torch code reads, made on first use (the compiled tables read the parameters)."""
+        t = ar.on(str(self.params.device))
+        n, m, channels = len(self.params), self.mixtures, self.channels
+        logits = self.params[:, :m]
+        per_channel = self.params[:, m:].reshape(n, channels, -1)
         distance = (logits.amax(dim=1, keepdim=True) - logits).clamp_(0, ar.EXP_INPUT_LIMIT)
-        self.prior = _normalise(t["exp16"][distance.long()])  # (N, M) int64
-        self._posteriors = [self.prior]
-        self.means = per_channel[..., :m]  # (N, C, M) Q.12, before the autoregressive shift
         log_scales = per_channel[..., m : 2 * m].clamp(-ar.LOG_SCALE_LIMIT, ar.LOG_SCALE_LIMIT)
         # 1/scale in Q.26, times 2**-(39 - 13): (edge - mean) * this is z on the CDF table's grid, exactly
-        inverse_scales = t["inverse_scale"][(log_scales + ar.LOG_SCALE_LIMIT).long()]
-        self.inverse_scales = inverse_scales.mul_(2.0 ** (ar.CDF_TABLE_STEP_BITS - _Z_FRACTION))  # (N, C, M)
+        inverse_scales = t["inverse_scale"][(log_scales + ar.LOG_SCALE_LIMIT).long()].mul_(INVERSE_TO_GRID)
+        coeffs = None
         if channels == 3:
             raw = per_channel[..., 2 * m :].clamp(-ar.TANH_INPUT_LIMIT, ar.TANH_INPUT_LIMIT)
-            self.coeffs = t["tanh"][(raw + ar.TANH_INPUT_LIMIT).long()]  # (N, 3, M) Q.12: alpha, beta, gamma
+            coeffs = t["tanh"][(raw + ar.TANH_INPUT_LIMIT).long()]
+        prior = _normalise(t["exp16"][distance.long()])
+        return _TorchParts(t, per_channel[..., :m], inverse_scales, coeffs, [prior])
 
     def _mean(self, c: int, known: torch.Tensor | None) -> torch.Tensor:
         """Channel c's component means (N, M) on the 0..255 scale, Q.13, given values of channels < c."""
-        mean = self.means[:, c]
+        parts = self._parts
+        mean = parts.means[:, c]
         if c:
-            x = self.t["pixels"][known.long()]  # (N, >= c) Q.12
+            x = parts.t["pixels"][known.long()]  # (N, >= c) Q.12
             if c == 1:
-                shift = self.coeffs[:, 0] * x[:, 0:1]
+                shift = parts.coeffs[:, 0] * x[:, 0:1]
             else:
-                shift = self.coeffs[:, 1] * x[:, 0:1] + self.coeffs[:, 2] * x[:, 1:2]
+                shift = parts.coeffs[:, 1] * x[:, 0:1] + parts.coeffs[:, 2] * x[:, 1:2]
             mean = mean + shift.add_(ONE // 2).mul_(1.0 / ONE).floor_()  # Q.24 -> Q.12, half up
         return (mean.clamp(-ar.MEAN_LIMIT, ar.MEAN_LIMIT) + ONE) * 255  # (mean + 1) * 127.5 in Q.13
 
@@ -88,24 +106,25 @@ class IntegerConditionals:
         edges: (E,) for every pixel or (N, E)."""
         position = edges.to(torch.float64) * EDGE_ONE - ONE  # Q.13
         position = position.view(1, 1, -1) if edges.dim() == 1 else position.unsqueeze(1)
-        inverse = self.inverse_scales[:, c].unsqueeze(-1)
+        inverse = self._parts.inverse_scales[:, c].unsqueeze(-1)
         # z + centre = position * inverse + (centre - mean * inverse), in one pass: every product and sum
         # is exact (multiples of 2**-26 below 2**51), so this is exactly (position - mean) * inverse + centre
         offset = torch.addcmul(torch.full_like(inverse, TABLE_CENTRE), self._mean(c, known).unsqueeze(-1), inverse, value=-1)
         shifted = torch.addcmul(offset, position, inverse)
         index = shifted.clamp_(0, 2 * TABLE_CENTRE).to(torch.int32)  # >= 0: truncation floors
-        return self.t["cdf"].index_select(0, index.view(-1)).view(index.shape)
+        return self._parts.t["cdf"].index_select(0, index.view(-1)).view(index.shape)
 
     def _weights(self, c: int, known: torch.Tensor | None) -> torch.Tensor:
         """Component weights (N, M) int64 for channel c: the prior, updated by each known channel.
         Kept per channel: an object's known values are those of its pixels, the same in every call."""
-        while len(self._posteriors) <= c:
-            prev = len(self._posteriors) - 1
-            weights = self._posteriors[prev]
+        posteriors = self._parts.posteriors
+        while len(posteriors) <= c:
+            prev = len(posteriors) - 1
+            weights = posteriors[prev]
             probability = self._bin_probability(prev, known, known[:, prev].long())
             posterior = _normalise(weights * probability)
-            self._posteriors.append(torch.where(posterior.sum(dim=1, keepdim=True) > 0, posterior, weights))
-        return self._posteriors[c]
+            posteriors.append(torch.where(posterior.sum(dim=1, keepdim=True) > 0, posterior, weights))
+        return posteriors[c]
 
     def _bin_probability(self, c: int, known: torch.Tensor | None, value: torch.Tensor) -> torch.Tensor:
         """Each component's Q.20 probability (N, M) int64 of value (N,) in channel c."""
@@ -126,8 +145,8 @@ class IntegerConditionals:
         if self.compiled:
             from . import kernels  # numba: imported by decoders only (the encoder never needs it)
 
-            return kernels.mixture_counts(self._weights(c, known), self._mean(c, known), self.inverse_scales[:, c])
-        cumulative = self._cumulative(c, known, torch.arange(1, 256, device=self.prior.device))
+            return kernels.channel_tables(self.params, known, c, self.mixtures, self.channels)
+        cumulative = self._cumulative(c, known, torch.arange(1, 256, device=self.params.device))
         zero = torch.zeros(cumulative.shape[0], 1, dtype=torch.int64, device=cumulative.device)
         return torch.cat([zero, cumulative, torch.full_like(zero, ar.TABLE_TOTAL)], dim=1).diff(dim=1)
 

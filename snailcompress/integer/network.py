@@ -12,8 +12,8 @@ The network runs in two ways that give identical integers (arithmetic.py explain
 * `forward(pixels)`: the full forward pass over a batch of windows, all positions at once: the
   encoder's one pass (codec/coder.py, chunks of windows bounded in memory);
 * `stepper(batch, h, w)`: one position at a time with cached rows and keys/values (as
-  models/stepper.py does in float): the decoder. On the CPU its attention runs in a compiled
-  kernel (kernels.py), the same integers as `step_attention`.
+  models/stepper.py does in float): the decoder. On the CPU each step is one compiled call
+  (kernels.py), the same integers as the torch code here, which is the reference and the GPU's path.
 
 Layout is channels-last (B, H, W, C) throughout: every layer is a matrix product over the last axis,
 the same product in both ways (a 2x2 down-right-shifted conv reads (i-1, j-1), (i-1, j), (i, j-1),
@@ -307,7 +307,7 @@ def _causal_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
 
 def step_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
     """One position of the attention for a batch of slots, in torch (the reference; kernels.attend
-    on the CPU): query (B, dk), keys (B, dk, n), values (B, n, dv), each slot attending to its own
+    is the compiled step's): query (B, dk), keys (B, dk, n), values (B, n, dv), each slot attending to its own
     positions before `position` (B,); a slot at position 0 gets 0. -> (B, dv) float64."""
     longest = int(position.max())
     if longest == 0:
@@ -329,11 +329,17 @@ def step_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
 class IntegerStepper:
     """The integer network one position at a time for a batch of windows (the interface of
     models/stepper.py: predict(), commit(values, advance), restart(slots)); each slot has its own
-    position. Gives exactly the integers of `IntegerPixelSNAIL.forward` at every position."""
+    position. Gives exactly the integers of `IntegerPixelSNAIL.forward` at every position. Compiled,
+    a commit's work is done at the start of the next predict (or restart), in the same call.
+
+    State, per slot: its position; its window's pixels so far (padded, with the ones channel); two
+    rows of each 2x2 conv's inputs (`caches`, one pair per spatial resnet, rows alternating with
+    the window's row); and each block's keys and values at every position so far."""
 
     def __init__(self, net: IntegerPixelSNAIL, batch: int, height: int, width: int, compiled: bool | None = None):
-        """`compiled`: attend with integer/kernels.py (the default on the CPU) instead of torch; the
-        same integers either way. Keys and values are then stored as float32, exact for integers below 2**20."""
+        """`compiled`: run each step as one compiled call (integer/kernels.py; the default on the
+        CPU) instead of torch operations; the same integers either way. Keys and values are then
+        stored as float32, exact for integers below 2**20."""
         cfg, device = net.config, net.device
         self.compiled = device.type == "cpu" if compiled is None else compiled
         if self.compiled and device.type != "cpu":
@@ -343,26 +349,61 @@ class IntegerStepper:
         self.t = ar.on(str(device))
         self.position = torch.zeros(batch, dtype=torch.long, device=device)
         zeros = lambda *shape: torch.zeros(*shape, dtype=torch.float64, device=device)  # noqa: E731
-        self.caches = [[(zeros(batch * 2 * (width + 1), cfg.filters), zeros(batch * 2 * (width + 1), cfg.filters))
-                        for _ in block["resnets"]] for block in net.blocks]
+        spatial = cfg.blocks * cfg.resnets_per_block
+        self.caches = zeros(2 * spatial, batch * 2 * (width + 1), cfg.filters)  # resnet r's pair: 2r, 2r + 1
         n = height * width
         stored = torch.float32 if self.compiled else torch.float64
-        self.keys = [torch.zeros(batch, cfg.key_channels, n, dtype=stored, device=device) for _ in net.blocks]
-        self.values = [torch.zeros(batch, n, cfg.value_channels, dtype=stored, device=device) for _ in net.blocks]
+        self.keys = torch.zeros(cfg.blocks, batch, cfg.key_channels, n, dtype=stored, device=device)
+        self.values = torch.zeros(cfg.blocks, batch, n, cfg.value_channels, dtype=stored, device=device)
+        self.features = zeros(cfg.blocks, batch, cfg.filters)  # each block's input to attention, for commit
         self.pixels = zeros(batch * (height + 1) * (width + 2), cfg.channels + 1)  # padded, with the ones channel
         self.rows = ar.positional_channel(height).to(device)
         self.cols = ar.positional_channel(width).to(device)
         self._slots = torch.arange(batch, device=device)
-        self._features: list[torch.Tensor] = []
+        self._predicted = False
+        self._pending: tuple[torch.Tensor, torch.Tensor] | None = None  # a compiled commit not yet done
 
     def restart(self, slots: torch.Tensor) -> None:
+        self._commit_pending()
         slots = slots.to(self.device)
         self.position[slots] = 0
         self.pixels.view(self.batch, -1)[slots] = 0.0
-        for caches in self.caches:
-            for pair in caches:
-                for cache in pair:
-                    cache.view(self.batch, -1)[slots] = 0.0
+        self.caches.view(len(self.caches), self.batch, -1)[:, slots] = 0.0
+
+    @torch.no_grad()
+    def predict(self) -> torch.Tensor:
+        """Mixture parameters (B, K), Q.12, of the pixel at each slot's position."""
+        self._predicted = True
+        if self.compiled:
+            return self._compiled_step(predict=True)
+        self._where()
+        net = self.net
+        above = net.input_above(self.pixels.index_select(0, self._pixels_above).view(self.batch, -1))
+        left = net.input_left(self.pixels.index_select(0, self._pixels_left).view(self.batch, -1))
+        ul = ar.clamp_activation(above * (self._i > 0).unsqueeze(1) + left * (self._j > 0).unsqueeze(1))
+        for b, block in enumerate(net.blocks):
+            for r, resnet in enumerate(block["resnets"]):
+                pair = 2 * (b * len(block["resnets"]) + r)
+                ul = resnet.forward(ul, self.t, window=lambda which, h, pair=pair: self._window(self.caches[pair + which], h))
+            self.features[b] = ul
+            query = block["q_proj"](block["q_resnet"].forward(torch.cat([ul, self._background], 1), self.t))
+            ul = block["out_resnet"].forward(ul, self.t, aux=step_attention(query, self.keys[b], self.values[b], self.position))
+        return net.head(ar.elu(ul, self.t))
+
+    def _compiled_step(self, predict: bool) -> torch.Tensor | None:
+        from . import kernels  # numba: imported by decoders only (the encoder never needs it)
+
+        known, advance = self._pending or (None, None)
+        self._pending = None
+        return kernels.step(self.net, self._state(), known, advance, predict)
+
+    def _commit_pending(self) -> None:
+        if self._pending is not None:
+            self._compiled_step(predict=False)
+
+    def _state(self) -> tuple[torch.Tensor, ...]:
+        """What the compiled step reads and changes (integer/kernels.py)."""
+        return self.position, self.pixels, self.caches, self.keys, self.values, self.features, self.rows, self.cols
 
     def _where(self):
         width, height = self.width, self.height
@@ -383,42 +424,21 @@ class IntegerStepper:
         cache.index_copy_(0, self._row_write, value)
         return cache.index_select(0, self._row_read).view(self.batch, -1)
 
-
-    @torch.no_grad()
-    def predict(self) -> torch.Tensor:
-        """Mixture parameters (B, K), Q.12, of the pixel at each slot's position."""
-        self._where()
-        net = self.net
-        above = net.input_above(self.pixels.index_select(0, self._pixels_above).view(self.batch, -1))
-        left = net.input_left(self.pixels.index_select(0, self._pixels_left).view(self.batch, -1))
-        ul = ar.clamp_activation(above * (self._i > 0).unsqueeze(1) + left * (self._j > 0).unsqueeze(1))
-        self._features = []
-        for b, block in enumerate(net.blocks):
-            for resnet, caches in zip(block["resnets"], self.caches[b]):
-                ul = resnet.forward(ul, self.t, window=lambda which, h, caches=caches: self._window(caches[which], h))
-            self._features.append(ul)
-            query = block["q_proj"](block["q_resnet"].forward(torch.cat([ul, self._background], 1), self.t))
-            ul = block["out_resnet"].forward(ul, self.t, aux=self._attend(query, b))
-        return net.head(ar.elu(ul, self.t))
-
-    def _attend(self, query: torch.Tensor, b: int) -> torch.Tensor:
-        if not self.compiled:
-            return step_attention(query, self.keys[b], self.values[b], self.position)
-        from . import kernels  # numba: imported by decoders only (the encoder never needs it)
-
-        return kernels.attend(query, self.keys[b], self.values[b], self.position)
-
     @torch.no_grad()
     def commit(self, values: torch.Tensor, advance: torch.Tensor | None = None) -> None:
         """Pixel values (B, C) 0..255 at each slot's position; slots in `advance` move on."""
-        if len(self._features) != len(self.net.blocks):
+        if not self._predicted:
             raise RuntimeError("commit() must follow predict() for the same position")
+        self._predicted = False
+        advance = torch.ones_like(self.position) if advance is None else advance.to(self.device).long()
+        if self.compiled:  # done at the start of the next predict or restart, in the same compiled call
+            self._pending = (values.to(torch.int64, copy=True), advance.clone())
+            return
         x = self.t["pixels"][values.to(self.device).long()]
         ones = torch.full_like(x[:, :1], ONE)
         self.pixels.index_copy_(0, self._pixel_write, torch.cat([x, ones], 1))
-        for b, (block, ul) in enumerate(zip(self.net.blocks, self._features)):
-            kv = block["kv_proj"](block["kv_resnet"].forward(torch.cat([x, ul, self._background], 1), self.t))
-            self.keys[b][self._slots, :, self.position] = kv[:, : self.cfg.key_channels].to(self.keys[b].dtype)
-            self.values[b][self._slots, self.position] = kv[:, self.cfg.key_channels :].to(self.values[b].dtype)
-        self._features = []
-        self.position += 1 if advance is None else advance.to(self.device).long()
+        for b, block in enumerate(self.net.blocks):
+            kv = block["kv_proj"](block["kv_resnet"].forward(torch.cat([x, self.features[b], self._background], 1), self.t))
+            self.keys[b, self._slots, :, self.position] = kv[:, : self.cfg.key_channels]
+            self.values[b, self._slots, self.position] = kv[:, self.cfg.key_channels :]
+        self.position += advance
