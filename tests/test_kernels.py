@@ -124,6 +124,21 @@ def test_the_compiled_step_equals_torch_on_any_thread_count(threads, torch_threa
     assert torch.equal(compiled.keys.double(), reference.keys) and torch.equal(compiled.values.double(), reference.values)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("channels", [3, 1])
+def test_the_compiled_full_pass_equals_torch(channels, threads, torch_threads):
+    """The encoder's full forward pass, a window at a time in compiled calls, against torch: windows
+    of one row, one column and one pixel, flat, saturated and random images, on one and two threads."""
+    net = IntegerPixelSNAIL.convert(load_model("snail-rgb" if channels == 3 else "snail-gray").model)
+    rng = np.random.default_rng(channels + threads)
+    torch_threads(threads)
+    for shape in [(3, 1, 1), (2, 1, 9), (2, 7, 1), (3, 9, 11)]:
+        images = [rng.integers(0, 256, (*shape[:1], channels, *shape[1:])), np.zeros((1, channels, *shape[1:]), int),
+                  np.full((1, channels, *shape[1:]), 255)]
+        pixels = torch.from_numpy(np.concatenate(images).astype(np.uint8))
+        assert torch.equal(net.forward(pixels, compiled=True), net.forward(pixels, compiled=False)), shape
+
+
 def test_a_decoder_holds_the_threads_and_gives_them_back(torch_threads):
     """While decoding, the kernels run on --threads and torch on one (its spinning OpenMP threads
     would take the kernels' cores); after, torch has its threads again."""

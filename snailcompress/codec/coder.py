@@ -35,7 +35,7 @@ from .tiles import WindowPlan
 
 _FAMILY = constriction.stream.model.Categorical(perfect=False)
 MAX_BATCH_TILES = 1536  # part of the format: encoder and decoder must batch alike
-ENCODE_CHUNK_POSITIONS = 4096  # window positions per forward pass of the encoder: small chunks stay in cache
+ENCODE_CHUNK_POSITIONS = 1 << 14  # window positions per forward pass of the encoder (the CPU runs it a window at a time)
 GPU_CHUNK_POSITIONS = 1 << 18  # on a GPU: large passes keep it busy
 ENCODE_CHUNK_PIXELS = 1 << 16  # (step, slot) pairs the encoder schedules at once: bounds its memory
 ENCODE_CHUNK_SYMBOLS = 1 << 15  # symbols per call of the range encoder (a (n, 256) table each)
@@ -298,7 +298,7 @@ def _kernel_threads(net):
     integer/kernels.py: take_threads); elsewhere torch keeps them."""
     if net.device.type != "cpu":
         return nullcontext()
-    from ..integer import kernels  # numba: imported by decoders only
+    from ..integer import kernels
 
     return kernels.take_threads()
 

@@ -1,24 +1,25 @@
-"""Compiled CPU kernels (numba) for decoding: the network's whole step at one position, and the
-mixture's frequency tables from the network's outputs.
+"""Compiled CPU kernels (numba): the network's full pass a window at a time (the encoder), its whole
+step at one position (the decoder), and the mixture's frequency tables from the network's outputs.
 
-Each gives exactly the integers of the torch code it replaces on the CPU (`IntegerStepper`'s torch
-path, `IntegerConditionals.tables`; tests compare them directly): every value is an integer or a
+Each gives exactly the integers of the torch code it replaces on the CPU (`IntegerPixelSNAIL.forward`,
+`IntegerStepper`, `IntegerConditionals.tables`; tests compare them directly): every value is an integer or a
 multiple of a power of two, every product and sum stays exact in float64 or int64 (arithmetic.py), so
 neither the order of a sum, nor fused multiply-add, nor the number of threads can change a bit. They
 are faster because they do less, not because they round differently:
 
-* the step (a commit, then a predict) is one call instead of some two hundred torch operations: its
-  matrix products go to BLAS (numba's np.dot, through SciPy), everything between them (requantising,
-  lookup tables, the row caches of the 2x2 convs, gates) runs in compiled loops, and its attention
-  reads keys and values stored as float32 (integers below 2**20: exact) only up to each slot's own
-  position, in one pass;
+* the network's matrix products go to BLAS (numba's np.dot, through SciPy) and everything between
+  them (requantising, lookup tables, the 2x2 convs' inputs, gates) runs in compiled loops, one pass
+  each instead of several torch operations; a full pass runs a window at a time (its arrays stay in
+  cache), a step (a commit, then a predict) is one call instead of some two hundred torch operations,
+  and its attention reads keys and values stored as float32 (integers below 2**20: exact) only up to
+  each slot's own position;
 * the tables go from the network's outputs to counts in one call per channel, skipping components of
   zero weight and, per component, the edges where its CDF is saturated at the table's ends (the CDF's
   argument grows with the edge, so those are a prefix and a suffix), adding their constant
   contribution through a difference array.
 
-Rows (slots, pixels) are independent: `_split` shares them among --threads threads, each running the
-whole computation on its share. On a GPU the torch code runs instead; it is the reference.
+Rows (windows, slots, pixels) are independent: `_split` shares them among --threads threads, each
+running the whole computation on its share. On a GPU the torch code runs instead; it is the reference.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ _MEAN_LIMIT = float(ar.MEAN_LIMIT)
 _LOG_SCALE_LIMIT = float(ar.LOG_SCALE_LIMIT)
 _TANH_LIMIT = float(ar.TANH_INPUT_LIMIT)
 _INVERSE_TO_GRID = INVERSE_TO_GRID
+_QUERY_BLOCK = 64  # queries per block of the full pass's attention
 
 
 def _split(kernel, rows: int, *args, share: int = 1) -> None:
@@ -217,12 +219,13 @@ def _outputs(net, index, rows):  # pragma: no cover (compiled)
 
 @numba.njit(cache=True)
 def _elu(x, elu):  # pragma: no cover (compiled)
-    """arithmetic.elu: x where x >= 0, else the ELU table at -x, clamped at its end."""
+    """arithmetic.elu: x where x >= 0, else the ELU table at -x, clamped at its end. Without a branch
+    (signs are unpredictable): the table at 0 is ELU(0) = 0, so max(x, 0) + table[max(-x, 0)]."""
     out = np.empty_like(x)
     for b in range(x.shape[0]):
         for c in range(x.shape[1]):
             v = x[b, c]
-            out[b, c] = v if v >= 0 else elu[min(int(-v), _EXP_LIMIT)]
+            out[b, c] = max(v, 0.0) + elu[int(min(max(-v, 0.0), _EXP_LIMIT))]
     return out
 
 
@@ -240,28 +243,53 @@ def _window(cache, rows, value):  # pragma: no cover (compiled)
     return out
 
 
+_ONE_BY_ONE, _FULL_2X2 = -1, -2  # a resnet's `pair` when it has no row caches: 1x1, or 2x2 over a whole window
+
+
 @numba.njit(cache=True)
-def _resnet(net, index, x, aux, caches, pair, rows, t):  # pragma: no cover (compiled)
-    """IntegerResnet.forward over (B, C), in place on x: layers index (conv_in), index + 1 (conv_out),
-    index + 2 (aux_in, where aux has columns); pair >= 0: a 2x2 resnet whose inputs are read through
-    caches[pair] and caches[pair + 1] (else 1x1)."""
-    elu, sigmoid = t[0], t[1]
-    h = _elu(x, elu)
+def _conv_input(h, caches, pair, which, rows, width):  # pragma: no cover (compiled)
+    """The input of conv `which` (0: conv_in, 1: conv_out) of a resnet: h itself (1x1), the 2x2
+    inputs through the stepper's row caches (pair >= 0), or those of a whole window (_FULL_2X2)."""
     if pair >= 0:
-        h = _window(caches[pair], rows, h)
+        return _window(caches[pair + which], rows, h)
+    if pair == _FULL_2X2:
+        return _down_right_2x2(h, width)
+    return h
+
+
+@numba.njit(cache=True)
+def _down_right_2x2(h, width):  # pragma: no cover (compiled)
+    """IntegerLinear.down_right_2x2's inputs over a window's rows (i * width + j): (i-1, j-1),
+    (i-1, j), (i, j-1), (i, j) side by side, 0 outside the window."""
+    n, channels = h.shape
+    out = np.zeros((n, 4 * channels))
+    for r in range(n):
+        i, j = r // width, r % width
+        if i > 0 and j > 0:
+            out[r, :channels] = h[r - width - 1]
+        if i > 0:
+            out[r, channels : 2 * channels] = h[r - width]
+        if j > 0:
+            out[r, 2 * channels : 3 * channels] = h[r - 1]
+        out[r, 3 * channels :] = h[r]
+    return out
+
+
+@numba.njit(cache=True)
+def _resnet(net, index, x, aux, caches, pair, rows, width, t):  # pragma: no cover (compiled)
+    """IntegerResnet.forward over (B, C), in place on x: layers index (conv_in), index + 1 (conv_out),
+    index + 2 (aux_in, where aux has columns); `pair`: see _conv_input."""
+    elu, sigmoid = t[0], t[1]
     c1 = _outputs(net, index, len(x))
-    _linear(net, index, h, c1)
+    _linear(net, index, _conv_input(_elu(x, elu), caches, pair, 0, rows, width), c1)
     if aux.shape[1]:
         extra = np.empty_like(c1)
         _linear(net, index + 2, _elu(aux, elu), extra)
         for b in range(c1.shape[0]):
             for c in range(c1.shape[1]):
                 c1[b, c] = min(max(c1[b, c] + extra[b, c], -_LIMIT), _LIMIT)
-    h = _elu(c1, elu)
-    if pair >= 0:
-        h = _window(caches[pair + 1], rows, h)
     c2 = _outputs(net, index + 1, len(x))
-    _linear(net, index + 1, h, c2)
+    _linear(net, index + 1, _conv_input(_elu(c1, elu), caches, pair, 1, rows, width), c2)
     channels = x.shape[1]
     for b in range(x.shape[0]):  # arithmetic.gate: x + a * sigmoid(b), half up, clamped
         for c in range(channels):
@@ -324,17 +352,17 @@ def _predict_slots(first, step, shape, net, state, t, out):  # pragma: no cover 
     for block in range(blocks):
         index = 2 + block * per_block
         for r in range(resnets):
-            _resnet(net, index + 2 * r, ul, no_aux, caches, 2 * (block * resnets + r), rows, t)
+            _resnet(net, index + 2 * r, ul, no_aux, caches, 2 * (block * resnets + r), rows, width, t)
         features[block, first::step] = ul
         q = _with_position(ul, position, row_channel, column_channel)
-        _resnet(net, index + 2 * resnets + 2, q, no_aux, caches, -1, rows, t)
+        _resnet(net, index + 2 * resnets + 2, q, no_aux, caches, _ONE_BY_ONE, rows, width, t)
         query = _outputs(net, index + 2 * resnets + 8, batch)
         _linear(net, index + 2 * resnets + 8, q, query)
         attended = np.empty((batch, values.shape[3]))
         for b in range(batch):  # keys and values indexed by slot: contiguous rows, vectorised loops
             slot = first + b * step
             _attend_row(query[b], keys[block, slot], values[block, slot], position[b], t[2], attended[b])
-        _resnet(net, index + 2 * resnets + 4, ul, attended, caches, -1, rows, t)
+        _resnet(net, index + 2 * resnets + 4, ul, attended, caches, _ONE_BY_ONE, rows, width, t)
     params = _outputs(net, len(net[0]) - 1, batch)
     _linear(net, len(net[0]) - 1, _elu(ul, t[0]), params)
     mine[:] = params
@@ -360,7 +388,7 @@ def _commit_slots(first, step, shape, net, state, t, known, advance):  # pragma:
     for block in range(blocks):
         index = 2 + block * per_block
         kv_in = _with_position(np.concatenate((x, features[block, first::step]), axis=1), position, row_channel, column_channel)
-        _resnet(net, index + 2 * resnets, kv_in, no_aux, caches, -1, rows, t)
+        _resnet(net, index + 2 * resnets, kv_in, no_aux, caches, _ONE_BY_ONE, rows, width, t)
         kv = _outputs(net, index + 2 * resnets + 7, batch)
         _linear(net, index + 2 * resnets + 7, kv_in, kv)
         for b in range(batch):
@@ -398,6 +426,104 @@ def step(net, state: tuple[torch.Tensor, ...], known: torch.Tensor | None, advan
     _split(_step_slots, batch, packed.shape, packed.arrays, tuple(s.numpy() for s in state), _step_tables(),
            known.numpy(), advance.numpy(), out)
     return torch.from_numpy(out) if predict else None
+
+
+# ---------------------------------------------------------------------------------------------
+# The full forward pass: every position of a window at once (the encoder)
+
+
+@numba.njit(cache=True)
+def _forward_window(shape, net, t, x, row_channel, column_channel, out):  # pragma: no cover (compiled)
+    """IntegerPixelSNAIL.forward (torch) of one window: pixels x (H * W, C) in Q.12, rows in raster
+    order, -> the mixture parameters of every position into out (H * W, K)."""
+    blocks, resnets = shape
+    n, channels = x.shape
+    width = len(column_channel)
+    stride = channels + 1  # the pixels with the ones channel, zero outside the window
+    above, left = np.zeros((n, 3 * stride)), np.zeros((n, 2 * stride))
+    for r in range(n):
+        i, j = r // width, r % width
+        for k in range(3):  # (i-1, j-1), (i-1, j), (i-1, j+1)
+            if i > 0 and 0 <= j + k - 1 < width:
+                above[r, k * stride : k * stride + channels] = x[r - width + k - 1]
+                above[r, k * stride + channels] = _ONE
+        if j > 0:  # (i-1, j-1), (i, j-1)
+            if i > 0:
+                left[r, :channels] = x[r - width - 1]
+                left[r, channels] = _ONE
+            left[r, stride : stride + channels] = x[r - 1]
+            left[r, stride + channels] = _ONE
+    ul, from_left = _outputs(net, 0, n), _outputs(net, 1, n)
+    _linear(net, 0, above, ul)
+    _linear(net, 1, left, from_left)
+    for r in range(n):
+        i, j = r // width, r % width
+        for c in range(ul.shape[1]):  # nothing above row 0, nothing left of column 0
+            ul[r, c] = min(max((ul[r, c] if i > 0 else 0.0) + (from_left[r, c] if j > 0 else 0.0), -_LIMIT), _LIMIT)
+    positions = np.arange(n)
+    no_aux, no_cache, no_rows = np.empty((n, 0)), np.empty((0, 0, 0)), np.empty((0, 5), np.int64)
+    per_block = 2 * resnets + 9
+    for block in range(blocks):
+        index = 2 + block * per_block
+        for r in range(resnets):
+            _resnet(net, index + 2 * r, ul, no_aux, no_cache, _FULL_2X2, no_rows, width, t)
+        kv = _with_position(np.concatenate((x, ul), axis=1), positions, row_channel, column_channel)
+        _resnet(net, index + 2 * resnets, kv, no_aux, no_cache, _ONE_BY_ONE, no_rows, width, t)
+        key_value = _outputs(net, index + 2 * resnets + 7, n)
+        _linear(net, index + 2 * resnets + 7, kv, key_value)
+        q = _with_position(ul, positions, row_channel, column_channel)
+        _resnet(net, index + 2 * resnets + 2, q, no_aux, no_cache, _ONE_BY_ONE, no_rows, width, t)
+        query = _outputs(net, index + 2 * resnets + 8, n)
+        _linear(net, index + 2 * resnets + 8, q, query)
+        key_channels = query.shape[1]
+        attended = _causal_attention(query, np.ascontiguousarray(key_value[:, :key_channels].T),
+                                     np.ascontiguousarray(key_value[:, key_channels:]), t[2])
+        _resnet(net, index + 2 * resnets + 4, ul, attended, no_cache, _ONE_BY_ONE, no_rows, width, t)
+    _linear(net, len(net[0]) - 1, _elu(ul, t[0]), out)
+
+
+@numba.njit(cache=True)
+def _causal_attention(query, keys, values, exp16):  # pragma: no cover (compiled)
+    """network._causal_attention of one window: queries (n, dk), keys (dk, n), values (n, dv) ->
+    (n, dv); position i attends to positions j < i, position 0 gets 0. Blocks of queries: their
+    logits and weighted sums are matrix products (exact: integers below 2**44 and 2**47)."""
+    n = len(query)
+    out = np.zeros((n, values.shape[1]))
+    for a in range(1, n, _QUERY_BLOCK):
+        b = min(n, a + _QUERY_BLOCK)
+        logits = np.dot(query[a:b], keys)  # (b - a, n): the later positions are not read
+        weights = np.zeros((b - a, b - 1))
+        totals = np.zeros(b - a, np.int64)
+        for r in range(b - a):
+            top = logits[r, : a + r].max()
+            for j in range(a + r):
+                distance = (top - logits[r, j]) * (1.0 / _ONE)  # exact; truncation floors (>= 0)
+                if distance < _EXP_LIMIT:
+                    weights[r, j] = exp16[int(distance)]
+                    totals[r] += exp16[int(distance)]
+        weighted = np.dot(weights, values[: b - 1])
+        for r in range(b - a):
+            for c in range(out.shape[1]):  # round_half_up(weighted / total), as network._normalise
+                out[a + r, c] = float((2 * np.int64(weighted[r, c]) + totals[r]) // (2 * totals[r]))
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _forward_windows(first, step, shape, net, t, x, row_channel, column_channel, out):  # pragma: no cover (compiled)
+    for w in range(first, len(x), step):
+        _forward_window(shape, net, t, x[w], row_channel, column_channel, out[w])
+
+
+def forward(net, pixels: torch.Tensor) -> torch.Tensor:
+    """IntegerPixelSNAIL.forward in compiled calls, a window at a time (small arrays stay in cache),
+    the windows shared among the threads: pixels 0..255 (B, C, H, W) -> (B, H, W, K) float64, Q.12."""
+    batch, channels, height, width = pixels.shape
+    packed, t = _packed(net), ar.on("cpu")
+    x = t["pixels"][pixels.long()].permute(0, 2, 3, 1).reshape(batch, height * width, channels).contiguous()
+    out = np.empty((batch, height * width, packed.layers[-1, 2]))
+    _split(_forward_windows, batch, packed.shape, packed.arrays, _step_tables(), x.numpy(),
+           ar.positional_channel(height).numpy(), ar.positional_channel(width).numpy(), out)
+    return torch.from_numpy(out).view(batch, height, width, -1)
 
 
 @functools.lru_cache(maxsize=None)

@@ -143,7 +143,7 @@ class IntegerConditionals:
         """Counts (N, 256) int64 of channel c given the values (N, >= c) of channels < c; every row
         sums to TABLE_TOTAL."""
         if self.compiled:
-            from . import kernels  # numba: imported by decoders only (the encoder never needs it)
+            from . import kernels  # numba: imported where first needed
 
             return kernels.channel_tables(self.params, known, c, self.mixtures, self.channels)
         cumulative = self._cumulative(c, known, torch.arange(1, 256, device=self.params.device))

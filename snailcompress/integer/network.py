@@ -10,7 +10,8 @@ inputs can produce (`bound`); conversion refuses a model for which one reaches 2
 The network runs in two ways that give identical integers (arithmetic.py explains why):
 
 * `forward(pixels)`: the full forward pass over a batch of windows, all positions at once: the
-  encoder's one pass (codec/coder.py, chunks of windows bounded in memory);
+  encoder's one pass (codec/coder.py, chunks of windows bounded in memory); on the CPU a window at
+  a time in compiled calls (kernels.py);
 * `stepper(batch, h, w)`: one position at a time with cached rows and keys/values (as
   models/stepper.py does in float): the decoder. On the CPU each step is one compiled call
   (kernels.py), the same integers as the torch code here, which is the reference and the GPU's path.
@@ -230,8 +231,14 @@ class IntegerPixelSNAIL:
     # -----------------------------------------------------------------------------------------
     # The full forward pass (encoder)
 
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        """pixels: integer values 0..255, (B, C, H, W) -> mixture parameters (B, H, W, K), Q.12."""
+    def forward(self, pixels: torch.Tensor, compiled: bool | None = None) -> torch.Tensor:
+        """pixels: integer values 0..255, (B, C, H, W) -> mixture parameters (B, H, W, K), Q.12.
+        `compiled`: a window at a time in compiled calls (integer/kernels.py; the default on the CPU),
+        the same integers as the torch code below."""
+        if self.device.type == "cpu" if compiled is None else compiled:
+            from . import kernels
+
+            return kernels.forward(self, pixels.cpu())
         t = ar.on(str(self.device))
         x = t["pixels"][pixels.to(self.device).long()].permute(0, 2, 3, 1)  # (B, H, W, C) Q.12
         batch, height, width, _ = x.shape
@@ -391,7 +398,7 @@ class IntegerStepper:
         return net.head(ar.elu(ul, self.t))
 
     def _compiled_step(self, predict: bool) -> torch.Tensor | None:
-        from . import kernels  # numba: imported by decoders only (the encoder never needs it)
+        from . import kernels  # numba: imported where first needed
 
         known, advance = self._pending or (None, None)
         self._pending = None
