@@ -39,6 +39,7 @@ from .mixture import INVERSE_TO_GRID
 from .mixture import TABLE_CENTRE as _CENTRE
 
 _ONE = ar.ONE
+_ACTIVATION_BITS = ar.ACTIVATION_BITS
 _EXP_LIMIT = ar.EXP_INPUT_LIMIT
 _TOP = 2 * _CENTRE  # the CDF table's last index
 _TOTAL = ar.TABLE_TOTAL
@@ -476,7 +477,7 @@ def _forward_window(shape, net, t, x, row_channel, column_channel, out):  # prag
         query = _outputs(net, index + 2 * resnets + 8, n)
         _linear(net, index + 2 * resnets + 8, q, query)
         key_channels = query.shape[1]
-        attended = _causal_attention(query, np.ascontiguousarray(key_value[:, :key_channels].T),
+        attended = _causal_attention(query, np.ascontiguousarray(key_value[:, :key_channels]),
                                      np.ascontiguousarray(key_value[:, key_channels:]), t[2])
         _resnet(net, index + 2 * resnets + 4, ul, attended, no_cache, _ONE_BY_ONE, no_rows, width, t)
     _linear(net, len(net[0]) - 1, _elu(ul, t[0]), out)
@@ -484,23 +485,27 @@ def _forward_window(shape, net, t, x, row_channel, column_channel, out):  # prag
 
 @numba.njit(cache=True)
 def _causal_attention(query, keys, values, exp16):  # pragma: no cover (compiled)
-    """network._causal_attention of one window: queries (n, dk), keys (dk, n), values (n, dv) ->
+    """network._causal_attention of one window: queries (n, dk), keys (n, dk), values (n, dv) ->
     (n, dv); position i attends to positions j < i, position 0 gets 0. Blocks of queries: their
     logits and weighted sums are matrix products (exact: integers below 2**44 and 2**47)."""
     n = len(query)
     out = np.zeros((n, values.shape[1]))
+    index = np.empty(n, np.int64)
     for a in range(1, n, _QUERY_BLOCK):
         b = min(n, a + _QUERY_BLOCK)
-        logits = np.dot(query[a:b], keys)  # (b - a, n): the later positions are not read
+        logits = np.dot(query[a:b], keys[: b - 1].T)  # (b - a, b - 1)
         weights = np.zeros((b - a, b - 1))
         totals = np.zeros(b - a, np.int64)
         for r in range(b - a):
-            top = logits[r, : a + r].max()
-            for j in range(a + r):
-                distance = (top - logits[r, j]) * (1.0 / _ONE)  # exact; truncation floors (>= 0)
-                if distance < _EXP_LIMIT:
-                    weights[r, j] = exp16[int(distance)]
-                    totals[r] += exp16[int(distance)]
+            row, seen = logits[r], a + r
+            top = row[:seen].max()
+            for j in range(seen):  # the distance to the max, floored to Q.12 (exact), clamped where exp16 is 0
+                index[j] = min(np.int64(top - row[j]) >> _ACTIVATION_BITS, _EXP_LIMIT)
+            total = 0
+            for j in range(seen):
+                weights[r, j] = exp16[index[j]]
+                total += exp16[index[j]]
+            totals[r] = total
         weighted = np.dot(weights, values[: b - 1])
         for r in range(b - a):
             for c in range(out.shape[1]):  # round_half_up(weighted / total), as network._normalise
