@@ -27,7 +27,7 @@ made() { MADE+=("$1"); [ "${REDO:-0}" = 0 ] && grep -qs "$RGB_ID" "$1" && echo "
 
 made results/default_model_heldout.md || "$PY" benchmarks/codec_benchmark.py --heldout --threads "$THREADS" \
     --codecs png,webp,jpegxl-e7,jpegxl-e9,jpeg2000,jpegls --out results/default_model_heldout.md
-made results/coding_speed.md || "$PY" benchmarks/coding_speed.py --threads "$THREADS" --sizes 32,32x100,256,768,4000 \
+made results/coding_speed.md || "$PY" benchmarks/coding_speed.py --threads 2 --sizes 32,32x100,256,768,4000 \
     --out results/coding_speed.md
 made results/decoder_kernels.md || "$PY" benchmarks/decoder_kernels.py --threads "$THREADS" --out results/decoder_kernels.md
 made results/context_tradeoff.md || "$PY" benchmarks/context_tradeoff.py --threads 1 --layouts 0,2,4,8,4/b2,4/b8,4/b16 --out results/context_tradeoff.md
