@@ -68,8 +68,8 @@ def _split(kernel, rows: int, *args, share: int = 1) -> None:
         return
     others = [_pool(threads - 1).submit(kernel, first, threads, *args) for first in range(1, threads)]
     kernel(0, threads, *args)
-    for share in others:
-        share.result()
+    for future in others:
+        future.result()
 
 
 TABLE_ROWS_PER_THREAD = 128  # a table takes a few microseconds: fewer rows are not worth a thread
@@ -99,9 +99,9 @@ def _pool(workers: int) -> ThreadPoolExecutor:
 
 @functools.lru_cache(maxsize=None)
 def _one_thread_per_product() -> None:
-    """The compiled step's matrix products call SciPy's BLAS (numba's np.dot), whose own threads
-    would spin on every core beside ours: threads come from splitting the slots (`_split`), so that
-    BLAS runs each product on one. Only SciPy's BLAS is limited, not numpy's or torch's."""
+    """The kernels' matrix products call SciPy's BLAS (numba's np.dot), whose own threads would
+    spin on every core beside ours: threads come from splitting the rows (`_split`), so that BLAS
+    runs each product on one. Only SciPy's BLAS is limited, not numpy's or torch's."""
     import scipy
     import scipy.linalg.cython_blas  # noqa: F401  (loads the BLAS that numba calls)
     from threadpoolctl import ThreadpoolController
