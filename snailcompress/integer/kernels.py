@@ -165,7 +165,7 @@ def attend(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, positi
 
 
 # ---------------------------------------------------------------------------------------------
-# The decoder's step: the whole network at one position, for a batch of slots
+# The network's layers, shared by the decoder's step and the encoder's full pass
 
 
 class PackedNetwork:
@@ -316,6 +316,20 @@ def _where(first, step, position, height, width):  # pragma: no cover (compiled)
 
 
 @numba.njit(cache=True)
+def _input_layers(net, above, left, position, width):  # pragma: no cover (compiled)
+    """The network's first activations at these positions from the inputs of its two input layers
+    (layers 0 and 1): their sum, clamped, with nothing above row 0 and nothing left of column 0."""
+    ul, from_left = _outputs(net, 0, len(above)), _outputs(net, 1, len(left))
+    _linear(net, 0, above, ul)
+    _linear(net, 1, left, from_left)
+    for b in range(len(ul)):
+        i, j = position[b] // width, position[b] % width
+        for c in range(ul.shape[1]):
+            ul[b, c] = min(max((ul[b, c] if i > 0 else 0.0) + (from_left[b, c] if j > 0 else 0.0), -_LIMIT), _LIMIT)
+    return ul
+
+
+@numba.njit(cache=True)
 def _with_position(x, position, row_channel, column_channel):  # pragma: no cover (compiled)
     """[x, row channel, column channel] per slot: the inputs of the q and kv resnets."""
     width = len(column_channel)
@@ -325,6 +339,10 @@ def _with_position(x, position, row_channel, column_channel):  # pragma: no cove
         out[b, x.shape[1]] = row_channel[position[b] // width]
         out[b, x.shape[1] + 1] = column_channel[position[b] % width]
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The decoder's step: the whole network at one position, for a batch of slots
 
 
 @numba.njit(cache=True, nogil=True)
@@ -341,13 +359,7 @@ def _predict_slots(first, step, shape, net, state, t, out):  # pragma: no cover 
             above[b, k * stride : (k + 1) * stride] = pixels[base[b] + k]
         left[b, :stride] = pixels[base[b]]
         left[b, stride:] = pixels[base[b] + width + 2]
-    ul, from_left = _outputs(net, 0, batch), _outputs(net, 1, batch)
-    _linear(net, 0, above, ul)
-    _linear(net, 1, left, from_left)
-    for b in range(batch):
-        i, j = position[b] // width, position[b] % width
-        for c in range(ul.shape[1]):  # nothing above row 0, nothing left of column 0
-            ul[b, c] = min(max((ul[b, c] if i > 0 else 0.0) + (from_left[b, c] if j > 0 else 0.0), -_LIMIT), _LIMIT)
+    ul = _input_layers(net, above, left, position, width)
     no_aux = np.empty((batch, 0))
     per_block = 2 * resnets + 9  # linears(): resnets (in, out), kv (in, out), q (in, out), out (in, out, aux), kv_proj, q_proj
     for block in range(blocks):
@@ -454,14 +466,8 @@ def _forward_window(shape, net, t, x, row_channel, column_channel, out):  # prag
                 left[r, channels] = _ONE
             left[r, stride : stride + channels] = x[r - 1]
             left[r, stride + channels] = _ONE
-    ul, from_left = _outputs(net, 0, n), _outputs(net, 1, n)
-    _linear(net, 0, above, ul)
-    _linear(net, 1, left, from_left)
-    for r in range(n):
-        i, j = r // width, r % width
-        for c in range(ul.shape[1]):  # nothing above row 0, nothing left of column 0
-            ul[r, c] = min(max((ul[r, c] if i > 0 else 0.0) + (from_left[r, c] if j > 0 else 0.0), -_LIMIT), _LIMIT)
     positions = np.arange(n)
+    ul = _input_layers(net, above, left, positions, width)
     no_aux, no_cache, no_rows = np.empty((n, 0)), np.empty((0, 0, 0)), np.empty((0, 5), np.int64)
     per_block = 2 * resnets + 9
     for block in range(blocks):

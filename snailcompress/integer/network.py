@@ -235,8 +235,11 @@ class IntegerPixelSNAIL:
         """pixels: integer values 0..255, (B, C, H, W) -> mixture parameters (B, H, W, K), Q.12.
         `compiled`: a window at a time in compiled calls (integer/kernels.py; the default on the CPU),
         the same integers as the torch code below."""
-        if self.device.type == "cpu" if compiled is None else compiled:
-            from . import kernels
+        compiled = self.device.type == "cpu" if compiled is None else compiled
+        if compiled and self.device.type != "cpu":
+            raise ValueError("the compiled kernels run on the CPU")
+        if compiled:
+            from . import kernels  # numba: imported where first needed
 
             return kernels.forward(self, pixels.cpu())
         t = ar.on(str(self.device))
