@@ -14,6 +14,7 @@ pixel checksum after it ends: a file either decodes to the original pixels or fa
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,12 +64,14 @@ class ModelChooser:
         self.device = torch.device(device)
         self._cache: dict[tuple[str, int], LoadedModel] = {}
         self._networks: dict[str, IntegerPixelSNAIL] = {}
+        self._lock = threading.RLock()  # files coded side by side (one_per_thread) load each model once
 
     def _load(self, spec: str, channels: int) -> LoadedModel:
         key = (spec, channels)
-        if key not in self._cache:
-            self._cache[key] = load_model(spec, channels=channels)
-        return self._cache[key]
+        with self._lock:
+            if key not in self._cache:
+                self._cache[key] = load_model(spec, channels=channels)
+            return self._cache[key]
 
     def for_channels(self, channels: int) -> LoadedModel:
         """The first --model that codes this many channels, else the default. A --model that cannot be
@@ -85,9 +88,10 @@ class ModelChooser:
         where a plane's calibration is folded into it."""
         if calibration is not None:
             return integer_network(loaded.model, calibration).to(self.device)
-        if loaded.model_id not in self._networks:
-            self._networks[loaded.model_id] = integer_network(loaded.model).to(self.device)
-        return self._networks[loaded.model_id]
+        with self._lock:
+            if loaded.model_id not in self._networks:
+                self._networks[loaded.model_id] = integer_network(loaded.model).to(self.device)
+            return self._networks[loaded.model_id]
 
     def for_plane(self, plane: container.Plane, channels: int) -> LoadedModel:
         """The model that made this plane: the user's if its id matches, else the one it names."""
@@ -149,12 +153,12 @@ def encode_image(image: DecomposedImage, models: ModelChooser, tile: int = DEFAU
             planes.append(None)
             continue
         loaded = models.for_channels(CHANNEL_COUNT[name])
-        calibration = None
+        calibration, kept = None, {}
         if calibrate:
             plan = WindowPlan.for_image(image.height, image.width, (tile, tile), (context, context), band)
-            calibration = calibration_for(loaded.model, plan, pixels)
+            calibration, kept = calibration_for(loaded.model, plan, pixels, models.network(loaded))
         net = models.network(loaded, calibration)
-        words, plan = code_plane(net, pixels, (tile, tile), (context, context), band, progress)
+        words, plan = code_plane(net, pixels, (tile, tile), (context, context), band, progress, kept=kept)
         stored_name = None if loaded.name in shipped_models() else stored_model_name(loaded.name)
         planes.append(container.Plane(name, loaded.model_id[:8], words, stored_name, (tile, tile), (context, context),
                                       band, calibration.numbers() if calibration else None))
@@ -268,6 +272,44 @@ def encode_file(source, target=None, models: ModelChooser | None = None, tile: i
     subpixels = sum(p.size for p in image.planes.values())
     return CodingReport(source, target, image.width, image.height, image.mode, len(data), max(subpixels, 1),
                         time.perf_counter() - start)
+
+
+def encode_files(jobs: Sequence[tuple], models: ModelChooser | None = None, tile: int = DEFAULT_TILE,
+                 context: int = DEFAULT_CONTEXT, force: bool = False, progress: bool = False, calibrate: bool = True,
+                 stdout=None):
+    """Encode image files (`jobs`: (source, target or None for the default name); encode_file for
+    each), several side by side on torch's threads (one_per_thread). Yields, in order, each file's
+    report or its error."""
+    models = models or ModelChooser()
+    jobs = list(jobs)
+    alone = len(jobs) == 1 or torch.get_num_threads() == 1 or models.device.type != "cpu"
+
+    def encode(job):
+        try:
+            return encode_file(*job, models, tile, context, force, progress and alone, calibrate, stdout)
+        except SnailError as e:
+            return e
+
+    yield from map(encode, jobs) if alone else one_per_thread(encode, jobs)
+
+
+def one_per_thread(work, items: Sequence):
+    """work(item) for each item, yielded in order, the items side by side on torch's threads, each
+    running on one thread. For many small images: a small image's few windows give a second thread
+    little to do, and a hand-over between threads costs more than a small window's share of a step
+    (integer/kernels.py). Memory: as many images at once as threads."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .integer import kernels
+
+    threads, items = torch.get_num_threads(), list(items)
+    with kernels.take_threads(kernel_threads=1), ThreadPoolExecutor(threads, thread_name_prefix="snailcompress-files") as pool:
+        done = [pool.submit(work, item) for item in items]
+        for future in done[:-1]:
+            yield future.result()
+        last = done[-1].result() if done else None
+    if done:  # after the threads are given back: a caller may take the last item and never ask again
+        yield last
 
 
 DECODE_BATCH_PIXELS = 1 << 22  # pixels of the files decode_files decodes together (memory: their images)

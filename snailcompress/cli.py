@@ -438,17 +438,6 @@ def _each_file(pairs, work, force: bool, quiet: bool, to_stdout: bool = False) -
         sys.exit(1)
 
 
-def _one_by_one(code):
-    """A `work` for _each_file from a function that codes one (source, target) pair."""
-    def work(pairs):
-        for source, target in pairs:
-            try:
-                yield code(source, target)
-            except SnailError as e:
-                yield e
-    return work
-
-
 THREADS_HELP = ("CPU threads [1]: coding runs thousands of small steps, each waiting for all its threads, so give "
                 "it only idle cores; any count decodes any file")
 
@@ -479,7 +468,7 @@ def _threads(threads: int) -> None:
 @friendly_errors
 def encode(images, output, force, models, tile, context, calibrate, threads, device, to_stdout, quiet):
     """Compress images losslessly into .snail files (inputs are kept); - reads standard input."""
-    from .api import DEFAULT_CONTEXT, DEFAULT_TILE, ModelChooser, default_output, encode_file, resolve_device
+    from .api import DEFAULT_CONTEXT, DEFAULT_TILE, ModelChooser, default_output, encode_files, resolve_device
 
     _threads(threads)
     if tile is not None and not 1 <= tile <= 1024:
@@ -489,9 +478,9 @@ def encode(images, output, force, models, tile, context, calibrate, threads, dev
     outputs = _outputs_or_stdout(images, output, to_stdout, lambda p: default_output(p, ".snail"))
     chooser = ModelChooser(models, resolve_device(device))
     stdout = sys.stdout.buffer if to_stdout else None
-    _each_file(zip(images, outputs), _one_by_one(lambda source, target: encode_file(
-        source, target, chooser, tile or DEFAULT_TILE, DEFAULT_CONTEXT if context is None else context, force=force,
-        progress=not quiet, calibrate=calibrate, stdout=stdout)), force, quiet, to_stdout)
+    _each_file(zip(images, outputs), lambda pairs: encode_files(
+        pairs, chooser, tile or DEFAULT_TILE, DEFAULT_CONTEXT if context is None else context, force=force,
+        progress=not quiet, calibrate=calibrate, stdout=stdout), force, quiet, to_stdout)
 
 
 @main.command()

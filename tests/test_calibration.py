@@ -22,8 +22,7 @@ from PIL import Image
 
 from snailcompress import api, mixture, zoo
 from snailcompress.cli import main
-from snailcompress.codec import container
-from snailcompress.codec import calibration
+from snailcompress.codec import calibration, coder, container
 from snailcompress.codec.calibration import (Calibration, calibrated, calibration_for, fit, fit_calibration, nll_bits,
                                              sample_pixels, sample_windows)
 from snailcompress.codec.images import DecomposedImage
@@ -80,33 +79,54 @@ def test_the_calibrated_model_gains_every_feature_and_scales_and_shifts_every_ou
 
 
 def test_the_sample_is_spread_over_the_image_and_capped():
-    plane = _plane(300, 200)
     plan = WindowPlan.for_image(300, 200, (8, 8), (2, 2), 4)
-    windows, coded = sample_windows(plan, plane)
-    everything, owned = plan.windows(plane)
-    assert len(everything) > calibration.MAX_SAMPLE_WINDOWS == len(windows)
-    assert np.array_equal(windows[0], everything[0]) and np.array_equal(windows[-1], everything[-1])
-    assert np.array_equal(coded[-1], owned[-1])
+    rows, cols = sample_windows(plan)
+    assert plan.rows * plan.cols > calibration.MAX_SAMPLE_WINDOWS == len(rows) == len(set(zip(rows, cols)))
+    assert (rows[0], cols[0]) == (0, 0) and (rows[-1], cols[-1]) == (plan.rows - 1, plan.cols - 1)
+    assert np.all(np.diff(rows * plan.cols + cols) > 0)  # raster order
 
 
-def test_the_fit_sees_the_features_of_coded_pixels_only_at_most_the_cap():
-    net = zoo.load_model(TINY).model.eval()
+def test_the_fit_sees_the_integer_networks_features_of_coded_pixels_only_at_most_the_cap():
+    """What the fit reads is what the coder's output layer reads: the integer network's features."""
+    net = api.integer_network(zoo.load_model(TINY).model)
     plane = _plane(40, 36)
     plan = WindowPlan.for_image(40, 36, (8, 8), (2, 2), 2)
     windows, coded = plan.windows(plane)
-    x = mixture.to_unit(torch.from_numpy(windows))
-    with torch.no_grad():
-        every = net.features(x).permute(0, 2, 3, 1)[torch.from_numpy(coded)]
-    features, values = sample_pixels(net, plan, plane)
+    every = net.features(torch.from_numpy(windows), compiled=False)  # (N, H, W, F), Q.12
+    sample = sample_pixels(net, plan, plane, keep=True)
+    features, values = sample.features, sample.values
+    mask = torch.from_numpy(coded)
     assert len(values) == 40 * 36 == int(coded.sum()) <= calibration.MAX_SAMPLE_PIXELS  # every window, each pixel once
-    assert torch.equal(values, x.permute(0, 2, 3, 1)[torch.from_numpy(coded)])
-    assert torch.allclose(features, every, atol=1e-5, rtol=1e-5)  # another batch: float rounding differs
-    few_features, few_values = sample_pixels(net, plan, plane, pixels=100)
-    assert len(few_values) == 100
-    rows = [int(np.flatnonzero((values == v).all(1) & (features == f).all(1))[0]) for v, f in zip(few_values, few_features)]
+    assert torch.equal(values, mixture.to_unit(torch.from_numpy(windows)).permute(0, 2, 3, 1)[mask])
+    assert torch.equal(features.double() * 4096, every[mask])  # exactly, in the head's units
+    assert features.abs().max() > 0.1  # not all zero
+    assert sorted(sample.windows) == [(i, j) for i in range(plan.rows) for j in range(plan.cols)]
+    for k, (i, j) in enumerate((i, j) for i in range(plan.rows) for j in range(plan.cols)):
+        assert torch.equal(torch.from_numpy(sample.windows[i, j]).double(), every[k].flatten(0, 1))
+    assert sample_pixels(net, plan, plane).windows == {}  # kept only when asked
+    few = sample_pixels(net, plan, plane, pixels=100)
+    assert len(few.values) == 100
+    rows = [int(np.flatnonzero((values == v).all(1) & (features == f).all(1))[0]) for v, f in zip(few.values, few.features)]
     assert len(set(rows)) == 100  # drawn from the coded pixels, without repeats
     drawn = calibration.draw_pixels(features, values, 100)  # what the benchmark draws from a sample it keeps
-    assert torch.equal(drawn[0], few_features) and torch.equal(drawn[1], few_values)
+    assert torch.equal(drawn[0], few.features) and torch.equal(drawn[1], few.values)
+
+
+def test_the_encoder_takes_the_samples_features_instead_of_computing_them_again(monkeypatch):
+    """code_plane's `kept`: the windows whose features the calibration computed are not computed
+    again, and the stream is the one that computing them gives."""
+    net = api.integer_network(zoo.load_model(TINY).model)
+    plane = _plane(30, 37)
+    plan = WindowPlan.for_image(30, 37, (8, 8), (2, 2), 2)
+    reference, _ = coder.code_plane(net, plane, (8, 8), (2, 2), 2)
+    kept = sample_pixels(net, plan, plane, windows=7, keep=True).windows
+    assert len(kept) == 7 < plan.rows * plan.cols
+    computed = []
+    features = net.features
+    monkeypatch.setattr(net, "features", lambda pixels, *a: computed.append(len(pixels)) or features(pixels, *a))
+    words, _ = coder.code_plane(net, plane, (8, 8), (2, 2), 2, kept=kept)
+    assert np.array_equal(words, reference)
+    assert sum(computed) == plan.rows * plan.cols - 7 and kept == {}  # each taken once
 
 
 def test_the_fit_stops_after_its_iterations(monkeypatch):
@@ -115,7 +135,8 @@ def test_the_fit_stops_after_its_iterations(monkeypatch):
     sample (benchmarks/calibration.py measures what each costs)."""
     net = zoo.load_model(TINY).model.eval()
     plane = _plane(48, 40)
-    features, values = sample_pixels(net, WindowPlan.for_image(48, 40, (8, 8), (2, 2), 2), plane)
+    sample = sample_pixels(api.integer_network(net), WindowPlan.for_image(48, 40, (8, 8), (2, 2), 2), plane)
+    features, values = sample.features, sample.values
     score, evaluations = calibration._head_nll_nats, []
 
     def counted(*args):
@@ -148,13 +169,14 @@ def test_the_fit_lowers_the_nll_and_pays_where_the_model_is_off(small_images_cal
     net = zoo.load_model(TINY).model
     plane = _plane(48, 40)
     plan = WindowPlan.for_image(48, 40, (8, 8), (2, 2), 2)
-    calibration, net_bits = fit_calibration(net, plan, plane)
-    assert net_bits > 0 and calibration_for(net, plan, plane) == calibration
+    sample = sample_pixels(api.integer_network(net), plan, plane)
+    calibration, net_bits = fit_calibration(net.head, sample, 48 * 40)
+    assert net_bits > 0 and calibration_for(net, plan, plane)[0] == calibration
     windows, coded = plan.windows(plane)
     before = windowed_nll_bits(net.eval(), windows, coded)
     after = windowed_nll_bits(calibrated(net, calibration).eval(), windows, coded)
     assert after < 0.9 * before
-    features, values = sample_pixels(net, plan, plane)
+    features, values = sample.features, sample.values
     outputs_only = fit(net.head, features, values, feature_gains=False)
     assert outputs_only.features == 0 and calibration.features == net.config.filters
     assert nll_bits(net.head, features, values, calibration) < nll_bits(net.head, features, values, outputs_only)
@@ -165,9 +187,9 @@ def test_a_small_image_is_not_worth_a_calibration():
     net = zoo.load_model("snail-rgb").model
     plane = np.asarray(Image.open(resources.files("snailcompress") / "assets" / DEMO_IMAGE).convert("RGB"))[:16, :16]
     plan = WindowPlan.for_image(16, 16, (32, 32), (2, 2), 1)
-    calibration, net_bits = fit_calibration(net, plan, plane)
+    calibration, net_bits = fit_calibration(net.head, sample_pixels(api.integer_network(net), plan, plane), 16 * 16)
     assert calibration is not None and net_bits < 0
-    assert calibration_for(net, plan, plane) is None
+    assert calibration_for(net, plan, plane) == (None, {})
 
 
 def _image(height=20, width=23) -> DecomposedImage:

@@ -12,6 +12,7 @@ import dataclasses
 import io
 import os
 import struct
+import threading
 import zlib
 from pathlib import Path
 
@@ -811,6 +812,37 @@ def test_cli_several_inputs(work):
     assert r.exit_code == 0
     one_line_error(cli("encode", "g.png", "g.png", "--model", TINY, "-q", "-f"), "would be written twice")
     one_line_error(cli("encode", "a.png", "--tile", "0", "--model", TINY, "-q"), "--tile must be between")
+
+
+def test_cli_encodes_many_files_side_by_side_on_its_threads_as_one_thread_would(work, monkeypatch):
+    """--threads 2 with several files: files run on two threads, one file to each, and give the
+    bytes one thread gives, reported in input order, a bad file named in its place."""
+    for k in range(5):
+        make_image("RGB" if k % 2 else "L", 6 + k, 9, "random", k).save(work / f"m{k}.png")
+    (work / "m2.png").write_bytes(b"not an image")
+    names = [f"m{k}.png" for k in range(5)]
+    threads = set()
+    encode_file = api.encode_file
+
+    def spy(*args, **kwargs):
+        threads.add(threading.current_thread().name.split("_")[0])
+        return encode_file(*args, **kwargs)
+
+    monkeypatch.setattr(api, "encode_file", spy)
+    try:
+        one = cli("encode", *names, "-o", "one/", "--model", TINY, "--tile", TILE, "--threads", 1)
+        assert threads == {"MainThread"}
+        two = cli("encode", *names, "-o", "two/", "--model", TINY, "--tile", TILE, "--threads", 2)
+        assert threads == {"MainThread", "snailcompress-files"}
+        assert torch.get_num_threads() == 2  # given back after the files
+    finally:
+        torch.set_num_threads(1)
+    assert one.exit_code == two.exit_code == 1
+    assert [line.split()[0] for line in two.stdout.splitlines()] == [line.split()[0] for line in one.stdout.splitlines()]
+    assert len(two.stdout.splitlines()) == 4 and "m2.png" in two.stderr and "m2.png" in one.stderr
+    assert listing(work / "two") == listing(work / "one") == [f"m{k}.snail" for k in (0, 1, 3, 4)]
+    for k in (0, 1, 3, 4):
+        assert (work / "two" / f"m{k}.snail").read_bytes() == (work / "one" / f"m{k}.snail").read_bytes()
 
 
 def test_cli_batch_goes_on_past_bad_files_and_names_them(work):

@@ -325,17 +325,20 @@ def _one_tile_file(image: DecomposedImage, chooser: api.ModelChooser) -> bytes:
 
 def _per_file_row(loaded: LoadedModel, images: Sequence[np.ndarray], opts: BenchOptions, of: int,
                   encode: Callable[[DecomposedImage, api.ModelChooser], bytes]) -> tuple[dict, np.ndarray]:
-    """Each image (H, W, C) its own .snail file, `encode`d one by one, then decoded as `snailcompress
-    decode` decodes many files (api.decode_images, together) and compared; the first of `of` images."""
+    """Each image (H, W, C) its own .snail file, `encode`d as `snailcompress encode` codes many files
+    (side by side on the threads), then decoded as `snailcompress decode` decodes them (api.decode_images,
+    together) and compared; the first of `of` images."""
     n = len(images)
     chooser = _OneModel(loaded, opts.device)
     originals = [_as_image(pixels) for pixels in images]
     subpixels = np.array([pixels.size for pixels in images])
     files = []
     t0 = time.perf_counter()
-    for image in tqdm(originals, desc=f"{loaded.name} per file: encode", unit="file", disable=not opts.progress,
-                      leave=False):
-        files.append(encode(image, chooser))
+    side_by_side = chooser.device.type == "cpu" and torch.get_num_threads() > 1 and n > 1  # as `snailcompress encode` runs files
+    coded = (api.one_per_thread if side_by_side else map)(lambda image: encode(image, chooser), originals)
+    for data in tqdm(coded, total=n, desc=f"{loaded.name} per file: encode", unit="file", disable=not opts.progress,
+                     leave=False):
+        files.append(data)
     t1 = time.perf_counter()
     decoded = api.decode_images([container.read(data) for data in files], chooser, progress=opts.progress)
     decode_s = time.perf_counter() - t1

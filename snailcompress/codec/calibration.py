@@ -12,8 +12,11 @@ MAX_SAMPLE_WINDOWS windows spread evenly over the image; LBFGS_ITERATIONS of L-B
 2K + F numbers as IEEE binary16 in the plane's header (a tagged field of about 500 bytes for the RGB
 model's K = 100, F = 48). Both sides fold them into the integer network's output layer
 (integer/network.py; `calibrated` does the same for the float model, for NLL measurements), so
-decoding costs nothing extra and encoding one forward pass over the sample's windows and a few
-seconds of L-BFGS on the features it computed (about as long as each other). The encoder does not
+decoding costs nothing extra. The features the fit reads are the integer network's own, the ones the
+coder's output layer will read: the calibration changes only that layer, so the sample windows'
+features are computed once, fitted on, and handed to the encoder's pass (`Sample.windows`), which
+does not compute them again. What the calibration adds to encoding is thus the few seconds of L-BFGS.
+The encoder does not
 try where a typical saving would not repay the header twice (a 256 x 256 crop saved 0.05% for twice
 the encode time), and keeps a calibration only where the bits it saves on the sample, scaled to the
 whole plane, exceed what it costs in the header.
@@ -26,13 +29,15 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from .. import mixture
-from ..evaluate import window_batches
+from ..integer.arithmetic import ONE
+from ..integer.network import IntegerPixelSNAIL
+from . import coder
 from .container import BINARY16_MAX, MAX_CALIBRATION_FEATURES, MAX_CALIBRATION_OUTPUTS
 from .tiles import WindowPlan
 
@@ -43,7 +48,6 @@ MAX_SAMPLE_WINDOWS = 128  # windows the network runs on for the fit: the larger 
 #: pixels begin to overfit: results/calibration.md)
 MAX_SAMPLE_PIXELS = 16384
 LBFGS_ITERATIONS = 60
-FEATURE_CHUNK = 4  # windows per forward pass of the sample: a few at a time keep the attention in cache
 #: bits per subpixel a calibration typically saves, header paid: the median of the 12 held-out images
 #: when it was set (0.007 to 0.078); with the feature gains 0.005 to 0.087, median 0.017 (snail-rgb
 #: 0e414a9c), and 0.003 to 0.087, median 0.016, for snail-rgb ff7d3a5d (results/calibration.md); fitted
@@ -120,24 +124,42 @@ def _to_binary16(t: torch.Tensor) -> torch.Tensor:
     return t.detach().clamp(-BINARY16_MAX, BINARY16_MAX).half().float() + 0.0
 
 
-def sample_windows(plan: WindowPlan, plane: np.ndarray, windows: int = MAX_SAMPLE_WINDOWS) -> tuple[np.ndarray, np.ndarray]:
-    """At most `windows` of the plan's windows of `plane` (H, W, C), evenly spread in raster order,
-    and which pixels each codes (WindowPlan.windows_at)."""
+def sample_windows(plan: WindowPlan, windows: int = MAX_SAMPLE_WINDOWS) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column numbers of at most `windows` of the plan's windows, evenly spread in raster order."""
     count = plan.rows * plan.cols
     pick = np.unique(np.linspace(0, count - 1, min(count, windows)).round().astype(np.int64))
-    return plan.windows_at(plane, pick // plan.cols, pick % plan.cols)
+    return pick // plan.cols, pick % plan.cols
 
 
-def sample_pixels(model: torch.nn.Module, plan: WindowPlan, plane: np.ndarray, windows: int = MAX_SAMPLE_WINDOWS,
-                  pixels: int | None = MAX_SAMPLE_PIXELS) -> tuple[torch.Tensor, torch.Tensor]:
-    """The features the head reads (P, F) and the values in [-1, 1] (P, C) of at most `pixels`
-    pixels (None: all) drawn with a fixed seed from those that `windows` sample windows code."""
-    features, values = [], []
-    with torch.no_grad():  # a few windows at a time: stays in cache
-        for x, mask in window_batches(*sample_windows(plan, plane, windows), FEATURE_CHUNK):
-            features.append(model.eval().features(x).permute(0, 2, 3, 1)[mask])
-            values.append(x.permute(0, 2, 3, 1)[mask])
-    return draw_pixels(torch.cat(features), torch.cat(values), pixels)
+@dataclass
+class Sample:
+    """Pixels to fit a calibration on: what the output layer reads there (P, F) in its units (the
+    integer network's Q.12 features / 2**12, exact in float32) and their values in [-1, 1] (P, C);
+    and, where kept, every feature (H * W, F) of the windows they come from, by (window row, window
+    column), in Q.12 (float32), for the encoder (coder.code_plane's `kept`)."""
+
+    features: torch.Tensor
+    values: torch.Tensor
+    windows: dict = field(default_factory=dict)
+
+
+def sample_pixels(net: IntegerPixelSNAIL, plan: WindowPlan, plane: np.ndarray, windows: int = MAX_SAMPLE_WINDOWS,
+                  pixels: int | None = MAX_SAMPLE_PIXELS, keep: bool = False) -> Sample:
+    """At most `pixels` pixels (None: all) drawn with a fixed seed from those that `windows` sample
+    windows of `plane` (H, W, C) code, with what `net`'s output layer reads there; `keep`: keep the
+    windows' features."""
+    rows, cols = sample_windows(plan, windows)
+    images, coded = plan.windows_at(plane, rows, cols)
+    features, values, kept = [], [], {}
+    with torch.no_grad():
+        for part in coder.chunk_windows(net, len(rows), plan.positions):
+            computed = net.features(torch.from_numpy(images[part])).cpu().float()  # (n, H, W, F), Q.12
+            mask = torch.from_numpy(coded[part])
+            features.append(computed[mask] / ONE)
+            values.append(mixture.to_unit(torch.from_numpy(images[part])).permute(0, 2, 3, 1)[mask])
+            if keep:
+                kept.update(((i, j), f.flatten(0, 1).numpy()) for i, j, f in zip(rows[part].tolist(), cols[part].tolist(), computed))
+    return Sample(*draw_pixels(torch.cat(features), torch.cat(values), pixels), kept)
 
 
 def draw_pixels(features: torch.Tensor, values: torch.Tensor, pixels: int | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -199,18 +221,18 @@ def fit(head: torch.nn.Module, features: torch.Tensor, values: torch.Tensor,
     return Calibration(*(tuple(n.tolist()) for n in numbers))
 
 
-def fit_calibration(model: torch.nn.Module, plan: WindowPlan, plane: np.ndarray) -> tuple[Calibration | None, float]:
-    """Fit a calibration on a sample of the pixels of `plane` (H, W, C) as the plan codes them;
-    returns it with the bits it is estimated to save on the whole plane, net of its header cost
-    (None, -inf where the fit failed)."""
-    features, values = sample_pixels(model, plan, plane)
-    calibration = fit(model.head, features, values)
+def fit_calibration(head: torch.nn.Module, sample: Sample, plane_pixels: int) -> tuple[Calibration | None, float]:
+    """Fit a calibration of the float model's output layer `head` on a sample of a plane's pixels;
+    returns it with the bits it is estimated to save on the whole plane (`plane_pixels` pixels), net
+    of its header cost (None, -inf where the fit failed)."""
+    features, values = sample.features, sample.values
+    calibration = fit(head, features, values)
     if calibration is None:
         return None, -math.inf
-    saved = nll_bits(model.head, features, values, None) - nll_bits(model.head, features, values, calibration)
+    saved = nll_bits(head, features, values, None) - nll_bits(head, features, values, calibration)
     if not math.isfinite(saved):
         return None, -math.inf
-    return calibration, saved * (plane.shape[0] * plane.shape[1] / max(len(values), 1)) - calibration.header_bits
+    return calibration, saved * (plane_pixels / max(len(values), 1)) - calibration.header_bits
 
 
 def worth_trying(model: torch.nn.Module, plane: np.ndarray) -> bool:
@@ -218,9 +240,13 @@ def worth_trying(model: torch.nn.Module, plane: np.ndarray) -> bool:
     return plane.size * TYPICAL_SAVING_BITS >= 2 * header_bits(*model.head.v.shape[:2])
 
 
-def calibration_for(model: torch.nn.Module, plan: WindowPlan, plane: np.ndarray) -> Calibration | None:
-    """The calibration the encoder sends for this plane, or None where it would not pay."""
+def calibration_for(model: torch.nn.Module, plan: WindowPlan, plane: np.ndarray,
+                    net: IntegerPixelSNAIL | None = None) -> tuple[Calibration | None, dict]:
+    """The calibration the encoder sends for this plane (None where it would not pay), and the sample
+    windows' features, which the encoder takes instead of computing them again (code_plane's `kept`).
+    `net`: `model` as the integer network (made here if not given)."""
     if not worth_trying(model, plane):
-        return None
-    calibration, net_bits = fit_calibration(model, plan, plane)
-    return calibration if net_bits > 0 else None
+        return None, {}
+    sample = sample_pixels(net if net is not None else IntegerPixelSNAIL.convert(model), plan, plane, keep=True)
+    calibration, net_bits = fit_calibration(model.head, sample, plane.shape[0] * plane.shape[1])
+    return (calibration if net_bits > 0 else None), sample.windows

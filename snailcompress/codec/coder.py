@@ -123,19 +123,36 @@ def _bits(counts: np.ndarray) -> float:
 # Encoding: one forward pass
 
 
-def symbol_bounds(net, windows: np.ndarray, coded: np.ndarray, progress=None) -> tuple[np.ndarray, np.ndarray]:
+def chunk_windows(net, windows: int, positions: int):
+    """Slices of `windows` windows of `positions` positions each that one full forward pass takes."""
+    per_chunk = max(1, (ENCODE_CHUNK_POSITIONS if net.device.type == "cpu" else GPU_CHUNK_POSITIONS) // positions)
+    return [slice(s, s + per_chunk) for s in range(0, windows, per_chunk)]
+
+
+def window_features(net, windows: np.ndarray, kept: list | None = None) -> torch.Tensor:
+    """The network's features (what its output layer reads) of windows (n, C, H, W) -> (n, H, W, F):
+    computed, except those given in `kept` (aligned with `windows`; None: compute it)."""
+    if kept is None or all(k is None for k in kept):
+        return net.features(torch.from_numpy(windows))
+    todo = [i for i, k in enumerate(kept) if k is None]
+    computed = iter(net.features(torch.from_numpy(windows[todo])).cpu() if todo else ())
+    shape = windows.shape[2:]
+    return torch.stack([next(computed) if k is None else torch.from_numpy(k).double().view(*shape, -1)
+                        for k in kept]).to(net.device)
+
+
+def symbol_bounds(net, windows: np.ndarray, coded: np.ndarray, progress=None, kept: list | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(start, count) of every coded subpixel, (P, C) each, in raster order of (window, position):
-    the full forward pass over chunks of windows, then the symbols' two cumulative counts."""
+    the full forward pass over chunks of windows, then the symbols' two cumulative counts. `kept`:
+    the features of some of the windows, computed before (window_features)."""
     channels = windows.shape[1]
-    positions = ENCODE_CHUNK_POSITIONS if net.device.type == "cpu" else GPU_CHUNK_POSITIONS
-    per_chunk = max(1, positions // (windows.shape[2] * windows.shape[3]))
     starts, counts = [], []
-    for s in range(0, len(windows), per_chunk):
-        chunk = torch.from_numpy(windows[s : s + per_chunk])
-        params = net.forward(chunk)
-        mask = torch.from_numpy(coded[s : s + per_chunk]).to(params.device)
-        values = chunk.permute(0, 2, 3, 1).to(params.device)[mask].long()  # (P, C)
-        conditionals = IntegerConditionals(params[mask], channels)
+    for part in chunk_windows(net, len(windows), windows.shape[2] * windows.shape[3]):
+        chunk = torch.from_numpy(windows[part])
+        features = window_features(net, windows[part], None if kept is None else kept[part])
+        mask = torch.from_numpy(coded[part]).to(features.device)
+        values = chunk.permute(0, 2, 3, 1).to(features.device)[mask].long()  # (P, C)
+        conditionals = IntegerConditionals(net.outputs(features[mask]), channels)
         start = torch.zeros_like(values)
         count = torch.zeros_like(values)
         for c in range(channels):
@@ -174,15 +191,18 @@ class _WindowRing:
         self.count = np.zeros((slots, depth, positions, channels), np.int32)
 
     def fill(self, net, plan: WindowPlan, canvas: np.ndarray, slots: np.ndarray, slot: np.ndarray,
-             window: np.ndarray, progress=None) -> None:
-        """Compute the windows (slot, window number) not held yet."""
+             window: np.ndarray, progress=None, kept: dict | None = None) -> None:
+        """Compute the windows (slot, window number) not held yet; those whose features are in `kept`
+        (by window row and column) are taken from it."""
         place = window % self.depth
         missing = self.held[slot, place] != window
         slot, window, place = slot[missing], window[missing], place[missing]
         if not len(slot):
             return
-        pixels, coded = plan.windows_at(canvas, slots[slot, 0] + window, slots[slot, 1])
-        start, count = symbol_bounds(net, pixels, coded, progress)
+        rows, cols = slots[slot, 0] + window, slots[slot, 1]
+        pixels, coded = plan.windows_at(canvas, rows, cols)
+        taken = [kept.pop((i, j), None) for i, j in zip(rows.tolist(), cols.tolist())] if kept else None
+        start, count = symbol_bounds(net, pixels, coded, progress, taken)
         flat = coded.reshape(len(slot), -1)
         for array, known in ((self.values, pixels.reshape(*pixels.shape[:2], -1).transpose(0, 2, 1)[flat]),
                              (self.start, start), (self.count, count)):
@@ -192,7 +212,8 @@ class _WindowRing:
         self.held[slot, place] = window
 
 
-def _encode_batch(net, plan: WindowPlan, canvas: np.ndarray, slots: np.ndarray, encoder, progress=None) -> None:
+def _encode_batch(net, plan: WindowPlan, canvas: np.ndarray, slots: np.ndarray, encoder, progress=None,
+                  kept: dict | None = None) -> None:
     """Encode one batch of window slots in the decoder's order, a chunk of steps at a time: per step,
     per channel, the symbols of the slots that code a pixel there, in slot order."""
     start, count = plan.slot_schedule(slots)
@@ -208,7 +229,7 @@ def _encode_batch(net, plan: WindowPlan, canvas: np.ndarray, slots: np.ndarray, 
         spans = highest - lowest + 1
         slot = np.repeat(running, spans)
         number = np.repeat(lowest, spans) + np.arange(spans.sum()) - np.repeat(np.cumsum(spans) - spans, spans)
-        ring.fill(net, plan, canvas, slots, slot, number, progress)
+        ring.fill(net, plan, canvas, slots, slot, number, progress, kept)
         step, slot = np.nonzero(coded)  # by step, then slot: the stream's order of pixels
         where = (slot, window[step, slot] % ring.depth, position[step, slot])
         # within a step the channels come one after the other: order by (step, channel, slot)
@@ -218,20 +239,23 @@ def _encode_batch(net, plan: WindowPlan, canvas: np.ndarray, slots: np.ndarray, 
 
 
 def code_plane(net, plane: np.ndarray, tile: tuple[int, int], context: tuple[int, int] = (0, 0), band: int = 1,
-               progress=False, encoder=None):
+               progress=False, encoder=None, kept: dict | None = None):
     """Encode an (H, W, C) plane in windows (WindowPlan); returns (words, plan). Memory stays bounded
     whatever the plane's size: windows are computed a chunk of steps at a time.
 
     `encoder`: an existing queue RangeEncoder to append to, so that several planes make one stream;
     the words returned are then the whole stream so far. Decode it with one RangeDecoder passed to
     decode_plane for the same planes in the same order.
+
+    `kept`: the features (H * W, F) of some windows, by (window row, window column), that the
+    calibration computed (codec/calibration.py): not computed again; taken out of the dict as used.
     """
     plan = WindowPlan.for_image(plane.shape[0], plane.shape[1], tile, context, band)
     canvas = plan.canvas(plane)
     encoder = encoder if encoder is not None else constriction.stream.queue.RangeEncoder()
     with _progress(progress, plan.rows * plan.cols, "encode", "window") as bar, torch.no_grad():
         for slots in plan.slot_groups(MAX_BATCH_TILES):
-            _encode_batch(net, plan, canvas, slots, encoder, bar)
+            _encode_batch(net, plan, canvas, slots, encoder, bar, kept)
     return encoder.get_compressed(), plan
 
 

@@ -77,13 +77,13 @@ _threads = 0  # the kernels' threads while a decoder holds them (take_threads), 
 
 
 @contextmanager
-def take_threads():
-    """For a decoding loop: the kernels run on torch's number of threads and torch on one. Torch's
-    few small operations between kernel calls gain nothing from threads, and its OpenMP threads,
-    spinning after each, would take the cores the kernels' threads need."""
+def take_threads(kernel_threads: int | None = None):
+    """For a decoding loop: the kernels run on `kernel_threads` threads (default: torch's number) and
+    torch on one. Torch's few small operations between kernel calls gain nothing from threads, and
+    its OpenMP threads, spinning after each, would take the cores the kernels' threads need."""
     global _threads
     threads, previous = torch.get_num_threads(), _threads
-    _threads = threads
+    _threads = kernel_threads or threads
     torch.set_num_threads(1)
     try:
         yield
@@ -447,8 +447,8 @@ def step(net, state: tuple[torch.Tensor, ...], known: torch.Tensor | None, advan
 
 @numba.njit(cache=True)
 def _forward_window(shape, net, t, x, row_channel, column_channel, out):  # pragma: no cover (compiled)
-    """IntegerPixelSNAIL.forward (torch) of one window: pixels x (H * W, C) in Q.12, rows in raster
-    order, -> the mixture parameters of every position into out (H * W, K)."""
+    """IntegerPixelSNAIL.features (torch) of one window: pixels x (H * W, C) in Q.12, rows in raster
+    order, -> what the output layer reads at every position into out (H * W, F)."""
     blocks, resnets = shape
     n, channels = x.shape
     width = len(column_channel)
@@ -486,7 +486,7 @@ def _forward_window(shape, net, t, x, row_channel, column_channel, out):  # prag
         attended = _causal_attention(query, np.ascontiguousarray(key_value[:, :key_channels]),
                                      np.ascontiguousarray(key_value[:, key_channels:]), t[2])
         _resnet(net, index + 2 * resnets + 4, ul, attended, no_cache, _ONE_BY_ONE, no_rows, width, t)
-    _linear(net, len(net[0]) - 1, _elu(ul, t[0]), out)
+    out[:] = _elu(ul, t[0])
 
 
 @numba.njit(cache=True)
@@ -525,13 +525,13 @@ def _forward_windows(first, step, shape, net, t, x, row_channel, column_channel,
         _forward_window(shape, net, t, x[w], row_channel, column_channel, out[w])
 
 
-def forward(net, pixels: torch.Tensor) -> torch.Tensor:
-    """IntegerPixelSNAIL.forward in compiled calls, a window at a time (small arrays stay in cache),
-    the windows shared among the threads: pixels 0..255 (B, C, H, W) -> (B, H, W, K) float64, Q.12."""
+def features(net, pixels: torch.Tensor) -> torch.Tensor:
+    """IntegerPixelSNAIL.features in compiled calls, a window at a time (small arrays stay in cache),
+    the windows shared among the threads: pixels 0..255 (B, C, H, W) -> (B, H, W, F) float64, Q.12."""
     batch, channels, height, width = pixels.shape
     packed, t = _packed(net), ar.on("cpu")
     x = t["pixels"][pixels.long()].permute(0, 2, 3, 1).reshape(batch, height * width, channels).contiguous()
-    out = np.empty((batch, height * width, packed.layers[-1, 2]))
+    out = np.empty((batch, height * width, packed.layers[-1, 1]))
     _split(_forward_windows, batch, packed.shape, packed.arrays, _step_tables(), x.numpy(),
            ar.positional_channel(height).numpy(), ar.positional_channel(width).numpy(), out)
     return torch.from_numpy(out).view(batch, height, width, -1)
@@ -631,10 +631,18 @@ def _counts(weights, mean, inverse, cdf, out):  # pragma: no cover (compiled)
             mixed[e] += w * cdf[int(v) if v > 0.0 else 0]
         constant[last] += w * cdf[_TOP]
     denominator = total << _CDF_BITS
-    running, previous = 0, 0
+    reciprocal = 1.0 / denominator
+    numerator = np.empty(255, np.int64)
+    running = 0
     for e in range(255):
         running += constant[e]
-        cumulative = ((mixed[e] + running) * _TOTAL) // denominator
+        numerator[e] = (mixed[e] + running) * _TOTAL  # below 2**60
+    previous = 0
+    for e in range(255):  # numerator // denominator without a division (slow, and it stops vectorising):
+        n = numerator[e]  # the float quotient is within 2**-27 of the exact one, so at most 1 off the floor
+        cumulative = np.int64(n * reciprocal)
+        cumulative -= cumulative * denominator > n
+        cumulative += (cumulative + 1) * denominator <= n
         out[e] = cumulative - previous
         previous = cumulative
     out[255] = _TOTAL - previous

@@ -232,16 +232,26 @@ class IntegerPixelSNAIL:
     # The full forward pass (encoder)
 
     def forward(self, pixels: torch.Tensor, compiled: bool | None = None) -> torch.Tensor:
-        """pixels: integer values 0..255, (B, C, H, W) -> mixture parameters (B, H, W, K), Q.12.
-        `compiled`: a window at a time in compiled calls (integer/kernels.py; the default on the CPU),
-        the same integers as the torch code below."""
+        """pixels: integer values 0..255, (B, C, H, W) -> mixture parameters (B, H, W, K), Q.12."""
+        return self.outputs(self.features(pixels, compiled))
+
+    def outputs(self, features: torch.Tensor) -> torch.Tensor:
+        """The output layer: features (..., F) -> mixture parameters (..., K), Q.12. The per-image
+        calibration changes only this layer, so the encoder may compute the features before it
+        knows the calibration (codec/calibration.py)."""
+        return self.head(features.to(self.device, torch.float64))
+
+    def features(self, pixels: torch.Tensor, compiled: bool | None = None) -> torch.Tensor:
+        """What the output layer reads, at every position: pixels 0..255 (B, C, H, W) -> (B, H, W, F)
+        float64, Q.12. `compiled`: a window at a time in compiled calls (integer/kernels.py; the
+        default on the CPU), the same integers as the torch code below."""
         compiled = self.device.type == "cpu" if compiled is None else compiled
         if compiled and self.device.type != "cpu":
             raise ValueError("the compiled kernels run on the CPU")
         if compiled:
             from . import kernels  # numba: imported where first needed
 
-            return kernels.forward(self, pixels.cpu())
+            return kernels.features(self, pixels.cpu())
         t = ar.on(str(self.device))
         x = t["pixels"][pixels.to(self.device).long()].permute(0, 2, 3, 1)  # (B, H, W, C) Q.12
         batch, height, width, _ = x.shape
@@ -262,7 +272,7 @@ class IntegerPixelSNAIL:
             key, value = kv.split([self.config.key_channels, self.config.value_channels], dim=-1)
             attended = _causal_attention(query.flatten(1, 2), key.flatten(1, 2), value.flatten(1, 2), t)
             ul = block["out_resnet"].forward(ul, t, aux=attended.view(batch, height, width, -1))
-        return self.head(ar.elu(ul, t))
+        return ar.elu(ul, t)
 
     def _background(self, height: int, width: int) -> torch.Tensor:
         rows = ar.positional_channel(height).to(self.device).view(height, 1).expand(height, width)

@@ -68,7 +68,8 @@ def encode(image: Image.Image, name: str) -> bytes:
         plane = snail.planes[0]
         model = api.ModelChooser().for_channels(3).model
         plan = WindowPlan.for_image(snail.height, snail.width, plane.tile, plane.context, plane.band)
-        fitted, _ = calibration.fit_calibration(model, plan, decomposed.planes["RGB"])
+        sample = calibration.sample_pixels(api.integer_network(model), plan, decomposed.planes["RGB"])
+        fitted, _ = calibration.fit_calibration(model.head, sample, snail.width * snail.height)  # a small image: forced
         words, _ = coder.code_plane(api.integer_network(model, fitted), decomposed.planes["RGB"], plane.tile,
                                     plane.context, plane.band)
         snail = container.SnailFile(snail.width, snail.height, snail.mode,
