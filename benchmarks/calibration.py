@@ -171,12 +171,14 @@ def main() -> None:
         "",
         f"Command: `python {' '.join(sys.argv)}`  ",
         f"{run_facts()}; model {args.model} (id {loaded.model_id}).{kept.note()} Bits/subpixel of the held-out"
-        f" images as the codec codes them (tile {DEFAULT_TILE}, context {DEFAULT_CONTEXT}): the model's NLL of every"
-        " coded pixel under each calibration, plus its header bits. A variant is SAMPLE[+features][/itN][/pxN]: the"
+        f" images as the codec codes them (tile {DEFAULT_TILE}, context {DEFAULT_CONTEXT}): the NLL of every coded"
+        " pixel, the integer network's features read by the float output layer under each calibration, plus its"
+        " header bits. A variant is SAMPLE[+features][/itN][/pxN]: the"
         " number of windows sampled ('all': every window), '+features' with the features' gains, at most N L-BFGS"
         f" iterations (default {calibration.LBFGS_ITERATIONS}) and N pixels fitted (default"
-        f" {calibration.MAX_SAMPLE_PIXELS}). Seconds are the mean per image: sampling (the forward pass over the"
-        " sample's windows, measured once per window count, and the pixels' draw) and fitting (L-BFGS and the"
+        f" {calibration.MAX_SAMPLE_PIXELS}). Seconds are the mean per image: sampling (the integer network's pass over"
+        " the sample's windows, measured once per window count, and the pixels' draw; the encoder codes from those"
+        " windows' features, so sampling adds nothing to encoding) and fitting (L-BFGS and the"
         " sample's NLL with and without the calibration), wall-clock and, in brackets, this process's CPU time"
         " (less sensitive to a shared machine); 'evaluations' counts the fit's forward and backward"
         f" passes over the sample. 'against {first}': the change in bits against that variant. 'sent': on how"

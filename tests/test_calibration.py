@@ -131,7 +131,7 @@ def test_the_encoder_takes_the_samples_features_instead_of_computing_them_again(
 
 def test_the_fit_stops_after_its_iterations(monkeypatch):
     """fit(iterations=N) runs at most N L-BFGS iterations, each an evaluation of the NLL and its gradient
-    (torch stops at 5N/4 of them, the last line search may add one), and a longer fit is better on the
+    (it is given 5N/4 of them; the last line search may add one), and a longer fit is better on the
     sample (benchmarks/calibration.py measures what each costs)."""
     net = zoo.load_model(TINY).model.eval()
     plane = _plane(48, 40)

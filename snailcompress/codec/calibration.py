@@ -198,24 +198,26 @@ def nll_bits(head: torch.nn.Module, features: torch.Tensor, values: torch.Tensor
 def fit(head: torch.nn.Module, features: torch.Tensor, values: torch.Tensor,
         feature_gains: bool = True, iterations: int = LBFGS_ITERATIONS) -> Calibration | None:
     """The calibration (rounded to binary16) that minimises the NLL of these pixels (None where the
-    fit failed) in at most `iterations` L-BFGS iterations; `feature_gains=False` fits the outputs'
-    gains and offsets only (benchmarks/calibration.py)."""
-    numbers = _tensors(head, None)
-    fitted = numbers if feature_gains else numbers[:2]
-    for n in fitted:
-        n.requires_grad_(True)
-    scored = max(values.numel(), 1)
-    optimizer = torch.optim.LBFGS(fitted, max_iter=iterations, line_search_fn="strong_wolfe")
+    fit failed) in at most `iterations` L-BFGS iterations (SciPy's L-BFGS-B, keeping as many past
+    steps as torch's LBFGS did: torch.optim's first step imports torch._dynamo, a second of every
+    encode); `feature_gains=False` fits the outputs' gains and offsets only (benchmarks/calibration.py)."""
+    from scipy.optimize import minimize  # imported where first needed
 
-    def closure() -> torch.Tensor:
-        optimizer.zero_grad()
+    zeros = _tensors(head, None)
+    sizes = [len(n) for n in (zeros if feature_gains else zeros[:2])]
+    scored = max(values.numel(), 1)
+
+    def loss_and_gradient(flat: np.ndarray) -> tuple[float, np.ndarray]:
+        fitted = torch.from_numpy(flat).float().requires_grad_(True)
+        numbers = [*fitted.split(sizes), *zeros[len(sizes):]]
         loss = _head_nll_nats(head, features, values, *numbers) / scored
         loss.backward()
-        return loss
+        return float(loss.detach()), fitted.grad.double().numpy()
 
     with torch.enable_grad():
-        optimizer.step(closure)
-    numbers = [_to_binary16(n) for n in fitted]
+        result = minimize(loss_and_gradient, np.zeros(sum(sizes)), jac=True, method="L-BFGS-B",
+                          options={"maxiter": iterations, "maxfun": iterations * 5 // 4, "maxcor": 100})
+    numbers = [_to_binary16(n) for n in torch.from_numpy(result.x).float().split(sizes)]
     if not all(n.isfinite().all() for n in numbers):
         return None
     return Calibration(*(tuple(n.tolist()) for n in numbers))
