@@ -62,16 +62,24 @@ class ModelChooser:
     def __init__(self, specs: Sequence[str] = (), device: str | torch.device = "cpu"):
         self.specs = list(specs)
         self.device = torch.device(device)
-        self._cache: dict[tuple[str, int], LoadedModel] = {}
+        self._cache: dict[tuple[str, int], LoadedModel | ModelError] = {}
         self._networks: dict[str, IntegerPixelSNAIL] = {}
         self._lock = threading.RLock()  # files coded side by side (one_per_thread) load each model once
 
     def _load(self, spec: str, channels: int) -> LoadedModel:
+        """The model, loaded once; a model that cannot be had for this channel count fails once too
+        (for_plane tries the shipped models in turn for every plane of every file)."""
         key = (spec, channels)
         with self._lock:
             if key not in self._cache:
-                self._cache[key] = load_model(spec, channels=channels)
-            return self._cache[key]
+                try:
+                    self._cache[key] = load_model(spec, channels=channels)
+                except ModelError as e:
+                    self._cache[key] = e
+            found = self._cache[key]
+        if isinstance(found, ModelError):
+            raise found.with_traceback(None)
+        return found
 
     def for_channels(self, channels: int) -> LoadedModel:
         """The first --model that codes this many channels, else the default. A --model that cannot be

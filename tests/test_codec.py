@@ -265,6 +265,23 @@ def test_files_decoded_together_give_each_its_image_or_its_error(tiny_models):
     assert isinstance(results[4], ModelError)
 
 
+def test_many_files_load_each_model_once_and_fail_each_once(monkeypatch):
+    """Decoding tries the shipped models in turn for every plane: each (model, channel count) is
+    loaded, or found not to fit, once per chooser, not once per file."""
+    images = [decompose(make_image("RGB", 6, 7, "smooth", seed)) for seed in range(4)]
+    snails = [api.encode_image(image, api.ModelChooser(), tile=TILE, calibrate=False, fallback=False) for image in images]
+    loads = []
+    load_model = api.load_model
+    monkeypatch.setattr(api, "load_model", lambda spec, channels: loads.append((spec, channels)) or load_model(spec, channels=channels))
+    chooser = api.ModelChooser()  # the files name no model: the shipped ones are tried in turn, snail-gray first
+    results = api.decode_images(snails, chooser)
+    assert all(same_image(result, image) for result, image in zip(results, images))
+    assert sorted(loads) == [("snail-gray", 3), ("snail-rgb", 3)]
+    with pytest.raises(ModelError, match="1-channel"):
+        chooser._load("snail-gray", 3)  # the failure is kept, and said again
+    assert loads.count(("snail-gray", 3)) == 1
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a machine without a GPU")
 def test_devices_that_are_not_here_are_refused():
     assert api.resolve_device("auto") == torch.device("cpu")
