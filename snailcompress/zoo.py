@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -144,13 +145,16 @@ def resolve_model_path(spec: str | Path) -> Path | None:
     return shipped if shipped.is_file() else None
 
 
+_PRESET_LOCK = threading.Lock()
+
+
 def load_model(spec: str | Path, channels: int | None = None, device: str | torch.device = "cpu") -> LoadedModel:
     """Load a model by preset name (fixed-seed random weights), shipped name, file or directory."""
     import torch
 
     spec_str = str(spec)
     if spec_str in PRESETS:
-        with torch.random.fork_rng(devices=[]):
+        with _PRESET_LOCK, torch.random.fork_rng(devices=[]):  # the global generator: one thread at a time
             torch.manual_seed(0)
             model = build(spec_str, channels)
         facts = {"note": "untrained preset with fixed-seed random weights"}

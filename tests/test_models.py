@@ -423,3 +423,15 @@ def test_pixelsnail_config_roundtrips_through_dict():
     cfg = PixelSNAILConfig(channels=1, filters=8, nonlinearity="concat_elu")
     assert presets.config_from_dict(cfg.to_dict()) == cfg
     assert isinstance(presets.build_from_config(presets.preset_config("pixelcnnpp-tiny")), PixelCNNpp)
+
+
+def test_presets_loaded_from_several_threads_at_once_get_the_same_weights():
+    """An untrained preset's weights come from a fixed seed of torch's one global generator: loads
+    in several threads at once take turns (files coded side by side load their models this way)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from snailcompress import zoo
+
+    with ThreadPoolExecutor(4) as pool:
+        ids = set(pool.map(lambda _: zoo.load_model("pixelsnail-tiny").model_id, range(8)))
+    assert len(ids) == 1
