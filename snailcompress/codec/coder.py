@@ -1,7 +1,8 @@
 """The encode and decode loops: windows of a plane through the integer network and a range coder.
 
 The network is seen through a narrow interface, `CodingNetwork` (integer/network.py is the one that
-exists): a full forward pass over a batch of windows, and an incremental stepper over a batch of
+exists): a full forward pass over a batch of windows (its features, then its output layer, which
+a per-image calibration changes: codec/calibration.py), and an incremental stepper over a batch of
 window slots. Both give the same integers at every position, and integer/mixture.py turns them into
 the same frequency tables on every machine, so
 
@@ -46,7 +47,9 @@ class CodingNetwork(Protocol):
 
     device: torch.device
 
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor: ...  # (B, C, H, W) 0..255 -> (B, H, W, K)
+    def features(self, pixels: torch.Tensor) -> torch.Tensor: ...  # (B, C, H, W) 0..255 -> (B, H, W, F)
+
+    def outputs(self, features: torch.Tensor) -> torch.Tensor: ...  # the output layer: (..., F) -> (..., K)
 
     def stepper(self, batch: int, height: int, width: int): ...  # predict() / commit() / restart()
 
