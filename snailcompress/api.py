@@ -290,7 +290,7 @@ def encode_files(jobs: Sequence[tuple], models: ModelChooser | None = None, tile
     report or its error."""
     models = models or ModelChooser()
     jobs = list(jobs)
-    alone = len(jobs) == 1 or torch.get_num_threads() == 1 or models.device.type != "cpu"
+    alone = not side_by_side(len(jobs), models.device)
 
     def encode(job):
         try:
@@ -299,6 +299,12 @@ def encode_files(jobs: Sequence[tuple], models: ModelChooser | None = None, tile
             return e
 
     yield from map(encode, jobs) if alone else one_per_thread(encode, jobs)
+
+
+def side_by_side(files: int, device: torch.device) -> bool:
+    """Whether `files` files are coded side by side (one_per_thread): several, on the CPU, with
+    more than one thread."""
+    return files > 1 and torch.get_num_threads() > 1 and device.type == "cpu"
 
 
 def one_per_thread(work, items: Sequence):

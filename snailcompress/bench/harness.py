@@ -334,8 +334,8 @@ def _per_file_row(loaded: LoadedModel, images: Sequence[np.ndarray], opts: Bench
     subpixels = np.array([pixels.size for pixels in images])
     files = []
     t0 = time.perf_counter()
-    side_by_side = chooser.device.type == "cpu" and torch.get_num_threads() > 1 and n > 1  # as `snailcompress encode` runs files
-    coded = (api.one_per_thread if side_by_side else map)(lambda image: encode(image, chooser), originals)
+    as_encode_does = api.one_per_thread if api.side_by_side(n, chooser.device) else map
+    coded = as_encode_does(lambda image: encode(image, chooser), originals)
     for data in tqdm(coded, total=n, desc=f"{loaded.name} per file: encode", unit="file", disable=not opts.progress,
                      leave=False):
         files.append(data)

@@ -16,10 +16,9 @@ decoding costs nothing extra. The features the fit reads are the integer network
 coder's output layer will read: the calibration changes only that layer, so the sample windows'
 features are computed once, fitted on, and handed to the encoder's pass (`Sample.windows`), which
 does not compute them again. What the calibration adds to encoding is thus the few seconds of L-BFGS.
-The encoder does not
-try where a typical saving would not repay the header twice (a 256 x 256 crop saved 0.05% for twice
-the encode time), and keeps a calibration only where the bits it saves on the sample, scaled to the
-whole plane, exceed what it costs in the header.
+The encoder does not try where a typical saving would not repay the header twice (a 256 x 256 crop
+saved 0.05% for twice the encode time), and keeps a calibration only where the bits it saves on the
+sample, scaled to the whole plane, exceed what it costs in the header.
 
 Why these settings: results/calibration.md (the 12 held-out images' NLL, header paid, by what is
 fitted, on how large a sample, after how many iterations, and what the fit takes).
