@@ -255,7 +255,10 @@ def trend_lines(by_budget: dict, models: list[str]) -> list[str]:
     lines += per_image_lines(by_budget, models, hi)
     if slopes[first] != slopes[second]:
         k = -gaps[-1] / (slopes[first] - slopes[second])  # doublings past `hi` where the lines meet
-        if k > 0:
+        if k > 30:  # nearly equal gains: the lines meet past any budget (2 ** k may not even be a float)
+            lines.append("- If both kept those gains per doubling, they would meet only past 2**30 times the last "
+                         "budget: the gains per doubling are nearly equal.")
+        elif k > 0:
             lines.append(f"- If both kept those gains per doubling (a naive straight line in log compute, not a "
                          f"prediction: gains usually shrink), they would meet at about {minutes(hi * 2 ** k)} CPU-minutes.")
         else:
