@@ -7,7 +7,7 @@ count. Both run as the CLI would (`python -m snailcompress.cli encode IMAGE --th
 pixels against the file's checksum. Then the integer codec again with its default thread count
 while another process keeps one core busy, against the same idle.
 
-    python benchmarks/integer_speed.py --out results/integer_speed.md
+    python benchmarks/integer_speed.py --out results/experiments/integer_speed.md
 """
 
 from __future__ import annotations

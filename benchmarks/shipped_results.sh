@@ -30,7 +30,7 @@ made results/default_model_heldout.md || "$PY" benchmarks/codec_benchmark.py --h
 made results/coding_speed.md || "$PY" benchmarks/coding_speed.py --threads 2 --sizes 32,32x100,256,768,4000 \
     --out results/coding_speed.md
 made results/decoder_kernels.md || "$PY" benchmarks/decoder_kernels.py --threads "$THREADS" --out results/decoder_kernels.md
-made results/context_tradeoff.md || "$PY" benchmarks/context_tradeoff.py --threads 1 --layouts 0,2,4,8,4/b2,4/b8,4/b16 --out results/context_tradeoff.md
+made results/context_tradeoff.md || "$PY" benchmarks/context_tradeoff.py --threads 2 --layouts 0,2,4,8,2/b2,2/b8,2/b16 --out results/context_tradeoff.md
 made results/tiling_with_context.md || "$PY" benchmarks/tiling.py --model snail-rgb --tiles 32,32+2,48+2,64+2,64+4 --images 6 \
     --out results/tiling_with_context.md
 made results/kodak-heldout-tiles/summary.md || "$SNAIL" bench --dataset folder --data-dir "$KODAK" --holdout kodim03,kodim07,kodim12,kodim15,kodim20,kodim23 \

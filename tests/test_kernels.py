@@ -65,6 +65,23 @@ def test_tables_equal_torch_at_the_limits(channels, seed, threads, torch_threads
         assert bool((compiled.sum(dim=1) == ar.TABLE_TOTAL).all())
 
 
+@pytest.mark.parametrize("compiled", [True, False])
+def test_the_coders_tables_are_the_tables_as_floats(compiled):
+    """coder_tables (what the decoder hands the range coder) writes tables(c, known) into the given
+    buffer as float64, reading only the known channels before c of the array it is given."""
+    rng = np.random.default_rng(7)
+    n, k = 300, num_params(3, 10)
+    params = torch.from_numpy(np.floor(rng.uniform(-1, 1, (n, k)) * rng.choice([2**20, 4096, 64], (n, k)))).double()
+    values = rng.integers(0, 256, (n, 3))
+    conditionals = IntegerConditionals(params, 3, compiled=compiled)
+    buffer = np.full((n + 5, 256), -1.0)
+    for c in range(3):
+        tables = conditionals.coder_tables(c, values, buffer[:n])
+        assert tables.dtype == np.float64 and np.shares_memory(tables, buffer)
+        assert np.array_equal(tables, conditionals.tables(c, torch.from_numpy(values[:, :c])).numpy())
+    assert (buffer[n:] == -1.0).all()
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_attention_equals_torch_at_the_limits(threads):
     """Keys, values and queries of +-2**20 (the activation limit), positions from 0 to the window's
@@ -163,5 +180,5 @@ def test_kernels_leave_the_thread_count_alone():
     torch.set_num_threads(1)
     kernels.attend(torch.zeros(2, 16, dtype=torch.float64), torch.zeros(2, 16, 3), torch.zeros(2, 3, 24),
                    torch.tensor([1, 3]))
-    kernels.channel_tables(torch.zeros(2, num_params(3, 10), dtype=torch.float64), torch.zeros(2, 2), 2, 10, 3)
+    kernels.channel_tables(np.zeros((2, num_params(3, 10))), np.zeros((2, 2), np.int64), 2, 10, 3, np.empty((2, 256)))
     assert torch.get_num_threads() == 1

@@ -40,6 +40,7 @@ ENCODE_CHUNK_POSITIONS = 1 << 14  # window positions per forward pass of the enc
 GPU_CHUNK_POSITIONS = 1 << 18  # on a GPU: large passes keep it busy
 ENCODE_CHUNK_PIXELS = 1 << 16  # (step, slot) pairs the encoder schedules at once: bounds its memory
 ENCODE_CHUNK_SYMBOLS = 1 << 15  # symbols per call of the range encoder (a (n, 256) table each)
+DECODE_CHUNK_STEPS = 64  # steps whose schedule the decoder works out at once
 
 
 class CodingNetwork(Protocol):
@@ -170,15 +171,18 @@ def symbol_bounds(net, windows: np.ndarray, coded: np.ndarray, progress=None, ke
 def _encode_symbols(encoder, symbols: np.ndarray, start: np.ndarray, count: np.ndarray) -> None:
     """Code symbols whose table entries are (start, count): the range coder reads a symbol's table
     only through its cumulative count and its count, so a table holding the mass below the symbol in
-    value 0, the symbol's count, and the mass above it in value 255 codes exactly as the full one."""
-    for s in range(0, len(symbols), ENCODE_CHUNK_SYMBOLS):
-        sym, lo, n = symbols[s : s + ENCODE_CHUNK_SYMBOLS], start[s : s + ENCODE_CHUNK_SYMBOLS], count[s : s + ENCODE_CHUNK_SYMBOLS]
-        table = np.zeros((len(sym), 256))
-        rows = np.arange(len(sym))
-        table[:, 0] = lo
-        table[:, 255] += TABLE_TOTAL - lo - n
-        table[rows, sym] += n
-        encoder.encode(sym.astype(np.int32), _FAMILY, table)
+    value 0, the symbol's count, and the mass above it in value 255 codes exactly as the full one.
+    One buffer of tables serves every chunk: only the entries written are cleared after it."""
+    size = max(1, min(len(symbols), ENCODE_CHUNK_SYMBOLS))
+    table = np.zeros((size, 256))
+    for s in range(0, len(symbols), size):
+        sym, lo, n = symbols[s : s + size], start[s : s + size], count[s : s + size]
+        rows, chunk = np.arange(len(sym)), table[: len(sym)]
+        chunk[:, 0] = lo
+        chunk[:, 255] += TABLE_TOTAL - lo - n
+        chunk[rows, sym] += n
+        encoder.encode(sym.astype(np.int32), _FAMILY, chunk)
+        chunk[:, 0] = chunk[:, 255] = chunk[rows, sym] = 0.0
 
 
 class _WindowRing:
@@ -281,43 +285,50 @@ def _decode_batch(net, plan: WindowPlan, canvases: np.ndarray, slots: np.ndarray
     start, count = plan.slot_schedule(slots)
     planes, n, positions, channels = len(canvases), len(slots), plan.positions, canvases.shape[3]
     plane = np.repeat(np.arange(planes), n)
+    first_rows, columns = np.tile(slots[:, 0], planes), np.tile(slots[:, 1], planes)
     stepper = net.stepper(planes * n, plan.win_h, plan.win_w)
-    for step in range(batch_steps(plan, start, count)):
-        if len(errors) == planes:
-            return
-        active, window, position, coded = (np.tile(a[0], planes) for a in schedule(plan, slots, start, count, np.array([step])))
-        if step and (begins := active & (position == 0) & (window > 0)).any():
-            stepper.restart(torch.from_numpy(begins))
+    buffer = np.empty((planes * n, 256))  # each step's tables, one channel at a time
+    total = batch_steps(plan, start, count)
+    for first in range(0, total, DECODE_CHUNK_STEPS):  # the schedule of a chunk of steps at once
+        steps = np.arange(first, min(first + DECODE_CHUNK_STEPS, total))
+        active, window, position, coded = (np.tile(a, (1, planes)) for a in schedule(plan, slots, start, count, steps))
+        begins = active & (position == 0) & (window > 0)
+        advance = active & (position < positions - 1)
         r, c = np.divmod(position, plan.win_w)
-        y, x = plan.place(np.tile(slots[:, 0], planes) + window, np.tile(slots[:, 1], planes), r, c)
+        y, x = plan.place(first_rows + window, columns, r, c)
         y, x = np.minimum(y, plan.height - 1), np.minimum(x, plan.width - 1)
-        values = canvases[plane, y, x]  # what is known (K * n, C)
-        values[~active] = 0  # idle slots (not started, or done) see the same values in every decoder
-        bits = 0.0
-        params = stepper.predict()  # every slot steps, coding or not: that keeps one step one batched pass
-        if coded.any():
-            mine = params if coded.all() else params[torch.from_numpy(coded).to(net.device)]
-            conditionals = IntegerConditionals(mine, channels)
-            known = torch.from_numpy(values[coded]).to(net.device)
-            per_plane = int(coded.sum()) // planes  # the planes share one plan: the same count each
-            for ch in range(channels):
-                tables = conditionals.tables(ch, known[:, :ch]).cpu().numpy().astype(np.float64)
-                decoded = np.zeros(len(tables), np.int32)
-                for k, decoder in enumerate(decoders):
-                    rows = slice(k * per_plane, (k + 1) * per_plane)
-                    if k not in errors:
-                        try:
-                            decoded[rows] = decoder.decode(_FAMILY, tables[rows])
-                        except Exception as e:  # constriction raises on a stream that ends too early
-                            errors[k] = FormatError(f"coded stream is corrupt or truncated ({e})")
-                values[coded, ch] = decoded
-                known[:, ch] = torch.from_numpy(decoded.astype(np.uint8)).to(net.device)
-                if progress is not None:
-                    bits += _bits(tables[np.arange(len(decoded)), decoded])
-            canvases[plane[coded], y[coded], x[coded]] = values[coded]
-        stepper.commit(torch.from_numpy(values), torch.from_numpy(active & (position < positions - 1)))
-        if progress is not None:
-            progress.step(bits, int(coded.sum()) * channels)
+        for s, step in enumerate(steps):
+            if len(errors) == planes:
+                return
+            if step and begins[s].any():
+                stepper.restart(torch.from_numpy(begins[s]))
+            values = canvases[plane, y[s], x[s]]  # what is known (K * n, C)
+            values[~active[s]] = 0  # idle slots (not started, or done) see the same values in every decoder
+            params = stepper.predict()  # every slot steps, coding or not: that keeps one step one batched pass
+            rows, bits = np.flatnonzero(coded[s]), 0.0
+            if len(rows):
+                mine = params if len(rows) == len(params) else params[torch.from_numpy(rows).to(net.device)]
+                conditionals = IntegerConditionals(mine, channels)
+                known = values[rows].astype(np.int64)
+                chosen = np.empty((len(rows), channels))  # each decoded symbol's count (the bits shown)
+                per_plane = len(rows) // planes  # the planes share one plan: the same count each
+                for ch in range(channels):
+                    tables = conditionals.coder_tables(ch, known, buffer[: len(rows)])
+                    for k, decoder in enumerate(decoders):
+                        part = slice(k * per_plane, (k + 1) * per_plane)
+                        if k not in errors:
+                            try:
+                                known[part, ch] = decoder.decode(_FAMILY, tables[part])
+                            except Exception as e:  # constriction raises on a stream that ends too early
+                                errors[k] = FormatError(f"coded stream is corrupt or truncated ({e})")
+                    if progress is not None:
+                        chosen[:, ch] = tables[np.arange(len(rows)), known[:, ch]]
+                bits = _bits(chosen) if progress is not None else 0.0
+                values[rows] = known
+                canvases[plane[rows], y[s, rows], x[s, rows]] = values[rows]
+            stepper.commit(torch.from_numpy(values), torch.from_numpy(advance[s]))
+            if progress is not None:
+                progress.step(bits, len(rows) * channels)
 
 
 def _kernel_threads(net):

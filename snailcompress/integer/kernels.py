@@ -672,13 +672,14 @@ def _table_rows(first, step, params, known, c, mixtures, channels, t, out):  # p
         _counts(weights, mean, inverse, cdf, out[i])
 
 
-def channel_tables(params: torch.Tensor, known: torch.Tensor, c: int, mixtures: int, channels: int) -> torch.Tensor:
-    """IntegerConditionals.tables(c, known) in one compiled call: frequency tables (N, 256) int64 of
-    channel c from the network's outputs (N, K) Q.12 and the values (N, >= c) of channels < c."""
-    out = np.empty((len(params), 256), np.int64)
-    _split(_table_rows, len(out), params.contiguous().numpy(), known.long().contiguous().numpy(), c, mixtures, channels,
-           _mixture_tables(), out, share=TABLE_ROWS_PER_THREAD)
-    return torch.from_numpy(out)
+def channel_tables(params: np.ndarray, known: np.ndarray, c: int, mixtures: int, channels: int,
+                   out: np.ndarray) -> np.ndarray:
+    """IntegerConditionals.tables(c, known) in one compiled call, into `out` (N, 256) float64 (counts
+    below 2**24: exact; the form the range coder reads): frequency tables of channel c from the
+    network's outputs (N, K) float64, Q.12, and the values (N, >= c) int64 of channels < c."""
+    _split(_table_rows, len(out), params, known, c, mixtures, channels, _mixture_tables(), out,
+           share=TABLE_ROWS_PER_THREAD)
+    return out
 
 
 @functools.lru_cache(maxsize=None)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from ..mixture import num_params
@@ -143,12 +144,25 @@ class IntegerConditionals:
         """Counts (N, 256) int64 of channel c given the values (N, >= c) of channels < c; every row
         sums to TABLE_TOTAL."""
         if self.compiled:
-            from . import kernels  # numba: imported where first needed
-
-            return kernels.channel_tables(self.params, known, c, self.mixtures, self.channels)
+            return torch.from_numpy(self.coder_tables(c, None if known is None else known.numpy())).to(torch.int64)
         cumulative = self._cumulative(c, known, torch.arange(1, 256, device=self.params.device))
         zero = torch.zeros(cumulative.shape[0], 1, dtype=torch.int64, device=cumulative.device)
         return torch.cat([zero, cumulative, torch.full_like(zero, ar.TABLE_TOTAL)], dim=1).diff(dim=1)
+
+    def coder_tables(self, c: int, known: np.ndarray | None = None, out: np.ndarray | None = None) -> np.ndarray:
+        """`tables(c, known)` as the range coder reads them: float64 (N, 256) (counts below 2**24, so
+        exact), written into `out` where given (the decoder reuses one buffer). `known`: the values
+        (N, >= c) of channels < c, a numpy array (later columns are not read). Compiled, the counts
+        come straight from the kernel."""
+        n = len(self.params)
+        out = np.empty((n, 256)) if out is None else out
+        known = np.zeros((n, 0), np.int64) if known is None else np.ascontiguousarray(known, np.int64)
+        if self.compiled:
+            from . import kernels  # numba: imported where first needed
+
+            return kernels.channel_tables(self.params.contiguous().numpy(), known, c, self.mixtures, self.channels, out)
+        out[:] = self.tables(c, torch.from_numpy(known[:, :c]).to(self.params.device)).cpu().numpy()
+        return out
 
     def symbol_bounds(self, c: int, known: torch.Tensor | None, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(start, count) int64 (N,) of value (N,) in channel c: the cumulative count below it and its
