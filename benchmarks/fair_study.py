@@ -15,10 +15,17 @@ At each budget the checkpoint is evaluated on the whole test split (10,000 image
 and starts at the initial weights, so after few steps it still holds much of them). The numbers go to
 RUNS/study.json, then results/fair-study/README.md and curve.png are rewritten from it.
 
+Or side by side, on a machine with a core for each: `--only MODEL` trains one model's run through
+every budget, and two such processes share the study (study.json changes under a lock). Budgets are
+each process's own CPU time, so this changes no result, only the wall-clock time.
+
 Resumable: run the same command again. A run with a checkpoint goes on from it, a budget already
 evaluated is not redone, a stop by SIGTERM or Ctrl-C during training saves a checkpoint first.
 
     nohup nice -n 19 env OMP_NUM_THREADS=1 .venv/bin/python benchmarks/fair_study.py >> /tmp/fair_study.log 2>&1 &
+    # or, side by side:
+    for m in pixelsnail-fmnist pixelcnnpp-fmnist; do nohup nice -n 19 env OMP_NUM_THREADS=1 \
+        .venv/bin/python benchmarks/fair_study.py --only $m >> /tmp/fair_study-$m.log 2>&1 & done
     python benchmarks/fair_study.py --report-only     # rewrite the README and plot from RUNS/study.json
 """
 
@@ -27,12 +34,14 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
+import fcntl
 import json
 import math
 import signal
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -68,39 +77,71 @@ def shown(path: Path) -> str:
 
 class Study:
     """RUNS/study.json: the settings (a rerun must match them), one row per evaluated (model, budget),
-    and the CPU seconds each run trained on each CPU model (sessions get different CPUs)."""
+    and the CPU seconds each run trained on each CPU model (sessions get different CPUs). Several
+    processes may share it (`--only`, one model each): every change reads the file again and writes it
+    back under a lock (RUNS/study.lock), so none overwrites another's rows or CPU time."""
 
     def __init__(self, runs: Path, settings: dict):
-        self.path = runs / "study.json"
-        self.data = {"settings": settings, "rows": [], "machines": {}, "commands": []}
-        if self.path.exists():
-            saved = json.loads(self.path.read_text())
-            if saved["settings"] != settings:
-                changed = ", ".join(k for k in settings.keys() | saved["settings"].keys()
-                                    if settings.get(k) != saved["settings"].get(k))
-                raise UsageError(f"{self.path} was made with other settings ({changed}); give another --runs to start a new study")
-            self.data = saved
+        self.path, self.settings = runs / "study.json", settings
+        self.data = self._read()
+
+    @contextmanager
+    def _locked(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_suffix(".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _read(self) -> dict:
+        if not self.path.exists():
+            return {"settings": self.settings, "rows": [], "machines": {}, "commands": []}
+        saved = json.loads(self.path.read_text())
+        if saved["settings"] != self.settings:
+            changed = ", ".join(k for k in self.settings.keys() | saved["settings"].keys()
+                                if self.settings.get(k) != saved["settings"].get(k))
+            raise UsageError(f"{self.path} was made with other settings ({changed}); give another --runs to start a new study")
+        return saved
+
+    @contextmanager
+    def _change(self):
+        """The study as it is now on disk, to change and write back, under the lock."""
+        with self._locked():
+            self.data = self._read()
+            yield self.data
+            atomic_write(self.path, (json.dumps(self.data, indent=1) + "\n").encode(), overwrite=True)
+
+    @contextmanager
+    def held(self):
+        """The study as it is on disk, held still (under the lock) while it is read: for the report."""
+        with self._locked():
+            self.data = self._read()
+            yield self
+
+    def refresh(self) -> Study:
+        """Read what other processes have written since."""
+        with self._locked():
+            self.data = self._read()
+        return self
 
     def row(self, model: str, budget: float) -> dict | None:
-        return next((r for r in self.data["rows"] if r["model"] == model and r["budget_cpu_minutes"] == budget), None)
+        return next((r for r in self.refresh().data["rows"] if r["model"] == model and r["budget_cpu_minutes"] == budget), None)
 
     def add_row(self, row: dict) -> None:
-        self.data["rows"].append(row)
-        self.save()
+        with self._change() as data:
+            data["rows"].append(row)
 
     def credit(self, model: str, cpu: str, seconds: float) -> None:
-        tally = self.data["machines"].setdefault(model, {})
-        tally[cpu] = tally.get(cpu, 0.0) + seconds
-        self.save()
+        with self._change() as data:
+            tally = data["machines"].setdefault(model, {})
+            tally[cpu] = tally.get(cpu, 0.0) + seconds
 
     def note_command(self, command: str) -> None:
-        if command not in self.data["commands"]:
-            self.data["commands"].append(command)
-            self.save()
-
-    def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(self.path, (json.dumps(self.data, indent=1) + "\n").encode(), overwrite=True)
+        with self._change() as data:
+            if command not in data["commands"]:
+                data["commands"].append(command)
 
 
 def saved_progress(run_dir: Path) -> dict | None:
@@ -146,7 +187,7 @@ def train_to(model: str, budget: float, run_dir: Path, args, study: Study, monit
         )
     before = saved_progress(run_dir)
     cpu_before = before["cpu_s"] if before else 0.0
-    recorded = sum(study.data["machines"].get(model, {}).values())
+    recorded = sum(study.refresh().data["machines"].get(model, {}).values())
     if cpu_before > recorded + 1:  # trained by a run killed outright (SIGKILL) after a checkpoint
         study.credit(model, "not recorded (a run killed after a checkpoint)", cpu_before - recorded)
     print(f"{now()} {model}: training to {budget:g} CPU-minutes"
@@ -388,6 +429,8 @@ def main() -> None:
     parser.add_argument("--eval-images", type=int, default=500, help="test images of those quick evaluations")
     parser.add_argument("--checkpoint-minutes", type=float, default=5.0)
     parser.add_argument("--monitor-seconds", type=float, default=120.0, help="seconds between progress lines")
+    parser.add_argument("--only", default=None, help="train only this one of --models (another process, on another "
+                        "core, may train the other: see the module's docstring)")
     parser.add_argument("--report-only", action="store_true", help="rewrite README.md and curve.png from study.json")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -396,6 +439,9 @@ def main() -> None:
     unknown = [m for m in models if m not in PRESETS]
     if unknown:
         raise UsageError(f"unknown preset(s) {', '.join(unknown)}; known: {', '.join(PRESETS)}")
+    if args.only is not None and args.only not in models:
+        raise UsageError(f"--only {args.only}: not one of the study's models ({', '.join(models)})")
+    trained = [m for m in models if args.only in (None, m)]
     settings = {
         "models": models, "batch_size": args.batch_size, "ema": args.ema, "seed": args.seed, "data_dir": args.data_dir,
         "eval_every": args.eval_every, "eval_images": args.eval_images,
@@ -407,8 +453,9 @@ def main() -> None:
     study.note_command(
         "nohup nice -n 19 env OMP_NUM_THREADS=1 .venv/bin/python benchmarks/fair_study.py " + " ".join(
             f"--{k} {v}" for k, v in [("models", args.models), ("budgets", args.budgets), ("runs", shown(args.runs)),
-                                      ("out", shown(args.out)), ("data-dir", args.data_dir)] if v is not None)
-        + " >> /tmp/fair_study.log 2>&1 &"
+                                      ("out", shown(args.out)), ("data-dir", args.data_dir), ("only", args.only)]
+            if v is not None)
+        + f" >> /tmp/fair_study{'-' + args.only if args.only else ''}.log 2>&1 &"
     )
     parameters = {m: count_parameters(build(m, channels=1)) for m in models}
     test_set = load_split("fashion-mnist", args.data_dir, "test")
@@ -417,7 +464,7 @@ def main() -> None:
           f"budgets {', '.join(f'{b:g}' for b in budgets)} CPU-minutes; {machine_facts()['cpu']}", flush=True)
     monitor = Monitor(args.monitor_seconds)
     for budget in budgets:
-        for model in models:
+        for model in trained:
             if study.row(model, budget) is not None:
                 continue
             run_dir = args.runs / model
@@ -442,9 +489,11 @@ def main() -> None:
             study.add_row(row)
             print(f"{now()} {model} at {budget:g} CPU-minutes: test {row['ema_bpd']:.4f} bits/dim (EMA), "
                   f"{row['last_bpd']:.4f} (last weights)", flush=True)
-            report(study, args.runs, args.out, budgets)
+            with study.held():  # another process (--only) may be reporting too: one at a time, each up to date
+                report(study, args.runs, args.out, budgets)
     monitor.stop.set()
-    report(study, args.runs, args.out, budgets)
+    with study.held():
+        report(study, args.runs, args.out, budgets)
 
 
 if __name__ == "__main__":

@@ -17,20 +17,28 @@ def write_idx(path: Path, images: np.ndarray) -> None:
     path.write_bytes(struct.pack(">4I", 0x00000803, *images.shape) + images.tobytes())
 
 
+def study_command(tmp_path: Path, budgets: str, *extra: str) -> list[str]:
+    return [sys.executable, str(SCRIPT), "--models", "pixelsnail-tiny,pixelcnnpp-tiny", "--budgets", budgets,
+            "--data-dir", str(tmp_path / "data"), "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out"),
+            "--batch-size", "4", "--eval-every", "5", "--eval-images", "4", *extra]
+
+
 def run_study(tmp_path: Path, budgets: str, *extra: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, str(SCRIPT), "--models", "pixelsnail-tiny,pixelcnnpp-tiny", "--budgets", budgets,
-               "--data-dir", str(tmp_path / "data"), "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out"),
-               "--batch-size", "4", "--eval-every", "5", "--eval-images", "4", *extra]
-    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    done = subprocess.run(study_command(tmp_path, budgets, *extra), capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr
     return done
 
 
-def test_fair_study_trains_each_budget_once_and_resumes(tmp_path):
+def write_data(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     (tmp_path / "data").mkdir()
     write_idx(tmp_path / "data" / "train-images-idx3-ubyte", rng.integers(0, 256, (40, 28, 28), dtype=np.uint8))
     write_idx(tmp_path / "data" / "t10k-images-idx3-ubyte", rng.integers(0, 256, (6, 28, 28), dtype=np.uint8))
+
+
+def test_fair_study_trains_each_budget_once_and_resumes(tmp_path):
+    write_data(tmp_path)
     study = tmp_path / "runs" / "study.json"
 
     first = run_study(tmp_path, "0.01")
@@ -63,6 +71,31 @@ def test_fair_study_trains_each_budget_once_and_resumes(tmp_path):
                             "--runs", str(tmp_path / "runs"), "--batch-size", "8", "--report-only"],
                            capture_output=True, text=True)
     assert other.returncode != 0 and other.stderr.startswith("fair_study.py: error: ") and "batch_size" in other.stderr
+
+
+def test_two_processes_train_one_model_each_into_one_study(tmp_path):
+    """--only: two processes at once, one model each, through two budgets; every row and every
+    process's CPU time ends up in the one study.json (changed under a lock), the report has them all."""
+    write_data(tmp_path)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    workers = [subprocess.Popen(study_command(tmp_path, "0.01,0.02", "--only", model), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=env)
+               for model in ("pixelsnail-tiny", "pixelcnnpp-tiny")]
+    for worker, model, other in zip(workers, ("pixelsnail-tiny", "pixelcnnpp-tiny"), ("pixelcnnpp-tiny", "pixelsnail-tiny")):
+        out, err = worker.communicate(timeout=600)
+        assert worker.returncode == 0, err
+        assert out.count(f"{model}: training to") == 2 and f"{other}: training to" not in out
+    study = json.loads((tmp_path / "runs" / "study.json").read_text())
+    assert sorted((r["model"], r["budget_cpu_minutes"]) for r in study["rows"]) == [
+        ("pixelcnnpp-tiny", 0.01), ("pixelcnnpp-tiny", 0.02), ("pixelsnail-tiny", 0.01), ("pixelsnail-tiny", 0.02)]
+    assert all(sum(study["machines"][m].values()) >= 0.02 * 60 for m in ("pixelsnail-tiny", "pixelcnnpp-tiny"))
+    assert len(study["commands"]) == 2 and all("--only" in c for c in study["commands"])
+    readme = (tmp_path / "out" / "README.md").read_text()
+    assert len([line for line in readme.splitlines() if line.startswith("| pixel")]) == 4 and "In progress" not in readme
+    assert "training to" not in run_study(tmp_path, "0.01,0.02").stdout  # the plain command finds it all done
+
+    wrong = subprocess.run(study_command(tmp_path, "0.01", "--only", "pixelcnnpp-cifar10"), capture_output=True, text=True)
+    assert wrong.returncode != 0 and "--only pixelcnnpp-cifar10: not one of" in wrong.stderr
 
 
 def test_the_study_presets_have_parameter_counts_within_ten_percent():
