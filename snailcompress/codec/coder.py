@@ -9,7 +9,7 @@ the same frequency tables on every machine, so
 * the encoder runs the full forward pass once over all windows (in chunks bounded in memory) and
   codes every symbol from its two cumulative counts (`IntegerConditionals.symbol_bounds`);
 * the decoder steps through the positions, one batch of window slots at a time, building each
-  step's full tables (`IntegerConditionals.tables`) and feeding the decoded values back.
+  step's full tables (`IntegerConditionals.coder_tables`) and feeding the decoded values back.
 
 Planes are coded in windows (codec/tiles.py, WindowPlan): tiles, each with the already-coded rows
 above and columns to its left that it may see. Stream layout (what the decoder's schedule reads):
