@@ -46,23 +46,49 @@ def test_tables_equal_torch_on_a_real_image(channels):
         assert torch.equal(compiled, reference)
 
 
-@pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("channels", [3, 1])
-@pytest.mark.parametrize("seed", range(4))
-def test_tables_equal_torch_at_the_limits(channels, seed, threads, torch_threads):
-    """Parameters drawn over and beyond every clamp: logits, means, log-scales, coefficients; on two
-    threads the rows are shared between them."""
-    torch_threads(threads)
+def _at_the_limits(seed: int, channels: int, n: int = 400, mixtures: int = 10):
+    """Parameters drawn over and beyond every clamp (logits, means, log-scales, coefficients) and
+    values crowding the ends of 0..255."""
     rng = np.random.default_rng(seed)
-    mixtures, n = 10, 400
     k = num_params(channels, mixtures)
     spread = rng.choice([2**20, 16 * 4096, 8 * 4096, 4096, 64], (n, k))
     params = torch.from_numpy(np.floor(rng.uniform(-1, 1, (n, k)) * spread)).double()
     params[: n // 4, :mixtures] = 0  # equal logits: every component weighted
     values = torch.from_numpy(rng.choice([0, 1, 2, 127, 128, 253, 254, 255, *range(256)], (n, channels)))
+    return params, values
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("channels", [3, 1])
+@pytest.mark.parametrize("seed", range(4))
+def test_tables_equal_torch_at_the_limits(channels, seed, threads, torch_threads):
+    """On two threads the rows are shared between them."""
+    torch_threads(threads)
+    params, values = _at_the_limits(seed, channels)
     for compiled, reference in _both_tables(params, channels, values):
         assert torch.equal(compiled, reference)
         assert bool((compiled.sum(dim=1) == ar.TABLE_TOTAL).all())
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("channels", [3, 1])
+@pytest.mark.parametrize("seed", range(4))
+def test_symbol_bounds_equal_torch_at_the_limits(channels, seed, threads, torch_threads):
+    """The encoder's two cumulative counts per subpixel, compiled, are torch's, and are the entries
+    of the (compiled) tables the decoder builds."""
+    torch_threads(threads)
+    params, values = _at_the_limits(seed + 10, channels, n=600)
+    compiled = IntegerConditionals(params, channels, compiled=True)
+    reference = IntegerConditionals(params, channels, compiled=False)
+    rows = torch.arange(len(values))
+    for c in range(channels):
+        start, count = compiled.symbol_bounds(c, values[:, :c], values[:, c])
+        assert start.dtype == count.dtype == torch.int64
+        expected = reference.symbol_bounds(c, values[:, :c], values[:, c])
+        assert torch.equal(start, expected[0]) and torch.equal(count, expected[1])
+        tables = compiled.tables(c, values[:, :c])
+        assert torch.equal(count, tables[rows, values[:, c]])
+        assert torch.equal(start, torch.cumsum(tables, dim=1)[rows, values[:, c]] - count)
 
 
 @pytest.mark.parametrize("compiled", [True, False])

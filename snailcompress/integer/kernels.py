@@ -648,28 +648,59 @@ def _counts(weights, mean, inverse, cdf, out):  # pragma: no cover (compiled)
     out[255] = _TOTAL - previous
 
 
+@numba.njit(cache=True)
+def _weights(row, known, c, mixtures, channels, t, weights, posterior, mean, inverse):  # pragma: no cover (compiled)
+    """IntegerConditionals._weights of one pixel, into `weights`: the prior's weights updated to their
+    posterior by each known channel < c (`known`: the pixel's values)."""
+    exp16, cdf = t[0], t[4]
+    _prior(row, mixtures, exp16, weights)
+    for prev in range(c):
+        _components(row, known, prev, mixtures, channels, t, mean, inverse)
+        v = known[prev]
+        for k in range(mixtures):  # each component's Q.20 probability of v: the tails at 0 and 255
+            low = 0 if v == 0 else _cdf_at(v, mean[k], inverse[k], cdf)
+            high = _CDF_ONE if v == 255 else _cdf_at(v + 1, mean[k], inverse[k], cdf)
+            posterior[k] = weights[k] * (high - low)
+        _normalise(posterior)
+        if posterior.sum() > 0:
+            weights[:] = posterior
+
+
 @numba.njit(cache=True, nogil=True)
 def _table_rows(first, step, params, known, c, mixtures, channels, t, out):  # pragma: no cover (compiled)
-    """IntegerConditionals.tables(c, known) for rows first, first + step, ...: the prior's weights updated to
-    their posterior by each known channel < c, then channel c's table."""
-    exp16, cdf = t[0], t[4]
+    """IntegerConditionals.tables(c, known) for rows first, first + step, ...: the pixel's component
+    weights for channel c, then channel c's table."""
     weights, posterior = np.empty(mixtures, np.int64), np.empty(mixtures, np.int64)
     mean, inverse = np.empty(mixtures), np.empty(mixtures)
     for i in range(first, len(out), step):
-        row = params[i]
-        _prior(row, mixtures, exp16, weights)
-        for prev in range(c):
-            _components(row, known[i], prev, mixtures, channels, t, mean, inverse)
-            v = known[i, prev]
-            for k in range(mixtures):  # each component's Q.20 probability of v: the tails at 0 and 255
-                low = 0 if v == 0 else _cdf_at(v, mean[k], inverse[k], cdf)
-                high = _CDF_ONE if v == 255 else _cdf_at(v + 1, mean[k], inverse[k], cdf)
-                posterior[k] = weights[k] * (high - low)
-            _normalise(posterior)
-            if posterior.sum() > 0:
-                weights[:] = posterior
-        _components(row, known[i], c, mixtures, channels, t, mean, inverse)
-        _counts(weights, mean, inverse, cdf, out[i])
+        _weights(params[i], known[i], c, mixtures, channels, t, weights, posterior, mean, inverse)
+        _components(params[i], known[i], c, mixtures, channels, t, mean, inverse)
+        _counts(weights, mean, inverse, t[4], out[i])
+
+
+@numba.njit(cache=True)
+def _cumulative(weights, mean, inverse, cdf, edge):  # pragma: no cover (compiled)
+    """IntegerConditionals._cumulative at one edge: floor(sum_k w_k cdf_k * TOTAL / (sum_k w_k * 2**20))."""
+    mixed = total = 0
+    for k in range(len(weights)):
+        total += weights[k]
+        mixed += weights[k] * _cdf_at(edge, mean[k], inverse[k], cdf)
+    return (mixed * _TOTAL) // (total << _CDF_BITS)
+
+
+@numba.njit(cache=True, nogil=True)
+def _bound_rows(first, step, params, values, c, mixtures, channels, t, start, count):  # pragma: no cover (compiled)
+    """IntegerConditionals.symbol_bounds(c, ...) for rows first, first + step, ...: the two cumulative
+    counts around each pixel's value of channel c (values: (N, > c), the known channels then c)."""
+    weights, posterior = np.empty(mixtures, np.int64), np.empty(mixtures, np.int64)
+    mean, inverse = np.empty(mixtures), np.empty(mixtures)
+    for i in range(first, len(start), step):
+        _weights(params[i], values[i], c, mixtures, channels, t, weights, posterior, mean, inverse)
+        _components(params[i], values[i], c, mixtures, channels, t, mean, inverse)
+        v = values[i, c]
+        low = 0 if v == 0 else _cumulative(weights, mean, inverse, t[4], v)
+        high = _TOTAL if v == 255 else _cumulative(weights, mean, inverse, t[4], v + 1)
+        start[i], count[i] = low, high - low
 
 
 def channel_tables(params: np.ndarray, known: np.ndarray, c: int, mixtures: int, channels: int,
@@ -680,6 +711,16 @@ def channel_tables(params: np.ndarray, known: np.ndarray, c: int, mixtures: int,
     _split(_table_rows, len(out), params, known, c, mixtures, channels, _mixture_tables(), out,
            share=TABLE_ROWS_PER_THREAD)
     return out
+
+
+def symbol_bounds(params: np.ndarray, values: np.ndarray, c: int, mixtures: int, channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """IntegerConditionals.symbol_bounds in one compiled call: (start, count) int64 (N,) of channel c's
+    values in its tables, from the network's outputs (N, K) float64, Q.12, and the values (N, > c)
+    int64 of channels 0..c."""
+    start, count = np.empty(len(params), np.int64), np.empty(len(params), np.int64)
+    _split(_bound_rows, len(start), params, values, c, mixtures, channels, _mixture_tables(), start, count,
+           share=TABLE_ROWS_PER_THREAD)
+    return start, count
 
 
 @functools.lru_cache(maxsize=None)

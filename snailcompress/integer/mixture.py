@@ -166,8 +166,15 @@ class IntegerConditionals:
 
     def symbol_bounds(self, c: int, known: torch.Tensor | None, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(start, count) int64 (N,) of value (N,) in channel c: the cumulative count below it and its
-        count in `tables(c, known)`, computed at its two edges only."""
+        count in `tables(c, known)`, computed at its two edges only (compiled: in one kernel call)."""
         value = value.long()
+        if self.compiled:
+            from . import kernels  # numba: imported where first needed
+
+            values = torch.cat([known[:, :c].long(), value.unsqueeze(1)], dim=1) if c else value.unsqueeze(1)
+            start, count = kernels.symbol_bounds(self.params.contiguous().numpy(), values.contiguous().numpy(), c, self.mixtures,
+                                                 self.channels)
+            return torch.from_numpy(start), torch.from_numpy(count)
         low, high = _ends(value, self._cumulative(c, known, _edges(value)), ar.TABLE_TOTAL)
         return low, high - low
 
