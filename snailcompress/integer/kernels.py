@@ -1,8 +1,9 @@
 """Compiled CPU kernels (numba): the network's full pass a window at a time (the encoder), its whole
-step at one position (the decoder), and the mixture's frequency tables from the network's outputs.
+step at one position (the decoder), and, from the network's outputs, the mixture's frequency tables
+(the decoder) or each subpixel's two cumulative counts (the encoder).
 
 Each gives exactly the integers of the torch code it replaces on the CPU (`IntegerPixelSNAIL.forward`,
-`IntegerStepper`, `IntegerConditionals.tables`; tests compare them directly): every value is an integer or a
+`IntegerStepper`, `IntegerConditionals.tables` and `symbol_bounds`; tests compare them directly): every value is an integer or a
 multiple of a power of two, every product and sum stays exact in float64 or int64 (arithmetic.py), so
 neither the order of a sum, nor fused multiply-add, nor the number of threads can change a bit. They
 are faster because they do less, not because they round differently:
@@ -16,7 +17,8 @@ are faster because they do less, not because they round differently:
 * the tables go from the network's outputs to counts in one call per channel, skipping components of
   zero weight and, per component, the edges where its CDF is saturated at the table's ends (the CDF's
   argument grows with the edge, so those are a prefix and a suffix), adding their constant
-  contribution through a difference array.
+  contribution through a difference array; the encoder's counts take the same component weights
+  and the CDFs at a value's two edges only.
 
 Rows (windows, slots, pixels) are independent: `_split` shares them among --threads threads, each
 running the whole computation on its share. On a GPU the torch code runs instead; it is the reference.
