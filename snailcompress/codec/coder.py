@@ -308,27 +308,37 @@ def _decode_batch(net, plan: WindowPlan, canvases: np.ndarray, slots: np.ndarray
             rows, bits = np.flatnonzero(coded[s]), 0.0
             if len(rows):
                 mine = params if len(rows) == len(params) else params[torch.from_numpy(rows).to(net.device)]
-                conditionals = IntegerConditionals(mine, channels)
                 known = values[rows].astype(np.int64)
-                chosen = np.empty((len(rows), channels))  # each decoded symbol's count (the bits shown)
-                per_plane = len(rows) // planes  # the planes share one plan: the same count each
-                for ch in range(channels):
-                    tables = conditionals.coder_tables(ch, known, buffer[: len(rows)])
-                    for k, decoder in enumerate(decoders):
-                        part = slice(k * per_plane, (k + 1) * per_plane)
-                        if k not in errors:
-                            try:
-                                known[part, ch] = decoder.decode(_FAMILY, tables[part])
-                            except Exception as e:  # constriction raises on a stream that ends too early
-                                errors[k] = FormatError(f"coded stream is corrupt or truncated ({e})")
-                    if progress is not None:
-                        chosen[:, ch] = tables[np.arange(len(rows)), known[:, ch]]
-                bits = _bits(chosen) if progress is not None else 0.0
+                bits = _decode_pixels(IntegerConditionals(mine, channels), known, decoders, errors, buffer,
+                                      progress is not None)
                 values[rows] = known
                 canvases[plane[rows], y[s, rows], x[s, rows]] = values[rows]
             stepper.commit(torch.from_numpy(values), torch.from_numpy(advance[s]))
             if progress is not None:
                 progress.step(bits, len(rows) * channels)
+
+
+def _decode_pixels(conditionals: IntegerConditionals, known: np.ndarray, decoders: list, errors: dict,
+                   buffer: np.ndarray, count_bits: bool) -> float:
+    """Decode one step's coded pixels into `known` (m, C) int64, channel by channel, each channel's
+    tables given the channels before it (written into `buffer`); plane k's pixels, a run of m / K
+    rows, come from decoders[k], and a plane whose stream fails (errors[k]) is read no further. The
+    bits they took, if `count_bits` (the progress bar shows them), else 0."""
+    rows, channels = known.shape
+    chosen = np.empty((rows, channels)) if count_bits else None  # each decoded symbol's count
+    per_plane = rows // len(decoders)  # the planes share one plan: the same count each
+    for ch in range(channels):
+        tables = conditionals.coder_tables(ch, known, buffer[:rows])
+        for k, decoder in enumerate(decoders):
+            part = slice(k * per_plane, (k + 1) * per_plane)
+            if k not in errors:
+                try:
+                    known[part, ch] = decoder.decode(_FAMILY, tables[part])
+                except Exception as e:  # constriction raises on a stream that ends too early
+                    errors[k] = FormatError(f"coded stream is corrupt or truncated ({e})")
+        if count_bits:
+            chosen[:, ch] = tables[np.arange(rows), known[:, ch]]
+    return _bits(chosen) if count_bits else 0.0
 
 
 def _kernel_threads(net):
