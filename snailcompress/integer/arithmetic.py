@@ -127,13 +127,24 @@ def table_digest() -> str:
     return digest.hexdigest()
 
 
+class _DeviceTables(dict):
+    """A device's tables. ELU over the whole activation range (16 MB) is made on first use: only the
+    torch network reads it, not the compiled kernels."""
+
+    def __missing__(self, name: str) -> torch.Tensor:
+        if name != "elu_all":
+            raise KeyError(name)
+        x = torch.arange(-ACTIVATION_LIMIT, ACTIVATION_LIMIT + 1, dtype=torch.float64, device=self["elu"].device)
+        self[name] = torch.where(x >= 0, x, self["elu"][(-x).clamp(0, EXP_INPUT_LIMIT).long()])
+        return self[name]
+
+
 @functools.lru_cache(maxsize=None)
 def on(device: str) -> dict[str, torch.Tensor]:
     """The tables on a device (copied once), with two derived from them to save steps: ELU over the
-    whole activation range, and the sigmoid divided by 4096 (exact: a power of two)."""
-    t = {name: table.to(device) for name, table in tables().items()}
-    x = torch.arange(-ACTIVATION_LIMIT, ACTIVATION_LIMIT + 1, dtype=torch.float64, device=device)
-    t["elu_all"] = torch.where(x >= 0, x, t["elu"][(-x).clamp(0, EXP_INPUT_LIMIT).long()])
+    whole activation range ("elu_all", made when first read), and the sigmoid divided by 4096 (exact:
+    a power of two)."""
+    t = _DeviceTables({name: table.to(device) for name, table in tables().items()})
     t["sigmoid_over_one"] = t["sigmoid"] / ONE
     return t
 
