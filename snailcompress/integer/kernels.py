@@ -3,10 +3,11 @@ step at one position (the decoder), and, from the network's outputs, the mixture
 (the decoder) or each subpixel's two cumulative counts (the encoder).
 
 Each gives exactly the integers of the torch code it replaces on the CPU (`IntegerPixelSNAIL.forward`,
-`IntegerStepper`, `IntegerConditionals.tables` and `symbol_bounds`; tests compare them directly): every value is an integer or a
-multiple of a power of two, every product and sum stays exact in float64 or int64 (arithmetic.py), so
-neither the order of a sum, nor fused multiply-add, nor the number of threads can change a bit. They
-are faster because they do less, not because they round differently:
+`IntegerStepper`, `IntegerConditionals.tables` and `symbol_bounds`; tests compare them directly):
+every value is an integer or a multiple of a power of two, every product and sum stays exact in
+float64 or int64 (arithmetic.py), so neither the order of a sum, nor fused multiply-add, nor the
+number of threads can change a bit. They are faster because they do less, not because they round
+differently:
 
 * the network's matrix products go to BLAS (numba's np.dot, through SciPy) and everything between
   them (requantising, lookup tables, the 2x2 convs' inputs, gates) runs in compiled loops, one pass
@@ -715,7 +716,8 @@ def channel_tables(params: np.ndarray, known: np.ndarray, c: int, mixtures: int,
     return out
 
 
-def symbol_bounds(params: np.ndarray, values: np.ndarray, c: int, mixtures: int, channels: int) -> tuple[np.ndarray, np.ndarray]:
+def symbol_bounds(params: np.ndarray, values: np.ndarray, c: int, mixtures: int,
+                  channels: int) -> tuple[np.ndarray, np.ndarray]:
     """IntegerConditionals.symbol_bounds in one compiled call: (start, count) int64 (N,) of channel c's
     values in its tables, from the network's outputs (N, K) float64, Q.12, and the values (N, > c)
     int64 of channels 0..c."""

@@ -172,8 +172,8 @@ class IntegerConditionals:
             from . import kernels  # numba: imported where first needed
 
             values = torch.cat([known[:, :c].long(), value.unsqueeze(1)], dim=1) if c else value.unsqueeze(1)
-            start, count = kernels.symbol_bounds(self.params.contiguous().numpy(), values.contiguous().numpy(), c, self.mixtures,
-                                                 self.channels)
+            start, count = kernels.symbol_bounds(self.params.contiguous().numpy(), values.contiguous().numpy(), c,
+                                                 self.mixtures, self.channels)
             return torch.from_numpy(start), torch.from_numpy(count)
         low, high = _ends(value, self._cumulative(c, known, _edges(value)), ar.TABLE_TOTAL)
         return low, high - low
