@@ -169,7 +169,7 @@ def test_tables_are_exact_integer_distributions(channels):
         table = conditionals.tables(c, values[:, :c])
         assert table.dtype == torch.int64 and bool((table >= 0).all())
         assert bool((table.sum(dim=1) == ar.TABLE_TOTAL).all())
-        start, count = conditionals.symbol_bounds(c, values[:, :c], values[:, c])
+        start, count = (bounds[:, c] for bounds in conditionals.symbol_bounds(values))
         rows = torch.arange(len(values))
         assert torch.equal(count, table[rows, values[:, c]])
         assert torch.equal(start, table.cumsum(dim=1)[rows, values[:, c]] - table[rows, values[:, c]])
@@ -199,10 +199,8 @@ def test_integer_tables_cost_little_against_the_float_model():
     values = images.permute(0, 2, 3, 1).reshape(-1, 3).long()
     net = IntegerPixelSNAIL.convert(model)
     conditionals = IntegerConditionals(net.forward(images).reshape(len(values), -1), 3)
-    bits = 0.0
-    for c in range(3):
-        _, count = conditionals.symbol_bounds(c, values[:, :c], values[:, c])
-        bits += float((ar.PRECISION_BITS - torch.log2(count.double() + 1)).sum())
+    _, count = conditionals.symbol_bounds(values)
+    bits = float((ar.PRECISION_BITS - torch.log2(count.double() + 1)).sum())
     with torch.no_grad():
         nats = -mixture.log_prob(mixture.to_unit(images), model(mixture.to_unit(images))).sum()
     float_bits = float(nats) / math.log(2)

@@ -81,14 +81,14 @@ def test_symbol_bounds_equal_torch_at_the_limits(channels, seed, threads, torch_
     compiled = IntegerConditionals(params, channels, compiled=True)
     reference = IntegerConditionals(params, channels, compiled=False)
     rows = torch.arange(len(values))
+    start, count = compiled.symbol_bounds(values)
+    assert start.dtype == count.dtype == torch.int64 and start.shape == count.shape == values.shape
+    expected = reference.symbol_bounds(values)
+    assert torch.equal(start, expected[0]) and torch.equal(count, expected[1])
     for c in range(channels):
-        start, count = compiled.symbol_bounds(c, values[:, :c], values[:, c])
-        assert start.dtype == count.dtype == torch.int64
-        expected = reference.symbol_bounds(c, values[:, :c], values[:, c])
-        assert torch.equal(start, expected[0]) and torch.equal(count, expected[1])
         tables = compiled.tables(c, values[:, :c])
-        assert torch.equal(count, tables[rows, values[:, c]])
-        assert torch.equal(start, torch.cumsum(tables, dim=1)[rows, values[:, c]] - count)
+        assert torch.equal(count[:, c], tables[rows, values[:, c]])
+        assert torch.equal(start[:, c], torch.cumsum(tables, dim=1)[rows, values[:, c]] - count[:, c])
 
 
 @pytest.mark.parametrize("compiled", [True, False])

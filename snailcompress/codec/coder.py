@@ -156,11 +156,7 @@ def symbol_bounds(net, windows: np.ndarray, coded: np.ndarray, progress=None, ke
         features = window_features(net, windows[part], None if kept is None else kept[part])
         mask = torch.from_numpy(coded[part]).to(features.device)
         values = chunk.permute(0, 2, 3, 1).to(features.device)[mask].long()  # (P, C)
-        conditionals = IntegerConditionals(net.outputs(features[mask]), channels)
-        start = torch.zeros_like(values)
-        count = torch.zeros_like(values)
-        for c in range(channels):
-            start[:, c], count[:, c] = conditionals.symbol_bounds(c, values[:, :c], values[:, c])
+        start, count = IntegerConditionals(net.outputs(features[mask]), channels).symbol_bounds(values)
         starts.append(start.cpu().numpy())
         counts.append(count.cpu().numpy())
         if progress is not None:

@@ -652,21 +652,34 @@ def _counts(weights, mean, inverse, cdf, out):  # pragma: no cover (compiled)
 
 
 @numba.njit(cache=True)
+def _bin(v, mean, inverse, cdf):  # pragma: no cover (compiled)
+    """A component's Q.20 CDF below and above value v (its edges v - 1/2 and v + 1/2): 0 below 0, one
+    above 255 (the tails)."""
+    low = 0 if v == 0 else _cdf_at(v, mean, inverse, cdf)
+    high = _CDF_ONE if v == 255 else _cdf_at(v + 1, mean, inverse, cdf)
+    return low, high
+
+
+@numba.njit(cache=True)
+def _update(weights, posterior):  # pragma: no cover (compiled)
+    """Weights (in place) to their posterior, given each component's w * P(value) in `posterior`
+    (normalised here); kept where the value has probability 0 under every component."""
+    _normalise(posterior)
+    if posterior.sum() > 0:
+        weights[:] = posterior
+
+
+@numba.njit(cache=True)
 def _weights(row, known, c, mixtures, channels, t, weights, posterior, mean, inverse):  # pragma: no cover (compiled)
     """IntegerConditionals._weights of one pixel, into `weights`: the prior's weights updated to their
     posterior by each known channel < c (`known`: the pixel's values)."""
-    exp16, cdf = t[0], t[4]
-    _prior(row, mixtures, exp16, weights)
+    _prior(row, mixtures, t[0], weights)
     for prev in range(c):
         _components(row, known, prev, mixtures, channels, t, mean, inverse)
-        v = known[prev]
-        for k in range(mixtures):  # each component's Q.20 probability of v: the tails at 0 and 255
-            low = 0 if v == 0 else _cdf_at(v, mean[k], inverse[k], cdf)
-            high = _CDF_ONE if v == 255 else _cdf_at(v + 1, mean[k], inverse[k], cdf)
+        for k in range(mixtures):
+            low, high = _bin(known[prev], mean[k], inverse[k], t[4])
             posterior[k] = weights[k] * (high - low)
-        _normalise(posterior)
-        if posterior.sum() > 0:
-            weights[:] = posterior
+        _update(weights, posterior)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -681,29 +694,30 @@ def _table_rows(first, step, params, known, c, mixtures, channels, t, out):  # p
         _counts(weights, mean, inverse, t[4], out[i])
 
 
-@numba.njit(cache=True)
-def _cumulative(weights, mean, inverse, cdf, edge):  # pragma: no cover (compiled)
-    """IntegerConditionals._cumulative at one edge: floor(sum_k w_k cdf_k * TOTAL / (sum_k w_k * 2**20))."""
-    mixed = total = 0
-    for k in range(len(weights)):
-        total += weights[k]
-        mixed += weights[k] * _cdf_at(edge, mean[k], inverse[k], cdf)
-    return (mixed * _TOTAL) // (total << _CDF_BITS)
-
-
 @numba.njit(cache=True, nogil=True)
-def _bound_rows(first, step, params, values, c, mixtures, channels, t, start, count):  # pragma: no cover (compiled)
-    """IntegerConditionals.symbol_bounds(c, ...) for rows first, first + step, ...: the two cumulative
-    counts around each pixel's value of channel c (values: (N, > c), the known channels then c)."""
+def _bound_rows(first, step, params, values, mixtures, channels, t, start, count):  # pragma: no cover (compiled)
+    """IntegerConditionals.symbol_bounds for rows first, first + step, ...: channel by channel, the
+    two cumulative counts around the pixel's value, floor(sum_k w_k cdf_k * TOTAL / (sum_k w_k *
+    2**20)) at its two edges; the same component CDFs then give the weights' posterior for the next
+    channel, so each is read once."""
     weights, posterior = np.empty(mixtures, np.int64), np.empty(mixtures, np.int64)
     mean, inverse = np.empty(mixtures), np.empty(mixtures)
     for i in range(first, len(start), step):
-        _weights(params[i], values[i], c, mixtures, channels, t, weights, posterior, mean, inverse)
-        _components(params[i], values[i], c, mixtures, channels, t, mean, inverse)
-        v = values[i, c]
-        low = 0 if v == 0 else _cumulative(weights, mean, inverse, t[4], v)
-        high = _TOTAL if v == 255 else _cumulative(weights, mean, inverse, t[4], v + 1)
-        start[i], count[i] = low, high - low
+        _prior(params[i], mixtures, t[0], weights)
+        for c in range(channels):
+            _components(params[i], values[i], c, mixtures, channels, t, mean, inverse)
+            below = above = total = 0
+            for k in range(mixtures):
+                low, high = _bin(values[i, c], mean[k], inverse[k], t[4])
+                below += weights[k] * low
+                above += weights[k] * high
+                total += weights[k]
+                posterior[k] = weights[k] * (high - low)
+            denominator = total << _CDF_BITS  # 0 below value 0 and TOTAL above 255 come out exactly
+            start[i, c] = (below * _TOTAL) // denominator
+            count[i, c] = (above * _TOTAL) // denominator - start[i, c]
+            if c + 1 < channels:
+                _update(weights, posterior)
 
 
 def channel_tables(params: np.ndarray, known: np.ndarray, c: int, mixtures: int, channels: int,
@@ -716,13 +730,12 @@ def channel_tables(params: np.ndarray, known: np.ndarray, c: int, mixtures: int,
     return out
 
 
-def symbol_bounds(params: np.ndarray, values: np.ndarray, c: int, mixtures: int,
-                  channels: int) -> tuple[np.ndarray, np.ndarray]:
-    """IntegerConditionals.symbol_bounds in one compiled call: (start, count) int64 (N,) of channel c's
-    values in its tables, from the network's outputs (N, K) float64, Q.12, and the values (N, > c)
-    int64 of channels 0..c."""
-    start, count = np.empty(len(params), np.int64), np.empty(len(params), np.int64)
-    _split(_bound_rows, len(start), params, values, c, mixtures, channels, _mixture_tables(), start, count,
+def symbol_bounds(params: np.ndarray, values: np.ndarray, mixtures: int, channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """IntegerConditionals.symbol_bounds in one compiled call: (start, count) int64 (N, C) of each
+    channel's value in its table, from the network's outputs (N, K) float64, Q.12, and the values
+    (N, C) int64."""
+    start, count = np.empty(values.shape, np.int64), np.empty(values.shape, np.int64)
+    _split(_bound_rows, len(start), params, values, mixtures, channels, _mixture_tables(), start, count,
            share=TABLE_ROWS_PER_THREAD)
     return start, count
 

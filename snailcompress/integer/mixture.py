@@ -164,19 +164,23 @@ class IntegerConditionals:
         out[:] = self.tables(c, torch.from_numpy(known[:, :c]).to(self.params.device)).cpu().numpy()
         return out
 
-    def symbol_bounds(self, c: int, known: torch.Tensor | None, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(start, count) int64 (N,) of value (N,) in channel c: the cumulative count below it and its
-        count in `tables(c, known)`, computed at its two edges only (compiled: in one kernel call)."""
-        value = value.long()
+    def symbol_bounds(self, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(start, count) int64 (N, C) of every channel's value in values (N, C): the cumulative count
+        below it and its count in `tables(c, values[:, :c])`, computed at its two edges only
+        (compiled: all channels in one kernel call)."""
+        values = values.long()
         if self.compiled:
             from . import kernels  # numba: imported where first needed
 
-            values = torch.cat([known[:, :c].long(), value.unsqueeze(1)], dim=1) if c else value.unsqueeze(1)
-            start, count = kernels.symbol_bounds(self.params.contiguous().numpy(), values.contiguous().numpy(), c,
+            start, count = kernels.symbol_bounds(self.params.contiguous().numpy(), values.contiguous().numpy(),
                                                  self.mixtures, self.channels)
             return torch.from_numpy(start), torch.from_numpy(count)
-        low, high = _ends(value, self._cumulative(c, known, _edges(value)), ar.TABLE_TOTAL)
-        return low, high - low
+        lows, counts = [], []
+        for c in range(self.channels):
+            low, high = _ends(values[:, c], self._cumulative(c, values, _edges(values[:, c])), ar.TABLE_TOTAL)
+            lows.append(low)
+            counts.append(high - low)
+        return torch.stack(lows, dim=1), torch.stack(counts, dim=1)
 
 
 def _edges(value: torch.Tensor) -> torch.Tensor:
