@@ -106,25 +106,23 @@ class Study:
         return saved
 
     @contextmanager
-    def _change(self):
-        """The study as it is now on disk, to change and write back, under the lock."""
-        with self._locked():
-            self.data = self._read()
-            yield self.data
-            atomic_write(self.path, (json.dumps(self.data, indent=1) + "\n").encode(), overwrite=True)
-
-    @contextmanager
     def held(self):
         """The study as it is on disk, held still (under the lock) while it is read: for the report."""
         with self._locked():
             self.data = self._read()
             yield self
 
+    @contextmanager
+    def _change(self):
+        """The study as it is now on disk, to change and write back, under the lock."""
+        with self.held():
+            yield self.data
+            atomic_write(self.path, (json.dumps(self.data, indent=1) + "\n").encode(), overwrite=True)
+
     def refresh(self) -> Study:
         """Read what other processes have written since."""
-        with self._locked():
-            self.data = self._read()
-        return self
+        with self.held():
+            return self
 
     def row(self, model: str, budget: float) -> dict | None:
         return next((r for r in self.refresh().data["rows"] if r["model"] == model and r["budget_cpu_minutes"] == budget), None)

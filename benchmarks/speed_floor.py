@@ -7,8 +7,8 @@ and per coded pixel (windows overlap by their context). Throughput is measured o
 products of the shapes the encoder runs (the codec's arithmetic: float64 holding integers). The
 decoder also has a floor in memory: at every step each slot's attention reads its window's keys and
 values so far (float32), together more than the caches hold; that traffic is counted from the plan
-and divided by the read rate measured on an array the size of what the decoder's slots hold. Encode and decode are timed in-process on kodim23 without calibration
-(the network's work only).
+and divided by the read rate measured on an array the size of what the decoder's slots hold. Encode
+and decode are timed in-process on kodim23 without calibration (the network's work only).
 
     python benchmarks/speed_floor.py --threads 1,2 --out results/speed_floor.md
 """
@@ -52,12 +52,15 @@ def gemm_gflops(threads: int, rows: int = 4096, inner: int = 192, cols: int = 96
     return 2 * rows * inner * cols * repeat / (time.perf_counter() - start) / 1e9
 
 
+def key_value_bytes(net) -> int:
+    """The decoder's keys and values (float32) of one window position, over all blocks."""
+    return len(net.blocks) * (net.config.key_channels + net.config.value_channels) * 4
+
+
 def attention_bytes(net, plan: WindowPlan) -> int:
-    """Keys and values (float32) the decoder's attention reads over the whole plane: at position p of a
-    window, every block reads the p earlier positions' keys and values."""
-    cfg = net.config
-    per_window = plan.positions * (plan.positions - 1) // 2
-    return plan.rows * plan.cols * per_window * len(net.blocks) * (cfg.key_channels + cfg.value_channels) * 4
+    """Keys and values the decoder's attention reads over the whole plane: at position p of a window,
+    every block reads the p earlier positions' keys and values."""
+    return plan.rows * plan.cols * plan.positions * (plan.positions - 1) // 2 * key_value_bytes(net)
 
 
 def stream_gbytes(threads: int, nbytes: int, repeat: int = 20) -> float:
@@ -89,9 +92,7 @@ def main() -> None:
     total = per_position * plan.positions * windows
     per_pixel = total / (height * width)
     traffic = attention_bytes(net, plan)
-    cfg = net.config
-    resident = len(plan.slot_groups(coder.MAX_BATCH_TILES)[0]) * len(net.blocks) * plan.positions * (
-        cfg.key_channels + cfg.value_channels) * 4  # the keys and values the decoder holds
+    resident = len(plan.slot_groups(coder.MAX_BATCH_TILES)[0]) * plan.positions * key_value_bytes(net)  # what its slots hold
     lines = [
         "# The floor under coding time: work a pixel, matrix throughput, and how close the codec comes",
         "",
