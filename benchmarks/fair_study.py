@@ -54,7 +54,7 @@ from snailcompress.data import load_split
 from snailcompress.errors import UsageError
 from snailcompress.evaluate import evaluate
 from snailcompress.fileio import atomic_write
-from snailcompress.models.layers import count_parameters
+from snailcompress.models.layers import count_flops, count_parameters
 from snailcompress.models.presets import PRESETS, build
 from snailcompress.train import TrainOptions, has_checkpoint, resume_options, train
 from snailcompress.zoo import last_checkpoint, load_model
@@ -62,6 +62,7 @@ from snailcompress.zoo import last_checkpoint, load_model
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = "pixelsnail-fmnist,pixelcnnpp-fmnist"
 BUDGETS = "20,80,320"
+IMAGE_SHAPE = (1, 28, 28)  # Fashion-MNIST's
 EVAL_BATCH = 16  # the fastest on one thread for PixelSNAIL's attention (8-16: 31 images/s; 64: 21)
 
 
@@ -325,6 +326,26 @@ def per_image_lines(by_budget: dict, models: list[str], budget: float) -> list[s
     return []
 
 
+def work_lines(models: list[str], rows: list[dict]) -> list[str]:
+    """What a training step on one image costs each model, counted, and the images per CPU-second each
+    trained at: why equal compute is not an equal number of images."""
+    flops = {m: count_flops(build(m, channels=1), torch.zeros(1, *IMAGE_SHAPE)) for m in models}
+    latest = {r["model"]: r for r in sorted(rows, key=lambda r: r["budget_cpu_minutes"])}
+    costs = " and ".join(f"{short(m)} {flops[m] / 1e9:.2f} GFLOP" for m in models)
+    ratio = max(flops.values()) / min(flops.values())
+    line = (f"**Work per image.** A training step on one {IMAGE_SHAPE[1]}x{IMAGE_SHAPE[2]} image costs {costs} "
+            "(forward and backward; matrix products and convolutions, as torch's FlopCounterMode counts them: "
+            f"`models.layers.count_flops`), {ratio:.2f} times as much for {short(max(flops, key=flops.get))}. "
+            "At matched parameters PixelSNAIL runs all its filters at full resolution in every layer, where "
+            "PixelCNN++ spends most of its layers on its downsampled streams (a quarter and a sixteenth of the "
+            "positions), so equal CPU time buys PixelCNN++ more images.")
+    rates = [(m, latest[m]["images"] / (60 * latest[m]["cpu_minutes"])) for m in models if m in latest]
+    if rates:
+        line += " Measured on this run's CPU: " + ", ".join(
+            f"{short(m)} {rate:.1f} images per CPU-second ({rate * flops[m] / 1e9:.1f} GFLOP/s)" for m, rate in rates) + "."
+    return [line, ""]
+
+
 def report(study: Study, runs: Path, out: Path, budgets: list[float]) -> None:
     settings, rows = study.data["settings"], study.data["rows"]
     models = settings["models"]
@@ -374,6 +395,7 @@ def report(study: Study, runs: Path, out: Path, budgets: list[float]) -> None:
         f"the smaller has {100 * (1 - min(counts.values()) / max(counts.values())):.1f}% fewer "
         "(how they were matched: `snailcompress/models/presets.py`).",
         "",
+        *work_lines(models, rows),
         "**Two evaluations.** `EMA` is the reference's (Polyak-averaged weights, decay 0.9995). The average "
         "starts at the initial weights and forgets them by 0.9995 per step, so at the small budgets it still "
         "holds a share of them (`EMA init share` = 0.9995^steps) and can be worse than the weights it averages; "

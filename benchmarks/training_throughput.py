@@ -24,10 +24,12 @@ from snailcompress import mixture
 from snailcompress.bench.harness import machine_facts
 from snailcompress.bench.scripts import publish, run, run_facts
 from snailcompress.cli import parse_overrides
-from snailcompress.models.layers import count_parameters, data_dependent_init
+from snailcompress.models.layers import count_flops, count_parameters, data_dependent_init
 from snailcompress.models.presets import build
 from snailcompress.train import PRECISIONS, ReferenceAdam, cpu_bf16_units, network_autocast
 
+#: dense bf16 peak TFLOP/s by device name, from NVIDIA's data sheets (without sparsity)
+BF16_PEAK_TFLOPS = {"H100 80GB HBM3": 989.4, "H100 PCIe": 756.5, "H100 NVL": 835.5, "H200": 989.4}
 DEFAULT = "pixelsnail-cifar10:8,pixelsnail-cifar10:32,pixelsnail-imagenet32:8,pixelcnnpp-cifar10:16,pixelcnnpp-cifar10:64"
 
 
@@ -37,6 +39,7 @@ def measure(preset: str, batch: int, steps: int, device: torch.device, precision
     model = build(preset, **overrides).to(device)
     x = mixture.to_unit(torch.randint(0, 256, (batch, 3, 32, 32), device=device))
     data_dependent_init(model, x)
+    flops = count_flops(model, x[:1])  # a training step's work on one image
     ema = [p.detach().clone() for p in model.parameters()]
     params = list(model.parameters())
     if device.type == "cuda":
@@ -72,7 +75,13 @@ def measure(preset: str, batch: int, steps: int, device: torch.device, precision
     return {
         "preset": preset, "params_M": count_parameters(model) / 1e6, "batch": batch, "bf16": isinstance(autocast, torch.autocast),
         "compile": compile_, "images_per_s": batch * steps / seconds, "step_ms": 1000 * seconds / steps, "peak_GiB": memory,
+        "gflop_per_image": flops / 1e9, "tflops": flops * batch * steps / seconds / 1e12,
     }
+
+
+def bf16_peak(name: str) -> float | None:
+    """The device's dense bf16 peak in TFLOP/s, where its name is one of BF16_PEAK_TFLOPS's."""
+    return next((peak for key, peak in BF16_PEAK_TFLOPS.items() if key in name), None)
 
 
 def main() -> None:
@@ -96,22 +105,30 @@ def main() -> None:
                 rows.append(row)
                 print(row, flush=True)
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"{machine_facts()['cpu']} (bf16 units: {cpu_bf16_units()})"
+    peak = bf16_peak(name) if device.type == "cuda" else None
     lines = [
         f"# Training throughput on {name}",
         "",
         f"Command: `python {' '.join(sys.argv)}`  ",
         f"{run_facts()}; random 32x32 RGB data (no data loading), "
         f"{args.steps} timed steps after warm-up."
-        + (f" Every preset with {', '.join(args.overrides)}." if args.overrides else ""),
+        + (f" Every preset with {', '.join(args.overrides)}." if args.overrides else "")
+        + " GFLOP/image: a training step's matrix products and convolutions on one image, forward and backward,"
+        " as torch's FlopCounterMode counts them (elementwise work not counted); TFLOP/s: that work at the"
+        " measured rate" + (f", against this GPU's dense bf16 peak of {peak:g} TFLOP/s (NVIDIA's data sheet)."
+                            if peak else "."),
         "",
-        "| preset | params | batch | bf16 | compile | images/s | ms/step | peak GPU memory | CIFAR-10 epochs/day |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| preset | params | batch | bf16 | compile | images/s | ms/step | GFLOP/image | TFLOP/s | of bf16 peak "
+        "| peak GPU memory | CIFAR-10 epochs/day |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         memory = "-" if math.isnan(r["peak_GiB"]) else f"{r['peak_GiB']:.1f} GiB"  # no GPU memory on the CPU
+        share = f"{100 * r['tflops'] / peak:.1f}%" if peak else "-"
         lines.append(
             f"| {r['preset']} | {r['params_M']:.2f}M | {r['batch']} | {r['bf16']} | {r['compile']} | {r['images_per_s']:.0f} "
-            f"| {r['step_ms']:.1f} | {memory} | {r['images_per_s'] * 86400 / 50000:.0f} |"
+            f"| {r['step_ms']:.1f} | {r['gflop_per_image']:.2f} | {r['tflops']:.2f} | {share} "
+            f"| {memory} | {r['images_per_s'] * 86400 / 50000:.0f} |"
         )
     publish(lines, args.out)
 

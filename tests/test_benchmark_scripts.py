@@ -113,7 +113,7 @@ def test_report_header_names_the_cpu_and_threads(monkeypatch):
 def test_training_throughput_measures_each_precision_of_the_overridden_preset(tmp_path, monkeypatch):
     """One row per (precision, compile); --set reaches the model measured (fewer parameters than the
     preset's own), and the bf16 column says whether autocast was on."""
-    from snailcompress.models.layers import count_parameters
+    from snailcompress.models.layers import count_flops, count_parameters
 
     out = tmp_path / "throughput.md"
     monkeypatch.setattr(sys, "argv", ["training_throughput.py", "--presets", "pixelsnail-tiny:2", "--steps", "1",
@@ -125,6 +125,15 @@ def test_training_throughput_measures_each_precision_of_the_overridden_preset(tm
     assert smaller < count_parameters(build("pixelsnail-tiny")) / 1e6
     assert all(row[1] == f"{smaller:.2f}M" for row in rows)
     assert "Every preset with filters=16." in out.read_text()
+    # the work per image is the counted work of the model measured; a CPU has no bf16 peak to compare with
+    work = count_flops(build("pixelsnail-tiny", filters=16), torch.zeros(1, 3, 32, 32)) / 1e9
+    assert all(row[7] == f"{work:.2f}" and float(row[8]) > 0 and row[9] == "-" for row in rows)
+
+
+def test_training_throughput_knows_the_bf16_peak_of_the_gpus_it_names():
+    bf16_peak = runpy.run_path(str(BENCHMARKS / "training_throughput.py"))["bf16_peak"]
+    assert bf16_peak("NVIDIA H100 80GB HBM3") == bf16_peak("NVIDIA H200") == 989.4
+    assert bf16_peak("NVIDIA H100 PCIe") == 756.5 and bf16_peak("NVIDIA A100-SXM4-80GB") is None
 
 
 def test_shipping_a_file_that_is_not_a_model_is_one_line_and_writes_nothing(tmp_path):
@@ -236,3 +245,21 @@ def test_a_stopped_benchmark_goes_on_only_with_the_same_fingerprint(tmp_path, mo
     elsewhere.done()
     assert not elsewhere.path.exists()
     assert PartialRows(None, same).get("a.png") is None  # no report file, nothing kept
+
+
+def test_gpu_checks_run_end_to_end_with_the_cpu_standing_in(tmp_path):
+    """The script a lent GPU's short session runs first, run here so that it cannot fail there for a
+    reason a CPU shows: every file decodes exactly on every device, the second device's file without
+    calibration has the first's bytes, and each part writes its table."""
+    out = tmp_path / "gpu_checks.md"
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "gpu_checks.py"), "--device", "cpu", "--crop", "16",
+                           "--tiles", "2", "--throughput", "pixelsnail-tiny:1", "--no-compile", "--out", str(out)],
+                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr
+    report = out.read_text()
+    files = [line.strip("| ").split(" | ") for line in report.splitlines() if line.startswith("| cpu |")]
+    assert len(files) == 8 and all(row[7] == "exact" for row in files)
+    assert [row[4] for row in files if row[1] == "off"] == ["-", "-", "yes", "yes"]
+    small = [line for line in report.splitlines() if line.startswith("| per file | 2 |")]
+    training = [line for line in report.splitlines() if line.startswith("| pixelsnail-tiny |")]
+    assert len(small) == 1 and len(training) == 1 and (tmp_path / "gpu_checks-bench" / "summary.csv").exists()

@@ -9,6 +9,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
+
+from snailcompress.models.layers import count_flops, count_parameters
+from snailcompress.models.presets import build
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "fair_study.py"
 
@@ -63,6 +67,11 @@ def test_fair_study_trains_each_budget_once_and_resumes(tmp_path):
     table = [line for line in readme.splitlines() if line.startswith("| pixel")]
     assert len(table) == 4 and "In progress" not in readme and (tmp_path / "out" / "curve.png").stat().st_size > 0
     assert "## Which wins" in readme and "- **0.02 CPU-minutes**:" in readme and "Gap PixelSNAIL minus PixelCNN++" in readme
+    # the work a step costs each model is counted, and each one's training rate is its latest row's
+    flops = [count_flops(build(m, channels=1), torch.zeros(1, 1, 28, 28)) / 1e9 for m in ("pixelsnail-tiny", "pixelcnnpp-tiny")]
+    assert f"PixelSNAIL {flops[0]:.2f} GFLOP and PixelCNN++ {flops[1]:.2f} GFLOP" in readme
+    rates = [r["images"] / (60 * r["cpu_minutes"]) for r in rows2[2:]]
+    assert f"PixelSNAIL {rates[0]:.1f} images per CPU-second" in readme and f"PixelCNN++ {rates[1]:.1f} images" in readme
 
     run_study(tmp_path, "0.01,0.02,0.04", "--report-only")
     assert "**In progress**: 2 of 6" in (tmp_path / "out" / "README.md").read_text()
@@ -99,8 +108,5 @@ def test_two_processes_train_one_model_each_into_one_study(tmp_path):
 
 
 def test_the_study_presets_have_parameter_counts_within_ten_percent():
-    from snailcompress.models.layers import count_parameters
-    from snailcompress.models.presets import build
-
     snail, cnn = (count_parameters(build(name, channels=1)) for name in ("pixelsnail-fmnist", "pixelcnnpp-fmnist"))
     assert (snail, cnn) == (585_488, 548_364) and abs(snail - cnn) / max(snail, cnn) < 0.10

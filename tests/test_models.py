@@ -22,6 +22,7 @@ from snailcompress.models.layers import (
     GatedResnet,
     WeightNormConv2d,
     concat_elu,
+    count_flops,
     count_parameters,
     data_dependent_init,
 )
@@ -185,6 +186,20 @@ def test_parameter_counts_match_the_reference(name, expected):
     gray = presets.build(name, channels=1)
     assert gray.head.v.shape[0] == 3 * m
     assert count_parameters(gray) < count
+
+
+def test_flop_count_is_two_per_multiply_add_forward_and_backward():
+    """Two 1x1 convs over N = 4 * 5 * 5 positions: 2 * N * (2 * 3 + 3 * 4) forward; a training step adds
+    the weights' gradients (as much again) and the activations' gradient between the two convs (the
+    input needs none)."""
+    model = nn.Sequential(nn.Conv2d(2, 3, 1), nn.Conv2d(3, 4, 1))
+    images, positions = torch.rand(4, 2, 5, 5), 4 * 5 * 5
+    forward = 2 * positions * (2 * 3 + 3 * 4)
+    assert count_flops(model, images, backward=False) == forward
+    assert count_flops(model, images) == 2 * forward + 2 * positions * 3 * 4
+    assert all(p.grad is None for p in model.parameters())  # counting leaves no gradients behind
+    tiny = presets.build("pixelsnail-tiny", channels=1)
+    assert count_flops(tiny, torch.rand(2, 1, 8, 8)) == 2 * count_flops(tiny, torch.rand(1, 1, 8, 8))
 
 
 @pytest.mark.parametrize("name", list(presets.PRESETS))

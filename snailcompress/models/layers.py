@@ -229,3 +229,20 @@ def with_ones_channel(x: torch.Tensor) -> torch.Tensor:
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def count_flops(model: nn.Module, images: torch.Tensor, backward: bool = True) -> int:
+    """Floating-point operations of `model` on the batch `images`, forward and, with `backward`, the
+    backward pass of a training step (the weights' gradients and the activations' below them), as
+    torch's FlopCounterMode counts them: matrix products and convolutions, 2 per multiply-add;
+    elementwise work is not counted. Comparing models at equal compute needs this: models of one
+    size can differ threefold in work per image. Divide by the batch for a per-image figure."""
+    from torch.utils.flop_counter import FlopCounterMode  # imported where first needed
+
+    with FlopCounterMode(display=False) as counter:
+        out = model(images)
+        if backward:
+            out.float().sum().backward()
+    if backward:
+        model.zero_grad(set_to_none=True)
+    return counter.get_total_flops()
