@@ -332,16 +332,19 @@ def work_lines(models: list[str], rows: list[dict]) -> list[str]:
     flops = {m: count_flops(build(m, channels=1), torch.zeros(1, *IMAGE_SHAPE)) for m in models}
     latest = {r["model"]: r for r in sorted(rows, key=lambda r: r["budget_cpu_minutes"])}
     costs = " and ".join(f"{short(m)} {flops[m] / 1e9:.2f} GFLOP" for m in models)
-    ratio = max(flops.values()) / min(flops.values())
+    costlier = max(flops, key=flops.get)
     line = (f"**Work per image.** A training step on one {IMAGE_SHAPE[1]}x{IMAGE_SHAPE[2]} image costs {costs} "
             "(forward and backward; matrix products and convolutions, as torch's FlopCounterMode counts them: "
-            f"`models.layers.count_flops`), {ratio:.2f} times as much for {short(max(flops, key=flops.get))}. "
-            "At matched parameters PixelSNAIL runs all its filters at full resolution in every layer, where "
-            "PixelCNN++ spends most of its layers on its downsampled streams (a quarter and a sixteenth of the "
-            "positions), so equal CPU time buys PixelCNN++ more images.")
+            f"`models.layers.count_flops`), {max(flops.values()) / min(flops.values()):.2f} times as much for "
+            f"{short(costlier)}.")
+    if short(costlier) == "PixelSNAIL" and {short(m) for m in models} == {"PixelSNAIL", "PixelCNN++"}:
+        line += (" PixelSNAIL runs every layer at full resolution and attends over all earlier positions (work "
+                 "that grows with their square), where PixelCNN++ runs most of its resnets on its downsampled "
+                 "streams (a quarter and a sixteenth of the positions); so equal CPU time buys PixelCNN++ more "
+                 "images.")
     rates = [(m, latest[m]["images"] / (60 * latest[m]["cpu_minutes"])) for m in models if m in latest]
     if rates:
-        line += " Measured on this run's CPU: " + ", ".join(
+        line += " Averaged over each run's training CPU time (the CPUs above): " + ", ".join(
             f"{short(m)} {rate:.1f} images per CPU-second ({rate * flops[m] / 1e9:.1f} GFLOP/s)" for m, rate in rates) + "."
     return [line, ""]
 

@@ -1,23 +1,32 @@
 """The checks that need a lent GPU, in one run sized for a short session: issue 35's item 4 (files
 across devices, decode time, small images per second) and issue 37's item 5 (training throughput,
-eager and compiled, against the bf16 peak). Each part's table is written to --out as soon as it is
-measured, so a run cut short by the session's limit still brings back what it finished.
+eager and compiled, against the bf16 peak). The report is rewritten after every row, and a part that
+fails is written down and the next one run, so a run cut short by the session's limit, or broken in
+one part, still brings back all it measured; the exit code is 1 if any part failed.
 
-On the GPU machine, from the source tree (it has its own torch and no package registry):
+The GPU machine has its own torch and no registry, and neither constriction nor the `../shared`
+beside this checkout: carry both. Here, once (`.whl/` and `.gpu/` are ignored by git):
 
-    PYTHONPATH=. python benchmarks/gpu_checks.py --out $OUT/gpu_checks.md
+    python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \\
+        --platform manylinux2014_x86_64 -d .whl constriction==0.5.0
+    mkdir -p .gpu/kodak && cp ../shared/data/kodak/kodim{03,07,12,15,20,23}.png .gpu/kodak/
 
-On a CPU, the same script checks itself with the CPU standing in for the GPU (tests run this):
+then on the machine (`carry`: .whl, .gpu), from the source tree:
 
-    python benchmarks/gpu_checks.py --device cpu --crop 64 --tiles 8 --throughput pixelsnail-tiny:2 --no-compile
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && \\
+        PYTHONPATH=/tmp/site:. PYTHONUNBUFFERED=1 python3 benchmarks/gpu_checks.py --kodak .gpu/kodak --out $OUT/gpu_checks.md
+
+On a CPU the same script checks itself, the CPU standing in for the GPU (tests run it so):
+
+    python benchmarks/gpu_checks.py --device cpu --crop 16 --tiles 2 --throughput pixelsnail-tiny:1 --no-compile --out /tmp/g.md
 
 1. **Files across devices.** A photo (kodim23, 768x512, or its --crop) encoded on the CPU and on the
    device, without calibration (the two files must be byte-identical: the integer network gives the
    same tables everywhere) and with it (fitted in floats, it may differ by device; either file must
-   decode everywhere). Every file decoded on both, compared with the source pixels; the device's
-   decode timed in-process after a warm-up decode of a small crop (no start-up counted).
+   decode everywhere). Every file decoded on both, compared with the source pixels; encode and decode
+   timed in-process, after a warm-up encode and decode of a small crop on each device.
 2. **Training throughput** of the paper configurations, eager and compiled (`training_throughput.py
-   --compile`), with each step's counted FLOPs against the GPU's bf16 peak.
+   --compile`, on the GPU torch sees), with each step's counted FLOPs against the GPU's bf16 peak.
 3. **Small images** (the longest part, so last). `snailcompress bench` on 32x32 tiles (ImageNet32's
    size) of the held-out Kodak images on the device: its per-file rows encode each tile as its own
    file and decode them together; images per second each way, from its summary.csv.
@@ -35,15 +44,22 @@ import pandas as pd
 import torch
 
 from snailcompress import api
+from snailcompress.bench.heldout import KODAK_HOLDOUT, SHARED
 from snailcompress.bench.scripts import publish, run, run_facts
 from snailcompress.codec import container
 from snailcompress.codec.images import DecomposedImage, read_image, same_image
+from snailcompress.errors import SnailError
+from snailcompress.fileio import atomic_write
 
 ROOT = Path(__file__).resolve().parents[1]
-KODAK = ROOT.parent / "shared" / "data" / "kodak"
-PHOTO = KODAK / "kodim23.png"
-HELDOUT = "kodim03,kodim07,kodim12,kodim15,kodim20,kodim23"
+PHOTO = "kodim23"
 THROUGHPUT = "pixelsnail-cifar10:32,pixelcnnpp-cifar10:64"
+
+
+def save(lines: list[str], out: Path) -> None:
+    """The report so far, replacing the last (publish prints it too, once, at the end)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(out, ("\n".join(lines) + "\n").encode(), overwrite=True)
 
 
 def crop(image: DecomposedImage, size: int | None) -> DecomposedImage:
@@ -54,27 +70,25 @@ def crop(image: DecomposedImage, size: int | None) -> DecomposedImage:
     return DecomposedImage(image.mode, first.shape[1], first.shape[0], planes, dict(image.extras))
 
 
-def synchronize(device: torch.device) -> None:
+def timed(device: torch.device, work):
+    """work() and its seconds, the device's queued work included."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def timed(device: torch.device, work):
-    synchronize(device)
     start = time.perf_counter()
     result = work()
-    synchronize(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     return result, time.perf_counter() - start
 
 
-def across_devices(image: DecomposedImage, device: torch.device) -> list[str]:
-    """Part 1: each device's files, decoded on each device."""
+def across_devices(image: DecomposedImage, device: torch.device):
+    """Part 1: each device's files, decoded on each device (rows, as measured)."""
     devices = [torch.device("cpu"), device]
     choosers = {d: api.ModelChooser(device=d) for d in devices}
-    for d in devices:  # models loaded and converted, the device started: outside the timings
+    for d in devices:  # models loaded and converted, kernels compiled, the device started: outside the timings
         api.decode_image(container.read(api.encode_bytes(crop(image, 32), choosers[d], calibrate=False)), choosers[d])
-    lines = ["| written on | calibration | bytes | encode s | same bytes as the CPU's | decoded on | decode s | pixels |",
-             "|---|---|---|---|---|---|---|---|"]
+    yield "| written on | calibration | bytes | encode s | same bytes as the CPU's | decoded on | decode s | pixels |"
+    yield "|---|---|---|---|---|---|---|---|"
     for calibrate in (False, True):
         files = []
         for writer in devices:
@@ -82,42 +96,44 @@ def across_devices(image: DecomposedImage, device: torch.device) -> list[str]:
             files.append(data)
             same = "-" if len(files) == 1 else ("yes" if data == files[0] else "no")
             for reader in devices:
-                decoded, decode_s = timed(reader, lambda: api.decode_image(container.read(data), choosers[reader]))
-                exact = "exact" if same_image(image, decoded) else "DIFFERENT"
-                lines.append(f"| {writer} | {'on' if calibrate else 'off'} | {len(data):,} | {seconds:.2f} "
-                             f"| {same} | {reader} | {decode_s:.2f} | {exact} |")
-                print(lines[-1], flush=True)
-    return lines
+                try:
+                    decoded, decode_s = timed(reader, lambda: api.decode_image(container.read(data), choosers[reader]))
+                    pixels, decode_s = ("exact" if same_image(image, decoded) else "DIFFERENT"), f"{decode_s:.2f}"
+                except SnailError as e:  # a checksum that does not match: what this part is here to catch
+                    pixels, decode_s = f"FAILED: {e}", "-"
+                yield (f"| {writer} | {'on' if calibrate else 'off'} | {len(data):,} | {seconds:.2f} | {same} "
+                       f"| {reader} | {decode_s} | {pixels} |")
 
 
-def training_throughput(presets: str, compile_: bool, out: Path) -> list[str]:
-    """Part 2: benchmarks/training_throughput.py's table."""
+def training_throughput(presets: str, compile_: bool, out: Path):
+    """Part 2: benchmarks/training_throughput.py's report, but for its title."""
     table = out.with_name(out.stem + "-training.md")
     subprocess.run([sys.executable, str(ROOT / "benchmarks" / "training_throughput.py"), "--presets", presets,
                     "--steps", "10", *(["--compile"] if compile_ else []), "--out", str(table)], check=True)
-    return [line for line in table.read_text().splitlines() if line.startswith("|")]
+    yield from table.read_text().splitlines()[2:]
 
 
-def small_images(device: torch.device, tiles: int, out: Path) -> list[str]:
+def small_images(device: torch.device, kodak: Path, tiles: int, out: Path):
     """Part 3: `snailcompress bench` on 32x32 tiles of the held-out Kodak images, on the device."""
     report = out.with_name(out.stem + "-bench")
-    subprocess.run([sys.executable, "-m", "snailcompress.cli", "bench", "--dataset", "folder", "--data-dir", str(KODAK),
-                    "--holdout", HELDOUT, "--scales", "1", "--model", "snail-rgb", "--coded-limit", str(tiles),
-                    "--limit", str(tiles), "--codecs", "png", "--device", str(device), "--out", str(report), "-q"],
-                   check=True)
+    subprocess.run([sys.executable, "-m", "snailcompress.cli", "bench", "--dataset", "folder", "--data-dir", str(kodak),
+                    "--holdout", ",".join(KODAK_HOLDOUT), "--crop", "32", "--scales", "1", "--model", "snail-rgb",
+                    "--coded-limit", str(tiles), "--limit", str(tiles), "--codecs", "png", "--device", str(device),
+                    "--out", str(report), "-q"], check=True)
     summary = pd.read_csv(report / "summary.csv")
-    coded = summary[summary["kind"] == "model-coded"]
-    lines = ["| coding | images | bits/subpixel | encode images/s | decode images/s |", "|---|---|---|---|---|"]
-    for _, row in coded.iterrows():
-        lines.append(f"| {row['coding']} | {row['images']:,} | {row['bits_per_subpixel']:.4f} "
-                     f"| {row['encode_images_per_s']:.0f} | {row['decode_images_per_s']:.0f} |")
-    return lines
+    yield "| coding | images | bits/subpixel | encode images/s | decode images/s |"
+    yield "|---|---|---|---|---|"
+    for _, row in summary[summary["kind"] == "model-coded"].iterrows():
+        yield (f"| {row['coding']} | {row['images']:,} | {row['bits_per_subpixel']:.4f} "
+               f"| {row['encode_images_per_s']:.0f} | {row['decode_images_per_s']:.0f} |")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda", help="the device checked against the CPU [%(default)s]")
-    parser.add_argument("--crop", type=int, default=None, help="code the photo's top-left SIZE x SIZE only [whole]")
+    parser.add_argument("--kodak", type=Path, default=SHARED / "kodak",
+                        help=f"a folder with {PHOTO}.png and the held-out Kodak images [%(default)s]")
+    parser.add_argument("--crop", type=int, default=None, help=f"code {PHOTO}'s top-left SIZE x SIZE only [whole]")
     parser.add_argument("--tiles", type=int, default=2304, help="32x32 tiles coded per file [%(default)s: all]")
     parser.add_argument("--throughput", default=THROUGHPUT, help="PRESET:BATCH,... trained [%(default)s]")
     parser.add_argument("--no-compile", action="store_true", help="eager training only")
@@ -127,22 +143,36 @@ def main() -> None:
     if device.type == "cuda" and not torch.cuda.is_available():
         sys.exit("gpu_checks.py: error: torch sees no CUDA device here (--device cpu checks the script on a CPU)")
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "the CPU standing in for a GPU"
-    image = crop(read_image(PHOTO), args.crop)
+    image = crop(read_image(args.kodak / f"{PHOTO}.png"), args.crop)
     lines = [f"# GPU checks on {name}", "", f"Command: `python {' '.join(sys.argv)}`  ", f"{run_facts()}.", ""]
     parts = [
-        (f"## Files across devices: {PHOTO.name} ({image.width}x{image.height})",
-         "Encode and decode seconds in-process, the device's start-up excluded; `pixels`: the decoded image "
+        (f"## Files across devices: {PHOTO} ({image.width}x{image.height})",
+         "Encode and decode seconds in-process, after a warm-up on each device; `pixels`: the decoded image "
          "against the source.", lambda: across_devices(image, device)),
         ("## Training throughput", "`benchmarks/training_throughput.py`, 10 timed steps, "
          + ("eager." if args.no_compile else "eager and compiled."),
          lambda: training_throughput(args.throughput, not args.no_compile, args.out)),
         (f"## Small images: {args.tiles:,} 32x32 tiles, per file, on {device}",
          f"`snailcompress bench` (its report: `{args.out.stem}-bench/`); the per-file row encodes each tile as its "
-         "own file and decodes them together.", lambda: small_images(device, args.tiles, args.out)),
+         "own file and decodes them together.", lambda: small_images(device, args.kodak, args.tiles, args.out)),
     ]
+    failed = False
     for title, note, measure in parts:
-        lines += [title, "", note, "", *measure(), ""]
-        publish(lines, args.out)
+        lines += [title, "", note, ""]
+        try:
+            for line in measure():
+                print(line, flush=True)
+                lines.append(line)
+                save(lines, args.out)
+                failed |= "FAILED" in line
+        except Exception as e:  # noqa: BLE001 (written down, and the next part runs)
+            lines.append(f"**FAILED**: {type(e).__name__}: {e}")
+            failed = True
+        lines.append("")
+        save(lines, args.out)
+    publish(lines, args.out)
+    if failed:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -28,8 +28,9 @@ from snailcompress.models.layers import count_flops, count_parameters, data_depe
 from snailcompress.models.presets import build
 from snailcompress.train import PRECISIONS, ReferenceAdam, cpu_bf16_units, network_autocast
 
-#: dense bf16 peak TFLOP/s by device name, from NVIDIA's data sheets (without sparsity)
-BF16_PEAK_TFLOPS = {"H100 80GB HBM3": 989.4, "H100 PCIe": 756.5, "H100 NVL": 835.5, "H200": 989.4}
+#: dense bf16 peak TFLOP/s by a part of the device's name: half the with-sparsity figures of NVIDIA's
+#: data sheets (the longest matching part wins: "H200 NVL" before "H200")
+BF16_PEAK_TFLOPS = {"H100 80GB HBM3": 989.4, "H100 PCIe": 756.5, "H100 NVL": 835.5, "H200": 989.4, "H200 NVL": 835.5}
 DEFAULT = "pixelsnail-cifar10:8,pixelsnail-cifar10:32,pixelsnail-imagenet32:8,pixelcnnpp-cifar10:16,pixelcnnpp-cifar10:64"
 
 
@@ -81,7 +82,8 @@ def measure(preset: str, batch: int, steps: int, device: torch.device, precision
 
 def bf16_peak(name: str) -> float | None:
     """The device's dense bf16 peak in TFLOP/s, where its name is one of BF16_PEAK_TFLOPS's."""
-    return next((peak for key, peak in BF16_PEAK_TFLOPS.items() if key in name), None)
+    matches = [key for key in BF16_PEAK_TFLOPS if key in name]
+    return BF16_PEAK_TFLOPS[max(matches, key=len)] if matches else None
 
 
 def main() -> None:
@@ -115,7 +117,7 @@ def main() -> None:
         + (f" Every preset with {', '.join(args.overrides)}." if args.overrides else "")
         + " GFLOP/image: a training step's matrix products and convolutions on one image, forward and backward,"
         " as torch's FlopCounterMode counts them (elementwise work not counted); TFLOP/s: that work at the"
-        " measured rate" + (f", against this GPU's dense bf16 peak of {peak:g} TFLOP/s (NVIDIA's data sheet)."
+        " measured rate" + (f", against this GPU's dense bf16 peak of {peak:g} TFLOP/s (NVIDIA's data sheet; bf16 rows only)."
                             if peak else "."),
         "",
         "| preset | params | batch | bf16 | compile | images/s | ms/step | GFLOP/image | TFLOP/s | of bf16 peak "
@@ -124,10 +126,10 @@ def main() -> None:
     ]
     for r in rows:
         memory = "-" if math.isnan(r["peak_GiB"]) else f"{r['peak_GiB']:.1f} GiB"  # no GPU memory on the CPU
-        share = f"{100 * r['tflops'] / peak:.1f}%" if peak else "-"
+        share = f"{100 * r['tflops'] / peak:.1f}%" if peak and r["bf16"] else "-"  # an fp32 step is not bf16 work
         lines.append(
             f"| {r['preset']} | {r['params_M']:.2f}M | {r['batch']} | {r['bf16']} | {r['compile']} | {r['images_per_s']:.0f} "
-            f"| {r['step_ms']:.1f} | {r['gflop_per_image']:.2f} | {r['tflops']:.2f} | {share} "
+            f"| {r['step_ms']:.1f} | {r['gflop_per_image']:.3g} | {r['tflops']:.3g} | {share} "
             f"| {memory} | {r['images_per_s'] * 86400 / 50000:.0f} |"
         )
     publish(lines, args.out)

@@ -127,13 +127,14 @@ def test_training_throughput_measures_each_precision_of_the_overridden_preset(tm
     assert "Every preset with filters=16." in out.read_text()
     # the work per image is the counted work of the model measured; a CPU has no bf16 peak to compare with
     work = count_flops(build("pixelsnail-tiny", filters=16), torch.zeros(1, 3, 32, 32)) / 1e9
-    assert all(row[7] == f"{work:.2f}" and float(row[8]) > 0 and row[9] == "-" for row in rows)
+    assert all(row[7] == f"{work:.3g}" and float(row[8]) > 0 and row[9] == "-" for row in rows)
 
 
 def test_training_throughput_knows_the_bf16_peak_of_the_gpus_it_names():
     bf16_peak = runpy.run_path(str(BENCHMARKS / "training_throughput.py"))["bf16_peak"]
     assert bf16_peak("NVIDIA H100 80GB HBM3") == bf16_peak("NVIDIA H200") == 989.4
-    assert bf16_peak("NVIDIA H100 PCIe") == 756.5 and bf16_peak("NVIDIA A100-SXM4-80GB") is None
+    assert bf16_peak("NVIDIA H100 PCIe") == bf16_peak("NVIDIA H200 NVL") - 79 == 756.5
+    assert bf16_peak("NVIDIA A100-SXM4-80GB") is None
 
 
 def test_shipping_a_file_that_is_not_a_model_is_one_line_and_writes_nothing(tmp_path):
@@ -250,16 +251,34 @@ def test_a_stopped_benchmark_goes_on_only_with_the_same_fingerprint(tmp_path, mo
 def test_gpu_checks_run_end_to_end_with_the_cpu_standing_in(tmp_path):
     """The script a lent GPU's short session runs first, run here so that it cannot fail there for a
     reason a CPU shows: every file decodes exactly on every device, the second device's file without
-    calibration has the first's bytes, and each part writes its table."""
+    calibration has the first's bytes, and each part writes its table. Its Kodak folder: the shipped
+    crop under each held-out name."""
+    from PIL import Image
+
+    from snailcompress.bench.heldout import KODAK_HOLDOUT
+
+    kodak = tmp_path / "kodak"
+    kodak.mkdir()
+    crop = Image.open(Path(__file__).resolve().parents[1] / "snailcompress" / "assets" / "kodim23-crop.png")
+    for k, name in enumerate(KODAK_HOLDOUT):
+        crop.crop((32 * k, 0, 32 * k + 64, 64)).save(kodak / f"{name}.png")
     out = tmp_path / "gpu_checks.md"
-    done = subprocess.run([sys.executable, str(BENCHMARKS / "gpu_checks.py"), "--device", "cpu", "--crop", "16",
-                           "--tiles", "2", "--throughput", "pixelsnail-tiny:1", "--no-compile", "--out", str(out)],
-                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert done.returncode == 0, done.stderr
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "gpu_checks.py"), "--device", "cpu", "--kodak", str(kodak),
+                           "--crop", "16", "--tiles", "2", "--throughput", "pixelsnail-tiny:1", "--no-compile",
+                           "--out", str(out)], capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr + done.stdout
     report = out.read_text()
     files = [line.strip("| ").split(" | ") for line in report.splitlines() if line.startswith("| cpu |")]
     assert len(files) == 8 and all(row[7] == "exact" for row in files)
     assert [row[4] for row in files if row[1] == "off"] == ["-", "-", "yes", "yes"]
     small = [line for line in report.splitlines() if line.startswith("| per file | 2 |")]
     training = [line for line in report.splitlines() if line.startswith("| pixelsnail-tiny |")]
-    assert len(small) == 1 and len(training) == 1 and (tmp_path / "gpu_checks-bench" / "summary.csv").exists()
+    assert len(small) == 1 and len(training) == 1 and "FAILED" not in report
+
+    # a part that fails is written down, the next part still runs, and the exit code says so
+    broken = subprocess.run([sys.executable, str(BENCHMARKS / "gpu_checks.py"), "--device", "cpu", "--kodak", str(kodak),
+                             "--crop", "8", "--tiles", "1", "--throughput", "no-such-preset:1", "--no-compile",
+                             "--out", str(out)], capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    report = out.read_text()
+    assert broken.returncode == 1 and report.count("FAILED") == 1 and "**FAILED**: CalledProcessError" in report
+    assert any(line.startswith("| per file | 1 |") for line in report.splitlines())

@@ -70,6 +70,7 @@ def test_fair_study_trains_each_budget_once_and_resumes(tmp_path):
     # the work a step costs each model is counted, and each one's training rate is its latest row's
     flops = [count_flops(build(m, channels=1), torch.zeros(1, 1, 28, 28)) / 1e9 for m in ("pixelsnail-tiny", "pixelcnnpp-tiny")]
     assert f"PixelSNAIL {flops[0]:.2f} GFLOP and PixelCNN++ {flops[1]:.2f} GFLOP" in readme
+    assert flops[1] > flops[0] and "buys PixelCNN++ more images" not in readme  # the why is PixelSNAIL's costlier case
     rates = [r["images"] / (60 * r["cpu_minutes"]) for r in rows2[2:]]
     assert f"PixelSNAIL {rates[0]:.1f} images per CPU-second" in readme and f"PixelCNN++ {rates[1]:.1f} images" in readme
 
