@@ -251,9 +251,13 @@ def plot(study: Study, runs: Path, path: Path) -> None:
         ax.set_xscale("log")
         ax.set_xlabel(label)
         ax.grid(alpha=0.3, which="both")
+    evaluated = [r[key] for r in study.data["rows"] for key in ("ema_bpd", "last_bpd")]
+    if evaluated:  # the evaluated points fill the height; the early training curves run off the top
+        low, high = min(evaluated), max(evaluated)
+        axes[0].set_ylim(low - 0.1 * (high - low) - 0.02, high + 0.1 * (high - low) + 0.02)
     tested = {r["test_images"] for r in study.data["rows"]}
     axes[0].set_ylabel(f"test bits/dim ({', '.join(f'{n:,}' for n in sorted(tested))} images)")
-    axes[0].legend(fontsize=7)
+    axes[1].legend(fontsize=7, loc="upper right")
     fig.suptitle("Fashion-MNIST: PixelSNAIL vs PixelCNN++, matched parameters, equal CPU time")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
