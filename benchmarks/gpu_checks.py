@@ -42,32 +42,24 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from PIL import Image
 
 from snailcompress import api
 from snailcompress.bench.heldout import KODAK_HOLDOUT, SHARED
 from snailcompress.bench.scripts import publish, run, run_facts
 from snailcompress.codec import container
-from snailcompress.codec.images import DecomposedImage, read_image, same_image
+from snailcompress.codec.images import DecomposedImage, decompose, same_image
 from snailcompress.errors import SnailError
-from snailcompress.fileio import atomic_write
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTO = "kodim23"
 THROUGHPUT = "pixelsnail-cifar10:32,pixelcnnpp-cifar10:64"
 
 
-def save(lines: list[str], out: Path) -> None:
-    """The report so far, replacing the last (publish prints it too, once, at the end)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(out, ("\n".join(lines) + "\n").encode(), overwrite=True)
-
-
-def crop(image: DecomposedImage, size: int | None) -> DecomposedImage:
-    if size is None:
-        return image
-    planes = {name: pixels[:size, :size].copy() for name, pixels in image.planes.items()}
-    first = next(iter(planes.values()))
-    return DecomposedImage(image.mode, first.shape[1], first.shape[0], planes, dict(image.extras))
+def photo_at(path: Path, size: int | None) -> DecomposedImage:
+    """The photo, or its top-left SIZE x SIZE."""
+    with Image.open(path) as im:
+        return decompose(im if size is None else im.crop((0, 0, size, size)))
 
 
 def timed(device: torch.device, work):
@@ -81,12 +73,12 @@ def timed(device: torch.device, work):
     return result, time.perf_counter() - start
 
 
-def across_devices(image: DecomposedImage, device: torch.device):
+def across_devices(image: DecomposedImage, warm: DecomposedImage, device: torch.device):
     """Part 1: each device's files, decoded on each device (rows, as measured)."""
     devices = [torch.device("cpu"), device]
     choosers = {d: api.ModelChooser(device=d) for d in devices}
     for d in devices:  # models loaded and converted, kernels compiled, the device started: outside the timings
-        api.decode_image(container.read(api.encode_bytes(crop(image, 32), choosers[d], calibrate=False)), choosers[d])
+        api.decode_image(container.read(api.encode_bytes(warm, choosers[d], calibrate=False)), choosers[d])
     yield "| written on | calibration | bytes | encode s | same bytes as the CPU's | decoded on | decode s | pixels |"
     yield "|---|---|---|---|---|---|---|---|"
     for calibrate in (False, True):
@@ -143,12 +135,13 @@ def main() -> None:
     if device.type == "cuda" and not torch.cuda.is_available():
         sys.exit("gpu_checks.py: error: torch sees no CUDA device here (--device cpu checks the script on a CPU)")
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "the CPU standing in for a GPU"
-    image = crop(read_image(args.kodak / f"{PHOTO}.png"), args.crop)
+    photo = args.kodak / f"{PHOTO}.png"
+    image, warm = photo_at(photo, args.crop), photo_at(photo, 32)
     lines = [f"# GPU checks on {name}", "", f"Command: `python {' '.join(sys.argv)}`  ", f"{run_facts()}.", ""]
     parts = [
         (f"## Files across devices: {PHOTO} ({image.width}x{image.height})",
          "Encode and decode seconds in-process, after a warm-up on each device; `pixels`: the decoded image "
-         "against the source.", lambda: across_devices(image, device)),
+         "against the source.", lambda: across_devices(image, warm, device)),
         ("## Training throughput", "`benchmarks/training_throughput.py`, 10 timed steps, "
          + ("eager." if args.no_compile else "eager and compiled."),
          lambda: training_throughput(args.throughput, not args.no_compile, args.out)),
@@ -163,13 +156,13 @@ def main() -> None:
             for line in measure():
                 print(line, flush=True)
                 lines.append(line)
-                save(lines, args.out)
+                publish(lines, args.out, show=False)
                 failed |= "FAILED" in line
         except Exception as e:  # noqa: BLE001 (written down, and the next part runs)
             lines.append(f"**FAILED**: {type(e).__name__}: {e}")
             failed = True
         lines.append("")
-        save(lines, args.out)
+        publish(lines, args.out, show=False)
     publish(lines, args.out)
     if failed:
         sys.exit(1)

@@ -37,10 +37,12 @@ def run_facts() -> str:
             f"{torch.get_num_threads()} torch threads, torch {torch.__version__}")
 
 
-def publish(lines: list[str], out: Path | None) -> None:
-    """Print the Markdown report and, if `out` is given, replace that file with it atomically."""
+def publish(lines: list[str], out: Path | None, show: bool = True) -> None:
+    """Print the Markdown report (unless not `show`: a report rewritten as it grows) and, if `out` is
+    given, replace that file with it atomically."""
     text = "\n".join(lines) + "\n"
-    print(text)
+    if show:
+        print(text)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(out, text.encode(), overwrite=True)

@@ -236,7 +236,7 @@ def count_flops(model: nn.Module, images: torch.Tensor, backward: bool = True) -
     backward pass of a training step (the weights' gradients and the activations' below them), as
     torch's FlopCounterMode counts them: matrix products and convolutions, 2 per multiply-add;
     elementwise work is not counted. Comparing models at equal compute needs this: models of one
-    size can differ threefold in work per image. Divide by the batch for a per-image figure. The
+    size can differ severalfold in work per image. Divide by the batch for a per-image figure. The
     backward pass leaves the model's gradients cleared (None)."""
     from torch.utils.flop_counter import FlopCounterMode  # imported where first needed
 
