@@ -13,8 +13,9 @@ differently:
   them (requantising, lookup tables, the 2x2 convs' inputs, gates) runs in compiled loops, one pass
   each instead of several torch operations; a full pass runs a window at a time (its arrays stay in
   cache), a step (a commit, then a predict) is one call instead of some two hundred torch operations,
-  and its attention reads keys and values stored as float32 (integers below 2**20: exact) only up to
-  each slot's own position;
+  and its attention reads keys and values stored as float32 (integers below 2**20: exact), channel by
+  channel, only up to each slot's own position, the next slot's already loading (a step's keys and
+  values are far larger than the caches, so the attention waits on memory more than it computes);
 * the tables go from the network's outputs to counts in one call per channel, skipping components of
   zero weight and, per component, the edges where its CDF is saturated at the table's ends (the CDF's
   argument grows with the edge, so those are a prefix and a suffix), adding their constant
@@ -35,6 +36,9 @@ from pathlib import Path
 import numba
 import numpy as np
 import torch
+from llvmlite import ir
+from numba.core import cgutils, types
+from numba.extending import intrinsic
 
 from . import arithmetic as ar
 from .mixture import EDGE_ONE as _EDGE_ONE
@@ -122,34 +126,72 @@ def _table(name: str) -> np.ndarray:
     return np.ascontiguousarray(ar.tables()[name].numpy().astype(np.int64))
 
 
+@intrinsic
+def _prefetch(typingctx, array, index):
+    """A hint to the CPU to start loading array[index]'s cache line (LLVM's prefetch: read, keep in
+    all levels of cache). Changes no value: only when the line arrives."""
+
+    def codegen(context, builder, signature, args):
+        array_type = signature.args[0]
+        pointer = cgutils.get_item_pointer(context, builder, array_type, context.make_array(array_type)(context, builder, args[0]),
+                                           [args[1]], wraparound=False)
+        byte_pointer = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        function = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [byte_pointer, i32, i32, i32]), "llvm.prefetch.p0")
+        builder.call(function, [builder.bitcast(pointer, byte_pointer), i32(0), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return types.void(array, index), codegen
+
+
 @numba.njit(cache=True)
+def _prefetch_rows(rows, p):  # pragma: no cover (compiled)
+    """Start loading the first p entries of each row of rows (channels, n) float32: a cache line is
+    16 of them."""
+    for c in range(rows.shape[0]):
+        row = rows[c]
+        for j in range(0, p, 16):
+            _prefetch(row, j)
+
+
+@numba.njit(cache=True, fastmath={"reassoc", "contract", "nnan", "ninf", "nsz"})
 def _attend_row(query, keys, values, p, exp16, out):  # pragma: no cover (compiled)
-    """One slot's attention: its query (dk,) over its keys (dk, n) and values (n, dv) at positions
-    before p, into out (dv,)."""
-    key_channels, value_channels = len(query), values.shape[1]
-    acc = np.zeros(value_channels)
+    """One slot's attention: its query (dk,) over its keys (dk, n) and values (dv, n) at positions
+    before p, into out (dv,). Every loop runs along positions, so each vectorises. The fast-math
+    flags change no value here: sums may be reassociated (every term and partial sum is an integer
+    below 2**53, exact in any order; a fused multiply-add of integers is exact too), and no value is
+    ever NaN, infinite or a zero whose sign matters."""
+    key_channels, value_channels = len(query), values.shape[0]
     if p == 0:  # nothing to attend to: 0, as in the full pass
-        out[:] = acc
+        out[:] = 0.0
         return
-    logits = np.zeros(p)  # q . k: integers below 2**44, exact in any order
-    for c in range(key_channels):  # channel by channel: the inner loop runs along positions
-        q, row = query[c], keys[c]
+    logits = np.zeros(p)  # q . k: integers below 2**44
+    c = 0
+    while c + 4 <= key_channels:  # four channels a pass: a quarter of the passes over the logits
+        q0, q1, q2, q3 = query[c], query[c + 1], query[c + 2], query[c + 3]
+        k0, k1, k2, k3 = keys[c], keys[c + 1], keys[c + 2], keys[c + 3]
         for j in range(p):
-            logits[j] += q * row[j]
-    top = logits.max()
-    total = 0
+            logits[j] += q0 * k0[j] + q1 * k1[j] + q2 * k2[j] + q3 * k3[j]
+        c += 4
+    for c in range(c, key_channels):
+        q, k0 = query[c], keys[c]
+        for j in range(p):
+            logits[j] += q * k0[j]
+    top = logits[0]
+    for j in range(1, p):
+        top = max(top, logits[j])
+    total = 0.0
+    weights = logits  # exp(-distance) in place of each logit, 0 from the table's end on
     for j in range(p):
-        distance = (top - logits[j]) * (1.0 / _ONE)  # exact; truncation floors (>= 0)
-        if distance >= _EXP_LIMIT:  # the table is 0 from there on
-            continue
-        w = exp16[int(distance)]
-        if w == 0:
-            continue
-        total += w
-        for c in range(value_channels):  # w * v below 2**36, sums below 2**47: exact
-            acc[c] += w * values[j, c]
-    for c in range(value_channels):  # round_half_up(acc / total), as arithmetic's _normalise
-        out[c] = float((2 * np.int64(acc[c]) + total) // (2 * total))
+        weights[j] = exp16[int(min((top - logits[j]) * (1.0 / _ONE), _EXP_LIMIT))]  # distance floored (>= 0)
+        total += weights[j]
+    den = np.int64(total)
+    for c in range(value_channels):  # w * v below 2**36, sums below 2**47
+        row, acc = values[c], 0.0
+        for j in range(p):
+            acc += weights[j] * row[j]
+        out[c] = float((2 * np.int64(acc) + den) // (2 * den))  # round_half_up(acc / total), as arithmetic's _normalise
 
 
 @numba.njit(cache=True, nogil=True)
@@ -160,10 +202,10 @@ def _attend_rows(first, step, query, keys, values, position, exp16, out):  # pra
 
 def attend(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
     """The step's attention on its own (tests check it at the arithmetic's limits): each slot's query
-    (B, dk) float64 over its own earlier positions, keys (B, dk, n) and values (B, n, dv) float32
+    (B, dk) float64 over its own earlier positions, keys (B, dk, n) and values (B, dv, n) float32
     holding integers, positions (B,) -> (B, dv) float64, Q.12."""
-    out = np.empty((query.shape[0], values.shape[2]))
-    _split(_attend_rows, len(out), query.numpy(), keys.numpy(), values.numpy(), position.numpy(), _table("exp16"), out)
+    out = np.empty((query.shape[0], values.shape[1]))
+    _split(_attend_rows, len(out), query.numpy(), keys.numpy(), values.numpy(), position.numpy(), _step_tables()[2], out)
     return torch.from_numpy(out)
 
 
@@ -233,17 +275,25 @@ def _elu(x, elu):  # pragma: no cover (compiled)
     return out
 
 
+@numba.njit(cache=True, inline="always")
+def _put(destination, at, source):  # pragma: no cover (compiled)
+    """destination[at : at + len(source)] = source, as a plain loop (numba's slice assignment checks
+    for broadcasting at every element)."""
+    for c in range(len(source)):
+        destination[at + c] = source[c]
+
+
 @numba.njit(cache=True)
 def _window(cache, rows, value):  # pragma: no cover (compiled)
     """IntegerStepper._window: write each slot's value into its current row (rows[:, 0]), then read
     its 2x2 inputs (above-left, above, left, here: rows[:, 1:]) side by side."""
     batch, channels = value.shape
     for b in range(batch):
-        cache[rows[b, 0]] = value[b]
+        _put(cache[rows[b, 0]], 0, value[b])
     out = np.empty((batch, 4 * channels))
     for b in range(batch):
         for k in range(4):
-            out[b, k * channels : (k + 1) * channels] = cache[rows[b, 1 + k]]
+            _put(out[b], k * channels, cache[rows[b, 1 + k]])
     return out
 
 
@@ -338,7 +388,7 @@ def _with_position(x, position, row_channel, column_channel):  # pragma: no cove
     width = len(column_channel)
     out = np.empty((x.shape[0], x.shape[1] + 2))
     for b in range(x.shape[0]):
-        out[b, : x.shape[1]] = x[b]
+        _put(out[b], 0, x[b])
         out[b, x.shape[1]] = row_channel[position[b] // width]
         out[b, x.shape[1] + 1] = column_channel[position[b] % width]
     return out
@@ -359,9 +409,9 @@ def _predict_slots(first, step, shape, net, state, t, out):  # pragma: no cover 
     above, left = np.empty((batch, 3 * stride)), np.empty((batch, 2 * stride))
     for b in range(batch):
         for k in range(3):
-            above[b, k * stride : (k + 1) * stride] = pixels[base[b] + k]
-        left[b, :stride] = pixels[base[b]]
-        left[b, stride:] = pixels[base[b] + width + 2]
+            _put(above[b], k * stride, pixels[base[b] + k])
+        _put(left[b], 0, pixels[base[b]])
+        _put(left[b], stride, pixels[base[b] + width + 2])
     ul = _input_layers(net, above, left, position, width)
     no_aux = np.empty((batch, 0))
     per_block = 2 * resnets + 9  # linears(): resnets (in, out), kv (in, out), q (in, out), out (in, out, aux), kv_proj, q_proj
@@ -369,14 +419,18 @@ def _predict_slots(first, step, shape, net, state, t, out):  # pragma: no cover 
         index = 2 + block * per_block
         for r in range(resnets):
             _resnet(net, index + 2 * r, ul, no_aux, caches, 2 * (block * resnets + r), rows, width, t)
-        features[block, first::step] = ul
+        for b in range(batch):
+            _put(features[block, first + b * step], 0, ul[b])
         q = _with_position(ul, position, row_channel, column_channel)
         _resnet(net, index + 2 * resnets + 2, q, no_aux, caches, _ONE_BY_ONE, rows, width, t)
         query = _outputs(net, index + 2 * resnets + 8, batch)
         _linear(net, index + 2 * resnets + 8, q, query)
-        attended = np.empty((batch, values.shape[3]))
+        attended = np.empty((batch, values.shape[2]))
         for b in range(batch):  # keys and values indexed by slot: contiguous rows, vectorised loops
             slot = first + b * step
+            if b + 1 < batch:  # the next slot's keys and values start loading while this one attends
+                _prefetch_rows(keys[block, slot + step], position[b + 1])
+                _prefetch_rows(values[block, slot + step], position[b + 1])
             _attend_row(query[b], keys[block, slot], values[block, slot], position[b], t[2], attended[b])
         _resnet(net, index + 2 * resnets + 4, ul, attended, caches, _ONE_BY_ONE, rows, width, t)
     params = _outputs(net, len(net[0]) - 1, batch)
@@ -403,7 +457,12 @@ def _commit_slots(first, step, shape, net, state, t, known, advance):  # pragma:
     key_channels = keys.shape[2]
     for block in range(blocks):
         index = 2 + block * per_block
-        kv_in = _with_position(np.concatenate((x, features[block, first::step]), axis=1), position, row_channel, column_channel)
+        kv_in = np.empty((batch, channels + features.shape[2] + 2))
+        for b in range(batch):
+            _put(kv_in[b], 0, x[b])
+            _put(kv_in[b], channels, features[block, first + b * step])
+            kv_in[b, -2] = row_channel[position[b] // width]
+            kv_in[b, -1] = column_channel[position[b] % width]
         _resnet(net, index + 2 * resnets, kv_in, no_aux, caches, _ONE_BY_ONE, rows, width, t)
         kv = _outputs(net, index + 2 * resnets + 7, batch)
         _linear(net, index + 2 * resnets + 7, kv_in, kv)
@@ -411,8 +470,8 @@ def _commit_slots(first, step, shape, net, state, t, known, advance):  # pragma:
             p = position[b]
             for c in range(key_channels):
                 keys[block, first + b * step, c, p] = kv[b, c]
-            for c in range(values.shape[3]):
-                values[block, first + b * step, p, c] = kv[b, key_channels + c]
+            for c in range(values.shape[2]):
+                values[block, first + b * step, c, p] = kv[b, key_channels + c]
     for b in range(batch):
         position[b] += advance[b]
 
@@ -542,9 +601,9 @@ def features(net, pixels: torch.Tensor) -> torch.Tensor:
 
 @functools.lru_cache(maxsize=None)
 def _step_tables() -> tuple[np.ndarray, ...]:
-    """The lookup tables the step reads: ELU, sigmoid / 4096, exp16 (int64), pixel values."""
+    """The lookup tables the step reads: ELU, sigmoid / 4096, exp16, pixel values (float64)."""
     t = ar.on("cpu")
-    return t["elu"].numpy(), t["sigmoid_over_one"].numpy(), _table("exp16"), t["pixels"].numpy()
+    return t["elu"].numpy(), t["sigmoid_over_one"].numpy(), t["exp16"].numpy(), t["pixels"].numpy()
 
 
 # ---------------------------------------------------------------------------------------------

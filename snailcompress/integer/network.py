@@ -327,18 +327,18 @@ def _causal_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
 
 def step_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
     """One position of the attention for a batch of slots, in torch (the reference; kernels.attend
-    is the compiled step's): query (B, dk), keys (B, dk, n), values (B, n, dv), each slot attending to its own
+    is the compiled step's): query (B, dk), keys (B, dk, n), values (B, dv, n), each slot attending to its own
     positions before `position` (B,); a slot at position 0 gets 0. -> (B, dv) float64."""
     longest = int(position.max())
     if longest == 0:
-        return torch.zeros(len(query), values.shape[2], dtype=torch.float64, device=query.device)
+        return torch.zeros(len(query), values.shape[1], dtype=torch.float64, device=query.device)
     logits = torch.bmm(query.unsqueeze(1), keys[:, :, :longest].double())  # (B, 1, p)
     waiting = bool((position < longest).any())
     if waiting:  # slots behind the others: their later positions are not theirs
         later = torch.arange(longest, device=query.device) >= position.unsqueeze(1)
         logits.masked_fill_(later.unsqueeze(1), _MASKED)
     weights = _attention_weights(logits, ar.on(str(query.device)))
-    out = _normalise(torch.bmm(weights, values[:, :longest].double()), weights.sum(dim=-1, keepdim=True)).squeeze(1)
+    out = _normalise(torch.bmm(weights, values[:, :, :longest].transpose(1, 2).double()), weights.sum(dim=-1, keepdim=True)).squeeze(1)
     return out.masked_fill_((position == 0).unsqueeze(1), 0.0) if waiting else out
 
 
@@ -354,7 +354,8 @@ class IntegerStepper:
 
     State, per slot: its position; its window's pixels so far (padded, with the ones channel); two
     rows of each 2x2 conv's inputs (`caches`, one pair per spatial resnet, rows alternating with
-    the window's row); and each block's keys and values at every position so far."""
+    the window's row); and each block's keys and values at every position so far, channel by channel
+    ((dk, n) and (dv, n) a slot: the compiled attention's loops run along positions)."""
 
     def __init__(self, net: IntegerPixelSNAIL, batch: int, height: int, width: int, compiled: bool | None = None):
         """`compiled`: run each step as one compiled call (integer/kernels.py; the default on the
@@ -374,7 +375,7 @@ class IntegerStepper:
         n = height * width
         stored = torch.float32 if self.compiled else torch.float64
         self.keys = torch.zeros(cfg.blocks, batch, cfg.key_channels, n, dtype=stored, device=device)
-        self.values = torch.zeros(cfg.blocks, batch, n, cfg.value_channels, dtype=stored, device=device)
+        self.values = torch.zeros(cfg.blocks, batch, cfg.value_channels, n, dtype=stored, device=device)
         self.features = zeros(cfg.blocks, batch, cfg.filters)  # each block's input to attention, for commit
         self.pixels = zeros(batch * (height + 1) * (width + 2), cfg.channels + 1)  # padded, with the ones channel
         self.rows = ar.positional_channel(height).to(device)
@@ -460,5 +461,5 @@ class IntegerStepper:
         for b, block in enumerate(self.net.blocks):
             kv = block["kv_proj"](block["kv_resnet"].forward(torch.cat([x, self.features[b], self._background], 1), self.t))
             self.keys[b, self._slots, :, self.position] = kv[:, : self.cfg.key_channels]
-            self.values[b, self._slots, self.position] = kv[:, self.cfg.key_channels :]
+            self.values[b, self._slots, :, self.position] = kv[:, self.cfg.key_channels :]
         self.position += advance
