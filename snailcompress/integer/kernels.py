@@ -684,13 +684,17 @@ def _counts(weights, mean, inverse, cdf, out):  # pragma: no cover (compiled)
             first = 0
         constant[0] += w * cdf[0]
         constant[first] -= w * cdf[0]
-        last = 255
-        for e in range(first, 255):
+        # likewise the first edge saturated at the top (255: none), estimated and then moved to the
+        # exact one: the computed argument never decreases with the edge (rounding is monotone), so
+        # the loop below has no exit to test and vectorises
+        last = int(max(float(first), min(255.0, (_TOP - offset) / step + _ONE / _EDGE_ONE - 1.0)))
+        while last > first and float(last * _EDGE_ONE - _ONE) * inv + offset >= _TOP:
+            last -= 1
+        while last < 255 and float((last + 1) * _EDGE_ONE - _ONE) * inv + offset < _TOP:
+            last += 1
+        for e in range(first, last):
             v = float((e + 1) * _EDGE_ONE - _ONE) * inv + offset
-            if v >= _TOP:
-                last = e
-                break
-            mixed[e] += w * cdf[int(v) if v > 0.0 else 0]
+            mixed[e] += w * cdf[max(int(v), 0)]
         constant[last] += w * cdf[_TOP]
     denominator = total << _CDF_BITS
     reciprocal = 1.0 / denominator
