@@ -383,14 +383,16 @@ def _input_layers(net, above, left, position, width):  # pragma: no cover (compi
 
 
 @numba.njit(cache=True)
-def _with_position(x, position, row_channel, column_channel):  # pragma: no cover (compiled)
-    """[x, row channel, column channel] per slot: the inputs of the q and kv resnets."""
-    width = len(column_channel)
-    out = np.empty((x.shape[0], x.shape[1] + 2))
+def _with_position(x, y, position, row_channel, column_channel):  # pragma: no cover (compiled)
+    """[x, y, row channel, column channel] per row: the inputs of the kv resnet (pixels, features)
+    and of the q resnet (features, and y with no columns)."""
+    width, columns = len(column_channel), x.shape[1] + y.shape[1]
+    out = np.empty((x.shape[0], columns + 2))
     for b in range(x.shape[0]):
         _put(out[b], 0, x[b])
-        out[b, x.shape[1]] = row_channel[position[b] // width]
-        out[b, x.shape[1] + 1] = column_channel[position[b] % width]
+        _put(out[b], x.shape[1], y[b])
+        out[b, columns] = row_channel[position[b] // width]
+        out[b, columns + 1] = column_channel[position[b] % width]
     return out
 
 
@@ -421,7 +423,7 @@ def _predict_slots(first, step, shape, net, state, t, out):  # pragma: no cover 
             _resnet(net, index + 2 * r, ul, no_aux, caches, 2 * (block * resnets + r), rows, width, t)
         for b in range(batch):
             _put(features[block, first + b * step], 0, ul[b])
-        q = _with_position(ul, position, row_channel, column_channel)
+        q = _with_position(ul, no_aux, position, row_channel, column_channel)
         _resnet(net, index + 2 * resnets + 2, q, no_aux, caches, _ONE_BY_ONE, rows, width, t)
         query = _outputs(net, index + 2 * resnets + 8, batch)
         _linear(net, index + 2 * resnets + 8, q, query)
@@ -457,12 +459,7 @@ def _commit_slots(first, step, shape, net, state, t, known, advance):  # pragma:
     key_channels = keys.shape[2]
     for block in range(blocks):
         index = 2 + block * per_block
-        kv_in = np.empty((batch, channels + features.shape[2] + 2))
-        for b in range(batch):
-            _put(kv_in[b], 0, x[b])
-            _put(kv_in[b], channels, features[block, first + b * step])
-            kv_in[b, -2] = row_channel[position[b] // width]
-            kv_in[b, -1] = column_channel[position[b] % width]
+        kv_in = _with_position(x, features[block, first::step], position, row_channel, column_channel)
         _resnet(net, index + 2 * resnets, kv_in, no_aux, caches, _ONE_BY_ONE, rows, width, t)
         kv = _outputs(net, index + 2 * resnets + 7, batch)
         _linear(net, index + 2 * resnets + 7, kv_in, kv)
@@ -536,11 +533,11 @@ def _forward_window(shape, net, t, x, row_channel, column_channel, out):  # prag
         index = 2 + block * per_block
         for r in range(resnets):
             _resnet(net, index + 2 * r, ul, no_aux, no_cache, _FULL_2X2, no_rows, width, t)
-        kv = _with_position(np.concatenate((x, ul), axis=1), positions, row_channel, column_channel)
+        kv = _with_position(x, ul, positions, row_channel, column_channel)
         _resnet(net, index + 2 * resnets, kv, no_aux, no_cache, _ONE_BY_ONE, no_rows, width, t)
         key_value = _outputs(net, index + 2 * resnets + 7, n)
         _linear(net, index + 2 * resnets + 7, kv, key_value)
-        q = _with_position(ul, positions, row_channel, column_channel)
+        q = _with_position(ul, no_aux, positions, row_channel, column_channel)
         _resnet(net, index + 2 * resnets + 2, q, no_aux, no_cache, _ONE_BY_ONE, no_rows, width, t)
         query = _outputs(net, index + 2 * resnets + 8, n)
         _linear(net, index + 2 * resnets + 8, q, query)
@@ -686,7 +683,7 @@ def _counts(weights, mean, inverse, cdf, out):  # pragma: no cover (compiled)
         constant[first] -= w * cdf[0]
         # likewise the first edge saturated at the top (255: none), estimated and then moved to the
         # exact one: the computed argument never decreases with the edge (rounding is monotone), so
-        # the loop below has no exit to test and vectorises
+        # the loop below has no exit to test
         last = int(max(float(first), min(255.0, (_TOP - offset) / step + _ONE / _EDGE_ONE - 1.0)))
         while last > first and float(last * _EDGE_ONE - _ONE) * inv + offset >= _TOP:
             last -= 1
