@@ -210,3 +210,42 @@ def test_kernels_leave_the_thread_count_alone():
                    torch.tensor([1, 3]))
     kernels.channel_tables(np.zeros((2, num_params(3, 10))), np.zeros((2, 2), np.int64), 2, 10, 3, np.empty((2, 256)))
     assert torch.get_num_threads() == 1
+
+
+def _mark_rows(first, step, rows, fail_at):
+    """A kernel for _split's tests: marks the rows it does, raises on row `fail_at`."""
+    for row in range(first, len(rows), step):
+        if row == fail_at:
+            raise ValueError(f"row {row}")
+        rows[row] += 1
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_split_does_every_row_once_and_hands_back_a_workers_error(threads):
+    """_split's workers: every row done once on any thread count; an error in a worker's share
+    reaches the caller (not a hang, not a silent gap), and the workers still serve after it."""
+    rows = np.zeros(10, np.int64)
+    kernels._workers(threads - 1)
+    with kernels.take_threads(threads):
+        kernels._split(_mark_rows, len(rows), rows, -1)
+        assert rows.tolist() == [1] * 10
+        with pytest.raises(ValueError, match="row 1"):  # row 1 is the first worker's
+            kernels._split(_mark_rows, len(rows), rows, 1)
+        rows[:] = 0
+        kernels._split(_mark_rows, len(rows), rows, -1)
+        assert rows.tolist() == [1] * 10
+
+
+def test_split_from_two_threads_at_once_gives_both_their_rows():
+    """A second caller while the workers are busy runs its rows itself: both get every row."""
+    import threading
+
+    results = [np.zeros(64, np.int64) for _ in range(4)]
+    with kernels.take_threads(2):
+        callers = [threading.Thread(target=lambda r=r: [kernels._split(_mark_rows, len(r), r, -1) for _ in range(50)])
+                   for r in results]
+        for caller in callers:
+            caller.start()
+        for caller in callers:
+            caller.join()
+    assert all(r.tolist() == [50] * 64 for r in results)

@@ -29,7 +29,8 @@ running the whole computation on its share. On a GPU the torch code runs instead
 from __future__ import annotations
 
 import functools
-from concurrent.futures import ThreadPoolExecutor
+import os
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -64,8 +65,8 @@ _QUERY_BLOCK = 64  # queries per block of the full pass's attention
 def _split(kernel, rows: int, *args, share: int = 1) -> None:
     """Run `kernel(first, step, *args)`, which does rows first, first + step, ... of `rows`, on
     torch's number of threads (--threads), each thread with at least `share` rows (a hand-over to a
-    thread costs tens of microseconds): this thread takes the rows from 0, a pool of threads the
-    others. Interleaved rows share the work evenly (slots at later positions attend longer). The
+    thread costs tens of microseconds): this thread takes the rows from 0, the workers (`_Workers`)
+    the others. Interleaved rows share the work evenly (slots at later positions attend longer). The
     kernels are compiled without the GIL and rows are independent, so shares run at once and give
     the integers of one thread. (numba's own parallel loops were tried: their OpenMP layer resets
     torch's thread count, and a loop that calls BLAS cannot be cached: it compiled in every run.)"""
@@ -73,13 +74,70 @@ def _split(kernel, rows: int, *args, share: int = 1) -> None:
     if threads <= 1:
         kernel(0, 1, *args)
         return
-    others = [_pool(threads - 1).submit(kernel, first, threads, *args) for first in range(1, threads)]
-    kernel(0, threads, *args)
-    for future in others:
-        future.result()
+    _workers(threads - 1).run(kernel, threads, args)
 
 
-TABLE_ROWS_PER_THREAD = 128  # a table takes a few microseconds: fewer rows are not worth a thread
+class _Workers:
+    """Threads that each run one share of a kernel call, woken by a semaphore of their own: a
+    hand-over costs half of a ThreadPoolExecutor's (no queue, no future), which matters to the
+    decoder, which hands over four times a step. One caller at a time: a second, on another thread,
+    runs all the rows itself rather than wait."""
+
+    def __init__(self, count: int):
+        self.pid = os.getpid()  # a forked child has none of these threads: it makes its own
+        self.lock = threading.Lock()
+        self.jobs: list = [None] * count
+        self.errors: list = [None] * count
+        self.go = [threading.Semaphore(0) for _ in range(count)]
+        self.done = [threading.Semaphore(0) for _ in range(count)]
+        for worker in range(count):
+            threading.Thread(target=self._serve, args=(worker,), name=f"snailcompress-kernels-{worker}", daemon=True).start()
+
+    def _serve(self, worker: int) -> None:
+        while True:
+            self.go[worker].acquire()
+            kernel, args = self.jobs[worker]
+            try:
+                kernel(*args)
+            except BaseException as error:  # handed back to the caller, which raises it
+                self.errors[worker] = error
+            self.done[worker].release()
+
+    def run(self, kernel, threads: int, args: tuple) -> None:
+        """kernel(first, threads, *args) for first = 0 (this thread), 1, ..., threads - 1 (workers)."""
+        if not self.lock.acquire(blocking=False):
+            kernel(0, 1, *args)
+            return
+        try:
+            for worker in range(threads - 1):
+                self.jobs[worker] = (kernel, (worker + 1, threads, *args))
+                self.go[worker].release()
+            try:
+                kernel(0, threads, *args)
+            finally:
+                for worker in range(threads - 1):
+                    self.done[worker].acquire()
+                    self.jobs[worker] = None
+            errors = [error for error in self.errors[: threads - 1] if error is not None]
+            self.errors[: threads - 1] = [None] * (threads - 1)
+            if errors:
+                raise errors[0]
+        finally:
+            self.lock.release()
+
+
+_worker_pool: _Workers | None = None
+
+
+def _workers(count: int) -> _Workers:
+    """At least `count` workers, started once per process."""
+    global _worker_pool
+    if _worker_pool is None or len(_worker_pool.jobs) < count or _worker_pool.pid != os.getpid():
+        _worker_pool = _Workers(count)
+    return _worker_pool
+
+
+TABLE_ROWS_PER_THREAD = 16  # a table takes a few microseconds, a hand-over some tens: fewer rows stay on one thread
 _threads = 0  # the kernels' threads while a decoder holds them (take_threads), else torch's
 
 
@@ -97,11 +155,6 @@ def take_threads(kernel_threads: int | None = None):
     finally:
         torch.set_num_threads(threads)
         _threads = previous
-
-
-@functools.lru_cache(maxsize=None)
-def _pool(workers: int) -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(workers, thread_name_prefix="snailcompress-kernels")
 
 
 @functools.lru_cache(maxsize=None)
@@ -186,12 +239,37 @@ def _attend_row(query, keys, values, p, exp16, out):  # pragma: no cover (compil
     for j in range(p):
         weights[j] = exp16[int(min((top - logits[j]) * (1.0 / _ONE), _EXP_LIMIT))]  # distance floored (>= 0)
         total += weights[j]
-    den = np.int64(total)
-    for c in range(value_channels):  # w * v below 2**36, sums below 2**47
+    c = 0
+    while c + 4 <= value_channels:  # four channels a pass: each weight read once for four
+        v0, v1, v2, v3 = values[c], values[c + 1], values[c + 2], values[c + 3]
+        a0 = a1 = a2 = a3 = 0.0  # w * v below 2**36, sums below 2**47
+        for j in range(p):
+            w = weights[j]
+            a0 += w * v0[j]
+            a1 += w * v1[j]
+            a2 += w * v2[j]
+            a3 += w * v3[j]
+        out[c], out[c + 1], out[c + 2], out[c + 3] = a0, a1, a2, a3
+        c += 4
+    for c in range(c, value_channels):
         row, acc = values[c], 0.0
         for j in range(p):
             acc += weights[j] * row[j]
-        out[c] = float((2 * np.int64(acc) + den) // (2 * den))  # round_half_up(acc / total), as arithmetic's _normalise
+        out[c] = acc
+    # round_half_up(acc / total) = floor((2 acc + total) / (2 total)), as arithmetic's _normalise,
+    # without an integer division (slow): numerator and denominator are integers below 2**49 and the
+    # quotient is below 2**21, so the float quotient is within 2**-30 of the exact one and its floor
+    # at most 1 off, which the exact products below correct
+    denominator = 2.0 * total
+    reciprocal = 1.0 / denominator
+    for c in range(value_channels):
+        numerator = 2.0 * out[c] + total
+        quotient = np.floor(numerator * reciprocal)
+        if quotient * denominator > numerator:
+            quotient -= 1.0
+        elif (quotient + 1.0) * denominator <= numerator:
+            quotient += 1.0
+        out[c] = quotient
 
 
 @numba.njit(cache=True, nogil=True)
