@@ -113,7 +113,8 @@ def main() -> None:
         "",
         "The compiled step runs the whole network at one position (a commit, then a predict) in one call, its",
         "matrix products through BLAS and everything between them in compiled loops; its attention reads float32",
-        "keys and values (exact for these integers) only up to each slot's position. The compiled tables go from",
+        "keys and values (exact for these integers) only up to each slot's position, the next slot's already",
+        "loading into the cache. The compiled tables go from",
         "the network's outputs to the frequency tables in one call, skipping components of zero weight and each",
         "component's saturated edges. Both give torch's integers exactly (tests/test_kernels.py).",
     ]

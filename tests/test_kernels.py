@@ -225,7 +225,6 @@ def test_split_does_every_row_once_and_hands_back_a_workers_error(threads):
     """_split's workers: every row done once on any thread count; an error in a worker's share
     reaches the caller (not a hang, not a silent gap), and the workers still serve after it."""
     rows = np.zeros(10, np.int64)
-    kernels._workers(threads - 1)
     with kernels.take_threads(threads):
         kernels._split(_mark_rows, len(rows), rows, -1)
         assert rows.tolist() == [1] * 10
@@ -249,3 +248,18 @@ def test_split_from_two_threads_at_once_gives_both_their_rows():
         for caller in callers:
             caller.join()
     assert all(r.tolist() == [50] * 64 for r in results)
+
+
+def test_more_threads_replace_the_workers_and_the_replaced_ones_end():
+    import threading
+
+    workers = lambda: [t for t in threading.enumerate() if t.name.startswith("snailcompress-kernels")]  # noqa: E731
+    started = kernels._workers(1)
+    replaced = workers()
+    assert len(replaced) >= len(started.jobs)
+    larger = kernels._workers(len(started.jobs) + 1)
+    assert larger is not started and len(larger.jobs) == len(started.jobs) + 1
+    for thread in replaced:
+        thread.join(timeout=10)
+        assert not thread.is_alive()
+    assert len(workers()) == len(larger.jobs)

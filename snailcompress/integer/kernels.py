@@ -96,6 +96,8 @@ class _Workers:
     def _serve(self, worker: int) -> None:
         while True:
             self.go[worker].acquire()
+            if self.jobs[worker] is None:  # closed
+                return
             kernel, args = self.jobs[worker]
             try:
                 kernel(*args)
@@ -126,13 +128,24 @@ class _Workers:
             self.lock.release()
 
 
+    def close(self) -> None:
+        """End the workers (once no call is running)."""
+        with self.lock:
+            for worker in range(len(self.jobs)):
+                self.jobs[worker] = None
+                self.go[worker].release()
+
+
 _worker_pool: _Workers | None = None
 
 
 def _workers(count: int) -> _Workers:
-    """At least `count` workers, started once per process."""
+    """At least `count` workers, started once per process (a larger count replaces them)."""
     global _worker_pool
-    if _worker_pool is None or len(_worker_pool.jobs) < count or _worker_pool.pid != os.getpid():
+    if _worker_pool is None or _worker_pool.pid != os.getpid():
+        _worker_pool = _Workers(count)
+    elif len(_worker_pool.jobs) < count:
+        _worker_pool.close()
         _worker_pool = _Workers(count)
     return _worker_pool
 
