@@ -51,6 +51,7 @@ _ACTIVATION_BITS = ar.ACTIVATION_BITS
 _EXP_LIMIT = ar.EXP_INPUT_LIMIT
 _TOP = 2 * _CENTRE  # the CDF table's last index
 _TOTAL = ar.TABLE_TOTAL
+assert _TOTAL % 256 == 0  # the tables' floor division (_counts) divides numerator and denominator by 256
 _CDF_BITS = ar.CDF_BITS
 _LIMIT = float(ar.ACTIVATION_LIMIT)
 _WEIGHT_BITS = ar.ATTENTION_WEIGHT_BITS
@@ -753,14 +754,16 @@ def _cdf_at(edge, mean, inverse, cdf):  # pragma: no cover (compiled)
 @numba.njit(cache=True)
 def _counts(weights, mean, inverse, cdf, out):  # pragma: no cover (compiled)
     """One pixel's frequency table (256,) from its component weights, means and inverse scales."""
-    mixed = np.zeros(256, np.int64)  # sum_k w_k cdf_k at edges 1..255 (index e - 1)
-    constant = np.zeros(257, np.int64)  # a difference array: saturated edges' contributions
+    # sums of w_k cdf_k: integers below 2**36 (the weights sum to at most 2**16, a CDF is at most
+    # 2**20), exact in float64, which the last loops below can divide in vectors
+    mixed = np.zeros(256)  # sum_k w_k cdf_k at edges 1..255 (index e - 1)
+    constant = np.zeros(257)  # a difference array: saturated edges' contributions
     total = 0
     for k in range(len(weights)):
-        w = weights[k]
-        if w == 0:
+        if weights[k] == 0:
             continue
-        total += w
+        total += weights[k]
+        w = float(weights[k])
         inv = inverse[k]
         offset = _CENTRE - mean[k] * inv  # exact (integer/mixture.py: _cdf)
         step = _EDGE_ONE * inv
@@ -784,22 +787,23 @@ def _counts(weights, mean, inverse, cdf, out):  # pragma: no cover (compiled)
             v = float((e + 1) * _EDGE_ONE - _ONE) * inv + offset
             mixed[e] += w * cdf[max(int(v), 0)]
         constant[last] += w * cdf[_TOP]
-    denominator = total << _CDF_BITS
-    reciprocal = 1.0 / denominator
-    numerator = np.empty(255, np.int64)
-    running = 0
+    # floor(a * TOTAL / (total * 2**20)) = floor(a * (TOTAL / 256) / (total * 2**12)): numerator
+    # (below 2**36 * 2**16) and denominator (at most 2**28) are exact in float64, and so is the floor of
+    # their correctly rounded quotient: a quotient (below 2**24) that is not an integer lies at least
+    # 1 / denominator >= 2**-28 from the next one, farther than its rounding error (2**-29)
+    numerator_scale = float(_TOTAL // 256)
+    denominator = float(total << (_CDF_BITS - 8))
+    cumulative = np.empty(255)
+    running = 0.0
     for e in range(255):
         running += constant[e]
-        numerator[e] = (mixed[e] + running) * _TOTAL  # below 2**60
-    previous = 0
-    for e in range(255):  # numerator // denominator without a division (slow, and it stops vectorising):
-        n = numerator[e]  # the float quotient is within 2**-27 of the exact one, so at most 1 off the floor
-        cumulative = np.int64(n * reciprocal)
-        cumulative -= cumulative * denominator > n
-        cumulative += (cumulative + 1) * denominator <= n
-        out[e] = cumulative - previous
-        previous = cumulative
-    out[255] = _TOTAL - previous
+        cumulative[e] = (mixed[e] + running) * numerator_scale
+    for e in range(255):
+        cumulative[e] = np.floor(cumulative[e] / denominator)
+    out[0] = cumulative[0]
+    for e in range(1, 255):
+        out[e] = cumulative[e] - cumulative[e - 1]
+    out[255] = _TOTAL - cumulative[254]
 
 
 @numba.njit(cache=True)
