@@ -80,7 +80,7 @@ def _split(kernel, rows: int, *args, share: int = 1) -> None:
 
 class _Workers:
     """Threads that each run one share of a kernel call, woken by a semaphore of their own: a
-    hand-over costs half of a ThreadPoolExecutor's (no queue, no future), which matters to the
+    hand-over is cheaper than a ThreadPoolExecutor's (no queue, no future), which matters to the
     decoder, which hands over four times a step. One caller at a time: a second, on another thread,
     runs all the rows itself rather than wait."""
 
