@@ -128,7 +128,6 @@ class _Workers:
         finally:
             self.lock.release()
 
-
     def close(self) -> None:
         """End the workers (once no call is running)."""
         with self.lock:
