@@ -39,7 +39,28 @@ def _images(n: int, channels: int, height: int, width: int, seed: int) -> torch.
 
 
 def test_lookup_tables_are_pinned():
-    assert ar.table_digest() == TABLE_DIGEST
+    assert ar.table_digest(ar.build_tables()) == TABLE_DIGEST  # built afresh, not read from the cache
+    assert ar.table_digest() == TABLE_DIGEST and ar.TABLE_DIGEST == TABLE_DIGEST
+
+
+def test_lookup_tables_cache_is_read_only_when_it_holds_the_pinned_tables(tmp_path, monkeypatch):
+    first, second = tmp_path / "unwritable-is-a-file", tmp_path / "cache"
+    first.write_bytes(b"")  # a file where a folder should be: the cache goes to the next choice
+    monkeypatch.setattr(ar, "cache_dirs", lambda: [first, second])
+    assert ar._read_cache() is None
+    built = ar.build_tables()
+    ar._write_cache(built)
+    (cached,) = second.glob("*.npz")
+    assert [p.name for p in second.iterdir()] == [cached.name]  # no temporary file left behind
+    read = ar._read_cache()
+    assert read.keys() == built.keys() and all(np.array_equal(read[k], built[k]) for k in built)
+    damaged = dict(built, cdf=built["cdf"].copy())
+    damaged["cdf"][1000] += 1
+    with cached.open("wb") as f:
+        np.savez(f, **damaged)
+    assert ar._read_cache() is None  # a table that differs in one entry is not used
+    cached.write_bytes(b"not a numpy file")
+    assert ar._read_cache() is None
 
 
 def test_lookup_tables_follow_their_functions():

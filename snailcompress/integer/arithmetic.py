@@ -15,8 +15,10 @@ only, never to these float64 products.
 The nonlinearities (ELU, the gates' sigmoid, the softmax's exp, tanh, exp of the log-scales and the
 logistic CDF) are lookup tables. They are built from Python integers only (a Taylor series of
 exp(-1/4096) to 2**-96 and repeated exact multiplication), never from libm, so every machine builds
-the same tables; `table_digest()` pins them, and a change to any rule or table is a new
-ARITHMETIC_VERSION, never a silently different table.
+the same tables; `TABLE_DIGEST` pins them, and a change to any rule or table is a new
+ARITHMETIC_VERSION, never a silently different table. Building them takes a noticeable share of a
+small image's command, so the first build is kept in a cache file, which is read back only when its
+SHA-256 is the pinned one (anything else, a stale or damaged file included, is built again).
 
 Number formats:
 
@@ -30,10 +32,16 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
+import tempfile
+from pathlib import Path
 
+import numpy as np
 import torch
 
 ARITHMETIC_VERSION = 1  # what a .snail header names; bump with any change to a rule or table
+#: SHA-256 of version 1's tables (`table_digest`); tests/test_integer.py pins the same value independently
+TABLE_DIGEST = "e5e6352564d93efdbc6c93242916f8c808b2fbc3d676602e165a4d93b2d8c7e1"
 
 ACTIVATION_BITS = 12  # Q.12 activations
 ONE = 1 << ACTIVATION_BITS
@@ -78,7 +86,18 @@ def _table(values: list[int]) -> torch.Tensor:
 
 @functools.lru_cache(maxsize=None)
 def tables() -> dict[str, torch.Tensor]:
-    """Every lookup table of arithmetic version 1, as float64 tensors of integers (CPU; see `on`)."""
+    """Every lookup table of arithmetic version 1, as float64 tensors of integers (CPU; see `on`):
+    from the cache file where it holds the pinned tables, else built (and the cache written)."""
+    built = _read_cache()
+    if built is None:
+        built = build_tables()
+        if table_digest(built) == TABLE_DIGEST:
+            _write_cache(built)
+    return {name: torch.from_numpy(values.astype(np.float64)) for name, values in built.items()}
+
+
+def build_tables() -> dict[str, np.ndarray]:
+    """Every lookup table of arithmetic version 1, built from Python integers, as int64 arrays."""
     e = _exp_neg(EXP_INPUT_LIMIT)
     one, half = 1 << _PRECISION, 1 << (_PRECISION - 1)
     # ELU(-k/4096) = exp(-k/4096) - 1, Q.12, k = 0..65536
@@ -107,24 +126,65 @@ def tables() -> dict[str, torch.Tensor]:
     cdf_pos = [(2 * c * one // (one + x) + 1) >> 1 for x in fine]
     cdf = [c - s for s in reversed(cdf_pos[1:])] + cdf_pos
     pixels = [((2 * v - 255) * 2 * ONE + 255) // 510 for v in range(256)]  # (v - 127.5)/127.5, Q.12
-    return {
-        "elu": _table(elu),
-        "sigmoid": _table(sigmoid),
-        "exp16": _table(exp16),
-        "tanh": _table(tanh),
-        "inverse_scale": _table(inverse_scale),
-        "cdf": _table(cdf),
-        "pixels": _table(pixels),
-    }
+    built = {"elu": elu, "sigmoid": sigmoid, "exp16": exp16, "tanh": tanh, "inverse_scale": inverse_scale,
+             "cdf": cdf, "pixels": pixels}
+    return {name: np.array(values, dtype=np.int64) for name, values in built.items()}
 
 
-def table_digest() -> str:
-    """SHA-256 of every table (as little-endian int64), in name order: what version 1 pins."""
+def table_digest(built: dict[str, np.ndarray] | None = None) -> str:
+    """SHA-256 of every table (as little-endian int64), in name order: what version 1 pins.
+    `built`: tables as build_tables gives them (default: `tables()`)."""
+    if built is None:
+        built = {name: table.to(torch.int64).numpy() for name, table in tables().items()}
     digest = hashlib.sha256(f"arithmetic {ARITHMETIC_VERSION}".encode())
-    for name, table in sorted(tables().items()):
+    for name, table in sorted(built.items()):
         digest.update(name.encode())
-        digest.update(table.to(torch.int64).numpy().astype("<i8").tobytes())
+        digest.update(np.ascontiguousarray(table, dtype="<i8").tobytes())
     return digest.hexdigest()
+
+
+def cache_dirs() -> list[Path]:
+    """Where the tables' cache file may live, first choice first: beside the compiled kernels'
+    cache (this package's __pycache__, as numba chooses), else the user's cache directory."""
+    user = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "snailcompress"
+    return [Path(__file__).parent / "__pycache__", user]
+
+
+def _cache_name() -> str:
+    return f"arithmetic-{ARITHMETIC_VERSION}-tables.npz"
+
+
+def _read_cache() -> dict[str, np.ndarray] | None:
+    """The cached tables, if a cache file holds exactly the pinned ones (no pickles are read)."""
+    for folder in cache_dirs():
+        try:
+            with np.load(folder / _cache_name(), allow_pickle=False) as stored:
+                built = {name: stored[name] for name in stored.files}
+        except (OSError, ValueError, KeyError):
+            continue
+        if all(v.dtype == np.int64 and v.ndim == 1 for v in built.values()) and table_digest(built) == TABLE_DIGEST:
+            return built
+    return None
+
+
+def _write_cache(built: dict[str, np.ndarray]) -> None:
+    """Keep the tables in the first cache folder that can be written (a temporary file, then a
+    rename: a reader never sees half a file); none writable leaves them uncached."""
+    for folder in cache_dirs():
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            handle, temporary = tempfile.mkstemp(dir=folder, suffix=".npz.tmp")
+            try:
+                with os.fdopen(handle, "wb") as f:
+                    np.savez(f, **built)
+                os.chmod(temporary, 0o644)  # mkstemp's 0600 would keep other users to their own copy
+                os.replace(temporary, folder / _cache_name())
+            finally:
+                if os.path.exists(temporary):
+                    os.unlink(temporary)
+            return
+        except OSError:
+            continue
 
 
 class _DeviceTables(dict):
