@@ -131,29 +131,31 @@ def test_stepper_equals_the_full_forward_pass_at_every_position(channels, compil
 
 
 @pytest.mark.parametrize("compiled", [True, False])
-def test_slots_at_different_positions_get_their_own_window_exactly(compiled):
+@pytest.mark.parametrize("height", [5, 4])  # the last row even or odd: the row caches' two halves
+def test_slots_at_different_positions_get_their_own_window_exactly(compiled, height):
     """A slot that waits (the codec starts windows at different steps) and a slot that restarts on a
     new image give, at every position, the integers of the full pass over their own image."""
-    net = _net(3)
-    images = _images(3, 3, 5, 5, seed=7)
+    net, width = _net(3), 5
+    n = height * width
+    images = _images(3, 3, height, width, seed=7)
     full = net.forward(images)
-    stepper = IntegerStepper(net, 2, 5, 5, compiled=compiled)
+    stepper = IntegerStepper(net, 2, height, width, compiled=compiled)
     seen = {0: 0, 1: 0}  # slot -> positions done
     image_of = {0: 0, 1: 1}
-    for step in range(60):
+    for step in range(3 * n):
         advance = torch.tensor([True, step % 3 == 0])
         params = stepper.predict()
         for slot in (0, 1):
-            i, j = divmod(seen[slot], 5)
+            i, j = divmod(seen[slot], width)
             assert torch.equal(params[slot], full[image_of[slot], i, j]), (step, slot)
-        values = torch.stack([images[image_of[s], :, *divmod(seen[s], 5)] for s in (0, 1)])
+        values = torch.stack([images[image_of[s], :, *divmod(seen[s], width)] for s in (0, 1)])
         stepper.commit(values, advance)
         for slot in (0, 1):
             seen[slot] += int(advance[slot])
-        if seen[0] == 25:  # slot 0 starts the third image
+        if seen[0] == n:  # slot 0 starts the third image
             stepper.restart(torch.tensor([True, False]))
             seen[0], image_of[0] = 0, 2
-        if seen[1] == 25:
+        if seen[1] == n:
             break
 
 

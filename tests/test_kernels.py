@@ -170,6 +170,43 @@ def test_the_compiled_step_equals_torch_on_any_thread_count(threads, torch_threa
 
 
 @pytest.mark.parametrize("threads", [1, 2])
+def test_slots_left_out_of_a_step_are_not_stepped_and_lose_nothing(threads, torch_threads):
+    """predict(slots) steps only those slots (compiled): slots left out for some steps, at the start,
+    in the middle of a window or after its end, then stepped again, give the parameters of the torch
+    stepper that steps every slot every time, and the same keys and values; left-out rows are 0, and
+    a left-out slot cannot move on."""
+    net = IntegerPixelSNAIL.convert(load_model("snail-rgb").model)
+    rng = np.random.default_rng(threads)
+    batch, height, width = 5, 4, 5
+    n = height * width
+    images = torch.from_numpy(rng.integers(0, 256, (batch, 3, height, width)).astype(np.uint8))
+    torch_threads(threads)
+    compiled, reference = (IntegerStepper(net, batch, height, width, compiled=flag) for flag in (True, False))
+    seen = np.zeros(batch, int)
+    for step in range(4 * n):
+        stepped = rng.random(batch) < 0.6
+        stepped[0] = step >= n  # slot 0 waits a whole window's worth of steps before its first
+        params, expected = compiled.predict(stepped), reference.predict(stepped)
+        assert torch.equal(params[stepped], expected[stepped]), step
+        assert not params[~stepped].any()
+        advance = torch.from_numpy(stepped & (rng.random(batch) < 0.8) & (seen < n - 1))
+        values = images[np.arange(batch), :, seen // width, seen % width]
+        for stepper in (compiled, reference):
+            stepper.commit(values, advance)
+        seen += advance.numpy()
+    assert (seen > 2).all()
+    compiled.predict(np.ones(batch, bool))  # does the last commit
+    for b in range(batch):
+        done = slice(0, seen[b])  # positions whose keys and values are final
+        assert torch.equal(compiled.keys[:, b, :, done].double(), reference.keys[:, b, :, done])
+        assert torch.equal(compiled.values[:, b, :, done].double(), reference.values[:, b, :, done])
+    compiled.commit(values, torch.zeros(batch, dtype=torch.bool))
+    compiled.predict(np.array([True, False, True, True, True]))
+    with pytest.raises(ValueError, match="did not step"):
+        compiled.commit(values, torch.tensor([False, True, False, False, False]))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("channels", [3, 1])
 def test_the_compiled_full_pass_equals_torch(channels, threads, torch_threads):
     """The encoder's full forward pass, a window at a time in compiled calls, against torch: windows

@@ -300,7 +300,7 @@ def _decode_batch(net, plan: WindowPlan, canvases: np.ndarray, slots: np.ndarray
                 stepper.restart(torch.from_numpy(begins[s]))
             values = canvases[plane, y[s], x[s]]  # what is known (K * n, C)
             values[~active[s]] = 0  # idle slots (not started, or done) see the same values in every decoder
-            params = stepper.predict()  # every slot steps, coding or not: that keeps one step one batched pass
+            params = stepper.predict(active[s])  # the running slots, coding or not (their context feeds later steps)
             rows, bits = np.flatnonzero(coded[s]), 0.0
             if len(rows):
                 mine = params if len(rows) == len(params) else params[torch.from_numpy(rows).to(net.device)]

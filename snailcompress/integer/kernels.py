@@ -79,18 +79,19 @@ def _split(kernel, rows: int, *args, share: int = 1) -> None:
 
 
 class _Workers:
-    """Threads that each run one share of a kernel call, woken by a semaphore of their own: a
-    hand-over is cheaper than a ThreadPoolExecutor's (no queue, no future), which matters to the
-    decoder, which hands over four times a step. One caller at a time: a second, on another thread,
-    runs all the rows itself rather than wait."""
+    """Threads that each run one share of a kernel call, woken by a signal of their own: a hand-over
+    is cheaper than a ThreadPoolExecutor's (no queue, no future), which matters to the decoder, which
+    hands over four times a step. The signals are plain locks held until signalled (a lock, unlike
+    threading.Semaphore, is released from any thread in C, without Python code in between). One
+    caller at a time: a second, on another thread, runs all the rows itself rather than wait."""
 
     def __init__(self, count: int):
         self.pid = os.getpid()  # a forked child has none of these threads: it makes its own
         self.lock = threading.Lock()
         self.jobs: list = [None] * count
         self.errors: list = [None] * count
-        self.go = [threading.Semaphore(0) for _ in range(count)]
-        self.done = [threading.Semaphore(0) for _ in range(count)]
+        self.go = [_signal() for _ in range(count)]
+        self.done = [_signal() for _ in range(count)]
         for worker in range(count):
             threading.Thread(target=self._serve, args=(worker,), name=f"snailcompress-kernels-{worker}", daemon=True).start()
 
@@ -134,6 +135,13 @@ class _Workers:
             for worker in range(len(self.jobs)):
                 self.jobs[worker] = None
                 self.go[worker].release()
+
+
+def _signal() -> threading.Lock:
+    """A one-shot signal: acquire() waits until another thread has called release()."""
+    signal = threading.Lock()
+    signal.acquire()
+    return signal
 
 
 _worker_pool: _Workers | None = None
@@ -443,14 +451,14 @@ def _resnet(net, index, x, aux, caches, pair, rows, width, t):  # pragma: no cov
 
 
 @numba.njit(cache=True)
-def _where(first, step, position, height, width):  # pragma: no cover (compiled)
-    """IntegerStepper._where for slots first, first + step, ...: each one's cache rows (write; read
+def _where(slots, position, height, width):  # pragma: no cover (compiled)
+    """IntegerStepper._where for these slots at these positions: each one's cache rows (write; read
     above-left, above, left, here) and the index of its pixel above-left in the padded pixels."""
     batch = len(position)
     rows = np.empty((batch, 5), np.int64)
     base = np.empty(batch, np.int64)
     for b in range(batch):
-        slot, i, j = first + b * step, position[b] // width, position[b] % width
+        slot, i, j = slots[b], position[b] // width, position[b] % width
         current = (slot * 2 + i % 2) * (width + 1)
         previous = (slot * 2 + (i + 1) % 2) * (width + 1)
         rows[b, 0], rows[b, 1], rows[b, 2] = current + j + 1, previous + j, previous + j + 1
@@ -492,13 +500,13 @@ def _with_position(x, y, position, row_channel, column_channel):  # pragma: no c
 
 
 @numba.njit(cache=True, nogil=True)
-def _predict_slots(first, step, shape, net, state, t, out):  # pragma: no cover (compiled)
-    """IntegerStepper.predict (torch) for slots first, first + step, ...: their mixture parameters."""
+def _predict_slots(slots, shape, net, state, t, out):  # pragma: no cover (compiled)
+    """IntegerStepper.predict (torch) for these slots: their mixture parameters, into their rows of out."""
     blocks, resnets = shape
     position, pixels, caches, keys, values, features, row_channel, column_channel = state
-    position, mine = position[first::step], out[first::step]
+    position = position[slots]
     batch, height, width, stride = len(position), len(row_channel), len(column_channel), pixels.shape[1]
-    rows, base = _where(first, step, position, height, width)
+    rows, base = _where(slots, position, height, width)
     above, left = np.empty((batch, 3 * stride)), np.empty((batch, 2 * stride))
     for b in range(batch):
         for k in range(3):
@@ -513,32 +521,33 @@ def _predict_slots(first, step, shape, net, state, t, out):  # pragma: no cover 
         for r in range(resnets):
             _resnet(net, index + 2 * r, ul, no_aux, caches, 2 * (block * resnets + r), rows, width, t)
         for b in range(batch):
-            _put(features[block, first + b * step], 0, ul[b])
+            _put(features[block, slots[b]], 0, ul[b])
         q = _with_position(ul, no_aux, position, row_channel, column_channel)
         _resnet(net, index + 2 * resnets + 2, q, no_aux, caches, _ONE_BY_ONE, rows, width, t)
         query = _outputs(net, index + 2 * resnets + 8, batch)
         _linear(net, index + 2 * resnets + 8, q, query)
         attended = np.empty((batch, values.shape[2]))
         for b in range(batch):  # keys and values indexed by slot: contiguous rows, vectorised loops
-            slot = first + b * step
+            slot = slots[b]
             if b + 1 < batch:  # the next slot's keys and values start loading while this one attends
-                _prefetch_rows(keys[block, slot + step], position[b + 1])
-                _prefetch_rows(values[block, slot + step], position[b + 1])
+                _prefetch_rows(keys[block, slots[b + 1]], position[b + 1])
+                _prefetch_rows(values[block, slots[b + 1]], position[b + 1])
             _attend_row(query[b], keys[block, slot], values[block, slot], position[b], t[2], attended[b])
         _resnet(net, index + 2 * resnets + 4, ul, attended, caches, _ONE_BY_ONE, rows, width, t)
     params = _outputs(net, len(net[0]) - 1, batch)
     _linear(net, len(net[0]) - 1, _elu(ul, t[0]), params)
-    mine[:] = params
+    for b in range(batch):
+        out[slots[b]] = params[b]
 
 
 @numba.njit(cache=True, nogil=True)
-def _commit_slots(first, step, shape, net, state, t, known, advance):  # pragma: no cover (compiled)
-    """IntegerStepper.commit (torch) for slots first, first + step, ...: values, keys and values stored."""
+def _commit_slots(slots, shape, net, state, t, known, advance):  # pragma: no cover (compiled)
+    """IntegerStepper.commit (torch) for these slots: values, keys and values stored, positions moved on."""
     blocks, resnets = shape
-    position, pixels, caches, keys, values, features, row_channel, column_channel = state
-    position, known, advance = position[first::step], known[first::step], advance[first::step]
+    all_positions, pixels, caches, keys, values, features, row_channel, column_channel = state
+    position, known = all_positions[slots], known[slots]
     batch, height, width, channels = len(position), len(row_channel), len(column_channel), known.shape[1]
-    rows, base = _where(first, step, position, height, width)
+    rows, base = _where(slots, position, height, width)
     x = np.empty((batch, channels))
     for b in range(batch):
         for c in range(channels):
@@ -550,45 +559,55 @@ def _commit_slots(first, step, shape, net, state, t, known, advance):  # pragma:
     key_channels = keys.shape[2]
     for block in range(blocks):
         index = 2 + block * per_block
-        kv_in = _with_position(x, features[block, first::step], position, row_channel, column_channel)
+        kv_in = _with_position(x, features[block][slots], position, row_channel, column_channel)
         _resnet(net, index + 2 * resnets, kv_in, no_aux, caches, _ONE_BY_ONE, rows, width, t)
         kv = _outputs(net, index + 2 * resnets + 7, batch)
         _linear(net, index + 2 * resnets + 7, kv_in, kv)
         for b in range(batch):
             p = position[b]
             for c in range(key_channels):
-                keys[block, first + b * step, c, p] = kv[b, c]
+                keys[block, slots[b], c, p] = kv[b, c]
             for c in range(values.shape[2]):
-                values[block, first + b * step, c, p] = kv[b, key_channels + c]
+                values[block, slots[b], c, p] = kv[b, key_channels + c]
     for b in range(batch):
-        position[b] += advance[b]
+        all_positions[slots[b]] += advance[slots[b]]
 
 
 @numba.njit(cache=True, nogil=True)
-def _step_slots(first, step, shape, net, state, t, known, advance, out):  # pragma: no cover (compiled)
-    """A commit (where `known` has rows), then a predict (where `out` has rows), for slots first,
-    first + step, ...: one call, so one hand-over to the threads, for both."""
+def _step_slots(first, step, run, committed, predicted, shape, net, state, t, known, advance, out):  # pragma: no cover (compiled)
+    """For slots run[first], run[first + step], ...: a commit of those `committed` (where `known` has
+    rows), then a predict of those `predicted` (where `out` has rows); one call, so one hand-over to
+    the threads, for both, and each slot's two on one thread."""
+    mine = run[first::step]
     if len(known):
-        _commit_slots(first, step, shape, net, state, t, known, advance)
+        slots = mine[committed[mine]]
+        if len(slots):
+            _commit_slots(slots, shape, net, state, t, known, advance)
     if len(out):
-        _predict_slots(first, step, shape, net, state, t, out)
+        slots = mine[predicted[mine]]
+        if len(slots):
+            _predict_slots(slots, shape, net, state, t, out)
 
 
-def step(net, state: tuple[torch.Tensor, ...], known: torch.Tensor | None, advance: torch.Tensor | None,
-         predict: bool) -> torch.Tensor | None:
-    """IntegerStepper's commit (of known values (B, C) int64 0..255, slots moved on by `advance` (B,)
-    int64; None: none) and then predict (if `predict`: mixture parameters (B, K) float64, Q.12) in one
-    compiled call over the stepper's state (CPU tensors: position, pixels, caches, keys, values,
-    features, row and column channels; changed in place). Slots are split among the threads, each
-    running the whole network on its share (each matrix product on one thread)."""
+def step(net, state: tuple[np.ndarray, ...], commit: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
+         predict: np.ndarray | None) -> np.ndarray | None:
+    """IntegerStepper's commit and then predict, in one compiled call over the stepper's state
+    (arrays: position, pixels, caches, keys, values, features, row and column channels; changed in
+    place). `commit`: (slots, known, advance): the slots (a boolean mask (B,)) whose known values
+    (B, C) int64 0..255 are stored and that move on by advance (B,) int64; `predict`: a boolean mask
+    of the slots whose mixture parameters are returned, (B, K) float64, Q.12 (other rows 0). Either
+    may be None. The slots are split among the threads, each running the whole network on its share
+    (each matrix product on one thread)."""
     packed = _packed(net)
-    batch = len(state[0])
-    if known is None:
-        known, advance = torch.zeros(0, 1, dtype=torch.int64), torch.zeros(0, dtype=torch.int64)
-    out = np.empty((batch if predict else 0, packed.layers[-1, 2]))
-    _split(_step_slots, batch, packed.shape, packed.arrays, tuple(s.numpy() for s in state), _step_tables(),
-           known.numpy(), advance.numpy(), out)
-    return torch.from_numpy(out) if predict else None
+    batch, outputs = len(state[0]), packed.layers[-1, 2]
+    nothing = np.zeros(batch, np.bool_)
+    committed, known, advance = commit if commit is not None else (nothing, np.zeros((0, 1), np.int64), np.zeros(0, np.int64))
+    predicted = predict if predict is not None else nothing
+    out = np.zeros((batch, outputs)) if predict is not None else np.empty((0, outputs))
+    run = np.flatnonzero(committed | predicted)
+    _split(_step_slots, len(run), run, committed, predicted, packed.shape, packed.arrays, state, _step_tables(),
+           known, advance, out)
+    return out if predict is not None else None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -352,6 +352,11 @@ class IntegerStepper:
     position. Gives exactly the integers of `IntegerPixelSNAIL.forward` at every position. Compiled,
     a commit's work is done at the start of the next predict (or restart), in the same call.
 
+    A slot may wait at its position for any number of steps: a step that does not move a slot on
+    changes nothing that its later steps read (they write again whatever it wrote first). So
+    `predict(slots)` may leave out the slots whose outputs nobody needs; compiled, they are not
+    stepped at all (the decoder's slots that have not started, or have finished).
+
     State, per slot: its position; its window's pixels so far (padded, with the ones channel); two
     rows of each 2x2 conv's inputs (`caches`, one pair per spatial resnet, rows alternating with
     the window's row); and each block's keys and values at every position so far, channel by channel
@@ -381,20 +386,28 @@ class IntegerStepper:
         self.rows = ar.positional_channel(height).to(device)
         self.cols = ar.positional_channel(width).to(device)
         self._slots = torch.arange(batch, device=device)
-        self._predicted = False
-        self._pending: tuple[torch.Tensor, torch.Tensor] | None = None  # a compiled commit not yet done
+        self._stepped: np.ndarray | None = None  # the slots of the last predict, until its commit
+        self._pending: tuple[np.ndarray, ...] | None = None  # a compiled commit not yet done: slots, values, advance
+        if self.compiled:  # the state as the kernels take it: numpy views of the same memory
+            self._arrays = tuple(t.numpy() for t in self._state())
 
     def restart(self, slots: torch.Tensor) -> None:
+        """Start these slots (a boolean mask) on a new window. Only the row caches' odd rows are
+        cleared: a window's first row reads them as the row above, and everything else it reads it
+        has written before (the caches' even rows, the pixels) or nothing ever writes (the pixels'
+        padding, each row's left edge), as in the first window."""
         self._commit_pending()
         slots = slots.to(self.device)
         self.position[slots] = 0
-        self.pixels.view(self.batch, -1)[slots] = 0.0
-        self.caches.view(len(self.caches), self.batch, -1)[:, slots] = 0.0
+        self.caches.view(len(self.caches), self.batch, 2, -1)[:, slots, 1] = 0.0
 
     @torch.no_grad()
-    def predict(self) -> torch.Tensor:
-        """Mixture parameters (B, K), Q.12, of the pixel at each slot's position."""
-        self._predicted = True
+    def predict(self, slots: np.ndarray | None = None) -> torch.Tensor:
+        """Mixture parameters (B, K), Q.12, of the pixel at each slot's position. `slots`: a boolean
+        mask (B,) of the slots whose parameters are wanted (default: all); compiled, only those are
+        stepped and the other rows are 0 (torch steps every slot). Only those may move on at the
+        commit that follows."""
+        self._stepped = np.ones(self.batch, np.bool_) if slots is None else np.asarray(slots, np.bool_)
         if self.compiled:
             return self._compiled_step(predict=True)
         self._where()
@@ -414,9 +427,9 @@ class IntegerStepper:
     def _compiled_step(self, predict: bool) -> torch.Tensor | None:
         from . import kernels  # numba: imported where first needed
 
-        known, advance = self._pending or (None, None)
-        self._pending = None
-        return kernels.step(self.net, self._state(), known, advance, predict)
+        pending, self._pending = self._pending, None
+        out = kernels.step(self.net, self._arrays, pending, self._stepped if predict else None)
+        return torch.from_numpy(out) if predict else None
 
     def _commit_pending(self) -> None:
         if self._pending is not None:
@@ -447,14 +460,18 @@ class IntegerStepper:
 
     @torch.no_grad()
     def commit(self, values: torch.Tensor, advance: torch.Tensor | None = None) -> None:
-        """Pixel values (B, C) 0..255 at each slot's position; slots in `advance` move on."""
-        if not self._predicted:
+        """Pixel values (B, C) 0..255 at each slot's position; slots in `advance` move on (only slots
+        that the last predict stepped may)."""
+        if self._stepped is None:
             raise RuntimeError("commit() must follow predict() for the same position")
-        self._predicted = False
-        advance = torch.ones_like(self.position) if advance is None else advance.to(self.device).long()
+        stepped, self._stepped = self._stepped, None
+        moving = np.ones(self.batch, np.int64) if advance is None else advance.cpu().numpy().astype(np.int64)
+        if moving[~stepped].any():
+            raise ValueError("a slot that predict() did not step cannot move on")
         if self.compiled:  # done at the start of the next predict or restart, in the same compiled call
-            self._pending = (values.to(torch.int64, copy=True), advance.clone())
+            self._pending = (stepped, values.cpu().numpy().astype(np.int64), moving)
             return
+        advance = torch.from_numpy(moving).to(self.device)
         x = self.t["pixels"][values.to(self.device).long()]
         ones = torch.full_like(x[:, :1], ONE)
         self.pixels.index_copy_(0, self._pixel_write, torch.cat([x, ones], 1))
