@@ -147,10 +147,12 @@ class RecordingDecoder:
     def __init__(self, words):
         self.inner = constriction.stream.queue.RangeDecoder(words)
         self.tables: list[np.ndarray] = []
+        self.symbols: list[np.ndarray] = []
 
     def decode(self, family, tables):
         self.tables.append(np.array(tables, copy=True))
-        return self.inner.decode(family, tables)
+        self.symbols.append(self.inner.decode(family, tables))
+        return self.symbols[-1]
 
 
 class RecordingEncoder:
@@ -170,18 +172,19 @@ class RecordingEncoder:
         return self.inner.get_compressed()
 
 
-def _bounds(tables: np.ndarray, symbols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(start, count) of each symbol in its table: what the range coder reads of it."""
+def _interval(tables: np.ndarray, symbols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where each symbol's interval starts, and its width, out of 2**24: what the range coder reads
+    of its table (each entry takes its count + 1, integer/arithmetic.py)."""
     rows = np.arange(len(symbols))
-    count = tables[rows, symbols]
-    return np.cumsum(tables, axis=1)[rows, symbols] - count, count
+    width = tables[rows, symbols] + 1
+    return np.cumsum(tables + 1, axis=1)[rows, symbols] - width, width
 
 
 @pytest.mark.parametrize("channels, height, width, context", [(3, 11, 13, (0, 0)), (1, 9, 8, (0, 0)), (3, 19, 21, (2, 3))])
 def test_the_decoders_tables_give_the_encoders_counts(channels, height, width, context, monkeypatch):
-    """The decoder's full tables, step by step, hold at each decoded value exactly the (start,
-    count) the encoder's forward pass computed for it, in the same order (the encoder scheduling
-    its steps in small chunks, so that windows are reused across chunks)."""
+    """The decoder's full tables, step by step, give each decoded value exactly the interval that
+    the encoder coded it with (from the counts its forward pass computed), in the same order (the
+    encoder scheduling its steps in small chunks, so that windows are reused across chunks)."""
     monkeypatch.setattr(coder, "ENCODE_CHUNK_PIXELS", 7)
     rng = np.random.default_rng(channels)
     plane = rng.integers(0, 256, (height, width, channels), dtype=np.uint8)
@@ -192,11 +195,11 @@ def test_the_decoders_tables_give_the_encoders_counts(channels, height, width, c
     decoded = coder.decode_plane(net, None, height, width, channels, (TILE, TILE), context, band=2, decoder=decoder)
     assert np.array_equal(decoded, plane)
 
-    symbols = np.concatenate(recording.symbols)
-    assert len(symbols) == plane.size
+    coded, decoded_symbols = np.concatenate(recording.symbols), np.concatenate(decoder.symbols)
+    assert len(coded) == len(decoded_symbols) == plane.size
     full = np.concatenate(decoder.tables)
     assert full.shape == (plane.size, 256) and np.all(full.sum(axis=1) == coder.TABLE_TOTAL)
-    for got, expected in zip(_bounds(full, symbols), _bounds(np.concatenate(recording.tables), symbols)):
+    for got, expected in zip(_interval(full, decoded_symbols), _interval(np.concatenate(recording.tables), coded)):
         assert np.array_equal(got, expected)
 
 
@@ -212,16 +215,39 @@ def test_decoding_with_other_tables_does_not_give_the_image():
     assert not np.array_equal(decoded, plane)
 
 
+def test_symbols_coded_through_three_entry_tables_give_the_full_tables_stream():
+    """The encoder codes each symbol from its (start, count) with a three-entry table: the stream is
+    the one that the symbol's full 256-entry table (as the decoder builds it) gives, including values
+    0 and 255, zero counts and counts that take everything above their start."""
+    rng = np.random.default_rng(3)
+    n = 20_000
+    counts = rng.integers(0, 1 << 12, (n, 256)).astype(np.float64) * (rng.random((n, 256)) < 0.3)
+    counts[:200] = 0
+    counts[np.arange(100), rng.integers(0, 256, 100)] = 1.0  # a single value holds everything
+    counts[100:150, 0], counts[150:200, 255] = 1.0, 1.0
+    counts = np.floor(counts * (coder.TABLE_TOTAL / np.maximum(counts.sum(axis=1, keepdims=True), 1)))
+    counts[:, 128] += coder.TABLE_TOTAL - counts.sum(axis=1)  # every row sums to TABLE_TOTAL
+    symbols = rng.integers(0, 256, n)
+    symbols[:40], symbols[40:80] = 0, 255
+    symbols[100:150], symbols[150:200] = 0, 255
+    rows = np.arange(n)
+    start = np.cumsum(counts, axis=1)[rows, symbols] - counts[rows, symbols]
+    full = constriction.stream.queue.RangeEncoder()
+    full.encode(symbols.astype(np.int32), coder._FAMILY, counts)
+    three = constriction.stream.queue.RangeEncoder()
+    coder._encode_symbols(three, symbols, start, counts[rows, symbols])
+    assert np.array_equal(three.get_compressed(), full.get_compressed())
+
+
 def test_encoding_does_not_depend_on_threads_or_chunking(monkeypatch):
     rng = np.random.default_rng(9)
     plane = np.cumsum(rng.integers(0, 30, (21, 30, 3)), axis=1).astype(np.uint8)
     net = _net(3)
     reference, _ = coder.code_plane(net, plane, (TILE, TILE), (2, 2), 2)
-    for threads, positions, symbols, pixels in ((2, 10, 7, 3), (4, 1, 100_000, 1 << 20), (1, 1 << 20, 1, 1)):
+    for threads, positions, pixels in ((2, 10, 3), (4, 1, 1 << 20), (1, 1 << 20, 1)):
         torch.set_num_threads(threads)
         monkeypatch.setattr(coder, "ENCODE_CHUNK_PIXELS", pixels)
         monkeypatch.setattr(coder, "ENCODE_CHUNK_POSITIONS", positions)
-        monkeypatch.setattr(coder, "ENCODE_CHUNK_SYMBOLS", symbols)
         words, _ = coder.code_plane(net, plane, (TILE, TILE), (2, 2), 2)
         assert np.array_equal(words, reference)
     torch.set_num_threads(1)

@@ -39,7 +39,6 @@ MAX_BATCH_TILES = 1536  # part of the format: encoder and decoder must batch ali
 ENCODE_CHUNK_POSITIONS = 1 << 14  # window positions per forward pass of the encoder (the CPU runs it a window at a time)
 GPU_CHUNK_POSITIONS = 1 << 18  # on a GPU: large passes keep it busy
 ENCODE_CHUNK_PIXELS = 1 << 16  # (step, slot) pairs the encoder schedules at once: bounds its memory
-ENCODE_CHUNK_SYMBOLS = 1 << 15  # symbols per call of the range encoder (a (n, 256) table each)
 DECODE_CHUNK_STEPS = 64  # steps whose schedule the decoder works out at once
 
 
@@ -165,20 +164,22 @@ def symbol_bounds(net, windows: np.ndarray, coded: np.ndarray, progress=None, ke
 
 
 def _encode_symbols(encoder, symbols: np.ndarray, start: np.ndarray, count: np.ndarray) -> None:
-    """Code symbols whose table entries are (start, count): the range coder reads a symbol's table
-    only through its cumulative count and its count, so a table holding the mass below the symbol in
-    value 0, the symbol's count, and the mass above it in value 255 codes exactly as the full one.
-    One buffer of tables serves every chunk: only the entries written are cleared after it."""
-    size = max(1, min(len(symbols), ENCODE_CHUNK_SYMBOLS))
-    table = np.zeros((size, 256))
-    for s in range(0, len(symbols), size):
-        sym, lo, n = symbols[s : s + size], start[s : s + size], count[s : s + size]
-        rows, chunk = np.arange(len(sym)), table[: len(sym)]
-        chunk[:, 0] = lo
-        chunk[:, 255] += TABLE_TOTAL - lo - n
-        chunk[rows, sym] += n
-        encoder.encode(sym.astype(np.int32), _FAMILY, chunk)
-        chunk[:, 0] = chunk[:, 255] = chunk[rows, sym] = 0.0
+    """Code symbols whose table entries are (start, count). The range coder reads a symbol's table
+    only through the interval it gives the symbol: each of the 256 values takes its count + 1
+    (integer/arithmetic.py), so value s takes [start + s, start + s + count + 1) out of 2**24. A
+    three-entry table whose counts sum to 2**24 - 3 gives one of its entries that same interval:
+    the middle one, [start + s - 1, count, the rest], or the first where the interval begins at 0,
+    or the last where it ends at 2**24. Constriction reads three entries far faster than 256."""
+    whole, total = float(1 << PRECISION_BITS), float((1 << PRECISION_BITS) - 3)
+    below = start + symbols.astype(np.float64)  # where the symbol's interval begins (exact: below 2**24)
+    count = count.astype(np.float64)
+    entry = np.where(below == 0, 0, np.where(below + count + 1 == whole, 2, 1))
+    rows = np.arange(len(symbols))
+    table = np.zeros((len(symbols), 3))
+    table[:, 0] = np.maximum(below - 1 - (entry == 2), 0)  # the entries before the symbol's: its interval's start
+    table[rows, entry] = count
+    table[rows, np.where(entry == 1, 2, 1)] += total - table.sum(axis=1)  # the rest (0 where the interval ends at 2**24)
+    encoder.encode(entry.astype(np.int32), _FAMILY, table)
 
 
 class _WindowRing:

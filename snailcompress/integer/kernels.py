@@ -415,15 +415,21 @@ def _down_right_2x2(h, width):  # pragma: no cover (compiled)
     """IntegerLinear.down_right_2x2's inputs over a window's rows (i * width + j): (i-1, j-1),
     (i-1, j), (i, j-1), (i, j) side by side, 0 outside the window."""
     n, channels = h.shape
-    out = np.zeros((n, 4 * channels))
+    out = np.empty((n, 4 * channels))  # every entry is written below: zeros only outside the window
     for r in range(n):
         i, j = r // width, r % width
         if i > 0 and j > 0:
             out[r, :channels] = h[r - width - 1]
+        else:
+            out[r, :channels] = 0.0
         if i > 0:
             out[r, channels : 2 * channels] = h[r - width]
+        else:
+            out[r, channels : 2 * channels] = 0.0
         if j > 0:
             out[r, 2 * channels : 3 * channels] = h[r - 1]
+        else:
+            out[r, 2 * channels : 3 * channels] = 0.0
         out[r, 3 * channels :] = h[r]
     return out
 
@@ -669,7 +675,7 @@ def _causal_attention(query, keys, values, exp16):  # pragma: no cover (compiled
     for a in range(1, n, _QUERY_BLOCK):
         b = min(n, a + _QUERY_BLOCK)
         logits = np.dot(query[a:b], keys[: b - 1].T)  # (b - a, b - 1)
-        weights = np.zeros((b - a, b - 1))
+        weights = np.empty((b - a, b - 1))  # each row's later positions are zeroed below, not the whole block
         totals = np.zeros(b - a, np.int64)
         for r in range(b - a):
             row, seen = logits[r], a + r
@@ -680,6 +686,7 @@ def _causal_attention(query, keys, values, exp16):  # pragma: no cover (compiled
             for j in range(seen):
                 weights[r, j] = exp16[index[j]]
                 total += exp16[index[j]]
+            weights[r, seen:] = 0.0
             totals[r] = total
         weighted = np.dot(weights, values[: b - 1])
         for r in range(b - a):
