@@ -81,9 +81,10 @@ def _split(kernel, rows: int, *args, share: int = 1) -> None:
 class _Workers:
     """Threads that each run one share of a kernel call, woken by a signal of their own: a hand-over
     is cheaper than a ThreadPoolExecutor's (no queue, no future), which matters to the decoder, which
-    hands over four times a step. The signals are plain locks held until signalled (a lock, unlike
-    threading.Semaphore, is released from any thread in C, without Python code in between). One
-    caller at a time: a second, on another thread, runs all the rows itself rather than wait."""
+    hands over four times a step. The signals are plain locks held until signalled: a lock may be
+    released by another thread, and its acquire and release are C, where threading.Semaphore runs
+    Python code around a condition. One caller at a time: a second, on another thread, runs all the
+    rows itself rather than wait."""
 
     def __init__(self, count: int):
         self.pid = os.getpid()  # a forked child has none of these threads: it makes its own
