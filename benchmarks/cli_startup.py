@@ -1,7 +1,8 @@
 """How long commands take before they code: the commands that code nothing (`--help`, `models`,
 `info FILE`), and the start-up of `encode` and `decode`, measured on an 8x8 crop of the shipped
 kodim23 crop (coded by the model, in a few milliseconds), beside importing torch alone (which a
-coding command does first).
+coding command on the CPU does not do: only a calibration's fit, on a plane large enough to pay for
+one, imports it).
 
 Each command runs 5 times as a user would run it (a new Python each time, the compiled kernels and
 lookup tables already cached, as after the first command); the median wall time, with --threads 2.
@@ -46,8 +47,9 @@ def main() -> None:
         "",
         f"`python benchmarks/cli_startup.py{' --out ' + str(args.out) if args.out else ''}`; {run_facts()}. Median of 5 runs, each a new Python "
         "(the compiled kernels and lookup tables cached, as after a first command). The 8x8 crop's coding takes a few "
-        "milliseconds, so its commands' times are what any `encode` or `decode` spends before coding: importing torch, "
-        "numba and the kernels, and loading the model.",
+        "milliseconds, so its commands' times are what any `encode` or `decode` spends before coding: importing numba "
+        "and the kernels, and reading the model with numpy. Torch is not imported on the CPU (an encode imports it "
+        "for a calibration's fit, on planes large enough for one to pay: about 0.5 megapixels).",
         "",
         "| command | seconds |",
         "|---|---|",

@@ -32,6 +32,7 @@ from snailcompress.codec.tiles import WindowPlan, default_band
 from snailcompress.integer import kernels
 from snailcompress.integer.mixture import IntegerConditionals
 from snailcompress.integer.network import IntegerStepper
+from snailcompress.threads import set_threads
 from snailcompress.zoo import load_model
 
 VARIANTS = {  # name: (compiled step, compiled tables)
@@ -63,13 +64,13 @@ def _steps(stepper, windows, start, steps, tables, digest) -> None:
     positions = height * width
     for step in range(steps):
         position = (step - start).clamp(0, positions - 1)
-        values = windows[torch.arange(batch), :, position // width, position % width].long()
-        running = (step >= start) & (step - start < positions)
-        params = stepper.predict(running.numpy())[running]
+        values = windows[torch.arange(batch), :, position // width, position % width].long().numpy()
+        running = ((step >= start) & (step - start < positions)).numpy()
+        params = np.asarray(stepper.predict(running))[running]  # a tensor from the torch stepper
         conditionals = IntegerConditionals(params, channels, compiled=tables)
         for c in range(channels):
-            digest.update(conditionals.tables(c, values[running, :c]).numpy().tobytes())
-        stepper.commit(values, running & (step - start < positions - 1))
+            digest.update(np.asarray(conditionals.tables(c, values[running, :c])).tobytes())
+        stepper.commit(values, running & (step - start < positions - 1).numpy())
 
 
 def main() -> None:
@@ -78,7 +79,7 @@ def main() -> None:
     parser.add_argument("--slots", type=int, default=96)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     image = SHARED / "kodak" / "kodim23.png"
     if not image.is_file():
         raise OSError(f"{image}: not found (the shared Kodak images)")
@@ -87,7 +88,7 @@ def main() -> None:
     plan = WindowPlan.for_image(*plane.shape[:2], tile, context, default_band(*plane.shape[:2], tile, context))
     windows = torch.from_numpy(plan.windows(plane)[0][: args.slots])
     loaded = load_model("snail-rgb")
-    net = api.integer_network(loaded.model)
+    net = api.integer_network(loaded)
     step_through(net, windows[:2, :, :4, :4], plan.cols, True, True)  # load the compiled kernels
     rows, reference = [], None
     for name, (compiled, tables) in VARIANTS.items():

@@ -27,6 +27,7 @@ from snailcompress import api
 from snailcompress.bench.scripts import publish, run, run_facts
 from snailcompress.codec import coder
 from snailcompress.codec.tiles import WindowPlan, default_band
+from snailcompress.threads import set_threads
 from snailcompress.zoo import load_model
 
 IMAGE = Path(__file__).resolve().parents[2] / "shared" / "data" / "kodak" / "kodim23.png"
@@ -42,7 +43,7 @@ def flops_per_position(net, positions: int) -> float:
 
 
 def gemm_gflops(threads: int, rows: int = 4096, inner: int = 192, cols: int = 96, repeat: int = 40) -> float:
-    torch.set_num_threads(threads)
+    set_threads(threads)
     a = torch.randint(-4096, 4096, (rows, inner)).double()
     b = torch.randint(-4096, 4096, (inner, cols)).double()
     torch.mm(a, b)
@@ -65,7 +66,7 @@ def attention_bytes(net, plan: WindowPlan) -> int:
 
 def stream_gbytes(threads: int, nbytes: int, repeat: int = 20) -> float:
     """Read rate (GB/s) of summing a float32 array of `nbytes` on `threads` threads."""
-    torch.set_num_threads(threads)
+    set_threads(threads)
     data = torch.ones(nbytes // 4, dtype=torch.float32)
     data.sum()
     start = time.perf_counter()

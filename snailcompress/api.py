@@ -13,6 +13,8 @@ pixel checksum after it ends: a file either decodes to the original pixels or fa
 
 from __future__ import annotations
 
+import glob
+import os
 import sys
 import threading
 import time
@@ -20,10 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-import torch
-
 from .codec import container, methods
-from .codec.calibration import Calibration, calibration_for
+from .codec.calibration import Calibration, calibration_for, worth_trying
 from .codec.coder import code_plane, decode_planes
 from .codec.images import (SUPPORTED_MODES, DecomposedImage, pixel_checksum, png_bytes, read_image, read_image_bytes,
                            write_image)
@@ -32,6 +32,8 @@ from .errors import ChannelCountError, FormatError, ModelError, SnailError, Usag
 from .integer.arithmetic import ARITHMETIC_VERSION
 from .integer.network import IntegerPixelSNAIL
 from .fileio import atomic_write
+from .lazy import torch
+from .threads import threads
 from .zoo import LoadedModel, default_model_for, load_model, shipped_models
 
 DEFAULT_TILE = 32
@@ -39,11 +41,14 @@ DEFAULT_CONTEXT = 2
 CHANNEL_COUNT = {"RGB": 3, "L": 1, "A": 1, "P": 1}  # of each kind of plane (container.PLANE_CHANNELS)
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    """--device: "auto" is CUDA where a GPU is present, else the CPU. Files are the same on every
-    device (the integer network's arithmetic is exact on each), so this only chooses speed."""
+def resolve_device(name: str = "auto") -> str:
+    """--device, as a device's name: "auto" is CUDA where a GPU is present, else the CPU. Files are
+    the same on every device (the integer network's arithmetic is exact on each), so this only
+    chooses speed. The CPU needs no torch: "auto" asks torch only where a GPU driver is present."""
+    if name == "cpu" or (name == "auto" and not _gpu_driver_present()):
+        return "cpu"
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return "cuda" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(name)
     except RuntimeError:
@@ -52,7 +57,16 @@ def resolve_device(name: str = "auto") -> torch.device:
         raise UsageError(f"--device {name}: not a device here (auto, cpu, cuda, cuda:N)")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"--device {name}: this machine has no CUDA GPU that torch can use")
-    return device
+    return str(device)
+
+
+def _gpu_driver_present() -> bool:
+    """Whether torch might find a GPU here, without importing torch: on Linux, only where an NVIDIA
+    (or ROCm) driver's files are; never on macOS, where torch has no CUDA; elsewhere, perhaps."""
+    if sys.platform.startswith("linux"):
+        return (os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/kfd")
+                or bool(glob.glob("/dev/nvidia[0-9]*")))
+    return sys.platform != "darwin"
 
 
 class ModelChooser:
@@ -61,7 +75,7 @@ class ModelChooser:
 
     def __init__(self, specs: Sequence[str] = (), device: str | torch.device = "cpu"):
         self.specs = list(specs)
-        self.device = torch.device(device)
+        self.device = str(device)
         self._cache: dict[tuple[str, int], LoadedModel | ModelError] = {}
         self._networks: dict[str, IntegerPixelSNAIL] = {}
         self._lock = threading.RLock()  # files coded side by side (one_per_thread) load each model once
@@ -95,10 +109,10 @@ class ModelChooser:
         """The integer network the codec runs for a loaded model: converted once per model, except
         where a plane's calibration is folded into it."""
         if calibration is not None:
-            return integer_network(loaded.model, calibration).to(self.device)
+            return integer_network(loaded, calibration).to(self.device)
         with self._lock:
             if loaded.model_id not in self._networks:
-                self._networks[loaded.model_id] = integer_network(loaded.model).to(self.device)
+                self._networks[loaded.model_id] = integer_network(loaded).to(self.device)
             return self._networks[loaded.model_id]
 
     def for_plane(self, plane: container.Plane, channels: int) -> LoadedModel:
@@ -140,9 +154,12 @@ def stored_model_name(name: str) -> str:
     return clean if len(clean) <= limit else "..." + clean[3 - limit:]
 
 
-def integer_network(model: torch.nn.Module, calibration: Calibration | None = None) -> IntegerPixelSNAIL:
-    """The network the codec runs: `model` in integers, with the calibration folded into its head."""
+def integer_network(model: LoadedModel | torch.nn.Module, calibration: Calibration | None = None) -> IntegerPixelSNAIL:
+    """The network the codec runs: `model` in integers, with the calibration folded into its head;
+    a LoadedModel is converted from its weights (without torch), a float PixelSNAIL from its own."""
     try:
+        if isinstance(model, LoadedModel):
+            return IntegerPixelSNAIL.from_weights(model.config, model.weights, calibration)
         return IntegerPixelSNAIL.convert(model, calibration)
     except ValueError as e:
         raise ModelError(f"this model cannot be coded with exact integer arithmetic: {e}") from None
@@ -162,7 +179,7 @@ def encode_image(image: DecomposedImage, models: ModelChooser, tile: int = DEFAU
             continue
         loaded = models.for_channels(CHANNEL_COUNT[name])
         calibration, kept = None, {}
-        if calibrate:
+        if calibrate and worth_trying(loaded.config, pixels):  # the float model (torch) only where it may pay
             plan = WindowPlan.for_image(image.height, image.width, (tile, tile), (context, context), band)
             calibration, kept = calibration_for(loaded.model, plan, pixels, models.network(loaded))
         net = models.network(loaded, calibration)
@@ -286,7 +303,7 @@ def encode_files(jobs: Sequence[tuple], models: ModelChooser | None = None, tile
                  context: int = DEFAULT_CONTEXT, force: bool = False, progress: bool = False, calibrate: bool = True,
                  stdout=None):
     """Encode image files (`jobs`: (source, target or None for the default name); encode_file for
-    each), several side by side on torch's threads (one_per_thread). Yields, in order, each file's
+    each), several side by side on coding's threads (one_per_thread). Yields, in order, each file's
     report or its error."""
     models = models or ModelChooser()
     jobs = list(jobs)
@@ -301,14 +318,14 @@ def encode_files(jobs: Sequence[tuple], models: ModelChooser | None = None, tile
     yield from map(encode, jobs) if alone else one_per_thread(encode, jobs)
 
 
-def side_by_side(files: int, device: torch.device) -> bool:
+def side_by_side(files: int, device: str | torch.device) -> bool:
     """Whether `files` files are coded side by side (one_per_thread): several, on the CPU, with
     more than one thread."""
-    return files > 1 and torch.get_num_threads() > 1 and device.type == "cpu"
+    return files > 1 and threads() > 1 and str(device) == "cpu"
 
 
 def one_per_thread(work, items: Sequence):
-    """work(item) for each item, yielded in order, the items side by side on torch's threads, each
+    """work(item) for each item, yielded in order, the items side by side on coding's threads, each
     running on one thread. For many small images: a small image's few windows give a second thread
     little to do, and a hand-over between threads costs more than a small window's share of a step
     (integer/kernels.py). Memory: as many images at once as threads."""
@@ -316,8 +333,8 @@ def one_per_thread(work, items: Sequence):
 
     from .integer import kernels
 
-    threads, items = torch.get_num_threads(), list(items)
-    with kernels.take_threads(kernel_threads=1), ThreadPoolExecutor(threads, thread_name_prefix="snailcompress-files") as pool:
+    items = list(items)
+    with kernels.take_threads(kernel_threads=1), ThreadPoolExecutor(threads(), thread_name_prefix="snailcompress-files") as pool:
         done = [pool.submit(work, item) for item in items]
         for future in done[:-1]:
             yield future.result()

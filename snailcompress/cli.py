@@ -443,11 +443,11 @@ THREADS_HELP = ("CPU threads [1]: coding runs thousands of small steps, each wai
 
 
 def _threads(threads: int) -> None:
-    import torch
+    from .threads import set_threads
 
     if threads < 1:
         raise UsageError("--threads must be at least 1")
-    torch.set_num_threads(threads)
+    set_threads(threads)
 
 
 @main.command()

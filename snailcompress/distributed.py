@@ -49,7 +49,7 @@ def device_for(option: str, local_rank: int = 0) -> torch.device:
         return torch.device("cuda", local_rank)
     from .api import resolve_device
 
-    return resolve_device(option)
+    return torch.device(resolve_device(option))
 
 
 def rank_world() -> tuple[int, int]:

@@ -29,8 +29,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import torch
-import torch.nn.functional as F
+from .lazy import F, torch  # imported when first used: the integer codec reads num_params only
 
 LOG_SCALE_MIN = -7.0
 BIN_HALF_WIDTH = 1.0 / 255.0  # half of the bin width 2/255 on the [-1, 1] scale
@@ -93,9 +92,9 @@ def unpack(params: torch.Tensor, channels: int, pixel_last: bool = False) -> Mix
     )
 
 
-def to_unit(values: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Integer values 0..255 -> bin centres in [-1, 1] (the networks' input scaling)."""
-    return (values.to(dtype) - 127.5) / 127.5
+def to_unit(values: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Integer values 0..255 -> bin centres in [-1, 1] (the networks' input scaling), float32 by default."""
+    return (values.to(dtype or torch.float32) - 127.5) / 127.5
 
 
 def bin_log_prob(x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
@@ -136,9 +135,9 @@ def bits_per_dim(total_nll_nats: float | torch.Tensor, num_dims: int) -> float |
 # Sequential per-channel distributions: the sampler and the coder
 
 
-def bin_edges(dtype: torch.dtype = torch.float64, device=None) -> torch.Tensor:
-    """The 255 interior edges between bins 0..255 on the [-1, 1] scale."""
-    v = torch.arange(1, 256, dtype=dtype, device=device)
+def bin_edges(dtype: torch.dtype | None = None, device=None) -> torch.Tensor:
+    """The 255 interior edges between bins 0..255 on the [-1, 1] scale (float64 by default)."""
+    v = torch.arange(1, 256, dtype=dtype or torch.float64, device=device)
     return (v - 128.0) / 127.5
 
 
@@ -150,8 +149,9 @@ class PixelConditionals:
     the joint exactly, so the ideal code length equals the model's NLL.
     """
 
-    def __init__(self, params: torch.Tensor, channels: int, dtype: torch.dtype = torch.float64):
-        """params: (N, K) network outputs of N pixels (e.g. one decoding step for a batch)."""
+    def __init__(self, params: torch.Tensor, channels: int, dtype: torch.dtype | None = None):
+        """params: (N, K) network outputs of N pixels (e.g. one decoding step for a batch); float64 by default."""
+        dtype = dtype or torch.float64
         self.mix = unpack(params.to(dtype), channels, pixel_last=True)
         self.edges = bin_edges(dtype, params.device)
 

@@ -6,8 +6,10 @@ checkpoint directory holds such a file for the EMA weights (`ema.safetensors`, t
 evaluate, sample and code), so `--model RUN_DIR` works wherever a model is expected.
 
 A model is identified by `model_id`: a hash of its config and of every tensor's bytes, so that a
-.snail file can name the exact weights it needs. `describe_model_file` computes it from a file with
-numpy, without torch: importing this module does not import torch (`snailcompress models`).
+.snail file can name the exact weights it needs. A model file is read with numpy: its id, and the
+integer network the codec runs (integer/network.py), come without torch, whose import is most of a
+coding command's start-up; the torch module is built when something first asks for it
+(`LoadedModel.model`). Importing this module does not import torch.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ import hashlib
 import json
 import os
 import threading
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
@@ -26,6 +27,7 @@ from safetensors import SafetensorError, safe_open
 
 from .errors import ChannelCountError, ModelError
 from .fileio import atomic_path
+from .models.configs import PixelSNAILConfig
 from .models.presets import PRESETS, build, build_from_config, config_from_dict
 
 if TYPE_CHECKING:
@@ -38,20 +40,41 @@ WEIGHTS_DIR = Path(str(resources.files("snailcompress") / "weights"))
 DEFAULT_MODELS = {"rgb": "snail-rgb", "gray": "snail-gray"}
 
 
-@dataclass
 class LoadedModel:
-    model: nn.Module  # in eval mode
-    name: str  # what the user called it, or the shipped name
-    model_id: str  # 16 hex digits identifying config + weights
-    metadata: dict
+    """A model: its config, its float32 weights as numpy arrays (by parameter name) and, built from
+    them on first use, the torch module (in eval mode, on the device it was loaded for)."""
 
-    @property
-    def config(self):
-        return self.model.config
+    def __init__(self, name: str, model_id: str, metadata: dict, config, weights: dict[str, np.ndarray] | None = None,
+                 model: nn.Module | None = None, device: str | torch.device = "cpu"):
+        self.name = name  # what the user called it, or the shipped name
+        self.model_id = model_id  # 16 hex digits identifying config + weights
+        self.metadata, self.config = metadata, config
+        self._weights, self._model, self._device = weights, model, device
+        self._lock = threading.Lock()
 
     @property
     def channels(self) -> int:
-        return self.model.config.channels
+        return self.config.channels
+
+    @property
+    def weights(self) -> dict[str, np.ndarray]:
+        if self._weights is None:
+            self._weights = {name: t.detach().cpu().float().numpy() for name, t in self.model.state_dict().items()}
+        return self._weights
+
+    @property
+    def model(self) -> nn.Module:
+        with self._lock:
+            if self._model is None:
+                import torch
+
+                model = build_from_config(self.config)
+                try:
+                    model.load_state_dict({name: torch.from_numpy(a) for name, a in self._weights.items()})
+                except RuntimeError as e:
+                    raise ModelError(f"{self.name}: weights do not match the config: {str(e).splitlines()[0]}") from None
+                self._model = model.eval().to(self._device)
+            return self._model
 
 
 def _weights_id(config: dict, tensors: Iterable[tuple[str, str, tuple[int, ...], bytes]]) -> str:
@@ -75,17 +98,16 @@ def model_id(model: nn.Module) -> str:
 
 
 def describe_model_file(path: str | Path) -> tuple[str, int]:
-    """(model_id, parameter count) of a model file, read with numpy: what `load_model` gives for it,
-    without torch. The models hold float32 parameters only (no buffers), which `load_model` copies
-    the file's tensors into, so each tensor is hashed as float32."""
-    try:
-        with safe_open(str(path), framework="numpy") as f:
-            config = config_from_dict(json.loads((f.metadata() or {})["config"])).to_dict()
-            arrays = {name: np.ascontiguousarray(f.get_tensor(name), dtype=np.float32) for name in f.keys()}
-    except (SafetensorError, OSError, ValueError, KeyError, TypeError) as e:
-        raise ModelError(f"{path}: not a readable safetensors model file ({e})") from None
+    """(model_id, parameter count) of a model file, read with numpy, without torch."""
+    config, arrays, _ = _read_model_file(Path(path))
+    return _file_id(config, arrays), sum(a.size for a in arrays.values())
+
+
+def _file_id(config, arrays: dict[str, np.ndarray]) -> str:
+    """The model_id of a model read from a file: the models hold float32 parameters only (no
+    buffers), which the torch module's state dict gives as the file's tensors in float32."""
     tensors = ((name, "torch.float32", a.shape, a.tobytes()) for name, a in arrays.items())
-    return _weights_id(config, tensors), sum(a.size for a in arrays.values())
+    return _weights_id(config.to_dict(), tensors)
 
 
 def save_model(model: nn.Module, path: str | Path, **facts) -> Path:
@@ -101,14 +123,15 @@ def save_model(model: nn.Module, path: str | Path, **facts) -> Path:
     return path
 
 
-def _read_model_file(path: Path) -> tuple[nn.Module, dict]:
-    from safetensors.torch import load_file
-
+def _read_model_file(path: Path) -> tuple[object, dict[str, np.ndarray], dict]:
+    """(config, float32 weights by name, facts) of a model file, read with numpy (nothing unpickled).
+    The weights of a PixelSNAIL are checked against its config here (integer/network.py: the layers
+    the codec converts); those of another architecture when its torch module is built."""
     try:
-        with safe_open(str(path), framework="pt") as f:
+        with safe_open(str(path), framework="numpy") as f:
             metadata = f.metadata() or {}
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as e:
+            arrays = {name: np.ascontiguousarray(f.get_tensor(name), dtype=np.float32) for name in f.keys()}
+    except (SafetensorError, OSError, ValueError, TypeError) as e:
         raise ModelError(f"{path}: not a readable safetensors model file ({e})") from None
     if "config" not in metadata:
         raise ModelError(f"{path}: no model config in its metadata (not a snailcompress model file)")
@@ -117,12 +140,14 @@ def _read_model_file(path: Path) -> tuple[nn.Module, dict]:
         facts = json.loads(metadata.get("facts", "{}"))
     except json.JSONDecodeError:
         raise ModelError(f"{path}: model config in its metadata is not valid JSON") from None
-    model = build_from_config(config)
-    try:
-        model.load_state_dict(tensors)
-    except RuntimeError as e:
-        raise ModelError(f"{path}: weights do not match the config: {str(e).splitlines()[0]}") from None
-    return model, facts
+    if isinstance(config, PixelSNAILConfig):
+        from .integer.network import check_weights
+
+        try:
+            check_weights(config, arrays)
+        except ValueError as e:
+            raise ModelError(f"{path}: {e}") from None
+    return config, arrays, facts
 
 
 def shipped_models() -> list[str]:
@@ -149,29 +174,26 @@ _PRESET_LOCK = threading.Lock()
 
 
 def load_model(spec: str | Path, channels: int | None = None, device: str | torch.device = "cpu") -> LoadedModel:
-    """Load a model by preset name (fixed-seed random weights), shipped name, file or directory."""
-    import torch
-
+    """Load a model by preset name (fixed-seed random weights), shipped name, file or directory. A
+    file is read with numpy; its torch module is built on first use (`LoadedModel.model`)."""
     spec_str = str(spec)
     if spec_str in PRESETS:
+        import torch
+
         with _PRESET_LOCK, torch.random.fork_rng(devices=[]):  # the global generator: one thread at a time
             torch.manual_seed(0)
             model = build(spec_str, channels)
+        model.eval().to(device)
         facts = {"note": "untrained preset with fixed-seed random weights"}
-        name = spec_str
-    else:
-        path = resolve_model_path(spec)
-        if path is None:
-            known = ", ".join(shipped_models() + list(PRESETS))
-            raise ModelError(f"no model {spec_str!r}: not a file, checkpoint directory or known name ({known})")
-        model, facts = _read_model_file(path)
-        name = spec_str
-        if channels is not None and model.config.channels != channels:
-            raise ChannelCountError(
-                f"model {spec_str!r} codes {model.config.channels}-channel images, not {channels}-channel"
-            )
-    model.eval().to(device)
-    return LoadedModel(model, name, model_id(model), facts)
+        return LoadedModel(spec_str, model_id(model), facts, model.config, model=model, device=device)
+    path = resolve_model_path(spec)
+    if path is None:
+        known = ", ".join(shipped_models() + list(PRESETS))
+        raise ModelError(f"no model {spec_str!r}: not a file, checkpoint directory or known name ({known})")
+    config, arrays, facts = _read_model_file(path)
+    if channels is not None and config.channels != channels:
+        raise ChannelCountError(f"model {spec_str!r} codes {config.channels}-channel images, not {channels}-channel")
+    return LoadedModel(spec_str, _file_id(config, arrays), facts, config, weights=arrays, device=device)
 
 
 #: the facts of a model file that say what its training cost (train.save_checkpoint writes them)

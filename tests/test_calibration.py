@@ -199,9 +199,9 @@ def _image(height=20, width=23) -> DecomposedImage:
 def test_small_planes_are_not_tried(monkeypatch):
     """A plane whose typical saving would not repay the header twice is coded as it is, unfitted."""
     monkeypatch.setattr(calibration, "fit_calibration", lambda *a: pytest.fail("fitted a plane too small to pay"))
-    net = zoo.load_model("snail-rgb").model
+    config = zoo.load_model("snail-rgb").config
     for side, worth in ((419, False), (420, True)):  # 2 x 3,968 header bits / 0.015 bits: 529,067 subpixels
-        assert calibration.worth_trying(net, np.zeros((side, side, 3), np.uint8)) == worth
+        assert calibration.worth_trying(config, np.zeros((side, side, 3), np.uint8)) == worth
     snail = api.encode_image(_image(), api.ModelChooser([TINY]), tile=8, context=2)
     assert snail.planes[0].calibration is None
 

@@ -12,6 +12,8 @@ import dataclasses
 import io
 import os
 import struct
+import subprocess
+import sys
 import threading
 import zlib
 from pathlib import Path
@@ -32,6 +34,7 @@ from snailcompress.codec import container as C
 from snailcompress.codec.images import DecomposedImage, compose, decompose, pixel_checksum, same_image
 from snailcompress.codec.tiles import WindowPlan
 from snailcompress.errors import FormatError, ModelError
+from snailcompress.integer.arithmetic import TABLE_TOTAL
 from snailcompress.integer.mixture import IntegerConditionals
 
 TILE = 8
@@ -198,7 +201,7 @@ def test_the_decoders_tables_give_the_encoders_counts(channels, height, width, c
     coded, decoded_symbols = np.concatenate(recording.symbols), np.concatenate(decoder.symbols)
     assert len(coded) == len(decoded_symbols) == plane.size
     full = np.concatenate(decoder.tables)
-    assert full.shape == (plane.size, 256) and np.all(full.sum(axis=1) == coder.TABLE_TOTAL)
+    assert full.shape == (plane.size, 256) and np.all(full.sum(axis=1) == TABLE_TOTAL)
     for got, expected in zip(_interval(full, decoded_symbols), _interval(np.concatenate(recording.tables), coded)):
         assert np.array_equal(got, expected)
 
@@ -225,8 +228,8 @@ def test_symbols_coded_through_three_entry_tables_give_the_full_tables_stream():
     counts[:200] = 0
     counts[np.arange(100), rng.integers(0, 256, 100)] = 1.0  # a single value holds everything
     counts[100:150, 0], counts[150:200, 255] = 1.0, 1.0
-    counts = np.floor(counts * (coder.TABLE_TOTAL / np.maximum(counts.sum(axis=1, keepdims=True), 1)))
-    counts[:, 128] += coder.TABLE_TOTAL - counts.sum(axis=1)  # every row sums to TABLE_TOTAL
+    counts = np.floor(counts * (TABLE_TOTAL / np.maximum(counts.sum(axis=1, keepdims=True), 1)))
+    counts[:, 128] += TABLE_TOTAL - counts.sum(axis=1)  # every row sums to TABLE_TOTAL
     symbols = rng.integers(0, 256, n)
     symbols[:40], symbols[40:80] = 0, 255
     symbols[100:150], symbols[150:200] = 0, 255
@@ -308,9 +311,40 @@ def test_many_files_load_each_model_once_and_fail_each_once(monkeypatch):
     assert loads.count(("snail-gray", 3)) == 1
 
 
+def test_coding_on_the_cpu_does_not_import_torch(tmp_path):
+    """Encoding a small image (too small for a calibration to pay) and decoding it on the CPU run in
+    numpy and the compiled kernels, without importing torch (most of a command's start-up), in a
+    fresh process; --threads still reaches torch when something imports it afterwards. Where no GPU
+    driver is present, --device auto decides on the CPU without torch too."""
+    from importlib import resources
+
+    crop = Image.open(resources.files("snailcompress") / "assets" / "kodim23-crop.png").convert("RGB")
+    pixels = np.asarray(crop)[100:120, 60:84]
+    Image.fromarray(pixels).save(tmp_path / "small.png")
+    script = """
+import sys
+from snailcompress import api
+from snailcompress.cli import main
+device = "auto" if not api._gpu_driver_present() else "cpu"
+for argv in (["encode", "small.png", "-q", "--device", device, "--threads", "1"],
+             ["decode", "small.snail", "-o", "back.png", "-q", "--device", device, "--threads", "1"]):
+    try:
+        main(argv)
+    except SystemExit as e:
+        assert not e.code, e.code
+assert "torch" not in sys.modules, "coding imported torch"
+import torch
+assert torch.get_num_threads() == 1, torch.get_num_threads()
+"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "back.png")), pixels)
+    assert C.read((tmp_path / "small.snail").read_bytes()).planes[0].method == "model"
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a machine without a GPU")
 def test_devices_that_are_not_here_are_refused():
-    assert api.resolve_device("auto") == torch.device("cpu")
+    assert api.resolve_device("auto") == api.resolve_device("cpu") == "cpu"
     for name in ("cuda", "cuda:1", "tpu", "nonsense"):
         with pytest.raises(api.UsageError, match="--device"):
             api.resolve_device(name)
@@ -452,12 +486,12 @@ def test_windows_without_context_are_independent_tiles_in_raster_order():
     stepper = net.stepper(9, TILE, TILE)
     for i in range(TILE):
         for j in range(TILE):
-            values = torch.from_numpy(np.ascontiguousarray(tiles[:, :, i, j]))
+            values = np.ascontiguousarray(tiles[:, :, i, j]).astype(np.int64)
             real = (real_h > i) & (real_w > j)
             conditionals = IntegerConditionals(stepper.predict(), 3)
             for c in range(3):
-                table = conditionals.tables(c, values[:, :c]).numpy().astype(np.float64)
-                encoder.encode(values[real, c].numpy().astype(np.int32), family, np.ascontiguousarray(table[real]))
+                table = conditionals.tables(c, values[:, :c]).astype(np.float64)
+                encoder.encode(values[real, c].astype(np.int32), family, np.ascontiguousarray(table[real]))
             stepper.commit(values)
     assert (plan.rows, plan.cols) == (3, 3)
     assert np.array_equal(words, encoder.get_compressed())
@@ -470,8 +504,8 @@ def test_windows_without_context_are_independent_tiles_in_raster_order():
 def test_coded_size_is_close_to_the_ideal():
     """The range coder's stream is within 0.1% of the ideal code length of its integer tables."""
     rng = np.random.default_rng(1)
-    counts = np.floor(rng.dirichlet(np.full(256, 0.3), 400) * coder.TABLE_TOTAL)
-    counts[:, 0] += coder.TABLE_TOTAL - counts.sum(axis=1)
+    counts = np.floor(rng.dirichlet(np.full(256, 0.3), 400) * TABLE_TOTAL)
+    counts[:, 0] += TABLE_TOTAL - counts.sum(axis=1)
     which = rng.integers(0, len(counts), 60_000)
     p = (counts[which] + 1) / 2**24
     symbols = (p.cumsum(axis=1) > rng.random((len(p), 1))).argmax(axis=1)

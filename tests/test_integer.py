@@ -18,7 +18,7 @@ from snailcompress import mixture
 from snailcompress.codec.calibration import Calibration
 from snailcompress.integer import arithmetic as ar
 from snailcompress.integer.mixture import IntegerConditionals
-from snailcompress.integer.network import IntegerLinear, IntegerPixelSNAIL, IntegerStepper
+from snailcompress.integer.network import IntegerLinear, IntegerPixelSNAIL, IntegerStepper, check_weights, layout
 from snailcompress.zoo import load_model
 
 #: SHA-256 of arithmetic version 1's lookup tables (arithmetic.table_digest).
@@ -64,7 +64,7 @@ def test_lookup_tables_cache_is_read_only_when_it_holds_the_pinned_tables(tmp_pa
 
 
 def test_lookup_tables_follow_their_functions():
-    t = ar.tables()
+    t = {name: torch.from_numpy(table.astype(np.float64)) for name, table in ar.tables().items()}
     k = torch.arange(0, ar.EXP_INPUT_LIMIT + 1, 97, dtype=torch.float64)
     assert torch.equal(t["elu"][k.long()], torch.floor(ar.ONE * torch.expm1(-k / ar.ONE) + 0.5))
     x = torch.arange(-ar.EXP_INPUT_LIMIT, ar.EXP_INPUT_LIMIT + 1, 101, dtype=torch.float64)
@@ -82,13 +82,32 @@ def test_lookup_tables_follow_their_functions():
 
 @pytest.mark.parametrize("name", ["snail-rgb", "snail-gray"])
 def test_shipped_conversion_is_pinned_and_independent_of_threads(name):
-    model = load_model(name).model
-    digests = set()
+    """From the torch module and, as the codec converts it, from the file's weights read with numpy."""
+    loaded = load_model(name)
+    digests = {IntegerPixelSNAIL.from_weights(loaded.config, loaded.weights).digest()[:16]}
     for threads in (1, 2, 4):
         torch.set_num_threads(threads)
-        digests.add(IntegerPixelSNAIL.convert(model).digest()[:16])
+        digests.add(IntegerPixelSNAIL.convert(loaded.model).digest()[:16])
     torch.set_num_threads(1)
     assert digests == {PINNED[name]}
+
+
+@pytest.mark.parametrize("name", ["pixelsnail-tiny", "pixelsnail-small", "pixelsnail-cifar10"])
+@pytest.mark.parametrize("channels", [3, 1])
+def test_the_layout_conversion_reads_is_the_models(name, channels):
+    """network.layout (what conversion reads, without torch) names every parameter of the torch
+    module, in its shape; check_weights refuses a missing, an extra or a misshapen one."""
+    model = load_model(name, channels=channels).model
+    weights = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    expected = {}
+    for layer, (outputs, inputs, kernel) in layout(model.config).items():
+        expected.update({f"{layer}.v": (outputs, inputs, *kernel), f"{layer}.g": (outputs,), f"{layer}.b": (outputs,)})
+    assert {k: tuple(v.shape) for k, v in weights.items()} == expected
+    check_weights(model.config, weights)
+    for broken in ({k: v for k, v in weights.items() if k != "head.b"}, {**weights, "extra.v": weights["head.v"]},
+                   {**weights, "input_left.v": weights["input_left.v"][:, :, :1]}):
+        with pytest.raises(ValueError, match="do not match"):
+            check_weights(model.config, broken)
 
 
 def test_every_layer_bound_holds_on_worst_case_inputs():
@@ -97,17 +116,19 @@ def test_every_layer_bound_holds_on_worst_case_inputs():
     net = IntegerPixelSNAIL.convert(load_model("snail-rgb").model)
     for linear in net.linears():
         assert linear.bound < ar.ACCUMULATOR_LIMIT, linear.name
-        weight = linear.weight  # (in, out)
+        weight, bias = torch.from_numpy(linear.weight), torch.from_numpy(linear.bias)  # (in, out), (out,)
         worst = torch.sign(weight.t()) * ar.ACTIVATION_LIMIT  # row o: the input that maximises output o
-        exact = worst.to(torch.int64) @ weight.to(torch.int64) + linear.bias.to(torch.int64)
-        floating = torch.addmm(linear.bias, worst, weight)
+        exact = worst.to(torch.int64) @ weight.to(torch.int64) + bias.to(torch.int64)
+        floating = torch.addmm(bias, worst, weight)
         assert torch.equal(floating, exact.to(torch.float64)), linear.name
         assert int(floating.abs().max()) <= linear.bound
         # what runs (weights and bias times 2**-k) gives round_half_up(exact * 2**-k), clamped
-        shift = linear.shift.to(torch.int64)
+        shift = torch.from_numpy(linear.shift).to(torch.int64)
         rounded = torch.div(exact + (1 << (shift - 1).clamp(min=0)) * (shift > 0), 2**shift, rounding_mode="floor")
-        low, high = linear._low.to(torch.int64), linear._high.to(torch.int64)
-        assert torch.equal(linear(worst), torch.maximum(torch.minimum(rounded, high), low).to(torch.float64)), linear.name
+        low, high = torch.from_numpy(linear._low).to(torch.int64), torch.from_numpy(linear._high).to(torch.int64)
+        expected = torch.maximum(torch.minimum(rounded, high), low).to(torch.float64)
+        assert torch.equal(linear(worst), expected), linear.name  # torch
+        assert np.array_equal(linear.apply(worst.numpy()), expected.numpy()), linear.name  # numpy
 
 
 def test_conversion_refuses_weights_beyond_exact_arithmetic():
@@ -126,7 +147,7 @@ def test_stepper_equals_the_full_forward_pass_at_every_position(channels, compil
     stepper = IntegerStepper(net, 3, 6, 7, compiled=compiled)
     for p in range(42):
         i, j = divmod(p, 7)
-        assert torch.equal(stepper.predict(), full[:, i, j]), p
+        assert np.array_equal(np.asarray(stepper.predict()), full[:, i, j]), p
         stepper.commit(images[:, :, i, j])
 
 
@@ -147,7 +168,7 @@ def test_slots_at_different_positions_get_their_own_window_exactly(compiled, hei
         params = stepper.predict()
         for slot in (0, 1):
             i, j = divmod(seen[slot], width)
-            assert torch.equal(params[slot], full[image_of[slot], i, j]), (step, slot)
+            assert np.array_equal(np.asarray(params[slot]), full[image_of[slot], i, j]), (step, slot)
         values = torch.stack([images[image_of[s], :, *divmod(seen[s], width)] for s in (0, 1)])
         stepper.commit(values, advance)
         for slot in (0, 1):
@@ -159,7 +180,7 @@ def test_slots_at_different_positions_get_their_own_window_exactly(compiled, hei
             break
 
 
-def _tables(net: IntegerPixelSNAIL, images: torch.Tensor) -> list[torch.Tensor]:
+def _tables(net: IntegerPixelSNAIL, images: torch.Tensor) -> list[np.ndarray]:
     params = net.forward(images)
     values = images.permute(0, 2, 3, 1).reshape(-1, images.shape[1]).long()
     conditionals = IntegerConditionals(params.reshape(-1, params.shape[-1]), images.shape[1])
@@ -176,9 +197,9 @@ def test_tables_do_not_depend_on_threads_batch_composition_or_order():
         permuted = [t.reshape(6, -1, 256) for t in _tables(net, images[[5, 2, 0, 1, 4, 3]])]
         pair = [t.reshape(2, -1, 256) for t in _tables(net, images[[4, 2]])]
         for c in range(3):
-            assert torch.equal(alone[c][0], reference[c][2])
-            assert torch.equal(permuted[c][1], reference[c][2])
-            assert torch.equal(pair[c][1], reference[c][2])
+            assert np.array_equal(alone[c][0], reference[c][2])
+            assert np.array_equal(permuted[c][1], reference[c][2])
+            assert np.array_equal(pair[c][1], reference[c][2])
     torch.set_num_threads(1)
 
 
@@ -186,28 +207,28 @@ def test_tables_do_not_depend_on_threads_batch_composition_or_order():
 def test_tables_are_exact_integer_distributions(channels):
     net = _net(channels)
     images = _images(2, channels, 8, 8, seed=11)
-    values = images.permute(0, 2, 3, 1).reshape(-1, channels).long()
+    values = images.permute(0, 2, 3, 1).reshape(-1, channels).long().numpy()
     conditionals = IntegerConditionals(net.forward(images).reshape(len(values), -1), channels)
     for c in range(channels):
         table = conditionals.tables(c, values[:, :c])
-        assert table.dtype == torch.int64 and bool((table >= 0).all())
-        assert bool((table.sum(dim=1) == ar.TABLE_TOTAL).all())
+        assert table.dtype == np.int64 and bool((table >= 0).all())
+        assert bool((table.sum(axis=1) == ar.TABLE_TOTAL).all())
         start, count = (bounds[:, c] for bounds in conditionals.symbol_bounds(values))
-        rows = torch.arange(len(values))
-        assert torch.equal(count, table[rows, values[:, c]])
-        assert torch.equal(start, table.cumsum(dim=1)[rows, values[:, c]] - table[rows, values[:, c]])
+        rows = np.arange(len(values))
+        assert np.array_equal(count, table[rows, values[:, c]])
+        assert np.array_equal(start, table.cumsum(axis=1)[rows, values[:, c]] - table[rows, values[:, c]])
 
 
 def test_extreme_parameters_still_give_valid_tables():
     """Means far outside the range, the smallest and largest scales, saturated logits and coefficients."""
     m, n = 4, 64
     rng = np.random.default_rng(0)
-    params = torch.from_numpy(rng.choice([-2**20, -9 * 4096, 0, 5, 9 * 4096, 2**20], (n, 10 * m))).double()
+    params = rng.choice([-2**20, -9 * 4096, 0, 5, 9 * 4096, 2**20], (n, 10 * m)).astype(np.float64)
     conditionals = IntegerConditionals(params, 3)
-    values = torch.from_numpy(rng.integers(0, 256, (n, 3)))
+    values = rng.integers(0, 256, (n, 3))
     for c in range(3):
         table = conditionals.tables(c, values[:, :c])
-        assert bool((table.sum(dim=1) == ar.TABLE_TOTAL).all()) and bool((table >= 0).all())
+        assert bool((table.sum(axis=1) == ar.TABLE_TOTAL).all()) and bool((table >= 0).all())
 
 
 def test_integer_tables_cost_little_against_the_float_model():
@@ -223,7 +244,7 @@ def test_integer_tables_cost_little_against_the_float_model():
     net = IntegerPixelSNAIL.convert(model)
     conditionals = IntegerConditionals(net.forward(images).reshape(len(values), -1), 3)
     _, count = conditionals.symbol_bounds(values)
-    bits = float((ar.PRECISION_BITS - torch.log2(count.double() + 1)).sum())
+    bits = float((ar.PRECISION_BITS - np.log2(count + 1.0)).sum())
     with torch.no_grad():
         nats = -mixture.log_prob(mixture.to_unit(images), model(mixture.to_unit(images))).sum()
     float_bits = float(nats) / math.log(2)
@@ -245,4 +266,4 @@ def test_calibration_is_folded_into_the_head_deterministically():
     # the folded head computes (1 + scale) * (W (1 + gain) f + b) + shift, up to the integer rounding
     feature_out = IntegerPixelSNAIL.convert(model).forward(images)  # not calibrated
     calibrated_out = a.forward(images)
-    assert not torch.equal(feature_out, calibrated_out)
+    assert not np.array_equal(feature_out, calibrated_out)

@@ -17,14 +17,16 @@ from snailcompress.integer.mixture import IntegerConditionals
 from snailcompress.codec import coder
 from snailcompress.integer.network import IntegerPixelSNAIL, IntegerStepper, step_attention
 from snailcompress.mixture import num_params
+from snailcompress.threads import set_threads
 from snailcompress.zoo import load_model
 
 
 @pytest.fixture
 def torch_threads():
-    """Set torch's thread count for a test (what --threads sets), and 1 again after it."""
-    yield torch.set_num_threads
-    torch.set_num_threads(1)
+    """Set coding's thread count for a test (what --threads sets: the kernels' and torch's), and 1
+    again after it."""
+    yield set_threads
+    set_threads(1)
 
 
 def _both_tables(params: torch.Tensor, channels: int, values: torch.Tensor):
@@ -43,7 +45,7 @@ def test_tables_equal_torch_on_a_real_image(channels):
     params = net.forward(images).reshape(-1, num_params(channels, 10))
     values = images.permute(0, 2, 3, 1).reshape(-1, channels).long()
     for compiled, reference in _both_tables(params, channels, values):
-        assert torch.equal(compiled, reference)
+        assert np.array_equal(compiled, reference.numpy())
 
 
 def _at_the_limits(seed: int, channels: int, n: int = 400, mixtures: int = 10):
@@ -66,8 +68,8 @@ def test_tables_equal_torch_at_the_limits(channels, seed, threads, torch_threads
     torch_threads(threads)
     params, values = _at_the_limits(seed, channels)
     for compiled, reference in _both_tables(params, channels, values):
-        assert torch.equal(compiled, reference)
-        assert bool((compiled.sum(dim=1) == ar.TABLE_TOTAL).all())
+        assert np.array_equal(compiled, reference.numpy())
+        assert bool((compiled.sum(axis=1) == ar.TABLE_TOTAL).all())
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -78,17 +80,18 @@ def test_symbol_bounds_equal_torch_at_the_limits(channels, seed, threads, torch_
     of the (compiled) tables the decoder builds."""
     torch_threads(threads)
     params, values = _at_the_limits(seed + 10, channels, n=600)
+    values = values.numpy()
     compiled = IntegerConditionals(params, channels, compiled=True)
     reference = IntegerConditionals(params, channels, compiled=False)
-    rows = torch.arange(len(values))
+    rows = np.arange(len(values))
     start, count = compiled.symbol_bounds(values)
-    assert start.dtype == count.dtype == torch.int64 and start.shape == count.shape == values.shape
+    assert start.dtype == count.dtype == np.int64 and start.shape == count.shape == values.shape
     expected = reference.symbol_bounds(values)
-    assert torch.equal(start, expected[0]) and torch.equal(count, expected[1])
+    assert np.array_equal(start, expected[0]) and np.array_equal(count, expected[1])
     for c in range(channels):
         tables = compiled.tables(c, values[:, :c])
-        assert torch.equal(count[:, c], tables[rows, values[:, c]])
-        assert torch.equal(start[:, c], torch.cumsum(tables, dim=1)[rows, values[:, c]] - count[:, c])
+        assert np.array_equal(count[:, c], tables[rows, values[:, c]])
+        assert np.array_equal(start[:, c], np.cumsum(tables, axis=1)[rows, values[:, c]] - count[:, c])
 
 
 @pytest.mark.parametrize("compiled", [True, False])
@@ -104,7 +107,7 @@ def test_the_coders_tables_are_the_tables_as_floats(compiled):
     for c in range(3):
         tables = conditionals.coder_tables(c, values, buffer[:n])
         assert tables.dtype == np.float64 and np.shares_memory(tables, buffer)
-        assert np.array_equal(tables, conditionals.tables(c, torch.from_numpy(values[:, :c])).numpy())
+        assert np.array_equal(tables, np.asarray(conditionals.tables(c, values[:, :c])))
     assert (buffer[n:] == -1.0).all()
 
 
@@ -116,7 +119,7 @@ def test_attention_equals_torch_at_the_limits(threads):
     kernel takes four a pass) and not."""
     rng = np.random.default_rng(threads)
     batch, n = 9, 40
-    torch.set_num_threads(threads)
+    set_threads(threads)
     try:
         for trial in range(16):
             limit = [2**20, 2**12, 50, 0][trial % 4]
@@ -127,10 +130,10 @@ def test_attention_equals_torch_at_the_limits(threads):
             together = trial % 2 == 0
             position = torch.full((batch,), int(rng.integers(0, n + 1))) if together else torch.from_numpy(
                 rng.integers(0, 4 if limit == 0 else n + 1, batch))
-            assert torch.equal(kernels.attend(query, keys, values, position),
-                               step_attention(query, keys.double(), values.double(), position)), trial
+            assert np.array_equal(kernels.attend(query.numpy(), keys.numpy(), values.numpy(), position.numpy()),
+                                  step_attention(query, keys.double(), values.double(), position).numpy()), trial
     finally:
-        torch.set_num_threads(1)
+        set_threads(1)
 
 
 def test_keys_and_values_are_exact_in_float32():
@@ -154,7 +157,7 @@ def test_the_compiled_step_equals_torch_on_any_thread_count(threads, torch_threa
     seen, image = np.zeros(batch, int), np.arange(batch)
     for step in range(2 * height * width):
         params = compiled.predict()
-        assert torch.equal(params, reference.predict()), step
+        assert np.array_equal(params, reference.predict().numpy()), step
         advance = torch.from_numpy((rng.random(batch) < 0.8) & (seen < height * width - 1))
         values = images[image, :, seen // width, seen % width]
         for stepper in (compiled, reference):
@@ -166,7 +169,7 @@ def test_the_compiled_step_equals_torch_on_any_thread_count(threads, torch_threa
                 stepper.restart(begins)
             seen[begins.numpy()], image[begins.numpy()] = 0, image[begins.numpy()] + batch
     compiled.predict()  # does the last commit
-    assert torch.equal(compiled.keys.double(), reference.keys) and torch.equal(compiled.values.double(), reference.values)
+    assert np.array_equal(compiled.keys, reference.keys.numpy()) and np.array_equal(compiled.values, reference.values.numpy())
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -186,8 +189,8 @@ def test_slots_left_out_of_a_step_are_not_stepped_and_lose_nothing(threads, torc
     for step in range(4 * n):
         stepped = rng.random(batch) < 0.6
         stepped[0] = step >= n  # slot 0 waits a whole window's worth of steps before its first
-        params, expected = compiled.predict(stepped), reference.predict(stepped)
-        assert torch.equal(params[stepped], expected[stepped]), step
+        params, expected = compiled.predict(stepped), reference.predict(stepped).numpy()
+        assert np.array_equal(params[stepped], expected[stepped]), step
         assert not params[~stepped].any()
         advance = torch.from_numpy(stepped & (rng.random(batch) < 0.8) & (seen < n - 1))
         values = images[np.arange(batch), :, seen // width, seen % width]
@@ -198,8 +201,8 @@ def test_slots_left_out_of_a_step_are_not_stepped_and_lose_nothing(threads, torc
     compiled.predict(np.ones(batch, bool))  # does the last commit
     for b in range(batch):
         done = slice(0, seen[b])  # positions whose keys and values are final
-        assert torch.equal(compiled.keys[:, b, :, done].double(), reference.keys[:, b, :, done])
-        assert torch.equal(compiled.values[:, b, :, done].double(), reference.values[:, b, :, done])
+        assert np.array_equal(compiled.keys[:, b, :, done], reference.keys[:, b, :, done].numpy())
+        assert np.array_equal(compiled.values[:, b, :, done], reference.values[:, b, :, done].numpy())
     compiled.commit(values, torch.zeros(batch, dtype=torch.bool))
     compiled.predict(np.array([True, False, True, True, True]))
     with pytest.raises(ValueError, match="did not step"):
@@ -218,7 +221,7 @@ def test_the_compiled_full_pass_equals_torch(channels, threads, torch_threads):
         images = [rng.integers(0, 256, (*shape[:1], channels, *shape[1:])), np.zeros((1, channels, *shape[1:]), int),
                   np.full((1, channels, *shape[1:]), 255)]
         pixels = torch.from_numpy(np.concatenate(images).astype(np.uint8))
-        assert torch.equal(net.forward(pixels, compiled=True), net.forward(pixels, compiled=False)), shape
+        assert np.array_equal(net.forward(pixels, compiled=True), net.forward(pixels, compiled=False).numpy()), shape
 
 
 def test_a_decoder_holds_the_threads_and_gives_them_back(torch_threads):
@@ -243,8 +246,8 @@ def test_two_threads_decode_what_one_encoded(torch_threads):
 def test_kernels_leave_the_thread_count_alone():
     """--threads sets torch's threads; a kernel must not change them (numba's OpenMP layer would)."""
     torch.set_num_threads(1)
-    kernels.attend(torch.zeros(2, 16, dtype=torch.float64), torch.zeros(2, 16, 3), torch.zeros(2, 3, 24),
-                   torch.tensor([1, 3]))
+    kernels.attend(np.zeros((2, 16)), np.zeros((2, 16, 3), np.float32), np.zeros((2, 3, 24), np.float32),
+                   np.array([1, 3]))
     kernels.channel_tables(np.zeros((2, num_params(3, 10))), np.zeros((2, 2), np.int64), 2, 10, 3, np.empty((2, 256)))
     assert torch.get_num_threads() == 1
 

@@ -8,6 +8,7 @@ limit, with their attribution, coding an image exactly through the default path.
 from __future__ import annotations
 
 import io
+import json
 import subprocess
 import sys
 from importlib import resources
@@ -21,6 +22,7 @@ from PIL import Image
 from snailcompress.cli import main
 from snailcompress.codec import container
 from snailcompress.codec.tiles import WindowPlan
+from snailcompress.errors import ModelError
 from snailcompress.demo import DEMO_IMAGE
 from snailcompress.evaluate import image_log_probs
 from snailcompress.zoo import WEIGHTS_DIR, default_model_for, describe_model_file, load_model, save_model
@@ -75,6 +77,22 @@ def test_models_lists_the_shipped_models_without_importing_torch(tmp_path):
     tiny = load_model("pixelsnail-tiny", channels=1)
     saved = save_model(tiny.model, tmp_path / "tiny.safetensors")
     assert describe_model_file(saved) == (load_model(saved).model_id, 77_192)
+    assert load_model(saved).model_id == tiny.model_id  # read with numpy, the id torch's state dict gives
+
+
+@pytest.mark.parametrize("preset", ["pixelsnail-tiny", "pixelcnnpp-tiny"])
+def test_a_model_file_whose_weights_do_not_fit_its_config_is_refused(tmp_path, preset):
+    """A PixelSNAIL's weights are checked as the file is read (with numpy: the layers the codec
+    converts), another architecture's when its torch module is first built: a ModelError either way."""
+    from safetensors.numpy import save_file
+
+    model = load_model(preset, channels=1).model
+    tensors = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    tensors["head.v"] = tensors["head.v"][:-1]  # one output too few
+    path = tmp_path / "bad.safetensors"
+    save_file(tensors, str(path), metadata={"config": json.dumps(model.config.to_dict())})
+    with pytest.raises(ModelError, match="do not match"):
+        load_model(path).model
 
 
 @pytest.mark.parametrize("name", SHIPPED)

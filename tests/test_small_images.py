@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw
 
 from snailcompress import api
 from snailcompress.codec import bilevel, container, methods
-from snailcompress.codec.images import compose, decompose, same_image
+from snailcompress.codec.images import decompose, same_image
 from snailcompress.errors import FormatError
 
 #: Bytes a file may take beyond min(raw, PNG) (sides below 16384, planes below 2 MB, no transparency):

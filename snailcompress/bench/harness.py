@@ -479,7 +479,8 @@ def run_benchmark(opts: BenchOptions, log: Callable[[str], None] = print) -> Ben
                 notes.append(note)
                 log(note)
             continue
-        loaded = dataclasses.replace(loaded, model=cpu_model(loaded.model))  # the encoder's calibration runs on the CPU
+        # the encoder's calibration runs on the CPU
+        loaded = LoadedModel(loaded.name, loaded.model_id, loaded.metadata, loaded.config, model=cpu_model(loaded.model))
         if coded:
             encode = api.encode_bytes if whole else _one_tile_file
             row, values = _per_file_row(loaded, images[:coded], opts, n, encode)

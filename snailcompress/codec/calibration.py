@@ -31,11 +31,11 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
 from .. import mixture
 from ..integer.arithmetic import ONE
 from ..integer.network import IntegerPixelSNAIL
+from ..lazy import torch  # the fit's gradient is torch's: imported when a plane is worth fitting
 from . import coder
 from .container import BINARY16_MAX, MAX_CALIBRATION_FEATURES, MAX_CALIBRATION_OUTPUTS
 from .tiles import WindowPlan
@@ -152,7 +152,7 @@ def sample_pixels(net: IntegerPixelSNAIL, plan: WindowPlan, plane: np.ndarray, w
     features, values, kept = [], [], {}
     with torch.no_grad():
         for part in coder.chunk_windows(net, len(rows), plan.positions):
-            computed = net.features(torch.from_numpy(images[part])).cpu().float()  # (n, H, W, F), Q.12
+            computed = torch.as_tensor(coder._numpy(net.features(images[part]))).float()  # (n, H, W, F), Q.12
             mask = torch.from_numpy(coded[part])
             features.append(computed[mask] / ONE)
             values.append(mixture.to_unit(torch.from_numpy(images[part])).permute(0, 2, 3, 1)[mask])
@@ -236,9 +236,11 @@ def fit_calibration(head: torch.nn.Module, sample: Sample, plane_pixels: int) ->
     return calibration, saved * (plane_pixels / max(len(values), 1)) - calibration.header_bits
 
 
-def worth_trying(model: torch.nn.Module, plane: np.ndarray) -> bool:
-    """Whether the plane is large enough for a typical calibration to repay its header twice."""
-    return plane.size * TYPICAL_SAVING_BITS >= 2 * header_bits(*model.head.v.shape[:2])
+def worth_trying(config, plane: np.ndarray) -> bool:
+    """Whether the plane is large enough for a typical calibration to repay its header twice, for a
+    PixelSNAIL of this config (its head reads `filters` features)."""
+    return plane.size * TYPICAL_SAVING_BITS >= 2 * header_bits(mixture.num_params(config.channels, config.mixtures),
+                                                               config.filters)
 
 
 def calibration_for(model: torch.nn.Module, plan: WindowPlan, plane: np.ndarray,
@@ -246,7 +248,7 @@ def calibration_for(model: torch.nn.Module, plan: WindowPlan, plane: np.ndarray,
     """The calibration the encoder sends for this plane (None where it would not pay), and the sample
     windows' features, which the encoder takes instead of computing them again (code_plane's `kept`).
     `net`: `model` as the integer network (made here if not given)."""
-    if not worth_trying(model, plane):
+    if not worth_trying(model.config, plane):
         return None, {}
     sample = sample_pixels(net if net is not None else IntegerPixelSNAIL.convert(model), plan, plane, keep=True)
     calibration, net_bits = fit_calibration(model.head, sample, plane.shape[0] * plane.shape[1])

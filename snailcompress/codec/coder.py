@@ -26,12 +26,12 @@ from typing import Protocol
 
 import constriction
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from ..errors import FormatError
-from ..integer.arithmetic import PRECISION_BITS, TABLE_TOTAL
+from ..integer.arithmetic import PRECISION_BITS
 from ..integer.mixture import IntegerConditionals
+from ..lazy import torch
 from .tiles import WindowPlan
 
 _FAMILY = constriction.stream.model.Categorical(perfect=False)
@@ -43,13 +43,15 @@ DECODE_CHUNK_STEPS = 64  # steps whose schedule the decoder works out at once
 
 
 class CodingNetwork(Protocol):
-    """What the coder needs of a network (integer/network.py: IntegerPixelSNAIL)."""
+    """What the coder needs of a network (integer/network.py: IntegerPixelSNAIL). On the CPU its
+    arrays are numpy arrays; on another device (a torch device's name), its outputs are tensors
+    there."""
 
-    device: torch.device
+    device: str
 
-    def features(self, pixels: torch.Tensor) -> torch.Tensor: ...  # (B, C, H, W) 0..255 -> (B, H, W, F)
+    def features(self, pixels: np.ndarray): ...  # (B, C, H, W) 0..255 -> (B, H, W, F)
 
-    def outputs(self, features: torch.Tensor) -> torch.Tensor: ...  # the output layer: (..., F) -> (..., K)
+    def outputs(self, features): ...  # the output layer: (..., F) -> (..., K)
 
     def stepper(self, batch: int, height: int, width: int): ...  # predict() / commit() / restart()
 
@@ -128,20 +130,24 @@ def _bits(counts: np.ndarray) -> float:
 
 def chunk_windows(net, windows: int, positions: int):
     """Slices of `windows` windows of `positions` positions each that one full forward pass takes."""
-    per_chunk = max(1, (ENCODE_CHUNK_POSITIONS if net.device.type == "cpu" else GPU_CHUNK_POSITIONS) // positions)
+    per_chunk = max(1, (ENCODE_CHUNK_POSITIONS if net.device == "cpu" else GPU_CHUNK_POSITIONS) // positions)
     return [slice(s, s + per_chunk) for s in range(0, windows, per_chunk)]
 
 
-def window_features(net, windows: np.ndarray, kept: list | None = None) -> torch.Tensor:
+def _numpy(array) -> np.ndarray:
+    return array if isinstance(array, np.ndarray) else array.cpu().numpy()
+
+
+def window_features(net, windows: np.ndarray, kept: list | None = None):
     """The network's features (what its output layer reads) of windows (n, C, H, W) -> (n, H, W, F):
     computed, except those given in `kept` (aligned with `windows`; None: compute it)."""
     if kept is None or all(k is None for k in kept):
-        return net.features(torch.from_numpy(windows))
+        return net.features(windows)
     todo = [i for i, k in enumerate(kept) if k is None]
-    computed = iter(net.features(torch.from_numpy(windows[todo])).cpu() if todo else ())
+    computed = iter(_numpy(net.features(windows[todo])) if todo else ())
     shape = windows.shape[2:]
-    return torch.stack([next(computed) if k is None else torch.from_numpy(k).double().view(*shape, -1)
-                        for k in kept]).to(net.device)
+    stacked = np.stack([next(computed) if k is None else k.astype(np.float64).reshape(*shape, -1) for k in kept])
+    return stacked if net.device == "cpu" else torch.from_numpy(stacked).to(net.device)
 
 
 def symbol_bounds(net, windows: np.ndarray, coded: np.ndarray, progress=None, kept: list | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -151,15 +157,14 @@ def symbol_bounds(net, windows: np.ndarray, coded: np.ndarray, progress=None, ke
     channels = windows.shape[1]
     starts, counts = [], []
     for part in chunk_windows(net, len(windows), windows.shape[2] * windows.shape[3]):
-        chunk = torch.from_numpy(windows[part])
         features = window_features(net, windows[part], None if kept is None else kept[part])
-        mask = torch.from_numpy(coded[part]).to(features.device)
-        values = chunk.permute(0, 2, 3, 1).to(features.device)[mask].long()  # (P, C)
+        mask = coded[part] if isinstance(features, np.ndarray) else torch.from_numpy(coded[part]).to(features.device)
+        values = windows[part].transpose(0, 2, 3, 1)[coded[part]]  # (P, C)
         start, count = IntegerConditionals(net.outputs(features[mask]), channels).symbol_bounds(values)
-        starts.append(start.cpu().numpy())
-        counts.append(count.cpu().numpy())
+        starts.append(start)
+        counts.append(count)
         if progress is not None:
-            progress.step(_bits(counts[-1]), counts[-1].size, len(chunk))
+            progress.step(_bits(count), count.size, len(features))
     return np.concatenate(starts), np.concatenate(counts)
 
 
@@ -257,7 +262,7 @@ def code_plane(net, plane: np.ndarray, tile: tuple[int, int], context: tuple[int
     plan = WindowPlan.for_image(plane.shape[0], plane.shape[1], tile, context, band)
     canvas = plan.canvas(plane)
     encoder = encoder if encoder is not None else constriction.stream.queue.RangeEncoder()
-    with _progress(progress, plan.rows * plan.cols, "encode", "window") as bar, torch.no_grad():
+    with _progress(progress, plan.rows * plan.cols, "encode", "window") as bar:
         for slots in plan.slot_groups(MAX_BATCH_TILES):
             _encode_batch(net, plan, canvas, slots, encoder, bar, kept)
     return encoder.get_compressed(), plan
@@ -298,21 +303,26 @@ def _decode_batch(net, plan: WindowPlan, canvases: np.ndarray, slots: np.ndarray
             if len(errors) == planes:
                 return
             if step and begins[s].any():
-                stepper.restart(torch.from_numpy(begins[s]))
+                stepper.restart(begins[s])
             values = canvases[plane, y[s], x[s]]  # what is known (K * n, C)
             values[~active[s]] = 0  # idle slots (not started, or done) see the same values in every decoder
             params = stepper.predict(active[s])  # the running slots, coding or not (their context feeds later steps)
             rows, bits = np.flatnonzero(coded[s]), 0.0
             if len(rows):
-                mine = params if len(rows) == len(params) else params[torch.from_numpy(rows).to(net.device)]
+                mine = params if len(rows) == len(params) else params[_index(params, rows)]
                 known = values[rows].astype(np.int64)
                 bits = _decode_pixels(IntegerConditionals(mine, channels), known, decoders, errors, buffer,
                                       progress is not None)
                 values[rows] = known
                 canvases[plane[rows], y[s, rows], x[s, rows]] = values[rows]
-            stepper.commit(torch.from_numpy(values), torch.from_numpy(advance[s]))
+            stepper.commit(values, advance[s])
             if progress is not None:
                 progress.step(bits, len(rows) * channels)
+
+
+def _index(array, rows: np.ndarray):
+    """rows as an index of `array`: numpy's, or a tensor on the array's device."""
+    return rows if isinstance(array, np.ndarray) else torch.from_numpy(rows).to(array.device)
 
 
 def _decode_pixels(conditionals: IntegerConditionals, known: np.ndarray, decoders: list, errors: dict,
@@ -341,7 +351,7 @@ def _decode_pixels(conditionals: IntegerConditionals, known: np.ndarray, decoder
 def _kernel_threads(net):
     """On the CPU the decoder's steps run in compiled kernels, which take the threads (see
     integer/kernels.py: take_threads); elsewhere torch keeps them."""
-    if net.device.type != "cpu":
+    if net.device != "cpu":
         return nullcontext()
     from ..integer import kernels
 
@@ -361,7 +371,7 @@ def decode_planes(net, streams: list, height: int, width: int, channels: int, ti
     canvases = np.stack([plan.canvas(np.zeros((height, width, channels), np.uint8))] * len(streams))
     groups = plan.slot_groups(MAX_BATCH_TILES)
     per_batch = max(1, MAX_BATCH_TILES // max(len(slots) for slots in groups))  # planes stepped together
-    with _progress(progress, _plan_steps(plan) * -(-len(streams) // per_batch), "decode", "step") as bar, torch.no_grad(), \
+    with _progress(progress, _plan_steps(plan) * -(-len(streams) // per_batch), "decode", "step") as bar, \
             _kernel_threads(net):
         for first in range(0, len(streams), per_batch):
             batch = slice(first, first + per_batch)

@@ -37,7 +37,8 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import torch
+
+from ..lazy import torch
 
 ARITHMETIC_VERSION = 1  # what a .snail header names; bump with any change to a rule or table
 #: SHA-256 of version 1's tables (`table_digest`); tests/test_integer.py pins the same value independently
@@ -80,20 +81,18 @@ def _exp_neg(count: int, bits: int = ACTIVATION_BITS) -> tuple[int, ...]:
     return tuple(out)
 
 
-def _table(values: list[int]) -> torch.Tensor:
-    return torch.tensor(values, dtype=torch.float64)
-
-
 @functools.lru_cache(maxsize=None)
-def tables() -> dict[str, torch.Tensor]:
-    """Every lookup table of arithmetic version 1, as float64 tensors of integers (CPU; see `on`):
-    from the cache file where it holds the pinned tables, else built (and the cache written)."""
+def tables() -> dict[str, np.ndarray]:
+    """Every lookup table of arithmetic version 1, as int64 arrays (torch tensors: `on`): from the
+    cache file where it holds the pinned tables, else built (and the cache written)."""
     built = _read_cache()
     if built is None:
         built = build_tables()
         if table_digest(built) == TABLE_DIGEST:
             _write_cache(built)
-    return {name: torch.from_numpy(values.astype(np.float64)) for name, values in built.items()}
+    for table in built.values():
+        table.flags.writeable = False  # shared by every caller
+    return built
 
 
 def build_tables() -> dict[str, np.ndarray]:
@@ -134,8 +133,7 @@ def build_tables() -> dict[str, np.ndarray]:
 def table_digest(built: dict[str, np.ndarray] | None = None) -> str:
     """SHA-256 of every table (as little-endian int64), in name order: what version 1 pins.
     `built`: tables as build_tables gives them (default: `tables()`)."""
-    if built is None:
-        built = {name: table.to(torch.int64).numpy() for name, table in tables().items()}
+    built = tables() if built is None else built
     digest = hashlib.sha256(f"arithmetic {ARITHMETIC_VERSION}".encode())
     for name, table in sorted(built.items()):
         digest.update(name.encode())
@@ -201,17 +199,18 @@ class _DeviceTables(dict):
 
 @functools.lru_cache(maxsize=None)
 def on(device: str) -> dict[str, torch.Tensor]:
-    """The tables on a device (copied once), with two derived from them to save steps: ELU over the
-    whole activation range ("elu_all", made when first read), and the sigmoid divided by 4096 (exact:
+    """The tables on a torch device as float64 tensors (copied once), with two derived from them to
+    save steps: ELU over the whole activation range ("elu_all", made when first read), and the sigmoid divided by 4096 (exact:
     a power of two)."""
-    t = _DeviceTables({name: table.to(device) for name, table in tables().items()})
+    t = _DeviceTables({name: torch.from_numpy(table.astype(np.float64)).to(device) for name, table in tables().items()})
     t["sigmoid_over_one"] = t["sigmoid"] / ONE
     return t
 
 
-def positional_channel(length: int) -> torch.Tensor:
-    """(i - L/2)/L for i = 0..L-1 in Q.12, rounded half up with integers (the reference's position channels)."""
-    return _table([((2 * i - length) * ONE * 2 + 2 * length) // (4 * length) for i in range(length)])
+def positional_channel(length: int) -> np.ndarray:
+    """(i - L/2)/L for i = 0..L-1 in Q.12 (float64), rounded half up with integers (the reference's
+    position channels)."""
+    return np.array([((2 * i - length) * ONE * 2 + 2 * length) // (4 * length) for i in range(length)], np.float64)
 
 
 # ---------------------------------------------------------------------------------------------

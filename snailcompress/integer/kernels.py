@@ -30,17 +30,18 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 import threading
 from contextlib import contextmanager
 from pathlib import Path
 
 import numba
 import numpy as np
-import torch
 from llvmlite import ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
+from .. import threads as _threads_setting
 from . import arithmetic as ar
 from .mixture import EDGE_ONE as _EDGE_ONE
 from .mixture import INVERSE_TO_GRID
@@ -65,13 +66,13 @@ _QUERY_BLOCK = 64  # queries per block of the full pass's attention
 
 def _split(kernel, rows: int, *args, share: int = 1) -> None:
     """Run `kernel(first, step, *args)`, which does rows first, first + step, ... of `rows`, on
-    torch's number of threads (--threads), each thread with at least `share` rows (a hand-over to a
+    coding's number of threads (--threads, snailcompress/threads.py), each thread with at least `share` rows (a hand-over to a
     thread costs tens of microseconds): this thread takes the rows from 0, the workers (`_Workers`)
     the others. Interleaved rows share the work evenly (slots at later positions attend longer). The
     kernels are compiled without the GIL and rows are independent, so shares run at once and give
     the integers of one thread. (numba's own parallel loops were tried: their OpenMP layer resets
     torch's thread count, and a loop that calls BLAS cannot be cached: it compiled in every run.)"""
-    threads = min(_threads or torch.get_num_threads(), rows // share)
+    threads = min(_threads or _threads_setting.threads(), rows // share)
     if threads <= 1:
         kernel(0, 1, *args)
         return
@@ -160,22 +161,25 @@ def _workers(count: int) -> _Workers:
 
 
 TABLE_ROWS_PER_THREAD = 16  # a table takes a few microseconds, a hand-over some tens: fewer rows stay on one thread
-_threads = 0  # the kernels' threads while a decoder holds them (take_threads), else torch's
+_threads = 0  # the kernels' threads while a decoder holds them (take_threads), else coding's
 
 
 @contextmanager
 def take_threads(kernel_threads: int | None = None):
-    """For a decoding loop: the kernels run on `kernel_threads` threads (default: torch's number) and
-    torch on one. Torch's few small operations between kernel calls gain nothing from threads, and
-    its OpenMP threads, spinning after each, would take the cores the kernels' threads need."""
+    """For a decoding loop: the kernels run on `kernel_threads` threads (default: coding's number)
+    and torch, where something imported it, on one: its OpenMP threads, spinning after each of its
+    operations, would take the cores the kernels' threads need."""
     global _threads
-    threads, previous = torch.get_num_threads(), _threads
-    _threads = kernel_threads or threads
-    torch.set_num_threads(1)
+    torch, previous = sys.modules.get("torch"), _threads
+    _threads = kernel_threads or _threads_setting.threads()
+    torch_threads = torch.get_num_threads() if torch is not None else None
+    if torch is not None:
+        torch.set_num_threads(1)
     try:
         yield
     finally:
-        torch.set_num_threads(threads)
+        if torch is not None:
+            torch.set_num_threads(torch_threads)
         _threads = previous
 
 
@@ -198,7 +202,7 @@ def _one_thread_per_product() -> None:
 
 @functools.lru_cache(maxsize=None)
 def _table(name: str) -> np.ndarray:
-    return np.ascontiguousarray(ar.tables()[name].numpy().astype(np.int64))
+    return np.array(ar.tables()[name], np.int64)  # a copy the kernels own (the shared tables are read-only)
 
 
 @intrinsic
@@ -300,13 +304,13 @@ def _attend_rows(first, step, query, keys, values, position, exp16, out):  # pra
         _attend_row(query[b], keys[b], values[b], position[b], exp16, out[b])
 
 
-def attend(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+def attend(query: np.ndarray, keys: np.ndarray, values: np.ndarray, position: np.ndarray) -> np.ndarray:
     """The step's attention on its own (tests check it at the arithmetic's limits): each slot's query
     (B, dk) float64 over its own earlier positions, keys (B, dk, n) and values (B, dv, n) float32
-    holding integers, positions (B,) -> (B, dv) float64, Q.12."""
+    holding integers, positions (B,) int64 -> (B, dv) float64, Q.12."""
     out = np.empty((query.shape[0], values.shape[1]))
-    _split(_attend_rows, len(out), query.numpy(), keys.numpy(), values.numpy(), position.numpy(), _step_tables()[2], out)
-    return torch.from_numpy(out)
+    _split(_attend_rows, len(out), query, keys, values, position, _step_tables()[2], out)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -329,8 +333,8 @@ class PackedNetwork:
             vectors += [linear._bias, linear._low, linear._high]
             layers.append((w_offset, n_in, n_out, v_offset))
             w_offset, v_offset = w_offset + n_in * n_out, v_offset + 3 * n_out
-        self.weights = torch.cat(weights).numpy()
-        self.vectors = torch.cat(vectors).numpy()
+        self.weights = np.concatenate(weights)
+        self.vectors = np.concatenate(vectors)
         self.layers = np.array(layers, np.int64)
         self.arrays = (self.layers, self.weights, self.vectors)
         self.shape = (net.config.blocks, net.config.resnets_per_block)
@@ -702,23 +706,23 @@ def _forward_windows(first, step, shape, net, t, x, row_channel, column_channel,
         _forward_window(shape, net, t, x[w], row_channel, column_channel, out[w])
 
 
-def features(net, pixels: torch.Tensor) -> torch.Tensor:
+def features(net, pixels: np.ndarray) -> np.ndarray:
     """IntegerPixelSNAIL.features in compiled calls, a window at a time (small arrays stay in cache),
     the windows shared among the threads: pixels 0..255 (B, C, H, W) -> (B, H, W, F) float64, Q.12."""
     batch, channels, height, width = pixels.shape
-    packed, t = _packed(net), ar.on("cpu")
-    x = t["pixels"][pixels.long()].permute(0, 2, 3, 1).reshape(batch, height * width, channels).contiguous()
+    packed = _packed(net)
+    x = _step_tables()[3][pixels.astype(np.intp)].transpose(0, 2, 3, 1).reshape(batch, height * width, channels)
     out = np.empty((batch, height * width, packed.layers[-1, 1]))
-    _split(_forward_windows, batch, packed.shape, packed.arrays, _step_tables(), x.numpy(),
-           ar.positional_channel(height).numpy(), ar.positional_channel(width).numpy(), out)
-    return torch.from_numpy(out).view(batch, height, width, -1)
+    _split(_forward_windows, batch, packed.shape, packed.arrays, _step_tables(), np.ascontiguousarray(x),
+           ar.positional_channel(height), ar.positional_channel(width), out)
+    return out.reshape(batch, height, width, -1)
 
 
 @functools.lru_cache(maxsize=None)
 def _step_tables() -> tuple[np.ndarray, ...]:
     """The lookup tables the step reads: ELU, sigmoid / 4096, exp16, pixel values (float64)."""
-    t = ar.on("cpu")
-    return t["elu"].numpy(), t["sigmoid_over_one"].numpy(), t["exp16"].numpy(), t["pixels"].numpy()
+    t = {name: table.astype(np.float64) for name, table in ar.tables().items()}
+    return t["elu"], t["sigmoid"] / ar.ONE, t["exp16"], t["pixels"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -925,6 +929,6 @@ def symbol_bounds(params: np.ndarray, values: np.ndarray, mixtures: int, channel
 def _mixture_tables() -> tuple[np.ndarray, ...]:
     """What the tables read: exp16 (int64); tanh, inverse scales and pixel values (float64); the CDF as
     int32 (its values are below 2**21), half the cache of int64."""
-    t = ar.tables()
+    t = {name: table.astype(np.float64) for name, table in ar.tables().items()}
     cdf = _table("cdf").astype(np.int32)
-    return _table("exp16"), t["tanh"].numpy(), t["inverse_scale"].numpy(), t["pixels"].numpy(), cdf
+    return _table("exp16"), t["tanh"], t["inverse_scale"], t["pixels"], cdf

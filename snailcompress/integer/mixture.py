@@ -27,8 +27,8 @@ import functools
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
+from ..lazy import torch
 from ..mixture import num_params
 from . import arithmetic as ar
 from .arithmetic import ONE
@@ -60,11 +60,13 @@ class _TorchParts:
 class IntegerConditionals:
     """Per-channel integer frequency tables of N pixels, from their Q.12 mixture parameters (N, K)."""
 
-    def __init__(self, params: torch.Tensor, channels: int, compiled: bool | None = None):
-        """`compiled`: build `tables` with integer/kernels.py (the default on the CPU) instead of
-        torch; the same integers either way."""
-        self.params, self.channels = params, channels
-        self.compiled = params.device.type == "cpu" if compiled is None else compiled
+    def __init__(self, params, channels: int, compiled: bool | None = None):
+        """`params`: a numpy array or a tensor. `compiled`: compute with integer/kernels.py (the
+        default for an array or a CPU tensor) instead of torch; the same integers either way."""
+        self.channels = channels
+        self.compiled = (isinstance(params, np.ndarray) or params.device.type == "cpu") if compiled is None else compiled
+        # what each way reads: float64 numpy for the kernels, a tensor for torch
+        self.params = np.ascontiguousarray(params, np.float64) if self.compiled else torch.as_tensor(params)
         k = params.shape[1]
         slot = 3 if channels == 3 else 2
         m = self.mixtures = k // (1 + channels * slot)
@@ -74,7 +76,7 @@ class IntegerConditionals:
     @functools.cached_property
     def _parts(self) -> _TorchParts:
         """What the torch code reads, made on first use (the compiled tables read the parameters)."""
-        t = ar.on(str(self.params.device))
+        t = ar.on(str(self.params.device))  # the torch code's: self.params is a tensor
         n, m, channels = len(self.params), self.mixtures, self.channels
         logits = self.params[:, :m]
         per_channel = self.params[:, m:].reshape(n, channels, -1)
@@ -140,11 +142,12 @@ class IntegerConditionals:
         total = weights.sum(dim=1, keepdim=True) * CDF_ONE
         return torch.div(mixed.to(torch.int64) * ar.TABLE_TOTAL, total, rounding_mode="floor")
 
-    def tables(self, c: int, known: torch.Tensor | None = None) -> torch.Tensor:
+    def tables(self, c: int, known=None):
         """Counts (N, 256) int64 of channel c given the values (N, >= c) of channels < c; every row
-        sums to TABLE_TOTAL."""
+        sums to TABLE_TOTAL. A numpy array compiled, else a tensor."""
         if self.compiled:
-            return torch.from_numpy(self.coder_tables(c, None if known is None else known.numpy())).to(torch.int64)
+            return self.coder_tables(c, None if known is None else np.asarray(known)).astype(np.int64)
+        known = None if known is None else torch.as_tensor(known).to(self.params.device)
         cumulative = self._cumulative(c, known, torch.arange(1, 256, device=self.params.device))
         zero = torch.zeros(cumulative.shape[0], 1, dtype=torch.int64, device=cumulative.device)
         return torch.cat([zero, cumulative, torch.full_like(zero, ar.TABLE_TOTAL)], dim=1).diff(dim=1)
@@ -160,27 +163,26 @@ class IntegerConditionals:
         if self.compiled:
             from . import kernels  # numba: imported where first needed
 
-            return kernels.channel_tables(self.params.contiguous().numpy(), known, c, self.mixtures, self.channels, out)
-        out[:] = self.tables(c, torch.from_numpy(known[:, :c]).to(self.params.device)).cpu().numpy()
+            return kernels.channel_tables(self.params, known, c, self.mixtures, self.channels, out)
+        out[:] = self.tables(c, known[:, :c]).cpu().numpy()
         return out
 
-    def symbol_bounds(self, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(start, count) int64 (N, C) of every channel's value in values (N, C): the cumulative count
-        below it and its count in `tables(c, values[:, :c])`, computed at its two edges only
-        (compiled: all channels in one kernel call)."""
-        values = values.long()
+    def symbol_bounds(self, values) -> tuple[np.ndarray, np.ndarray]:
+        """(start, count) int64 numpy arrays (N, C) of every channel's value in values (N, C): the
+        cumulative count below it and its count in `tables(c, values[:, :c])`, computed at its two
+        edges only (compiled: all channels in one kernel call)."""
         if self.compiled:
             from . import kernels  # numba: imported where first needed
 
-            start, count = kernels.symbol_bounds(self.params.contiguous().numpy(), values.contiguous().numpy(),
-                                                 self.mixtures, self.channels)
-            return torch.from_numpy(start), torch.from_numpy(count)
+            values = np.ascontiguousarray(values, np.int64)
+            return kernels.symbol_bounds(self.params, values, self.mixtures, self.channels)
+        values = torch.as_tensor(np.asarray(values)).to(self.params.device).long()
         lows, counts = [], []
         for c in range(self.channels):
             low, high = _ends(values[:, c], self._cumulative(c, values, _edges(values[:, c])), ar.TABLE_TOTAL)
             lows.append(low)
             counts.append(high - low)
-        return torch.stack(lows, dim=1), torch.stack(counts, dim=1)
+        return torch.stack(lows, dim=1).cpu().numpy(), torch.stack(counts, dim=1).cpu().numpy()
 
 
 def _edges(value: torch.Tensor) -> torch.Tensor:

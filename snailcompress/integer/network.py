@@ -1,6 +1,7 @@
 """A trained float PixelSNAIL converted to integers: the network the codec runs on both sides.
 
-Conversion (`IntegerPixelSNAIL.convert`) is deterministic on every machine: each effective weight
+Conversion (`IntegerPixelSNAIL.from_weights`, from a model file's float32 parameters read with
+numpy, or `convert`, from a torch module's) is deterministic on every machine: each effective weight
 g * v / |v| is computed in float64 with correctly rounded elementwise operations and an exactly
 rounded sum (math.fsum) for the norm, the per-image calibration and the attention's 1/sqrt(dk) are
 folded in the same way, and each output channel's weights become integers w * 2**k (|w| <= 2**14)
@@ -16,6 +17,9 @@ The network runs in two ways that give identical integers (arithmetic.py explain
   models/stepper.py does in float): the decoder. On the CPU each step is one compiled call
   (kernels.py), the same integers as the torch code here, which is the reference and the GPU's path.
 
+On the CPU both take and give numpy arrays and never import torch (a coding command's start-up is
+otherwise mostly torch's import); on another device the torch code runs and gives tensors there.
+
 Layout is channels-last (B, H, W, C) throughout: every layer is a matrix product over the last axis,
 the same product in both ways (a 2x2 down-right-shifted conv reads (i-1, j-1), (i-1, j), (i, j-1),
 (i, j) in that order).
@@ -26,13 +30,13 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
+from typing import Mapping
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-from ..models.layers import GatedResnet, WeightNormConv2d
-from ..models.pixelsnail import PixelSNAIL, PixelSNAILConfig
+from ..lazy import F, torch
+from ..mixture import num_params
+from ..models.configs import PixelSNAILConfig
 from . import arithmetic as ar
 from .arithmetic import ONE
 
@@ -41,11 +45,49 @@ from .arithmetic import ONE
 # Conversion
 
 
-def _effective_weight(conv: WeightNormConv2d) -> np.ndarray:
+def layout(cfg: PixelSNAILConfig) -> dict[str, tuple[int, int, tuple[int, int]]]:
+    """Every conv of a PixelSNAIL (models/pixelsnail.py), by its name in a model file, in the order
+    the network runs them: (outputs, inputs, kernel). What conversion reads; a file must hold
+    exactly these, each as v (outputs, inputs, *kernel), g and b (outputs,)."""
+    c, f, dk, dv = cfg.channels, cfg.filters, cfg.key_channels, cfg.value_channels
+    layers = {"input_above": (f, c + 1, (1, 3)), "input_left": (f, c + 1, (2, 1))}
+
+    def resnet(name: str, width: int, kernel: tuple[int, int], aux: int = 0) -> None:
+        layers[f"{name}.conv_in"] = (width, width, kernel)
+        if aux:
+            layers[f"{name}.aux_in"] = (width, aux, (1, 1))
+        layers[f"{name}.conv_out"] = (2 * width, width, kernel)
+
+    for b in range(cfg.blocks):
+        for r in range(cfg.resnets_per_block):
+            resnet(f"blocks.{b}.resnets.{r}", f, (2, 2))
+        resnet(f"blocks.{b}.kv_resnet", c + f + 2, (1, 1))
+        layers[f"blocks.{b}.kv_proj"] = (dk + dv, c + f + 2, (1, 1))
+        resnet(f"blocks.{b}.q_resnet", f + 2, (1, 1))
+        layers[f"blocks.{b}.q_proj"] = (dk, f + 2, (1, 1))
+        resnet(f"blocks.{b}.out_resnet", f, (1, 1), aux=dv)
+    layers["head"] = (num_params(c, cfg.mixtures), f, (1, 1))
+    return layers
+
+
+def check_weights(cfg: PixelSNAILConfig, weights: Mapping[str, np.ndarray]) -> None:
+    """ValueError unless `weights` are exactly the parameters `layout(cfg)` names, in their shapes."""
+    expected = {}
+    for name, (outputs, inputs, kernel) in layout(cfg).items():
+        expected.update({f"{name}.v": (outputs, inputs, *kernel), f"{name}.g": (outputs,), f"{name}.b": (outputs,)})
+    missing, unexpected = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
+    if missing or unexpected:
+        raise ValueError(f"weights do not match the config: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    for name, shape in expected.items():
+        if tuple(weights[name].shape) != shape:
+            raise ValueError(f"weights do not match the config: {name} has shape {tuple(weights[name].shape)}, "
+                             f"not {shape}")
+
+
+def _effective_weight(v: np.ndarray, g: np.ndarray) -> np.ndarray:
     """g * v / |v| as float64 (out, kh * kw * in), inputs ordered (kernel row, column, channel);
     the norm summed by math.fsum so that no machine's reduction order can change a bit."""
-    v = conv.v.detach().cpu().double().numpy()
-    g = conv.g.detach().cpu().double().numpy()
+    v, g = v.astype(np.float64), g.astype(np.float64)
     flat = v.reshape(v.shape[0], -1)
     norms = np.array([math.sqrt(math.fsum(row.tolist())) for row in flat * flat])
     weight = v * (g / norms).reshape(-1, 1, 1, 1)
@@ -84,22 +126,25 @@ class IntegerLinear:
         if self.bound >= ar.ACCUMULATOR_LIMIT:
             raise ValueError(f"{name}: an accumulator could reach 2**{math.log2(max(self.bound, 1)):.1f}, "
                              "beyond exact float64 arithmetic")
-        self.weight = torch.from_numpy(integer_weight.T.copy())  # (in, out) integers
-        self.bias = torch.from_numpy(integer_bias)  # integers, in units of 2**-(12 + k)
-        self.shift = torch.from_numpy(shift)
+        self.weight = integer_weight.T.copy()  # (in, out) integers
+        self.bias = integer_bias  # integers, in units of 2**-(12 + k)
+        self.shift = shift
         # What runs: the weights and bias times 2**-k, with the rounding's 1/2 in the bias. Every
         # partial sum is then an integer multiple of 2**-k below 2**(52 - k): exact, so flooring it
         # gives round_half_up of the integer accumulator times 2**-k.
-        self._weight = self.weight * torch.exp2(-self.shift)
-        self._bias = (self.bias + torch.exp2(self.shift - 1)) * torch.exp2(-self.shift)
-        self._low, self._high = torch.from_numpy(low), torch.from_numpy(high)
+        self._weight = self.weight * np.exp2(-self.shift)
+        self._bias = (self.bias + np.exp2(self.shift - 1)) * np.exp2(-self.shift)
+        self._low, self._high = low, high
         self._gated = bool(gate_channels)
+        self._on: dict[str, tuple] = {}  # the torch code's copies, by device
 
     @classmethod
-    def from_conv(cls, conv: WeightNormConv2d, name: str, output_gain: np.ndarray | None = None,
+    def from_conv(cls, weights: Mapping[str, np.ndarray], name: str, output_gain: np.ndarray | None = None,
                   output_shift: np.ndarray | None = None, input_gain: np.ndarray | None = None,
                   gate_channels: int = 0) -> IntegerLinear:
-        weight, bias = _effective_weight(conv), conv.b.detach().cpu().double().numpy()
+        """The conv `name` of a model's weights (its v, g and b)."""
+        weight = _effective_weight(weights[f"{name}.v"], weights[f"{name}.g"])
+        bias = np.asarray(weights[f"{name}.b"], np.float64)
         if input_gain is not None:
             weight = weight * input_gain[None, :]
         if output_gain is not None:
@@ -108,15 +153,23 @@ class IntegerLinear:
             bias = bias + output_shift
         return cls(weight, bias, name, gate_channels)
 
-    def to(self, device) -> IntegerLinear:
-        for name in ("weight", "bias", "shift", "_weight", "_bias", "_low", "_high"):
-            setattr(self, name, getattr(self, name).to(device))
-        return self
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        """The layer on a numpy array (..., in) -> (..., out): the same integers as calling it on a tensor."""
+        out = np.floor(x.reshape(-1, x.shape[-1]) @ self._weight + self._bias)
+        np.clip(out, self._low, self._high, out=out)
+        return out.reshape(*x.shape[:-1], -1)
+
+    def _tensors(self, device) -> tuple:
+        key = str(device)
+        if key not in self._on:
+            self._on[key] = tuple(torch.from_numpy(a).to(device) for a in (self._weight, self._bias, self._low, self._high))
+        return self._on[key]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        weight, bias, low, high = self._tensors(x.device)
         flat = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
-        out = torch.addmm(self._bias, flat, self._weight).floor_()
-        out = torch.clamp(out, self._low, self._high) if self._gated else ar.clamp_activation(out)
+        out = torch.addmm(bias, flat, weight).floor_()
+        out = torch.clamp(out, low, high) if self._gated else ar.clamp_activation(out)
         return out if x.dim() == 2 else out.view(*x.shape[:-1], -1)
 
     def down_right_2x2(self, h: torch.Tensor) -> torch.Tensor:
@@ -137,13 +190,11 @@ class IntegerResnet:
     spatial: bool  # 2x2 down-right-shifted convs (else 1x1)
 
     @classmethod
-    def convert(cls, block: GatedResnet, name: str, spatial: bool) -> IntegerResnet:
-        if block.f is not F.elu:
-            raise ValueError("the integer network supports the paper's ELU, not concat_elu")
-        aux = IntegerLinear.from_conv(block.aux_in, f"{name}.aux_in") if block.aux_in is not None else None
-        gates = block.conv_out.v.shape[0] // 2
-        return cls(IntegerLinear.from_conv(block.conv_in, f"{name}.conv_in"),
-                   IntegerLinear.from_conv(block.conv_out, f"{name}.conv_out", gate_channels=gates), aux, spatial)
+    def convert(cls, weights: Mapping[str, np.ndarray], name: str, spatial: bool) -> IntegerResnet:
+        aux = IntegerLinear.from_conv(weights, f"{name}.aux_in") if f"{name}.aux_in.v" in weights else None
+        gates = weights[f"{name}.conv_out.v"].shape[0] // 2
+        return cls(IntegerLinear.from_conv(weights, f"{name}.conv_in"),
+                   IntegerLinear.from_conv(weights, f"{name}.conv_out", gate_channels=gates), aux, spatial)
 
     def linears(self):
         return [lin for lin in (self.conv_in, self.conv_out, self.aux_in) if lin is not None]
@@ -171,28 +222,39 @@ class IntegerPixelSNAIL:
 
     def __init__(self, config: PixelSNAILConfig, input_above, input_left, blocks, head, device="cpu"):
         self.config, self.input_above, self.input_left, self.blocks, self.head = config, input_above, input_left, blocks, head
-        self.device = torch.device(device)
+        self.device = "cpu"
+        self.to(device)
 
     @classmethod
-    def convert(cls, model: PixelSNAIL, calibration=None) -> IntegerPixelSNAIL:
-        """`calibration`: a codec.calibration.Calibration folded into the head (or None)."""
-        cfg = model.config
-        if not isinstance(model, PixelSNAIL):
+    def convert(cls, model, calibration=None) -> IntegerPixelSNAIL:
+        """A float PixelSNAIL (torch module) in integers: `from_weights` of its parameters."""
+        weights = {name: t.detach().cpu().float().numpy() for name, t in model.state_dict().items()}
+        return cls.from_weights(model.config, weights, calibration)
+
+    @classmethod
+    def from_weights(cls, cfg, weights: Mapping[str, np.ndarray], calibration=None) -> IntegerPixelSNAIL:
+        """A PixelSNAIL's config and float32 parameters (by their names in a model file: `layout`) in
+        integers, without torch. `calibration`: a codec.calibration.Calibration folded into the head
+        (or None)."""
+        if not isinstance(cfg, PixelSNAILConfig):
             raise ValueError("only PixelSNAIL models convert to the integer network")
+        if cfg.nonlinearity != "elu":
+            raise ValueError(f"the integer network supports the paper's ELU, not {cfg.nonlinearity}")
+        check_weights(cfg, weights)
         blocks = []
         query_gain = np.full(cfg.key_channels, 1.0 / math.sqrt(cfg.key_channels))
-        for b, block in enumerate(model.blocks):
+        for b in range(cfg.blocks):
             name = f"blocks.{b}"
             blocks.append({
-                "resnets": [IntegerResnet.convert(r, f"{name}.resnets.{i}", True) for i, r in enumerate(block.resnets)],
-                "kv_resnet": IntegerResnet.convert(block.kv_resnet, f"{name}.kv_resnet", False),
-                "kv_proj": IntegerLinear.from_conv(block.kv_proj, f"{name}.kv_proj"),
-                "q_resnet": IntegerResnet.convert(block.q_resnet, f"{name}.q_resnet", False),
-                "q_proj": IntegerLinear.from_conv(block.q_proj, f"{name}.q_proj", output_gain=query_gain),
-                "out_resnet": IntegerResnet.convert(block.out_resnet, f"{name}.out_resnet", False),
+                "resnets": [IntegerResnet.convert(weights, f"{name}.resnets.{i}", True) for i in range(cfg.resnets_per_block)],
+                "kv_resnet": IntegerResnet.convert(weights, f"{name}.kv_resnet", False),
+                "kv_proj": IntegerLinear.from_conv(weights, f"{name}.kv_proj"),
+                "q_resnet": IntegerResnet.convert(weights, f"{name}.q_resnet", False),
+                "q_proj": IntegerLinear.from_conv(weights, f"{name}.q_proj", output_gain=query_gain),
+                "out_resnet": IntegerResnet.convert(weights, f"{name}.out_resnet", False),
             })
         head_args = {}
-        outputs, features = model.head.v.shape[:2]
+        outputs, features = weights["head.v"].shape[:2]
         if calibration is not None and calibration.outputs != outputs:
             raise ValueError(f"the calibration is for {calibration.outputs} outputs, the model has {outputs}")
         if calibration is not None and calibration.features not in (0, features):
@@ -202,9 +264,9 @@ class IntegerPixelSNAIL:
             head_args["output_shift"] = np.array(calibration.shift, dtype=np.float64)
             if calibration.features:
                 head_args["input_gain"] = 1.0 + np.array(calibration.feature_gain, dtype=np.float64)
-        head = IntegerLinear.from_conv(model.head, "head", **head_args)
-        return cls(cfg, IntegerLinear.from_conv(model.input_above, "input_above"),
-                   IntegerLinear.from_conv(model.input_left, "input_left"), blocks, head)
+        head = IntegerLinear.from_conv(weights, "head", **head_args)
+        return cls(cfg, IntegerLinear.from_conv(weights, "input_above"), IntegerLinear.from_conv(weights, "input_left"),
+                   blocks, head)
 
     def linears(self) -> list[IntegerLinear]:
         out = [self.input_above, self.input_left]
@@ -215,9 +277,10 @@ class IntegerPixelSNAIL:
         return out + [self.head]
 
     def to(self, device) -> IntegerPixelSNAIL:
-        for linear in self.linears():
-            linear.to(device)
-        self.device = torch.device(device)
+        """Run on `device` ("cpu", "cuda", a torch.device): `self.device` is its name. The CPU runs
+        the compiled kernels and never imports torch; another device runs the torch code."""
+        name = str(device)
+        self.device = "cpu" if name == "cpu" else str(torch.device(name))
         return self
 
     def digest(self) -> str:
@@ -225,35 +288,40 @@ class IntegerPixelSNAIL:
         h = hashlib.sha256()
         for linear in self.linears():
             for t in (linear.weight, linear.bias, linear.shift):
-                h.update(t.cpu().to(torch.int64).numpy().astype("<i8").tobytes())
+                h.update(t.astype("<i8").tobytes())
         return h.hexdigest()
 
     # -----------------------------------------------------------------------------------------
     # The full forward pass (encoder)
 
-    def forward(self, pixels: torch.Tensor, compiled: bool | None = None) -> torch.Tensor:
-        """pixels: integer values 0..255, (B, C, H, W) -> mixture parameters (B, H, W, K), Q.12."""
+    def forward(self, pixels, compiled: bool | None = None):
+        """pixels: integer values 0..255, (B, C, H, W) -> mixture parameters (B, H, W, K), Q.12: a
+        numpy array from the compiled kernels, a tensor from the torch code (`features`)."""
         return self.outputs(self.features(pixels, compiled))
 
-    def outputs(self, features: torch.Tensor) -> torch.Tensor:
-        """The output layer: features (..., F) -> mixture parameters (..., K), Q.12. The per-image
-        calibration changes only this layer, so the encoder may compute the features before it
-        knows the calibration (codec/calibration.py)."""
+    def outputs(self, features):
+        """The output layer: features (..., F) -> mixture parameters (..., K), Q.12, a numpy array for
+        a numpy array, a tensor on this device for a tensor. The per-image calibration changes only
+        this layer, so the encoder may compute the features before it knows the calibration
+        (codec/calibration.py)."""
+        if isinstance(features, np.ndarray):
+            return self.head.apply(features.astype(np.float64, copy=False))
         return self.head(features.to(self.device, torch.float64))
 
-    def features(self, pixels: torch.Tensor, compiled: bool | None = None) -> torch.Tensor:
+    def features(self, pixels, compiled: bool | None = None):
         """What the output layer reads, at every position: pixels 0..255 (B, C, H, W) -> (B, H, W, F)
-        float64, Q.12. `compiled`: a window at a time in compiled calls (integer/kernels.py; the
-        default on the CPU), the same integers as the torch code below."""
-        compiled = self.device.type == "cpu" if compiled is None else compiled
-        if compiled and self.device.type != "cpu":
+        float64, Q.12. `compiled` (the default on the CPU): a window at a time in compiled calls
+        (integer/kernels.py), numpy arrays in and out; else the torch code below, which takes an
+        array or a tensor and gives a tensor on this device. The same integers either way."""
+        compiled = self.device == "cpu" if compiled is None else compiled
+        if compiled and self.device != "cpu":
             raise ValueError("the compiled kernels run on the CPU")
         if compiled:
             from . import kernels  # numba: imported where first needed
 
-            return kernels.features(self, pixels.cpu())
-        t = ar.on(str(self.device))
-        x = t["pixels"][pixels.to(self.device).long()].permute(0, 2, 3, 1)  # (B, H, W, C) Q.12
+            return kernels.features(self, np.asarray(pixels))
+        t = ar.on(self.device)
+        x = t["pixels"][torch.as_tensor(pixels).to(self.device).long()].permute(0, 2, 3, 1)  # (B, H, W, C) Q.12
         batch, height, width, _ = x.shape
         xp = torch.cat([x, torch.full_like(x[..., :1], ONE)], dim=-1)
         above = F.pad(xp, (0, 0, 1, 1, 1, 0))  # one row on top, one column each side
@@ -275,8 +343,8 @@ class IntegerPixelSNAIL:
         return ar.elu(ul, t)
 
     def _background(self, height: int, width: int) -> torch.Tensor:
-        rows = ar.positional_channel(height).to(self.device).view(height, 1).expand(height, width)
-        cols = ar.positional_channel(width).to(self.device).view(1, width).expand(height, width)
+        rows = torch.from_numpy(ar.positional_channel(height)).to(self.device).view(height, 1).expand(height, width)
+        cols = torch.from_numpy(ar.positional_channel(width)).to(self.device).view(1, width).expand(height, width)
         return torch.stack([rows, cols], dim=-1).unsqueeze(0)
 
     def stepper(self, batch: int, height: int, width: int) -> IntegerStepper:
@@ -367,46 +435,49 @@ class IntegerStepper:
         CPU) instead of torch operations; the same integers either way. Keys and values are then
         stored as float32, exact for integers below 2**20."""
         cfg, device = net.config, net.device
-        self.compiled = device.type == "cpu" if compiled is None else compiled
-        if self.compiled and device.type != "cpu":
+        self.compiled = device == "cpu" if compiled is None else compiled
+        if self.compiled and device != "cpu":
             raise ValueError("the compiled kernels run on the CPU")
         check_positions(height * width)
         self.net, self.cfg, self.batch, self.height, self.width, self.device = net, cfg, batch, height, width, device
-        self.t = ar.on(str(device))
-        self.position = torch.zeros(batch, dtype=torch.long, device=device)
-        zeros = lambda *shape: torch.zeros(*shape, dtype=torch.float64, device=device)  # noqa: E731
+
+        def zeros(*shape, dtype="float64"):  # numpy arrays for the kernels, else tensors on the device
+            return np.zeros(shape, dtype) if self.compiled else torch.zeros(shape, dtype=getattr(torch, dtype), device=device)
+
+        self.position = zeros(batch, dtype="int64")
         spatial = cfg.blocks * cfg.resnets_per_block
         self.caches = zeros(2 * spatial, batch * 2 * (width + 1), cfg.filters)  # resnet r's pair: 2r, 2r + 1
         n = height * width
-        stored = torch.float32 if self.compiled else torch.float64
-        self.keys = torch.zeros(cfg.blocks, batch, cfg.key_channels, n, dtype=stored, device=device)
-        self.values = torch.zeros(cfg.blocks, batch, cfg.value_channels, n, dtype=stored, device=device)
+        stored = "float32" if self.compiled else "float64"
+        self.keys = zeros(cfg.blocks, batch, cfg.key_channels, n, dtype=stored)
+        self.values = zeros(cfg.blocks, batch, cfg.value_channels, n, dtype=stored)
         self.features = zeros(cfg.blocks, batch, cfg.filters)  # each block's input to attention, for commit
         self.pixels = zeros(batch * (height + 1) * (width + 2), cfg.channels + 1)  # padded, with the ones channel
-        self.rows = ar.positional_channel(height).to(device)
-        self.cols = ar.positional_channel(width).to(device)
-        self._slots = torch.arange(batch, device=device)
+        self.rows, self.cols = ar.positional_channel(height), ar.positional_channel(width)
         self._stepped: np.ndarray | None = None  # the slots of the last predict, until its commit
         self._pending: tuple[np.ndarray, ...] | None = None  # a compiled commit not yet done: slots, values, advance
-        if self.compiled:  # the state as the kernels take it: numpy views of the same memory
-            self._arrays = tuple(t.numpy() for t in self._state())
+        if not self.compiled:
+            self.t = ar.on(device)
+            self.rows, self.cols = (torch.from_numpy(a).to(device) for a in (self.rows, self.cols))
+            self._slots = torch.arange(batch, device=device)
 
-    def restart(self, slots: torch.Tensor) -> None:
+    def restart(self, slots: np.ndarray) -> None:
         """Start these slots (a boolean mask) on a new window. Only the row caches' odd rows are
         cleared: a window's first row reads them as the row above, and everything else it reads it
         has written before (the caches' even rows, the pixels) or nothing ever writes (the pixels'
         padding, each row's left edge), as in the first window."""
         self._commit_pending()
-        slots = slots.to(self.device)
+        slots = np.asarray(slots, np.bool_)
+        if not self.compiled:
+            slots = torch.from_numpy(slots).to(self.device)
         self.position[slots] = 0
-        self.caches.view(len(self.caches), self.batch, 2, -1)[:, slots, 1] = 0.0
+        self.caches.reshape(len(self.caches), self.batch, 2, -1)[:, slots, 1] = 0.0
 
-    @torch.no_grad()
-    def predict(self, slots: np.ndarray | None = None) -> torch.Tensor:
-        """Mixture parameters (B, K), Q.12, of the pixel at each slot's position. `slots`: a boolean
-        mask (B,) of the slots whose parameters are wanted (default: all); compiled, only those are
-        stepped and the other rows are 0 (torch steps every slot). Only those may move on at the
-        commit that follows."""
+    def predict(self, slots: np.ndarray | None = None):
+        """Mixture parameters (B, K), Q.12, of the pixel at each slot's position: a numpy array
+        compiled, else a tensor on the device. `slots`: a boolean mask (B,) of the slots whose
+        parameters are wanted (default: all); compiled, only those are stepped and the other rows
+        are 0 (torch steps every slot). Only those may move on at the commit that follows."""
         self._stepped = np.ones(self.batch, np.bool_) if slots is None else np.asarray(slots, np.bool_)
         if self.compiled:
             return self._compiled_step(predict=True)
@@ -424,18 +495,17 @@ class IntegerStepper:
             ul = block["out_resnet"].forward(ul, self.t, aux=step_attention(query, self.keys[b], self.values[b], self.position))
         return net.head(ar.elu(ul, self.t))
 
-    def _compiled_step(self, predict: bool) -> torch.Tensor | None:
+    def _compiled_step(self, predict: bool) -> np.ndarray | None:
         from . import kernels  # numba: imported where first needed
 
         pending, self._pending = self._pending, None
-        out = kernels.step(self.net, self._arrays, pending, self._stepped if predict else None)
-        return torch.from_numpy(out) if predict else None
+        return kernels.step(self.net, self._state(), pending, self._stepped if predict else None)
 
     def _commit_pending(self) -> None:
         if self._pending is not None:
             self._compiled_step(predict=False)
 
-    def _state(self) -> tuple[torch.Tensor, ...]:
+    def _state(self) -> tuple[np.ndarray, ...]:
         """What the compiled step reads and changes (integer/kernels.py)."""
         return self.position, self.pixels, self.caches, self.keys, self.values, self.features, self.rows, self.cols
 
@@ -458,21 +528,20 @@ class IntegerStepper:
         cache.index_copy_(0, self._row_write, value)
         return cache.index_select(0, self._row_read).view(self.batch, -1)
 
-    @torch.no_grad()
-    def commit(self, values: torch.Tensor, advance: torch.Tensor | None = None) -> None:
-        """Pixel values (B, C) 0..255 at each slot's position; slots in `advance` move on (only slots
-        that the last predict stepped may)."""
+    def commit(self, values: np.ndarray, advance: np.ndarray | None = None) -> None:
+        """Pixel values (B, C) 0..255 at each slot's position; slots in `advance` (B,) move on (only
+        slots that the last predict stepped may). Numpy arrays (or CPU tensors)."""
         if self._stepped is None:
             raise RuntimeError("commit() must follow predict() for the same position")
         stepped, self._stepped = self._stepped, None
-        moving = np.ones(self.batch, np.int64) if advance is None else advance.cpu().numpy().astype(np.int64)
+        moving = np.ones(self.batch, np.int64) if advance is None else np.asarray(advance).astype(np.int64)
         if moving[~stepped].any():
             raise ValueError("a slot that predict() did not step cannot move on")
         if self.compiled:  # done at the start of the next predict or restart, in the same compiled call
-            self._pending = (stepped, values.cpu().numpy().astype(np.int64), moving)
+            self._pending = (stepped, np.asarray(values).astype(np.int64), moving)
             return
         advance = torch.from_numpy(moving).to(self.device)
-        x = self.t["pixels"][values.to(self.device).long()]
+        x = self.t["pixels"][torch.as_tensor(np.asarray(values)).to(self.device).long()]
         ones = torch.full_like(x[:, :1], ONE)
         self.pixels.index_copy_(0, self._pixel_write, torch.cat([x, ones], 1))
         for b, block in enumerate(self.net.blocks):

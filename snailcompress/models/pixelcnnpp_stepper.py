@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F
 
 from ..mixture import to_unit
-from .layers import GatedResnet, WeightNormConv2d, concat_elu
+from .layers import GatedResnet, WeightNormConv2d
 from .pixelcnnpp import PixelCNNpp
 from .stepper import _causal_input, _Linear, _RowCache, _StepResnet, _Where
 
