@@ -101,13 +101,9 @@ def test_codec_benchmark_codes_each_variant_and_refuses_adapt(tmp_path):
 def test_report_header_names_the_cpu_and_threads(monkeypatch):
     """Sessions of this project get different CPUs, so every timing report says which one it ran on."""
     monkeypatch.setattr(scripts, "machine_facts", lambda: {"cpu": "Example CPU 9000"})
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        facts = scripts.run_facts()
-    finally:
-        torch.set_num_threads(old)
-    assert "Example CPU 9000, 1 torch threads" in facts and facts.endswith(f"torch {torch.__version__}")
+    monkeypatch.setattr(scripts, "threads", lambda: 3)  # coding's threads (snailcompress/threads.py)
+    facts = scripts.run_facts()
+    assert "Example CPU 9000, 3 threads" in facts and facts.endswith(f"torch {torch.__version__}")
 
 
 def test_training_throughput_measures_each_precision_of_the_overridden_preset(tmp_path, monkeypatch):

@@ -224,6 +224,18 @@ def test_the_compiled_full_pass_equals_torch(channels, threads, torch_threads):
         assert np.array_equal(net.forward(pixels, compiled=True), net.forward(pixels, compiled=False).numpy()), shape
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_compiled_output_layer_equals_torch(threads, torch_threads):
+    """The output layer on numpy features (blocks of rows shared among the threads) against torch's:
+    features over the whole activation range, more rows than one block, and none."""
+    net = IntegerPixelSNAIL.convert(load_model("snail-rgb").model)
+    rng = np.random.default_rng(threads)
+    features = np.floor(rng.uniform(-1, 1, (2, 1300, 48)) * rng.choice([2**20, 4096, 64], (2, 1300, 48)))
+    torch_threads(threads)
+    assert np.array_equal(net.outputs(features), net.outputs(torch.from_numpy(features)).numpy())
+    assert net.outputs(np.zeros((0, 48))).shape == (0, num_params(3, 10))
+
+
 def test_a_decoder_holds_the_threads_and_gives_them_back(torch_threads):
     """While decoding, the kernels run on --threads and torch on one (its spinning OpenMP threads
     would take the kernels' cores); after, torch has its threads again."""
@@ -241,6 +253,34 @@ def test_two_threads_decode_what_one_encoded(torch_threads):
     words, _ = coder.code_plane(net, plane, (8, 8), (2, 2), band=2)
     torch_threads(2)
     assert np.array_equal(coder.decode_plane(net, words, 20, 44, 3, (8, 8), (2, 2), band=2), plane)
+
+
+class _TorchPath:
+    """An integer network seen through its torch code, as a GPU runs it, here on the CPU."""
+
+    def __init__(self, net: IntegerPixelSNAIL):
+        self.net, self.device = net, "cpu"
+
+    def features(self, pixels):
+        return self.net.features(pixels, compiled=False)  # tensors, as on a GPU
+
+    def outputs(self, features):
+        return self.net.outputs(features)
+
+    def stepper(self, batch: int, height: int, width: int) -> IntegerStepper:
+        return IntegerStepper(self.net, batch, height, width, compiled=False)
+
+
+def test_the_torch_path_codes_the_stream_of_the_compiled_one():
+    """The coder driven by the torch code (tensors out of the full pass and the stepper, the GPU's
+    path) writes the stream of the compiled kernels (numpy arrays) and decodes it, either way."""
+    net = IntegerPixelSNAIL.convert(load_model("snail-rgb").model)
+    rng = np.random.default_rng(11)
+    plane = np.clip(rng.integers(-20, 21, (11, 13, 3)).cumsum(axis=1) + 128, 0, 255).astype(np.uint8)
+    words, _ = coder.code_plane(net, plane, (4, 4), (2, 2), band=2)
+    torch_words, _ = coder.code_plane(_TorchPath(net), plane, (4, 4), (2, 2), band=2)
+    assert np.array_equal(torch_words, words)
+    assert np.array_equal(coder.decode_plane(_TorchPath(net), words, 11, 13, 3, (4, 4), (2, 2), band=2), plane)
 
 
 def test_kernels_leave_the_thread_count_alone():

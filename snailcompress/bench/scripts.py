@@ -15,6 +15,7 @@ import torch
 
 from ..errors import SnailError
 from ..fileio import atomic_write
+from ..threads import threads
 from .harness import machine_facts
 
 
@@ -34,7 +35,7 @@ def run_facts() -> str:
 
     This project's sessions get different CPUs, so a report's times mean something only beside its CPU."""
     return (f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; {machine_facts()['cpu']}, "
-            f"{torch.get_num_threads()} torch threads, torch {torch.__version__}")
+            f"{threads()} threads, torch {torch.__version__}")
 
 
 def publish(lines: list[str], out: Path | None, show: bool = True) -> None:

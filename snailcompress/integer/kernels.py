@@ -362,6 +362,29 @@ def _linear(net, index, x, out):  # pragma: no cover (compiled)
             out[b, o] = min(max(np.floor(out[b, o] + bias[o]), low[o]), high[o])
 
 
+_OUTPUT_ROWS = 1024  # rows per product of the output layer (`outputs`): blocks shared among the threads
+
+
+@numba.njit(cache=True, nogil=True)
+def _output_blocks(first, step, net, x, out):  # pragma: no cover (compiled)
+    last = len(net[0]) - 1  # the output layer, packed last
+    for block in range(first, (len(x) + _OUTPUT_ROWS - 1) // _OUTPUT_ROWS, step):
+        rows = slice(block * _OUTPUT_ROWS, min(len(x), (block + 1) * _OUTPUT_ROWS))
+        _linear(net, last, x[rows], out[rows])
+
+
+def outputs(net, features: np.ndarray) -> np.ndarray:
+    """IntegerPixelSNAIL.outputs (the output layer) in compiled calls, blocks of rows shared among
+    the threads: features (N, F) float64, Q.12 -> mixture parameters (N, K). Compiled like the rest,
+    its products run on the kernels' threads, one each, rather than on BLAS threads of their own
+    that would spin on the cores the kernels need next."""
+    packed = _packed(net)
+    x = np.ascontiguousarray(features, np.float64)
+    out = np.empty((len(x), packed.layers[-1, 2]))
+    _split(_output_blocks, -(-len(x) // _OUTPUT_ROWS), packed.arrays, x, out)
+    return out
+
+
 @numba.njit(cache=True)
 def _outputs(net, index, rows):  # pragma: no cover (compiled)
     return np.empty((rows, net[0][index, 2]))

@@ -153,12 +153,6 @@ class IntegerLinear:
             bias = bias + output_shift
         return cls(weight, bias, name, gate_channels)
 
-    def apply(self, x: np.ndarray) -> np.ndarray:
-        """The layer on a numpy array (..., in) -> (..., out): the same integers as calling it on a tensor."""
-        out = np.floor(x.reshape(-1, x.shape[-1]) @ self._weight + self._bias)
-        np.clip(out, self._low, self._high, out=out)
-        return out.reshape(*x.shape[:-1], -1)
-
     def _tensors(self, device) -> tuple:
         key = str(device)
         if key not in self._on:
@@ -300,12 +294,15 @@ class IntegerPixelSNAIL:
         return self.outputs(self.features(pixels, compiled))
 
     def outputs(self, features):
-        """The output layer: features (..., F) -> mixture parameters (..., K), Q.12, a numpy array for
-        a numpy array, a tensor on this device for a tensor. The per-image calibration changes only
+        """The output layer: features (..., F) -> mixture parameters (..., K), Q.12: for a numpy array,
+        a numpy array (compiled: integer/kernels.py), for a tensor, a tensor on this device. The per-image calibration changes only
         this layer, so the encoder may compute the features before it knows the calibration
         (codec/calibration.py)."""
         if isinstance(features, np.ndarray):
-            return self.head.apply(features.astype(np.float64, copy=False))
+            from . import kernels  # numba: imported where first needed
+
+            out = kernels.outputs(self, features.reshape(-1, features.shape[-1]))
+            return out.reshape(*features.shape[:-1], out.shape[-1])
         return self.head(features.to(self.device, torch.float64))
 
     def features(self, pixels, compiled: bool | None = None):
