@@ -49,7 +49,7 @@ def main() -> None:
         "(the compiled kernels and lookup tables cached, as after a first command). The 8x8 crop's coding takes a few "
         "milliseconds, so its commands' times are what any `encode` or `decode` spends before coding: importing numba "
         "and the kernels, and reading the model with numpy. Torch is not imported on the CPU (an encode imports it "
-        "for a calibration's fit, on planes large enough for one to pay: about 0.5 megapixels).",
+        "for a calibration's fit, on planes large enough for one to pay: an RGB image of 420x420 or more).",
         "",
         "| command | seconds |",
         "|---|---|",
