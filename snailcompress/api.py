@@ -57,15 +57,15 @@ def resolve_device(name: str = "auto") -> str:
         raise UsageError(f"--device {name}: not a device here (auto, cpu, cuda, cuda:N)")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"--device {name}: this machine has no CUDA GPU that torch can use")
-    return str(device)
+    return "cpu" if device.type == "cpu" else str(device)
 
 
 def _gpu_driver_present() -> bool:
     """Whether torch might find a GPU here, without importing torch: on Linux, only where an NVIDIA
-    (or ROCm) driver's files are; never on macOS, where torch has no CUDA; elsewhere, perhaps."""
-    if sys.platform.startswith("linux"):
+    (or ROCm, or WSL2's) driver's files are; never on macOS, where torch has no CUDA; elsewhere, perhaps."""
+    if sys.platform.startswith("linux"):  # /dev/dxg: a GPU under WSL2
         return (os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/kfd")
-                or bool(glob.glob("/dev/nvidia[0-9]*")))
+                or os.path.exists("/dev/dxg") or bool(glob.glob("/dev/nvidia[0-9]*")))
     return sys.platform != "darwin"
 
 
@@ -333,8 +333,8 @@ def one_per_thread(work, items: Sequence):
 
     from .integer import kernels
 
-    items = list(items)
-    with kernels.take_threads(kernel_threads=1), ThreadPoolExecutor(threads(), thread_name_prefix="snailcompress-files") as pool:
+    count, items = threads(), list(items)  # before take_threads, which gives torch one thread
+    with kernels.take_threads(kernel_threads=1), ThreadPoolExecutor(count, thread_name_prefix="snailcompress-files") as pool:
         done = [pool.submit(work, item) for item in items]
         for future in done[:-1]:
             yield future.result()

@@ -125,8 +125,8 @@ def save_model(model: nn.Module, path: str | Path, **facts) -> Path:
 
 def _read_model_file(path: Path) -> tuple[object, dict[str, np.ndarray], dict]:
     """(config, float32 weights by name, facts) of a model file, read with numpy (nothing unpickled).
-    The weights of a PixelSNAIL are checked against its config here (integer/network.py: the layers
-    the codec converts); those of another architecture when its torch module is built."""
+    The weights of a PixelSNAIL with the paper's ELU are checked against its config here
+    (integer/network.py: the layers the codec converts); others when their torch module is built."""
     try:
         with safe_open(str(path), framework="numpy") as f:
             metadata = f.metadata() or {}
@@ -140,12 +140,14 @@ def _read_model_file(path: Path) -> tuple[object, dict[str, np.ndarray], dict]:
         facts = json.loads(metadata.get("facts", "{}"))
     except json.JSONDecodeError:
         raise ModelError(f"{path}: model config in its metadata is not valid JSON") from None
-    if isinstance(config, PixelSNAILConfig):
+    except (TypeError, AttributeError, ValueError) as e:  # JSON, but not a config's fields
+        raise ModelError(f"{path}: model config in its metadata is not a model config ({e})") from None
+    if isinstance(config, PixelSNAILConfig) and config.nonlinearity == "elu":  # the layout conversion reads
         from .integer.network import check_weights
 
         try:
             check_weights(config, arrays)
-        except ValueError as e:
+        except (ValueError, TypeError) as e:  # TypeError: a config field of the wrong type
             raise ModelError(f"{path}: {e}") from None
     return config, arrays, facts
 

@@ -314,8 +314,8 @@ def test_many_files_load_each_model_once_and_fail_each_once(monkeypatch):
 def test_coding_on_the_cpu_does_not_import_torch(tmp_path):
     """Encoding a small image (too small for a calibration to pay) and decoding it on the CPU run in
     numpy and the compiled kernels, without importing torch (most of a command's start-up), in a
-    fresh process; --threads still reaches torch when something imports it afterwards. Where no GPU
-    driver is present, --device auto decides on the CPU without torch too."""
+    fresh process; a torch imported while a decoder holds the threads runs on one, and on coding's
+    count after. Where no GPU driver is present, --device auto decides on the CPU without torch too."""
     from importlib import resources
 
     crop = Image.open(resources.files("snailcompress") / "assets" / "kodim23-crop.png").convert("RGB")
@@ -333,8 +333,13 @@ for argv in (["encode", "small.png", "-q", "--device", device, "--threads", "1"]
     except SystemExit as e:
         assert not e.code, e.code
 assert "torch" not in sys.modules, "coding imported torch"
-import torch
-assert torch.get_num_threads() == 1, torch.get_num_threads()
+from snailcompress.integer import kernels
+from snailcompress.threads import set_threads
+set_threads(2)
+with kernels.take_threads():  # torch imported while a decoder holds the threads: one thread, then coding's
+    import torch
+    assert torch.get_num_threads() == 1, torch.get_num_threads()
+assert torch.get_num_threads() == 2, torch.get_num_threads()
 """
     done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -344,7 +349,8 @@ assert torch.get_num_threads() == 1, torch.get_num_threads()
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a machine without a GPU")
 def test_devices_that_are_not_here_are_refused():
-    assert api.resolve_device("auto") == api.resolve_device("cpu") == "cpu"
+    assert api.resolve_device("auto") == api.resolve_device("cpu") == api.resolve_device("cpu:0") == "cpu"
+    assert _net(1).to("cpu:0").device == "cpu"  # the compiled path, as for "cpu"
     for name in ("cuda", "cuda:1", "tpu", "nonsense"):
         with pytest.raises(api.UsageError, match="--device"):
             api.resolve_device(name)

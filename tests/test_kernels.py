@@ -283,6 +283,23 @@ def test_the_torch_path_codes_the_stream_of_the_compiled_one():
     assert np.array_equal(coder.decode_plane(_TorchPath(net), words, 11, 13, 3, (4, 4), (2, 2), band=2), plane)
 
 
+def test_files_side_by_side_take_the_threads_torch_had(monkeypatch):
+    """With no --threads set (library use), one_per_thread runs as many files at once as torch has
+    threads, counted before the files' kernels take them (and torch is given one)."""
+    import threading
+    import time
+
+    from snailcompress import api, threads
+
+    monkeypatch.setattr(threads, "_count", None)
+    torch.set_num_threads(2)
+    try:
+        names = list(api.one_per_thread(lambda item: time.sleep(0.1) or threading.current_thread().name, range(4)))
+    finally:
+        torch.set_num_threads(1)
+    assert len(set(names)) == 2
+
+
 def test_kernels_leave_the_thread_count_alone():
     """--threads sets torch's threads; a kernel must not change them (numba's OpenMP layer would)."""
     torch.set_num_threads(1)

@@ -80,6 +80,30 @@ def test_models_lists_the_shipped_models_without_importing_torch(tmp_path):
     assert load_model(saved).model_id == tiny.model_id  # read with numpy, the id torch's state dict gives
 
 
+def test_a_pixelsnail_with_concat_elu_loads_but_is_not_coded(tmp_path):
+    """The weights check is the integer network's layout (the paper's ELU): a concat_elu PixelSNAIL
+    file loads for eval and training as before, and only its conversion for coding is refused."""
+    from snailcompress import api
+    from snailcompress.models.presets import build
+
+    saved = save_model(build("pixelsnail-tiny", 1, nonlinearity="concat_elu"), tmp_path / "concat.safetensors")
+    loaded = load_model(saved)
+    assert loaded.model.config.nonlinearity == "concat_elu"
+    with pytest.raises(ModelError, match="ELU"):
+        api.integer_network(loaded)
+
+
+@pytest.mark.parametrize("config", ['[1, 2]', '{"architecture": "pixelsnail", "channels": "1"}',
+                                    '{"architecture": "pixelsnail", "blocks": 1.5}'])
+def test_a_model_file_whose_config_is_not_a_config_is_refused(tmp_path, config):
+    from safetensors.numpy import save_file
+
+    path = tmp_path / "odd.safetensors"
+    save_file({"head.v": np.zeros((1, 1, 1, 1), np.float32)}, str(path), metadata={"config": config})
+    with pytest.raises(ModelError, match="odd.safetensors"):
+        load_model(path).model
+
+
 @pytest.mark.parametrize("preset", ["pixelsnail-tiny", "pixelcnnpp-tiny"])
 def test_a_model_file_whose_weights_do_not_fit_its_config_is_refused(tmp_path, preset):
     """A PixelSNAIL's weights are checked as the file is read (with numpy: the layers the codec

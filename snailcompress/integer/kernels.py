@@ -167,20 +167,33 @@ _threads = 0  # the kernels' threads while a decoder holds them (take_threads), 
 @contextmanager
 def take_threads(kernel_threads: int | None = None):
     """For a decoding loop: the kernels run on `kernel_threads` threads (default: coding's number)
-    and torch, where something imported it, on one: its OpenMP threads, spinning after each of its
-    operations, would take the cores the kernels' threads need."""
+    and torch on one: its OpenMP threads, spinning after each of its operations, would take the
+    cores the kernels' threads need. Torch not imported yet starts on one (OMP_NUM_THREADS) if
+    something imports it meanwhile, and gets coding's number after. Inside a holder (files coded side
+    by side, one_per_thread), the holder's count stands."""
     global _threads
-    torch, previous = sys.modules.get("torch"), _threads
-    _threads = kernel_threads or _threads_setting.threads()
-    torch_threads = torch.get_num_threads() if torch is not None else None
+    if _threads:
+        yield
+        return
+    count = _threads_setting.threads()
+    torch, environment = sys.modules.get("torch"), os.environ.get("OMP_NUM_THREADS")
+    restore = torch.get_num_threads() if torch is not None else count
+    _threads = kernel_threads or count
     if torch is not None:
         torch.set_num_threads(1)
+    else:
+        os.environ["OMP_NUM_THREADS"] = "1"
     try:
         yield
     finally:
+        _threads = 0
+        if environment is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = environment
+        torch = sys.modules.get("torch")
         if torch is not None:
-            torch.set_num_threads(torch_threads)
-        _threads = previous
+            torch.set_num_threads(restore)
 
 
 @functools.lru_cache(maxsize=None)

@@ -274,7 +274,7 @@ class IntegerPixelSNAIL:
         """Run on `device` ("cpu", "cuda", a torch.device): `self.device` is its name. The CPU runs
         the compiled kernels and never imports torch; another device runs the torch code."""
         name = str(device)
-        self.device = "cpu" if name == "cpu" else str(torch.device(name))
+        self.device = "cpu" if name.partition(":")[0] == "cpu" else str(torch.device(name))
         return self
 
     def digest(self) -> str:
