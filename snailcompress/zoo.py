@@ -59,7 +59,9 @@ class LoadedModel:
     @property
     def weights(self) -> dict[str, np.ndarray]:
         if self._weights is None:
-            self._weights = {name: t.detach().cpu().float().numpy() for name, t in self.model.state_dict().items()}
+            from .integer.network import module_weights
+
+            self._weights = module_weights(self.model)
         return self._weights
 
     @property

@@ -200,8 +200,8 @@ class _DeviceTables(dict):
 @functools.lru_cache(maxsize=None)
 def on(device: str) -> dict[str, torch.Tensor]:
     """The tables on a torch device as float64 tensors (copied once), with two derived from them to
-    save steps: ELU over the whole activation range ("elu_all", made when first read), and the sigmoid divided by 4096 (exact:
-    a power of two)."""
+    save steps: ELU over the whole activation range ("elu_all", made when first read), and the
+    sigmoid divided by 4096 (exact: a power of two)."""
     t = _DeviceTables({name: torch.from_numpy(table.astype(np.float64)).to(device) for name, table in tables().items()})
     t["sigmoid_over_one"] = t["sigmoid"] / ONE
     return t

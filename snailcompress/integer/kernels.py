@@ -66,9 +66,9 @@ _QUERY_BLOCK = 64  # queries per block of the full pass's attention
 
 def _split(kernel, rows: int, *args, share: int = 1) -> None:
     """Run `kernel(first, step, *args)`, which does rows first, first + step, ... of `rows`, on
-    coding's number of threads (--threads, snailcompress/threads.py), each thread with at least `share` rows (a hand-over to a
-    thread costs tens of microseconds): this thread takes the rows from 0, the workers (`_Workers`)
-    the others. Interleaved rows share the work evenly (slots at later positions attend longer). The
+    coding's number of threads (--threads, snailcompress/threads.py), each thread with at least
+    `share` rows (a hand-over to a thread costs tens of microseconds): this thread takes the rows
+    from 0, the workers (`_Workers`) the others. Interleaved rows share the work evenly (slots at later positions attend longer). The
     kernels are compiled without the GIL and rows are independent, so shares run at once and give
     the integers of one thread. (numba's own parallel loops were tried: their OpenMP layer resets
     torch's thread count, and a loop that calls BLAS cannot be cached: it compiled in every run.)"""
@@ -214,8 +214,9 @@ def _one_thread_per_product() -> None:
 
 
 @functools.lru_cache(maxsize=None)
-def _table(name: str) -> np.ndarray:
-    return np.array(ar.tables()[name], np.int64)  # a copy the kernels own (the shared tables are read-only)
+def _table(name: str, dtype=np.int64) -> np.ndarray:
+    """A lookup table as `dtype`, a copy the kernels own (the shared tables are read-only)."""
+    return np.array(ar.tables()[name], dtype)
 
 
 @intrinsic
@@ -757,8 +758,8 @@ def features(net, pixels: np.ndarray) -> np.ndarray:
 @functools.lru_cache(maxsize=None)
 def _step_tables() -> tuple[np.ndarray, ...]:
     """The lookup tables the step reads: ELU, sigmoid / 4096, exp16, pixel values (float64)."""
-    t = {name: table.astype(np.float64) for name, table in ar.tables().items()}
-    return t["elu"], t["sigmoid"] / ar.ONE, t["exp16"], t["pixels"]
+    elu, sigmoid, exp16, pixels = (_table(name, np.float64) for name in ("elu", "sigmoid", "exp16", "pixels"))
+    return elu, sigmoid / ar.ONE, exp16, pixels
 
 
 # ---------------------------------------------------------------------------------------------
@@ -965,6 +966,5 @@ def symbol_bounds(params: np.ndarray, values: np.ndarray, mixtures: int, channel
 def _mixture_tables() -> tuple[np.ndarray, ...]:
     """What the tables read: exp16 (int64); tanh, inverse scales and pixel values (float64); the CDF as
     int32 (its values are below 2**21), half the cache of int64."""
-    t = {name: table.astype(np.float64) for name, table in ar.tables().items()}
-    cdf = _table("cdf").astype(np.int32)
-    return _table("exp16"), t["tanh"], t["inverse_scale"], t["pixels"], cdf
+    floats = (_table(name, np.float64) for name in ("tanh", "inverse_scale", "pixels"))
+    return _table("exp16"), *floats, _table("cdf", np.int32)

@@ -84,6 +84,11 @@ def check_weights(cfg: PixelSNAILConfig, weights: Mapping[str, np.ndarray]) -> N
                              f"not {shape}")
 
 
+def module_weights(model) -> dict[str, np.ndarray]:
+    """A torch module's parameters as float32 arrays by name: what a model file holds."""
+    return {name: t.detach().cpu().float().numpy() for name, t in model.state_dict().items()}
+
+
 def _effective_weight(v: np.ndarray, g: np.ndarray) -> np.ndarray:
     """g * v / |v| as float64 (out, kh * kw * in), inputs ordered (kernel row, column, channel);
     the norm summed by math.fsum so that no machine's reduction order can change a bit."""
@@ -222,8 +227,7 @@ class IntegerPixelSNAIL:
     @classmethod
     def convert(cls, model, calibration=None) -> IntegerPixelSNAIL:
         """A float PixelSNAIL (torch module) in integers: `from_weights` of its parameters."""
-        weights = {name: t.detach().cpu().float().numpy() for name, t in model.state_dict().items()}
-        return cls.from_weights(model.config, weights, calibration)
+        return cls.from_weights(model.config, module_weights(model), calibration)
 
     @classmethod
     def from_weights(cls, cfg, weights: Mapping[str, np.ndarray], calibration=None) -> IntegerPixelSNAIL:
@@ -295,9 +299,9 @@ class IntegerPixelSNAIL:
 
     def outputs(self, features):
         """The output layer: features (..., F) -> mixture parameters (..., K), Q.12: for a numpy array,
-        a numpy array (compiled: integer/kernels.py), for a tensor, a tensor on this device. The per-image calibration changes only
-        this layer, so the encoder may compute the features before it knows the calibration
-        (codec/calibration.py)."""
+        a numpy array (compiled: integer/kernels.py), for a tensor, a tensor on this device. The
+        per-image calibration changes only this layer, so the encoder may compute the features
+        before it knows the calibration (codec/calibration.py)."""
         if isinstance(features, np.ndarray):
             from . import kernels  # numba: imported where first needed
 
