@@ -1,14 +1,17 @@
 """What each of the decoder's compiled CPU kernels (snailcompress/integer/kernels.py) buys: the
-decoder's steps over real windows, with torch alone, with the network's step compiled, with the
-tables compiled, and with both, each checked to give the same tables.
+decoder's steps over real windows, decoding a real stream, with torch alone, with the network's step
+compiled, and with the step and the symbols' search compiled (the decoder), each checked to decode
+every value.
 
 The steps are those of decoding: the stepper predicts the position of every slot whose window is
 running (the compiled step steps only those; torch's steps every slot), the running slots' three
-channels' full frequency tables are built one after the other (each given the channels before it),
-and the true values are committed. The slots are `--slots` windows of kodim23 (34x34: the codec's default
-32x32 tiles with two rows and columns of context), scheduled as the decoder schedules that 768x512
-photo's 96 slots (24 columns, each a row of positions behind its left neighbour). Times exclude the
-range coder (the same in every variant).
+channels are decoded one after the other (each given the channels before it), and the decoded
+values are committed. Torch's symbols come from each step's full frequency tables read by
+constriction's range decoder; the compiled decoder searches each pixel's cumulative counts at a
+few edges in the same stream (codec/coder.py: StreamDecoder). The slots are `--slots` windows of
+kodim23 (34x34: the codec's default 32x32 tiles with two rows and columns of context), scheduled as
+the decoder schedules that 768x512 photo's 96 slots (24 columns, each a row of positions behind its
+left neighbour); the stream is their values, coded as the encoder codes them.
 
     python benchmarks/decoder_kernels.py --threads 1 --out results/decoder_kernels.md
 """
@@ -16,11 +19,11 @@ range coder (the same in every variant).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import time
 from contextlib import nullcontext
 from pathlib import Path
 
+import constriction
 import numpy as np
 import torch
 from PIL import Image
@@ -28,6 +31,7 @@ from PIL import Image
 from snailcompress import api
 from snailcompress.bench.heldout import SHARED
 from snailcompress.bench.scripts import publish, run, run_facts
+from snailcompress.codec import coder
 from snailcompress.codec.tiles import WindowPlan, default_band
 from snailcompress.integer import kernels
 from snailcompress.integer.mixture import IntegerConditionals
@@ -35,42 +39,70 @@ from snailcompress.integer.network import IntegerStepper
 from snailcompress.threads import set_threads
 from snailcompress.zoo import load_model
 
-VARIANTS = {  # name: (compiled step, compiled tables)
-    "torch only": (False, False),
-    "compiled step": (True, False),
-    "compiled tables": (False, True),
-    "both (the decoder's default)": (True, True),
+VARIANTS = {  # name: (compiled step, compiled search)
+    "torch only (full tables, constriction's decoder)": (False, False),
+    "compiled step (full tables, constriction's decoder)": (True, False),
+    "compiled step and search (the decoder's default)": (True, True),
 }
 
 
-def step_through(net, windows: torch.Tensor, columns: int, compiled: bool, tables: bool) -> tuple[float, int, str]:
-    """Seconds and steps to step `windows` (B, C, H, W) through every position, as the decoder
-    schedules them (slot s starts (s mod columns) * W steps after the first, one row of positions
-    behind its left neighbour), and a digest of every table."""
-    batch, channels, height, width = windows.shape
-    positions = height * width
-    start = (torch.arange(batch) % columns) * width
-    steps = positions + int(start.max())
-    stepper = IntegerStepper(net, batch, height, width, compiled=compiled)
-    digest = hashlib.sha256()
+class Schedule:
+    """The decoder's schedule of `windows` (B, C, H, W): slot s starts (s mod columns) * W steps after
+    the first, one row of positions behind its left neighbour."""
+
+    def __init__(self, windows: np.ndarray, columns: int):
+        self.windows = windows
+        batch, self.channels, self.height, self.width = windows.shape
+        self.positions = self.height * self.width
+        self.start = (np.arange(batch) % columns) * self.width
+        self.steps = self.positions + int(self.start.max())
+
+    def at(self, step: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Each slot's values (B, C) at its position, whether it runs, and whether it moves on."""
+        position = np.clip(step - self.start, 0, self.positions - 1)
+        values = self.windows[np.arange(len(position)), :, position // self.width, position % self.width].astype(np.int64)
+        running = (step >= self.start) & (step - self.start < self.positions)
+        return values, running, running & (step - self.start < self.positions - 1)
+
+
+def code(net, schedule: Schedule) -> np.ndarray:
+    """The stream of the running slots' values, step by step, channel by channel (the encoder's order)."""
+    stepper = IntegerStepper(net, len(schedule.windows), schedule.height, schedule.width)
+    encoder = constriction.stream.queue.RangeEncoder()
+    with kernels.take_threads():
+        for step in range(schedule.steps):
+            values, running, advance = schedule.at(step)
+            params = stepper.predict(running)[running]
+            start, count = IntegerConditionals(params, schedule.channels).symbol_bounds(values[running])
+            for c in range(schedule.channels):
+                coder._encode_symbols(encoder, values[running, c], start[:, c], count[:, c])
+            stepper.commit(values, advance)
+    return encoder.get_compressed()
+
+
+def decode(net, schedule: Schedule, words: np.ndarray, compiled: bool, search: bool) -> tuple[float, bool]:
+    """Seconds to decode `words` step by step, and whether every value came back."""
+    stepper = IntegerStepper(net, len(schedule.windows), schedule.height, schedule.width, compiled=compiled)
+    streams = coder._Streams([coder.StreamDecoder(words)]) if search else None
+    reader = None if search else constriction.stream.queue.RangeDecoder(words)
+    exact = True
     begin = time.perf_counter()
-    with kernels.take_threads() if compiled or tables else nullcontext():  # as the decoder does
-        _steps(stepper, windows, start, steps, tables, digest)
-    return time.perf_counter() - begin, steps, digest.hexdigest()
-
-
-def _steps(stepper, windows, start, steps, tables, digest) -> None:
-    batch, channels, height, width = windows.shape
-    positions = height * width
-    for step in range(steps):
-        position = (step - start).clamp(0, positions - 1)
-        values = windows[torch.arange(batch), :, position // width, position % width].long().numpy()
-        running = ((step >= start) & (step - start < positions)).numpy()
-        params = np.asarray(stepper.predict(running))[running]  # a tensor from the torch stepper
-        conditionals = IntegerConditionals(params, channels, compiled=tables)
-        for c in range(channels):
-            digest.update(np.asarray(conditionals.tables(c, values[running, :c])).tobytes())
-        stepper.commit(values, running & (step - start < positions - 1).numpy())
+    with kernels.take_threads() if compiled or search else nullcontext():  # as the decoder does
+        for step in range(schedule.steps):
+            values, running, advance = schedule.at(step)
+            params = np.asarray(stepper.predict(running))[running]  # a tensor from the torch stepper
+            known = np.zeros((len(params), schedule.channels), np.int64)
+            if search:
+                streams.decode(params, known)
+            else:
+                conditionals = IntegerConditionals(torch.from_numpy(params), schedule.channels, compiled=False)
+                for c in range(schedule.channels):
+                    tables = conditionals.tables(c, known[:, :c]).numpy().astype(np.float64)
+                    known[:, c] = reader.decode(coder._FAMILY, tables)
+            exact &= bool(np.array_equal(known, values[running]))
+            values[running] = known
+            stepper.commit(values, advance)
+    return time.perf_counter() - begin, exact
 
 
 def main() -> None:
@@ -86,19 +118,21 @@ def main() -> None:
     plane = np.asarray(Image.open(image).convert("RGB"))
     tile, context = (api.DEFAULT_TILE,) * 2, (api.DEFAULT_CONTEXT,) * 2
     plan = WindowPlan.for_image(*plane.shape[:2], tile, context, default_band(*plane.shape[:2], tile, context))
-    windows = torch.from_numpy(plan.windows(plane)[0][: args.slots])
+    windows = plan.windows(plane)[0][: args.slots]
     loaded = load_model("snail-rgb")
     net = api.integer_network(loaded)
-    step_through(net, windows[:2, :, :4, :4], plan.cols, True, True)  # load the compiled kernels
-    rows, reference = [], None
-    for name, (compiled, tables) in VARIANTS.items():
-        seconds, steps, digest = step_through(net, windows, plan.cols, compiled, tables)
-        reference = reference or digest
-        if digest != reference:
-            raise SystemExit(f"decoder_kernels.py: {name} gave other tables than torch alone")
+    warm = Schedule(windows[:2, :, :4, :4], plan.cols)
+    decode(net, warm, code(net, warm), True, True)  # load the compiled kernels
+    schedule = Schedule(windows, plan.cols)
+    words = code(net, schedule)
+    rows = []
+    for name, (compiled, search) in VARIANTS.items():
+        seconds, exact = decode(net, schedule, words, compiled, search)
+        if not exact:
+            raise SystemExit(f"decoder_kernels.py: {name} did not decode the values coded")
         rows.append((name, seconds))
         print(f"{name}: {seconds:.1f} s", flush=True)
-    base = rows[0][1]
+    base, steps = rows[0][1], schedule.steps
     lines = [
         "# What the decoder's compiled CPU kernels buy",
         "",
@@ -106,11 +140,11 @@ def main() -> None:
         f"{' --out ' + str(args.out) if args.out else ''}`; {run_facts()}.",
         "",
         f"snail-rgb (model id {loaded.model_id}; integer network, no calibration), {len(windows)} windows of kodim23 "
-        f"({plan.win_h}x{plan.win_w}) stepped together through all {plan.positions} positions, as the decoder schedules "
-        f"them ({plan.cols} columns, each {plan.win_w} steps behind its left neighbour: {steps} steps): predict, the "
-        "running slots' three channels' full tables, commit (the range coder not included; the compiled step steps "
-        "only the running slots, torch's every slot). "
-        "Every variant gave the same tables (one SHA-256 over all of them).",
+        f"({plan.win_h}x{plan.win_w}) decoded together through all {plan.positions} positions, as the decoder schedules "
+        f"them ({plan.cols} columns, each {plan.win_w} steps behind its left neighbour: {steps} steps), from a stream "
+        f"of {4 * len(words):,} bytes of their values: predict, the running slots' three channels decoded one after "
+        "the other, commit (the compiled step steps only the running slots, torch's every slot). Every variant "
+        "decoded every value.",
         "",
         "| variant | seconds | ms a step | speed-up |",
         "|---|---|---|---|",
@@ -119,9 +153,10 @@ def main() -> None:
         "The compiled step runs the whole network at one position (a commit, then a predict) in one call, its",
         "matrix products through BLAS and everything between them in compiled loops; its attention reads float32",
         "keys and values (exact for these integers) only up to each slot's position, the next slot's already",
-        "loading into the cache. The compiled tables go from",
-        "the network's outputs to the frequency tables in one call, skipping components of zero weight and each",
-        "component's saturated edges. Both give torch's integers exactly (tests/test_kernels.py).",
+        "loading into the cache. Constriction's range decoder needs each pixel's full table of 256 counts;",
+        "the compiled decoder (codec/coder.py: StreamDecoder) reads the same stream and finds each value by",
+        "searching the pixel's cumulative counts at a few edges, from a guess where its heaviest component",
+        "puts the stream's quantile. Both give torch's integers exactly (tests/test_kernels.py).",
     ]
     publish(lines, args.out)
 

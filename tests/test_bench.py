@@ -233,7 +233,7 @@ def test_shared_encoder_makes_one_stream():
 
     from snailcompress.bench.harness import side_by_side
     from snailcompress.api import integer_network
-    from snailcompress.codec.coder import code_plane, decode_plane
+    from snailcompress.codec.coder import StreamDecoder, code_plane, decode_plane
     from snailcompress.zoo import load_model
 
     provider = integer_network(load_model("pixelsnail-tiny").model)
@@ -244,7 +244,7 @@ def test_shared_encoder_makes_one_stream():
     first, _ = code_plane(provider, side_by_side(images[:3]), (4, 6), encoder=encoder)
     words, _ = code_plane(provider, side_by_side(images[3:]), (4, 6), encoder=encoder)
     assert 0 < len(first) < len(words)
-    decoder = constriction.stream.queue.RangeDecoder(words)
+    decoder = StreamDecoder(words)
     np.testing.assert_array_equal(decode_plane(provider, None, 4, 18, 3, (4, 6), decoder=decoder), side_by_side(images[:3]))
     np.testing.assert_array_equal(decode_plane(provider, None, 4, 12, 3, (4, 6), decoder=decoder), side_by_side(images[3:]))
     alone, _ = code_plane(provider, side_by_side(images[:3]), (4, 6))  # without an encoder: a stream of its own

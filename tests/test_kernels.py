@@ -7,6 +7,7 @@ at position 0 and slots waiting behind others.
 
 from __future__ import annotations
 
+import constriction
 import numpy as np
 import pytest
 import torch
@@ -29,23 +30,55 @@ def torch_threads():
     set_threads(1)
 
 
-def _both_tables(params: torch.Tensor, channels: int, values: torch.Tensor):
-    compiled = IntegerConditionals(params, channels, compiled=True)
-    reference = IntegerConditionals(params, channels, compiled=False)
+def _coded(params: torch.Tensor, values: np.ndarray, channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """values (N, C) coded as the encoder codes one step's pixels, channel by channel, each from its
+    two cumulative counts in the torch code's tables: the stream's words, and the counts."""
+    start, count = IntegerConditionals(params, channels, compiled=False).symbol_bounds(values)
+    encoder = constriction.stream.queue.RangeEncoder()
     for c in range(channels):
-        yield compiled.tables(c, values[:, :c]), reference.tables(c, values[:, :c])
+        coder._encode_symbols(encoder, values[:, c], start[:, c], count[:, c])
+    return encoder.get_compressed(), count
+
+
+def _decoded(params: torch.Tensor, channels: int, decoders: list) -> tuple[np.ndarray, float]:
+    """One step's pixels (rows of params, plane by plane) decoded by the compiled decoder."""
+    streams = coder._Streams(decoders)
+    known = np.zeros((len(params), channels), np.int64)
+    bits = streams.decode(np.asarray(params), known)
+    streams.close()
+    return known, bits
+
+
+def _constriction_decoded(params: torch.Tensor, channels: int, words: np.ndarray) -> np.ndarray:
+    """The same, by constriction's decoder from the torch code's full tables."""
+    decoder = constriction.stream.queue.RangeDecoder(words)
+    reference = IntegerConditionals(params, channels, compiled=False)
+    known = np.zeros((len(params), channels), np.int64)
+    for c in range(channels):
+        known[:, c] = decoder.decode(coder._FAMILY, reference.tables(c, known[:, :c]).numpy().astype(np.float64))
+    return known
+
+
+def _check_decoder(params, values: np.ndarray, channels: int) -> None:
+    params = torch.as_tensor(params)
+    words, count = _coded(params, values, channels)
+    known, bits = _decoded(params, channels, [coder.StreamDecoder(words)])
+    assert np.array_equal(known, values)
+    assert bits == pytest.approx(float((ar.PRECISION_BITS - np.log2(count + 1.0)).sum()), rel=1e-12)
+    assert np.array_equal(_constriction_decoded(params, channels, words), values)  # constriction's stream
 
 
 @pytest.mark.parametrize("channels", [3, 1])
-def test_tables_equal_torch_on_a_real_image(channels):
+def test_the_decoder_reads_the_encoders_stream_on_a_real_image(channels):
+    """The compiled decoder, searching each pixel's cumulative counts, decodes what the encoder coded
+    from the torch code's tables, as constriction's own decoder does from the full tables, and counts
+    the bits each value took."""
     net = IntegerPixelSNAIL.convert(load_model("snail-rgb" if channels == 3 else "snail-gray").model)
     rng = np.random.default_rng(channels)
     ramp = np.add.outer(np.arange(12), np.arange(12))[None, None] * 9 + rng.integers(0, 9, (2, channels, 12, 12))
     images = torch.from_numpy(np.clip(ramp, 0, 255).astype(np.uint8))
     params = net.forward(images).reshape(-1, num_params(channels, 10))
-    values = images.permute(0, 2, 3, 1).reshape(-1, channels).long()
-    for compiled, reference in _both_tables(params, channels, values):
-        assert np.array_equal(compiled, reference.numpy())
+    _check_decoder(params, images.permute(0, 2, 3, 1).reshape(-1, channels).numpy().astype(np.int64), channels)
 
 
 def _at_the_limits(seed: int, channels: int, n: int = 400, mixtures: int = 10):
@@ -60,16 +93,54 @@ def _at_the_limits(seed: int, channels: int, n: int = 400, mixtures: int = 10):
     return params, values
 
 
-@pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("channels", [3, 1])
 @pytest.mark.parametrize("seed", range(4))
-def test_tables_equal_torch_at_the_limits(channels, seed, threads, torch_threads):
-    """On two threads the rows are shared between them."""
-    torch_threads(threads)
+def test_the_decoder_reads_the_encoders_stream_at_the_limits(channels, seed):
+    """Peaked and flat mixtures, values at the ends of 0..255: intervals of width 1 to most of 2**24,
+    the range decoder taking in words often or seldom."""
     params, values = _at_the_limits(seed, channels)
-    for compiled, reference in _both_tables(params, channels, values):
-        assert np.array_equal(compiled, reference.numpy())
-        assert bool((compiled.sum(axis=1) == ar.TABLE_TOTAL).all())
+    _check_decoder(params, values.numpy(), channels)
+
+
+def test_the_decoder_goes_on_where_it_stopped_and_decodes_planes_together():
+    """Two planes' streams decoded together, over two steps: each StreamDecoder goes on where the
+    first step left it, and neither plane's rows read the other's stream."""
+    channels, n = 3, 150
+    steps = [_at_the_limits(seed, channels, n=2 * n) for seed in (20, 21)]
+    streams = []
+    for plane in range(2):
+        encoder = constriction.stream.queue.RangeEncoder()
+        for params, values in steps:
+            rows = slice(plane * n, (plane + 1) * n)
+            start, count = IntegerConditionals(params[rows], channels, compiled=False).symbol_bounds(values[rows].numpy())
+            for c in range(channels):
+                coder._encode_symbols(encoder, values[rows].numpy()[:, c], start[:, c], count[:, c])
+        streams.append(encoder.get_compressed())
+    decoders = [coder.StreamDecoder(words) for words in streams]
+    for params, values in steps:
+        known, _ = _decoded(params, channels, decoders)
+        assert np.array_equal(known, values.numpy())
+    assert not any(decoder.failed for decoder in decoders)
+
+
+def test_the_decoder_reads_a_short_stream_as_constriction_does_and_fails_where_it_fails():
+    """Past its last word a stream reads as zeros (constriction's decoder does the same, and gives the
+    same values); a quantile beyond the tables (all ones) is constriction's error: the plane fails,
+    and decode_planes gives a FormatError for it alone."""
+    channels = 3
+    params, values = _at_the_limits(30, channels, n=200)
+    words, _ = _coded(params, values.numpy(), channels)
+    short = words[: len(words) // 3]
+    known, _ = _decoded(params, channels, [coder.StreamDecoder(short)])
+    assert np.array_equal(known, _constriction_decoded(params, channels, short))
+    ones = np.full(2, 0xFFFFFFFF, np.uint32)
+    with pytest.raises(AssertionError):  # constriction's error
+        constriction.stream.queue.RangeDecoder(ones).decode(coder._FAMILY, np.ones((1, 256)))
+    decoders = [coder.StreamDecoder(ones), coder.StreamDecoder(words)]
+    doubled = torch.cat([params, params])
+    known, _ = _decoded(doubled, channels, decoders)
+    assert decoders[0].failed and not decoders[1].failed
+    assert np.array_equal(known[len(params):], values.numpy())
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -77,7 +148,7 @@ def test_tables_equal_torch_at_the_limits(channels, seed, threads, torch_threads
 @pytest.mark.parametrize("seed", range(4))
 def test_symbol_bounds_equal_torch_at_the_limits(channels, seed, threads, torch_threads):
     """The encoder's two cumulative counts per subpixel, compiled, are torch's, and are the entries
-    of the (compiled) tables the decoder builds."""
+    of the full tables (every row of which sums to the total)."""
     torch_threads(threads)
     params, values = _at_the_limits(seed + 10, channels, n=600)
     values = values.numpy()
@@ -89,26 +160,10 @@ def test_symbol_bounds_equal_torch_at_the_limits(channels, seed, threads, torch_
     expected = reference.symbol_bounds(values)
     assert np.array_equal(start, expected[0]) and np.array_equal(count, expected[1])
     for c in range(channels):
-        tables = compiled.tables(c, values[:, :c])
+        tables = reference.tables(c, values[:, :c]).numpy()
+        assert bool((tables.sum(axis=1) == ar.TABLE_TOTAL).all())
         assert np.array_equal(count[:, c], tables[rows, values[:, c]])
         assert np.array_equal(start[:, c], np.cumsum(tables, axis=1)[rows, values[:, c]] - count[:, c])
-
-
-@pytest.mark.parametrize("compiled", [True, False])
-def test_the_coders_tables_are_the_tables_as_floats(compiled):
-    """coder_tables (what the decoder hands the range coder) writes tables(c, known) into the given
-    buffer as float64, reading only the known channels before c of the array it is given."""
-    rng = np.random.default_rng(7)
-    n, k = 300, num_params(3, 10)
-    params = torch.from_numpy(np.floor(rng.uniform(-1, 1, (n, k)) * rng.choice([2**20, 4096, 64], (n, k)))).double()
-    values = rng.integers(0, 256, (n, 3))
-    conditionals = IntegerConditionals(params, 3, compiled=compiled)
-    buffer = np.full((n + 5, 256), -1.0)
-    for c in range(3):
-        tables = conditionals.coder_tables(c, values, buffer[:n])
-        assert tables.dtype == np.float64 and np.shares_memory(tables, buffer)
-        assert np.array_equal(tables, np.asarray(conditionals.tables(c, values[:, :c])))
-    assert (buffer[n:] == -1.0).all()
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -305,7 +360,7 @@ def test_kernels_leave_the_thread_count_alone():
     torch.set_num_threads(1)
     kernels.attend(np.zeros((2, 16)), np.zeros((2, 16, 3), np.float32), np.zeros((2, 3, 24), np.float32),
                    np.array([1, 3]))
-    kernels.channel_tables(np.zeros((2, num_params(3, 10))), np.zeros((2, 2), np.int64), 2, 10, 3, np.empty((2, 256)))
+    kernels.symbol_bounds(np.zeros((2, num_params(3, 10))), np.zeros((2, 3), np.int64), 10, 3)
     assert torch.get_num_threads() == 1
 
 

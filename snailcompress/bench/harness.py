@@ -67,7 +67,7 @@ from tqdm.auto import tqdm
 
 from .. import api, distributed
 from ..codec import container
-from ..codec.coder import CodingProgress, code_plane, coding_steps, decode_plane
+from ..codec.coder import CodingProgress, StreamDecoder, code_plane, coding_steps, decode_plane
 from ..codec.images import DecomposedImage, same_image
 from ..data import ArrayDataset, load_split
 from ..data.folder import MODE_OF, whole_images
@@ -366,10 +366,12 @@ def side_by_side(images: np.ndarray) -> np.ndarray:
 
 
 def _stream_row(loaded: LoadedModel, images: np.ndarray, opts: BenchOptions, of: int, coding: str, encode_chunk,
-                decode_chunk, encode_total: int, decode_total: int, overhead: int = 0) -> dict:
+                decode_chunk, encode_total: int, decode_total: int, overhead: int = 0,
+                reader=constriction.stream.queue.RangeDecoder) -> dict:
     """Images (N, C, H, W) in one range-coder stream, `opts.chunk` images a batch (`encode_chunk(chunk,
     encoder, progress)`), decoded again in the same batches (`decode_chunk(chunk, decoder, progress)`
-    gives them back) and compared; the first N of `of` images. `overhead`: container bytes around it."""
+    gives them back) and compared; the first N of `of` images. `overhead`: container bytes around it;
+    `reader`: what decode_chunk reads the stream with."""
     n = len(images)
     starts = range(0, n, opts.chunk)
     encoder = constriction.stream.queue.RangeEncoder()
@@ -379,7 +381,7 @@ def _stream_row(loaded: LoadedModel, images: np.ndarray, opts: BenchOptions, of:
             encode_chunk(images[s : s + opts.chunk], encoder, progress)
     words = encoder.get_compressed()
     encode_s = time.perf_counter() - t0
-    decoder = constriction.stream.queue.RangeDecoder(words)
+    decoder = reader(words)
     t0 = time.perf_counter()
     with CodingProgress(decode_total, f"{loaded.name} decode ({coding})", opts.progress) as progress:
         for s in starts:
@@ -407,7 +409,7 @@ def _one_stream_row(loaded: LoadedModel, images: np.ndarray, opts: BenchOptions)
 
     decode_total = sum(coding_steps(height, min(opts.chunk, n - s) * width, (height, width)) for s in range(0, n, opts.chunk))
     return _stream_row(loaded, images, opts, n, "one stream", encode, decode, n, decode_total,
-                       stream_overhead(loaded, images))
+                       stream_overhead(loaded, images), reader=StreamDecoder)
 
 
 def _in_process_row(loaded: LoadedModel, images: np.ndarray, opts: BenchOptions, of: int) -> dict:

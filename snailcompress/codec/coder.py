@@ -8,8 +8,9 @@ the same frequency tables on every machine, so
 
 * the encoder runs the full forward pass once over all windows (in chunks bounded in memory) and
   codes every symbol from its two cumulative counts (`IntegerConditionals.symbol_bounds`);
-* the decoder steps through the positions, one batch of window slots at a time, building each
-  step's full tables (`IntegerConditionals.coder_tables`) and feeding the decoded values back.
+* the decoder steps through the positions, one batch of window slots at a time, decoding each
+  step's values from their pixels' cumulative counts (a search over a few edges each, in the
+  compiled range decoder: `StreamDecoder`) and feeding them back.
 
 Planes are coded in windows (codec/tiles.py, WindowPlan): tiles, each with the already-coded rows
 above and columns to its left that it may see. Stream layout (what the decoder's schedule reads):
@@ -30,7 +31,7 @@ from tqdm.auto import tqdm
 
 from ..errors import FormatError
 from ..integer.arithmetic import PRECISION_BITS
-from ..integer.mixture import IntegerConditionals
+from ..integer.mixture import IntegerConditionals, mixture_count
 from ..lazy import torch
 from .tiles import WindowPlan
 
@@ -272,24 +273,70 @@ def code_plane(net, plane: np.ndarray, tile: tuple[int, int], context: tuple[int
 # Decoding: step by step
 
 
-def _decode_batch(net, plan: WindowPlan, canvases: np.ndarray, slots: np.ndarray, decoders: list,
-                  errors: dict, progress: CodingProgress | None = None) -> None:
+class StreamDecoder:
+    """A reader of one range-coder stream as the encoder's constriction.stream.queue.RangeEncoder
+    wrote it (u32 words), that goes on where its last symbol ended, so that one stream may hold
+    several planes (bench/harness.py). Its symbols are decoded by the compiled step
+    (integer/kernels.py: decode_pixels), which finds each value by searching its pixel's cumulative
+    counts at a few edges: constriction's own decoder needs all 256 of every pixel's table, which
+    took longer to build than the network's step. It follows constriction's decoder exactly (same
+    state, same words read, same error), and tests decode constriction's streams with it."""
+
+    def __init__(self, words):
+        self.words = np.ascontiguousarray(words, dtype=np.uint32).ravel()
+        first = [int(word) for word in self.words[:2]] + [0, 0]  # missing words read as zeros
+        #: lower end and width of the range (width 2**64 - 1 to start), the point the words spell, next word
+        self.state = np.array([0, (1 << 64) - 1, (first[0] << 32) | first[1], min(2, len(self.words))], np.uint64)
+        self.failed = False
+
+
+class _Streams:
+    """The StreamDecoders of planes decoded together, as the compiled decoding reads them: their words
+    one after the other, each one's state, and whether it has failed. `close` hands the states back."""
+
+    def __init__(self, decoders: list[StreamDecoder]):
+        self.decoders = decoders
+        offsets = np.cumsum([0] + [len(d.words) for d in decoders])
+        self.offsets, self.ends = offsets[:-1].astype(np.uint64), offsets[1:].astype(np.int64)
+        self.words = np.concatenate([d.words for d in decoders])
+        self.coders = np.stack([d.state for d in decoders])
+        self.coders[:, 3] += self.offsets
+        self.failed = np.array([d.failed for d in decoders], np.bool_)
+
+    def decode(self, params: np.ndarray, known: np.ndarray) -> float:
+        """One step's pixels into known (N, C), from their mixture parameters (N, K), rows plane by
+        plane; the bits they took."""
+        from ..integer import kernels  # numba: imported where first needed
+
+        channels = known.shape[1]
+        return kernels.decode_pixels(params, known, mixture_count(params.shape[1], channels), channels, self.coders,
+                                     self.words, self.ends, self.failed)
+
+    def close(self) -> None:
+        for k, decoder in enumerate(self.decoders):
+            decoder.state = self.coders[k].copy()
+            decoder.state[3] -= self.offsets[k]
+            decoder.failed = bool(self.failed[k])
+
+
+
+def _decode_batch(net, plan: WindowPlan, canvases: np.ndarray, slots: np.ndarray, streams: _Streams,
+                  progress: CodingProgress | None = None) -> None:
     """Run one batch of window slots (see WindowPlan) of K planes of one shape, step by step, decoding
-    the pixels each window owns; plane k's symbols come from decoders[k].
+    the pixels each window owns; plane k's symbols come from stream k.
 
     `canvases` (K, H', W', C) start empty and fill in as pixels are decoded. Pixels a window does not
     code (its context, and the padding) come from its canvas, where they are already known: context
     from windows that ran earlier, padding from the window's own earlier pixels. The stepper runs the
     K planes' slots as one batch (plane by plane, so each plane's coded slots are one run of rows, in
-    its slot order); slots never mix, so a plane whose stream fails (errors[k] is set) stops reading
-    and cannot change another plane's pixels. Stops early once every plane has failed.
+    its slot order); slots never mix, so a plane whose stream fails stops reading and cannot change
+    another plane's pixels. Stops early once every plane has failed.
     """
     start, count = plan.slot_schedule(slots)
     planes, n, positions, channels = len(canvases), len(slots), plan.positions, canvases.shape[3]
     plane = np.repeat(np.arange(planes), n)
     first_rows, columns = np.tile(slots[:, 0], planes), np.tile(slots[:, 1], planes)
     stepper = net.stepper(planes * n, plan.win_h, plan.win_w)
-    buffer = np.empty((planes * n, 256))  # each step's tables, one channel at a time
     total = batch_steps(plan, start, count)
     for first in range(0, total, DECODE_CHUNK_STEPS):  # the schedule of a chunk of steps at once
         steps = np.arange(first, min(first + DECODE_CHUNK_STEPS, total))
@@ -300,7 +347,7 @@ def _decode_batch(net, plan: WindowPlan, canvases: np.ndarray, slots: np.ndarray
         y, x = plan.place(first_rows + window, columns, r, c)
         y, x = np.minimum(y, plan.height - 1), np.minimum(x, plan.width - 1)
         for s, step in enumerate(steps):
-            if len(errors) == planes:
+            if streams.failed.all():
                 return
             if step and begins[s].any():
                 stepper.restart(begins[s])
@@ -311,8 +358,7 @@ def _decode_batch(net, plan: WindowPlan, canvases: np.ndarray, slots: np.ndarray
             if len(rows):
                 mine = params if len(rows) == len(params) else params[_index(params, rows)]
                 known = values[rows].astype(np.int64)
-                bits = _decode_pixels(IntegerConditionals(mine, channels), known, decoders, errors, buffer,
-                                      progress is not None)
+                bits = streams.decode(_numpy(mine), known)
                 values[rows] = known
                 canvases[plane[rows], y[s, rows], x[s, rows]] = values[rows]
             stepper.commit(values, advance[s])
@@ -323,29 +369,6 @@ def _decode_batch(net, plan: WindowPlan, canvases: np.ndarray, slots: np.ndarray
 def _index(array, rows: np.ndarray):
     """rows as an index of `array`: numpy's, or a tensor on the array's device."""
     return rows if isinstance(array, np.ndarray) else torch.from_numpy(rows).to(array.device)
-
-
-def _decode_pixels(conditionals: IntegerConditionals, known: np.ndarray, decoders: list, errors: dict,
-                   buffer: np.ndarray, count_bits: bool) -> float:
-    """Decode one step's coded pixels into `known` (m, C) int64, channel by channel, each channel's
-    tables given the channels before it (written into `buffer`); plane k's pixels, a run of m / K
-    rows, come from decoders[k], and a plane whose stream fails (errors[k]) is read no further. The
-    bits they took, if `count_bits` (the progress bar shows them), else 0."""
-    rows, channels = known.shape
-    chosen = np.empty((rows, channels)) if count_bits else None  # each decoded symbol's count
-    per_plane = rows // len(decoders)  # the planes share one plan: the same count each
-    for ch in range(channels):
-        tables = conditionals.coder_tables(ch, known, buffer[:rows])
-        for k, decoder in enumerate(decoders):
-            part = slice(k * per_plane, (k + 1) * per_plane)
-            if k not in errors:
-                try:
-                    known[part, ch] = decoder.decode(_FAMILY, tables[part])
-                except Exception as e:  # constriction raises on a stream that ends too early
-                    errors[k] = FormatError(f"coded stream is corrupt or truncated ({e})")
-        if count_bits:
-            chosen[:, ch] = tables[np.arange(rows), known[:, ch]]
-    return _bits(chosen) if count_bits else 0.0
 
 
 def _kernel_threads(net):
@@ -360,13 +383,11 @@ def _kernel_threads(net):
 
 def decode_planes(net, streams: list, height: int, width: int, channels: int, tile: tuple[int, int],
                   context: tuple[int, int] = (0, 0), band: int = 1, progress=False) -> list:
-    """Decode planes of one shape and coding, each from its own stream (its words, or a queue
-    RangeDecoder to go on reading from), together: the steps of one plane decode many. Returns, for
-    each, its (H, W, C) plane or the FormatError its stream gave."""
+    """Decode planes of one shape and coding, each from its own stream (its words, or a StreamDecoder
+    to go on reading from), together: the steps of one plane decode many. Returns, for each, its
+    (H, W, C) plane or the FormatError its stream gave."""
     plan = WindowPlan.for_image(height, width, tile, context, band)
-    decoders = [stream if hasattr(stream, "decode") else
-                constriction.stream.queue.RangeDecoder(np.ascontiguousarray(stream, dtype=np.uint32))
-                for stream in streams]
+    decoders = [stream if isinstance(stream, StreamDecoder) else StreamDecoder(stream) for stream in streams]
     errors: dict[int, FormatError] = {}
     canvases = np.stack([plan.canvas(np.zeros((height, width, channels), np.uint8))] * len(streams))
     groups = plan.slot_groups(MAX_BATCH_TILES)
@@ -374,19 +395,20 @@ def decode_planes(net, streams: list, height: int, width: int, channels: int, ti
     with _progress(progress, _plan_steps(plan) * -(-len(streams) // per_batch), "decode", "step") as bar, \
             _kernel_threads(net):
         for first in range(0, len(streams), per_batch):
-            batch = slice(first, first + per_batch)
-            failed: dict[int, FormatError] = {}
+            batch = _Streams(decoders[first : first + per_batch])
             for slots in groups:
-                _decode_batch(net, plan, canvases[batch], slots, decoders[batch], failed, bar)
-            errors.update({first + k: error for k, error in failed.items()})
+                _decode_batch(net, plan, canvases[first : first + per_batch], slots, batch, bar)
+            batch.close()
+            errors.update({first + int(k): FormatError("coded stream is corrupt or truncated")
+                           for k in np.flatnonzero(batch.failed)})
     return [errors.get(k) or np.ascontiguousarray(canvas[:height, :width]) for k, canvas in enumerate(canvases)]
 
 
 def decode_plane(net, words: np.ndarray | None, height: int, width: int, channels: int,
                  tile: tuple[int, int], context: tuple[int, int] = (0, 0), band: int = 1, progress=False,
                  decoder=None) -> np.ndarray:
-    """Inverse of code_plane: the (H, W, C) plane. `decoder`: an existing queue RangeDecoder to go
-    on reading from (`words` is then ignored and may be None)."""
+    """Inverse of code_plane: the (H, W, C) plane. `decoder`: a StreamDecoder to go on reading from
+    (`words` is then ignored and may be None)."""
     result = decode_planes(net, [decoder if decoder is not None else words], height, width, channels, tile, context,
                            band, progress)[0]
     if isinstance(result, FormatError):

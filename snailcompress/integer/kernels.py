@@ -1,29 +1,28 @@
 """Compiled CPU kernels (numba): the network's full pass a window at a time (the encoder), its whole
-step at one position (the decoder), and, from the network's outputs, the mixture's frequency tables
-(the decoder) or each subpixel's two cumulative counts (the encoder).
+step at one position (the decoder), and, from the network's outputs, each subpixel's two cumulative
+counts (the encoder) or its value, searched for in the range coder's stream (the decoder).
 
 Each gives exactly the integers of the torch code it replaces on the CPU (`IntegerPixelSNAIL.forward`,
-`IntegerStepper`, `IntegerConditionals.tables` and `symbol_bounds`; tests compare them directly):
-every value is an integer or a multiple of a power of two, every product and sum stays exact in
-float64 or int64 (arithmetic.py), so neither the order of a sum, nor fused multiply-add, nor the
-number of threads can change a bit. They are faster because they do less, not because they round
-differently:
+`IntegerStepper`, `IntegerConditionals.symbol_bounds`, and constriction's range decoder reading
+`IntegerConditionals.tables`; tests compare them directly): every value is an integer or a multiple
+of a power of two, every product and sum stays exact in float64 or int64 (arithmetic.py), so neither
+the order of a sum, nor fused multiply-add, nor the number of threads can change a bit. They are
+faster because they do less, not because they round differently:
 
 * the network's matrix products go to BLAS (numba's np.dot, through SciPy) and everything between
   them (requantising, lookup tables, the 2x2 convs' inputs, gates) runs in compiled loops, one pass
   each instead of several torch operations; a full pass runs a window at a time (its arrays stay in
   cache), a step (a commit, then a predict) is one call instead of some two hundred torch operations,
   and its attention reads keys and values stored as float32 (integers below 2**20: exact), channel by
-  channel, only up to each slot's own position, the next slot's already loading (a step's keys and
-  values are far larger than the caches, so the attention waits on memory more than it computes);
-* the tables go from the network's outputs to counts in one call per channel, skipping components of
-  zero weight and, per component, the edges where its CDF is saturated at the table's ends (the CDF's
-  argument grows with the edge, so those are a prefix and a suffix), adding their constant
-  contribution through a difference array; the encoder's counts take the same component weights
-  and the CDFs at a value's two edges only.
+  channel, only up to each slot's own position, the next slot's already loading;
+* the encoder's counts take the component weights and the CDFs at a value's two edges only; the
+  decoder runs constriction's range decoder itself and finds each value by searching the pixel's
+  cumulative counts at a few edges (the same two counts, at the value found), where constriction's
+  decoder needs all 256 counts of every table, which took longer to build than the network's step.
 
 Rows (windows, slots, pixels) are independent: `_split` shares them among --threads threads, each
-running the whole computation on its share. On a GPU the torch code runs instead; it is the reference.
+running the whole computation on its share; the decoder's symbols are one stream, read in order on
+one thread. On a GPU the torch code runs instead; it is the reference.
 """
 
 from __future__ import annotations
@@ -57,6 +56,7 @@ _CDF_BITS = ar.CDF_BITS
 _LIMIT = float(ar.ACTIVATION_LIMIT)
 _WEIGHT_BITS = ar.ATTENTION_WEIGHT_BITS
 _CDF_ONE = 1 << ar.CDF_BITS
+_PRECISION_BITS = float(ar.PRECISION_BITS)
 _MEAN_LIMIT = float(ar.MEAN_LIMIT)
 _LOG_SCALE_LIMIT = float(ar.LOG_SCALE_LIMIT)
 _TANH_LIMIT = float(ar.TANH_INPUT_LIMIT)
@@ -819,61 +819,6 @@ def _cdf_at(edge, mean, inverse, cdf):  # pragma: no cover (compiled)
 
 
 @numba.njit(cache=True)
-def _counts(weights, mean, inverse, cdf, out):  # pragma: no cover (compiled)
-    """One pixel's frequency table (256,) from its component weights, means and inverse scales."""
-    # sums of w_k cdf_k: integers below 2**36 (the weights sum to at most 2**16, a CDF is at most
-    # 2**20), exact in float64, which the last loops below can divide in vectors
-    mixed = np.zeros(256)  # sum_k w_k cdf_k at edges 1..255 (index e - 1)
-    constant = np.zeros(257)  # a difference array: saturated edges' contributions
-    total = 0
-    for k in range(len(weights)):
-        if weights[k] == 0:
-            continue
-        total += weights[k]
-        w = float(weights[k])
-        inv = inverse[k]
-        offset = _CENTRE - mean[k] * inv  # exact (integer/mixture.py: _cdf)
-        step = _EDGE_ONE * inv
-        # the CDF's argument at edge e + 1 is ((e + 1) * EDGE_ONE - ONE) * inv + offset, increasing
-        # with e; start a little below the estimated first unsaturated edge, and check that the
-        # edge before the start is saturated (else start at the first edge)
-        first = int(max(0.0, min(255.0, (-offset / step) + _ONE / _EDGE_ONE - 1.0 - 2.0)))
-        if first > 0 and float(first * _EDGE_ONE - _ONE) * inv + offset > 0.0:
-            first = 0
-        constant[0] += w * cdf[0]
-        constant[first] -= w * cdf[0]
-        # likewise the first edge saturated at the top (255: none), estimated and then moved to the
-        # exact one: the computed argument never decreases with the edge (rounding is monotone), so
-        # the loop below has no exit to test
-        last = int(max(float(first), min(255.0, (_TOP - offset) / step + _ONE / _EDGE_ONE - 1.0)))
-        while last > first and float(last * _EDGE_ONE - _ONE) * inv + offset >= _TOP:
-            last -= 1
-        while last < 255 and float((last + 1) * _EDGE_ONE - _ONE) * inv + offset < _TOP:
-            last += 1
-        for e in range(first, last):
-            v = float((e + 1) * _EDGE_ONE - _ONE) * inv + offset
-            mixed[e] += w * cdf[max(int(v), 0)]
-        constant[last] += w * cdf[_TOP]
-    # floor(a * TOTAL / (total * 2**20)) = floor(a * (TOTAL / 256) / (total * 2**12)): numerator
-    # (below 2**36 * 2**16) and denominator (at most 2**28) are exact in float64, and so is the floor of
-    # their correctly rounded quotient: a quotient (below 2**24) that is not an integer lies at least
-    # 1 / denominator >= 2**-28 from the next one, farther than its rounding error (2**-29)
-    numerator_scale = float(_TOTAL // 256)
-    denominator = float(total << (_CDF_BITS - 8))
-    cumulative = np.empty(255)
-    running = 0.0
-    for e in range(255):
-        running += constant[e]
-        cumulative[e] = (mixed[e] + running) * numerator_scale
-    for e in range(255):
-        cumulative[e] = np.floor(cumulative[e] / denominator)
-    out[0] = cumulative[0]
-    for e in range(1, 255):
-        out[e] = cumulative[e] - cumulative[e - 1]
-    out[255] = _TOTAL - cumulative[254]
-
-
-@numba.njit(cache=True)
 def _bin(v, mean, inverse, cdf):  # pragma: no cover (compiled)
     """A component's Q.20 CDF below and above value v (its edges v - 1/2 and v + 1/2): 0 below 0, one
     above 255 (the tails)."""
@@ -889,31 +834,6 @@ def _update(weights, posterior):  # pragma: no cover (compiled)
     _normalise(posterior)
     if posterior.sum() > 0:
         weights[:] = posterior
-
-
-@numba.njit(cache=True)
-def _weights(row, known, c, mixtures, channels, t, weights, posterior, mean, inverse):  # pragma: no cover (compiled)
-    """IntegerConditionals._weights of one pixel, into `weights`: the prior's weights updated to their
-    posterior by each known channel < c (`known`: the pixel's values)."""
-    _prior(row, mixtures, t[0], weights)
-    for prev in range(c):
-        _components(row, known, prev, mixtures, channels, t, mean, inverse)
-        for k in range(mixtures):
-            low, high = _bin(known[prev], mean[k], inverse[k], t[4])
-            posterior[k] = weights[k] * (high - low)
-        _update(weights, posterior)
-
-
-@numba.njit(cache=True, nogil=True)
-def _table_rows(first, step, params, known, c, mixtures, channels, t, out):  # pragma: no cover (compiled)
-    """IntegerConditionals.tables(c, known) for rows first, first + step, ...: the pixel's component
-    weights for channel c, then channel c's table."""
-    weights, posterior = np.empty(mixtures, np.int64), np.empty(mixtures, np.int64)
-    mean, inverse = np.empty(mixtures), np.empty(mixtures)
-    for i in range(first, len(out), step):
-        _weights(params[i], known[i], c, mixtures, channels, t, weights, posterior, mean, inverse)
-        _components(params[i], known[i], c, mixtures, channels, t, mean, inverse)
-        _counts(weights, mean, inverse, t[4], out[i])
 
 
 @numba.njit(cache=True, nogil=True)
@@ -942,16 +862,6 @@ def _bound_rows(first, step, params, values, mixtures, channels, t, start, count
                 _update(weights, posterior)
 
 
-def channel_tables(params: np.ndarray, known: np.ndarray, c: int, mixtures: int, channels: int,
-                   out: np.ndarray) -> np.ndarray:
-    """IntegerConditionals.tables(c, known) in one compiled call, into `out` (N, 256) float64 (counts
-    below 2**24: exact; the form the range coder reads): frequency tables of channel c from the
-    network's outputs (N, K) float64, Q.12, and the values (N, >= c) int64 of channels < c."""
-    _split(_table_rows, len(out), params, known, c, mixtures, channels, _mixture_tables(), out,
-           share=TABLE_ROWS_PER_THREAD)
-    return out
-
-
 def symbol_bounds(params: np.ndarray, values: np.ndarray, mixtures: int, channels: int) -> tuple[np.ndarray, np.ndarray]:
     """IntegerConditionals.symbol_bounds in one compiled call: (start, count) int64 (N, C) of each
     channel's value in its table, from the network's outputs (N, K) float64, Q.12, and the values
@@ -968,3 +878,164 @@ def _mixture_tables() -> tuple[np.ndarray, ...]:
     int32 (its values are below 2**21), half the cache of int64."""
     floats = (_table(name, np.float64) for name in ("tanh", "inverse_scale", "pixels"))
     return _table("exp16"), *floats, _table("cdf", np.int32)
+
+
+# ---------------------------------------------------------------------------------------------
+# The decoder's symbols: constriction's range decoder, searching each pixel's cumulative counts
+
+
+_WORD_BITS = np.uint64(32)
+_SMALLEST_RANGE = np.uint64(1 << 32)  # a range below this takes in the next word
+_PRECISION = np.uint64(ar.PRECISION_BITS)
+_QUANTILES = np.uint64(1 << ar.PRECISION_BITS)
+
+
+@numba.njit(cache=True)
+def _mixed(edge, weights, mean, inverse, cdf):  # pragma: no cover (compiled)
+    """sum_k w_k cdf_k at edge 1..255 (an integer below 2**36): what _bound_rows sums."""
+    mixed = 0
+    for k in range(len(weights)):
+        if weights[k]:
+            mixed += weights[k] * _cdf_at(edge, mean[k], inverse[k], cdf)
+    return mixed
+
+
+@numba.njit(cache=True)
+def _fits(value, quantile, weights, denominator, mean, inverse, cdf):  # pragma: no cover (compiled)
+    """Whether value's interval starts at or below quantile: value + C(value) <= quantile, where
+    C(value) = floor(mixed * TOTAL / denominator) is the table's cumulative count below it; compared
+    without the division (both products are below 2**61)."""
+    if value == 0:
+        return True
+    room = quantile - value  # C(value) <= room  <=>  mixed * TOTAL < (room + 1) * denominator
+    return room >= 0 and _mixed(value, weights, mean, inverse, cdf) * _TOTAL < (room + 1) * denominator
+
+
+@numba.njit(cache=True)
+def _search(quantile, guess, weights, denominator, mean, inverse, cdf):  # pragma: no cover (compiled)
+    """The value v whose interval [v + C(v), v + 1 + C(v + 1)) holds quantile: the largest that
+    fits. Gallops from `guess` (anywhere in 0..255: only the number of steps depends on it) to a
+    bracket, then bisects."""
+    if _fits(guess, quantile, weights, denominator, mean, inverse, cdf):
+        low, step = guess, 1  # low fits; look above
+        high = 255
+        while low + step <= 255:
+            if _fits(low + step, quantile, weights, denominator, mean, inverse, cdf):
+                low, step = low + step, 2 * step
+            else:
+                high = low + step - 1
+                break
+    else:
+        high, step = guess - 1, 1  # guess does not fit: the value is below it (0 always fits)
+        low = 0
+        while high - step >= 0:
+            if _fits(high - step + 1, quantile, weights, denominator, mean, inverse, cdf):
+                low = high - step + 1
+                break
+            high, step = high - step, 2 * step
+    while low < high:  # low fits, everything above high does not
+        middle = (low + high + 1) >> 1
+        if _fits(middle, quantile, weights, denominator, mean, inverse, cdf):
+            low = middle
+        else:
+            high = middle - 1
+    return low
+
+
+@numba.njit(cache=True)
+def _guess(quantile, weights, mean, inverse):  # pragma: no cover (compiled)
+    """Where the heaviest component puts the quantile: a start for _search (no value depends on it)."""
+    best = 0
+    for k in range(1, len(weights)):
+        if weights[k] > weights[best]:
+            best = k
+    u = (quantile + 0.5) / float(1 << ar.PRECISION_BITS)
+    z = np.log(u / (1.0 - u))  # the logistic's quantile, in units of its scale
+    # the component's CDF argument at edge e is (e * EDGE_ONE - ONE - mean) * inverse (+ CENTRE), z on the
+    # CDF's grid of 2**CDF_TABLE_STEP_BITS a unit
+    edge = (mean[best] + _ONE + z * float(1 << ar.CDF_TABLE_STEP_BITS) / inverse[best]) / _EDGE_ONE
+    return int(min(max(edge, 0.0), 255.0))
+
+
+@numba.njit(cache=True)
+def _decode_symbol(coder, words, end, weights, mean, inverse, cdf, at_edges):  # pragma: no cover (compiled)
+    """One value from a range decoder's state `coder` (lower, range, point, index of its next word
+    in `words`, up to `end`), as constriction.stream.queue.RangeDecoder decodes it from a table
+    whose value v takes [v + C(v), v + 1 + C(v + 1)) of 2**24 (the encoder's intervals). Returns the
+    value and its interval's width; each component's CDF at the value's two edges (0 below value 0,
+    2**20 above 255) go into at_edges (2, K) for the weights' posterior. (-1, 0) where the stream
+    cannot have come from these tables (constriction's error: a quantile beyond them)."""
+    lower, width, point = coder[0], coder[1], coder[2]
+    scale = width >> _PRECISION
+    quantile = (point - lower) // scale
+    if quantile >= _QUANTILES:
+        return -1, 0
+    q = np.int64(quantile)
+    total = 0
+    for k in range(len(weights)):
+        total += weights[k]
+    denominator = total << _CDF_BITS
+    value = _search(q, _guess(q, weights, mean, inverse), weights, denominator, mean, inverse, cdf)
+    below = above = 0
+    for k in range(len(weights)):
+        low, high = _bin(value, mean[k], inverse[k], cdf) if weights[k] else (0, 0)
+        at_edges[0, k], at_edges[1, k] = low, high
+        below += weights[k] * low
+        above += weights[k] * high
+    start = value + (below * _TOTAL) // denominator
+    size = value + 1 + (above * _TOTAL) // denominator - start
+    lower += scale * np.uint64(start)
+    width = scale * np.uint64(size)
+    if width < _SMALLEST_RANGE:
+        lower <<= _WORD_BITS
+        width <<= _WORD_BITS
+        point <<= _WORD_BITS
+        at = np.int64(coder[3])
+        if at < end:  # past the end, constriction reads zeros
+            point |= np.uint64(words[at])
+        coder[3] = np.uint64(at + 1)
+    coder[0], coder[1], coder[2] = lower, width, point
+    return value, size
+
+
+@numba.njit(cache=True)
+def _decode_rows(params, known, mixtures, channels, t, coders, words, ends, failed, weights):  # pragma: no cover (compiled)
+    """One step's pixels into known (N, C), channel by channel, each channel's values in row order:
+    plane k's rows (a run of N / K) from coders[k]; a plane that fails is marked in `failed` and read
+    no further. `weights` (N, K): each row's component weights, from the prior at channel 0, then
+    updated to their posterior by each decoded value. Returns the bits the symbols took."""
+    posterior = np.empty(mixtures, np.int64)
+    mean, inverse = np.empty(mixtures), np.empty(mixtures)
+    at_edges = np.empty((2, mixtures), np.int64)
+    planes = len(coders)
+    per_plane = len(params) // planes
+    bits = 0.0
+    for c in range(channels):
+        for k in range(planes):
+            for i in range(k * per_plane, (k + 1) * per_plane):
+                if failed[k]:
+                    break
+                if c == 0:
+                    _prior(params[i], mixtures, t[0], weights[i])
+                _components(params[i], known[i], c, mixtures, channels, t, mean, inverse)
+                value, size = _decode_symbol(coders[k], words, ends[k], weights[i], mean, inverse, t[4], at_edges)
+                if value < 0:
+                    failed[k] = True
+                    break
+                known[i, c] = value
+                bits += _PRECISION_BITS - np.log2(size)
+                if c + 1 < channels:
+                    for m in range(mixtures):
+                        posterior[m] = weights[i, m] * (at_edges[1, m] - at_edges[0, m])
+                    _update(weights[i], posterior)
+    return bits
+
+
+def decode_pixels(params: np.ndarray, known: np.ndarray, mixtures: int, channels: int, coders: np.ndarray,
+                  words: np.ndarray, ends: np.ndarray, failed: np.ndarray) -> float:
+    """Decode one step's pixels in one compiled call (see _decode_rows): params (N, K) float64, Q.12,
+    the network's outputs; known (N, C) int64, written; range decoders `coders` (P, 4) uint64 over
+    `words` (uint32; plane p's up to ends[p]), changed in place; failed (P,) bool. Returns the bits."""
+    weights = np.empty((len(params), mixtures), np.int64)
+    return _decode_rows(np.ascontiguousarray(params, np.float64), known, mixtures, channels, _mixture_tables(),
+                        coders, words, ends, failed, weights)

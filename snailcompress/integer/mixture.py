@@ -18,7 +18,8 @@ network's Q.12 outputs with integer arithmetic only (arithmetic.py):
   range coder (which adds 1 to each count) gives every value a non-zero probability.
 
 `symbol_bounds` computes, for known values, only the two cumulative counts that bound each value:
-exactly the entries of the full table (`tables`), at 2/255 of the cost. The encoder needs no more.
+exactly the entries of the full table (`tables`), at 2/255 of the cost. The encoder needs no more,
+and the decoder finds each value by searching those counts at a few edges (integer/kernels.py).
 """
 
 from __future__ import annotations
@@ -57,6 +58,14 @@ class _TorchParts:
     posteriors: list[torch.Tensor]  # the component weights (N, M) int64 of channels 0, 1, ...: the prior first
 
 
+def mixture_count(outputs: int, channels: int) -> int:
+    """The components of a mixture that `outputs` network outputs parameterise for `channels`."""
+    m = outputs // (1 + channels * (3 if channels == 3 else 2))
+    if num_params(channels, m) != outputs:
+        raise ValueError(f"{outputs} outputs do not fit a {channels}-channel mixture")
+    return m
+
+
 class IntegerConditionals:
     """Per-channel integer frequency tables of N pixels, from their Q.12 mixture parameters (N, K)."""
 
@@ -67,11 +76,7 @@ class IntegerConditionals:
         self.compiled = (isinstance(params, np.ndarray) or params.device.type == "cpu") if compiled is None else compiled
         # what each way reads: float64 numpy for the kernels, a tensor for torch
         self.params = np.ascontiguousarray(params, np.float64) if self.compiled else torch.as_tensor(params)
-        k = params.shape[1]
-        slot = 3 if channels == 3 else 2
-        m = self.mixtures = k // (1 + channels * slot)
-        if num_params(channels, m) != k:
-            raise ValueError(f"{k} outputs do not fit a {channels}-channel mixture")
+        self.mixtures = mixture_count(params.shape[1], channels)
 
     @functools.cached_property
     def _parts(self) -> _TorchParts:
@@ -144,28 +149,16 @@ class IntegerConditionals:
 
     def tables(self, c: int, known=None):
         """Counts (N, 256) int64 of channel c given the values (N, >= c) of channels < c; every row
-        sums to TABLE_TOTAL. A numpy array compiled, else a tensor."""
+        sums to TABLE_TOTAL. From the torch code (a numpy array where the parameters were, else a
+        tensor): the reference for the coder, which reads only each value's two cumulative counts
+        (`symbol_bounds`, and the decoder's search in integer/kernels.py)."""
         if self.compiled:
-            return self.coder_tables(c, None if known is None else np.asarray(known)).astype(np.int64)
+            reference = IntegerConditionals(torch.from_numpy(self.params), self.channels, compiled=False)
+            return reference.tables(c, None if known is None else np.asarray(known)).numpy()
         known = None if known is None else torch.as_tensor(known).to(self.params.device)
         cumulative = self._cumulative(c, known, torch.arange(1, 256, device=self.params.device))
         zero = torch.zeros(cumulative.shape[0], 1, dtype=torch.int64, device=cumulative.device)
         return torch.cat([zero, cumulative, torch.full_like(zero, ar.TABLE_TOTAL)], dim=1).diff(dim=1)
-
-    def coder_tables(self, c: int, known: np.ndarray | None = None, out: np.ndarray | None = None) -> np.ndarray:
-        """`tables(c, known)` as the range coder reads them: float64 (N, 256) (counts below 2**24, so
-        exact), written into `out` where given (the decoder reuses one buffer). `known`: the values
-        (N, >= c) of channels < c, a numpy array (later columns are not read). Compiled, the counts
-        come straight from the kernel."""
-        n = len(self.params)
-        out = np.empty((n, 256)) if out is None else out
-        known = np.zeros((n, 0), np.int64) if known is None else np.ascontiguousarray(known, np.int64)
-        if self.compiled:
-            from . import kernels  # numba: imported where first needed
-
-            return kernels.channel_tables(self.params, known, c, self.mixtures, self.channels, out)
-        out[:] = self.tables(c, known[:, :c]).cpu().numpy()
-        return out
 
     def symbol_bounds(self, values) -> tuple[np.ndarray, np.ndarray]:
         """(start, count) int64 numpy arrays (N, C) of every channel's value in values (N, C): the
