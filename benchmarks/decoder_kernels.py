@@ -144,7 +144,8 @@ def main() -> None:
         f"them ({plan.cols} columns, each {plan.win_w} steps behind its left neighbour: {steps} steps), from a stream "
         f"of {4 * len(words):,} bytes of their values: predict, the running slots' three channels decoded one after "
         "the other, commit (the compiled step steps only the running slots, torch's every slot). Every variant "
-        "decoded every value.",
+        "decoded every value. Torch runs on one thread inside the decoder's loop (take_threads), so the variants "
+        "compare fairly at --threads 1.",
         "",
         "| variant | seconds | ms a step | speed-up |",
         "|---|---|---|---|",

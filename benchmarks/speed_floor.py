@@ -128,8 +128,8 @@ def main() -> None:
     lines += ["", "The least time is the matrix work alone at the measured throughput; the decoder's adds the time to",
               "read its attention's keys and values once a step at the measured read rate (the two could overlap, so",
               "this sum is not a strict floor; neither is it reachable, as every step also reads the weights and",
-              "writes its activations). The rest of a step (requantising, table lookups, the mixture's frequency",
-              "tables, the range coder, Python) is what separates the codec from it."]
+              "writes its activations). The rest of a step (requantising, table lookups, the search of each value in",
+              "the range coder's stream, Python) is what separates the codec from it."]
     publish(lines, args.out)
 
 

@@ -161,14 +161,6 @@ class RecordingEncoder:
         return self.inner.get_compressed()
 
 
-def _interval(tables: np.ndarray, symbols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Where each symbol's interval starts, and its width, out of 2**24: what the range coder reads
-    of its table (each entry takes its count + 1, integer/arithmetic.py)."""
-    rows = np.arange(len(symbols))
-    width = tables[rows, symbols] + 1
-    return np.cumsum(tables + 1, axis=1)[rows, symbols] - width, width
-
-
 class BitCounter(coder.CodingProgress):
     """A progress bar that stays hidden and keeps the bits it was told."""
 
@@ -199,6 +191,17 @@ def test_the_decoder_gives_each_value_the_encoders_interval(channels, height, wi
     assert counter.bits == pytest.approx(float((24 - np.log2(widths)).sum()), rel=1e-12)
 
 
+def test_a_stream_to_go_on_reading_from_is_a_stream_decoder():
+    """decode_plane goes on reading a StreamDecoder; constriction's own decoder, which the decoder
+    used to read, is refused with a message naming what to pass."""
+    plane = np.random.default_rng(6).integers(0, 256, (6, 6, 1), dtype=np.uint8)
+    words, _ = coder.code_plane(_net(1), plane, (TILE, TILE))
+    with pytest.raises(TypeError, match="StreamDecoder"):
+        coder.decode_plane(_net(1), None, 6, 6, 1, (TILE, TILE), decoder=constriction.stream.queue.RangeDecoder(words))
+    decoded = coder.decode_plane(_net(1), None, 6, 6, 1, (TILE, TILE), decoder=coder.StreamDecoder(words))
+    assert np.array_equal(decoded, plane)
+
+
 def test_decoding_with_other_tables_does_not_give_the_image():
     """The agreement above matters: a decoder with other weights gets other pixels (or an error)."""
     rng = np.random.default_rng(5)
@@ -213,7 +216,7 @@ def test_decoding_with_other_tables_does_not_give_the_image():
 
 def test_symbols_coded_through_three_entry_tables_give_the_full_tables_stream():
     """The encoder codes each symbol from its (start, count) with a three-entry table: the stream is
-    the one that the symbol's full 256-entry table (as the decoder builds it) gives, including values
+    the one that the symbol's full 256-entry table gives, including values
     0 and 255, zero counts and counts that take everything above their start."""
     rng = np.random.default_rng(3)
     n = 20_000

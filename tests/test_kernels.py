@@ -102,6 +102,27 @@ def test_the_decoder_reads_the_encoders_stream_at_the_limits(channels, seed):
     _check_decoder(params, values.numpy(), channels)
 
 
+def test_the_search_finds_the_value_whose_interval_holds_the_quantile_from_any_guess():
+    """_search, from every kind of guess, gives the value v with v + C(v) <= q < v + 1 + C(v + 1)
+    (C: the torch code's cumulative counts) at each value's first and last quantile."""
+    channels, mixtures = 3, 10
+    params, _ = _at_the_limits(40, channels, n=24)
+    t = kernels._mixture_tables()
+    weights, mean, inverse = np.empty(mixtures, np.int64), np.empty(mixtures), np.empty(mixtures)
+    tables = IntegerConditionals(params, channels, compiled=False).tables(0).numpy()
+    rng = np.random.default_rng(41)
+    for row, table in zip(params.numpy(), tables):
+        kernels._prior(row, mixtures, t[0], weights)
+        kernels._components(row, np.zeros(channels, np.int64), 0, mixtures, channels, t, mean, inverse)
+        starts = np.arange(256) + np.concatenate([[0], np.cumsum(table)[:-1]])  # where each value's interval begins
+        quantiles = np.unique(np.clip(np.concatenate([starts, starts - 1, [(1 << ar.PRECISION_BITS) - 1]]), 0, None))
+        expected = np.searchsorted(starts, quantiles, side="right") - 1
+        denominator = int(weights.sum()) << ar.CDF_BITS
+        for guess in (0, 1, 127, 254, 255, int(rng.integers(0, 256))):
+            found = [kernels._search(int(q), guess, weights, denominator, mean, inverse, t[4]) for q in quantiles]
+            assert np.array_equal(found, expected), guess
+
+
 def test_the_decoder_goes_on_where_it_stopped_and_decodes_planes_together():
     """Two planes' streams decoded together, over two steps: each StreamDecoder goes on where the
     first step left it, and neither plane's rows read the other's stream."""
@@ -125,14 +146,15 @@ def test_the_decoder_goes_on_where_it_stopped_and_decodes_planes_together():
 
 def test_the_decoder_reads_a_short_stream_as_constriction_does_and_fails_where_it_fails():
     """Past its last word a stream reads as zeros (constriction's decoder does the same, and gives the
-    same values); a quantile beyond the tables (all ones) is constriction's error: the plane fails,
+    same values, from no words and from one on); a quantile beyond the tables (all ones) is constriction's error: the plane fails,
     and decode_planes gives a FormatError for it alone."""
     channels = 3
     params, values = _at_the_limits(30, channels, n=200)
     words, _ = _coded(params, values.numpy(), channels)
-    short = words[: len(words) // 3]
-    known, _ = _decoded(params, channels, [coder.StreamDecoder(short)])
-    assert np.array_equal(known, _constriction_decoded(params, channels, short))
+    for length in (0, 1, len(words) // 3):
+        short = words[:length]
+        known, _ = _decoded(params, channels, [coder.StreamDecoder(short)])
+        assert np.array_equal(known, _constriction_decoded(params, channels, short)), length
     ones = np.full(2, 0xFFFFFFFF, np.uint32)
     with pytest.raises(AssertionError):  # constriction's error
         constriction.stream.queue.RangeDecoder(ones).decode(coder._FAMILY, np.ones((1, 256)))

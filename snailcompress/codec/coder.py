@@ -254,7 +254,7 @@ def code_plane(net, plane: np.ndarray, tile: tuple[int, int], context: tuple[int
     whatever the plane's size: windows are computed a chunk of steps at a time.
 
     `encoder`: an existing queue RangeEncoder to append to, so that several planes make one stream;
-    the words returned are then the whole stream so far. Decode it with one RangeDecoder passed to
+    the words returned are then the whole stream so far. Decode it with one StreamDecoder passed to
     decode_plane for the same planes in the same order.
 
     `kept`: the features (H * W, F) of some windows, by (window row, window column), that the
@@ -317,7 +317,6 @@ class _Streams:
             decoder.state = self.coders[k].copy()
             decoder.state[3] -= self.offsets[k]
             decoder.failed = bool(self.failed[k])
-
 
 
 def _decode_batch(net, plan: WindowPlan, canvases: np.ndarray, slots: np.ndarray, streams: _Streams,
@@ -387,6 +386,8 @@ def decode_planes(net, streams: list, height: int, width: int, channels: int, ti
     to go on reading from), together: the steps of one plane decode many. Returns, for each, its
     (H, W, C) plane or the FormatError its stream gave."""
     plan = WindowPlan.for_image(height, width, tile, context, band)
+    if any(hasattr(stream, "decode") for stream in streams):
+        raise TypeError("a stream to go on reading from is a codec.coder.StreamDecoder")
     decoders = [stream if isinstance(stream, StreamDecoder) else StreamDecoder(stream) for stream in streams]
     errors: dict[int, FormatError] = {}
     canvases = np.stack([plan.canvas(np.zeros((height, width, channels), np.uint8))] * len(streams))

@@ -22,7 +22,8 @@ faster because they do less, not because they round differently:
 
 Rows (windows, slots, pixels) are independent: `_split` shares them among --threads threads, each
 running the whole computation on its share; the decoder's symbols are one stream, read in order on
-one thread. On a GPU the torch code runs instead; it is the reference.
+one thread. On a GPU the torch code runs the network instead (it is the reference), and the
+decoder's search still runs here, on the network's outputs copied to the CPU.
 """
 
 from __future__ import annotations
@@ -51,7 +52,6 @@ _ACTIVATION_BITS = ar.ACTIVATION_BITS
 _EXP_LIMIT = ar.EXP_INPUT_LIMIT
 _TOP = 2 * _CENTRE  # the CDF table's last index
 _TOTAL = ar.TABLE_TOTAL
-assert _TOTAL % 256 == 0  # the tables' floor division (_counts) divides numerator and denominator by 256
 _CDF_BITS = ar.CDF_BITS
 _LIMIT = float(ar.ACTIVATION_LIMIT)
 _WEIGHT_BITS = ar.ATTENTION_WEIGHT_BITS
@@ -160,7 +160,7 @@ def _workers(count: int) -> _Workers:
     return _worker_pool
 
 
-TABLE_ROWS_PER_THREAD = 16  # a table takes a few microseconds, a hand-over some tens: fewer rows stay on one thread
+COUNT_ROWS_PER_THREAD = 16  # a pixel's counts take a microsecond or so, a hand-over some tens: fewer rows stay on one thread
 _threads = 0  # the kernels' threads while a decoder holds them (take_threads), else coding's
 
 
@@ -763,7 +763,7 @@ def _step_tables() -> tuple[np.ndarray, ...]:
 
 
 # ---------------------------------------------------------------------------------------------
-# The mixture's frequency tables, from the network's outputs
+# The mixture's cumulative counts, from the network's outputs
 
 
 @numba.njit(cache=True)
@@ -868,7 +868,7 @@ def symbol_bounds(params: np.ndarray, values: np.ndarray, mixtures: int, channel
     (N, C) int64."""
     start, count = np.empty(values.shape, np.int64), np.empty(values.shape, np.int64)
     _split(_bound_rows, len(start), params, values, mixtures, channels, _mixture_tables(), start, count,
-           share=TABLE_ROWS_PER_THREAD)
+           share=COUNT_ROWS_PER_THREAD)
     return start, count
 
 
@@ -963,7 +963,7 @@ def _decode_symbol(coder, words, end, weights, mean, inverse, cdf, at_edges):  #
     in `words`, up to `end`), as constriction.stream.queue.RangeDecoder decodes it from a table
     whose value v takes [v + C(v), v + 1 + C(v + 1)) of 2**24 (the encoder's intervals). Returns the
     value and its interval's width; each component's CDF at the value's two edges (0 below value 0,
-    2**20 above 255) go into at_edges (2, K) for the weights' posterior. (-1, 0) where the stream
+    2**20 above 255; 0 for a component of weight 0) go into at_edges (2, K) for the weights' posterior. (-1, 0) where the stream
     cannot have come from these tables (constriction's error: a quantile beyond them)."""
     lower, width, point = coder[0], coder[1], coder[2]
     scale = width >> _PRECISION
@@ -998,7 +998,7 @@ def _decode_symbol(coder, words, end, weights, mean, inverse, cdf, at_edges):  #
     return value, size
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _decode_rows(params, known, mixtures, channels, t, coders, words, ends, failed, weights):  # pragma: no cover (compiled)
     """One step's pixels into known (N, C), channel by channel, each channel's values in row order:
     plane k's rows (a run of N / K) from coders[k]; a plane that fails is marked in `failed` and read

@@ -70,8 +70,9 @@ class IntegerConditionals:
     """Per-channel integer frequency tables of N pixels, from their Q.12 mixture parameters (N, K)."""
 
     def __init__(self, params, channels: int, compiled: bool | None = None):
-        """`params`: a numpy array or a tensor. `compiled`: compute with integer/kernels.py (the
-        default for an array or a CPU tensor) instead of torch; the same integers either way."""
+        """`params`: a numpy array or a tensor. `compiled`: compute `symbol_bounds` with
+        integer/kernels.py (the default for an array or a CPU tensor) instead of torch; the same
+        integers either way (`tables` is the torch code's)."""
         self.channels = channels
         self.compiled = (isinstance(params, np.ndarray) or params.device.type == "cpu") if compiled is None else compiled
         # what each way reads: float64 numpy for the kernels, a tensor for torch
@@ -80,7 +81,7 @@ class IntegerConditionals:
 
     @functools.cached_property
     def _parts(self) -> _TorchParts:
-        """What the torch code reads, made on first use (the compiled tables read the parameters)."""
+        """What the torch code reads, made on first use (the compiled counts read the parameters)."""
         t = ar.on(str(self.params.device))  # the torch code's: self.params is a tensor
         n, m, channels = len(self.params), self.mixtures, self.channels
         logits = self.params[:, :m]
