@@ -244,3 +244,20 @@ def test_the_model_alone_when_asked():
     decomposed = decompose(Image.frombytes("L", (5, 4), np.random.default_rng(0).bytes(20)))  # noise: stored wins
     assert api.encode_image(decomposed, SHIPPED, calibrate=False).planes[0].method != "model"
     assert api.encode_image(decomposed, SHIPPED, calibrate=False, fallback=False).planes[0].method == "model"
+
+
+def test_pillows_smallest_deflate_is_not_written_where_it_cannot_win(monkeypatch):
+    """Where Pillow's default deflate stream is over HOPELESS times the model's plane, its smallest (a
+    second save) is not written; the file is the one that writing it too gives. Otherwise both are."""
+    decomposed = decompose(Image.fromarray(PHOTO[:64, :64]))
+    snail = api.encode_image(decomposed, SHIPPED, calibrate=False, fallback=False)
+    saves = []
+    save = Image.Image.save
+    monkeypatch.setattr(Image.Image, "save", lambda image, *args, **kwargs: saves.append(kwargs) or save(image, *args, **kwargs))
+    chosen = container.write(methods.smallest(decomposed, list(snail.planes), snail.arithmetic))
+    assert saves == [{}]  # the photo's model plane is far smaller than a PNG of it
+    monkeypatch.setattr(methods, "HOPELESS", float("inf"))
+    assert container.write(methods.smallest(decomposed, list(snail.planes), snail.arithmetic)) == chosen
+    assert saves[1:] == [{}, {"optimize": True}]
+    deflate = [plane for plane in methods.alternatives(decomposed, "RGB", beat=10**9) if plane.method == "deflate"]
+    assert len(saves) == 5 and len(deflate) == 1  # a model plane that large: both written

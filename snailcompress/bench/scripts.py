@@ -34,8 +34,9 @@ def run_facts() -> str:
     """When, on which CPU, with how many threads and which torch: what a timing depends on.
 
     This project's sessions get different CPUs, so a report's times mean something only beside its CPU."""
+    count = threads()
     return (f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; {machine_facts()['cpu']}, "
-            f"{threads()} threads, torch {torch.__version__}")
+            f"{count} thread{'' if count == 1 else 's'}, torch {torch.__version__}")
 
 
 def publish(lines: list[str], out: Path | None, show: bool = True) -> None:

@@ -35,6 +35,10 @@ __all__ = ["model_may_win", "alternatives", "smallest", "decode_plane"]
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_SETTINGS = ({}, {"optimize": True})  # Pillow's default (what a plain save writes) and its smallest
+#: Pillow's smallest stream is a few percent below its default one (zlib's level 9 against 6): where the
+#: default stream is over this many times the model's plane, the smallest cannot win and is not written
+#: (a photo's second save took a few percent of its encode)
+HOPELESS = 2
 
 
 def model_may_win(pixels: np.ndarray) -> bool:
@@ -77,9 +81,10 @@ def _idat(png: bytes) -> bytes:
     return b"".join(out)
 
 
-def _deflate(pixels: np.ndarray, snail_mode: str, channels: str, extras: dict) -> bytes | None:
+def _deflate(pixels: np.ndarray, snail_mode: str, channels: str, extras: dict, beat: int | None = None) -> bytes | None:
     """The smallest deflate stream Pillow writes of the plane, or None where the method cannot hold
-    it (palette indices beyond what the palette's bit depth holds)."""
+    it (palette indices beyond what the palette's bit depth holds). `beat`: the bytes of the model's
+    coding of the plane; only the default stream is written where it is over HOPELESS times that."""
     mode, _, bits = _png_layout(snail_mode, channels, extras)
     height, width = pixels.shape[:2]
     if mode == "1":
@@ -92,6 +97,8 @@ def _deflate(pixels: np.ndarray, snail_mode: str, channels: str, extras: dict) -
         image.putpalette(bytes(3 << bits))
     streams = []
     for settings in _PNG_SETTINGS:
+        if streams and beat is not None and len(streams[0]) > HOPELESS * beat:
+            break
         out = io.BytesIO()
         image.save(out, "PNG", **settings, **({"bits": bits} if mode == "P" else {}))
         streams.append(_idat(out.getvalue()))
@@ -104,13 +111,14 @@ def _stored(pixels: np.ndarray, snail_mode: str) -> bytes:
     return np.ascontiguousarray(pixels).tobytes()
 
 
-def alternatives(image: DecomposedImage, name: str) -> list[container.Plane]:
-    """The plane `name` of the image coded by each method other than the model that can hold it."""
+def alternatives(image: DecomposedImage, name: str, beat: int | None = None) -> list[container.Plane]:
+    """The plane `name` of the image coded by each method other than the model that can hold it;
+    `beat`: the bytes of the model's coding of it, if any (see HOPELESS)."""
     pixels = image.planes[name]
     planes = []
     if _is_bilevel(pixels):
         planes.append(container.Plane.coded(name, "bilevel", bilevel.encode(pixels[..., 0] != 0)))
-    deflated = _deflate(pixels, image.mode, name, image.extras)
+    deflated = _deflate(pixels, image.mode, name, image.extras, beat)
     if deflated is not None:
         planes.append(container.Plane.coded(name, "deflate", deflated))
     planes.append(container.Plane.coded(name, "stored", _stored(pixels, image.mode)))
@@ -135,7 +143,8 @@ def smallest(image: DecomposedImage, model_planes: list[container.Plane | None],
     deflate, stored."""
     options = []
     for name, coded in zip(image.expected_planes(), model_planes):
-        options.append(([coded] if coded is not None else []) + (alternatives(image, name) if fallback else []))
+        beat = None if coded is None else len(coded.data)
+        options.append(([coded] if coded is not None else []) + (alternatives(image, name, beat) if fallback else []))
     crc = pixel_checksum(image)
     best, best_size = None, None
     for planes in itertools.chain(itertools.product(*options), _both_planes(image) if fallback else []):
