@@ -10,6 +10,9 @@ model loaded once, the files decoded together); and a 4000x3000 mosaic of the sh
 largest photos here are 1500x1000; the smaller ones are scaled up to fill their square).
 
     python benchmarks/coding_speed.py --threads 2 --sizes 32,32x100,256,768,4000 --out results/coding_speed.md
+
+Times are the median of --repeats runs (4000x3000: one): this machine's speed drifts by a tenth from
+one run to the next.
 """
 
 from __future__ import annotations
@@ -99,29 +102,38 @@ def _command(args: list[str]) -> tuple[float, float]:
     return float(seconds), int(kilobytes) / 1024  # KB on Linux
 
 
-def measure(size: str, threads: int, codecs, work: Path) -> dict:
+def measure(size: str, threads: int, codecs, work: Path, repeats: int) -> dict:
+    """One row: each command and codec run `repeats` times, the median time and the largest peak kept
+    (this machine's speed drifts from one minute to the next)."""
     paths = _images(size, work)
-    out, back = work / f"{size}-snail", work / f"{size}-decoded"
-    encode_s, encode_mb = _command(["encode", *map(str, paths), "-o", f"{out}/", "-q", "--threads", str(threads)])
-    snails = sorted(out.glob("*.snail"))
-    decode_s, decode_mb = _command(["decode", *map(str, snails), "-o", f"{back}/", "-q", "--threads", str(threads)])
     pixels = [np.asarray(Image.open(p)) for p in paths]
-    for path, original in zip(sorted(back.glob("*.png")), pixels):
-        if not np.array_equal(np.asarray(Image.open(path)), original):
-            raise RuntimeError(f"{path.name} did not decode exactly")
+    encodes, decodes = [], []
+    for k in range(repeats):
+        out, back = work / f"{size}-snail-{k}", work / f"{size}-decoded-{k}"
+        encodes.append(_command(["encode", *map(str, paths), "-o", f"{out}/", "-q", "--threads", str(threads)]))
+        snails = sorted(out.glob("*.snail"))
+        decodes.append(_command(["decode", *map(str, snails), "-o", f"{back}/", "-q", "--threads", str(threads)]))
+        for path, original in zip(sorted(back.glob("*.png")), pixels):
+            if not np.array_equal(np.asarray(Image.open(path)), original):
+                raise RuntimeError(f"{path.name} did not decode exactly")
     subpixels = sum(p.size for p in pixels)
     row = {"size": size, "images": len(paths), "shape": f"{pixels[0].shape[1]}x{pixels[0].shape[0]}",
-           "snail_bpsp": 8 * sum(p.stat().st_size for p in snails) / subpixels,
-           "encode_s": encode_s, "decode_s": decode_s, "encode_mb": encode_mb, "decode_mb": decode_mb}
+           "snail_bpsp": 8 * sum(p.stat().st_size for p in snails) / subpixels, "runs": repeats,
+           "encode_s": float(np.median([s for s, _ in encodes])), "decode_s": float(np.median([s for s, _ in decodes])),
+           "encode_mb": max(mb for _, mb in encodes), "decode_mb": max(mb for _, mb in decodes)}
     for codec in codecs:
-        start = time.perf_counter()
-        files = [codec.encode(p) for p in pixels]
-        middle = time.perf_counter()
-        for data, original in zip(files, pixels):
-            if not np.array_equal(codec.decode(data, original.shape), original):
-                raise RuntimeError(f"{codec.name} did not decode exactly")
-        row[codec.name] = {"bpsp": 8 * sum(map(len, files)) / subpixels, "encode_s": middle - start,
-                           "decode_s": time.perf_counter() - middle}
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            files = [codec.encode(p) for p in pixels]
+            middle = time.perf_counter()
+            for data, original in zip(files, pixels):
+                if not np.array_equal(codec.decode(data, original.shape), original):
+                    raise RuntimeError(f"{codec.name} did not decode exactly")
+            times.append((middle - start, time.perf_counter() - middle))
+        row[codec.name] = {"bpsp": 8 * sum(map(len, files)) / subpixels,
+                           "encode_s": float(np.median([e for e, _ in times])),
+                           "decode_s": float(np.median([d for _, d in times]))}
     return row
 
 
@@ -130,19 +142,21 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="--threads of the commands")
     parser.add_argument("--sizes", default=",".join(SIZES), help=f"rows, from {', '.join(SIZES)}")
     parser.add_argument("--codecs", default="jpegxl-e7,jpegxl-e9")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="runs of each command and codec, the median kept (4000x3000: one, it takes minutes)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     sizes = args.sizes.split(",")
     if unknown := [s for s in sizes if s not in SIZES]:
         parser.error(f"unknown size(s) {', '.join(unknown)}; choose from {', '.join(SIZES)}")
     codecs = get_codecs(args.codecs)
-    kept = PartialRows(args.out, {"argv": sys.argv[1:]})
+    kept = PartialRows(args.out, {"argv": sys.argv[1:], "repeats": args.repeats})
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for size in sizes:
             row = kept.get(size)
             if row is None:
-                row = measure(size, args.threads, codecs, Path(tmp))
+                row = measure(size, args.threads, codecs, Path(tmp), 1 if size == "4000" else args.repeats)
                 kept.add(size, row)
             rows.append(row)
             print(row, flush=True)
@@ -156,7 +170,9 @@ def main() -> None:
         "writing; decode also checks each file's checksum); its memory is the command's peak resident set. JPEG-XL "
         "(imagecodecs) is timed in-process, so it pays no start-up. Bits per subpixel count every byte of the files. "
         "32x32 x100: one command for a hundred 32x32 files (the model loaded once, the files decoded together); its "
-        "rate is images per second. 4000x3000: a mosaic of twelve shared photos (1000x1000 centre crops)." + kept.note(),
+        "rate is images per second. 4000x3000: a mosaic of twelve shared photos (1000x1000 centre crops). Times are "
+        f"the median of {args.repeats} runs of each command and codec, peaks the largest (4000x3000: one run)."
+        + kept.note(),
         "",
         "| image | snailcompress bits/subpixel | encode s | decode s | encode peak MB | decode peak MB | "
         + " | ".join(f"{n} bits/subpixel | {n} encode s | {n} decode s" for n in names) + " |",
