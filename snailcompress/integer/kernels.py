@@ -836,28 +836,35 @@ def _update(weights, posterior):  # pragma: no cover (compiled)
         weights[:] = posterior
 
 
+@numba.njit(cache=True)
+def _value_bounds(value, weights, mean, inverse, cdf, posterior):  # pragma: no cover (compiled)
+    """A value's two cumulative counts in its pixel's table, (start, count): floor(sum_k w_k cdf_k *
+    TOTAL / (sum_k w_k * 2**20)) at its two edges (0 below value 0 and TOTAL above 255 come out
+    exactly); the same component CDFs give each component's w_k * P(value) in `posterior`, the
+    weights' update for the next channel, so each is read once."""
+    below = above = total = 0
+    for k in range(len(weights)):
+        low, high = _bin(value, mean[k], inverse[k], cdf) if weights[k] else (0, 0)
+        below += weights[k] * low
+        above += weights[k] * high
+        total += weights[k]
+        posterior[k] = weights[k] * (high - low)
+    denominator = total << _CDF_BITS
+    start = (below * _TOTAL) // denominator
+    return start, (above * _TOTAL) // denominator - start
+
+
 @numba.njit(cache=True, nogil=True)
 def _bound_rows(first, step, params, values, mixtures, channels, t, start, count):  # pragma: no cover (compiled)
     """IntegerConditionals.symbol_bounds for rows first, first + step, ...: channel by channel, the
-    two cumulative counts around the pixel's value, floor(sum_k w_k cdf_k * TOTAL / (sum_k w_k *
-    2**20)) at its two edges; the same component CDFs then give the weights' posterior for the next
-    channel, so each is read once."""
+    two cumulative counts around the pixel's value, and the weights' posterior for the next channel."""
     weights, posterior = np.empty(mixtures, np.int64), np.empty(mixtures, np.int64)
     mean, inverse = np.empty(mixtures), np.empty(mixtures)
     for i in range(first, len(start), step):
         _prior(params[i], mixtures, t[0], weights)
         for c in range(channels):
             _components(params[i], values[i], c, mixtures, channels, t, mean, inverse)
-            below = above = total = 0
-            for k in range(mixtures):
-                low, high = _bin(values[i, c], mean[k], inverse[k], t[4])
-                below += weights[k] * low
-                above += weights[k] * high
-                total += weights[k]
-                posterior[k] = weights[k] * (high - low)
-            denominator = total << _CDF_BITS  # 0 below value 0 and TOTAL above 255 come out exactly
-            start[i, c] = (below * _TOTAL) // denominator
-            count[i, c] = (above * _TOTAL) // denominator - start[i, c]
+            start[i, c], count[i, c] = _value_bounds(values[i, c], weights, mean, inverse, t[4], posterior)
             if c + 1 < channels:
                 _update(weights, posterior)
 
@@ -958,13 +965,13 @@ def _guess(quantile, weights, mean, inverse):  # pragma: no cover (compiled)
 
 
 @numba.njit(cache=True)
-def _decode_symbol(coder, words, end, weights, mean, inverse, cdf, at_edges):  # pragma: no cover (compiled)
+def _decode_symbol(coder, words, end, weights, mean, inverse, cdf, posterior):  # pragma: no cover (compiled)
     """One value from a range decoder's state `coder` (lower, range, point, index of its next word
     in `words`, up to `end`), as constriction.stream.queue.RangeDecoder decodes it from a table
     whose value v takes [v + C(v), v + 1 + C(v + 1)) of 2**24 (the encoder's intervals). Returns the
-    value and its interval's width; each component's CDF at the value's two edges (0 below value 0,
-    2**20 above 255; 0 for a component of weight 0) go into at_edges (2, K) for the weights' posterior. (-1, 0) where the stream
-    cannot have come from these tables (constriction's error: a quantile beyond them)."""
+    value and its interval's width, and each component's w_k * P(value) in `posterior` (see
+    _value_bounds); (-1, 0) where the stream cannot have come from these tables (constriction's
+    error: a quantile beyond them)."""
     lower, width, point = coder[0], coder[1], coder[2]
     scale = width >> _PRECISION
     quantile = (point - lower) // scale
@@ -976,15 +983,9 @@ def _decode_symbol(coder, words, end, weights, mean, inverse, cdf, at_edges):  #
         total += weights[k]
     denominator = total << _CDF_BITS
     value = _search(q, _guess(q, weights, mean, inverse), weights, denominator, mean, inverse, cdf)
-    below = above = 0
-    for k in range(len(weights)):
-        low, high = _bin(value, mean[k], inverse[k], cdf) if weights[k] else (0, 0)
-        at_edges[0, k], at_edges[1, k] = low, high
-        below += weights[k] * low
-        above += weights[k] * high
-    start = value + (below * _TOTAL) // denominator
-    size = value + 1 + (above * _TOTAL) // denominator - start
-    lower += scale * np.uint64(start)
+    below, count = _value_bounds(value, weights, mean, inverse, cdf, posterior)
+    size = count + 1  # constriction gives each value its count + 1, after the values below it
+    lower += scale * np.uint64(below + value)
     width = scale * np.uint64(size)
     if width < _SMALLEST_RANGE:
         lower <<= _WORD_BITS
@@ -1006,7 +1007,6 @@ def _decode_rows(params, known, mixtures, channels, t, coders, words, ends, fail
     updated to their posterior by each decoded value. Returns the bits the symbols took."""
     posterior = np.empty(mixtures, np.int64)
     mean, inverse = np.empty(mixtures), np.empty(mixtures)
-    at_edges = np.empty((2, mixtures), np.int64)
     planes = len(coders)
     per_plane = len(params) // planes
     bits = 0.0
@@ -1018,15 +1018,13 @@ def _decode_rows(params, known, mixtures, channels, t, coders, words, ends, fail
                 if c == 0:
                     _prior(params[i], mixtures, t[0], weights[i])
                 _components(params[i], known[i], c, mixtures, channels, t, mean, inverse)
-                value, size = _decode_symbol(coders[k], words, ends[k], weights[i], mean, inverse, t[4], at_edges)
+                value, size = _decode_symbol(coders[k], words, ends[k], weights[i], mean, inverse, t[4], posterior)
                 if value < 0:
                     failed[k] = True
                     break
                 known[i, c] = value
                 bits += _PRECISION_BITS - np.log2(size)
                 if c + 1 < channels:
-                    for m in range(mixtures):
-                        posterior[m] = weights[i, m] * (at_edges[1, m] - at_edges[0, m])
                     _update(weights[i], posterior)
     return bits
 
