@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from snailcompress.integer import arithmetic as ar
-from snailcompress.integer import kernels
+from snailcompress.integer import kernels, network
 from snailcompress.integer.mixture import IntegerConditionals
 from snailcompress.codec import coder
 from snailcompress.integer.network import IntegerPixelSNAIL, IntegerStepper, step_attention
@@ -211,6 +211,36 @@ def test_attention_equals_torch_at_the_limits(threads):
                                   step_attention(query, keys.double(), values.double(), position).numpy()), trial
     finally:
         set_threads(1)
+
+
+def test_the_full_passes_attention_equals_torch_at_the_limits():
+    """The encoder's attention over a whole window (every position attends to those before it),
+    compiled, against torch's, at the limits of keys, values and queries; keys of 0 make every
+    weight equal, so the rounding of the averages meets exact halves."""
+    rng = np.random.default_rng(5)
+    exp16 = kernels._step_tables()[2]
+    for trial in range(8):
+        limit = [2**20, 2**12, 50, 0][trial % 4]
+        n = [40, 130][trial // 4]  # over two blocks of queries
+        query = rng.integers(-limit, limit + 1, (n, 16)).astype(np.float64)
+        keys = rng.integers(-limit, limit + 1, (n, 16)).astype(np.float64)
+        values = rng.integers(-2**20, 2**20 + 1, (n, 24)).astype(np.float64)
+        expected = network._causal_attention(*(torch.from_numpy(a)[None] for a in (query, keys, values)), ar.on("cpu"))
+        assert np.array_equal(kernels._causal_attention(query, keys, values, exp16), expected[0].numpy()), trial
+
+
+def test_the_attentions_rounding_is_exact_at_every_boundary():
+    """round_half_up(weighted / total) without an integer division: at and beside each point where
+    the rounding changes, over the whole range (totals below 2**27, averages of |v| <= 2**20), as
+    Python's integers give it. (A float division alone is a unit off at many of these.)"""
+    rng = np.random.default_rng(6)
+    for total in [1, 2, 3, 2**27 - 1, *rng.integers(1, 2**27, 1500).tolist()]:
+        m = rng.integers(-2**20, 2**20 + 1, 64)
+        weighted = (2 * m - 1) * total // 2 + rng.integers(-1, 2, 64)  # (2 w + t) / 2t at, below and above m
+        out = np.empty(64)
+        kernels._divide_half_up(weighted.astype(np.float64), float(total), out)
+        expected = [(2 * int(w) + total) // (2 * total) for w in weighted]
+        assert out.tolist() == expected, total
 
 
 def test_keys_and_values_are_exact_in_float32():

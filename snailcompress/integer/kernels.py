@@ -296,14 +296,19 @@ def _attend_row(query, keys, values, p, exp16, out):  # pragma: no cover (compil
         for j in range(p):
             acc += weights[j] * row[j]
         out[c] = acc
-    # round_half_up(acc / total) = floor((2 acc + total) / (2 total)), as arithmetic's _normalise,
-    # without an integer division (slow): numerator and denominator are integers below 2**49 and the
-    # quotient is below 2**21, so the float quotient is within 2**-30 of the exact one and its floor
-    # at most 1 off, which the exact products below correct
+    _divide_half_up(out, total, out)
+
+
+@numba.njit(cache=True, inline="always")
+def _divide_half_up(weighted, total, out):  # pragma: no cover (compiled)
+    """out = round_half_up(weighted / total) = floor((2 weighted + total) / (2 total)), entry by entry,
+    as network._normalise, without an integer division (slow): numerator and denominator are integers
+    below 2**49 and the quotient is below 2**21, so the float quotient is within 2**-30 of the exact
+    one and its floor at most 1 off, which the exact products below correct."""
     denominator = 2.0 * total
     reciprocal = 1.0 / denominator
-    for c in range(value_channels):
-        numerator = 2.0 * out[c] + total
+    for c in range(len(out)):
+        numerator = 2.0 * weighted[c] + total
         quotient = np.floor(numerator * reciprocal)
         if quotient * denominator > numerator:
             quotient -= 1.0
@@ -721,7 +726,9 @@ def _causal_attention(query, keys, values, exp16):  # pragma: no cover (compiled
         totals = np.zeros(b - a, np.int64)
         for r in range(b - a):
             row, seen = logits[r], a + r
-            top = row[:seen].max()
+            top = row[0]
+            for j in range(1, seen):  # a loop: numba's max() of an array is a call that checks every entry for NaN
+                top = max(top, row[j])
             for j in range(seen):  # the distance to the max, floored to Q.12 (exact), clamped where exp16 is 0
                 index[j] = min(np.int64(top - row[j]) >> _ACTIVATION_BITS, _EXP_LIMIT)
             total = 0
@@ -732,8 +739,7 @@ def _causal_attention(query, keys, values, exp16):  # pragma: no cover (compiled
             totals[r] = total
         weighted = np.dot(weights, values[: b - 1])
         for r in range(b - a):
-            for c in range(out.shape[1]):  # round_half_up(weighted / total), as network._normalise
-                out[a + r, c] = float((2 * np.int64(weighted[r, c]) + totals[r]) // (2 * totals[r]))
+            _divide_half_up(weighted[r], float(totals[r]), out[a + r])
     return out
 
 
@@ -766,7 +772,7 @@ def _step_tables() -> tuple[np.ndarray, ...]:
 # The mixture's cumulative counts, from the network's outputs
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, inline="always")
 def _prior(row, mixtures, exp16, weights):  # pragma: no cover (compiled)
     """IntegerConditionals.prior: exp(logit - max) from the Q.16 table, normalised (floor)."""
     top = row[:mixtures].max()
@@ -775,7 +781,7 @@ def _prior(row, mixtures, exp16, weights):  # pragma: no cover (compiled)
     _normalise(weights)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, inline="always")
 def _normalise(weights):  # pragma: no cover (compiled)
     """integer/mixture._normalise, in place: floor(w * 2**16 / sum w); a zero row stays zero."""
     total = max(weights.sum(), 1)
@@ -783,7 +789,7 @@ def _normalise(weights):  # pragma: no cover (compiled)
         weights[k] = (weights[k] << _WEIGHT_BITS) // total
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, inline="always")
 def _components(row, known, c, mixtures, channels, t, mean, inverse):  # pragma: no cover (compiled)
     """IntegerConditionals._mean and inverse_scales of channel c: each component's mean on the
     0..255 scale (Q.13), shifted by the known values of channels < c, and its inverse scale."""
@@ -805,20 +811,20 @@ def _components(row, known, c, mixtures, channels, t, mean, inverse):  # pragma:
         inverse[k] = inverse_scale[int(log_scale + _LOG_SCALE_LIMIT)] * _INVERSE_TO_GRID
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, inline="always")
 def _coefficient(row, channel, k, mixtures, tanh):  # pragma: no cover (compiled)
     raw = min(max(row[mixtures + channel * 3 * mixtures + 2 * mixtures + k], -_TANH_LIMIT), _TANH_LIMIT)
     return tanh[int(raw + _TANH_LIMIT)]
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, inline="always")
 def _cdf_at(edge, mean, inverse, cdf):  # pragma: no cover (compiled)
     """A component's Q.20 CDF at the edge v - 1/2 (IntegerConditionals._cdf)."""
     v = float(edge * _EDGE_ONE - _ONE) * inverse + (_CENTRE - mean * inverse)
     return cdf[int(min(v, float(_TOP))) if v > 0.0 else 0]
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, inline="always")
 def _bin(v, mean, inverse, cdf):  # pragma: no cover (compiled)
     """A component's Q.20 CDF below and above value v (its edges v - 1/2 and v + 1/2): 0 below 0, one
     above 255 (the tails)."""
@@ -827,7 +833,7 @@ def _bin(v, mean, inverse, cdf):  # pragma: no cover (compiled)
     return low, high
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, inline="always")
 def _update(weights, posterior):  # pragma: no cover (compiled)
     """Weights (in place) to their posterior, given each component's w * P(value) in `posterior`
     (normalised here); kept where the value has probability 0 under every component."""
@@ -836,7 +842,7 @@ def _update(weights, posterior):  # pragma: no cover (compiled)
         weights[:] = posterior
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, inline="always")
 def _value_bounds(value, weights, mean, inverse, cdf, posterior):  # pragma: no cover (compiled)
     """A value's two cumulative counts in its pixel's table, (start, count): floor(sum_k w_k cdf_k *
     TOTAL / (sum_k w_k * 2**20)) at its two edges (0 below value 0 and TOTAL above 255 come out
@@ -897,7 +903,7 @@ _PRECISION = np.uint64(ar.PRECISION_BITS)
 _QUANTILES = np.uint64(1 << ar.PRECISION_BITS)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, inline="always")
 def _mixed(edge, weights, mean, inverse, cdf):  # pragma: no cover (compiled)
     """sum_k w_k cdf_k at edge 1..255 (an integer below 2**36): what _bound_rows sums."""
     mixed = 0
@@ -907,7 +913,7 @@ def _mixed(edge, weights, mean, inverse, cdf):  # pragma: no cover (compiled)
     return mixed
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, inline="always")
 def _fits(value, quantile, weights, denominator, mean, inverse, cdf):  # pragma: no cover (compiled)
     """Whether value's interval starts at or below quantile: value + C(value) <= quantile, where
     C(value) = floor(mixed * TOTAL / denominator) is the table's cumulative count below it; compared
@@ -918,7 +924,7 @@ def _fits(value, quantile, weights, denominator, mean, inverse, cdf):  # pragma:
     return room >= 0 and _mixed(value, weights, mean, inverse, cdf) * _TOTAL < (room + 1) * denominator
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, inline="always")
 def _search(quantile, guess, weights, denominator, mean, inverse, cdf):  # pragma: no cover (compiled)
     """The value v whose interval [v + C(v), v + 1 + C(v + 1)) holds quantile: the largest that
     fits. Gallops from `guess` (anywhere in 0..255: only the number of steps depends on it) to a
@@ -949,7 +955,7 @@ def _search(quantile, guess, weights, denominator, mean, inverse, cdf):  # pragm
     return low
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, inline="always")
 def _guess(quantile, weights, mean, inverse):  # pragma: no cover (compiled)
     """Where the heaviest component puts the quantile: a start for _search (no value depends on it)."""
     best = 0
@@ -964,7 +970,7 @@ def _guess(quantile, weights, mean, inverse):  # pragma: no cover (compiled)
     return int(min(max(edge, 0.0), 255.0))
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, inline="always")
 def _decode_symbol(coder, words, end, weights, mean, inverse, cdf, posterior):  # pragma: no cover (compiled)
     """One value from a range decoder's state `coder` (lower, range, point, index of its next word
     in `words`, up to `end`), as constriction.stream.queue.RangeDecoder decodes it from a table
