@@ -14,7 +14,7 @@ faster because they do less, not because they round differently:
   each instead of several torch operations; a full pass runs a window at a time (its arrays stay in
   cache), a step (a commit, then a predict) is one call instead of some two hundred torch operations,
   and its attention reads keys and values stored as float32 (integers below 2**20: exact), channel by
-  channel, only up to each slot's own position, the next slot's already loading;
+  channel, only up to each slot's own position;
 * the encoder's counts take the component weights and the CDFs at a value's two edges only; the
   decoder runs constriction's range decoder itself and finds each value by searching the pixel's
   cumulative counts at a few edges (the same two counts, at the value found), where constriction's
@@ -37,9 +37,6 @@ from pathlib import Path
 
 import numba
 import numpy as np
-from llvmlite import ir
-from numba.core import cgutils, types
-from numba.extending import intrinsic
 
 from .. import threads as _threads_setting
 from . import arithmetic as ar
@@ -217,35 +214,6 @@ def _one_thread_per_product() -> None:
 def _table(name: str, dtype=np.int64) -> np.ndarray:
     """A lookup table as `dtype`, a copy the kernels own (the shared tables are read-only)."""
     return np.array(ar.tables()[name], dtype)
-
-
-@intrinsic
-def _prefetch(typingctx, array, index):
-    """A hint to the CPU to start loading array[index]'s cache line (LLVM's prefetch: read, keep in
-    all levels of cache). Changes no value: only when the line arrives."""
-
-    def codegen(context, builder, signature, args):
-        array_type = signature.args[0]
-        pointer = cgutils.get_item_pointer(context, builder, array_type, context.make_array(array_type)(context, builder, args[0]),
-                                           [args[1]], wraparound=False)
-        byte_pointer = ir.IntType(8).as_pointer()
-        i32 = ir.IntType(32)
-        function = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.VoidType(), [byte_pointer, i32, i32, i32]), "llvm.prefetch.p0")
-        builder.call(function, [builder.bitcast(pointer, byte_pointer), i32(0), i32(3), i32(1)])
-        return context.get_dummy_value()
-
-    return types.void(array, index), codegen
-
-
-@numba.njit(cache=True)
-def _prefetch_rows(rows, p):  # pragma: no cover (compiled)
-    """Start loading the first p entries of each row of rows (channels, n) float32: a cache line is
-    16 of them."""
-    for c in range(rows.shape[0]):
-        row = rows[c]
-        for j in range(0, p, 16):
-            _prefetch(row, j)
 
 
 @numba.njit(cache=True, fastmath={"reassoc", "contract", "nnan", "ninf", "nsz"})
@@ -582,9 +550,6 @@ def _predict_slots(slots, shape, net, state, t, out):  # pragma: no cover (compi
         attended = np.empty((batch, values.shape[2]))
         for b in range(batch):  # keys and values indexed by slot: contiguous rows, vectorised loops
             slot = slots[b]
-            if b + 1 < batch:  # the next slot's keys and values start loading while this one attends
-                _prefetch_rows(keys[block, slots[b + 1]], position[b + 1])
-                _prefetch_rows(values[block, slots[b + 1]], position[b + 1])
             _attend_row(query[b], keys[block, slot], values[block, slot], position[b], t[2], attended[b])
         _resnet(net, index + 2 * resnets + 4, ul, attended, caches, _ONE_BY_ONE, rows, width, t)
     params = _outputs(net, len(net[0]) - 1, batch)
