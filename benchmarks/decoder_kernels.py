@@ -154,10 +154,10 @@ def main() -> None:
         "The compiled step runs the whole network at one position (a commit, then a predict) in one call, its",
         "matrix products through BLAS and everything between them in compiled loops; its attention reads float32",
         "keys and values (exact for these integers) only up to each slot's position. Constriction's range",
-        "decoder needs each pixel's full table of 256 counts;",
-        "the compiled decoder (codec/coder.py: StreamDecoder) reads the same stream and finds each value by",
-        "searching the pixel's cumulative counts at a few edges, from a guess where its heaviest component",
-        "puts the stream's quantile. Both give torch's integers exactly (tests/test_kernels.py).",
+        "decoder needs each pixel's full table of 256 counts; the compiled decoder (codec/coder.py:",
+        "StreamDecoder) reads the same stream and finds each value by searching the pixel's cumulative counts",
+        "at a few edges, from a guess where its heaviest component puts the stream's quantile. Both give",
+        "torch's integers exactly (tests/test_kernels.py).",
     ]
     publish(lines, args.out)
 
