@@ -734,7 +734,9 @@ def _step_tables() -> tuple[np.ndarray, ...]:
 
 
 # ---------------------------------------------------------------------------------------------
-# The mixture's cumulative counts, from the network's outputs
+# The mixture's cumulative counts, from the network's outputs. The small functions here and in the
+# decoder's search are inlined (numba's inline="always"): a call that passes arrays pays two atomic
+# reference counts for each, a large share of a search that takes a few probes a symbol.
 
 
 @numba.njit(cache=True, inline="always")
