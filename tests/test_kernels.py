@@ -216,27 +216,35 @@ def test_attention_equals_torch_at_the_limits(threads):
 def test_the_full_passes_attention_equals_torch_at_the_limits():
     """The encoder's attention over a whole window (every position attends to those before it),
     compiled, against torch's, at the limits of keys, values and queries; keys of 0 make every
-    weight equal, so the rounding of the averages meets exact halves."""
+    weight equal, so the rounding of the averages meets exact halves, and values all at +-2**20
+    make the largest sums a window of this length has."""
     rng = np.random.default_rng(5)
     exp16 = kernels._step_tables()[2]
-    for trial in range(8):
-        limit = [2**20, 2**12, 50, 0][trial % 4]
-        n = [40, 130][trial // 4]  # over two blocks of queries
+    for trial in range(10):
+        limit = [2**20, 2**12, 50, 0, 0][trial % 5]
+        n = [40, 130][trial // 5]  # one block of queries, and three
         query = rng.integers(-limit, limit + 1, (n, 16)).astype(np.float64)
         keys = rng.integers(-limit, limit + 1, (n, 16)).astype(np.float64)
         values = rng.integers(-2**20, 2**20 + 1, (n, 24)).astype(np.float64)
+        if trial % 5 == 4:
+            values = rng.choice([-2.0**20, 2.0**20], (n, 24))
         expected = network._causal_attention(*(torch.from_numpy(a)[None] for a in (query, keys, values)), ar.on("cpu"))
         assert np.array_equal(kernels._causal_attention(query, keys, values, exp16), expected[0].numpy()), trial
 
 
 def test_the_attentions_rounding_is_exact_at_every_boundary():
     """round_half_up(weighted / total) without an integer division: at and beside each point where
-    the rounding changes, over the whole range (totals below 2**27, averages of |v| <= 2**20), as
-    Python's integers give it. (A float division alone is a unit off at many of these.)"""
+    the rounding changes, over the whole range a window allows (totals up to (2**16 - 1) * 2**16,
+    averages of |v| <= 2**20), as Python's integers give it. (The float quotient alone, by the
+    reciprocal, is a unit low at many of these.)"""
     rng = np.random.default_rng(6)
-    for total in [1, 2, 3, 2**27 - 1, *rng.integers(1, 2**27, 1500).tolist()]:
-        m = rng.integers(-2**20, 2**20 + 1, 64)
+    largest = (2**16 - 1) * 2**16
+    totals = [1, 2, 3, 2**27 - 1, largest, largest - 1, *rng.integers(1, 2**27, 1000).tolist(),
+              *rng.integers(2**27, largest + 1, 500).tolist()]
+    for total in totals:
+        m = np.concatenate([[-2**20, 2**20], rng.integers(-2**20, 2**20 + 1, 62)])
         weighted = (2 * m - 1) * total // 2 + rng.integers(-1, 2, 64)  # (2 w + t) / 2t at, below and above m
+        weighted = np.clip(weighted, -(2**20) * total, 2**20 * total)  # an average of values within +-2**20
         out = np.empty(64)
         kernels._divide_half_up(weighted.astype(np.float64), float(total), out)
         expected = [(2 * int(w) + total) // (2 * total) for w in weighted]

@@ -8,7 +8,8 @@ magnitude stays below 2**53; every product of the network is built so that it st
 checked per layer when a model is converted: network.py). Multiplying by a power of two is exact
 too, and `floor` is exact, so one rounding rule, `round_half_up(x) = floor(x + 1/2)`, written as
 a multiply by 2**-k of an integer that already holds the 1/2, is the only requantisation of
-activations (and of the attention's normalisation, an int64 division). Table indices are floors of
+activations (and of the attention's normalisation: an int64 division in torch, a float quotient
+corrected to the same integer in the compiled kernels). Table indices are floors of
 non-negative values; the mixture's cumulative counts are int64 floor divisions, exact everywhere. TF32 and other reduced-precision modes apply to float32 and bfloat16
 only, never to these float64 products.
 

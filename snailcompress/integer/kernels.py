@@ -6,7 +6,9 @@ Each gives exactly the integers of the torch code it replaces on the CPU (`Integ
 `IntegerStepper`, `IntegerConditionals.symbol_bounds`, and constriction's range decoder reading
 `IntegerConditionals.tables`; tests compare them directly): every value is an integer or a multiple
 of a power of two, every product and sum stays exact in float64 or int64 (arithmetic.py), so neither
-the order of a sum, nor fused multiply-add, nor the number of threads can change a bit. They are
+the order of a sum, nor fused multiply-add, nor the number of threads can change a bit (the one
+quotient taken in floats, the attention's rounded average, is corrected to the exact integer:
+`_divide_half_up`). They are
 faster because they do less, not because they round differently:
 
 * the network's matrix products go to BLAS (numba's np.dot, through SciPy) and everything between
@@ -79,7 +81,7 @@ def _split(kernel, rows: int, *args, share: int = 1) -> None:
 class _Workers:
     """Threads that each run one share of a kernel call, woken by a signal of their own: a hand-over
     is cheaper than a ThreadPoolExecutor's (no queue, no future), which matters to the decoder, which
-    hands over four times a step. The signals are plain locks held until signalled: a lock may be
+    hands over at every step. The signals are plain locks held until signalled: a lock may be
     released by another thread, and its acquire and release are C, where threading.Semaphore runs
     Python code around a condition. One caller at a time: a second, on another thread, runs all the
     rows itself rather than wait."""
@@ -221,8 +223,9 @@ def _attend_row(query, keys, values, p, exp16, out):  # pragma: no cover (compil
     """One slot's attention: its query (dk,) over its keys (dk, n) and values (dv, n) at positions
     before p, into out (dv,). Every loop runs along positions, so each vectorises. The fast-math
     flags change no value here: sums may be reassociated (every term and partial sum is an integer
-    below 2**53, exact in any order; a fused multiply-add of integers is exact too), and no value is
-    ever NaN, infinite or a zero whose sign matters."""
+    below 2**53, exact in any order; a fused multiply-add of integers is exact too), no value is ever
+    NaN, infinite or a zero whose sign matters, and the rounded average (_divide_half_up) only
+    compares integers with products whose rounding, where there is any, keeps their order."""
     key_channels, value_channels = len(query), values.shape[0]
     if p == 0:  # nothing to attend to: 0, as in the full pass
         out[:] = 0.0
@@ -250,7 +253,7 @@ def _attend_row(query, keys, values, p, exp16, out):  # pragma: no cover (compil
     c = 0
     while c + 4 <= value_channels:  # four channels a pass: each weight read once for four
         v0, v1, v2, v3 = values[c], values[c + 1], values[c + 2], values[c + 3]
-        a0 = a1 = a2 = a3 = 0.0  # w * v below 2**36, sums below 2**47
+        a0 = a1 = a2 = a3 = 0.0  # w * v below 2**36, sums below 2**52 (below 2**16 positions)
         for j in range(p):
             w = weights[j]
             a0 += w * v0[j]
@@ -270,9 +273,12 @@ def _attend_row(query, keys, values, p, exp16, out):  # pragma: no cover (compil
 @numba.njit(cache=True, inline="always")
 def _divide_half_up(weighted, total, out):  # pragma: no cover (compiled)
     """out = round_half_up(weighted / total) = floor((2 weighted + total) / (2 total)), entry by entry,
-    as network._normalise, without an integer division (slow): numerator and denominator are integers
-    below 2**49 and the quotient is below 2**21, so the float quotient is within 2**-30 of the exact
-    one and its floor at most 1 off, which the exact products below correct."""
+    as network._normalise, without an integer division (slow). A window has fewer than 2**16
+    positions (network.check_positions), each weight is at most 2**16 and each value at most 2**20 in
+    magnitude, so the denominator is below 2**33, the numerator an integer below 2**53 (exact) and
+    the quotient at most 2**20 + 1: the float quotient is within 2**-30 of the exact one, its floor
+    at most 1 off either way. The checks below put that right: each compares the exact numerator
+    with a product that is exact below 2**53 and, above it, rounded without passing the numerator."""
     denominator = 2.0 * total
     reciprocal = 1.0 / denominator
     for c in range(len(out)):
@@ -680,7 +686,7 @@ def _forward_window(shape, net, t, x, row_channel, column_channel, out):  # prag
 def _causal_attention(query, keys, values, exp16):  # pragma: no cover (compiled)
     """network._causal_attention of one window: queries (n, dk), keys (n, dk), values (n, dv) ->
     (n, dv); position i attends to positions j < i, position 0 gets 0. Blocks of queries: their
-    logits and weighted sums are matrix products (exact: integers below 2**44 and 2**47)."""
+    logits and weighted sums are matrix products (exact: integers below dk * 2**40 and 2**52)."""
     n = len(query)
     out = np.zeros((n, values.shape[1]))
     index = np.empty(n, np.int64)
