@@ -213,6 +213,27 @@ def test_attention_equals_torch_at_the_limits(threads):
         set_threads(1)
 
 
+def test_the_steps_attention_is_exact_in_the_longest_window():
+    """The step's attention where its sums are largest: a window of 2**16 - 1 positions (the most
+    network.check_positions allows), every weight equal (keys of 0) or not, values at +-2**20, the
+    last positions attending to all the others, averages at exact halves among them: the rounded
+    average against torch's integer division."""
+    rng = np.random.default_rng(7)
+    n, batch = 2**16 - 1, 3
+    query = np.zeros((batch, 16))
+    query[2] = rng.integers(-2**12, 2**12 + 1, 16)
+    keys = rng.integers(-50, 51, (batch, 16, n)).astype(np.float32)
+    keys[:2] = 0.0
+    values = rng.choice(np.array([-2.0**20, 2.0**20], np.float32), (batch, 24, n))
+    values[0, :2], values[0, 2:4] = 2.0**20, -(2.0**20)  # averages of +-(2**20 - 1/2) over 2**16 - 2 positions:
+    values[0, :2, 0], values[0, 2:4, 0] = 2.0**20 - 32767, -(2.0**20) + 32767  # exact halves, rounded up
+    values[0, 4, 0] = 2.0**20 - 1  # an average just below 2**20
+    position = np.array([n - 1, n - 2, n - 1])
+    expected = step_attention(torch.from_numpy(query), torch.from_numpy(keys).double(), torch.from_numpy(values).double(),
+                              torch.from_numpy(position)).numpy()
+    assert np.array_equal(kernels.attend(query, keys, values, position), expected)
+
+
 def test_the_full_passes_attention_equals_torch_at_the_limits():
     """The encoder's attention over a whole window (every position attends to those before it),
     compiled, against torch's, at the limits of keys, values and queries; keys of 0 make every
