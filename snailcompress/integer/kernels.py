@@ -242,9 +242,7 @@ def _attend_row(query, keys, values, p, exp16, out):  # pragma: no cover (compil
         q, k0 = query[c], keys[c]
         for j in range(p):
             logits[j] += q * k0[j]
-    top = logits[0]
-    for j in range(1, p):
-        top = max(top, logits[j])
+    top = _largest(logits, p)
     total = 0.0
     weights = logits  # exp(-distance) in place of each logit, 0 from the table's end on
     for j in range(p):
@@ -268,6 +266,16 @@ def _attend_row(query, keys, values, p, exp16, out):  # pragma: no cover (compil
             acc += weights[j] * row[j]
         out[c] = acc
     _divide_half_up(out, total, out)
+
+
+@numba.njit(cache=True, inline="always")
+def _largest(row, count):  # pragma: no cover (compiled)
+    """The largest of row[:count] (count >= 1), in a loop: numba's max() of an array is a call that
+    checks every entry for NaN, which none of these is."""
+    top = row[0]
+    for j in range(1, count):
+        top = max(top, row[j])
+    return top
 
 
 @numba.njit(cache=True, inline="always")
@@ -694,15 +702,13 @@ def _causal_attention(query, keys, values, exp16):  # pragma: no cover (compiled
         b = min(n, a + _QUERY_BLOCK)
         logits = np.dot(query[a:b], keys[: b - 1].T)  # (b - a, b - 1)
         weights = np.empty((b - a, b - 1))  # each row's later positions are zeroed below, not the whole block
-        totals = np.zeros(b - a, np.int64)
+        totals = np.zeros(b - a)  # integers below 2**32: exact
         for r in range(b - a):
             row, seen = logits[r], a + r
-            top = row[0]
-            for j in range(1, seen):  # a loop: numba's max() of an array is a call that checks every entry for NaN
-                top = max(top, row[j])
+            top = _largest(row, seen)
             for j in range(seen):  # the distance to the max, floored to Q.12 (exact), clamped where exp16 is 0
                 index[j] = min(np.int64(top - row[j]) >> _ACTIVATION_BITS, _EXP_LIMIT)
-            total = 0
+            total = 0.0
             for j in range(seen):
                 weights[r, j] = exp16[index[j]]
                 total += exp16[index[j]]
@@ -710,7 +716,7 @@ def _causal_attention(query, keys, values, exp16):  # pragma: no cover (compiled
             totals[r] = total
         weighted = np.dot(weights, values[: b - 1])
         for r in range(b - a):
-            _divide_half_up(weighted[r], float(totals[r]), out[a + r])
+            _divide_half_up(weighted[r], totals[r], out[a + r])
     return out
 
 
