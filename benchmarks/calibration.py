@@ -34,7 +34,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 from snailcompress.api import DEFAULT_CONTEXT, DEFAULT_TILE, integer_network
@@ -42,7 +41,8 @@ from snailcompress.bench.heldout import heldout_files
 from snailcompress.bench.scripts import PartialRows, publish, run, run_facts
 from snailcompress.codec import calibration
 from snailcompress.codec.tiles import WindowPlan, default_band
-from snailcompress.zoo import load_model
+from snailcompress.threads import set_threads
+from snailcompress.zoo import LoadedModel, load_model
 
 #: results/calibration.md: the default first, the default before it, fewer and more iterations, without the
 #: feature gains, fewer windows, every window (earlier variants, on the float model's features: git history)
@@ -87,9 +87,9 @@ class Clock:
         return time.perf_counter() - self.wall, time.process_time() - self.cpu
 
 
-def measure_image(model: torch.nn.Module, plane: np.ndarray, variants: dict[str, Variant]) -> dict:
+def measure_image(loaded: LoadedModel, plane: np.ndarray, variants: dict[str, Variant]) -> dict:
     """One image's bits under each variant, and what sampling and fitting each cost (seconds)."""
-    head, net = model.head, integer_network(model)
+    head, net = calibration.OutputLayer.from_weights(loaded.weights), integer_network(loaded)
     height, width = plane.shape[:2]
     plan = WindowPlan.for_image(height, width, (DEFAULT_TILE,) * 2, (DEFAULT_CONTEXT,) * 2,
                                 default_band(height, width, (DEFAULT_TILE,) * 2, (DEFAULT_CONTEXT,) * 2))
@@ -101,12 +101,12 @@ def measure_image(model: torch.nn.Module, plane: np.ndarray, variants: dict[str,
     row = {"bits": {"none": calibration.nll_bits(head, features, values, None)},
            "sample_s": {}, "fit_s": {}, "sample_cpu_s": {}, "fit_cpu_s": {}, "evals": {}, "sent": {}}
     evals = 0
-    score = calibration._head_nll_nats
+    score = calibration.head_nll
 
-    def counted(*args):  # counts the L-BFGS closure's evaluations of the NLL
+    def counted(*args, **kwargs):  # counts the L-BFGS closure's evaluations of the NLL
         nonlocal evals
         evals += 1
-        return score(*args)
+        return score(*args, **kwargs)
 
     for spec, v in variants.items():
         windows = min(v.windows or every, every)
@@ -119,12 +119,12 @@ def measure_image(model: torch.nn.Module, plane: np.ndarray, variants: dict[str,
         sample = calibration.draw_pixels(sampled_features, sampled_values, v.pixels)
         draw_s, draw_cpu_s = clock()
         row["sample_s"][spec], row["sample_cpu_s"][spec] = forward_s + draw_s, forward_cpu_s + draw_cpu_s
-        evals, calibration._head_nll_nats = 0, counted
+        evals, calibration.head_nll = 0, counted
         try:
             clock = Clock()
             fitted = calibration.fit(head, *sample, feature_gains=v.feature_gains, iterations=v.iterations)
         finally:
-            calibration._head_nll_nats = score
+            calibration.head_nll = score
         row["evals"][spec] = evals
         saved = calibration.nll_bits(head, *sample, None) - calibration.nll_bits(head, *sample, fitted)
         row["fit_s"][spec], row["fit_cpu_s"][spec] = clock()
@@ -142,10 +142,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     variants = {spec: parse_variant(spec) for spec in args.variants.split(",")}
     loaded = load_model(args.model)
-    model = loaded.model.eval()
     kept = PartialRows(args.out, {"argv": sys.argv[1:], "model": loaded.model_id})
     names = ["none", *variants]
     rows = []
@@ -153,7 +152,7 @@ def main() -> None:
         row = kept.get(path.stem)
         if row is None:
             plane = np.asarray(Image.open(path).convert("RGB"))
-            row = {**measure_image(model, plane, variants), "subpixels": int(plane.size)}
+            row = {**measure_image(loaded, plane, variants), "subpixels": int(plane.size)}
             kept.add(path.stem, row)
         rows.append((path.stem, row))
         print(path.stem, " ".join(f"{name} {b / row['subpixels']:.4f}" for name, b in row["bits"].items()),
@@ -180,8 +179,8 @@ def main() -> None:
         " the sample's windows, measured once per window count, and the pixels' draw; the encoder codes from those"
         " windows' features, so sampling adds nothing to encoding) and fitting (L-BFGS and the"
         " sample's NLL with and without the calibration), wall-clock and, in brackets, this process's CPU time"
-        " (less sensitive to a shared machine); 'evaluations' counts the fit's forward and backward"
-        f" passes over the sample. 'against {first}': the change in bits against that variant. 'sent': on how"
+        " (less sensitive to a shared machine); 'evaluations' counts the fit's evaluations of the NLL and its"
+        f" gradient on the sample. 'against {first}': the change in bits against that variant. 'sent': on how"
         " many images the encoder would send it (fit_calibration: its saving on the sample, scaled to the image,"
         " exceeds its header); 'change as sent': the bits with those images' calibrations and the others' none"
         " (the other columns charge every image its calibration).",

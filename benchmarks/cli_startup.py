@@ -1,8 +1,7 @@
 """How long commands take before they code: the commands that code nothing (`--help`, `models`,
 `info FILE`), and the start-up of `encode` and `decode`, measured on an 8x8 crop of the shipped
 kodim23 crop (coded by the model, in a few milliseconds), beside importing torch alone (which a
-coding command on the CPU does not do: only a calibration's fit, on a plane large enough to pay for
-one, imports it).
+coding command on the CPU does not do, a calibration's fit included).
 
 Each command runs 5 times as a user would run it (a new Python each time, the compiled kernels and
 lookup tables already cached, as after the first command); the median wall time, with --threads 2.
@@ -52,8 +51,8 @@ def main() -> None:
         f"`python benchmarks/cli_startup.py{' --out ' + str(args.out) if args.out else ''}`; {run_facts()}. Median of 5 runs, each a new Python "
         "(the compiled kernels and lookup tables cached, as after a first command). The 8x8 crop's coding takes a few "
         "milliseconds, so its commands' times are what any `encode` or `decode` spends before coding: importing numba "
-        "and the kernels, and reading the model with numpy. Torch is not imported on the CPU (an encode imports it "
-        "for a calibration's fit, on planes large enough for one to pay: an RGB image of 420x420 or more). The last "
+        "and the kernels, and reading the model with numpy. Coding on the CPU does not import torch, a calibration's "
+        "fit included (an RGB image of 420x420 or more is fitted one; the 8x8 crop is not). The last "
         "two rows ran once each, as after installing: numba compiles the kernels (into an empty cache, "
         "NUMBA_CACHE_DIR; the lookup tables' cache kept) and keeps them for every later command.",
         "",

@@ -91,7 +91,7 @@ def main() -> None:
         "# Integer codec against the float codec: encode and decode time",
         "",
         f"`python benchmarks/integer_speed.py{' --out ' + str(args.out) if args.out else ''}`; {run_facts()}.",
-        f"Image: kodim23.png, 768x512 RGB (held out). Default settings (calibrated, `--context 2`); each time is",
+        "Image: kodim23.png, 768x512 RGB (held out). Default settings (calibrated, `--context 2`); each time is",
         "the whole CLI command (Python start, model load, coding, checksum), OMP_NUM_THREADS=1 plus `--threads`.",
         "",
         "| codec | threads | machine | encode s | decode s | file bytes | encode vs float | decode vs float |",

@@ -179,9 +179,9 @@ def encode_image(image: DecomposedImage, models: ModelChooser, tile: int = DEFAU
             continue
         loaded = models.for_channels(CHANNEL_COUNT[name])
         calibration, kept = None, {}
-        if calibrate and worth_trying(loaded.config, pixels):  # the float model (torch) only where it may pay
+        if calibrate and worth_trying(loaded.config, pixels):
             plan = WindowPlan.for_image(image.height, image.width, (tile, tile), (context, context), band)
-            calibration, kept = calibration_for(loaded.model, plan, pixels, models.network(loaded))
+            calibration, kept = calibration_for(loaded.config, loaded.weights, plan, pixels, models.network(loaded))
         net = models.network(loaded, calibration)
         words, plan = code_plane(net, pixels, (tile, tile), (context, context), band, progress, kept=kept)
         stored_name = None if loaded.name in shipped_models() else stored_model_name(loaded.name)

@@ -1,6 +1,6 @@
 """How many CPU threads coding uses (--threads): the compiled kernels' threads, and torch's where it
 is imported. The CPU's coding path does not import torch, so the count is kept here; torch, if a
-command imports it later (a calibration's fit), starts with it too (OMP_NUM_THREADS, which torch
+command imports it later (eval, bench, a GPU), starts with it too (OMP_NUM_THREADS, which torch
 reads when it first runs)."""
 
 from __future__ import annotations

@@ -20,11 +20,11 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from snailcompress import api, mixture, zoo
+from snailcompress import api, mixture, threads, zoo
 from snailcompress.cli import main
 from snailcompress.codec import calibration, coder, container
-from snailcompress.codec.calibration import (Calibration, calibrated, calibration_for, fit, fit_calibration, nll_bits,
-                                             sample_pixels, sample_windows)
+from snailcompress.codec.calibration import (Calibration, OutputLayer, calibrated, calibration_for, fit, fit_calibration,
+                                             head_nll, nll_bits, sample_pixels, sample_windows)
 from snailcompress.codec.images import DecomposedImage
 from snailcompress.codec.tiles import WindowPlan
 from snailcompress.demo import DEMO_IMAGE
@@ -97,9 +97,9 @@ def test_the_fit_sees_the_integer_networks_features_of_coded_pixels_only_at_most
     features, values = sample.features, sample.values
     mask = torch.from_numpy(coded)
     assert len(values) == 40 * 36 == int(coded.sum()) <= calibration.MAX_SAMPLE_PIXELS  # every window, each pixel once
-    assert torch.equal(values, mixture.to_unit(torch.from_numpy(windows)).permute(0, 2, 3, 1)[mask])
-    assert torch.equal(features.double() * 4096, every[mask])  # exactly, in the head's units
-    assert features.abs().max() > 0.1  # not all zero
+    assert np.array_equal(values, mixture.to_unit(torch.from_numpy(windows), torch.float64).permute(0, 2, 3, 1)[mask])
+    assert np.array_equal(features * 4096, every[mask])  # exactly, in the head's units
+    assert np.abs(features).max() > 0.1  # not all zero
     assert sorted(sample.windows) == [(i, j) for i in range(plan.rows) for j in range(plan.cols)]
     for k, (i, j) in enumerate((i, j) for i in range(plan.rows) for j in range(plan.cols)):
         assert torch.equal(torch.from_numpy(sample.windows[i, j]).double(), every[k].flatten(0, 1))
@@ -109,7 +109,7 @@ def test_the_fit_sees_the_integer_networks_features_of_coded_pixels_only_at_most
     rows = [int(np.flatnonzero((values == v).all(1) & (features == f).all(1))[0]) for v, f in zip(few.values, few.features)]
     assert len(set(rows)) == 100  # drawn from the coded pixels, without repeats
     drawn = calibration.draw_pixels(features, values, 100)  # what the benchmark draws from a sample it keeps
-    assert torch.equal(drawn[0], few.features) and torch.equal(drawn[1], few.values)
+    assert np.array_equal(drawn[0], few.features) and np.array_equal(drawn[1], few.values)
 
 
 def test_the_encoder_takes_the_samples_features_instead_of_computing_them_again(monkeypatch):
@@ -133,23 +133,58 @@ def test_the_fit_stops_after_its_iterations(monkeypatch):
     """fit(iterations=N) runs at most N L-BFGS iterations, each an evaluation of the NLL and its gradient
     (it is given 5N/4 of them; the last line search may add one), and a longer fit is better on the
     sample (benchmarks/calibration.py measures what each costs)."""
-    net = zoo.load_model(TINY).model.eval()
+    loaded = zoo.load_model(TINY)
+    layer = OutputLayer.from_weights(loaded.weights)
     plane = _plane(48, 40)
-    sample = sample_pixels(api.integer_network(net), WindowPlan.for_image(48, 40, (8, 8), (2, 2), 2), plane)
+    sample = sample_pixels(api.integer_network(loaded), WindowPlan.for_image(48, 40, (8, 8), (2, 2), 2), plane)
     features, values = sample.features, sample.values
-    score, evaluations = calibration._head_nll_nats, []
+    score, evaluations = calibration.head_nll, []
 
-    def counted(*args):
+    def counted(*args, **kwargs):
         evaluations.append(1)
-        return score(*args)
+        return score(*args, **kwargs)
 
-    monkeypatch.setattr(calibration, "_head_nll_nats", counted)
-    short = fit(net.head, features, values, iterations=2)
+    monkeypatch.setattr(calibration, "head_nll", counted)
+    short = fit(layer, features, values, iterations=2)
     assert 2 <= len(evaluations) <= 2 * 5 // 4 + 1
     evaluations.clear()
-    long = fit(net.head, features, values)
+    long = fit(layer, features, values)
     assert 2 * 5 // 4 + 1 < len(evaluations) <= calibration.LBFGS_ITERATIONS * 5 // 4 + 1
-    assert nll_bits(net.head, features, values, long) < nll_bits(net.head, features, values, short)
+    assert nll_bits(layer, features, values, long) < nll_bits(layer, features, values, short)
+
+
+@pytest.mark.parametrize("model, channels", [(TINY, 3), (TINY, 1)])
+def test_the_fits_objective_is_the_mixtures_nll_and_its_gradient_torchs(model, channels, monkeypatch):
+    """head_nll (compiled, so that encoding needs no torch) against mixture.pixel_log_prob and torch's
+    autograd in float64: the NLL and its gradient with respect to every calibration number, with values
+    0 and 255 (the tails), log-scales clamped and not, outputs large enough to saturate the mixture's
+    weights and coefficients; the same numbers on 1 and 2 threads (blocks of pixels summed in order)."""
+    loaded = zoo.load_model(model, channels=channels)
+    layer = OutputLayer.from_weights(loaded.weights)
+    outputs, features = layer.outputs, layer.features
+    rng = np.random.default_rng(3)
+    pixels = 700  # three blocks of pixels, the last one short
+    feature_values = rng.normal(0, 3, (pixels, features))
+    values = rng.integers(0, 256, (pixels, channels))
+    values[:40], values[40:80] = 0, 255
+    x = (values - 127.5) / 127.5
+    scale, shift, gain = rng.normal(0, 0.3, outputs), rng.normal(0, 2, outputs), rng.normal(0, 0.3, features)
+    shift[rng.random(outputs) < 0.2] -= 9  # some log-scales below the clamp
+    numbers = [torch.tensor(a, requires_grad=True) for a in (scale, shift, gain)]
+    weight, bias = torch.from_numpy(layer.weight), torch.from_numpy(layer.bias)
+    params = torch.addmm(bias, torch.from_numpy(feature_values) * (1 + numbers[2]), weight.t()) * (1 + numbers[0]) + numbers[1]
+    expected = -mixture.pixel_log_prob(torch.from_numpy(x), mixture.unpack(params, channels, pixel_last=True)).sum()
+    expected.backward()
+    monkeypatch.setattr(threads, "_count", 1)
+    nats, gradients = head_nll(layer, feature_values, x, scale, shift, gain, gradient=True)
+    assert nats == pytest.approx(float(expected.detach()), rel=1e-12)
+    for got, tensor in zip(gradients, numbers):
+        want = tensor.grad.numpy()
+        assert np.abs(got - want).max() <= 1e-9 * np.abs(want).max()
+    assert head_nll(layer, feature_values, x, scale, shift, gain)[0] == nats  # without the gradient: the same NLL
+    monkeypatch.setattr(threads, "_count", 2)
+    again, on_two = head_nll(layer, feature_values, x, scale, shift, gain, gradient=True)
+    assert again == nats and all(np.array_equal(a, b) for a, b in zip(on_two, gradients))
 
 
 def test_the_benchmark_spells_what_and_how_a_variant_fits():
@@ -166,30 +201,32 @@ def test_the_benchmark_spells_what_and_how_a_variant_fits():
 
 def test_the_fit_lowers_the_nll_and_pays_where_the_model_is_off(small_images_calibrate):
     """The tiny test model is untrained, so a calibration of its outputs saves a lot."""
-    net = zoo.load_model(TINY).model
+    loaded = zoo.load_model(TINY)
+    net, layer = loaded.model, OutputLayer.from_weights(loaded.weights)
     plane = _plane(48, 40)
     plan = WindowPlan.for_image(48, 40, (8, 8), (2, 2), 2)
     sample = sample_pixels(api.integer_network(net), plan, plane)
-    calibration, net_bits = fit_calibration(net.head, sample, 48 * 40)
-    assert net_bits > 0 and calibration_for(net, plan, plane)[0] == calibration
+    calibration, net_bits = fit_calibration(layer, sample, 48 * 40)
+    assert net_bits > 0 and calibration_for(loaded.config, loaded.weights, plan, plane)[0] == calibration
     windows, coded = plan.windows(plane)
     before = windowed_nll_bits(net.eval(), windows, coded)
     after = windowed_nll_bits(calibrated(net, calibration).eval(), windows, coded)
     assert after < 0.9 * before
     features, values = sample.features, sample.values
-    outputs_only = fit(net.head, features, values, feature_gains=False)
+    outputs_only = fit(layer, features, values, feature_gains=False)
     assert outputs_only.features == 0 and calibration.features == net.config.filters
-    assert nll_bits(net.head, features, values, calibration) < nll_bits(net.head, features, values, outputs_only)
+    assert nll_bits(layer, features, values, calibration) < nll_bits(layer, features, values, outputs_only)
 
 
 def test_a_small_image_is_not_worth_a_calibration():
     """The shipped model on a 16 x 16 image: 768 subpixels cannot repay 400 bytes of header."""
-    net = zoo.load_model("snail-rgb").model
+    loaded = zoo.load_model("snail-rgb")
     plane = np.asarray(Image.open(resources.files("snailcompress") / "assets" / DEMO_IMAGE).convert("RGB"))[:16, :16]
     plan = WindowPlan.for_image(16, 16, (32, 32), (2, 2), 1)
-    calibration, net_bits = fit_calibration(net.head, sample_pixels(api.integer_network(net), plan, plane), 16 * 16)
+    sample = sample_pixels(api.integer_network(loaded), plan, plane)
+    calibration, net_bits = fit_calibration(OutputLayer.from_weights(loaded.weights), sample, 16 * 16)
     assert calibration is not None and net_bits < 0
-    assert calibration_for(net, plan, plane) == (None, {})
+    assert calibration_for(loaded.config, loaded.weights, plan, plane) == (None, {})
 
 
 def _image(height=20, width=23) -> DecomposedImage:

@@ -15,7 +15,10 @@ model's K = 100, F = 48). Both sides fold them into the integer network's output
 decoding costs nothing extra. The features the fit reads are the integer network's own, the ones the
 coder's output layer will read: the calibration changes only that layer, so the sample windows'
 features are computed once, fitted on, and handed to the encoder's pass (`Sample.windows`), which
-does not compute them again. What the calibration adds to encoding is thus the few seconds of L-BFGS.
+does not compute them again. What the calibration adds to encoding is thus the L-BFGS iterations,
+each an evaluation of the sample's NLL and its gradient: compiled (integer/kernels.py:
+calibrated_nll, tested against mixture.pixel_log_prob and torch's autograd), so that no encode
+imports torch (1.5 s of start-up on its own) and the pixels are shared among the coding threads.
 The encoder does not try where a typical saving would not repay the header twice (a 256 x 256 crop
 saved 0.05% for twice the encode time), and keeps a calibration only where the bits it saves on the
 sample, scaled to the whole plane, exceed what it costs in the header.
@@ -28,14 +31,16 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .. import mixture
 from ..integer.arithmetic import ONE
-from ..integer.network import IntegerPixelSNAIL
-from ..lazy import torch  # the fit's gradient is torch's: imported when a plane is worth fitting
+from ..integer.mixture import mixture_count
+from ..integer.network import IntegerPixelSNAIL, effective_weight
+from ..lazy import torch  # `calibrated` only (float-model measurements): the fit never imports it
 from . import coder
 from .container import BINARY16_MAX, MAX_CALIBRATION_FEATURES, MAX_CALIBRATION_OUTPUTS
 from .tiles import WindowPlan
@@ -118,9 +123,31 @@ def calibrated(model: torch.nn.Module, calibration: Calibration) -> torch.nn.Mod
     return out
 
 
-def _to_binary16(t: torch.Tensor) -> torch.Tensor:
+def _to_binary16(numbers: np.ndarray) -> np.ndarray:
     """Round to binary16 (finite, and +0 rather than -0: one encoding per value)."""
-    return t.detach().clamp(-BINARY16_MAX, BINARY16_MAX).half().float() + 0.0
+    return np.clip(numbers, -BINARY16_MAX, BINARY16_MAX).astype(np.float16).astype(np.float64) + 0.0
+
+
+@dataclass(frozen=True)
+class OutputLayer:
+    """The float model's 1x1 output layer, as the fit reads it: weight (K, F) and bias (K,), float64."""
+
+    weight: np.ndarray
+    bias: np.ndarray
+
+    @classmethod
+    def from_weights(cls, weights: Mapping[str, np.ndarray]) -> OutputLayer:
+        """From a model's parameters by name (zoo.LoadedModel.weights, network.module_weights): the
+        head's weight-normalised g * v / |v| and its bias, without torch."""
+        return cls(effective_weight(weights["head.v"], weights["head.g"]), np.asarray(weights["head.b"], np.float64))
+
+    @property
+    def outputs(self) -> int:
+        return self.weight.shape[0]
+
+    @property
+    def features(self) -> int:
+        return self.weight.shape[1]
 
 
 def sample_windows(plan: WindowPlan, windows: int = MAX_SAMPLE_WINDOWS) -> tuple[np.ndarray, np.ndarray]:
@@ -133,12 +160,12 @@ def sample_windows(plan: WindowPlan, windows: int = MAX_SAMPLE_WINDOWS) -> tuple
 @dataclass
 class Sample:
     """Pixels to fit a calibration on: what the output layer reads there (P, F) in its units (the
-    integer network's Q.12 features / 2**12, exact in float32) and their values in [-1, 1] (P, C);
-    and, where kept, every feature (H * W, F) of the windows they come from, by (window row, window
-    column), in Q.12 (float32), for the encoder (coder.code_plane's `kept`)."""
+    integer network's Q.12 features / 2**12, exact in float64) and their values as bin centres in
+    [-1, 1] (P, C); and, where kept, every feature (H * W, F) of the windows they come from, by
+    (window row, window column), in Q.12 (float32), for the encoder (coder.code_plane's `kept`)."""
 
-    features: torch.Tensor
-    values: torch.Tensor
+    features: np.ndarray
+    values: np.ndarray
     windows: dict = field(default_factory=dict)
 
 
@@ -150,87 +177,94 @@ def sample_pixels(net: IntegerPixelSNAIL, plan: WindowPlan, plane: np.ndarray, w
     rows, cols = sample_windows(plan, windows)
     images, coded = plan.windows_at(plane, rows, cols)
     features, values, kept = [], [], {}
-    with torch.no_grad():
-        for part in coder.chunk_windows(net, len(rows), plan.positions):
-            computed = torch.as_tensor(coder._numpy(net.features(images[part]))).float()  # (n, H, W, F), Q.12
-            mask = torch.from_numpy(coded[part])
-            features.append(computed[mask] / ONE)
-            values.append(mixture.to_unit(torch.from_numpy(images[part])).permute(0, 2, 3, 1)[mask])
-            if keep:
-                kept.update(((i, j), f.flatten(0, 1).numpy()) for i, j, f in zip(rows[part].tolist(), cols[part].tolist(), computed))
-    return Sample(*draw_pixels(torch.cat(features), torch.cat(values), pixels), kept)
+    for part in coder.chunk_windows(net, len(rows), plan.positions):
+        computed = np.asarray(coder._numpy(net.features(images[part])), np.float64)  # (n, H, W, F), Q.12
+        mask = coded[part]
+        features.append(computed[mask] / ONE)
+        values.append((images[part].transpose(0, 2, 3, 1)[mask] - 127.5) / 127.5)  # mixture.to_unit
+        if keep:
+            kept.update(((i, j), f.reshape(-1, f.shape[-1]).astype(np.float32))
+                        for i, j, f in zip(rows[part].tolist(), cols[part].tolist(), computed))
+    return Sample(*draw_pixels(np.concatenate(features), np.concatenate(values), pixels), kept)
 
 
-def draw_pixels(features: torch.Tensor, values: torch.Tensor, pixels: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+def draw_pixels(features: np.ndarray, values: np.ndarray, pixels: int | None) -> tuple[np.ndarray, np.ndarray]:
     """At most `pixels` of these pixels (None: all), drawn with a fixed seed, in their order."""
     if pixels is not None and len(values) > pixels:
         pick = np.sort(np.random.default_rng(0).choice(len(values), pixels, replace=False))
         features, values = features[pick], values[pick]
-    return features.contiguous(), values.contiguous()
+    return np.ascontiguousarray(features), np.ascontiguousarray(values)
 
 
-def _head_nll_nats(head: torch.nn.Module, features: torch.Tensor, values: torch.Tensor, scale: torch.Tensor,
-                   shift: torch.Tensor, feature_gain: torch.Tensor) -> torch.Tensor:
-    """NLL of pixels whose head reads `features`, under a calibration given as tensors (0: none)."""
-    weight, bias = head.weight().detach()[:, :, 0, 0], head.b.detach()
-    params = torch.addmm(bias, features * (1.0 + feature_gain), weight.t()) * (1.0 + scale) + shift
-    return -mixture.pixel_log_prob(values, mixture.unpack(params, values.shape[1], pixel_last=True)).sum()
+def head_nll(layer: OutputLayer, features: np.ndarray, values: np.ndarray, scale: np.ndarray, shift: np.ndarray,
+             feature_gain: np.ndarray, gradient: bool = False) -> tuple[float, tuple[np.ndarray, ...] | None]:
+    """NLL in nats of pixels whose output layer reads `features` (P, F), under a calibration given as
+    arrays (zeros: none): the outputs z = (features * (1 + feature_gain)) @ weight.T + bias, scaled
+    by (1 + scale) and shifted; with `gradient`, also its gradient with respect to scale, shift and
+    feature_gain. Compiled (integer/kernels.py: calibrated_nll), so that encoding never imports
+    torch; from the sum of G, the NLL's gradient with respect to the calibrated outputs, and C = G.T
+    @ features: d shift = sum_i G_i, d scale_k = sum_i G_ik z_ik = sum_f weight_kf (1 +
+    feature_gain_f) C_kf + bias_k d shift_k, and d feature_gain_f = sum_k (1 + scale_k) weight_kf C_kf."""
+    from ..integer import kernels  # numba: imported where first needed
+
+    nll, d_shift, products = kernels.calibrated_nll(features, layer.weight, layer.bias, scale, shift, feature_gain, values,
+                                                    mixture_count(layer.outputs, values.shape[1]), gradient)
+    if not gradient:
+        return float(nll.sum()), None
+    d_scale = (layer.weight * products) @ (1.0 + feature_gain) + layer.bias * d_shift
+    d_gain = (1.0 + scale) @ (layer.weight * products)
+    return float(nll.sum()), (d_scale, d_shift, d_gain)
 
 
-def _tensors(head: torch.nn.Module, calibration: Calibration | None) -> list[torch.Tensor]:
-    outputs, features = head.v.shape[:2]
+def _arrays(layer: OutputLayer, calibration: Calibration | None) -> list[np.ndarray]:
+    zeros = [np.zeros(layer.outputs), np.zeros(layer.outputs), np.zeros(layer.features)]
     if calibration is None:
-        return [torch.zeros(outputs), torch.zeros(outputs), torch.zeros(features)]
-    return [torch.tensor(calibration.scale), torch.tensor(calibration.shift),
-            torch.tensor(calibration.feature_gain) if calibration.features else torch.zeros(features)]
+        return zeros
+    return [np.array(calibration.scale), np.array(calibration.shift),
+            np.array(calibration.feature_gain) if calibration.features else zeros[2]]
 
 
-def nll_bits(head: torch.nn.Module, features: torch.Tensor, values: torch.Tensor, calibration: Calibration | None) -> float:
-    """Bits of the pixels whose head reads `features` (P, F), under `calibration` (None: the model as it is)."""
-    numbers = _tensors(head, calibration)
-    with torch.no_grad():
-        nats = sum(float(_head_nll_nats(head, features[i : i + 65536], values[i : i + 65536], *numbers))
-                   for i in range(0, len(values), 65536))
+def nll_bits(layer: OutputLayer, features: np.ndarray, values: np.ndarray, calibration: Calibration | None) -> float:
+    """Bits of the pixels whose output layer reads `features` (P, F), under `calibration` (None: the model as it is)."""
+    numbers = _arrays(layer, calibration)
+    nats = sum(head_nll(layer, features[i : i + 65536], values[i : i + 65536], *numbers)[0]
+               for i in range(0, len(values), 65536))
     return nats / math.log(2)
 
 
-def fit(head: torch.nn.Module, features: torch.Tensor, values: torch.Tensor,
+def fit(layer: OutputLayer, features: np.ndarray, values: np.ndarray,
         feature_gains: bool = True, iterations: int = LBFGS_ITERATIONS) -> Calibration | None:
     """The calibration (rounded to binary16) that minimises the NLL of these pixels (None where the
-    fit failed) in at most `iterations` L-BFGS iterations (SciPy's L-BFGS-B, keeping as many past
-    steps as torch's LBFGS did: torch.optim's first step imports torch._dynamo, a second of every
-    encode); `feature_gains=False` fits the outputs' gains and offsets only (benchmarks/calibration.py)."""
+    fit failed) in at most `iterations` iterations of SciPy's L-BFGS-B (keeping 100 past steps);
+    `feature_gains=False` fits the outputs' gains and offsets only (benchmarks/calibration.py)."""
     from scipy.optimize import minimize  # imported where first needed
 
-    zeros = _tensors(head, None)
+    zeros = _arrays(layer, None)
     sizes = [len(n) for n in (zeros if feature_gains else zeros[:2])]
-    scored = max(values.numel(), 1)
+    scored = max(values.size, 1)
 
     def loss_and_gradient(flat: np.ndarray) -> tuple[float, np.ndarray]:
-        fitted = torch.from_numpy(flat).float().requires_grad_(True)
-        numbers = [*fitted.split(sizes), *zeros[len(sizes):]]
-        loss = _head_nll_nats(head, features, values, *numbers) / scored
-        loss.backward()
-        return float(loss.detach()), fitted.grad.double().numpy()
+        numbers = [*np.split(flat, np.cumsum(sizes)[:-1]), *zeros[len(sizes):]]
+        nats, gradients = head_nll(layer, features, values, *numbers, gradient=True)
+        return nats / scored, np.concatenate(gradients[: len(sizes)]) / scored
 
-    with torch.enable_grad():
-        result = minimize(loss_and_gradient, np.zeros(sum(sizes)), jac=True, method="L-BFGS-B",
-                          options={"maxiter": iterations, "maxfun": iterations * 5 // 4, "maxcor": 100})
-    numbers = [_to_binary16(n) for n in torch.from_numpy(result.x).float().split(sizes)]
-    if not all(n.isfinite().all() for n in numbers):
+    result = minimize(loss_and_gradient, np.zeros(sum(sizes)), jac=True, method="L-BFGS-B",
+                      options={"maxiter": iterations, "maxfun": iterations * 5 // 4, "maxcor": 100})
+    numbers = [_to_binary16(n) for n in np.split(result.x, np.cumsum(sizes)[:-1])]
+    if not all(np.isfinite(n).all() for n in numbers):
         return None
     return Calibration(*(tuple(n.tolist()) for n in numbers))
 
 
-def fit_calibration(head: torch.nn.Module, sample: Sample, plane_pixels: int) -> tuple[Calibration | None, float]:
-    """Fit a calibration of the float model's output layer `head` on a sample of a plane's pixels;
-    returns it with the bits it is estimated to save on the whole plane (`plane_pixels` pixels), net
-    of its header cost (None, -inf where the fit failed)."""
+def fit_calibration(layer: OutputLayer, sample: Sample, plane_pixels: int) -> tuple[Calibration | None, float]:
+    """Fit a calibration of the float model's output layer on a sample of a plane's pixels; returns
+    it with the bits it is estimated to save on the whole plane (`plane_pixels` pixels), net of its
+    header cost (None, -inf where the fit failed)."""
     features, values = sample.features, sample.values
-    calibration = fit(head, features, values)
+    calibration = fit(layer, features, values)
     if calibration is None:
         return None, -math.inf
-    saved = nll_bits(head, features, values, None) - nll_bits(head, features, values, calibration)
+    saved = nll_bits(layer, features, values, None) - nll_bits(layer, features, values, calibration)
     if not math.isfinite(saved):
         return None, -math.inf
     return calibration, saved * (plane_pixels / max(len(values), 1)) - calibration.header_bits
@@ -243,13 +277,15 @@ def worth_trying(config, plane: np.ndarray) -> bool:
                                                                config.filters)
 
 
-def calibration_for(model: torch.nn.Module, plan: WindowPlan, plane: np.ndarray,
+def calibration_for(config, weights: Mapping[str, np.ndarray], plan: WindowPlan, plane: np.ndarray,
                     net: IntegerPixelSNAIL | None = None) -> tuple[Calibration | None, dict]:
     """The calibration the encoder sends for this plane (None where it would not pay), and the sample
-    windows' features, which the encoder takes instead of computing them again (code_plane's `kept`).
-    `net`: `model` as the integer network (made here if not given)."""
-    if not worth_trying(model.config, plane):
+    windows' features, which the encoder takes instead of computing them again (code_plane's `kept`),
+    for the PixelSNAIL of this config and parameters (by name, as a model file holds them). `net`:
+    that model as the integer network (made here if not given)."""
+    if not worth_trying(config, plane):
         return None, {}
-    sample = sample_pixels(net if net is not None else IntegerPixelSNAIL.convert(model), plan, plane, keep=True)
-    calibration, net_bits = fit_calibration(model.head, sample, plane.shape[0] * plane.shape[1])
+    net = net if net is not None else IntegerPixelSNAIL.from_weights(config, weights)
+    sample = sample_pixels(net, plan, plane, keep=True)
+    calibration, net_bits = fit_calibration(OutputLayer.from_weights(weights), sample, plane.shape[0] * plane.shape[1])
     return (calibration if net_bits > 0 else None), sample.windows

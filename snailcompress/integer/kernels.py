@@ -22,6 +22,10 @@ faster because they do less, not because they round differently:
   cumulative counts at a few edges (the same two counts, at the value found), where constriction's
   decoder needs all 256 counts of every table, which took longer to build than the network's step.
 
+The calibration's objective (codec/calibration.py), the float model's NLL of a sample of pixels
+and its gradient, is compiled here too, in float64: it is no part of a file's arithmetic (the
+encoder sends what it fits), but importing torch for it would be most of an encode's start-up.
+
 Rows (windows, slots, pixels) are independent: `_split` shares them among --threads threads, each
 running the whole computation on its share; the decoder's symbols are one stream, read in order on
 one thread. On a GPU the torch code runs the network instead (it is the reference), and the
@@ -40,6 +44,7 @@ from pathlib import Path
 import numba
 import numpy as np
 
+from .. import mixture as mixture_float
 from .. import threads as _threads_setting
 from . import arithmetic as ar
 from .mixture import EDGE_ONE as _EDGE_ONE
@@ -159,7 +164,7 @@ def _workers(count: int) -> _Workers:
     return _worker_pool
 
 
-COUNT_ROWS_PER_THREAD = 16  # a pixel's counts take a microsecond or so, a hand-over some tens: fewer rows stay on one thread
+COUNT_ROWS_PER_BLOCK = 256  # rows of a thread's run: a pixel's counts take a microsecond or so, a hand-over some tens
 _threads = 0  # the kernels' threads while a decoder holds them (take_threads), else coding's
 
 
@@ -841,17 +846,20 @@ def _value_bounds(value, weights, mean, inverse, cdf, posterior):  # pragma: no 
 
 @numba.njit(cache=True, nogil=True)
 def _bound_rows(first, step, params, values, mixtures, channels, t, start, count):  # pragma: no cover (compiled)
-    """IntegerConditionals.symbol_bounds for rows first, first + step, ...: channel by channel, the
-    two cumulative counts around the pixel's value, and the weights' posterior for the next channel."""
+    """IntegerConditionals.symbol_bounds for the blocks of COUNT_ROWS_PER_BLOCK rows first, first +
+    step, ... (a thread's rows in runs: rows interleaved among threads would write each other's cache
+    lines): channel by channel, the two cumulative counts around the pixel's value, and the weights'
+    posterior for the next channel."""
     weights, posterior = np.empty(mixtures, np.int64), np.empty(mixtures, np.int64)
     mean, inverse = np.empty(mixtures), np.empty(mixtures)
-    for i in range(first, len(start), step):
-        _prior(params[i], mixtures, t[0], weights)
-        for c in range(channels):
-            _components(params[i], values[i], c, mixtures, channels, t, mean, inverse)
-            start[i, c], count[i, c] = _value_bounds(values[i, c], weights, mean, inverse, t[4], posterior)
-            if c + 1 < channels:
-                _update(weights, posterior)
+    for block in range(first, (len(start) + COUNT_ROWS_PER_BLOCK - 1) // COUNT_ROWS_PER_BLOCK, step):
+        for i in range(block * COUNT_ROWS_PER_BLOCK, min(len(start), (block + 1) * COUNT_ROWS_PER_BLOCK)):
+            _prior(params[i], mixtures, t[0], weights)
+            for c in range(channels):
+                _components(params[i], values[i], c, mixtures, channels, t, mean, inverse)
+                start[i, c], count[i, c] = _value_bounds(values[i, c], weights, mean, inverse, t[4], posterior)
+                if c + 1 < channels:
+                    _update(weights, posterior)
 
 
 def symbol_bounds(params: np.ndarray, values: np.ndarray, mixtures: int, channels: int) -> tuple[np.ndarray, np.ndarray]:
@@ -859,8 +867,7 @@ def symbol_bounds(params: np.ndarray, values: np.ndarray, mixtures: int, channel
     channel's value in its table, from the network's outputs (N, K) float64, Q.12, and the values
     (N, C) int64."""
     start, count = np.empty(values.shape, np.int64), np.empty(values.shape, np.int64)
-    _split(_bound_rows, len(start), params, values, mixtures, channels, _mixture_tables(), start, count,
-           share=COUNT_ROWS_PER_THREAD)
+    _split(_bound_rows, -(-len(start) // COUNT_ROWS_PER_BLOCK), params, values, mixtures, channels, _mixture_tables(), start, count)
     return start, count
 
 
@@ -1022,3 +1029,177 @@ def decode_pixels(params: np.ndarray, known: np.ndarray, mixtures: int, channels
     weights = np.empty((len(params), mixtures), np.int64)
     return _decode_rows(np.ascontiguousarray(params, np.float64), known, mixtures, channels, _mixture_tables(),
                         coders, words, ends, failed, weights)
+
+
+# ---------------------------------------------------------------------------------------------
+# The calibration's objective (codec/calibration.py): the float model's NLL of a sample of pixels
+# under a calibrated output layer, and its gradient, in float64. No file's arithmetic depends on it:
+# the encoder sends the calibration it fits.
+
+_HALF_BIN = mixture_float.BIN_HALF_WIDTH
+_LOG_SCALE_MIN = mixture_float.LOG_SCALE_MIN
+FIT_ROWS_PER_BLOCK = 256  # pixels of a thread's run (see COUNT_ROWS_PER_BLOCK)
+
+
+@numba.njit(cache=True, inline="always")
+def _sigmoids(a):  # pragma: no cover (compiled)
+    """sigmoid(a), sigmoid(-a) and e = exp(-|a|) (for log sigmoid: -log1p(e), + a where a < 0), in one exp."""
+    e = np.exp(-abs(a))
+    low, high = e / (1.0 + e), 1.0 / (1.0 + e)
+    return (high, low, e) if a >= 0.0 else (low, high, e)
+
+
+@numba.njit(cache=True, inline="always")
+def _log_sigmoid(a, e):  # pragma: no cover (compiled)
+    """log sigmoid(a), given e = exp(-|a|)."""
+    return min(a, 0.0) - np.log1p(e)
+
+
+@numba.njit(cache=True, inline="always")
+def _tanh(a):  # pragma: no cover (compiled)
+    e = np.exp(-2.0 * abs(a))  # one exp: libm's tanh takes some three times as long
+    t = (1.0 - e) / (1.0 + e)
+    return t if a >= 0.0 else -t
+
+
+@numba.njit(cache=True, inline="always")
+def _exp_from_largest(source, count, out):  # pragma: no cover (compiled)
+    """out[k] = exp(source[k] - top) for k < count (out may be source), top the largest of them;
+    returns top and the sum of out: a log-sum-exp's parts."""
+    top = _largest(source, count)
+    total = 0.0
+    for k in range(count):
+        out[k] = np.exp(source[k] - top)
+        total += out[k]
+    return top, total
+
+
+@numba.njit(cache=True, inline="always")
+def _pixel_nll(row, xi, m, channels, g, prior, joint, d_mean, d_log_scale, coefficient):  # pragma: no cover (compiled)
+    """-mixture.pixel_log_prob of the pixel whose channels' bin centres are xi (in [-1, 1]) under the
+    mixture parameters `row` (K,), and, where g has entries, its gradient with respect to them in g.
+
+    Component k's bin in channel c, of mean mu and log-scale s (clamped below at LOG_SCALE_MIN), has
+    probability sigmoid(plus) - sigmoid(minus), plus, minus = (x - mu +- 1/255) exp(-s), that is
+    sigmoid(plus) sigmoid(-minus) (1 - exp(minus - plus)) (mixture.py's closed form; a tail's alone
+    for values 0 and 255): five transcendental functions a bin. The NLL is -logsumexp_k(log w_k +
+    sum_c b_ck), b the bins' log-probabilities; its gradient: w_k - r_k for logit k (r_k the
+    component's posterior), -r_k db_ck/dmu for a mean, -r_k db_ck/ds for a log-scale (0 where
+    clamped), and for a coefficient, its mean's times the known value times tanh's derivative. The
+    other arguments are scratch: prior, joint (M,), d_mean, d_log_scale (C, M), coefficient (3, M)."""
+    slot = 3 if channels == 3 else 2
+    top, total = _exp_from_largest(row, m, prior)
+    log_norm = top + np.log(total)
+    for k in range(m):
+        prior[k] /= total
+        joint[k] = row[k] - log_norm
+    if channels == 3:
+        for j in range(3):
+            for k in range(m):
+                coefficient[j, k] = _tanh(row[m + j * slot * m + 2 * m + k])
+    for c in range(channels):
+        base = m + c * slot * m
+        xc = xi[c]
+        for k in range(m):
+            mean = row[base + k]
+            if c == 1:
+                mean += coefficient[0, k] * xi[0]
+            elif c == 2:
+                mean += coefficient[1, k] * xi[0] + coefficient[2, k] * xi[1]
+            raw = row[base + m + k]
+            inverse = np.exp(-max(raw, _LOG_SCALE_MIN))
+            plus, minus = inverse * (xc - mean + _HALF_BIN), inverse * (xc - mean - _HALF_BIN)
+            if xc < -0.999:  # value 0: the whole left tail, sigmoid(plus)
+                up, down, e = _sigmoids(plus)
+                b, dm, ds = _log_sigmoid(plus, e), -inverse * down, -plus * down
+            elif xc > 0.999:  # value 255: the whole right tail, sigmoid(-minus)
+                up, down, e = _sigmoids(minus)
+                b, dm, ds = _log_sigmoid(-minus, e), inverse * up, minus * up
+            else:
+                plus_up, plus_down, e_plus = _sigmoids(plus)
+                minus_up, minus_down, e_minus = _sigmoids(minus)
+                width = max(plus - minus, 1e-30)  # as mixture.py clamps it
+                inside = -np.expm1(-width)  # 1 - exp(-width)
+                mass = plus_up * minus_down * inside
+                if mass > 1e-300:
+                    b = np.log(mass)
+                else:  # too small for one product: the sum of the three logs
+                    b = _log_sigmoid(plus, e_plus) + _log_sigmoid(-minus, e_minus) + np.log(inside)
+                dm = inverse * (minus_up - plus_down)
+                # d log(1 - exp(-width)) / d width = 1 / expm1(width) = (1 - inside) / inside
+                ds = minus * minus_up - plus * plus_down - (0.0 if plus - minus < 1e-30 else width * (1.0 - inside) / inside)
+            joint[k] += b
+            d_mean[c, k] = dm
+            d_log_scale[c, k] = ds if raw >= _LOG_SCALE_MIN else 0.0
+    top, total = _exp_from_largest(joint, m, joint)
+    if len(g):
+        for k in range(m):
+            posterior = joint[k] / total
+            g[k] = prior[k] - posterior
+            for c in range(channels):
+                base = m + c * slot * m
+                g[base + k] = -posterior * d_mean[c, k]
+                g[base + m + k] = -posterior * d_log_scale[c, k]
+            if channels == 3:  # d mu_G / d raw alpha = r (1 - alpha^2), and so on
+                g[m + 2 * m + k] = g[m + slot * m + k] * xi[0] * (1.0 - coefficient[0, k] ** 2)
+                g[m + slot * m + 2 * m + k] = g[m + 2 * slot * m + k] * xi[0] * (1.0 - coefficient[1, k] ** 2)
+                g[m + 2 * slot * m + 2 * m + k] = g[m + 2 * slot * m + k] * xi[1] * (1.0 - coefficient[2, k] ** 2)
+    return -(top + np.log(total))
+
+
+@numba.njit(cache=True, nogil=True)
+def _calibrated_blocks(first, step, features, weight, bias, calibration, x, mixtures, nll, d_outputs, products):  # pragma: no cover (compiled)
+    """Blocks first, first + step, ... of FIT_ROWS_PER_BLOCK pixels (a thread's pixels in runs, that
+    no two threads write one cache line): each pixel's NLL into nll, and where d_outputs (blocks, K)
+    and products (blocks, K, F) have rows, each block's sum of the gradients G (pixels, K) with
+    respect to the calibrated outputs and G.T @ features, for `calibrated_nll`."""
+    gain, shift, feature_gain = calibration
+    outputs, channels = weight.shape[1], x.shape[1]
+    prior, joint = np.empty(mixtures), np.empty(mixtures)
+    d_mean, d_log_scale = np.empty((channels, mixtures)), np.empty((channels, mixtures))
+    coefficient = np.zeros((3, mixtures))
+    row = np.empty(outputs)
+    want = len(d_outputs) > 0
+    g = np.empty(outputs if want else 0)
+    for block in range(first, len(d_outputs) if want else (len(nll) + FIT_ROWS_PER_BLOCK - 1) // FIT_ROWS_PER_BLOCK, step):
+        rows = slice(block * FIT_ROWS_PER_BLOCK, min(len(nll), (block + 1) * FIT_ROWS_PER_BLOCK))
+        mine = features[rows]
+        z = np.dot(mine * feature_gain, weight)  # (n, K), the outputs before the output calibration
+        grads = np.zeros((len(z), outputs if want else 0))
+        for r in range(len(z)):
+            for k in range(outputs):
+                row[k] = (z[r, k] + bias[k]) * gain[k] + shift[k]
+            nll[block * FIT_ROWS_PER_BLOCK + r] = _pixel_nll(row, x[block * FIT_ROWS_PER_BLOCK + r], mixtures, channels, g,
+                                                              prior, joint, d_mean, d_log_scale, coefficient)
+            for k in range(len(g)):
+                grads[r, k] = g[k]
+        if want:
+            for k in range(outputs):
+                total = 0.0
+                for r in range(len(z)):
+                    total += grads[r, k]
+                d_outputs[block, k] = total
+            np.dot(grads.T, mine, products[block])
+
+
+def calibrated_nll(features: np.ndarray, weight: np.ndarray, bias: np.ndarray, scale: np.ndarray, shift: np.ndarray,
+                   feature_gain: np.ndarray, x: np.ndarray, mixtures: int, gradient: bool = False):
+    """The NLL in nats (N,) of each pixel whose channels' bin centres are x (N, C), in [-1, 1], under
+    the float mixture parameters ((features * (1 + feature_gain)) @ weight.T + bias) * (1 + scale) +
+    shift, as mixture.pixel_log_prob gives them, in float64; features (N, F), weight (K, F), the rest
+    (K,) or (F,). With `gradient`, also G's sum over the pixels (K,) and G.T @ features (K, F), G
+    (N, K) the NLL's gradient with respect to the parameters: what the calibration's gradient needs
+    (codec/calibration.py). Blocks of pixels are shared among the threads and summed in order: no
+    thread count changes a bit."""
+    _one_thread_per_product()
+    features, x = np.ascontiguousarray(features, np.float64), np.ascontiguousarray(x, np.float64)
+    outputs, blocks = len(bias), -(-len(features) // FIT_ROWS_PER_BLOCK)
+    nll = np.empty(len(features))
+    d_outputs = np.empty((blocks, outputs) if gradient else (0, outputs))
+    products = np.empty((blocks, outputs, features.shape[1]) if gradient else (0, outputs, features.shape[1]))
+    calibration = tuple(np.ascontiguousarray(a, np.float64) for a in (1.0 + scale, shift, 1.0 + feature_gain))
+    _split(_calibrated_blocks, blocks, features, np.ascontiguousarray(weight.T, np.float64), np.asarray(bias, np.float64),
+           calibration, x, mixtures, nll, d_outputs, products)
+    if not gradient:
+        return nll, None, None
+    return nll, d_outputs.sum(axis=0), products.sum(axis=0)

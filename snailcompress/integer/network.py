@@ -89,7 +89,7 @@ def module_weights(model) -> dict[str, np.ndarray]:
     return {name: t.detach().cpu().float().numpy() for name, t in model.state_dict().items()}
 
 
-def _effective_weight(v: np.ndarray, g: np.ndarray) -> np.ndarray:
+def effective_weight(v: np.ndarray, g: np.ndarray) -> np.ndarray:
     """g * v / |v| as float64 (out, kh * kw * in), inputs ordered (kernel row, column, channel);
     the norm summed by math.fsum so that no machine's reduction order can change a bit."""
     v, g = v.astype(np.float64), g.astype(np.float64)
@@ -148,7 +148,7 @@ class IntegerLinear:
                   output_shift: np.ndarray | None = None, input_gain: np.ndarray | None = None,
                   gate_channels: int = 0) -> IntegerLinear:
         """The conv `name` of a model's weights (its v, g and b)."""
-        weight = _effective_weight(weights[f"{name}.v"], weights[f"{name}.g"])
+        weight = effective_weight(weights[f"{name}.v"], weights[f"{name}.g"])
         bias = np.asarray(weights[f"{name}.b"], np.float64)
         if input_gain is not None:
             weight = weight * input_gain[None, :]

@@ -66,10 +66,11 @@ def encode(image: Image.Image, name: str) -> bytes:
     snail = api.encode_image(decomposed, api.ModelChooser(), calibrate=False, fallback=name in OTHER_METHODS)
     if name == CALIBRATED:
         plane = snail.planes[0]
-        model = api.ModelChooser().for_channels(3).model
+        model = api.ModelChooser().for_channels(3)
         plan = WindowPlan.for_image(snail.height, snail.width, plane.tile, plane.context, plane.band)
         sample = calibration.sample_pixels(api.integer_network(model), plan, decomposed.planes["RGB"])
-        fitted, _ = calibration.fit_calibration(model.head, sample, snail.width * snail.height)  # a small image: forced
+        layer = calibration.OutputLayer.from_weights(model.weights)
+        fitted, _ = calibration.fit_calibration(layer, sample, snail.width * snail.height)  # a small image: forced
         words, _ = coder.code_plane(api.integer_network(model, fitted), decomposed.planes["RGB"], plane.tile,
                                     plane.context, plane.band)
         snail = container.SnailFile(snail.width, snail.height, snail.mode,
