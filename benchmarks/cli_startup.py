@@ -41,6 +41,24 @@ def _median_seconds(args: list[str], times: int = 5, module: list[str] | None = 
     return statistics.median(samples)
 
 
+_COMPILE_FIT = """
+import time
+import numpy as np
+from snailcompress.integer import kernels
+start = time.perf_counter()
+kernels.calibrated_nll(np.ones((4, 8)), np.ones((30, 8)), np.zeros(30), np.zeros(30), np.zeros(30), np.zeros(8),
+                       np.zeros((4, 3)), 3, gradient=True)
+print(time.perf_counter() - start)
+"""
+
+
+def _first_fit_compile_seconds(env: dict) -> float:
+    """The calibration's objective (kernels.calibrated_nll) compiled into `env`'s kernel cache, as the first
+    encode of a plane large enough for a calibration compiles it (the 8x8 crop's encode does not)."""
+    done = subprocess.run([sys.executable, "-c", _COMPILE_FIT], check=True, capture_output=True, text=True, cwd=ROOT, env=env)
+    return float(done.stdout.split()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=None)
@@ -78,6 +96,8 @@ def main() -> None:
         fresh = {**os.environ, "NUMBA_CACHE_DIR": str(Path(work) / "kernels")}  # as after installing: nothing compiled
         row("the first `snailcompress encode` after installing (the kernels compiled), once", _median_seconds(encode, 1, env=fresh))
         row("the first `snailcompress decode` after it, once", _median_seconds(decode, 1, env=fresh))
+        row("what the first encode of a plane fitted a calibration adds: its objective's kernel compiled, once",
+            _first_fit_compile_seconds(fresh))
     publish(lines, args.out)
 
 
