@@ -256,6 +256,16 @@ def test_calibrated_files_decode_exactly_and_are_smaller(small_images_calibrate)
     assert np.array_equal(back.planes["RGB"], image.planes["RGB"])
 
 
+def test_a_calibrated_file_is_the_same_at_any_thread_count(small_images_calibrate, monkeypatch):
+    """The fit is in floats, but its sums run in a fixed order: one and two threads write one file."""
+    models, image = api.ModelChooser([TINY]), _image(24, 27)
+    files = []
+    for count in (1, 2):
+        monkeypatch.setattr(threads, "_count", count)
+        files.append(container.write(api.encode_image(image, models, tile=8, context=2)))
+    assert container.read(files[0]).planes[0].calibration is not None and files[0] == files[1]
+
+
 def test_decoding_uses_the_calibration_the_header_holds(small_images_calibrate):
     models = api.ModelChooser([TINY])
     snail = api.encode_image(_image(), models, tile=8, context=2)
