@@ -1,7 +1,7 @@
 """torch, imported where first used. The CPU's coding path (numpy and the compiled kernels of
 integer/) never touches it, and importing torch is most of a coding command's start-up; the torch
-code beside it (the integer network's reference and GPU path, the calibration's fit) imports it on
-its first call.
+code beside it (the integer network's reference and GPU path, the float model folded with a
+calibration) imports it on its first call.
 
     from ..lazy import torch   # then torch.cat(...), torch.float64, ... as usual
 """

@@ -68,15 +68,17 @@ _INVERSE_TO_GRID = INVERSE_TO_GRID
 _QUERY_BLOCK = 64  # queries per block of the full pass's attention
 
 
-def _split(kernel, rows: int, *args, share: int = 1) -> None:
+def _split(kernel, rows: int, *args) -> None:
     """Run `kernel(first, step, *args)`, which does rows first, first + step, ... of `rows`, on
-    coding's number of threads (--threads, snailcompress/threads.py), each thread with at least
-    `share` rows (a hand-over to a thread costs tens of microseconds): this thread takes the rows
-    from 0, the workers (`_Workers`) the others. Interleaved rows share the work evenly (slots at later positions attend longer). The
-    kernels are compiled without the GIL and rows are independent, so shares run at once and give
-    the integers of one thread. (numba's own parallel loops were tried: their OpenMP layer resets
-    torch's thread count, and a loop that calls BLAS cannot be cached: it compiled in every run.)"""
-    threads = min(_threads or _threads_setting.threads(), rows // share)
+    coding's number of threads (--threads, snailcompress/threads.py), at most one a row: this thread
+    takes the rows from 0, the workers (`_Workers`) the others. A row is a kernel's unit of work: a
+    slot, a window, or a block of pixels where one pixel is too little for a hand-over (tens of
+    microseconds) and interleaved pixels would write each other's cache lines. Interleaved slots
+    share the work evenly (slots at later positions attend longer). The kernels are compiled without
+    the GIL and rows are independent, so shares run at once and give the integers of one thread.
+    (numba's own parallel loops were tried: their OpenMP layer resets torch's thread count, and a
+    loop that calls BLAS cannot be cached: it compiled in every run.)"""
+    threads = min(_threads or _threads_setting.threads(), rows)
     if threads <= 1:
         kernel(0, 1, *args)
         return
