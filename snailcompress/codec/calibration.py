@@ -18,7 +18,7 @@ features are computed once, fitted on, and handed to the encoder's pass (`Sample
 does not compute them again. What the calibration adds to encoding is thus the L-BFGS iterations,
 each an evaluation of the sample's NLL and its gradient: compiled (integer/kernels.py:
 calibrated_nll, tested against mixture.pixel_log_prob and torch's autograd), so that no encode
-imports torch (1.5 s of start-up on its own) and the pixels are shared among the coding threads.
+imports torch (most of a command's start-up) and the pixels are shared among the coding threads.
 The encoder does not try where a typical saving would not repay the header twice (a 256 x 256 crop
 saved 0.05% for twice the encode time), and keeps a calibration only where the bits it saves on the
 sample, scaled to the whole plane, exceed what it costs in the header.
@@ -226,10 +226,7 @@ def _arrays(layer: OutputLayer, calibration: Calibration | None) -> list[np.ndar
 
 def nll_bits(layer: OutputLayer, features: np.ndarray, values: np.ndarray, calibration: Calibration | None) -> float:
     """Bits of the pixels whose output layer reads `features` (P, F), under `calibration` (None: the model as it is)."""
-    numbers = _arrays(layer, calibration)
-    nats = sum(head_nll(layer, features[i : i + 65536], values[i : i + 65536], *numbers)[0]
-               for i in range(0, len(values), 65536))
-    return nats / math.log(2)
+    return head_nll(layer, features, values, *_arrays(layer, calibration))[0] / math.log(2)
 
 
 def fit(layer: OutputLayer, features: np.ndarray, values: np.ndarray,

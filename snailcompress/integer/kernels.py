@@ -1162,25 +1162,18 @@ def _calibrated_blocks(first, step, features, weight, bias, calibration, x, mixt
     coefficient = np.zeros((3, mixtures))
     row = np.empty(outputs)
     want = len(d_outputs) > 0
-    g = np.empty(outputs if want else 0)
-    for block in range(first, len(d_outputs) if want else (len(nll) + FIT_ROWS_PER_BLOCK - 1) // FIT_ROWS_PER_BLOCK, step):
-        rows = slice(block * FIT_ROWS_PER_BLOCK, min(len(nll), (block + 1) * FIT_ROWS_PER_BLOCK))
-        mine = features[rows]
+    for block in range(first, (len(nll) + FIT_ROWS_PER_BLOCK - 1) // FIT_ROWS_PER_BLOCK, step):
+        start = block * FIT_ROWS_PER_BLOCK
+        mine = features[start : start + FIT_ROWS_PER_BLOCK]
         z = np.dot(mine * feature_gain, weight)  # (n, K), the outputs before the output calibration
-        grads = np.zeros((len(z), outputs if want else 0))
+        grads = np.empty((len(z), outputs if want else 0))  # each row written by _pixel_nll
         for r in range(len(z)):
             for k in range(outputs):
                 row[k] = (z[r, k] + bias[k]) * gain[k] + shift[k]
-            nll[block * FIT_ROWS_PER_BLOCK + r] = _pixel_nll(row, x[block * FIT_ROWS_PER_BLOCK + r], mixtures, channels, g,
-                                                              prior, joint, d_mean, d_log_scale, coefficient)
-            for k in range(len(g)):
-                grads[r, k] = g[k]
+            nll[start + r] = _pixel_nll(row, x[start + r], mixtures, channels, grads[r], prior, joint, d_mean,
+                                        d_log_scale, coefficient)
         if want:
-            for k in range(outputs):
-                total = 0.0
-                for r in range(len(z)):
-                    total += grads[r, k]
-                d_outputs[block, k] = total
+            d_outputs[block] = grads.sum(axis=0)
             np.dot(grads.T, mine, products[block])
 
 
