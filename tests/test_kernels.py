@@ -272,11 +272,28 @@ def test_the_attentions_rounding_is_exact_at_every_boundary():
         assert out.tolist() == expected, total
 
 
-def test_keys_and_values_are_exact_in_float32():
-    """The kernels store keys and values as float32: exact for every activation, |a| <= 2**20."""
+def test_keys_values_and_row_caches_are_exact_in_float32():
+    """The compiled stepper stores keys, values and the row caches as float32: exact for every
+    activation, |a| <= 2**20."""
     edge = torch.tensor([-ar.ACTIVATION_LIMIT, -ar.ACTIVATION_LIMIT + 1, -1, 0, 1, ar.ACTIVATION_LIMIT - 1,
                          ar.ACTIVATION_LIMIT], dtype=torch.float64)
     assert torch.equal(edge.float().double(), edge)
+    stepper = IntegerStepper(IntegerPixelSNAIL.convert(load_model("snail-rgb").model), 2, 3, 3, compiled=True)
+    assert {stepper.keys.dtype, stepper.values.dtype, stepper.caches.dtype} == {np.dtype(np.float32)}
+
+
+def test_the_kernels_narrow_tables_hold_every_entry_exactly():
+    """The kernels read the lookup tables in narrower types than int64 (less cache): every entry of
+    each is the pinned table's, compared directly."""
+    tables = ar.tables()
+    elu, sigmoid, exp16, pixels = kernels._step_tables()
+    step = {"elu": elu, "sigmoid": sigmoid * ar.ONE, "exp16": exp16, "pixels": pixels}
+    exp16, tanh, inverse_scale, pixels, cdf = kernels._mixture_tables()
+    mixture = {"exp16": exp16, "tanh": tanh, "inverse_scale": inverse_scale, "pixels": pixels, "cdf": cdf}
+    for name, table in [*step.items(), *mixture.items()]:
+        exact = np.asarray(tables[name], np.int64)
+        assert table.dtype.itemsize <= 8 and np.array_equal(table.astype(np.float64), exact.astype(np.float64)), name
+        assert np.array_equal(table.astype(np.float64).astype(np.int64), exact), name
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])

@@ -1,8 +1,9 @@
 """The fixed-point arithmetic of the integer network: its rules, its bounds and its lookup tables.
 
 Why this is portable. Every tensor on the coding path holds integers, stored as float64 (fast matrix
-products on every BLAS and GPU) or int64 (the decoder's attention keys and values as float32 on the
-CPU, kernels.py: integers below 2**24 are exact there too). IEEE 754 binary64 adds and multiplies
+products on every BLAS and GPU) or int64 (on the CPU, the decoder's stored keys, values and row
+caches as float32 and the lookup tables in the narrowest type that holds them, kernels.py: integers
+below 2**24 are exact in float32 too). IEEE 754 binary64 adds and multiplies
 integers exactly, in any order and with or without fused multiply-add, while every intermediate
 magnitude stays below 2**53; every product of the network is built so that it stays below 2**52 (`ACCUMULATOR_LIMIT`,
 checked per layer when a model is converted: network.py). Multiplying by a power of two is exact

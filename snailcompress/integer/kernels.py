@@ -16,7 +16,9 @@ faster because they do less, not because they round differently:
   each instead of several torch operations; a full pass runs a window at a time (its arrays stay in
   cache), a step (a commit, then a predict) is one call instead of some two hundred torch operations,
   and its attention reads keys and values stored as float32 (integers below 2**20: exact), channel by
-  channel, only up to each slot's own position;
+  channel, only up to each slot's own position; the step's row caches and every lookup table are
+  stored in the narrowest type that holds their integers exactly (the step streams tens of MB of
+  keys and values, and what else it reads misses the cache less the smaller it is);
 * the encoder's counts take the component weights and the CDFs at a value's two edges only; the
   decoder runs constriction's range decoder itself and finds each value by searching the pixel's
   cumulative counts at a few edges (the same two counts, at the value found), where constriction's
@@ -747,9 +749,11 @@ def features(net, pixels: np.ndarray) -> np.ndarray:
 
 @functools.lru_cache(maxsize=None)
 def _step_tables() -> tuple[np.ndarray, ...]:
-    """The lookup tables the step reads: ELU, sigmoid / 4096, exp16, pixel values (float64)."""
-    elu, sigmoid, exp16, pixels = (_table(name, np.float64) for name in ("elu", "sigmoid", "exp16", "pixels"))
-    return elu, sigmoid / ar.ONE, exp16, pixels
+    """The lookup tables the step reads: ELU, sigmoid / 4096, exp16 (float32: every entry is exact
+    there, and the three together, read at scattered indices, take half the cache of float64's),
+    and the pixel values (float64, the network's input)."""
+    elu, sigmoid, exp16 = (_table(name, np.float64) for name in ("elu", "sigmoid", "exp16"))
+    return elu.astype(np.float32), (sigmoid / ar.ONE).astype(np.float32), exp16.astype(np.float32), _table("pixels", np.float64)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -875,10 +879,12 @@ def symbol_bounds(params: np.ndarray, values: np.ndarray, mixtures: int, channel
 
 @functools.lru_cache(maxsize=None)
 def _mixture_tables() -> tuple[np.ndarray, ...]:
-    """What the tables read: exp16 (int64); tanh, inverse scales and pixel values (float64); the CDF as
-    int32 (its values are below 2**21), half the cache of int64."""
-    floats = (_table(name, np.float64) for name in ("tanh", "inverse_scale", "pixels"))
-    return _table("exp16"), *floats, _table("cdf", np.int32)
+    """What the tables read, each in the narrowest type that holds its values exactly (the decoder's
+    search reads them at scattered indices just after a network step has filled the caches with
+    other things): exp16 and the inverse scales (below 2**31) as int32, tanh (integers of at most
+    4096) as float32, the CDF (below 2**21) as int32; the pixel values as float64."""
+    return (_table("exp16", np.int32), _table("tanh", np.float32), _table("inverse_scale", np.int32),
+            _table("pixels", np.float64), _table("cdf", np.int32))
 
 
 # ---------------------------------------------------------------------------------------------

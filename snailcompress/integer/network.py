@@ -433,8 +433,8 @@ class IntegerStepper:
 
     def __init__(self, net: IntegerPixelSNAIL, batch: int, height: int, width: int, compiled: bool | None = None):
         """`compiled`: run each step as one compiled call (integer/kernels.py; the default on the
-        CPU) instead of torch operations; the same integers either way. Keys and values are then
-        stored as float32, exact for integers below 2**20."""
+        CPU) instead of torch operations; the same integers either way. Keys, values and the row
+        caches are then stored as float32, exact for these integers (below 2**20 in magnitude)."""
         cfg, device = net.config, net.device
         self.compiled = device == "cpu" if compiled is None else compiled
         if self.compiled and device != "cpu":
@@ -447,9 +447,9 @@ class IntegerStepper:
 
         self.position = zeros(batch, dtype="int64")
         spatial = cfg.blocks * cfg.resnets_per_block
-        self.caches = zeros(2 * spatial, batch * 2 * (width + 1), cfg.filters)  # resnet r's pair: 2r, 2r + 1
-        n = height * width
         stored = "float32" if self.compiled else "float64"
+        self.caches = zeros(2 * spatial, batch * 2 * (width + 1), cfg.filters, dtype=stored)  # resnet r's pair: 2r, 2r + 1
+        n = height * width
         self.keys = zeros(cfg.blocks, batch, cfg.key_channels, n, dtype=stored)
         self.values = zeros(cfg.blocks, batch, cfg.value_channels, n, dtype=stored)
         self.features = zeros(cfg.blocks, batch, cfg.filters)  # each block's input to attention, for commit
