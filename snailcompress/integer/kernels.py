@@ -752,8 +752,8 @@ def _step_tables() -> tuple[np.ndarray, ...]:
     """The lookup tables the step reads: ELU, sigmoid / 4096, exp16 (float32: every entry is exact
     there, and the three together, read at scattered indices, take half the cache of float64's),
     and the pixel values (float64, the network's input)."""
-    elu, sigmoid, exp16 = (_table(name, np.float64) for name in ("elu", "sigmoid", "exp16"))
-    return elu.astype(np.float32), (sigmoid / ar.ONE).astype(np.float32), exp16.astype(np.float32), _table("pixels", np.float64)
+    return (_table("elu", np.float32), (_table("sigmoid", np.float64) / ar.ONE).astype(np.float32),
+            _table("exp16", np.float32), _table("pixels", np.float64))
 
 
 # ---------------------------------------------------------------------------------------------
