@@ -414,6 +414,8 @@ def _each_file(pairs, work, force: bool, quiet: bool, to_stdout: bool = False) -
     yields, for each in order, its report or the SnailError it met (so that it may code many files
     together). As gzip does: a file that fails is said in one line that names it, the others go on,
     and the exit status is 1 if any failed. An existing output without -f is refused before any work."""
+    if not quiet:
+        _say_when_compiling()
     seen: set[Path] = set()
     refused: dict[int, SnailError] = {}
     pairs = list(pairs)
@@ -440,6 +442,18 @@ def _each_file(pairs, work, force: bool, quiet: bool, to_stdout: bool = False) -
 
 THREADS_HELP = ("CPU threads [1]: coding runs thousands of small steps, each waiting for all its threads, so give "
                 "it only idle cores; any count decodes any file")
+
+
+def _say_when_compiling() -> None:
+    """The first encode or decode after installing compiles the CPU kernels, silent for a while:
+    one line says so (integer/kernels.py: compile_notice), above any progress bar."""
+    from tqdm import tqdm
+
+    from .integer import kernels
+
+    kernels.compile_notice = lambda: tqdm.write(
+        "snailcompress: compiling the CPU kernels, once after installing (numba keeps them); this takes a while",
+        file=sys.stderr)
 
 
 def _threads(threads: int) -> None:

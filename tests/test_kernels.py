@@ -511,3 +511,37 @@ def test_more_threads_replace_the_workers_and_the_replaced_ones_end():
         thread.join(timeout=10)
         assert not thread.is_alive()
     assert len(workers()) == len(larger.jobs)
+
+
+def test_a_kernel_compiled_in_this_process_is_noticed_once_and_a_loaded_one_never(monkeypatch, capsys):
+    """numba's compile event (a cache miss, not a load) calls compile_notice once a process, for
+    these kernels only; the CLI's notice is one line on stderr. A function compiled here stands for
+    a kernel: it is given the kernels' module, so the listener counts it as theirs."""
+    import numba
+
+    from snailcompress import cli
+
+    params, values = _at_the_limits(0, 3, n=4)
+    kernels.symbol_bounds(params.numpy(), values.numpy(), 10, 3)  # compiled or loaded by now
+    noticed = []
+    monkeypatch.setattr(kernels, "compile_notice", lambda: noticed.append(True))
+    monkeypatch.setattr(kernels._compile_listener, "noticed", False)
+    kernels.symbol_bounds(params.numpy(), values.numpy(), 10, 3)
+    assert not noticed
+
+    def compiled(module):
+        def add_one(x):
+            return x + 1
+
+        add_one.__module__ = module
+        return numba.njit(add_one)
+
+    assert compiled("elsewhere")(1) == 2 and not noticed  # another module's compilation says nothing
+    kernel = compiled(kernels.__name__)
+    assert kernel(1) == 2 and noticed == [True]
+    assert kernel(2) == 3 and compiled(kernels.__name__)(3) == 4 and noticed == [True]  # once a process
+
+    cli._say_when_compiling()
+    kernels.compile_notice()
+    err = capsys.readouterr().err
+    assert err.startswith("snailcompress: ") and err.count("\n") == 1

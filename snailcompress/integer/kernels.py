@@ -42,9 +42,11 @@ import sys
 import threading
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable
 
 import numba
 import numpy as np
+from numba.core import event as numba_events
 
 from .. import mixture as mixture_float
 from .. import threads as _threads_setting
@@ -68,6 +70,33 @@ _LOG_SCALE_LIMIT = float(ar.LOG_SCALE_LIMIT)
 _TANH_LIMIT = float(ar.TANH_INPUT_LIMIT)
 _INVERSE_TO_GRID = INVERSE_TO_GRID
 _QUERY_BLOCK = 64  # queries per block of the full pass's attention
+
+
+# Numba compiles each kernel at its first call after installing (some seconds) and caches it beside
+# the package: later processes load it in a fraction of a second. So that a command that compiles
+# says why it is silent rather than seem to hang, the first compilation of one of these kernels in a
+# process (numba's "numba:compile" event: a cache miss, never a load) calls `compile_notice`, where
+# it is set (the CLI sets it unless -q).
+
+compile_notice: Callable[[], None] | None = None
+
+
+class _CompileNotice(numba_events.Listener):
+    def __init__(self):
+        self.noticed = False
+
+    def on_start(self, event):
+        function = event.data["dispatcher"].py_func
+        if compile_notice is not None and not self.noticed and function.__module__ == __name__:
+            self.noticed = True
+            compile_notice()
+
+    def on_end(self, event):
+        pass
+
+
+_compile_listener = _CompileNotice()
+numba_events.register("numba:compile", _compile_listener)
 
 
 def _split(kernel, rows: int, *args) -> None:
