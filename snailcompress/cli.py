@@ -445,8 +445,8 @@ THREADS_HELP = ("CPU threads [1]: coding runs thousands of small steps, each wai
 
 
 def _say_when_compiling() -> None:
-    """The first encode or decode after installing compiles the CPU kernels, silent for a while:
-    one line says so (integer/kernels.py: compile_notice), above any progress bar."""
+    """The first encode or decode after installing (make demo's, often) compiles the CPU kernels,
+    silent for a while: one line says so (integer/kernels.py: compile_notice), above any progress bar."""
     from tqdm import tqdm
 
     from .integer import kernels
@@ -552,6 +552,7 @@ def demo(keep):
     """Encode, decode and verify the shipped demo image; compare with PNG, WebP, JPEG-XL, JPEG 2000."""
     from .demo import run_demo
 
+    _say_when_compiling()
     run_demo(Path(keep) if keep else None, echo=click.echo)
 
 
