@@ -236,6 +236,7 @@ class PixelCNNppStepper:
         """The u stream of the slots beginning full-resolution row `row`: a row of each resolution whose
         row begins there (resolution r's row row / 2^r when 2^r divides row), stored for the ul stream."""
         due = _due(slots, row)
+        strip = None  # the finer level's rows for this level's down-sampling, kept by the level before
         # up pass: each resolution's input, then its u-blocks, every output pushed on its stack
         for level, (keep, s, a) in enumerate(due):
             res = self.levels[level]
@@ -271,6 +272,7 @@ class PixelCNNppStepper:
         position (2^r a, 2^r b), at its (a, b); the others read what their last such step left."""
         due = _due(everyone, i, j)
         stacks, wheres = [], []
+        window = None  # the finer level's 2x2 windows for this level's down-sampling, kept by the level before
         # up pass
         for level, (keep, s, a, b) in enumerate(due):
             res = self.levels[level]

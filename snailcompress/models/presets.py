@@ -27,10 +27,6 @@ class Preset:
     description: str
     parameters: tuple[int, int]  # of the built model with 3 and with 1 channels (tests/test_models.py checks them)
 
-    @property
-    def architecture(self) -> str:
-        return self.config.to_dict()["architecture"]
-
 
 # pixelsnail-small's architecture, also the fair study's PixelSNAIL (pixelsnail-fmnist)
 SMALL_PIXELSNAIL = PixelSNAILConfig(filters=64, blocks=4, resnets_per_block=2, value_channels=32, mixtures=10, dropout=0.0)
