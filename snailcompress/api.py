@@ -132,7 +132,7 @@ class ModelChooser:
 @dataclass
 class CodingReport:
     source: Path
-    target: Path
+    target: Path | None  # None: a file tested (decode --test), nothing written
     width: int
     height: int
     mode: str
@@ -347,10 +347,11 @@ DECODE_BATCH_PIXELS = 1 << 22  # pixels of the files decode_files decodes togeth
 
 
 def decode_files(jobs: Sequence[tuple], models: ModelChooser | None = None, force: bool = False, progress: bool = False,
-                 stdout=None):
+                 stdout=None, test: bool = False):
     """Decode .snail files (source "-": standard input) to image files, or to `stdout` as PNG, many
     together (decode_images), in batches of about DECODE_BATCH_PIXELS; `jobs` are (source, target or
-    None for the default name). Yields, in order, each file's report or its error; the time a report
+    None for the default name). `test`: decode and check each against its checksum, write nothing
+    (reports' target None). Yields, in order, each file's report or its error; the time a report
     gives is its share of its batch's."""
     models = models or ModelChooser()
     batch: list = []  # (source, target, file or error, bytes)
@@ -370,12 +371,12 @@ def decode_files(jobs: Sequence[tuple], models: ModelChooser | None = None, forc
         except SnailError as e:
             batch.append((source, target, e, 0))
         if pixels >= DECODE_BATCH_PIXELS or index == len(jobs) - 1:
-            yield from _decode_and_write(batch, models, force, progress, stdout)
+            yield from _decode_and_write(batch, models, force, progress, stdout, test)
             batch, pixels = [], 0
 
 
-def _decode_and_write(batch: list, models: ModelChooser, force: bool, progress: bool, stdout):
-    """decode_files for one batch: decode its files together, then write each, in order."""
+def _decode_and_write(batch: list, models: ModelChooser, force: bool, progress: bool, stdout, test: bool = False):
+    """decode_files for one batch: decode its files together, then write each (unless `test`), in order."""
     start = time.perf_counter()
     snails = [snail for _, _, snail, _ in batch if not isinstance(snail, SnailError)]
     images = iter(decode_images(snails, models, progress))
@@ -385,7 +386,9 @@ def _decode_and_write(batch: list, models: ModelChooser, force: bool, progress: 
         try:
             if isinstance(image, SnailError):
                 raise image
-            if stdout is not None:
+            if test:
+                target = None
+            elif stdout is not None:
                 stdout.write(png_bytes(image))
                 stdout.flush()
                 target = Path("-")

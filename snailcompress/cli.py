@@ -374,8 +374,9 @@ def bench(directory, dataset, data_dir, models, split, limit, coded_limit, chunk
 
 
 def _report_line(report) -> str:
+    where = f"{report.source}: OK" if report.target is None else f"{report.source} -> {report.target}:"
     return (
-        f"{report.source} -> {report.target}: {report.width}x{report.height} {report.mode}, {report.bytes} bytes, "
+        f"{where} {report.width}x{report.height} {report.mode}, {report.bytes} bytes, "
         f"{report.bits_per_subpixel:.3f} bits/subpixel, {report.seconds:.1f} s"
     )
 
@@ -420,6 +421,8 @@ def _each_file(pairs, work, force: bool, quiet: bool, to_stdout: bool = False) -
     refused: dict[int, SnailError] = {}
     pairs = list(pairs)
     for index, (_, target) in enumerate(pairs):
+        if target is None:  # standard output, or nothing (decode --test)
+            continue
         if target in seen:
             refused[index] = UsageError(f"{target} would be written twice (several inputs with one name; use separate calls)")
         elif target is not None and target.exists() and not force:
@@ -505,19 +508,22 @@ def encode(images, output, force, models, tile, context, calibrate, threads, dev
 @click.option("--threads", type=int, default=1, help=THREADS_HELP)
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("-c", "--stdout", "to_stdout", is_flag=True, help="write the image (PNG) to standard output")
+@click.option("-t", "--test", is_flag=True, help="decode and check each file against its checksum, write nothing")
 @click.option("-q", "--quiet", is_flag=True, help="print nothing but errors")
 @friendly_errors
-def decode(files, output, force, models, threads, device, to_stdout, quiet):
+def decode(files, output, force, models, threads, device, to_stdout, test, quiet):
     """Restore the exact original images from .snail files (checked against their checksum); - reads
-    standard input."""
+    standard input. With -t, check that they do (exit status 1 if any does not), as gzip -t."""
     from .api import ModelChooser, decode_files, decoded_output, resolve_device
 
     _threads(threads)
-    outputs = _outputs_or_stdout(files, output, to_stdout, decoded_output)
+    if test and (output is not None or to_stdout):
+        raise UsageError("-t writes nothing: give it no -o or -c")
+    outputs = [None] * len(files) if test else _outputs_or_stdout(files, output, to_stdout, decoded_output)
     chooser = ModelChooser(models, resolve_device(device))
     stdout = sys.stdout.buffer if to_stdout else None
-    _each_file(zip(files, outputs), lambda pairs: decode_files(pairs, chooser, force, progress=not quiet, stdout=stdout),
-               force, quiet, to_stdout)
+    _each_file(zip(files, outputs), lambda pairs: decode_files(pairs, chooser, force, progress=not quiet, stdout=stdout,
+                                                               test=test), force, quiet, to_stdout)
 
 
 @main.command()

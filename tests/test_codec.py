@@ -943,6 +943,28 @@ def test_cli_batch_goes_on_past_bad_files_and_names_them(work):
     assert r.exit_code == 1 and "missing.png" in r.stderr and listing(work / "enc") == ["a.snail"]
 
 
+def test_cli_decode_test_checks_every_file_and_writes_nothing(work):
+    """decode -t, as gzip -t: each file decoded and checked against its checksum, an OK line for a good
+    one (none with -q), one error line for a bad one, status 1 if any failed; no file written, even
+    where an output exists; -o or -c refused."""
+    good = (work / "a.snail").read_bytes()
+    (work / "copy.snail").write_bytes(good)
+    (work / "flipped.snail").write_bytes(_flip(good, len(good) - 3))
+    original = (work / "a.png").read_bytes()  # a.snail's default output exists: no reason to refuse, nothing is written
+    r = cli("decode", "-t", "a.snail", "copy.snail", "--model", TINY)
+    assert r.exit_code == 0, r.output
+    lines = r.stdout.splitlines()
+    assert [line.split(": ")[0] for line in lines] == ["a.snail", "copy.snail"]
+    assert all(line.split(": ")[1].startswith(f"OK 11x9 RGB, {len(good)} bytes") for line in lines), lines
+    r = cli("decode", "-t", "-q", "a.snail", "flipped.snail", "--model", TINY)
+    assert r.exit_code == 1 and r.stdout == ""
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("snailcompress: error: flipped.snail: ")
+    assert listing(work) == ["a.png", "a.snail", "copy.snail", "flipped.snail"] and (work / "a.png").read_bytes() == original
+    one_line_error(cli("decode", "-t", "a.snail", "-o", "b.png"), "-t writes nothing")
+    one_line_error(cli("decode", "-t", "a.snail", "-c"), "-t writes nothing")
+
+
 @pytest.mark.parametrize("context, batches", [(0, 5), (2, 3)])
 def test_large_planes_are_coded_in_bounded_batches_of_one_stream(monkeypatch, context, batches):
     """More tiles than MAX_BATCH_TILES: several batches, one stream, exact round trip. Without
