@@ -415,8 +415,7 @@ def _each_file(pairs, work, force: bool, quiet: bool, to_stdout: bool = False) -
     yields, for each in order, its report or the SnailError it met (so that it may code many files
     together). As gzip does: a file that fails is said in one line that names it, the others go on,
     and the exit status is 1 if any failed. An existing output without -f is refused before any work."""
-    if not quiet:
-        _say_when_compiling()
+    _say_when_compiling(not quiet)
     seen: set[Path] = set()
     refused: dict[int, SnailError] = {}
     pairs = list(pairs)
@@ -425,7 +424,7 @@ def _each_file(pairs, work, force: bool, quiet: bool, to_stdout: bool = False) -
             continue
         if target in seen:
             refused[index] = UsageError(f"{target} would be written twice (several inputs with one name; use separate calls)")
-        elif target is not None and target.exists() and not force:
+        elif target.exists() and not force:
             refused[index] = UsageError(f"{target} already exists (use -f to overwrite)")
         seen.add(target)
     results = iter(work([pair for index, pair in enumerate(pairs) if index not in refused]))
@@ -447,16 +446,19 @@ THREADS_HELP = ("CPU threads [1]: coding runs thousands of small steps, each wai
                 "it only idle cores; any count decodes any file")
 
 
-def _say_when_compiling() -> None:
-    """The first encode or decode after installing (make demo's, often) compiles the CPU kernels,
-    silent for a while: one line says so (integer/kernels.py: compile_notice), above any progress bar."""
+def _say_when_compiling(enabled: bool = True) -> None:
+    """The first encode and the first decode after installing (make demo's, often) compile the CPU
+    kernels, silent for a while: one line says so (integer/kernels.py: compile_notice), above any
+    progress bar; nothing with -q, or where there is no stderr to write to."""
     from tqdm import tqdm
 
     from .integer import kernels
 
-    kernels.compile_notice = lambda: tqdm.write(
-        "snailcompress: compiling the CPU kernels, once after installing (numba keeps them); this takes a while",
-        file=sys.stderr)
+    def notice(work: str) -> None:
+        tqdm.write(f"snailcompress: compiling the CPU kernels for {work}, once (numba caches them); this takes a while",
+                   file=sys.stderr)
+
+    kernels.compile_notice = notice if enabled and sys.stderr is not None else None
 
 
 def _threads(threads: int) -> None:
@@ -513,7 +515,7 @@ def encode(images, output, force, models, tile, context, calibrate, threads, dev
 @friendly_errors
 def decode(files, output, force, models, threads, device, to_stdout, test, quiet):
     """Restore the exact original images from .snail files (checked against their checksum); - reads
-    standard input. With -t, check that they do (exit status 1 if any does not), as gzip -t."""
+    standard input. -t checks that each decodes to its checksummed pixels and writes nothing, as gzip -t."""
     from .api import ModelChooser, decode_files, decoded_output, resolve_device
 
     _threads(threads)

@@ -513,10 +513,16 @@ def test_more_threads_replace_the_workers_and_the_replaced_ones_end():
     assert len(workers()) == len(larger.jobs)
 
 
-def test_a_kernel_compiled_in_this_process_is_noticed_once_and_a_loaded_one_never(monkeypatch, capsys):
-    """numba's compile event (a cache miss, not a load) calls compile_notice once a process, for
-    these kernels only; the CLI's notice is one line on stderr. A function compiled here stands for
-    a kernel: it is given the kernels' module, so the listener counts it as theirs."""
+def test_compiling_the_encoders_or_the_decoders_kernels_is_noticed_once_each_and_loading_never(
+        tmp_path, monkeypatch, capsys):
+    """numba's compile event (a cache miss) calls compile_notice once a process for the encoder's
+    kernels and once for the decoder's, for these kernels only, never for one already compiled or
+    loaded from numba's disk cache; a notice that raises does not fail the compilation; the CLI's
+    notice is one line on stderr, and none with -q. Functions compiled here stand for kernels: they
+    are given the kernels' module (and a decoder kernel's name), so the listener counts them as theirs."""
+    import importlib
+    import sys
+
     import numba
 
     from snailcompress import cli
@@ -524,24 +530,49 @@ def test_a_kernel_compiled_in_this_process_is_noticed_once_and_a_loaded_one_neve
     params, values = _at_the_limits(0, 3, n=4)
     kernels.symbol_bounds(params.numpy(), values.numpy(), 10, 3)  # compiled or loaded by now
     noticed = []
-    monkeypatch.setattr(kernels, "compile_notice", lambda: noticed.append(True))
-    monkeypatch.setattr(kernels._compile_listener, "noticed", False)
+    monkeypatch.setattr(kernels, "compile_notice", noticed.append)
+    monkeypatch.setattr(kernels._compile_listener, "noticed", set())
     kernels.symbol_bounds(params.numpy(), values.numpy(), 10, 3)
     assert not noticed
 
-    def compiled(module):
+    def compiled(module, name="add_one"):
         def add_one(x):
             return x + 1
 
-        add_one.__module__ = module
+        add_one.__module__, add_one.__name__ = module, name
         return numba.njit(add_one)
 
     assert compiled("elsewhere")(1) == 2 and not noticed  # another module's compilation says nothing
-    kernel = compiled(kernels.__name__)
-    assert kernel(1) == 2 and noticed == [True]
-    assert kernel(2) == 3 and compiled(kernels.__name__)(3) == 4 and noticed == [True]  # once a process
+    assert compiled(kernels.__name__)(1) == 2 and noticed == ["encoding"]
+    assert compiled(kernels.__name__)(2) == 3 and noticed == ["encoding"]  # once a process
+    assert compiled(kernels.__name__, "_decode_rows")(3) == 4 and noticed == ["encoding", "decoding"]
+    assert compiled(kernels.__name__, "_step_slots")(4) == 5 and noticed == ["encoding", "decoding"]
 
-    cli._say_when_compiling()
-    kernels.compile_notice()
+    # loaded from the disk cache: no compilation, no notice
+    (tmp_path / "cached_kernel.py").write_text(
+        "import numba\n\n\ndef add_two(x):\n    return x + 2\n\n\n"
+        f"add_two.__module__ = {kernels.__name__!r}\nadd_two = numba.njit(cache=True)(add_two)\n")
+    monkeypatch.syspath_prepend(tmp_path)
+    monkeypatch.setattr(kernels._compile_listener, "noticed", set())
+    module = importlib.import_module("cached_kernel")
+    assert module.add_two(1) == 3 and noticed == ["encoding", "decoding", "encoding"]  # compiled, cached
+    monkeypatch.setattr(kernels._compile_listener, "noticed", set())
+    module = importlib.reload(module)
+    assert module.add_two(2) == 4 and noticed == ["encoding", "decoding", "encoding"]  # loaded
+    sys.modules.pop("cached_kernel")
+
+    def fails(work):
+        noticed.append("failed")
+        raise BrokenPipeError
+
+    monkeypatch.setattr(kernels, "compile_notice", fails)
+    monkeypatch.setattr(kernels._compile_listener, "noticed", set())
+    assert compiled(kernels.__name__)(5) == 6 and noticed[-1] == "failed"
+
+    capsys.readouterr()
+    cli._say_when_compiling(False)
+    assert kernels.compile_notice is None
+    cli._say_when_compiling(True)
+    kernels.compile_notice("decoding")
     err = capsys.readouterr().err
     assert err.startswith("snailcompress: ") and err.count("\n") == 1

@@ -74,25 +74,38 @@ _QUERY_BLOCK = 64  # queries per block of the full pass's attention
 
 # Numba compiles each kernel at its first call after installing (some seconds) and caches it beside
 # the package: later processes load it in a fraction of a second. So that a command that compiles
-# says why it is silent rather than seem to hang, the first compilation of one of these kernels in a
-# process (numba's "numba:compile" event: a cache miss, never a load) calls `compile_notice`, where
-# it is set (the CLI sets it unless -q).
+# says why it is silent rather than seem to hang, the first compilation in a process of the
+# decoder's kernels, and that of the encoder's, each call `compile_notice("decoding")` or
+# `compile_notice("encoding")` where it is set (the CLI sets it unless -q). Numba's "numba:compile"
+# event fires on a cache miss only, never on a load, and under numba's global compiler lock, so the
+# listener's state needs no lock of its own.
 
-compile_notice: Callable[[], None] | None = None
+compile_notice: Callable[[str], None] | None = None
+_DECODING_KERNELS = ("_step_slots", "_decode_rows")  # what a decode compiles first; any other entry is the encoder's
 
 
 class _CompileNotice(numba_events.Listener):
     def __init__(self):
-        self.noticed = False
+        self.depth = 0  # compilations under way: a kernel compiles the functions it calls inside its own
+        self.noticed: set[str] = set()
 
     def on_start(self, event):
+        self.depth += 1
+        if self.depth > 1 or compile_notice is None:
+            return
         function = event.data["dispatcher"].py_func
-        if compile_notice is not None and not self.noticed and function.__module__ == __name__:
-            self.noticed = True
-            compile_notice()
+        if function.__module__ != __name__:
+            return
+        work = "decoding" if function.__name__ in _DECODING_KERNELS else "encoding"
+        if work not in self.noticed:
+            self.noticed.add(work)
+            try:
+                compile_notice(work)
+            except Exception:  # a notice that cannot be given (stderr closed, say) must not fail the compilation
+                pass
 
     def on_end(self, event):
-        pass
+        self.depth -= 1
 
 
 _compile_listener = _CompileNotice()
