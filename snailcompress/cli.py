@@ -352,6 +352,7 @@ def bench(directory, dataset, data_dir, models, split, limit, coded_limit, chunk
     source = click.get_current_context().get_parameter_source
     crops = any(source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT) for name in ("crop", "scales"))
     local_rank = distributed.start(device)[2]
+    _say_when_compiling(not quiet)  # its coded rows run the codec's kernels
     try:
         options = BenchOptions(
             dataset=dataset, data_dir=directory or data_dir, models=models, split=split, limit=limit,
@@ -447,9 +448,9 @@ THREADS_HELP = ("CPU threads [1]: coding runs thousands of small steps, each wai
 
 
 def _say_when_compiling(enabled: bool = True) -> None:
-    """The first encode and the first decode after installing (make demo's, often) compile the CPU
-    kernels, silent for a while: one line says so (integer/kernels.py: compile_notice), above any
-    progress bar; nothing with -q, or where there is no stderr to write to."""
+    """The first encode and the first decode after installing (make demo's or bench's, often) compile
+    the CPU kernels, silent for a while: one line says so (integer/kernels.py: compile_notice), above
+    any progress bar; nothing with -q, or where there is no stderr to write to."""
     from tqdm import tqdm
 
     from .integer import kernels
