@@ -944,9 +944,9 @@ def test_cli_batch_goes_on_past_bad_files_and_names_them(work):
 
 
 def test_cli_decode_test_checks_every_file_and_writes_nothing(work):
-    """decode -t, as gzip -t: each file decoded and checked against its checksum, an OK line for a good
-    one (none with -q), one error line for a bad one, status 1 if any failed; no file written, even
-    where an output exists; -o or -c refused."""
+    """decode -t, as gzip -t: each file (or standard input) decoded and checked against its checksum,
+    an OK line for a good one (none with -q), one error line for a bad one, status 1 if any failed; no
+    file written, even where an output exists; -o or -c refused."""
     good = (work / "a.snail").read_bytes()
     (work / "copy.snail").write_bytes(good)
     (work / "flipped.snail").write_bytes(_flip(good, len(good) - 3))
@@ -961,6 +961,8 @@ def test_cli_decode_test_checks_every_file_and_writes_nothing(work):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("snailcompress: error: flipped.snail: ")
     assert listing(work) == ["a.png", "a.snail", "copy.snail", "flipped.snail"] and (work / "a.png").read_bytes() == original
+    r = CliRunner().invoke(main, ["decode", "-t", "-", "--model", TINY], input=good)  # standard input
+    assert r.exit_code == 0 and r.stdout.startswith("-: OK 11x9 RGB"), r.output
     one_line_error(cli("decode", "-t", "a.snail", "-o", "b.png"), "-t writes nothing")
     one_line_error(cli("decode", "-t", "a.snail", "-c"), "-t writes nothing")
 
