@@ -451,6 +451,8 @@ def _say_when_compiling(enabled: bool = True) -> None:
     """The first encode and the first decode after installing (make demo's or bench's, often) compile
     the CPU kernels, silent for a while: one line says so (integer/kernels.py: compile_notice), above
     any progress bar; nothing with -q, or where there is no stderr to write to."""
+    if not enabled and "snailcompress.integer.kernels" not in sys.modules:
+        return  # nothing set to clear: numba need not be imported for that
     from tqdm import tqdm
 
     from .integer import kernels
