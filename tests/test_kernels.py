@@ -8,6 +8,7 @@ at position 0 and slots waiting behind others.
 from __future__ import annotations
 
 import constriction
+import numba
 import numpy as np
 import pytest
 import torch
@@ -576,3 +577,34 @@ def test_compiling_the_encoders_or_the_decoders_kernels_is_noticed_once_each_and
     kernels.compile_notice("decoding")
     err = capsys.readouterr().err
     assert err.startswith("snailcompress: ") and err.count("\n") == 1
+
+
+@numba.njit(cache=False)
+def _elementwise(kind, x):  # pragma: no cover (compiled)
+    out, bits = np.empty_like(x), np.empty(2 * len(x), np.int64)
+    if kind == 0:
+        kernels._exp_into(x, out, bits)
+    elif kind == 1:
+        kernels._expm1_into(x, out, bits)
+    else:
+        kernels._log_into(x, out, bits)
+    return out
+
+
+def test_the_fits_own_exp_expm1_and_log_are_libms_to_a_few_units_in_the_last_place():
+    """The calibration's objective computes exp, exp - 1 and log as polynomials over a block of
+    pixels (so that they vectorise): within 4 units in the last place of numpy's over their ranges,
+    at the edges of each branch, and 0 where exp would be subnormal."""
+    rng = np.random.default_rng(0)
+    edges = [0.0, -0.0, -1e-300, -1e-17, -1e-9, -0.33999999, -0.34, -0.34000001, -0.5 * np.log(2), -1.0, -707.9, -708.0]
+    x = np.concatenate([rng.uniform(-708, 709, 20000), rng.uniform(-1, 1, 20000), edges, -np.array(edges)])
+    for kind, function, inputs in ((0, np.exp, x), (1, np.expm1, -np.abs(np.concatenate([x[x > -708], rng.uniform(-60, 0, 5000)])))):
+        got, want = _elementwise(kind, inputs), function(inputs)
+        assert np.all(np.abs(got - want) <= 4 * np.spacing(np.abs(want))), function.__name__
+    assert np.array_equal(_elementwise(0, np.array([-708.5, -745.2, -1e300])), np.zeros(3))
+    near_one = 1.0 + np.array([-1e-15, -1e-9, 1e-9, 1e-15, 0.0, np.sqrt(2) - 1, np.sqrt(2) / 2 - 1])
+    y = np.concatenate([np.exp(rng.uniform(-708, 709, 20000)), rng.uniform(0.5, 2.0, 20000), near_one,
+                        [np.finfo(np.float64).tiny, np.finfo(np.float64).max, 1e-300]])
+    got, want = _elementwise(2, y), np.log(y)
+    assert np.all(np.abs(got - want) <= 4 * np.spacing(np.abs(want)))
+    assert _elementwise(2, np.ones(1))[0] == 0.0
