@@ -496,22 +496,16 @@ def _down_right_2x2(h, width):  # pragma: no cover (compiled)
     """IntegerLinear.down_right_2x2's inputs over a window's rows (i * width + j): (i-1, j-1),
     (i-1, j), (i, j-1), (i, j) side by side, 0 outside the window."""
     n, channels = h.shape
-    out = np.empty((n, 4 * channels))  # every entry is written below: zeros only outside the window
+    out = np.zeros((n, 4 * channels))  # zeros outside the window
     for r in range(n):
         i, j = r // width, r % width
         if i > 0 and j > 0:
-            out[r, :channels] = h[r - width - 1]
-        else:
-            out[r, :channels] = 0.0
+            _put(out[r], 0, h[r - width - 1])
         if i > 0:
-            out[r, channels : 2 * channels] = h[r - width]
-        else:
-            out[r, channels : 2 * channels] = 0.0
+            _put(out[r], channels, h[r - width])
         if j > 0:
-            out[r, 2 * channels : 3 * channels] = h[r - 1]
-        else:
-            out[r, 2 * channels : 3 * channels] = 0.0
-        out[r, 3 * channels :] = h[r]
+            _put(out[r], 2 * channels, h[r - 1])
+        _put(out[r], 3 * channels, h[r])
     return out
 
 
@@ -572,11 +566,13 @@ def _input_layers(net, above, left, position, width):  # pragma: no cover (compi
 def _with_position(x, y, position, row_channel, column_channel):  # pragma: no cover (compiled)
     """[x, y, row channel, column channel] per row: the inputs of the kv resnet (pixels, features)
     and of the q resnet (features, and y with no columns)."""
-    width, columns = len(column_channel), x.shape[1] + y.shape[1]
+    width, first, columns = len(column_channel), x.shape[1], x.shape[1] + y.shape[1]
     out = np.empty((x.shape[0], columns + 2))
-    for b in range(x.shape[0]):
-        _put(out[b], 0, x[b])
-        _put(out[b], x.shape[1], y[b])
+    for b in range(x.shape[0]):  # indexed in two dimensions: a row's view would cost two reference counts
+        for c in range(first):
+            out[b, c] = x[b, c]
+        for c in range(y.shape[1]):
+            out[b, first + c] = y[b, c]
         out[b, columns] = row_channel[position[b] // width]
         out[b, columns + 1] = column_channel[position[b] % width]
     return out
@@ -742,29 +738,27 @@ def _forward_window(shape, net, t, x, row_channel, column_channel, out):  # prag
     out[:] = _elu(ul, t[0])
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract", "nnan", "ninf", "nsz"})
 def _causal_attention(query, keys, values, exp16):  # pragma: no cover (compiled)
     """network._causal_attention of one window: queries (n, dk), keys (n, dk), values (n, dv) ->
     (n, dv); position i attends to positions j < i, position 0 gets 0. Blocks of queries: their
-    logits and weighted sums are matrix products (exact: integers below dk * 2**40 and 2**52)."""
+    logits and weighted sums are matrix products (exact: integers below dk * 2**40 and 2**52). The
+    fast-math flags change no value, as in _attend_row: the sums of integers are exact in any order."""
     n = len(query)
     out = np.zeros((n, values.shape[1]))
-    index = np.empty(n, np.int64)
     for a in range(1, n, _QUERY_BLOCK):
         b = min(n, a + _QUERY_BLOCK)
         logits = np.dot(query[a:b], keys[: b - 1].T)  # (b - a, b - 1)
         weights = np.empty((b - a, b - 1))  # each row's later positions are zeroed below, not the whole block
         totals = np.zeros(b - a)  # integers below 2**32: exact
         for r in range(b - a):
-            row, seen = logits[r], a + r
+            row, seen, weight = logits[r], a + r, weights[r]
             top = _largest(row, seen)
-            for j in range(seen):  # the distance to the max, floored to Q.12 (exact), clamped where exp16 is 0
-                index[j] = min(np.int64(top - row[j]) >> _ACTIVATION_BITS, _EXP_LIMIT)
             total = 0.0
-            for j in range(seen):
-                weights[r, j] = exp16[index[j]]
-                total += exp16[index[j]]
-            weights[r, seen:] = 0.0
+            for j in range(seen):  # the distance to the max, floored to Q.12 (exact), clamped where exp16 is 0
+                weight[j] = exp16[int(min((top - row[j]) * (1.0 / _ONE), _EXP_LIMIT))]
+                total += weight[j]
+            weight[seen:] = 0.0
             totals[r] = total
         weighted = np.dot(weights, values[: b - 1])
         for r in range(b - a):
