@@ -468,12 +468,16 @@ def _window(cache, rows, value):  # pragma: no cover (compiled)
     """IntegerStepper._window: write each slot's value into its current row (rows[:, 0]), then read
     its 2x2 inputs (above-left, above, left, here: rows[:, 1:]) side by side."""
     batch, channels = value.shape
-    for b in range(batch):
-        _put(cache[rows[b, 0]], 0, value[b])
+    for b in range(batch):  # indexed in two dimensions: a row's view would cost two reference counts
+        row = rows[b, 0]
+        for c in range(channels):
+            cache[row, c] = value[b, c]
     out = np.empty((batch, 4 * channels))
     for b in range(batch):
         for k in range(4):
-            _put(out[b], k * channels, cache[rows[b, 1 + k]])
+            row = rows[b, 1 + k]
+            for c in range(channels):
+                out[b, k * channels + c] = cache[row, c]
     return out
 
 
