@@ -1086,6 +1086,9 @@ def decode_pixels(params: np.ndarray, known: np.ndarray, mixtures: int, channels
 # the encoder sends the calibration it fits. Its work is some thirty bins a pixel, each five
 # exponentials or logarithms: numba calls libm for those one number at a time, so they are written
 # here as polynomials over a block's pixels at once, loops that LLVM turns into SIMD instructions.
+# They are compiled with numpy's error model: numba's default checks every division for a zero
+# divisor, to raise, and that check keeps LLVM from vectorising a loop that divides (no divisor
+# here can be zero: 1 + exp(-|a|) >= 1, sums of exp(0) and more >= 1, 1 - exp(-width) >= 1e-30).
 
 _HALF_BIN = mixture_float.BIN_HALF_WIDTH
 _LOG_SCALE_MIN = mixture_float.LOG_SCALE_MIN
