@@ -580,31 +580,35 @@ def test_compiling_the_encoders_or_the_decoders_kernels_is_noticed_once_each_and
 
 
 @numba.njit(cache=False)
-def _elementwise(kind, x):  # pragma: no cover (compiled)
-    out, bits = np.empty_like(x), np.empty(2 * len(x), np.int64)
+def _elementwise(kind, x, in_place):  # pragma: no cover (compiled)
+    out, bits = x.copy() if in_place else np.empty_like(x), np.empty(2 * len(x), np.int64)
+    source = out if in_place else x  # the objective calls them in place
     if kind == 0:
-        kernels._exp_into(x, out, bits)
+        kernels._exp_into(source, out, bits)
     elif kind == 1:
-        kernels._expm1_into(x, out, bits)
+        kernels._expm1_into(source, out, bits)
     else:
-        kernels._log_into(x, out, bits)
+        kernels._log_into(source, out, bits)
     return out
 
 
 def test_the_fits_own_exp_expm1_and_log_are_libms_to_a_few_units_in_the_last_place():
     """The calibration's objective computes exp, exp - 1 and log as polynomials over a block of
-    pixels (so that they vectorise): within 4 units in the last place of numpy's over their ranges,
-    at the edges of each branch, and 0 where exp would be subnormal."""
+    pixels (so that they vectorise), in place: within 4 units in the last place of numpy's over
+    their ranges, at the edges of each branch, 0 where exp would be subnormal, and NaN carried
+    through (as libm's), never a finite number."""
     rng = np.random.default_rng(0)
     edges = [0.0, -0.0, -1e-300, -1e-17, -1e-9, -0.33999999, -0.34, -0.34000001, -0.5 * np.log(2), -1.0, -707.9, -708.0]
     x = np.concatenate([rng.uniform(-708, 709, 20000), rng.uniform(-1, 1, 20000), edges, -np.array(edges)])
-    for kind, function, inputs in ((0, np.exp, x), (1, np.expm1, -np.abs(np.concatenate([x[x > -708], rng.uniform(-60, 0, 5000)])))):
-        got, want = _elementwise(kind, inputs), function(inputs)
-        assert np.all(np.abs(got - want) <= 4 * np.spacing(np.abs(want))), function.__name__
-    assert np.array_equal(_elementwise(0, np.array([-708.5, -745.2, -1e300])), np.zeros(3))
     near_one = 1.0 + np.array([-1e-15, -1e-9, 1e-9, 1e-15, 0.0, np.sqrt(2) - 1, np.sqrt(2) / 2 - 1])
     y = np.concatenate([np.exp(rng.uniform(-708, 709, 20000)), rng.uniform(0.5, 2.0, 20000), near_one,
                         [np.finfo(np.float64).tiny, np.finfo(np.float64).max, 1e-300]])
-    got, want = _elementwise(2, y), np.log(y)
-    assert np.all(np.abs(got - want) <= 4 * np.spacing(np.abs(want)))
-    assert _elementwise(2, np.ones(1))[0] == 0.0
+    cases = ((0, np.exp, x), (1, np.expm1, -np.abs(np.concatenate([x[x > -708], rng.uniform(-60, 0, 5000)]))), (2, np.log, y))
+    for in_place in (False, True):
+        for kind, function, inputs in cases:
+            got, want = _elementwise(kind, inputs, in_place), function(inputs)
+            assert np.all(np.abs(got - want) <= 4 * np.spacing(np.abs(want))), function.__name__
+            assert np.isnan(_elementwise(kind, np.array([1.0, np.nan, -2.0]), in_place)[1]), function.__name__
+        assert np.array_equal(_elementwise(0, np.array([-708.5, -745.2, -1e300]), in_place), np.zeros(3))
+        assert _elementwise(2, np.ones(1), in_place)[0] == 0.0
+        assert np.isnan(_elementwise(2, np.array([0.0, -1.0, np.inf]), in_place)).all()

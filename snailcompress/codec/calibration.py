@@ -47,9 +47,9 @@ from .tiles import WindowPlan
 
 MAX_SAMPLE_WINDOWS = 128  # windows the network runs on for the fit: the larger the spread, the better the fit
 #: pixels of those windows the fit scores (a fixed-seed draw) and L-BFGS iterations it takes: the fit is far
-#: from converged at any affordable count, so time goes further in iterations than in pixels; 60 on 16,384
-#: take 1.22% off the held-out images where 30 on 65,536 took 0.96%, in 47% of the fitting time (fewer
-#: pixels begin to overfit: results/calibration.md)
+#: from converged at any affordable count, so time goes further in iterations than in pixels: 60 on 16,384
+#: take more off the held-out images than 30 on 65,536, in less fitting time (fewer pixels begin to
+#: overfit: results/calibration.md)
 MAX_SAMPLE_PIXELS = 16384
 LBFGS_ITERATIONS = 60
 #: bits per subpixel a calibration typically saves, header paid: the median of the 12 held-out images

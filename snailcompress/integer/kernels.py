@@ -57,7 +57,6 @@ from .mixture import INVERSE_TO_GRID
 from .mixture import TABLE_CENTRE as _CENTRE
 
 _ONE = ar.ONE
-_ACTIVATION_BITS = ar.ACTIVATION_BITS
 _EXP_LIMIT = ar.EXP_INPUT_LIMIT
 _TOP = 2 * _CENTRE  # the CDF table's last index
 _TOTAL = ar.TABLE_TOTAL
@@ -500,16 +499,14 @@ def _down_right_2x2(h, width):  # pragma: no cover (compiled)
     """IntegerLinear.down_right_2x2's inputs over a window's rows (i * width + j): (i-1, j-1),
     (i-1, j), (i, j-1), (i, j) side by side, 0 outside the window."""
     n, channels = h.shape
-    out = np.zeros((n, 4 * channels))  # zeros outside the window
-    for r in range(n):
+    out = np.empty((n, 4 * channels))
+    for r in range(n):  # indexed in two dimensions: a row's view would cost two reference counts
         i, j = r // width, r % width
-        if i > 0 and j > 0:
-            _put(out[r], 0, h[r - width - 1])
-        if i > 0:
-            _put(out[r], channels, h[r - width])
-        if j > 0:
-            _put(out[r], 2 * channels, h[r - 1])
-        _put(out[r], 3 * channels, h[r])
+        for c in range(channels):
+            out[r, c] = h[r - width - 1, c] if i > 0 and j > 0 else 0.0
+            out[r, channels + c] = h[r - width, c] if i > 0 else 0.0
+            out[r, 2 * channels + c] = h[r - 1, c] if j > 0 else 0.0
+            out[r, 3 * channels + c] = h[r, c]
     return out
 
 
@@ -1111,7 +1108,8 @@ def _exp_reduced(r):  # pragma: no cover (compiled)
     Estrin's order, whose short chains of dependent operations let a core overlap many at once."""
     r2 = r * r
     r4 = r2 * r2
-    low = (1.0 + r) + (1.0 / 2.0 + r * (1.0 / 6.0)) * r2 + ((1.0 / 24.0 + r * (1.0 / 120.0)) + (1.0 / 720.0 + r * (1.0 / 5040.0)) * r2) * r4
+    low = ((1.0 + r) + (1.0 / 2.0 + r * (1.0 / 6.0)) * r2
+           + ((1.0 / 24.0 + r * (1.0 / 120.0)) + (1.0 / 720.0 + r * (1.0 / 5040.0)) * r2) * r4)
     high = ((1.0 / 40320.0 + r * (1.0 / 362880.0)) + (1.0 / 3628800.0 + r * (1.0 / 39916800.0)) * r2
             + (1.0 / 479001600.0 + r * (1.0 / 6227020800.0)) * r4)
     return low + high * (r4 * r4)
@@ -1119,16 +1117,16 @@ def _exp_reduced(r):  # pragma: no cover (compiled)
 
 @numba.njit(cache=True, inline="always", error_model="numpy")
 def _exp_into(x, out, bits):  # pragma: no cover (compiled)
-    """out = exp(x) entry by entry, for x <= 709 (0 below _EXP_LOWEST), within a few units in the last
-    place; out may be x; bits: int64 scratch at least as long. exp(x) = 2**k exp(r), x = k ln 2 + r;
-    2**k is built from its bits (numba has no vector ldexp)."""
+    """out = exp(x) entry by entry, for x <= 709 (0 below _EXP_LOWEST, NaN for NaN), within a few units
+    in the last place; out may be x; bits: int64 scratch at least as long. exp(x) = 2**k exp(r),
+    x = k ln 2 + r; 2**k is built from its bits (numba has no vector ldexp)."""
     n = len(x)
     bits, scaled = bits[:n], bits[:n].view(np.float64)
     for i in range(n):
-        v = max(x[i], _EXP_LOWEST)
-        t = v * _LOG2E + _ROUNDER  # k in t's low bits
+        v = _EXP_LOWEST if x[i] < _EXP_LOWEST else x[i]  # a NaN stays NaN
+        t = v * _LOG2E + _ROUNDER  # k in t's low bits (no fast-math here or in a caller: it would fold this away)
         k = t - _ROUNDER
-        out[i] = _exp_reduced((v - k * _LN2_HIGH) - k * _LN2_LOW) if x[i] >= _EXP_LOWEST else 0.0
+        out[i] = 0.0 if x[i] < _EXP_LOWEST else _exp_reduced((v - k * _LN2_HIGH) - k * _LN2_LOW)
         scaled[i] = t
     for i in range(n):
         bits[i] = (bits[i] + _EXP_BIAS_BITS) << 52  # 2**k: k + 1023 in the exponent's bits
@@ -1150,7 +1148,9 @@ def _expm1_series(v):  # pragma: no cover (compiled)
 
 @numba.njit(cache=True, inline="always", error_model="numpy")
 def _expm1_into(x, out, bits):  # pragma: no cover (compiled)
-    """out = exp(x) - 1 for x <= 0, near 0 without cancelling (its Taylor series to x**14); out may be x."""
+    """out = exp(x) - 1 for x <= 0, near 0 without cancelling (its Taylor series to x**14); out may be
+    x (so the series is kept aside, in bits[n:2n], 2.0 where it is not used: exp(x) - 1 is never 2);
+    bits: int64 scratch at least twice as long."""
     n = len(x)
     small = bits[n : 2 * n].view(np.float64)  # scratch: the series where |x| is small
     for i in range(n):
@@ -1163,8 +1163,9 @@ def _expm1_into(x, out, bits):  # pragma: no cover (compiled)
 
 @numba.njit(cache=True, inline="always", error_model="numpy")
 def _log_into(x, out, bits):  # pragma: no cover (compiled)
-    """out = log(x) entry by entry, for normal x > 0, within a few units in the last place; out may be
-    x; bits: int64 scratch at least twice as long. x = 2**e m, m in [sqrt(2)/2, sqrt(2)), and log(m)
+    """out = log(x) entry by entry, for normal x > 0 (NaN for any other), within a few units in the
+    last place; out may be x; bits: int64 scratch at least twice as long. x = 2**e m, m in
+    (sqrt(2)/2, sqrt(2)], and log(m)
     = log(1 + f) = f - s (f - R), s = f / (2 + f), R = 2 s**2 / 3 + 2 s**4 / 5 + ... (fdlibm's form)."""
     n = len(x)
     mantissa, exponent = bits[:n], bits[n : 2 * n]
@@ -1186,7 +1187,8 @@ def _log_into(x, out, bits):  # pragma: no cover (compiled)
         z4 = z2 * z2
         r = ((2.0 / 3.0 + z * (2.0 / 5.0)) + (2.0 / 7.0 + z * (2.0 / 9.0)) * z2 + ((2.0 / 11.0 + z * (2.0 / 13.0))
              + (2.0 / 15.0 + z * (2.0 / 17.0)) * z2) * z4 + ((2.0 / 19.0 + z * (2.0 / 21.0)) + z2 * (2.0 / 23.0)) * (z4 * z4))
-        out[i] = e * _LN2_HIGH + ((f - s * (f - r * z)) + e * _LN2_LOW)
+        log = e * _LN2_HIGH + ((f - s * (f - r * z)) + e * _LN2_LOW)
+        out[i] = log if 0.0 < x[i] < np.inf else np.nan  # (never here) rather than a finite number
 
 
 @numba.njit(cache=True, inline="always", error_model="numpy")
@@ -1272,13 +1274,13 @@ def _calibrated_blocks(first, step, features, weight, bias, calibration, x, mixt
         if channels == 3:
             for j in range(3):
                 for k in range(m):
-                    a, out = params[m + j * slot * m + 2 * m + k, :n], coefficient[j, k, :n]
+                    raw_coefficient, tanh_row = params[m + j * slot * m + 2 * m + k, :n], coefficient[j, k, :n]
                     for i in range(n):
-                        out[i] = -2.0 * abs(a[i])
-                    _exp_into(out, out, bits)  # tanh(|a|) = (1 - e) / (1 + e), e = exp(-2 |a|)
+                        tanh_row[i] = -2.0 * abs(raw_coefficient[i])
+                    _exp_into(tanh_row, tanh_row, bits)  # tanh(|a|) = (1 - e) / (1 + e), e = exp(-2 |a|)
                     for i in range(n):
-                        th = (1.0 - out[i]) / (1.0 + out[i])
-                        out[i] = th if a[i] >= 0.0 else -th
+                        th = (1.0 - tanh_row[i]) / (1.0 + tanh_row[i])
+                        tanh_row[i] = th if raw_coefficient[i] >= 0.0 else -th
         for c in range(channels):
             base = m + c * slot * m
             xc = values[c, :n]
@@ -1305,7 +1307,7 @@ def _calibrated_blocks(first, step, features, weight, bias, calibration, x, mixt
                     pl[i] = inv[i] * (centred[i] + _HALF_BIN)
                     mi[i] = inv[i] * (centred[i] - _HALF_BIN)
                 ep, em, within = e_plus[:n], e_minus[:n], inside[:n]
-                pu, pd, mu_, md = plus_up[:n], plus_down[:n], minus_up[:n], minus_down[:n]
+                pu, pd, mu, md = plus_up[:n], plus_down[:n], minus_up[:n], minus_down[:n]  # sigmoid(+-plus), sigmoid(+-minus)
                 for i in range(n):
                     ep[i], em[i] = -abs(pl[i]), -abs(mi[i])
                 for i in range(n):
@@ -1318,16 +1320,16 @@ def _calibrated_blocks(first, step, features, weight, bias, calibration, x, mixt
                     pu[i], pd[i] = (high, ep[i] * high) if pl[i] >= 0.0 else (ep[i] * high, high)
                 for i in range(n):
                     high = 1.0 / (1.0 + em[i])
-                    mu_[i], md[i] = (high, em[i] * high) if mi[i] >= 0.0 else (em[i] * high, high)
+                    mu[i], md[i] = (high, em[i] * high) if mi[i] >= 0.0 else (em[i] * high, high)
                 for i in range(n):
                     within[i] = -within[i]  # 1 - exp(-width)
                 for i in range(n):
                     w[i] = pu[i] * md[i] * within[i]  # the bin's mass
                 for i in range(n):
-                    g_mean[i] = inv[i] * (mu_[i] - pd[i])
+                    g_mean[i] = inv[i] * (mu[i] - pd[i])
                 for i in range(n):  # d log(1 - exp(-width)) / d width = 1 / expm1(width) = (1 - within) / within
                     width = pl[i] - mi[i]
-                    g_scale[i] = mi[i] * mu_[i] - pl[i] * pd[i] - (0.0 if width < 1e-30 else width * (1.0 - within[i]) / within[i])
+                    g_scale[i] = mi[i] * mu[i] - pl[i] * pd[i] - (0.0 if width < 1e-30 else width * (1.0 - within[i]) / within[i])
                 count = 0
                 for i in range(n):
                     if not w[i] > 1e-300 or xc[i] < -0.999 or xc[i] > 0.999:
@@ -1335,8 +1337,8 @@ def _calibrated_blocks(first, step, features, weight, bias, calibration, x, mixt
                         count += 1
                         w[i] = 1.0  # any number: put right below
                 _log_into(w, w, bits)
-                for a in alone[:count]:
-                    w[a], g_mean[a], g_scale[a] = _bin_alone(pl[a], mi[a], xc[a], inv[a])
+                for i in alone[:count]:
+                    w[i], g_mean[i], g_scale[i] = _bin_alone(pl[i], mi[i], xc[i], inv[i])
                 row = joint[k, :n]
                 for i in range(n):
                     row[i] += w[i]
