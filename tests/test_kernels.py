@@ -524,8 +524,6 @@ def test_compiling_the_encoders_or_the_decoders_kernels_is_noticed_once_each_and
     import importlib
     import sys
 
-    import numba
-
     from snailcompress import cli
 
     params, values = _at_the_limits(0, 3, n=4)

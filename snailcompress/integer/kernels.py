@@ -455,11 +455,12 @@ def _elu(x, elu):  # pragma: no cover (compiled)
 
 
 @numba.njit(cache=True, inline="always")
-def _put(destination, at, source):  # pragma: no cover (compiled)
-    """destination[at : at + len(source)] = source, as a plain loop (numba's slice assignment checks
-    for broadcasting at every element)."""
-    for c in range(len(source)):
-        destination[at + c] = source[c]
+def _put(destination, row, at, source, source_row):  # pragma: no cover (compiled)
+    """destination[row, at : at + C] = source[source_row] (C: source's columns), as a plain loop over
+    two-dimensional indices: numba's slice assignment checks for broadcasting at every element, and a
+    row's view costs two reference counts."""
+    for c in range(source.shape[1]):
+        destination[row, at + c] = source[source_row, c]
 
 
 @numba.njit(cache=True)
@@ -467,16 +468,12 @@ def _window(cache, rows, value):  # pragma: no cover (compiled)
     """IntegerStepper._window: write each slot's value into its current row (rows[:, 0]), then read
     its 2x2 inputs (above-left, above, left, here: rows[:, 1:]) side by side."""
     batch, channels = value.shape
-    for b in range(batch):  # indexed in two dimensions: a row's view would cost two reference counts
-        row = rows[b, 0]
-        for c in range(channels):
-            cache[row, c] = value[b, c]
+    for b in range(batch):
+        _put(cache, rows[b, 0], 0, value, b)
     out = np.empty((batch, 4 * channels))
     for b in range(batch):
         for k in range(4):
-            row = rows[b, 1 + k]
-            for c in range(channels):
-                out[b, k * channels + c] = cache[row, c]
+            _put(out, b, k * channels, cache, rows[b, 1 + k])
     return out
 
 
@@ -500,7 +497,7 @@ def _down_right_2x2(h, width):  # pragma: no cover (compiled)
     (i-1, j), (i, j-1), (i, j) side by side, 0 outside the window."""
     n, channels = h.shape
     out = np.empty((n, 4 * channels))
-    for r in range(n):  # indexed in two dimensions: a row's view would cost two reference counts
+    for r in range(n):  # indexed in two dimensions, as _put does
         i, j = r // width, r % width
         for c in range(channels):
             out[r, c] = h[r - width - 1, c] if i > 0 and j > 0 else 0.0
@@ -567,13 +564,11 @@ def _input_layers(net, above, left, position, width):  # pragma: no cover (compi
 def _with_position(x, y, position, row_channel, column_channel):  # pragma: no cover (compiled)
     """[x, y, row channel, column channel] per row: the inputs of the kv resnet (pixels, features)
     and of the q resnet (features, and y with no columns)."""
-    width, first, columns = len(column_channel), x.shape[1], x.shape[1] + y.shape[1]
+    width, columns = len(column_channel), x.shape[1] + y.shape[1]
     out = np.empty((x.shape[0], columns + 2))
-    for b in range(x.shape[0]):  # indexed in two dimensions: a row's view would cost two reference counts
-        for c in range(first):
-            out[b, c] = x[b, c]
-        for c in range(y.shape[1]):
-            out[b, first + c] = y[b, c]
+    for b in range(x.shape[0]):
+        _put(out, b, 0, x, b)
+        _put(out, b, x.shape[1], y, b)
         out[b, columns] = row_channel[position[b] // width]
         out[b, columns + 1] = column_channel[position[b] % width]
     return out
@@ -594,9 +589,9 @@ def _predict_slots(slots, shape, net, state, t, out):  # pragma: no cover (compi
     above, left = np.empty((batch, 3 * stride)), np.empty((batch, 2 * stride))
     for b in range(batch):
         for k in range(3):
-            _put(above[b], k * stride, pixels[base[b] + k])
-        _put(left[b], 0, pixels[base[b]])
-        _put(left[b], stride, pixels[base[b] + width + 2])
+            _put(above, b, k * stride, pixels, base[b] + k)
+        _put(left, b, 0, pixels, base[b])
+        _put(left, b, stride, pixels, base[b] + width + 2)
     ul = _input_layers(net, above, left, position, width)
     no_aux = np.empty((batch, 0))
     per_block = 2 * resnets + 9  # linears(): resnets (in, out), kv (in, out), q (in, out), out (in, out, aux), kv_proj, q_proj
@@ -604,8 +599,9 @@ def _predict_slots(slots, shape, net, state, t, out):  # pragma: no cover (compi
         index = 2 + block * per_block
         for r in range(resnets):
             _resnet(net, index + 2 * r, ul, no_aux, caches, 2 * (block * resnets + r), rows, width, t)
+        stored = features[block]
         for b in range(batch):
-            _put(features[block, slots[b]], 0, ul[b])
+            _put(stored, slots[b], 0, ul, b)
         q = _with_position(ul, no_aux, position, row_channel, column_channel)
         _resnet(net, index + 2 * resnets + 2, q, no_aux, caches, _ONE_BY_ONE, rows, width, t)
         query = _outputs(net, index + 2 * resnets + 8, batch)
@@ -1192,13 +1188,24 @@ def _log_into(x, out, bits):  # pragma: no cover (compiled)
 
 
 @numba.njit(cache=True, inline="always", error_model="numpy")
-def _largest_into(rows, count, top):  # pragma: no cover (compiled)
-    """top = the largest of rows[:count] (count >= 1), pixel by pixel."""
-    top[:] = rows[0]
-    for k in range(1, count):
-        row = rows[k]
-        for i in range(len(top)):
+def _exp_from_largest_into(rows, exps, n, top, total, bits):  # pragma: no cover (compiled)
+    """A log-sum-exp's parts, pixel by pixel (columns i < n) over the M rows of exps: top[i] the
+    largest rows[k, i], exps[k, i] = exp(rows[k, i] - top[i]) (exps may be rows) and total[i] their
+    sum, so that the log-sum-exp is top + log(total)."""
+    m = len(exps)
+    top[:] = rows[0, :n]
+    for k in range(1, m):
+        row = rows[k, :n]
+        for i in range(n):
             top[i] = max(top[i], row[i])
+    total[:] = 0.0
+    for k in range(m):
+        source, row = rows[k, :n], exps[k, :n]
+        for i in range(n):
+            row[i] = source[i] - top[i]
+        _exp_into(row, row, bits)
+        for i in range(n):
+            total[i] += row[i]
 
 
 @numba.njit(cache=True, inline="always", error_model="numpy")
@@ -1257,15 +1264,7 @@ def _calibrated_blocks(first, step, features, weight, bias, calibration, x, mixt
             for i in range(n):
                 values[c, i] = x[start + i, c]
         t, s, w = top[:n], total[:n], b[:n]
-        _largest_into(params[:m, :n], m, t)  # the mixture weights' log-sum-exp
-        s[:] = 0.0
-        for k in range(m):
-            p = prior[k, :n]
-            for i in range(n):
-                p[i] = params[k, i] - t[i]
-            _exp_into(p, p, bits)
-            for i in range(n):
-                s[i] += p[i]
+        _exp_from_largest_into(params, prior, n, t, s, bits)  # the mixture weights' log-sum-exp
         _log_into(s, w, bits)
         for k in range(m):
             for i in range(n):
@@ -1343,15 +1342,7 @@ def _calibrated_blocks(first, step, features, weight, bias, calibration, x, mixt
                 for i in range(n):
                     row[i] += w[i]
                     g_scale[i] = g_scale[i] if raw[i] >= _LOG_SCALE_MIN else 0.0
-        _largest_into(joint[:, :n], m, t)
-        s[:] = 0.0
-        for k in range(m):
-            r = joint[k, :n]
-            for i in range(n):
-                r[i] -= t[i]
-            _exp_into(r, r, bits)
-            for i in range(n):
-                s[i] += r[i]
+        _exp_from_largest_into(joint, joint, n, t, s, bits)  # the pixel's log-sum-exp over its components
         _log_into(s, w, bits)
         for i in range(n):
             nll[start + i] = -(t[i] + w[i])
