@@ -124,31 +124,43 @@ def test_the_search_finds_the_value_whose_interval_holds_the_quantile_from_any_g
             assert np.array_equal(found, expected), guess
 
 
-def test_the_decoder_goes_on_where_it_stopped_and_decodes_planes_together():
-    """Two planes' streams decoded together, over two steps: each StreamDecoder goes on where the
-    first step left it, and neither plane's rows read the other's stream."""
-    channels, n = 3, 150
-    steps = [_at_the_limits(seed, channels, n=2 * n) for seed in (20, 21)]
-    streams = []
-    for plane in range(2):
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_decoder_goes_on_where_it_stopped_and_decodes_planes_together(threads, torch_threads, monkeypatch):
+    """Three planes' streams decoded together, over two steps, on one thread or shared among two:
+    each StreamDecoder goes on where the first step left it, neither plane's rows read another's
+    stream, and the bits are the sum of each symbol's."""
+    torch_threads(threads)
+    monkeypatch.setattr(kernels, "SEARCH_SYMBOLS_PER_SHARE", 1)  # share even these few
+    channels, n, planes = 3, 150, 3
+    steps = [_at_the_limits(seed, channels, n=planes * n) for seed in (20, 21)]
+    streams, bits = [], 0.0
+    for plane in range(planes):
         encoder = constriction.stream.queue.RangeEncoder()
         for params, values in steps:
             rows = slice(plane * n, (plane + 1) * n)
             start, count = IntegerConditionals(params[rows], channels, compiled=False).symbol_bounds(values[rows].numpy())
+            bits += float(np.sum(ar.PRECISION_BITS - np.log2(count + 1)))
             for c in range(channels):
                 coder._encode_symbols(encoder, values[rows].numpy()[:, c], start[:, c], count[:, c])
         streams.append(encoder.get_compressed())
     decoders = [coder.StreamDecoder(words) for words in streams]
+    decoded_bits = 0.0
     for params, values in steps:
-        known, _ = _decoded(params, channels, decoders)
+        known, step_bits = _decoded(params, channels, decoders)
         assert np.array_equal(known, values.numpy())
+        decoded_bits += step_bits
     assert not any(decoder.failed for decoder in decoders)
+    assert decoded_bits == pytest.approx(bits, rel=1e-12)
 
 
-def test_the_decoder_reads_a_short_stream_as_constriction_does_and_fails_where_it_fails():
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_decoder_reads_a_short_stream_as_constriction_does_and_fails_where_it_fails(threads, torch_threads,
+                                                                                        monkeypatch):
     """Past its last word a stream reads as zeros (constriction's decoder does the same, and gives the
     same values, from no words and from one on); a quantile beyond the tables (all ones) is constriction's error: the plane fails,
-    and decode_planes gives a FormatError for it alone."""
+    and decode_planes gives a FormatError for it alone (on one thread, or with the planes shared among two)."""
+    torch_threads(threads)
+    monkeypatch.setattr(kernels, "SEARCH_SYMBOLS_PER_SHARE", 1)
     channels = 3
     params, values = _at_the_limits(30, channels, n=200)
     words, _ = _coded(params, values.numpy(), channels)

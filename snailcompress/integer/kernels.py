@@ -113,11 +113,12 @@ numba_events.register("numba:compile", _compile_listener)
 
 
 def _split(kernel, rows: int, *args) -> None:
-    """Run `kernel(first, step, *args)`, which does rows first, first + step, ... of `rows`, on
-    coding's number of threads (--threads, snailcompress/threads.py), at most one a row: this thread
-    takes the rows from 0, the workers (`_Workers`) the others. A row is a kernel's unit of work: a
-    slot, a window, or a block of pixels where one pixel is too little for a hand-over (tens of
-    microseconds) and interleaved pixels would write each other's cache lines. Interleaved slots
+    """Run `kernel(first, step, *args)`, which does share `first` of `step` of `rows` (rows first,
+    first + step, ..., or a run of them), on coding's number of threads (--threads,
+    snailcompress/threads.py), at most one a row: this thread takes share 0, the workers
+    (`_Workers`) the others. A row is a kernel's unit of work: a slot, a window, a plane (with its
+    own stream), or a block of pixels where one pixel is too little for a hand-over (tens of
+    microseconds or more) and interleaved pixels would write each other's cache lines. Interleaved slots
     share the work evenly (slots at later positions attend longer). The kernels are compiled without
     the GIL and rows are independent, so shares run at once and give the integers of one thread.
     (numba's own parallel loops were tried: their OpenMP layer resets torch's thread count, and a
@@ -1033,19 +1034,24 @@ def _decode_symbol(coder, words, end, weights, mean, inverse, cdf, posterior):  
     return value, size
 
 
+SEARCH_SYMBOLS_PER_SHARE = 1024  # a millisecond or so of searching: many times a hand-over to a thread
+
+
 @numba.njit(cache=True, nogil=True)
-def _decode_rows(params, known, mixtures, channels, t, coders, words, ends, failed, weights):  # pragma: no cover (compiled)
-    """One step's pixels into known (N, C), channel by channel, each channel's values in row order:
-    plane k's rows (a run of N / K) from coders[k]; a plane that fails is marked in `failed` and read
-    no further. `weights` (N, K): each row's component weights, from the prior at channel 0, then
-    updated to their posterior by each decoded value. Returns the bits the symbols took."""
+def _decode_rows(first, step, params, known, mixtures, channels, t, coders, words, ends, failed, weights, bits):  # pragma: no cover (compiled)
+    """One step's pixels into known (N, C) for a thread's run of planes (share `first` of `step`;
+    planes are independent, each with its own stream): plane k's rows (a run of N / K) from
+    coders[k], channel by channel, each channel's values in row order; a plane that fails is marked
+    in `failed` and read no further. `weights` (N, K): each row's component weights, from the prior
+    at channel 0, then updated to their posterior by each decoded value. bits[k]: the bits plane k's
+    symbols took."""
     posterior = np.empty(mixtures, np.int64)
     mean, inverse = np.empty(mixtures), np.empty(mixtures)
     planes = len(coders)
     per_plane = len(params) // planes
-    bits = 0.0
-    for c in range(channels):
-        for k in range(planes):
+    for k in range(first * planes // step, (first + 1) * planes // step):
+        plane_bits = 0.0
+        for c in range(channels):
             for i in range(k * per_plane, (k + 1) * per_plane):
                 if failed[k]:
                     break
@@ -1057,20 +1063,25 @@ def _decode_rows(params, known, mixtures, channels, t, coders, words, ends, fail
                     failed[k] = True
                     break
                 known[i, c] = value
-                bits += _PRECISION_BITS - np.log2(size)
+                plane_bits += _PRECISION_BITS - np.log2(size)
                 if c + 1 < channels:
                     _update(weights[i], posterior)
-    return bits
+        bits[k] = plane_bits
 
 
 def decode_pixels(params: np.ndarray, known: np.ndarray, mixtures: int, channels: int, coders: np.ndarray,
                   words: np.ndarray, ends: np.ndarray, failed: np.ndarray) -> float:
-    """Decode one step's pixels in one compiled call (see _decode_rows): params (N, K) float64, Q.12,
-    the network's outputs; known (N, C) int64, written; range decoders `coders` (P, 4) uint64 over
-    `words` (uint32; plane p's up to ends[p]), changed in place; failed (P,) bool. Returns the bits."""
+    """Decode one step's pixels (see _decode_rows), the planes shared among coding's threads: params
+    (N, K) float64, Q.12, the network's outputs; known (N, C) int64, written; range decoders
+    `coders` (P, 4) uint64 over `words` (uint32; plane p's up to ends[p]), changed in place; failed
+    (P,) bool. Returns the bits. A share is at least SEARCH_SYMBOLS_PER_SHARE symbols: fewer are
+    not worth a hand-over (one plane's are never shared: its stream is read in order)."""
     weights = np.empty((len(params), mixtures), np.int64)
-    return _decode_rows(np.ascontiguousarray(params, np.float64), known, mixtures, channels, _mixture_tables(),
-                        coders, words, ends, failed, weights)
+    bits = np.empty(len(coders))
+    shares = min(len(coders), known.size // SEARCH_SYMBOLS_PER_SHARE)
+    _split(_decode_rows, shares, np.ascontiguousarray(params, np.float64), known, mixtures, channels,
+           _mixture_tables(), coders, words, ends, failed, weights, bits)
+    return float(bits.sum())
 
 
 # ---------------------------------------------------------------------------------------------
