@@ -29,10 +29,11 @@ and its gradient, is compiled here too, in float64: it is no part of a file's ar
 encoder sends what it fits), but importing torch for it would be most of an encode's start-up. Its
 exponentials and logarithms are polynomials over a block of pixels, loops LLVM vectorises.
 
-Rows (windows, slots, pixels) are independent: `_split` shares them among --threads threads, each
-running the whole computation on its share; the decoder's symbols are one stream, read in order on
-one thread. On a GPU the torch code runs the network instead (it is the reference), and the
-decoder's search still runs here, on the network's outputs copied to the CPU.
+Rows (windows, slots, pixels, planes) are independent: `_split` shares them among --threads
+threads, each running the whole computation on its share; a plane's symbols are one stream, read in
+order on one thread (planes decoded together, each with its own stream, are shared). On a GPU the
+torch code runs the network instead (it is the reference), and the decoder's search still runs
+here, on the network's outputs copied to the CPU.
 """
 
 from __future__ import annotations
