@@ -1,7 +1,7 @@
 """What each of the decoder's compiled CPU kernels (snailcompress/integer/kernels.py) buys: the
 decoder's steps over real windows, decoding a real stream, with torch alone, with the network's step
-compiled, and with the step and the symbols' search compiled (the decoder), each checked to decode
-every value.
+compiled, with the step and the symbols' search compiled, a call each a step, and with all the steps
+in one compiled call (the decoder), each checked to decode every value.
 
 The steps are those of decoding: the stepper predicts the position of every slot whose window is
 running (the compiled step steps only those; torch's steps every slot), the running slots' three
@@ -39,10 +39,11 @@ from snailcompress.integer.network import IntegerStepper
 from snailcompress.threads import set_threads
 from snailcompress.zoo import load_model
 
-VARIANTS = {  # name: (compiled step, compiled search)
-    "torch only (full tables, constriction's decoder)": (False, False),
-    "compiled step (full tables, constriction's decoder)": (True, False),
-    "compiled step and search (the decoder's default)": (True, True),
+VARIANTS = {  # name: (compiled step, compiled search, every step in one call)
+    "torch only (full tables, constriction's decoder)": (False, False, False),
+    "compiled step (full tables, constriction's decoder)": (True, False, False),
+    "compiled step and search, a call each a step": (True, True, False),
+    "every step in one compiled call (the decoder's default)": (True, True, True),
 }
 
 
@@ -64,6 +65,15 @@ class Schedule:
         running = (step >= self.start) & (step - self.start < self.positions)
         return values, running, running & (step - self.start < self.positions - 1)
 
+    def arrays(self) -> tuple[np.ndarray, ...]:
+        """The whole schedule as IntegerStepper.decode reads it: (active, begins, advance, coded, rows,
+        columns) (S, B), on a canvas of the windows one above the other (B * H, W)."""
+        step = np.arange(self.steps)[:, None] - self.start
+        position = np.clip(step, 0, self.positions - 1)
+        active = (step >= 0) & (step < self.positions)
+        rows = np.arange(len(self.start)) * self.height + position // self.width
+        return active, np.zeros_like(active), active & (step < self.positions - 1), active, rows, position % self.width
+
 
 def code(net, schedule: Schedule) -> np.ndarray:
     """The stream of the running slots' values, step by step, channel by channel (the encoder's order)."""
@@ -80,9 +90,11 @@ def code(net, schedule: Schedule) -> np.ndarray:
     return encoder.get_compressed()
 
 
-def decode(net, schedule: Schedule, words: np.ndarray, compiled: bool, search: bool) -> tuple[float, bool]:
+def decode(net, schedule: Schedule, words: np.ndarray, compiled: bool, search: bool, loop: bool) -> tuple[float, bool]:
     """Seconds to decode `words` step by step, and whether every value came back."""
     stepper = IntegerStepper(net, len(schedule.windows), schedule.height, schedule.width, compiled=compiled)
+    if loop:
+        return decode_in_one_call(stepper, schedule, words)
     streams = coder._Streams([coder.StreamDecoder(words)]) if search else None
     reader = None if search else constriction.stream.queue.RangeDecoder(words)
     exact = True
@@ -105,6 +117,19 @@ def decode(net, schedule: Schedule, words: np.ndarray, compiled: bool, search: b
     return time.perf_counter() - begin, exact
 
 
+def decode_in_one_call(stepper: IntegerStepper, schedule: Schedule, words: np.ndarray) -> tuple[float, bool]:
+    """decode(), every step in one compiled call (IntegerStepper.decode), the values written to a canvas."""
+    batch, channels, height, width = schedule.windows.shape
+    canvas = np.zeros((1, batch * height, width, channels), np.uint8)
+    streams = coder._Streams([coder.StreamDecoder(words)])
+    begin = time.perf_counter()
+    with kernels.take_threads():
+        stepper.decode(schedule.arrays(), canvas, streams.arrays())
+    seconds = time.perf_counter() - begin
+    return seconds, bool(np.array_equal(canvas[0].reshape(batch, height, width, channels),
+                                        schedule.windows.transpose(0, 2, 3, 1)))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
@@ -122,12 +147,13 @@ def main() -> None:
     loaded = load_model("snail-rgb")
     net = api.integer_network(loaded)
     warm = Schedule(windows[:2, :, :4, :4], plan.cols)
-    decode(net, warm, code(net, warm), True, True)  # load the compiled kernels
+    for loop in (False, True):
+        decode(net, warm, code(net, warm), True, True, loop)  # load the compiled kernels
     schedule = Schedule(windows, plan.cols)
     words = code(net, schedule)
     rows = []
-    for name, (compiled, search) in VARIANTS.items():
-        seconds, exact = decode(net, schedule, words, compiled, search)
+    for name, (compiled, search, loop) in VARIANTS.items():
+        seconds, exact = decode(net, schedule, words, compiled, search, loop)
         if not exact:
             raise SystemExit(f"decoder_kernels.py: {name} did not decode the values coded")
         rows.append((name, seconds))
@@ -156,8 +182,10 @@ def main() -> None:
         "keys and values (exact for these integers) only up to each slot's position. Constriction's range",
         "decoder needs each pixel's full table of 256 counts; the compiled decoder (codec/coder.py:",
         "StreamDecoder) reads the same stream and finds each value by searching the pixel's cumulative counts",
-        "at a few edges, from a guess where its heaviest component puts the stream's quantile. Both give",
-        "torch's integers exactly (tests/test_kernels.py).",
+        "at a few edges, from a guess where its heaviest component puts the stream's quantile. The decoder runs",
+        "all of a chunk's steps, network and search, in one compiled call (IntegerStepper.decode), which with",
+        "more than one thread has them meet inside it between a step's parts rather than be handed each part.",
+        "All give torch's integers exactly (tests/test_kernels.py).",
     ]
     publish(lines, args.out)
 

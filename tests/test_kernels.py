@@ -17,6 +17,7 @@ from snailcompress.integer import arithmetic as ar
 from snailcompress.integer import kernels, network
 from snailcompress.integer.mixture import IntegerConditionals
 from snailcompress.codec import coder
+from snailcompress.errors import FormatError
 from snailcompress.integer.network import IntegerPixelSNAIL, IntegerStepper, step_attention
 from snailcompress.mixture import num_params
 from snailcompress.threads import set_threads
@@ -445,6 +446,76 @@ def test_the_torch_path_codes_the_stream_of_the_compiled_one():
     torch_words, _ = coder.code_plane(_TorchPath(net), plane, (4, 4), (2, 2), band=2)
     assert np.array_equal(torch_words, words)
     assert np.array_equal(coder.decode_plane(_TorchPath(net), words, 11, 13, 3, (4, 4), (2, 2), band=2), plane)
+
+
+@pytest.mark.parametrize("threads, chunk", [(1, 64), (2, 5), (3, 1)])
+def test_the_compiled_decoding_loop_decodes_what_the_step_by_step_one_does(threads, chunk, torch_threads, monkeypatch):
+    """On the CPU a chunk of the decoder's steps is one compiled call (IntegerStepper.decode: every
+    step's restarts, network and searches, the threads meeting between them); the torch path steps
+    in Python. Four planes decoded together, one stream cut short: each plane comes out as the torch
+    path gives it (its pixels, or its error), on one to three threads (more than there may be cores),
+    the planes' searches shared among them, in chunks of one step to many (each chunk's last commit
+    left to the next)."""
+    net = IntegerPixelSNAIL.convert(load_model("snail-rgb").model)
+    rng = np.random.default_rng(12)
+    planes = [np.clip(rng.integers(-20, 21, (11, 13, 3)).cumsum(axis=1) + 128, 0, 255).astype(np.uint8) for _ in range(4)]
+    streams = [coder.code_plane(net, plane, (4, 4), (2, 2), band=2)[0] for plane in planes]
+    streams[1] = streams[1][: len(streams[1]) // 2]
+    reference = coder.decode_planes(_TorchPath(net), streams, 11, 13, 3, (4, 4), (2, 2), band=2)
+    torch_threads(threads)
+    monkeypatch.setattr(kernels, "SEARCH_SYMBOLS_PER_SHARE", 1)  # share even these few
+    monkeypatch.setattr(coder, "DECODE_CHUNK_STEPS", chunk)
+    decoded = coder.decode_planes(net, streams, 11, 13, 3, (4, 4), (2, 2), band=2)
+    for expected, result in zip(reference, decoded):
+        if isinstance(expected, FormatError):
+            assert isinstance(result, FormatError)
+        else:
+            assert np.array_equal(result, expected)
+    assert all(np.array_equal(decoded[k], planes[k]) for k in (0, 2, 3))
+
+
+@numba.njit(nogil=True)
+def _meetings(first, threads, meeting, seen, gives_up):  # pragma: no cover (compiled)
+    """Each thread marks seen[m, first] before meeting m and checks every thread's mark after it;
+    thread `gives_up` gives up before meeting 2. Returns nothing: seen[m, threads + first] = 1 where
+    the thread saw every mark after meeting m, 2 where _meet said a thread had given up."""
+    for m in range(4):
+        if first == gives_up and m == 2:
+            kernels._fetch_add(meeting, 1, 1)
+            return
+        seen[m, first] = 1
+        if not kernels._meet(meeting, threads, m):
+            seen[m, threads + first] = 2
+            return
+        seen[m, threads + first] = 1 if seen[m, :threads].all() else 0
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_threads_meet_and_stop_when_one_gives_up(threads, torch_threads):
+    """kernels._meet: no thread leaves a meeting before every thread has come and what each wrote
+    before it is seen by all after it; a thread that gives up (the decoding loop's, on an exception)
+    sends the others away from their next meeting instead of leaving them waiting for ever."""
+    torch_threads(threads)
+    for gives_up, passed in ((-1, 4), (threads - 1, 2)):
+        seen = np.zeros((4, 2 * threads), np.int64)
+        kernels._split(_meetings, threads, np.zeros(2, np.int64), seen, gives_up)
+        others = [first for first in range(threads) if first != gives_up]
+        assert (seen[:passed, threads:] == 1).all()
+        assert passed == 4 or (seen[2, [threads + first for first in others]] == 2).all()
+
+
+def test_a_failing_decoding_loop_raises_and_its_threads_decode_again(torch_threads, monkeypatch):
+    """An exception inside the compiled decoding loop (here a division by zero) ends it on every
+    thread with an error, not a hang; the threads decode the next file."""
+    net = IntegerPixelSNAIL.convert(load_model("snail-rgb").model)
+    plane = np.full((6, 7, 3), 77, np.uint8)
+    words, _ = coder.code_plane(net, plane, (4, 4), (2, 2), band=2)
+    torch_threads(2)
+    monkeypatch.setattr(kernels, "SEARCH_SYMBOLS_PER_SHARE", 0)
+    with pytest.raises(RuntimeError, match="decoding thread failed"):
+        coder.decode_plane(net, words, 6, 7, 3, (4, 4), (2, 2), band=2)
+    monkeypatch.setattr(kernels, "SEARCH_SYMBOLS_PER_SHARE", 1024)
+    assert np.array_equal(coder.decode_plane(net, words, 6, 7, 3, (4, 4), (2, 2), band=2), plane)
 
 
 def test_files_side_by_side_take_the_threads_torch_had(monkeypatch):

@@ -312,6 +312,10 @@ class _Streams:
         return kernels.decode_pixels(params, known, mixture_count(params.shape[1], channels), channels, self.coders,
                                      self.words, self.ends, self.failed)
 
+    def arrays(self) -> tuple[np.ndarray, ...]:
+        """What the compiled decoding reads and changes: the coders' states, the words, each one's end, failed."""
+        return self.coders, self.words, self.ends, self.failed
+
     def close(self) -> None:
         for k, decoder in enumerate(self.decoders):
             decoder.state = self.coders[k].copy()
@@ -345,6 +349,14 @@ def _decode_batch(net, plan: WindowPlan, canvases: np.ndarray, slots: np.ndarray
         r, c = np.divmod(position, plan.win_w)
         y, x = plan.place(first_rows + window, columns, r, c)
         y, x = np.minimum(y, plan.height - 1), np.minimum(x, plan.width - 1)
+        if getattr(stepper, "compiled", False):  # the same steps in one compiled call (IntegerStepper.decode)
+            bits = stepper.decode((active, begins, advance, coded, y, x), canvases, streams.arrays())
+            if progress is not None:
+                for s in range(len(steps)):
+                    progress.step(float(bits[s].sum()), int(coded[s].sum()) * channels)
+            if streams.failed.all():
+                return
+            continue
         for s, step in enumerate(steps):
             if streams.failed.all():
                 return

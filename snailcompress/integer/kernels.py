@@ -22,7 +22,10 @@ faster because they do less, not because they round differently:
 * the encoder's counts take the component weights and the CDFs at a value's two edges only; the
   decoder runs constriction's range decoder itself and finds each value by searching the pixel's
   cumulative counts at a few edges (the same two counts, at the value found), where constriction's
-  decoder needs all 256 counts of every table, which took longer to build than the network's step.
+  decoder needs all 256 counts of every table, which took longer to build than the network's step;
+* the decoder's loop runs a chunk of steps (network, search, network, ...) in one call, its
+  threads meeting between the parts of each step (`_meet`) instead of being handed each part, so
+  that no step pays for Python or for waking a sleeping thread.
 
 The calibration's objective (codec/calibration.py), the float model's NLL of a sample of pixels
 and its gradient, is compiled here too, in float64: it is no part of a file's arithmetic (the
@@ -48,7 +51,10 @@ from typing import Callable
 
 import numba
 import numpy as np
+from llvmlite import ir
+from numba.core import cgutils, types
 from numba.core import event as numba_events
+from numba.extending import intrinsic
 
 from .. import mixture as mixture_float
 from .. import threads as _threads_setting
@@ -82,7 +88,7 @@ _QUERY_BLOCK = 64  # queries per block of the full pass's attention
 # listener's state needs no lock of its own.
 
 compile_notice: Callable[[str], None] | None = None
-_DECODING_KERNELS = ("_step_slots", "_decode_rows")  # what a decode compiles first; any other entry is the encoder's
+_DECODING_KERNELS = ("_decode_steps", "_step_slots", "_decode_rows")  # what a decode compiles first; any other entry is the encoder's
 
 
 class _CompileNotice(numba_events.Listener):
@@ -133,8 +139,8 @@ def _split(kernel, rows: int, *args) -> None:
 
 class _Workers:
     """Threads that each run one share of a kernel call, woken by a signal of their own: a hand-over
-    is cheaper than a ThreadPoolExecutor's (no queue, no future), which matters to the decoder, which
-    hands over at every step. The signals are plain locks held until signalled: a lock may be
+    is cheaper than a ThreadPoolExecutor's (no queue, no future), which matters to kernels called
+    at every step of a decoder (the torch path's searches). The signals are plain locks held until signalled: a lock may be
     released by another thread, and its acquire and release are C, where threading.Semaphore runs
     Python code around a condition. One caller at a time: a second, on another thread, runs all the
     rows itself rather than wait."""
@@ -210,6 +216,63 @@ def _workers(count: int) -> _Workers:
         _worker_pool.close()
         _worker_pool = _Workers(count)
     return _worker_pool
+
+
+# A kernel whose threads must wait for each other inside one call (the decoder's loop: each step's
+# search reads every slot's outputs, the next step every value) meets at `_meet`: a counter every
+# thread adds to, read until all have; C11 atomics (LLVM's acquire and release, right on ARM as on
+# x86), so a thread's writes before it arrives are seen by every thread after it leaves. The waiting
+# thread spins, then gives its core up (sched_yield) at each look, so more threads than cores only
+# slows it. A hand-over this way takes about a microsecond, against tens of microseconds to wake a
+# sleeping thread and hand it the GIL (_Workers), which the decoder would pay at every step.
+
+_YIELD = "SwitchToThread" if sys.platform == "win32" else "sched_yield"  # the C library's, linked by name
+_SPINS_BEFORE_YIELD = 4096
+
+
+@intrinsic
+def _load_acquire(typingctx, array, index):  # pragma: no cover (compiled)
+    """array[index] (int64), read with acquire ordering."""
+    def codegen(context, builder, signature, args):
+        pointer = cgutils.get_item_pointer(context, builder, signature.args[0],
+                                           context.make_array(signature.args[0])(context, builder, args[0]), [args[1]])
+        return builder.load_atomic(pointer, "acquire", 8)
+    return types.int64(array, index), codegen
+
+
+@intrinsic
+def _fetch_add(typingctx, array, index, value):  # pragma: no cover (compiled)
+    """array[index] += value (int64) atomically, with acquire and release ordering; the value before."""
+    def codegen(context, builder, signature, args):
+        pointer = cgutils.get_item_pointer(context, builder, signature.args[0],
+                                           context.make_array(signature.args[0])(context, builder, args[0]), [args[1]])
+        return builder.atomic_rmw("add", pointer, args[2], "acq_rel")
+    return types.int64(array, index, types.int64), codegen
+
+
+@intrinsic
+def _yield_core(typingctx):  # pragma: no cover (compiled)
+    """Let another thread run on this core (the C library's sched_yield, Windows' SwitchToThread)."""
+    def codegen(context, builder, signature, args):
+        builder.call(cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.IntType(32), []), _YIELD), [])
+        return context.get_dummy_value()
+    return types.void(), codegen
+
+
+@numba.njit(cache=True, nogil=True)
+def _meet(meeting, threads, met):  # pragma: no cover (compiled)
+    """Wait until all `threads` threads have come to their meeting number `met` (0, 1, ... in each
+    thread) on `meeting` (int64: arrivals, and whether a thread has given up). False if one has: it
+    will not come, so the others stop too."""
+    _fetch_add(meeting, 0, 1)
+    spins = 0
+    while _load_acquire(meeting, 0) < threads * (met + 1):
+        if _load_acquire(meeting, 1):
+            return False
+        spins += 1
+        if spins > _SPINS_BEFORE_YIELD:
+            _yield_core()
+    return True
 
 
 COUNT_ROWS_PER_BLOCK = 256  # rows of a thread's run: a pixel's counts take a microsecond or so, a hand-over some tens
@@ -1039,35 +1102,43 @@ SEARCH_SYMBOLS_PER_SHARE = 1024  # a millisecond or so of searching: many times 
 
 
 @numba.njit(cache=True, nogil=True)
-def _decode_rows(first, step, params, known, mixtures, channels, t, coders, words, ends, failed, weights, bits):  # pragma: no cover (compiled)
-    """One step's pixels into known (N, C) for a thread's run of planes (share `first` of `step`;
-    planes are independent, each with its own stream): plane k's rows (a run of N / K) from
-    coders[k], channel by channel, each channel's values in row order; a plane that fails is marked
-    in `failed` and read no further. `weights` (N, K): each row's component weights, from the prior
-    at channel 0, then updated to their posterior by each decoded value. bits[k]: the bits plane k's
-    symbols took."""
+def _decode_plane(k, rows, params, known, mixtures, channels, t, coders, words, ends, failed, weights):  # pragma: no cover (compiled)
+    """One step's pixels of plane k (its rows of params (N, K) and known (N, C), in order) from its
+    stream, coders[k], channel by channel, each channel's values in row order; a plane that fails is
+    marked in `failed` and read no further. `weights` (N, K): each row's component weights, from
+    the prior at channel 0, then updated to their posterior by each decoded value. Returns the bits
+    its symbols took."""
     posterior = np.empty(mixtures, np.int64)
     mean, inverse = np.empty(mixtures), np.empty(mixtures)
+    plane_bits = 0.0
+    for c in range(channels):
+        for i in rows:
+            if failed[k]:
+                break
+            if c == 0:
+                _prior(params[i], mixtures, t[0], weights[i])
+            _components(params[i], known[i], c, mixtures, channels, t, mean, inverse)
+            value, size = _decode_symbol(coders[k], words, ends[k], weights[i], mean, inverse, t[4], posterior)
+            if value < 0:
+                failed[k] = True
+                break
+            known[i, c] = value
+            plane_bits += _PRECISION_BITS - np.log2(size)
+            if c + 1 < channels:
+                _update(weights[i], posterior)
+    return plane_bits
+
+
+@numba.njit(cache=True, nogil=True)
+def _decode_rows(first, step, params, known, mixtures, channels, t, coders, words, ends, failed, weights, bits):  # pragma: no cover (compiled)
+    """One step's pixels into known (N, C) for a thread's run of planes (share `first` of `step`;
+    planes are independent, each with its own stream): plane k's rows are a run of N / K
+    (_decode_plane). bits[k]: the bits plane k's symbols took."""
     planes = len(coders)
     per_plane = len(params) // planes
     for k in range(first * planes // step, (first + 1) * planes // step):
-        plane_bits = 0.0
-        for c in range(channels):
-            for i in range(k * per_plane, (k + 1) * per_plane):
-                if failed[k]:
-                    break
-                if c == 0:
-                    _prior(params[i], mixtures, t[0], weights[i])
-                _components(params[i], known[i], c, mixtures, channels, t, mean, inverse)
-                value, size = _decode_symbol(coders[k], words, ends[k], weights[i], mean, inverse, t[4], posterior)
-                if value < 0:
-                    failed[k] = True
-                    break
-                known[i, c] = value
-                plane_bits += _PRECISION_BITS - np.log2(size)
-                if c + 1 < channels:
-                    _update(weights[i], posterior)
-        bits[k] = plane_bits
+        rows = np.arange(k * per_plane, (k + 1) * per_plane)
+        bits[k] = _decode_plane(k, rows, params, known, mixtures, channels, t, coders, words, ends, failed, weights)
 
 
 def decode_pixels(params: np.ndarray, known: np.ndarray, mixtures: int, channels: int, coders: np.ndarray,
@@ -1083,6 +1154,91 @@ def decode_pixels(params: np.ndarray, known: np.ndarray, mixtures: int, channels
     _split(_decode_rows, shares, np.ascontiguousarray(params, np.float64), known, mixtures, channels,
            _mixture_tables(), coders, words, ends, failed, weights, bits)
     return float(bits.sum())
+
+
+@numba.njit(cache=True, nogil=True)
+def _decode_steps(first, threads, meeting, schedule, pending, canvases, shape, net, state, t, tables, mixtures,
+                  streams, per_share, out, weights, bits):  # pragma: no cover (compiled)
+    """Thread `first` of `threads` through a chunk of the decoder's steps (codec/coder.py:
+    _decode_batch, whose loop this is, step for step). At each step s: the slots of this thread's
+    share (interleaved) commit their last values, restart if they begin a window, and predict if
+    active; all meet; the planes are shared among the threads (at least `per_share` symbols a
+    share), each plane's slots reading their known values from its canvas and its coded
+    ones decoding theirs from its stream into it; all meet again, and stop once every stream has
+    failed. Returns the meetings this thread went to, or -1 where it failed (an exception: the
+    others stop at their next meeting)."""
+    active, begins, advance, coded, ys, xs = schedule
+    committed_first, values, moving_first = pending
+    coders, words, ends, failed = streams
+    position, caches = state[0], state[2]
+    slots, channels = values.shape
+    planes = len(coders)
+    per_plane = slots // planes
+    row_pair = 2 * (len(state[7]) + 1)  # a slot's two rows of each row cache
+    met = 0
+    try:
+        for s in range(len(active)):
+            committed = committed_first if s == 0 else active[s - 1]
+            moving = moving_first if s == 0 else advance[s - 1]
+            mine = np.flatnonzero(committed | active[s])[first::threads]
+            stepping = mine[committed[mine]]
+            if len(stepping):
+                _commit_slots(stepping, shape, net, state, t, values, moving)
+            for b in mine[begins[s][mine]]:  # IntegerStepper.restart
+                position[b] = 0
+                caches[:, b * row_pair + row_pair // 2 : (b + 1) * row_pair] = 0.0
+            stepping = mine[active[s][mine]]
+            if len(stepping):
+                _predict_slots(stepping, shape, net, state, t, out)
+            if not _meet(meeting, threads, met):
+                return met
+            met += 1
+            shares = max(1, min(threads, planes, coded[s].sum() * channels // per_share))
+            for k in range(first * planes // shares, (first + 1) * planes // shares if first < shares else 0):
+                for b in range(k * per_plane, (k + 1) * per_plane):
+                    for c in range(channels):
+                        values[b, c] = canvases[k, ys[s, b], xs[s, b], c] if active[s, b] else 0
+                rows = k * per_plane + np.flatnonzero(coded[s, k * per_plane : (k + 1) * per_plane])
+                bits[s, k] = _decode_plane(k, rows, out, values, mixtures, channels, tables, coders, words, ends, failed,
+                                           weights)
+                for b in rows:
+                    for c in range(channels):
+                        canvases[k, ys[s, b], xs[s, b], c] = values[b, c]
+            if not _meet(meeting, threads, met):
+                return met
+            met += 1
+            if failed.all():
+                break
+    except Exception:
+        _fetch_add(meeting, 1, 1)
+        return -1
+    return met
+
+
+def decode_steps(net, state: tuple[np.ndarray, ...], pending: tuple[np.ndarray, np.ndarray, np.ndarray],
+                 schedule: tuple[np.ndarray, ...], canvases: np.ndarray, coders: np.ndarray, words: np.ndarray,
+                 ends: np.ndarray, failed: np.ndarray, mixtures: int) -> np.ndarray:
+    """A chunk of S decoder steps in one compiled call on coding's threads (see _decode_steps): the
+    stepper's state (IntegerStepper), its commit not yet done (committed (B,) bool, values (B, C)
+    int64, advance (B,) int64; values is written: the chunk's last values, to commit next), the
+    schedule (active, begins, advance, coded (S, B) bool; the canvas rows and columns (S, B) int64
+    each slot reads and writes), the planes' canvases (P, H', W', C) uint8, written, and their range
+    decoders (as decode_pixels). Slots are plane by plane, B / P each. Returns the bits each step's
+    planes took (S, P)."""
+    packed = _packed(net)
+    committed, values, advance = pending
+    steps, slots = schedule[0].shape
+    out = np.zeros((slots, packed.layers[-1, 2]))
+    bits = np.zeros((steps, len(coders)))
+    meeting = np.zeros(2, np.int64)
+    active, begins, moving, coded, ys, xs = (np.ascontiguousarray(a) for a in schedule)
+    _split(_decode_steps, slots, meeting, (active, begins, moving.astype(np.int64), coded, ys, xs),
+           (committed, values, advance), canvases, packed.shape, packed.arrays, state, _step_tables(), _mixture_tables(),
+           mixtures, (coders, words, ends, failed), SEARCH_SYMBOLS_PER_SHARE, out, np.empty((slots, mixtures), np.int64),
+           bits)
+    if meeting[1]:
+        raise RuntimeError("a decoding thread failed")
+    return bits
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,7 +15,8 @@ The network runs in two ways that give identical integers (arithmetic.py explain
   a time in compiled calls (kernels.py);
 * `stepper(batch, h, w)`: one position at a time with cached rows and keys/values (as
   models/stepper.py does in float): the decoder. On the CPU each step is one compiled call
-  (kernels.py), the same integers as the torch code here, which is the reference and the GPU's path.
+  (kernels.py), and the decoder runs a chunk of steps, its searches included, as one (`decode`);
+  the same integers as the torch code here, which is the reference and the GPU's path.
 
 On the CPU both take and give numpy arrays and never import torch (a coding command's start-up is
 otherwise mostly torch's import); on another device the torch code runs and gives tensors there.
@@ -495,6 +496,24 @@ class IntegerStepper:
             query = block["q_proj"](block["q_resnet"].forward(torch.cat([ul, self._background], 1), self.t))
             ul = block["out_resnet"].forward(ul, self.t, aux=step_attention(query, self.keys[b], self.values[b], self.position))
         return net.head(ar.elu(ul, self.t))
+
+    def decode(self, schedule: tuple[np.ndarray, ...], canvases: np.ndarray, streams: tuple[np.ndarray, ...]) -> np.ndarray:
+        """Compiled: a chunk of the decoder's steps (codec/coder.py) in one call, each a restart,
+        predict and commit as the decoder calls them, with the coded values between, decoded from
+        `streams` (integer/kernels.py: decode_steps, which says what each argument holds); the
+        chunk's last commit is left to do, as commit() leaves it. Returns the bits each step's
+        planes took (S, P)."""
+        from . import kernels  # numba: imported where first needed
+
+        if not self.compiled or self._stepped is not None:
+            raise RuntimeError("decode() steps a compiled stepper between a commit and the next predict")
+        committed, values, moving = self._pending or (np.zeros(self.batch, np.bool_),
+                                                      np.zeros((self.batch, self.cfg.channels), np.int64),
+                                                      np.zeros(self.batch, np.int64))
+        bits = kernels.decode_steps(self.net, self._state(), (committed, values, moving), schedule, canvases, *streams,
+                                    self.cfg.mixtures)
+        self._pending = (schedule[0][-1].copy(), values, schedule[2][-1].astype(np.int64))
+        return bits
 
     def _compiled_step(self, predict: bool) -> np.ndarray | None:
         from . import kernels  # numba: imported where first needed
