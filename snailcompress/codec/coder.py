@@ -54,7 +54,7 @@ class CodingNetwork(Protocol):
 
     def outputs(self, features): ...  # the output layer: (..., F) -> (..., K)
 
-    def stepper(self, batch: int, height: int, width: int): ...  # predict() / commit() / restart()
+    def stepper(self, batch: int, height: int, width: int): ...  # predict() / commit() / restart(); compiled: decode()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -349,7 +349,7 @@ def _decode_batch(net, plan: WindowPlan, canvases: np.ndarray, slots: np.ndarray
         r, c = np.divmod(position, plan.win_w)
         y, x = plan.place(first_rows + window, columns, r, c)
         y, x = np.minimum(y, plan.height - 1), np.minimum(x, plan.width - 1)
-        if getattr(stepper, "compiled", False):  # the same steps in one compiled call (IntegerStepper.decode)
+        if getattr(stepper, "compiled", False):  # the steps below in one compiled call (IntegerStepper.decode)
             bits = stepper.decode((active, begins, advance, coded, y, x), canvases, streams.arrays())
             if progress is not None:
                 for s in range(len(steps)):
