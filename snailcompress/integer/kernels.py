@@ -140,9 +140,9 @@ def _split(kernel, rows: int, *args) -> None:
 class _Workers:
     """Threads that each run one share of a kernel call, woken by a signal of their own: a hand-over
     is cheaper than a ThreadPoolExecutor's (no queue, no future), which matters to kernels called
-    at every step of a decoder (the torch path's searches). The signals are plain locks held until signalled: a lock may be
-    released by another thread, and its acquire and release are C, where threading.Semaphore runs
-    Python code around a condition. One caller at a time: a second, on another thread, runs all the
+    at every step of a decoder (the torch path's searches). The signals are plain locks held until
+    signalled: a lock may be released by another thread, and its acquire and release are C, where
+    threading.Semaphore runs Python code around a condition. One caller at a time: a second, on another thread, runs all the
     rows itself rather than wait."""
 
     def __init__(self, count: int):
@@ -223,11 +223,25 @@ def _workers(count: int) -> _Workers:
 # thread adds to, read until all have; C11 atomics (LLVM's acquire and release, right on ARM as on
 # x86), so a thread's writes before it arrives are seen by every thread after it leaves. The waiting
 # thread spins, then gives its core up (sched_yield) at each look, so more threads than cores only
-# slows it. A hand-over this way takes about a microsecond, against tens of microseconds to wake a
-# sleeping thread and hand it the GIL (_Workers), which the decoder would pay at every step.
+# slows it. Two threads meet in a fraction of a microsecond, where waking a sleeping thread and
+# handing it the GIL (_Workers) takes tens of microseconds, which the decoder would pay at every step.
 
-_YIELD = "SwitchToThread" if sys.platform == "win32" else "sched_yield"  # the C library's, linked by name
+_YIELD = "SwitchToThread" if sys.platform == "win32" else "sched_yield"
 _SPINS_BEFORE_YIELD = 4096
+
+
+def _link_yield() -> None:
+    """Tell LLVM where the C library's yield is, so that compiled and cached code calling it by name
+    links on every system (where LLVM would not find it among the process's libraries itself)."""
+    import ctypes
+
+    from llvmlite import binding
+
+    library = ctypes.WinDLL("kernel32") if sys.platform == "win32" else ctypes.CDLL(None)
+    binding.add_symbol(_YIELD, ctypes.cast(getattr(library, _YIELD), ctypes.c_void_p).value)
+
+
+_link_yield()
 
 
 @intrinsic
