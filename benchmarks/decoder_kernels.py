@@ -1,7 +1,7 @@
 """What each of the decoder's compiled CPU kernels (snailcompress/integer/kernels.py) buys: the
 decoder's steps over real windows, decoding a real stream, with torch alone, with the network's step
-compiled, with the step and the symbols' search compiled, a call each a step, and with all the steps
-in one compiled call (the decoder), each checked to decode every value.
+compiled, with the step and the symbols' search compiled, a call each a step, and with a chunk of
+steps in one compiled call (the decoder), each checked to decode every value.
 
 The steps are those of decoding: the stepper predicts the position of every slot whose window is
 running (the compiled step steps only those; torch's steps every slot), the running slots' three
@@ -39,11 +39,11 @@ from snailcompress.integer.network import IntegerStepper
 from snailcompress.threads import set_threads
 from snailcompress.zoo import load_model
 
-VARIANTS = {  # name: (compiled step, compiled search, every step in one call)
+VARIANTS = {  # name: (compiled step, compiled search, a chunk of steps a call)
     "torch only (full tables, constriction's decoder)": (False, False, False),
     "compiled step (full tables, constriction's decoder)": (True, False, False),
     "compiled step and search, a call each a step": (True, True, False),
-    "every step in one compiled call (the decoder's default)": (True, True, True),
+    f"a chunk of {coder.DECODE_CHUNK_STEPS} steps a compiled call (the decoder's default)": (True, True, True),
 }
 
 
@@ -118,13 +118,16 @@ def decode(net, schedule: Schedule, words: np.ndarray, compiled: bool, search: b
 
 
 def decode_in_one_call(stepper: IntegerStepper, schedule: Schedule, words: np.ndarray) -> tuple[float, bool]:
-    """decode(), every step in one compiled call (IntegerStepper.decode), the values written to a canvas."""
+    """decode(), a chunk of steps a compiled call (IntegerStepper.decode, chunks as the decoder's), the
+    values written to a canvas."""
     batch, channels, height, width = schedule.windows.shape
     canvas = np.zeros((1, batch * height, width, channels), np.uint8)
     streams = coder._Streams([coder.StreamDecoder(words)])
+    arrays, chunk = schedule.arrays(), coder.DECODE_CHUNK_STEPS
     begin = time.perf_counter()
     with kernels.take_threads():
-        stepper.decode(schedule.arrays(), canvas, streams.arrays())
+        for first in range(0, schedule.steps, chunk):
+            stepper.decode(tuple(a[first : first + chunk] for a in arrays), canvas, streams.arrays())
     seconds = time.perf_counter() - begin
     return seconds, bool(np.array_equal(canvas[0].reshape(batch, height, width, channels),
                                         schedule.windows.transpose(0, 2, 3, 1)))
@@ -183,8 +186,8 @@ def main() -> None:
         "decoder needs each pixel's full table of 256 counts; the compiled decoder (codec/coder.py:",
         "StreamDecoder) reads the same stream and finds each value by searching the pixel's cumulative counts",
         "at a few edges, from a guess where its heaviest component puts the stream's quantile. The decoder runs",
-        "all of a chunk's steps, network and search, in one compiled call (IntegerStepper.decode), which with",
-        "more than one thread has them meet inside it between a step's parts rather than be handed each part.",
+        "a chunk of steps, network and search, in one compiled call (IntegerStepper.decode), whose threads, when",
+        "there are more than one, meet inside it between a step's parts rather than be handed each part.",
         "All give torch's integers exactly (tests/test_kernels.py).",
     ]
     publish(lines, args.out)

@@ -474,6 +474,17 @@ def test_the_compiled_decoding_loop_decodes_what_the_step_by_step_one_does(threa
     assert all(np.array_equal(decoded[k], planes[k]) for k in (0, 2, 3))
 
 
+@pytest.mark.parametrize("threads", [2, 3])
+def test_the_compiled_decoding_loop_stops_when_every_stream_fails(threads, torch_threads):
+    """Streams that fail at their first symbol (all ones: a quantile beyond the tables): every thread
+    leaves the loop at the same step, and each plane gives its error."""
+    net = IntegerPixelSNAIL.convert(load_model("snail-rgb").model)
+    torch_threads(threads)
+    ones = np.full(2, 0xFFFFFFFF, np.uint32)
+    results = coder.decode_planes(net, [ones] * 3, 11, 13, 3, (4, 4), (2, 2), band=2)
+    assert all(isinstance(result, FormatError) for result in results)
+
+
 @numba.njit(nogil=True)
 def _meetings(first, threads, meeting, seen, gives_up):  # pragma: no cover (compiled)
     """Each thread marks seen[m, first] before meeting m and checks every thread's mark after it;
@@ -502,6 +513,26 @@ def test_threads_meet_and_stop_when_one_gives_up(threads, torch_threads):
         others = [first for first in range(threads) if first != gives_up]
         assert (seen[:passed, threads:] == 1).all()
         assert passed == 4 or (seen[2, [threads + first for first in others]] == 2).all()
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("raising", ["this thread's share", "a worker's share"])
+def test_a_share_that_raises_before_its_meetings_sends_the_others_away(threads, raising, torch_threads):
+    """A share that raises in Python, never reaching its compiled call (an interrupt, a failed
+    dispatch), cannot mark the meeting itself: _split's `abandon` does, and the others leave their
+    first meeting; the error is raised."""
+    torch_threads(threads)
+    fails = 0 if raising == "this thread's share" else threads - 1
+    meeting, seen = np.zeros(2, np.int64), np.zeros((4, 2 * threads), np.int64)
+
+    def share(first, step, meeting, seen):
+        if first == fails:
+            raise KeyError("no meeting")
+        _meetings(first, step, meeting, seen, -1)
+
+    with pytest.raises(KeyError):
+        kernels._split(share, threads, meeting, seen, abandon=lambda: meeting.__setitem__(1, 1))
+    assert all(seen[0, threads + first] == 2 for first in range(threads) if first != fails)
 
 
 def test_a_failing_decoding_loop_raises_and_its_threads_decode_again(torch_threads, monkeypatch):

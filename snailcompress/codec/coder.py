@@ -351,11 +351,11 @@ def _decode_batch(net, plan: WindowPlan, canvases: np.ndarray, slots: np.ndarray
         y, x = np.minimum(y, plan.height - 1), np.minimum(x, plan.width - 1)
         if getattr(stepper, "compiled", False):  # the steps below in one compiled call (IntegerStepper.decode)
             bits = stepper.decode((active, begins, advance, coded, y, x), canvases, streams.arrays())
+            if streams.failed.all():  # it stopped at the step where the last stream failed
+                return
             if progress is not None:
                 for s in range(len(steps)):
                     progress.step(float(bits[s].sum()), int(coded[s].sum()) * channels)
-            if streams.failed.all():
-                return
             continue
         for s, step in enumerate(steps):
             if streams.failed.all():

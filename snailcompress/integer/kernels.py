@@ -34,7 +34,8 @@ exponentials and logarithms are polynomials over a block of pixels, loops LLVM v
 
 Rows (windows, slots, pixels, planes) are independent: `_split` shares them among --threads
 threads, each running the whole computation on its share; a plane's symbols are one stream, read in
-order on one thread (planes decoded together, each with its own stream, are shared). On a GPU the
+order on one thread (planes decoded together, each with its own stream, are shared). The decoder's
+loop is the one kernel whose shares wait for each other, at each step's two meetings. On a GPU the
 torch code runs the network instead (it is the reference), and the decoder's search still runs
 here, on the network's outputs copied to the CPU.
 """
@@ -119,7 +120,7 @@ _compile_listener = _CompileNotice()
 numba_events.register("numba:compile", _compile_listener)
 
 
-def _split(kernel, rows: int, *args) -> None:
+def _split(kernel, rows: int, *args, abandon: Callable[[], None] | None = None) -> None:
     """Run `kernel(first, step, *args)`, which does share `first` of `step` of `rows` (rows first,
     first + step, ..., or a run of them), on coding's number of threads (--threads,
     snailcompress/threads.py), at most one a row: this thread takes share 0, the workers
@@ -129,12 +130,14 @@ def _split(kernel, rows: int, *args) -> None:
     share the work evenly (slots at later positions attend longer). The kernels are compiled without
     the GIL and rows are independent, so shares run at once and give the integers of one thread.
     (numba's own parallel loops were tried: their OpenMP layer resets torch's thread count, and a
-    loop that calls BLAS cannot be cached: it compiled in every run.)"""
+    loop that calls BLAS cannot be cached: it compiled in every run.) `abandon`, for a kernel whose
+    shares wait for each other (`_meet`): called where a share raises in Python, never having run or
+    finished its compiled call, so that the others stop waiting for it."""
     threads = min(_threads or _threads_setting.threads(), rows)
     if threads <= 1:
         kernel(0, 1, *args)
         return
-    _workers(threads - 1).run(kernel, threads, args)
+    _workers(threads - 1).run(kernel, threads, args, abandon)
 
 
 class _Workers:
@@ -142,8 +145,8 @@ class _Workers:
     is cheaper than a ThreadPoolExecutor's (no queue, no future), which matters to kernels called
     at every step of a decoder (the torch path's searches). The signals are plain locks held until
     signalled: a lock may be released by another thread, and its acquire and release are C, where
-    threading.Semaphore runs Python code around a condition. One caller at a time: a second, on another thread, runs all the
-    rows itself rather than wait."""
+    threading.Semaphore runs Python code around a condition. One caller at a time: a second, on
+    another thread, runs all the rows itself rather than wait."""
 
     def __init__(self, count: int):
         self.pid = os.getpid()  # a forked child has none of these threads: it makes its own
@@ -160,24 +163,31 @@ class _Workers:
             self.go[worker].acquire()
             if self.jobs[worker] is None:  # closed
                 return
-            kernel, args = self.jobs[worker]
+            kernel, args, abandon = self.jobs[worker]
             try:
                 kernel(*args)
             except BaseException as error:  # handed back to the caller, which raises it
+                if abandon is not None:
+                    abandon()
                 self.errors[worker] = error
             self.done[worker].release()
 
-    def run(self, kernel, threads: int, args: tuple) -> None:
-        """kernel(first, threads, *args) for first = 0 (this thread), 1, ..., threads - 1 (workers)."""
+    def run(self, kernel, threads: int, args: tuple, abandon: Callable[[], None] | None = None) -> None:
+        """kernel(first, threads, *args) for first = 0 (this thread), 1, ..., threads - 1 (workers);
+        abandon() where a share raises (see _split)."""
         if not self.lock.acquire(blocking=False):
             kernel(0, 1, *args)
             return
         try:
             for worker in range(threads - 1):
-                self.jobs[worker] = (kernel, (worker + 1, threads, *args))
+                self.jobs[worker] = (kernel, (worker + 1, threads, *args), abandon)
                 self.go[worker].release()
             try:
                 kernel(0, threads, *args)
+            except BaseException:
+                if abandon is not None:
+                    abandon()
+                raise
             finally:
                 for worker in range(threads - 1):
                     self.done[worker].acquire()
@@ -1179,8 +1189,8 @@ def _decode_steps(first, threads, meeting, schedule, pending, canvases, shape, n
     active; all meet; the planes are shared among the threads (at least `per_share` symbols a
     share), each plane's slots reading their known values from its canvas and its coded
     ones decoding theirs from its stream into it; all meet again, and stop once every stream has
-    failed. Returns the meetings this thread went to, or -1 where it failed (an exception: the
-    others stop at their next meeting)."""
+    failed. A thread that raises marks `meeting` as given up (the others stop at their next
+    meeting), and so does `decode_steps` where a share raises in Python (_split's `abandon`)."""
     active, begins, advance, coded, ys, xs = schedule
     committed_first, values, moving_first = pending
     coders, words, ends, failed = streams
@@ -1205,7 +1215,7 @@ def _decode_steps(first, threads, meeting, schedule, pending, canvases, shape, n
             if len(stepping):
                 _predict_slots(stepping, shape, net, state, t, out)
             if not _meet(meeting, threads, met):
-                return met
+                return
             met += 1
             shares = max(1, min(threads, planes, coded[s].sum() * channels // per_share))
             for k in range(first * planes // shares, (first + 1) * planes // shares if first < shares else 0):
@@ -1219,14 +1229,12 @@ def _decode_steps(first, threads, meeting, schedule, pending, canvases, shape, n
                     for c in range(channels):
                         canvases[k, ys[s, b], xs[s, b], c] = values[b, c]
             if not _meet(meeting, threads, met):
-                return met
+                return
             met += 1
             if failed.all():
                 break
     except Exception:
         _fetch_add(meeting, 1, 1)
-        return -1
-    return met
 
 
 def decode_steps(net, state: tuple[np.ndarray, ...], pending: tuple[np.ndarray, np.ndarray, np.ndarray],
@@ -1249,9 +1257,9 @@ def decode_steps(net, state: tuple[np.ndarray, ...], pending: tuple[np.ndarray, 
     _split(_decode_steps, slots, meeting, (active, begins, moving.astype(np.int64), coded, ys, xs),
            (committed, values, advance), canvases, packed.shape, packed.arrays, state, _step_tables(), _mixture_tables(),
            mixtures, (coders, words, ends, failed), SEARCH_SYMBOLS_PER_SHARE, out, np.empty((slots, mixtures), np.int64),
-           bits)
+           bits, abandon=lambda: meeting.__setitem__(1, 1))
     if meeting[1]:
-        raise RuntimeError("a decoding thread failed")
+        raise RuntimeError("a decoding thread failed (an exception in the compiled loop)")
     return bits
 
 

@@ -505,8 +505,10 @@ class IntegerStepper:
         planes took (S, P)."""
         from . import kernels  # numba: imported where first needed
 
-        if not self.compiled or self._stepped is not None:
-            raise RuntimeError("decode() steps a compiled stepper between a commit and the next predict")
+        if not self.compiled:
+            raise ValueError("decode() runs the compiled kernels: a compiled stepper's")
+        if self._stepped is not None:
+            raise RuntimeError("decode() must follow a commit(), not a predict()")
         committed, values, moving = self._pending or (np.zeros(self.batch, np.bool_),
                                                       np.zeros((self.batch, self.cfg.channels), np.int64),
                                                       np.zeros(self.batch, np.int64))
