@@ -545,7 +545,7 @@ def test_a_failing_decoding_loop_raises_and_its_threads_decode_again(torch_threa
     monkeypatch.setattr(kernels, "SEARCH_SYMBOLS_PER_SHARE", 0)
     with pytest.raises(RuntimeError, match="decoding thread failed"):
         coder.decode_plane(net, words, 6, 7, 3, (4, 4), (2, 2), band=2)
-    monkeypatch.setattr(kernels, "SEARCH_SYMBOLS_PER_SHARE", 1024)
+    monkeypatch.undo()
     assert np.array_equal(coder.decode_plane(net, words, 6, 7, 3, (4, 4), (2, 2), band=2), plane)
 
 
