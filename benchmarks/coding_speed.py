@@ -6,7 +6,7 @@ with `--threads T`; the time is the command's wall time, the memory its peak res
 operating system's count for that process). JPEG-XL runs in this process (imagecodecs, libjxl),
 timed around its encode and decode calls. The images: kodim23 (held out from training) whole
 (768x512) and centre crops (32x32, 256x256); a hundred 32x32 crops of it coded by one command (the
-model loaded once, the files decoded together); and a 4000x3000 mosaic of the shared photos (the
+model loaded once, the files encoded together and decoded together); and a 4000x3000 mosaic of the shared photos (the
 largest photos here are 1500x1000; the smaller ones are scaled up to fill their square).
 
     python benchmarks/coding_speed.py --threads 2 --sizes 32,32x100,256,768,4000 --out results/coding_speed.md
@@ -169,7 +169,7 @@ def main() -> None:
         f"(id {load_model('snail-rgb').model_id}), default options (calibration on). snailcompress times are whole commands (a new Python, model loading, reading, coding, "
         "writing; decode also checks each file's checksum); its memory is the command's peak resident set. JPEG-XL "
         "(imagecodecs) is timed in-process, so it pays no start-up. Bits per subpixel count every byte of the files. "
-        "32x32 x100: one command for a hundred 32x32 files (the model loaded once, the files decoded together); its "
+        "32x32 x100: one command for a hundred 32x32 files (the model loaded once, the files encoded together and decoded together); its "
         "rate is images per second. 4000x3000: a mosaic of twelve shared photos (1000x1000 centre crops). Times are "
         f"the median of {args.repeats} runs of each command and codec, peaks the largest (4000x3000: one run)."
         + kept.note(),

@@ -18,16 +18,19 @@ then on the machine (`carry`: .whl, .gpu), from the source tree:
 
 On a CPU the same script checks itself, the CPU standing in for the GPU (tests run it so):
 
-    python benchmarks/gpu_checks.py --device cpu --crop 16 --tiles 2 --throughput pixelsnail-tiny:1 --no-compile --out /tmp/g.md
+    python benchmarks/gpu_checks.py --device cpu --steps 6 --crop 16 --tiles 2 --throughput pixelsnail-tiny:1 \\
+        --no-compile --out /tmp/g.md
 
-1. **Files across devices.** A photo (kodim23, 768x512, or its --crop) encoded on the CPU and on the
+1. **The decoder's step**: its network's predict and commit on the device, launched one operation at
+   a time and replayed as CUDA graphs, milliseconds a step, for a photo's slots and a bench batch's.
+2. **Files across devices.** A photo (kodim23, 768x512, or its --crop) encoded on the CPU and on the
    device, without calibration (the two files must be byte-identical: the integer network gives the
    same tables everywhere) and with it (fitted in floats, it may differ by device; either file must
    decode everywhere). Every file decoded on both, compared with the source pixels; encode and decode
    timed in-process, after a warm-up encode and decode of a small crop on each device.
-2. **Training throughput** of the paper configurations, eager and compiled (`training_throughput.py
+3. **Training throughput** of the paper configurations, eager and compiled (`training_throughput.py
    --compile`, on the GPU torch sees), with each step's counted FLOPs against the GPU's bf16 peak.
-3. **Small images** (the longest part, so last). `snailcompress bench` on 32x32 tiles (ImageNet32's
+4. **Small images** (the longest part, so last). `snailcompress bench` on 32x32 tiles (ImageNet32's
    size) of the held-out Kodak images on the device: its per-file rows encode each tile as its own
    file and decode them together; images per second each way, from its summary.csv.
 """
@@ -40,6 +43,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
@@ -50,6 +54,8 @@ from snailcompress.bench.scripts import publish, run, run_facts
 from snailcompress.codec import container
 from snailcompress.codec.images import DecomposedImage, decompose, same_image
 from snailcompress.errors import SnailError
+from snailcompress.integer.network import IntegerStepper
+from snailcompress.zoo import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTO = "kodim23"
@@ -97,6 +103,32 @@ def across_devices(image: DecomposedImage, warm: DecomposedImage, device: torch.
                        f"| {reader} | {decode_s} | {pixels} |")
 
 
+def decoder_steps(device: torch.device, steps: int):
+    """Part 0: the decoder's network step on the device (a predict, its parameters copied to the CPU
+    for the search, a commit), its operations launched one by one and replayed as CUDA graphs, for
+    the slots of a 768x512 photo's decode (96 windows of 34x34) and of a bench batch of 32x32 images."""
+    net = api.integer_network(load_model("snail-rgb")).to(device)
+    rng = np.random.default_rng(0)
+    yield "| slots | window | launched one by one, ms a step | CUDA graphs, ms a step | faster |"
+    yield "|---|---|---|---|---|"
+    for batch, side in ((96, 34), (1536, 32)):
+        values, advance = rng.integers(0, 256, (steps, batch, 3)), np.ones(batch, bool)
+        per_step = {}
+        for graphs in (False, True) if device.type == "cuda" else (False,):
+            stepper = IntegerStepper(net, batch, side, side, compiled=False, cuda_graphs=graphs)
+
+            def run(count: int) -> None:
+                for s in range(count):
+                    stepper.predict().cpu()
+                    stepper.commit(values[s], advance)
+
+            run(5)  # warm (positions 0..4)
+            per_step[graphs] = timed(device, lambda: run(steps - 5))[1] / (steps - 5) * 1e3
+        graphed = f"{per_step[True]:.3f}" if True in per_step else "-"
+        faster = f"{per_step[False] / per_step[True]:.1f}x" if True in per_step else "-"
+        yield f"| {batch} | {side}x{side} | {per_step[False]:.3f} | {graphed} | {faster} |"
+
+
 def training_throughput(presets: str, compile_: bool, out: Path):
     """Part 2: benchmarks/training_throughput.py's report, but for its title."""
     table = out.with_name(out.stem + "-training.md")
@@ -125,6 +157,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda", help="the device checked against the CPU [%(default)s]")
     parser.add_argument("--kodak", type=Path, default=SHARED / "kodak",
                         help=f"a folder with {PHOTO}.png and the held-out Kodak images [%(default)s]")
+    parser.add_argument("--steps", type=int, default=200, help="decoder steps timed in part 1, 5 of them warm-up [%(default)s]")
     parser.add_argument("--crop", type=int, default=None, help=f"code {PHOTO}'s top-left SIZE x SIZE only [whole]")
     parser.add_argument("--tiles", type=int, default=2304, help="32x32 tiles coded per file [%(default)s: all]")
     parser.add_argument("--throughput", default=THROUGHPUT, help="PRESET:BATCH,... trained [%(default)s]")
@@ -139,6 +172,9 @@ def main() -> None:
     image, warm = photo_at(photo, args.crop), photo_at(photo, 32)
     lines = [f"# GPU checks on {name}", "", f"Command: `python {' '.join(sys.argv)}`  ", f"{run_facts()}.", ""]
     parts = [
+        ("## The decoder's step", "A predict, its parameters copied to the CPU and a commit, on "
+         f"{device}, after 5 warm-up steps (the search, on the CPU, not included).",
+         lambda: decoder_steps(device, args.steps)),
         (f"## Files across devices: {PHOTO} ({image.width}x{image.height})",
          "Encode and decode seconds in-process, after a warm-up on each device; `pixels`: the decoded image "
          "against the source.", lambda: across_devices(image, warm, device)),

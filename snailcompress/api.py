@@ -24,7 +24,7 @@ from typing import Sequence
 
 from .codec import container, methods
 from .codec.calibration import Calibration, calibration_for, worth_trying
-from .codec.coder import code_plane, decode_planes
+from .codec.coder import code_plane, code_planes, decode_planes
 from .codec.images import (SUPPORTED_MODES, DecomposedImage, pixel_checksum, png_bytes, read_image, read_image_bytes,
                            write_image)
 from .codec.tiles import WindowPlan, default_band
@@ -33,7 +33,6 @@ from .integer.arithmetic import ARITHMETIC_VERSION
 from .integer.network import IntegerPixelSNAIL
 from .fileio import atomic_write
 from .lazy import torch
-from .threads import threads
 from .zoo import LoadedModel, default_model_for, load_model, shipped_models
 
 DEFAULT_TILE = 32
@@ -78,7 +77,7 @@ class ModelChooser:
         self.device = str(device)
         self._cache: dict[tuple[str, int], LoadedModel | ModelError] = {}
         self._networks: dict[str, IntegerPixelSNAIL] = {}
-        self._lock = threading.RLock()  # files coded side by side (one_per_thread) load each model once
+        self._lock = threading.RLock()  # threads sharing a chooser load each model once
 
     def _load(self, spec: str, channels: int) -> LoadedModel:
         """The model, loaded once; a model that cannot be had for this channel count fails once too
@@ -165,29 +164,67 @@ def integer_network(model: LoadedModel | torch.nn.Module, calibration: Calibrati
         raise ModelError(f"this model cannot be coded with exact integer arithmetic: {e}") from None
 
 
-def encode_image(image: DecomposedImage, models: ModelChooser, tile: int = DEFAULT_TILE, context: int = DEFAULT_CONTEXT,
-                 progress: bool = False, calibrate: bool = True, fallback: bool = True) -> container.SnailFile:
-    """`calibrate`: fit and send a correction of the model's output layer for each plane where it pays
+def encode_images(images: Sequence[DecomposedImage], models: ModelChooser, tile: int = DEFAULT_TILE,
+                  context: int = DEFAULT_CONTEXT, progress: bool = False, calibrate: bool = True,
+                  fallback: bool = True) -> list[container.SnailFile | SnailError]:
+    """Encode many images at once: their planes of one shape and model, not calibrated, are coded
+    together, the network's work of all of them in the same passes (coder.code_planes; a calibrated
+    plane has a network of its own). Each result is the image's file, or the error it alone gave.
+
+    `calibrate`: fit and send a correction of the model's output layer for each plane where it pays
     (codec/calibration.py); a little slower to encode, no slower to decode. `fallback`: a plane may
     instead be stored, deflated or coded as bilevel where that is smaller (codec/methods.py)."""
-    band = default_band(image.height, image.width, (tile, tile), (context, context))
-    planes = []
-    for name in image.expected_planes():
-        pixels = image.planes[name]
-        if fallback and not methods.model_may_win(pixels):  # a bilevel plane
-            planes.append(None)
+    results: list = [None] * len(images)
+    coded: list[dict] = [{} for _ in images]  # each image's model-coded planes by name
+    together: dict[tuple, list] = {}  # planes that code as one batch
+    for index, image in enumerate(images):
+        band = default_band(image.height, image.width, (tile, tile), (context, context))
+        try:
+            for name in image.expected_planes():
+                pixels = image.planes[name]
+                if fallback and not methods.model_may_win(pixels):  # a bilevel plane
+                    continue
+                loaded = models.for_channels(CHANNEL_COUNT[name])
+                if calibrate and worth_trying(loaded.config, pixels):
+                    plan = WindowPlan.for_image(image.height, image.width, (tile, tile), (context, context), band)
+                    calibration, kept = calibration_for(loaded.config, loaded.weights, plan, pixels, models.network(loaded))
+                    words = code_plane(models.network(loaded, calibration), pixels, (tile, tile), (context, context),
+                                       band, progress, kept=kept)[0]
+                    coded[index][name] = _model_plane(name, loaded, words, tile, context, band, calibration)
+                else:
+                    together.setdefault((loaded.model_id, pixels.shape, band), []).append((index, name, loaded))
+        except SnailError as e:
+            results[index] = e
+    for (_, _, band), members in together.items():
+        members = [m for m in members if results[m[0]] is None]
+        if not members:
             continue
-        loaded = models.for_channels(CHANNEL_COUNT[name])
-        calibration, kept = None, {}
-        if calibrate and worth_trying(loaded.config, pixels):
-            plan = WindowPlan.for_image(image.height, image.width, (tile, tile), (context, context), band)
-            calibration, kept = calibration_for(loaded.config, loaded.weights, plan, pixels, models.network(loaded))
-        net = models.network(loaded, calibration)
-        words, plan = code_plane(net, pixels, (tile, tile), (context, context), band, progress, kept=kept)
-        stored_name = None if loaded.name in shipped_models() else stored_model_name(loaded.name)
-        planes.append(container.Plane(name, loaded.model_id[:8], words, stored_name, (tile, tile), (context, context),
-                                      band, calibration.numbers() if calibration else None))
-    return methods.smallest(image, planes, ARITHMETIC_VERSION, fallback)
+        planes = [images[index].planes[name] for index, name, _ in members]
+        words, _ = code_planes(models.network(members[0][2]), planes, (tile, tile), (context, context), band, progress)
+        for (index, name, loaded), plane_words in zip(members, words):
+            coded[index][name] = _model_plane(name, loaded, plane_words, tile, context, band)
+    for index, image in enumerate(images):
+        if results[index] is None:
+            planes = [coded[index].get(name) for name in image.expected_planes()]
+            results[index] = methods.smallest(image, planes, ARITHMETIC_VERSION, fallback)
+    return results
+
+
+def _model_plane(name: str, loaded: LoadedModel, words, tile: int, context: int, band: int,
+                 calibration: Calibration | None = None) -> container.Plane:
+    stored_name = None if loaded.name in shipped_models() else stored_model_name(loaded.name)
+    return container.Plane(name, loaded.model_id[:8], words, stored_name, (tile, tile), (context, context), band,
+                           calibration.numbers() if calibration else None)
+
+
+def encode_image(image: DecomposedImage, models: ModelChooser, tile: int = DEFAULT_TILE, context: int = DEFAULT_CONTEXT,
+                 progress: bool = False, calibrate: bool = True, fallback: bool = True) -> container.SnailFile:
+    """One image's .snail file (encode_images)."""
+    result = encode_images([image], models, tile=tile, context=context, progress=progress, calibrate=calibrate,
+                           fallback=fallback)[0]
+    if isinstance(result, SnailError):
+        raise result
+    return result
 
 
 def plane_calibration(plane: container.Plane) -> Calibration | None:
@@ -280,67 +317,65 @@ def encode_file(source, target=None, models: ModelChooser | None = None, tile: i
                 context: int = DEFAULT_CONTEXT, force: bool = False, progress: bool = False,
                 calibrate: bool = True, stdout=None) -> CodingReport:
     """Encode an image file (source "-": standard input) to `target`, or to `stdout` (a binary stream)."""
-    source = Path(source)
-    start = time.perf_counter()
-    if str(source) == "-":
-        image = read_image_bytes(sys.stdin.buffer.read())
-    else:
-        image = read_image(source)
-    data = encode_bytes(image, models, tile, context, progress, calibrate)
-    if stdout is not None:
-        stdout.write(data)
-        stdout.flush()
-        target = Path("-")
-    else:
-        target = Path(target) if target else default_output(source, ".snail")
-        atomic_write(target, data, overwrite=force)
-    subpixels = sum(p.size for p in image.planes.values())
-    return CodingReport(source, target, image.width, image.height, image.mode, len(data), max(subpixels, 1),
-                        time.perf_counter() - start)
+    report = next(encode_files([(source, target)], models, tile, context, force, progress, calibrate, stdout))
+    if isinstance(report, SnailError):
+        raise report
+    return report
+
+
+ENCODE_BATCH_PIXELS = 1 << 20  # pixels of the files encode_files codes together: a thousand 32x32, two photos
 
 
 def encode_files(jobs: Sequence[tuple], models: ModelChooser | None = None, tile: int = DEFAULT_TILE,
                  context: int = DEFAULT_CONTEXT, force: bool = False, progress: bool = False, calibrate: bool = True,
                  stdout=None):
-    """Encode image files (`jobs`: (source, target or None for the default name); encode_file for
-    each), several side by side on coding's threads (one_per_thread). Yields, in order, each file's
-    report or its error."""
+    """Encode image files (source "-": standard input) to their targets (None: the default name), or
+    to `stdout`, many together (encode_images), in batches of about ENCODE_BATCH_PIXELS; `jobs` are
+    (source, target). Yields, in order, each file's report or its error; the time a report gives is
+    its share of its batch's. A progress bar (`progress`) is shown for a single file only."""
     models = models or ModelChooser()
     jobs = list(jobs)
-    alone = not side_by_side(len(jobs), models.device)
-
-    def encode(job):
+    batch: list = []  # (source, target, image or error)
+    pixels = 0  # of the batch's images
+    for index, (source, target) in enumerate(jobs):
         try:
-            return encode_file(*job, models, tile, context, force, progress and alone, calibrate, stdout)
+            image = read_image_bytes(sys.stdin.buffer.read()) if str(source) == "-" else read_image(Path(source))
+            pixels += image.width * image.height
         except SnailError as e:
-            return e
-
-    yield from map(encode, jobs) if alone else one_per_thread(encode, jobs)
-
-
-def side_by_side(files: int, device: str | torch.device) -> bool:
-    """Whether `files` files are coded side by side (one_per_thread): several, on the CPU, with
-    more than one thread."""
-    return files > 1 and threads() > 1 and str(device) == "cpu"
+            image = e
+        batch.append((source, target, image))
+        if pixels >= ENCODE_BATCH_PIXELS or index == len(jobs) - 1:
+            yield from _encode_and_write(batch, models, tile, context, force, progress and len(jobs) == 1, calibrate,
+                                         stdout)
+            batch, pixels = [], 0
 
 
-def one_per_thread(work, items: Sequence):
-    """work(item) for each item, yielded in order, the items side by side on coding's threads, each
-    running on one thread. For many small images: a small image's few windows give a second thread
-    little to do, and a hand-over between threads costs more than a small window's share of a step
-    (integer/kernels.py). Memory: as many images at once as threads."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from .integer import kernels
-
-    count, items = threads(), list(items)  # before take_threads, which gives torch one thread
-    with kernels.take_threads(kernel_threads=1), ThreadPoolExecutor(count, thread_name_prefix="snailcompress-files") as pool:
-        done = [pool.submit(work, item) for item in items]
-        for future in done[:-1]:
-            yield future.result()
-        last = done[-1].result() if done else None
-    if done:  # after the threads are given back: a caller may take the last item and never ask again
-        yield last
+def _encode_and_write(batch: list, models: ModelChooser, tile: int, context: int, force: bool, progress: bool,
+                      calibrate: bool, stdout):
+    """encode_files for one batch: encode its images together, then write each, in order."""
+    start = time.perf_counter()
+    readable = [image for _, _, image in batch if not isinstance(image, SnailError)]
+    snails = iter(encode_images(readable, models, tile, context, progress, calibrate))
+    seconds = (time.perf_counter() - start) / len(batch)
+    for source, target, image in batch:
+        snail = image if isinstance(image, SnailError) else next(snails)
+        try:
+            if isinstance(snail, SnailError):
+                raise snail
+            data = container.write(snail)
+            if stdout is not None:
+                stdout.write(data)
+                stdout.flush()
+                target = Path("-")
+            else:
+                target = Path(target) if target else default_output(Path(source), ".snail")
+                atomic_write(target, data, overwrite=force)
+        except SnailError as e:
+            yield e
+            continue
+        subpixels = sum(p.size for p in image.planes.values())
+        yield CodingReport(Path(source), target, image.width, image.height, image.mode, len(data), max(subpixels, 1),
+                           seconds)
 
 
 DECODE_BATCH_PIXELS = 1 << 22  # pixels of the files decode_files decodes together (memory: their images)

@@ -18,15 +18,16 @@ def _one_torch_thread():
 
 @pytest.fixture(scope="module")
 def model_only():
-    """api.encode_image, and so the CLI, with every plane coded by the model (fallback=False unless a
-    test says otherwise): for the tests of the model's coding, where the other methods
-    (codec/methods.py) would beat an untrained model."""
+    """api.encode_images and encode_image, and so the CLI and bench, with every plane coded by the
+    model (fallback=False unless a test says otherwise): for the tests of the model's coding, where
+    the other methods (codec/methods.py) would beat an untrained model."""
     import functools
 
     from snailcompress import api
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(api, "encode_image", functools.partial(api.encode_image, fallback=False))
+        for name in ("encode_images", "encode_image"):
+            patch.setattr(api, name, functools.partial(getattr(api, name), fallback=False))
         yield
 
 

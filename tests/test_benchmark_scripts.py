@@ -260,7 +260,7 @@ def test_gpu_checks_run_end_to_end_with_the_cpu_standing_in(tmp_path):
         crop.crop((32 * k, 0, 32 * k + 64, 64)).save(kodak / f"{name}.png")
     out = tmp_path / "gpu_checks.md"
     done = subprocess.run([sys.executable, str(BENCHMARKS / "gpu_checks.py"), "--device", "cpu", "--kodak", str(kodak),
-                           "--crop", "16", "--tiles", "2", "--throughput", "pixelsnail-tiny:1", "--no-compile",
+                           "--steps", "6", "--crop", "16", "--tiles", "2", "--throughput", "pixelsnail-tiny:1", "--no-compile",
                            "--out", str(out)], capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr + done.stdout
     report = out.read_text()
@@ -270,10 +270,12 @@ def test_gpu_checks_run_end_to_end_with_the_cpu_standing_in(tmp_path):
     small = [line for line in report.splitlines() if line.startswith("| per file | 2 |")]
     training = [line for line in report.splitlines() if line.startswith("| pixelsnail-tiny |")]
     assert len(small) == 1 and len(training) == 1 and "FAILED" not in report
+    steps = [line.strip("| ").split(" | ") for line in report.splitlines() if line.startswith(("| 96 |", "| 1536 |"))]
+    assert len(steps) == 2 and all(float(row[2]) > 0 and row[3] == "-" for row in steps)  # no CUDA graphs on a CPU
 
     # a part that fails is written down, the next part still runs, and the exit code says so
     broken = subprocess.run([sys.executable, str(BENCHMARKS / "gpu_checks.py"), "--device", "cpu", "--kodak", str(kodak),
-                             "--crop", "8", "--tiles", "1", "--throughput", "no-such-preset:1", "--no-compile",
+                             "--steps", "6", "--crop", "8", "--tiles", "1", "--throughput", "no-such-preset:1", "--no-compile",
                              "--out", str(out)], capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     report = out.read_text()
     assert broken.returncode == 1 and report.count("FAILED") == 1 and "**FAILED**: CalledProcessError" in report

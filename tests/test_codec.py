@@ -14,7 +14,6 @@ import os
 import struct
 import subprocess
 import sys
-import threading
 import zlib
 from pathlib import Path
 
@@ -288,6 +287,34 @@ def test_files_decoded_together_give_each_its_image_or_its_error(tiny_models):
     for image, result in zip(images[:4], results):
         assert same_image(result, image)
     assert isinstance(results[4], ModelError)
+
+
+@pytest.mark.parametrize("calibrate", [False, True])
+def test_images_encoded_together_give_each_the_file_it_gets_alone(tiny_models, calibrate, monkeypatch):
+    """api.encode_images: images of different modes and shapes, some alike (their planes coded in the
+    same network passes, coder.code_planes, across two batches of planes), each get the file they get
+    alone; calibrated planes (each with a network of its own) among them; an image whose model
+    cannot be had fails alone."""
+    monkeypatch.setattr(coder, "MAX_BATCH_TILES", 6)  # 9x11 in tiles of 8 has 2 slots: 3 planes a batch
+    images = [decompose(make_image(mode, h, w, "smooth", seed))
+              for seed, (mode, h, w) in enumerate([("RGB", 9, 11), ("RGB", 9, 11), ("L", 9, 11), ("RGBA", 9, 11),
+                                                   ("RGB", 9, 11), ("LA", 7, 5), ("RGB", 7, 5)])]
+    if calibrate:  # a correction for each gray plane: each then has a network of its own
+        from snailcompress.codec.calibration import Calibration
+        from snailcompress.mixture import num_params
+
+        outputs = num_params(1, zoo.load_model(TINY, channels=1).config.mixtures)
+        fixed = Calibration((0.0625,) * outputs, (0.0,) * outputs)
+        monkeypatch.setattr(api, "worth_trying", lambda config, pixels: pixels.shape[2] == 1)
+        monkeypatch.setattr(api, "calibration_for", lambda config, weights, plan, plane, net: (fixed, {}))
+    alone = [api.encode_image(image, tiny_models, tile=TILE, calibrate=calibrate, fallback=False) for image in images]
+    assert all(plane.method == "model" for snail in alone for plane in snail.planes)
+    assert any(plane.calibration for snail in alone for plane in snail.planes) == calibrate
+    together = api.encode_images(images, tiny_models, tile=TILE, calibrate=calibrate, fallback=False)
+    assert [C.write(snail) for snail in together] == [C.write(snail) for snail in alone]
+    unavailable = api.ModelChooser([TINY + "-no-such-model"])
+    failed = api.encode_images(images[:3], unavailable, tile=TILE, calibrate=False, fallback=False)
+    assert all(isinstance(result, ModelError) for result in failed)
 
 
 def test_many_files_load_each_model_once_and_fail_each_once(monkeypatch):
@@ -898,35 +925,30 @@ def test_cli_several_inputs(work):
     one_line_error(cli("encode", "a.png", "--tile", "0", "--model", TINY, "-q"), "--tile must be between")
 
 
-def test_cli_encodes_many_files_side_by_side_on_its_threads_as_one_thread_would(work, monkeypatch):
-    """--threads 2 with several files: files run on two threads, one file to each, and give the
-    bytes one thread gives, reported in input order, a bad file named in its place."""
-    for k in range(5):
-        make_image("RGB" if k % 2 else "L", 6 + k, 9, "random", k).save(work / f"m{k}.png")
+def test_cli_encodes_many_files_together_as_each_alone(work, monkeypatch):
+    """Several files are encoded together (api.encode_files: batches of about ENCODE_BATCH_PIXELS, the
+    planes of one shape and model in the same network passes): each file gets the bytes it gets when
+    encoded alone, in one batch or several, on one thread or two; reports come in input order, and a
+    bad file is named in its place."""
+    for k in range(6):
+        make_image("L" if k % 3 == 0 else "RGB", 7 + k % 2, 9, "random", k).save(work / f"m{k}.png")
     (work / "m2.png").write_bytes(b"not an image")
-    names = [f"m{k}.png" for k in range(5)]
-    threads = set()
-    encode_file = api.encode_file
-
-    def spy(*args, **kwargs):
-        threads.add(threading.current_thread().name.split("_")[0])
-        return encode_file(*args, **kwargs)
-
-    monkeypatch.setattr(api, "encode_file", spy)
-    try:
-        one = cli("encode", *names, "-o", "one/", "--model", TINY, "--tile", TILE, "--threads", 1)
-        assert threads == {"MainThread"}
-        two = cli("encode", *names, "-o", "two/", "--model", TINY, "--tile", TILE, "--threads", 2)
-        assert threads == {"MainThread", "snailcompress-files"}
-        assert torch.get_num_threads() == 2  # given back after the files
-    finally:
-        torch.set_num_threads(1)
-    assert one.exit_code == two.exit_code == 1
-    assert [line.split()[0] for line in two.stdout.splitlines()] == [line.split()[0] for line in one.stdout.splitlines()]
-    assert len(two.stdout.splitlines()) == 4 and "m2.png" in two.stderr and "m2.png" in one.stderr
-    assert listing(work / "two") == listing(work / "one") == [f"m{k}.snail" for k in (0, 1, 3, 4)]
-    for k in (0, 1, 3, 4):
-        assert (work / "two" / f"m{k}.snail").read_bytes() == (work / "one" / f"m{k}.snail").read_bytes()
+    names = [f"m{k}.png" for k in range(6)]
+    good = [k for k in range(6) if k != 2]
+    (work / "alone").mkdir()
+    for k in good:
+        assert cli("encode", f"m{k}.png", "-o", f"alone/m{k}.snail", "--model", TINY, "--tile", TILE, "-q").exit_code == 0
+    runs = {}
+    for batch_pixels, threads in [(api.ENCODE_BATCH_PIXELS, 1), (api.ENCODE_BATCH_PIXELS, 2), (150, 1)]:
+        monkeypatch.setattr(api, "ENCODE_BATCH_PIXELS", batch_pixels)
+        out = f"out-{batch_pixels}-{threads}"
+        runs[out] = r = cli("encode", *names, "-o", f"{out}/", "--model", TINY, "--tile", TILE, "--threads", threads)
+        assert r.exit_code == 1 and "m2.png" in r.stderr
+        assert [line.split()[0] for line in r.stdout.splitlines()] == [f"m{k}.png" for k in good]
+        assert listing(work / out) == [f"m{k}.snail" for k in good]
+        for k in good:
+            assert (work / out / f"m{k}.snail").read_bytes() == (work / "alone" / f"m{k}.snail").read_bytes(), (out, k)
+    torch.set_num_threads(1)
 
 
 def test_cli_batch_goes_on_past_bad_files_and_names_them(work):

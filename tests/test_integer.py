@@ -186,6 +186,22 @@ def _tables(net: IntegerPixelSNAIL, images: torch.Tensor) -> list[np.ndarray]:
     return [conditionals.tables(c, values[:, :c]) for c in range(images.shape[1])]
 
 
+def test_the_torch_step_never_waits_for_a_value_so_a_cuda_graph_can_replay_it():
+    """On a GPU the torch stepper's predict and commit are captured once as CUDA graphs and replayed
+    (network._Replay): nothing in them may read a value on the host (an .item(), a bool(), a boolean
+    mask's indices) or take a shape from one. On the meta device tensors hold no values, so any such
+    read raises here: restarts, waiting slots and slots at their window's end, as the decoder steps."""
+    net = _net(3).to("meta")
+    stepper = IntegerStepper(net, 3, 4, 5)
+    assert not stepper.compiled
+    for step in range(2 * 20):
+        if step == 25:
+            stepper.restart(np.array([True, False, True]))
+        params = stepper.predict()
+        assert params.device.type == "meta" and params.shape == (3, mixture.num_params(3, net.config.mixtures))
+        stepper.commit(np.full((3, 3), step % 256), np.array([True, step % 2 == 0, step < 19]))
+
+
 def test_tables_do_not_depend_on_threads_batch_composition_or_order():
     net = _net(3, "pixelsnail-small")
     images = _images(6, 3, 9, 11, seed=3)

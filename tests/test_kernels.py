@@ -438,14 +438,18 @@ class _TorchPath:
 
 def test_the_torch_path_codes_the_stream_of_the_compiled_one():
     """The coder driven by the torch code (tensors out of the full pass and the stepper, the GPU's
-    path) writes the stream of the compiled kernels (numpy arrays) and decodes it, either way."""
+    path) writes the streams of the compiled kernels (numpy arrays), of one plane and of three coded
+    together, and decodes them, either way."""
     net = IntegerPixelSNAIL.convert(load_model("snail-rgb").model)
     rng = np.random.default_rng(11)
-    plane = np.clip(rng.integers(-20, 21, (11, 13, 3)).cumsum(axis=1) + 128, 0, 255).astype(np.uint8)
-    words, _ = coder.code_plane(net, plane, (4, 4), (2, 2), band=2)
-    torch_words, _ = coder.code_plane(_TorchPath(net), plane, (4, 4), (2, 2), band=2)
+    planes = [np.clip(rng.integers(-20, 21, (11, 13, 3)).cumsum(axis=1) + 128, 0, 255).astype(np.uint8) for _ in range(3)]
+    words, _ = coder.code_plane(net, planes[0], (4, 4), (2, 2), band=2)
+    torch_words, _ = coder.code_plane(_TorchPath(net), planes[0], (4, 4), (2, 2), band=2)
     assert np.array_equal(torch_words, words)
-    assert np.array_equal(coder.decode_plane(_TorchPath(net), words, 11, 13, 3, (4, 4), (2, 2), band=2), plane)
+    assert np.array_equal(coder.decode_plane(_TorchPath(net), words, 11, 13, 3, (4, 4), (2, 2), band=2), planes[0])
+    together, _ = coder.code_planes(_TorchPath(net), planes, (4, 4), (2, 2), band=2)
+    assert np.array_equal(together[0], words)
+    assert all(np.array_equal(a, b) for a, b in zip(together, coder.code_planes(net, planes, (4, 4), (2, 2), band=2)[0]))
 
 
 @pytest.mark.parametrize("threads, chunk", [(1, 64), (2, 5), (3, 1)])
@@ -549,23 +553,6 @@ def test_a_failing_decoding_loop_raises_and_its_threads_decode_again(torch_threa
     assert np.array_equal(coder.decode_plane(net, words, 6, 7, 3, (4, 4), (2, 2), band=2), plane)
 
 
-def test_files_side_by_side_take_the_threads_torch_had(monkeypatch):
-    """With no --threads set (library use), one_per_thread runs as many files at once as torch has
-    threads, counted before the files' kernels take them (and torch is given one)."""
-    import threading
-    import time
-
-    from snailcompress import api, threads
-
-    monkeypatch.setattr(threads, "_count", None)
-    torch.set_num_threads(2)
-    try:
-        names = list(api.one_per_thread(lambda item: time.sleep(0.1) or threading.current_thread().name, range(4)))
-    finally:
-        torch.set_num_threads(1)
-    assert len(set(names)) == 2
-
-
 def test_kernels_leave_the_thread_count_alone():
     """--threads sets torch's threads; a kernel must not change them (numba's OpenMP layer would)."""
     torch.set_num_threads(1)
@@ -584,32 +571,32 @@ def _mark_rows(first, step, rows, fail_at):
 
 
 @pytest.mark.parametrize("threads", [2, 3])
-def test_split_does_every_row_once_and_hands_back_a_workers_error(threads):
+def test_split_does_every_row_once_and_hands_back_a_workers_error(threads, monkeypatch):
     """_split's workers: every row done once on any thread count; an error in a worker's share
     reaches the caller (not a hang, not a silent gap), and the workers still serve after it."""
     rows = np.zeros(10, np.int64)
-    with kernels.take_threads(threads):
-        kernels._split(_mark_rows, len(rows), rows, -1)
-        assert rows.tolist() == [1] * 10
-        with pytest.raises(ValueError, match="row 1"):  # row 1 is the first worker's
-            kernels._split(_mark_rows, len(rows), rows, 1)
-        rows[:] = 0
-        kernels._split(_mark_rows, len(rows), rows, -1)
-        assert rows.tolist() == [1] * 10
+    monkeypatch.setattr(kernels, "_threads", threads)
+    kernels._split(_mark_rows, len(rows), rows, -1)
+    assert rows.tolist() == [1] * 10
+    with pytest.raises(ValueError, match="row 1"):  # row 1 is the first worker's
+        kernels._split(_mark_rows, len(rows), rows, 1)
+    rows[:] = 0
+    kernels._split(_mark_rows, len(rows), rows, -1)
+    assert rows.tolist() == [1] * 10
 
 
-def test_split_from_two_threads_at_once_gives_both_their_rows():
+def test_split_from_two_threads_at_once_gives_both_their_rows(monkeypatch):
     """A second caller while the workers are busy runs its rows itself: both get every row."""
     import threading
 
     results = [np.zeros(64, np.int64) for _ in range(4)]
-    with kernels.take_threads(2):
-        callers = [threading.Thread(target=lambda r=r: [kernels._split(_mark_rows, len(r), r, -1) for _ in range(50)])
-                   for r in results]
-        for caller in callers:
-            caller.start()
-        for caller in callers:
-            caller.join()
+    monkeypatch.setattr(kernels, "_threads", 2)
+    callers = [threading.Thread(target=lambda r=r: [kernels._split(_mark_rows, len(r), r, -1) for _ in range(50)])
+               for r in results]
+    for caller in callers:
+        caller.start()
+    for caller in callers:
+        caller.join()
     assert all(r.tolist() == [50] * 64 for r in results)
 
 

@@ -20,8 +20,9 @@ one file per image; no one-stream row and no mosaic, which are for sets of small
 `crops`, a folder gives crop x crop tiles (data_options crop, scales, holdout) like any data set.
 
 * "per file": each of the first `coded_limit` images is its own .snail file (every header byte
-  counted), decoded with api.decode_image. For small images: coded alone as one tile through
-  api.encode_image / container.write, without the codec's per-image calibration
+  counted), all encoded together (api.encode_images, as `snailcompress encode` codes many files) and
+  decoded together (api.decode_images). For small images: coded alone as one tile, without the
+  codec's per-image calibration
   (codec/calibration.py), so that the files measure the model, as its NLL row does.
 * "one stream": all N images in one range-coder stream, in chunks of at most `chunk` images, each a
   row of images side by side coded as one plane (coder.code_plane, tiles the size of an image, no
@@ -71,7 +72,7 @@ from ..codec.coder import CodingProgress, StreamDecoder, code_plane, coding_step
 from ..codec.images import DecomposedImage, same_image
 from ..data import ArrayDataset, load_split
 from ..data.folder import MODE_OF, whole_images
-from ..errors import ChannelCountError, DatasetError, ModelError, UsageError
+from ..errors import ChannelCountError, DatasetError, ModelError, SnailError, UsageError
 from ..evaluate import evaluate, tiled_nll_bits
 from ..models.pixelsnail import PixelSNAIL
 from ..models.presets import PRESETS
@@ -313,29 +314,47 @@ def _coded_row(loaded: LoadedModel, coding: str, n: int, of: int, subpixels: int
     }
 
 
-def _one_tile_file(image: DecomposedImage, chooser: api.ModelChooser) -> bytes:
-    """A small image's .snail file: coded alone as one tile by the model (no calibration, no stored or
-    deflated plane: the row measures the model; the module docstring)."""
-    return container.write(api.encode_image(image, chooser, tile=max(image.height, image.width), calibrate=False,
-                                            fallback=False))
+def _files(images: Sequence[DecomposedImage], chooser: api.ModelChooser, progress: bool, **options) -> list[bytes]:
+    """The images' .snail files, encoded together (api.encode_images, as `snailcompress encode` codes
+    many files) with these options."""
+    files = []
+    for snail in api.encode_images(images, chooser, progress=progress, **options):
+        if isinstance(snail, SnailError):
+            raise snail
+        files.append(container.write(snail))
+    return files
+
+
+def _whole_files(images: Sequence[DecomposedImage], chooser: api.ModelChooser, progress: bool) -> list[bytes]:
+    """Whole images' .snail files as `snailcompress encode` writes them (default tiles, context and calibration)."""
+    return _files(images, chooser, progress)
+
+
+def _one_tile_files(images: Sequence[DecomposedImage], chooser: api.ModelChooser, progress: bool) -> list[bytes]:
+    """Small images' .snail files: each coded alone as one tile by the model (no calibration, no stored
+    or deflated plane: the row measures the model; the module docstring), those of one size together."""
+    files: list = [None] * len(images)
+    by_tile: dict[int, list[int]] = {}
+    for k, image in enumerate(images):
+        by_tile.setdefault(max(image.height, image.width), []).append(k)
+    for tile, members in by_tile.items():
+        coded = _files([images[k] for k in members], chooser, progress, tile=tile, calibrate=False, fallback=False)
+        for k, data in zip(members, coded):
+            files[k] = data
+    return files
 
 
 def _per_file_row(loaded: LoadedModel, images: Sequence[np.ndarray], opts: BenchOptions, of: int,
-                  encode: Callable[[DecomposedImage, api.ModelChooser], bytes]) -> tuple[dict, np.ndarray]:
+                  encode: Callable[[Sequence[DecomposedImage], api.ModelChooser, bool], list[bytes]]) -> tuple[dict, np.ndarray]:
     """Each image (H, W, C) its own .snail file, `encode`d as `snailcompress encode` codes many files
-    (side by side on the threads), then decoded as `snailcompress decode` decodes them (api.decode_images,
-    together) and compared; the first of `of` images."""
+    (together), then decoded as `snailcompress decode` decodes them (api.decode_images, together) and
+    compared; the first of `of` images."""
     n = len(images)
     chooser = _OneModel(loaded, opts.device)
     originals = [_as_image(pixels) for pixels in images]
     subpixels = np.array([pixels.size for pixels in images])
-    files = []
     t0 = time.perf_counter()
-    as_encode_does = api.one_per_thread if api.side_by_side(n, chooser.device) else map
-    coded = as_encode_does(lambda image: encode(image, chooser), originals)
-    for data in tqdm(coded, total=n, desc=f"{loaded.name} per file: encode", unit="file", disable=not opts.progress,
-                     leave=False):
-        files.append(data)
+    files = encode(originals, chooser, opts.progress)
     t1 = time.perf_counter()
     decoded = api.decode_images([container.read(data) for data in files], chooser, progress=opts.progress)
     decode_s = time.perf_counter() - t1
@@ -484,7 +503,7 @@ def run_benchmark(opts: BenchOptions, log: Callable[[str], None] = print) -> Ben
         # the encoder's calibration runs on the CPU
         loaded = LoadedModel(loaded.name, loaded.model_id, loaded.metadata, loaded.config, model=cpu_model(loaded.model))
         if coded:
-            encode = api.encode_bytes if whole else _one_tile_file
+            encode = _whole_files if whole else _one_tile_files
             row, values = _per_file_row(loaded, images[:coded], opts, n, encode)
             rows.append(row)
             per_image[row["method"]] = values

@@ -17,7 +17,9 @@ above and columns to its left that it may see. Stream layout (what the decoder's
 for each batch of slots (`WindowPlan.slot_groups`), for each step, for each channel, the symbols of
 the slots whose window codes a real pixel there (context and padding are never coded), in slot
 order. One stream per plane (queue order), or several planes appended to one stream (the
-benchmark's images, side by side in one row, see bench/harness.py).
+benchmark's images, side by side in one row, see bench/harness.py). Planes of one shape, each with
+its own stream, are encoded (`code_planes`) and decoded (`decode_planes`) together: every one has
+the same schedule, so the network runs on all of them at once.
 """
 
 from __future__ import annotations
@@ -189,47 +191,79 @@ def _encode_symbols(encoder, symbols: np.ndarray, start: np.ndarray, count: np.n
 
 
 class _WindowRing:
-    """The (value, start, count) of every subpixel of the windows a batch of slots is coding: the
-    windows of one chunk of steps and those still running from the last, `depth` per slot, each
-    computed once by the full forward pass and overwritten when its slot has moved on."""
+    """The (value, start, count) of every subpixel of the windows a batch of slots is coding, in
+    each of K planes: the windows of one chunk of steps and those still running from the last,
+    `depth` per slot, each computed once by the full forward pass and overwritten when its slot has
+    moved on. Arrays (K, slots, depth, positions, C)."""
 
-    def __init__(self, slots: int, depth: int, positions: int, channels: int):
+    def __init__(self, planes: int, slots: int, depth: int, positions: int, channels: int):
         self.depth = depth
-        self.held = np.full((slots, depth), -1)  # which window number each place holds
-        self.values = np.zeros((slots, depth, positions, channels), np.uint8)
-        self.start = np.zeros((slots, depth, positions, channels), np.int32)  # counts are below 2**24
-        self.count = np.zeros((slots, depth, positions, channels), np.int32)
+        self.held = np.full((slots, depth), -1)  # which window number each place holds (the same in every plane)
+        shape = (planes, slots, depth, positions, channels)
+        self.values = np.zeros(shape, np.uint8)
+        self.start = np.zeros(shape, np.int32)  # counts are below 2**24
+        self.count = np.zeros(shape, np.int32)
 
-    def fill(self, net, plan: WindowPlan, canvas: np.ndarray, slots: np.ndarray, slot: np.ndarray,
+    def fill(self, net, plan: WindowPlan, canvases: np.ndarray, slots: np.ndarray, slot: np.ndarray,
              window: np.ndarray, progress=None, kept: dict | None = None) -> None:
-        """Compute the windows (slot, window number) not held yet; those whose features are in `kept`
-        (by window row and column) are taken from it."""
+        """Compute the windows (slot, window number) not held yet, in every plane, in one forward pass;
+        those whose features are in `kept` (one plane: by window row and column) are taken from it."""
         place = window % self.depth
         missing = self.held[slot, place] != window
         slot, window, place = slot[missing], window[missing], place[missing]
         if not len(slot):
             return
-        rows, cols = slots[slot, 0] + window, slots[slot, 1]
-        pixels, coded = plan.windows_at(canvas, rows, cols)
+        planes = len(canvases)
+        rows, cols = np.tile(slots[slot, 0] + window, planes), np.tile(slots[slot, 1], planes)
+        pixels, coded = plan.windows_at(canvases, rows, cols, np.repeat(np.arange(planes), len(slot)))
         taken = [kept.pop((i, j), None) for i, j in zip(rows.tolist(), cols.tolist())] if kept else None
         start, count = symbol_bounds(net, pixels, coded, progress, taken)
-        flat = coded.reshape(len(slot), -1)
+        flat = coded.reshape(len(coded), -1)
         for array, known in ((self.values, pixels.reshape(*pixels.shape[:2], -1).transpose(0, 2, 1)[flat]),
                              (self.start, start), (self.count, count)):
-            dense = np.zeros((len(slot), flat.shape[1], array.shape[-1]), array.dtype)
+            dense = np.zeros((len(coded), flat.shape[1], array.shape[-1]), array.dtype)
             dense[flat] = known
-            array[slot, place] = dense
+            array[:, slot, place] = dense.reshape(planes, len(slot), *dense.shape[1:])
         self.held[slot, place] = window
 
 
-def _encode_batch(net, plan: WindowPlan, canvas: np.ndarray, slots: np.ndarray, encoder, progress=None,
+class _PlaneStreams:
+    """Each plane's symbols in its stream's order, gathered chunk by chunk and range-coded into its
+    encoder in as few calls as memory allows: once for each of a batch of small planes, every
+    PLANE_SYMBOLS for a large one."""
+
+    PLANE_SYMBOLS = 1 << 18  # a plane's symbols coded in one call at most (its tables' temporaries: some 12 MB)
+
+    def __init__(self, encoders: list):
+        self.encoders = encoders
+        self.pieces: list[tuple[np.ndarray, ...]] = []  # (K, m) values, start, count
+        self.gathered = 0  # symbols of each plane in `pieces`
+
+    def add(self, values: np.ndarray, start: np.ndarray, count: np.ndarray) -> None:
+        self.pieces.append((values, start, count))
+        self.gathered += values.shape[1]
+        if self.gathered >= self.PLANE_SYMBOLS:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pieces:
+            values, start, count = (np.concatenate(arrays, axis=1) for arrays in zip(*self.pieces))
+            for k, encoder in enumerate(self.encoders):
+                _encode_symbols(encoder, values[k], start[k], count[k])
+        self.pieces, self.gathered = [], 0
+
+
+def _encode_batch(net, plan: WindowPlan, canvases: np.ndarray, slots: np.ndarray, encoders: list, progress=None,
                   kept: dict | None = None) -> None:
-    """Encode one batch of window slots in the decoder's order, a chunk of steps at a time: per step,
-    per channel, the symbols of the slots that code a pixel there, in slot order."""
+    """Encode one batch of window slots of K planes of one shape (canvases (K, H', W', C)), each into
+    its own encoder, in the decoder's order, a chunk of steps at a time: per step, per channel, the
+    symbols of the slots that code a pixel there, in slot order. Every plane has the same schedule,
+    so the network runs on all of them at once and one ordering serves them all."""
     start, count = plan.slot_schedule(slots)
-    total, channels = batch_steps(plan, start, count), canvas.shape[2]
-    chunk = max(1, ENCODE_CHUNK_PIXELS // len(slots))  # steps per chunk
-    ring = _WindowRing(len(slots), (chunk - 1) // plan.positions + 2, plan.positions, channels)
+    planes, total, channels = len(canvases), batch_steps(plan, start, count), canvases.shape[3]
+    chunk = max(1, ENCODE_CHUNK_PIXELS // (planes * len(slots)))  # steps per chunk
+    ring = _WindowRing(planes, len(slots), (chunk - 1) // plan.positions + 2, plan.positions, channels)
+    streams = _PlaneStreams(encoders)
     for first in range(0, total, chunk):
         active, window, position, coded = schedule(plan, slots, start, count, np.arange(first, min(first + chunk, total)))
         running = np.nonzero(active.any(axis=0))[0]
@@ -239,13 +273,13 @@ def _encode_batch(net, plan: WindowPlan, canvas: np.ndarray, slots: np.ndarray, 
         spans = highest - lowest + 1
         slot = np.repeat(running, spans)
         number = np.repeat(lowest, spans) + np.arange(spans.sum()) - np.repeat(np.cumsum(spans) - spans, spans)
-        ring.fill(net, plan, canvas, slots, slot, number, progress, kept)
+        ring.fill(net, plan, canvases, slots, slot, number, progress, kept)
         step, slot = np.nonzero(coded)  # by step, then slot: the stream's order of pixels
-        where = (slot, window[step, slot] % ring.depth, position[step, slot])
+        where = (slice(None), slot, window[step, slot] % ring.depth, position[step, slot])
         # within a step the channels come one after the other: order by (step, channel, slot)
         order = np.argsort(np.repeat(step, channels) * channels + np.tile(np.arange(channels), len(step)), kind="stable")
-        pick = lambda array: array[where].reshape(-1)[order]
-        _encode_symbols(encoder, pick(ring.values), pick(ring.start), pick(ring.count))
+        streams.add(*(array[where].reshape(planes, -1)[:, order] for array in (ring.values, ring.start, ring.count)))
+    streams.flush()
 
 
 def code_plane(net, plane: np.ndarray, tile: tuple[int, int], context: tuple[int, int] = (0, 0), band: int = 1,
@@ -260,13 +294,28 @@ def code_plane(net, plane: np.ndarray, tile: tuple[int, int], context: tuple[int
     `kept`: the features (H * W, F) of some windows, by (window row, window column), that the
     calibration computed (codec/calibration.py): not computed again; taken out of the dict as used.
     """
-    plan = WindowPlan.for_image(plane.shape[0], plane.shape[1], tile, context, band)
-    canvas = plan.canvas(plane)
-    encoder = encoder if encoder is not None else constriction.stream.queue.RangeEncoder()
-    with _progress(progress, plan.rows * plan.cols, "encode", "window") as bar:
-        for slots in plan.slot_groups(MAX_BATCH_TILES):
-            _encode_batch(net, plan, canvas, slots, encoder, bar, kept)
-    return encoder.get_compressed(), plan
+    words, plan = code_planes(net, [plane], tile, context, band, progress, [encoder] if encoder is not None else None, kept)
+    return words[0], plan
+
+
+def code_planes(net, planes: list[np.ndarray], tile: tuple[int, int], context: tuple[int, int] = (0, 0),
+                band: int = 1, progress=False, encoders: list | None = None, kept: dict | None = None):
+    """Encode planes of one shape, each into its own stream (code_plane's, for each), the network's
+    work for all of them at once: as many planes a batch as decode_planes steps together (many small
+    images encode many times faster than one by one, on a GPU most of all). Returns (the words of
+    each, plan). `encoders`, `kept` (one plane only): see code_plane."""
+    if kept and len(planes) != 1:
+        raise ValueError("kept features are one plane's")
+    plan = WindowPlan.for_image(planes[0].shape[0], planes[0].shape[1], tile, context, band)
+    encoders = encoders or [constriction.stream.queue.RangeEncoder() for _ in planes]
+    groups = plan.slot_groups(MAX_BATCH_TILES)
+    per_batch = max(1, MAX_BATCH_TILES // max(len(slots) for slots in groups))  # as decode_planes
+    with _progress(progress, plan.rows * plan.cols * len(planes), "encode", "window") as bar:
+        for first in range(0, len(planes), per_batch):
+            canvases = np.stack([plan.canvas(plane) for plane in planes[first : first + per_batch]])
+            for slots in groups:
+                _encode_batch(net, plan, canvases, slots, encoders[first : first + per_batch], bar, kept)
+    return [encoder.get_compressed() for encoder in encoders], plan
 
 
 # ---------------------------------------------------------------------------------------------
@@ -367,19 +416,13 @@ def _decode_batch(net, plan: WindowPlan, canvases: np.ndarray, slots: np.ndarray
             params = stepper.predict(active[s])  # the running slots, coding or not (their context feeds later steps)
             rows, bits = np.flatnonzero(coded[s]), 0.0
             if len(rows):
-                mine = params if len(rows) == len(params) else params[_index(params, rows)]
                 known = values[rows].astype(np.int64)
-                bits = streams.decode(_numpy(mine), known)
+                bits = streams.decode(_numpy(params)[rows], known)  # all rows copied: one copy from a device
                 values[rows] = known
                 canvases[plane[rows], y[s, rows], x[s, rows]] = values[rows]
             stepper.commit(values, advance[s])
             if progress is not None:
                 progress.step(bits, len(rows) * channels)
-
-
-def _index(array, rows: np.ndarray):
-    """rows as an index of `array`: numpy's, or a tensor on the array's device."""
-    return rows if isinstance(array, np.ndarray) else torch.from_numpy(rows).to(array.device)
 
 
 def _kernel_threads(net):

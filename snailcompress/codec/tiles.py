@@ -120,14 +120,16 @@ class WindowPlan:
         start = slots[:, 1] * self.win_w if self.left else np.zeros(len(slots), int)
         return start, np.minimum(self.band, self.rows - slots[:, 0])
 
-    def windows_at(self, canvas: np.ndarray, i: np.ndarray, j: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Windows (i, j) of a canvas as (n, C, win_h, win_w), and which pixels each codes. Reads
-        padding from the nearest real pixel (as the coder does), so a decoder's canvas, where only
-        coded pixels are written, gives what the encoder's gives once those windows are coded."""
+    def windows_at(self, canvas: np.ndarray, i: np.ndarray, j: np.ndarray, k: np.ndarray | None = None):
+        """Windows (i, j) of a canvas (H', W', C), or of canvases (K, H', W', C), window n of canvas
+        k[n], as (n, C, win_h, win_w), and which pixels each codes. Reads padding from the nearest
+        real pixel (as the coder does), so a decoder's canvas, where only coded pixels are written,
+        gives what the encoder's gives once those windows are coded."""
         r, c = np.mgrid[0 : self.win_h, 0 : self.win_w]
         rows = np.minimum(self.top(i)[:, None] + np.arange(self.win_h), self.height - 1)
         cols = np.minimum((j * self.tile_w)[:, None] + np.arange(self.win_w), self.width - 1)
-        pixels = canvas[rows[:, :, None], cols[:, None, :]].transpose(0, 3, 1, 2)
+        at = (rows[:, :, None], cols[:, None, :]) if k is None else (k[:, None, None], rows[:, :, None], cols[:, None, :])
+        pixels = canvas[at].transpose(0, 3, 1, 2)
         return np.ascontiguousarray(pixels), self.owns(i[:, None, None], j[:, None, None], r, c)
 
     def windows(self, plane: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

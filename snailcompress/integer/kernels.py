@@ -304,12 +304,11 @@ _threads = 0  # the kernels' threads while a decoder holds them (take_threads), 
 
 
 @contextmanager
-def take_threads(kernel_threads: int | None = None):
-    """For a decoding loop: the kernels run on `kernel_threads` threads (default: coding's number)
-    and torch on one: its OpenMP threads, spinning after each of its operations, would take the
-    cores the kernels' threads need. Torch not imported yet starts on one (OMP_NUM_THREADS) if
-    something imports it meanwhile, and gets coding's number after. Inside a holder (files coded side
-    by side, one_per_thread), the holder's count stands."""
+def take_threads():
+    """For a decoding loop: the kernels run on coding's number of threads and torch on one: its
+    OpenMP threads, spinning after each of its operations, would take the cores the kernels' threads
+    need. Torch not imported yet starts on one (OMP_NUM_THREADS) if something imports it meanwhile,
+    and gets coding's number after. Inside a holder, the holder's count stands."""
     global _threads
     if _threads:
         yield
@@ -317,7 +316,7 @@ def take_threads(kernel_threads: int | None = None):
     count = _threads_setting.threads()
     torch, environment = sys.modules.get("torch"), os.environ.get("OMP_NUM_THREADS")
     restore = torch.get_num_threads() if torch is not None else count
-    _threads = kernel_threads or count
+    _threads = count
     if torch is not None:
         torch.set_num_threads(1)
     else:

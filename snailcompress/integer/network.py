@@ -16,7 +16,8 @@ The network runs in two ways that give identical integers (arithmetic.py explain
 * `stepper(batch, h, w)`: one position at a time with cached rows and keys/values (as
   models/stepper.py does in float): the decoder. On the CPU each step is one compiled call
   (kernels.py), and the decoder runs a chunk of steps, its searches included, as one (`decode`);
-  the same integers as the torch code here, which is the reference and the GPU's path.
+  the same integers as the torch code here, which is the reference and the GPU's path (there each
+  predict and commit is captured once as a CUDA graph and replayed: `_Replay`).
 
 On the CPU both take and give numpy arrays and never import torch (a coding command's start-up is
 otherwise mostly torch's import); on another device the torch code runs and gives tensors there.
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -395,21 +397,19 @@ def _causal_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
     return out
 
 
-def step_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+def step_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, position: torch.Tensor,
+                   t: dict | None = None) -> torch.Tensor:
     """One position of the attention for a batch of slots, in torch (the reference; kernels.attend
     is the compiled step's): query (B, dk), keys (B, dk, n), values (B, dv, n), each slot attending to its own
-    positions before `position` (B,); a slot at position 0 gets 0. -> (B, dv) float64."""
-    longest = int(position.max())
-    if longest == 0:
-        return torch.zeros(len(query), values.shape[1], dtype=torch.float64, device=query.device)
-    logits = torch.bmm(query.unsqueeze(1), keys[:, :, :longest].double())  # (B, 1, p)
-    waiting = bool((position < longest).any())
-    if waiting:  # slots behind the others: their later positions are not theirs
-        later = torch.arange(longest, device=query.device) >= position.unsqueeze(1)
-        logits.masked_fill_(later.unsqueeze(1), _MASKED)
-    weights = _attention_weights(logits, ar.on(str(query.device)))
-    out = _normalise(torch.bmm(weights, values[:, :, :longest].transpose(1, 2).double()), weights.sum(dim=-1, keepdim=True)).squeeze(1)
-    return out.masked_fill_((position == 0).unsqueeze(1), 0.0) if waiting else out
+    positions before `position` (B,); a slot at position 0 gets 0. -> (B, dv) float64. Over all n
+    positions, the later ones masked (their weight is 0), so that nothing depends on the positions'
+    values but the arithmetic: no shape, no branch, nothing the host must wait for (a CUDA graph
+    replays it as captured)."""
+    logits = torch.bmm(query.unsqueeze(1), keys.double())  # (B, 1, n)
+    later = torch.arange(keys.shape[2], device=query.device) >= position.unsqueeze(1)
+    weights = _attention_weights(logits.masked_fill_(later.unsqueeze(1), _MASKED), t or ar.on(str(query.device)))
+    out = _normalise(torch.bmm(weights, values.transpose(1, 2).double()), weights.sum(dim=-1, keepdim=True)).squeeze(1)
+    return out.masked_fill_((position == 0).unsqueeze(1), 0.0)  # all masked: every weight was the largest
 
 
 # ---------------------------------------------------------------------------------------------
@@ -420,7 +420,10 @@ class IntegerStepper:
     """The integer network one position at a time for a batch of windows (the interface of
     models/stepper.py: predict(), commit(values, advance), restart(slots)); each slot has its own
     position. Gives exactly the integers of `IntegerPixelSNAIL.forward` at every position. Compiled,
-    a commit's work is done at the start of the next predict (or restart), in the same call.
+    a commit's work is done at the start of the next predict (or restart), in the same call. In
+    torch, a predict and a commit each read and write only tensors that stay where they are (the
+    state below and the commit's input buffers), with no shape or branch that depends on their
+    values: on a CUDA device each is captured once as a CUDA graph and replayed (`_Replay`).
 
     A slot may wait at its position for any number of steps: a step that does not move a slot on
     changes nothing that its later steps read (they write again whatever it wrote first). So
@@ -432,10 +435,13 @@ class IntegerStepper:
     the window's row); and each block's keys and values at every position so far, channel by channel
     ((dk, n) and (dv, n) a slot: the compiled attention's loops run along positions)."""
 
-    def __init__(self, net: IntegerPixelSNAIL, batch: int, height: int, width: int, compiled: bool | None = None):
+    def __init__(self, net: IntegerPixelSNAIL, batch: int, height: int, width: int, compiled: bool | None = None,
+                 cuda_graphs: bool = True):
         """`compiled`: run each step as one compiled call (integer/kernels.py; the default on the
         CPU) instead of torch operations; the same integers either way. Keys, values and the row
-        caches are then stored as float32, exact for these integers (below 2**20 in magnitude)."""
+        caches are then stored as float32, exact for these integers (below 2**20 in magnitude).
+        `cuda_graphs`: on a CUDA device, replay each predict and commit as a CUDA graph (else launch
+        their operations one by one; the same integers)."""
         cfg, device = net.config, net.device
         self.compiled = device == "cpu" if compiled is None else compiled
         if self.compiled and device != "cpu":
@@ -462,6 +468,13 @@ class IntegerStepper:
             self.t = ar.on(device)
             self.rows, self.cols = (torch.from_numpy(a).to(device) for a in (self.rows, self.cols))
             self._slots = torch.arange(batch, device=device)
+            self._commit_values = zeros(batch, cfg.channels, dtype="int64")  # what commit() hands its step
+            self._commit_advance = zeros(batch, dtype="int64")
+            state = [self.position, self.caches, self.keys, self.values, self.features, self.pixels,
+                     self._commit_values, self._commit_advance]
+            captured = cuda_graphs and torch.device(device).type == "cuda"
+            self._predict_step, self._commit_step = _Replay.pair(self._predict_tensors, self._commit_tensors, state,
+                                                                 device if captured else None)
 
     def restart(self, slots: np.ndarray) -> None:
         """Start these slots (a boolean mask) on a new window. Only the row caches' odd rows are
@@ -470,31 +483,38 @@ class IntegerStepper:
         padding, each row's left edge), as in the first window."""
         self._commit_pending()
         slots = np.asarray(slots, np.bool_)
-        if not self.compiled:
-            slots = torch.from_numpy(slots).to(self.device)
-        self.position[slots] = 0
-        self.caches.reshape(len(self.caches), self.batch, 2, -1)[:, slots, 1] = 0.0
+        if self.compiled:
+            self.position[slots] = 0
+            self.caches.reshape(len(self.caches), self.batch, 2, -1)[:, slots, 1] = 0.0
+            return
+        mask = torch.from_numpy(slots).to(self.device)  # a mask, not indices: nothing to wait for
+        self.position.masked_fill_(mask, 0)
+        self.caches.view(len(self.caches), self.batch, 2, -1)[:, :, 1].masked_fill_(mask.unsqueeze(1), 0.0)
 
     def predict(self, slots: np.ndarray | None = None):
         """Mixture parameters (B, K), Q.12, of the pixel at each slot's position: a numpy array
-        compiled, else a tensor on the device. `slots`: a boolean mask (B,) of the slots whose
+        compiled, else a tensor on the device (a CUDA graph's: the next predict overwrites it). `slots`: a boolean mask (B,) of the slots whose
         parameters are wanted (default: all); compiled, only those are stepped and the other rows
         are 0 (torch steps every slot). Only those may move on at the commit that follows."""
         self._stepped = np.ones(self.batch, np.bool_) if slots is None else np.asarray(slots, np.bool_)
         if self.compiled:
             return self._compiled_step(predict=True)
-        self._where()
-        net = self.net
-        above = net.input_above(self.pixels.index_select(0, self._pixels_above).view(self.batch, -1))
-        left = net.input_left(self.pixels.index_select(0, self._pixels_left).view(self.batch, -1))
-        ul = ar.clamp_activation(above * (self._i > 0).unsqueeze(1) + left * (self._j > 0).unsqueeze(1))
+        return self._predict_step()
+
+    def _predict_tensors(self) -> torch.Tensor:
+        """predict() in torch: every slot's parameters (B, K) at its position."""
+        net, where = self.net, self._where()
+        above = net.input_above(self.pixels.index_select(0, where.pixels_above).view(self.batch, -1))
+        left = net.input_left(self.pixels.index_select(0, where.pixels_left).view(self.batch, -1))
+        ul = ar.clamp_activation(above * (where.i > 0).unsqueeze(1) + left * (where.j > 0).unsqueeze(1))
         for b, block in enumerate(net.blocks):
             for r, resnet in enumerate(block["resnets"]):
                 pair = 2 * (b * len(block["resnets"]) + r)
-                ul = resnet.forward(ul, self.t, window=lambda which, h, pair=pair: self._window(self.caches[pair + which], h))
+                ul = resnet.forward(ul, self.t, window=lambda which, h, pair=pair: where.window(self.caches[pair + which], h))
             self.features[b] = ul
-            query = block["q_proj"](block["q_resnet"].forward(torch.cat([ul, self._background], 1), self.t))
-            ul = block["out_resnet"].forward(ul, self.t, aux=step_attention(query, self.keys[b], self.values[b], self.position))
+            query = block["q_proj"](block["q_resnet"].forward(torch.cat([ul, where.background], 1), self.t))
+            attended = step_attention(query, self.keys[b], self.values[b], self.position, self.t)
+            ul = block["out_resnet"].forward(ul, self.t, aux=attended)
         return net.head(ar.elu(ul, self.t))
 
     def decode(self, schedule: tuple[np.ndarray, ...], canvases: np.ndarray, streams: tuple[np.ndarray, ...]) -> np.ndarray:
@@ -531,24 +551,8 @@ class IntegerStepper:
         """What the compiled step reads and changes (integer/kernels.py)."""
         return self.position, self.pixels, self.caches, self.keys, self.values, self.features, self.rows, self.cols
 
-    def _where(self):
-        width, height = self.width, self.height
-        i, j = self.position // width, self.position % width
-        slots = self._slots
-        current = (slots * 2 + i % 2) * (width + 1)
-        previous = (slots * 2 + (i + 1) % 2) * (width + 1)
-        self._row_write = current + j + 1
-        self._row_read = torch.stack([previous + j, previous + j + 1, current + j, current + j + 1], 1).view(-1)
-        base = slots * (height + 1) * (width + 2) + i * (width + 2) + j
-        self._pixels_above = torch.stack([base, base + 1, base + 2], 1).view(-1)
-        self._pixels_left = torch.stack([base, base + width + 2], 1).view(-1)
-        self._pixel_write = base + width + 3
-        self._background = torch.stack([self.rows[i], self.cols[j]], 1)
-        self._i, self._j = i, j
-
-    def _window(self, cache: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-        cache.index_copy_(0, self._row_write, value)
-        return cache.index_select(0, self._row_read).view(self.batch, -1)
+    def _where(self) -> _Where:
+        return _Where(self.position, self._slots, self.rows, self.cols, self.height, self.width)
 
     def commit(self, values: np.ndarray, advance: np.ndarray | None = None) -> None:
         """Pixel values (B, C) 0..255 at each slot's position; slots in `advance` (B,) move on (only
@@ -559,15 +563,93 @@ class IntegerStepper:
         moving = np.ones(self.batch, np.int64) if advance is None else np.asarray(advance).astype(np.int64)
         if moving[~stepped].any():
             raise ValueError("a slot that predict() did not step cannot move on")
+        values = np.asarray(values).astype(np.int64)
         if self.compiled:  # done at the start of the next predict or restart, in the same compiled call
-            self._pending = (stepped, np.asarray(values).astype(np.int64), moving)
+            self._pending = (stepped, values, moving)
             return
-        advance = torch.from_numpy(moving).to(self.device)
-        x = self.t["pixels"][torch.as_tensor(np.asarray(values)).to(self.device).long()]
-        ones = torch.full_like(x[:, :1], ONE)
-        self.pixels.index_copy_(0, self._pixel_write, torch.cat([x, ones], 1))
+        self._commit_values.copy_(torch.from_numpy(values))
+        self._commit_advance.copy_(torch.from_numpy(moving))
+        self._commit_step()
+
+    def _commit_tensors(self) -> None:
+        """commit() in torch, of the values and advance in its buffers."""
+        where = self._where()
+        x = self.t["pixels"][self._commit_values]
+        self.pixels.index_copy_(0, where.pixel_write, torch.cat([x, torch.full_like(x[:, :1], ONE)], 1))
         for b, block in enumerate(self.net.blocks):
-            kv = block["kv_proj"](block["kv_resnet"].forward(torch.cat([x, self.features[b], self._background], 1), self.t))
+            kv = block["kv_proj"](block["kv_resnet"].forward(torch.cat([x, self.features[b], where.background], 1), self.t))
             self.keys[b, self._slots, :, self.position] = kv[:, : self.cfg.key_channels]
             self.values[b, self._slots, :, self.position] = kv[:, self.cfg.key_channels :]
-        self.position += advance
+        self.position += self._commit_advance
+
+
+class _Where:
+    """Where each slot of a torch stepper reads and writes at its position: its row caches' rows
+    (write; read above-left, above, left, here), its pixels above and to its left, where its pixel
+    goes, and its position channels."""
+
+    def __init__(self, position: torch.Tensor, slots: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
+                 height: int, width: int):
+        i, j = position // width, position % width
+        current = (slots * 2 + i % 2) * (width + 1)
+        previous = (slots * 2 + (i + 1) % 2) * (width + 1)
+        self.row_write = current + j + 1
+        self.row_read = torch.stack([previous + j, previous + j + 1, current + j, current + j + 1], 1).view(-1)
+        base = slots * (height + 1) * (width + 2) + i * (width + 2) + j
+        self.pixels_above = torch.stack([base, base + 1, base + 2], 1).view(-1)
+        self.pixels_left = torch.stack([base, base + width + 2], 1).view(-1)
+        self.pixel_write = base + width + 3
+        self.background = torch.stack([rows[i], cols[j]], 1)
+        self.i, self.j = i, j
+
+    def window(self, cache: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        """A 2x2 conv's inputs (B, 4 C): `value` (B, C) written to its cache, the four read back."""
+        cache.index_copy_(0, self.row_write, value)
+        return cache.index_select(0, self.row_read).view(len(value), -1)
+
+
+class _Replay:
+    """`work()`, a function of tensors that stay where they are, run as it is, or on a CUDA device
+    captured once as a CUDA graph and replayed: one launch for a step's hundreds of small kernels,
+    which, launched one at a time from Python, take far longer than they run. A replay runs the
+    captured kernels on the same tensors: inputs are copied into their buffers before it, and its
+    result (the tensor `work` returned when captured) is overwritten by the next."""
+
+    def __init__(self, work, graph=None, result=None):
+        self.work, self.graph, self.result = work, graph, result
+
+    def __call__(self):
+        if self.graph is None:
+            return self.work()
+        self.graph.replay()
+        return self.result
+
+    @classmethod
+    def pair(cls, first, second, state: list[torch.Tensor], device: str | None) -> tuple[_Replay, _Replay]:
+        """Two works that run alternately (a stepper's predict and commit) over `state`, captured on
+        the CUDA `device` (None: run as they are) after a warm-up, which runs them, so `state` is
+        saved before and put back after. Where capture fails, they run as they are, with a warning:
+        slower, the same integers."""
+        if device is None:
+            return cls(first), cls(second)
+        saved = [tensor.clone() for tensor in state]
+        try:
+            stream = torch.cuda.Stream(device)
+            stream.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(stream):  # the first runs allocate and set up libraries, which capture may not
+                for _ in range(2):
+                    first(), second()
+            torch.cuda.current_stream(device).wait_stream(stream)
+            graphs = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graphs[0]):
+                result = first()
+            with torch.cuda.graph(graphs[1]):
+                second()
+            replays = cls(first, graphs[0], result), cls(second, graphs[1])
+        except RuntimeError as error:
+            warnings.warn(f"the decoder's steps run without CUDA graphs (slower): {error}", RuntimeWarning, stacklevel=2)
+            replays = cls(first), cls(second)
+        torch.cuda.synchronize(device)
+        for tensor, before in zip(state, saved):
+            tensor.copy_(before)
+        return replays
