@@ -80,7 +80,7 @@ def timed(device: torch.device, work):
 
 
 def across_devices(image: DecomposedImage, warm: DecomposedImage, device: torch.device):
-    """Part 1: each device's files, decoded on each device (rows, as measured)."""
+    """Part 2: each device's files, decoded on each device (rows, as measured)."""
     devices = [torch.device("cpu"), device]
     choosers = {d: api.ModelChooser(device=d) for d in devices}
     for d in devices:  # models loaded and converted, kernels compiled, the device started: outside the timings
@@ -104,7 +104,7 @@ def across_devices(image: DecomposedImage, warm: DecomposedImage, device: torch.
 
 
 def decoder_steps(device: torch.device, steps: int):
-    """Part 0: the decoder's network step on the device (a predict, its parameters copied to the CPU
+    """Part 1: the decoder's network step on the device (a predict, its parameters copied to the CPU
     for the search, a commit), its operations launched one by one and replayed as CUDA graphs, for
     the slots of a 768x512 photo's decode (96 windows of 34x34) and of a bench batch of 32x32 images."""
     net = api.integer_network(load_model("snail-rgb")).to(device)
@@ -130,7 +130,7 @@ def decoder_steps(device: torch.device, steps: int):
 
 
 def training_throughput(presets: str, compile_: bool, out: Path):
-    """Part 2: benchmarks/training_throughput.py's report, but for its title."""
+    """Part 3: benchmarks/training_throughput.py's report, but for its title."""
     table = out.with_name(out.stem + "-training.md")
     subprocess.run([sys.executable, str(ROOT / "benchmarks" / "training_throughput.py"), "--presets", presets,
                     "--steps", "10", *(["--compile"] if compile_ else []), "--out", str(table)], check=True)
@@ -138,7 +138,7 @@ def training_throughput(presets: str, compile_: bool, out: Path):
 
 
 def small_images(device: torch.device, kodak: Path, tiles: int, out: Path):
-    """Part 3: `snailcompress bench` on 32x32 tiles of the held-out Kodak images, on the device."""
+    """Part 4: `snailcompress bench` on 32x32 tiles of the held-out Kodak images, on the device."""
     report = out.with_name(out.stem + "-bench")
     subprocess.run([sys.executable, "-m", "snailcompress.cli", "bench", "--dataset", "folder", "--data-dir", str(kodak),
                     "--holdout", ",".join(KODAK_HOLDOUT), "--crop", "32", "--scales", "1", "--model", "snail-rgb",

@@ -199,8 +199,14 @@ def encode_images(images: Sequence[DecomposedImage], models: ModelChooser, tile:
         members = [m for m in members if results[m[0]] is None]
         if not members:
             continue
+        try:
+            net = models.network(members[0][2])
+        except ModelError as e:  # each image it would have coded fails alone, as if coded alone
+            for index, _, _ in members:
+                results[index] = e
+            continue
         planes = [images[index].planes[name] for index, name, _ in members]
-        words, _ = code_planes(models.network(members[0][2]), planes, (tile, tile), (context, context), band, progress)
+        words, _ = code_planes(net, planes, (tile, tile), (context, context), band, progress)
         for (index, name, loaded), plane_words in zip(members, words):
             coded[index][name] = _model_plane(name, loaded, plane_words, tile, context, band)
     for index, image in enumerate(images):
@@ -338,6 +344,8 @@ def encode_files(jobs: Sequence[tuple], models: ModelChooser | None = None, tile
     batch: list = []  # (source, target, image or error)
     pixels = 0  # of the batch's images
     for index, (source, target) in enumerate(jobs):
+        if not batch:
+            start = time.perf_counter()  # a report's time: its share of reading and encoding its batch
         try:
             image = read_image_bytes(sys.stdin.buffer.read()) if str(source) == "-" else read_image(Path(source))
             pixels += image.width * image.height
@@ -345,15 +353,14 @@ def encode_files(jobs: Sequence[tuple], models: ModelChooser | None = None, tile
             image = e
         batch.append((source, target, image))
         if pixels >= ENCODE_BATCH_PIXELS or index == len(jobs) - 1:
-            yield from _encode_and_write(batch, models, tile, context, force, progress and len(jobs) == 1, calibrate,
-                                         stdout)
+            yield from _encode_and_write(batch, start, models, tile, context, force, progress and len(jobs) == 1,
+                                         calibrate, stdout)
             batch, pixels = [], 0
 
 
-def _encode_and_write(batch: list, models: ModelChooser, tile: int, context: int, force: bool, progress: bool,
-                      calibrate: bool, stdout):
-    """encode_files for one batch: encode its images together, then write each, in order."""
-    start = time.perf_counter()
+def _encode_and_write(batch: list, start: float, models: ModelChooser, tile: int, context: int, force: bool,
+                      progress: bool, calibrate: bool, stdout):
+    """encode_files for one batch (read since `start`): encode its images together, then write each, in order."""
     readable = [image for _, _, image in batch if not isinstance(image, SnailError)]
     snails = iter(encode_images(readable, models, tile, context, progress, calibrate))
     seconds = (time.perf_counter() - start) / len(batch)

@@ -317,6 +317,23 @@ def test_images_encoded_together_give_each_the_file_it_gets_alone(tiny_models, c
     assert all(isinstance(result, ModelError) for result in failed)
 
 
+def test_a_network_that_cannot_be_made_fails_the_images_it_codes_alone(tiny_models, monkeypatch):
+    """api.encode_images: where the network of a batch of planes cannot be made (a model without an
+    integer twin), each image with such a plane gets that error; the other images are coded."""
+    images = [decompose(make_image(mode, 9, 11, "smooth", seed)) for seed, mode in enumerate(["RGB", "L", "RGB"])]
+    network = tiny_models.network
+
+    def no_rgb(loaded, calibration=None):
+        if loaded.channels == 3:
+            raise ModelError("no integer network for this model")
+        return network(loaded, calibration)
+
+    monkeypatch.setattr(tiny_models, "network", no_rgb)
+    results = api.encode_images(images, tiny_models, tile=TILE, calibrate=False, fallback=False)
+    assert isinstance(results[0], ModelError) and isinstance(results[2], ModelError)
+    assert isinstance(results[1], C.SnailFile)
+
+
 def test_many_files_load_each_model_once_and_fail_each_once(monkeypatch):
     """Decoding tries the shipped models in turn for every plane: each (model, channel count) is
     loaded, or found not to fit, once per chooser, not once per file."""

@@ -188,7 +188,7 @@ def _tables(net: IntegerPixelSNAIL, images: torch.Tensor) -> list[np.ndarray]:
 
 def test_the_torch_step_never_waits_for_a_value_so_a_cuda_graph_can_replay_it():
     """On a GPU the torch stepper's predict and commit are captured once as CUDA graphs and replayed
-    (network._Replay): nothing in them may read a value on the host (an .item(), a bool(), a boolean
+    (network._capture): nothing in them may read a value on the host (an .item(), a bool(), a boolean
     mask's indices) or take a shape from one. On the meta device tensors hold no values, so any such
     read raises here: restarts, waiting slots and slots at their window's end, as the decoder steps."""
     net = _net(3).to("meta")

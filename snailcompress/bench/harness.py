@@ -15,7 +15,7 @@ with the original pixels; a mismatch raises (it is a bug, not a user error).
 A folder of images (dataset "folder", unless `crops`) is measured whole, each image at full size,
 as a user codes it: the NLL row scores every pixel in the window that codes it
 (evaluate.tiled_nll_bits, the codec's tiles and context), the .snail files are what `snailcompress
-encode` writes (api.encode_bytes: default tiles, context and calibration), and each codec writes
+encode` writes (api.encode_images: default tiles, context and calibration), and each codec writes
 one file per image; no one-stream row and no mosaic, which are for sets of small images. With
 `crops`, a folder gives crop x crop tiles (data_options crop, scales, holdout) like any data set.
 

@@ -17,7 +17,7 @@ The network runs in two ways that give identical integers (arithmetic.py explain
   models/stepper.py does in float): the decoder. On the CPU each step is one compiled call
   (kernels.py), and the decoder runs a chunk of steps, its searches included, as one (`decode`);
   the same integers as the torch code here, which is the reference and the GPU's path (there each
-  predict and commit is captured once as a CUDA graph and replayed: `_Replay`).
+  predict and commit is captured once as a CUDA graph and replayed: `_capture`).
 
 On the CPU both take and give numpy arrays and never import torch (a coding command's start-up is
 otherwise mostly torch's import); on another device the torch code runs and gives tensors there.
@@ -423,7 +423,7 @@ class IntegerStepper:
     a commit's work is done at the start of the next predict (or restart), in the same call. In
     torch, a predict and a commit each read and write only tensors that stay where they are (the
     state below and the commit's input buffers), with no shape or branch that depends on their
-    values: on a CUDA device each is captured once as a CUDA graph and replayed (`_Replay`).
+    values: on a CUDA device each is captured once as a CUDA graph and replayed (`_capture`).
 
     A slot may wait at its position for any number of steps: a step that does not move a slot on
     changes nothing that its later steps read (they write again whatever it wrote first). So
@@ -473,8 +473,7 @@ class IntegerStepper:
             state = [self.position, self.caches, self.keys, self.values, self.features, self.pixels,
                      self._commit_values, self._commit_advance]
             captured = cuda_graphs and torch.device(device).type == "cuda"
-            self._predict_step, self._commit_step = _Replay.pair(self._predict_tensors, self._commit_tensors, state,
-                                                                 device if captured else None)
+            self._graphs = _capture(self._predict_tensors, self._commit_tensors, state, device) if captured else None
 
     def restart(self, slots: np.ndarray) -> None:
         """Start these slots (a boolean mask) on a new window. Only the row caches' odd rows are
@@ -493,13 +492,17 @@ class IntegerStepper:
 
     def predict(self, slots: np.ndarray | None = None):
         """Mixture parameters (B, K), Q.12, of the pixel at each slot's position: a numpy array
-        compiled, else a tensor on the device (a CUDA graph's: the next predict overwrites it). `slots`: a boolean mask (B,) of the slots whose
+        compiled, else a tensor on the device. `slots`: a boolean mask (B,) of the slots whose
         parameters are wanted (default: all); compiled, only those are stepped and the other rows
         are 0 (torch steps every slot). Only those may move on at the commit that follows."""
         self._stepped = np.ones(self.batch, np.bool_) if slots is None else np.asarray(slots, np.bool_)
         if self.compiled:
             return self._compiled_step(predict=True)
-        return self._predict_step()
+        if self._graphs is None:
+            return self._predict_tensors()
+        graph, result, _ = self._graphs
+        graph.replay()
+        return result.clone()  # the next replay overwrites `result`
 
     def _predict_tensors(self) -> torch.Tensor:
         """predict() in torch: every slot's parameters (B, K) at its position."""
@@ -569,7 +572,10 @@ class IntegerStepper:
             return
         self._commit_values.copy_(torch.from_numpy(values))
         self._commit_advance.copy_(torch.from_numpy(moving))
-        self._commit_step()
+        if self._graphs is None:
+            self._commit_tensors()
+        else:
+            self._graphs[2].replay()
 
     def _commit_tensors(self) -> None:
         """commit() in torch, of the values and advance in its buffers."""
@@ -608,48 +614,34 @@ class _Where:
         return cache.index_select(0, self.row_read).view(len(value), -1)
 
 
-class _Replay:
-    """`work()`, a function of tensors that stay where they are, run as it is, or on a CUDA device
-    captured once as a CUDA graph and replayed: one launch for a step's hundreds of small kernels,
-    which, launched one at a time from Python, take far longer than they run. A replay runs the
-    captured kernels on the same tensors: inputs are copied into their buffers before it, and its
-    result (the tensor `work` returned when captured) is overwritten by the next."""
-
-    def __init__(self, work, graph=None, result=None):
-        self.work, self.graph, self.result = work, graph, result
-
-    def __call__(self):
-        if self.graph is None:
-            return self.work()
-        self.graph.replay()
-        return self.result
-
-    @classmethod
-    def pair(cls, first, second, state: list[torch.Tensor], device: str | None) -> tuple[_Replay, _Replay]:
-        """Two works that run alternately (a stepper's predict and commit) over `state`, captured on
-        the CUDA `device` (None: run as they are) after a warm-up, which runs them, so `state` is
-        saved before and put back after. Where capture fails, they run as they are, with a warning:
-        slower, the same integers."""
-        if device is None:
-            return cls(first), cls(second)
-        saved = [tensor.clone() for tensor in state]
-        try:
-            stream = torch.cuda.Stream(device)
-            stream.wait_stream(torch.cuda.current_stream(device))
-            with torch.cuda.stream(stream):  # the first runs allocate and set up libraries, which capture may not
-                for _ in range(2):
-                    first(), second()
-            torch.cuda.current_stream(device).wait_stream(stream)
-            graphs = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graphs[0]):
-                result = first()
-            with torch.cuda.graph(graphs[1]):
-                second()
-            replays = cls(first, graphs[0], result), cls(second, graphs[1])
-        except RuntimeError as error:
-            warnings.warn(f"the decoder's steps run without CUDA graphs (slower): {error}", RuntimeWarning, stacklevel=2)
-            replays = cls(first), cls(second)
-        torch.cuda.synchronize(device)
-        for tensor, before in zip(state, saved):
-            tensor.copy_(before)
-        return replays
+def _capture(predict, commit, state: list[torch.Tensor], device: str) -> tuple | None:
+    """A torch stepper's predict() and commit(), which read and write only `state` (new: all zeros)
+    and buffers, captured as CUDA graphs on `device`: one launch for a step's hundreds of small
+    kernels, which, launched one at a time from Python, take far longer than they run. Returns
+    (predict's graph, the tensor it writes its result to, commit's graph), or None, with a warning,
+    where capture fails (the steps then run as they are: slower, the same integers). A warm-up runs
+    both first (libraries set themselves up, and tables are made, outside the capture); the state is
+    zeroed again after."""
+    with torch.cuda.device(device):
+        stream = torch.cuda.Stream()  # capture may not use the default stream
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                predict(), commit()
+            torch.cuda.synchronize()
+            graphs, results = (torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()), []
+            try:
+                for graph, work in zip(graphs, (predict, commit)):
+                    graph.capture_begin()
+                    try:
+                        results.append(work())
+                    finally:
+                        graph.capture_end()
+            except RuntimeError as error:
+                warnings.warn(f"the decoder's steps run without CUDA graphs (slower): {error}", RuntimeWarning)
+                graphs = None
+        torch.cuda.current_stream().wait_stream(stream)
+        for tensor in state:
+            tensor.zero_()
+        torch.cuda.synchronize()
+    return None if graphs is None else (graphs[0], results[0], graphs[1])
