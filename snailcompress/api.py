@@ -341,20 +341,33 @@ def encode_files(jobs: Sequence[tuple], models: ModelChooser | None = None, tile
     its share of its batch's. A progress bar (`progress`) is shown for a single file only."""
     models = models or ModelChooser()
     jobs = list(jobs)
-    batch: list = []  # (source, target, image or error)
-    pixels = 0  # of the batch's images
+
+    def read(source):
+        image = read_image_bytes(sys.stdin.buffer.read()) if str(source) == "-" else read_image(Path(source))
+        return image, image.width * image.height
+
+    for batch, start in _in_batches(jobs, read, ENCODE_BATCH_PIXELS):
+        yield from _encode_and_write(batch, start, models, tile, context, force, progress and len(jobs) == 1,
+                                     calibrate, stdout)
+
+
+def _in_batches(jobs: list[tuple], read, limit: int):
+    """The jobs (source, target), each with what read(source) gives (an item, and its pixels) or the
+    SnailError it raised, in batches of about `limit` pixels: yields each batch, a list of (source,
+    target, item or error), and when its first read began (encode_files, decode_files)."""
+    batch: list = []
+    pixels = 0  # of the batch's items
     for index, (source, target) in enumerate(jobs):
         if not batch:
-            start = time.perf_counter()  # a report's time: its share of reading and encoding its batch
+            start = time.perf_counter()
         try:
-            image = read_image_bytes(sys.stdin.buffer.read()) if str(source) == "-" else read_image(Path(source))
-            pixels += image.width * image.height
+            item, size = read(source)
         except SnailError as e:
-            image = e
-        batch.append((source, target, image))
-        if pixels >= ENCODE_BATCH_PIXELS or index == len(jobs) - 1:
-            yield from _encode_and_write(batch, start, models, tile, context, force, progress and len(jobs) == 1,
-                                         calibrate, stdout)
+            item, size = e, 0
+        batch.append((source, target, item))
+        pixels += size
+        if pixels >= limit or index == len(jobs) - 1:
+            yield batch, start
             batch, pixels = [], 0
 
 
@@ -396,35 +409,31 @@ def decode_files(jobs: Sequence[tuple], models: ModelChooser | None = None, forc
     (reports' target None). Yields, in order, each file's report or its error; the time a report
     gives is its share of its batch's."""
     models = models or ModelChooser()
-    batch: list = []  # (source, target, file or error, bytes)
-    pixels = 0  # of the batch's files
-    for index, (source, target) in enumerate(jobs):
-        try:
-            if str(source) == "-":
-                data = sys.stdin.buffer.read()
-            else:
-                try:
-                    data = Path(source).read_bytes()
-                except OSError as e:
-                    raise FormatError(f"{source}: cannot read ({e.strerror})") from None
-            snail = container.read(data)
-            batch.append((source, target, snail, len(data)))
-            pixels += snail.width * snail.height
-        except SnailError as e:
-            batch.append((source, target, e, 0))
-        if pixels >= DECODE_BATCH_PIXELS or index == len(jobs) - 1:
-            yield from _decode_and_write(batch, models, force, progress, stdout, test)
-            batch, pixels = [], 0
+
+    def read(source):
+        if str(source) == "-":
+            data = sys.stdin.buffer.read()
+        else:
+            try:
+                data = Path(source).read_bytes()
+            except OSError as e:
+                raise FormatError(f"{source}: cannot read ({e.strerror})") from None
+        snail = container.read(data)
+        return (snail, len(data)), snail.width * snail.height
+
+    for batch, _ in _in_batches(list(jobs), read, DECODE_BATCH_PIXELS):
+        yield from _decode_and_write(batch, models, force, progress, stdout, test)
 
 
 def _decode_and_write(batch: list, models: ModelChooser, force: bool, progress: bool, stdout, test: bool = False):
-    """decode_files for one batch: decode its files together, then write each (unless `test`), in order."""
+    """decode_files for one batch, (source, target, (file, its bytes) or error): decode its files
+    together, then write each (unless `test`), in order."""
     start = time.perf_counter()
-    snails = [snail for _, _, snail, _ in batch if not isinstance(snail, SnailError)]
+    snails = [item[0] for _, _, item in batch if not isinstance(item, SnailError)]
     images = iter(decode_images(snails, models, progress))
     seconds = (time.perf_counter() - start) / len(batch)
-    for source, target, snail, size in batch:
-        image = snail if isinstance(snail, SnailError) else next(images)
+    for source, target, item in batch:
+        image, size = (item, 0) if isinstance(item, SnailError) else (next(images), item[1])
         try:
             if isinstance(image, SnailError):
                 raise image

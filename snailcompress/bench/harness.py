@@ -325,11 +325,6 @@ def _files(images: Sequence[DecomposedImage], chooser: api.ModelChooser, progres
     return files
 
 
-def _whole_files(images: Sequence[DecomposedImage], chooser: api.ModelChooser, progress: bool) -> list[bytes]:
-    """Whole images' .snail files as `snailcompress encode` writes them (default tiles, context and calibration)."""
-    return _files(images, chooser, progress)
-
-
 def _one_tile_files(images: Sequence[DecomposedImage], chooser: api.ModelChooser, progress: bool) -> list[bytes]:
     """Small images' .snail files: each coded alone as one tile by the model (no calibration, no stored
     or deflated plane: the row measures the model; the module docstring), those of one size together."""
@@ -503,7 +498,7 @@ def run_benchmark(opts: BenchOptions, log: Callable[[str], None] = print) -> Ben
         # the encoder's calibration runs on the CPU
         loaded = LoadedModel(loaded.name, loaded.model_id, loaded.metadata, loaded.config, model=cpu_model(loaded.model))
         if coded:
-            encode = _whole_files if whole else _one_tile_files
+            encode = _files if whole else _one_tile_files  # whole: as `snailcompress encode` writes them
             row, values = _per_file_row(loaded, images[:coded], opts, n, encode)
             rows.append(row)
             per_image[row["method"]] = values

@@ -282,6 +282,12 @@ def _encode_batch(net, plan: WindowPlan, canvases: np.ndarray, slots: np.ndarray
     streams.flush()
 
 
+def _planes_per_batch(groups: list[np.ndarray]) -> int:
+    """Planes of one shape that run through the network together (code_planes, decode_planes): as
+    many as fill MAX_BATCH_TILES slots with their largest batch of slots (WindowPlan.slot_groups)."""
+    return max(1, MAX_BATCH_TILES // max(len(slots) for slots in groups))
+
+
 def code_plane(net, plane: np.ndarray, tile: tuple[int, int], context: tuple[int, int] = (0, 0), band: int = 1,
                progress=False, encoder=None, kept: dict | None = None):
     """Encode an (H, W, C) plane in windows (WindowPlan); returns (words, plan). Memory stays bounded
@@ -309,7 +315,7 @@ def code_planes(net, planes: list[np.ndarray], tile: tuple[int, int], context: t
     plan = WindowPlan.for_image(planes[0].shape[0], planes[0].shape[1], tile, context, band)
     encoders = encoders or [constriction.stream.queue.RangeEncoder() for _ in planes]
     groups = plan.slot_groups(MAX_BATCH_TILES)
-    per_batch = max(1, MAX_BATCH_TILES // max(len(slots) for slots in groups))  # as decode_planes
+    per_batch = _planes_per_batch(groups)
     with _progress(progress, plan.rows * plan.cols * len(planes), "encode", "window") as bar:
         for first in range(0, len(planes), per_batch):
             canvases = np.stack([plan.canvas(plane) for plane in planes[first : first + per_batch]])
@@ -447,7 +453,7 @@ def decode_planes(net, streams: list, height: int, width: int, channels: int, ti
     errors: dict[int, FormatError] = {}
     canvases = np.stack([plan.canvas(np.zeros((height, width, channels), np.uint8))] * len(streams))
     groups = plan.slot_groups(MAX_BATCH_TILES)
-    per_batch = max(1, MAX_BATCH_TILES // max(len(slots) for slots in groups))  # planes stepped together
+    per_batch = _planes_per_batch(groups)
     with _progress(progress, _plan_steps(plan) * -(-len(streams) // per_batch), "decode", "step") as bar, \
             _kernel_threads(net):
         for first in range(0, len(streams), per_batch):
