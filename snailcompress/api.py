@@ -70,11 +70,15 @@ def _gpu_driver_present() -> bool:
 
 class ModelChooser:
     """One model per channel count: the user's (--model, any number of times), else the shipped default.
-    The integer networks it gives run on `device`."""
+    The integer networks it gives run on `device`. `names`: whether a file records the name of a model
+    that is not shipped (the --model given, often a path) beside its id, so that decoding finds it
+    there where it can and names it where it cannot; False (encode -n): the id alone, as on any other
+    machine, and no local path in the file."""
 
-    def __init__(self, specs: Sequence[str] = (), device: str | torch.device = "cpu"):
+    def __init__(self, specs: Sequence[str] = (), device: str | torch.device = "cpu", names: bool = True):
         self.specs = list(specs)
         self.device = str(device)
+        self.names = names
         self._cache: dict[tuple[str, int], LoadedModel | ModelError] = {}
         self._networks: dict[str, IntegerPixelSNAIL] = {}
         self._lock = threading.RLock()  # threads sharing a chooser load each model once
@@ -113,6 +117,10 @@ class ModelChooser:
             if loaded.model_id not in self._networks:
                 self._networks[loaded.model_id] = integer_network(loaded).to(self.device)
             return self._networks[loaded.model_id]
+
+    def stored_name(self, loaded: LoadedModel) -> str | None:
+        """The model's name as a file records it (`names`); none for a shipped model, which its id finds."""
+        return stored_model_name(loaded.name) if self.names and loaded.name not in shipped_models() else None
 
     def for_plane(self, plane: container.Plane, channels: int) -> LoadedModel:
         """The model that made this plane: the user's if its id matches, else the one it names."""
@@ -190,7 +198,7 @@ def encode_images(images: Sequence[DecomposedImage], models: ModelChooser, tile:
                     calibration, kept = calibration_for(loaded.config, loaded.weights, plan, pixels, models.network(loaded))
                     words = code_plane(models.network(loaded, calibration), pixels, (tile, tile), (context, context),
                                        band, progress, kept=kept)[0]
-                    coded[index][name] = _model_plane(name, loaded, words, tile, context, band, calibration)
+                    coded[index][name] = _model_plane(name, loaded, models, words, tile, context, band, calibration)
                 else:
                     together.setdefault((loaded.model_id, pixels.shape, band), []).append((index, name, loaded))
         except SnailError as e:
@@ -208,7 +216,7 @@ def encode_images(images: Sequence[DecomposedImage], models: ModelChooser, tile:
         planes = [images[index].planes[name] for index, name, _ in members]
         words, _ = code_planes(net, planes, (tile, tile), (context, context), band, progress)
         for (index, name, loaded), plane_words in zip(members, words):
-            coded[index][name] = _model_plane(name, loaded, plane_words, tile, context, band)
+            coded[index][name] = _model_plane(name, loaded, models, plane_words, tile, context, band)
     for index, image in enumerate(images):
         if results[index] is None:
             planes = [coded[index].get(name) for name in image.expected_planes()]
@@ -216,11 +224,10 @@ def encode_images(images: Sequence[DecomposedImage], models: ModelChooser, tile:
     return results
 
 
-def _model_plane(name: str, loaded: LoadedModel, words, tile: int, context: int, band: int,
+def _model_plane(name: str, loaded: LoadedModel, models: ModelChooser, words, tile: int, context: int, band: int,
                  calibration: Calibration | None = None) -> container.Plane:
-    stored_name = None if loaded.name in shipped_models() else stored_model_name(loaded.name)
-    return container.Plane(name, loaded.model_id[:8], words, stored_name, (tile, tile), (context, context), band,
-                           calibration.numbers() if calibration else None)
+    return container.Plane(name, loaded.model_id[:8], words, models.stored_name(loaded), (tile, tile),
+                           (context, context), band, calibration.numbers() if calibration else None)
 
 
 def encode_image(image: DecomposedImage, models: ModelChooser, tile: int = DEFAULT_TILE, context: int = DEFAULT_CONTEXT,

@@ -485,10 +485,13 @@ def _threads(threads: int) -> None:
                    "a little slower to encode, no slower to decode [on]")
 @click.option("--threads", type=int, default=1, help=THREADS_HELP)
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
+@click.option("-n", "--no-name", is_flag=True,
+              help="do not record the name (the --model given, often a path) of a model that is not shipped, only its id: "
+                   "smaller files, no local path in them; decoding then needs --model, as it does on any other machine")
 @click.option("-c", "--stdout", "to_stdout", is_flag=True, help="write the .snail file to standard output")
 @click.option("-q", "--quiet", is_flag=True, help="print nothing but errors")
 @friendly_errors
-def encode(images, output, force, models, tile, context, calibrate, threads, device, to_stdout, quiet):
+def encode(images, output, force, models, tile, context, calibrate, no_name, threads, device, to_stdout, quiet):
     """Compress images losslessly into .snail files (inputs are kept); - reads standard input."""
     from .api import DEFAULT_CONTEXT, DEFAULT_TILE, ModelChooser, default_output, encode_files, resolve_device
 
@@ -498,7 +501,7 @@ def encode(images, output, force, models, tile, context, calibrate, threads, dev
     if context is not None and not 0 <= context <= 64:
         raise UsageError("--context must be between 0 and 64")
     outputs = _outputs_or_stdout(images, output, to_stdout, lambda p: default_output(p, ".snail"))
-    chooser = ModelChooser(models, resolve_device(device))
+    chooser = ModelChooser(models, resolve_device(device), names=not no_name)
     stdout = sys.stdout.buffer if to_stdout else None
     _each_file(zip(images, outputs), lambda pairs: encode_files(
         pairs, chooser, tile or DEFAULT_TILE, DEFAULT_CONTEXT if context is None else context, force=force,

@@ -176,7 +176,7 @@ def write_photos(folder, sizes=((20, 24), (9, 13), (16, 16))):
 
 
 def test_bench_folder_measures_every_image_whole(tmp_path):
-    """`bench --dataset folder DIR`: every image at full size, coded as `encode` codes it (the same bytes)
+    """`bench --dataset folder DIR`: every image at full size, coded as `encode -n` codes it (the same bytes)
     and by each codec in one file per image; no crops, no one stream, no mosaic."""
     from snailcompress.api import ModelChooser, encode_bytes
     from snailcompress.bench.codecs import PillowPNG
@@ -193,7 +193,7 @@ def test_bench_folder_measures_every_image_whole(tmp_path):
     assert set(table.index) == {"pixelsnail-tiny", "pixelsnail-tiny (coded, per file)", "png"}
     assert (table["images"] == 3).all() and (table["subpixels"] == 3 * (20 * 24 + 9 * 13 + 16 * 16)).all()
     files = sorted(photos.iterdir())
-    chooser = ModelChooser(["pixelsnail-tiny"])
+    chooser = ModelChooser(["pixelsnail-tiny"], names=False)
     snail_bytes = sum(len(encode_bytes(read_image(path), chooser)) for path in files)
     assert table.loc["pixelsnail-tiny (coded, per file)", "total_bytes"] == snail_bytes
     png_bytes = sum(len(PillowPNG().encode(np.asarray(Image.open(path)))) for path in files)
@@ -224,6 +224,31 @@ def test_bench_folder_errors_name_flags(tmp_path, extra, code, match):
     assert result.exit_code == code, result.output
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and match in lines[0], result.stderr
+
+
+def test_per_file_rows_do_not_depend_on_where_the_model_lies(tmp_path):
+    """A model that is not shipped is named in a file by the --model given (a path) unless `encode -n`:
+    the per-file rows code as -n does, so their bytes are the same for a short and a long path."""
+    from snailcompress.bench.harness import _one_tile_files, _per_file_row
+    from snailcompress.codec import container
+    from snailcompress.zoo import load_model, save_model
+
+    model = load_model("pixelsnail-tiny", channels=3).model
+    paths = [tmp_path / "m.safetensors", tmp_path / ("long-" * 15) / "m.safetensors"]
+    paths[1].parent.mkdir()
+    images = list(smooth_noisy(np.random.default_rng(3), 2, 3, 8).transpose(0, 2, 3, 1))
+    captured = []
+
+    def encode(*args):
+        captured.append(_one_tile_files(*args))
+        return captured[-1]
+
+    rows = []
+    for path in paths:
+        save_model(model, path)
+        rows.append(_per_file_row(load_model(str(path)), images, BenchOptions("cifar10", progress=False), 2, encode)[0])
+    assert rows[0]["total_bytes"] == rows[1]["total_bytes"] and captured[0] == captured[1]
+    assert all(p.model_name is None for data in captured[0] for p in container.read(data).planes)
 
 
 def test_shared_encoder_makes_one_stream():

@@ -823,6 +823,25 @@ def test_cli_long_model_path_is_stored_shortened(work):
     assert r.exit_code == 0, r.output
 
 
+def test_cli_encode_no_name_records_the_id_alone(work):
+    """-n: a model that is not shipped is recorded by its id only, so no local path is in the file and
+    the file is that much smaller; decoding then needs --model, and says so in one line."""
+    zoo.save_model(zoo.load_model(TINY, channels=3).model, work / "mine.safetensors")
+    for flags, name in [((), "mine.safetensors"), (("-n",), None)]:
+        r = cli("encode", "a.png", "-o", f"{len(flags)}.snail", "--model", "mine.safetensors", "--tile", TILE, *flags, "-q")
+        assert r.exit_code == 0, r.output
+        assert C.read((work / f"{len(flags)}.snail").read_bytes()).planes[0].model_name == name
+    named, unnamed = (work / "0.snail").read_bytes(), (work / "1.snail").read_bytes()
+    assert len(named) - len(unnamed) == 3 + len("mine.safetensors")  # tag, length, plane index and the name
+    assert C.read(named) == dataclasses.replace(C.read(unnamed), planes=(dataclasses.replace(
+        C.read(unnamed).planes[0], model_name="mine.safetensors"),))
+    assert cli("decode", "0.snail", "-o", "0.png", "-q").exit_code == 0  # found by its name
+    one_line_error(cli("decode", "1.snail", "-o", "1.png", "-q"), C.read(unnamed).planes[0].model_id, "--model")
+    assert not (work / "1.png").exists()
+    assert cli("decode", "1.snail", "-o", "1.png", "--model", "mine.safetensors", "-q").exit_code == 0
+    assert pixels(work / "1.png") == pixels(work / "0.png") == pixels(work / "a.png")
+
+
 def test_cli_decode_falls_back_to_the_model_named_in_the_file(work):
     r = cli("decode", "a.snail", "-o", "b.png", "--model", "pixelsnail-small", "-q")
     assert r.exit_code == 0, r.output

@@ -20,8 +20,11 @@ one file per image; no one-stream row and no mosaic, which are for sets of small
 `crops`, a folder gives crop x crop tiles (data_options crop, scales, holdout) like any data set.
 
 * "per file": each of the first `coded_limit` images is its own .snail file (every header byte
-  counted), all encoded together (api.encode_images, as `snailcompress encode` codes many files) and
-  decoded together (api.decode_images). For small images: coded alone as one tile, without the
+  counted), all encoded together (api.encode_images, as `snailcompress encode -n` codes many files)
+  and decoded together (api.decode_images). Without the model's name (-n): a file of a model that is
+  not shipped would otherwise record the --model given, a path whose length is the user's choice and
+  not the format's cost (tens of bytes, a large share of a small image's file), so the row would
+  depend on where the model lies. For small images: coded alone as one tile, without the
   codec's per-image calibration
   (codec/calibration.py), so that the files measure the model, as its NLL row does.
 * "one stream": all N images in one range-coder stream, in chunks of at most `chunk` images, each a
@@ -271,10 +274,11 @@ def _whole_nll_row(loaded: LoadedModel, images: Sequence[np.ndarray], opts: Benc
 
 
 class _OneModel(api.ModelChooser):
-    """A chooser that always answers with one already loaded model."""
+    """A chooser that always answers with one already loaded model, its files recording no name
+    (the module docstring, "per file")."""
 
     def __init__(self, loaded: LoadedModel, device: str = "cpu"):
-        super().__init__((), device)
+        super().__init__((), device, names=False)
         self.loaded = loaded
 
     def for_channels(self, channels: int) -> LoadedModel:
