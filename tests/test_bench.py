@@ -129,6 +129,16 @@ def test_bench_per_image_and_meta(bench_run):
     assert nll.mean() == pytest.approx(table.loc["pixelsnail-tiny", "bits_per_subpixel"], rel=1e-6)
     assert per_file.mean() == pytest.approx(table.loc["pixelsnail-tiny (coded, per file, first 2)", "bits_per_subpixel"], rel=1e-9)
     assert (per_file > 0.97 * nll[:2]).all()  # each file costs about its image's NLL, and a header
+    # each coded row beside its model's NLL on the same images (the first 2 of 6, or all 6)
+    for method, same in [("pixelsnail-tiny (coded, per file, first 2)", nll[:2].mean()),
+                         ("pixelsnail-tiny (coded, one stream)", nll.mean()),
+                         ("pixelcnnpp-tiny (coded, in-process, float: not a portable file; one stream, first 2)",
+                          methods["pixelcnnpp-tiny"][:2].mean())]:
+        row = table.loc[method]
+        assert row["nll_same_images"] == pytest.approx(same, rel=1e-9), method
+        assert row["over_nll"] == pytest.approx(row["bits_per_subpixel"] / same - 1, rel=1e-9), method
+    assert table.loc[table["kind"] != "model-coded", "over_nll"].isna().all()
+    assert "| over NLL |" in (out / "summary.md").read_text()
     # PixelCNN++'s in-process stream of the first 2 images costs their NLL (the stream's last word aside)
     cnn = table.loc["pixelcnnpp-tiny (coded, in-process, float: not a portable file; one stream, first 2)",
                     "bits_per_subpixel"]
@@ -196,6 +206,9 @@ def test_bench_folder_measures_every_image_whole(tmp_path):
     chooser = ModelChooser(["pixelsnail-tiny"], names=False)
     snail_bytes = sum(len(encode_bytes(read_image(path), chooser)) for path in files)
     assert table.loc["pixelsnail-tiny (coded, per file)", "total_bytes"] == snail_bytes
+    # beside the NLL of the same (all) images, each weighted by its subpixels as the NLL row weighs them
+    assert table.loc["pixelsnail-tiny (coded, per file)", "nll_same_images"] == pytest.approx(
+        table.loc["pixelsnail-tiny", "bits_per_subpixel"], rel=1e-9)
     png_bytes = sum(len(PillowPNG().encode(np.asarray(Image.open(path)))) for path in files)
     assert table.loc["png", "total_bytes"] == png_bytes and not table.loc["png", "mosaic"]
     assert table.loc["pixelsnail-tiny", "coding"] == "likelihood, 32x32 tiles, context 2"

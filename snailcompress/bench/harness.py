@@ -10,7 +10,9 @@
 
 Every number is in bits per subpixel (one channel of one pixel), what the papers call bits/dim.
 Coded sizes are real and checked: every .snail file and every stream is decoded again and compared
-with the original pixels; a mismatch raises (it is a bug, not a user error).
+with the original pixels; a mismatch raises (it is a bug, not a user error). Each coded row carries
+its model's NLL over the images it codes (`nll_same_images`: a coded row may code only the first
+`coded_limit`) and its real bits' excess over it (`over_nll`).
 
 A folder of images (dataset "folder", unless `crops`) is measured whole, each image at full size,
 as a user codes it: the NLL row scores every pixel in the window that codes it
@@ -213,6 +215,16 @@ def _with_model_columns(rows: list[dict], models: Sequence[LoadedModel]) -> list
                       and (method == loaded.name or method.startswith(f"{loaded.name} ("))), {})
         out.append({**row, **owner})
     return out
+
+
+def _beside_nll(row: dict, nll: np.ndarray, subpixels: np.ndarray) -> dict:
+    """A coded row of the first row["images"] images with its model's NLL over those same images
+    (`nll`: each image's bits/subpixel, weighted by its subpixels) and by how much the real bits
+    exceed it (`over_nll`, a fraction): what coding costs beyond the likelihood, whatever share of
+    the split the row codes."""
+    n = int(row["images"])
+    same = float(np.average(nll[:n], weights=subpixels[:n]))
+    return {**row, "nll_same_images": same, "over_nll": row["bits_per_subpixel"] / same - 1}
 
 
 def _rate(n: int, seconds: float) -> float:
@@ -484,13 +496,14 @@ def run_benchmark(opts: BenchOptions, log: Callable[[str], None] = print) -> Ben
                 for loaded in models]
     if rank != 0:
         return None
-    for loaded, (row, values) in zip(models, nll_rows):
+    subpixels = np.array([image.size for image in images])
+    for loaded, (row, nll) in zip(models, nll_rows):
         rows.append(row)
-        per_image[row["method"]] = values
+        per_image[row["method"]] = nll
         log(f"{row['method']}: {row['bits_per_subpixel']:.4f} bits/subpixel (NLL), {row['eval_images_per_s']:.3g} images/s")
         if not isinstance(loaded.model, PixelSNAIL):  # no integer twin: a float stream coded in-process
             if coded and not whole:
-                row = _in_process_row(loaded, array[:coded], opts, n)
+                row = _beside_nll(_in_process_row(loaded, array[:coded], opts, n), nll, subpixels)
                 rows.append(row)
                 log(f"{row['method']}: {row['bits_per_subpixel']:.4f} bits/subpixel over {coded} images")
             elif whole:
@@ -504,11 +517,11 @@ def run_benchmark(opts: BenchOptions, log: Callable[[str], None] = print) -> Ben
         if coded:
             encode = _files if whole else _one_tile_files  # whole: as `snailcompress encode` writes them
             row, values = _per_file_row(loaded, images[:coded], opts, n, encode)
-            rows.append(row)
+            rows.append(_beside_nll(row, nll, subpixels))
             per_image[row["method"]] = values
             log(f"{row['method']}: {row['bits_per_subpixel']:.4f} bits/subpixel over {coded} files")
         if not whole:
-            row = _one_stream_row(loaded, array, opts)
+            row = _beside_nll(_one_stream_row(loaded, array, opts), nll, subpixels)
             rows.append(row)
             log(f"{row['method']}: {row['bits_per_subpixel']:.4f} bits/subpixel over {n} images")
 
