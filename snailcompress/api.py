@@ -31,7 +31,7 @@ from .codec.tiles import WindowPlan, default_band
 from .errors import ChannelCountError, FormatError, ModelError, SnailError, UsageError
 from .integer.arithmetic import ARITHMETIC_VERSION
 from .integer.network import IntegerPixelSNAIL
-from .fileio import atomic_write
+from .fileio import atomic_write, write_stream
 from .lazy import torch
 from .zoo import LoadedModel, default_model_for, load_model, shipped_models
 
@@ -99,14 +99,19 @@ class ModelChooser:
         return found
 
     def for_channels(self, channels: int) -> LoadedModel:
-        """The first --model that codes this many channels, else the default. A --model that cannot be
-        loaded at all (a typo, a damaged file) is an error, not a silent switch to the default."""
+        """The --model that codes this many channels, else the default. A --model that cannot be
+        loaded at all (a typo, a damaged file) is an error, not a silent switch to the default; so
+        are two that code the same channels (which one would code the plane is no guess to leave)."""
+        fitting = []
         for spec in self.specs:
             try:
-                return self._load(spec, channels)
+                fitting.append(self._load(spec, channels))
             except ChannelCountError:
                 continue  # a model for the other channel count
-        return self._load(default_model_for(channels), channels)
+        if len(fitting) > 1:
+            raise UsageError(f"--model {fitting[0].name} and --model {fitting[1].name} both code {channels}-channel "
+                             "planes: give one model for RGB and one for grayscale")
+        return fitting[0] if fitting else self._load(default_model_for(channels), channels)
 
     def network(self, loaded: LoadedModel, calibration: Calibration | None = None) -> IntegerPixelSNAIL:
         """The integer network the codec runs for a loaded model: converted once per model, except
@@ -123,11 +128,18 @@ class ModelChooser:
         return stored_model_name(loaded.name) if self.names and loaded.name not in shipped_models() else None
 
     def for_plane(self, plane: container.Plane, channels: int) -> LoadedModel:
-        """The model that made this plane: the user's if its id matches, else the one it names."""
+        """The model that made this plane: the user's if its id matches, else the one it names. A
+        --model that cannot be loaded at all (a typo, a damaged file) is an error, as in for_channels;
+        one for the other channel count is passed over."""
+        user = set(self.specs)
         for spec in [*self.specs, *([plane.model_name] if plane.model_name else []), *shipped_models()]:
             try:
                 loaded = self._load(spec, channels)
+            except ChannelCountError:
+                continue
             except ModelError:
+                if spec in user:
+                    raise
                 continue
             if loaded.model_id.startswith(plane.model_id):
                 return loaded
@@ -391,8 +403,7 @@ def _encode_and_write(batch: list, start: float, models: ModelChooser, tile: int
                 raise snail
             data = container.write(snail)
             if stdout is not None:
-                stdout.write(data)
-                stdout.flush()
+                write_stream(stdout, data)
                 target = Path("-")
             else:
                 target = Path(target) if target else default_output(Path(source), ".snail")
@@ -447,8 +458,7 @@ def _decode_and_write(batch: list, models: ModelChooser, force: bool, progress: 
             if test:
                 target = None
             elif stdout is not None:
-                stdout.write(png_bytes(image))
-                stdout.flush()
+                write_stream(stdout, png_bytes(image))
                 target = Path("-")
             else:
                 target = Path(target) if target else decoded_output(Path(source))

@@ -133,7 +133,7 @@ def _folder_kwargs(crop, scales, holdout, channels) -> dict:
 @click.option("--ema", "ema_decay", type=float, default=None, help="Polyak averaging decay [0.9995]")
 @click.option("--dropout", type=float, default=None, help="override the model's dropout")
 @click.option("--set", "overrides", multiple=True, help="override a model setting, e.g. --set filters=96")
-@click.option("--eval-every", type=int, default=None, help="steps between test evaluations [1000]")
+@click.option("--eval-every", type=int, default=None, help="steps between test evaluations (0: only at the end) [1000]")
 @click.option("--eval-images", type=int, default=None, help="test images per periodic evaluation [1000]")
 @click.option("--checkpoint-minutes", type=float, default=None, help="minutes between checkpoints [10]")
 @click.option("--workers", type=int, default=None, help="data-loading processes [2]")
@@ -250,8 +250,9 @@ def sample(model_spec, count, size, output, seed, scale, force):
         height, width = (int(v) for v in size.lower().split("x"))
     except ValueError:
         raise UsageError(f"--size expects HxW like 32x32, got {size!r}") from None
-    if Path(output).exists() and not force:
-        raise UsageError(f"{output} already exists (use -f to overwrite)")
+    if count < 1 or height < 1 or width < 1 or scale < 1:
+        raise UsageError("-n, each side of --size and --scale must be at least 1")
+    _check_picture_output(output, force, figure=False)
     from .zoo import default_model_for
 
     loaded = load_model(model_spec or default_model_for(3))
@@ -291,8 +292,9 @@ def receptive_field_command(models, size, position, channels, output, seed, forc
         except ValueError:
             raise UsageError(f"--position expects ROW,COL like 16,16, got {position!r}") from None
         target = (row, col)
-    if Path(output).exists() and not force:
-        raise UsageError(f"{output} already exists (use -f to overwrite)")
+    if height < 2 or width < 2:
+        raise UsageError(f"--size must be at least 2x2 (one pixel has nothing before it), got {size!r}")
+    _check_picture_output(output, force, figure=True)
     fields = []
     for spec in models:
         loaded = model_for_receptive_field(spec, height, width, int(channels) if channels else None, seed)
@@ -305,6 +307,18 @@ def receptive_field_command(models, size, position, channels, output, seed, forc
         fields.append(field)
     plot_receptive_fields(fields, Path(output))
     click.echo(f"{output}: receptive fields of {len(fields)} models on a {height}x{width} input")
+
+
+def _check_picture_output(output, force: bool, figure: bool) -> None:
+    """A picture's -o, before the work: a name whose extension is a picture format, not a directory,
+    not an existing file without -f."""
+    from .figures import check_picture_path
+    from .fileio import check_target
+
+    check_target(output, make_directories=True)
+    check_picture_path(Path(output), figure)
+    if Path(output).exists() and not force:
+        raise UsageError(f"{output} already exists (use -f to overwrite)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -322,7 +336,7 @@ def receptive_field_command(models, size, position, channels, output, seed, forc
               help="images coded as separate .snail files, and by PixelCNN++ in-process [100; a folder's whole images: all]")
 @click.option("--chunk", type=int, default=1000, show_default=True, help="images per batch of the one-stream coding")
 @click.option("--codecs", "codec_names", default="all", show_default=True,
-              help="comma-separated, from png,webp,jpegxl-e7,jpegxl-e9,jpeg2000,jpegls")
+              help="comma-separated, from png,webp,jpegxl-e7,jpegxl-e9,jpeg2000,jpegls; all; none")
 @click.option("--batch-size", type=int, default=32, show_default=True, help="evaluation batch")
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--out", type=click.Path(), default=None, help="report directory [bench-DATASET]")
@@ -411,11 +425,14 @@ def _outputs_or_stdout(inputs: tuple[str, ...], output: str | None, to_stdout: b
     return _outputs(inputs, output, default)
 
 
-def _each_file(pairs, work, force: bool, quiet: bool, to_stdout: bool = False) -> None:
+def _each_file(pairs, work, force: bool, quiet: bool, to_stdout: bool = False, check=None) -> None:
     """Run `work` on the (source, target) pairs that can be written: it takes a list of them and
     yields, for each in order, its report or the SnailError it met (so that it may code many files
     together). As gzip does: a file that fails is said in one line that names it, the others go on,
-    and the exit status is 1 if any failed. An existing output without -f is refused before any work."""
+    and the exit status is 1 if any failed. A target that cannot be written (it exists and no -f, its
+    directory is not there, `check(target)` raises) is refused before any work."""
+    from .fileio import check_target
+
     _say_when_compiling(not quiet)
     seen: set[Path] = set()
     refused: dict[int, SnailError] = {}
@@ -425,8 +442,15 @@ def _each_file(pairs, work, force: bool, quiet: bool, to_stdout: bool = False) -
             continue
         if target in seen:
             refused[index] = UsageError(f"{target} would be written twice (several inputs with one name; use separate calls)")
-        elif target.exists() and not force:
+        elif target.exists() and not force and not target.is_dir():
             refused[index] = UsageError(f"{target} already exists (use -f to overwrite)")
+        else:
+            try:
+                check_target(target)
+                if check is not None:
+                    check(target)
+            except SnailError as e:
+                refused[index] = e
         seen.add(target)
     results = iter(work([pair for index, pair in enumerate(pairs) if index not in refused]))
     failed = 0
@@ -523,6 +547,7 @@ def decode(files, output, force, models, threads, device, to_stdout, test, quiet
     """Restore the exact original images from .snail files (checked against their checksum); - reads
     standard input. -t checks that each decodes to its checksummed pixels and writes nothing, as gzip -t."""
     from .api import ModelChooser, decode_files, decoded_output, resolve_device
+    from .codec.images import write_format
 
     _threads(threads)
     if test and (output is not None or to_stdout):
@@ -531,21 +556,23 @@ def decode(files, output, force, models, threads, device, to_stdout, test, quiet
     chooser = ModelChooser(models, resolve_device(device))
     stdout = sys.stdout.buffer if to_stdout else None
     _each_file(zip(files, outputs), lambda pairs: decode_files(pairs, chooser, force, progress=not quiet, stdout=stdout,
-                                                               test=test), force, quiet, to_stdout)
+                                                               test=test), force, quiet, to_stdout,
+               check=lambda target: write_format(str(target)))
 
 
 @main.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path())
 @friendly_errors
 def info(files):
-    """Print the header of .snail files in words; a bad file is said in one line, the others go on."""
+    """Print the header of .snail files in words (- reads standard input); a bad file is said in one
+    line, the others go on."""
     from .codec import container
 
     failed = 0
     for name in files:
         try:
             try:
-                data = Path(name).read_bytes()
+                data = sys.stdin.buffer.read() if name == "-" else Path(name).read_bytes()
             except OSError as e:
                 raise UsageError(f"cannot read ({e.strerror})") from None
             header = container.read_header(data)  # nothing printed for a bad file

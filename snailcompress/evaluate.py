@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from . import distributed, mixture
 from .codec.tiles import WindowPlan, default_band
-from .errors import UsageError
+from .errors import ModelError, UsageError
 
 
 @dataclass
@@ -95,7 +95,7 @@ def check_context(context: int, image_shape: tuple[int, ...]) -> None:
     if context < 0:
         raise UsageError(f"--context must be 0 or more, got {context}")
     if context >= min(image_shape[-2:]):
-        raise UsageError(f"--context {context} leaves nothing to score in {tuple(image_shape[-2:])} images")
+        raise UsageError(f"--context {context} leaves nothing to score in {image_shape[-2]}x{image_shape[-1]} images")
 
 
 @torch.no_grad()
@@ -120,6 +120,10 @@ def evaluate(
     scores (distributed.batch_share), and every rank gets every image's NLL in order, so the result
     is the same, to the last bit, for any number of processes. Only rank 0 shows a progress bar.
     """
+    if limit is not None and limit < 1:
+        raise UsageError(f"--limit must be at least 1, got {limit}")
+    if batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
     rank, world = distributed.rank_world() if sharded else (0, 1)
     n = len(dataset) if limit is None else min(limit, len(dataset))
     mine = distributed.batch_share(n, batch_size, rank, world)
@@ -144,4 +148,7 @@ def evaluate(
     shape = dataset[0].shape
     dims = n * shape[-3] * (shape[-2] - context) * (shape[-1] - context)
     total = math.fsum(per_image)
+    if not math.isfinite(total):
+        raise ModelError(f"the model's likelihood of {np.count_nonzero(~np.isfinite(per_image))} of the {n} images is not "
+                         "finite (weights that are not finite numbers?)")
     return Evaluation(mixture.bits_per_dim(total, dims), total, dims, n, per_image)

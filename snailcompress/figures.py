@@ -12,11 +12,33 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from .errors import UsageError  # noqa: E402
 from .fileio import atomic_path  # noqa: E402
 
 
+def check_picture_path(path: Path, figure: bool = True) -> None:
+    """Refuse (UsageError) a picture's name whose extension names no format that matplotlib (a
+    figure) or Pillow (an image) writes: the writers pick the format from it. Callers check before
+    the work that makes the picture."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    known = set(FigureCanvasBase.get_supported_filetypes()) if figure else {
+        ext.lstrip(".") for ext, name in Image.registered_extensions().items() if name in Image.SAVE}
+    if Path(path).suffix.lower().lstrip(".") not in known:
+        raise UsageError(f"cannot write {path}: its extension names no picture format (.png, for one)")
+
+
 def _save_atomic(fig_or_image, path: Path, **kwargs) -> Path:
+    """Save a Pillow image or a matplotlib figure all or nothing (fileio.atomic_path), in the format
+    its name's extension names (check_picture_path)."""
     path = Path(path)
+    image = isinstance(fig_or_image, Image.Image)
+    try:
+        check_picture_path(path, figure=not image)
+    except UsageError:
+        if not image:
+            plt.close(fig_or_image)
+        raise
     with atomic_path(path) as tmp:
         if isinstance(fig_or_image, Image.Image):
             fig_or_image.save(tmp, **kwargs)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from snailcompress.errors import SnailError
 
-__all__ = ["OutputExistsError", "atomic_path", "atomic_write"]
+__all__ = ["OutputExistsError", "atomic_path", "atomic_write", "check_target", "write_stream"]
 
 
 class OutputExistsError(SnailError, FileExistsError):
@@ -26,6 +26,20 @@ class OutputExistsError(SnailError, FileExistsError):
 
 def _reason(e: OSError) -> str:
     return e.strerror or str(e) or type(e).__name__
+
+
+def check_target(path: str | os.PathLike, make_directories: bool = False) -> None:
+    """Refuse (SnailError, one sentence) a path no file can be written at: a directory, a path under
+    a file, or (unless `make_directories`) one in a directory that is not there. Callers check before
+    the work that makes the file."""
+    path = Path(path)
+    if path.is_dir():
+        raise SnailError(f"cannot write {path}: it is a directory")
+    blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise SnailError(f"cannot write {path}: {blocking} is a file, not a directory")
+    if not make_directories and not path.absolute().parent.is_dir():
+        raise SnailError(f"cannot write {path}: directory {path.absolute().parent} does not exist")
 
 
 def atomic_write(path: str | os.PathLike, data: bytes, overwrite: bool = False) -> None:
@@ -42,12 +56,9 @@ def atomic_write(path: str | os.PathLike, data: bytes, overwrite: bool = False) 
     name = os.path.basename(path)
     if not name:
         raise SnailError(f"cannot write {path!r}: not a file name")
-    if os.path.isdir(path):
-        raise SnailError(f"cannot write {path}: it is a directory")
+    check_target(path)
     if not overwrite and os.path.lexists(path):
         raise OutputExistsError(f"{path} already exists (use -f to overwrite)")
-    if not os.path.isdir(directory):
-        raise SnailError(f"cannot write {path}: directory {directory} does not exist")
 
     tmp = None
     fd = -1
@@ -86,6 +97,16 @@ def atomic_write(path: str | os.PathLike, data: bytes, overwrite: bool = False) 
                 pass
 
 
+def write_stream(stream, data: bytes) -> None:
+    """Write ``data`` to a binary stream (standard output) and flush it; an operating-system failure
+    (a full disk, a closed pipe) is a SnailError in one sentence."""
+    try:
+        stream.write(data)
+        stream.flush()
+    except OSError as e:
+        raise SnailError(f"cannot write to standard output: {_reason(e)}") from e
+
+
 def _new_temporary(directory: str, name: str) -> tuple[int, str]:
     """An open descriptor and the path of a new hidden file beside `name` in `directory`, created
     like any new file (mode 0o666 less the umask, not private as mkstemp's) and keeping the name's
@@ -104,16 +125,24 @@ def _new_temporary(directory: str, name: str) -> tuple[int, str]:
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """A temporary path beside `path` to write to; moved onto `path` (replacing it) when the block
-    ends without an error, removed when it raises. Creates `path`'s directory."""
+    ends without an error, removed when it raises. Creates `path`'s directory. An operating-system
+    failure, the writer's included (a full disk, a directory where the file should go, a file
+    where a directory should), is a SnailError in one sentence."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = _new_temporary(str(path.parent), path.name)
-    os.close(fd)
+    check_target(path, make_directories=True)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = _new_temporary(str(path.parent), path.name)
+        os.close(fd)
         yield Path(tmp)
         os.replace(tmp, path)
+    except OSError as e:
+        if isinstance(e, SnailError):
+            raise
+        raise SnailError(f"cannot write {path}: {_reason(e)}") from e
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
 
 

@@ -26,7 +26,7 @@ import torch.nn as nn
 from . import mixture
 from .errors import UsageError
 from .models.layers import data_dependent_init
-from .models.pixelcnnpp import PixelCNNpp
+from .models.pixelcnnpp import PixelCNNpp, check_size
 from .models.presets import PRESETS
 from .zoo import LoadedModel, load_model
 
@@ -79,8 +79,8 @@ def model_for_receptive_field(
     """Load a model in float64, eval mode; a preset gets data-dependent init on random images."""
     loaded = load_model(spec, channels=channels)
     model = loaded.model.double().eval()
-    if isinstance(model, PixelCNNpp) and (height % 4 or width % 4):
-        raise UsageError(f"{spec}: PixelCNN++ needs a height and width divisible by 4, not {height}x{width}")
+    if isinstance(model, PixelCNNpp):
+        check_size(height, width)  # before its init
     if str(spec) in PRESETS:
         generator = torch.Generator().manual_seed(seed + 1)
         init = torch.randint(0, 256, (2, model.config.channels, height, width), generator=generator)

@@ -33,7 +33,7 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 
 from . import distributed, mixture
 from .data import load_split
-from .errors import ModelError, UsageError
+from .errors import ModelError, SnailError, UsageError
 from .evaluate import check_context, evaluate, scored_log_prob
 from .models.layers import data_dependent_init
 from .models.presets import PRESETS, ModelConfig, build_from_config, config_from_dict, preset_config
@@ -243,16 +243,34 @@ def save_checkpoint(run_dir: Path, model, ema, optimizer, progress: dict, option
     shutil.rmtree(old, ignore_errors=True)
 
 
+class TrainingDiverged(SnailError):
+    """The loss is not finite: nothing a checkpoint could keep."""
+
+
+@contextlib.contextmanager
+def _reading_checkpoint(run_dir: Path):
+    """A checkpoint that cannot be read (truncated, damaged, of another version) is a ModelError in
+    one line naming the run, not the reading library's traceback."""
+    try:
+        yield
+    except SnailError:
+        raise
+    except Exception as e:
+        detail = " ".join(str(e).split()).split(". ")[0][:160] or type(e).__name__  # the reader's first sentence
+        raise ModelError(f"{run_dir}: its last checkpoint ({last_checkpoint(run_dir)}) cannot be read: {detail}") from None
+
+
 def load_checkpoint(run_dir: Path, model, ema, optimizer, device) -> dict:
     last = last_checkpoint(run_dir)
-    model.load_state_dict(load_file(str(last / "weights.safetensors")))
-    ema.load_state_dict(load_file(str(last / "ema.safetensors")))
-    state = torch.load(last / "trainer.pt", map_location="cpu", weights_only=True)
-    optimizer.load_state_dict(state["optimizer"])
-    torch.set_rng_state(state["rng"]["torch"])
-    if device.type == "cuda" and "cuda" in state["rng"]:
-        torch.cuda.set_rng_state(state["rng"]["cuda"], device)
-    return state["progress"]
+    with _reading_checkpoint(run_dir):
+        model.load_state_dict(load_file(str(last / "weights.safetensors")))
+        ema.load_state_dict(load_file(str(last / "ema.safetensors")))
+        state = torch.load(last / "trainer.pt", map_location="cpu", weights_only=True)
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if device.type == "cuda" and "cuda" in state["rng"]:
+            torch.cuda.set_rng_state(state["rng"]["cuda"], device)
+        return state["progress"]
 
 
 def has_checkpoint(run_dir: Path) -> bool:
@@ -263,7 +281,13 @@ def has_checkpoint(run_dir: Path) -> bool:
 def _saved_record(run_dir: Path) -> dict | None:
     """The last checkpoint's config.json (model config, options, progress), None if there is none."""
     path = last_checkpoint(run_dir) / "config.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    with _reading_checkpoint(run_dir):
+        record = json.loads(path.read_text())
+        if not isinstance(record, dict) or not {"model", "options"} <= set(record):
+            raise ValueError("config.json lacks the model's config or the run's options")
+        return record
 
 
 def saved_options(run_dir: Path) -> TrainOptions | None:
@@ -271,11 +295,12 @@ def saved_options(run_dir: Path) -> TrainOptions | None:
     record = _saved_record(run_dir)
     if record is None:
         return None
-    saved = record["options"]
-    saved["scales"], saved["holdout"] = tuple(saved["scales"]), tuple(saved["holdout"])
-    if "amp" in saved:  # runs saved before `precision`: amp meant bf16 on CUDA, which "auto" still means
-        saved["precision"] = "auto" if saved.pop("amp") else "fp32"
-    return TrainOptions(**saved)
+    with _reading_checkpoint(run_dir):
+        saved = dict(record["options"])
+        saved["scales"], saved["holdout"] = tuple(saved["scales"]), tuple(saved["holdout"])
+        if "amp" in saved:  # runs saved before `precision`: amp meant bf16 on CUDA, which "auto" still means
+            saved["precision"] = "auto" if saved.pop("amp") else "fp32"
+        return TrainOptions(**saved)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -324,12 +349,12 @@ def _starting_point(options: TrainOptions, trained: nn.Module | None, channels: 
     if options.dropout is not None:
         overrides["dropout"] = options.dropout
     if trained is None:
-        return preset_config(options.model, channels, **overrides), None
+        return _overridden(preset_config(options.model, channels), overrides, options.model), None
     if trained.config.channels != channels:
         raise UsageError(
             f"--model {options.model} codes {trained.config.channels}-channel images; the data has {channels} channels"
         )
-    config = replace(trained.config, **overrides)
+    config = _overridden(trained.config, overrides, options.model)
     weights = trained.state_dict()
     shapes = {k: tuple(v.shape) for k, v in build_from_config(config).state_dict().items()}
     if shapes != {k: tuple(v.shape) for k, v in weights.items()}:
@@ -338,11 +363,25 @@ def _starting_point(options: TrainOptions, trained: nn.Module | None, channels: 
     return config, weights
 
 
+def _overridden(config: ModelConfig, overrides: dict, model: str) -> ModelConfig:
+    """`config` with --set and --dropout applied; an unknown setting or a value no network can be
+    built with is a UsageError naming it."""
+    unknown = sorted(set(overrides) - {f.name for f in fields(config)})
+    if unknown:
+        raise UsageError(f"--set {unknown[0]}: {model} has no such setting (its settings: "
+                         f"{', '.join(f.name for f in fields(config))})")
+    try:
+        return replace(config, **overrides)
+    except ModelError as e:
+        raise UsageError(f"--set or --dropout: {e}") from None
+
+
 def _saved_config(run_dir: Path, dropout: float | None) -> ModelConfig:
     """The config a run was trained with (what its checkpoint's weights fit), with a new dropout if
     one is given on resuming."""
-    saved = config_from_dict(_saved_record(run_dir)["model"])
-    return saved if dropout is None else replace(saved, dropout=dropout)
+    with _reading_checkpoint(run_dir):
+        saved = config_from_dict(_saved_record(run_dir)["model"])
+    return saved if dropout is None else _overridden(saved, {"dropout": dropout}, str(run_dir))
 
 
 class StopRequest:
@@ -385,8 +424,22 @@ def _ignore_stop_signals(worker_id: int) -> None:
         signal.signal(sig, signal.SIG_IGN)
 
 
-def _check_length(options: TrainOptions) -> None:
-    """Refuse a run with no length, or lr ramps that do not fit it, before anything is loaded or written."""
+# options that must be more than 0, or (True) 0 or more: (option, TrainOptions attribute, 0 allowed)
+_POSITIVE = [("--steps", "steps", False), ("--minutes", "minutes", False), ("--cpu-minutes", "cpu_minutes", False),
+             ("--batch-size", "batch_size", False), ("--lr", "lr", True), ("--eval-every", "eval_every", True),
+             ("--eval-images", "eval_images", False), ("--checkpoint-minutes", "checkpoint_minutes", False),
+             ("--seed", "seed", True), ("--workers", "workers", True), ("--context", "context", True)]
+
+
+def _check_options(options: TrainOptions) -> None:
+    """Refuse values no run can use (a length of 0, an EMA decay of 1.5, a negative learning rate), a
+    run with no length, or lr ramps that do not fit it, before anything is loaded or written."""
+    for option, name, zero in _POSITIVE:
+        value = getattr(options, name)
+        if value is not None and not (value >= 0 if zero else value > 0):
+            raise UsageError(f"{option} must be {'0 or more' if zero else 'more than 0'}, got {value}")
+    if not 0 <= options.ema_decay < 1:
+        raise UsageError(f"--ema must be in [0, 1), got {options.ema_decay}")
     if options.steps is None and options.minutes is None and options.cpu_minutes is None:
         raise UsageError("say how long to train: --steps N, --minutes M or --cpu-minutes M")
     if options.cooldown_steps and options.steps is None:
@@ -490,12 +543,16 @@ def _init_weights(model, ema, start_weights: dict | None, train_set, options: Tr
 def _start(options: TrainOptions) -> _Run:
     """The run to train: the interrupted one where OUT holds a checkpoint, else a new one.
 
-    The model, the data and --set are checked before OUT is created: a refused run leaves nothing behind.
+    The model, the data and --set are checked before OUT is created: a refused run leaves nothing
+    behind. A new run's OUT must be new or empty: a run never writes over files it did not make.
     """
-    rank, world, local_rank = distributed.start(options.device)
-    device = distributed.device_for(options.device, local_rank)
     run_dir = Path(options.out)
     resuming = has_checkpoint(run_dir)
+    if run_dir.exists() and not resuming and (not run_dir.is_dir() or any(run_dir.iterdir())):
+        raise UsageError(f"--out {run_dir} is {'a file' if not run_dir.is_dir() else 'not empty'} and holds no "
+                         "checkpoint to resume: a new run needs a new or empty directory")
+    rank, world, local_rank = distributed.start(options.device)
+    device = distributed.device_for(options.device, local_rank)
     trained = None if resuming else _trained_model(options)
     if trained is not None and options.dataset == "folder" and options.channels is None:
         options = replace(options, channels=trained.config.channels)  # saved with the run, for resuming
@@ -504,7 +561,6 @@ def _start(options: TrainOptions) -> _Run:
         config, start_weights = _saved_config(run_dir, options.dropout), None
     else:
         config, start_weights = _starting_point(options, trained, train_set.channels)
-    run_dir.mkdir(parents=True, exist_ok=True)
     reference = REFERENCE[config.to_dict()["architecture"]]
     lr_decay = options.lr_decay if options.lr_decay is not None else reference["lr_decay"]
     adam_eps = options.adam_eps if options.adam_eps is not None else reference["adam_eps"]
@@ -521,6 +577,7 @@ def _start(options: TrainOptions) -> _Run:
     ema.eval()
     for p in ema.parameters():
         p.requires_grad_(False)
+    run_dir.mkdir(parents=True, exist_ok=True)  # once the model has taken the data (PixelCNN++: sides of 4k)
 
     net = model.to(memory_format=torch.channels_last) if device.type == "cuda" else model
     if world > 1:
@@ -563,7 +620,8 @@ def _train_step(run: _Run, batch: torch.Tensor) -> tuple[float, int]:
     scored = scored_log_prob(x, params_out.float(), options.context)
     nats = -scored.sum()
     if not torch.isfinite(nats):
-        raise FloatingPointError(f"loss is {nats.item()} at step {progress['step']}; stopping")
+        raise TrainingDiverged(f"the loss is {nats.item()} at step {progress['step']} (a learning rate too high, or "
+                               "a model with non-finite weights); stopping without saving it")
     run.optimizer.zero_grad(set_to_none=True)
     (nats * run.world).backward()  # DDP averages over ranks: this makes it the reference's sum
     run.optimizer.step()
@@ -651,7 +709,7 @@ def train(options: TrainOptions, progress_bar: bool = True) -> dict:
 
     Its "stopped_by" is the name of the signal that stopped the run early (StopRequest), else None.
     """
-    _check_length(options)
+    _check_options(options)
     run = _start(options)
     progress = run.progress
     log = CsvLog(run.run_dir / "log.csv", progress["step"]) if run.rank == 0 else None

@@ -142,7 +142,7 @@ def _read_model_file(path: Path) -> tuple[object, dict[str, np.ndarray], dict]:
         facts = json.loads(metadata.get("facts", "{}"))
     except json.JSONDecodeError:
         raise ModelError(f"{path}: model config in its metadata is not valid JSON") from None
-    except (TypeError, AttributeError, ValueError) as e:  # JSON, but not a config's fields
+    except (TypeError, AttributeError, ValueError, ModelError) as e:  # JSON, but not a config's fields or values
         raise ModelError(f"{path}: model config in its metadata is not a model config ({e})") from None
     if isinstance(config, PixelSNAILConfig) and config.nonlinearity == "elu":  # the layout conversion reads
         from .integer.network import check_weights

@@ -357,6 +357,25 @@ def test_receptive_field_command(tmp_path):
     assert bad.exit_code == 2 and "divisible by 4" in bad.stderr
 
 
+def test_bench_codecs_none_empty_and_an_out_that_is_a_file(tmp_path):
+    """--codecs none: the models' rows only; an empty --codecs is refused (it meant all); an --out that
+    is a file is refused before the work (it failed once the report was written, after all of it)."""
+    data_dir = write_cifar_folder(tmp_path / "data")
+    args = ["bench", "--dataset", "cifar10", "--data-dir", str(data_dir), "--model", "pixelsnail-tiny", "--limit", "2",
+            "--coded-limit", "0", "-q"]
+    result = CliRunner().invoke(main, [*args, "--codecs", "none", "--out", str(tmp_path / "report")])
+    assert result.exit_code == 0, result.output
+    assert set(pd.read_csv(tmp_path / "report" / "summary.csv")["kind"]) == {"model-nll", "model-coded", "paper"}
+    (tmp_path / "a-file").write_text("x")
+    for extra, needle in [(["--codecs", "", "--out", str(tmp_path / "r2")], "names no codec"),
+                          (["--codecs", "none,png", "--out", str(tmp_path / "r2")], "'none' cannot be combined"),
+                          (["--codecs", "png", "--out", str(tmp_path / "a-file")], "is a file")]:
+        bad = CliRunner().invoke(main, [*args, *extra])
+        lines = bad.stderr.strip().splitlines()
+        assert bad.exit_code != 0 and len(lines) == 1 and needle in lines[0], bad.output
+    assert not (tmp_path / "r2").exists() and (tmp_path / "a-file").read_text() == "x"
+
+
 def test_bench_without_model_runs_the_shipped_default(tmp_path):
     """`bench --dataset X` alone measures the shipped model for the data's channel count, and says so."""
     data_dir = write_cifar_folder(tmp_path / "data")

@@ -842,6 +842,38 @@ def test_cli_encode_no_name_records_the_id_alone(work):
     assert pixels(work / "1.png") == pixels(work / "0.png") == pixels(work / "a.png")
 
 
+def test_cli_models_given_twice_for_one_channel_count_or_unloadable_are_errors(work):
+    """Two --model for RGB: which one codes is no guess to leave (the first won, silently). decode's
+    --model that cannot be loaded (a typo) is an error, as encode's is (it was passed over)."""
+    zoo.save_model(zoo.load_model(TINY, channels=3).model, work / "mine.safetensors")
+    one_line_error(cli("encode", "a.png", "-o", "x.snail", "--model", "mine.safetensors", "--model", TINY, "-q"),
+                   "both code 3-channel planes")
+    one_line_error(cli("decode", "a.snail", "-o", "x.png", "--model", "no-such-model", "-q"), "no-such-model")
+    assert listing(work) == ["a.png", "a.snail", "mine.safetensors"]
+
+
+def test_cli_decode_refuses_an_output_format_before_decoding_and_info_reads_standard_input(work, monkeypatch):
+    def never(*args, **kwargs):
+        raise AssertionError("decoded although the output cannot be written")
+
+    monkeypatch.setattr(api, "decode_planes", never)
+    one_line_error(cli("decode", "a.snail", "-o", "x.jpg", "-q"), "x.jpg", "not a format snailcompress writes exactly")
+    monkeypatch.undo()
+    assert listing(work) == ["a.png", "a.snail"]
+    r = CliRunner().invoke(main, ["info", "-"], input=(work / "a.snail").read_bytes())
+    assert r.exit_code == 0 and "format version" in r.output
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+@pytest.mark.parametrize("command, source", [("encode", "a.png"), ("decode", "a.snail")])
+def test_cli_standard_output_on_a_full_device_is_one_line(work, command, source):
+    with open("/dev/full", "wb") as full:
+        done = subprocess.run([sys.executable, "-m", "snailcompress.cli", command, source, "-c", "--model", TINY, "-q"],
+                              stdout=full, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith(f"snailcompress: error: {source}: cannot write to standard output: ")
+
+
 def test_cli_decode_falls_back_to_the_model_named_in_the_file(work):
     r = cli("decode", "a.snail", "-o", "b.png", "--model", "pixelsnail-small", "-q")
     assert r.exit_code == 0, r.output
@@ -896,8 +928,9 @@ OUTPUTS = [("encode", "a.png", "x.snail"), ("decode", "a.snail", "x.png")]
 @pytest.mark.parametrize("command, source, name", OUTPUTS)
 def test_cli_output_under_a_regular_file(work, command, source, name):
     target = work / "a.png" / name  # its "directory" a.png is a regular file
-    one_line_error(cli(command, source, "-o", target, "--model", TINY, "-q"), "cannot write", "does not exist")
+    one_line_error(cli(command, source, "-o", target, "--model", TINY, "-q"), "cannot write", "a.png is a file, not a directory")
     assert listing(work) == ["a.png", "a.snail"]
+    one_line_error(cli(command, source, "-o", work / "no" / name, "--model", TINY, "-q"), "cannot write", "does not exist")
     one_line_error(cli(command, source, "-o", f"/etc/passwd/{name}", "--model", TINY, "-q"), "cannot write")
 
 

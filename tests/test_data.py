@@ -316,7 +316,40 @@ def test_cache_is_written_once_and_then_replaces_the_source(tmp_path):
         load_split("cifar10", data_dir, "test", cache_dir=cache_dir)
 
 
+def test_cache_of_another_data_dir_is_refused_not_served(tmp_path):
+    """A cache records the --data-dir it was read from: another copy of the data set (changed, say)
+    is not silently answered with the cached images."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    data_dir, _ = write_cifar(tmp_path / "a", "folder")
+    other, _ = write_cifar(tmp_path / "b", "folder")
+    cache_dir = tmp_path / "cache"
+    load_split("cifar10", data_dir, "test", cache_dir=cache_dir)
+    with h5py.File(cache_dir / "cifar10-test.h5", "r") as file:
+        assert file["images"].attrs["data_dir"] == str(data_dir.resolve())
+    np.testing.assert_array_equal(load_split("cifar10", data_dir, "test", cache_dir=cache_dir).array,
+                                  load_split("cifar10", data_dir, "test").array)
+    with raises_sentence(f"as read from {data_dir.resolve()}, not from {other.resolve()}; delete it to rebuild it"):
+        load_split("cifar10", other, "test", cache_dir=cache_dir)
+
+
 # ---------------------------------------------------------------------------------------------------- folder
+
+
+def test_folder_refuses_images_that_do_not_convert_exactly_and_a_missing_directory(tmp_path):
+    """A 16-bit image would be clipped to 255 by the conversion to RGB: refused, naming the file."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.fromarray(np.full((16, 16, 3), 7, np.uint8)).save(folder / "fine.png")
+    Image.fromarray(np.full((16, 16), 40000, np.uint16)).save(folder / "deep.png")
+    with raises_sentence("deep.png has mode I;16"):
+        load_split("folder", folder, "test", crop=8, scales=(1.0,), holdout=("deep.png",))
+    with raises_sentence("is not there"):
+        load_split("folder", tmp_path / "missing", "test", crop=8, scales=(1.0,))
+    with raises_sentence("is not a directory"):
+        load_split("folder", folder / "fine.png", "test", crop=8, scales=(1.0,))
+
+
 
 
 def coordinate_image(width: int, height: int) -> np.ndarray:

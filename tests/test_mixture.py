@@ -389,3 +389,25 @@ def test_cli_sample_writes_a_png(tmp_path):
     assert again.exit_code != 0 and "already exists" in again.stderr
     assert len(again.stderr.strip().splitlines()) == 1
     assert out.read_bytes() == data
+
+
+@pytest.mark.parametrize("command", ["sample", "receptive-field"])
+def test_cli_pictures_refuse_outputs_they_cannot_write_in_one_line_before_the_work(tmp_path, command):
+    """Each of these was a traceback (from Pillow or matplotlib, on the temporary file's name, or the
+    operating system), some after the sampling."""
+    (tmp_path / "a-file").write_text("x")
+    (tmp_path / "a-dir").mkdir()
+    base = ["sample", "--model", "pixelsnail-tiny", "-n", "1", "--size", "4x4"] if command == "sample" else \
+        ["receptive-field", "--model", "pixelsnail-tiny", "--size", "4x4"]
+    cases = [(["-o", str(tmp_path / "x.noext")], "extension names no picture format"),
+             (["-o", str(tmp_path / "a-dir"), "-f"], "is a directory"),
+             (["-o", str(tmp_path / "a-file" / "x.png")], "a-file is a file, not a directory")]
+    cases += [(["-n", "0", "-o", str(tmp_path / "x.png")], "must be at least 1"),
+              (["--scale", "0", "-o", str(tmp_path / "x.png")], "must be at least 1")] if command == "sample" else \
+        [(["--size", "1x1", "-o", str(tmp_path / "x.png")], "at least 2x2")]
+    for extra, needle in cases:
+        result = CliRunner().invoke(main, [*base, *extra])
+        lines = result.stderr.strip().splitlines()
+        assert result.exit_code != 0 and len(lines) == 1 and lines[0].startswith("snailcompress: error: "), result.output
+        assert needle in lines[0], lines[0]
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a-dir", "a-file"]

@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from snailcompress import mixture
+from snailcompress.errors import UsageError
 from snailcompress.models import presets
 from snailcompress.models.layers import data_dependent_init
 from snailcompress.models.pixelcnnpp_stepper import PixelCNNppStepper
@@ -118,8 +119,10 @@ def test_stepper_requires_predict_before_commit_and_divisible_sides():
     stepper = PixelCNNppStepper(model, 1, 8, 8)
     with pytest.raises(RuntimeError):
         stepper.commit(torch.zeros(1, 3, dtype=torch.long))
-    with pytest.raises(ValueError, match="divisible by 4"):
+    with pytest.raises(UsageError, match="divisible by 4"):  # a user's error: one line in the CLI
         PixelCNNppStepper(model, 1, 8, 6)
+    with pytest.raises(UsageError, match="divisible by 4, not 8x6"):  # the full pass, as train, eval and bench run it
+        model(torch.zeros(1, 3, 8, 6))
 
 
 def test_sampler_steps_pixelcnnpp_incrementally():

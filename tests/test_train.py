@@ -463,6 +463,82 @@ def test_cli_train_on_a_missing_data_set(tmp_path):
     assert "CIFAR" in one_line_error(evaluated)
 
 
+@pytest.mark.parametrize("extra, needle", [
+    (["--eval-images", "0"], "--eval-images must be more than 0"),  # crashed after training, saving nothing
+    (["--ema", "1.5"], "--ema must be in [0, 1)"),  # trained to 3e12 bits/dim, exit 0
+    (["--lr", "-1"], "--lr must be 0 or more"),
+    (["--batch-size", "0"], "--batch-size must be more than 0"),
+    (["--steps", "-3"], "--steps must be more than 0"),  # blamed --cooldown-steps
+    (["--cpu-minutes", "-1"], "--cpu-minutes must be more than 0"),
+    (["--seed", "-1"], "--seed must be 0 or more"),
+    (["--workers", "-1"], "--workers must be 0 or more"),
+    (["--dropout", "2"], "dropout must be a number in [0, 1)"),
+    (["--set", "foo=3"], "--set foo: pixelsnail-tiny has no such setting"),
+    (["--set", "filters=abc"], "filters must be a whole number of at least 1, not 'abc'"),
+    (["--set", "filters=0"], "filters must be a whole number of at least 1, not 0"),
+    (["--model", "pixelcnnpp-tiny", "--crop", "10"], "divisible by 4, not 10x10"),
+])
+def test_cli_train_refuses_what_no_run_can_use_before_writing(photo_dir, tmp_path, extra, needle):
+    """Each of these gave a traceback, or trained on and exited 0; now one line, and no run directory."""
+    out = tmp_path / "run"
+    args = ["train", "--model", "pixelsnail-tiny", *folder_cli_args(photo_dir), "--steps", "1", "--workers", "0",
+            "--device", "cpu", "--out", str(out), *extra]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code != 0 and needle in one_line_error(result), result.output
+    assert not out.exists()
+
+
+def test_cli_train_never_writes_over_files_it_did_not_make(photo_dir, tmp_path):
+    """A new run's --out is new or empty: not a file, not a folder of someone's files (nor its images)."""
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "log.csv").write_text("my notes")
+    (tmp_path / "a-file").write_text("x")
+    for out, needle in [(notes, "is not empty"), (tmp_path / "a-file", "is a file"), (photo_dir, "is not empty")]:
+        before = sorted(p.name for p in Path(out).parent.rglob("*"))
+        result = CliRunner().invoke(main, ["train", "--model", "pixelsnail-tiny", *folder_cli_args(photo_dir),
+                                           "--steps", "1", "--workers", "0", "--device", "cpu", "--out", str(out)])
+        assert result.exit_code != 0 and needle in one_line_error(result)
+        assert sorted(p.name for p in Path(out).parent.rglob("*")) == before
+    assert (notes / "log.csv").read_text() == "my notes"
+
+
+@pytest.mark.parametrize("damage", ["trainer.pt", "weights.safetensors", "config.json"])
+def test_cli_resuming_a_damaged_checkpoint_says_so_in_one_line(cli_run, tmp_path, damage):
+    run = tmp_path / "run"
+    shutil.copytree(cli_run, run)
+    target = checkpoint(run) / damage
+    target.write_bytes(target.read_bytes()[: len(target.read_bytes()) // 2])
+    result = CliRunner().invoke(main, ["train", "--out", str(run), "--steps", "3", "--workers", "0"])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    last = result.stderr.strip().splitlines()[-1]  # after the line that says it is resuming
+    assert last.startswith("snailcompress: error: ") and "its last checkpoint" in last and "cannot be read" in last
+
+
+@pytest.mark.parametrize("extra, needle", [(["--limit", "0"], "--limit must be at least 1"),
+                                           (["--limit", "-1"], "--limit must be at least 1"),  # printed -0.0000 bits/dim
+                                           (["--batch-size", "0"], "--batch-size must be at least 1")])
+def test_cli_eval_refuses_empty_counts(photo_dir, extra, needle):
+    result = CliRunner().invoke(main, ["eval", "--model", "pixelsnail-tiny", *folder_cli_args(photo_dir),
+                                       "--device", "cpu", *extra])
+    assert result.exit_code != 0 and needle in one_line_error(result)
+
+
+def test_cli_eval_of_a_model_with_non_finite_weights_is_an_error(photo_dir, tmp_path):
+    from snailcompress.models.presets import build
+    from snailcompress.zoo import save_model
+
+    model = build("pixelsnail-tiny", 3)
+    with torch.no_grad():
+        next(model.parameters()).fill_(float("nan"))
+    save_model(model, tmp_path / "nan.safetensors")
+    result = CliRunner().invoke(main, ["eval", "--model", str(tmp_path / "nan.safetensors"), *folder_cli_args(photo_dir),
+                                       "--device", "cpu"])
+    assert result.exit_code != 0 and "Traceback" not in result.output  # it printed "nan bits/dim", exit 0
+    last = result.stderr.strip().splitlines()[-1].split("\r")[-1].strip()  # after the evaluation's bar
+    assert last.startswith("snailcompress: error: ") and "not finite" in last
+
+
 @pytest.fixture(scope="module")
 def cli_run(photo_dir, tmp_path_factory) -> Path:
     """A 2-step run trained through the CLI."""

@@ -307,8 +307,9 @@ def get_codecs(names: str | Sequence[str] | None = None) -> list[Codec]:
     """Codecs by name, in the order given.
 
     ``None``, ``"all"`` (or a list containing only "all"): every *available*
-    codec in registry order. A comma-separated string is accepted. An unknown
-    name raises UsageError; a known but unavailable one too.
+    codec in registry order; ``"none"``: no codec (the models' rows only). A
+    comma-separated string is accepted. An unknown name, or none at all (an
+    empty string), raises UsageError; a known but unavailable one too.
     """
     if names is None:
         wanted: list[str] = ["all"]
@@ -316,13 +317,17 @@ def get_codecs(names: str | Sequence[str] | None = None) -> list[Codec]:
         wanted = [n.strip() for n in names.split(",") if n.strip()]
     else:
         wanted = [str(n).strip() for n in names if str(n).strip()]
-    if not wanted or wanted == ["all"]:
+    if not wanted:
+        raise UsageError("--codecs names no codec: give names, 'all' or 'none'")
+    if [n.lower() for n in wanted] == ["none"]:
+        return []
+    if wanted == ["all"]:
         return [c for c in CODECS.values() if c.available()]
     out: list[Codec] = []
     for n in wanted:
         key = n.lower()
-        if key == "all":
-            raise UsageError("'all' cannot be combined with other codec names")
+        if key in ("all", "none"):
+            raise UsageError(f"'{key}' cannot be combined with other codec names")
         if key not in CODECS:
             raise UsageError(f"unknown codec '{n}'; known: {', '.join(CODECS)}")
         codec = CODECS[key]

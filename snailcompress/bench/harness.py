@@ -18,7 +18,10 @@ A folder of images (dataset "folder", unless `crops`) is measured whole, each im
 as a user codes it: the NLL row scores every pixel in the window that codes it
 (evaluate.tiled_nll_bits, the codec's tiles and context), the .snail files are what `snailcompress
 encode` writes (api.encode_images: default tiles, context and calibration), and each codec writes
-one file per image; no one-stream row and no mosaic, which are for sets of small images. With
+one file per image; no one-stream row and no mosaic, which are for sets of small images. Every image
+is measured as RGB (grayscale with data_options channels 1, the codec's model for it): a grayscale or
+palette image is converted and an alpha channel dropped, where `encode` would code the image's own
+planes; an image that does not convert exactly (16-bit, CMYK) is refused (data/folder.py). With
 `crops`, a folder gives crop x crop tiles (data_options crop, scales, holdout) like any data set.
 
 * "per file": each of the first `coded_limit` images is its own .snail file (every header byte
@@ -154,6 +157,8 @@ def _check_options(opts: BenchOptions) -> None:
         raise UsageError("--chunk must be at least 1")
     if opts.batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
+    if Path(opts.out).exists() and not Path(opts.out).is_dir():
+        raise UsageError(f"--out {opts.out} is a file: the report is a directory")
 
 
 def _images(data, limit: int | None) -> np.ndarray:

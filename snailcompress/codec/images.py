@@ -470,6 +470,18 @@ def _exact_bytes(img: DecomposedImage, fmt: str, options: dict, name: str) -> by
     return data
 
 
+def write_format(name: str) -> tuple[str, dict]:
+    """The format (Pillow's name and save options) that write_image writes `name` in, from its suffix
+    (.png where there is none); ImageError where the suffix names no lossless format it writes."""
+    suffix = os.path.splitext(name)[1].lower()
+    if suffix == "":
+        return WRITE_FORMATS[".png"]
+    if suffix not in WRITE_FORMATS:
+        known = ", ".join(WRITE_FORMATS)
+        raise ImageError(f"cannot write {name}: {suffix} is not a format snailcompress writes exactly (use {known})")
+    return WRITE_FORMATS[suffix]
+
+
 def write_image(img: DecomposedImage, path: str | os.PathLike, overwrite: bool = False) -> None:
     """Write img atomically; the format follows the suffix (.png when there is none).
 
@@ -480,14 +492,7 @@ def write_image(img: DecomposedImage, path: str | os.PathLike, overwrite: bool =
     name = os.fspath(path)
     if isinstance(name, bytes):
         name = os.fsdecode(name)
-    suffix = os.path.splitext(name)[1].lower()
-    if suffix == "":
-        fmt, options = WRITE_FORMATS[".png"]
-    elif suffix in WRITE_FORMATS:
-        fmt, options = WRITE_FORMATS[suffix]
-    else:
-        known = ", ".join(WRITE_FORMATS)
-        raise ImageError(f"cannot write {name}: {suffix} is not a format snailcompress writes exactly (use {known})")
+    fmt, options = write_format(name)
     if not overwrite and os.path.lexists(name):
         raise OutputExistsError(f"{name} already exists (use -f to overwrite)")
     atomic_write(name, _exact_bytes(img, fmt, options, name), overwrite)

@@ -65,5 +65,5 @@ def load_split(
         )
     if channels is not None or holdout:
         raise DatasetError(f"channels and holdout apply to the folder data set only, not to {name}'s fixed splits.")
-    images = cached(name, split, cache_dir, partial(_FIXED_READERS[name], data_dir, split))
+    images = cached(name, split, cache_dir, partial(_FIXED_READERS[name], data_dir, split), data_dir)
     return ArrayDataset(name, images)

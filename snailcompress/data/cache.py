@@ -1,10 +1,12 @@
 """An HDF5 cache of a fixed data set, so slow sources (1.28M PNGs, compressed npz) are decoded once.
 
 `cache_dir/{name}-{split}.h5` holds one dataset `images`: uint8 (N, C, H, W), chunked one image per chunk,
-with attributes name, split and source (the files it was read from). It is written to a temporary file
-and renamed into place, so a crash never leaves a half-written cache that later loads would trust. A
-cached split is read fully into memory (chunked data cannot be memory-mapped, and training touches all of
-it anyway); the source files are then not looked at, not even for staleness: delete the cache to rebuild.
+with attributes name, split, data_dir (the --data-dir it was read from, resolved; "" for the data set's
+default place) and source (the files it was read from). It is written to a temporary file and renamed
+into place, so a crash never leaves a half-written cache that later loads would trust. A cached split is
+read fully into memory (chunked data cannot be memory-mapped, and training touches all of it anyway);
+the source files are then not looked at, not even for staleness (delete the cache to rebuild), but a
+cache read from another --data-dir is refused rather than served in its place.
 """
 
 from __future__ import annotations
@@ -20,13 +22,22 @@ from snailcompress.errors import DatasetError
 from snailcompress.fileio import atomic_path
 
 
-def read_cache(path: Path, name: str, split: str) -> np.ndarray:
+def _data_dir_key(data_dir: PathLike | None) -> str:
+    return "" if data_dir is None else str(Path(data_dir).expanduser().resolve())
+
+
+def read_cache(path: Path, name: str, split: str, data_dir: PathLike | None = None) -> np.ndarray:
     try:
         with h5py.File(path, "r") as file:
             stored = file["images"]
             if (stored.attrs.get("name"), stored.attrs.get("split")) != (name, split) or stored.dtype != np.uint8 \
                     or stored.ndim != 4:
                 raise DatasetError(f"{path} is not a cache of {name} {split}; delete it to rebuild it.")
+            made_from = stored.attrs.get("data_dir")
+            if made_from != _data_dir_key(data_dir):
+                where = "an unrecorded place" if made_from is None else (made_from or f"{name}'s default place")
+                raise DatasetError(f"{path} caches {name} {split} as read from {where}, not from "
+                                   f"{_data_dir_key(data_dir) or 'the default place'}; delete it to rebuild it.")
             images = np.empty(stored.shape, np.uint8)
             stored.read_direct(images)
     except (OSError, KeyError) as error:
@@ -34,24 +45,27 @@ def read_cache(path: Path, name: str, split: str) -> np.ndarray:
     return images
 
 
-def write_cache(path: Path, images: np.ndarray, *, name: str, split: str, source: str) -> None:
+def write_cache(path: Path, images: np.ndarray, *, name: str, split: str, source: str,
+                data_dir: PathLike | None = None) -> None:
     try:
         with atomic_path(path) as temporary, h5py.File(temporary, "w") as file:
             stored = file.create_dataset("images", data=images, chunks=(1, *images.shape[1:]))
-            stored.attrs.update(name=name, split=split, source=source)
+            stored.attrs.update(name=name, split=split, source=source, data_dir=_data_dir_key(data_dir))
     except OSError as error:
         raise DatasetError(f"Cannot write the cache {path} ({error}).") from error
 
 
 def cached(
-    name: str, split: str, cache_dir: PathLike | None, read: Callable[[], tuple[np.ndarray, str]]
+    name: str, split: str, cache_dir: PathLike | None, read: Callable[[], tuple[np.ndarray, str]],
+    data_dir: PathLike | None = None,
 ) -> np.ndarray:
-    """The images from the cache if it exists, else from `read()`, writing the cache on the way."""
+    """The images from the cache if it exists (and was read from `data_dir`), else from `read()`,
+    writing the cache on the way."""
     if cache_dir is None:
         return read()[0]
     path = Path(cache_dir) / f"{name}-{split}.h5"
     if path.exists():
-        return read_cache(path, name, split)
+        return read_cache(path, name, split, data_dir)
     images, source = read()
-    write_cache(path, images, name=name, split=split, source=source)
+    write_cache(path, images, name=name, split=split, source=source, data_dir=data_dir)
     return images

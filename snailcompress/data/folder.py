@@ -41,10 +41,22 @@ def downsample(image: Image.Image, scale: float) -> Image.Image:
     return image.resize((width, height), Image.Resampling.BOX, box=box)
 
 
+# Pillow modes of 8-bit images, which convert exactly to 'RGB' (or 'L'); 16-bit, 32-bit and float images
+# would be clipped, CMYK and other colour spaces approximated: refused, not silently changed
+EXACT_MODES = ("1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX")
+
+
+def _check_mode(image: Image.Image, path: Path) -> None:
+    if image.mode not in EXACT_MODES:
+        raise DatasetError(f"{path} has mode {image.mode}, which does not convert exactly to 8-bit RGB or "
+                           "grayscale (16-bit, 32-bit, float or another colour space); convert it first.")
+
+
 def load_image(path: Path, channels: int, scale: float) -> np.ndarray:
     """One image as uint8 (H, W, C) at a scale; colour images lose any alpha channel, grayscale uses Pillow's 'L'."""
     try:
         with Image.open(path) as image:
+            _check_mode(image, path)
             pixels = np.asarray(downsample(image.convert(MODE_OF[channels]), scale))
     except (OSError, Image.DecompressionBombError) as error:
         raise DatasetError(f"{path} is not a readable image ({error}).") from error
@@ -55,6 +67,7 @@ def _image_size(path: Path) -> tuple[int, int]:
     """(width, height) from the header alone: sampling needs every size, decoding waits until a crop needs it."""
     try:
         with Image.open(path) as image:
+            _check_mode(image, path)
             return image.size
     except (OSError, Image.DecompressionBombError) as error:
         raise DatasetError(f"{path} is not a readable image ({error}).") from error
@@ -64,6 +77,9 @@ def find_images(data_dir: PathLike | None) -> list[Path]:
     """Image files under data_dir, sorted by path so every run and every rank numbers them alike."""
     if data_dir is None:
         raise DatasetError("The folder data set needs a directory of images (--data-dir DIR), for example the Kodak set.")
+    if not Path(data_dir).is_dir():
+        raise DatasetError(f"{data_dir} is {'not a directory' if Path(data_dir).exists() else 'not there'}: "
+                           "the folder data set needs a directory of images.")
     files = sorted(
         p for p in Path(data_dir).rglob("*")
         if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()

@@ -3,7 +3,30 @@ lists presets and shipped models without loading it)."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
+
+from ..errors import ModelError
+
+NONLINEARITIES = ("elu", "concat_elu")
+
+
+def check_config(config) -> None:
+    """Refuse settings no network can be built with (ModelError, one sentence): every count a whole
+    number of at least 1, 1 or 3 channels, a dropout in [0, 1), a known nonlinearity. Checked when a
+    config is made, so a --set typo or a damaged model file is named before torch sees it."""
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if f.name == "dropout":
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1
+            need = "a number in [0, 1)"
+        elif f.name == "nonlinearity":
+            ok, need = value in NONLINEARITIES, f"one of {', '.join(NONLINEARITIES)}"
+        elif f.name == "channels":
+            ok, need = value in (1, 3) and not isinstance(value, bool), "1 or 3"
+        else:
+            ok, need = isinstance(value, int) and not isinstance(value, bool) and value >= 1, "a whole number of at least 1"
+        if not ok:
+            raise ModelError(f"{f.name} must be {need}, not {value!r}")
 
 
 @dataclass(frozen=True)
@@ -18,6 +41,9 @@ class PixelSNAILConfig:
     dropout: float = 0.5  # drop probability after the second nonlinearity of every gated block
     nonlinearity: str = "elu"  # "elu" (paper) or "concat_elu" (PixelCNN++ style)
 
+    def __post_init__(self) -> None:
+        check_config(self)
+
     def to_dict(self) -> dict:
         return {"architecture": "pixelsnail", **asdict(self)}
 
@@ -30,6 +56,9 @@ class PixelCNNppConfig:
     mixtures: int = 10
     dropout: float = 0.5
     nonlinearity: str = "concat_elu"
+
+    def __post_init__(self) -> None:
+        check_config(self)
 
     def to_dict(self) -> dict:
         return {"architecture": "pixelcnnpp", **asdict(self)}

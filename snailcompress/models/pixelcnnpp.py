@@ -18,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import mixture
+from ..errors import UsageError
 from .configs import PixelCNNppConfig
 from .layers import (
     DownRightShiftedConv2d,
@@ -31,6 +32,12 @@ from .layers import (
     nin,
     with_ones_channel,
 )
+
+
+def check_size(height: int, width: int) -> None:
+    """The two downsamplings halve the sides twice: a UsageError (one line) for any other size."""
+    if height % 4 or width % 4:
+        raise UsageError(f"PixelCNN++ needs a height and width divisible by 4, not {height}x{width}")
 
 
 def _resnet_pair(cfg: PixelCNNppConfig, ul_aux: int) -> tuple[GatedResnet, GatedResnet]:
@@ -71,6 +78,7 @@ class PixelCNNpp(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """What the 1x1 head reads at every position (B, filters, H, W), as in PixelSNAIL."""
+        check_size(x.shape[-2], x.shape[-1])
         x_pad = with_ones_channel(x)
         u_stack = [down_shift(self.input_u(x_pad))]
         ul_stack = [causal_input(x_pad, self.input_above, self.input_left)]

@@ -51,7 +51,7 @@ import torch.nn.functional as F
 
 from ..mixture import to_unit
 from .layers import GatedResnet, WeightNormConv2d
-from .pixelcnnpp import PixelCNNpp
+from .pixelcnnpp import PixelCNNpp, check_size
 from .stepper import _causal_input, _Linear, _RowCache, _StepResnet, _Where
 
 LEVELS = 3  # resolutions H, H/2, H/4
@@ -201,8 +201,7 @@ class PixelCNNppStepper:
     (H and W divisible by 4, as the model needs). The buffers take the model's dtype."""
 
     def __init__(self, model: PixelCNNpp, batch: int, height: int, width: int):
-        if height % 4 or width % 4:
-            raise ValueError(f"PixelCNN++ needs sides divisible by 4, not {height}x{width}")
+        check_size(height, width)
         cfg = model.config
         self.cfg, self.batch, self.height, self.width = cfg, batch, height, width
         self.dtype = dtype = model.head.v.dtype
