@@ -192,6 +192,9 @@ def load_model(spec: str | Path, channels: int | None = None, device: str | torc
         return LoadedModel(spec_str, model_id(model), facts, model.config, model=model, device=device)
     path = resolve_model_path(spec)
     if path is None:
+        if (Path(spec) / "checkpoints").is_dir():
+            raise ModelError(f"no model in {spec_str}: a training run's directory without a checkpoint yet "
+                             f"({last_checkpoint(Path(spec)) / 'ema.safetensors'} is not there)")
         known = ", ".join(shipped_models() + list(PRESETS))
         raise ModelError(f"no model {spec_str!r}: not a file, checkpoint directory or known name ({known})")
     config, arrays, facts = _read_model_file(path)

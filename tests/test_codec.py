@@ -796,8 +796,9 @@ def test_cli_encode_model_that_cannot_be_loaded_is_an_error_not_the_default(work
     """A --model typo or a damaged file must not silently code with the shipped default instead."""
     (work / "damaged.safetensors").write_bytes(b"not weights")
     (work / "empty-run").mkdir()
+    (work / "young-run" / "checkpoints" / "last").mkdir(parents=True)
     for spec, message in [("no-such-run", "no model 'no-such-run'"), ("empty-run", "no model 'empty-run'"),
-                          ("damaged.safetensors", "damaged.safetensors")]:
+                          ("young-run", "without a checkpoint yet"), ("damaged.safetensors", "damaged.safetensors")]:
         before = listing(work)
         one_line_error(cli("encode", "a.png", "-o", "x.snail", "--model", spec, "-q"), message)
         assert listing(work) == before
