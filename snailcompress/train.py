@@ -540,6 +540,24 @@ def _init_weights(model, ema, start_weights: dict | None, train_set, options: Tr
     ema.load_state_dict(model.state_dict())
 
 
+def _fresh_run_dir(run_dir: Path) -> bool:
+    """Whether a new run may start in `run_dir`: it is not there, empty, or holds only what a run
+    killed before its first checkpoint left (its log.csv, by its header, its curve, no checkpoint)."""
+    if not run_dir.exists():
+        return True
+    if not run_dir.is_dir():
+        return False
+    left = {p.name for p in run_dir.iterdir()}
+    if not left <= {"log.csv", "bpd_curve.png", "checkpoints"}:
+        return False
+    if "checkpoints" in left and any(p.is_file() for p in (run_dir / "checkpoints").rglob("*")):
+        return False
+    if "log.csv" in left:
+        with open(run_dir / "log.csv", newline="") as f:
+            return f.readline().strip() == ",".join(LOG_FIELDS)
+    return True
+
+
 def _start(options: TrainOptions) -> _Run:
     """The run to train: the interrupted one where OUT holds a checkpoint, else a new one.
 
@@ -548,7 +566,7 @@ def _start(options: TrainOptions) -> _Run:
     """
     run_dir = Path(options.out)
     resuming = has_checkpoint(run_dir)
-    if run_dir.exists() and not resuming and (not run_dir.is_dir() or any(run_dir.iterdir())):
+    if not resuming and not _fresh_run_dir(run_dir):
         raise UsageError(f"--out {run_dir} is {'a file' if not run_dir.is_dir() else 'not empty'} and holds no "
                          "checkpoint to resume: a new run needs a new or empty directory")
     rank, world, local_rank = distributed.start(options.device)

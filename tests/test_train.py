@@ -34,8 +34,8 @@ from snailcompress.data.idx import FASHION_MNIST_SYSTEM_DIR
 from snailcompress.errors import DatasetError, UsageError
 from snailcompress.evaluate import evaluate
 from snailcompress.train import (
-    PRECISIONS, GlobalBatchSampler, ReferenceAdam, TrainOptions, learning_rate, network_autocast, saved_options, train,
-    train_options,
+    LOG_FIELDS, PRECISIONS, GlobalBatchSampler, ReferenceAdam, TrainOptions, learning_rate, network_autocast,
+    saved_options, train, train_options,
 )
 from snailcompress.zoo import load_model
 
@@ -501,6 +501,14 @@ def test_cli_train_never_writes_over_files_it_did_not_make(photo_dir, tmp_path):
         assert result.exit_code != 0 and needle in one_line_error(result)
         assert sorted(p.name for p in Path(out).parent.rglob("*")) == before
     assert (notes / "log.csv").read_text() == "my notes"
+    # what a run killed before its first checkpoint left is its own: the same command starts again there
+    killed = tmp_path / "killed"
+    (killed / "checkpoints" / "last").mkdir(parents=True)
+    (killed / "log.csv").write_text(",".join(LOG_FIELDS) + "\n1,0,2,0.1,0.1,0.001,9.0,,3.0\n")
+    result = CliRunner().invoke(main, ["train", "--model", "pixelsnail-tiny", *folder_cli_args(photo_dir),
+                                       "--steps", "1", "--workers", "0", "--device", "cpu", "--out", str(killed)])
+    assert result.exit_code == 0, result.output
+    assert (checkpoint(killed) / "trainer.pt").is_file() and len(read_log(killed)) >= 1
 
 
 @pytest.mark.parametrize("damage", ["trainer.pt", "weights.safetensors", "config.json"])
