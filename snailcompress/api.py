@@ -33,6 +33,7 @@ from .integer.arithmetic import ARITHMETIC_VERSION
 from .integer.network import IntegerPixelSNAIL
 from .fileio import atomic_write, write_stream
 from .lazy import torch
+from .models.presets import PRESETS
 from .zoo import LoadedModel, default_model_for, load_model, shipped_models
 
 DEFAULT_TILE = 32
@@ -69,8 +70,8 @@ def _gpu_driver_present() -> bool:
 
 
 class ModelChooser:
-    """One model per channel count: the user's (--model, any number of times), else the shipped default.
-    The integer networks it gives run on `device`. `names`: whether a file records the name of a model
+    """One model per channel count: the user's (--model, one for RGB and one for grayscale), else the
+    shipped default. The integer networks it gives run on `device`. `names`: whether a file records the name of a model
     that is not shipped (the --model given, often a path) beside its id, so that decoding finds it
     there where it can and names it where it cannot; False (encode -n): the id alone, as on any other
     machine, and no local path in the file."""
@@ -99,15 +100,18 @@ class ModelChooser:
         return found
 
     def for_channels(self, channels: int) -> LoadedModel:
-        """The --model that codes this many channels, else the default. A --model that cannot be
-        loaded at all (a typo, a damaged file) is an error, not a silent switch to the default; so
-        are two that code the same channels (which one would code the plane is no guess to leave)."""
-        fitting = []
-        for spec in self.specs:
+        """The --model that codes this many channels, else the default. A model file codes one channel
+        count; a preset (untrained: for tests) codes any, and is taken only where no file fits. A
+        --model that cannot be loaded at all (a typo, a damaged file) is an error, not a silent switch
+        to the default; so are two files, or two presets, for the same channels (which one would code
+        the plane is no guess to leave)."""
+        files, presets = [], []
+        for spec in dict.fromkeys(self.specs):  # each once, in order
             try:
-                fitting.append(self._load(spec, channels))
+                (presets if spec in PRESETS else files).append(self._load(spec, channels))
             except ChannelCountError:
                 continue  # a model for the other channel count
+        fitting = files or presets
         if len(fitting) > 1:
             raise UsageError(f"--model {fitting[0].name} and --model {fitting[1].name} both code {channels}-channel "
                              "planes: give one model for RGB and one for grayscale")

@@ -98,6 +98,14 @@ def check_context(context: int, image_shape: tuple[int, ...]) -> None:
         raise UsageError(f"--context {context} leaves nothing to score in {image_shape[-2]}x{image_shape[-1]} images")
 
 
+def check_counts(limit: int | None, batch_size: int) -> None:
+    """Refuse an evaluation of no image, or in batches of none (eval's and bench's options)."""
+    if limit is not None and limit < 1:
+        raise UsageError(f"--limit must be at least 1, got {limit}")
+    if batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
@@ -120,10 +128,7 @@ def evaluate(
     scores (distributed.batch_share), and every rank gets every image's NLL in order, so the result
     is the same, to the last bit, for any number of processes. Only rank 0 shows a progress bar.
     """
-    if limit is not None and limit < 1:
-        raise UsageError(f"--limit must be at least 1, got {limit}")
-    if batch_size < 1:
-        raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
+    check_counts(limit, batch_size)
     rank, world = distributed.rank_world() if sharded else (0, 1)
     n = len(dataset) if limit is None else min(limit, len(dataset))
     mine = distributed.batch_share(n, batch_size, rank, world)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from snailcompress.errors import SnailError
 
-__all__ = ["OutputExistsError", "atomic_path", "atomic_write", "check_target", "write_stream"]
+__all__ = ["OutputExistsError", "atomic_path", "atomic_write", "check_directory", "check_target", "write_stream"]
 
 
 class OutputExistsError(SnailError, FileExistsError):
@@ -28,6 +28,21 @@ def _reason(e: OSError) -> str:
     return e.strerror or str(e) or type(e).__name__
 
 
+def _under_a_file(path: Path) -> None:
+    blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise SnailError(f"cannot write {path}: {blocking} is a file, not a directory")
+
+
+def check_directory(path: str | os.PathLike) -> None:
+    """Refuse (SnailError, one sentence) a directory to write into that cannot be one: a file, or a
+    path under a file (a run's or a report's --out). Callers check before the work."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise SnailError(f"cannot write into {path}: it is a file, not a directory")
+    _under_a_file(path)
+
+
 def check_target(path: str | os.PathLike, make_directories: bool = False) -> None:
     """Refuse (SnailError, one sentence) a path no file can be written at: a directory, a path under
     a file, or (unless `make_directories`) one in a directory that is not there. Callers check before
@@ -35,9 +50,7 @@ def check_target(path: str | os.PathLike, make_directories: bool = False) -> Non
     path = Path(path)
     if path.is_dir():
         raise SnailError(f"cannot write {path}: it is a directory")
-    blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
-    if blocking is not None:
-        raise SnailError(f"cannot write {path}: {blocking} is a file, not a directory")
+    _under_a_file(path)
     if not make_directories and not path.absolute().parent.is_dir():
         raise SnailError(f"cannot write {path}: directory {path.absolute().parent} does not exist")
 

@@ -80,7 +80,10 @@ def model_for_receptive_field(
     loaded = load_model(spec, channels=channels)
     model = loaded.model.double().eval()
     if isinstance(model, PixelCNNpp):
-        check_size(height, width)  # before its init
+        try:
+            check_size(height, width)  # before its init, naming which of the --model
+        except UsageError as e:
+            raise UsageError(f"{spec}: {e}") from None
     if str(spec) in PRESETS:
         generator = torch.Generator().manual_seed(seed + 1)
         init = torch.randint(0, 256, (2, model.config.channels, height, width), generator=generator)

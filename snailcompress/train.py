@@ -46,6 +46,7 @@ from tqdm.auto import tqdm
 from . import distributed, mixture
 from .data import load_split
 from .errors import ModelError, SnailError, UsageError
+from .fileio import check_directory
 from .evaluate import check_context, evaluate, scored_log_prob
 from .models.layers import data_dependent_init
 from .models.presets import PRESETS, ModelConfig, build_from_config, config_from_dict, preset_config
@@ -253,8 +254,10 @@ def _reading_checkpoint(run_dir: Path):
     one line naming the run, not the reading library's traceback."""
     try:
         yield
-    except SnailError:
-        raise
+    except SnailError as e:
+        if not isinstance(e, ModelError):
+            raise
+        raise ModelError(f"{run_dir}: its last checkpoint ({last_checkpoint(run_dir)}) cannot be read: {e}") from None
     except Exception as e:
         detail = " ".join(str(e).split()).split(". ")[0][:160] or type(e).__name__  # the reader's first sentence
         raise ModelError(f"{run_dir}: its last checkpoint ({last_checkpoint(run_dir)}) cannot be read: {detail}") from None
@@ -345,16 +348,18 @@ def _starting_point(options: TrainOptions, trained: nn.Module | None, channels: 
     run whose checkpoint is gone) keeps its architecture; `--set`/`--dropout` may change settings
     that leave the weights' shapes alone (dropout), and the data must have its channel count.
     """
-    overrides = dict(options.model_overrides)
-    if options.dropout is not None:
-        overrides["dropout"] = options.dropout
-    if trained is None:
-        return _overridden(preset_config(options.model, channels), overrides, options.model), None
-    if trained.config.channels != channels:
+    if "channels" in options.model_overrides:
+        raise UsageError("--set channels: the data sets a model's channel count (a folder's: --channels)")
+    if trained is not None and trained.config.channels != channels:
         raise UsageError(
             f"--model {options.model} codes {trained.config.channels}-channel images; the data has {channels} channels"
         )
-    config = _overridden(trained.config, overrides, options.model)
+    config = _overridden(preset_config(options.model, channels) if trained is None else trained.config,
+                         options.model_overrides, options.model)
+    if options.dropout is not None:
+        config = _overridden(config, {"dropout": options.dropout}, options.model, "--dropout")
+    if trained is None:
+        return config, None
     weights = trained.state_dict()
     shapes = {k: tuple(v.shape) for k, v in build_from_config(config).state_dict().items()}
     if shapes != {k: tuple(v.shape) for k, v in weights.items()}:
@@ -363,17 +368,19 @@ def _starting_point(options: TrainOptions, trained: nn.Module | None, channels: 
     return config, weights
 
 
-def _overridden(config: ModelConfig, overrides: dict, model: str) -> ModelConfig:
-    """`config` with --set and --dropout applied; an unknown setting or a value no network can be
-    built with is a UsageError naming it."""
-    unknown = sorted(set(overrides) - {f.name for f in fields(config)})
-    if unknown:
-        raise UsageError(f"--set {unknown[0]}: {model} has no such setting (its settings: "
-                         f"{', '.join(f.name for f in fields(config))})")
-    try:
-        return replace(config, **overrides)
-    except ModelError as e:
-        raise UsageError(f"--set or --dropout: {e}") from None
+def _overridden(config: ModelConfig, overrides: dict, model: str, option: str = "--set") -> ModelConfig:
+    """`config` with `overrides` (--set's, or --dropout's) applied; an unknown setting or a value no
+    network can be built with is a UsageError naming the option and the setting."""
+    settings = [f.name for f in fields(config)]
+    for key, value in overrides.items():
+        named = f"{option} {key}" if option == "--set" else option
+        if key not in settings:
+            raise UsageError(f"{named}: {model} has no such setting (its settings: {', '.join(settings)})")
+        try:
+            replace(config, **{key: value})
+        except ModelError as e:
+            raise UsageError(f"{named}: {e}") from None
+    return replace(config, **overrides)
 
 
 def _saved_config(run_dir: Path, dropout: float | None) -> ModelConfig:
@@ -381,7 +388,7 @@ def _saved_config(run_dir: Path, dropout: float | None) -> ModelConfig:
     one is given on resuming."""
     with _reading_checkpoint(run_dir):
         saved = config_from_dict(_saved_record(run_dir)["model"])
-    return saved if dropout is None else _overridden(saved, {"dropout": dropout}, str(run_dir))
+    return saved if dropout is None else _overridden(saved, {"dropout": dropout}, str(run_dir), "--dropout")
 
 
 class StopRequest:
@@ -427,8 +434,8 @@ def _ignore_stop_signals(worker_id: int) -> None:
 # options that must be more than 0, or (True) 0 or more: (option, TrainOptions attribute, 0 allowed)
 _POSITIVE = [("--steps", "steps", False), ("--minutes", "minutes", False), ("--cpu-minutes", "cpu_minutes", False),
              ("--batch-size", "batch_size", False), ("--lr", "lr", True), ("--eval-every", "eval_every", True),
-             ("--eval-images", "eval_images", False), ("--checkpoint-minutes", "checkpoint_minutes", False),
-             ("--seed", "seed", True), ("--workers", "workers", True), ("--context", "context", True)]
+             ("--eval-images", "eval_images", False), ("--checkpoint-minutes", "checkpoint_minutes", True),
+             ("--seed", "seed", True), ("--workers", "workers", True), ("--warmup-steps", "warmup_steps", True)]
 
 
 def _check_options(options: TrainOptions) -> None:
@@ -444,8 +451,6 @@ def _check_options(options: TrainOptions) -> None:
         raise UsageError("say how long to train: --steps N, --minutes M or --cpu-minutes M")
     if options.cooldown_steps and options.steps is None:
         raise UsageError("--cooldown-steps counts back from --steps: give --steps too")
-    if options.warmup_steps < 0:
-        raise UsageError(f"--warmup-steps must be 0 or more, got {options.warmup_steps}")
     if not 0 <= options.cooldown_steps <= (options.steps or 0):
         raise UsageError(f"--cooldown-steps must be between 0 and --steps ({options.steps}), got {options.cooldown_steps}")
 
@@ -542,7 +547,8 @@ def _init_weights(model, ema, start_weights: dict | None, train_set, options: Tr
 
 def _fresh_run_dir(run_dir: Path) -> bool:
     """Whether a new run may start in `run_dir`: it is not there, empty, or holds only what a run
-    killed before its first checkpoint left (its log.csv, by its header, its curve, no checkpoint)."""
+    killed before its first checkpoint left (its log.csv, by its header, its curve, and no checkpoint
+    but the first one's unfinished save, checkpoints/last.tmp)."""
     if not run_dir.exists():
         return True
     if not run_dir.is_dir():
@@ -550,7 +556,8 @@ def _fresh_run_dir(run_dir: Path) -> bool:
     left = {p.name for p in run_dir.iterdir()}
     if not left <= {"log.csv", "bpd_curve.png", "checkpoints"}:
         return False
-    if "checkpoints" in left and any(p.is_file() for p in (run_dir / "checkpoints").rglob("*")):
+    saved = run_dir / "checkpoints"
+    if "checkpoints" in left and any(p.is_file() and saved / "last.tmp" not in p.parents for p in saved.rglob("*")):
         return False
     if "log.csv" in left:
         with open(run_dir / "log.csv", newline="") as f:
@@ -562,13 +569,16 @@ def _start(options: TrainOptions) -> _Run:
     """The run to train: the interrupted one where OUT holds a checkpoint, else a new one.
 
     The model, the data and --set are checked before OUT is created: a refused run leaves nothing
-    behind. A new run's OUT must be new or empty: a run never writes over files it did not make.
+    behind. A new run's OUT must be new, empty or what a run killed before its first checkpoint left
+    (_fresh_run_dir): a run never writes over files it did not make.
     """
     run_dir = Path(options.out)
+    check_directory(run_dir)
     resuming = has_checkpoint(run_dir)
     if not resuming and not _fresh_run_dir(run_dir):
         raise UsageError(f"--out {run_dir} is {'a file' if not run_dir.is_dir() else 'not empty'} and holds no "
-                         "checkpoint to resume: a new run needs a new or empty directory")
+                         "checkpoint to resume: a new run needs a new or empty directory (or the one a run was "
+                         "killed in before its first checkpoint)")
     rank, world, local_rank = distributed.start(options.device)
     device = distributed.device_for(options.device, local_rank)
     trained = None if resuming else _trained_model(options)

@@ -847,10 +847,23 @@ def test_cli_models_given_twice_for_one_channel_count_or_unloadable_are_errors(w
     """Two --model for RGB: which one codes is no guess to leave (the first won, silently). decode's
     --model that cannot be loaded (a typo) is an error, as encode's is (it was passed over)."""
     zoo.save_model(zoo.load_model(TINY, channels=3).model, work / "mine.safetensors")
-    one_line_error(cli("encode", "a.png", "-o", "x.snail", "--model", "mine.safetensors", "--model", TINY, "-q"),
+    zoo.save_model(zoo.load_model(TINY, channels=3).model, work / "also-mine.safetensors")
+    zoo.save_model(zoo.load_model(TINY, channels=1).model, work / "gray.safetensors")
+    one_line_error(cli("encode", "a.png", "-o", "x.snail", "--model", "mine.safetensors", "--model", "gray.safetensors",
+                       "--model", "also-mine.safetensors", "-q"), "both code 3-channel planes")
+    one_line_error(cli("encode", "a.png", "-o", "x.snail", "--model", TINY, "--model", "pixelsnail-small", "-q"),
                    "both code 3-channel planes")
+    assert cli("encode", "a.png", "-o", "x.snail", "--model", "mine.safetensors", "--model", "mine.safetensors",
+               "--model", TINY, "--tile", TILE, "-q").exit_code == 0  # the same file twice, and a preset: the file
+    assert C.read((work / "x.snail").read_bytes()).planes[0].model_name == "mine.safetensors"
+    # a preset (any channel count) with a gray model file: the file codes the gray plane, the preset RGB
+    make_image("RGBA", 9, 7, "gradient", 3).save(work / "rgba.png")
+    r = cli("encode", "rgba.png", "--model", "gray.safetensors", "--model", TINY, "--tile", TILE, "--no-calibrate", "-q")
+    assert r.exit_code == 0, r.output
+    planes = C.read((work / "rgba.snail").read_bytes()).planes
+    assert [p.model_name for p in planes] == ["pixelsnail-tiny", "gray.safetensors"]
     one_line_error(cli("decode", "a.snail", "-o", "x.png", "--model", "no-such-model", "-q"), "no-such-model")
-    assert listing(work) == ["a.png", "a.snail", "mine.safetensors"]
+    assert not (work / "x.png").exists()
 
 
 def test_cli_decode_refuses_an_output_format_before_decoding_and_info_reads_standard_input(work, monkeypatch):

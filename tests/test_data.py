@@ -331,6 +331,9 @@ def test_cache_of_another_data_dir_is_refused_not_served(tmp_path):
                                   load_split("cifar10", data_dir, "test").array)
     with raises_sentence(f"as read from {data_dir.resolve()}, not from {other.resolve()}; delete it to rebuild it"):
         load_split("cifar10", other, "test", cache_dir=cache_dir)
+    with h5py.File(cache_dir / "cifar10-test.h5", "r+") as file:  # as a cache written before it was recorded
+        del file["images"].attrs["data_dir"]
+    assert load_split("cifar10", other, "test", cache_dir=cache_dir).array.shape[0] > 0  # trusted, as then
 
 
 # ---------------------------------------------------------------------------------------------------- folder
@@ -348,8 +351,6 @@ def test_folder_refuses_images_that_do_not_convert_exactly_and_a_missing_directo
         load_split("folder", tmp_path / "missing", "test", crop=8, scales=(1.0,))
     with raises_sentence("is not a directory"):
         load_split("folder", folder / "fine.png", "test", crop=8, scales=(1.0,))
-
-
 
 
 def coordinate_image(width: int, height: int) -> np.ndarray:

@@ -476,6 +476,8 @@ def test_cli_train_on_a_missing_data_set(tmp_path):
     (["--set", "foo=3"], "--set foo: pixelsnail-tiny has no such setting"),
     (["--set", "filters=abc"], "filters must be a whole number of at least 1, not 'abc'"),
     (["--set", "filters=0"], "filters must be a whole number of at least 1, not 0"),
+    (["--set", "channels=1"], "--set channels: the data sets"),  # trained on, then a traceback
+    (["--dropout", "1"], "--dropout: dropout must be a number in [0, 1)"),
     (["--model", "pixelcnnpp-tiny", "--crop", "10"], "divisible by 4, not 10x10"),
 ])
 def test_cli_train_refuses_what_no_run_can_use_before_writing(photo_dir, tmp_path, extra, needle):
@@ -494,7 +496,8 @@ def test_cli_train_never_writes_over_files_it_did_not_make(photo_dir, tmp_path):
     notes.mkdir()
     (notes / "log.csv").write_text("my notes")
     (tmp_path / "a-file").write_text("x")
-    for out, needle in [(notes, "is not empty"), (tmp_path / "a-file", "is a file"), (photo_dir, "is not empty")]:
+    for out, needle in [(notes, "is not empty"), (tmp_path / "a-file", "is a file"), (photo_dir, "is not empty"),
+                        (tmp_path / "a-file" / "run", "a-file is a file, not a directory")]:
         before = sorted(p.name for p in Path(out).parent.rglob("*"))
         result = CliRunner().invoke(main, ["train", "--model", "pixelsnail-tiny", *folder_cli_args(photo_dir),
                                            "--steps", "1", "--workers", "0", "--device", "cpu", "--out", str(out)])
@@ -502,13 +505,48 @@ def test_cli_train_never_writes_over_files_it_did_not_make(photo_dir, tmp_path):
         assert sorted(p.name for p in Path(out).parent.rglob("*")) == before
     assert (notes / "log.csv").read_text() == "my notes"
     # what a run killed before its first checkpoint left is its own: the same command starts again there
+    # (its log.csv, by its header, and its first checkpoint's unfinished save, last.tmp)
     killed = tmp_path / "killed"
-    (killed / "checkpoints" / "last").mkdir(parents=True)
-    (killed / "log.csv").write_text(",".join(LOG_FIELDS) + "\n1,0,2,0.1,0.1,0.001,9.0,,3.0\n")
+    (killed / "checkpoints" / "last.tmp").mkdir(parents=True)
+    (killed / "checkpoints" / "last.tmp" / "weights.safetensors").write_bytes(b"half")
+    (killed / "log.csv").write_text(",".join(LOG_FIELDS) + "\n7,0,56,0.1,0.1,0.001,9.0,,3.0\n")
     result = CliRunner().invoke(main, ["train", "--model", "pixelsnail-tiny", *folder_cli_args(photo_dir),
                                        "--steps", "1", "--workers", "0", "--device", "cpu", "--out", str(killed)])
     assert result.exit_code == 0, result.output
-    assert (checkpoint(killed) / "trainer.pt").is_file() and len(read_log(killed)) >= 1
+    assert (checkpoint(killed) / "trainer.pt").is_file()
+    assert [row["step"] for row in read_log(killed)] == ["1"]  # the new run's row, not the killed run's
+    (killed / "checkpoints" / "last.old").mkdir()
+    (killed / "checkpoints" / "last.old" / "x").write_text("a checkpoint")
+    shutil.rmtree(killed / "checkpoints" / "last")
+    result = CliRunner().invoke(main, ["train", "--model", "pixelsnail-tiny", *folder_cli_args(photo_dir),
+                                       "--steps", "1", "--workers", "0", "--device", "cpu", "--out", str(killed)])
+    assert result.exit_code != 0 and "is not empty" in one_line_error(result)  # a real checkpoint is kept
+
+
+def nan_model(path: Path) -> str:
+    """A model file whose first weights are NaN (as a damaged file or a diverged run would hold)."""
+    from snailcompress.models.presets import build
+    from snailcompress.zoo import save_model
+
+    model = build("pixelsnail-tiny", 3)
+    with torch.no_grad():
+        next(model.parameters()).fill_(float("nan"))
+    save_model(model, path)
+    return str(path)
+
+
+def error_after_a_bar(result) -> str:
+    """The last line of stderr, after any progress bar written on the same line (not a terminal)."""
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    last = result.stderr.strip().splitlines()[-1]
+    return last[last.index("snailcompress: error: "):]
+
+
+def test_cli_train_stops_in_one_line_where_the_loss_is_not_finite(photo_dir, tmp_path):
+    result = CliRunner().invoke(main, ["train", "--model", nan_model(tmp_path / "nan.safetensors"), *folder_cli_args(photo_dir),
+                                       "--steps", "2", "--workers", "0", "--device", "cpu", "--out", str(tmp_path / "run")])
+    assert error_after_a_bar(result).startswith("snailcompress: error: the loss is nan at step 0")
+    assert not (tmp_path / "run" / "checkpoints" / "last").exists()
 
 
 @pytest.mark.parametrize("damage", ["trainer.pt", "weights.safetensors", "config.json"])
@@ -518,9 +556,8 @@ def test_cli_resuming_a_damaged_checkpoint_says_so_in_one_line(cli_run, tmp_path
     target = checkpoint(run) / damage
     target.write_bytes(target.read_bytes()[: len(target.read_bytes()) // 2])
     result = CliRunner().invoke(main, ["train", "--out", str(run), "--steps", "3", "--workers", "0"])
-    assert result.exit_code != 0 and "Traceback" not in result.output
-    last = result.stderr.strip().splitlines()[-1]  # after the line that says it is resuming
-    assert last.startswith("snailcompress: error: ") and "its last checkpoint" in last and "cannot be read" in last
+    last = error_after_a_bar(result)  # after the line that says it is resuming
+    assert "its last checkpoint" in last and "cannot be read" in last
 
 
 @pytest.mark.parametrize("extra, needle", [(["--limit", "0"], "--limit must be at least 1"),
@@ -533,18 +570,9 @@ def test_cli_eval_refuses_empty_counts(photo_dir, extra, needle):
 
 
 def test_cli_eval_of_a_model_with_non_finite_weights_is_an_error(photo_dir, tmp_path):
-    from snailcompress.models.presets import build
-    from snailcompress.zoo import save_model
-
-    model = build("pixelsnail-tiny", 3)
-    with torch.no_grad():
-        next(model.parameters()).fill_(float("nan"))
-    save_model(model, tmp_path / "nan.safetensors")
-    result = CliRunner().invoke(main, ["eval", "--model", str(tmp_path / "nan.safetensors"), *folder_cli_args(photo_dir),
-                                       "--device", "cpu"])
-    assert result.exit_code != 0 and "Traceback" not in result.output  # it printed "nan bits/dim", exit 0
-    last = result.stderr.strip().splitlines()[-1].split("\r")[-1].strip()  # after the evaluation's bar
-    assert last.startswith("snailcompress: error: ") and "not finite" in last
+    result = CliRunner().invoke(main, ["eval", "--model", nan_model(tmp_path / "nan.safetensors"),
+                                       *folder_cli_args(photo_dir), "--device", "cpu"])
+    assert "not finite" in error_after_a_bar(result)  # it printed "nan bits/dim", exit 0
 
 
 @pytest.fixture(scope="module")

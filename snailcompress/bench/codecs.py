@@ -321,7 +321,7 @@ def get_codecs(names: str | Sequence[str] | None = None) -> list[Codec]:
         raise UsageError("--codecs names no codec: give names, 'all' or 'none'")
     if [n.lower() for n in wanted] == ["none"]:
         return []
-    if wanted == ["all"]:
+    if [n.lower() for n in wanted] == ["all"]:
         return [c for c in CODECS.values() if c.available()]
     out: list[Codec] = []
     for n in wanted:

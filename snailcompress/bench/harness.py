@@ -81,7 +81,8 @@ from ..codec.images import DecomposedImage, same_image
 from ..data import ArrayDataset, load_split
 from ..data.folder import MODE_OF, whole_images
 from ..errors import ChannelCountError, DatasetError, ModelError, SnailError, UsageError
-from ..evaluate import evaluate, tiled_nll_bits
+from ..evaluate import check_counts, evaluate, tiled_nll_bits
+from ..fileio import check_directory
 from ..models.pixelsnail import PixelSNAIL
 from ..models.presets import PRESETS
 from ..zoo import TRAINING_FACTS, LoadedModel, default_model_for, load_model, training_record
@@ -149,16 +150,13 @@ def machine_facts() -> dict:
 
 
 def _check_options(opts: BenchOptions) -> None:
-    if opts.limit is not None and opts.limit < 1:
-        raise UsageError("--limit must be at least 1")
+    """Refuse, before any work, what evaluate would refuse later (check_counts) and what no run can use."""
+    check_counts(opts.limit, opts.batch_size)
     if opts.coded_limit is not None and opts.coded_limit < 0:
         raise UsageError("--coded-limit must be 0 or more")
     if opts.chunk < 1:
         raise UsageError("--chunk must be at least 1")
-    if opts.batch_size < 1:
-        raise UsageError("--batch-size must be at least 1")
-    if Path(opts.out).exists() and not Path(opts.out).is_dir():
-        raise UsageError(f"--out {opts.out} is a file: the report is a directory")
+    check_directory(opts.out)
 
 
 def _images(data, limit: int | None) -> np.ndarray:

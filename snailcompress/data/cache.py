@@ -6,7 +6,7 @@ default place) and source (the files it was read from). It is written to a tempo
 into place, so a crash never leaves a half-written cache that later loads would trust. A cached split is
 read fully into memory (chunked data cannot be memory-mapped, and training touches all of it anyway);
 the source files are then not looked at, not even for staleness (delete the cache to rebuild), but a
-cache read from another --data-dir is refused rather than served in its place.
+cache read from one --data-dir is refused for another rather than served in its place.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import h5py
 import numpy as np
 
 from snailcompress.data.base import PathLike
-from snailcompress.errors import DatasetError
+from snailcompress.errors import DatasetError, SnailError
 from snailcompress.fileio import atomic_path
 
 
@@ -33,11 +33,10 @@ def read_cache(path: Path, name: str, split: str, data_dir: PathLike | None = No
             if (stored.attrs.get("name"), stored.attrs.get("split")) != (name, split) or stored.dtype != np.uint8 \
                     or stored.ndim != 4:
                 raise DatasetError(f"{path} is not a cache of {name} {split}; delete it to rebuild it.")
-            made_from = stored.attrs.get("data_dir")
-            if made_from != _data_dir_key(data_dir):
-                where = "an unrecorded place" if made_from is None else (made_from or f"{name}'s default place")
-                raise DatasetError(f"{path} caches {name} {split} as read from {where}, not from "
-                                   f"{_data_dir_key(data_dir) or 'the default place'}; delete it to rebuild it.")
+            made_from = stored.attrs.get("data_dir")  # absent in caches written before it was recorded
+            if made_from and data_dir is not None and made_from != _data_dir_key(data_dir):
+                raise DatasetError(f"{path} caches {name} {split} as read from {made_from}, not from "
+                                   f"{_data_dir_key(data_dir)}; delete it to rebuild it.")
             images = np.empty(stored.shape, np.uint8)
             stored.read_direct(images)
     except (OSError, KeyError) as error:
@@ -51,7 +50,7 @@ def write_cache(path: Path, images: np.ndarray, *, name: str, split: str, source
         with atomic_path(path) as temporary, h5py.File(temporary, "w") as file:
             stored = file.create_dataset("images", data=images, chunks=(1, *images.shape[1:]))
             stored.attrs.update(name=name, split=split, source=source, data_dir=_data_dir_key(data_dir))
-    except OSError as error:
+    except SnailError as error:  # atomic_path's: the operating system's failure in one sentence
         raise DatasetError(f"Cannot write the cache {path} ({error}).") from error
 
 
