@@ -241,7 +241,7 @@ def evaluate_command(model_spec, dataset, data_dir, split, limit, batch_size, de
 @click.option("-f", "--force", is_flag=True, help="overwrite the output")
 @friendly_errors
 def sample(model_spec, count, size, output, seed, scale, force):
-    """Draw images from a model, pixel by pixel, into a grid PNG."""
+    """Draw images from a model, pixel by pixel, into a grid picture (its format from -o: .png)."""
     from .figures import save_image_grid
     from .sampling import sample_images
     from .zoo import load_model
