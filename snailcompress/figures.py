@@ -35,16 +35,11 @@ def _save_atomic(fig_or_image, path: Path, **kwargs) -> Path:
     image = isinstance(fig_or_image, Image.Image)
     try:
         check_picture_path(path, figure=not image)
-    except UsageError:
+        with atomic_path(path) as tmp:
+            (fig_or_image.save if image else fig_or_image.savefig)(tmp, **kwargs)
+    finally:
         if not image:
-            plt.close(fig_or_image)
-        raise
-    with atomic_path(path) as tmp:
-        if isinstance(fig_or_image, Image.Image):
-            fig_or_image.save(tmp, **kwargs)
-        else:
-            fig_or_image.savefig(tmp, **kwargs)
-            plt.close(fig_or_image)
+            plt.close(fig_or_image)  # saved or not
     return path
 
 

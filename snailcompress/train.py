@@ -254,12 +254,11 @@ def _reading_checkpoint(run_dir: Path):
     one line naming the run, not the reading library's traceback."""
     try:
         yield
-    except SnailError as e:
-        if not isinstance(e, ModelError):
-            raise
-        raise ModelError(f"{run_dir}: its last checkpoint ({last_checkpoint(run_dir)}) cannot be read: {e}") from None
     except Exception as e:
-        detail = " ".join(str(e).split()).split(". ")[0][:160] or type(e).__name__  # the reader's first sentence
+        if isinstance(e, SnailError) and not isinstance(e, ModelError):
+            raise
+        # a ModelError (a config's values) whole, else the reader's first sentence
+        detail = str(e) if isinstance(e, ModelError) else " ".join(str(e).split()).split(". ")[0][:160] or type(e).__name__
         raise ModelError(f"{run_dir}: its last checkpoint ({last_checkpoint(run_dir)}) cannot be read: {detail}") from None
 
 
@@ -386,8 +385,9 @@ def _overridden(config: ModelConfig, overrides: dict, model: str, option: str = 
 def _saved_config(run_dir: Path, dropout: float | None) -> ModelConfig:
     """The config a run was trained with (what its checkpoint's weights fit), with a new dropout if
     one is given on resuming."""
+    record = _saved_record(run_dir)  # which names the run where it cannot be read
     with _reading_checkpoint(run_dir):
-        saved = config_from_dict(_saved_record(run_dir)["model"])
+        saved = config_from_dict(record["model"])
     return saved if dropout is None else _overridden(saved, {"dropout": dropout}, str(run_dir), "--dropout")
 
 
@@ -546,13 +546,11 @@ def _init_weights(model, ema, start_weights: dict | None, train_set, options: Tr
 
 
 def _fresh_run_dir(run_dir: Path) -> bool:
-    """Whether a new run may start in `run_dir`: it is not there, empty, or holds only what a run
-    killed before its first checkpoint left (its log.csv, by its header, its curve, and no checkpoint
-    but the first one's unfinished save, checkpoints/last.tmp)."""
+    """Whether a new run may start in `run_dir` (a directory or nothing: check_directory): it is not
+    there, empty, or holds only what a run killed before its first checkpoint left (its log.csv, by
+    its header, its curve, and no checkpoint but the first one's unfinished save, checkpoints/last.tmp)."""
     if not run_dir.exists():
         return True
-    if not run_dir.is_dir():
-        return False
     left = {p.name for p in run_dir.iterdir()}
     if not left <= {"log.csv", "bpd_curve.png", "checkpoints"}:
         return False
@@ -576,9 +574,8 @@ def _start(options: TrainOptions) -> _Run:
     check_directory(run_dir)
     resuming = has_checkpoint(run_dir)
     if not resuming and not _fresh_run_dir(run_dir):
-        raise UsageError(f"--out {run_dir} is {'a file' if not run_dir.is_dir() else 'not empty'} and holds no "
-                         "checkpoint to resume: a new run needs a new or empty directory (or the one a run was "
-                         "killed in before its first checkpoint)")
+        raise UsageError(f"--out {run_dir} is not empty and holds no checkpoint to resume: a new run needs a new or "
+                         "empty directory (or the one a run was killed in before its first checkpoint)")
     rank, world, local_rank = distributed.start(options.device)
     device = distributed.device_for(options.device, local_rank)
     trained = None if resuming else _trained_model(options)

@@ -319,13 +319,13 @@ def get_codecs(names: str | Sequence[str] | None = None) -> list[Codec]:
         wanted = [str(n).strip() for n in names if str(n).strip()]
     if not wanted:
         raise UsageError("--codecs names no codec: give names, 'all' or 'none'")
-    if [n.lower() for n in wanted] == ["none"]:
+    keys = [n.lower() for n in wanted]
+    if keys == ["none"]:
         return []
-    if [n.lower() for n in wanted] == ["all"]:
+    if keys == ["all"]:
         return [c for c in CODECS.values() if c.available()]
     out: list[Codec] = []
-    for n in wanted:
-        key = n.lower()
+    for n, key in zip(wanted, keys):
         if key in ("all", "none"):
             raise UsageError(f"'{key}' cannot be combined with other codec names")
         if key not in CODECS:
