@@ -1,10 +1,10 @@
 """Per-image calibration of the model's output layer (codec/calibration.py), fitted by the encoder and sent.
 
-What must hold: the calibrated model computes exactly `head(features * (1 + feature_gain)) * (1 + scale)
-+ shift`; the sample is the pixels the codec codes, spread over the image and capped; the fit lowers
-the NLL where the model is off and is sent only where it pays for its header; the decoder uses the
-calibration the header holds (another one fails the checksum, one of the wrong size is a clean error);
-the round trip stays exact; the caller's model is left as it was.
+What must hold: the coder's calibrated network computes `head(features * (1 + feature_gain)) * (1 +
+scale) + shift`; the sample is the pixels the codec codes, spread over the image and capped; the fit
+lowers the NLL where the model is off and is sent only where it pays for its header; the decoder
+uses the calibration the header holds (another one fails the checksum, one of the wrong size is a
+clean error); the round trip stays exact.
 """
 
 from __future__ import annotations
@@ -23,13 +23,13 @@ from PIL import Image
 from snailcompress import api, mixture, threads, zoo
 from snailcompress.cli import main
 from snailcompress.codec import calibration, coder, container
-from snailcompress.codec.calibration import (Calibration, OutputLayer, calibrated, calibration_for, fit, fit_calibration,
+from snailcompress.codec.calibration import (Calibration, OutputLayer, calibration_for, fit, fit_calibration,
                                              head_nll, nll_bits, sample_pixels, sample_windows)
 from snailcompress.codec.images import DecomposedImage
 from snailcompress.codec.tiles import WindowPlan
 from snailcompress.demo import DEMO_IMAGE
 from snailcompress.errors import FormatError
-from snailcompress.evaluate import windowed_nll_bits
+from snailcompress.integer.network import IntegerPixelSNAIL
 
 TINY = "pixelsnail-tiny"
 pytestmark = pytest.mark.usefixtures("model_only")  # the model's coding: the untrained model codes every plane
@@ -54,28 +54,28 @@ def _calibration(outputs: int, features: int = 0, seed: int = 0) -> Calibration:
                        half(rng.normal(0, 0.3, features)))
 
 
-@pytest.mark.parametrize("model, channels", [(TINY, 3), (TINY, 1), ("pixelcnnpp-tiny", 3)])
+@pytest.mark.parametrize("channels", [3, 1])
 @pytest.mark.parametrize("with_features", [False, True])
-def test_the_calibrated_model_gains_every_feature_and_scales_and_shifts_every_output(model, channels, with_features):
-    net = zoo.load_model(model, channels=channels).model.eval()
-    before = {k: v.clone() for k, v in net.state_dict().items()}
-    outputs, features = mixture.num_params(channels, net.config.mixtures), net.config.filters
-    calibration = _calibration(outputs, features if with_features else 0)
-    x = mixture.to_unit(torch.from_numpy(_plane(8, 8, channels).transpose(2, 0, 1)[None].copy()))
-    with torch.no_grad():
-        gain = 1 + torch.tensor(calibration.feature_gain or (0.0,) * features)
-        expected = net.head(net.features(x) * gain[:, None, None])
-        expected = expected * (1 + torch.tensor(calibration.scale))[:, None, None] + torch.tensor(calibration.shift)[:, None, None]
-        got = calibrated(net, calibration).eval()(x)
-        same = calibrated(net, Calibration((0.0,) * outputs, (0.0,) * outputs, (0.0,) * features)).eval()(x)
-        assert torch.allclose(got, expected, atol=1e-4, rtol=1e-4)
-        assert torch.allclose(same, net(x), atol=1e-6, rtol=1e-6)  # the identity calibration changes nothing
-        assert torch.equal(net(x), net.head(net.features(x)))  # what the fit sees is what the network computes
-    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())  # the caller's model is untouched
-    with pytest.raises(ValueError, match=f"for {outputs + 1} outputs, the model has {outputs}"):
-        calibrated(net, _calibration(outputs + 1))
-    with pytest.raises(ValueError, match=f"for {features + 1} features, the model's head reads {features}"):
-        calibrated(net, _calibration(outputs, features + 1))
+def test_the_coders_output_layer_is_the_one_the_fit_scores(channels, with_features):
+    """The integer network with a calibration folded in (what both sides code with) computes the
+    fit's model, (features * (1 + gain)) @ W.T + b, scaled by 1 + scale and shifted, to within its
+    integer weights' rounding; and it is not the uncalibrated layer."""
+    loaded = zoo.load_model(TINY, channels=channels)
+    layer = OutputLayer.from_weights(loaded.weights)
+    calibration = _calibration(layer.outputs, layer.features if with_features else 0)
+    rng = np.random.default_rng(1)
+    features = rng.integers(-4096, 3 * 4096, (64, layer.features)).astype(np.float64)  # Q.12, ELU's range
+    got = IntegerPixelSNAIL.from_weights(loaded.config, loaded.weights, calibration).outputs(features) / 4096
+    scale, shift, gain = (np.array(a) for a in calibration.numbers())
+    gain = gain if with_features else np.zeros(layer.features)
+    expected = ((features / 4096 * (1 + gain)) @ layer.weight.T + layer.bias) * (1 + scale) + shift
+    assert np.abs(got - expected).max() < 2e-3
+    plain = IntegerPixelSNAIL.from_weights(loaded.config, loaded.weights).outputs(features) / 4096
+    assert np.abs(plain - expected).max() > 0.1
+    with pytest.raises(ValueError, match=f"for {layer.outputs + 1} outputs, the model has {layer.outputs}"):
+        IntegerPixelSNAIL.from_weights(loaded.config, loaded.weights, _calibration(layer.outputs + 1))
+    with pytest.raises(ValueError, match=f"for {layer.features + 1} features, the model's head reads {layer.features}"):
+        IntegerPixelSNAIL.from_weights(loaded.config, loaded.weights, _calibration(layer.outputs, layer.features + 1))
 
 
 def test_the_sample_is_spread_over_the_image_and_capped():
@@ -208,10 +208,9 @@ def test_the_fit_lowers_the_nll_and_pays_where_the_model_is_off(small_images_cal
     sample = sample_pixels(api.integer_network(net), plan, plane)
     calibration, net_bits = fit_calibration(layer, sample, 48 * 40)
     assert net_bits > 0 and calibration_for(loaded.config, loaded.weights, plan, plane)[0] == calibration
-    windows, coded = plan.windows(plane)
-    before = windowed_nll_bits(net.eval(), windows, coded)
-    after = windowed_nll_bits(calibrated(net, calibration).eval(), windows, coded)
-    assert after < 0.9 * before
+    whole = sample_pixels(api.integer_network(net), plan, plane, windows=plan.rows * plan.cols, pixels=None)
+    before = nll_bits(layer, whole.features, whole.values, None)
+    assert nll_bits(layer, whole.features, whole.values, calibration) < 0.9 * before
     features, values = sample.features, sample.values
     outputs_only = fit(layer, features, values, feature_gains=False)
     assert outputs_only.features == 0 and calibration.features == net.config.filters

@@ -11,17 +11,16 @@ that minimise the NLL of a sample of the plane's pixels (MAX_SAMPLE_PIXELS, draw
 MAX_SAMPLE_WINDOWS windows spread evenly over the image; LBFGS_ITERATIONS of L-BFGS), and stores the
 2K + F numbers as IEEE binary16 in the plane's header (a tagged field of about 500 bytes for the RGB
 model's K = 100, F = 48). Both sides fold them into the integer network's output layer
-(integer/network.py; `calibrated` does the same for the float model, for NLL measurements), so
-decoding costs nothing extra. The features the fit reads are the integer network's own, the ones the
-coder's output layer will read: the calibration changes only that layer, so the sample windows'
-features are computed once, fitted on, and handed to the encoder's pass (`Sample.windows`), which
-does not compute them again. What the calibration adds to encoding is thus the L-BFGS iterations,
-each an evaluation of the sample's NLL and its gradient: compiled (integer/kernels.py:
-calibrated_nll, tested against mixture.pixel_log_prob and torch's autograd), so that no encode
-imports torch (most of a command's start-up) and the pixels are shared among the coding threads.
-The encoder does not try where a typical saving would not repay the header twice (a 256 x 256 crop
-saved 0.05% for twice the encode time), and keeps a calibration only where the bits it saves on the
-sample, scaled to the whole plane, exceed what it costs in the header.
+(integer/network.py), so decoding costs nothing extra. The features the fit reads are the integer
+network's own, the ones the coder's output layer will read: the calibration changes only that layer,
+so the sample windows' features are computed once, fitted on, and handed to the encoder's pass
+(`Sample.windows`), which does not compute them again. What the calibration adds to encoding is thus
+the L-BFGS iterations, each an evaluation of the sample's NLL and its gradient: compiled
+(integer/kernels.py: calibrated_nll, tested against mixture.pixel_log_prob and torch's autograd), so
+that no encode imports torch (most of a command's start-up) and the pixels are shared among the
+coding threads. The encoder does not try where a typical saving would not repay the header twice (a
+256 x 256 crop saved 0.05% for twice the encode time), and keeps a calibration only where the bits
+it saves on the sample, scaled to the whole plane, exceed what it costs in the header.
 
 Why these settings: results/calibration.md (the 12 held-out images' NLL, header paid, by what is
 fitted, on how large a sample, after how many iterations, and what the fit takes).
@@ -29,7 +28,6 @@ fitted, on how large a sample, after how many iterations, and what the fit takes
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -40,7 +38,6 @@ from .. import mixture
 from ..integer.arithmetic import ONE
 from ..integer.mixture import mixture_count
 from ..integer.network import IntegerPixelSNAIL, effective_weight
-from ..lazy import torch  # `calibrated` only (float-model measurements): the fit never imports it
 from . import coder
 from .container import BINARY16_MAX, MAX_CALIBRATION_FEATURES, MAX_CALIBRATION_OUTPUTS
 from .tiles import WindowPlan
@@ -96,31 +93,6 @@ def header_bits(outputs: int, features: int) -> int:
     """What a calibration adds to the header: one binary16 number per feature and two per output
     (the counts' varints aside)."""
     return 8 * 2 * (2 * outputs + features)
-
-
-def calibrated(model: torch.nn.Module, calibration: Calibration) -> torch.nn.Module:
-    """A copy of `model` whose head reads `feature * (1 + feature_gain)` and whose outputs are
-    `output * (1 + scale) + shift`, folded into the head (a weight-normalised 1x1 conv, weight
-    g * v / |v| per output: the feature gain scales v's columns and g keeps what |v| then changes;
-    the output gain scales g and b, the shift moves b), so it runs as fast as `model`."""
-    head = model.head
-    outputs, features = head.v.shape[:2]
-    if outputs != calibration.outputs:
-        raise ValueError(f"the calibration is for {calibration.outputs} outputs, the model has {outputs}")
-    if calibration.features not in (0, features):
-        raise ValueError(f"the calibration is for {calibration.features} features, the model's head reads {features}")
-    gain = 1.0 + torch.tensor(calibration.scale, dtype=torch.float64)
-    shift = torch.tensor(calibration.shift, dtype=torch.float64)
-    out = copy.deepcopy(model)
-    with torch.no_grad():
-        g, v = head.g.double(), head.v.double()
-        if calibration.features:
-            scaled = v * (1.0 + torch.tensor(calibration.feature_gain, dtype=torch.float64)).view(1, -1, 1, 1)
-            g = g * scaled.flatten(1).norm(dim=1) / v.flatten(1).norm(dim=1)
-            out.head.v.copy_(scaled)
-        out.head.g.copy_(g * gain)
-        out.head.b.copy_(head.b.double() * gain + shift)
-    return out
 
 
 def _to_binary16(numbers: np.ndarray) -> np.ndarray:
