@@ -44,16 +44,16 @@ def _median_seconds(args: list[str], times: int = 5, module: list[str] | None = 
 _COMPILE_FIT = """
 import time
 import numpy as np
-from snailcompress.integer import kernels
+from snailcompress.codec.calibration_objective import calibrated_nll
 start = time.perf_counter()
-kernels.calibrated_nll(np.ones((4, 8)), np.ones((30, 8)), np.zeros(30), np.zeros(30), np.zeros(30), np.zeros(8),
-                       np.zeros((4, 3)), 3, gradient=True)
+calibrated_nll(np.ones((4, 8)), np.ones((30, 8)), np.zeros(30), np.zeros(30), np.zeros(30), np.zeros(8),
+               np.zeros((4, 3)), 3, gradient=True)
 print(time.perf_counter() - start)
 """
 
 
 def _first_fit_compile_seconds(env: dict) -> float:
-    """The calibration's objective (kernels.calibrated_nll) compiled into `env`'s kernel cache, as the first
+    """The calibration's objective (calibration_objective.calibrated_nll) compiled into `env`'s kernel cache, as the first
     encode of a plane large enough for a calibration compiles it (the 8x8 crop's encode does not)."""
     done = subprocess.run([sys.executable, "-c", _COMPILE_FIT], check=True, capture_output=True, text=True, cwd=ROOT, env=env)
     return float(done.stdout.split()[-1])

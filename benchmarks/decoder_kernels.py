@@ -33,7 +33,7 @@ from snailcompress.bench.heldout import SHARED
 from snailcompress.bench.scripts import publish, run, run_facts
 from snailcompress.codec import coder
 from snailcompress.codec.tiles import WindowPlan, default_band
-from snailcompress.integer import kernels
+from snailcompress.integer import runtime
 from snailcompress.integer.mixture import IntegerConditionals
 from snailcompress.integer.network import IntegerStepper
 from snailcompress.threads import set_threads
@@ -79,7 +79,7 @@ def code(net, schedule: Schedule) -> np.ndarray:
     """The stream of the running slots' values, step by step, channel by channel (the encoder's order)."""
     stepper = IntegerStepper(net, len(schedule.windows), schedule.height, schedule.width)
     encoder = constriction.stream.queue.RangeEncoder()
-    with kernels.take_threads():
+    with runtime.take_threads():
         for step in range(schedule.steps):
             values, running, advance = schedule.at(step)
             params = stepper.predict(running)[running]
@@ -99,7 +99,7 @@ def decode(net, schedule: Schedule, words: np.ndarray, compiled: bool, search: b
     reader = None if search else constriction.stream.queue.RangeDecoder(words)
     exact = True
     begin = time.perf_counter()
-    with kernels.take_threads() if compiled or search else nullcontext():  # as the decoder does
+    with runtime.take_threads() if compiled or search else nullcontext():  # as the decoder does
         for step in range(schedule.steps):
             values, running, advance = schedule.at(step)
             params = np.asarray(stepper.predict(running))[running]  # a tensor from the torch stepper
@@ -125,7 +125,7 @@ def decode_in_one_call(stepper: IntegerStepper, schedule: Schedule, words: np.nd
     streams = coder._Streams([coder.StreamDecoder(words)])
     arrays, chunk = schedule.arrays(), coder.DECODE_CHUNK_STEPS
     begin = time.perf_counter()
-    with kernels.take_threads():
+    with runtime.take_threads():
         for first in range(0, schedule.steps, chunk):
             stepper.decode(tuple(a[first : first + chunk] for a in arrays), canvas, streams.arrays())
     seconds = time.perf_counter() - begin

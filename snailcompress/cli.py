@@ -473,19 +473,19 @@ THREADS_HELP = ("CPU threads [1]: coding runs thousands of small steps, each wai
 
 def _say_when_compiling(enabled: bool = True) -> None:
     """The first encode and the first decode after installing (make demo's or bench's, often) compile
-    the CPU kernels, silent for a while: one line says so (integer/kernels.py: compile_notice), above
+    the CPU kernels, silent for a while: one line says so (integer/runtime.py: compile_notice), above
     any progress bar; nothing with -q, or where there is no stderr to write to."""
-    if not enabled and "snailcompress.integer.kernels" not in sys.modules:
+    if not enabled and "snailcompress.integer.runtime" not in sys.modules:
         return  # nothing set to clear: numba need not be imported for that
     from tqdm import tqdm
 
-    from .integer import kernels
+    from .integer import runtime
 
     def notice(work: str) -> None:
         tqdm.write(f"snailcompress: compiling the CPU kernels for {work}, once (numba caches them); this takes a while",
                    file=sys.stderr)
 
-    kernels.compile_notice = notice if enabled and sys.stderr is not None else None
+    runtime.compile_notice = notice if enabled and sys.stderr is not None else None
 
 
 def _threads(threads: int) -> None:

@@ -378,10 +378,10 @@ for argv in (["encode", "small.png", "-q", "--device", device, "--threads", "1"]
         assert not e.code, e.code
 assert fitted, "no calibration was fitted"
 assert "torch" not in sys.modules, "coding imported torch"
-from snailcompress.integer import kernels
+from snailcompress.integer import runtime
 from snailcompress.threads import set_threads
 set_threads(2)
-with kernels.take_threads():  # torch imported while a decoder holds the threads: one thread, then coding's
+with runtime.take_threads():  # torch imported while a decoder holds the threads: one thread, then coding's
     import torch
     assert torch.get_num_threads() == 1, torch.get_num_threads()
 assert torch.get_num_threads() == 2, torch.get_num_threads()

@@ -168,7 +168,7 @@ def test_slots_at_different_positions_get_their_own_window_exactly(compiled, hei
         for slot in (0, 1):
             i, j = divmod(seen[slot], width)
             assert np.array_equal(np.asarray(params[slot]), full[image_of[slot], i, j]), (step, slot)
-        values = torch.stack([images[image_of[s], :, *divmod(seen[s], width)] for s in (0, 1)])
+        values = torch.stack([images[(image_of[s], slice(None), *divmod(seen[s], width))] for s in (0, 1)])
         stepper.commit(values, advance)
         for slot in (0, 1):
             seen[slot] += int(advance[slot])

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
+from snailcompress.codec import calibration_objective, coder
 from snailcompress.integer import arithmetic as ar
-from snailcompress.integer import kernels, network
+from snailcompress.integer import kernels, network, runtime
 from snailcompress.integer.mixture import IntegerConditionals
-from snailcompress.codec import coder
 from snailcompress.errors import FormatError
 from snailcompress.integer.network import IntegerPixelSNAIL, IntegerStepper, step_attention
 from snailcompress.mixture import num_params
@@ -405,9 +405,9 @@ def test_a_decoder_holds_the_threads_and_gives_them_back(torch_threads):
     """While decoding, the kernels run on --threads and torch on one (its spinning OpenMP threads
     would take the kernels' cores); after, torch has its threads again."""
     torch_threads(2)
-    with kernels.take_threads():
-        assert torch.get_num_threads() == 1 and kernels._threads == 2
-    assert torch.get_num_threads() == 2 and kernels._threads == 0
+    with runtime.take_threads():
+        assert torch.get_num_threads() == 1 and runtime._threads == 2
+    assert torch.get_num_threads() == 2 and runtime._threads == 0
 
 
 def test_two_threads_decode_what_one_encoded(torch_threads):
@@ -493,13 +493,13 @@ def test_the_compiled_decoding_loop_stops_when_every_stream_fails(threads, torch
 def _meetings(first, threads, meeting, seen, gives_up):  # pragma: no cover (compiled)
     """Each thread marks seen[m, first] before meeting m and checks every thread's mark after it;
     thread `gives_up` gives up before meeting 2. Returns nothing: seen[m, threads + first] = 1 where
-    the thread saw every mark after meeting m, 2 where _meet said a thread had given up."""
+    the thread saw every mark after meeting m, 2 where meet said a thread had given up."""
     for m in range(4):
         if first == gives_up and m == 2:
-            kernels._fetch_add(meeting, 1, 1)
+            runtime.give_up(meeting)
             return
         seen[m, first] = 1
-        if not kernels._meet(meeting, threads, m):
+        if not runtime.meet(meeting, threads, m):
             seen[m, threads + first] = 2
             return
         seen[m, threads + first] = 1 if seen[m, :threads].all() else 0
@@ -507,13 +507,13 @@ def _meetings(first, threads, meeting, seen, gives_up):  # pragma: no cover (com
 
 @pytest.mark.parametrize("threads", [2, 3])
 def test_threads_meet_and_stop_when_one_gives_up(threads, torch_threads):
-    """kernels._meet: no thread leaves a meeting before every thread has come and what each wrote
+    """runtime.meet: no thread leaves a meeting before every thread has come and what each wrote
     before it is seen by all after it; a thread that gives up (the decoding loop's, on an exception)
     sends the others away from their next meeting instead of leaving them waiting for ever."""
     torch_threads(threads)
     for gives_up, passed in ((-1, 4), (threads - 1, 2)):
         seen = np.zeros((4, 2 * threads), np.int64)
-        kernels._split(_meetings, threads, np.zeros(2, np.int64), seen, gives_up)
+        runtime.share_rows(_meetings, threads, np.zeros(2, np.int64), seen, gives_up)
         others = [first for first in range(threads) if first != gives_up]
         assert (seen[:passed, threads:] == 1).all()
         assert passed == 4 or (seen[2, [threads + first for first in others]] == 2).all()
@@ -523,7 +523,7 @@ def test_threads_meet_and_stop_when_one_gives_up(threads, torch_threads):
 @pytest.mark.parametrize("raising", ["this thread's share", "a worker's share"])
 def test_a_share_that_raises_before_its_meetings_sends_the_others_away(threads, raising, torch_threads):
     """A share that raises in Python, never reaching its compiled call (an interrupt, a failed
-    dispatch), cannot mark the meeting itself: _split's `abandon` does, and the others leave their
+    dispatch), cannot mark the meeting itself: share_rows's `abandon` does, and the others leave their
     first meeting; the error is raised."""
     torch_threads(threads)
     fails = 0 if raising == "this thread's share" else threads - 1
@@ -535,7 +535,7 @@ def test_a_share_that_raises_before_its_meetings_sends_the_others_away(threads, 
         _meetings(first, step, meeting, seen, -1)
 
     with pytest.raises(KeyError):
-        kernels._split(share, threads, meeting, seen, abandon=lambda: meeting.__setitem__(1, 1))
+        runtime.share_rows(share, threads, meeting, seen, abandon=lambda: meeting.__setitem__(1, 1))
     assert all(seen[0, threads + first] == 2 for first in range(threads) if first != fails)
 
 
@@ -563,7 +563,7 @@ def test_kernels_leave_the_thread_count_alone():
 
 
 def _mark_rows(first, step, rows, fail_at):
-    """A kernel for _split's tests: marks the rows it does, raises on row `fail_at`."""
+    """A kernel for share_rows's tests: marks the rows it does, raises on row `fail_at`."""
     for row in range(first, len(rows), step):
         if row == fail_at:
             raise ValueError(f"row {row}")
@@ -571,27 +571,27 @@ def _mark_rows(first, step, rows, fail_at):
 
 
 @pytest.mark.parametrize("threads", [2, 3])
-def test_split_does_every_row_once_and_hands_back_a_workers_error(threads, monkeypatch):
-    """_split's workers: every row done once on any thread count; an error in a worker's share
+def test_share_rows_does_every_row_once_and_hands_back_a_workers_error(threads, monkeypatch):
+    """share_rows's workers: every row done once on any thread count; an error in a worker's share
     reaches the caller (not a hang, not a silent gap), and the workers still serve after it."""
     rows = np.zeros(10, np.int64)
-    monkeypatch.setattr(kernels, "_threads", threads)
-    kernels._split(_mark_rows, len(rows), rows, -1)
+    monkeypatch.setattr(runtime, "_threads", threads)
+    runtime.share_rows(_mark_rows, len(rows), rows, -1)
     assert rows.tolist() == [1] * 10
     with pytest.raises(ValueError, match="row 1"):  # row 1 is the first worker's
-        kernels._split(_mark_rows, len(rows), rows, 1)
+        runtime.share_rows(_mark_rows, len(rows), rows, 1)
     rows[:] = 0
-    kernels._split(_mark_rows, len(rows), rows, -1)
+    runtime.share_rows(_mark_rows, len(rows), rows, -1)
     assert rows.tolist() == [1] * 10
 
 
-def test_split_from_two_threads_at_once_gives_both_their_rows(monkeypatch):
+def test_share_rows_from_two_threads_at_once_gives_both_their_rows(monkeypatch):
     """A second caller while the workers are busy runs its rows itself: both get every row."""
     import threading
 
     results = [np.zeros(64, np.int64) for _ in range(4)]
-    monkeypatch.setattr(kernels, "_threads", 2)
-    callers = [threading.Thread(target=lambda r=r: [kernels._split(_mark_rows, len(r), r, -1) for _ in range(50)])
+    monkeypatch.setattr(runtime, "_threads", 2)
+    callers = [threading.Thread(target=lambda r=r: [runtime.share_rows(_mark_rows, len(r), r, -1) for _ in range(50)])
                for r in results]
     for caller in callers:
         caller.start()
@@ -604,10 +604,10 @@ def test_more_threads_replace_the_workers_and_the_replaced_ones_end():
     import threading
 
     workers = lambda: [t for t in threading.enumerate() if t.name.startswith("snailcompress-kernels")]  # noqa: E731
-    started = kernels._workers(1)
+    started = runtime._workers(1)
     replaced = workers()
     assert len(replaced) >= len(started.jobs)
-    larger = kernels._workers(len(started.jobs) + 1)
+    larger = runtime._workers(len(started.jobs) + 1)
     assert larger is not started and len(larger.jobs) == len(started.jobs) + 1
     for thread in replaced:
         thread.join(timeout=10)
@@ -630,8 +630,8 @@ def test_compiling_the_encoders_or_the_decoders_kernels_is_noticed_once_each_and
     params, values = _at_the_limits(0, 3, n=4)
     kernels.symbol_bounds(params.numpy(), values.numpy(), 10, 3)  # compiled or loaded by now
     noticed = []
-    monkeypatch.setattr(kernels, "compile_notice", noticed.append)
-    monkeypatch.setattr(kernels._compile_listener, "noticed", set())
+    monkeypatch.setattr(runtime, "compile_notice", noticed.append)
+    monkeypatch.setattr(runtime._compile_listener, "noticed", set())
     kernels.symbol_bounds(params.numpy(), values.numpy(), 10, 3)
     assert not noticed
 
@@ -653,10 +653,10 @@ def test_compiling_the_encoders_or_the_decoders_kernels_is_noticed_once_each_and
         "import numba\n\n\ndef add_two(x):\n    return x + 2\n\n\n"
         f"add_two.__module__ = {kernels.__name__!r}\nadd_two = numba.njit(cache=True)(add_two)\n")
     monkeypatch.syspath_prepend(tmp_path)
-    monkeypatch.setattr(kernels._compile_listener, "noticed", set())
+    monkeypatch.setattr(runtime._compile_listener, "noticed", set())
     module = importlib.import_module("cached_kernel")
     assert module.add_two(1) == 3 and noticed == ["encoding", "decoding", "encoding"]  # compiled, cached
-    monkeypatch.setattr(kernels._compile_listener, "noticed", set())
+    monkeypatch.setattr(runtime._compile_listener, "noticed", set())
     module = importlib.reload(module)
     assert module.add_two(2) == 4 and noticed == ["encoding", "decoding", "encoding"]  # loaded
     sys.modules.pop("cached_kernel")
@@ -665,15 +665,18 @@ def test_compiling_the_encoders_or_the_decoders_kernels_is_noticed_once_each_and
         noticed.append("failed")
         raise BrokenPipeError
 
-    monkeypatch.setattr(kernels, "compile_notice", fails)
-    monkeypatch.setattr(kernels._compile_listener, "noticed", set())
+    monkeypatch.setattr(runtime, "compile_notice", fails)
+    monkeypatch.setattr(runtime._compile_listener, "noticed", set())
     assert compiled(kernels.__name__)(5) == 6 and noticed[-1] == "failed"
+    monkeypatch.setattr(runtime, "compile_notice", noticed.append)  # the calibration's kernel is the encoder's too
+    monkeypatch.setattr(runtime._compile_listener, "noticed", set())
+    assert compiled(calibration_objective.__name__)(6) == 7 and noticed[-1] == "encoding"
 
     capsys.readouterr()
     cli._say_when_compiling(False)
-    assert kernels.compile_notice is None
+    assert runtime.compile_notice is None
     cli._say_when_compiling(True)
-    kernels.compile_notice("decoding")
+    runtime.compile_notice("decoding")
     err = capsys.readouterr().err
     assert err.startswith("snailcompress: ") and err.count("\n") == 1
 
@@ -683,11 +686,11 @@ def _elementwise(kind, x, in_place):  # pragma: no cover (compiled)
     out, bits = x.copy() if in_place else np.empty_like(x), np.empty(2 * len(x), np.int64)
     source = out if in_place else x  # the objective calls them in place
     if kind == 0:
-        kernels._exp_into(source, out, bits)
+        calibration_objective._exp_into(source, out, bits)
     elif kind == 1:
-        kernels._expm1_into(source, out, bits)
+        calibration_objective._expm1_into(source, out, bits)
     else:
-        kernels._log_into(source, out, bits)
+        calibration_objective._log_into(source, out, bits)
     return out
 
 

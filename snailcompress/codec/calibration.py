@@ -16,11 +16,11 @@ network's own, the ones the coder's output layer will read: the calibration chan
 so the sample windows' features are computed once, fitted on, and handed to the encoder's pass
 (`Sample.windows`), which does not compute them again. What the calibration adds to encoding is thus
 the L-BFGS iterations, each an evaluation of the sample's NLL and its gradient: compiled
-(integer/kernels.py: calibrated_nll, tested against mixture.pixel_log_prob and torch's autograd), so
-that no encode imports torch (most of a command's start-up) and the pixels are shared among the
-coding threads. The encoder does not try where a typical saving would not repay the header twice (a
-256 x 256 crop saved 0.05% for twice the encode time), and keeps a calibration only where the bits
-it saves on the sample, scaled to the whole plane, exceed what it costs in the header.
+(calibration_objective.py: calibrated_nll, tested against mixture.pixel_log_prob and torch's
+autograd), so that no encode imports torch (most of a command's start-up) and the pixels are shared
+among the coding threads. The encoder does not try where a typical saving would not repay the header
+twice (a 256 x 256 crop saved 0.05% for twice the encode time), and keeps a calibration only where
+the bits it saves on the sample, scaled to the whole plane, exceed what it costs in the header.
 
 Why these settings: results/calibration.md (the 12 held-out images' NLL, header paid, by what is
 fitted, on how large a sample, after how many iterations, and what the fit takes).
@@ -173,14 +173,14 @@ def head_nll(layer: OutputLayer, features: np.ndarray, values: np.ndarray, scale
     """NLL in nats of pixels whose output layer reads `features` (P, F), under a calibration given as
     arrays (zeros: none): the outputs z = (features * (1 + feature_gain)) @ weight.T + bias, scaled
     by (1 + scale) and shifted; with `gradient`, also its gradient with respect to scale, shift and
-    feature_gain. Compiled (integer/kernels.py: calibrated_nll), so that encoding never imports
+    feature_gain. Compiled (calibration_objective.py: calibrated_nll), so that encoding never imports
     torch; from the sum of G, the NLL's gradient with respect to the calibrated outputs, and C = G.T
     @ features: d shift = sum_i G_i, d scale_k = sum_i G_ik z_ik = sum_f weight_kf (1 +
     feature_gain_f) C_kf + bias_k d shift_k, and d feature_gain_f = sum_k (1 + scale_k) weight_kf C_kf."""
-    from ..integer import kernels  # numba: imported where first needed
+    from .calibration_objective import calibrated_nll  # numba: imported where first needed
 
-    nll, d_shift, products = kernels.calibrated_nll(features, layer.weight, layer.bias, scale, shift, feature_gain, values,
-                                                    mixture_count(layer.outputs, values.shape[1]), gradient)
+    nll, d_shift, products = calibrated_nll(features, layer.weight, layer.bias, scale, shift, feature_gain, values,
+                                            mixture_count(layer.outputs, values.shape[1]), gradient)
     if not gradient:
         return float(nll.sum()), None
     d_scale = (layer.weight * products) @ (1.0 + feature_gain) + layer.bias * d_shift

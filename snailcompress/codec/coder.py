@@ -433,12 +433,12 @@ def _decode_batch(net, plan: WindowPlan, canvases: np.ndarray, slots: np.ndarray
 
 def _kernel_threads(net):
     """On the CPU the decoder's steps run in compiled kernels, which take the threads (see
-    integer/kernels.py: take_threads); elsewhere torch keeps them."""
+    integer/runtime.py: take_threads); elsewhere torch keeps them."""
     if net.device != "cpu":
         return nullcontext()
-    from ..integer import kernels
+    from ..integer import runtime
 
-    return kernels.take_threads()
+    return runtime.take_threads()
 
 
 def decode_planes(net, streams: list, height: int, width: int, channels: int, tile: tuple[int, int],

@@ -5,4 +5,7 @@
     network.py     a float PixelSNAIL converted to integers; its full forward pass (the encoder)
                    and its incremental stepper (the decoder), which give identical integers
     mixture.py     the discretized logistic mixture as integer frequency tables (R, G | R, B | R, G)
+    kernels.py     the full pass, the step, the counts and the decoder's search, compiled for the
+                   CPU (numba): the same integers as the torch code, faster
+    runtime.py     what the kernels run on: the threads that share out their rows, and their meetings
 """

@@ -24,45 +24,29 @@ faster because they do less, not because they round differently:
   cumulative counts at a few edges (the same two counts, at the value found), where constriction's
   decoder needs all 256 counts of every table, which took longer to build than the network's step;
 * the decoder's loop runs a chunk of steps (network, search, network, ...) in one call, its
-  threads meeting between the parts of each step (`_meet`) instead of being handed each part, so
-  that no step pays for Python or for waking a sleeping thread.
+  threads meeting between the parts of each step (runtime.meet) instead of being handed each part,
+  so that no step pays for Python or for waking a sleeping thread.
 
-The calibration's objective (codec/calibration.py), the float model's NLL of a sample of pixels
-and its gradient, is compiled here too, in float64: it is no part of a file's arithmetic (the
-encoder sends what it fits), but importing torch for it would be most of an encode's start-up. Its
-exponentials and logarithms are polynomials over a block of pixels, loops LLVM vectorises.
-
-Rows (windows, slots, pixels, planes) are independent: `_split` shares them among --threads
-threads, each running the whole computation on its share; a plane's symbols are one stream, read in
-order on one thread (planes decoded together, each with its own stream, are shared). The decoder's
-loop is the one kernel whose shares wait for each other, at each step's two meetings. On a GPU the
-torch code runs the network instead (it is the reference), and the decoder's search still runs
-here, on the network's outputs copied to the CPU.
+Rows (windows, slots, pixels, planes) are independent: runtime.share_rows shares them among
+--threads threads, each running the whole computation on its share; a plane's symbols are one
+stream, read in order on one thread (planes decoded together, each with its own stream, are shared).
+The decoder's loop is the one kernel whose shares wait for each other, at each step's two meetings.
+On a GPU the torch code runs the network instead (it is the reference), and the decoder's search
+still runs here, on the network's outputs copied to the CPU.
 """
 
 from __future__ import annotations
 
 import functools
-import os
-import sys
-import threading
-from contextlib import contextmanager
-from pathlib import Path
-from typing import Callable
 
 import numba
 import numpy as np
-from llvmlite import ir
-from numba.core import cgutils, types
-from numba.core import event as numba_events
-from numba.extending import intrinsic
 
-from .. import mixture as mixture_float
-from .. import threads as _threads_setting
 from . import arithmetic as ar
 from .mixture import EDGE_ONE as _EDGE_ONE
 from .mixture import INVERSE_TO_GRID
 from .mixture import TABLE_CENTRE as _CENTRE
+from .runtime import give_up, meet, one_thread_per_product, share_rows
 
 _ONE = ar.ONE
 _EXP_LIMIT = ar.EXP_INPUT_LIMIT
@@ -78,277 +62,8 @@ _LOG_SCALE_LIMIT = float(ar.LOG_SCALE_LIMIT)
 _TANH_LIMIT = float(ar.TANH_INPUT_LIMIT)
 _INVERSE_TO_GRID = INVERSE_TO_GRID
 _QUERY_BLOCK = 64  # queries per block of the full pass's attention
-
-
-# Numba compiles each kernel at its first call after installing (some seconds) and caches it beside
-# the package: later processes load it in a fraction of a second. So that a command that compiles
-# says why it is silent rather than seem to hang, the first compilation in a process of the
-# decoder's kernels, and that of the encoder's, each call `compile_notice("decoding")` or
-# `compile_notice("encoding")` where it is set (the CLI sets it unless -q). Numba's "numba:compile"
-# event fires on a cache miss only, never on a load, and under numba's global compiler lock, so the
-# listener's state needs no lock of its own.
-
-compile_notice: Callable[[str], None] | None = None
-_DECODING_KERNELS = ("_decode_steps", "_step_slots", "_decode_rows")  # what a decode compiles first; any other entry is the encoder's
-
-
-class _CompileNotice(numba_events.Listener):
-    def __init__(self):
-        self.depth = 0  # compilations under way: a kernel compiles the functions it calls inside its own
-        self.noticed: set[str] = set()
-
-    def on_start(self, event):
-        self.depth += 1
-        if self.depth > 1 or compile_notice is None:
-            return
-        function = event.data["dispatcher"].py_func
-        if function.__module__ != __name__:
-            return
-        work = "decoding" if function.__name__ in _DECODING_KERNELS else "encoding"
-        if work not in self.noticed:
-            self.noticed.add(work)
-            try:
-                compile_notice(work)
-            except Exception:  # a notice that cannot be given (stderr closed, say) must not fail the compilation
-                pass
-
-    def on_end(self, event):
-        self.depth -= 1
-
-
-_compile_listener = _CompileNotice()
-numba_events.register("numba:compile", _compile_listener)
-
-
-def _split(kernel, rows: int, *args, abandon: Callable[[], None] | None = None) -> None:
-    """Run `kernel(first, step, *args)`, which does share `first` of `step` of `rows` (rows first,
-    first + step, ..., or a run of them), on coding's number of threads (--threads,
-    snailcompress/threads.py), at most one a row: this thread takes share 0, the workers
-    (`_Workers`) the others. A row is a kernel's unit of work: a slot, a window, a plane (with its
-    own stream), or a block of pixels where one pixel is too little for a hand-over (tens of
-    microseconds or more) and interleaved pixels would write each other's cache lines. Interleaved slots
-    share the work evenly (slots at later positions attend longer). The kernels are compiled without
-    the GIL and rows are independent, so shares run at once and give the integers of one thread.
-    (numba's own parallel loops were tried: their OpenMP layer resets torch's thread count, and a
-    loop that calls BLAS cannot be cached: it compiled in every run.) `abandon`, for a kernel whose
-    shares wait for each other (`_meet`): called where a share raises in Python, never having run or
-    finished its compiled call, so that the others stop waiting for it."""
-    threads = min(_threads or _threads_setting.threads(), rows)
-    if threads <= 1:
-        kernel(0, 1, *args)
-        return
-    _workers(threads - 1).run(kernel, threads, args, abandon)
-
-
-class _Workers:
-    """Threads that each run one share of a kernel call, woken by a signal of their own: a hand-over
-    is cheaper than a ThreadPoolExecutor's (no queue, no future), which matters to kernels called
-    at every step of a decoder (the torch path's searches). The signals are plain locks held until
-    signalled: a lock may be released by another thread, and its acquire and release are C, where
-    threading.Semaphore runs Python code around a condition. One caller at a time: a second, on
-    another thread, runs all the rows itself rather than wait."""
-
-    def __init__(self, count: int):
-        self.pid = os.getpid()  # a forked child has none of these threads: it makes its own
-        self.lock = threading.Lock()
-        self.jobs: list = [None] * count
-        self.errors: list = [None] * count
-        self.go = [_signal() for _ in range(count)]
-        self.done = [_signal() for _ in range(count)]
-        for worker in range(count):
-            threading.Thread(target=self._serve, args=(worker,), name=f"snailcompress-kernels-{worker}", daemon=True).start()
-
-    def _serve(self, worker: int) -> None:
-        while True:
-            self.go[worker].acquire()
-            if self.jobs[worker] is None:  # closed
-                return
-            kernel, args, abandon = self.jobs[worker]
-            try:
-                kernel(*args)
-            except BaseException as error:  # handed back to the caller, which raises it
-                if abandon is not None:
-                    abandon()
-                self.errors[worker] = error
-            self.done[worker].release()
-
-    def run(self, kernel, threads: int, args: tuple, abandon: Callable[[], None] | None = None) -> None:
-        """kernel(first, threads, *args) for first = 0 (this thread), 1, ..., threads - 1 (workers);
-        abandon() where a share raises (see _split)."""
-        if not self.lock.acquire(blocking=False):
-            kernel(0, 1, *args)
-            return
-        try:
-            for worker in range(threads - 1):
-                self.jobs[worker] = (kernel, (worker + 1, threads, *args), abandon)
-                self.go[worker].release()
-            try:
-                kernel(0, threads, *args)
-            except BaseException:
-                if abandon is not None:
-                    abandon()
-                raise
-            finally:
-                for worker in range(threads - 1):
-                    self.done[worker].acquire()
-                    self.jobs[worker] = None
-            errors = [error for error in self.errors[: threads - 1] if error is not None]
-            self.errors[: threads - 1] = [None] * (threads - 1)
-            if errors:
-                raise errors[0]
-        finally:
-            self.lock.release()
-
-    def close(self) -> None:
-        """End the workers (once no call is running)."""
-        with self.lock:
-            for worker in range(len(self.jobs)):
-                self.jobs[worker] = None
-                self.go[worker].release()
-
-
-def _signal() -> threading.Lock:
-    """A one-shot signal: acquire() waits until another thread has called release()."""
-    signal = threading.Lock()
-    signal.acquire()
-    return signal
-
-
-_worker_pool: _Workers | None = None
-
-
-def _workers(count: int) -> _Workers:
-    """At least `count` workers, started once per process (a larger count replaces them)."""
-    global _worker_pool
-    if _worker_pool is None or _worker_pool.pid != os.getpid():
-        _worker_pool = _Workers(count)
-    elif len(_worker_pool.jobs) < count:
-        _worker_pool.close()
-        _worker_pool = _Workers(count)
-    return _worker_pool
-
-
-# A kernel whose threads must wait for each other inside one call (the decoder's loop: each step's
-# search reads every slot's outputs, the next step every value) meets at `_meet`: a counter every
-# thread adds to, read until all have; C11 atomics (LLVM's acquire and release, right on ARM as on
-# x86), so a thread's writes before it arrives are seen by every thread after it leaves. The waiting
-# thread spins, then gives its core up (sched_yield) at each look, so more threads than cores only
-# slows it. Two threads meet in a fraction of a microsecond, where waking a sleeping thread and
-# handing it the GIL (_Workers) takes tens of microseconds, which the decoder would pay at every step.
-
-_YIELD = "SwitchToThread" if sys.platform == "win32" else "sched_yield"
-_SPINS_BEFORE_YIELD = 4096
-
-
-def _link_yield() -> None:
-    """Tell LLVM where the C library's yield is, so that compiled and cached code calling it by name
-    links on every system (where LLVM would not find it among the process's libraries itself)."""
-    import ctypes
-
-    from llvmlite import binding
-
-    library = ctypes.WinDLL("kernel32") if sys.platform == "win32" else ctypes.CDLL(None)
-    binding.add_symbol(_YIELD, ctypes.cast(getattr(library, _YIELD), ctypes.c_void_p).value)
-
-
-_link_yield()
-
-
-@intrinsic
-def _load_acquire(typingctx, array, index):  # pragma: no cover (compiled)
-    """array[index] (int64), read with acquire ordering."""
-    def codegen(context, builder, signature, args):
-        pointer = cgutils.get_item_pointer(context, builder, signature.args[0],
-                                           context.make_array(signature.args[0])(context, builder, args[0]), [args[1]])
-        return builder.load_atomic(pointer, "acquire", 8)
-    return types.int64(array, index), codegen
-
-
-@intrinsic
-def _fetch_add(typingctx, array, index, value):  # pragma: no cover (compiled)
-    """array[index] += value (int64) atomically, with acquire and release ordering; the value before."""
-    def codegen(context, builder, signature, args):
-        pointer = cgutils.get_item_pointer(context, builder, signature.args[0],
-                                           context.make_array(signature.args[0])(context, builder, args[0]), [args[1]])
-        return builder.atomic_rmw("add", pointer, args[2], "acq_rel")
-    return types.int64(array, index, types.int64), codegen
-
-
-@intrinsic
-def _yield_core(typingctx):  # pragma: no cover (compiled)
-    """Let another thread run on this core (the C library's sched_yield, Windows' SwitchToThread)."""
-    def codegen(context, builder, signature, args):
-        builder.call(cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.IntType(32), []), _YIELD), [])
-        return context.get_dummy_value()
-    return types.void(), codegen
-
-
-@numba.njit(cache=True, nogil=True)
-def _meet(meeting, threads, met):  # pragma: no cover (compiled)
-    """Wait until all `threads` threads have come to their meeting number `met` (0, 1, ... in each
-    thread) on `meeting` (int64: arrivals, and whether a thread has given up). False if one has: it
-    will not come, so the others stop too."""
-    _fetch_add(meeting, 0, 1)
-    spins = 0
-    while _load_acquire(meeting, 0) < threads * (met + 1):
-        if _load_acquire(meeting, 1):
-            return False
-        spins += 1
-        if spins > _SPINS_BEFORE_YIELD:
-            _yield_core()
-    return True
-
-
 COUNT_ROWS_PER_BLOCK = 256  # rows of a thread's run: a pixel's counts take a microsecond or so, a hand-over some tens
-_threads = 0  # the kernels' threads while a decoder holds them (take_threads), else coding's
 
-
-@contextmanager
-def take_threads():
-    """For a decoding loop: the kernels run on coding's number of threads and torch on one: its
-    OpenMP threads, spinning after each of its operations, would take the cores the kernels' threads
-    need. Torch not imported yet starts on one (OMP_NUM_THREADS) if something imports it meanwhile,
-    and gets coding's number after. Inside a holder, the holder's count stands."""
-    global _threads
-    if _threads:
-        yield
-        return
-    count = _threads_setting.threads()
-    torch, environment = sys.modules.get("torch"), os.environ.get("OMP_NUM_THREADS")
-    restore = torch.get_num_threads() if torch is not None else count
-    _threads = count
-    if torch is not None:
-        torch.set_num_threads(1)
-    else:
-        os.environ["OMP_NUM_THREADS"] = "1"
-    try:
-        yield
-    finally:
-        _threads = 0
-        if environment is None:
-            os.environ.pop("OMP_NUM_THREADS", None)
-        else:
-            os.environ["OMP_NUM_THREADS"] = environment
-        torch = sys.modules.get("torch")
-        if torch is not None:
-            torch.set_num_threads(restore)
-
-
-@functools.lru_cache(maxsize=None)
-def _one_thread_per_product() -> None:
-    """The kernels' matrix products call SciPy's BLAS (numba's np.dot), whose own threads would
-    spin on every core beside ours: threads come from splitting the rows (`_split`), so that BLAS
-    runs each product on one. Only SciPy's BLAS is limited, not numpy's or torch's."""
-    import scipy
-    import scipy.linalg.cython_blas  # noqa: F401  (loads the BLAS that numba calls)
-    from threadpoolctl import ThreadpoolController
-
-    controller = ThreadpoolController()
-    home = Path(scipy.__file__).parent
-    mine = [lib for lib in controller.info() if Path(lib["filepath"]).parent.name in (home.name, home.name + ".libs")
-            or Path(lib["filepath"]).is_relative_to(home)]
-    if mine:
-        controller.select(filepath=[lib["filepath"] for lib in mine]).limit(limits=1)
 
 
 @functools.lru_cache(maxsize=None)
@@ -449,7 +164,7 @@ def attend(query: np.ndarray, keys: np.ndarray, values: np.ndarray, position: np
     (B, dk) float64 over its own earlier positions, keys (B, dk, n) and values (B, dv, n) float32
     holding integers, positions (B,) int64 -> (B, dv) float64, Q.12."""
     out = np.empty((query.shape[0], values.shape[1]))
-    _split(_attend_rows, len(out), query, keys, values, position, _step_tables()[2], out)
+    share_rows(_attend_rows, len(out), query, keys, values, position, _step_tables()[2], out)
     return out
 
 
@@ -482,7 +197,7 @@ class PackedNetwork:
 
 def _packed(net) -> PackedNetwork:
     """The network's packed form, made once per network (its layers never change after conversion)."""
-    _one_thread_per_product()
+    one_thread_per_product()
     if getattr(net, "_packed", None) is None:
         net._packed = PackedNetwork(net)
     return net._packed
@@ -521,7 +236,7 @@ def outputs(net, features: np.ndarray) -> np.ndarray:
     packed = _packed(net)
     x = np.ascontiguousarray(features, np.float64)
     out = np.empty((len(x), packed.layers[-1, 2]))
-    _split(_output_blocks, -(-len(x) // _OUTPUT_ROWS), packed.arrays, x, out)
+    share_rows(_output_blocks, -(-len(x) // _OUTPUT_ROWS), packed.arrays, x, out)
     return out
 
 
@@ -770,7 +485,7 @@ def step(net, state: tuple[np.ndarray, ...], commit: tuple[np.ndarray, np.ndarra
     predicted = predict if predict is not None else nothing
     out = np.zeros((batch, outputs)) if predict is not None else np.empty((0, outputs))
     run = np.flatnonzero(committed | predicted)
-    _split(_step_slots, len(run), run, committed, predicted, packed.shape, packed.arrays, state, _step_tables(),
+    share_rows(_step_slots, len(run), run, committed, predicted, packed.shape, packed.arrays, state, _step_tables(),
            known, advance, out)
     return out if predict is not None else None
 
@@ -864,7 +579,7 @@ def features(net, pixels: np.ndarray) -> np.ndarray:
     packed = _packed(net)
     x = _step_tables()[3][pixels.astype(np.intp)].transpose(0, 2, 3, 1).reshape(batch, height * width, channels)
     out = np.empty((batch, height * width, packed.layers[-1, 1]))
-    _split(_forward_windows, batch, packed.shape, packed.arrays, _step_tables(), np.ascontiguousarray(x),
+    share_rows(_forward_windows, batch, packed.shape, packed.arrays, _step_tables(), np.ascontiguousarray(x),
            ar.positional_channel(height), ar.positional_channel(width), out)
     return out.reshape(batch, height, width, -1)
 
@@ -995,7 +710,7 @@ def symbol_bounds(params: np.ndarray, values: np.ndarray, mixtures: int, channel
     channel's value in its table, from the network's outputs (N, K) float64, Q.12, and the values
     (N, C) int64."""
     start, count = np.empty(values.shape, np.int64), np.empty(values.shape, np.int64)
-    _split(_bound_rows, -(-len(start) // COUNT_ROWS_PER_BLOCK), params, values, mixtures, channels, _mixture_tables(), start, count)
+    share_rows(_bound_rows, -(-len(start) // COUNT_ROWS_PER_BLOCK), params, values, mixtures, channels, _mixture_tables(), start, count)
     return start, count
 
 
@@ -1174,7 +889,7 @@ def decode_pixels(params: np.ndarray, known: np.ndarray, mixtures: int, channels
     weights = np.empty((len(params), mixtures), np.int64)
     bits = np.empty(len(coders))
     shares = min(len(coders), known.size // SEARCH_SYMBOLS_PER_SHARE)
-    _split(_decode_rows, shares, np.ascontiguousarray(params, np.float64), known, mixtures, channels,
+    share_rows(_decode_rows, shares, np.ascontiguousarray(params, np.float64), known, mixtures, channels,
            _mixture_tables(), coders, words, ends, failed, weights, bits)
     return float(bits.sum())
 
@@ -1189,7 +904,7 @@ def _decode_steps(first, threads, meeting, schedule, pending, canvases, shape, n
     share), each plane's slots reading their known values from its canvas and its coded
     ones decoding theirs from its stream into it; all meet again, and stop once every stream has
     failed. A thread that raises marks `meeting` as given up (the others stop at their next
-    meeting), and so does `decode_steps` where a share raises in Python (_split's `abandon`)."""
+    meeting), and so does `decode_steps` where a share raises in Python (share_rows's `abandon`)."""
     active, begins, advance, coded, ys, xs = schedule
     committed_first, values, moving_first = pending
     coders, words, ends, failed = streams
@@ -1213,7 +928,7 @@ def _decode_steps(first, threads, meeting, schedule, pending, canvases, shape, n
             stepping = mine[active[s][mine]]
             if len(stepping):
                 _predict_slots(stepping, shape, net, state, t, out)
-            if not _meet(meeting, threads, met):
+            if not meet(meeting, threads, met):
                 return
             met += 1
             shares = max(1, min(threads, planes, coded[s].sum() * channels // per_share))
@@ -1227,13 +942,13 @@ def _decode_steps(first, threads, meeting, schedule, pending, canvases, shape, n
                 for b in rows:
                     for c in range(channels):
                         canvases[k, ys[s, b], xs[s, b], c] = values[b, c]
-            if not _meet(meeting, threads, met):
+            if not meet(meeting, threads, met):
                 return
             met += 1
             if failed.all():
                 break
     except Exception:
-        _fetch_add(meeting, 1, 1)
+        give_up(meeting)
 
 
 def decode_steps(net, state: tuple[np.ndarray, ...], pending: tuple[np.ndarray, np.ndarray, np.ndarray],
@@ -1253,328 +968,10 @@ def decode_steps(net, state: tuple[np.ndarray, ...], pending: tuple[np.ndarray, 
     bits = np.zeros((steps, len(coders)))
     meeting = np.zeros(2, np.int64)
     active, begins, moving, coded, ys, xs = (np.ascontiguousarray(a) for a in schedule)
-    _split(_decode_steps, slots, meeting, (active, begins, moving.astype(np.int64), coded, ys, xs),
+    share_rows(_decode_steps, slots, meeting, (active, begins, moving.astype(np.int64), coded, ys, xs),
            (committed, values, advance), canvases, packed.shape, packed.arrays, state, _step_tables(), _mixture_tables(),
            mixtures, (coders, words, ends, failed), SEARCH_SYMBOLS_PER_SHARE, out, np.empty((slots, mixtures), np.int64),
            bits, abandon=lambda: meeting.__setitem__(1, 1))
     if meeting[1]:
         raise RuntimeError("a decoding thread failed (an exception in the compiled loop)")
     return bits
-
-
-# ---------------------------------------------------------------------------------------------
-# The calibration's objective (codec/calibration.py): the float model's NLL of a sample of pixels
-# under a calibrated output layer, and its gradient, in float64. No file's arithmetic depends on it:
-# the encoder sends the calibration it fits. Its work is some thirty bins a pixel, each five
-# exponentials or logarithms: numba calls libm for those one number at a time, so they are written
-# here as polynomials over a block's pixels at once, loops that LLVM turns into SIMD instructions.
-# They are compiled with numpy's error model: numba's default checks every division for a zero
-# divisor, to raise, and that check keeps LLVM from vectorising a loop that divides (no divisor
-# here can be zero: 1 + exp(-|a|) >= 1, sums of exp(0) and more >= 1, 1 - exp(-width) >= 1e-30).
-
-_HALF_BIN = mixture_float.BIN_HALF_WIDTH
-_LOG_SCALE_MIN = mixture_float.LOG_SCALE_MIN
-FIT_ROWS_PER_BLOCK = 256  # pixels of a thread's run (see COUNT_ROWS_PER_BLOCK), computed side by side
-
-_LOG2E = 1.4426950408889634
-_LN2_HIGH, _LN2_LOW = 6.93147180369123816490e-01, 1.90821492927058770002e-10  # ln 2 = high + low, high * k exact
-_ROUNDER = 6755399441055744.0  # 1.5 * 2**52: adding it rounds a double to an integer, held in its low bits
-_EXP_BIAS_BITS = np.int64(1023)
-_MANTISSA = np.int64((1 << 52) - 1)
-_ONE_BITS = np.int64(1023 << 52)  # 1.0
-_TWO52_BITS = np.int64(0x4330000000000000)  # 2**52
-_SQRT2 = 1.4142135623730951
-_EXP_LOWEST = -708.0  # exp below this would be subnormal: taken as 0
-
-
-@numba.njit(cache=True, inline="always", error_model="numpy")
-def _exp_reduced(r):  # pragma: no cover (compiled)
-    """exp(r) for |r| <= ln(2)/2: its Taylor series to r**13 (the rest below 2**-55 of it), in
-    Estrin's order, whose short chains of dependent operations let a core overlap many at once."""
-    r2 = r * r
-    r4 = r2 * r2
-    low = ((1.0 + r) + (1.0 / 2.0 + r * (1.0 / 6.0)) * r2
-           + ((1.0 / 24.0 + r * (1.0 / 120.0)) + (1.0 / 720.0 + r * (1.0 / 5040.0)) * r2) * r4)
-    high = ((1.0 / 40320.0 + r * (1.0 / 362880.0)) + (1.0 / 3628800.0 + r * (1.0 / 39916800.0)) * r2
-            + (1.0 / 479001600.0 + r * (1.0 / 6227020800.0)) * r4)
-    return low + high * (r4 * r4)
-
-
-@numba.njit(cache=True, inline="always", error_model="numpy")
-def _exp_into(x, out, bits):  # pragma: no cover (compiled)
-    """out = exp(x) entry by entry, for x <= 709 (0 below _EXP_LOWEST, NaN for NaN), within a few units
-    in the last place; out may be x; bits: int64 scratch at least as long. exp(x) = 2**k exp(r),
-    x = k ln 2 + r; 2**k is built from its bits (numba has no vector ldexp)."""
-    n = len(x)
-    bits, scaled = bits[:n], bits[:n].view(np.float64)
-    for i in range(n):
-        v = _EXP_LOWEST if x[i] < _EXP_LOWEST else x[i]  # a NaN stays NaN
-        t = v * _LOG2E + _ROUNDER  # k in t's low bits (no fast-math here or in a caller: it would fold this away)
-        k = t - _ROUNDER
-        out[i] = 0.0 if x[i] < _EXP_LOWEST else _exp_reduced((v - k * _LN2_HIGH) - k * _LN2_LOW)
-        scaled[i] = t
-    for i in range(n):
-        bits[i] = (bits[i] + _EXP_BIAS_BITS) << 52  # 2**k: k + 1023 in the exponent's bits
-    for i in range(n):
-        out[i] *= scaled[i]
-
-
-@numba.njit(cache=True, inline="always", error_model="numpy")
-def _expm1_series(v):  # pragma: no cover (compiled)
-    """exp(v) - 1 for |v| < 0.34, without cancelling: v + v**2 / 2 + ... + v**14 / 14!."""
-    v2 = v * v
-    v4 = v2 * v2
-    low = (1.0 + v * (1.0 / 2.0)) + (1.0 / 6.0 + v * (1.0 / 24.0)) * v2 + ((1.0 / 120.0 + v * (1.0 / 720.0))
-                                                                         + (1.0 / 5040.0 + v * (1.0 / 40320.0)) * v2) * v4
-    high = ((1.0 / 362880.0 + v * (1.0 / 3628800.0)) + (1.0 / 39916800.0 + v * (1.0 / 479001600.0)) * v2
-            + (1.0 / 6227020800.0 + v * (1.0 / 87178291200.0)) * v4)
-    return (low + high * (v4 * v4)) * v
-
-
-@numba.njit(cache=True, inline="always", error_model="numpy")
-def _expm1_into(x, out, bits):  # pragma: no cover (compiled)
-    """out = exp(x) - 1 for x <= 0, near 0 without cancelling (its Taylor series to x**14); out may be
-    x (so the series is kept aside, in bits[n:2n], 2.0 where it is not used: exp(x) - 1 is never 2);
-    bits: int64 scratch at least twice as long."""
-    n = len(x)
-    small = bits[n : 2 * n].view(np.float64)  # scratch: the series where |x| is small
-    for i in range(n):
-        v = x[i]
-        small[i] = _expm1_series(v) if v > -0.34 else 2.0  # 2.0: not used
-    _exp_into(x, out, bits)
-    for i in range(n):
-        out[i] = small[i] if small[i] != 2.0 else out[i] - 1.0
-
-
-@numba.njit(cache=True, inline="always", error_model="numpy")
-def _log_into(x, out, bits):  # pragma: no cover (compiled)
-    """out = log(x) entry by entry, for normal x > 0 (NaN for any other), within a few units in the
-    last place; out may be x; bits: int64 scratch at least twice as long. x = 2**e m, m in
-    (sqrt(2)/2, sqrt(2)], and log(m)
-    = log(1 + f) = f - s (f - R), s = f / (2 + f), R = 2 s**2 / 3 + 2 s**4 / 5 + ... (fdlibm's form)."""
-    n = len(x)
-    mantissa, exponent = bits[:n], bits[n : 2 * n]
-    m_float, e_float = mantissa.view(np.float64), exponent.view(np.float64)
-    for i in range(n):
-        m_float[i] = x[i]
-    for i in range(n):
-        b = mantissa[i]
-        exponent[i] = (b >> 52) | _TWO52_BITS  # 2**52 + the biased exponent, as a double
-        mantissa[i] = (b & _MANTISSA) | _ONE_BITS  # m in [1, 2)
-    for i in range(n):
-        m, e = m_float[i], e_float[i] - (4503599627370496.0 + 1023.0)
-        if m > _SQRT2:
-            m, e = 0.5 * m, e + 1.0
-        f = m - 1.0
-        s = f / (2.0 + f)
-        z = s * s
-        z2 = z * z
-        z4 = z2 * z2
-        r = ((2.0 / 3.0 + z * (2.0 / 5.0)) + (2.0 / 7.0 + z * (2.0 / 9.0)) * z2 + ((2.0 / 11.0 + z * (2.0 / 13.0))
-             + (2.0 / 15.0 + z * (2.0 / 17.0)) * z2) * z4 + ((2.0 / 19.0 + z * (2.0 / 21.0)) + z2 * (2.0 / 23.0)) * (z4 * z4))
-        log = e * _LN2_HIGH + ((f - s * (f - r * z)) + e * _LN2_LOW)
-        out[i] = log if 0.0 < x[i] < np.inf else np.nan  # (never here) rather than a finite number
-
-
-@numba.njit(cache=True, inline="always", error_model="numpy")
-def _exp_from_largest_into(rows, exps, n, top, total, bits):  # pragma: no cover (compiled)
-    """A log-sum-exp's parts, pixel by pixel (columns i < n) over the M rows of exps: top[i] the
-    largest rows[k, i], exps[k, i] = exp(rows[k, i] - top[i]) (exps may be rows) and total[i] their
-    sum, so that the log-sum-exp is top + log(total)."""
-    m = len(exps)
-    top[:] = rows[0, :n]
-    for k in range(1, m):
-        row = rows[k, :n]
-        for i in range(n):
-            top[i] = max(top[i], row[i])
-    total[:] = 0.0
-    for k in range(m):
-        source, row = rows[k, :n], exps[k, :n]
-        for i in range(n):
-            row[i] = source[i] - top[i]
-        _exp_into(row, row, bits)
-        for i in range(n):
-            total[i] += row[i]
-
-
-@numba.njit(cache=True, inline="always", error_model="numpy")
-def _bin_alone(plus, minus, x, inverse):  # pragma: no cover (compiled)
-    """A bin's log-probability and its derivatives with respect to the mean and the log-scale, one at
-    a time through libm: for the tails (values 0 and 255) and bins too unlikely for one product."""
-    if x < -0.999:  # value 0: the whole left tail, sigmoid(plus)
-        down = 1.0 / (1.0 + np.exp(plus))  # sigmoid(-plus)
-        return min(plus, 0.0) - np.log1p(np.exp(-abs(plus))), -inverse * down, -plus * down
-    if x > 0.999:  # value 255: the whole right tail, sigmoid(-minus)
-        up = 1.0 / (1.0 + np.exp(-minus))  # sigmoid(minus)
-        return min(-minus, 0.0) - np.log1p(np.exp(-abs(minus))), inverse * up, minus * up
-    width = max(plus - minus, 1e-30)
-    inside = -np.expm1(-width)
-    b = min(plus, 0.0) - np.log1p(np.exp(-abs(plus))) + min(-minus, 0.0) - np.log1p(np.exp(-abs(minus))) + np.log(inside)
-    plus_down, minus_up = 1.0 / (1.0 + np.exp(plus)), 1.0 / (1.0 + np.exp(-minus))
-    ds = minus * minus_up - plus * plus_down - (0.0 if plus - minus < 1e-30 else width * (1.0 - inside) / inside)
-    return b, inverse * (minus_up - plus_down), ds
-
-
-@numba.njit(cache=True, nogil=True, error_model="numpy")
-def _calibrated_blocks(first, step, features, weight, bias, calibration, x, mixtures, nll, d_outputs, products):  # pragma: no cover (compiled)
-    """Blocks first, first + step, ... of FIT_ROWS_PER_BLOCK pixels: each pixel's NLL into nll, and
-    where d_outputs (blocks, K) and products (blocks, K, F) have rows, each block's sum of the
-    gradients G (K, pixels) with respect to the calibrated outputs and G @ features.
-
-    The NLL is -mixture.pixel_log_prob. Component k's bin in channel c, of mean mu and log-scale s
-    (clamped below at LOG_SCALE_MIN), has probability sigmoid(plus) - sigmoid(minus), plus, minus =
-    (x - mu +- 1/255) exp(-s), that is sigmoid(plus) sigmoid(-minus) (1 - exp(minus - plus))
-    (mixture.py's closed form; a tail's alone for values 0 and 255). The NLL is -logsumexp_k(log w_k
-    + sum_c b_ck), b the bins' log-probabilities; its gradient: w_k - r_k for logit k (r_k the
-    component's posterior), -r_k db_ck/dmu for a mean, -r_k db_ck/ds for a log-scale (0 where
-    clamped), and for a coefficient, its mean's times the known value times tanh's derivative. Every
-    quantity is a row over the block's pixels."""
-    gain, shift, feature_gain = calibration
-    outputs, channels, m = weight.shape[0], x.shape[1], mixtures
-    slot = 3 if channels == 3 else 2
-    size = FIT_ROWS_PER_BLOCK
-    params, grads = np.empty((outputs, size)), np.empty((outputs, size))  # outputs, then G, (K, pixels)
-    prior, joint, coefficient = np.empty((m, size)), np.empty((m, size)), np.empty((3, m, size))
-    values = np.empty((channels, size))
-    top, total, inverse, plus, minus = np.empty(size), np.empty(size), np.empty(size), np.empty(size), np.empty(size)
-    e_plus, e_minus, inside, b = np.empty(size), np.empty(size), np.empty(size), np.empty(size)
-    plus_up, plus_down, minus_up, minus_down = np.empty(size), np.empty(size), np.empty(size), np.empty(size)
-    bits, alone = np.empty(2 * size, np.int64), np.empty(size, np.int64)
-    want = len(d_outputs) > 0
-    for block in range(first, (len(nll) + size - 1) // size, step):
-        start = block * size
-        mine = features[start : start + size]
-        n = len(mine)
-        z = np.dot(weight, (mine * feature_gain).T)  # (K, n): the outputs before the output calibration
-        for k in range(outputs):
-            for i in range(n):
-                params[k, i] = (z[k, i] + bias[k]) * gain[k] + shift[k]
-        for c in range(channels):
-            for i in range(n):
-                values[c, i] = x[start + i, c]
-        t, s, w = top[:n], total[:n], b[:n]
-        _exp_from_largest_into(params, prior, n, t, s, bits)  # the mixture weights' log-sum-exp
-        _log_into(s, w, bits)
-        for k in range(m):
-            for i in range(n):
-                joint[k, i] = params[k, i] - (t[i] + w[i])  # log w_k
-                prior[k, i] /= s[i]
-        if channels == 3:
-            for j in range(3):
-                for k in range(m):
-                    raw_coefficient, tanh_row = params[m + j * slot * m + 2 * m + k, :n], coefficient[j, k, :n]
-                    for i in range(n):
-                        tanh_row[i] = -2.0 * abs(raw_coefficient[i])
-                    _exp_into(tanh_row, tanh_row, bits)  # tanh(|a|) = (1 - e) / (1 + e), e = exp(-2 |a|)
-                    for i in range(n):
-                        th = (1.0 - tanh_row[i]) / (1.0 + tanh_row[i])
-                        tanh_row[i] = th if raw_coefficient[i] >= 0.0 else -th
-        for c in range(channels):
-            base = m + c * slot * m
-            xc = values[c, :n]
-            for k in range(m):
-                mean, raw = params[base + k, :n], params[base + m + k, :n]
-                g_mean, g_scale = grads[base + k, :n], grads[base + m + k, :n]  # d b / d mean, d b / d log-scale
-                inv, pl, mi = inverse[:n], plus[:n], minus[:n]
-                for i in range(n):
-                    inv[i] = -max(raw[i], _LOG_SCALE_MIN)
-                _exp_into(inv, inv, bits)
-                centred = w  # x - mu, the mean moved by the channels before (RGB)
-                if c == 0:
-                    for i in range(n):
-                        centred[i] = xc[i] - mean[i]
-                elif c == 1:
-                    alpha, red = coefficient[0, k, :n], values[0, :n]
-                    for i in range(n):
-                        centred[i] = xc[i] - (mean[i] + alpha[i] * red[i])
-                else:
-                    beta, gamma, red, green = coefficient[1, k, :n], coefficient[2, k, :n], values[0, :n], values[1, :n]
-                    for i in range(n):
-                        centred[i] = xc[i] - (mean[i] + beta[i] * red[i] + gamma[i] * green[i])
-                for i in range(n):
-                    pl[i] = inv[i] * (centred[i] + _HALF_BIN)
-                    mi[i] = inv[i] * (centred[i] - _HALF_BIN)
-                ep, em, within = e_plus[:n], e_minus[:n], inside[:n]
-                pu, pd, mu, md = plus_up[:n], plus_down[:n], minus_up[:n], minus_down[:n]  # sigmoid(+-plus), sigmoid(+-minus)
-                for i in range(n):
-                    ep[i], em[i] = -abs(pl[i]), -abs(mi[i])
-                for i in range(n):
-                    within[i] = -max(pl[i] - mi[i], 1e-30)
-                _exp_into(ep, ep, bits)
-                _exp_into(em, em, bits)
-                _expm1_into(within, within, bits)
-                for i in range(n):  # sigmoid(+-plus) from exp(-|plus|), then the same for minus
-                    high = 1.0 / (1.0 + ep[i])
-                    pu[i], pd[i] = (high, ep[i] * high) if pl[i] >= 0.0 else (ep[i] * high, high)
-                for i in range(n):
-                    high = 1.0 / (1.0 + em[i])
-                    mu[i], md[i] = (high, em[i] * high) if mi[i] >= 0.0 else (em[i] * high, high)
-                for i in range(n):
-                    within[i] = -within[i]  # 1 - exp(-width)
-                for i in range(n):
-                    w[i] = pu[i] * md[i] * within[i]  # the bin's mass
-                for i in range(n):
-                    g_mean[i] = inv[i] * (mu[i] - pd[i])
-                for i in range(n):  # d log(1 - exp(-width)) / d width = 1 / expm1(width) = (1 - within) / within
-                    width = pl[i] - mi[i]
-                    g_scale[i] = mi[i] * mu[i] - pl[i] * pd[i] - (0.0 if width < 1e-30 else width * (1.0 - within[i]) / within[i])
-                count = 0
-                for i in range(n):
-                    if not w[i] > 1e-300 or xc[i] < -0.999 or xc[i] > 0.999:
-                        alone[count] = i
-                        count += 1
-                        w[i] = 1.0  # any number: put right below
-                _log_into(w, w, bits)
-                for i in alone[:count]:
-                    w[i], g_mean[i], g_scale[i] = _bin_alone(pl[i], mi[i], xc[i], inv[i])
-                row = joint[k, :n]
-                for i in range(n):
-                    row[i] += w[i]
-                    g_scale[i] = g_scale[i] if raw[i] >= _LOG_SCALE_MIN else 0.0
-        _exp_from_largest_into(joint, joint, n, t, s, bits)  # the pixel's log-sum-exp over its components
-        _log_into(s, w, bits)
-        for i in range(n):
-            nll[start + i] = -(t[i] + w[i])
-        if want:
-            for k in range(m):
-                for i in range(n):
-                    posterior = joint[k, i] / s[i]
-                    grads[k, i] = prior[k, i] - posterior
-                    for c in range(channels):
-                        base = m + c * slot * m
-                        grads[base + k, i] *= -posterior
-                        grads[base + m + k, i] *= -posterior
-                if channels == 3:  # d mu_G / d raw alpha = r (1 - alpha^2), and so on
-                    for i in range(n):
-                        grads[m + 2 * m + k, i] = grads[m + slot * m + k, i] * values[0, i] * (1.0 - coefficient[0, k, i] ** 2)
-                        grads[m + slot * m + 2 * m + k, i] = grads[m + 2 * slot * m + k, i] * values[0, i] * (1.0 - coefficient[1, k, i] ** 2)
-                        grads[m + 2 * slot * m + 2 * m + k, i] = grads[m + 2 * slot * m + k, i] * values[1, i] * (1.0 - coefficient[2, k, i] ** 2)
-            for k in range(outputs):
-                acc = 0.0
-                for i in range(n):
-                    acc += grads[k, i]
-                d_outputs[block, k] = acc
-            np.dot(grads if n == size else np.ascontiguousarray(grads[:, :n]), mine, products[block])
-
-
-def calibrated_nll(features: np.ndarray, weight: np.ndarray, bias: np.ndarray, scale: np.ndarray, shift: np.ndarray,
-                   feature_gain: np.ndarray, x: np.ndarray, mixtures: int, gradient: bool = False):
-    """The NLL in nats (N,) of each pixel whose channels' bin centres are x (N, C), in [-1, 1], under
-    the float mixture parameters ((features * (1 + feature_gain)) @ weight.T + bias) * (1 + scale) +
-    shift, as mixture.pixel_log_prob gives them, in float64; features (N, F), weight (K, F), the rest
-    (K,) or (F,). With `gradient`, also G's sum over the pixels (K,) and G.T @ features (K, F), G
-    (N, K) the NLL's gradient with respect to the outputs: what the calibration's gradient needs
-    (codec/calibration.py). Blocks of pixels are shared among the threads and summed in order: no
-    thread count changes a bit."""
-    _one_thread_per_product()
-    features, x = np.ascontiguousarray(features, np.float64), np.ascontiguousarray(x, np.float64)
-    outputs, blocks = len(bias), -(-len(features) // FIT_ROWS_PER_BLOCK)
-    nll = np.empty(len(features))
-    d_outputs = np.empty((blocks, outputs) if gradient else (0, outputs))
-    products = np.empty((blocks, outputs, features.shape[1]) if gradient else (0, outputs, features.shape[1]))
-    calibration = tuple(np.ascontiguousarray(a, np.float64) for a in (1.0 + scale, shift, 1.0 + feature_gain))
-    _split(_calibrated_blocks, blocks, features, np.ascontiguousarray(weight, np.float64), np.asarray(bias, np.float64),
-           calibration, x, mixtures, nll, d_outputs, products)
-    if not gradient:
-        return nll, None, None
-    return nll, d_outputs.sum(axis=0), products.sum(axis=0)
