@@ -93,7 +93,7 @@ def main() -> None:
     total = per_position * plan.positions * windows
     per_pixel = total / (height * width)
     traffic = attention_bytes(net, plan)
-    resident = len(plan.slot_groups(coder.MAX_BATCH_TILES)[0]) * plan.positions * key_value_bytes(net)  # what its slots hold
+    resident = len(plan.slot_groups(coder.MAX_BATCH_SLOTS)[0]) * plan.positions * key_value_bytes(net)  # what its slots hold
     lines = [
         "# The floor under coding time: work a pixel, matrix throughput, and how close the codec comes",
         "",

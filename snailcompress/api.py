@@ -30,7 +30,7 @@ from .codec.images import (SUPPORTED_MODES, DecomposedImage, pixel_checksum, png
 from .codec.tiles import WindowPlan, default_band
 from .errors import ChannelCountError, FormatError, ModelError, SnailError, UsageError
 from .integer.arithmetic import ARITHMETIC_VERSION
-from .integer.network import IntegerPixelSNAIL
+from .integer.network import MAX_WINDOW_POSITIONS, IntegerPixelSNAIL
 from .fileio import atomic_write, write_stream
 from .lazy import torch
 from .models.presets import PRESETS
@@ -204,13 +204,17 @@ def encode_images(images: Sequence[DecomposedImage], models: ModelChooser, tile:
     for index, image in enumerate(images):
         band = default_band(image.height, image.width, (tile, tile), (context, context))
         try:
+            plan = WindowPlan.for_image(image.height, image.width, (tile, tile), (context, context), band)
             for name in image.expected_planes():
                 pixels = image.planes[name]
                 if fallback and not methods.model_may_win(pixels):  # a bilevel plane
                     continue
                 loaded = models.for_channels(CHANNEL_COUNT[name])
+                if plan.positions > MAX_WINDOW_POSITIONS:
+                    raise UsageError(f"--tile {tile} with --context {context} makes {plan.win_h}x{plan.win_w} windows of "
+                                     f"{plan.positions:,} pixels on this image; the model's exact arithmetic takes at "
+                                     f"most {MAX_WINDOW_POSITIONS:,} (a tile and its context at most 255 pixels a side)")
                 if calibrate and worth_trying(loaded.config, pixels):
-                    plan = WindowPlan.for_image(image.height, image.width, (tile, tile), (context, context), band)
                     calibration, kept = calibration_for(loaded.config, loaded.weights, plan, pixels, models.network(loaded))
                     words = code_plane(models.network(loaded, calibration), pixels, (tile, tile), (context, context),
                                        band, progress, kept=kept)[0]
@@ -271,6 +275,12 @@ def _check_decodable(snail: container.SnailFile) -> None:
     if snail.arithmetic not in (None, ARITHMETIC_VERSION):  # None: no plane is the model's
         raise FormatError(f"this file was coded with integer arithmetic version {snail.arithmetic}; this release "
                           f"of snailcompress has version {ARITHMETIC_VERSION} only")
+    for plane in snail.planes:
+        if plane.method == "model":
+            plan = WindowPlan.for_image(snail.height, snail.width, plane.tile, plane.context, plane.band)
+            if plan.positions > MAX_WINDOW_POSITIONS:
+                raise FormatError(f"plane {plane.channels}: its windows of {plan.positions:,} pixels are larger than the "
+                                  f"model's exact arithmetic allows ({MAX_WINDOW_POSITIONS:,}): no encoder writes them")
 
 
 def decode_images(snails: Sequence[container.SnailFile], models: ModelChooser,

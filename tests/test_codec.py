@@ -32,7 +32,7 @@ from snailcompress.codec import coder
 from snailcompress.codec import container as C
 from snailcompress.codec.images import DecomposedImage, compose, decompose, pixel_checksum, same_image
 from snailcompress.codec.tiles import WindowPlan
-from snailcompress.errors import FormatError, ModelError
+from snailcompress.errors import FormatError, ModelError, UsageError
 from snailcompress.integer.arithmetic import TABLE_TOTAL
 from snailcompress.integer.mixture import IntegerConditionals
 
@@ -174,7 +174,7 @@ def test_the_decoder_gives_each_value_the_encoders_interval(channels, height, wi
     in small chunks, so that windows are reused across chunks): the pixels come back, and the bits
     the decoder counts from its intervals are the encoder's, interval for interval (the tables are
     the torch code's: tests/test_kernels.py)."""
-    monkeypatch.setattr(coder, "ENCODE_CHUNK_PIXELS", 7)
+    monkeypatch.setattr(coder, "ENCODE_CHUNK_STEP_SLOTS", 7)
     rng = np.random.default_rng(channels)
     plane = rng.integers(0, 256, (height, width, channels), dtype=np.uint8)
     net = _net(channels)
@@ -244,7 +244,7 @@ def test_encoding_does_not_depend_on_threads_or_chunking(monkeypatch):
     reference, _ = coder.code_plane(net, plane, (TILE, TILE), (2, 2), 2)
     for threads, positions, pixels in ((2, 10, 3), (4, 1, 1 << 20), (1, 1 << 20, 1)):
         torch.set_num_threads(threads)
-        monkeypatch.setattr(coder, "ENCODE_CHUNK_PIXELS", pixels)
+        monkeypatch.setattr(coder, "ENCODE_CHUNK_STEP_SLOTS", pixels)
         monkeypatch.setattr(coder, "ENCODE_CHUNK_POSITIONS", positions)
         words, _ = coder.code_plane(net, plane, (TILE, TILE), (2, 2), 2)
         assert np.array_equal(words, reference)
@@ -257,7 +257,7 @@ def test_planes_decoded_together_are_each_decoded_alone(monkeypatch):
     """decode_planes steps many planes of one shape as one batch (here in batches of two): each gets
     its own pixels, and a stream cut short fails alone (an error, or other pixels that the file's
     checksum catches), the others unharmed."""
-    monkeypatch.setattr(coder, "MAX_BATCH_TILES", 4)
+    monkeypatch.setattr(coder, "MAX_BATCH_SLOTS", 4)
     rng = np.random.default_rng(4)
     net = _net(3)
     planes = [np.cumsum(rng.integers(0, 40, (13, 17, 3)), axis=1).astype(np.uint8) for _ in range(5)]
@@ -295,7 +295,7 @@ def test_images_encoded_together_give_each_the_file_it_gets_alone(tiny_models, c
     same network passes, coder.code_planes, across two batches of planes), each get the file they get
     alone; calibrated planes (each with a network of its own) among them; an image whose model
     cannot be had fails alone."""
-    monkeypatch.setattr(coder, "MAX_BATCH_TILES", 6)  # 9x11 in tiles of 8 has 2 slots: 3 planes a batch
+    monkeypatch.setattr(coder, "MAX_BATCH_SLOTS", 6)  # 9x11 in tiles of 8 has 2 slots: 3 planes a batch
     images = [decompose(make_image(mode, h, w, "smooth", seed))
               for seed, (mode, h, w) in enumerate([("RGB", 9, 11), ("RGB", 9, 11), ("L", 9, 11), ("RGBA", 9, 11),
                                                    ("RGB", 9, 11), ("LA", 7, 5), ("RGB", 7, 5)])]
@@ -315,6 +315,16 @@ def test_images_encoded_together_give_each_the_file_it_gets_alone(tiny_models, c
     unavailable = api.ModelChooser([TINY + "-no-such-model"])
     failed = api.encode_images(images[:3], unavailable, tile=TILE, calibrate=False, fallback=False)
     assert all(isinstance(result, ModelError) for result in failed)
+
+
+def test_windows_beyond_the_exact_attention_are_refused_before_coding(tiny_models):
+    """A tile and context whose windows would have 2**16 positions or more on an image (the attention's
+    sums would no longer be exact, and no decoder would run them): that image fails in one line before
+    any coding; a smaller image of the same call, whose windows are the image, is coded."""
+    large, small = (decompose(make_image("RGB", side, side, "smooth", 0)) for side in (256, 12))
+    refused, coded = api.encode_images([large, small], tiny_models, tile=254, context=2)
+    assert isinstance(refused, UsageError) and "256x256 windows of 65,536 pixels" in str(refused)
+    assert same_image(api.decode_image(coded, tiny_models), small)
 
 
 def test_a_network_that_cannot_be_made_fails_the_images_it_codes_alone(tiny_models, monkeypatch):
@@ -467,7 +477,7 @@ def test_window_plans_cover_every_pixel_once(height, width, tile, above, left, b
     assert windows.shape == (plan.rows * plan.cols, 1, plan.win_h, plan.win_w) and coded.sum() == height * width
     assert sorted(windows[:, 0][coded].tolist()) == list(range(height * width))
     pixels = []
-    for slots in plan.slot_groups(coder.MAX_BATCH_TILES):
+    for slots in plan.slot_groups(coder.MAX_BATCH_SLOTS):
         start, count = plan.slot_schedule(slots)
         _, window, position, coded = coder.schedule(plan, slots, start, count,
                                                     np.arange(coder.batch_steps(plan, start, count)))
@@ -710,6 +720,10 @@ BAD_FILES = {
         "coded with model 'pixelsnail-tiny' (id 01234567), which is not available here",
     ),
     "another arithmetic": (lambda d: _edit(d, arithmetic=2), "integer arithmetic version 2"),
+    "windows too large": (  # 256x256 windows: beyond the exact attention
+        lambda d: _edit(d, height=300, width=300, planes=(dataclasses.replace(C.read(d).planes[0], tile=(254, 254), band=None),)),
+        "windows of 65,536 pixels are larger than the model's exact arithmetic allows",
+    ),
 }
 
 
@@ -1074,10 +1088,10 @@ def test_cli_decode_test_checks_every_file_and_writes_nothing(work):
 
 @pytest.mark.parametrize("context, batches", [(0, 5), (2, 3)])
 def test_large_planes_are_coded_in_bounded_batches_of_one_stream(monkeypatch, context, batches):
-    """More tiles than MAX_BATCH_TILES: several batches, one stream, exact round trip. Without
+    """More tiles than MAX_BATCH_SLOTS: several batches, one stream, exact round trip. Without
     context: 5 x 3 = 15 tiles in batches of 3; with it, each of the 3 bands of (at most) 2 x 3 windows
     (api.context_band) is a batch of its own, as left context links a band's windows."""
-    monkeypatch.setattr(coder, "MAX_BATCH_TILES", 3)
+    monkeypatch.setattr(coder, "MAX_BATCH_SLOTS", 3)
     rng = np.random.default_rng(7)
     image = DecomposedImage("RGB", 21, 40, {"RGB": rng.integers(0, 256, (40, 21, 3), dtype=np.uint8)}, {})
     models = api.ModelChooser(["pixelsnail-tiny"])

@@ -1035,6 +1035,12 @@ def test_describe():
     assert f"bands of {default_band(512, 768, (32, 32), (4, 1))} rows of windows" in text_
     assert "model ff7d3a5d\n" in C.describe(common_file())  # no name stored
     assert len(C.describe(common_file()).splitlines()) >= 6
+    shared = SnailFile(3, 2, "RGBA", (Plane.coded("RGB", "deflate", bytes(12)), Plane.coded("A", "deflate", b"")), 5,
+                       arithmetic=None)
+    assert shared.shared_deflate and not small_file().shared_deflate
+    text_ = C.describe(shared)  # one stream of 4 channels: 96 bits over 24 subpixels, none for plane 2 alone
+    assert "plane 1:      RGB and plane 2's A (one stream), deflate" in text_ and "stream: 4.0000 bits" in text_
+    assert "plane 2:      A, in plane 1's deflate stream" in text_ and text_.count("stream: ") == 1
 
 
 # --------------------------------------------------------------------------------------------

@@ -18,7 +18,8 @@ from snailcompress import mixture
 from snailcompress.codec.calibration import Calibration
 from snailcompress.integer import arithmetic as ar
 from snailcompress.integer.mixture import IntegerConditionals
-from snailcompress.integer.network import IntegerLinear, IntegerPixelSNAIL, IntegerStepper, check_weights, layout
+from snailcompress.integer.network import (MAX_WINDOW_POSITIONS, IntegerLinear, IntegerPixelSNAIL, IntegerStepper,
+                                            check_weights, layout)
 from snailcompress.zoo import load_model
 
 #: SHA-256 of arithmetic version 1's lookup tables (arithmetic.table_digest).
@@ -60,6 +61,9 @@ def test_lookup_tables_cache_is_read_only_when_it_holds_the_pinned_tables(tmp_pa
         np.savez(f, **damaged)
     assert ar._read_cache() is None  # a table that differs in one entry is not used
     cached.write_bytes(b"not a numpy file")
+    assert ar._read_cache() is None
+    ar._write_cache(built)
+    cached.write_bytes(cached.read_bytes()[: cached.stat().st_size // 2])  # a truncated zip: BadZipFile
     assert ar._read_cache() is None
 
 
@@ -135,6 +139,18 @@ def test_conversion_refuses_weights_beyond_exact_arithmetic():
     with pytest.raises(ValueError, match="beyond exact"):
         IntegerLinear(np.full((1, 4), 1e-6), np.array([1000.0]), "tiny weights, large bias")
     IntegerLinear(np.full((1, 4), 1e-6), np.array([1.0]), "fine")
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_windows_beyond_the_exact_attention_are_refused(compiled):
+    """2**16 positions or more: the attention's weighted sums could pass 2**52. The full pass and the
+    stepper refuse such a window before any work, whichever code runs them; one position less is taken."""
+    net = _net(3)
+    with pytest.raises(ValueError, match="65536 positions are too large for exact attention"):
+        net.features(np.zeros((1, 3, 256, 256), np.int64), compiled=compiled)
+    with pytest.raises(ValueError, match="65536 positions are too large for exact attention"):
+        IntegerStepper(net, 1, 256, 256, compiled=compiled)
+    IntegerStepper(net, 1, 1, MAX_WINDOW_POSITIONS, compiled=compiled)
 
 
 @pytest.mark.parametrize("compiled", [True, False])

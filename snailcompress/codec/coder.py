@@ -9,8 +9,9 @@ the same frequency tables on every machine, so
 * the encoder runs the full forward pass once over all windows (in chunks bounded in memory) and
   codes every symbol from its two cumulative counts (`IntegerConditionals.symbol_bounds`);
 * the decoder steps through the positions, one batch of window slots at a time, decoding each
-  step's values from their pixels' cumulative counts (a search over a few edges each, in the
-  compiled range decoder: `StreamDecoder`) and feeding them back.
+  step's values from their pixels' cumulative counts (a search over a few edges each, in a compiled
+  range decoder, integer/kernels.py: decode_pixels, reading each plane's stream from where its
+  `StreamDecoder` stands) and feeding them back.
 
 Planes are coded in windows (codec/tiles.py, WindowPlan): tiles, each with the already-coded rows
 above and columns to its left that it may see. Stream layout (what the decoder's schedule reads):
@@ -38,10 +39,10 @@ from ..lazy import torch
 from .tiles import WindowPlan
 
 _FAMILY = constriction.stream.model.Categorical(perfect=False)
-MAX_BATCH_TILES = 1536  # part of the format: encoder and decoder must batch alike
+MAX_BATCH_SLOTS = 1536  # window slots a batch steps together; part of the format: encoder and decoder must batch alike
 ENCODE_CHUNK_POSITIONS = 1 << 14  # window positions per forward pass of the encoder (the CPU runs it a window at a time)
 GPU_CHUNK_POSITIONS = 1 << 18  # on a GPU: large passes keep it busy
-ENCODE_CHUNK_PIXELS = 1 << 16  # (step, slot) pairs the encoder schedules at once: bounds its memory
+ENCODE_CHUNK_STEP_SLOTS = 1 << 16  # (plane, step, slot) triples the encoder schedules at once: bounds its memory
 DECODE_CHUNK_STEPS = 64  # steps whose schedule the decoder works out at once
 
 
@@ -85,7 +86,7 @@ def batch_steps(plan: WindowPlan, start: np.ndarray, count: np.ndarray) -> int:
 
 def _plan_steps(plan: WindowPlan) -> int:
     """Steps of all batches of the decoder together (for progress bars)."""
-    return sum(batch_steps(plan, *plan.slot_schedule(slots)) for slots in plan.slot_groups(MAX_BATCH_TILES))
+    return sum(batch_steps(plan, *plan.slot_schedule(slots)) for slots in plan.slot_groups(MAX_BATCH_SLOTS))
 
 
 def coding_steps(height: int, width: int, tile: tuple[int, int], context: tuple[int, int] = (0, 0), band: int = 1) -> int:
@@ -261,7 +262,7 @@ def _encode_batch(net, plan: WindowPlan, canvases: np.ndarray, slots: np.ndarray
     so the network runs on all of them at once and one ordering serves them all."""
     start, count = plan.slot_schedule(slots)
     planes, total, channels = len(canvases), batch_steps(plan, start, count), canvases.shape[3]
-    chunk = max(1, ENCODE_CHUNK_PIXELS // (planes * len(slots)))  # steps per chunk
+    chunk = max(1, ENCODE_CHUNK_STEP_SLOTS // (planes * len(slots)))  # steps per chunk
     ring = _WindowRing(planes, len(slots), (chunk - 1) // plan.positions + 2, plan.positions, channels)
     streams = _PlaneStreams(encoders)
     for first in range(0, total, chunk):
@@ -284,8 +285,8 @@ def _encode_batch(net, plan: WindowPlan, canvases: np.ndarray, slots: np.ndarray
 
 def _planes_per_batch(groups: list[np.ndarray]) -> int:
     """Planes of one shape that run through the network together (code_planes, decode_planes): as
-    many as fill MAX_BATCH_TILES slots with their largest batch of slots (WindowPlan.slot_groups)."""
-    return max(1, MAX_BATCH_TILES // max(len(slots) for slots in groups))
+    many as fill MAX_BATCH_SLOTS slots with their largest batch of slots (WindowPlan.slot_groups)."""
+    return max(1, MAX_BATCH_SLOTS // max(len(slots) for slots in groups))
 
 
 def code_plane(net, plane: np.ndarray, tile: tuple[int, int], context: tuple[int, int] = (0, 0), band: int = 1,
@@ -314,7 +315,7 @@ def code_planes(net, planes: list[np.ndarray], tile: tuple[int, int], context: t
         raise ValueError("kept features are one plane's")
     plan = WindowPlan.for_image(planes[0].shape[0], planes[0].shape[1], tile, context, band)
     encoders = encoders or [constriction.stream.queue.RangeEncoder() for _ in planes]
-    groups = plan.slot_groups(MAX_BATCH_TILES)
+    groups = plan.slot_groups(MAX_BATCH_SLOTS)
     per_batch = _planes_per_batch(groups)
     with _progress(progress, plan.rows * plan.cols * len(planes), "encode", "window") as bar:
         for first in range(0, len(planes), per_batch):
@@ -452,7 +453,7 @@ def decode_planes(net, streams: list, height: int, width: int, channels: int, ti
     decoders = [stream if isinstance(stream, StreamDecoder) else StreamDecoder(stream) for stream in streams]
     errors: dict[int, FormatError] = {}
     canvases = np.stack([plan.canvas(np.zeros((height, width, channels), np.uint8))] * len(streams))
-    groups = plan.slot_groups(MAX_BATCH_TILES)
+    groups = plan.slot_groups(MAX_BATCH_SLOTS)
     per_batch = _planes_per_batch(groups)
     with _progress(progress, _plan_steps(plan) * -(-len(streams) // per_batch), "decode", "step") as bar, \
             _kernel_threads(net):

@@ -190,6 +190,7 @@ __all__ = [
     "Plane",
     "SnailFile",
     "plane_channels",
+    "palette_entries",
     "stored_size",
     "write",
     "read",
@@ -257,6 +258,11 @@ def plane_channels(mode: str, constant_alpha: bool) -> list[str]:
     RGBA whose alpha is constant, ["L"] for L and 1."""
     pieces = [MODE_CHANNELS[mode]] if mode not in _ALPHA_MODES else [MODE_CHANNELS[mode][:-1], "A"]
     return pieces[:-1] if constant_alpha else pieces
+
+
+def palette_entries(extras: dict) -> int:
+    """The entries of an image's palette (extras "palette": hex, "palette_mode": RGB or RGBA); 0 without one."""
+    return len(extras.get("palette", "")) // (2 * len(extras.get("palette_mode", "RGB")))
 
 
 def stored_size(width: int, height: int, mode: str, channels: str) -> int:
@@ -371,6 +377,13 @@ class SnailFile:
         if not (1 <= width <= MAX_SIDE and 1 <= height <= MAX_SIDE and min(tile) >= 1 and min(context) >= 0):
             return plane
         return dataclasses.replace(plane, band=default_band(height, width, tuple(tile), tuple(context)))
+
+    @property
+    def shared_deflate(self) -> bool:
+        """Whether plane 1's deflate stream holds both planes of an LA or RGBA image (plane 2 is
+        deflated in 0 bytes: see the module docstring)."""
+        planes = self.planes
+        return len(planes) == 2 and planes[0].method == planes[1].method == "deflate" and not planes[1].data
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -976,11 +989,11 @@ def _check_canonical(obj: dict, present: set) -> None:
     """Refuse tagged fields that hold their default (after _check_header: the values are valid)."""
     for i, p in enumerate(obj["planes"]):
         where = f"plane {i + 1}"
-        default = default_band(obj["height"], obj["width"], tuple(p["tile"]), tuple(p["context"]))
+        band = default_band(obj["height"], obj["width"], tuple(p["tile"]), tuple(p["context"]))
         for tag, value, default in (
             (_TAG_TILE, tuple(p["tile"]), DEFAULT_TILE),
             (_TAG_CONTEXT, tuple(p["context"]), DEFAULT_CONTEXT),
-            (_TAG_BAND, p["band"], default),
+            (_TAG_BAND, p["band"], band),
         ):
             if (tag, i) in present and value == default:
                 name = _FIELDS[tag][0]
@@ -1159,9 +1172,14 @@ def describe(f: SnailFile) -> str:
     if f.arithmetic is not None:
         lines.append(f"arithmetic:   integer arithmetic version {f.arithmetic}")
     for i, p in enumerate(f.planes, 1):
+        if f.shared_deflate and i == 2:
+            lines.append(f"plane 2:      {p.channels}, in plane 1's deflate stream")
+            continue
         if p.method != "model":
-            lines.append(f"plane {i}:      {p.channels}, {_METHOD_NOTES[p.method]}")
-            bits = 8 * p.payload_bytes / (pixels * len(p.channels))
+            both = f" and plane 2's {f.planes[1].channels} (one stream)" if f.shared_deflate else ""
+            lines.append(f"plane {i}:      {p.channels}{both}, {_METHOD_NOTES[p.method]}")
+            coded = len(f.mode) if f.shared_deflate else len(p.channels)
+            bits = 8 * p.payload_bytes / (pixels * coded)
             lines.append(f"              stream: {bits:.4f} bits per subpixel")
             continue
         name = f" ({p.model_name})" if p.model_name is not None else ""
@@ -1175,8 +1193,7 @@ def describe(f: SnailFile) -> str:
     ex = f.extras
     if "palette" in ex:
         pm = ex.get("palette_mode", "RGB")
-        n = len(ex["palette"]) // (2 * len(pm))
-        lines.append(f"palette:      {n} entries, {pm}")
+        lines.append(f"palette:      {palette_entries(ex)} entries, {pm}")
     if "transparency" in ex:
         t = ex["transparency"]
         if f.mode in ("P", "PA"):

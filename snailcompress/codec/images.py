@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from snailcompress.codec.container import MAX_PIXELS, MAX_SIDE, MODE_CHANNELS
+from snailcompress.codec.container import MAX_PIXELS, MAX_SIDE, MODE_CHANNELS, palette_entries, plane_channels
 from snailcompress.errors import ImageError
 from snailcompress.fileio import OutputExistsError, atomic_write
 
@@ -50,11 +50,12 @@ __all__ = [
     "DecomposedImage",
     "decompose",
     "compose",
-    "full_pixels",
     "pixel_checksum",
     "same_image",
     "read_image",
-    "image_file_bytes",
+    "read_image_bytes",
+    "png_bytes",
+    "write_format",
     "write_image",
 ]
 
@@ -99,14 +100,7 @@ class DecomposedImage:
 
     def expected_planes(self) -> list[str]:
         """The plane names this image must have, in coding order."""
-        return _plane_names(self.mode, self.extras)
-
-
-def _plane_names(mode: str, extras: dict) -> list[str]:
-    if mode in ("LA", "RGBA", "PA"):
-        base = MODE_CHANNELS[mode][:-1]
-        return [base] if "constant_alpha" in extras else [base, "A"]
-    return [MODE_CHANNELS[mode]]
+        return plane_channels(self.mode, "constant_alpha" in self.extras)
 
 
 def _mode_note(mode: str) -> str:
@@ -200,7 +194,7 @@ def _check_structure(img: DecomposedImage) -> None:
     for side in (img.width, img.height):
         if not _is_int(side) or not 1 <= side <= MAX_SIDE:
             raise ValueError(f"invalid image size {img.width} x {img.height}")
-    names = _plane_names(img.mode, img.extras)
+    names = plane_channels(img.mode, "constant_alpha" in img.extras)
     if sorted(img.planes) != sorted(names):
         raise ValueError(f"mode {img.mode} needs planes {names}, got {sorted(img.planes)}")
     for key in names:
@@ -216,19 +210,13 @@ def _check_structure(img: DecomposedImage) -> None:
 
 def _full_rows(img: DecomposedImage, r0: int, r1: int) -> np.ndarray:
     """Rows r0:r1 of the original image's channels, interleaved in mode order (H, W, C) uint8."""
-    names = _plane_names(img.mode, img.extras)
+    names = plane_channels(img.mode, "constant_alpha" in img.extras)
     parts = [img.planes[k][r0:r1] for k in names]
     if "constant_alpha" in img.extras and img.mode in ("LA", "RGBA"):
         parts.append(np.full((r1 - r0, img.width, 1), img.extras["constant_alpha"], dtype=np.uint8))
     if len(parts) == 1:
         return np.ascontiguousarray(parts[0])
     return np.concatenate(parts, axis=2)
-
-
-def full_pixels(img: DecomposedImage) -> np.ndarray:
-    """The original image's channels interleaved (H, W, C) uint8; mode 1 as one 0/255 channel."""
-    _check_structure(img)
-    return _full_rows(img, 0, img.height)
 
 
 def compose(img: DecomposedImage) -> Image.Image:
@@ -420,7 +408,7 @@ def _check_palette_storable(img: DecomposedImage, name: str) -> None:
         ok = False
     if ok:
         return
-    entries = len(img.extras["palette"]) // 6
+    entries = palette_entries(img.extras)
     top = int(img.planes["P"].max())
     if top >= entries:
         raise ImageError(
@@ -464,7 +452,7 @@ def _exact_bytes(img: DecomposedImage, fmt: str, options: dict, name: str) -> by
         if "transparency" in img.extras:
             what += " with transparency"
         elif img.mode == "P":
-            what += f" with a {len(img.extras.get('palette', '')) // 6}-entry palette"
+            what += f" with a {palette_entries(img.extras)}-entry palette"
         hint = "" if fmt == "PNG" else "; use .png"
         raise ImageError(f"cannot write {name}: this {what} cannot be stored exactly as {fmt}{hint}")
     return data

@@ -160,7 +160,7 @@ def _read_cache() -> dict[str, np.ndarray] | None:
         try:
             with np.load(folder / _cache_name(), allow_pickle=False) as stored:
                 built = {name: stored[name] for name in stored.files}
-        except (OSError, ValueError, KeyError):
+        except Exception:  # missing, unreadable, truncated or not an npz at all (zipfile's, zlib's, numpy's errors)
             continue
         if all(v.dtype == np.int64 and v.ndim == 1 for v in built.values()) and table_digest(built) == TABLE_DIGEST:
             return built

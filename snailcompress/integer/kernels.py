@@ -601,7 +601,8 @@ def _step_tables() -> tuple[np.ndarray, ...]:
 
 @numba.njit(cache=True, inline="always")
 def _prior(row, mixtures, exp16, weights):  # pragma: no cover (compiled)
-    """IntegerConditionals.prior: exp(logit - max) from the Q.16 table, normalised (floor)."""
+    """The component weights before any channel (IntegerConditionals' first posterior): exp(logit -
+    max) from the Q.16 table, normalised (floor)."""
     top = row[:mixtures].max()
     for k in range(mixtures):
         weights[k] = exp16[int(min(top - row[k], _EXP_LIMIT))]

@@ -10,9 +10,11 @@ inputs can produce (`bound`); conversion refuses a model for which one reaches 2
 
 The network runs in two ways that give identical integers (arithmetic.py explains why):
 
-* `forward(pixels)`: the full forward pass over a batch of windows, all positions at once: the
-  encoder's one pass (codec/coder.py, chunks of windows bounded in memory); on the CPU a window at
-  a time in compiled calls (kernels.py);
+* the full forward pass over a batch of windows, all positions at once: the encoder's one pass
+  (codec/coder.py, chunks of windows bounded in memory), as `features(pixels)` and then `outputs`
+  (the output layer, which a per-image calibration changes, so that the features of the windows
+  the calibration samples are not computed twice; `forward` is the two together); on the CPU a
+  window at a time in compiled calls (kernels.py);
 * `stepper(batch, h, w)`: one position at a time with cached rows and keys/values (as
   models/stepper.py does in float): the decoder. On the CPU each step is one compiled call
   (kernels.py), and the decoder runs a chunk of steps, its searches included, as one (`decode`);
@@ -320,6 +322,7 @@ class IntegerPixelSNAIL:
         compiled = self.device == "cpu" if compiled is None else compiled
         if compiled and self.device != "cpu":
             raise ValueError("the compiled kernels run on the CPU")
+        check_positions(int(np.prod(np.shape(pixels)[2:])))
         if compiled:
             from . import kernels  # numba: imported where first needed
 
@@ -355,9 +358,14 @@ class IntegerPixelSNAIL:
         return IntegerStepper(self, batch, height, width)
 
 
+#: the most positions a window may have: the attention's weighted sums (a weight below 2**16 times a
+#: value below 2**20 at each position) stay below ACCUMULATOR_LIMIT, so exact, below 2**16 positions
+MAX_WINDOW_POSITIONS = (ar.ACCUMULATOR_LIMIT - 1) // ((1 << ar.ATTENTION_WEIGHT_BITS) * ar.ACTIVATION_LIMIT)
+
+
 def check_positions(positions: int) -> None:
-    """The attention's weighted sums stay exact only below 2**16 positions per window."""
-    if positions * (1 << ar.ATTENTION_WEIGHT_BITS) * ar.ACTIVATION_LIMIT >= ar.ACCUMULATOR_LIMIT:
+    """A window of this many positions keeps the attention exact (MAX_WINDOW_POSITIONS), else ValueError."""
+    if positions > MAX_WINDOW_POSITIONS:
         raise ValueError(f"windows of {positions} positions are too large for exact attention")
 
 
@@ -385,7 +393,6 @@ def _causal_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
     position 0, which has nothing to attend to, gets 0. In blocks of queries, each reading only the
     keys before its last query."""
     batch, n, _ = query.shape
-    check_positions(n)
     out = torch.zeros(batch, n, value.shape[-1], dtype=torch.float64, device=query.device)
     keys = key.transpose(1, 2)
     for a in range(1, n, QUERY_BLOCK):
