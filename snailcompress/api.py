@@ -453,14 +453,14 @@ def decode_files(jobs: Sequence[tuple], models: ModelChooser | None = None, forc
         snail = container.read(data)
         return (snail, len(data)), snail.width * snail.height
 
-    for batch, _ in _in_batches(list(jobs), read, DECODE_BATCH_PIXELS):
-        yield from _decode_and_write(batch, models, force, progress, stdout, test)
+    for batch, start in _in_batches(list(jobs), read, DECODE_BATCH_PIXELS):
+        yield from _decode_and_write(batch, start, models, force, progress, stdout, test)
 
 
-def _decode_and_write(batch: list, models: ModelChooser, force: bool, progress: bool, stdout, test: bool = False):
-    """decode_files for one batch, (source, target, (file, its bytes) or error): decode its files
-    together, then write each (unless `test`), in order."""
-    start = time.perf_counter()
+def _decode_and_write(batch: list, start: float, models: ModelChooser, force: bool, progress: bool, stdout,
+                      test: bool = False):
+    """decode_files for one batch (read since `start`), (source, target, (file, its bytes) or error):
+    decode its files together, then write each (unless `test`), in order."""
     snails = [item[0] for _, _, item in batch if not isinstance(item, SnailError)]
     images = iter(decode_images(snails, models, progress))
     seconds = (time.perf_counter() - start) / len(batch)

@@ -98,9 +98,11 @@ def folder_options(fn):
 
 
 def _data_kwargs(dataset, crop, scales, holdout, channels, cache_dir) -> dict:
-    """Keyword arguments of data.load_split: the folder options for `folder`, the cache for the others."""
+    """Keyword arguments of data.load_split: the folder options for `folder`, the cache for the others
+    (and --channels or --holdout where typed, which load_split refuses for them)."""
     if dataset != "folder":
-        return {"cache_dir": cache_dir}
+        typed = {"channels": int(channels)} if channels is not None else {}
+        return {"cache_dir": cache_dir, **typed, **({"holdout": holdout.split(",")} if holdout else {})}
     return _folder_kwargs(crop, scales, holdout, channels)
 
 
@@ -425,22 +427,36 @@ def _outputs_or_stdout(inputs: tuple[str, ...], output: str | None, to_stdout: b
     return _outputs(inputs, output, default)
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file (through links too)."""
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
+    except OSError:
+        return False
+
+
 def _each_file(pairs, work, force: bool, quiet: bool, to_stdout: bool = False, check=None) -> None:
     """Run `work` on the (source, target) pairs that can be written: it takes a list of them and
     yields, for each in order, its report or the SnailError it met (so that it may code many files
     together). As gzip does: a file that fails is said in one line that names it, the others go on,
-    and the exit status is 1 if any failed. A target that cannot be written (it exists and no -f, its
-    directory is not there, `check(target)` raises) is refused before any work."""
+    and the exit status is 1 if any failed. A target that cannot be written (an input, it exists and
+    no -f, its directory is not there, `check(target)` raises) is refused before any work."""
     from .fileio import check_target
 
     _say_when_compiling(not quiet)
     seen: set[Path] = set()
     refused: dict[int, SnailError] = {}
     pairs = list(pairs)
-    for index, (_, target) in enumerate(pairs):
+    sources = [Path(source) for source, _ in pairs if str(source) != "-"]
+    for index, (source, target) in enumerate(pairs):
         if target is None:  # standard output, or nothing (decode --test)
             continue
-        if target in seen:
+        same = next((path for path in sources if _same_file(target, path)), None)
+        if same is not None:
+            which = "itself" if same == target else f"the input {same}"
+            refused[index] = UsageError(f"{source}: its output {target} is {which}; an input is never written over, "
+                                        "even with -f")
+        elif target in seen:
             refused[index] = UsageError(f"{target} would be written twice (several inputs with one name; use separate calls)")
         elif target.exists() and not force and not target.is_dir():
             refused[index] = UsageError(f"{target} already exists (use -f to overwrite)")

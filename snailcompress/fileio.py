@@ -35,12 +35,27 @@ def _under_a_file(path: Path) -> None:
 
 
 def check_directory(path: str | os.PathLike) -> None:
-    """Refuse (SnailError, one sentence) a directory to write into that cannot be one: a file, or a
-    path under a file (a run's or a report's --out). Callers check before the work."""
+    """Refuse (SnailError, one sentence) a directory to write into that cannot be one (a file, or a
+    path under a file) or cannot be made or written (a run's or a report's --out): it is made, a
+    file written in it and removed, and what was made is removed again. Callers check before the work."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise SnailError(f"cannot write into {path}: it is a file, not a directory")
     _under_a_file(path)
+    made = [p for p in (path, *path.parents) if not p.exists()]  # deepest first
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = _new_temporary(str(path), "probe")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise SnailError(f"cannot write into {path}: {_reason(e)}") from None
+    finally:
+        for directory in made:
+            try:
+                directory.rmdir()
+            except OSError:
+                break
 
 
 def check_target(path: str | os.PathLike, make_directories: bool = False) -> None:

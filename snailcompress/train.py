@@ -46,7 +46,7 @@ from tqdm.auto import tqdm
 from . import distributed, mixture
 from .data import load_split
 from .errors import ModelError, SnailError, UsageError
-from .fileio import check_directory
+from .fileio import atomic_path, check_directory
 from .evaluate import check_context, evaluate, scored_log_prob
 from .models.layers import data_dependent_init
 from .models.presets import PRESETS, ModelConfig, build_from_config, config_from_dict, preset_config
@@ -220,7 +220,9 @@ def _rng_state(device: torch.device) -> dict:
 
 def save_checkpoint(run_dir: Path, model, ema, optimizer, progress: dict, options: TrainOptions, device,
                     processes: int = 1) -> None:
-    """Write checkpoints/last atomically (a new directory renamed into place). The model file's facts
+    """Write checkpoints/last as a new directory (last.tmp) renamed into place, the previous one moved
+    aside first (last.old, then removed): a save killed at any point leaves a whole checkpoint, last or,
+    between the two renames, last.old (has_checkpoint puts it back). The model file's facts
     say what the EMA weights are and what they cost: data set, steps, images seen, test bits/dim,
     wall and CPU (rank 0's process) seconds in total across resumes, device type and process count."""
     last = last_checkpoint(run_dir)
@@ -239,6 +241,7 @@ def save_checkpoint(run_dir: Path, model, ema, optimizer, progress: dict, option
     config = {"model": model.config.to_dict(), "options": asdict(options), "progress": progress}
     (tmp / "config.json").write_text(json.dumps(config, indent=2, default=str))
     if last.exists():
+        shutil.rmtree(old, ignore_errors=True)  # what a save killed while removing it left
         last.rename(old)
     tmp.rename(last)
     shutil.rmtree(old, ignore_errors=True)
@@ -276,8 +279,14 @@ def load_checkpoint(run_dir: Path, model, ema, optimizer, device) -> dict:
 
 
 def has_checkpoint(run_dir: Path) -> bool:
-    """Whether `run_dir` holds a checkpoint to resume: then the same command goes on from it."""
-    return (last_checkpoint(run_dir) / "trainer.pt").is_file()
+    """Whether `run_dir` holds a checkpoint to resume: then the same command goes on from it. A save
+    killed between its two renames (save_checkpoint) left the previous checkpoint as last.old and no
+    last: it is put back first, so that the run resumes from it."""
+    last = last_checkpoint(run_dir)
+    old = last.with_name("last.old")
+    if not last.exists() and (old / "trainer.pt").is_file():
+        old.rename(last)
+    return (last / "trainer.pt").is_file()
 
 
 def _saved_record(run_dir: Path) -> dict | None:
@@ -310,16 +319,22 @@ def saved_options(run_dir: Path) -> TrainOptions | None:
 
 
 class CsvLog:
+    """A run's log.csv, a row appended at a time. A resumed run first drops the rows its interrupted
+    run wrote after its checkpoint (the file rewritten whole, atomically, only where there are any)."""
+
     def __init__(self, path: Path, resume_step: int):
         self.path = path
-        rows = []
-        if path.exists() and resume_step > 0:  # drop rows an interrupted run wrote after its checkpoint
+        rows, kept = [], []
+        if path.exists() and resume_step > 0:
             with path.open() as f:
-                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
-        with path.open("w", newline="") as f:
+                rows = list(csv.DictReader(f))
+            kept = [r for r in rows if int(r["step"]) <= resume_step]
+        if path.exists() and resume_step > 0 and len(kept) == len(rows):
+            return
+        with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
             writer = csv.DictWriter(f, LOG_FIELDS)
             writer.writeheader()
-            writer.writerows(rows)
+            writer.writerows(kept)
 
     def append(self, row: dict) -> None:
         with self.path.open("a", newline="") as f:
@@ -523,10 +538,8 @@ def _datasets(options: TrainOptions, rank: int) -> tuple:
     """The train split, and the test split on rank 0 (the only one that evaluates)."""
     kwargs = dict(
         crop=options.crop, scales=options.scales, seed=options.seed, samples_per_epoch=options.samples_per_epoch,
-        cache_dir=options.cache_dir,
+        cache_dir=options.cache_dir, channels=options.channels, holdout=options.holdout,  # fixed data sets refuse these
     )
-    if options.dataset == "folder":
-        kwargs.update(channels=options.channels, holdout=options.holdout)
     train_set = load_split(options.dataset, options.data_dir, "train", **kwargs)
     test_set = load_split(options.dataset, options.data_dir, "test", **kwargs) if rank == 0 else None
     check_context(options.context, train_set[0].shape)
@@ -582,6 +595,9 @@ def _start(options: TrainOptions) -> _Run:
     if trained is not None and options.dataset == "folder" and options.channels is None:
         options = replace(options, channels=trained.config.channels)  # saved with the run, for resuming
     train_set, test_set = _datasets(options, rank)
+    if len(train_set) < options.batch_size * world:
+        raise UsageError(f"the training set has {len(train_set)} images, fewer than one global batch of "
+                         f"{options.batch_size * world} (--batch-size {options.batch_size} on {world} process(es))")
     if resuming:
         config, start_weights = _saved_config(run_dir, options.dropout), None
     else:
@@ -621,8 +637,6 @@ def _epoch_batches(run: _Run, stop: StopRequest) -> DataLoader:
     sampler = GlobalBatchSampler(
         len(train_set), options.batch_size, run.rank, run.world, options.seed, progress["epoch"], progress["batch_in_epoch"]
     )
-    if len(sampler) <= 0 and progress["batch_in_epoch"] == 0:
-        raise UsageError(f"the training set has {len(train_set)} images, fewer than one global batch")
     return DataLoader(
         train_set, batch_sampler=sampler, num_workers=options.workers, collate_fn=torch.stack,
         pin_memory=run.device.type == "cuda", persistent_workers=False,
@@ -698,6 +712,7 @@ def _periodic(run: _Run, clock: _Clock, window: _Window, log: CsvLog | None) -> 
     test_bpd = None
     if options.eval_every and progress["step"] % options.eval_every == 0:
         test_bpd = progress["test_bpd"] = _evaluate(run, clock)
+        progress["evaluated_step"] = progress["step"]
     if run.rank == 0 and (progress["step"] % options.log_every == 0 or test_bpd is not None):
         now = time.monotonic()
         log.append(_log_row(run, now - clock.started, clock.cpu_s(), test_bpd,
@@ -711,20 +726,24 @@ def _periodic(run: _Run, clock: _Clock, window: _Window, log: CsvLog | None) -> 
     return window
 
 
-def _finish(run: _Run, clock: _Clock, log: CsvLog | None, stop: StopRequest) -> None:
-    """The last evaluation and log row, the checkpoint and the curve. A run stopped by a signal saves
-    at once without evaluating: its resumed run evaluates at its end."""
+def _finish(run: _Run, clock: _Clock, log: CsvLog | None, stop: StopRequest, trained: bool) -> None:
+    """The last evaluation and log row (unless the last step was just evaluated), the checkpoint
+    (where this call trained or evaluated: a finished run run again changes nothing) and the curve. A
+    run stopped by a signal saves at once without evaluating: its resumed run evaluates at its end."""
     progress = run.progress
     clock.stamp(progress)
     if run.rank == 0:
-        if stop.signal_name is None:
+        evaluate = stop.signal_name is None and progress.get("evaluated_step") != progress["step"]
+        if evaluate:
             progress["test_bpd"] = _evaluate(run, clock)
+            progress["evaluated_step"] = progress["step"]
             log.append(_log_row(run, progress["elapsed_s"], progress["cpu_s"], progress["test_bpd"]))
-        run.save()
-        from .figures import plot_training_curve
+        if trained or evaluate:
+            run.save()
+            from .figures import plot_training_curve
 
-        plot_training_curve(run.run_dir / "log.csv", run.run_dir / "bpd_curve.png",
-                            title=f"{run.run_dir}: {run.options.model} on {run.options.dataset}")
+            plot_training_curve(run.run_dir / "log.csv", run.run_dir / "bpd_curve.png",
+                                title=f"{run.run_dir}: {run.options.model} on {run.options.dataset}")
     if run.world > 1:
         dist.barrier()
 
@@ -742,7 +761,7 @@ def train(options: TrainOptions, progress_bar: bool = True) -> dict:
         total=run.options.steps, initial=progress["step"] if run.options.steps else 0, desc="train", unit="step",
         disable=not (progress_bar and run.rank == 0), dynamic_ncols=True,
     )
-    clock, window = _Clock.resumed(progress), _Window()
+    clock, window, first_step = _Clock.resumed(progress), _Window(), progress["step"]
     stop = StopRequest(enabled=run.world == 1)
     run.model.train()
     with stop:
@@ -760,7 +779,7 @@ def train(options: TrainOptions, progress_bar: bool = True) -> dict:
                 progress["epoch"] += 1
                 progress["batch_in_epoch"] = 0
     bar.close()
-    _finish(run, clock, log, stop)
+    _finish(run, clock, log, stop, trained=progress["step"] > first_step)
     return {**progress, "stopped_by": stop.signal_name}
 
 

@@ -229,7 +229,7 @@ def training_record(spec: str | Path, metadata: dict) -> dict:
 
 
 def default_model_for(channels: int) -> str:
-    """The shipped model used when no --model is given; an untrained preset until one is shipped."""
+    """The shipped model used when no --model is given (a ModelError where it is not installed)."""
     name = DEFAULT_MODELS["rgb" if channels == 3 else "gray"]
     if (WEIGHTS_DIR / f"{name}.safetensors").is_file():
         return name

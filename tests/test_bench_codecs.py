@@ -213,7 +213,7 @@ def test_paper_rows_other_dataset_empty():
 
 def _report_rows() -> pd.DataFrame:
     imgs = [_smooth((8, 8, 3), s) for s in range(3)]
-    codec_rows = [measure(CODECS["png"], imgs, mosaic=m).as_row(dataset="cifar10") for m in (False, True)]
+    codec_rows = [dict(measure(CODECS["png"], imgs, mosaic=m).as_row(), dataset="cifar10") for m in (False, True)]
     model = {
         "method": "pixelsnail-small",
         "kind": "model-nll",
@@ -228,7 +228,7 @@ def _report_rows() -> pd.DataFrame:
 def test_write_report(tmp_path):
     rows = _report_rows()
     per_image = {
-        "png": np.array([100, 120, 90], dtype=np.int64),
+        "png": np.array([2.5, 2.75, 2.25]),
         "pixelsnail-small": np.array([3.0, 3.2, 3.1]),
         "odd/name": np.array([1.0, 2.0, 3.0]),
     }
@@ -253,8 +253,8 @@ def test_write_report(tmp_path):
 
     with h5py.File(out / "per_image.h5", "r") as f:
         assert set(f) == {"png", "pixelsnail-small", "odd_name"}
-        np.testing.assert_array_equal(f["png"][()], [100, 120, 90])
-        assert f["png"].attrs["unit"] == "bytes"
+        np.testing.assert_array_equal(f["png"][()], [2.5, 2.75, 2.25])
+        assert f["png"].attrs["unit"] == "bits/subpixel"
         assert f["pixelsnail-small"].attrs["unit"] == "bits/subpixel"
         assert f["odd_name"].attrs["method"] == "odd/name"
         assert f.attrs["dataset"] == "cifar10"

@@ -1021,6 +1021,14 @@ def test_cli_several_inputs(work):
     one_line_error(cli("encode", "g.png", "g.png", "--model", TINY, "-q", "-f"), "would be written twice")
     one_line_error(cli("encode", "a.png", "--tile", "0", "--model", TINY, "-q"), "--tile must be between")
 
+    # an input is never written over, even with -f, by its own name or through a link
+    before = {name: (work / name).read_bytes() for name in ("a.png", "a.snail")}
+    (work / "link.png").symlink_to("a.png")
+    one_line_error(cli("encode", "a.png", "-o", "a.png", "--model", TINY, "-q", "-f"), "its output a.png is itself")
+    one_line_error(cli("encode", "a.png", "-o", "link.png", "--model", TINY, "-q", "-f"), "is the input a.png")
+    one_line_error(cli("decode", "a.snail", "-o", "a.snail", "--model", TINY, "-q", "-f"), "never written over")
+    assert {name: (work / name).read_bytes() for name in before} == before
+
 
 def test_cli_encodes_many_files_together_as_each_alone(work, monkeypatch):
     """Several files are encoded together (api.encode_files: batches of about ENCODE_BATCH_PIXELS, the

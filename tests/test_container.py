@@ -21,7 +21,7 @@ from snailcompress.codec import container as C
 from snailcompress.codec.container import Plane, SnailFile
 from snailcompress.codec.tiles import default_band
 from snailcompress.errors import FormatError, SnailError
-from snailcompress.fileio import OutputExistsError, atomic_path, atomic_write
+from snailcompress.fileio import OutputExistsError, atomic_path, atomic_write, check_directory
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -1202,6 +1202,26 @@ def test_atomic_write_permission_error_simulated(tmp_path, monkeypatch):
     with pytest.raises(SnailError, match="permission denied"):
         atomic_write(tmp_path / "x.snail", b"data", overwrite=False)
     assert _entries(tmp_path) == []
+
+
+def test_an_output_directory_that_cannot_be_made_or_written_is_refused_and_nothing_stays(tmp_path, monkeypatch):
+    """check_directory (train's and bench's --out, before their work): a directory that can be made and
+    written is left as it was (what it made, removed); one under a file, one whose parent cannot be
+    made, or one where no file can be written is one sentence."""
+    check_directory(tmp_path / "new" / "deeper")
+    check_directory(tmp_path)
+    assert _entries(tmp_path) == []
+    (tmp_path / "f").write_bytes(b"")
+    with pytest.raises(SnailError, match="is a file"):
+        check_directory(tmp_path / "f" / "out")
+    with pytest.raises(SnailError, match="cannot write into /proc/nowhere/out"):
+        check_directory("/proc/nowhere/out")
+    real_open = os.open
+    monkeypatch.setattr(os, "open", lambda path, *a, **k: (_ for _ in ()).throw(PermissionError(13, "Permission denied"))
+                        if str(path).startswith(str(tmp_path)) else real_open(path, *a, **k))
+    with pytest.raises(SnailError, match="cannot write into .*: Permission denied"):
+        check_directory(tmp_path / "out")
+    assert _entries(tmp_path) == ["f"]
 
 
 @pytest.mark.parametrize("overwrite", [False, True])

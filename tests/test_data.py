@@ -7,6 +7,7 @@ import gzip
 import io
 import os
 import pickle
+import re
 import struct
 import tarfile
 from pathlib import Path
@@ -331,12 +332,34 @@ def test_cache_of_another_data_dir_is_refused_not_served(tmp_path):
                                   load_split("cifar10", data_dir, "test").array)
     with raises_sentence(f"as read from {data_dir.resolve()}, not from {other.resolve()}; delete it to rebuild it"):
         load_split("cifar10", other, "test", cache_dir=cache_dir)
+    from snailcompress.data.cache import read_cache, write_cache
+
+    with raises_sentence(re.escape("not from the data set's default place (no --data-dir)")):  # nor without --data-dir
+        read_cache(cache_dir / "cifar10-test.h5", "cifar10", "test", None)
+    write_cache(tmp_path / "default.h5", np.zeros((1, 3, 2, 2), np.uint8), name="cifar10", split="test", source="x")
+    with raises_sentence(re.escape(f"as read from the data set's default place (no --data-dir), not from {other.resolve()}")):
+        read_cache(tmp_path / "default.h5", "cifar10", "test", other)
+    assert read_cache(tmp_path / "default.h5", "cifar10", "test", None).shape == (1, 3, 2, 2)
     with h5py.File(cache_dir / "cifar10-test.h5", "r+") as file:  # as a cache written before it was recorded
         del file["images"].attrs["data_dir"]
     assert load_split("cifar10", other, "test", cache_dir=cache_dir).array.shape[0] > 0  # trusted, as then
 
 
 # ---------------------------------------------------------------------------------------------------- folder
+
+
+def test_whole_images_reads_only_the_images_it_gives(tmp_path, monkeypatch):
+    """bench --limit N on a folder: the first N images in path order, and only those are decoded."""
+    from snailcompress.data import folder
+
+    for k in range(4):
+        Image.fromarray(np.full((5, 6, 3), k, np.uint8)).save(tmp_path / f"{k}.png")
+    loaded, load_image = [], folder.load_image
+    monkeypatch.setattr(folder, "load_image", lambda path, *a: loaded.append(path.name) or load_image(path, *a))
+    images = folder.whole_images(tmp_path, limit=2)
+    assert [path.name for path, _ in images] == loaded == ["0.png", "1.png"]
+    assert [int(pixels[0, 0, 0]) for _, pixels in images] == [0, 1]
+    assert len(folder.whole_images(tmp_path)) == 4
 
 
 def test_folder_refuses_images_that_do_not_convert_exactly_and_a_missing_directory(tmp_path):

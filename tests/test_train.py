@@ -479,6 +479,7 @@ def test_cli_train_on_a_missing_data_set(tmp_path):
     (["--set", "channels=1"], "--set channels: the data sets"),  # trained on, then a traceback
     (["--dropout", "1"], "--dropout: dropout must be a number in [0, 1)"),
     (["--model", "pixelcnnpp-tiny", "--crop", "10"], "divisible by 4, not 10x10"),
+    (["--batch-size", "19"], "has 18 images, fewer than one global batch of 19"),  # a traceback in the init
 ])
 def test_cli_train_refuses_what_no_run_can_use_before_writing(photo_dir, tmp_path, extra, needle):
     """Each of these gave a traceback, or trained on and exited 0; now one line, and no run directory."""
@@ -569,6 +570,18 @@ def test_cli_eval_refuses_empty_counts(photo_dir, extra, needle):
     assert result.exit_code != 0 and needle in one_line_error(result)
 
 
+@pytest.mark.parametrize("command", ["eval", "bench", "train"])
+@pytest.mark.parametrize("extra", [["--channels", "3"], ["--holdout", "x"]])
+def test_folder_only_options_are_refused_for_a_fixed_data_set(command, extra, tmp_path):
+    """--channels and --holdout shape the folder data set; a fixed one (MNIST here, not installed: the
+    refusal comes first) was scored as published while they were ignored. Now one line, nothing written."""
+    out = [] if command == "eval" else ["--out", str(tmp_path / "out"), *(["--steps", "1"] if command == "train" else [])]
+    result = CliRunner().invoke(main, [command, "--model", "pixelsnail-tiny", "--dataset", "mnist", "--data-dir",
+                                       str(tmp_path / "none"), *extra, *out])
+    assert result.exit_code != 0 and "apply to the folder data set only" in one_line_error(result), result.output
+    assert not (tmp_path / "out").exists()
+
+
 def test_cli_eval_of_a_model_with_non_finite_weights_is_an_error(photo_dir, tmp_path):
     result = CliRunner().invoke(main, ["eval", "--model", nan_model(tmp_path / "nan.safetensors"),
                                        *folder_cli_args(photo_dir), "--device", "cpu"])
@@ -651,6 +664,38 @@ def test_cli_resumes_a_finished_run_with_more_steps(cli_run, tmp_path):
     assert all(float(s["step"]) == 3 for s in state["optimizer"]["state"].values())  # 2 old + 1 new update
     options = json.loads((checkpoint(run) / "config.json").read_text())["options"]
     assert options["steps"] == 3 and options["batch_size"] == 3 and options["dataset"] == "folder"
+
+
+def test_the_last_step_is_evaluated_once_and_a_finished_run_run_again_changes_nothing(photo_dir, tmp_path):
+    """A last step that a periodic evaluation just scored is not scored again (one log row, not two);
+    the same command on the finished run trains nothing, evaluates nothing and writes nothing."""
+    out = tmp_path / "run"
+    args = ["train", "--model", "pixelsnail-tiny", *folder_cli_args(photo_dir), "--batch-size", "3", "--steps", "2",
+            "--workers", "0", "--device", "cpu", "--eval-every", "2", "--out", str(out)]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    rows = read_log(out)
+    assert [(r["step"], bool(r["test_bpd"])) for r in rows] == [("2", True)]
+    saved = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 0 and f"test {float(rows[-1]['test_bpd']):.4f} bits/dim" in again.stdout, again.output
+    assert read_log(out) == rows and {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == saved
+
+
+def test_a_save_killed_between_its_renames_resumes_from_the_previous_checkpoint(cli_run, tmp_path):
+    """save_checkpoint moves the old checkpoint aside, then the new one into place: killed between the
+    two, only checkpoints/last.old is left, and the same command resumes from it (it said the run
+    directory was not empty and held no checkpoint); a half-removed last.old does not stop a save."""
+    run = tmp_path / "run"
+    shutil.copytree(cli_run, run)
+    (run / "checkpoints" / "last").rename(run / "checkpoints" / "last.old")
+    result = CliRunner().invoke(main, ["train", "--out", str(run), "--steps", "3"])
+    assert result.exit_code == 0 and "resuming" in result.stderr, result.output
+    (run / "checkpoints" / "last.old").mkdir()
+    (run / "checkpoints" / "last.old" / "left.txt").write_text("a removal cut short")
+    result = CliRunner().invoke(main, ["train", "--out", str(run), "--steps", "4"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last"]
+    assert json.loads((checkpoint(run) / "config.json").read_text())["progress"]["step"] == 4
 
 
 def test_cli_resume_retyping_the_command_may_change_the_crops(cli_run, photo_dir, tmp_path):

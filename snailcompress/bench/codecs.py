@@ -366,9 +366,9 @@ class CodecResult:
             return None
         return self.per_image_bytes * 8.0 / self.per_image_subpixels
 
-    def as_row(self, dataset: str | None = None) -> dict:
+    def as_row(self) -> dict:
         """A row for the report table (kind "codec")."""
-        row = {
+        return {
             "method": self.codec,
             "label": self.label,
             "kind": "codec",
@@ -382,9 +382,6 @@ class CodecResult:
             "encode_images_per_s": self.encode_images_per_s,
             "decode_images_per_s": self.decode_images_per_s,
         }
-        if dataset is not None:
-            row["dataset"] = dataset
-        return row
 
 
 def mosaic_grid(n: int) -> tuple[int, int]:

@@ -173,8 +173,7 @@ def _images(data, limit: int | None) -> np.ndarray:
 def _whole_images(opts: BenchOptions) -> list[np.ndarray]:
     """The first `limit` images of a folder, whole, uint8 (H, W, C) each."""
     options = {key: opts.data_options[key] for key in ("holdout", "channels") if opts.data_options.get(key)}
-    images = [pixels for _, pixels in whole_images(opts.data_dir, opts.split, **options)]
-    return images if opts.limit is None else images[: opts.limit]
+    return [pixels for _, pixels in whole_images(opts.data_dir, opts.split, limit=opts.limit, **options)]
 
 
 def _shape(images: Sequence[np.ndarray]) -> str:

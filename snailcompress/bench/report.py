@@ -326,7 +326,7 @@ def _write_h5(target: Path, per_image: Mapping[str, np.ndarray], meta: Mapping) 
                 arr = np.asarray(values)
                 ds = f.create_dataset(_h5_name(method, used), data=arr)
                 ds.attrs["method"] = str(method)
-                ds.attrs["unit"] = "bytes" if np.issubdtype(arr.dtype, np.integer) else "bits/subpixel"
+                ds.attrs["unit"] = "bits/subpixel"
                 for key, value in meta.items():
                     ds.attrs[key] = _meta_value(value)
 

@@ -64,6 +64,7 @@ def load_split(
             channels=3 if channels is None else channels, holdout=holdout,
         )
     if channels is not None or holdout:
-        raise DatasetError(f"channels and holdout apply to the folder data set only, not to {name}'s fixed splits.")
+        raise DatasetError(f"channels and holdout (--channels, --holdout) apply to the folder data set only, not to "
+                           f"{name}'s fixed splits.")
     images = cached(name, split, cache_dir, partial(_FIXED_READERS[name], data_dir, split), data_dir)
     return ArrayDataset(name, images)

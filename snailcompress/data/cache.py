@@ -26,6 +26,10 @@ def _data_dir_key(data_dir: PathLike | None) -> str:
     return "" if data_dir is None else str(Path(data_dir).expanduser().resolve())
 
 
+def _place(key: str) -> str:
+    return key or "the data set's default place (no --data-dir)"
+
+
 def read_cache(path: Path, name: str, split: str, data_dir: PathLike | None = None) -> np.ndarray:
     try:
         with h5py.File(path, "r") as file:
@@ -34,9 +38,9 @@ def read_cache(path: Path, name: str, split: str, data_dir: PathLike | None = No
                     or stored.ndim != 4:
                 raise DatasetError(f"{path} is not a cache of {name} {split}; delete it to rebuild it.")
             made_from = stored.attrs.get("data_dir")  # absent in caches written before it was recorded
-            if made_from and data_dir is not None and made_from != _data_dir_key(data_dir):
-                raise DatasetError(f"{path} caches {name} {split} as read from {made_from}, not from "
-                                   f"{_data_dir_key(data_dir)}; delete it to rebuild it.")
+            if made_from is not None and made_from != _data_dir_key(data_dir):
+                raise DatasetError(f"{path} caches {name} {split} as read from {_place(made_from)}, not from "
+                                   f"{_place(_data_dir_key(data_dir))}; delete it to rebuild it.")
             images = np.empty(stored.shape, np.uint8)
             stored.read_direct(images)
     except (OSError, KeyError) as error:

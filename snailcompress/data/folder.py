@@ -214,14 +214,16 @@ def _check_channels(channels: int) -> None:
 
 def whole_images(
     data_dir: PathLike | None, split: str = "test", *, channels: int = 3, holdout: Sequence[str] = (),
+    limit: int | None = None,
 ) -> list[tuple[Path, np.ndarray]]:
-    """Every image of the folder whole, at full size, uint8 (H, W, C), with its path, in path order.
-    With `holdout`, only the held-out images ("test") or the others ("train"); without, all of them."""
+    """Every image of the folder whole, at full size, uint8 (H, W, C), with its path, in path order
+    (the first `limit` only: the others are not read). With `holdout`, only the held-out images
+    ("test") or the others ("train"); without, all of them."""
     _check_channels(channels)
     files = find_images(data_dir)
     if holdout:
         files = split_files(files, holdout, split)
-    return [(path, load_image(path, channels, 1.0)) for path in files]
+    return [(path, load_image(path, channels, 1.0)) for path in files[:limit]]
 
 
 def load(
