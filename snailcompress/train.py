@@ -488,6 +488,7 @@ class _Run:
     autocast: object
     lr_decay: float
     progress: dict
+    loader: DataLoader | None = None  # made at the first epoch (_epoch_batches), its workers kept for the next
 
     def save(self) -> None:
         save_checkpoint(self.run_dir, self.model, self.ema, self.optimizer, self.progress, self.options, self.device,
@@ -631,18 +632,23 @@ def _start(options: TrainOptions) -> _Run:
 
 
 def _epoch_batches(run: _Run, stop: StopRequest) -> DataLoader:
-    """This rank's batches of the rest of the current epoch: a resumed run picks up mid-epoch."""
+    """This rank's batches of the rest of the current epoch: a resumed run picks up mid-epoch. One
+    loader serves every epoch, its workers kept (their decoded images with them: data/folder.py,
+    RandomCrops); the epoch reaches them through the data set's shared memory (set_epoch) and the
+    sampler, which the main process reads at each epoch's start."""
     options, progress, train_set = run.options, run.progress, run.train_set
     train_set.set_epoch(progress["epoch"])
-    sampler = GlobalBatchSampler(
-        len(train_set), options.batch_size, run.rank, run.world, options.seed, progress["epoch"], progress["batch_in_epoch"]
-    )
-    return DataLoader(
-        train_set, batch_sampler=sampler, num_workers=options.workers, collate_fn=torch.stack,
-        pin_memory=run.device.type == "cuda", persistent_workers=False,
-        generator=torch.Generator(),  # its own RNG: a loader started on resume must not shift dropout's
-        worker_init_fn=_ignore_stop_signals if stop.enabled else None,
-    )
+    if run.loader is None:
+        sampler = GlobalBatchSampler(len(train_set), options.batch_size, run.rank, run.world, options.seed, 0)
+        run.loader = DataLoader(
+            train_set, batch_sampler=sampler, num_workers=options.workers, collate_fn=torch.stack,
+            pin_memory=run.device.type == "cuda", persistent_workers=options.workers > 0,
+            generator=torch.Generator(),  # its own RNG: a loader started on resume must not shift dropout's
+            worker_init_fn=_ignore_stop_signals if stop.enabled else None,
+        )
+    run.loader.batch_sampler.epoch = progress["epoch"]
+    run.loader.batch_sampler.start_batch = progress["batch_in_epoch"]
+    return run.loader
 
 
 def _train_step(run: _Run, batch: torch.Tensor) -> tuple[float, int]:

@@ -698,6 +698,27 @@ def test_a_save_killed_between_its_renames_resumes_from_the_previous_checkpoint(
     assert json.loads((checkpoint(run) / "config.json").read_text())["progress"]["step"] == 4
 
 
+def test_the_data_workers_last_the_whole_run(photo_dir, tmp_path, monkeypatch):
+    """One loader serves every epoch: the same worker draws the crops of every epoch (keeping the
+    images it decoded, data/folder.py: RandomCrops), and they are the crops of a run without workers."""
+    from snailcompress.data import folder
+
+    drawn, get = tmp_path / "drawn.txt", folder.RandomCrops.__getitem__
+
+    def recorded(self, index):  # runs in the worker process (forked: the patch goes with it)
+        with drawn.open("a") as f:
+            f.write(f"{os.getpid()}\n")
+        return get(self, index)
+
+    monkeypatch.setattr(folder.RandomCrops, "__getitem__", recorded)
+    with_workers = train(folder_options(photo_dir, tmp_path / "workers", steps=12, workers=1), progress_bar=False)
+    assert with_workers["epoch"] >= 2  # 4 batches an epoch
+    workers = {pid for pid in drawn.read_text().split() if pid != str(os.getpid())}  # the main process inits
+    assert len(workers) == 1, workers
+    alone = train(folder_options(photo_dir, tmp_path / "alone", steps=12, workers=0), progress_bar=False)
+    assert alone["test_bpd"] == with_workers["test_bpd"]
+
+
 def test_cli_resume_retyping_the_command_may_change_the_crops(cli_run, photo_dir, tmp_path):
     """The same command again resumes; of the data options typed, --crop and --scales replace the
     saved ones (fine-tuning on other crops), the rest must match."""
