@@ -168,7 +168,7 @@ def main() -> None:
         f"`python benchmarks/decoder_kernels.py --threads {args.threads} --slots {args.slots}"
         f"{' --out ' + str(args.out) if args.out else ''}`; {run_facts()}.",
         "",
-        f"snail-rgb (model id {loaded.model_id}; integer network, no calibration), {len(windows)} windows of kodim23 "
+        f"model snail-rgb (id {loaded.model_id}) as the integer network, no calibration; {len(windows)} windows of kodim23 "
         f"({plan.win_h}x{plan.win_w}) decoded together through all {plan.positions} positions, as the decoder schedules "
         f"them ({plan.cols} columns, each {plan.win_w} steps behind its left neighbour: {steps} steps), from a stream "
         f"of {4 * len(words):,} bytes of their values: predict, the running slots' three channels decoded one after "

@@ -22,19 +22,25 @@ SNAIL=${SNAIL:-.venv/bin/snailcompress}
 THREADS=${THREADS:-1}
 KODAK=../shared/data/kodak
 RGB_ID=$("$PY" -c 'from snailcompress.zoo import load_model; print(load_model("snail-rgb").model_id)')
+GRAY_ID=$("$PY" -c 'from snailcompress.zoo import load_model; print(load_model("snail-gray").model_id)')
 MADE=()  # every table this script makes, for the check at the end
-made() { MADE+=("$1"); [ "${REDO:-0}" = 0 ] && grep -qs "$RGB_ID" "$1" && echo "skipped, made with id $RGB_ID: $1"; }
+# made FILE [ID]: note FILE for the check; true (skip its step) where it already names ID (snail-rgb's by default)
+made() { MADE+=("$1"); [ "${REDO:-0}" = 0 ] && grep -qs "${2:-$RGB_ID}" "$1" && echo "skipped, made with id ${2:-$RGB_ID}: $1"; }
 
 made results/default_model_heldout.md || "$PY" benchmarks/codec_benchmark.py --heldout --threads "$THREADS" \
     --codecs png,webp,jpegxl-e7,jpegxl-e9,jpeg2000,jpegls --out results/default_model_heldout.md
 made results/coding_speed.md || "$PY" benchmarks/coding_speed.py --threads 2 --sizes 32,32x100,256,768,4000 \
     --out results/coding_speed.md
 made results/decoder_kernels.md || "$PY" benchmarks/decoder_kernels.py --threads "$THREADS" --out results/decoder_kernels.md
+made results/speed_floor.md || "$PY" benchmarks/speed_floor.py --threads 1,2 --out results/speed_floor.md
+made results/small_images.md "$GRAY_ID" || "$PY" benchmarks/small_images.py --out results/small_images.md
 made results/context_tradeoff.md || "$PY" benchmarks/context_tradeoff.py --threads 2 --layouts 0,2,4,8,2/b2,2/b8,2/b16 --out results/context_tradeoff.md
 made results/tiling_with_context.md || "$PY" benchmarks/tiling.py --model snail-rgb --tiles 32,32+2,48+2,64+2,64+4 --images 6 \
     --out results/tiling_with_context.md
 made results/kodak-heldout-tiles/summary.md || "$SNAIL" bench --dataset folder --data-dir "$KODAK" --holdout kodim03,kodim07,kodim12,kodim15,kodim20,kodim23 \
     --scales 1 --model snail-rgb --coded-limit 20 --chunk 1536 --out results/kodak-heldout-tiles -q
+made results/fashion-mnist-snail-gray/summary.md "$GRAY_ID" || "$SNAIL" bench --dataset fashion-mnist --model snail-gray \
+    --limit 2000 --coded-limit 20 --chunk 1000 --codecs png,jpegxl-e9 --out results/fashion-mnist-snail-gray -q
 "$SNAIL" sample --model snail-rgb -n 36 -o results/samples_snail-rgb.png -f
 "$SNAIL" sample --model snail-gray -n 36 -o results/samples_snail-gray.png -f
 "$SNAIL" demo

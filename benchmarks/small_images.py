@@ -116,6 +116,9 @@ def main() -> None:
         "",
         f"`python benchmarks/small_images.py{' --out ' + str(args.out) if args.out else ''}`; {run_facts()}.",
         "",
+        "The shipped models: " + " and ".join(f"model {m.name} (id {m.model_id})"
+                                                for m in (models.for_channels(3), models.for_channels(1))) + ".",
+        "",
         "Bytes of each file, every header byte counted. *raw*: the pixels, a byte a subpixel (bilevel: a bit a",
         "pixel, rows padded to bytes). *PNG*: Pillow, optimize, level 9, in the image's own mode (1-bit for",
         "bilevel). *WebP*: lossless, method 6 (RGBA: `exact`). *JPEG-XL*: lossless, effort 9. *.snail*: `snailcompress encode`",

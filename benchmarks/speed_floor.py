@@ -87,7 +87,8 @@ def main() -> None:
     tile, context = (api.DEFAULT_TILE,) * 2, (api.DEFAULT_CONTEXT,) * 2
     band = default_band(height, width, tile, context)
     plan = WindowPlan.for_image(height, width, tile, context, band)
-    net = api.integer_network(load_model("snail-rgb").model)
+    loaded = load_model("snail-rgb")
+    net = api.integer_network(loaded.model)
     windows = plan.rows * plan.cols
     per_position = flops_per_position(net, plan.positions)
     total = per_position * plan.positions * windows
@@ -99,7 +100,7 @@ def main() -> None:
         "",
         f"`python benchmarks/speed_floor.py --threads {args.threads}{' --out ' + str(args.out) if args.out else ''}`; {run_facts()}.",
         "",
-        f"snail-rgb as the integer network: {per_position / 1e6:.3f} MFLOP a window position "
+        f"model snail-rgb (id {loaded.model_id}) as the integer network: {per_position / 1e6:.3f} MFLOP a window position "
         f"({plan.win_h}x{plan.win_w} windows, attention averaged over the window), {per_pixel / 1e6:.3f} MFLOP a "
         f"coded pixel (windows overlap by their context); kodim23 ({width}x{height}): {windows} windows, "
         f"{total / 1e9:.0f} GFLOP. The decoder's attention reads {traffic / 1e9:.0f} GB of keys and values "

@@ -106,6 +106,22 @@ def test_report_header_names_the_cpu_and_threads(monkeypatch):
     assert "Example CPU 9000, 3 threads" in facts and facts.endswith(f"torch {torch.__version__}")
 
 
+def test_a_remade_report_keeps_its_reading_written_by_hand(tmp_path):
+    """publish replaces a report with the script's new one, but for what its old one held under the
+    BY_HAND line (a reading of the table, which no script writes); a report without one is replaced."""
+    out = tmp_path / "r.md"
+    scripts.publish(["# T", "", "| a |", "| 1 |"], out, show=False)
+    out.write_text(out.read_text() + f"\n{scripts.BY_HAND}\n\n**Reading.** a is 1.\n")
+    scripts.publish(["# T", "", "| a |", "| 2 |"], out, show=False)
+    text = out.read_text()
+    assert "| 2 |" in text and "| 1 |" not in text and text.endswith(f"{scripts.BY_HAND}\n\n**Reading.** a is 1.\n")
+    scripts.publish(["# T", "", "| a |", "| 3 |"], out, show=False)
+    assert out.read_text() == text.replace("| 2 |", "| 3 |")  # kept once, not piled up
+    (tmp_path / "plain.md").write_text("old\n")
+    scripts.publish(["new"], tmp_path / "plain.md", show=False)
+    assert (tmp_path / "plain.md").read_text() == "new\n"
+
+
 def test_training_throughput_measures_each_precision_of_the_overridden_preset(tmp_path, monkeypatch):
     """One row per (precision, compile); --set reaches the model measured (fewer parameters than the
     preset's own), and the bf16 column says whether autocast was on."""

@@ -39,13 +39,21 @@ def run_facts() -> str:
             f"{count} thread{'' if count == 1 else 's'}, torch {torch.__version__}")
 
 
+#: a line in a result file under which its reading, written by hand, follows: `publish` keeps that
+#: part when the script remakes the file (whoever remakes it checks it against the new numbers)
+BY_HAND = "<!-- written by hand: kept when the script remakes this file; check it against the numbers above -->"
+
+
 def publish(lines: list[str], out: Path | None, show: bool = True) -> None:
     """Print the Markdown report (unless not `show`: a report rewritten as it grows) and, if `out` is
-    given, replace that file with it atomically."""
+    given, replace that file with it atomically, keeping what the old one held under BY_HAND."""
     text = "\n".join(lines) + "\n"
     if show:
         print(text)
     if out is not None:
+        old = out.read_text() if out.is_file() else ""
+        if BY_HAND in old:
+            text += "\n" + old[old.index(BY_HAND):]
         out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(out, text.encode(), overwrite=True)
 
