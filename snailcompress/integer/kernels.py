@@ -241,7 +241,8 @@ def outputs(net, features: np.ndarray) -> np.ndarray:
 
 
 @numba.njit(cache=True)
-def _outputs(net, index, rows):  # pragma: no cover (compiled)
+def _output_buffer(net, index, rows):  # pragma: no cover (compiled)
+    """An uninitialised (rows, outputs) array for layer `index` to write its outputs into."""
     return np.empty((rows, net[0][index, 2]))
 
 
@@ -315,7 +316,7 @@ def _resnet(net, index, x, aux, caches, pair, rows, width, t):  # pragma: no cov
     """IntegerResnet.forward over (B, C), in place on x: layers index (conv_in), index + 1 (conv_out),
     index + 2 (aux_in, where aux has columns); `pair`: see _conv_input."""
     elu, sigmoid = t[0], t[1]
-    c1 = _outputs(net, index, len(x))
+    c1 = _output_buffer(net, index, len(x))
     _linear(net, index, _conv_input(_elu(x, elu), caches, pair, 0, rows, width), c1)
     if aux.shape[1]:
         extra = np.empty_like(c1)
@@ -323,7 +324,7 @@ def _resnet(net, index, x, aux, caches, pair, rows, width, t):  # pragma: no cov
         for b in range(c1.shape[0]):
             for c in range(c1.shape[1]):
                 c1[b, c] = min(max(c1[b, c] + extra[b, c], -_LIMIT), _LIMIT)
-    c2 = _outputs(net, index + 1, len(x))
+    c2 = _output_buffer(net, index + 1, len(x))
     _linear(net, index + 1, _conv_input(_elu(c1, elu), caches, pair, 1, rows, width), c2)
     channels = x.shape[1]
     for b in range(x.shape[0]):  # arithmetic.gate: x + a * sigmoid(b), half up, clamped
@@ -353,7 +354,7 @@ def _where(slots, position, height, width):  # pragma: no cover (compiled)
 def _input_layers(net, above, left, position, width):  # pragma: no cover (compiled)
     """The network's first activations at these positions from the inputs of its two input layers
     (layers 0 and 1): their sum, clamped, with nothing above row 0 and nothing left of column 0."""
-    ul, from_left = _outputs(net, 0, len(above)), _outputs(net, 1, len(left))
+    ul, from_left = _output_buffer(net, 0, len(above)), _output_buffer(net, 1, len(left))
     _linear(net, 0, above, ul)
     _linear(net, 1, left, from_left)
     for b in range(len(ul)):
@@ -407,14 +408,14 @@ def _predict_slots(slots, shape, net, state, t, out):  # pragma: no cover (compi
             _put(stored, slots[b], 0, ul, b)
         q = _with_position(ul, no_aux, position, row_channel, column_channel)
         _resnet(net, index + 2 * resnets + 2, q, no_aux, caches, _ONE_BY_ONE, rows, width, t)
-        query = _outputs(net, index + 2 * resnets + 8, batch)
+        query = _output_buffer(net, index + 2 * resnets + 8, batch)
         _linear(net, index + 2 * resnets + 8, q, query)
         attended = np.empty((batch, values.shape[2]))
         for b in range(batch):  # keys and values indexed by slot: contiguous rows, vectorised loops
             slot = slots[b]
             _attend_row(query[b], keys[block, slot], values[block, slot], position[b], t[2], attended[b])
         _resnet(net, index + 2 * resnets + 4, ul, attended, caches, _ONE_BY_ONE, rows, width, t)
-    params = _outputs(net, len(net[0]) - 1, batch)
+    params = _output_buffer(net, len(net[0]) - 1, batch)
     _linear(net, len(net[0]) - 1, _elu(ul, t[0]), params)
     for b in range(batch):
         out[slots[b]] = params[b]
@@ -441,7 +442,7 @@ def _commit_slots(slots, shape, net, state, t, known, advance):  # pragma: no co
         index = 2 + block * per_block
         kv_in = _with_position(x, features[block][slots], position, row_channel, column_channel)
         _resnet(net, index + 2 * resnets, kv_in, no_aux, caches, _ONE_BY_ONE, rows, width, t)
-        kv = _outputs(net, index + 2 * resnets + 7, batch)
+        kv = _output_buffer(net, index + 2 * resnets + 7, batch)
         _linear(net, index + 2 * resnets + 7, kv_in, kv)
         for b in range(batch):
             p = position[b]
@@ -525,11 +526,11 @@ def _forward_window(shape, net, t, x, row_channel, column_channel, out):  # prag
             _resnet(net, index + 2 * r, ul, no_aux, no_cache, _FULL_2X2, no_rows, width, t)
         kv = _with_position(x, ul, positions, row_channel, column_channel)
         _resnet(net, index + 2 * resnets, kv, no_aux, no_cache, _ONE_BY_ONE, no_rows, width, t)
-        key_value = _outputs(net, index + 2 * resnets + 7, n)
+        key_value = _output_buffer(net, index + 2 * resnets + 7, n)
         _linear(net, index + 2 * resnets + 7, kv, key_value)
         q = _with_position(ul, no_aux, positions, row_channel, column_channel)
         _resnet(net, index + 2 * resnets + 2, q, no_aux, no_cache, _ONE_BY_ONE, no_rows, width, t)
-        query = _outputs(net, index + 2 * resnets + 8, n)
+        query = _output_buffer(net, index + 2 * resnets + 8, n)
         _linear(net, index + 2 * resnets + 8, q, query)
         key_channels = query.shape[1]
         attended = _causal_attention(query, np.ascontiguousarray(key_value[:, :key_channels]),
