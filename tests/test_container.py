@@ -604,7 +604,7 @@ def test_a_last_plane_longer_than_a_word_count_can_be_is_refused(monkeypatch):
     """2**32 words (16 GiB) are more than a plane may have: shown with a smaller limit."""
     data = forge(SMALL_HEADER, n_words=12)
     monkeypatch.setattr(C, "MAX_WORDS", 5)
-    assert str(fails(data)).startswith("header is invalid: plane 1 n_words = 7 is out of range (0..5)")
+    assert str(fails(data)).startswith("header is invalid: plane 1 length = 7 is out of range (0..5)")
     monkeypatch.setattr(C, "MAX_WORDS", 7)
     assert C.read(forge(SMALL_HEADER, n_words=14)).planes[1].n_words == 7
     message = "file is too long: its last plane would have 8 words, at most 7 are allowed"
@@ -787,10 +787,10 @@ _TILE1 = tagged(T_TILE, b"\x10\x10", 0)
         (dict(mode=Raw(b"\x0f")), "mode code 15"),
         (dict(mode="PA"), "needs extras.palette"),
         (dict(arithmetic=Raw(b"\x00")), "arithmetic = 0 is out of range \\(1..255\\)"),
-        (dict(planes=Raw(bytes.fromhex("01234567"))), "it ends in the middle of plane 1 n_words"),
+        (dict(planes=Raw(bytes.fromhex("01234567"))), "it ends in the middle of plane 1 length"),
         (dict(planes=Raw(bytes.fromhex("0123"))), "it ends in the middle of plane 1 model_id"),
-        (dict(planes__0__n_words=2**32), "plane 1 n_words = 4294967296 is out of range"),
-        (dict(planes__0__n_words=Raw(b"\x87\x00")), "plane 1 n_words is not minimally encoded"),
+        (dict(planes__0__n_words=2**32), "plane 1 length = 4294967296 is out of range"),
+        (dict(planes__0__n_words=Raw(b"\x87\x00")), "plane 1 length is not minimally encoded"),
         (dict(planes__0__model_name="evil\x1b[2J"), "model_name contains control characters"),
         (dict(planes__0__model_name=Raw(b"\xc2\x85")), "control characters"),  # U+0085, a C1 control
         (dict(planes__0__model_name=""), "plane 1 model_name must have 1 to 100 characters, not 0"),

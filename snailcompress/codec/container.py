@@ -478,7 +478,7 @@ def _check_header(obj: dict) -> None:
             _check_model_plane(p, where, width, height)
         else:
             _check_other_plane(p, where, width, height)
-        _int(p["n_words"], f"{where} n_words", 0, MAX_WORDS)
+        _int(p["n_words"], f"{where} length", 0, MAX_WORDS)  # words of a model plane, else bytes
     if any(p["method"] == "model" for p in planes):
         _int(obj["arithmetic"], "arithmetic", 1, MAX_ARITHMETIC)
     elif obj["arithmetic"] is not None:
@@ -880,7 +880,7 @@ def _decode_fixed(r: _Fields) -> dict:
                 "context": DEFAULT_CONTEXT,
                 "band": None,
                 "calibration": None,
-                "n_words": r.varint(f"{where} n_words") if i < len(pieces) - 1 else None,
+                "n_words": r.varint(f"{where} length") if i < len(pieces) - 1 else None,
             }
         )
     obj["planes"] = planes
