@@ -16,8 +16,7 @@ def _one_torch_thread():
     torch.set_num_threads(previous)
 
 
-@pytest.fixture(scope="module")
-def model_only():
+def _code_with_the_model_only(patch: pytest.MonkeyPatch) -> None:
     """api.encode_images and encode_image, and so the CLI and bench, with every plane coded by the
     model (fallback=False unless a test says otherwise): for the tests of the model's coding, where
     the other methods (codec/methods.py) would beat an untrained model."""
@@ -25,10 +24,22 @@ def model_only():
 
     from snailcompress import api
 
+    for name in ("encode_images", "encode_image"):
+        patch.setattr(api, name, functools.partial(getattr(api, name), fallback=False))
+
+
+@pytest.fixture(scope="module")
+def model_only():
+    """The model codes every plane for a whole module (_code_with_the_model_only)."""
     with pytest.MonkeyPatch.context() as patch:
-        for name in ("encode_images", "encode_image"):
-            patch.setattr(api, name, functools.partial(getattr(api, name), fallback=False))
+        _code_with_the_model_only(patch)
         yield
+
+
+@pytest.fixture(scope="session")
+def code_with_the_model_only():
+    """_code_with_the_model_only, for a module-scoped fixture to apply within a block of its own."""
+    return _code_with_the_model_only
 
 
 @pytest.fixture(scope="session")

@@ -44,7 +44,7 @@ def write_cifar_folder(root):
 
 
 @pytest.fixture(scope="module")
-def bench_run(tmp_path_factory, model_only):  # the model's coded files, as the untrained model codes them
+def bench_run(tmp_path_factory, code_with_the_model_only):  # the model's files, as the untrained model codes them
     root = tmp_path_factory.mktemp("bench")
     data_dir = write_cifar_folder(root / "data")
     out = root / "report"
@@ -53,7 +53,8 @@ def bench_run(tmp_path_factory, model_only):  # the model's coded files, as the 
         "--model", "pixelcnnpp-tiny", "--limit", "6", "--coded-limit", "2",
         "--codecs", "png,jpegxl-e7", "--out", str(out),
     ]
-    with pytest.MonkeyPatch.context() as mp:
+    with pytest.MonkeyPatch.context() as mp:  # only for this run: the module's other tests code as users do
+        code_with_the_model_only(mp)
         mp.setattr("sys.argv", ["/somewhere/bin/snailcompress", *args])  # as a shell would run it
         result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, (result.output, result.exception)

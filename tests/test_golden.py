@@ -57,8 +57,11 @@ def test_golden_source_encodes_to_the_same_bytes(name):
         words, _ = coder.code_plane(net, image.planes["RGB"], plane.tile, plane.context, plane.band)
         np.testing.assert_array_equal(words, plane.words)
         return
-    if any(p.method == "deflate" for p in golden.planes):  # zlib's output is not part of the format
-        assert [p.method for p in snail.planes] == [p.method for p in golden.planes]
+    if any(p.method == "deflate" for p in golden.planes):  # zlib's output is not part of the format:
+        assert [p.method for p in snail.planes] == [p.method for p in golden.planes]  # the same coding,
         assert all(a == b for a, b in zip(snail.planes, golden.planes) if a.method != "deflate")
+        assert (snail.width, snail.height, snail.mode, snail.pixel_crc32, snail.extras) == \
+            (golden.width, golden.height, golden.mode, golden.pixel_crc32, golden.extras)  # the same header,
+        assert same_image(api.decode_image(container.read(container.write(snail)), api.ModelChooser()), image)  # exact
         return
     assert container.write(snail) == data

@@ -292,13 +292,16 @@ def test_checksum_sees_everything():
 
 
 def test_checksum_large_image_rows_in_chunks():
+    """An image of several chunks of rows (the checksum reads a few MB at a time) gets the CRC32 of
+    its header and all its pixels in one piece, written out here; a flip in any chunk changes it."""
     arr = np.random.default_rng(4).integers(0, 256, (700, 2000, 3), dtype=np.uint8)
     dec = DecomposedImage("RGB", 2000, 700, {"RGB": arr}, {})
-    expected_tail = zlib.crc32(arr.tobytes(), 0)  # not the same value (prefix differs) but all rows count
-    assert pixel_checksum(dec) != expected_tail
-    arr2 = arr.copy()
-    arr2[-1, -1, -1] ^= 1
-    assert pixel_checksum(DecomposedImage("RGB", 2000, 700, {"RGB": arr2}, {})) != pixel_checksum(dec)
+    head = zlib.crc32(b"{}", zlib.crc32("snail-pixels-1\0RGB\x002000\x00700\0".encode("ascii")))
+    assert pixel_checksum(dec) == zlib.crc32(arr.tobytes(), head)
+    for row in (0, 523, 524, 699):  # the first chunk is rows 0..523 at this width
+        flipped = arr.copy()
+        flipped[row, -1, -1] ^= 1
+        assert pixel_checksum(DecomposedImage("RGB", 2000, 700, {"RGB": flipped}, {})) != pixel_checksum(dec), row
 
 
 def test_compose_rejects_inconsistent_input():

@@ -93,14 +93,16 @@ def test_a_pixelsnail_with_concat_elu_loads_but_is_not_coded(tmp_path):
         api.integer_network(loaded)
 
 
-@pytest.mark.parametrize("config", ['[1, 2]', '{"architecture": "pixelsnail", "channels": "1"}',
-                                    '{"architecture": "pixelsnail", "blocks": 1.5}'])
-def test_a_model_file_whose_config_is_not_a_config_is_refused(tmp_path, config):
+@pytest.mark.parametrize("config, cause", [('[1, 2]', "cannot convert"),
+                                           ('{"architecture": "pixelsnail", "channels": "1"}', "channels must be 1 or 3"),
+                                           ('{"architecture": "pixelsnail", "blocks": 1.5}', "blocks must be a whole number")])
+def test_a_model_file_whose_config_is_not_a_config_is_refused(tmp_path, config, cause):
+    """Refused as the config is read, for what is wrong with it (not later, by the weights' check)."""
     from safetensors.numpy import save_file
 
     path = tmp_path / "odd.safetensors"
     save_file({"head.v": np.zeros((1, 1, 1, 1), np.float32)}, str(path), metadata={"config": config})
-    with pytest.raises(ModelError, match="odd.safetensors"):
+    with pytest.raises(ModelError, match=f"odd.safetensors: model config in its metadata is not a model config .*{cause}"):
         load_model(path).model
 
 

@@ -163,7 +163,8 @@ def text_image(width: int = 64, height: int = 64) -> Image.Image:
 
 def test_bilevel_text_is_far_smaller_than_its_bits_and_png(monkeypatch):
     image = text_image()
-    monkeypatch.setattr(api, "code_plane", lambda *a, **k: pytest.fail("the model ran on a bilevel plane"))
+    for coding in ("code_plane", "code_planes"):  # the calibrated path and the batched one
+        monkeypatch.setattr(api, coding, lambda *a, **k: pytest.fail("the model ran on a bilevel plane"))
     snail = check(image, SHIPPED)
     assert [p.method for p in snail.planes] == ["bilevel"] and snail.arithmetic is None
     size = container.file_size(snail)
