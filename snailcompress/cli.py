@@ -498,8 +498,9 @@ def _say_when_compiling(enabled: bool = True) -> None:
     from .integer import runtime
 
     def notice(work: str) -> None:
-        tqdm.write(f"snailcompress: compiling the CPU kernels for {work}, once (numba caches them); this takes a while",
-                   file=sys.stderr)
+        kept = ("once (numba caches them)" if runtime.temporary_kernel_cache is None else
+                "in every run: nowhere here can keep them (set NUMBA_CACHE_DIR to a writable directory)")
+        tqdm.write(f"snailcompress: compiling the CPU kernels for {work}, {kept}; this takes a while", file=sys.stderr)
 
     runtime.compile_notice = notice if enabled and sys.stderr is not None else None
 

@@ -615,6 +615,39 @@ def test_more_threads_replace_the_workers_and_the_replaced_ones_end():
     assert len(workers()) == len(larger.jobs)
 
 
+def test_kernels_load_where_no_cache_can_be_written(tmp_path):
+    """A read-only install run with no writable home: numba, asked to cache, raised at import (every
+    coding command failed). Now the kernels are kept in a temporary directory and compiled in each
+    process. Simulated in a copy of the package whose __pycache__ folders are files, with HOME a file."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    package = Path(kernels.__file__).resolve().parents[1]
+    copy = tmp_path / "site" / "snailcompress"
+    shutil.copytree(package, copy, ignore=shutil.ignore_patterns("__pycache__", "weights", "*.npz"))
+    for folder in (copy / "integer", copy / "codec"):
+        (folder / "__pycache__").write_text("not a directory")
+    (tmp_path / "home").write_text("not a directory")
+    script = ("import numpy as np\n"
+              "import snailcompress.codec.calibration_objective, snailcompress.integer.kernels\n"
+              "from snailcompress.integer import runtime\n"
+              "meeting = np.zeros(2, np.int64)\n"
+              "runtime.give_up(meeting)\n"  # compiled, and cached in the temporary directory
+              "print(runtime.temporary_kernel_cache, meeting[1])\n")
+    env = {**os.environ, "HOME": str(tmp_path / "home"), "PYTHONPATH": str(copy.parent)}
+    for name in ("NUMBA_CACHE_DIR", "XDG_CACHE_HOME"):
+        env.pop(name, None)
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    kept, given_up = done.stdout.split()
+    assert "snailcompress-kernels-" in kept and given_up == "1"
+    assert not Path(kept).exists()  # removed at exit
+
+
 def test_compiling_the_encoders_or_the_decoders_kernels_is_noticed_once_each_and_loading_never(
         tmp_path, monkeypatch, capsys):
     """numba's compile event (a cache miss) calls compile_notice once a process for the encoder's

@@ -10,9 +10,12 @@ one kernel whose shares wait for each other, at each step's two meetings (`meet`
 
 from __future__ import annotations
 
+import atexit
 import functools
 import os
+import shutil
 import sys
+import tempfile
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,16 +26,48 @@ from llvmlite import ir
 from numba.core import cgutils, types
 from numba.core import event as numba_events
 from numba.extending import intrinsic
+from numba.misc.appdirs import AppDirs
 
 from .. import threads as _threads_setting
 
-# Numba compiles each kernel at its first call after installing (some seconds) and caches it beside
-# the package: later processes load it in a fraction of a second. So that a command that compiles
-# says why it is silent rather than seem to hang, the first compilation in a process of the
-# decoder's kernels, and that of the encoder's, each call `compile_notice("decoding")` or
-# `compile_notice("encoding")` where it is set (the CLI sets it unless -q). Numba's "numba:compile"
-# event fires on a cache miss only, never on a load, and under numba's global compiler lock, so the
-# listener's state needs no lock of its own.
+
+def _writable(directory: Path) -> bool:
+    """Whether a file can be made in `directory` (made first if need be), as numba checks a cache's place."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=directory).close()
+        return True
+    except OSError:
+        return False
+
+
+def keep_kernels_somewhere(package_caches: list[Path], user_cache: Path) -> str | None:
+    """Numba keeps each compiled kernel (cache=True) in its module's __pycache__, else in the user's
+    cache (~/.cache/numba), and raises at import where it can write neither (a read-only install
+    run with no writable home). There the kernels are kept in a temporary directory instead: every
+    process compiles them again (slow) rather than fail. Returns that directory, or None where a
+    cache can be kept (or NUMBA_CACHE_DIR names one)."""
+    if numba.config.CACHE_DIR or all(_writable(path) for path in package_caches) or _writable(user_cache):
+        return None
+    directory = tempfile.mkdtemp(prefix="snailcompress-kernels-")
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    numba.config.CACHE_DIR = directory
+    return directory
+
+
+_PACKAGE_DIR = Path(__file__).resolve().parents[1]
+#: where this process keeps the kernels if nowhere lasting (keep_kernels_somewhere), else None
+temporary_kernel_cache = keep_kernels_somewhere(
+    [_PACKAGE_DIR / "integer" / "__pycache__", _PACKAGE_DIR / "codec" / "__pycache__"],
+    Path(AppDirs(appname="numba", appauthor=False).user_cache_dir))
+
+# Numba compiles each kernel at its first call after installing (some seconds) and caches it
+# beside the package (or in ~/.cache/numba): later processes load it in a fraction of a second. So
+# that a command that compiles says why it is silent rather than seem to hang, the first
+# compilation in a process of the decoder's kernels, and that of the encoder's, each call
+# `compile_notice("decoding")` or `compile_notice("encoding")` where it is set (the CLI sets it
+# unless -q). Numba's "numba:compile" event fires on a cache miss only, never on a load, and under
+# numba's global compiler lock, so the listener's state needs no lock of its own.
 
 compile_notice: Callable[[str], None] | None = None
 _PACKAGE = __name__.split(".")[0] + "."
