@@ -263,6 +263,13 @@ def test_per_file_rows_do_not_depend_on_where_the_model_lies(tmp_path):
         rows.append(_per_file_row(load_model(str(path)), images, BenchOptions("cifar10", progress=False), 2, encode)[0])
     assert rows[0]["total_bytes"] == rows[1]["total_bytes"] and captured[0] == captured[1]
     assert all(p.model_name is None for data in captured[0] for p in container.read(data).planes)
+    # an 8x8 image is one window of the default tile: no tile field in its header (it had 5 bytes more)
+    from snailcompress import api
+    from snailcompress.codec.images import decompose
+
+    default = api.encode_images([decompose(Image.fromarray(im)) for im in images], api.ModelChooser([str(paths[0])], names=False),
+                                calibrate=False, fallback=False)
+    assert captured[0] == [container.write(snail) for snail in default]
 
 
 def test_shared_encoder_makes_one_stream():

@@ -36,7 +36,7 @@ planes; an image that does not convert exactly (16-bit, CMYK) is refused (data/f
   row of images side by side coded as one plane (coder.code_plane, tiles the size of an image, no
   context: each image is coded alone) appending to one shared encoder; bytes = 4 * words + the fixed
   container overhead (the length of a .snail file with an empty stream and the header of one image
-  of the set: magic, version, header, CRCs, stream length field).
+  of the set: magic, version, header length, header, checksum).
 
 Under torchrun (distributed.start: WORLD_SIZE > 1) every process scores a contiguous share of the
 images for each model's NLL row (whole batches, or whole images for a folder) and the per-image values
@@ -345,11 +345,13 @@ def _files(images: Sequence[DecomposedImage], chooser: api.ModelChooser, progres
 
 def _one_tile_files(images: Sequence[DecomposedImage], chooser: api.ModelChooser, progress: bool) -> list[bytes]:
     """Small images' .snail files: each coded alone as one tile by the model (no calibration, no stored
-    or deflated plane: the row measures the model; the module docstring), those of one size together."""
+    or deflated plane: the row measures the model; the module docstring), those of one size together.
+    An image no larger than the default tile keeps it (one window all the same, and no tile field in
+    its header, as `encode -n` writes it); a larger one gets a tile of its size."""
     files: list = [None] * len(images)
     by_tile: dict[int, list[int]] = {}
     for k, image in enumerate(images):
-        by_tile.setdefault(max(image.height, image.width), []).append(k)
+        by_tile.setdefault(max(api.DEFAULT_TILE, image.height, image.width), []).append(k)
     for tile, members in by_tile.items():
         coded = _files([images[k] for k in members], chooser, progress, tile=tile, calibrate=False, fallback=False)
         for k, data in zip(members, coded):

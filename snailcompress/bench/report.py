@@ -46,7 +46,7 @@ REQUIRED_COLUMNS: tuple[str, ...] = ("method", "kind", "bits_per_subpixel", "ima
 TIMING_COLUMNS: tuple[str, ...] = ("encode_images_per_s", "decode_images_per_s")
 
 # the columns shown in the printed / markdown tables, in this order, when present
-_SHOWN = ("method", "kind", "dataset", "mosaic", "bits_per_subpixel", "over_nll", "images") + TIMING_COLUMNS + (
+_SHOWN = ("method", "kind", "dataset", "mosaic", "bits_per_subpixel", "nll_same_images", "over_nll", "images") + TIMING_COLUMNS + (
     "parameters", "training")
 _HEADERS = {
     "parameters": "parameters",
@@ -56,6 +56,7 @@ _HEADERS = {
     "dataset": "dataset",
     "mosaic": "mosaic",
     "bits_per_subpixel": "bits/subpixel",
+    "nll_same_images": "NLL, same images",
     "over_nll": "over NLL",
     "images": "images",
     "encode_images_per_s": "enc img/s",
@@ -107,7 +108,7 @@ def _is_missing(value) -> bool:
 def _fmt(col: str, value) -> str:
     if _is_missing(value):
         return "-"
-    if col == "bits_per_subpixel":
+    if col in ("bits_per_subpixel", "nll_same_images"):
         return f"{float(value):.4f}"
     if col == "images":
         return f"{int(value)}"
@@ -166,7 +167,7 @@ def _cells(rows: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     return header, body
 
 
-_NUMERIC_HEADERS = {"bits/subpixel", "over NLL", "images", "enc img/s", "dec img/s", "parameters"}
+_NUMERIC_HEADERS = {"bits/subpixel", "NLL, same images", "over NLL", "images", "enc img/s", "dec img/s", "parameters"}
 
 
 def format_table(rows: pd.DataFrame) -> str:
@@ -254,8 +255,11 @@ def _write_markdown(target: Path, rows: pd.DataFrame, meta: Mapping) -> None:
         "Kinds: model-nll = model negative log-likelihood, model-coded = actual file size "
         "from the model's entropy coder, codec = classical lossless codec (complete files), "
         "paper = number reported in the PixelSNAIL paper's Table 1."
-        + (" over NLL = by how much a coded row's real bits exceed its model's NLL on the same images "
-           "(what the container, the stream's end and the coder's arithmetic cost)." if "over_nll" in rows.columns else ""),
+        + (" NLL, same images = the coded row's model's NLL on the images it codes (a row of the first few "
+           "compares with this, not with rows over all of them); over NLL = by how much its real bits exceed "
+           "that (what the container, the stream's end and the coder's arithmetic cost, less what a per-image "
+           "calibration saves, or a plane stored or deflated where the model does worse)."
+           if "over_nll" in rows.columns else ""),
         "",
         _markdown_table(rows),
     ]
@@ -413,7 +417,7 @@ def write_report(
       references of paper rows.
     * per_image.h5: one dataset per method (``per_image`` key; "/" becomes
       "_", the original name is the ``method`` attribute) with attribute
-      ``unit`` = "bytes" for integer arrays, "bits/subpixel" for floats; ``meta`` is
+      ``unit`` = "bits/subpixel"; ``meta`` is
       stored as attributes of the file and of each dataset (non-scalar values
       as JSON). Written (empty but with the attributes) when ``per_image`` is
       None or empty.
