@@ -233,12 +233,33 @@ def evaluate_command(model_spec, dataset, data_dir, split, limit, batch_size, de
         )
 
 
+SEED = click.IntRange(0, 2**63 - 2)  # torch's seeds (one is added to a seed for a preset's init)
+#: the most positions `sample` draws (images x H x W): the steppers hold each position's keys and
+#: values, some 7 KB of them for the paper's PixelSNAIL, and draw one position at a time
+MAX_SAMPLE_POSITIONS = 1 << 18
+MAX_GRID_PIXELS = 1 << 26  # the enlarged grid picture `sample` writes
+#: the most positions `receptive-field` differentiates through: PixelSNAIL's attention keeps an
+#: (H W)^2 matrix a block for the backward pass
+MAX_FIELD_POSITIONS = 64 * 64
+
+
+def _image_size(text: str, option: str = "--size") -> tuple[int, int]:
+    """HxW of a --size, each side at least 1."""
+    try:
+        height, width = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise UsageError(f"{option} expects HxW like 32x32, got {text!r}") from None
+    if height < 1 or width < 1:
+        raise UsageError(f"each side of {option} must be at least 1, got {text!r}")
+    return height, width
+
+
 @main.command()
 @click.option("--model", "model_spec", default=None, help="preset, checkpoint, run dir or shipped name [snail-rgb]")
 @click.option("-n", "count", type=int, default=16, show_default=True)
 @click.option("--size", default="32x32", show_default=True, help="HxW of each sample")
 @click.option("-o", "--output", type=click.Path(), default="samples.png", show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--scale", type=int, default=4, show_default=True, help="enlarge the grid by this factor")
 @click.option("-f", "--force", is_flag=True, help="overwrite the output")
 @friendly_errors
@@ -248,12 +269,15 @@ def sample(model_spec, count, size, output, seed, scale, force):
     from .sampling import sample_images
     from .zoo import load_model
 
-    try:
-        height, width = (int(v) for v in size.lower().split("x"))
-    except ValueError:
-        raise UsageError(f"--size expects HxW like 32x32, got {size!r}") from None
-    if count < 1 or height < 1 or width < 1 or scale < 1:
-        raise UsageError("-n, each side of --size and --scale must be at least 1")
+    height, width = _image_size(size)
+    if count < 1 or scale < 1:
+        raise UsageError("-n and --scale must be at least 1")
+    if count * height * width > MAX_SAMPLE_POSITIONS:
+        raise UsageError(f"-n {count} of {height}x{width} is {count * height * width:,} positions to draw; at most "
+                         f"{MAX_SAMPLE_POSITIONS:,} (a model's keys and values for each are held in memory)")
+    if count * height * width * scale * scale > MAX_GRID_PIXELS:
+        raise UsageError(f"--scale {scale} makes a picture of about {count * height * width * scale * scale:,} pixels; "
+                         f"at most {MAX_GRID_PIXELS:,}")
     _check_picture_output(output, force, figure=False)
     from .zoo import default_model_for
 
@@ -270,7 +294,7 @@ def sample(model_spec, count, size, output, seed, scale, force):
 @click.option("--position", default=None, help="ROW,COL of the output pixel [the centre]")
 @click.option("--channels", type=click.Choice(["3", "1"]), default=None, help="channels of preset models [3]")
 @click.option("-o", "--output", type=click.Path(), default="receptive_field.png", show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True, help="random input image (and init of presets)")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="random input image (and init of presets)")
 @click.option("-f", "--force", is_flag=True, help="overwrite the output")
 @friendly_errors
 def receptive_field_command(models, size, position, channels, output, seed, force):
@@ -283,10 +307,7 @@ def receptive_field_command(models, size, position, channels, output, seed, forc
     """
     from .receptive_field import model_for_receptive_field, plot_receptive_fields, receptive_field
 
-    try:
-        height, width = (int(v) for v in size.lower().split("x"))
-    except ValueError:
-        raise UsageError(f"--size expects HxW like 32x32, got {size!r}") from None
+    height, width = _image_size(size)
     target = None
     if position is not None:
         try:
@@ -294,8 +315,12 @@ def receptive_field_command(models, size, position, channels, output, seed, forc
         except ValueError:
             raise UsageError(f"--position expects ROW,COL like 16,16, got {position!r}") from None
         target = (row, col)
-    if height < 2 or width < 2:
-        raise UsageError(f"--size must be at least 2x2 (one pixel has nothing before it), got {size!r}")
+    if height * width > MAX_FIELD_POSITIONS:
+        raise UsageError(f"--size {size} is {height * width:,} positions; at most {MAX_FIELD_POSITIONS:,} "
+                         "(the attention's gradient holds a matrix of their square)")
+    if (target or (height // 2, width // 2)) == (0, 0):
+        raise UsageError("the output pixel is the first one, which depends on nothing: give a larger --size or "
+                         "another --position")
     _check_picture_output(output, force, figure=True)
     fields = []
     for spec in models:
@@ -608,8 +633,14 @@ def info(files):
 @friendly_errors
 def demo(keep):
     """Encode, decode and verify the shipped demo image; compare with PNG, WebP, JPEG-XL, JPEG 2000."""
-    from .demo import run_demo
+    from .demo import DEMO_FILES, run_demo
+    from .fileio import check_directory
 
+    if keep:
+        check_directory(keep)
+        there = [name for name in DEMO_FILES if (Path(keep) / name).exists()]
+        if there:
+            raise UsageError(f"--keep {keep} already holds {', '.join(there)}: give a new or empty directory")
     _say_when_compiling()
     run_demo(Path(keep) if keep else None, echo=click.echo)
 

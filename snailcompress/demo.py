@@ -18,6 +18,7 @@ from .api import decode_file, encode_file
 from .bench.codecs import get_codecs
 
 DEMO_IMAGE = "kodim23-crop.png"
+DEMO_FILES = (DEMO_IMAGE, "demo.snail", "demo-decoded.png")  # what it writes in its directory
 COMPARE = "png,webp,jpegxl-e9,jpeg2000"
 
 
@@ -27,13 +28,13 @@ def run_demo(workdir: Path | None = None, echo=print) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(workdir or tmp)
         work.mkdir(parents=True, exist_ok=True)
-        image_path = work / DEMO_IMAGE
+        image_path, snail_path, decoded_path = (work / name for name in DEMO_FILES)
         shutil.copyfile(source, image_path)
         pixels = np.asarray(Image.open(image_path).convert("RGB"))
         echo(f"demo image: {DEMO_IMAGE} ({pixels.shape[1]}x{pixels.shape[0]} RGB, a Kodak crop held out from training)")
-        encoded = encode_file(image_path, work / "demo.snail", force=True)
+        encoded = encode_file(image_path, snail_path, force=True)
         echo(f"encode: {encoded.target.name}, {encoded.bytes:,} bytes, {encoded.bits_per_subpixel:.3f} bits/subpixel, {encoded.seconds:.1f} s")
-        decoded = decode_file(encoded.target, work / "demo-decoded.png", force=True)
+        decoded = decode_file(encoded.target, decoded_path, force=True)
         same = np.array_equal(pixels, np.asarray(Image.open(decoded.target).convert("RGB")))
         if not same:
             raise AssertionError("demo: decoded pixels differ from the original")

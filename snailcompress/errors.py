@@ -8,7 +8,8 @@ class SnailError(Exception):
 
 
 class UsageError(SnailError):
-    """Bad arguments: unknown model, unknown codec, conflicting options."""
+    """Bad arguments: an unknown codec, values no run can use, conflicting options (a model that cannot
+    be had is a ModelError)."""
 
     exit_code = 2
 

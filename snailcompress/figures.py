@@ -16,16 +16,20 @@ from .errors import UsageError  # noqa: E402
 from .fileio import atomic_path  # noqa: E402
 
 
-def check_picture_path(path: Path, figure: bool = True) -> None:
-    """Refuse (UsageError) a picture's name whose extension names no format that matplotlib (a
-    figure) or Pillow (an image) writes: the writers pick the format from it. Callers check before
-    the work that makes the picture."""
-    from matplotlib.backend_bases import FigureCanvasBase
+#: the picture formats written, by extension: those that hold any RGB or gray picture with no other
+#: program (Pillow's rarer writers refuse some modes, matplotlib's .pgf needs LaTeX)
+PICTURE_FORMATS = ("png", "jpg", "jpeg", "webp", "tif", "tiff", "bmp")
+FIGURE_FORMATS = ("png", "jpg", "jpeg", "webp", "tif", "tiff", "pdf", "svg", "eps", "ps")
 
-    known = set(FigureCanvasBase.get_supported_filetypes()) if figure else {
-        ext.lstrip(".") for ext, name in Image.registered_extensions().items() if name in Image.SAVE}
+
+def check_picture_path(path: Path, figure: bool = True) -> None:
+    """Refuse (UsageError) a picture's name whose extension names none of the formats written (a
+    figure: FIGURE_FORMATS; an image: PICTURE_FORMATS): the writers pick the format from it.
+    Callers check before the work that makes the picture."""
+    known = FIGURE_FORMATS if figure else PICTURE_FORMATS
     if Path(path).suffix.lower().lstrip(".") not in known:
-        raise UsageError(f"cannot write {path}: its extension names no picture format (.png, for one)")
+        raise UsageError(f"cannot write {path}: its extension names none of the picture formats written "
+                         f"(.{', .'.join(known)})")
 
 
 def _save_atomic(fig_or_image, path: Path, **kwargs) -> Path:

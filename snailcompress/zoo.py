@@ -73,8 +73,10 @@ class LoadedModel:
                 model = build_from_config(self.config)
                 try:
                     model.load_state_dict({name: torch.from_numpy(a) for name, a in self._weights.items()})
-                except RuntimeError as e:
-                    raise ModelError(f"{self.name}: weights do not match the config: {str(e).splitlines()[0]}") from None
+                except RuntimeError as e:  # torch's first line only names the class: give the first cause
+                    cause = next((line.strip() for line in str(e).splitlines()[1:] if line.strip()), str(e))
+                    cause = cause if len(cause) <= 160 else cause[:157] + "..."
+                    raise ModelError(f"{self.name}: weights do not match the config: {cause}") from None
                 self._model = model.eval().to(self._device)
             return self._model
 
@@ -139,11 +141,14 @@ def _read_model_file(path: Path) -> tuple[object, dict[str, np.ndarray], dict]:
         raise ModelError(f"{path}: no model config in its metadata (not a snailcompress model file)")
     try:
         config = config_from_dict(json.loads(metadata["config"]))
-        facts = json.loads(metadata.get("facts", "{}"))
     except json.JSONDecodeError:
         raise ModelError(f"{path}: model config in its metadata is not valid JSON") from None
     except (TypeError, AttributeError, ValueError, ModelError) as e:  # JSON, but not a config's fields or values
         raise ModelError(f"{path}: model config in its metadata is not a model config ({e})") from None
+    try:
+        facts = json.loads(metadata.get("facts", "{}"))
+    except json.JSONDecodeError:
+        raise ModelError(f"{path}: the training facts in its metadata are not valid JSON") from None
     if isinstance(config, PixelSNAILConfig) and config.nonlinearity == "elu":  # the layout conversion reads
         from .integer.network import check_weights
 

@@ -399,12 +399,21 @@ def test_cli_pictures_refuse_outputs_they_cannot_write_in_one_line_before_the_wo
     (tmp_path / "a-dir").mkdir()
     base = ["sample", "--model", "pixelsnail-tiny", "-n", "1", "--size", "4x4"] if command == "sample" else \
         ["receptive-field", "--model", "pixelsnail-tiny", "--size", "4x4"]
-    cases = [(["-o", str(tmp_path / "x.noext")], "extension names no picture format"),
+    cases = [(["-o", str(tmp_path / "x.noext")], "extension names none of the picture formats written"),
+             (["-o", str(tmp_path / ("x.pgf" if command == "receptive-field" else "x.blp"))],  # failed after the work
+              "extension names none of the picture formats written"),
              (["-o", str(tmp_path / "a-dir"), "-f"], "is a directory"),
              (["-o", str(tmp_path / "a-file" / "x.png")], "a-file is a file, not a directory")]
     cases += [(["-n", "0", "-o", str(tmp_path / "x.png")], "must be at least 1"),
-              (["--scale", "0", "-o", str(tmp_path / "x.png")], "must be at least 1")] if command == "sample" else \
-        [(["--size", "1x1", "-o", str(tmp_path / "x.png")], "at least 2x2")]
+              (["--scale", "0", "-o", str(tmp_path / "x.png")], "must be at least 1"),
+              (["--size", "0x4", "-o", str(tmp_path / "x.png")], "each side of --size must be at least 1"),
+              # a traceback (can't allocate), and a process killed while enlarging the grid
+              (["--size", "100000x100000", "-o", str(tmp_path / "x.png")], "10,000,000,000 positions to draw"),
+              (["--scale", "100000", "-o", str(tmp_path / "x.png")], "makes a picture of about")] \
+        if command == "sample" else \
+        [(["--size", "1x1", "-o", str(tmp_path / "x.png")], "the output pixel is the first one"),
+         (["--size", "8x8", "--position", "0,0", "-o", str(tmp_path / "x.png")], "depends on nothing"),  # printed nan%
+         (["--size", "100x100", "-o", str(tmp_path / "x.png")], "10,000 positions; at most 4,096")]  # a traceback
     for extra, needle in cases:
         result = CliRunner().invoke(main, [*base, *extra])
         lines = result.stderr.strip().splitlines()

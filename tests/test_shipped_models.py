@@ -95,6 +95,7 @@ def test_a_pixelsnail_with_concat_elu_loads_but_is_not_coded(tmp_path):
 
 @pytest.mark.parametrize("config, cause", [('[1, 2]', "cannot convert"),
                                            ('{"architecture": "pixelsnail", "channels": "1"}', "channels must be 1 or 3"),
+                                           ('{"architecture": "pixelsnail", "channels": 3.0}', "channels must be 1 or 3"),
                                            ('{"architecture": "pixelsnail", "blocks": 1.5}', "blocks must be a whole number")])
 def test_a_model_file_whose_config_is_not_a_config_is_refused(tmp_path, config, cause):
     """Refused as the config is read, for what is wrong with it (not later, by the weights' check)."""
@@ -117,8 +118,11 @@ def test_a_model_file_whose_weights_do_not_fit_its_config_is_refused(tmp_path, p
     tensors["head.v"] = tensors["head.v"][:-1]  # one output too few
     path = tmp_path / "bad.safetensors"
     save_file(tensors, str(path), metadata={"config": json.dumps(model.config.to_dict())})
-    with pytest.raises(ModelError, match="do not match"):
+    with pytest.raises(ModelError, match="do not match.*head"):  # the cause, not only torch's heading line
         load_model(path).model
+    save_file(tensors, str(path), metadata={"config": json.dumps(model.config.to_dict()), "facts": "not json"})
+    with pytest.raises(ModelError, match="the training facts in its metadata are not valid JSON"):
+        load_model(path)
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -155,3 +159,9 @@ def test_demo_round_trips_and_keeps_its_files_only_when_asked(tmp_path):
     assert sorted(p.name for p in (tmp_path / "kept").iterdir()) == ["demo-decoded.png", "demo.snail", DEMO_IMAGE]
     assert np.array_equal(np.asarray(Image.open(tmp_path / "kept" / "demo-decoded.png").convert("RGB")),
                           np.asarray(Image.open(tmp_path / "kept" / DEMO_IMAGE).convert("RGB")))
+    # a second demo into the same directory would write over them; a file is no directory (a traceback)
+    (tmp_path / "a-file").write_text("x")
+    for keep, needle in [("kept", "already holds kodim23-crop.png, demo.snail, demo-decoded.png"), ("a-file", "is a file")]:
+        again = runner.invoke(main, ["demo", "--keep", str(tmp_path / keep)])
+        lines = again.stderr.strip().splitlines()
+        assert again.exit_code != 0 and len(lines) == 1 and needle in lines[0], again.output

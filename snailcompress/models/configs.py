@@ -22,7 +22,7 @@ def check_config(config) -> None:
         elif f.name == "nonlinearity":
             ok, need = value in NONLINEARITIES, f"one of {', '.join(NONLINEARITIES)}"
         elif f.name == "channels":
-            ok, need = value in (1, 3) and not isinstance(value, bool), "1 or 3"
+            ok, need = isinstance(value, int) and not isinstance(value, bool) and value in (1, 3), "1 or 3"
         else:
             ok, need = isinstance(value, int) and not isinstance(value, bool) and value >= 1, "a whole number of at least 1"
         if not ok:
