@@ -70,13 +70,13 @@ class LoadedModel:
             if self._model is None:
                 import torch
 
+                with torch.device("meta"):  # shapes only, no memory: a config may claim any size
+                    expected = {name: tuple(t.shape) for name, t in build_from_config(self.config).state_dict().items()}
+                difference = _first_difference(expected, {name: a.shape for name, a in self._weights.items()})
+                if difference:
+                    raise ModelError(f"{self.name}: weights do not match the config: {difference}")
                 model = build_from_config(self.config)
-                try:
-                    model.load_state_dict({name: torch.from_numpy(a) for name, a in self._weights.items()})
-                except RuntimeError as e:  # torch's first line only names the class: give the first cause
-                    cause = next((line.strip() for line in str(e).splitlines()[1:] if line.strip()), str(e))
-                    cause = cause if len(cause) <= 160 else cause[:157] + "..."
-                    raise ModelError(f"{self.name}: weights do not match the config: {cause}") from None
+                model.load_state_dict({name: torch.from_numpy(a) for name, a in self._weights.items()})
                 self._model = model.eval().to(self._device)
             return self._model
 
@@ -161,6 +161,17 @@ def _read_model_file(path: Path) -> tuple[object, dict[str, np.ndarray], dict]:
 
 def shipped_models() -> list[str]:
     return sorted(p.stem for p in WEIGHTS_DIR.glob("*.safetensors"))
+
+
+def _first_difference(expected: dict[str, tuple], got: dict[str, tuple]) -> str | None:
+    """The first way a file's tensors (name -> shape) differ from what a config builds, or None."""
+    for name, shape in expected.items():
+        if name not in got:
+            return f"{name} is missing"
+        if tuple(got[name]) != shape:
+            return f"{name} has shape {tuple(got[name])}, not {shape}"
+    extra = next((name for name in got if name not in expected), None)
+    return None if extra is None else f"{extra} is none of the config's"
 
 
 def last_checkpoint(run_dir: Path) -> Path:

@@ -118,7 +118,11 @@ def test_a_model_file_whose_weights_do_not_fit_its_config_is_refused(tmp_path, p
     tensors["head.v"] = tensors["head.v"][:-1]  # one output too few
     path = tmp_path / "bad.safetensors"
     save_file(tensors, str(path), metadata={"config": json.dumps(model.config.to_dict())})
-    with pytest.raises(ModelError, match="do not match.*head"):  # the cause, not only torch's heading line
+    with pytest.raises(ModelError, match="do not match the config: head.v has shape"):  # not torch's heading alone
+        load_model(path).model
+    huge = dict(model.config.to_dict(), filters=100_000)  # 10^13 parameters: compared before anything is allocated
+    save_file(tensors, str(path), metadata={"config": json.dumps(huge)})
+    with pytest.raises(ModelError, match="do not match the config: .* has shape"):
         load_model(path).model
     save_file(tensors, str(path), metadata={"config": json.dumps(model.config.to_dict()), "facts": "not json"})
     with pytest.raises(ModelError, match="the training facts in its metadata are not valid JSON"):
