@@ -67,10 +67,13 @@ def plot_training_curve(log_csv: Path, out_png: Path, title: str = "") -> Path:
     return _save_atomic(fig, out_png)
 
 
-def image_grid(images: np.ndarray, columns: int | None = None, pad: int = 2) -> Image.Image:
-    """uint8 images (N, C, H, W) -> one grid image with `pad` pixels of white between cells."""
+GRID_PAD = 2  # pixels of white around each cell of a sample grid
+
+
+def image_grid(images: np.ndarray) -> Image.Image:
+    """uint8 images (N, C, H, W) -> one near-square grid image, GRID_PAD pixels of white between cells."""
     n, c, h, w = images.shape
-    columns = columns or int(np.ceil(np.sqrt(n)))
+    columns, pad = int(np.ceil(np.sqrt(n))), GRID_PAD
     rows = int(np.ceil(n / columns))
     grid = np.full((rows * (h + pad) + pad, columns * (w + pad) + pad, c), 255, np.uint8)
     for k in range(n):

@@ -137,10 +137,11 @@ class DownRightShiftedConv2d(WeightNormConv2d):
 
 
 class DownShiftedDeconv2d(WeightNormConv2d):
-    """Stride-2 transposed conv of PixelCNN++'s up-sampling, cropped to stay causal (u stream)."""
+    """Stride-2 2x3 transposed conv of PixelCNN++'s up-sampling, cropped to stay causal (u stream;
+    its incremental form, models/pixelcnnpp_stepper.py, is written for this kernel and stride)."""
 
-    def __init__(self, in_channels, out_channels, kernel_size=(2, 3), stride=2):
-        super().__init__(in_channels, out_channels, kernel_size, stride, transposed=True)
+    def __init__(self, in_channels, out_channels):
+        super().__init__(in_channels, out_channels, (2, 3), 2, transposed=True)
 
     def forward(self, x):
         y = super().forward(x)
@@ -149,10 +150,11 @@ class DownShiftedDeconv2d(WeightNormConv2d):
 
 
 class DownRightShiftedDeconv2d(WeightNormConv2d):
-    """Stride-2 transposed conv of PixelCNN++'s up-sampling, cropped to stay causal (ul stream)."""
+    """Stride-2 2x2 transposed conv of PixelCNN++'s up-sampling, cropped to stay causal (ul stream;
+    its incremental form, models/pixelcnnpp_stepper.py, is written for this kernel and stride)."""
 
-    def __init__(self, in_channels, out_channels, kernel_size=(2, 2), stride=2):
-        super().__init__(in_channels, out_channels, kernel_size, stride, transposed=True)
+    def __init__(self, in_channels, out_channels):
+        super().__init__(in_channels, out_channels, (2, 2), 2, transposed=True)
 
     def forward(self, x):
         y = super().forward(x)
