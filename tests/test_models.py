@@ -394,6 +394,22 @@ def test_stepper_matches_full_forward_at_every_position(overrides, channels, siz
     assert stepper.position.tolist() == [height * width] * 3
 
 
+def test_stepper_runs_in_the_models_dtype():
+    """A float64 model steps in float64 (its buffers took float32 and the first product failed), and
+    agrees with its full pass to float64's precision, not float32's."""
+    model = initialised("pixelsnail-tiny", 3, 5, 6, seed=7).double()
+    images = random_images(2, 3, 4, 5, seed=8)
+    with torch.no_grad():
+        full = model(mixture.to_unit(images, torch.float64))
+    stepper = PixelSNAILStepper(model, 2, 4, 5)
+    for position in range(20):
+        i, j = divmod(position, 5)
+        predicted = stepper.predict()
+        assert predicted.dtype == torch.float64
+        torch.testing.assert_close(predicted, full[:, :, i, j], rtol=1e-10, atol=1e-10)
+        stepper.commit(images[:, :, i, j])
+
+
 @pytest.mark.parametrize("channels", [3, 1])
 def test_stepper_slots_keep_positions_of_their_own(channels):
     """What the codec's windows with context need: slot k starts 5k steps late (it waits at

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from ..mixture import to_unit
-from .layers import GatedResnet, WeightNormConv2d, concat_elu
+from .layers import GatedResnet, WeightNormConv2d
 from .pixelsnail import PixelSNAIL
 
 
@@ -70,7 +70,8 @@ class _Where:
     in order: 0..B-1).
     """
 
-    def __init__(self, position: torch.Tensor, height: int, width: int, slots: torch.Tensor | None = None):
+    def __init__(self, position: torch.Tensor, height: int, width: int, slots: torch.Tensor | None = None,
+                 dtype: torch.dtype = torch.float32):
         batch = position.shape[0]
         self.i, self.j = position // width, position % width
         slots = torch.arange(batch) if slots is None else slots
@@ -87,7 +88,7 @@ class _Where:
         self.pixels_left = torch.stack([left, left + width + 2], 1).view(-1)
         self.pixel_write = base + (self.i + 1) * (width + 2) + self.j + 1
         self.background = torch.stack(
-            [((self.i.double() - height / 2) / height).float(), ((self.j.double() - width / 2) / width).float()], 1
+            [((self.i.double() - height / 2) / height).to(dtype), ((self.j.double() - width / 2) / width).to(dtype)], 1
         )
 
 
@@ -111,10 +112,9 @@ class _StepResnet:
         self.f = block.f
         self.conv_in, self.conv_out = _Linear(block.conv_in), _Linear(block.conv_out)
         self.aux_in = _Linear(block.aux_in) if block.aux_in is not None else None
-        if spatial:
-            widen = 2 if block.f is concat_elu else 1
-            channels = block.conv_in.v.shape[1] // widen
-            self.caches = tuple(_RowCache(batch, width, widen * channels, dtype) for _ in range(2))
+        if spatial:  # each 2x2 conv's input rows, as wide as its input (concat_elu's twice the stream)
+            self.caches = (_RowCache(batch, width, block.conv_in.v.shape[1], dtype),
+                           _RowCache(batch, width, block.conv_out.v.shape[1], dtype))
         else:
             self.caches = None
 
@@ -141,6 +141,7 @@ class PixelSNAILStepper:
     def __init__(self, model: PixelSNAIL, batch: int, height: int, width: int):
         cfg = model.config
         self.cfg, self.batch, self.height, self.width = cfg, batch, height, width
+        self.dtype = dtype = model.head.v.dtype  # the buffers take the model's dtype
         self.position = torch.zeros(batch, dtype=torch.long)
         n = height * width
         with torch.no_grad():
@@ -149,19 +150,19 @@ class PixelSNAILStepper:
             for block in model.blocks:
                 self.blocks.append(
                     {
-                        "resnets": [_StepResnet(r, batch, width, spatial=True) for r in block.resnets],
+                        "resnets": [_StepResnet(r, batch, width, spatial=True, dtype=dtype) for r in block.resnets],
                         "kv_resnet": _StepResnet(block.kv_resnet, batch, width, spatial=False),
                         "kv_proj": _Linear(block.kv_proj),
                         "q_resnet": _StepResnet(block.q_resnet, batch, width, spatial=False),
                         "q_proj": _Linear(block.q_proj),
                         "out_resnet": _StepResnet(block.out_resnet, batch, width, spatial=False),
-                        "keys": torch.zeros(batch, cfg.key_channels, n),  # (B, dk, N): q @ K[:, :, :p] is one fast bmm
-                        "values": torch.zeros(batch, n, cfg.value_channels),
+                        "keys": torch.zeros(batch, cfg.key_channels, n, dtype=dtype),  # (B, dk, N): one fast bmm
+                        "values": torch.zeros(batch, n, cfg.value_channels, dtype=dtype),
                     }
                 )
             self.head = _Linear(model.head)
         # Input pixels with the ones channel, padded: one row on top, one column on each side.
-        self.pixels = torch.zeros(batch, height + 1, width + 2, cfg.channels + 1)
+        self.pixels = torch.zeros(batch, height + 1, width + 2, cfg.channels + 1, dtype=dtype)
         self._features_at_p: list[torch.Tensor] = []
         self._where: _Where | None = None
 
@@ -177,7 +178,7 @@ class PixelSNAILStepper:
     @torch.no_grad()
     def predict(self) -> torch.Tensor:
         """Mixture parameters (B, K) of the pixel at each slot's position, from its earlier pixels only."""
-        where = self._where = _Where(self.position, self.height, self.width)
+        where = self._where = _Where(self.position, self.height, self.width, dtype=self.dtype)
         ul = _causal_input(self.pixels, where, self.input_above, self.input_left)
         self._features_at_p = []
         for block in self.blocks:
@@ -193,7 +194,7 @@ class PixelSNAILStepper:
         """Attention of each slot over its own positions < p (masked where slots differ)."""
         longest = int(self.position.max())
         if longest == 0:
-            return torch.zeros(self.batch, self.cfg.value_channels)
+            return torch.zeros(self.batch, self.cfg.value_channels, dtype=self.dtype)
         scaled_query = query * self.cfg.key_channels**-0.5
         logits = torch.bmm(scaled_query.unsqueeze(1), block["keys"][:, :, :longest])
         if bool((self.position < longest).any()):
@@ -211,8 +212,8 @@ class PixelSNAILStepper:
         if len(self._features_at_p) != len(self.blocks):
             raise RuntimeError("commit() must follow predict() for the same position")
         where = self._where
-        x = to_unit(values)
-        self.pixels.view(-1, self.cfg.channels + 1).index_copy_(0, where.pixel_write, torch.cat([x, torch.ones(self.batch, 1)], 1))
+        x = to_unit(values, self.dtype)
+        self.pixels.view(-1, self.cfg.channels + 1).index_copy_(0, where.pixel_write, torch.cat([x, torch.ones(self.batch, 1, dtype=x.dtype)], 1))
         slots = torch.arange(self.batch)
         for block, ul in zip(self.blocks, self._features_at_p):
             kv = block["kv_proj"](block["kv_resnet"](torch.cat([x, ul, where.background], dim=1), where))
