@@ -57,6 +57,9 @@ REFERENCE = {
     "pixelsnail": {"lr_decay": 0.999998, "adam_eps": 1e-6},
     "pixelcnnpp": {"lr_decay": 0.999995, "adam_eps": 1e-8},
 }
+#: the reference's Polyak decay by data set (its CIFAR-10 and ImageNet commands); others take CIFAR-10's
+REFERENCE_EMA = {"imagenet32": 0.9997, "imagenet64": 0.9997}
+
 LOG_FIELDS = ["step", "epoch", "images", "elapsed_s", "cpu_s", "lr", "train_bpd", "test_bpd", "images_per_s"]
 
 
@@ -73,7 +76,7 @@ class TrainOptions:
     cooldown_steps: int = 0  # the last N of `steps` take the lr linearly down to 0 (not in the reference)
     warmup_steps: int = 0  # the first N steps take the lr linearly up from 0 (not in the reference)
     adam_eps: float | None = None  # inside the square root; default from REFERENCE
-    ema_decay: float = 0.9995  # 0.9995 CIFAR-10, 0.9997 ImageNet
+    ema_decay: float | None = None  # Polyak averaging; default the reference's for the data set (ema_decay)
     dropout: float | None = None  # overrides the preset's
     model_overrides: dict = field(default_factory=dict)  # e.g. {"filters": 96}
     steps: int | None = None
@@ -98,6 +101,11 @@ class TrainOptions:
     holdout: tuple[str, ...] = ()
     channels: int | None = None
     samples_per_epoch: int | None = None
+
+
+def ema_decay(options: TrainOptions) -> float:
+    """The run's Polyak decay: --ema, else the reference's for its data set (0.9995 but on ImageNet)."""
+    return options.ema_decay if options.ema_decay is not None else REFERENCE_EMA.get(options.dataset, 0.9995)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -460,7 +468,7 @@ def _check_options(options: TrainOptions) -> None:
         value = getattr(options, name)
         if value is not None and not (value >= 0 if zero else value > 0):
             raise UsageError(f"{option} must be {'0 or more' if zero else 'more than 0'}, got {value}")
-    if not 0 <= options.ema_decay < 1:
+    if not 0 <= ema_decay(options) < 1:
         raise UsageError(f"--ema must be in [0, 1), got {options.ema_decay}")
     if options.steps is None and options.minutes is None and options.cpu_minutes is None:
         raise UsageError("say how long to train: --steps N, --minutes M or --cpu-minutes M")
@@ -671,7 +679,7 @@ def _train_step(run: _Run, batch: torch.Tensor) -> tuple[float, int]:
     (nats * run.world).backward()  # DDP averages over ranks: this makes it the reference's sum
     run.optimizer.step()
     with torch.no_grad():
-        torch._foreach_lerp_(list(run.ema.parameters()), list(run.model.parameters()), 1 - options.ema_decay)
+        torch._foreach_lerp_(list(run.ema.parameters()), list(run.model.parameters()), 1 - ema_decay(options))
     progress["step"] += 1
     progress["batch_in_epoch"] += 1
     progress["images"] += len(batch) * run.world
