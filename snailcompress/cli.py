@@ -244,14 +244,14 @@ MAX_GRID_PIXELS = 1 << 26  # the enlarged grid picture `sample` writes
 MAX_FIELD_POSITIONS = 64 * 64
 
 
-def _image_size(text: str, option: str = "--size") -> tuple[int, int]:
+def _image_size(text: str) -> tuple[int, int]:
     """HxW of a --size, each side at least 1."""
     try:
         height, width = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise UsageError(f"{option} expects HxW like 32x32, got {text!r}") from None
+        raise UsageError(f"--size expects HxW like 32x32, got {text!r}") from None
     if height < 1 or width < 1:
-        raise UsageError(f"each side of {option} must be at least 1, got {text!r}")
+        raise UsageError(f"each side of --size must be at least 1, got {text!r}")
     return height, width
 
 
@@ -453,12 +453,17 @@ def _outputs_or_stdout(inputs: tuple[str, ...], output: str | None, to_stdout: b
     return _outputs(inputs, output, default)
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    """Whether two paths name one file (through links too)."""
+def _file_keys(path: Path) -> list:
+    """What names a file whatever the path to it: its resolved path and, where it exists, its device
+    and inode (hard links). Two paths share a key exactly where they name one file."""
     try:
-        return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
+        keys: list = [path.resolve()]
+        if path.exists():
+            stat = path.stat()
+            keys.append((stat.st_dev, stat.st_ino))
+        return keys
     except OSError:
-        return False
+        return []
 
 
 def _each_file(pairs, work, force: bool, quiet: bool, to_stdout: bool = False, check=None) -> None:
@@ -473,11 +478,11 @@ def _each_file(pairs, work, force: bool, quiet: bool, to_stdout: bool = False, c
     seen: set[Path] = set()
     refused: dict[int, SnailError] = {}
     pairs = list(pairs)
-    sources = [Path(source) for source, _ in pairs if str(source) != "-"]
+    inputs = {key: Path(source) for source, _ in pairs if str(source) != "-" for key in _file_keys(Path(source))}
     for index, (source, target) in enumerate(pairs):
         if target is None:  # standard output, or nothing (decode --test)
             continue
-        same = next((path for path in sources if _same_file(target, path)), None)
+        same = next((inputs[key] for key in _file_keys(target) if key in inputs), None)
         if same is not None:
             which = "itself" if same == target else f"the input {same}"
             refused[index] = UsageError(f"{source}: its output {target} is {which}; an input is never written over, "

@@ -29,15 +29,17 @@ from numba.extending import intrinsic
 from numba.misc.appdirs import AppDirs
 
 from .. import threads as _threads_setting
+from ..errors import SnailError
+from ..fileio import check_directory
 
 
 def _writable(directory: Path) -> bool:
-    """Whether a file can be made in `directory` (made first if need be), as numba checks a cache's place."""
+    """Whether files can be made in `directory` (fileio.check_directory's probe, which leaves nothing
+    behind), as numba needs of a cache's place."""
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=directory).close()
+        check_directory(directory)
         return True
-    except OSError:
+    except SnailError:
         return False
 
 
