@@ -18,8 +18,9 @@ from snailcompress import mixture
 from snailcompress.codec.calibration import Calibration
 from snailcompress.integer import arithmetic as ar
 from snailcompress.integer.mixture import IntegerConditionals
-from snailcompress.integer.network import (MAX_WINDOW_POSITIONS, IntegerLinear, IntegerPixelSNAIL, IntegerStepper,
+from snailcompress.integer.network import (MAX_KEY_CHANNELS, MAX_MIXTURES, MAX_WINDOW_POSITIONS, IntegerLinear, IntegerPixelSNAIL, IntegerStepper,
                                             check_weights, layout)
+from snailcompress.models.configs import PixelSNAILConfig
 from snailcompress.threads import set_threads
 from snailcompress.zoo import load_model
 
@@ -138,6 +139,31 @@ def test_conversion_refuses_weights_beyond_exact_arithmetic():
     with pytest.raises(ValueError, match="beyond exact"):
         IntegerLinear(np.full((1, 4), 1e-6), np.array([1000.0]), "tiny weights, large bias")
     IntegerLinear(np.full((1, 4), 1e-6), np.array([1.0]), "fine")
+
+
+def _smallest_weights(cfg: PixelSNAILConfig) -> dict[str, np.ndarray]:
+    """Weights of the right shapes for `cfg`, every one 0 (each row's direction vector a unit one)."""
+    weights = {}
+    for name, (outputs, inputs, kernel) in layout(cfg).items():
+        v = np.zeros((outputs, inputs, *kernel), np.float32)
+        v[:, 0, 0, 0] = 1.0
+        weights |= {f"{name}.v": v, f"{name}.g": np.zeros(outputs, np.float32), f"{name}.b": np.zeros(outputs, np.float32)}
+    return weights
+
+
+def test_conversion_refuses_key_channels_and_mixtures_beyond_exact_arithmetic():
+    """A logit sums key_channels products of two activations of up to 2**20: from 4096 channels it
+    can reach 2**52, where the encoder's and decoder's orders of summation may round differently. More
+    than 2**16 components: the prior's Q.16 weights can all be 0. The largest of each converts."""
+    small = dict(channels=1, filters=1, blocks=1, resnets_per_block=1, value_channels=1, dropout=0.0)
+    for key_channels, mixtures in [(MAX_KEY_CHANNELS + 1, 1), (1, MAX_MIXTURES + 1)]:
+        cfg = PixelSNAILConfig(**small, key_channels=key_channels, mixtures=mixtures)
+        with pytest.raises(ValueError, match="too many"):
+            IntegerPixelSNAIL.from_weights(cfg, _smallest_weights(cfg))
+    assert MAX_KEY_CHANNELS * ar.ACTIVATION_LIMIT**2 < ar.ACCUMULATOR_LIMIT <= (MAX_KEY_CHANNELS + 1) * ar.ACTIVATION_LIMIT**2
+    for key_channels, mixtures in [(MAX_KEY_CHANNELS, 1), (1, MAX_MIXTURES)]:
+        cfg = PixelSNAILConfig(**small, key_channels=key_channels, mixtures=mixtures)
+        IntegerPixelSNAIL.from_weights(cfg, _smallest_weights(cfg))
 
 
 @pytest.mark.parametrize("compiled", [True, False])

@@ -84,7 +84,7 @@ def _attend_row(query, keys, values, p, exp16, out):  # pragma: no cover (compil
     if p == 0:  # nothing to attend to: 0, as in the full pass
         out[:] = 0.0
         return
-    logits = np.zeros(p)  # q . k: integers below 2**44
+    logits = np.zeros(p)  # q . k: integers of at most key_channels * 2**40 < 2**52 (network.from_weights)
     c = 0
     while c + 4 <= key_channels:  # four channels a pass: a quarter of the passes over the logits
         q0, q1, q2, q3 = query[c], query[c + 1], query[c + 2], query[c + 3]

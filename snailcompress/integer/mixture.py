@@ -25,6 +25,7 @@ and the decoder finds each value by searching those counts at a few edges (integ
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,7 +40,7 @@ _Z_FRACTION = ar.INVERSE_SCALE_BITS + ar.ACTIVATION_BITS + 1  # z = (edge - mean
 TABLE_CENTRE = ar.CDF_Z_LIMIT << ar.CDF_TABLE_STEP_BITS  # index of z = 0 in the CDF table
 CDF_ONE = 1 << ar.CDF_BITS
 WEIGHT_ONE = 1 << ar.ATTENTION_WEIGHT_BITS
-INVERSE_TO_GRID = 2.0 ** (ar.CDF_TABLE_STEP_BITS - _Z_FRACTION)  # 1/scale in Q.26 -> steps of the CDF table
+INVERSE_TO_GRID = math.ldexp(1.0, ar.CDF_TABLE_STEP_BITS - _Z_FRACTION)  # 1/scale in Q.26 -> steps of the CDF table
 
 
 def _normalise(weights: torch.Tensor) -> torch.Tensor:

@@ -104,6 +104,12 @@ def effective_weight(v: np.ndarray, g: np.ndarray) -> np.ndarray:
     return weight.transpose(0, 2, 3, 1).reshape(v.shape[0], -1)
 
 
+def _two_to(k) -> np.ndarray:
+    """2**k for integer-valued k, exactly: ldexp sets the exponent, where np.exp2 may run a vector
+    maths routine that is specified only to a few units in the last place."""
+    return np.ldexp(1.0, np.asarray(k).astype(np.int64))
+
+
 class IntegerLinear:
     """A conv as an integer matrix: out = round_half_up((x @ w + b) * 2**-k) per output channel,
     clamped to the activation range; x holds Q.12 integers, w * 2**-k the weights.
@@ -116,13 +122,13 @@ class IntegerLinear:
         largest = np.abs(weight).max(axis=1)
         shifts = [0 if m == 0 else min(ar.MAX_WEIGHT_SHIFT, ar.WEIGHT_BITS - math.frexp(m)[1]) for m in largest.tolist()]
         shift = np.array(shifts, dtype=np.float64)
-        integer_weight = np.floor(weight * np.exp2(shift)[:, None] + 0.5)
-        integer_bias = np.floor(bias * np.exp2(shift + ar.ACTIVATION_BITS) + 0.5)
+        integer_weight = np.floor(weight * _two_to(shift)[:, None] + 0.5)
+        integer_bias = np.floor(bias * _two_to(shift + ar.ACTIVATION_BITS) + 0.5)
         outputs = len(shifts)
         low = np.full(outputs, -float(ar.ACTIVATION_LIMIT))
         high = np.full(outputs, float(ar.ACTIVATION_LIMIT))
         if gate_channels:
-            integer_bias[-gate_channels:] += ar.EXP_INPUT_LIMIT * np.exp2(shift[-gate_channels:])
+            integer_bias[-gate_channels:] += ar.EXP_INPUT_LIMIT * _two_to(shift[-gate_channels:])
             low[-gate_channels:], high[-gate_channels:] = 0, 2 * ar.EXP_INPUT_LIMIT
         self.name = name
         if not np.isfinite(integer_bias).all():
@@ -142,8 +148,8 @@ class IntegerLinear:
         # What runs: the weights and bias times 2**-k, with the rounding's 1/2 in the bias. Every
         # partial sum is then an integer multiple of 2**-k below 2**(52 - k): exact, so flooring it
         # gives round_half_up of the integer accumulator times 2**-k.
-        self._weight = self.weight * np.exp2(-self.shift)
-        self._bias = (self.bias + np.exp2(self.shift - 1)) * np.exp2(-self.shift)
+        self._weight = self.weight * _two_to(-self.shift)
+        self._bias = (self.bias + _two_to(self.shift - 1)) * _two_to(-self.shift)
         self._low, self._high = low, high
         self._gated = bool(gate_channels)
         self._on: dict[str, tuple] = {}  # the torch code's copies, by device
@@ -244,6 +250,12 @@ class IntegerPixelSNAIL:
         if cfg.nonlinearity != "elu":
             raise ValueError(f"the integer network supports the paper's ELU, not {cfg.nonlinearity}")
         check_weights(cfg, weights)
+        if cfg.key_channels > MAX_KEY_CHANNELS:
+            raise ValueError(f"{cfg.key_channels} key channels are too many for exact attention logits "
+                             f"(at most {MAX_KEY_CHANNELS})")
+        if cfg.mixtures > MAX_MIXTURES:
+            raise ValueError(f"{cfg.mixtures} mixture components are too many for the Q.16 component weights "
+                             f"(at most {MAX_MIXTURES})")
         blocks = []
         query_gain = np.full(cfg.key_channels, 1.0 / math.sqrt(cfg.key_channels))
         for b in range(cfg.blocks):
@@ -363,13 +375,21 @@ class IntegerPixelSNAIL:
 MAX_WINDOW_POSITIONS = (ar.ACCUMULATOR_LIMIT - 1) // ((1 << ar.ATTENTION_WEIGHT_BITS) * ar.ACTIVATION_LIMIT)
 
 
+#: the most key channels: a logit sums key_channels products of two activations (each at most
+#: ACTIVATION_LIMIT), so it stays below ACCUMULATOR_LIMIT, exact in any order
+MAX_KEY_CHANNELS = (ar.ACCUMULATOR_LIMIT - 1) // ar.ACTIVATION_LIMIT**2
+#: the most mixture components: the prior's largest weight, 2**16 of at most 2**16 each, must not
+#: normalise to 0 (a pixel whose components all weigh nothing has no distribution)
+MAX_MIXTURES = 1 << ar.ATTENTION_WEIGHT_BITS
+
+
 def check_positions(positions: int) -> None:
     """A window of this many positions keeps the attention exact (MAX_WINDOW_POSITIONS), else ValueError."""
     if positions > MAX_WINDOW_POSITIONS:
         raise ValueError(f"windows of {positions} positions are too large for exact attention")
 
 
-_MASKED = -(2.0**60)  # a logit no real one comes near (|logit| < 2**44): its weight is exp(-huge) = 0
+_MASKED = -float(1 << 60)  # a logit no real one comes near (|logit| <= key_channels * 2**40 < 2**52): its weight is exp(-huge) = 0
 QUERY_BLOCK = 64  # queries per block of the full pass's attention (temporaries of a few MB, not n^2)
 
 
