@@ -5,8 +5,10 @@ products on every BLAS and GPU) or int64 (on the CPU, the decoder's stored keys,
 caches as float32 and the lookup tables in the narrowest type that holds them, kernels.py: integers
 below 2**24 are exact in float32 too). IEEE 754 binary64 adds and multiplies
 integers exactly, in any order and with or without fused multiply-add, while every intermediate
-magnitude stays below 2**53; every product of the network is built so that it stays below 2**52 (`ACCUMULATOR_LIMIT`,
-checked per layer when a model is converted: network.py). Multiplying by a power of two is exact
+magnitude stays below 2**53; every sum of the network is built so that it stays below 2**52 (`ACCUMULATOR_LIMIT`,
+checked per layer, and for the attention's logits and weighted sums, when a model is converted:
+network.py), in units of the layer's 2**-k (a layer whose weights needed k < 0 sums multiples of
+2**-k: larger than 2**53, still exact). Multiplying by a power of two is exact
 too, and `floor` is exact, so one rounding rule, `round_half_up(x) = floor(x + 1/2)`, written as
 a multiply by 2**-k of an integer that already holds the 1/2, is the only requantisation of
 activations (and of the attention's normalisation: an int64 division in torch, a float quotient
