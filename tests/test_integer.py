@@ -20,6 +20,7 @@ from snailcompress.integer import arithmetic as ar
 from snailcompress.integer.mixture import IntegerConditionals
 from snailcompress.integer.network import (MAX_KEY_CHANNELS, MAX_MIXTURES, MAX_WINDOW_POSITIONS, IntegerLinear, IntegerPixelSNAIL, IntegerStepper,
                                             check_weights, layout)
+from snailcompress.models import presets
 from snailcompress.models.configs import PixelSNAILConfig
 from snailcompress.threads import set_threads
 from snailcompress.zoo import load_model
@@ -30,8 +31,13 @@ TABLE_DIGEST = "e5e6352564d93efdbc6c93242916f8c808b2fbc3d676602e165a4d93b2d8c7e1
 PINNED = {"snail-rgb": "54133c73cf937cbe", "snail-gray": "136a6c461a591cae"}
 
 
-def _net(channels: int, preset: str = "pixelsnail-tiny") -> IntegerPixelSNAIL:
-    return IntegerPixelSNAIL.convert(load_model(preset, channels=channels).model)
+def _net(channels: int, preset: str = "pixelsnail-tiny", **overrides) -> IntegerPixelSNAIL:
+    """A preset's fixed-seed random weights in integers; `overrides`: of its config."""
+    if not overrides:
+        return IntegerPixelSNAIL.convert(load_model(preset, channels=channels).model)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return IntegerPixelSNAIL.convert(presets.build(preset, channels, **overrides))
 
 
 def _images(n: int, channels: int, height: int, width: int, seed: int) -> torch.Tensor:
@@ -179,11 +185,12 @@ def test_windows_beyond_the_exact_attention_are_refused(compiled):
 
 
 @pytest.mark.parametrize("compiled", [True, False])
-@pytest.mark.parametrize("channels", [3, 1])
-def test_stepper_equals_the_full_forward_pass_at_every_position(channels, compiled):
-    net = _net(channels)
+@pytest.mark.parametrize("channels,overrides", [(3, {}), (1, {}), (3, {"positions_per_channel": True})])
+def test_stepper_equals_the_full_forward_pass_at_every_position(channels, overrides, compiled):
+    net = _net(channels, **overrides)
     images = _images(3, channels, 6, 7, seed=channels)
     full = net.forward(images)
+    assert np.array_equal(full, net.forward(images, compiled=False).numpy())  # compiled and torch
     stepper = IntegerStepper(net, 3, 6, 7, compiled=compiled)
     for p in range(42):
         i, j = divmod(p, 7)

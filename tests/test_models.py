@@ -167,6 +167,9 @@ def test_positional_background_is_the_references():
     for i in range(4):
         for j in range(5):
             assert bg[0, 0, i, j] == (i - 2) / 4 and bg[0, 1, i, j] == (j - 2.5) / 5
+    # The authors' code broadcasts each over x's channels: tf.concat([rows + 0. * x, cols + 0. * x], 3).
+    tripled = positional_background(4, 5, torch.zeros(1, dtype=torch.float64), copies=3)
+    assert torch.equal(tripled, torch.cat([bg[:, :1]] * 3 + [bg[:, 1:]] * 3, dim=1))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -175,7 +178,7 @@ def test_positional_background_is_the_references():
 
 @pytest.mark.parametrize(
     "name,expected",
-    [("pixelsnail-cifar10", 46.0e6), ("pixelsnail-imagenet32", 46.1e6), ("pixelcnnpp-cifar10", 53.7e6)],
+    [("pixelsnail-cifar10", 46.18e6), ("pixelsnail-imagenet32", 46.24e6), ("pixelcnnpp-cifar10", 53.66e6)],
 )
 def test_parameter_counts_match_the_reference(name, expected):
     rgb = presets.build(name)
@@ -243,13 +246,14 @@ def test_paper_pixelsnail_layer_list(name, mixtures, dropout):
             assert type(resnet.conv_in) is DownRightShiftedConv2d and resnet.conv_in.v.shape == (f, f, 2, 2)
             assert type(resnet.conv_out) is DownRightShiftedConv2d and resnet.conv_out.v.shape == (2 * f, f, 2, 2)
             assert resnet.aux_in is None
-        # key/value branch: [x (3), ul (F), background (2)], one 1x1 gated block, 1x1 to 16 + 128.
-        assert block.kv_resnet.conv_in.v.shape == (f + 5, f + 5, 1, 1)
-        assert block.kv_resnet.conv_out.v.shape == (2 * (f + 5), f + 5, 1, 1)
-        assert block.kv_proj.v.shape == (16 + 128, f + 5, 1, 1)
-        # query branch: [ul (F), background (2)] -> 16.
-        assert block.q_resnet.conv_in.v.shape == (f + 2, f + 2, 1, 1)
-        assert block.q_proj.v.shape == (16, f + 2, 1, 1)
+        # key/value branch: [x (3), ul (F), background (6: the row and column channels, each broadcast
+        # over x's 3 channels by `+ 0. * x`)], one 1x1 gated block, 1x1 to 16 + 128.
+        assert block.kv_resnet.conv_in.v.shape == (f + 9, f + 9, 1, 1)
+        assert block.kv_resnet.conv_out.v.shape == (2 * (f + 9), f + 9, 1, 1)
+        assert block.kv_proj.v.shape == (16 + 128, f + 9, 1, 1)
+        # query branch: [ul (F), background (6)] -> 16.
+        assert block.q_resnet.conv_in.v.shape == (f + 6, f + 6, 1, 1)
+        assert block.q_proj.v.shape == (16, f + 6, 1, 1)
         # output: gated block on ul with the 128 attention channels as aux input.
         assert block.out_resnet.conv_in.v.shape == (f, f, 1, 1)
         assert block.out_resnet.aux_in.v.shape == (f, 128, 1, 1)
@@ -372,6 +376,7 @@ STEPPER_CASES = [
       "dropout": 0.3, "nonlinearity": "concat_elu"}, 3, (3, 7)),
     ({}, 3, (1, 6)),
     ({}, 1, (6, 1)),
+    ({"positions_per_channel": True}, 3, (4, 5)),  # the paper presets' six position channels
 ]
 
 

@@ -28,8 +28,9 @@ Added beside the table, for comparing a model with the paper's row of its archit
 * Parameters. Neither the PixelSNAIL paper nor the PixelCNN++ paper prints a parameter count. The
   counts here are those of this package's presets of the papers' configurations (``pixelsnail-cifar10``,
   ``pixelsnail-imagenet32``, ``pixelcnnpp-cifar10``; exact, checked against the built models by
-  tests/test_models.py), ports of the authors' code layer for layer: 46,021,908 matches the reference
-  notes' count from the authors' layer list (about 46.0 M) and 53,659,080 the commonly cited 53 M.
+  tests/test_models.py), ports of the authors' code layer for layer: 46,180,788 for PixelSNAIL (its
+  attention's inputs carry six position channels, as the authors' code broadcasts them) and 53,659,080
+  for PixelCNN++, the commonly cited 53 M.
 * Training. The PixelSNAIL paper gives no training budget. For PixelCNN++ the README of its code (openai/pixel-cnn,
   as quoted in the reference notes) says about 5 days to 2.92 bits/dim on 8 Maxwell Titan X GPUs.
 """

@@ -192,7 +192,7 @@ class PackedNetwork:
         self.vectors = np.concatenate(vectors)
         self.layers = np.array(layers, np.int64)
         self.arrays = (self.layers, self.weights, self.vectors)
-        self.shape = (net.config.blocks, net.config.resnets_per_block)
+        self.shape = (net.config.blocks, net.config.resnets_per_block, net.config.position_channels // 2)
 
 
 def _packed(net) -> PackedNetwork:
@@ -365,16 +365,17 @@ def _input_layers(net, above, left, position, width):  # pragma: no cover (compi
 
 
 @numba.njit(cache=True)
-def _with_position(x, y, position, row_channel, column_channel):  # pragma: no cover (compiled)
-    """[x, y, row channel, column channel] per row: the inputs of the kv resnet (pixels, features)
-    and of the q resnet (features, and y with no columns)."""
+def _with_position(x, y, position, row_channel, column_channel, copies):  # pragma: no cover (compiled)
+    """[x, y, row channel (`copies` times), column channel (as many)] per row: the inputs of the kv
+    resnet (pixels, features) and of the q resnet (features, and y with no columns)."""
     width, columns = len(column_channel), x.shape[1] + y.shape[1]
-    out = np.empty((x.shape[0], columns + 2))
+    out = np.empty((x.shape[0], columns + 2 * copies))
     for b in range(x.shape[0]):
         _put(out, b, 0, x, b)
         _put(out, b, x.shape[1], y, b)
-        out[b, columns] = row_channel[position[b] // width]
-        out[b, columns + 1] = column_channel[position[b] % width]
+        for k in range(copies):
+            out[b, columns + k] = row_channel[position[b] // width]
+            out[b, columns + copies + k] = column_channel[position[b] % width]
     return out
 
 
@@ -385,7 +386,7 @@ def _with_position(x, y, position, row_channel, column_channel):  # pragma: no c
 @numba.njit(cache=True, nogil=True)
 def _predict_slots(slots, shape, net, state, t, out):  # pragma: no cover (compiled)
     """IntegerStepper.predict (torch) for these slots: their mixture parameters, into their rows of out."""
-    blocks, resnets = shape
+    blocks, resnets, copies = shape
     position, pixels, caches, keys, values, features, row_channel, column_channel = state
     position = position[slots]
     batch, height, width, stride = len(position), len(row_channel), len(column_channel), pixels.shape[1]
@@ -406,7 +407,7 @@ def _predict_slots(slots, shape, net, state, t, out):  # pragma: no cover (compi
         stored = features[block]
         for b in range(batch):
             _put(stored, slots[b], 0, ul, b)
-        q = _with_position(ul, no_aux, position, row_channel, column_channel)
+        q = _with_position(ul, no_aux, position, row_channel, column_channel, copies)
         _resnet(net, index + 2 * resnets + 2, q, no_aux, caches, _ONE_BY_ONE, rows, width, t)
         query = _output_buffer(net, index + 2 * resnets + 8, batch)
         _linear(net, index + 2 * resnets + 8, q, query)
@@ -424,7 +425,7 @@ def _predict_slots(slots, shape, net, state, t, out):  # pragma: no cover (compi
 @numba.njit(cache=True, nogil=True)
 def _commit_slots(slots, shape, net, state, t, known, advance):  # pragma: no cover (compiled)
     """IntegerStepper.commit (torch) for these slots: values, keys and values stored, positions moved on."""
-    blocks, resnets = shape
+    blocks, resnets, copies = shape
     all_positions, pixels, caches, keys, values, features, row_channel, column_channel = state
     position, known = all_positions[slots], known[slots]
     batch, height, width, channels = len(position), len(row_channel), len(column_channel), known.shape[1]
@@ -440,7 +441,7 @@ def _commit_slots(slots, shape, net, state, t, known, advance):  # pragma: no co
     key_channels = keys.shape[2]
     for block in range(blocks):
         index = 2 + block * per_block
-        kv_in = _with_position(x, features[block][slots], position, row_channel, column_channel)
+        kv_in = _with_position(x, features[block][slots], position, row_channel, column_channel, copies)
         _resnet(net, index + 2 * resnets, kv_in, no_aux, caches, _ONE_BY_ONE, rows, width, t)
         kv = _output_buffer(net, index + 2 * resnets + 7, batch)
         _linear(net, index + 2 * resnets + 7, kv_in, kv)
@@ -499,7 +500,7 @@ def step(net, state: tuple[np.ndarray, ...], commit: tuple[np.ndarray, np.ndarra
 def _forward_window(shape, net, t, x, row_channel, column_channel, out):  # pragma: no cover (compiled)
     """IntegerPixelSNAIL.features (torch) of one window: pixels x (H * W, C) in Q.12, rows in raster
     order, -> what the output layer reads at every position into out (H * W, F)."""
-    blocks, resnets = shape
+    blocks, resnets, copies = shape
     n, channels = x.shape
     width = len(column_channel)
     stride = channels + 1  # the pixels with the ones channel, zero outside the window
@@ -524,11 +525,11 @@ def _forward_window(shape, net, t, x, row_channel, column_channel, out):  # prag
         index = 2 + block * per_block
         for r in range(resnets):
             _resnet(net, index + 2 * r, ul, no_aux, no_cache, _FULL_2X2, no_rows, width, t)
-        kv = _with_position(x, ul, positions, row_channel, column_channel)
+        kv = _with_position(x, ul, positions, row_channel, column_channel, copies)
         _resnet(net, index + 2 * resnets, kv, no_aux, no_cache, _ONE_BY_ONE, no_rows, width, t)
         key_value = _output_buffer(net, index + 2 * resnets + 7, n)
         _linear(net, index + 2 * resnets + 7, kv, key_value)
-        q = _with_position(ul, no_aux, positions, row_channel, column_channel)
+        q = _with_position(ul, no_aux, positions, row_channel, column_channel, copies)
         _resnet(net, index + 2 * resnets + 2, q, no_aux, no_cache, _ONE_BY_ONE, no_rows, width, t)
         query = _output_buffer(net, index + 2 * resnets + 8, n)
         _linear(net, index + 2 * resnets + 8, q, query)

@@ -54,7 +54,7 @@ def layout(cfg: PixelSNAILConfig) -> dict[str, tuple[int, int, tuple[int, int]]]
     """Every conv of a PixelSNAIL (models/pixelsnail.py), by its name in a model file, in the order
     the network runs them: (outputs, inputs, kernel). What conversion reads; a file must hold
     exactly these, each as v (outputs, inputs, *kernel), g and b (outputs,)."""
-    c, f, dk, dv = cfg.channels, cfg.filters, cfg.key_channels, cfg.value_channels
+    c, f, dk, dv, at = cfg.channels, cfg.filters, cfg.key_channels, cfg.value_channels, cfg.position_channels
     layers = {"input_above": (f, c + 1, (1, 3)), "input_left": (f, c + 1, (2, 1))}
 
     def resnet(name: str, width: int, kernel: tuple[int, int], aux: int = 0) -> None:
@@ -66,10 +66,10 @@ def layout(cfg: PixelSNAILConfig) -> dict[str, tuple[int, int, tuple[int, int]]]
     for b in range(cfg.blocks):
         for r in range(cfg.resnets_per_block):
             resnet(f"blocks.{b}.resnets.{r}", f, (2, 2))
-        resnet(f"blocks.{b}.kv_resnet", c + f + 2, (1, 1))
-        layers[f"blocks.{b}.kv_proj"] = (dk + dv, c + f + 2, (1, 1))
-        resnet(f"blocks.{b}.q_resnet", f + 2, (1, 1))
-        layers[f"blocks.{b}.q_proj"] = (dk, f + 2, (1, 1))
+        resnet(f"blocks.{b}.kv_resnet", c + f + at, (1, 1))
+        layers[f"blocks.{b}.kv_proj"] = (dk + dv, c + f + at, (1, 1))
+        resnet(f"blocks.{b}.q_resnet", f + at, (1, 1))
+        layers[f"blocks.{b}.q_proj"] = (dk, f + at, (1, 1))
         resnet(f"blocks.{b}.out_resnet", f, (1, 1), aux=dv)
     layers["head"] = (num_params(c, cfg.mixtures), f, (1, 1))
     return layers
@@ -364,7 +364,7 @@ class IntegerPixelSNAIL:
     def _background(self, height: int, width: int) -> torch.Tensor:
         rows = torch.from_numpy(ar.positional_channel(height)).to(self.device).view(height, 1).expand(height, width)
         cols = torch.from_numpy(ar.positional_channel(width)).to(self.device).view(1, width).expand(height, width)
-        return torch.stack([rows, cols], dim=-1).unsqueeze(0)
+        return torch.stack([rows, cols], dim=-1).repeat_interleave(self.config.position_channels // 2, dim=-1).unsqueeze(0)
 
     def stepper(self, batch: int, height: int, width: int) -> IntegerStepper:
         return IntegerStepper(self, batch, height, width)
@@ -582,7 +582,8 @@ class IntegerStepper:
         return self.position, self.pixels, self.caches, self.keys, self.values, self.features, self.rows, self.cols
 
     def _where(self) -> _Where:
-        return _Where(self.position, self._slots, self.rows, self.cols, self.height, self.width)
+        return _Where(self.position, self._slots, self.rows, self.cols, self.height, self.width,
+                      self.cfg.position_channels // 2)
 
     def commit(self, values: np.ndarray, advance: np.ndarray | None = None) -> None:
         """Pixel values (B, C) 0..255 at each slot's position; slots in `advance` (B,) move on (only
@@ -622,7 +623,7 @@ class _Where:
     goes, and its position channels."""
 
     def __init__(self, position: torch.Tensor, slots: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
-                 height: int, width: int):
+                 height: int, width: int, copies: int):
         i, j = position // width, position % width
         current = (slots * 2 + i % 2) * (width + 1)
         previous = (slots * 2 + (i + 1) % 2) * (width + 1)
@@ -632,7 +633,7 @@ class _Where:
         self.pixels_above = torch.stack([base, base + 1, base + 2], 1).view(-1)
         self.pixels_left = torch.stack([base, base + width + 2], 1).view(-1)
         self.pixel_write = base + width + 3
-        self.background = torch.stack([rows[i], cols[j]], 1)
+        self.background = torch.stack([rows[i], cols[j]], 1).repeat_interleave(copies, dim=1)
         self.i, self.j = i, j
 
     def window(self, cache: torch.Tensor, value: torch.Tensor) -> torch.Tensor:

@@ -21,6 +21,8 @@ def check_config(config) -> None:
             need = "a number in [0, 1)"
         elif f.name == "nonlinearity":
             ok, need = value in NONLINEARITIES, f"one of {', '.join(NONLINEARITIES)}"
+        elif f.name == "positions_per_channel":
+            ok, need = isinstance(value, bool), "true or false"
         elif f.name == "channels":
             ok, need = isinstance(value, int) and not isinstance(value, bool) and value in (1, 3), "1 or 3"
         else:
@@ -40,12 +42,27 @@ class PixelSNAILConfig:
     mixtures: int = 10  # M logistic components per pixel
     dropout: float = 0.5  # drop probability after the second nonlinearity of every gated block
     nonlinearity: str = "elu"  # "elu" (paper) or "concat_elu" (PixelCNN++ style)
+    # The attention's inputs carry a row and a column position channel; the authors' code broadcasts
+    # each over the image's channels (`... + 0. * x`), so an RGB model has three copies of each.
+    positions_per_channel: bool = False
 
     def __post_init__(self) -> None:
         check_config(self)
 
+    @property
+    def position_channels(self) -> int:
+        """Position channels of the attention's inputs: rows then columns, each once, or once per image
+        channel (`positions_per_channel`)."""
+        return 2 * (self.channels if self.positions_per_channel else 1)
+
     def to_dict(self) -> dict:
-        return {"architecture": "pixelsnail", **asdict(self)}
+        """The config as a model file stores it. A setting added after the first model files were
+        written appears only where it is not its default, so those files keep their ids (which hash
+        this dict: zoo.model_id)."""
+        d = asdict(self)
+        if not self.positions_per_channel:
+            del d["positions_per_channel"]
+        return {"architecture": "pixelsnail", **d}
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,10 @@ Departures from the reference, all deliberate:
   that position; for every other position the difference is below 1e-6 relative.
 * Any channel count: 3 (RGB, the paper) or 1 (grayscale); the raw pixels feeding the keys and the
   head size follow it.
+* The position channels. The authors' code broadcasts the row and the column channel over the
+  image's channels (`... + 0. * x`): an RGB model's attention reads each three times, and so do the
+  paper presets (`positions_per_channel`). The copies carry nothing new, so the smaller presets and
+  the shipped models read each once.
 """
 
 from __future__ import annotations
@@ -36,13 +40,14 @@ from .layers import (
 )
 
 
-def positional_background(height: int, width: int, like: torch.Tensor) -> torch.Tensor:
-    """The 2 position channels of the reference, (i - H/2)/H and (j - W/2)/W, shape (1, 2, H, W)."""
+def positional_background(height: int, width: int, like: torch.Tensor, copies: int = 1) -> torch.Tensor:
+    """The position channels of the reference, (i - H/2)/H and (j - W/2)/W, each `copies` times (rows
+    first), shape (1, 2 copies, H, W)."""
     rows = (torch.arange(height, dtype=like.dtype, device=like.device) - height / 2) / height
     cols = (torch.arange(width, dtype=like.dtype, device=like.device) - width / 2) / width
     return torch.stack(
         [rows.view(height, 1).expand(height, width), cols.view(1, width).expand(height, width)]
-    ).unsqueeze(0)
+    ).repeat_interleave(copies, dim=0).unsqueeze(0)
 
 
 def strictly_causal_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
@@ -74,15 +79,15 @@ class AttentionBlock(nn.Module):
 
     def __init__(self, cfg: PixelSNAILConfig):
         super().__init__()
-        f, c, act, p = cfg.filters, cfg.channels, cfg.nonlinearity, cfg.dropout
+        f, c, act, p, at = cfg.filters, cfg.channels, cfg.nonlinearity, cfg.dropout, cfg.position_channels
         self.key_channels, self.value_channels = cfg.key_channels, cfg.value_channels
         self.resnets = nn.ModuleList(
             GatedResnet(f, DownRightShiftedConv2d, nonlinearity=act, dropout=p) for _ in range(cfg.resnets_per_block)
         )
-        self.kv_resnet = GatedResnet(c + f + 2, nonlinearity=act, dropout=p)
-        self.kv_proj = nin(c + f + 2, cfg.key_channels + cfg.value_channels)
-        self.q_resnet = GatedResnet(f + 2, nonlinearity=act, dropout=p)
-        self.q_proj = nin(f + 2, cfg.key_channels)
+        self.kv_resnet = GatedResnet(c + f + at, nonlinearity=act, dropout=p)
+        self.kv_proj = nin(c + f + at, cfg.key_channels + cfg.value_channels)
+        self.q_resnet = GatedResnet(f + at, nonlinearity=act, dropout=p)
+        self.q_proj = nin(f + at, cfg.key_channels)
         self.out_resnet = GatedResnet(f, aux_channels=cfg.value_channels, nonlinearity=act, dropout=p)
 
     def forward(self, ul: torch.Tensor, x: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
@@ -111,7 +116,8 @@ class PixelSNAIL(nn.Module):
         """What the 1x1 head reads at every position (B, filters, H, W): codec/calibration.py fits its
         per-image correction on these, computed once."""
         batch, _, height, width = x.shape
-        background = positional_background(height, width, x).expand(batch, -1, -1, -1)
+        copies = self.config.position_channels // 2
+        background = positional_background(height, width, x, copies).expand(batch, -1, -1, -1)
         ul = causal_input(with_ones_channel(x), self.input_above, self.input_left)
         for block in self.blocks:
             ul = block(ul, x, background)

@@ -67,11 +67,11 @@ class _Where:
     Slot b is at row i[b], column j[b] of its own image: slots may be at different positions (the
     codec starts the tiles that wait for their left neighbour later than the others). `slots`: the
     slot number of each entry of `position`, where a step runs only some of the slots (default all,
-    in order: 0..B-1).
+    in order: 0..B-1). `copies`: of each position channel (PixelSNAILConfig.position_channels).
     """
 
     def __init__(self, position: torch.Tensor, height: int, width: int, slots: torch.Tensor | None = None,
-                 dtype: torch.dtype = torch.float32):
+                 dtype: torch.dtype = torch.float32, copies: int = 1):
         batch = position.shape[0]
         self.i, self.j = position // width, position % width
         slots = torch.arange(batch) if slots is None else slots
@@ -89,7 +89,7 @@ class _Where:
         self.pixel_write = base + (self.i + 1) * (width + 2) + self.j + 1
         self.background = torch.stack(
             [((self.i.double() - height / 2) / height).to(dtype), ((self.j.double() - width / 2) / width).to(dtype)], 1
-        )
+        ).repeat_interleave(copies, dim=1)
 
 
 def _causal_input(pixels: torch.Tensor, where: _Where, above: _Linear, left: _Linear) -> torch.Tensor:
@@ -178,7 +178,8 @@ class PixelSNAILStepper:
     @torch.no_grad()
     def predict(self) -> torch.Tensor:
         """Mixture parameters (B, K) of the pixel at each slot's position, from its earlier pixels only."""
-        where = self._where = _Where(self.position, self.height, self.width, dtype=self.dtype)
+        where = self._where = _Where(self.position, self.height, self.width, dtype=self.dtype,
+                                     copies=self.cfg.position_channels // 2)
         ul = _causal_input(self.pixels, where, self.input_above, self.input_left)
         self._features_at_p = []
         for block in self.blocks:
