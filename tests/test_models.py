@@ -160,6 +160,15 @@ def test_degenerate_image_shapes_give_finite_outputs(channels, size):
     assert torch.isfinite(mixture.log_prob(x, out)).all()
 
 
+def test_position_copies_are_stored_only_where_set():
+    """Model files written before the setting existed keep their config dict, and so their ids."""
+    plain = presets.PRESETS["pixelsnail-small"].config
+    paper = presets.PRESETS["pixelsnail-cifar10"].config
+    assert paper.positions_per_channel and "positions_per_channel" not in plain.to_dict()
+    assert presets.config_from_dict(paper.to_dict()) == paper and presets.config_from_dict(plain.to_dict()) == plain
+    assert (plain.position_channels, paper.position_channels, presets.preset_config("pixelsnail-cifar10", 1).position_channels) == (2, 6, 2)
+
+
 def test_positional_background_is_the_references():
     """Row channel (i - H/2)/H and column channel (j - W/2)/W (not /2 as in one port)."""
     bg = positional_background(4, 5, torch.zeros(1, dtype=torch.float64))
