@@ -10,6 +10,7 @@ import pickle
 import re
 import struct
 import tarfile
+import zlib
 from pathlib import Path
 
 import h5py
@@ -20,6 +21,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from snailcompress.data import DATASETS, load_split
+from snailcompress.data import folder
 from snailcompress.data.folder import find_images
 from snailcompress.data.idx import FASHION_MNIST_SYSTEM_DIR
 from snailcompress.errors import DatasetError
@@ -34,6 +36,19 @@ def raises_sentence(match: str):
         yield info
     message = str(info.value)
     assert "\n" not in message and message.endswith("."), message
+
+
+def raw_png(width: int, height: int, depth: int, colour_type: int, idat: bytes | None = None) -> bytes:
+    """A PNG written by hand (Pillow writes no 16-bit RGB), zero pixels unless `idat` is given; with idat=b""
+    only the header, which may claim any size."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    if idat is None:
+        channels = {0: 1, 2: 3, 4: 2, 6: 4}[colour_type]
+        idat = zlib.compress(bytes((1 + width * channels * depth // 8) * height))
+    header = struct.pack(">IIBBBBB", width, height, depth, colour_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + (chunk(b"IDAT", idat) if idat else b"") + chunk(b"IEND", b"")
 
 
 # ---------------------------------------------------------------------------------------------------- CIFAR-10
@@ -168,6 +183,13 @@ def test_cifar_archive_without_batches_or_truncated(tmp_path):
         load_split("cifar10", tmp_path, "train")
 
 
+def test_cifar_binary_version_is_named_as_not_supported(tmp_path):
+    (tmp_path / "cifar-10-batches-bin").mkdir()
+    (tmp_path / "cifar-10-batches-bin" / "data_batch_1.bin").write_bytes(bytes(3073))
+    with raises_sentence(r"binary version.*not supported.*cifar-10-python\.tar\.gz"):
+        load_split("cifar10", tmp_path, "train")
+
+
 # ---------------------------------------------------------------------------------------------------- ImageNet
 
 
@@ -240,6 +262,44 @@ def test_imagenet_damaged_files(tmp_path):
     Image.new("RGB", (31, 32)).save(tmp_path / "valid_32x32" / "0.png")
     with raises_sentence("31x32 where ImageNet32 images are 32x32"):
         load_split("imagenet32", tmp_path, "test")
+    (tmp_path / "valid_32x32" / "0.png").write_bytes(raw_png(20000, 20000, 8, 2, idat=b""))  # a decompression bomb
+    with raises_sentence("0.png is not a readable image"):
+        load_split("imagenet32", tmp_path, "test")
+
+
+@pytest.mark.parametrize("mode", ["L", "I;16", "P", "RGBA", "RGB 16-bit"])
+def test_imagenet_pngs_must_be_8_bit_rgb(tmp_path, mode):
+    """convert("RGB") would make a 16-bit PNG 255 everywhere and quietly accept what the release never holds."""
+    (tmp_path / "valid_32x32").mkdir()
+    path = tmp_path / "valid_32x32" / "0.png"
+    if mode == "RGB 16-bit":
+        path.write_bytes(raw_png(32, 32, 16, 2))
+    else:
+        Image.new(mode, (32, 32), 1000 if mode == "I;16" else 7).save(path)
+    with raises_sentence("0.png has mode.*8-bit RGB"):
+        load_split("imagenet32", tmp_path, "test")
+
+
+def test_imagenet_reads_one_release_for_both_splits(tmp_path):
+    """The PNG folders win for both splits, so a model is never trained on one release and tested on the other."""
+    write_npz_batches([tmp_path / "Imagenet32_train_npz"], 32, "train")
+    write_npz_batches([tmp_path / "Imagenet32_val_npz"], 32, "test")
+    (tmp_path / "valid_32x32").mkdir()
+    Image.new("RGB", (32, 32), (9, 9, 9)).save(tmp_path / "valid_32x32" / "0.png")
+    assert (load_split("imagenet32", tmp_path, "test").array == 9).all()
+    with raises_sentence("valid_32x32/ .* but not train_32x32/"):
+        load_split("imagenet32", tmp_path, "train")
+    (tmp_path / "train_32x32").mkdir()
+    for name in ("0.png", "1.png"):
+        Image.new("RGB", (32, 32), (5, 5, 5)).save(tmp_path / "train_32x32" / name)
+    assert (load_split("imagenet32", tmp_path, "train").array == 5).all()
+
+
+def test_imagenet_older_pickled_release_is_named_as_not_supported(tmp_path):
+    (tmp_path / "Imagenet32_val").mkdir()
+    (tmp_path / "Imagenet32_val" / "val_data").write_bytes(pickle.dumps({"data": [], "labels": []}))
+    with raises_sentence(r"pickled.*not supported.*val_data\.npz"):
+        load_split("imagenet32", tmp_path, "test")
 
 
 # ------------------------------------------------------------------------------------------ MNIST, Fashion-MNIST
@@ -293,6 +353,21 @@ def test_real_fashion_mnist_from_the_system_location():
     assert 0 < train.array.mean() < 255 and train.array.max() == 255
 
 
+@pytest.mark.parametrize("name", ["cifar10", "imagenet32", "mnist"])
+def test_an_empty_split_is_refused_before_it_is_cached(tmp_path, name):
+    """A split of no images would pass and then fail on its first item, far from its files."""
+    if name == "cifar10":
+        empty = cifar_batch(np.zeros((0, 3072), np.uint8), "numpy.core")
+        write_cifar(tmp_path, "folder", members={"test_batch": empty})
+    elif name == "imagenet32":
+        np.savez(tmp_path / "val_data.npz", data=np.zeros((0, 3072), np.uint8))
+    else:
+        (tmp_path / "t10k-images-idx3-ubyte").write_bytes(idx_bytes(np.zeros((0, 28, 28), np.uint8)))
+    with raises_sentence("no images"):
+        load_split(name, tmp_path, "test", cache_dir=tmp_path / "cache")
+    assert not (tmp_path / "cache" / f"{name}-test.h5").exists()
+
+
 # ---------------------------------------------------------------------------------------------------- cache
 
 
@@ -342,7 +417,24 @@ def test_cache_of_another_data_dir_is_refused_not_served(tmp_path):
     assert read_cache(tmp_path / "default.h5", "cifar10", "test", None).shape == (1, 3, 2, 2)
     with h5py.File(cache_dir / "cifar10-test.h5", "r+") as file:  # as a cache written before it was recorded
         del file["images"].attrs["data_dir"]
-    assert load_split("cifar10", other, "test", cache_dir=cache_dir).array.shape[0] > 0  # trusted, as then
+    assert load_split("cifar10", data_dir, "test", cache_dir=cache_dir).array.shape[0] > 0  # trusted, as then
+    with raises_sentence("would be read now; delete it"):  # but not for other files than it was read from
+        load_split("cifar10", other, "test", cache_dir=cache_dir)
+
+
+def test_cache_of_other_files_than_the_reader_would_read_now_is_refused(tmp_path, monkeypatch):
+    """The paper's PNG folders added beside the npz batches: the cache of the npz is not served in their place."""
+    write_npz_batches([tmp_path], 32, "test")
+    cache_dir = tmp_path / "cache"
+    first = load_split("imagenet32", tmp_path, "test", cache_dir=cache_dir)
+    monkeypatch.chdir(tmp_path)  # the same files spelled otherwise are the same
+    np.testing.assert_array_equal(load_split("imagenet32", ".", "test", cache_dir="cache").array, first.array)
+    (tmp_path / "valid_32x32").mkdir()
+    Image.new("RGB", (32, 32), (9, 9, 9)).save(tmp_path / "valid_32x32" / "0.png")
+    with raises_sentence("delete it to rebuild it"):
+        load_split("imagenet32", tmp_path, "test", cache_dir=cache_dir)
+    (cache_dir / "imagenet32-test.h5").unlink()
+    assert (load_split("imagenet32", tmp_path, "test", cache_dir=cache_dir).array == 9).all()
 
 
 # ---------------------------------------------------------------------------------------------------- folder
@@ -374,6 +466,50 @@ def test_folder_refuses_images_that_do_not_convert_exactly_and_a_missing_directo
         load_split("folder", tmp_path / "missing", "test", crop=8, scales=(1.0,))
     with raises_sentence("is not a directory"):
         load_split("folder", folder / "fine.png", "test", crop=8, scales=(1.0,))
+
+
+@pytest.mark.parametrize("name", ["deep.png", "deep.ppm"])
+def test_folder_refuses_16_bit_images_that_pillow_opens_as_rgb(tmp_path, name):
+    """Pillow opens a 16-bit RGB PNG and a PPM of maxval 65535 as mode RGB, cutting them to 8 bits: refused."""
+    Image.new("RGB", (16, 16), (7, 7, 7)).save(tmp_path / "fine.png")
+    raw = raw_png(16, 16, 16, 2) if name.endswith(".png") else b"P6 16 16 65535\n" + bytes(16 * 16 * 6)
+    (tmp_path / name).write_bytes(raw)
+    with raises_sentence(f"{name} .*16-bit"):
+        load_split("folder", tmp_path, "test", crop=8, scales=(1.0,), holdout=(name,))
+    with raises_sentence(f"{name} .*16-bit"):
+        load_split("folder", tmp_path, "train", crop=8, scales=(1.0,))
+
+
+@pytest.mark.parametrize("raw", [b"P6\n16 16\n", raw_png(20000, 20000, 8, 2, idat=b"")],
+                         ids=["cut PPM header", "decompression bomb"])
+def test_folder_damaged_images_are_one_line_errors(tmp_path, raw):
+    Image.new("RGB", (16, 16)).save(tmp_path / "fine.png")
+    (tmp_path / "bad.ppm").write_bytes(raw)
+    for split, holdout in [("train", ()), ("test", ("bad",))]:
+        with raises_sentence("bad.ppm is not a readable image"):
+            load_split("folder", tmp_path, split, crop=8, scales=(1.0,), holdout=holdout)
+
+
+def test_folder_skips_files_in_hidden_folders_below_its_root(tmp_path):
+    root = tmp_path / ".photos"  # the root itself may be hidden
+    for relative in ["a.png", "sub/b.png", ".thumbnails/a.png", ".git/c.png", "sub/.cache/d.png"]:
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8)).save(root / relative)
+    assert [p.relative_to(root).as_posix() for p in find_images(root)] == ["a.png", "sub/b.png"]
+
+
+def test_folder_keeps_decoded_images_within_a_budget_and_the_same_crops(tmp_path):
+    rng = np.random.default_rng(6)
+    for k in range(6):
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(tmp_path / f"{k}.png")
+    options = dict(crop=16, scales=(1.0, 0.5), samples_per_epoch=200, seed=3, channels=3)
+    bounded = folder.RandomCrops(find_images(tmp_path), cache_bytes=10_000, **options)  # two images at full size
+    unbounded = folder.RandomCrops(find_images(tmp_path), cache_bytes=1 << 40, **options)
+    for i in range(len(bounded)):
+        assert torch.equal(bounded[i], unbounded[i])
+        assert sum(image.nbytes for image in bounded._cache.values()) <= 10_000
+    assert len(unbounded._cache) == 12
+    assert load_split("folder", tmp_path, "train", crop=16).cache_bytes == folder.CACHE_BYTES
 
 
 def coordinate_image(width: int, height: int) -> np.ndarray:

@@ -52,6 +52,7 @@ __all__ = [
     "compose",
     "pixel_checksum",
     "same_image",
+    "sample_problem",
     "read_image",
     "read_image_bytes",
     "png_bytes",
@@ -282,8 +283,12 @@ def same_image(a: DecomposedImage, b: DecomposedImage) -> bool:
 _SIXTEEN = re.compile(r";16[BLN]")
 
 
-def _sample_problem(im: Image.Image) -> str:
-    """' (16-bit)' if Pillow would silently reduce wider samples to 8 bits, else ''."""
+def sample_problem(im: Image.Image) -> str:
+    """' (16-bit)' if Pillow would silently reduce wider samples to 8 bits, else ''.
+
+    Pillow opens a 16-bit RGB PNG, or a PPM with maxval above 255, as mode "RGB": this reads the decoder's
+    raw mode, so call it before the image is loaded (the data readers use it too).
+    """
     for tile in getattr(im, "tile", None) or ():
         args = getattr(tile, "args", None)
         if args is None and isinstance(tile, tuple) and len(tile) > 3:
@@ -376,7 +381,7 @@ def _read(source, name: str) -> DecomposedImage:
                 )
             if im.mode not in SUPPORTED_MODES:
                 raise _unsupported(name, im.mode)
-            problem = _sample_problem(im)
+            problem = sample_problem(im)
             if problem:
                 raise _unsupported(name, im.mode, problem)
             low_bits = _low_bit_grey(im)

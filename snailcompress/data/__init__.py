@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from functools import partial
 
+import numpy as np
 from torch.utils.data import Dataset
 
 from snailcompress.data import cifar, folder, idx, imagenet
@@ -24,13 +25,23 @@ __all__ = ["DATASETS", "SPLITS", "ArrayDataset", "RandomCrops", "load_split"]
 DATASETS = ("cifar10", "imagenet32", "imagenet64", "fashion-mnist", "mnist", "folder")
 SPLITS = ("train", "test")
 
+# Each fixed data set's reader (its images and the files they came from) and the files alone, found by name
 _FIXED_READERS = {
-    "cifar10": cifar.read,
-    "imagenet32": partial(imagenet.read, side=32),
-    "imagenet64": partial(imagenet.read, side=64),
-    "fashion-mnist": idx.read_fashion_mnist,
-    "mnist": idx.read_mnist,
+    "cifar10": (cifar.read, cifar.source),
+    "imagenet32": (partial(imagenet.read, side=32), partial(imagenet.source, side=32)),
+    "imagenet64": (partial(imagenet.read, side=64), partial(imagenet.source, side=64)),
+    "fashion-mnist": (idx.read_fashion_mnist, idx.source_fashion_mnist),
+    "mnist": (idx.read_mnist, idx.source_mnist),
 }
+
+
+def _read_fixed(name: str, data_dir: PathLike | None, split: str) -> tuple[np.ndarray, str]:
+    """The official reader's images, refused here, before any cache is written, if there are none: an
+    empty split would fail later, on its first item, far from its files."""
+    images, source = _FIXED_READERS[name][0](data_dir, split)
+    if not len(images):
+        raise DatasetError(f"{source} holds no images, so the {split} split of {name} is empty.")
+    return images, source
 
 
 def load_split(
@@ -66,5 +77,6 @@ def load_split(
     if channels is not None or holdout:
         raise DatasetError(f"channels and holdout (--channels, --holdout) apply to the folder data set only, not to "
                            f"{name}'s fixed splits.")
-    images = cached(name, split, cache_dir, partial(_FIXED_READERS[name], data_dir, split), data_dir)
+    images = cached(name, split, cache_dir, partial(_read_fixed, name, data_dir, split),
+                    partial(_FIXED_READERS[name][1], data_dir, split), data_dir)
     return ArrayDataset(name, images)

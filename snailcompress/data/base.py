@@ -1,11 +1,17 @@
-"""What every fixed data set shares: one uint8 array in memory, and the wording of its errors."""
+"""What the readers share: one uint8 array in memory, opening image files, and the wording of their errors."""
 
 from __future__ import annotations
 
 import os
+import struct
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
 from snailcompress.errors import DatasetError
@@ -47,8 +53,32 @@ def planes_to_images(rows: np.ndarray, side: int, source: str) -> np.ndarray:
     return rows.reshape(len(rows), 3, side, side)
 
 
-def not_found(title: str, data_dir: PathLike | None, expected: str, origin: str) -> DatasetError:
-    """The one-sentence error for a data set that is not where the user said (or no place was said)."""
+# What Pillow raises on a damaged or hostile file: its parsers fail in many ways, none of them a bug here
+DECODING_ERRORS = (OSError, ValueError, SyntaxError, EOFError, IndexError, TypeError, KeyError, struct.error,
+                   zlib.error, Image.DecompressionBombError)
+
+
+@contextmanager
+def open_image(path: Path) -> Iterator[Image.Image]:
+    """Image.open for the readers: a file that cannot be decoded, on opening or inside the with block
+    (where the pixels are decoded), is a one-line DatasetError naming it."""
+    try:
+        with Image.open(path) as image:
+            yield image
+    except DECODING_ERRORS as error:
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise DatasetError(f"{path} is not a readable image ({reason}).") from error
+
+
+class NotFound(DatasetError):
+    """No file of the data set is where the user said: a cache of it may stand in for them."""
+
+
+def not_found(title: str, data_dir: PathLike | None, expected: str, origin: str, unsupported: str = "") -> NotFound:
+    """The one-sentence error for a data set that is not where the user said (or no place was said);
+    `unsupported` names a release of the data set that is there but is not read."""
     if data_dir is None:
-        return DatasetError(f"{title} needs a data directory holding {expected} ({origin}).")
-    return DatasetError(f"{title} not found in {data_dir}: expected {expected} ({origin}).")
+        return NotFound(f"{title} needs a data directory holding {expected} ({origin}).")
+    if unsupported:
+        return NotFound(f"{title} in {data_dir} is {unsupported}, which is not supported: get {expected} ({origin}).")
+    return NotFound(f"{title} not found in {data_dir}: expected {expected} ({origin}).")

@@ -5,8 +5,10 @@ with attributes name, split, data_dir (the --data-dir it was read from, resolved
 default place) and source (the files it was read from). It is written to a temporary file and renamed
 into place, so a crash never leaves a half-written cache that later loads would trust. A cached split is
 read fully into memory (chunked data cannot be memory-mapped, and training touches all of it anyway);
-the source files are then not looked at, not even for staleness (delete the cache to rebuild), but a
-cache read from one --data-dir is refused for another rather than served in its place.
+the source files are then not read, only found by name: a cache read from one --data-dir, or from other
+files than the reader would read now (PNG folders added beside the npz batches, say), is refused rather
+than served in their place (delete it to rebuild it), while a cache whose files are all gone stands in
+for them. Changed file contents are not noticed.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from snailcompress.data.base import PathLike
+from snailcompress.data.base import NotFound, PathLike
 from snailcompress.errors import DatasetError, SnailError
 from snailcompress.fileio import atomic_path
 
@@ -30,7 +32,15 @@ def _place(key: str) -> str:
     return key or "the data set's default place (no --data-dir)"
 
 
-def read_cache(path: Path, name: str, split: str, data_dir: PathLike | None = None) -> np.ndarray:
+def _resolved(source: str) -> str:
+    """A source's paths made absolute, so that `--data-dir data` and `--data-dir ./data` compare alike."""
+    return ", ".join(str(Path(part).expanduser().resolve()) for part in source.split(", "))
+
+
+def read_cache(path: Path, name: str, split: str, data_dir: PathLike | None = None,
+               source: str | None = None) -> np.ndarray:
+    """The cached images; `source`, the files the reader would read now (None: not known), must be the ones
+    the cache was read from."""
     try:
         with h5py.File(path, "r") as file:
             stored = file["images"]
@@ -41,6 +51,10 @@ def read_cache(path: Path, name: str, split: str, data_dir: PathLike | None = No
             if made_from is not None and made_from != _data_dir_key(data_dir):
                 raise DatasetError(f"{path} caches {name} {split} as read from {_place(made_from)}, not from "
                                    f"{_place(_data_dir_key(data_dir))}; delete it to rebuild it.")
+            read_from = stored.attrs.get("source", "")
+            if source is not None and _resolved(read_from) != _resolved(source):
+                raise DatasetError(f"{path} caches {name} {split} as read from {read_from}, but {source} would be "
+                                   "read now; delete it to rebuild it.")
             images = np.empty(stored.shape, np.uint8)
             stored.read_direct(images)
     except (OSError, KeyError) as error:
@@ -53,22 +67,29 @@ def write_cache(path: Path, images: np.ndarray, *, name: str, split: str, source
     try:
         with atomic_path(path) as temporary, h5py.File(temporary, "w") as file:
             stored = file.create_dataset("images", data=images, chunks=(1, *images.shape[1:]))
-            stored.attrs.update(name=name, split=split, source=source, data_dir=_data_dir_key(data_dir))
+            stored.attrs.update(name=name, split=split, source=_resolved(source), data_dir=_data_dir_key(data_dir))
     except SnailError as error:  # atomic_path's: the operating system's failure in one sentence
         raise DatasetError(f"Cannot write the cache {path} ({error}).") from error
 
 
+def _found(source: Callable[[], str]) -> str | None:
+    try:
+        return source()
+    except NotFound:  # the files are gone: the cache stands in for them
+        return None
+
+
 def cached(
     name: str, split: str, cache_dir: PathLike | None, read: Callable[[], tuple[np.ndarray, str]],
-    data_dir: PathLike | None = None,
+    source: Callable[[], str], data_dir: PathLike | None = None,
 ) -> np.ndarray:
-    """The images from the cache if it exists (and was read from `data_dir`), else from `read()`,
-    writing the cache on the way."""
+    """The images from the cache if it exists (and was read from `data_dir`, and from the files `source()`
+    finds there now, when they are there), else from `read()`, writing the cache on the way."""
     if cache_dir is None:
         return read()[0]
     path = Path(cache_dir) / f"{name}-{split}.h5"
     if path.exists():
-        return read_cache(path, name, split, data_dir)
-    images, source = read()
-    write_cache(path, images, name=name, split=split, source=source, data_dir=data_dir)
+        return read_cache(path, name, split, data_dir, _found(source))
+    images, read_from = read()
+    write_cache(path, images, name=name, split=split, source=read_from, data_dir=data_dir)
     return images

@@ -25,6 +25,7 @@ except ImportError:  # numpy 1.x
 
 ARCHIVE = "cifar-10-python.tar.gz"
 FOLDER = "cifar-10-batches-py"
+BINARY = ("cifar-10-batches-bin", "cifar-10-binary.tar.gz", "data_batch_1.bin")  # the binary version: not read
 BATCHES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
 
 
@@ -102,19 +103,30 @@ def _read_archive(archive: Path, names: list[str]) -> np.ndarray:
     return np.concatenate([_read_batch(io.BytesIO(raw[name]), f"{archive}:{FOLDER}/{name}") for name in names])
 
 
-def read(data_dir: PathLike | None, split: str) -> tuple[np.ndarray, str]:
-    """Images (N, 3, 32, 32) of a split and the files they came from.
-
-    Looks for the extracted DIR/cifar-10-batches-py/ (or DIR being that folder), then DIR/cifar-10-python.tar.gz.
-    """
+def _locate(data_dir: PathLike | None) -> Path:
+    """The extracted DIR/cifar-10-batches-py/ (or DIR being that folder), else DIR/cifar-10-python.tar.gz."""
     if data_dir is not None:
         root = Path(data_dir)
         all_batches = BATCHES["train"] + BATCHES["test"]
         for folder in (root / FOLDER, root):
             if any((folder / name).is_file() for name in all_batches):
-                return _read_folder(folder, BATCHES[split]), str(folder)
+                return folder
         if (root / ARCHIVE).is_file():
-            return _read_archive(root / ARCHIVE, BATCHES[split]), str(root / ARCHIVE)
+            return root / ARCHIVE
+    binary = data_dir is not None and any((Path(data_dir) / name).exists() for name in BINARY)
     raise not_found(
-        "CIFAR-10", data_dir, f"{ARCHIVE} or {FOLDER}/", "download from https://www.cs.toronto.edu/~kriz/cifar.html"
+        "CIFAR-10", data_dir, f"{ARCHIVE} or {FOLDER}/", "the python version: download from "
+        "https://www.cs.toronto.edu/~kriz/cifar.html", f"the binary version ({BINARY[0]}/)" if binary else "",
     )
+
+
+def source(data_dir: PathLike | None, split: str) -> str:
+    """The folder or archive `read` would read, found by name alone (nothing is decoded)."""
+    return str(_locate(data_dir))
+
+
+def read(data_dir: PathLike | None, split: str) -> tuple[np.ndarray, str]:
+    """Images (N, 3, 32, 32) of a split and the folder or archive they came from."""
+    place = _locate(data_dir)
+    images = _read_folder(place, BATCHES[split]) if place.is_dir() else _read_archive(place, BATCHES[split])
+    return images, str(place)

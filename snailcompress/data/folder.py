@@ -1,15 +1,16 @@
 """Any folder of photographs: random multi-scale crops to train on, fixed tiles to test on, or its
 images whole (`whole_images`: what `snailcompress bench --dataset folder DIR` measures by default).
 
-Images are found recursively (hidden files skipped) and sorted by path. Images named in `holdout` (by file
-name or stem) form the test split; all others the train split. Neither split is augmented (no flips), as in
-the paper. Each image is downsampled by every scale in `scales` with a box filter (the mean of the pixels
+Images are found recursively (hidden files and folders skipped) and sorted by path. Images named in
+`holdout` (by file name or stem) form the test split; all others the train split. Neither split is augmented
+(no flips), as in the paper. Each image is downsampled by every scale in `scales` with a box filter (the mean of the pixels
 each output pixel covers), which also averages away sensor noise and JPEG artefacts at smaller scales; an
 image smaller than the crop at some scale is skipped at that scale.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -19,11 +20,13 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from snailcompress.data.base import ArrayDataset, PathLike
+from snailcompress.codec.images import sample_problem
+from snailcompress.data.base import ArrayDataset, PathLike, open_image
 from snailcompress.errors import DatasetError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 MODE_OF = {3: "RGB", 1: "L"}  # Pillow mode of an image of this many channels
+CACHE_BYTES = 1 << 30  # decoded images RandomCrops keeps in each process by default
 
 
 def scaled_size(size: tuple[int, int], scale: float) -> tuple[int, int]:
@@ -47,30 +50,31 @@ EXACT_MODES = ("1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX")
 
 
 def _check_mode(image: Image.Image, path: Path) -> None:
-    if image.mode not in EXACT_MODES:
-        raise DatasetError(f"{path} has mode {image.mode}, which does not convert exactly to 8-bit RGB or "
+    """Before decoding: a 16-bit RGB PNG or PPM has an 8-bit mode, so the samples are checked too."""
+    problem = sample_problem(image)
+    if image.mode not in EXACT_MODES or problem:
+        raise DatasetError(f"{path} has mode {image.mode}{problem}, which does not convert exactly to 8-bit RGB or "
                            "grayscale (16-bit, 32-bit, float or another colour space); convert it first.")
 
 
 def load_image(path: Path, channels: int, scale: float) -> np.ndarray:
     """One image as uint8 (H, W, C) at a scale; colour images lose any alpha channel, grayscale uses Pillow's 'L'."""
-    try:
-        with Image.open(path) as image:
-            _check_mode(image, path)
-            pixels = np.asarray(downsample(image.convert(MODE_OF[channels]), scale))
-    except (OSError, Image.DecompressionBombError) as error:
-        raise DatasetError(f"{path} is not a readable image ({error}).") from error
+    with open_image(path) as image:
+        _check_mode(image, path)
+        pixels = np.asarray(downsample(image.convert(MODE_OF[channels]), scale))
     return pixels.reshape(pixels.shape[0], pixels.shape[1], channels)
 
 
 def _image_size(path: Path) -> tuple[int, int]:
     """(width, height) from the header alone: sampling needs every size, decoding waits until a crop needs it."""
-    try:
-        with Image.open(path) as image:
-            _check_mode(image, path)
-            return image.size
-    except (OSError, Image.DecompressionBombError) as error:
-        raise DatasetError(f"{path} is not a readable image ({error}).") from error
+    with open_image(path) as image:
+        _check_mode(image, path)
+        return image.size
+
+
+def _hidden(path: Path) -> bool:
+    """A hidden file, or one in a hidden folder (.git, .thumbnails: copies, not photographs of the set)."""
+    return any(part.startswith(".") for part in path.parts)
 
 
 def find_images(data_dir: PathLike | None) -> list[Path]:
@@ -80,9 +84,10 @@ def find_images(data_dir: PathLike | None) -> list[Path]:
     if not Path(data_dir).is_dir():
         raise DatasetError(f"{data_dir} is {'not a directory' if Path(data_dir).exists() else 'not there'}: "
                            "the folder data set needs a directory of images.")
+    root = Path(data_dir)
     files = sorted(
-        p for p in Path(data_dir).rglob("*")
-        if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
+        p for p in root.rglob("*")
+        if p.suffix.lower() in IMAGE_SUFFIXES and not _hidden(p.relative_to(root)) and p.is_file()
     )
     if not files:
         raise DatasetError(
@@ -129,17 +134,19 @@ class RandomCrops(Dataset):
     all images at that scale, so larger images are drawn in proportion to their number of positions (about
     their area) and every part of every photograph is equally likely. One epoch is `samples_per_epoch`
     crops; by default as many as there are non-overlapping tiles in all images at all scales, so an epoch
-    sees about as many pixels as the data set holds. Decoded, downsampled images are cached in memory,
-    each (image, scale) once, on first use; with DataLoader workers, use persistent_workers=True to keep
-    their caches (the epoch lives in shared memory, so set_epoch reaches persistent workers too).
+    sees about as many pixels as the data set holds. Decoded, downsampled images are cached in memory, each
+    (image, scale) on first use, up to `cache_bytes` in each process (CACHE_BYTES, 1 GiB, by default; the
+    least recently used go first, to be decoded again when drawn: the crops do not change); with DataLoader
+    workers, use persistent_workers=True to keep their caches (the epoch lives in shared memory, so set_epoch
+    reaches persistent workers too).
     """
 
     def __init__(
         self, files: list[Path], *, crop: int, scales: Sequence[float], samples_per_epoch: int | None,
-        seed: int, channels: int,
+        seed: int, channels: int, cache_bytes: int = CACHE_BYTES,
     ):
         self.name, self.channels, self.image_size = "folder", channels, (crop, crop)
-        self.files, self.crop, self.seed = files, crop, seed
+        self.files, self.crop, self.seed, self.cache_bytes = files, crop, seed, cache_bytes
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
         sizes = np.array([_image_size(p) for p in files])
         self._scales: list[_Scale] = []
@@ -156,7 +163,8 @@ class RandomCrops(Dataset):
             raise DatasetError(f"Every training image is smaller than the {crop}x{crop} crop (--crop) at every scale "
                            f"(--scales {','.join(f'{s:g}' for s in scales)}).")
         self.samples_per_epoch = tile_count if samples_per_epoch is None else samples_per_epoch
-        self._cache: dict[tuple[int, float], np.ndarray] = {}
+        self._cache: OrderedDict[tuple[int, float], np.ndarray] = OrderedDict()  # least recently used first
+        self._cached_bytes = 0
 
     def __len__(self) -> int:
         return self.samples_per_epoch
@@ -182,9 +190,14 @@ class RandomCrops(Dataset):
 
     def _image(self, file: int, scale: float) -> np.ndarray:
         key = (file, scale)
-        if key not in self._cache:
-            self._cache[key] = load_image(self.files[file], self.channels, scale)
-        return self._cache[key]
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        image = self._cache[key] = load_image(self.files[file], self.channels, scale)
+        self._cached_bytes += image.nbytes
+        while self._cached_bytes > self.cache_bytes and len(self._cache) > 1:  # the newest stays, however large
+            self._cached_bytes -= self._cache.popitem(last=False)[1].nbytes
+        return image
 
 
 def tiles(files: list[Path], *, crop: int, scales: Sequence[float], channels: int) -> np.ndarray:

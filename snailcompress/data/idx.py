@@ -38,29 +38,47 @@ def read_idx_images(path: Path) -> np.ndarray:
     return np.frombuffer(raw, np.uint8, offset=16).reshape(count, 1, rows, cols)
 
 
-def _read(title: str, data_dir: PathLike | None, split: str, origin: str) -> tuple[np.ndarray, str]:
+def _locate(data_dir: PathLike | None, split: str, title: str, origin: str) -> Path:
     name = IMAGE_FILES[split]
     candidates = [] if data_dir is None else [Path(data_dir) / name, Path(data_dir) / f"{name}.gz"]
     path = next((p for p in candidates if p.is_file()), None)
     if path is None:
         raise not_found(title, data_dir, f"{name} or {name}.gz", origin)
+    return path
+
+
+def _read(data_dir: PathLike | None, split: str, title: str, origin: str) -> tuple[np.ndarray, str]:
+    path = _locate(data_dir, split, title, origin)
     images = read_idx_images(path)
     if images.shape[2:] != (28, 28):
         raise DatasetError(f"{path} holds {images.shape[2]}x{images.shape[3]} images where {title} has 28x28.")
     return images, str(path)
 
 
+_MNIST = ("MNIST", "download from http://yann.lecun.com/exdb/mnist/")
+_FASHION_MNIST = ("Fashion-MNIST", "install with `apt-get install dataset-fashion-mnist` or download from "
+                  "https://github.com/zalandoresearch/fashion-mnist")
+
+
+def _fashion_mnist_dir(data_dir: PathLike | None) -> PathLike:
+    return FASHION_MNIST_SYSTEM_DIR if data_dir is None else data_dir
+
+
 def read_mnist(data_dir: PathLike | None, split: str) -> tuple[np.ndarray, str]:
     """Images (N, 1, 28, 28) of a split and the file they came from."""
-    return _read("MNIST", data_dir, split, "download from http://yann.lecun.com/exdb/mnist/")
+    return _read(data_dir, split, *_MNIST)
 
 
 def read_fashion_mnist(data_dir: PathLike | None, split: str) -> tuple[np.ndarray, str]:
     """Like read_mnist; with no data_dir, the system copy in /usr/share/datasets/fashion-mnist is used."""
-    return _read(
-        "Fashion-MNIST",
-        FASHION_MNIST_SYSTEM_DIR if data_dir is None else data_dir,
-        split,
-        "install with `apt-get install dataset-fashion-mnist` or download from "
-        "https://github.com/zalandoresearch/fashion-mnist",
-    )
+    return _read(_fashion_mnist_dir(data_dir), split, *_FASHION_MNIST)
+
+
+def source_mnist(data_dir: PathLike | None, split: str) -> str:
+    """The file read_mnist would read, found by name alone (nothing is decoded)."""
+    return str(_locate(data_dir, split, *_MNIST))
+
+
+def source_fashion_mnist(data_dir: PathLike | None, split: str) -> str:
+    """The file read_fashion_mnist would read, found by name alone."""
+    return str(_locate(_fashion_mnist_dir(data_dir), split, *_FASHION_MNIST))

@@ -5,9 +5,12 @@
 - Chrabaszcz et al. (2017): npz batches train_data_batch_1..10.npz and val_data.npz, rows in CIFAR's plane
   order. Its images were resized differently, so its bits/dim do not compare with the papers'.
 
-When both are present the PNG folders win, so results compare with the paper. Files are looked for in
-DIR and in its immediate sub-folders (as the downloads unpack: Imagenet32_train_npz/, Imagenet32_val_npz/,
-...), skipping sub-folders named for the other resolution. The test split is the validation set.
+One release serves both splits of a data directory: the PNG folders when either is there (so results
+compare with the paper), else the npz batches; a directory with only one of the PNG folders is refused for
+the other split rather than read from the other release. Files are looked for in DIR and in its immediate
+sub-folders (as the downloads unpack: Imagenet32_train_npz/, Imagenet32_val_npz/, ...), skipping sub-folders
+named for the other resolution. The test split is the validation set. The older pickled batches (val_data,
+train_data_batch_1, ... without .npz) are not read.
 """
 
 from __future__ import annotations
@@ -18,9 +21,9 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from snailcompress.data.base import PathLike, not_found, planes_to_images
+from snailcompress.codec.images import sample_problem
+from snailcompress.data.base import PathLike, not_found, open_image, planes_to_images
 from snailcompress.errors import DatasetError
 
 _NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
@@ -79,39 +82,66 @@ def _read_pngs(folder: Path, side: int) -> np.ndarray:
         raise DatasetError(f"{folder} holds no PNG files, so it is not an ImageNet{side} folder.")
     images = np.empty((len(paths), 3, side, side), np.uint8)
     for i, path in enumerate(paths):
-        try:
-            with Image.open(path) as image:
-                pixels = np.asarray(image.convert("RGB"))
-        except OSError as error:
-            raise DatasetError(f"{path} is not a readable PNG ({error}).") from error
-        if pixels.shape != (side, side, 3):
-            size = f"{pixels.shape[1]}x{pixels.shape[0]}"
-            raise DatasetError(f"{path} is {size} where ImageNet{side} images are {side}x{side}.")
-        images[i] = pixels.transpose(2, 0, 1)
+        with open_image(path) as image:  # checked from the header, before anything is decoded
+            if image.size != (side, side):
+                raise DatasetError(f"{path} is {image.width}x{image.height} where ImageNet{side} images are "
+                                   f"{side}x{side}.")
+            problem = sample_problem(image)
+            if image.mode != "RGB" or problem:  # convert("RGB") would clip 16 bits and replicate gray
+                raise DatasetError(f"{path} has mode {image.mode}{problem} where ImageNet{side} PNGs are 8-bit RGB.")
+            images[i] = np.asarray(image).transpose(2, 0, 1)
     return images
 
 
-def read(data_dir: PathLike | None, split: str, side: int) -> tuple[np.ndarray, str]:
-    """Images (N, 3, side, side) of a split and the files they came from."""
-    png_folder = f"{'train' if split == 'train' else 'valid'}_{side}x{side}"
-    npz_files = [f"train_data_batch_{i}.npz" for i in range(1, 11)] if split == "train" else ["val_data.npz"]
-    if data_dir is not None and Path(data_dir).is_dir():
-        dirs = _search_dirs(Path(data_dir), side)
-        for folder in (d / png_folder for d in dirs):
-            if folder.is_dir():
-                return _read_pngs(folder, side), str(folder)
-        found = {name: next((d / name for d in dirs if (d / name).is_file()), None) for name in npz_files}
-        paths = [path for path in found.values() if path is not None]
-        if paths:
-            missing = [name for name, path in found.items() if path is None]
-            if missing:
-                raise DatasetError(f"ImageNet{side} in {data_dir} is incomplete: {', '.join(missing)} missing.")
-            return _read_npz(paths, side), ", ".join(map(str, paths))
+def _png_folder(split: str, side: int) -> str:
+    return f"{'train' if split == 'train' else 'valid'}_{side}x{side}"
+
+
+def _npz_names(split: str) -> list[str]:
+    return [f"train_data_batch_{i}.npz" for i in range(1, 11)] if split == "train" else ["val_data.npz"]
+
+
+def _locate(data_dir: PathLike | None, split: str, side: int) -> list[Path]:
+    """The split's PNG folder, or its npz batches, found by name alone: one release for both splits."""
+    png_folder, npz_names = _png_folder(split, side), _npz_names(split)
+    dirs = _search_dirs(Path(data_dir), side) if data_dir is not None and Path(data_dir).is_dir() else []
+
+    def first(name: str, exists) -> Path | None:
+        return next((d / name for d in dirs if exists(d / name)), None)
+
+    folders = {s: first(_png_folder(s, side), Path.is_dir) for s in ("train", "test")}
+    if folders[split] is not None:
+        return [folders[split]]
+    other = folders["test" if split == "train" else "train"]
+    if other is not None:
+        raise DatasetError(f"ImageNet{side} in {data_dir} holds {other.name}/ of the PNG release but not "
+                           f"{png_folder}/: add it, as the npz release's images are resized differently.")
+    found = {name: first(name, Path.is_file) for name in npz_names}
+    paths = [path for path in found.values() if path is not None]
+    if paths:
+        missing = [name for name, path in found.items() if path is None]
+        if missing:
+            raise DatasetError(f"ImageNet{side} in {data_dir} is incomplete: {', '.join(missing)} missing.")
+        return paths
+    pickled = any(first(Path(name).stem, Path.is_file) for name in _npz_names("train") + _npz_names("test"))
     raise not_found(
         f"ImageNet{side}",
         data_dir,
         f"{png_folder}/ (van den Oord et al., as in the paper) or "
-        f"{npz_files[0] if len(npz_files) == 1 else f'{npz_files[0]} to {npz_files[-1]}'} (Chrabaszcz et al.), "
+        f"{npz_names[0] if len(npz_names) == 1 else f'{npz_names[0]} to {npz_names[-1]}'} (Chrabaszcz et al.), "
         "in it or one sub-folder below",
         "download Downsampled ImageNet from https://image-net.org/download-images",
+        "the older pickled release (val_data, train_data_batch_1, ... without .npz)" if pickled else "",
     )
+
+
+def source(data_dir: PathLike | None, split: str, side: int) -> str:
+    """The files `read` would read, found by name alone (nothing is decoded)."""
+    return ", ".join(map(str, _locate(data_dir, split, side)))
+
+
+def read(data_dir: PathLike | None, split: str, side: int) -> tuple[np.ndarray, str]:
+    """Images (N, 3, side, side) of a split and the files they came from."""
+    paths = _locate(data_dir, split, side)
+    images = _read_pngs(paths[0], side) if paths[0].is_dir() else _read_npz(paths, side)
+    return images, ", ".join(map(str, paths))
