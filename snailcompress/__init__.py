@@ -1,3 +1,3 @@
 """snailcompress: PixelSNAIL as a lossless image compressor and a density-estimation benchmark."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -160,12 +160,15 @@ class CodingReport:
     height: int
     mode: str
     bytes: int
-    subpixels: int
-    seconds: float
+    seconds: float  # the batch's time over its files, where several were coded together
+    batch: int = 1  # files coded together with this one, itself included
 
     @property
     def bits_per_subpixel(self) -> float:
-        return 8 * self.bytes / self.subpixels
+        """Over every channel of every pixel of the image, a constant alpha or a palette's index included."""
+        from PIL import Image
+
+        return 8 * self.bytes / max(self.width * self.height * Image.getmodebands(self.mode), 1)
 
 
 def stored_model_name(name: str) -> str:
@@ -425,9 +428,7 @@ def _encode_and_write(batch: list, start: float, models: ModelChooser, tile: int
         except SnailError as e:
             yield e
             continue
-        subpixels = sum(p.size for p in image.planes.values())
-        yield CodingReport(Path(source), target, image.width, image.height, image.mode, len(data), max(subpixels, 1),
-                           seconds)
+        yield CodingReport(Path(source), target, image.width, image.height, image.mode, len(data), seconds, len(batch))
 
 
 DECODE_BATCH_PIXELS = 1 << 22  # pixels of the files decode_files decodes together (memory: their images)
@@ -480,8 +481,7 @@ def _decode_and_write(batch: list, start: float, models: ModelChooser, force: bo
         except SnailError as e:
             yield e
             continue
-        subpixels = sum(p.size for p in image.planes.values())
-        yield CodingReport(Path(source), target, image.width, image.height, image.mode, size, max(subpixels, 1), seconds)
+        yield CodingReport(Path(source), target, image.width, image.height, image.mode, size, seconds, len(batch))
 
 
 def decode_file(source, target=None, models: ModelChooser | None = None, force: bool = False,

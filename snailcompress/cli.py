@@ -15,7 +15,8 @@ from click.core import ParameterSource
 from .errors import SnailError, UsageError
 
 
-DEVICE_HELP = "auto (a CUDA GPU where there is one), cpu, cuda or cuda:N; files are the same on every device"
+DEVICE_HELP = "auto (a CUDA GPU where there is one), cpu, cuda or cuda:N"
+CODING_DEVICE_HELP = DEVICE_HELP + "; files are the same on every device"
 
 
 def friendly_errors(fn):
@@ -49,7 +50,39 @@ def parse_overrides(pairs: tuple[str, ...]) -> dict:
     return out
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _UsageLine(click.ClickException):
+    """A usage error of click's (a missing argument, an unknown option, a bad value) said in one line."""
+
+    exit_code = 2
+
+    def show(self, file=None) -> None:
+        click.echo(f"snailcompress: error: {self.message}", err=True)
+
+
+class _Commands(click.Group):
+    """The command group, whose usage errors, its own and its commands', are one line like every other
+    error (click prints the usage and a hint above them)."""
+
+    def make_context(self, *args, **kwargs):
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.UsageError as e:
+            raise _one_line(e) from None
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as e:
+            raise _one_line(e) from None
+
+
+def _one_line(error: click.UsageError) -> _UsageLine:
+    where = error.ctx.command_path if error.ctx is not None else "snailcompress"
+    command = where.partition(" ")[2]
+    return _UsageLine(f"{command + ': ' if command else ''}{error.format_message().rstrip('.')} (see {where} --help)")
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="snailcompress")
 def main():
     """PixelSNAIL as a lossless image compressor and a density-estimation benchmark."""
@@ -83,11 +116,12 @@ PRECISION_CHOICES = ["auto", "bf16", "fp32"]  # train.PRECISIONS, written out: t
 DATASET_CHOICES = ["cifar10", "imagenet32", "imagenet64", "fashion-mnist", "mnist", "folder"]
 
 
-def folder_options(fn):
+def folder_options(fn, crops: str = ""):
+    """The folder data set's options; `crops`: what they do where they are not given, if not crop."""
     for decorator in reversed(
         [
-            click.option("--crop", type=int, default=32, show_default=True, help="folder: crop size"),
-            click.option("--scales", default="1,0.5,0.25", show_default=True, help="folder: downsampling scales"),
+            click.option("--crop", type=int, default=32, help=f"folder: crop size [32{crops}]"),
+            click.option("--scales", default="1,0.5,0.25", help=f"folder: downsampling scales [1,0.5,0.25{crops}]"),
             click.option("--holdout", default="", help="folder: comma-separated image names kept for the test split"),
             click.option("--channels", type=click.Choice(["3", "1"]), default=None, help="folder: RGB or grayscale"),
             click.option("--cache", "cache_dir", type=click.Path(), default=None, help="HDF5 cache directory for fixed data sets"),
@@ -164,6 +198,7 @@ def train(model_name, dataset, data_dir, out, overrides, crop, scales, holdout, 
           --dataset cifar10 --data-dir ~/data --out runs/cifar --batch-size 8 --steps 500000
     Running the same command again resumes from the run's last checkpoint.
     """
+    from .distributed import rank_world
     from .train import train as run_training, train_options
 
     # Only what was typed counts, as a resumed run keeps its saved options (the folder options have
@@ -184,12 +219,13 @@ def train(model_name, dataset, data_dir, out, overrides, crop, scales, holdout, 
         click.echo(f"{out}: stopped by {progress['stopped_by']} at step {progress['step']}, checkpoint saved; "
                    "the same command resumes it", err=True)
         sys.exit(128 + signal.Signals[progress["stopped_by"]].value)
-    if progress["test_bpd"] is not None:  # None on ranks > 0 of a torchrun job, which only rank 0 evaluates
+    if rank_world()[0] == 0:  # a torchrun job's rank 0 evaluates and reports it
         click.echo(f"{out}: {progress['step']} steps, {progress['images']} images, test {progress['test_bpd']:.4f} bits/dim")
 
 
 @main.command("eval")
-@click.option("--model", "model_spec", default=None, help="checkpoint, run dir, model file or shipped name")
+@click.option("--model", "model_spec", default=None,
+              help="checkpoint, run dir, model file or shipped name [snail-rgb; gray data: snail-gray]")
 @click.option("--dataset", type=click.Choice(DATASET_CHOICES), required=True)
 @click.option("--data-dir", type=click.Path(), default=None)
 @click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True)
@@ -285,7 +321,7 @@ def sample(model_spec, count, size, output, seed, scale, force):
     loaded = load_model(model_spec or default_model_for(3))
     images = sample_images(loaded.model, count, height, width, seed=seed)
     save_image_grid(images, Path(output), scale=scale)
-    click.echo(f"{output}: {count} samples of {height}x{width} from {loaded.name}")
+    click.echo(f"{output}: {count} sample{'' if count == 1 else 's'} of {height}x{width} from {loaded.name}")
 
 
 @main.command("receptive-field")
@@ -369,7 +405,7 @@ def _check_picture_output(output, force: bool, figure: bool) -> None:
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--out", type=click.Path(), default=None, help="report directory [bench-DATASET]")
 @click.option("-q", "--quiet", is_flag=True, help="no progress bars")
-@folder_options
+@functools.partial(folder_options, crops="; not given: whole images, uncropped")
 @friendly_errors
 def bench(directory, dataset, data_dir, models, split, limit, coded_limit, chunk, codec_names, batch_size, device, out,
           quiet, crop, scales, holdout, channels, cache_dir):
@@ -418,35 +454,45 @@ def bench(directory, dataset, data_dir, models, split, limit, coded_limit, chunk
 
 def _report_line(report) -> str:
     where = f"{report.source}: OK" if report.target is None else f"{report.source} -> {report.target}:"
+    together = f" (the average of {report.batch} files coded together)" if report.batch > 1 else ""
     return (
         f"{where} {report.width}x{report.height} {report.mode}, {report.bytes} bytes, "
-        f"{report.bits_per_subpixel:.3f} bits/subpixel, {report.seconds:.1f} s"
+        f"{report.bits_per_subpixel:.3f} bits/subpixel, {report.seconds:.1f} s{together}"
     )
 
 
 def _outputs(inputs: tuple[str, ...], output: str | None, default) -> list[Path]:
-    """Where each input goes: beside it, or -o FILE (one input), or into -o DIR (a directory, a name
-    ending in /, or several inputs), which is created if needed."""
+    """Where each input goes: beside it, or -o FILE (one input), or into -o DIR (a directory, or a name
+    ending in /, which is created). Several inputs need a directory, as cp's do: a name like a file's
+    is refused rather than made into one."""
     paths = [Path(p) for p in inputs]
     if output is None:
         return [default(p) for p in paths]
     out = Path(output)
-    if len(paths) > 1 or out.is_dir() or output.endswith(("/", os.sep)):
+    if out.is_dir() or output.endswith(("/", os.sep)):
         if out.exists() and not out.is_dir():
-            raise UsageError(f"-o {output}: with several inputs, -o must be a directory, and this is a file")
+            raise UsageError(f"-o {output}: a directory was asked for (a name ending in /), and this is a file")
         try:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise UsageError(f"-o {output}: cannot create the directory ({e.strerror or e})") from None
         return [out / default(p).name for p in paths]
+    if len(paths) > 1:
+        what = "is a file" if out.exists() else "is not a directory (end it with / to create one)"
+        raise UsageError(f"-o {output}: several inputs go into a directory, and this {what}")
     return [out]
 
 
-def _outputs_or_stdout(inputs: tuple[str, ...], output: str | None, to_stdout: bool, default) -> list[Path | None]:
-    """_outputs, or None for each input that goes to standard output (-c: one input, no -o)."""
+def _outputs_or_stdout(inputs: tuple[str, ...], output: str | None, to_stdout: bool, default,
+                       force: bool = False) -> list[Path | None]:
+    """_outputs, or None for each input that goes to standard output (-c: one input, no -o; not a
+    terminal unless forced, as gzip)."""
     if to_stdout:
         if output is not None or len(inputs) != 1:
             raise UsageError("-c writes one input to standard output: give one input and no -o")
+        if not force and sys.stdout.isatty():
+            raise UsageError("-c: standard output is a terminal, which binary data would garble; redirect it, "
+                             "or use -f to write there anyway")
         return [None]
     if "-" in inputs and output is None:
         raise UsageError("-: standard input has no name to write beside; give -o FILE or -c")
@@ -472,10 +518,11 @@ def _each_file(pairs, work, force: bool, quiet: bool, to_stdout: bool = False, c
     together). As gzip does: a file that fails is said in one line that names it, the others go on,
     and the exit status is 1 if any failed. A target that cannot be written (an input, it exists and
     no -f, its directory is not there, `check(target)` raises) is refused before any work."""
-    from .fileio import check_target
+    from .fileio import check_directory, check_target
 
     _say_when_compiling(not quiet)
     seen: set[Path] = set()
+    writable: set[Path] = set()
     refused: dict[int, SnailError] = {}
     pairs = list(pairs)
     inputs = {key: Path(source) for source, _ in pairs if str(source) != "-" for key in _file_keys(Path(source))}
@@ -494,6 +541,9 @@ def _each_file(pairs, work, force: bool, quiet: bool, to_stdout: bool = False, c
         else:
             try:
                 check_target(target)
+                if target.absolute().parent not in writable:  # a read-only place is found now, not after the work
+                    check_directory(target.absolute().parent)
+                    writable.add(target.absolute().parent)
                 if check is not None:
                     check(target)
             except SnailError as e:
@@ -556,7 +606,7 @@ def _threads(threads: int) -> None:
               help="fit and send a per-image correction of the model's output layer where it pays: about 1.2% smaller, "
                    "a little slower to encode, no slower to decode [on]")
 @click.option("--threads", type=int, default=1, help=THREADS_HELP)
-@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
+@click.option("--device", default="auto", show_default=True, help=CODING_DEVICE_HELP)
 @click.option("-n", "--no-name", is_flag=True,
               help="do not record the name (the --model given, often a path) of a model that is not shipped, only its id: "
                    "smaller files, no local path in them; decoding then needs --model, as it does on any other machine")
@@ -572,7 +622,7 @@ def encode(images, output, force, models, tile, context, calibrate, no_name, thr
         raise UsageError("--tile must be between 1 and 1024")
     if context is not None and not 0 <= context <= 64:
         raise UsageError("--context must be between 0 and 64")
-    outputs = _outputs_or_stdout(images, output, to_stdout, lambda p: default_output(p, ".snail"))
+    outputs = _outputs_or_stdout(images, output, to_stdout, lambda p: default_output(p, ".snail"), force)
     chooser = ModelChooser(models, resolve_device(device), names=not no_name)
     stdout = sys.stdout.buffer if to_stdout else None
     _each_file(zip(images, outputs), lambda pairs: encode_files(
@@ -586,7 +636,7 @@ def encode(images, output, force, models, tile, context, calibrate, no_name, thr
 @click.option("-f", "--force", is_flag=True, help="overwrite existing outputs")
 @click.option("--model", "models", multiple=True, help="model the file was made with, if not a shipped one")
 @click.option("--threads", type=int, default=1, help=THREADS_HELP)
-@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
+@click.option("--device", default="auto", show_default=True, help=CODING_DEVICE_HELP)
 @click.option("-c", "--stdout", "to_stdout", is_flag=True, help="write the image (PNG) to standard output")
 @click.option("-t", "--test", is_flag=True, help="decode and check each file against its checksum, write nothing")
 @click.option("-q", "--quiet", is_flag=True, help="print nothing but errors")
@@ -600,7 +650,7 @@ def decode(files, output, force, models, threads, device, to_stdout, test, quiet
     _threads(threads)
     if test and (output is not None or to_stdout):
         raise UsageError("-t writes nothing: give it no -o or -c")
-    outputs = [None] * len(files) if test else _outputs_or_stdout(files, output, to_stdout, decoded_output)
+    outputs = [None] * len(files) if test else _outputs_or_stdout(files, output, to_stdout, decoded_output, force)
     chooser = ModelChooser(models, resolve_device(device))
     stdout = sys.stdout.buffer if to_stdout else None
     _each_file(zip(files, outputs), lambda pairs: decode_files(pairs, chooser, force, progress=not quiet, stdout=stdout,
@@ -615,7 +665,10 @@ def info(files):
     """Print the header of .snail files in words (- reads standard input); a bad file is said in one
     line, the others go on."""
     from .codec import container
+    from .zoo import WEIGHTS_DIR, describe_model_file, shipped_models
 
+    shipped = {describe_model_file(WEIGHTS_DIR / f"{model}.safetensors")[0][: 2 * container.MODEL_ID_BYTES]: model
+               for model in shipped_models()}
     failed = 0
     for name in files:
         try:
@@ -629,7 +682,7 @@ def info(files):
             click.echo(f"snailcompress: error: {name}: {e}", err=True)
             continue
         click.echo(f"{name}:")
-        click.echo(container.describe(header))
+        click.echo(container.describe(header, shipped))
     if failed:
         sys.exit(1)
 
@@ -639,14 +692,13 @@ def info(files):
 @friendly_errors
 def demo(keep):
     """Encode, decode and verify the shipped demo image; compare with PNG, WebP, JPEG-XL, JPEG 2000."""
-    from .demo import DEMO_FILES, run_demo
+    from .demo import run_demo
     from .fileio import check_directory
 
     if keep:
         check_directory(keep)
-        there = [name for name in DEMO_FILES if (Path(keep) / name).exists()]
-        if there:
-            raise UsageError(f"--keep {keep} already holds {', '.join(there)}: give a new or empty directory")
+        if Path(keep).is_dir() and any(Path(keep).iterdir()):
+            raise UsageError(f"--keep {keep} is not empty: give a new or empty directory")
     _say_when_compiling()
     run_demo(Path(keep) if keep else None, echo=click.echo)
 

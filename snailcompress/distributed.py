@@ -11,6 +11,9 @@ by the same computation, as in a single process. `gather` puts the per-image val
 every rank back in image order on every rank; the total is `math.fsum` of them, exactly rounded and
 independent of the order. So 2 or 8 processes give the same per-image values and the same total, to
 the last bit, as one process on the same kind of device.
+
+Training's decisions that hang on a clock (stop, save) are taken by every rank at the same step
+(`any_rank`), as a rank that left the loop alone would wait forever for the others' next collective.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-__all__ = ["start", "device_for", "rank_world", "batch_share", "share", "gather", "finish"]
+__all__ = ["start", "device_for", "rank_world", "batch_share", "share", "gather", "any_rank", "sum_over_ranks",
+           "gather_objects", "finish"]
 
 
 def _uses_cuda(option: str) -> bool:
@@ -80,7 +84,7 @@ def gather(values: np.ndarray) -> np.ndarray:
     _, world = rank_world()
     if world == 1:
         return values
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    device = _collective_device()
     lengths = [torch.zeros(1, dtype=torch.int64, device=device) for _ in range(world)]
     dist.all_gather(lengths, torch.tensor([len(values)], dtype=torch.int64, device=device))
     lengths = [int(t.item()) for t in lengths]
@@ -89,6 +93,39 @@ def gather(values: np.ndarray) -> np.ndarray:
     parts = [torch.empty_like(padded) for _ in range(world)]
     dist.all_gather(parts, padded)
     return np.concatenate([part[:length].cpu().numpy() for part, length in zip(parts, lengths)])
+
+
+def any_rank(flag: bool) -> bool:
+    """Whether `flag` holds on any rank, on every rank: a decision all of them take at the same step."""
+    if rank_world()[1] == 1:
+        return flag
+    decided = torch.tensor([float(flag)], device=_collective_device())
+    dist.all_reduce(decided, op=dist.ReduceOp.MAX)
+    return bool(decided.item())
+
+
+def sum_over_ranks(*values: float) -> list[float]:
+    """Each of `values` summed over the ranks (in float64), on every rank."""
+    if rank_world()[1] == 1:
+        return list(values)
+    total = torch.tensor(values, dtype=torch.float64, device=_collective_device())
+    dist.all_reduce(total)
+    return total.tolist()
+
+
+def gather_objects(value) -> list:
+    """Every rank's `value` (small, picklable), in rank order, on every rank."""
+    _, world = rank_world()
+    if world == 1:
+        return [value]
+    values = [None] * world
+    dist.all_gather_object(values, value)
+    return values
+
+
+def _collective_device() -> torch.device:
+    """Where the process group's tensors must be: this rank's GPU under nccl, else the CPU."""
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
 def finish() -> None:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
+from .progress import progress_bar
 
 from . import distributed, mixture
 from .codec.tiles import WindowPlan, default_band
@@ -136,7 +136,7 @@ def evaluate(
     model.eval()
     nats: list[np.ndarray] = []
     total, dims = 0.0, 0
-    bar = tqdm(total=len(mine), desc="eval", unit="img", disable=not progress or rank != 0, leave=False)
+    bar = progress_bar(total=len(mine), desc="eval", unit="img", enabled=progress and rank == 0, leave=False)
     try:
         for batch in iterate_batches(dataset, batch_size, mine.stop, mine.start):
             nats.append(-log_prob_fn(model, batch, context).double().cpu().numpy())

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn as nn
-from tqdm.auto import tqdm
+from .progress import progress_bar
 
 from . import mixture
 from .models.pixelcnnpp import PixelCNNpp
@@ -36,7 +36,7 @@ def sample_images(model: nn.Module, count: int, height: int, width: int, seed: i
     stepper = stepper_for(model, count, height, width)
     channels = model.config.channels
     out = np.zeros((count, channels, height, width), np.uint8)
-    for position in tqdm(range(height * width), desc="sampling", unit="px", disable=not progress):
+    for position in progress_bar(range(height * width), desc="sampling", unit="px", enabled=progress):
         conditionals = mixture.PixelConditionals(stepper.predict(), channels)
         values = conditionals.sample(generator)
         stepper.commit(values)

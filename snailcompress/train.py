@@ -13,11 +13,13 @@ global batch (global batch = batch_size x world size; the paper's 8 GPUs x 8 ima
 rank's loss is scaled by the world size, so DDP's average of the gradients is their sum over the
 global batch, as in the reference (with eps inside Adam's square root the scale matters: averaging
 would act like a world^2 times larger eps). The data order is a pure function of (seed, epoch), so every
-rank agrees and a resumed run continues exactly where the interrupted one stopped.
+rank agrees and a resumed run continues exactly where the interrupted one stopped: the checkpoint
+counts its place in the epoch in images (a resumed run may change the batch size or the number of
+processes) and holds every rank's RNG states (each rank draws its own dropout masks).
 
 A run directory holds:
     checkpoints/last/   ema.safetensors (a model file: --model RUN_DIR works), weights.safetensors,
-                        trainer.pt (optimiser state, step, RNG states; loaded with weights_only=True),
+                        trainer.pt (optimiser state, step, each rank's RNG states; loaded with weights_only=True),
                         config.json
     log.csv             one row per log interval: step, images, lr, train and test bits/dim, speed
     bpd_curve.png       the curves of log.csv
@@ -39,9 +41,9 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Sampler
-from tqdm.auto import tqdm
 
 from . import distributed, mixture
 from .data import load_split
@@ -51,6 +53,7 @@ from .evaluate import check_context, evaluate, scored_log_prob
 from .models.layers import data_dependent_init
 from .models.presets import PRESETS, ModelConfig, build_from_config, config_from_dict, preset_config
 from .zoo import last_checkpoint, load_model, save_model
+from .progress import progress_bar as terminal_bar  # train() has a progress_bar flag
 
 # Reference hyper-parameters by architecture: lr decay per step, Adam epsilon (inside the sqrt).
 REFERENCE = {
@@ -194,24 +197,24 @@ def learning_rate(options: TrainOptions, step: int, lr_decay: float) -> float:
 
 
 class GlobalBatchSampler(Sampler):
-    """Batches of this rank's share of each global batch, from `start_batch` of the epoch on."""
+    """Batches of this rank's share of each global batch, from image `start` of the epoch's order on.
 
-    def __init__(self, n, batch_size, rank, world, seed, epoch, start_batch=0):
+    A resumed run starts where its checkpoint stopped, counted in images: with another batch size or
+    number of processes it neither skips nor repeats an image of the epoch."""
+
+    def __init__(self, n, batch_size, rank, world, seed, epoch, start=0):
         self.n, self.batch_size, self.rank, self.world = n, batch_size, rank, world
-        self.seed, self.epoch, self.start_batch = seed, epoch, start_batch
-
-    def batches_per_epoch(self) -> int:
-        return self.n // (self.batch_size * self.world)
+        self.seed, self.epoch, self.start = seed, epoch, start
 
     def __len__(self):
-        return self.batches_per_epoch() - self.start_batch
+        return (self.n - self.start) // (self.batch_size * self.world)
 
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         order = torch.randperm(self.n, generator=generator).tolist()
         per_global = self.batch_size * self.world
-        for b in range(self.start_batch, self.batches_per_epoch()):
-            first = b * per_global + self.rank * self.batch_size
+        for b in range(len(self)):
+            first = self.start + b * per_global + self.rank * self.batch_size
             yield order[first : first + self.batch_size]
 
 
@@ -227,23 +230,24 @@ def _rng_state(device: torch.device) -> dict:
 
 
 def save_checkpoint(run_dir: Path, model, ema, optimizer, progress: dict, options: TrainOptions, device,
-                    processes: int = 1) -> None:
+                    rng: list[dict]) -> None:
     """Write checkpoints/last as a new directory (last.tmp) renamed into place, the previous one moved
     aside first (last.old, then removed): a save killed at any point leaves a whole checkpoint, last or,
     between the two renames, last.old (has_checkpoint puts it back). The model file's facts
     say what the EMA weights are and what they cost: data set, steps, images seen, test bits/dim,
-    wall and CPU (rank 0's process) seconds in total across resumes, device type and process count."""
+    wall and CPU (rank 0's process) seconds in total across resumes, device type and process count.
+    `rng` holds every rank's RNG states (_rng_state), in rank order."""
     last = last_checkpoint(run_dir)
     tmp, old = last.with_name("last.tmp"), last.with_name("last.old")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     facts = {"dataset": options.dataset, **{k: progress[k] for k in ("step", "images", "test_bpd")},
              "elapsed_s": progress.get("elapsed_s"), "cpu_s": progress.get("cpu_s"), "device": torch.device(device).type,
-             "processes": processes}
+             "processes": len(rng)}
     save_model(ema, tmp / "ema.safetensors", **facts)
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / "weights.safetensors"))
     torch.save(
-        {"optimizer": optimizer.state_dict(), "progress": progress, "rng": _rng_state(device)},
+        {"optimizer": optimizer.state_dict(), "progress": progress, "rng": rng},
         tmp / "trainer.pt",
     )
     config = {"model": model.config.to_dict(), "options": asdict(options), "progress": progress}
@@ -273,17 +277,31 @@ def _reading_checkpoint(run_dir: Path):
         raise ModelError(f"{run_dir}: its last checkpoint ({last_checkpoint(run_dir)}) cannot be read: {detail}") from None
 
 
-def load_checkpoint(run_dir: Path, model, ema, optimizer, device) -> dict:
+def load_checkpoint(run_dir: Path, model, ema, optimizer, device, rank: int = 0) -> dict:
+    """The run's weights, EMA and optimiser state into these, rank `rank`'s RNG states into torch; returns
+    the progress. A rank the saved run did not have (resumed on more processes) keeps its own seed."""
     last = last_checkpoint(run_dir)
     with _reading_checkpoint(run_dir):
         model.load_state_dict(load_file(str(last / "weights.safetensors")))
         ema.load_state_dict(load_file(str(last / "ema.safetensors")))
         state = torch.load(last / "trainer.pt", map_location="cpu", weights_only=True)
         optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng"]["torch"])
-        if device.type == "cuda" and "cuda" in state["rng"]:
-            torch.cuda.set_rng_state(state["rng"]["cuda"], device)
-        return state["progress"]
+        rng = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]  # a dict: rank 0's, saved alone
+        if rank < len(rng):
+            torch.set_rng_state(rng[rank]["torch"])
+            if device.type == "cuda" and "cuda" in rng[rank]:
+                torch.cuda.set_rng_state(rng[rank]["cuda"], device)
+        progress = state["progress"]
+        if "batch_in_epoch" in progress:  # saved before the place in the epoch was counted in images
+            progress["images_in_epoch"] = progress.pop("batch_in_epoch") * _saved_global_batch(run_dir)
+        return progress
+
+
+def _saved_global_batch(run_dir: Path) -> int:
+    """The global batch of a run's last checkpoint: its batch size times its process count."""
+    with safe_open(str(last_checkpoint(run_dir) / "ema.safetensors"), framework="numpy") as f:
+        processes = json.loads((f.metadata() or {}).get("facts", "{}")).get("processes") or 1
+    return saved_options(run_dir).batch_size * int(processes)
 
 
 def has_checkpoint(run_dir: Path) -> bool:
@@ -499,8 +517,11 @@ class _Run:
     loader: DataLoader | None = None  # made at the first epoch (_epoch_batches), its workers kept for the next
 
     def save(self) -> None:
-        save_checkpoint(self.run_dir, self.model, self.ema, self.optimizer, self.progress, self.options, self.device,
-                        self.world)
+        """Rank 0 writes a checkpoint holding every rank's RNG states: under torchrun every rank calls this."""
+        rng = distributed.gather_objects(_rng_state(self.device))
+        if self.rank == 0:
+            save_checkpoint(self.run_dir, self.model, self.ema, self.optimizer, self.progress, self.options,
+                            self.device, rng)
 
 
 @dataclass
@@ -620,10 +641,11 @@ def _start(options: TrainOptions) -> _Run:
     ema = build_from_config(config).to(device)
     optimizer = ReferenceAdam(model.parameters(), lr=options.lr, eps=adam_eps)
     if resuming:
-        progress = load_checkpoint(run_dir, model, ema, optimizer, device)
+        progress = load_checkpoint(run_dir, model, ema, optimizer, device, rank)
     else:
         _init_weights(model, ema, start_weights, train_set, options, device)
-        progress = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "images": 0, "elapsed_s": 0.0, "cpu_s": 0.0, "test_bpd": None}
+        progress = {"step": 0, "epoch": 0, "images_in_epoch": 0, "images": 0, "elapsed_s": 0.0, "cpu_s": 0.0,
+                    "test_bpd": None}
     ema.eval()
     for p in ema.parameters():
         p.requires_grad_(False)
@@ -655,8 +677,27 @@ def _epoch_batches(run: _Run, stop: StopRequest) -> DataLoader:
             worker_init_fn=_ignore_stop_signals if stop.enabled else None,
         )
     run.loader.batch_sampler.epoch = progress["epoch"]
-    run.loader.batch_sampler.start_batch = progress["batch_in_epoch"]
+    run.loader.batch_sampler.start = progress["images_in_epoch"]
     return run.loader
+
+
+def _stop_workers(run: _Run) -> None:
+    """End the data workers of a run that stops on an error. They ignore the signals that end a
+    process's children at its exit (_ignore_stop_signals), and the error's traceback keeps their loader
+    alive, so without this the command would print its error and never exit."""
+    iterator = getattr(run.loader, "_iterator", None)  # persistent workers' iterator (torch's)
+    if iterator is not None:
+        iterator._shutdown_workers()
+
+
+def _unwrapped(error: SnailError) -> SnailError:
+    """A worker's error as torch re-raises it in the main process, its whole traceback in the message
+    ("Caught DatasetError in DataLoader worker process 0. Original Traceback ..."), as its own one line."""
+    text = str(error)
+    if not text.startswith("Caught "):
+        return error
+    last = text.rstrip().splitlines()[-1]  # "snailcompress.errors.DatasetError: <the message>"
+    return type(error)(last.partition(": ")[2] or last)
 
 
 def _train_step(run: _Run, batch: torch.Tensor) -> tuple[float, int]:
@@ -681,21 +722,25 @@ def _train_step(run: _Run, batch: torch.Tensor) -> tuple[float, int]:
     with torch.no_grad():
         torch._foreach_lerp_(list(run.ema.parameters()), list(run.model.parameters()), 1 - ema_decay(options))
     progress["step"] += 1
-    progress["batch_in_epoch"] += 1
+    progress["images_in_epoch"] += len(batch) * run.world
     progress["images"] += len(batch) * run.world
     return nats.item(), scored.numel() * x.shape[1]
 
 
 def _finished(run: _Run, clock: _Clock, stop: StopRequest) -> bool:
-    """A stop signal came, or one of the run's budgets (steps, minutes, CPU minutes) is spent."""
+    """A stop signal came, or one of the run's budgets (steps, minutes, CPU minutes) is spent. Under
+    torchrun a rank whose clock ran out stops every rank at this step: one stopping alone would wait in
+    _finish's barrier while the others waited in the next step's allreduce."""
     options = run.options
     if stop.signal_name is not None:
         return True
     if options.steps is not None and run.progress["step"] >= options.steps:
         return True
-    if options.cpu_minutes is not None and clock.cpu_s() >= options.cpu_minutes * 60:
-        return True
-    return options.minutes is not None and clock.elapsed_s() >= options.minutes * 60
+    if options.cpu_minutes is None and options.minutes is None:
+        return False
+    spent = (options.cpu_minutes is not None and clock.cpu_s() >= options.cpu_minutes * 60
+             or options.minutes is not None and clock.elapsed_s() >= options.minutes * 60)
+    return distributed.any_rank(spent)
 
 
 def _evaluate(run: _Run, clock: _Clock) -> float | None:
@@ -721,19 +766,24 @@ def _log_row(run: _Run, elapsed_s: float, cpu_s: float, test_bpd: float | None, 
 
 def _periodic(run: _Run, clock: _Clock, window: _Window, log: CsvLog | None) -> _Window:
     """After a step: evaluate every eval_every steps, log every log_every steps and after each
-    evaluation, save every checkpoint_minutes. Returns the loss window, a fresh one after a log row."""
+    evaluation, save every checkpoint_minutes. Returns the loss window, a fresh one after a log row.
+    Under torchrun every rank takes part in the log row (its train bits/dim is the global batch's)
+    and the save (every rank's RNG states), at the same steps."""
     options, progress = run.options, run.progress
     test_bpd = None
-    if options.eval_every and progress["step"] % options.eval_every == 0:
+    evaluated = options.eval_every and progress["step"] % options.eval_every == 0
+    if evaluated:
         test_bpd = progress["test_bpd"] = _evaluate(run, clock)
         progress["evaluated_step"] = progress["step"]
-    if run.rank == 0 and (progress["step"] % options.log_every == 0 or test_bpd is not None):
+    if progress["step"] % options.log_every == 0 or evaluated:
+        nats, dims = distributed.sum_over_ranks(window.nats, window.dims)
         now = time.monotonic()
-        log.append(_log_row(run, now - clock.started, clock.cpu_s(), test_bpd,
-                            train_bpd=f"{window.bits_per_dim():.5f}",
-                            images_per_s=f"{window.images / max(now - window.start, 1e-9):.1f}"))
+        if run.rank == 0:
+            log.append(_log_row(run, now - clock.started, clock.cpu_s(), test_bpd,
+                                train_bpd=f"{mixture.bits_per_dim(nats, dims):.5f}",
+                                images_per_s=f"{window.images / max(now - window.start, 1e-9):.1f}"))
         window = _Window(start=now)
-    if run.rank == 0 and time.monotonic() - clock.last_saved >= options.checkpoint_minutes * 60:
+    if distributed.any_rank(time.monotonic() - clock.last_saved >= options.checkpoint_minutes * 60):
         clock.stamp(progress)
         run.save()
         clock.last_saved = time.monotonic()
@@ -746,14 +796,15 @@ def _finish(run: _Run, clock: _Clock, log: CsvLog | None, stop: StopRequest, tra
     run stopped by a signal saves at once without evaluating: its resumed run evaluates at its end."""
     progress = run.progress
     clock.stamp(progress)
-    if run.rank == 0:
-        evaluate = stop.signal_name is None and progress.get("evaluated_step") != progress["step"]
-        if evaluate:
-            progress["test_bpd"] = _evaluate(run, clock)
-            progress["evaluated_step"] = progress["step"]
+    evaluate = stop.signal_name is None and progress.get("evaluated_step") != progress["step"]
+    if evaluate:
+        progress["test_bpd"] = _evaluate(run, clock)  # None on ranks > 0
+        progress["evaluated_step"] = progress["step"]
+        if run.rank == 0:
             log.append(_log_row(run, progress["elapsed_s"], progress["cpu_s"], progress["test_bpd"]))
-        if trained or evaluate:
-            run.save()
+    if trained or evaluate:
+        run.save()
+        if run.rank == 0:
             from .figures import plot_training_curve
 
             plot_training_curve(run.run_dir / "log.csv", run.run_dir / "bpd_curve.png",
@@ -771,27 +822,31 @@ def train(options: TrainOptions, progress_bar: bool = True) -> dict:
     run = _start(options)
     progress = run.progress
     log = CsvLog(run.run_dir / "log.csv", progress["step"]) if run.rank == 0 else None
-    bar = tqdm(
+    bar = terminal_bar(
         total=run.options.steps, initial=progress["step"] if run.options.steps else 0, desc="train", unit="step",
-        disable=not (progress_bar and run.rank == 0), dynamic_ncols=True,
+        enabled=progress_bar and run.rank == 0, dynamic_ncols=True,
     )
     clock, window, first_step = _Clock.resumed(progress), _Window(), progress["step"]
     stop = StopRequest(enabled=run.world == 1)
     run.model.train()
     with stop:
-        while not _finished(run, clock, stop):
-            for batch in _epoch_batches(run, stop):
-                nats, dims = _train_step(run, batch)
-                window.add(nats, dims, images=len(batch) * run.world)
-                bar.update(1)
-                if progress["step"] % 10 == 0:
-                    bar.set_postfix(bpd=f"{window.bits_per_dim():.3f}")
-                window = _periodic(run, clock, window, log)
-                if _finished(run, clock, stop):
-                    break
-            else:  # the epoch is done: the next one, in its own order
-                progress["epoch"] += 1
-                progress["batch_in_epoch"] = 0
+        try:
+            while not _finished(run, clock, stop):
+                for batch in _epoch_batches(run, stop):
+                    nats, dims = _train_step(run, batch)
+                    window.add(nats, dims, images=len(batch) * run.world)
+                    bar.update(1)
+                    if progress["step"] % 10 == 0:
+                        bar.set_postfix(bpd=f"{window.bits_per_dim():.3f}")
+                    window = _periodic(run, clock, window, log)
+                    if _finished(run, clock, stop):
+                        break
+                else:  # the epoch is done: the next one, in its own order
+                    progress["epoch"] += 1
+                    progress["images_in_epoch"] = 0
+        except SnailError as error:  # a damaged image met by a data worker, say
+            _stop_workers(run)
+            raise _unwrapped(error) from None
     bar.close()
     _finish(run, clock, log, stop, trained=progress["step"] > first_step)
     return {**progress, "stopped_by": stop.signal_name}

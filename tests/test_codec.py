@@ -978,8 +978,11 @@ def test_cli_unwritable_output_directory(work, monkeypatch, command, source, nam
         return real_open(path, *a, **k)
 
     monkeypatch.setattr(os, "open", deny)
-    one_line_error(cli(command, source, "-o", out / name, "--model", TINY, "-q"), "permission denied")
-    assert os.listdir(out) == []
+    coded = []  # refused before any coding, not after it
+    for step in ("encode_images", "decode_images"):
+        monkeypatch.setattr(api, step, lambda items, *a, real=getattr(api, step), **k: coded.extend(items) or real(items, *a, **k))
+    one_line_error(cli(command, source, "-o", out / name, "--model", TINY, "-q"), "cannot write into", "Permission denied")
+    assert os.listdir(out) == [] and coded == []
 
 
 def test_cli_existing_output_needs_force(work):
@@ -1000,7 +1003,10 @@ def test_cli_existing_output_needs_force(work):
 def test_cli_several_inputs(work):
     make_image("L", 4, 6, "random", 2).save(work / "g.png")
     (work / "one.snail").write_bytes(b"x")
-    one_line_error(cli("encode", "a.png", "g.png", "-o", "one.snail", "--model", TINY, "-q"), "must be a directory")
+    one_line_error(cli("encode", "a.png", "g.png", "-o", "one.snail", "--model", TINY, "-q"), "this is a file")
+    # several inputs and a name that is not there: a directory only where the name says so (as cp)
+    one_line_error(cli("encode", "a.png", "g.png", "-o", "two.snail", "--model", TINY, "-q"), "end it with /")
+    assert not (work / "two.snail").exists()
     (work / "out").mkdir()
     (work / "out" / "g.snail").write_bytes(b"x")
     r = cli("encode", "a.png", "g.png", "-o", "out", "--model", TINY, "--tile", TILE, "-q")
@@ -1128,3 +1134,49 @@ def test_cli_pipes_standard_input_to_standard_output(work):
     assert np.array_equal(np.asarray(back), np.asarray(Image.open(work / "a.png")))
     one_line_error(cli("encode", "a.png", "a.png", "-c", "-q"), "-c writes one input")
     one_line_error(cli("encode", "-", "-q"), "standard input has no name")
+
+
+def test_cli_usage_mistakes_are_one_line_errors(work):
+    """click's own usage errors (a missing argument, an unknown option or command, a bad value) are
+    one line naming the command and where its help is, exit status 2, as every other error is one line."""
+    for args, needle in [(["encode"], "encode --help"), (["demo", "-q"], "demo --help"),
+                         (["encode", "--threads", "x", "a.png"], "--threads"), (["frob"], "frob"), (["--bogus"], "--bogus")]:
+        line = one_line_error(cli(*args), needle)
+        assert cli(*args).exit_code == 2, line
+    assert cli("encode", "--help").exit_code == 0 and cli("--version").exit_code == 0
+
+
+def test_cli_stdout_refuses_a_terminal_unless_forced(work, monkeypatch):
+    """-c on a terminal would print a binary stream there (gzip refuses too); -f writes it anyway."""
+    from snailcompress import cli as cli_module
+
+    monkeypatch.setattr(cli_module.sys, "stdout", type("Terminal", (), {"isatty": lambda self: True})())
+    with pytest.raises(UsageError, match="terminal"):
+        cli_module._outputs_or_stdout(("a.png",), None, True, lambda p: p)
+    assert cli_module._outputs_or_stdout(("a.png",), None, True, lambda p: p, force=True) == [None]
+
+
+def test_cli_summary_counts_every_channel_and_says_when_a_time_is_shared(work):
+    """bits/subpixel divides by every channel of every pixel, a constant alpha's included; files coded
+    together share one time, said as such."""
+    image = make_image("L", 12, 10, "random", 5)
+    image.putalpha(255)  # LA with a constant alpha: one plane coded
+    image.save(work / "la.png")
+    make_image("RGB", 8, 9, "random", 6).save(work / "rgb.png")
+    r = cli("encode", "la.png", "rgb.png", "-o", "out/", "--model", TINY, "--tile", TILE)
+    assert r.exit_code == 0, r.output
+    for line, name, channels in zip(r.stdout.splitlines(), ["la", "rgb"], [2, 3]):
+        size = (work / "out" / f"{name}.snail").stat().st_size
+        width, height = Image.open(work / f"{name}.png").size
+        assert f"{8 * size / (width * height * channels):.3f} bits/subpixel" in line, line
+        assert "average of 2 files coded together" in line, line
+    alone = cli("decode", "out/la.snail", "-o", "la-back.png", "--model", TINY).stdout
+    assert "coded together" not in alone
+
+
+def test_cli_info_names_a_shipped_model(work):
+    """A file coded by a shipped model holds only its id; info names the model it belongs to."""
+    make_image("RGB", 8, 9, "random", 7).save(work / "s.png")
+    assert cli("encode", "s.png", "-q").exit_code == 0
+    assert "(shipped snail-rgb)" in cli("info", "s.snail").stdout
+    assert "(shipped" not in cli("info", "a.snail").stdout  # a preset's: no shipped name

@@ -163,9 +163,12 @@ def test_demo_round_trips_and_keeps_its_files_only_when_asked(tmp_path):
     assert sorted(p.name for p in (tmp_path / "kept").iterdir()) == ["demo-decoded.png", "demo.snail", DEMO_IMAGE]
     assert np.array_equal(np.asarray(Image.open(tmp_path / "kept" / "demo-decoded.png").convert("RGB")),
                           np.asarray(Image.open(tmp_path / "kept" / DEMO_IMAGE).convert("RGB")))
-    # a second demo into the same directory would write over them; a file is no directory (a traceback)
+    # a second demo into the same directory would write over them, a directory holding anything might;
+    # a file is no directory (a traceback)
     (tmp_path / "a-file").write_text("x")
-    for keep, needle in [("kept", "already holds kodim23-crop.png, demo.snail, demo-decoded.png"), ("a-file", "is a file")]:
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("x")
+    for keep, needle in [("kept", "is not empty"), ("other", "is not empty"), ("a-file", "is a file")]:
         again = runner.invoke(main, ["demo", "--keep", str(tmp_path / keep)])
         lines = again.stderr.strip().splitlines()
         assert again.exit_code != 0 and len(lines) == 1 and needle in lines[0], again.output

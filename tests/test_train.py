@@ -176,7 +176,7 @@ def test_global_batches_are_split_between_ranks():
     assert len(whole) == len(halves[0]) == len(halves[1]) == 40 // 6
     for b, batch in enumerate(whole):
         assert batch == halves[0][b] + halves[1][b]
-    resumed = list(GlobalBatchSampler(40, 6, rank=0, world=1, seed=3, epoch=2, start_batch=4))
+    resumed = list(GlobalBatchSampler(40, 6, rank=0, world=1, seed=3, epoch=2, start=24))
     assert resumed == whole[4:]
     assert list(GlobalBatchSampler(40, 6, rank=0, world=1, seed=3, epoch=3)) != whole
 
@@ -369,7 +369,7 @@ def test_resumed_run_is_identical_to_an_uninterrupted_one(photo_dir, tmp_path):
     first = train(folder_options(photo_dir, split, steps=3, dropout=0.5), progress_bar=False)
     assert first["step"] == 3 and first["epoch"] == 0
     resumed = train(folder_options(photo_dir, split, steps=6, dropout=0.5), progress_bar=False)
-    assert resumed["step"] == 6 and resumed["epoch"] == 1 and resumed["batch_in_epoch"] == 2  # 4 batches/epoch
+    assert resumed["step"] == 6 and resumed["epoch"] == 1 and resumed["images_in_epoch"] == 8  # 4 batches/epoch
 
     for name in ("weights.safetensors", "ema.safetensors"):
         assert_same_tensors(load_file(checkpoint(straight) / name), load_file(checkpoint(split) / name))
@@ -381,7 +381,7 @@ def test_resumed_run_is_identical_to_an_uninterrupted_one(photo_dir, tmp_path):
         for key, value in state.items():
             assert torch.equal(value, b["optimizer"]["state"][index][key]), (index, key)
     assert a["optimizer"]["param_groups"] == b["optimizer"]["param_groups"]
-    assert torch.equal(a["rng"]["torch"], b["rng"]["torch"])
+    assert len(a["rng"]) == len(b["rng"]) == 1 and torch.equal(a["rng"][0]["torch"], b["rng"][0]["torch"])
     skip = {"elapsed_s", "cpu_s"}
     assert {k: v for k, v in a["progress"].items() if k not in skip} == {
         k: v for k, v in b["progress"].items() if k not in skip
@@ -389,6 +389,40 @@ def test_resumed_run_is_identical_to_an_uninterrupted_one(photo_dir, tmp_path):
     # every step's training loss is the same, before and after the interruption
     train_bpd = lambda run: [(r["step"], r["train_bpd"]) for r in read_log(run) if r["train_bpd"]]  # noqa: E731
     assert train_bpd(straight) == train_bpd(split) and len(train_bpd(split)) == 6
+
+
+def test_a_run_resumed_with_another_batch_size_trains_on_each_image_of_the_epoch_once(photo_dir, tmp_path, monkeypatch):
+    """3 steps of 4 crops, then 3 of 2: the epoch's 18 crops, each once (its place is counted in images)."""
+    drawn = []
+    batches = GlobalBatchSampler.__iter__
+
+    def recorded(sampler):
+        for batch in batches(sampler):
+            drawn.append((sampler.epoch, batch))
+            yield batch
+
+    monkeypatch.setattr(GlobalBatchSampler, "__iter__", recorded)
+    out = tmp_path / "run"
+    train(folder_options(photo_dir, out, batch_size=4, steps=3), progress_bar=False)
+    options, resuming = train_options(str(out), batch_size=2, steps=6)
+    assert resuming and options.batch_size == 2
+    progress = train(options, progress_bar=False)
+    assert sorted(i for epoch, batch in drawn if epoch == 0 for i in batch) == list(range(18))
+    assert progress["images_in_epoch"] == progress["images"] == 18
+
+
+def test_a_checkpoint_of_an_earlier_version_resumes_exactly(photo_dir, tmp_path):
+    """Its trainer.pt holds one RNG state (rank 0's) and the place in the epoch in batches."""
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    train(folder_options(photo_dir, straight, steps=5, dropout=0.5), progress_bar=False)
+    train(folder_options(photo_dir, split, steps=3, dropout=0.5), progress_bar=False)
+    state = torch.load(checkpoint(split) / "trainer.pt", weights_only=True)
+    state["rng"] = state["rng"][0]
+    state["progress"]["batch_in_epoch"] = state["progress"].pop("images_in_epoch") // 4
+    torch.save(state, checkpoint(split) / "trainer.pt")
+    train(folder_options(photo_dir, split, steps=5, dropout=0.5), progress_bar=False)
+    for name in ("weights.safetensors", "ema.safetensors"):
+        assert_same_tensors(load_file(checkpoint(straight) / name), load_file(checkpoint(split) / name))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -401,21 +435,43 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def torchrun(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    """`args` (-m MODULE ..., or a script) under torchrun: 2 gloo processes on the CPU, a thread each.
+    A job still running after `timeout` seconds (deadlocked) is stopped and fails the test."""
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
+        "--master_addr", "127.0.0.1", "--master_port", str(free_port()), *args,
+    ]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env.pop("WORLD_SIZE", None)
+    with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as job:
+        try:
+            stdout, stderr = job.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            job.terminate()  # torchrun stops its workers
+            job.communicate(timeout=60)
+            pytest.fail(f"the torchrun job did not end in {timeout:g} s")
+    return subprocess.CompletedProcess(command, job.returncode, stdout, stderr)
+
+
+def torchrun_train(tmp_path: Path, options: TrainOptions, patch: str = "", timeout: float = 240) -> None:
+    """train(options) under torchrun, each process running `patch` first (`T` is snailcompress.train)."""
+    script = tmp_path / "train_script.py"
+    script.write_text(f"from snailcompress import train as T\n{patch}\nT.train(T.{options!r}, progress_bar=False)\n")
+    done = torchrun(str(script), timeout=timeout)
+    assert done.returncode == 0, done.stderr[-4000:]
+
+
 @pytest.mark.slow
 def test_two_process_ddp_matches_one_process_with_the_global_batch(photo_dir, tmp_path):
     """torchrun, gloo, 2 ranks x 2 images == 1 process x 4 images on the same global batches."""
     steps = 5
     ddp_dir, single_dir = tmp_path / "ddp", tmp_path / "single"
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
-        "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
+    done = torchrun(
         "-m", "snailcompress.cli", "train", "--model", "pixelsnail-tiny", *folder_cli_args(photo_dir),
         "--batch-size", "2", "--steps", str(steps), "--workers", "0", "--device", "cpu", "--eval-every", "0",
         "--ema", "0.9", "--out", str(ddp_dir),
-    ]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    env.pop("WORLD_SIZE", None)
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     assert done.stdout.count("bits/dim") == 1, done.stdout  # rank 0 reports, rank 1 stays quiet
 
@@ -435,6 +491,69 @@ def test_two_process_ddp_matches_one_process_with_the_global_batch(photo_dir, tm
     # the weights did move during these steps, by much more than the tolerance
     weights, ema = load_file(checkpoint(ddp_dir) / "weights.safetensors"), load_file(checkpoint(ddp_dir) / "ema.safetensors")
     assert max(float((weights[k] - ema[k]).abs().max()) for k in weights) > 1e-3
+
+
+@pytest.mark.slow
+def test_two_process_ddp_logs_the_train_loss_of_the_global_batch(photo_dir, tmp_path):
+    """log.csv's train bits/dim of 2 ranks x 2 images is that of 1 process x 4 images, not rank 0's half."""
+    same = dict(steps=3, dropout=0.0, log_every=1)
+    torchrun_train(tmp_path, folder_options(photo_dir, tmp_path / "ddp", batch_size=2, **same))
+    train(folder_options(photo_dir, tmp_path / "single", batch_size=4, init_batch=2, **same), progress_bar=False)
+    logged = [[float(r["train_bpd"]) for r in read_log(tmp_path / run) if r["train_bpd"]] for run in ("ddp", "single")]
+    assert len(logged[0]) == 3
+    assert logged[0] == pytest.approx(logged[1], abs=1e-4)
+
+
+@pytest.mark.slow
+def test_two_process_ddp_stops_every_rank_where_one_rank_runs_out_of_time(photo_dir, tmp_path):
+    """Rank 1's CPU budget is spent after 2 steps, rank 0's never: both stop there, instead of rank 1
+    waiting at the end for rank 0, and rank 0 in its next step for rank 1."""
+    patch = """
+import os
+trained = []
+step = T._train_step
+T._train_step = lambda run, batch: trained.append(1) or step(run, batch)
+if os.environ["RANK"] == "1":
+    T._Clock.cpu_s = lambda clock: 1e9 if len(trained) >= 2 else 0.0
+"""
+    out = tmp_path / "run"
+    torchrun_train(tmp_path, folder_options(photo_dir, out, batch_size=2, cpu_minutes=10.0), patch, timeout=120)
+    assert json.loads((checkpoint(out) / "config.json").read_text())["progress"]["step"] == 2
+
+
+@pytest.fixture(scope="module")
+def ddp_resumed(photo_dir, tmp_path_factory) -> tuple[Path, Path, subprocess.CompletedProcess]:
+    """Under torchrun (2 ranks x 2 images, dropout on): 4 steps straight, and 2 steps resumed to 4;
+    the two run directories and the resumed job."""
+    root = tmp_path_factory.mktemp("ddp-resume")
+
+    def run(out: Path, steps: int) -> subprocess.CompletedProcess:
+        done = torchrun(
+            "-m", "snailcompress.cli", "train", "--model", "pixelsnail-tiny", *folder_cli_args(photo_dir),
+            "--batch-size", "2", "--steps", str(steps), "--workers", "0", "--device", "cpu", "--eval-every", "0",
+            "--ema", "0.9", "--dropout", "0.5", "--out", str(out),
+        )
+        assert done.returncode == 0, done.stderr[-4000:]
+        return done
+
+    run(root / "straight", 4)
+    run(root / "split", 2)
+    return root / "straight", root / "split", run(root / "split", 4)
+
+
+@pytest.mark.slow
+def test_two_process_ddp_resumes_exactly_with_each_ranks_dropout(ddp_resumed):
+    straight, split, _ = ddp_resumed
+    for name in ("weights.safetensors", "ema.safetensors"):
+        assert_same_tensors(load_file(checkpoint(straight) / name), load_file(checkpoint(split) / name))
+    rng = torch.load(checkpoint(split) / "trainer.pt", weights_only=True)["rng"]
+    assert len(rng) == 2 and not torch.equal(rng[0]["torch"], rng[1]["torch"])  # each rank draws its own masks
+
+
+@pytest.mark.slow
+def test_two_process_ddp_resumed_reports_once(ddp_resumed):
+    """Rank 1 holds the checkpoint's test bits/dim, not its own: only rank 0 reports."""
+    assert ddp_resumed[2].stdout.count("bits/dim") == 1, ddp_resumed[2].stdout
 
 
 # ---------------------------------------------------------------------------------------------
@@ -899,3 +1018,27 @@ def test_the_curve_of_a_run_stopped_before_its_first_log_row_is_an_empty_plot(tm
         warnings.simplefilter("error")
         out = plot_training_curve(tmp_path / "log.csv", tmp_path / "curve.png", "stopped early")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+
+def test_a_data_workers_error_is_its_own_line_and_its_workers_stop(photo_dir, tmp_path, monkeypatch):
+    """A crop that fails in a data worker (a damaged photo whose header passed): torch re-raises the
+    error with the worker's traceback in its message, and the workers, which ignore stop signals, kept
+    the process from exiting. The error is its own line again, and the workers are gone."""
+    import multiprocessing
+
+    from snailcompress.data import folder
+    from snailcompress.errors import DatasetError
+
+    parent, real = os.getpid(), folder.RandomCrops.__getitem__
+
+    def damaged_in_workers(self, index):  # the data-dependent init draws in this process: it succeeds
+        if os.getpid() != parent:
+            raise DatasetError("b.png is not a readable image (image file is truncated).")
+        return real(self, index)
+
+    monkeypatch.setattr(folder.RandomCrops, "__getitem__", damaged_in_workers)
+    with pytest.raises(DatasetError) as caught:
+        train(folder_options(photo_dir, tmp_path / "run", steps=4, workers=1), progress_bar=False)
+    assert str(caught.value) == "b.png is not a readable image (image file is truncated)."
+    assert not multiprocessing.active_children()

@@ -72,7 +72,7 @@ import constriction
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
+from ..progress import progress_bar
 
 from .. import api, distributed
 from ..codec import container
@@ -268,8 +268,8 @@ def _whole_nll_row(loaded: LoadedModel, images: Sequence[np.ndarray], opts: Benc
     start = time.perf_counter()
     bits = distributed.gather([
         tiled_nll_bits(loaded.model, pixels, api.DEFAULT_TILE, context, opts.batch_size)
-        for pixels in tqdm(images[mine.start : mine.stop], desc=f"{loaded.name} NLL", unit="image",
-                           disable=not opts.progress, leave=False)
+        for pixels in progress_bar(images[mine.start : mine.stop], desc=f"{loaded.name} NLL", unit="image",
+                                   enabled=opts.progress, leave=False)
     ])
     seconds = time.perf_counter() - start
     subpixels = np.array([pixels.size for pixels in images])
@@ -530,7 +530,7 @@ def run_benchmark(opts: BenchOptions, log: Callable[[str], None] = print) -> Ben
             log(f"{row['method']}: {row['bits_per_subpixel']:.4f} bits/subpixel over {n} images")
 
     jobs = [(codec, mosaic) for codec in codecs for mosaic in ((False,) if whole else (False, True))]
-    for codec, mosaic in tqdm(jobs, desc="codecs", unit="run", disable=not opts.progress, leave=False):
+    for codec, mosaic in progress_bar(jobs, desc="codecs", unit="run", enabled=opts.progress, leave=False):
         result = bench_codecs.measure(codec, images, mosaic=mosaic)
         rows.append({**result.as_row(), "coding": "mosaic" if mosaic else "per file"})
         if not mosaic:

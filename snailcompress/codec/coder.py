@@ -30,7 +30,7 @@ from typing import Protocol
 
 import constriction
 import numpy as np
-from tqdm.auto import tqdm
+from ..progress import progress_bar
 
 from ..errors import FormatError
 from ..integer.arithmetic import PRECISION_BITS
@@ -98,7 +98,7 @@ class CodingProgress:
     """A progress bar (steps decoded, or window positions encoded) with the running bits per subpixel."""
 
     def __init__(self, total: int, desc: str, enabled: bool = True, unit: str = "step"):
-        self.bar = tqdm(total=total, desc=desc, unit=unit, disable=not enabled, leave=False)
+        self.bar = progress_bar(total=total, desc=desc, unit=unit, enabled=enabled, leave=False)
         self.steps, self.bits, self.subpixels, self.done = 0, 0.0, 0, 0
 
     def step(self, bits: float, subpixels: int, amount: int = 1) -> None:

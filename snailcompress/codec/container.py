@@ -1154,9 +1154,11 @@ _METHOD_NOTES = {
 }
 
 
-def describe(f: SnailFile) -> str:
+def describe(f: SnailFile, known_models: dict[str, str] | None = None) -> str:
     """The header in words, several lines, for `snailcompress info`.  Sizes are in bits per
-    subpixel: per coded value of the coded channels (a constant alpha is not coded)."""
+    subpixel: per coded value of the coded channels (a constant alpha is not coded).
+    `known_models`: names of models by the id a file holds (the shipped ones), for a plane whose
+    file names none."""
     total = file_size(f)
     payload = sum(p.payload_bytes for p in f.planes)
     pixels = f.width * f.height
@@ -1182,7 +1184,8 @@ def describe(f: SnailFile) -> str:
             bits = 8 * p.payload_bytes / (pixels * coded)
             lines.append(f"              stream: {bits:.4f} bits per subpixel")
             continue
-        name = f" ({p.model_name})" if p.model_name is not None else ""
+        known = (known_models or {}).get(p.model_id)
+        name = f" ({p.model_name})" if p.model_name is not None else f" (shipped {known})" if known else ""
         context = f"context {p.context[0]} above, {p.context[1]} left" if any(p.context) else "no context"
         band = f", bands of {p.band} rows of windows" if p.context[0] else ""
         calibration = f", calibrated ({_calibration_size(p.calibration)})" if p.calibration else ", not calibrated"

@@ -78,8 +78,6 @@ WRITE_FORMATS: dict[str, tuple[str, dict]] = {
 _MODE_NOTES = {
     "I": "32-bit integer",
     "F": "32-bit floating point",
-    "CMYK": "CMYK",
-    "YCbCr": "YCbCr",
     "LAB": "Lab colour",
     "HSV": "HSV colour",
     "PA": "palette with alpha",
