@@ -412,7 +412,7 @@ def _encode_and_write(batch: list, start: float, models: ModelChooser, tile: int
     """encode_files for one batch (read since `start`): encode its images together, then write each, in order."""
     readable = [image for _, _, image in batch if not isinstance(image, SnailError)]
     snails = iter(encode_images(readable, models, tile, context, progress, calibrate))
-    seconds = (time.perf_counter() - start) / len(batch)
+    seconds = (time.perf_counter() - start) / max(len(readable), 1)
     for source, target, image in batch:
         snail = image if isinstance(image, SnailError) else next(snails)
         try:
@@ -428,7 +428,7 @@ def _encode_and_write(batch: list, start: float, models: ModelChooser, tile: int
         except SnailError as e:
             yield e
             continue
-        yield CodingReport(Path(source), target, image.width, image.height, image.mode, len(data), seconds, len(batch))
+        yield CodingReport(Path(source), target, image.width, image.height, image.mode, len(data), seconds, len(readable))
 
 
 DECODE_BATCH_PIXELS = 1 << 22  # pixels of the files decode_files decodes together (memory: their images)
@@ -464,7 +464,7 @@ def _decode_and_write(batch: list, start: float, models: ModelChooser, force: bo
     decode its files together, then write each (unless `test`), in order."""
     snails = [item[0] for _, _, item in batch if not isinstance(item, SnailError)]
     images = iter(decode_images(snails, models, progress))
-    seconds = (time.perf_counter() - start) / len(batch)
+    seconds = (time.perf_counter() - start) / max(len(snails), 1)
     for source, target, item in batch:
         image, size = (item, 0) if isinstance(item, SnailError) else (next(images), item[1])
         try:
@@ -481,7 +481,7 @@ def _decode_and_write(batch: list, start: float, models: ModelChooser, force: bo
         except SnailError as e:
             yield e
             continue
-        yield CodingReport(Path(source), target, image.width, image.height, image.mode, size, seconds, len(batch))
+        yield CodingReport(Path(source), target, image.width, image.height, image.mode, size, seconds, len(snails))
 
 
 def decode_file(source, target=None, models: ModelChooser | None = None, force: bool = False,

@@ -29,6 +29,10 @@ def friendly_errors(fn):
         except SnailError as e:
             click.echo(f"snailcompress: error: {e}", err=True)
             sys.exit(e.exit_code)
+        except OSError as e:  # what the system refused that no check foresaw (a name too long, a full disk)
+            where = f"{e.filename}: " if e.filename else ""
+            click.echo(f"snailcompress: error: {where}{e.strerror or e}", err=True)
+            sys.exit(1)
         except KeyboardInterrupt:
             click.echo("snailcompress: interrupted", err=True)
             sys.exit(130)
@@ -66,6 +70,8 @@ class _Commands(click.Group):
     def make_context(self, *args, **kwargs):
         try:
             return super().make_context(*args, **kwargs)
+        except click.exceptions.NoArgsIsHelpError:  # `snailcompress` alone: the help, as click prints it
+            raise
         except click.UsageError as e:
             raise _one_line(e) from None
 
@@ -77,8 +83,12 @@ class _Commands(click.Group):
 
 
 def _one_line(error: click.UsageError) -> _UsageLine:
+    names, ctx = [], error.ctx
+    while ctx is not None and ctx.parent is not None:  # the command's name below the program's, however started
+        names.insert(0, ctx.info_name)
+        ctx = ctx.parent
     where = error.ctx.command_path if error.ctx is not None else "snailcompress"
-    command = where.partition(" ")[2]
+    command = " ".join(names)
     return _UsageLine(f"{command + ': ' if command else ''}{error.format_message().rstrip('.')} (see {where} --help)")
 
 
@@ -377,9 +387,10 @@ def _check_picture_output(output, force: bool, figure: bool) -> None:
     """A picture's -o, before the work: a name whose extension is a picture format, not a directory,
     not an existing file without -f."""
     from .figures import check_picture_path
-    from .fileio import check_target
+    from .fileio import check_directory, check_target
 
     check_target(output, make_directories=True)
+    check_directory(Path(output).absolute().parent)  # writable, found now rather than after the work
     check_picture_path(Path(output), figure)
     if Path(output).exists() and not force:
         raise UsageError(f"{output} already exists (use -f to overwrite)")

@@ -1144,16 +1144,41 @@ def test_cli_usage_mistakes_are_one_line_errors(work):
         line = one_line_error(cli(*args), needle)
         assert cli(*args).exit_code == 2, line
     assert cli("encode", "--help").exit_code == 0 and cli("--version").exit_code == 0
+    bare = cli()  # the program alone: its help, as click gives it
+    assert bare.exit_code == 2 and "Commands:" in bare.output and ERROR not in bare.output
+    # a name the system refuses, which no check foresaw: one line, not a traceback
+    one_line_error(cli("encode", "a.png", "-o", "x" * 300 + ".snail", "--model", TINY, "-q"), "File name too long")
 
 
-def test_cli_stdout_refuses_a_terminal_unless_forced(work, monkeypatch):
-    """-c on a terminal would print a binary stream there (gzip refuses too); -f writes it anyway."""
-    from snailcompress import cli as cli_module
+@pytest.mark.parametrize("command, source", [("encode", "a.png"), ("decode", "a.snail")])
+def test_cli_stdout_refuses_a_terminal_unless_forced(work, command, source):
+    """-c on a terminal would print a binary stream there (gzip refuses too); -f writes it anyway. The
+    commands run with a pseudo-terminal as their standard output."""
+    import pty
 
-    monkeypatch.setattr(cli_module.sys, "stdout", type("Terminal", (), {"isatty": lambda self: True})())
-    with pytest.raises(UsageError, match="terminal"):
-        cli_module._outputs_or_stdout(("a.png",), None, True, lambda p: p)
-    assert cli_module._outputs_or_stdout(("a.png",), None, True, lambda p: p, force=True) == [None]
+    def run(*extra):
+        controller, terminal = pty.openpty()
+        try:
+            done = subprocess.run([sys.executable, "-m", "snailcompress.cli", command, source, "-c", "--model", TINY,
+                                   "-q", *extra], stdout=terminal, stderr=subprocess.PIPE, text=True, timeout=300)
+            os.close(terminal)
+            received = b""
+            while True:
+                try:
+                    chunk = os.read(controller, 1 << 16)
+                except OSError:  # the terminal's other side closed: all is read
+                    break
+                if not chunk:
+                    break
+                received += chunk
+        finally:
+            os.close(controller)
+        return done, received
+
+    refused, nothing = run()
+    assert refused.returncode != 0 and nothing == b"" and "terminal" in refused.stderr, refused.stderr
+    forced, written = run("-f")
+    assert forced.returncode == 0 and len(written) > 8, forced.stderr
 
 
 def test_cli_summary_counts_every_channel_and_says_when_a_time_is_shared(work):
@@ -1172,6 +1197,13 @@ def test_cli_summary_counts_every_channel_and_says_when_a_time_is_shared(work):
         assert "average of 2 files coded together" in line, line
     alone = cli("decode", "out/la.snail", "-o", "la-back.png", "--model", TINY).stdout
     assert "coded together" not in alone
+    # info's figure for the whole file is the summary's
+    size = (work / "out" / "la.snail").stat().st_size
+    assert f"{8 * size / (12 * 10 * 2):.4f} bits per subpixel" in cli("info", "out/la.snail").stdout
+    # an input that could not be read is no file coded together
+    (work / "junk.png").write_bytes(b"junk")
+    r = cli("encode", "rgb.png", "junk.png", "-o", "again/", "--model", TINY, "--tile", TILE)
+    assert r.exit_code == 1 and "coded together" not in r.stdout and "rgb.png" in r.stdout, r.output
 
 
 def test_cli_info_names_a_shipped_model(work):

@@ -1025,7 +1025,9 @@ def test_describe():
     rgb_only = small_file(extras={"constant_alpha": 255}, planes=small_file().planes[:1])
     text_ = C.describe(rgb_only)
     assert "alpha constant 255 (not coded)" in text_
-    assert f"{8 * C.file_size(rgb_only) / 18:.4f} bits per subpixel" in text_  # 3 x 2 pixels, 3 coded channels
+    # the file over 3 x 2 pixels of 4 channels (the summary line's figure), its stream over the 3 it codes
+    assert f"{8 * C.file_size(rgb_only) / 24:.4f} bits per subpixel" in text_
+    assert f"stream: {32 * rgb_only.planes[0].n_words / 18:.4f} bits per subpixel" in text_
     text_ = C.describe(small_file(mode="RGB", planes=small_file().planes[:1], extras={"transparency": [1, 2, 3]}))
     assert "colour (1, 2, 3)" in text_
     calibrated = dataclasses.replace(common_file().planes[0], calibration=((0.5,) * 3, (0.5,) * 3, (0.5,) * 2),

@@ -8,6 +8,7 @@ import io
 import os
 import pickle
 import re
+import shutil
 import struct
 import tarfile
 import zlib
@@ -435,6 +436,21 @@ def test_cache_of_other_files_than_the_reader_would_read_now_is_refused(tmp_path
         load_split("imagenet32", tmp_path, "test", cache_dir=cache_dir)
     (cache_dir / "imagenet32-test.h5").unlink()
     assert (load_split("imagenet32", tmp_path, "test", cache_dir=cache_dir).array == 9).all()
+
+
+def test_a_cache_stands_in_for_its_files_when_some_of_the_data_set_is_gone(tmp_path):
+    """Both PNG folders cached, then train_32x32/ deleted: the train cache is served, as for a data set
+    whose files are all gone, though the reader alone would refuse the half release."""
+    for name, value in (("train_32x32", 5), ("valid_32x32", 9)):
+        (tmp_path / name).mkdir()
+        Image.new("RGB", (32, 32), (value, value, value)).save(tmp_path / name / "0.png")
+    cache_dir = tmp_path / "cache"
+    for split in ("train", "test"):
+        load_split("imagenet32", tmp_path, split, cache_dir=cache_dir)
+    shutil.rmtree(tmp_path / "train_32x32")
+    assert (load_split("imagenet32", tmp_path, "train", cache_dir=cache_dir).array == 5).all()
+    with raises_sentence("but not train_32x32/"):
+        load_split("imagenet32", tmp_path, "train")
 
 
 # ---------------------------------------------------------------------------------------------------- folder

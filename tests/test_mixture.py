@@ -420,3 +420,23 @@ def test_cli_pictures_refuse_outputs_they_cannot_write_in_one_line_before_the_wo
         assert result.exit_code != 0 and len(lines) == 1 and lines[0].startswith("snailcompress: error: "), result.output
         assert needle in lines[0], lines[0]
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["a-dir", "a-file"]
+
+
+@pytest.mark.parametrize("command", ["sample", "receptive-field"])
+def test_cli_pictures_refuse_a_directory_they_cannot_write_into_before_the_work(tmp_path, monkeypatch, command):
+    """chmod does not stop root: the operating system's refusal is simulated, and the drawing must not start."""
+    import os
+
+    out, real_open = tmp_path / "readonly", os.open
+    out.mkdir()
+    monkeypatch.setattr(os, "open", lambda path, *a, **k: (_ for _ in ()).throw(PermissionError(13, "Permission denied", path))
+                        if str(path).startswith(str(out)) else real_open(path, *a, **k))
+    drawn = []
+    monkeypatch.setattr("snailcompress.sampling.sample_images", lambda *a, **k: drawn.append(1))
+    monkeypatch.setattr("snailcompress.receptive_field.receptive_field", lambda *a, **k: drawn.append(1))
+    base = ["sample", "--model", "pixelsnail-tiny", "-n", "1", "--size", "4x4"] if command == "sample" else \
+        ["receptive-field", "--model", "pixelsnail-tiny", "--size", "4x4"]
+    result = CliRunner().invoke(main, [*base, "-o", str(out / "x.png")])
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code != 0 and len(lines) == 1 and "Permission denied" in lines[0], result.output
+    assert drawn == [] and list(out.iterdir()) == []

@@ -1156,13 +1156,13 @@ _METHOD_NOTES = {
 
 def describe(f: SnailFile, known_models: dict[str, str] | None = None) -> str:
     """The header in words, several lines, for `snailcompress info`.  Sizes are in bits per
-    subpixel: per coded value of the coded channels (a constant alpha is not coded).
-    `known_models`: names of models by the id a file holds (the shipped ones), for a plane whose
+    subpixel: the file's over every channel of every pixel (as encode's summary line), each stream's
+    per value it codes (a constant alpha is not coded). `known_models`: names of models by the id a file holds (the shipped ones), for a plane whose
     file names none."""
     total = file_size(f)
     payload = sum(p.payload_bytes for p in f.planes)
     pixels = f.width * f.height
-    subpixels = pixels * sum(len(p.channels) for p in f.planes)
+    subpixels = pixels * len(MODE_CHANNELS[f.mode])
     alpha = f", alpha constant {f.extras['constant_alpha']} (not coded)" if "constant_alpha" in f.extras else ""
     lines = [
         f".snail file, format version {VERSION}",

@@ -19,7 +19,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from snailcompress.data.base import NotFound, PathLike
+from snailcompress.data.base import PathLike
 from snailcompress.errors import DatasetError, SnailError
 from snailcompress.fileio import atomic_path
 
@@ -75,7 +75,7 @@ def write_cache(path: Path, images: np.ndarray, *, name: str, split: str, source
 def _found(source: Callable[[], str]) -> str | None:
     try:
         return source()
-    except NotFound:  # the files are gone: the cache stands in for them
+    except DatasetError:  # the files are gone, or some of them: the cache stands in for them
         return None
 
 
