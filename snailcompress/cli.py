@@ -172,7 +172,8 @@ def _folder_kwargs(crop, scales, holdout, channels) -> dict:
 @click.option("--batch-size", type=int, default=None, help="images per process per step [8]")
 @click.option("--steps", type=int, default=None, help="stop after this many optimiser steps (in total)")
 @click.option("--minutes", type=float, default=None, help="stop after this much training time (in total)")
-@click.option("--cpu-minutes", type=float, default=None, help="stop after this much CPU time of this process")
+@click.option("--cpu-minutes", type=float, default=None,
+              help="stop after this much CPU time of this process, in total across resumes")
 @click.option("--lr", type=float, default=None, help="initial learning rate [1e-3]")
 @click.option("--cooldown-steps", type=int, default=None, help="take the lr linearly to 0 over the last N of --steps")
 @click.option("--warmup-steps", type=int, default=None, help="take the lr linearly up from 0 over the first N steps")
@@ -222,7 +223,7 @@ def train(model_name, dataset, data_dir, out, overrides, crop, scales, holdout, 
         model_overrides=parse_overrides(overrides) if "overrides" in typed else None,
         **{key: folder[key] for key in ("crop", "scales", "holdout", "channels") if key in typed}, **options,
     )
-    if resuming:
+    if resuming and os.environ.get("RANK", "0") == "0":  # torchrun's other ranks resume silently
         click.echo(f"resuming {out} at its last checkpoint", err=True)
     progress = run_training(opts)
     if progress["stopped_by"]:
@@ -230,7 +231,12 @@ def train(model_name, dataset, data_dir, out, overrides, crop, scales, holdout, 
                    "the same command resumes it", err=True)
         sys.exit(128 + signal.Signals[progress["stopped_by"]].value)
     if rank_world()[0] == 0:  # a torchrun job's rank 0 evaluates and reports it
-        click.echo(f"{out}: {progress['step']} steps, {progress['images']} images, test {progress['test_bpd']:.4f} bits/dim")
+        if resuming and not progress["steps_trained"]:
+            click.echo(f"{out}: its budget was already spent, nothing trained (give a larger --steps, --minutes or "
+                       "--cpu-minutes to go on)", err=True)
+        scored = f"EMA weights, {progress['test_images']:,} test images" if progress.get("test_images") else "EMA weights"
+        click.echo(f"{out}: {progress['step']} steps, {progress['images']} images, test {progress['test_bpd']:.4f} "
+                   f"bits/dim ({scored})")
 
 
 @main.command("eval")

@@ -18,7 +18,8 @@ counts its place in the epoch in images (a resumed run may change the batch size
 processes) and holds every rank's RNG states (each rank draws its own dropout masks).
 
 A run directory holds:
-    checkpoints/last/   ema.safetensors (a model file: --model RUN_DIR works), weights.safetensors,
+    checkpoints/last/   ema.safetensors (a model file: --model RUN_DIR works), weights.safetensors (the raw
+                        weights, a model file too: --model RUN_DIR/checkpoints/last/weights.safetensors),
                         trainer.pt (optimiser state, step, each rank's RNG states; loaded with weights_only=True),
                         config.json
     log.csv             one row per log interval: step, images, lr, train and test bits/dim, speed
@@ -245,7 +246,8 @@ def save_checkpoint(run_dir: Path, model, ema, optimizer, progress: dict, option
              "elapsed_s": progress.get("elapsed_s"), "cpu_s": progress.get("cpu_s"), "device": torch.device(device).type,
              "processes": len(rng)}
     save_model(ema, tmp / "ema.safetensors", **facts)
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / "weights.safetensors"))
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / "weights.safetensors"),
+              metadata={"config": json.dumps(model.config.to_dict())})  # a model file too: the raw weights scored
     torch.save(
         {"optimizer": optimizer.state_dict(), "progress": progress, "rng": rng},
         tmp / "trainer.pt",
@@ -744,13 +746,15 @@ def _finished(run: _Run, clock: _Clock, stop: StopRequest) -> bool:
 
 
 def _evaluate(run: _Run, clock: _Clock) -> float | None:
-    """Test bits/dim of the EMA weights (rank 0 only); its CPU time does not count against --cpu-minutes."""
+    """Test bits/dim of the EMA weights (rank 0 only), and how many test images it took
+    (progress["test_images"]); its CPU time does not count against --cpu-minutes."""
     if run.rank != 0:
         return None
     cpu_before = time.process_time()
     result = evaluate(run.ema, run.test_set, batch_size=max(run.options.batch_size, 16), limit=run.options.eval_images,
                       progress=False, context=run.options.context)
     clock.cpu_started += time.process_time() - cpu_before
+    run.progress["test_images"] = result.images
     return result.bits_per_dim
 
 
@@ -816,7 +820,8 @@ def _finish(run: _Run, clock: _Clock, log: CsvLog | None, stop: StopRequest, tra
 def train(options: TrainOptions, progress_bar: bool = True) -> dict:
     """Train (or resume, if OUT holds a checkpoint) and return the final progress record.
 
-    Its "stopped_by" is the name of the signal that stopped the run early (StopRequest), else None.
+    Its "stopped_by" is the name of the signal that stopped the run early (StopRequest), else None;
+    "steps_trained" counts this call's steps (0: a resumed run whose budget was already spent).
     """
     _check_options(options)
     run = _start(options)
@@ -849,13 +854,14 @@ def train(options: TrainOptions, progress_bar: bool = True) -> dict:
             raise _unwrapped(error) from None
     bar.close()
     _finish(run, clock, log, stop, trained=progress["step"] > first_step)
-    return {**progress, "stopped_by": stop.signal_name}
+    return {**progress, "stopped_by": stop.signal_name, "steps_trained": progress["step"] - first_step}
 
 
 BUDGETS = ("steps", "minutes", "cpu_minutes")
 # What a run is: resuming may retrain on other crops (--crop, --scales) but not change these.
 KEPT_ON_RESUME = {
     "model": "--model", "dataset": "--dataset", "model_overrides": "--set", "holdout": "--holdout", "channels": "--channels",
+    "seed": "--seed", "context": "--context",  # the data order, and what the loss and the test score count
 }
 
 

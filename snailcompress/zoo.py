@@ -138,6 +138,9 @@ def _read_model_file(path: Path) -> tuple[object, dict[str, np.ndarray], dict]:
     except (SafetensorError, OSError, ValueError, TypeError) as e:
         raise ModelError(f"{path}: not a readable safetensors model file ({e})") from None
     if "config" not in metadata:
+        if path.name == "weights.safetensors" and (path.parent / "ema.safetensors").exists():
+            raise ModelError(f"{path}: raw weights of a checkpoint saved before they carried their config; the "
+                             f"run's model is its EMA weights ({path.parent / 'ema.safetensors'})")
         raise ModelError(f"{path}: no model config in its metadata (not a snailcompress model file)")
     try:
         config = config_from_dict(json.loads(metadata["config"]))

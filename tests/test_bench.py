@@ -72,7 +72,14 @@ def test_bench_writes_every_output(bench_run):
     # one unit, bits per subpixel, said once to be what the paper's Table 1 calls bits/dim
     assert "bits/subpixel" in result.stdout.splitlines()[0] and "bits/dim" not in result.output
     assert "bits/subpixel (NLL)" in result.stderr
-    assert "what the papers call bits/dim" in (out / "summary.md").read_text()
+    summary = (out / "summary.md").read_text()
+    assert "what the papers call bits/dim" in summary
+    # the paper's numbers as printed there, not padded to a precision they lack
+    header = next(line for line in summary.splitlines() if line.startswith("| method |")).split("|")
+    column = [cell.strip() for cell in header].index("bits/subpixel")
+    paper = {line.split("|")[1].strip(): line.split("|")[column].strip() for line in summary.splitlines()
+             if line.startswith("| ") and "| paper |" in line}
+    assert paper["PixelSNAIL"] == "2.85" and paper["Conv DRAW"] == "3.5", paper
 
 
 def test_bench_summary_rows(bench_run):
@@ -168,6 +175,7 @@ def test_bench_grayscale_folder_in_chunks(tmp_path):
     result = run_benchmark(opts, log=lambda line: None)
     rows = result.rows.set_index("method")
     assert set(rows["kind"]) == {"model-nll", "model-coded", "codec"}  # Table 1 has no folder column
+    assert "Table 1 has no row for this data set" in (tmp_path / "out" / "summary.md").read_text()  # said, not left out
     assert result.meta["image_shape"] == "1x8x8" and result.meta["images"] == 9
     stream = rows.loc["pixelsnail-tiny (coded, one stream)"]
     assert stream["images"] == 9  # chunks of 4, 4 and 1 images in one stream, decoded exactly
@@ -450,6 +458,6 @@ def test_bench_summary_gives_parameters_and_training_beside_the_paper(tmp_path):
     assert "| parameters | training |" in summary.splitlines()[summary.splitlines().index("## Models beside the paper") + 4]
     beside = summary.split("## Models beside the paper")[1]
     assert (f"| {trained} | 79.7k | 5,000 steps, 320,000 images, 24 GPU-hours (8 GPUs) |" in beside
-            and "| PixelSNAIL | 46.18M | - | 2.8500 |" in beside)
+            and "| PixelSNAIL | 46.18M | - | 2.85 |" in beside)
     assert f"| {bare} | 577.1k | - |" in beside and "| PixelCNN++ | 53.66M | about 5 days on 8 Maxwell Titan X GPUs |" in beside
     assert "| pixelsnail-tiny | 79.7k | untrained |" in beside

@@ -554,6 +554,7 @@ def test_two_process_ddp_resumes_exactly_with_each_ranks_dropout(ddp_resumed):
 def test_two_process_ddp_resumed_reports_once(ddp_resumed):
     """Rank 1 holds the checkpoint's test bits/dim, not its own: only rank 0 reports."""
     assert ddp_resumed[2].stdout.count("bits/dim") == 1, ddp_resumed[2].stdout
+    assert ddp_resumed[2].stderr.count("resuming") == 1, ddp_resumed[2].stderr  # one line, not one a rank
 
 
 # ---------------------------------------------------------------------------------------------
@@ -857,6 +858,10 @@ def test_cli_resume_retyping_the_command_may_change_the_crops(cli_run, photo_dir
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     assert "resuming" in result.stderr and re.search(r"3 steps, 9 images", result.stdout), result.output
+    # what the score is: c.png's 8x8 tiles at scales 1 and 0.5 (3 x 3 and 1), all of them
+    assert re.search(r"bits/dim \(EMA weights, 10 test images\)", result.stdout), result.stdout
+    again = CliRunner().invoke(main, args)  # its budget spent: nothing trained, and it says so
+    assert again.exit_code == 0 and "nothing trained" in again.stderr, again.output
     options = json.loads((checkpoint(run) / "config.json").read_text())["options"]
     assert options["scales"] == [1.0, 0.5] and options["holdout"] == ["c"] and options["crop"] == 8
 
@@ -864,7 +869,8 @@ def test_cli_resume_retyping_the_command_may_change_the_crops(cli_run, photo_dir
 @pytest.mark.parametrize(
     "change, option",
     [(["--model", "pixelsnail-small"], "--model"), (["--set", "filters=8"], "--set"), (["--holdout", "a"], "--holdout"),
-     (["--dataset", "mnist"], "--dataset"), (["--channels", "1"], "--channels")],
+     (["--dataset", "mnist"], "--dataset"), (["--channels", "1"], "--channels"),
+     (["--seed", "3"], "--seed"), (["--context", "2"], "--context")],  # the data order; what the scores count
 )
 def test_cli_resume_refuses_another_model_or_test_split(cli_run, tmp_path, change, option):
     run = tmp_path / "run"
@@ -1042,3 +1048,10 @@ def test_a_data_workers_error_is_its_own_line_and_its_workers_stop(photo_dir, tm
         train(folder_options(photo_dir, tmp_path / "run", steps=4, workers=1), progress_bar=False)
     assert str(caught.value) == "b.png is not a readable image (image file is truncated)."
     assert not multiprocessing.active_children()
+
+
+def test_a_checkpoints_raw_weights_are_a_model_file_too(cli_run):
+    """eval and bench score the EMA weights (--model RUN_DIR); the raw ones are loadable beside them."""
+    raw, averaged = load_model(checkpoint(cli_run) / "weights.safetensors"), load_model(cli_run)
+    assert raw.config == averaged.config and raw.model_id != averaged.model_id
+    assert_same_tensors(raw.model.state_dict(), load_file(str(checkpoint(cli_run) / "weights.safetensors")))

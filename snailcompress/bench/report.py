@@ -163,8 +163,14 @@ def _cells(rows: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     rows = normalize_rows(rows)
     cols = [c for c in _SHOWN if c in rows.columns]
     header = [_HEADERS[c] for c in cols]
-    body = [[_fmt(c, r[c]) for c in cols] for _, r in rows.iterrows()]
+    body = [[_published(r[c]) if c == "bits_per_subpixel" and r.get("kind") == "paper" else _fmt(c, r[c]) for c in cols]
+            for _, r in rows.iterrows()]
     return header, body
+
+
+def _published(value) -> str:
+    """A number of the paper's table as it is printed there (2.85, 3.5), not padded to a precision it lacks."""
+    return f"{value:g}" if isinstance(value, (int, float)) and value == value else _fmt("bits_per_subpixel", value)
 
 
 _NUMERIC_HEADERS = {"bits/subpixel", "NLL, same images", "over NLL", "images", "enc img/s", "dec img/s", "parameters"}
@@ -253,8 +259,10 @@ def _write_markdown(target: Path, rows: pd.DataFrame, meta: Mapping) -> None:
         "bits/subpixel = coded (or model) bits per subpixel, a subpixel being one channel of one pixel: "
         "what the papers call bits/dim, so the paper's rows compare directly; lower is better. "
         "Kinds: model-nll = model negative log-likelihood, model-coded = actual file size "
-        "from the model's entropy coder, codec = classical lossless codec (complete files), "
-        "paper = number reported in the PixelSNAIL paper's Table 1."
+        "from the model's entropy coder, codec = classical lossless codec (complete files)"
+        + (", paper = number reported in the PixelSNAIL paper's Table 1 (as printed there)."
+           if (rows["kind"] == "paper").any() else
+           ". The PixelSNAIL paper's Table 1 has no row for this data set (it reports CIFAR-10 and ImageNet).")
         + (" NLL, same images = the coded row's model's NLL on the images it codes (a row of the first few "
            "compares with this, not with rows over all of them); over NLL = by how much its real bits exceed "
            "that (what the container, the stream's end and the coder's arithmetic cost, less what a per-image "
@@ -287,7 +295,8 @@ def _beside_the_paper(rows: pd.DataFrame) -> list[str]:
     def cells(row) -> list[str]:
         if row is None:
             return ["-"] * 4
-        return [str(row["method"])] + [_fmt(c, row.get(c)) for c in ("parameters", "training", "bits_per_subpixel")]
+        bits = _published(row.get("bits_per_subpixel")) if row.get("kind") == "paper" else _fmt("bits_per_subpixel", row.get("bits_per_subpixel"))
+        return [str(row["method"])] + [_fmt(c, row.get(c)) for c in ("parameters", "training")] + [bits]
 
     lines = [
         "", "## Models beside the paper", "",
