@@ -70,7 +70,7 @@ class _Commands(click.Group):
     def make_context(self, *args, **kwargs):
         try:
             return super().make_context(*args, **kwargs)
-        except click.exceptions.NoArgsIsHelpError:  # `snailcompress` alone: the help, as click prints it
+        except getattr(click.exceptions, "NoArgsIsHelpError", ()):  # `snailcompress` alone: the help (click >= 8.2)
             raise
         except click.UsageError as e:
             raise _one_line(e) from None

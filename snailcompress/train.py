@@ -43,7 +43,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch.utils.data import DataLoader, Sampler
 
 from . import distributed, mixture
@@ -246,8 +246,8 @@ def save_checkpoint(run_dir: Path, model, ema, optimizer, progress: dict, option
              "elapsed_s": progress.get("elapsed_s"), "cpu_s": progress.get("cpu_s"), "device": torch.device(device).type,
              "processes": len(rng)}
     save_model(ema, tmp / "ema.safetensors", **facts)
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / "weights.safetensors"),
-              metadata={"config": json.dumps(model.config.to_dict())})  # a model file too: the raw weights scored
+    # the raw weights, a model file too (their test score is not the EMA's, so not among their facts)
+    save_model(model, tmp / "weights.safetensors", **{k: v for k, v in facts.items() if k != "test_bpd"})
     torch.save(
         {"optimizer": optimizer.state_dict(), "progress": progress, "rng": rng},
         tmp / "trainer.pt",

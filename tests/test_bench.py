@@ -74,12 +74,12 @@ def test_bench_writes_every_output(bench_run):
     assert "bits/subpixel (NLL)" in result.stderr
     summary = (out / "summary.md").read_text()
     assert "what the papers call bits/dim" in summary
-    # the paper's numbers as printed there, not padded to a precision they lack
+    # the paper's numbers to the table's two decimals, not padded to a precision they lack
     header = next(line for line in summary.splitlines() if line.startswith("| method |")).split("|")
     column = [cell.strip() for cell in header].index("bits/subpixel")
     paper = {line.split("|")[1].strip(): line.split("|")[column].strip() for line in summary.splitlines()
              if line.startswith("| ") and "| paper |" in line}
-    assert paper["PixelSNAIL"] == "2.85" and paper["Conv DRAW"] == "3.5", paper
+    assert paper["PixelSNAIL"] == "2.85" and paper["PixelRNN"] == "3.00", paper
 
 
 def test_bench_summary_rows(bench_run):
@@ -175,7 +175,7 @@ def test_bench_grayscale_folder_in_chunks(tmp_path):
     result = run_benchmark(opts, log=lambda line: None)
     rows = result.rows.set_index("method")
     assert set(rows["kind"]) == {"model-nll", "model-coded", "codec"}  # Table 1 has no folder column
-    assert "Table 1 has no row for this data set" in (tmp_path / "out" / "summary.md").read_text()  # said, not left out
+    assert "Table 1 has no numbers for this data set" in (tmp_path / "out" / "summary.md").read_text()  # said, not left out
     assert result.meta["image_shape"] == "1x8x8" and result.meta["images"] == 9
     stream = rows.loc["pixelsnail-tiny (coded, one stream)"]
     assert stream["images"] == 9  # chunks of 4, 4 and 1 images in one stream, decoded exactly

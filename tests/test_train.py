@@ -1054,4 +1054,6 @@ def test_a_checkpoints_raw_weights_are_a_model_file_too(cli_run):
     """eval and bench score the EMA weights (--model RUN_DIR); the raw ones are loadable beside them."""
     raw, averaged = load_model(checkpoint(cli_run) / "weights.safetensors"), load_model(cli_run)
     assert raw.config == averaged.config and raw.model_id != averaged.model_id
+    # the same training facts (bench's training column), but the test score, which is the EMA's
+    assert raw.metadata == {k: v for k, v in averaged.metadata.items() if k != "test_bpd"} and raw.metadata
     assert_same_tensors(raw.model.state_dict(), load_file(str(checkpoint(cli_run) / "weights.safetensors")))

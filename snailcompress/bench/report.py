@@ -169,8 +169,8 @@ def _cells(rows: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
 
 
 def _published(value) -> str:
-    """A number of the paper's table as it is printed there (2.85, 3.5), not padded to a precision it lacks."""
-    return f"{value:g}" if isinstance(value, (int, float)) and value == value else _fmt("bits_per_subpixel", value)
+    """A number of the paper's table to its two decimals (2.85, 3.00), not padded to a precision it lacks."""
+    return f"{value:.2f}" if isinstance(value, (int, float)) and value == value else _fmt("bits_per_subpixel", value)
 
 
 _NUMERIC_HEADERS = {"bits/subpixel", "NLL, same images", "over NLL", "images", "enc img/s", "dec img/s", "parameters"}
@@ -260,9 +260,10 @@ def _write_markdown(target: Path, rows: pd.DataFrame, meta: Mapping) -> None:
         "what the papers call bits/dim, so the paper's rows compare directly; lower is better. "
         "Kinds: model-nll = model negative log-likelihood, model-coded = actual file size "
         "from the model's entropy coder, codec = classical lossless codec (complete files)"
-        + (", paper = number reported in the PixelSNAIL paper's Table 1 (as printed there)."
+        + (", paper = number reported in the PixelSNAIL paper's Table 1 (to its two decimals)."
            if (rows["kind"] == "paper").any() else
-           ". The PixelSNAIL paper's Table 1 has no row for this data set (it reports CIFAR-10 and ImageNet).")
+           ". The PixelSNAIL paper's Table 1 has no numbers for this data set (its columns are CIFAR-10 and "
+           "ImageNet 32x32).")
         + (" NLL, same images = the coded row's model's NLL on the images it codes (a row of the first few "
            "compares with this, not with rows over all of them); over NLL = by how much its real bits exceed "
            "that (what the container, the stream's end and the coder's arithmetic cost, less what a per-image "
