@@ -292,6 +292,7 @@ def test_format_table():
     assert set(lines[1]) <= {"-", " "}
     assert len(lines) == 2 + len(_report_rows())
     body = "\n".join(lines[2:])
-    assert "2.8500" in body and "3.1000" in body and "yes" in body
+    assert "3.1000" in body and "yes" in body  # a measured number to four decimals
+    assert " 2.85 " in lines[2] and "2.8500" not in body  # the paper's to its table's two
     # sorted by bits/subpixel: the paper's PixelSNAIL (2.85) comes first
     assert lines[2].startswith("PixelSNAIL")
