@@ -143,7 +143,7 @@ def small_images(device: torch.device, kodak: Path, tiles: int, out: Path):
     subprocess.run([sys.executable, "-m", "snailcompress.cli", "bench", "--dataset", "folder", "--data-dir", str(kodak),
                     "--holdout", ",".join(KODAK_HOLDOUT), "--crop", "32", "--scales", "1", "--model", "snail-rgb",
                     "--coded-limit", str(tiles), "--limit", str(tiles), "--codecs", "png", "--device", str(device),
-                    "--out", str(report), "-q"], check=True)
+                    "--out", str(report), "-q", "-f"], check=True)  # as this script rewrites its own report
     summary = pd.read_csv(report / "summary.csv")
     yield "| coding | images | bits/subpixel | encode images/s | decode images/s |"
     yield "|---|---|---|---|---|"

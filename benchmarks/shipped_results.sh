@@ -38,9 +38,9 @@ made results/context_tradeoff.md || "$PY" benchmarks/context_tradeoff.py --threa
 made results/tiling_with_context.md || "$PY" benchmarks/tiling.py --model snail-rgb --tiles 32,32+2,48+2,64+2,64+4 --images 6 \
     --out results/tiling_with_context.md
 made results/kodak-heldout-tiles/summary.md || "$SNAIL" bench --dataset folder --data-dir "$KODAK" --holdout kodim03,kodim07,kodim12,kodim15,kodim20,kodim23 \
-    --scales 1 --model snail-rgb --coded-limit 20 --chunk 1536 --out results/kodak-heldout-tiles -q
+    --scales 1 --model snail-rgb --coded-limit 20 --chunk 1536 --out results/kodak-heldout-tiles -q -f
 made results/fashion-mnist-snail-gray/summary.md "$GRAY_ID" || "$SNAIL" bench --dataset fashion-mnist --model snail-gray \
-    --limit 2000 --coded-limit 20 --chunk 1000 --codecs png,jpegxl-e9 --out results/fashion-mnist-snail-gray -q
+    --limit 2000 --coded-limit 20 --chunk 1000 --codecs png,jpegxl-e9 --out results/fashion-mnist-snail-gray -q -f
 "$SNAIL" sample --model snail-rgb -n 36 -o results/samples_snail-rgb.png -f
 "$SNAIL" sample --model snail-gray -n 36 -o results/samples_snail-gray.png -f
 "$SNAIL" demo

@@ -209,7 +209,7 @@ def train(model_name, dataset, data_dir, out, overrides, crop, scales, holdout, 
           --dataset cifar10 --data-dir ~/data --out runs/cifar --batch-size 8 --steps 500000
     Running the same command again resumes from the run's last checkpoint.
     """
-    from .distributed import rank_world
+    from .distributed import launch_rank
     from .train import train as run_training, train_options
 
     # Only what was typed counts, as a resumed run keeps its saved options (the folder options have
@@ -223,14 +223,15 @@ def train(model_name, dataset, data_dir, out, overrides, crop, scales, holdout, 
         model_overrides=parse_overrides(overrides) if "overrides" in typed else None,
         **{key: folder[key] for key in ("crop", "scales", "holdout", "channels") if key in typed}, **options,
     )
-    if resuming and os.environ.get("RANK", "0") == "0":  # torchrun's other ranks resume silently
+    reports = launch_rank() == 0  # a torchrun job's other ranks train silently
+    if resuming and reports:
         click.echo(f"resuming {out} at its last checkpoint", err=True)
     progress = run_training(opts)
     if progress["stopped_by"]:
         click.echo(f"{out}: stopped by {progress['stopped_by']} at step {progress['step']}, checkpoint saved; "
                    "the same command resumes it", err=True)
         sys.exit(128 + signal.Signals[progress["stopped_by"]].value)
-    if rank_world()[0] == 0:  # a torchrun job's rank 0 evaluates and reports it
+    if reports:  # rank 0 evaluates
         if resuming and not progress["steps_trained"]:
             click.echo(f"{out}: its budget was already spent, nothing trained (give a larger --steps, --minutes or "
                        "--cpu-minutes to go on)", err=True)
@@ -421,11 +422,12 @@ def _check_picture_output(output, force: bool, figure: bool) -> None:
 @click.option("--batch-size", type=int, default=32, show_default=True, help="evaluation batch")
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--out", type=click.Path(), default=None, help="report directory [bench-DATASET]")
+@click.option("-f", "--force", is_flag=True, help="write over an earlier report in --out")
 @click.option("-q", "--quiet", is_flag=True, help="no progress bars")
 @functools.partial(folder_options, crops="; not given: whole images, uncropped")
 @friendly_errors
 def bench(directory, dataset, data_dir, models, split, limit, coded_limit, chunk, codec_names, batch_size, device, out,
-          quiet, crop, scales, holdout, channels, cache_dir):
+          force, quiet, crop, scales, holdout, channels, cache_dir):
     """Models (NLL and real coded size) against classical lossless codecs, and the paper's Table 1, in
     bits per subpixel (the papers' bits/dim). A folder's images are measured whole, as `encode` codes
     them and as the codecs write them (one file each); --crop or --scales measures crops instead
@@ -454,7 +456,7 @@ def bench(directory, dataset, data_dir, models, split, limit, coded_limit, chunk
             coded_limit=coded_limit, chunk=chunk, codecs=codec_names, out=out or f"bench-{dataset}",
             batch_size=batch_size, data_options=_data_kwargs(dataset, crop, scales, holdout, channels, cache_dir),
             crops=crops, device=str(distributed.device_for(device, local_rank)), progress=not quiet,
-            argv=["snailcompress", *sys.argv[1:]],
+            argv=["snailcompress", *sys.argv[1:]], force=force,
         )
         result = run_benchmark(options, log=lambda line: click.echo(line, err=True))
     finally:
@@ -478,30 +480,27 @@ def _report_line(report) -> str:
     )
 
 
-def _outputs(inputs: tuple[str, ...], output: str | None, default) -> list[Path]:
+def _outputs(inputs: tuple[str, ...], output: str | None, default) -> tuple[list[Path], Path | None]:
     """Where each input goes: beside it, or -o FILE (one input), or into -o DIR (a directory, or a name
     ending in /, which is created). Several inputs need a directory, as cp's do: a name like a file's
-    is refused rather than made into one."""
+    is refused rather than made into one. Also returns the directory to create, if any: _each_file
+    makes it, and removes it again if nothing could be written into it."""
     paths = [Path(p) for p in inputs]
     if output is None:
-        return [default(p) for p in paths]
+        return [default(p) for p in paths], None
     out = Path(output)
     if out.is_dir() or output.endswith(("/", os.sep)):
         if out.exists() and not out.is_dir():
             raise UsageError(f"-o {output}: a directory was asked for (a name ending in /), and this is a file")
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise UsageError(f"-o {output}: cannot create the directory ({e.strerror or e})") from None
-        return [out / default(p).name for p in paths]
+        return [out / default(p).name for p in paths], None if out.is_dir() else out
     if len(paths) > 1:
         what = "is a file" if out.exists() else "is not a directory (end it with / to create one)"
         raise UsageError(f"-o {output}: several inputs go into a directory, and this {what}")
-    return [out]
+    return [out], None
 
 
 def _outputs_or_stdout(inputs: tuple[str, ...], output: str | None, to_stdout: bool, default,
-                       force: bool = False) -> list[Path | None]:
+                       force: bool = False) -> tuple[list[Path | None], Path | None]:
     """_outputs, or None for each input that goes to standard output (-c: one input, no -o; not a
     terminal unless forced, as gzip)."""
     if to_stdout:
@@ -510,10 +509,20 @@ def _outputs_or_stdout(inputs: tuple[str, ...], output: str | None, to_stdout: b
         if not force and sys.stdout.isatty():
             raise UsageError("-c: standard output is a terminal, which binary data would garble; redirect it, "
                              "or use -f to write there anyway")
-        return [None]
+        return [None], None
     if "-" in inputs and output is None:
         raise UsageError("-: standard input has no name to write beside; give -o FILE or -c")
     return _outputs(inputs, output, default)
+
+
+def _make_directory(directory: Path) -> list[Path]:
+    """Create `directory` and its missing parents; returns the ones created, deepest first."""
+    created = [d for d in (directory, *directory.parents) if not d.exists()]
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"-o {directory}: cannot create the directory ({e.strerror or e})") from None
+    return created
 
 
 def _file_keys(path: Path) -> list:
@@ -529,12 +538,26 @@ def _file_keys(path: Path) -> list:
         return []
 
 
-def _each_file(pairs, work, force: bool, quiet: bool, to_stdout: bool = False, check=None) -> None:
+def _each_file(pairs, work, force: bool, quiet: bool, to_stdout: bool = False, check=None,
+               new_directory: Path | None = None) -> None:
     """Run `work` on the (source, target) pairs that can be written: it takes a list of them and
     yields, for each in order, its report or the SnailError it met (so that it may code many files
     together). As gzip does: a file that fails is said in one line that names it, the others go on,
     and the exit status is 1 if any failed. A target that cannot be written (an input, it exists and
-    no -f, its directory is not there, `check(target)` raises) is refused before any work."""
+    no -f, its directory is not there, `check(target)` raises) is refused before any work.
+    `new_directory` (-o DIR/ not there yet) is created first, and removed if it is left empty."""
+    created = _make_directory(new_directory) if new_directory is not None else []
+    try:
+        _each_file_in_place(pairs, work, force, quiet, to_stdout, check)
+    finally:
+        for directory in created:  # deepest first; one that holds anything stays
+            try:
+                directory.rmdir()
+            except OSError:
+                break
+
+
+def _each_file_in_place(pairs, work, force: bool, quiet: bool, to_stdout: bool, check) -> None:
     from .fileio import check_directory, check_target
 
     _say_when_compiling(not quiet)
@@ -639,12 +662,12 @@ def encode(images, output, force, models, tile, context, calibrate, no_name, thr
         raise UsageError("--tile must be between 1 and 1024")
     if context is not None and not 0 <= context <= 64:
         raise UsageError("--context must be between 0 and 64")
-    outputs = _outputs_or_stdout(images, output, to_stdout, lambda p: default_output(p, ".snail"), force)
+    outputs, new_directory = _outputs_or_stdout(images, output, to_stdout, lambda p: default_output(p, ".snail"), force)
     chooser = ModelChooser(models, resolve_device(device), names=not no_name)
     stdout = sys.stdout.buffer if to_stdout else None
     _each_file(zip(images, outputs), lambda pairs: encode_files(
         pairs, chooser, tile or DEFAULT_TILE, DEFAULT_CONTEXT if context is None else context, force=force,
-        progress=not quiet, calibrate=calibrate, stdout=stdout), force, quiet, to_stdout)
+        progress=not quiet, calibrate=calibrate, stdout=stdout), force, quiet, to_stdout, new_directory=new_directory)
 
 
 @main.command()
@@ -667,12 +690,13 @@ def decode(files, output, force, models, threads, device, to_stdout, test, quiet
     _threads(threads)
     if test and (output is not None or to_stdout):
         raise UsageError("-t writes nothing: give it no -o or -c")
-    outputs = [None] * len(files) if test else _outputs_or_stdout(files, output, to_stdout, decoded_output, force)
+    outputs, new_directory = (([None] * len(files), None) if test else
+                              _outputs_or_stdout(files, output, to_stdout, decoded_output, force))
     chooser = ModelChooser(models, resolve_device(device))
     stdout = sys.stdout.buffer if to_stdout else None
     _each_file(zip(files, outputs), lambda pairs: decode_files(pairs, chooser, force, progress=not quiet, stdout=stdout,
                                                                test=test), force, quiet, to_stdout,
-               check=lambda target: write_format(str(target)))
+               check=lambda target: write_format(str(target)), new_directory=new_directory)
 
 
 @main.command()
@@ -682,10 +706,8 @@ def info(files):
     """Print the header of .snail files in words (- reads standard input); a bad file is said in one
     line, the others go on."""
     from .codec import container
-    from .zoo import WEIGHTS_DIR, describe_model_file, shipped_models
+    from .zoo import shipped_model_with_id
 
-    shipped = {describe_model_file(WEIGHTS_DIR / f"{model}.safetensors")[0][: 2 * container.MODEL_ID_BYTES]: model
-               for model in shipped_models()}
     failed = 0
     for name in files:
         try:
@@ -699,7 +721,7 @@ def info(files):
             click.echo(f"snailcompress: error: {name}: {e}", err=True)
             continue
         click.echo(f"{name}:")
-        click.echo(container.describe(header, shipped))
+        click.echo(container.describe(header, shipped_model_with_id))
     if failed:
         sys.exit(1)
 

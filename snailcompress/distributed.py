@@ -24,12 +24,18 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-__all__ = ["start", "device_for", "rank_world", "batch_share", "share", "gather", "any_rank", "sum_over_ranks",
-           "gather_objects", "finish"]
+__all__ = ["launch_rank", "start", "device_for", "rank_world", "batch_share", "share", "gather", "any_rank",
+           "sum_over_ranks", "gather_objects", "finish"]
 
 
 def _uses_cuda(option: str) -> bool:
     return torch.cuda.is_available() and (option == "auto" or option.startswith("cuda"))
+
+
+def launch_rank() -> int:
+    """This process's rank as torchrun numbered it (0 outside torchrun): known before the process group
+    is joined, and after it is left."""
+    return int(os.environ.get("RANK", "0"))
 
 
 def start(device_option: str = "auto") -> tuple[int, int, int]:
@@ -43,7 +49,7 @@ def start(device_option: str = "auto") -> tuple[int, int, int]:
             dist.init_process_group("nccl")
         else:
             dist.init_process_group("gloo")
-    return int(os.environ.get("RANK", "0")), world, local_rank
+    return launch_rank(), world, local_rank
 
 
 def device_for(option: str, local_rank: int = 0) -> torch.device:

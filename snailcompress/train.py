@@ -22,7 +22,8 @@ A run directory holds:
                         weights, a model file too: --model RUN_DIR/checkpoints/last/weights.safetensors),
                         trainer.pt (optimiser state, step, each rank's RNG states; loaded with weights_only=True),
                         config.json
-    log.csv             one row per log interval: step, images, lr, train and test bits/dim, speed
+    log.csv             one row per log interval and at the end (a signal's stop too): step, images, lr,
+                        train bits/dim and speed since the row before, test bits/dim where evaluated
     bpd_curve.png       the curves of log.csv
 """
 
@@ -768,6 +769,16 @@ def _log_row(run: _Run, elapsed_s: float, cpu_s: float, test_bpd: float | None, 
     }
 
 
+def _window_fields(window: _Window) -> dict:
+    """A log row's train bits/dim (the global batch's: every rank takes part) and speed over `window`;
+    none for a window without steps."""
+    nats, dims = distributed.sum_over_ranks(window.nats, window.dims)
+    if not dims:
+        return {}
+    return {"train_bpd": f"{mixture.bits_per_dim(nats, dims):.5f}",
+            "images_per_s": f"{window.images / max(time.monotonic() - window.start, 1e-9):.1f}"}
+
+
 def _periodic(run: _Run, clock: _Clock, window: _Window, log: CsvLog | None) -> _Window:
     """After a step: evaluate every eval_every steps, log every log_every steps and after each
     evaluation, save every checkpoint_minutes. Returns the loss window, a fresh one after a log row.
@@ -780,13 +791,10 @@ def _periodic(run: _Run, clock: _Clock, window: _Window, log: CsvLog | None) -> 
         test_bpd = progress["test_bpd"] = _evaluate(run, clock)
         progress["evaluated_step"] = progress["step"]
     if progress["step"] % options.log_every == 0 or evaluated:
-        nats, dims = distributed.sum_over_ranks(window.nats, window.dims)
-        now = time.monotonic()
+        trained = _window_fields(window)
         if run.rank == 0:
-            log.append(_log_row(run, now - clock.started, clock.cpu_s(), test_bpd,
-                                train_bpd=f"{mixture.bits_per_dim(nats, dims):.5f}",
-                                images_per_s=f"{window.images / max(now - window.start, 1e-9):.1f}"))
-        window = _Window(start=now)
+            log.append(_log_row(run, time.monotonic() - clock.started, clock.cpu_s(), test_bpd, **trained))
+        window = _Window()
     if distributed.any_rank(time.monotonic() - clock.last_saved >= options.checkpoint_minutes * 60):
         clock.stamp(progress)
         run.save()
@@ -794,18 +802,21 @@ def _periodic(run: _Run, clock: _Clock, window: _Window, log: CsvLog | None) -> 
     return window
 
 
-def _finish(run: _Run, clock: _Clock, log: CsvLog | None, stop: StopRequest, trained: bool) -> None:
-    """The last evaluation and log row (unless the last step was just evaluated), the checkpoint
-    (where this call trained or evaluated: a finished run run again changes nothing) and the curve. A
-    run stopped by a signal saves at once without evaluating: its resumed run evaluates at its end."""
+def _finish(run: _Run, clock: _Clock, log: CsvLog | None, stop: StopRequest, window: _Window, trained: bool) -> None:
+    """The last evaluation (unless the last step was just evaluated) and log row (with the train
+    bits/dim of the steps since the last one, if any), the checkpoint (where this call trained or
+    evaluated: a finished run run again changes nothing) and the curve. A run stopped by a signal
+    logs and saves at once without evaluating: its resumed run evaluates at its end."""
     progress = run.progress
     clock.stamp(progress)
+    since_last_row = _window_fields(window)
     evaluate = stop.signal_name is None and progress.get("evaluated_step") != progress["step"]
     if evaluate:
         progress["test_bpd"] = _evaluate(run, clock)  # None on ranks > 0
         progress["evaluated_step"] = progress["step"]
-        if run.rank == 0:
-            log.append(_log_row(run, progress["elapsed_s"], progress["cpu_s"], progress["test_bpd"]))
+    if run.rank == 0 and (evaluate or since_last_row):
+        log.append(_log_row(run, progress["elapsed_s"], progress["cpu_s"], progress["test_bpd"] if evaluate else None,
+                            **since_last_row))
     if trained or evaluate:
         run.save()
         if run.rank == 0:
@@ -853,7 +864,7 @@ def train(options: TrainOptions, progress_bar: bool = True) -> dict:
             _stop_workers(run)
             raise _unwrapped(error) from None
     bar.close()
-    _finish(run, clock, log, stop, trained=progress["step"] > first_step)
+    _finish(run, clock, log, stop, window, trained=progress["step"] > first_step)
     return {**progress, "stopped_by": stop.signal_name, "steps_trained": progress["step"] - first_step}
 
 

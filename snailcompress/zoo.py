@@ -14,6 +14,7 @@ coding command's start-up; the torch module is built when something first asks f
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -164,6 +165,17 @@ def _read_model_file(path: Path) -> tuple[object, dict[str, np.ndarray], dict]:
 
 def shipped_models() -> list[str]:
     return sorted(p.stem for p in WEIGHTS_DIR.glob("*.safetensors"))
+
+
+@functools.cache
+def _shipped_model_ids() -> dict[str, str]:
+    return {describe_model_file(WEIGHTS_DIR / f"{name}.safetensors")[0]: name for name in shipped_models()}
+
+
+def shipped_model_with_id(model_id: str) -> str | None:
+    """The shipped model whose id starts with `model_id` (a file stores the first bytes of an id), or
+    None. The shipped files are read and hashed once, at the first call."""
+    return next((name for full, name in _shipped_model_ids().items() if full.startswith(model_id)), None)
 
 
 def _first_difference(expected: dict[str, tuple], got: dict[str, tuple]) -> str | None:

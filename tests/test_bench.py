@@ -228,6 +228,15 @@ def test_bench_folder_measures_every_image_whole(tmp_path):
     held = CliRunner().invoke(main, [*args[:4], "--holdout", "p1", *args[4:-3], "--out", str(tmp_path / "held"), "-q"])
     assert held.exit_code == 0, held.output
     assert "1 whole images of 3x9x13" in held.stderr
+    # an earlier report is refused before any work, and written over with -f
+    before = (tmp_path / "held" / "summary.csv").read_bytes()
+    again = CliRunner().invoke(main, [*args[:4], *args[4:-3], "--out", str(tmp_path / "held"), "-q"])
+    assert again.exit_code == 2 and again.stderr.count("\n") == 1, again.output
+    assert "holds an earlier report (summary.csv, summary.md, per_image.h5, bits_per_subpixel.png)" in again.stderr
+    assert (tmp_path / "held" / "summary.csv").read_bytes() == before
+    again = CliRunner().invoke(main, [*args[:4], *args[4:-3], "--out", str(tmp_path / "held"), "-q", "-f"])
+    assert again.exit_code == 0, again.output
+    assert "3 whole images" in again.stderr and (tmp_path / "held" / "summary.csv").read_bytes() != before
 
 
 @pytest.mark.parametrize(

@@ -1024,6 +1024,15 @@ def test_cli_several_inputs(work):
     assert r.exit_code == 0 and r.output == "", r.output
     assert pixels(work / "back" / "a.png") == pixels(work / "a.png")
     assert pixels(work / "back" / "g.png") == pixels(work / "g.png")
+    # a directory made for outputs none of which could be written is removed again, its parents too
+    (work / "junk.png").write_bytes(b"junk")
+    r = cli("encode", "junk.png", "-o", "new/deeper/", "--model", TINY, "-q")
+    assert r.exit_code == 1 and "junk.png" in r.stderr and not (work / "new").exists()
+    one_line_error(cli("encode", "a.png", "-o", "new/", "--model", TINY, "--device", "nowhere", "-q"), "nowhere")
+    assert not (work / "new").exists()
+    r = cli("encode", "junk.png", "a.png", "-o", "new/deeper/", "--model", TINY, "--tile", TILE, "-q")
+    assert r.exit_code == 1 and listing(work / "new" / "deeper") == ["a.snail"]
+    (work / "junk.png").unlink()
 
     r = cli("encode", "g.png", "-o", "g2.snail", "--model", TINY, "--tile", TILE, "-q")
     assert r.exit_code == 0

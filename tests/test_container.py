@@ -1036,6 +1036,13 @@ def test_describe():
     assert "calibrated (3 outputs, 2 features)" in text_ and "context 4 above, 1 left" in text_
     assert f"bands of {default_band(512, 768, (32, 32), (4, 1))} rows of windows" in text_
     assert "model ff7d3a5d\n" in C.describe(common_file())  # no name stored
+    # a model's name is asked for only where the file stores none
+    asked = []
+    assert "model ff7d3a5d (shipped m)\n" in C.describe(common_file(), lambda i: asked.append(i) or "m")
+    assert asked == ["ff7d3a5d"]
+    C.describe(f, asked.append)  # its plane names its model
+    C.describe(SnailFile(3, 2, "RGB", (Plane.coded("RGB", "deflate", bytes(9)),), 5, arithmetic=None), asked.append)
+    assert asked == ["ff7d3a5d"]
     assert len(C.describe(common_file()).splitlines()) >= 6
     shared = SnailFile(3, 2, "RGBA", (Plane.coded("RGB", "deflate", bytes(12)), Plane.coded("A", "deflate", b"")), 5,
                        arithmetic=None)

@@ -25,7 +25,8 @@ from snailcompress.codec.tiles import WindowPlan
 from snailcompress.errors import ModelError
 from snailcompress.demo import DEMO_IMAGE
 from snailcompress.evaluate import image_log_probs
-from snailcompress.zoo import WEIGHTS_DIR, default_model_for, describe_model_file, load_model, save_model
+from snailcompress.zoo import (WEIGHTS_DIR, default_model_for, describe_model_file, load_model, save_model,
+                               shipped_model_with_id)
 
 SHIPPED = {"snail-rgb": ("RGB", 3), "snail-gray": ("L", 1)}
 TILE = 32
@@ -74,6 +75,8 @@ def test_models_lists_the_shipped_models_without_importing_torch(tmp_path):
         parameters = sum(p.numel() for p in loaded.model.parameters())
         assert describe_model_file(WEIGHTS_DIR / f"{name}.safetensors") == (loaded.model_id, parameters)
         assert f"{parameters / 1e6:7.2f}M  id {loaded.model_id}" in out
+        assert shipped_model_with_id(loaded.model_id[:8]) == name  # what a file holds of its id
+    assert shipped_model_with_id("00000000") is None
     tiny = load_model("pixelsnail-tiny", channels=1)
     saved = save_model(tiny.model, tmp_path / "tiny.safetensors")
     assert describe_model_file(saved) == (load_model(saved).model_id, 77_192)

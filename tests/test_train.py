@@ -1006,9 +1006,15 @@ def test_ctrl_c_saves_a_checkpoint_and_the_same_command_resumes(photo_dir, tmp_p
     assert match, stderr[-2000:]
     saved = json.loads((checkpoint(out) / "config.json").read_text())["progress"]
     assert saved["step"] == int(match.group(1)) > 0
+    # log.csv's last row is at the stopping step, with the train bits/dim of the steps since the row before
+    stopped = read_log(out)[-1]
+    assert int(stopped["step"]) == saved["step"] and stopped["train_bpd"] and not stopped["test_bpd"]
     resumed = CliRunner().invoke(main, ["train", "--out", str(out), "--steps", str(saved["step"] + 1)])
     assert resumed.exit_code == 0, resumed.output
     assert re.search(rf"{saved['step'] + 1} steps", resumed.stdout), resumed.stdout
+    assert read_log(out)[-2] == stopped  # kept; the new row covers the one step trained since
+    last = read_log(out)[-1]
+    assert int(last["step"]) == saved["step"] + 1 and last["train_bpd"] and last["test_bpd"]
 
 
 def test_the_curve_of_a_run_stopped_before_its_first_log_row_is_an_empty_plot(tmp_path):

@@ -92,7 +92,7 @@ from .inprocess import cpu_model
 from .inprocess import decode_images as decode_in_process
 from .inprocess import encode_images as encode_in_process
 from .paper import ARCHITECTURES, paper_rows
-from .report import default_meta, training_text, write_report
+from .report import REPORT_FILES, default_meta, training_text, write_report
 
 __all__ = ["BenchOptions", "BenchResult", "run_benchmark", "machine_facts"]
 
@@ -115,6 +115,7 @@ class BenchOptions:
     device: str = "cpu"  # where the models run (api.resolve_device); the coded bytes are the same on each
     progress: bool = True
     argv: list[str] | None = None  # the command line recorded in the meta (default sys.argv)
+    force: bool = False  # write over an earlier report in `out`
 
 
 @dataclass
@@ -157,6 +158,10 @@ def _check_options(opts: BenchOptions) -> None:
     if opts.chunk < 1:
         raise UsageError("--chunk must be at least 1")
     check_directory(opts.out)
+    earlier = [name for name in REPORT_FILES if (Path(opts.out) / name).exists()]
+    if earlier and not opts.force:
+        raise UsageError(f"{opts.out} holds an earlier report ({', '.join(earlier)}): give another --out, or -f to "
+                         "write over it")
 
 
 def _images(data, limit: int | None) -> np.ndarray:

@@ -32,6 +32,7 @@ from ..fileio import atomic_path
 
 __all__ = [
     "KINDS",
+    "REPORT_FILES",
     "REQUIRED_COLUMNS",
     "TIMING_COLUMNS",
     "default_meta",
@@ -42,6 +43,8 @@ __all__ = [
 ]
 
 KINDS: tuple[str, ...] = ("model-nll", "model-coded", "codec", "paper")
+#: what write_report writes into its directory
+REPORT_FILES: tuple[str, ...] = ("summary.csv", "summary.md", "per_image.h5", "bits_per_subpixel.png")
 REQUIRED_COLUMNS: tuple[str, ...] = ("method", "kind", "bits_per_subpixel", "images")
 TIMING_COLUMNS: tuple[str, ...] = ("encode_images_per_s", "decode_images_per_s")
 
@@ -439,8 +442,9 @@ def write_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     meta = dict(meta)
     table = normalize_rows(rows)
-    with atomic_path(out_dir / "summary.csv") as tmp:
+    csv, markdown, h5, chart = (out_dir / name for name in REPORT_FILES)
+    with atomic_path(csv) as tmp:
         table.to_csv(tmp, index=False)
-    _write_markdown(out_dir / "summary.md", table, meta)
-    _write_h5(out_dir / "per_image.h5", per_image or {}, meta)
-    _write_chart(out_dir / "bits_per_subpixel.png", table, meta)
+    _write_markdown(markdown, table, meta)
+    _write_h5(h5, per_image or {}, meta)
+    _write_chart(chart, table, meta)

@@ -163,7 +163,7 @@ import re
 import struct
 import zlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -1154,11 +1154,11 @@ _METHOD_NOTES = {
 }
 
 
-def describe(f: SnailFile, known_models: dict[str, str] | None = None) -> str:
+def describe(f: SnailFile, known_model: Callable[[str], str | None] | None = None) -> str:
     """The header in words, several lines, for `snailcompress info`.  Sizes are in bits per
     subpixel: the file's over every channel of every pixel (as encode's summary line), each stream's
-    per value it codes (a constant alpha is not coded). `known_models`: names of models by the id a file holds (the shipped ones), for a plane whose
-    file names none."""
+    per value it codes (a constant alpha is not coded). `known_model`: the name of a
+    model (a shipped one) by the id a file holds, or None; asked only for a plane whose file names none."""
     total = file_size(f)
     payload = sum(p.payload_bytes for p in f.planes)
     pixels = f.width * f.height
@@ -1184,7 +1184,7 @@ def describe(f: SnailFile, known_models: dict[str, str] | None = None) -> str:
             bits = 8 * p.payload_bytes / (pixels * coded)
             lines.append(f"              stream: {bits:.4f} bits per subpixel")
             continue
-        known = (known_models or {}).get(p.model_id)
+        known = known_model(p.model_id) if known_model is not None and p.model_name is None else None
         name = f" ({p.model_name})" if p.model_name is not None else f" (shipped {known})" if known else ""
         context = f"context {p.context[0]} above, {p.context[1]} left" if any(p.context) else "no context"
         band = f", bands of {p.band} rows of windows" if p.context[0] else ""
