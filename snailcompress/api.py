@@ -370,11 +370,12 @@ ENCODE_BATCH_PIXELS = 1 << 20  # pixels of the files encode_files codes together
 
 def encode_files(jobs: Sequence[tuple], models: ModelChooser | None = None, tile: int = DEFAULT_TILE,
                  context: int = DEFAULT_CONTEXT, force: bool = False, progress: bool = False, calibrate: bool = True,
-                 stdout=None):
+                 stdout=None, make_directories: bool = False):
     """Encode image files (source "-": standard input) to their targets (None: the default name), or
     to `stdout`, many together (encode_images), in batches of about ENCODE_BATCH_PIXELS; `jobs` are
     (source, target). Yields, in order, each file's report or its error; the time a report gives is
-    its share of its batch's. A progress bar (`progress`) is shown for a single file only."""
+    its share of its batch's. A progress bar (`progress`) is shown for a single file only.
+    `make_directories`: a target's directory that is not there is created when its file is written."""
     models = models or ModelChooser()
     jobs = list(jobs)
 
@@ -384,7 +385,7 @@ def encode_files(jobs: Sequence[tuple], models: ModelChooser | None = None, tile
 
     for batch, start in _in_batches(jobs, read, ENCODE_BATCH_PIXELS):
         yield from _encode_and_write(batch, start, models, tile, context, force, progress and len(jobs) == 1,
-                                     calibrate, stdout)
+                                     calibrate, stdout, make_directories)
 
 
 def _in_batches(jobs: list[tuple], read, limit: int):
@@ -408,7 +409,7 @@ def _in_batches(jobs: list[tuple], read, limit: int):
 
 
 def _encode_and_write(batch: list, start: float, models: ModelChooser, tile: int, context: int, force: bool,
-                      progress: bool, calibrate: bool, stdout):
+                      progress: bool, calibrate: bool, stdout, make_directories: bool):
     """encode_files for one batch (read since `start`): encode its images together, then write each, in order."""
     readable = [image for _, _, image in batch if not isinstance(image, SnailError)]
     snails = iter(encode_images(readable, models, tile, context, progress, calibrate))
@@ -424,7 +425,7 @@ def _encode_and_write(batch: list, start: float, models: ModelChooser, tile: int
                 target = Path("-")
             else:
                 target = Path(target) if target else default_output(Path(source), ".snail")
-                atomic_write(target, data, overwrite=force)
+                atomic_write(target, data, overwrite=force, make_directories=make_directories)
         except SnailError as e:
             yield e
             continue
@@ -435,12 +436,12 @@ DECODE_BATCH_PIXELS = 1 << 22  # pixels of the files decode_files decodes togeth
 
 
 def decode_files(jobs: Sequence[tuple], models: ModelChooser | None = None, force: bool = False, progress: bool = False,
-                 stdout=None, test: bool = False):
+                 stdout=None, test: bool = False, make_directories: bool = False):
     """Decode .snail files (source "-": standard input) to image files, or to `stdout` as PNG, many
     together (decode_images), in batches of about DECODE_BATCH_PIXELS; `jobs` are (source, target or
     None for the default name). `test`: decode and check each against its checksum, write nothing
     (reports' target None). Yields, in order, each file's report or its error; the time a report
-    gives is its share of its batch's."""
+    gives is its share of its batch's. `make_directories`: as encode_files'."""
     models = models or ModelChooser()
 
     def read(source):
@@ -455,11 +456,11 @@ def decode_files(jobs: Sequence[tuple], models: ModelChooser | None = None, forc
         return (snail, len(data)), snail.width * snail.height
 
     for batch, start in _in_batches(list(jobs), read, DECODE_BATCH_PIXELS):
-        yield from _decode_and_write(batch, start, models, force, progress, stdout, test)
+        yield from _decode_and_write(batch, start, models, force, progress, stdout, test, make_directories)
 
 
 def _decode_and_write(batch: list, start: float, models: ModelChooser, force: bool, progress: bool, stdout,
-                      test: bool = False):
+                      test: bool = False, make_directories: bool = False):
     """decode_files for one batch (read since `start`), (source, target, (file, its bytes) or error):
     decode its files together, then write each (unless `test`), in order."""
     snails = [item[0] for _, _, item in batch if not isinstance(item, SnailError)]
@@ -477,7 +478,7 @@ def _decode_and_write(batch: list, start: float, models: ModelChooser, force: bo
                 target = Path("-")
             else:
                 target = Path(target) if target else decoded_output(Path(source))
-                write_image(image, target, overwrite=force)
+                write_image(image, target, overwrite=force, make_directories=make_directories)
         except SnailError as e:
             yield e
             continue

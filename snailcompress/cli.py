@@ -480,27 +480,28 @@ def _report_line(report) -> str:
     )
 
 
-def _outputs(inputs: tuple[str, ...], output: str | None, default) -> tuple[list[Path], Path | None]:
+def _outputs(inputs: tuple[str, ...], output: str | None, default) -> tuple[list[Path], bool]:
     """Where each input goes: beside it, or -o FILE (one input), or into -o DIR (a directory, or a name
     ending in /, which is created). Several inputs need a directory, as cp's do: a name like a file's
-    is refused rather than made into one. Also returns the directory to create, if any: _each_file
-    makes it, and removes it again if nothing could be written into it."""
+    is refused rather than made into one. Also returns whether the directory is to be created: at the
+    first file written into it, so that a command whose every file fails leaves none behind, and
+    commands run side by side into one new directory all find it there."""
     paths = [Path(p) for p in inputs]
     if output is None:
-        return [default(p) for p in paths], None
+        return [default(p) for p in paths], False
     out = Path(output)
     if out.is_dir() or output.endswith(("/", os.sep)):
         if out.exists() and not out.is_dir():
             raise UsageError(f"-o {output}: a directory was asked for (a name ending in /), and this is a file")
-        return [out / default(p).name for p in paths], None if out.is_dir() else out
+        return [out / default(p).name for p in paths], not out.is_dir()
     if len(paths) > 1:
         what = "is a file" if out.exists() else "is not a directory (end it with / to create one)"
         raise UsageError(f"-o {output}: several inputs go into a directory, and this {what}")
-    return [out], None
+    return [out], False
 
 
 def _outputs_or_stdout(inputs: tuple[str, ...], output: str | None, to_stdout: bool, default,
-                       force: bool = False) -> tuple[list[Path | None], Path | None]:
+                       force: bool = False) -> tuple[list[Path | None], bool]:
     """_outputs, or None for each input that goes to standard output (-c: one input, no -o; not a
     terminal unless forced, as gzip)."""
     if to_stdout:
@@ -509,20 +510,10 @@ def _outputs_or_stdout(inputs: tuple[str, ...], output: str | None, to_stdout: b
         if not force and sys.stdout.isatty():
             raise UsageError("-c: standard output is a terminal, which binary data would garble; redirect it, "
                              "or use -f to write there anyway")
-        return [None], None
+        return [None], False
     if "-" in inputs and output is None:
         raise UsageError("-: standard input has no name to write beside; give -o FILE or -c")
     return _outputs(inputs, output, default)
-
-
-def _make_directory(directory: Path) -> list[Path]:
-    """Create `directory` and its missing parents; returns the ones created, deepest first."""
-    created = [d for d in (directory, *directory.parents) if not d.exists()]
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UsageError(f"-o {directory}: cannot create the directory ({e.strerror or e})") from None
-    return created
 
 
 def _file_keys(path: Path) -> list:
@@ -539,25 +530,13 @@ def _file_keys(path: Path) -> list:
 
 
 def _each_file(pairs, work, force: bool, quiet: bool, to_stdout: bool = False, check=None,
-               new_directory: Path | None = None) -> None:
+               make_directories: bool = False) -> None:
     """Run `work` on the (source, target) pairs that can be written: it takes a list of them and
     yields, for each in order, its report or the SnailError it met (so that it may code many files
     together). As gzip does: a file that fails is said in one line that names it, the others go on,
     and the exit status is 1 if any failed. A target that cannot be written (an input, it exists and
-    no -f, its directory is not there, `check(target)` raises) is refused before any work.
-    `new_directory` (-o DIR/ not there yet) is created first, and removed if it is left empty."""
-    created = _make_directory(new_directory) if new_directory is not None else []
-    try:
-        _each_file_in_place(pairs, work, force, quiet, to_stdout, check)
-    finally:
-        for directory in created:  # deepest first; one that holds anything stays
-            try:
-                directory.rmdir()
-            except OSError:
-                break
-
-
-def _each_file_in_place(pairs, work, force: bool, quiet: bool, to_stdout: bool, check) -> None:
+    no -f, its directory is not there and not `make_directories` or cannot be made, `check(target)`
+    raises) is refused before any work."""
     from .fileio import check_directory, check_target
 
     _say_when_compiling(not quiet)
@@ -580,7 +559,7 @@ def _each_file_in_place(pairs, work, force: bool, quiet: bool, to_stdout: bool, 
             refused[index] = UsageError(f"{target} already exists (use -f to overwrite)")
         else:
             try:
-                check_target(target)
+                check_target(target, make_directories)
                 if target.absolute().parent not in writable:  # a read-only place is found now, not after the work
                     check_directory(target.absolute().parent)
                     writable.add(target.absolute().parent)
@@ -667,7 +646,8 @@ def encode(images, output, force, models, tile, context, calibrate, no_name, thr
     stdout = sys.stdout.buffer if to_stdout else None
     _each_file(zip(images, outputs), lambda pairs: encode_files(
         pairs, chooser, tile or DEFAULT_TILE, DEFAULT_CONTEXT if context is None else context, force=force,
-        progress=not quiet, calibrate=calibrate, stdout=stdout), force, quiet, to_stdout, new_directory=new_directory)
+        progress=not quiet, calibrate=calibrate, stdout=stdout, make_directories=new_directory), force, quiet, to_stdout,
+               make_directories=new_directory)
 
 
 @main.command()
@@ -690,13 +670,13 @@ def decode(files, output, force, models, threads, device, to_stdout, test, quiet
     _threads(threads)
     if test and (output is not None or to_stdout):
         raise UsageError("-t writes nothing: give it no -o or -c")
-    outputs, new_directory = (([None] * len(files), None) if test else
+    outputs, new_directory = (([None] * len(files), False) if test else
                               _outputs_or_stdout(files, output, to_stdout, decoded_output, force))
     chooser = ModelChooser(models, resolve_device(device))
     stdout = sys.stdout.buffer if to_stdout else None
     _each_file(zip(files, outputs), lambda pairs: decode_files(pairs, chooser, force, progress=not quiet, stdout=stdout,
-                                                               test=test), force, quiet, to_stdout,
-               check=lambda target: write_format(str(target)), new_directory=new_directory)
+                                                               test=test, make_directories=new_directory),
+               force, quiet, to_stdout, check=lambda target: write_format(str(target)), make_directories=new_directory)
 
 
 @main.command()

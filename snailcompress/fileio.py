@@ -70,8 +70,8 @@ def check_target(path: str | os.PathLike, make_directories: bool = False) -> Non
         raise SnailError(f"cannot write {path}: directory {path.absolute().parent} does not exist")
 
 
-def atomic_write(path: str | os.PathLike, data: bytes, overwrite: bool = False) -> None:
-    """Write ``data`` to ``path`` atomically.
+def atomic_write(path: str | os.PathLike, data: bytes, overwrite: bool = False, make_directories: bool = False) -> None:
+    """Write ``data`` to ``path`` atomically; ``make_directories``: create its directory if it is not there.
 
     Refuses an existing ``path`` unless ``overwrite`` (OutputExistsError, a SnailError).  Any
     operating-system failure (missing or unwritable directory, full disk, ...) becomes a SnailError
@@ -84,13 +84,15 @@ def atomic_write(path: str | os.PathLike, data: bytes, overwrite: bool = False) 
     name = os.path.basename(path)
     if not name:
         raise SnailError(f"cannot write {path!r}: not a file name")
-    check_target(path)
+    check_target(path, make_directories)
     if not overwrite and os.path.lexists(path):
         raise OutputExistsError(f"{path} already exists (use -f to overwrite)")
 
     tmp = None
     fd = -1
     try:
+        if make_directories:
+            os.makedirs(directory, exist_ok=True)
         fd, tmp = _new_temporary(directory, name)
         view = memoryview(data)
         while view:

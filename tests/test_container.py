@@ -1182,6 +1182,13 @@ def test_atomic_write_missing_directory(tmp_path):
         atomic_write(tmp_path / "nope" / "x.snail", b"data", overwrite=False)
     with pytest.raises(SnailError, match="is a directory"):
         atomic_write(tmp_path, b"data", overwrite=True)
+    assert not (tmp_path / "nope").exists()
+    atomic_write(tmp_path / "nope" / "deeper" / "x.snail", b"data", make_directories=True)  # encode -o DIR/
+    assert (tmp_path / "nope" / "deeper" / "x.snail").read_bytes() == b"data"
+    assert _entries(tmp_path / "nope" / "deeper") == ["x.snail"]
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(SnailError, match="file"):
+        atomic_write(tmp_path / "file" / "x.snail", b"data", make_directories=True)
 
 
 def test_atomic_write_unwritable_directory(tmp_path):

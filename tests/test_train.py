@@ -1009,12 +1009,13 @@ def test_ctrl_c_saves_a_checkpoint_and_the_same_command_resumes(photo_dir, tmp_p
     # log.csv's last row is at the stopping step, with the train bits/dim of the steps since the row before
     stopped = read_log(out)[-1]
     assert int(stopped["step"]) == saved["step"] and stopped["train_bpd"] and not stopped["test_bpd"]
-    resumed = CliRunner().invoke(main, ["train", "--out", str(out), "--steps", str(saved["step"] + 1)])
+    end = saved["step"] + 1 if (saved["step"] + 1) % 50 else saved["step"] + 2  # not a periodic row's step (log_every)
+    resumed = CliRunner().invoke(main, ["train", "--out", str(out), "--steps", str(end)])
     assert resumed.exit_code == 0, resumed.output
-    assert re.search(rf"{saved['step'] + 1} steps", resumed.stdout), resumed.stdout
-    assert read_log(out)[-2] == stopped  # kept; the new row covers the one step trained since
+    assert re.search(rf"{end} steps", resumed.stdout), resumed.stdout
+    assert read_log(out)[-2] == stopped  # kept; the new row covers the steps trained since
     last = read_log(out)[-1]
-    assert int(last["step"]) == saved["step"] + 1 and last["train_bpd"] and last["test_bpd"]
+    assert int(last["step"]) == end and last["train_bpd"] and last["test_bpd"]
 
 
 def test_the_curve_of_a_run_stopped_before_its_first_log_row_is_an_empty_plot(tmp_path):

@@ -473,8 +473,10 @@ def write_format(name: str) -> tuple[str, dict]:
     return WRITE_FORMATS[suffix]
 
 
-def write_image(img: DecomposedImage, path: str | os.PathLike, overwrite: bool = False) -> None:
+def write_image(img: DecomposedImage, path: str | os.PathLike, overwrite: bool = False,
+                make_directories: bool = False) -> None:
     """Write img atomically; the format follows the suffix (.png when there is none).
+    `make_directories`: create its directory if it is not there.
 
     ImageError if the suffix names no lossless format we write or the format cannot hold this image
     exactly (it re-reads the encoded bytes to make sure); OutputExistsError (a SnailError) if the
@@ -486,4 +488,4 @@ def write_image(img: DecomposedImage, path: str | os.PathLike, overwrite: bool =
     fmt, options = write_format(name)
     if not overwrite and os.path.lexists(name):
         raise OutputExistsError(f"{name} already exists (use -f to overwrite)")
-    atomic_write(name, _exact_bytes(img, fmt, options, name), overwrite)
+    atomic_write(name, _exact_bytes(img, fmt, options, name), overwrite, make_directories)
