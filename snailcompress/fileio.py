@@ -34,6 +34,11 @@ def _under_a_file(path: Path) -> None:
         raise SnailError(f"cannot write {path}: {blocking} is a file, not a directory")
 
 
+#: tries check_directory makes at its probe: processes started together (torchrun's ranks, commands run
+#: side by side) may each make and remove the same new directory under another's probe
+PROBE_ATTEMPTS = 5
+
+
 def check_directory(path: str | os.PathLike) -> None:
     """Refuse (SnailError, one sentence) a directory to write into that cannot be one (a file, or a
     path under a file) or cannot be made or written (a run's or a report's --out): it is made, a
@@ -44,10 +49,17 @@ def check_directory(path: str | os.PathLike) -> None:
     _under_a_file(path)
     made = [p for p in (path, *path.parents) if not p.exists()]  # deepest first
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        fd, probe = _new_temporary(str(path), "probe")
-        os.close(fd)
-        os.unlink(probe)
+        for attempt in range(PROBE_ATTEMPTS):
+            path.mkdir(parents=True, exist_ok=True)
+            try:
+                fd, probe = _new_temporary(str(path), "probe")
+            except FileNotFoundError:  # another process probing the same new directory removed it
+                if attempt == PROBE_ATTEMPTS - 1:
+                    raise
+                continue
+            os.close(fd)
+            os.unlink(probe)
+            break
     except OSError as e:
         raise SnailError(f"cannot write into {path}: {_reason(e)}") from None
     finally:

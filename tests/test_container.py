@@ -1240,6 +1240,25 @@ def test_an_output_directory_that_cannot_be_made_or_written_is_refused_and_nothi
     assert _entries(tmp_path) == ["f"]
 
 
+def test_a_new_output_directory_probed_by_two_processes_at_once_passes_both(tmp_path, monkeypatch):
+    """torchrun's ranks (bench's --out) and commands run side by side each probe the same new directory:
+    one that another process removes between making it and probing it is made again, not refused."""
+    from snailcompress import fileio
+
+    real = fileio._new_temporary
+    removed = []
+
+    def another_process_removes_it_first(directory, name):
+        if not removed:
+            removed.append(directory)
+            os.rmdir(directory)  # the other process's clean-up, just after this one's mkdir
+        return real(directory, name)
+
+    monkeypatch.setattr(fileio, "_new_temporary", another_process_removes_it_first)
+    check_directory(tmp_path / "out")
+    assert removed == [str(tmp_path / "out")] and _entries(tmp_path) == []
+
+
 @pytest.mark.parametrize("overwrite", [False, True])
 def test_atomic_write_failure_leaves_no_temp_file(tmp_path, monkeypatch, overwrite):
     (tmp_path / "keep.snail").write_bytes(b"old")
