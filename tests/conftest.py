@@ -48,3 +48,10 @@ def tiny_models():
     from snailcompress.api import ModelChooser
 
     return ModelChooser(["pixelsnail-tiny"])
+
+
+def job_failure(stderr: str) -> str:
+    """What a failed torchrun job says: each rank's one-line error (the first to fail is often not the
+    last to write), then the end of its output."""
+    errors = [line for line in stderr.splitlines() if "snailcompress: error:" in line]
+    return "\n".join([*errors, "...", stderr[-4000:]])

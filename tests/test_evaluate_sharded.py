@@ -12,6 +12,7 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import job_failure
 from click.testing import CliRunner
 from PIL import Image
 
@@ -48,7 +49,7 @@ def torchrun(args: list[str], processes: int = 2) -> subprocess.CompletedProcess
     env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
     env.pop("WORLD_SIZE", None)
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-4000:]
+    assert done.returncode == 0, job_failure(done.stderr)
     return done
 
 

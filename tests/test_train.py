@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import job_failure
 import torch
 from click.testing import CliRunner
 from PIL import Image
@@ -459,7 +460,7 @@ def torchrun_train(tmp_path: Path, options: TrainOptions, patch: str = "", timeo
     script = tmp_path / "train_script.py"
     script.write_text(f"from snailcompress import train as T\n{patch}\nT.train(T.{options!r}, progress_bar=False)\n")
     done = torchrun(str(script), timeout=timeout)
-    assert done.returncode == 0, done.stderr[-4000:]
+    assert done.returncode == 0, job_failure(done.stderr)
 
 
 @pytest.mark.slow
@@ -472,7 +473,7 @@ def test_two_process_ddp_matches_one_process_with_the_global_batch(photo_dir, tm
         "--batch-size", "2", "--steps", str(steps), "--workers", "0", "--device", "cpu", "--eval-every", "0",
         "--ema", "0.9", "--out", str(ddp_dir),
     )
-    assert done.returncode == 0, done.stderr[-4000:]
+    assert done.returncode == 0, job_failure(done.stderr)
     assert done.stdout.count("bits/dim") == 1, done.stdout  # rank 0 reports, rank 1 stays quiet
 
     # DDP's init batch is each rank's batch (rank 0's init wins, broadcast by DDP): 2 images.
@@ -533,7 +534,7 @@ def ddp_resumed(photo_dir, tmp_path_factory) -> tuple[Path, Path, subprocess.Com
             "--batch-size", "2", "--steps", str(steps), "--workers", "0", "--device", "cpu", "--eval-every", "0",
             "--ema", "0.9", "--dropout", "0.5", "--out", str(out),
         )
-        assert done.returncode == 0, done.stderr[-4000:]
+        assert done.returncode == 0, job_failure(done.stderr)
         return done
 
     run(root / "straight", 4)
