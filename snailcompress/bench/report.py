@@ -166,14 +166,17 @@ def _cells(rows: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     rows = normalize_rows(rows)
     cols = [c for c in _SHOWN if c in rows.columns]
     header = [_HEADERS[c] for c in cols]
-    body = [[_published(r[c]) if c == "bits_per_subpixel" and r.get("kind") == "paper" else _fmt(c, r[c]) for c in cols]
-            for _, r in rows.iterrows()]
+    body = [[_bits_cell(r) if c == "bits_per_subpixel" else _fmt(c, r[c]) for c in cols] for _, r in rows.iterrows()]
     return header, body
 
 
-def _published(value) -> str:
-    """A number of the paper's table to its two decimals (2.85, 3.00), not padded to a precision it lacks."""
-    return f"{value:.2f}" if isinstance(value, (int, float)) and value == value else _fmt("bits_per_subpixel", value)
+def _bits_cell(row) -> str:
+    """A row's bits/subpixel; a paper row's to its table's two decimals (2.85, 3.00), not padded to a
+    precision it lacks."""
+    value = row.get("bits_per_subpixel")
+    if row.get("kind") == "paper" and isinstance(value, (int, float)) and value == value:
+        return f"{value:.2f}"
+    return _fmt("bits_per_subpixel", value)
 
 
 _NUMERIC_HEADERS = {"bits/subpixel", "NLL, same images", "over NLL", "images", "enc img/s", "dec img/s", "parameters"}
@@ -299,8 +302,7 @@ def _beside_the_paper(rows: pd.DataFrame) -> list[str]:
     def cells(row) -> list[str]:
         if row is None:
             return ["-"] * 4
-        bits = _published(row.get("bits_per_subpixel")) if row.get("kind") == "paper" else _fmt("bits_per_subpixel", row.get("bits_per_subpixel"))
-        return [str(row["method"])] + [_fmt(c, row.get(c)) for c in ("parameters", "training")] + [bits]
+        return [str(row["method"])] + [_fmt(c, row.get(c)) for c in ("parameters", "training")] + [_bits_cell(row)]
 
     lines = [
         "", "## Models beside the paper", "",
