@@ -641,13 +641,14 @@ def encode(images, output, force, models, tile, context, calibrate, no_name, thr
         raise UsageError("--tile must be between 1 and 1024")
     if context is not None and not 0 <= context <= 64:
         raise UsageError("--context must be between 0 and 64")
-    outputs, new_directory = _outputs_or_stdout(images, output, to_stdout, lambda p: default_output(p, ".snail"), force)
+    outputs, make_directories = _outputs_or_stdout(images, output, to_stdout, lambda p: default_output(p, ".snail"),
+                                                   force)
     chooser = ModelChooser(models, resolve_device(device), names=not no_name)
     stdout = sys.stdout.buffer if to_stdout else None
     _each_file(zip(images, outputs), lambda pairs: encode_files(
         pairs, chooser, tile or DEFAULT_TILE, DEFAULT_CONTEXT if context is None else context, force=force,
-        progress=not quiet, calibrate=calibrate, stdout=stdout, make_directories=new_directory), force, quiet, to_stdout,
-               make_directories=new_directory)
+        progress=not quiet, calibrate=calibrate, stdout=stdout, make_directories=make_directories),
+               force, quiet, to_stdout, make_directories=make_directories)
 
 
 @main.command()
@@ -670,13 +671,13 @@ def decode(files, output, force, models, threads, device, to_stdout, test, quiet
     _threads(threads)
     if test and (output is not None or to_stdout):
         raise UsageError("-t writes nothing: give it no -o or -c")
-    outputs, new_directory = (([None] * len(files), False) if test else
+    outputs, make_directories = (([None] * len(files), False) if test else
                               _outputs_or_stdout(files, output, to_stdout, decoded_output, force))
     chooser = ModelChooser(models, resolve_device(device))
     stdout = sys.stdout.buffer if to_stdout else None
     _each_file(zip(files, outputs), lambda pairs: decode_files(pairs, chooser, force, progress=not quiet, stdout=stdout,
-                                                               test=test, make_directories=new_directory),
-               force, quiet, to_stdout, check=lambda target: write_format(str(target)), make_directories=new_directory)
+                                                               test=test, make_directories=make_directories),
+               force, quiet, to_stdout, check=lambda target: write_format(str(target)), make_directories=make_directories)
 
 
 @main.command()

@@ -791,9 +791,9 @@ def _periodic(run: _Run, clock: _Clock, window: _Window, log: CsvLog | None) -> 
         test_bpd = progress["test_bpd"] = _evaluate(run, clock)
         progress["evaluated_step"] = progress["step"]
     if progress["step"] % options.log_every == 0 or evaluated:
-        trained = _window_fields(window)
+        since_last_row = _window_fields(window)
         if run.rank == 0:
-            log.append(_log_row(run, time.monotonic() - clock.started, clock.cpu_s(), test_bpd, **trained))
+            log.append(_log_row(run, time.monotonic() - clock.started, clock.cpu_s(), test_bpd, **since_last_row))
         window = _Window()
     if distributed.any_rank(time.monotonic() - clock.last_saved >= options.checkpoint_minutes * 60):
         clock.stamp(progress)
