@@ -1024,7 +1024,7 @@ def test_cli_several_inputs(work):
     assert r.exit_code == 0 and r.output == "", r.output
     assert pixels(work / "back" / "a.png") == pixels(work / "a.png")
     assert pixels(work / "back" / "g.png") == pixels(work / "g.png")
-    # a directory made for outputs none of which could be written is removed again, its parents too
+    # -o DIR/ is made at the first file written into it: none when no file could be, nor its parents
     (work / "junk.png").write_bytes(b"junk")
     r = cli("encode", "junk.png", "-o", "new/deeper/", "--model", TINY, "-q")
     assert r.exit_code == 1 and "junk.png" in r.stderr and not (work / "new").exists()
