@@ -61,7 +61,7 @@ _MEAN_LIMIT = float(ar.MEAN_LIMIT)
 _LOG_SCALE_LIMIT = float(ar.LOG_SCALE_LIMIT)
 _TANH_LIMIT = float(ar.TANH_INPUT_LIMIT)
 _INVERSE_TO_GRID = INVERSE_TO_GRID
-_QUERY_BLOCK = 64  # queries per block of the full pass's attention
+_QUERY_BLOCK = 32  # queries per block of the full pass's attention
 COUNT_ROWS_PER_BLOCK = 256  # rows of a thread's run: a pixel's counts take a microsecond or so, a hand-over some tens
 
 
@@ -96,12 +96,8 @@ def _attend_row(query, keys, values, p, exp16, out):  # pragma: no cover (compil
         q, k0 = query[c], keys[c]
         for j in range(p):
             logits[j] += q * k0[j]
-    top = _largest(logits, p)
-    total = 0.0
     weights = logits  # exp(-distance) in place of each logit, 0 from the table's end on
-    for j in range(p):
-        weights[j] = exp16[int(min((top - logits[j]) * (1.0 / _ONE), _EXP_LIMIT))]  # distance floored (>= 0)
-        total += weights[j]
+    total = _exp_of_distances(logits, p, exp16, np.empty(p, np.int32))
     c = 0
     while c + 4 <= value_channels:  # four channels a pass: each weight read once for four
         v0, v1, v2, v3 = values[c], values[c + 1], values[c + 2], values[c + 3]
@@ -124,12 +120,36 @@ def _attend_row(query, keys, values, p, exp16, out):  # pragma: no cover (compil
 
 @numba.njit(cache=True, inline="always")
 def _largest(row, count):  # pragma: no cover (compiled)
-    """The largest of row[:count] (count >= 1), in a loop: numba's max() of an array is a call that
-    checks every entry for NaN, which none of these is."""
-    top = row[0]
-    for j in range(1, count):
-        top = max(top, row[j])
-    return top
+    """The largest of row[:count] (count >= 1), kept in eight running maxima: one running maximum is
+    a chain of dependent comparisons, one at a time, where eight independent ones run side by side
+    in a vector (none of these values is NaN, so the order of comparisons cannot matter)."""
+    t0 = t1 = t2 = t3 = t4 = t5 = t6 = t7 = row[0]
+    j = 0
+    while j + 8 <= count:
+        t0, t1, t2, t3 = max(t0, row[j]), max(t1, row[j + 1]), max(t2, row[j + 2]), max(t3, row[j + 3])
+        t4, t5, t6, t7 = max(t4, row[j + 4]), max(t5, row[j + 5]), max(t6, row[j + 6]), max(t7, row[j + 7])
+        j += 8
+    for j in range(j, count):
+        t0 = max(t0, row[j])
+    return max(max(max(t0, t1), max(t2, t3)), max(max(t4, t5), max(t6, t7)))
+
+
+@numba.njit(cache=True, inline="always")
+def _exp_of_distances(row, count, exp16, index):  # pragma: no cover (compiled)
+    """The softmax's weights in place of its logits row[:count] (Q.12 scaled by the logits' units):
+    exp16 at each one's distance to the largest, floored to Q.12 (exact) and clamped where exp16 is 0;
+    returns their sum (an integer below 2**32: exact). In three loops, each of which vectorises
+    (the table indices into `index`, int32 scratch of at least `count`; the lookups; the sum), where
+    one loop doing all three did not."""
+    top = _largest(row, count)
+    for j in range(count):
+        index[j] = np.int32(min((top - row[j]) * (1.0 / _ONE), _EXP_LIMIT))
+    for j in range(count):
+        row[j] = exp16[np.uint32(index[j])]  # unsigned: no check for a negative index
+    total = 0.0
+    for j in range(count):
+        total += row[j]
+    return total
 
 
 @numba.njit(cache=True, inline="always")
@@ -206,15 +226,38 @@ def _packed(net) -> PackedNetwork:
 @numba.njit(cache=True)
 def _linear(net, index, x, out):  # pragma: no cover (compiled)
     """IntegerLinear.__call__: out = clamp(floor(x @ w + b)), the same exact products and sums."""
+    bias, low, high = _product(net, index, x, out)
+    for b in range(out.shape[0]):
+        for o in range(len(bias)):
+            out[b, o] = min(max(np.floor(out[b, o] + bias[o]), low[o]), high[o])
+
+
+@numba.njit(cache=True)
+def _linear_then_elu(net, index, x, elu, out):  # pragma: no cover (compiled)
+    """_elu of _linear's outputs, row by row as they are finished (one pass over them, not two):
+    for a layer whose outputs are read only through ELU."""
+    bias, low, high = _product(net, index, x, out)
+    outputs = len(bias)
+    table_index = np.empty(outputs, np.int32)
+    for b in range(out.shape[0]):
+        for o in range(outputs):
+            v = min(max(np.floor(out[b, o] + bias[o]), low[o]), high[o])
+            out[b, o] = v
+            table_index[o] = np.int32(min(max(-v, 0.0), _EXP_LIMIT))
+        for o in range(outputs):
+            out[b, o] = max(out[b, o], 0.0) + elu[np.uint32(table_index[o])]
+
+
+@numba.njit(cache=True, inline="always")
+def _product(net, index, x, out):  # pragma: no cover (compiled)
+    """out = x @ w of layer `index` (exact integers); returns the layer's bias and clamping bounds."""
     layers, weights, vectors = net
     w_offset, n_in, n_out, v_offset = layers[index]
     np.dot(x, weights[w_offset : w_offset + n_in * n_out].reshape((n_in, n_out)), out)
     bias = vectors[v_offset : v_offset + n_out]
     low = vectors[v_offset + n_out : v_offset + 2 * n_out]
     high = vectors[v_offset + 2 * n_out : v_offset + 3 * n_out]
-    for b in range(out.shape[0]):
-        for o in range(n_out):
-            out[b, o] = min(max(np.floor(out[b, o] + bias[o]), low[o]), high[o])
+    return bias, low, high
 
 
 _OUTPUT_ROWS = 1024  # rows per product of the output layer (`outputs`): blocks shared among the threads
@@ -249,12 +292,18 @@ def _output_buffer(net, index, rows):  # pragma: no cover (compiled)
 @numba.njit(cache=True)
 def _elu(x, elu):  # pragma: no cover (compiled)
     """arithmetic.elu: x where x >= 0, else the ELU table at -x, clamped at its end. Without a branch
-    (signs are unpredictable): the table at 0 is ELU(0) = 0, so max(x, 0) + table[max(-x, 0)]."""
+    (signs are unpredictable): the table at 0 is ELU(0) = 0, so max(x, 0) + table[max(-x, 0)]. The
+    table indices are taken in a loop of their own, so that both loops vectorise (as in
+    _exp_of_distances)."""
+    rows, channels = x.shape
+    index = np.empty((rows, channels), np.int32)
+    for b in range(rows):
+        for c in range(channels):
+            index[b, c] = np.int32(min(max(-x[b, c], 0.0), _EXP_LIMIT))
     out = np.empty_like(x)
-    for b in range(x.shape[0]):
-        for c in range(x.shape[1]):
-            v = x[b, c]
-            out[b, c] = max(v, 0.0) + elu[int(min(max(-v, 0.0), _EXP_LIMIT))]
+    for b in range(rows):
+        for c in range(channels):
+            out[b, c] = max(x[b, c], 0.0) + elu[np.uint32(index[b, c])]
     return out
 
 
@@ -316,20 +365,27 @@ def _resnet(net, index, x, aux, caches, pair, rows, width, t):  # pragma: no cov
     """IntegerResnet.forward over (B, C), in place on x: layers index (conv_in), index + 1 (conv_out),
     index + 2 (aux_in, where aux has columns); `pair`: see _conv_input."""
     elu, sigmoid = t[0], t[1]
-    c1 = _output_buffer(net, index, len(x))
-    _linear(net, index, _conv_input(_elu(x, elu), caches, pair, 0, rows, width), c1)
+    c1 = _output_buffer(net, index, len(x))  # ELU of conv_in's outputs (plus aux_in's): conv_out's input
+    conv_in_input = _conv_input(_elu(x, elu), caches, pair, 0, rows, width)
     if aux.shape[1]:
+        _linear(net, index, conv_in_input, c1)
         extra = np.empty_like(c1)
         _linear(net, index + 2, _elu(aux, elu), extra)
         for b in range(c1.shape[0]):
             for c in range(c1.shape[1]):
                 c1[b, c] = min(max(c1[b, c] + extra[b, c], -_LIMIT), _LIMIT)
+        c1 = _elu(c1, elu)
+    else:
+        _linear_then_elu(net, index, conv_in_input, elu, c1)
     c2 = _output_buffer(net, index + 1, len(x))
-    _linear(net, index + 1, _conv_input(_elu(c1, elu), caches, pair, 1, rows, width), c2)
+    _linear(net, index + 1, _conv_input(c1, caches, pair, 1, rows, width), c2)
     channels = x.shape[1]
+    gates = np.empty(channels)  # a row's sigmoids, looked up in a loop of their own (see _elu)
     for b in range(x.shape[0]):  # arithmetic.gate: x + a * sigmoid(b), half up, clamped
         for c in range(channels):
-            gated = np.floor(x[b, c] + c2[b, c] * sigmoid[int(c2[b, channels + c])] + 0.5)
+            gates[c] = sigmoid[np.uint32(np.int32(c2[b, channels + c]))]
+        for c in range(channels):
+            gated = np.floor(x[b, c] + c2[b, c] * gates[c] + 0.5)
             x[b, c] = min(max(gated, -_LIMIT), _LIMIT)
 
 
@@ -548,20 +604,16 @@ def _causal_attention(query, keys, values, exp16):  # pragma: no cover (compiled
     fast-math flags change no value, as in _attend_row: the sums of integers are exact in any order."""
     n = len(query)
     out = np.zeros((n, values.shape[1]))
+    index = np.empty(n, np.int32)
     for a in range(1, n, _QUERY_BLOCK):
         b = min(n, a + _QUERY_BLOCK)
         logits = np.dot(query[a:b], keys[: b - 1].T)  # (b - a, b - 1)
-        weights = np.empty((b - a, b - 1))  # each row's later positions are zeroed below, not the whole block
-        totals = np.zeros(b - a)  # integers below 2**32: exact
+        weights = logits  # each row's weights in place of its logits, its later positions zeroed
+        totals = np.zeros(b - a)
         for r in range(b - a):
-            row, seen, weight = logits[r], a + r, weights[r]
-            top = _largest(row, seen)
-            total = 0.0
-            for j in range(seen):  # the distance to the max, floored to Q.12 (exact), clamped where exp16 is 0
-                weight[j] = exp16[int(min((top - row[j]) * (1.0 / _ONE), _EXP_LIMIT))]
-                total += weight[j]
+            seen, weight = a + r, weights[r]
+            totals[r] = _exp_of_distances(weight, seen, exp16, index)
             weight[seen:] = 0.0
-            totals[r] = total
         weighted = np.dot(weights, values[: b - 1])
         for r in range(b - a):
             _divide_half_up(weighted[r], totals[r], out[a + r])
