@@ -136,11 +136,11 @@ def _largest(row, count):  # pragma: no cover (compiled)
 
 @numba.njit(cache=True, inline="always")
 def _exp_of_distances(row, count, exp16, index):  # pragma: no cover (compiled)
-    """The softmax's weights in place of its logits row[:count] (Q.12 scaled by the logits' units):
-    exp16 at each one's distance to the largest, floored to Q.12 (exact) and clamped where exp16 is 0;
-    returns their sum (an integer below 2**32: exact). In three loops, each of which vectorises
-    (the table indices into `index`, int32 scratch of at least `count`; the lookups; the sum), where
-    one loop doing all three did not."""
+    """The softmax's weights in place of its logits row[:count] (each a product of two Q.12 numbers):
+    exp16 at each one's distance below the largest, divided by 4096 and floored to Q.12 (exact),
+    clamped where exp16 is 0; returns their sum (an integer below 2**32: exact). In three loops, each
+    of which vectorises (the table indices into `index`, int32 scratch of at least `count`; the
+    lookups; the sum), where one loop doing all three did not."""
     top = _largest(row, count)
     for j in range(count):
         index[j] = np.int32(min((top - row[j]) * (1.0 / _ONE), _EXP_LIMIT))
