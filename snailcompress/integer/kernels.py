@@ -73,9 +73,10 @@ def _table(name: str, dtype=np.int64) -> np.ndarray:
 
 
 @numba.njit(cache=True, fastmath={"reassoc", "contract", "nnan", "ninf", "nsz"})
-def _attend_row(query, keys, values, p, exp16, out):  # pragma: no cover (compiled)
+def _attend_row(query, keys, values, p, exp16, index, out):  # pragma: no cover (compiled)
     """One slot's attention: its query (dk,) over its keys (dk, n) and values (dv, n) at positions
-    before p, into out (dv,). Every loop runs along positions, so each vectorises. The fast-math
+    before p, into out (dv,); index: int32 scratch of at least p (_exp_of_distances), the caller's, so
+    that a step allocates it once for all its slots. Every loop runs along positions, so each vectorises. The fast-math
     flags change no value here: sums may be reassociated (every term and partial sum is an integer
     below 2**53, exact in any order; a fused multiply-add of integers is exact too), no value is ever
     NaN, infinite or a zero whose sign matters, and the rounded average (_divide_half_up) only
@@ -97,7 +98,7 @@ def _attend_row(query, keys, values, p, exp16, out):  # pragma: no cover (compil
         for j in range(p):
             logits[j] += q * k0[j]
     weights = logits  # exp(-distance) in place of each logit, 0 from the table's end on
-    total = _exp_of_distances(logits, p, exp16, np.empty(p, np.int32))
+    total = _exp_of_distances(logits, p, exp16, index)
     c = 0
     while c + 4 <= value_channels:  # four channels a pass: each weight read once for four
         v0, v1, v2, v3 = values[c], values[c + 1], values[c + 2], values[c + 3]
@@ -175,8 +176,9 @@ def _divide_half_up(weighted, total, out):  # pragma: no cover (compiled)
 
 @numba.njit(cache=True, nogil=True)
 def _attend_rows(first, step, query, keys, values, position, exp16, out):  # pragma: no cover (compiled)
+    index = np.empty(keys.shape[2], np.int32)
     for b in range(first, len(out), step):
-        _attend_row(query[b], keys[b], values[b], position[b], exp16, out[b])
+        _attend_row(query[b], keys[b], values[b], position[b], exp16, index, out[b])
 
 
 def attend(query: np.ndarray, keys: np.ndarray, values: np.ndarray, position: np.ndarray) -> np.ndarray:
@@ -228,8 +230,7 @@ def _linear(net, index, x, out):  # pragma: no cover (compiled)
     """IntegerLinear.__call__: out = clamp(floor(x @ w + b)), the same exact products and sums."""
     bias, low, high = _product(net, index, x, out)
     for b in range(out.shape[0]):
-        for o in range(len(bias)):
-            out[b, o] = min(max(np.floor(out[b, o] + bias[o]), low[o]), high[o])
+        _requantise_row(out, b, bias, low, high)
 
 
 @numba.njit(cache=True)
@@ -237,15 +238,18 @@ def _linear_then_elu(net, index, x, elu, out):  # pragma: no cover (compiled)
     """_elu of _linear's outputs, row by row as they are finished (one pass over them, not two):
     for a layer whose outputs are read only through ELU."""
     bias, low, high = _product(net, index, x, out)
-    outputs = len(bias)
-    table_index = np.empty(outputs, np.int32)
+    table_index = np.empty(len(bias), np.int32)
     for b in range(out.shape[0]):
-        for o in range(outputs):
-            v = min(max(np.floor(out[b, o] + bias[o]), low[o]), high[o])
-            out[b, o] = v
-            table_index[o] = np.int32(min(max(-v, 0.0), _EXP_LIMIT))
-        for o in range(outputs):
-            out[b, o] = max(out[b, o], 0.0) + elu[np.uint32(table_index[o])]
+        _requantise_row(out, b, bias, low, high)
+        _elu_row(out, b, out, elu, table_index)
+
+
+@numba.njit(cache=True, inline="always")
+def _requantise_row(out, b, bias, low, high):  # pragma: no cover (compiled)
+    """Row b of a layer's products, in place: floor(out + bias), clamped (the bias holds the 1/2 of
+    round half up, and the shift by k is in the weights: IntegerLinear)."""
+    for o in range(len(bias)):
+        out[b, o] = min(max(np.floor(out[b, o] + bias[o]), low[o]), high[o])
 
 
 @numba.njit(cache=True, inline="always")
@@ -291,20 +295,24 @@ def _output_buffer(net, index, rows):  # pragma: no cover (compiled)
 
 @numba.njit(cache=True)
 def _elu(x, elu):  # pragma: no cover (compiled)
-    """arithmetic.elu: x where x >= 0, else the ELU table at -x, clamped at its end. Without a branch
-    (signs are unpredictable): the table at 0 is ELU(0) = 0, so max(x, 0) + table[max(-x, 0)]. The
-    table indices are taken in a loop of their own, so that both loops vectorise (as in
-    _exp_of_distances)."""
-    rows, channels = x.shape
-    index = np.empty((rows, channels), np.int32)
-    for b in range(rows):
-        for c in range(channels):
-            index[b, c] = np.int32(min(max(-x[b, c], 0.0), _EXP_LIMIT))
+    """arithmetic.elu of every row of x, into a new array (_elu_row)."""
     out = np.empty_like(x)
-    for b in range(rows):
-        for c in range(channels):
-            out[b, c] = max(x[b, c], 0.0) + elu[np.uint32(index[b, c])]
+    index = np.empty(x.shape[1], np.int32)
+    for b in range(x.shape[0]):
+        _elu_row(x, b, out, elu, index)
     return out
+
+
+@numba.njit(cache=True, inline="always")
+def _elu_row(x, b, out, elu, index):  # pragma: no cover (compiled)
+    """arithmetic.elu of row b of x into row b of out (which may be x): x where x >= 0, else the ELU
+    table at -x, clamped at its end. Without a branch (signs are unpredictable): the table at 0 is
+    ELU(0) = 0, so max(x, 0) + table[max(-x, 0)]. The table indices are taken into `index` (int32
+    scratch, a row long) in a loop of their own, so that both loops vectorise (as in _exp_of_distances)."""
+    for c in range(x.shape[1]):
+        index[c] = np.int32(min(max(-x[b, c], 0.0), _EXP_LIMIT))
+    for c in range(x.shape[1]):
+        out[b, c] = max(x[b, c], 0.0) + elu[np.uint32(index[c])]
 
 
 @numba.njit(cache=True, inline="always")
@@ -455,6 +463,7 @@ def _predict_slots(slots, shape, net, state, t, out):  # pragma: no cover (compi
         _put(left, b, stride, pixels, base[b] + width + 2)
     ul = _input_layers(net, above, left, position, width)
     no_aux = np.empty((batch, 0))
+    table_index = np.empty(keys.shape[3], np.int32)  # the attention's scratch (_attend_row), one for every slot
     per_block = 2 * resnets + 9  # linears(): resnets (in, out), kv (in, out), q (in, out), out (in, out, aux), kv_proj, q_proj
     for block in range(blocks):
         index = 2 + block * per_block
@@ -470,7 +479,7 @@ def _predict_slots(slots, shape, net, state, t, out):  # pragma: no cover (compi
         attended = np.empty((batch, values.shape[2]))
         for b in range(batch):  # keys and values indexed by slot: contiguous rows, vectorised loops
             slot = slots[b]
-            _attend_row(query[b], keys[block, slot], values[block, slot], position[b], t[2], attended[b])
+            _attend_row(query[b], keys[block, slot], values[block, slot], position[b], t[2], table_index, attended[b])
         _resnet(net, index + 2 * resnets + 4, ul, attended, caches, _ONE_BY_ONE, rows, width, t)
     params = _output_buffer(net, len(net[0]) - 1, batch)
     _linear(net, len(net[0]) - 1, _elu(ul, t[0]), params)
