@@ -803,8 +803,9 @@ def _periodic(run: _Run, clock: _Clock, window: _Window, log: CsvLog | None) -> 
 
 
 def _finish(run: _Run, clock: _Clock, log: CsvLog | None, stop: StopRequest, window: _Window, trained: bool) -> None:
-    """The last evaluation (unless the last step was just evaluated) and log row (with the train
-    bits/dim of the steps since the last one, if any), the checkpoint (where this call trained or
+    """The last evaluation (unless its step was evaluated already: a finished run run again) and log
+    row (with the train bits/dim of the steps since the last one, if any: the last step's periodic
+    row and evaluation are left to this, so that its step has one row), the checkpoint (where this call trained or
     evaluated: a finished run run again changes nothing) and the curve. A run stopped by a signal
     logs and saves at once without evaluating: its resumed run evaluates at its end."""
     progress = run.progress
@@ -854,9 +855,9 @@ def train(options: TrainOptions, progress_bar: bool = True) -> dict:
                     bar.update(1)
                     if progress["step"] % 10 == 0:
                         bar.set_postfix(bpd=f"{window.bits_per_dim():.3f}")
-                    window = _periodic(run, clock, window, log)
-                    if _finished(run, clock, stop):
+                    if _finished(run, clock, stop):  # the last step: _finish evaluates, logs and saves it, once
                         break
+                    window = _periodic(run, clock, window, log)
                 else:  # the epoch is done: the next one, in its own order
                     progress["epoch"] += 1
                     progress["images_in_epoch"] = 0

@@ -358,6 +358,18 @@ def test_pixelsnail_tiny_learns_fashion_mnist(tmp_path):
     assert_learnt(progress, tmp_path / "run", steps=120, batch=4, start=9.0, drop=1.0, below=4.5)
 
 
+@pytest.mark.parametrize("eval_every", [0, 2])
+def test_a_run_ending_on_a_log_step_writes_one_row_there(photo_dir, tmp_path, eval_every):
+    """The last step is logged once, by the run's end: its train bits/dim and its test bits/dim in one
+    row (not a periodic row with the first, then the end's row with the second), and evaluated once."""
+    out = tmp_path / "run"
+    train(folder_options(photo_dir, out, steps=4, log_every=2, eval_every=eval_every), progress_bar=False)
+    rows = read_log(out)
+    assert [int(row["step"]) for row in rows] == [2, 4]
+    assert all(row["train_bpd"] for row in rows)
+    assert [bool(row["test_bpd"]) for row in rows] == [bool(eval_every), True]
+
+
 # ---------------------------------------------------------------------------------------------
 # Exact resume
 
@@ -1010,7 +1022,7 @@ def test_ctrl_c_saves_a_checkpoint_and_the_same_command_resumes(photo_dir, tmp_p
     # log.csv's last row is at the stopping step, with the train bits/dim of the steps since the row before
     stopped = read_log(out)[-1]
     assert int(stopped["step"]) == saved["step"] and stopped["train_bpd"] and not stopped["test_bpd"]
-    end = saved["step"] + 1 if (saved["step"] + 1) % 50 else saved["step"] + 2  # not a periodic row's step (log_every)
+    end = saved["step"] + 1
     resumed = CliRunner().invoke(main, ["train", "--out", str(out), "--steps", str(end)])
     assert resumed.exit_code == 0, resumed.output
     assert re.search(rf"{end} steps", resumed.stdout), resumed.stdout
