@@ -265,12 +265,14 @@ def evaluate_command(model_spec, dataset, data_dir, split, limit, batch_size, de
     """
     from . import distributed
     from .data import load_split
-    from .evaluate import check_context, evaluate
+    from .evaluate import check_context, check_counts, evaluate
     from .zoo import default_model_for, load_model
 
+    check_counts(limit, batch_size)
     rank, world, local_rank = distributed.start(device)
     try:
-        data = load_split(dataset, data_dir, split, **_data_kwargs(dataset, crop, scales, holdout, channels, cache_dir))
+        data = load_split(dataset, data_dir, split, limit=limit,
+                          **_data_kwargs(dataset, crop, scales, holdout, channels, cache_dir))
         check_context(context, data[0].shape)
         device = distributed.device_for(device, local_rank)
         spec = model_spec or default_model_for(data.channels)

@@ -568,13 +568,15 @@ class _Window:
 
 
 def _datasets(options: TrainOptions, rank: int) -> tuple:
-    """The train split, and the test split on rank 0 (the only one that evaluates)."""
+    """The train split, and the test split on rank 0 (the only one that evaluates), as much of it as
+    the evaluations score (--eval-images)."""
     kwargs = dict(
         crop=options.crop, scales=options.scales, seed=options.seed, samples_per_epoch=options.samples_per_epoch,
         cache_dir=options.cache_dir, channels=options.channels, holdout=options.holdout,  # fixed data sets refuse these
     )
     train_set = load_split(options.dataset, options.data_dir, "train", **kwargs)
-    test_set = load_split(options.dataset, options.data_dir, "test", **kwargs) if rank == 0 else None
+    test_set = load_split(options.dataset, options.data_dir, "test", limit=options.eval_images, **kwargs) \
+        if rank == 0 else None
     check_context(options.context, train_set[0].shape)
     return train_set, test_set
 

@@ -369,6 +369,60 @@ def test_an_empty_split_is_refused_before_it_is_cached(tmp_path, name):
     assert not (tmp_path / "cache" / f"{name}-test.h5").exists()
 
 
+def _flip_last_byte_of_npz_data(path: Path) -> None:
+    """Damage the last byte of an (uncompressed) npz's data.npy: a read of all of it fails its CRC."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        info = archive.getinfo("data.npy")
+    raw = bytearray(path.read_bytes())
+    name_length, extra_length = struct.unpack("<2H", raw[info.header_offset + 26 : info.header_offset + 30])
+    raw[info.header_offset + 30 + name_length + extra_length + info.compress_size - 1] ^= 0xFF
+    path.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize("layout", ["cifar folder", "cifar archive", "imagenet npz", "imagenet pngs", "idx"])
+def test_a_limit_reads_the_first_images_and_only_the_files_they_are_in(tmp_path, layout):
+    """eval and bench --limit N: the same first N images as a whole read, without reading the rest of
+    a large split (a file past them is damaged here: the whole split fails, the first N do not)."""
+    if layout.startswith("cifar"):  # batches of 2: the 4 first images are in data_batch_1 and _2
+        data_dir, rows = write_cifar(tmp_path, layout.split()[1], members={"data_batch_3": b"not a pickle"})
+        name, split, limit = "cifar10", "train", 4
+        first = np.concatenate([rows["data_batch_1"], rows["data_batch_2"]]).reshape(4, 3, 32, 32)
+    elif layout == "imagenet npz":  # batches of 1, 2, 3, ... images: the first 2 are batch 1 and half of batch 2
+        rows = write_npz_batches([tmp_path], 32, "train")
+        _flip_last_byte_of_npz_data(tmp_path / "train_data_batch_2.npz")
+        data_dir, name, split, limit, first = tmp_path, "imagenet32", "train", 2, rows[:2].reshape(2, 3, 32, 32)
+    elif layout == "imagenet pngs":
+        folder = tmp_path / "valid_32x32"
+        folder.mkdir()
+        pixels = np.random.default_rng(4).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+        for index, image in enumerate(pixels):
+            Image.fromarray(image).save(folder / f"{index}.png")
+        (folder / "2.png").write_bytes(b"not a png")
+        data_dir, name, split, limit, first = tmp_path, "imagenet32", "test", 2, pixels.transpose(0, 3, 1, 2)
+    else:
+        images = np.random.default_rng(5).integers(0, 256, (3, 28, 28), dtype=np.uint8)
+        (tmp_path / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(idx_bytes(images)[:-1]))  # truncated
+        data_dir, name, split, limit, first = tmp_path, "mnist", "test", 2, images[:2, None]
+    with pytest.raises(DatasetError):
+        load_split(name, data_dir, split)
+    for cache_dir in (None, tmp_path / "cache"):
+        data = load_split(name, data_dir, split, limit=limit, cache_dir=cache_dir)
+        np.testing.assert_array_equal(data.array, first)
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())  # no cache of a part
+
+
+def test_a_limit_reads_the_first_images_of_a_cache(tmp_path):
+    data_dir, rows = write_cifar(tmp_path, "folder")
+    whole = load_split("cifar10", data_dir, "train", cache_dir=tmp_path / "cache")
+    for batch in (data_dir / "cifar-10-batches-py").iterdir():
+        batch.unlink()
+    for limit in (1, 3, 10, 11):
+        part = load_split("cifar10", data_dir, "train", cache_dir=tmp_path / "cache", limit=limit)
+        np.testing.assert_array_equal(part.array, whole.array[:limit])
+
+
 # ---------------------------------------------------------------------------------------------------- cache
 
 

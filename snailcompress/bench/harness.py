@@ -483,7 +483,8 @@ def run_benchmark(opts: BenchOptions, log: Callable[[str], None] = print) -> Ben
         split = opts.split if opts.data_options.get("holdout") else "all"
         described = f"{opts.data_dir}: {len(images)} whole images of {_shape(images)}"
     else:
-        array = _images(load_split(opts.dataset, opts.data_dir, opts.split, **opts.data_options), opts.limit)
+        array = _images(load_split(opts.dataset, opts.data_dir, opts.split, limit=opts.limit, **opts.data_options),
+                        opts.limit)
         images = list(array.transpose(0, 2, 3, 1))
         split = opts.split
         described = f"{opts.dataset} {opts.split}: {len(images)} images of {_shape(images)}"

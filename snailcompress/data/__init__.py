@@ -35,10 +35,10 @@ _FIXED_READERS = {
 }
 
 
-def _read_fixed(name: str, data_dir: PathLike | None, split: str) -> tuple[np.ndarray, str]:
-    """The official reader's images, refused here, before any cache is written, if there are none: an
-    empty split would fail later, on its first item, far from its files."""
-    images, source = _FIXED_READERS[name][0](data_dir, split)
+def _read_fixed(name: str, data_dir: PathLike | None, split: str, limit: int | None = None) -> tuple[np.ndarray, str]:
+    """The official reader's images (the first `limit` only, None: all), refused here, before any cache
+    is written, if there are none: an empty split would fail later, on its first item, far from its files."""
+    images, source = _FIXED_READERS[name][0](data_dir, split, limit=limit)
     if not len(images):
         raise DatasetError(f"{source} holds no images, so the {split} split of {name} is empty.")
     return images, source
@@ -56,6 +56,7 @@ def load_split(
     cache_dir: PathLike | None = None,
     channels: int | None = None,
     holdout: Sequence[str] = (),
+    limit: int | None = None,
 ) -> Dataset:
     """One split ("train" or "test") of a data set in DATASETS.
 
@@ -63,7 +64,9 @@ def load_split(
     `folder` data set (see snailcompress.data.folder); fixed data sets come as published and ignore the first
     four, which callers may pass uniformly. cache_dir caches fixed data sets in HDF5 (see
     snailcompress.data.cache); `folder` decodes its images on use and ignores it. With data_dir None,
-    fashion-mnist uses the copy installed by `apt-get install dataset-fashion-mnist`.
+    fashion-mnist uses the copy installed by `apt-get install dataset-fashion-mnist`. `limit` (at least
+    1): a fixed data set's first `limit` images only, and only those are read (eval and bench --limit:
+    not the whole of a large split first); the folder data set ignores it (it reads nothing ahead).
     """
     if name not in DATASETS:
         raise DatasetError(f"Unknown data set {name!r}: the known data sets are {', '.join(DATASETS)}.")
@@ -78,5 +81,5 @@ def load_split(
         raise DatasetError(f"channels and holdout (--channels, --holdout) apply to the folder data set only, not to "
                            f"{name}'s fixed splits.")
     images = cached(name, split, cache_dir, partial(_read_fixed, name, data_dir, split),
-                    partial(_FIXED_READERS[name][1], data_dir, split), data_dir)
+                    partial(_FIXED_READERS[name][1], data_dir, split), data_dir, limit)
     return ArrayDataset(name, images)

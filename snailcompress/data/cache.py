@@ -4,7 +4,8 @@
 with attributes name, split, data_dir (the --data-dir it was read from, resolved; "" for the data set's
 default place) and source (the files it was read from). It is written to a temporary file and renamed
 into place, so a crash never leaves a half-written cache that later loads would trust. A cached split is
-read fully into memory (chunked data cannot be memory-mapped, and training touches all of it anyway);
+read into memory, whole or its first images (--limit) (chunked data cannot be memory-mapped, and
+training touches all of it anyway); a read of the first images alone writes no cache;
 the source files are then not read, only found by name: a cache read from one --data-dir, or from other
 files than the reader would read now (PNG folders added beside the npz batches, say), is refused rather
 than served in their place (delete it to rebuild it), while a cache whose files are all gone stands in
@@ -38,9 +39,9 @@ def _resolved(source: str) -> str:
 
 
 def read_cache(path: Path, name: str, split: str, data_dir: PathLike | None = None,
-               source: str | None = None) -> np.ndarray:
-    """The cached images; `source`, the files the reader would read now (None: not known), must be the ones
-    the cache was read from."""
+               source: str | None = None, limit: int | None = None) -> np.ndarray:
+    """The cached images (the first `limit` only, None: all); `source`, the files the reader would read now
+    (None: not known), must be the ones the cache was read from."""
     try:
         with h5py.File(path, "r") as file:
             stored = file["images"]
@@ -55,8 +56,9 @@ def read_cache(path: Path, name: str, split: str, data_dir: PathLike | None = No
             if source is not None and _resolved(read_from) != _resolved(source):
                 raise DatasetError(f"{path} caches {name} {split} as read from {read_from}, but {source} would be "
                                    "read now; delete it to rebuild it.")
-            images = np.empty(stored.shape, np.uint8)
-            stored.read_direct(images)
+            count = len(stored) if limit is None else min(limit, len(stored))
+            images = np.empty((count, *stored.shape[1:]), np.uint8)
+            stored.read_direct(images, np.s_[:count])
     except (OSError, KeyError) as error:
         raise DatasetError(f"{path} is not a readable cache ({error}); delete it to rebuild it.") from error
     return images
@@ -80,16 +82,19 @@ def _found(source: Callable[[], str]) -> str | None:
 
 
 def cached(
-    name: str, split: str, cache_dir: PathLike | None, read: Callable[[], tuple[np.ndarray, str]],
-    source: Callable[[], str], data_dir: PathLike | None = None,
+    name: str, split: str, cache_dir: PathLike | None, read: Callable[..., tuple[np.ndarray, str]],
+    source: Callable[[], str], data_dir: PathLike | None = None, limit: int | None = None,
 ) -> np.ndarray:
-    """The images from the cache if it exists (and was read from `data_dir`, and from the files `source()`
-    finds there now, when they are there), else from `read()`, writing the cache on the way."""
+    """The images (the first `limit` only, None: all) from the cache if it exists (and was read from
+    `data_dir`, and from the files `source()` finds there now, when they are there), else from
+    `read(limit=limit)`, writing the cache on the way where that read the whole split (a cache holds a
+    whole split: the first images alone are not cached)."""
     if cache_dir is None:
-        return read()[0]
+        return read(limit=limit)[0]
     path = Path(cache_dir) / f"{name}-{split}.h5"
     if path.exists():
-        return read_cache(path, name, split, data_dir, _found(source))
-    images, read_from = read()
-    write_cache(path, images, name=name, split=split, source=read_from, data_dir=data_dir)
+        return read_cache(path, name, split, data_dir, _found(source), limit)
+    images, read_from = read(limit=limit)
+    if limit is None:
+        write_cache(path, images, name=name, split=split, source=read_from, data_dir=data_dir)
     return images

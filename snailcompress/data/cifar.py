@@ -75,19 +75,31 @@ def _read_batch(file: IO[bytes], source: str) -> np.ndarray:
     return planes_to_images(batch[b"data"], 32, source)
 
 
-def _read_folder(folder: Path, names: list[str]) -> np.ndarray:
+def _first(batches: list[np.ndarray], limit: int | None) -> np.ndarray:
+    return np.concatenate(batches)[:limit]
+
+
+def _enough(batches: list[np.ndarray], limit: int | None) -> bool:
+    return limit is not None and sum(map(len, batches)) >= limit
+
+
+def _read_folder(folder: Path, names: list[str], limit: int | None) -> np.ndarray:
+    """The batches' images in order, the first `limit` (None: all): the batches after those unread."""
     missing = [name for name in names if not (folder / name).is_file()]
     if missing:
         raise DatasetError(f"CIFAR-10 in {folder} is incomplete: {', '.join(missing)} missing.")
-    batches = []
+    batches: list[np.ndarray] = []
     for name in names:
+        if _enough(batches, limit):
+            break
         with open(folder / name, "rb") as file:
             batches.append(_read_batch(file, str(folder / name)))
-    return np.concatenate(batches)
+    return _first(batches, limit)
 
 
-def _read_archive(archive: Path, names: list[str]) -> np.ndarray:
-    """Reads the batches straight out of the tar.gz in one pass, never extracting to disk."""
+def _read_archive(archive: Path, names: list[str], limit: int | None) -> np.ndarray:
+    """Reads the batches straight out of the tar.gz in one pass, never extracting to disk (the first
+    `limit` images: the batches after those are not unpickled)."""
     wanted = {f"{FOLDER}/{name}": name for name in names}
     raw = {}
     try:
@@ -100,7 +112,12 @@ def _read_archive(archive: Path, names: list[str]) -> np.ndarray:
     missing = [f"{FOLDER}/{name}" for name in names if name not in raw]
     if missing:
         raise DatasetError(f"{archive} lacks {', '.join(missing)}, so it is not the official CIFAR-10 archive.")
-    return np.concatenate([_read_batch(io.BytesIO(raw[name]), f"{archive}:{FOLDER}/{name}") for name in names])
+    batches: list[np.ndarray] = []
+    for name in names:
+        if _enough(batches, limit):
+            break
+        batches.append(_read_batch(io.BytesIO(raw[name]), f"{archive}:{FOLDER}/{name}"))
+    return _first(batches, limit)
 
 
 def _locate(data_dir: PathLike | None) -> Path:
@@ -125,8 +142,9 @@ def source(data_dir: PathLike | None, split: str) -> str:
     return str(_locate(data_dir))
 
 
-def read(data_dir: PathLike | None, split: str) -> tuple[np.ndarray, str]:
-    """Images (N, 3, 32, 32) of a split and the folder or archive they came from."""
+def read(data_dir: PathLike | None, split: str, limit: int | None = None) -> tuple[np.ndarray, str]:
+    """Images (N, 3, 32, 32) of a split (the first `limit`, None: all) and the folder or archive they came from."""
     place = _locate(data_dir)
-    images = _read_folder(place, BATCHES[split]) if place.is_dir() else _read_archive(place, BATCHES[split])
+    reader = _read_folder if place.is_dir() else _read_archive
+    images = reader(place, BATCHES[split], limit)
     return images, str(place)

@@ -20,22 +20,25 @@ UBYTE_3D_MAGIC = 0x00000803  # two zero bytes, type 0x08 (unsigned byte), 3 dime
 FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian/Ubuntu package dataset-fashion-mnist
 
 
-def read_idx_images(path: Path) -> np.ndarray:
-    """An IDX file of unsigned bytes, N x rows x cols, as (N, 1, rows, cols)."""
+def read_idx_images(path: Path, limit: int | None = None) -> np.ndarray:
+    """An IDX file of unsigned bytes, N x rows x cols, as (N, 1, rows, cols); its first `limit` images
+    only (None: all, and the file must end where they do), the file read (decompressed) that far."""
     try:
         with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as file:
-            raw = file.read()
+            header = file.read(16)
+            if len(header) < 16 or struct.unpack(">I", header[:4])[0] != UBYTE_3D_MAGIC:
+                raise DatasetError(f"{path} does not start with the IDX magic 0x00000803 of a 3-D unsigned-byte array.")
+            count, rows, cols = struct.unpack(">3I", header[4:16])
+            wanted = count if limit is None else min(limit, count)
+            raw = file.read(wanted * rows * cols + (limit is None))  # a whole file: one byte more shows trailing data
     except (OSError, EOFError, zlib.error) as error:
         raise DatasetError(f"{path} cannot be read ({error}); download it again.") from error
-    if len(raw) < 16 or struct.unpack(">I", raw[:4])[0] != UBYTE_3D_MAGIC:
-        raise DatasetError(f"{path} does not start with the IDX magic 0x00000803 of a 3-D unsigned-byte array.")
-    count, rows, cols = struct.unpack(">3I", raw[4:16])
-    if len(raw) != 16 + count * rows * cols:
+    if len(raw) != wanted * rows * cols:
         raise DatasetError(
-            f"{path} holds {len(raw) - 16} bytes of pixels where its header promises {count}x{rows}x{cols}, "
-            "so it is truncated or damaged."
+            f"{path} holds {'more' if len(raw) > wanted * rows * cols else 'fewer'} bytes of pixels than its header "
+            f"promises ({count}x{rows}x{cols}), so it is truncated or damaged."
         )
-    return np.frombuffer(raw, np.uint8, offset=16).reshape(count, 1, rows, cols)
+    return np.frombuffer(raw, np.uint8).reshape(wanted, 1, rows, cols)
 
 
 def _locate(data_dir: PathLike | None, split: str, title: str, origin: str) -> Path:
@@ -47,9 +50,10 @@ def _locate(data_dir: PathLike | None, split: str, title: str, origin: str) -> P
     return path
 
 
-def _read(data_dir: PathLike | None, split: str, title: str, origin: str) -> tuple[np.ndarray, str]:
+def _read(data_dir: PathLike | None, split: str, title: str, origin: str,
+          limit: int | None = None) -> tuple[np.ndarray, str]:
     path = _locate(data_dir, split, title, origin)
-    images = read_idx_images(path)
+    images = read_idx_images(path, limit)
     if images.shape[2:] != (28, 28):
         raise DatasetError(f"{path} holds {images.shape[2]}x{images.shape[3]} images where {title} has 28x28.")
     return images, str(path)
@@ -64,14 +68,14 @@ def _fashion_mnist_dir(data_dir: PathLike | None) -> PathLike:
     return FASHION_MNIST_SYSTEM_DIR if data_dir is None else data_dir
 
 
-def read_mnist(data_dir: PathLike | None, split: str) -> tuple[np.ndarray, str]:
-    """Images (N, 1, 28, 28) of a split and the file they came from."""
-    return _read(data_dir, split, *_MNIST)
+def read_mnist(data_dir: PathLike | None, split: str, limit: int | None = None) -> tuple[np.ndarray, str]:
+    """Images (N, 1, 28, 28) of a split (the first `limit`, None: all) and the file they came from."""
+    return _read(data_dir, split, *_MNIST, limit)
 
 
-def read_fashion_mnist(data_dir: PathLike | None, split: str) -> tuple[np.ndarray, str]:
+def read_fashion_mnist(data_dir: PathLike | None, split: str, limit: int | None = None) -> tuple[np.ndarray, str]:
     """Like read_mnist; with no data_dir, the system copy in /usr/share/datasets/fashion-mnist is used."""
-    return _read(_fashion_mnist_dir(data_dir), split, *_FASHION_MNIST)
+    return _read(_fashion_mnist_dir(data_dir), split, *_FASHION_MNIST, limit)
 
 
 def source_mnist(data_dir: PathLike | None, split: str) -> str:

@@ -43,41 +43,66 @@ def _search_dirs(root: Path, side: int) -> list[Path]:
     return [root, *sorted(p for p in root.iterdir() if p.is_dir() and not other_resolution(p.name))]
 
 
-def _npz_rows(path: Path, side: int) -> int:
-    """Number of images in an npz batch, checked from the `data` header alone, before anything is decompressed."""
-    try:
-        with zipfile.ZipFile(path) as archive, archive.open("data.npy") as member:
-            version = np.lib.format.read_magic(member)
-            shape, _, dtype = _NPY_HEADER_READERS[version](member)
-    except _NPZ_ERRORS as error:
-        raise _unreadable(path, error) from error
+def _check_header(path: Path, side: int, shape: tuple, fortran_order: bool, dtype: np.dtype) -> None:
     if dtype != np.uint8 or len(shape) != 2 or shape[1] != 3 * side * side:
         raise DatasetError(
             f"{path} holds {dtype} data of shape {shape} where uint8 rows of {3 * side * side} values "
             f"(ImageNet{side}) were expected."
         )
-    return shape[0]
 
 
-def _read_npz(paths: list[Path], side: int) -> np.ndarray:
-    """Fills one preallocated array batch by batch, so memory peaks at the data set plus one batch."""
+def _npz_rows(path: Path, side: int) -> int:
+    """Number of images in an npz batch, checked from the `data` header alone, before anything is decompressed."""
+    try:
+        with zipfile.ZipFile(path) as archive, archive.open("data.npy") as member:
+            version = np.lib.format.read_magic(member)
+            header = _NPY_HEADER_READERS[version](member)
+    except _NPZ_ERRORS as error:
+        raise _unreadable(path, error) from error
+    _check_header(path, side, *header)
+    return header[0][0]
+
+
+def _npz_data(path: Path, side: int, count: int | None = None) -> np.ndarray:
+    """An npz batch's `data` rows, or its first `count` (decompressed that far and no further, where
+    they are stored row after row, as the official batches are)."""
+    size = 3 * side * side
+    try:
+        if count is not None:
+            with zipfile.ZipFile(path) as archive, archive.open("data.npy") as member:
+                header = _NPY_HEADER_READERS[np.lib.format.read_magic(member)](member)
+                _check_header(path, side, *header)
+                if not header[1]:  # C order
+                    raw = member.read(count * size)
+                    if len(raw) != count * size:
+                        raise DatasetError(f"{path} ends before the {count} rows its header promises: it is truncated.")
+                    return np.frombuffer(raw, np.uint8).reshape(count, size)
+        with np.load(path, allow_pickle=False) as npz:
+            return npz["data"][:count]
+    except _NPZ_ERRORS as error:
+        raise _unreadable(path, error) from error
+
+
+def _read_npz(paths: list[Path], side: int, limit: int | None) -> np.ndarray:
+    """Fills one preallocated array batch by batch, so memory peaks at the data set plus one batch; the
+    first `limit` images only (None: all), the batches after them not read."""
     counts = [_npz_rows(path, side) for path in paths]
-    images = np.empty((sum(counts), 3, side, side), np.uint8)
+    total = sum(counts) if limit is None else min(limit, sum(counts))
+    images = np.empty((total, 3, side, side), np.uint8)
     start = 0
     for path, count in zip(paths, counts):
-        try:
-            with np.load(path, allow_pickle=False) as npz:
-                rows = npz["data"]
-        except _NPZ_ERRORS as error:
-            raise _unreadable(path, error) from error
-        images[start : start + count] = planes_to_images(rows, side, str(path))
-        start += count
+        if start >= total:
+            break
+        rows = _npz_data(path, side, total - start if start + count > total else None)
+        images[start : start + len(rows)] = planes_to_images(rows, side, str(path))
+        start += len(rows)
     return images
 
 
-def _read_pngs(folder: Path, side: int) -> np.ndarray:
-    """Every PNG in the folder, sorted by name. Slow for the 1.28M training images: use a cache_dir."""
-    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".png")
+def _read_pngs(folder: Path, side: int, limit: int | None) -> np.ndarray:
+    """Every PNG in the folder (the first `limit`, None: all), sorted by name. Slow for the 1.28M
+    training images: use a cache_dir."""
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".png")[:limit]
     if not paths:
         raise DatasetError(f"{folder} holds no PNG files, so it is not an ImageNet{side} folder.")
     images = np.empty((len(paths), 3, side, side), np.uint8)
@@ -140,8 +165,8 @@ def source(data_dir: PathLike | None, split: str, side: int) -> str:
     return ", ".join(map(str, _locate(data_dir, split, side)))
 
 
-def read(data_dir: PathLike | None, split: str, side: int) -> tuple[np.ndarray, str]:
-    """Images (N, 3, side, side) of a split and the files they came from."""
+def read(data_dir: PathLike | None, split: str, side: int, limit: int | None = None) -> tuple[np.ndarray, str]:
+    """Images (N, 3, side, side) of a split (the first `limit`, None: all) and the files they came from."""
     paths = _locate(data_dir, split, side)
-    images = _read_pngs(paths[0], side) if paths[0].is_dir() else _read_npz(paths, side)
+    images = _read_pngs(paths[0], side, limit) if paths[0].is_dir() else _read_npz(paths, side, limit)
     return images, ", ".join(map(str, paths))
