@@ -61,13 +61,13 @@ def image_log_probs(model: nn.Module, batch: torch.Tensor, context: int = 0) -> 
     return scored_log_prob(x, model(x).float(), context).double().flatten(1).sum(1)
 
 
-def window_batches(windows: np.ndarray, coded: np.ndarray, batch: int):
-    """Windows (N, C, h, w) uint8 as the model reads them, `batch` at a time: x in [-1, 1] (B, C, h, w)
-    with which of their pixels each codes (B, h, w) bool (WindowPlan.windows, windows_at)."""
+def window_batches(windows: np.ndarray, coded: np.ndarray, batch: int, device: torch.device | str = "cpu"):
+    """Windows (N, C, h, w) uint8 as the model reads them, `batch` at a time, on `device`: x in [-1, 1]
+    (B, C, h, w) with which of their pixels each codes (B, h, w) bool (WindowPlan.windows, windows_at)."""
     coded = torch.from_numpy(coded)
     for start in range(0, len(windows), batch):
-        x = mixture.to_unit(torch.from_numpy(np.ascontiguousarray(windows[start : start + batch])))
-        yield x, coded[start : start + batch]
+        x = mixture.to_unit(torch.from_numpy(np.ascontiguousarray(windows[start : start + batch])).to(device))
+        yield x, coded[start : start + batch].to(device)
 
 
 @torch.no_grad()
@@ -75,8 +75,8 @@ def windowed_nll_bits(model: nn.Module, windows: np.ndarray, coded: np.ndarray, 
     """Total -log2 p of the pixels `coded` marks in `windows`, each pixel scored in the window that
     codes it, seeing the rest of that window (its context, its padding) as the codec's model does."""
     total = 0.0
-    for x, mask in window_batches(windows, coded, batch):
-        total -= float(mixture.log_prob(x, model(x))[mask].sum())  # (B, h, w) nats per pixel, coded ones
+    for x, mask in window_batches(windows, coded, batch, next(model.parameters()).device):
+        total -= float(mixture.log_prob(x, model(x).float())[mask].sum())  # (B, h, w) nats per pixel, coded ones
     return total / math.log(2)
 
 

@@ -50,6 +50,27 @@ def test_tiling_nll_is_what_the_codec_codes(context):
         assert abs(nll - tiled_nll_bits(model, plane, 8, 0)) > 0.01 * nll  # the context counts
 
 
+def test_tiling_nll_runs_the_windows_where_the_model_is():
+    """bench's whole-image NLL on a GPU: the windows go to the model's device (here "meta", where a
+    probe stops the pass), not left on the CPU for a CUDA model to refuse."""
+    class Stop(Exception):
+        pass
+
+    class Probe(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.empty(1, device="meta"))
+
+        def forward(self, x):
+            seen.append(x.device.type)
+            raise Stop
+
+    seen = []
+    with pytest.raises(Stop):
+        tiled_nll_bits(Probe(), np.zeros((8, 8, 3), np.uint8), 8)
+    assert seen == ["meta"]
+
+
 def _smooth_png(path: Path, height: int, width: int) -> Path:
     from PIL import Image
 
