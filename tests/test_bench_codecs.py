@@ -296,3 +296,17 @@ def test_format_table():
     assert " 2.85 " in lines[2] and "2.8500" not in body  # the paper's to its table's two
     # sorted by bits/subpixel: the paper's PixelSNAIL (2.85) comes first
     assert lines[2].startswith("PixelSNAIL")
+
+
+def test_format_table_prints_the_papers_cells_as_printed_and_counts_without_1000k():
+    """Table 1's cells as the paper prints them (Conv DRAW's "3.5" has one decimal, PixelRNN's "3.00"
+    two), and a count that rounds to a million as one (1.00M), not 1000.0k."""
+    rows = paper_rows("cifar10").assign(images=None)
+    cells = {line.split()[0] + (" " + line.split()[1] if line.startswith("Conv") else ""): line
+             for line in format_table(rows).splitlines()[2:]}
+    assert " 3.5 " in cells["Conv DRAW"] + " " and " 3.50" not in cells["Conv DRAW"]
+    assert " 3.00" in cells["PixelRNN"]
+    counts = pd.DataFrame({"method": ["a", "b", "c"], "kind": ["model-nll"] * 3, "bits_per_subpixel": [1.0, 2.0, 3.0],
+                           "images": [1] * 3, "parameters": pd.array([999_949, 999_950, 46_180_000], dtype="Int64")})
+    shown = format_table(counts)
+    assert "999.9k" in shown and "1.00M" in shown and "46.18M" in shown and "1000.0k" not in shown

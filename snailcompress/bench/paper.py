@@ -70,12 +70,12 @@ REFERENCES: dict[int, str] = {
 
 @dataclass(frozen=True)
 class PaperRow:
-    """One row of Table 1. Bits per subpixel are None where the table has a dash."""
+    """One row of Table 1. Bits per subpixel as printed ("2.85", "3.5"), None where the table has a dash."""
 
     method: str
     paper_label: str  # the method cell as printed
-    cifar10: float | None
-    imagenet32: float | None
+    cifar10: str | None
+    imagenet32: str | None
     ref: int | None  # number in the paper's reference list; None for the paper's own model
 
     @property
@@ -87,15 +87,15 @@ class PaperRow:
 
 #: Table 1, in the paper's row order
 TABLE1: tuple[PaperRow, ...] = (
-    PaperRow("Conv DRAW", "Conv DRAW [4]", 3.5, 4.40, 4),
-    PaperRow("Real NVP", "Real NVP [2]", 3.49, 4.28, 2),
-    PaperRow("VAE with IAF", "VAE with IAF [5]", 3.11, None, 5),
-    PaperRow("PixelRNN", "PixelRNN [8]", 3.00, 3.86, 8),
-    PaperRow("PixelCNN", "PixelCNN [12]", 3.03, 3.83, 12),
-    PaperRow("Image Transformer", "Image Transformer [1]", 2.98, 3.81, 1),
-    PaperRow("PixelCNN++", "PixelCNN++ [11]", 2.92, None, 11),
-    PaperRow("Block Sparse PixelCNN++", "Block Sparse PixelCNN++ [9]", 2.90, None, 9),
-    PaperRow("PixelSNAIL", "PixelSNAIL (ours)", 2.85, 3.80, None),
+    PaperRow("Conv DRAW", "Conv DRAW [4]", "3.5", "4.40", 4),
+    PaperRow("Real NVP", "Real NVP [2]", "3.49", "4.28", 2),
+    PaperRow("VAE with IAF", "VAE with IAF [5]", "3.11", None, 5),
+    PaperRow("PixelRNN", "PixelRNN [8]", "3.00", "3.86", 8),
+    PaperRow("PixelCNN", "PixelCNN [12]", "3.03", "3.83", 12),
+    PaperRow("Image Transformer", "Image Transformer [1]", "2.98", "3.81", 1),
+    PaperRow("PixelCNN++", "PixelCNN++ [11]", "2.92", None, 11),
+    PaperRow("Block Sparse PixelCNN++", "Block Sparse PixelCNN++ [9]", "2.90", None, 9),
+    PaperRow("PixelSNAIL", "PixelSNAIL (ours)", "2.85", "3.80", None),
 )
 
 #: the data sets Table 1 has columns for
@@ -114,6 +114,12 @@ PAPER_MODELS: dict[tuple[str, str], tuple[str, str]] = {
 
 _COLUMNS = ["method", "kind", "bits_per_subpixel", "reference", "dataset", "architecture", "parameters",
             "parameters_source", "training"]
+
+
+def printed_bits(method: str, dataset: str) -> str | None:
+    """Table 1's cell for this method and data set as printed (None: a dash, or no such row)."""
+    row = next((row for row in TABLE1 if row.method == method), None)
+    return getattr(row, str(dataset).lower(), None) if row is not None and str(dataset).lower() in DATASETS else None
 
 
 def paper_rows(dataset: str) -> pd.DataFrame:

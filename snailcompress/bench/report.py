@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from ..fileio import atomic_path
+from .paper import printed_bits
 
 __all__ = [
     "KINDS",
@@ -130,8 +131,8 @@ def _fmt(col: str, value) -> str:
 
 
 def _count(parameters: int) -> str:
-    """46.02M, 79.7k: a parameter count as `snailcompress models` lists them."""
-    return f"{parameters / 1e6:.2f}M" if parameters >= 1e6 else f"{parameters / 1e3:.1f}k"
+    """46.02M, 79.7k: a parameter count as `snailcompress models` lists them (999,950 is 1.00M, not 1000.0k)."""
+    return f"{parameters / 1e6:.2f}M" if round(parameters / 1e3, 1) >= 1000 else f"{parameters / 1e3:.1f}k"
 
 
 def _hours(hours: float) -> str:
@@ -171,11 +172,11 @@ def _cells(rows: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
 
 
 def _bits_cell(row) -> str:
-    """A row's bits/subpixel; a paper row's to its table's two decimals (2.85, 3.00), not padded to a
-    precision it lacks."""
+    """A row's bits/subpixel; a paper row's as its table prints it (2.85, 3.00, 3.5), neither padded
+    to a precision it lacks nor given digits it does not print."""
     value = row.get("bits_per_subpixel")
     if row.get("kind") == "paper" and isinstance(value, (int, float)) and value == value:
-        return f"{value:.2f}"
+        return printed_bits(row.get("method"), row.get("dataset")) or f"{value:.2f}"
     return _fmt("bits_per_subpixel", value)
 
 
