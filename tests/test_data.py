@@ -507,6 +507,19 @@ def test_a_cache_stands_in_for_its_files_when_some_of_the_data_set_is_gone(tmp_p
         load_split("imagenet32", tmp_path, "train")
 
 
+def test_a_cache_does_not_stand_in_where_its_files_are_there_and_the_reader_refuses(tmp_path):
+    """The npz release cached, then the PNG release's train_32x32/ added: the reader refuses the test
+    split (it would mix releases), and so does the cache, whose val_data.npz is still there."""
+    write_npz_batches([tmp_path], 32, "test")
+    cache_dir = tmp_path / "cache"
+    load_split("imagenet32", tmp_path, "test", cache_dir=cache_dir)
+    (tmp_path / "train_32x32").mkdir()
+    Image.new("RGB", (32, 32)).save(tmp_path / "train_32x32" / "0.png")
+    for cache in (None, cache_dir):
+        with raises_sentence("but not valid_32x32/"):
+            load_split("imagenet32", tmp_path, "test", cache_dir=cache)
+
+
 # ---------------------------------------------------------------------------------------------------- folder
 
 

@@ -8,8 +8,9 @@ read into memory, whole or its first images (--limit) (chunked data cannot be me
 training touches all of it anyway); a read of the first images alone writes no cache;
 the source files are then not read, only found by name: a cache read from one --data-dir, or from other
 files than the reader would read now (PNG folders added beside the npz batches, say), is refused rather
-than served in their place (delete it to rebuild it), while a cache whose files are all gone stands in
-for them. Changed file contents are not noticed.
+than served in their place (delete it to rebuild it), while a cache whose files are all gone, or some
+of them, stands in for them (but not where they are all there and the reader refuses them: another
+release added beside them, say). Changed file contents are not noticed.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from snailcompress.data.base import PathLike
+from snailcompress.data.base import NotFound, PathLike
 from snailcompress.errors import DatasetError, SnailError
 from snailcompress.fileio import atomic_path
 
@@ -74,11 +75,30 @@ def write_cache(path: Path, images: np.ndarray, *, name: str, split: str, source
         raise DatasetError(f"Cannot write the cache {path} ({error}).") from error
 
 
-def _found(source: Callable[[], str]) -> str | None:
+def _some_recorded_file_gone(path: Path) -> bool:
+    """Whether a file the cache at `path` was read from is gone (or the cache says none, or cannot be read:
+    read_cache then says so)."""
+    try:
+        with h5py.File(path, "r") as file:
+            recorded = str(file["images"].attrs.get("source", ""))
+    except (OSError, KeyError):
+        return True
+    return not recorded or not all(Path(part).exists() for part in recorded.split(", "))
+
+
+def _found(path: Path, source: Callable[[], str]) -> str | None:
+    """The files the reader would read now; None where it finds none of the data set's files (NotFound),
+    or refuses because some of the files the cache was read from are gone: the cache stands in for
+    them. Another refusal, with those files all still there (another release added beside them, say),
+    is not the cache's to answer: it is raised."""
     try:
         return source()
-    except DatasetError:  # the files are gone, or some of them: the cache stands in for them
+    except NotFound:
         return None
+    except DatasetError:
+        if _some_recorded_file_gone(path):
+            return None
+        raise
 
 
 def cached(
@@ -93,7 +113,7 @@ def cached(
         return read(limit=limit)[0]
     path = Path(cache_dir) / f"{name}-{split}.h5"
     if path.exists():
-        return read_cache(path, name, split, data_dir, _found(source), limit)
+        return read_cache(path, name, split, data_dir, _found(path, source), limit)
     images, read_from = read(limit=limit)
     if limit is None:
         write_cache(path, images, name=name, split=split, source=read_from, data_dir=data_dir)
