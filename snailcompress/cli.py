@@ -89,7 +89,8 @@ def _one_line(error: click.UsageError) -> _UsageLine:
         ctx = ctx.parent
     where = error.ctx.command_path if error.ctx is not None else "snailcompress"
     command = " ".join(names)
-    return _UsageLine(f"{command + ': ' if command else ''}{error.format_message().rstrip('.')} (see {where} --help)")
+    message = " ".join(error.format_message().split()).rstrip(".")  # click lists a missing option's choices a line each
+    return _UsageLine(f"{command + ': ' if command else ''}{message} (see {where} --help)")
 
 
 @click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

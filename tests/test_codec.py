@@ -1149,7 +1149,8 @@ def test_cli_usage_mistakes_are_one_line_errors(work):
     """click's own usage errors (a missing argument, an unknown option or command, a bad value) are
     one line naming the command and where its help is, exit status 2, as every other error is one line."""
     for args, needle in [(["encode"], "encode --help"), (["demo", "-q"], "demo --help"),
-                         (["encode", "--threads", "x", "a.png"], "--threads"), (["frob"], "frob"), (["--bogus"], "--bogus")]:
+                         (["encode", "--threads", "x", "a.png"], "--threads"), (["frob"], "frob"), (["--bogus"], "--bogus"),
+                         (["bench"], "Choose from: cifar10, imagenet32,")]:  # click lists the choices a line each
         line = one_line_error(cli(*args), needle)
         assert cli(*args).exit_code == 2, line
     assert cli("encode", "--help").exit_code == 0 and cli("--version").exit_code == 0
