@@ -257,6 +257,26 @@ def test_bench_folder_errors_name_flags(tmp_path, extra, code, match):
     assert len(lines) == 1 and match in lines[0], result.stderr
 
 
+def test_bench_refuses_a_codec_that_cannot_hold_an_image_before_any_work(tmp_path, monkeypatch):
+    """WebP holds at most 16383 pixels a side: a folder with a wider image is refused in one line
+    before the models run (their NLL and coding would otherwise be done, then lost at the codecs)."""
+    from PIL import Image
+
+    from snailcompress.bench import harness
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.new("RGB", (16384, 2), (9, 9, 9)).save(photos / "wide.png")
+    monkeypatch.setattr(harness, "_load", lambda *args: pytest.fail("a model was loaded"))
+    args = ["bench", "--dataset", "folder", str(photos), "--model", "pixelsnail-tiny", "--codecs", "png,webp", "--out",
+            str(tmp_path / "out"), "-q"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "codec 'webp'" in lines[0] and "image 1, 16384x2" in lines[0], result.stderr
+    assert not (tmp_path / "out" / "summary.csv").exists()
+
+
 def test_per_file_rows_do_not_depend_on_where_the_model_lies(tmp_path):
     """A model that is not shipped is named in a file by the --model given (a path) unless `encode -n`:
     the per-file rows code as -n does, so their bytes are the same for a short and a long path."""

@@ -56,6 +56,7 @@ __all__ = [
     "JpegLS",
     "get_codecs",
     "measure",
+    "check_sizes",
     "mosaic_grid",
     "tile_mosaic",
 ]
@@ -411,6 +412,23 @@ def tile_mosaic(images: Sequence[np.ndarray]) -> np.ndarray:
         r, c = divmod(i, cols)
         out[r * ch_h : r * ch_h + a.shape[0], c * ch_w : c * ch_w + a.shape[1]] = a
     return out
+
+
+def check_sizes(codecs: Sequence[Codec], images: Sequence[np.ndarray], mosaic: bool) -> None:
+    """UsageError, before any work, for a codec that cannot hold one of these images (H, W[, C]), or
+    their mosaic where one is coded: a run should not end there, its models' work done and lost."""
+    heights, widths = [im.shape[0] for im in images], [im.shape[1] for im in images]
+    largest = max(range(len(images)), key=lambda i: max(heights[i], widths[i]))
+    sizes = [(f"image {largest + 1}, {widths[largest]}x{heights[largest]}", max(heights[largest], widths[largest]))]
+    if mosaic:
+        rows, cols = mosaic_grid(len(images))
+        sizes.append((f"mosaic of them, {cols * max(widths)}x{rows * max(heights)}",
+                      max(rows * max(heights), cols * max(widths))))
+    for codec in codecs:
+        for what, side in sizes:
+            if codec.max_side is not None and side > codec.max_side:
+                raise UsageError(f"codec '{codec.name}' ({codec.label}) cannot hold the {what} (at most "
+                                 f"{codec.max_side} pixels a side): leave it out of --codecs")
 
 
 def _rate(n: int, seconds: float) -> float:

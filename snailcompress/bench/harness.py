@@ -488,6 +488,7 @@ def run_benchmark(opts: BenchOptions, log: Callable[[str], None] = print) -> Ben
         images = list(array.transpose(0, 2, 3, 1))
         split = opts.split
         described = f"{opts.dataset} {opts.split}: {len(images)} images of {_shape(images)}"
+    bench_codecs.check_sizes(codecs, images, mosaic=not whole)
     n, channels = len(images), images[0].shape[2]
     coded = min(n, (n if whole else 100) if opts.coded_limit is None else opts.coded_limit)
     # without --model, what a user who types `bench --dataset X` wants to see: the shipped model for the data
