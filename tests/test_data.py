@@ -466,7 +466,7 @@ def test_cache_of_another_data_dir_is_refused_not_served(tmp_path):
 
     with raises_sentence(re.escape("not from the data set's default place (no --data-dir)")):  # nor without --data-dir
         read_cache(cache_dir / "cifar10-test.h5", "cifar10", "test", None)
-    write_cache(tmp_path / "default.h5", np.zeros((1, 3, 2, 2), np.uint8), name="cifar10", split="test", source="x")
+    write_cache(tmp_path / "default.h5", np.zeros((1, 3, 2, 2), np.uint8), name="cifar10", split="test", source=["x"])
     with raises_sentence(re.escape(f"as read from the data set's default place (no --data-dir), not from {other.resolve()}")):
         read_cache(tmp_path / "default.h5", "cifar10", "test", other)
     assert read_cache(tmp_path / "default.h5", "cifar10", "test", None).shape == (1, 3, 2, 2)
@@ -490,6 +490,24 @@ def test_cache_of_other_files_than_the_reader_would_read_now_is_refused(tmp_path
         load_split("imagenet32", tmp_path, "test", cache_dir=cache_dir)
     (cache_dir / "imagenet32-test.h5").unlink()
     assert (load_split("imagenet32", tmp_path, "test", cache_dir=cache_dir).array == 9).all()
+
+
+def test_a_cache_of_files_whose_names_hold_a_comma_is_served_from_any_directory(tmp_path, monkeypatch):
+    """The files a cache was read from are kept as a list, not a string split at ", " (which cut
+    ".../data, 2024/..." in two, the second half resolved against the current directory); a cache
+    written before the list was kept is read as it was then."""
+    (tmp_path / "data, 2024").mkdir()
+    data_dir, _ = write_cifar(tmp_path / "data, 2024", "folder")
+    cache_dir = tmp_path / "cache"
+    (tmp_path / "elsewhere").mkdir()
+    first = load_split("cifar10", data_dir, "test", cache_dir=cache_dir)
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    np.testing.assert_array_equal(load_split("cifar10", data_dir, "test", cache_dir=cache_dir).array, first.array)
+    with h5py.File(cache_dir / "cifar10-test.h5", "r+") as file:
+        assert file["images"].attrs["source"] == str((data_dir / "cifar-10-batches-py").resolve())
+        del file["images"].attrs["source_paths"]  # as an earlier version wrote it
+    monkeypatch.chdir(tmp_path)
+    np.testing.assert_array_equal(load_split("cifar10", data_dir, "test", cache_dir=cache_dir).array, first.array)
 
 
 def test_a_cache_stands_in_for_its_files_when_some_of_the_data_set_is_gone(tmp_path):

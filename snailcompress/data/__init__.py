@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 from torch.utils.data import Dataset
@@ -35,12 +36,13 @@ _FIXED_READERS = {
 }
 
 
-def _read_fixed(name: str, data_dir: PathLike | None, split: str, limit: int | None = None) -> tuple[np.ndarray, str]:
+def _read_fixed(name: str, data_dir: PathLike | None, split: str,
+                limit: int | None = None) -> tuple[np.ndarray, list[Path]]:
     """The official reader's images (the first `limit` only, None: all), refused here, before any cache
     is written, if there are none: an empty split would fail later, on its first item, far from its files."""
     images, source = _FIXED_READERS[name][0](data_dir, split, limit=limit)
     if not len(images):
-        raise DatasetError(f"{source} holds no images, so the {split} split of {name} is empty.")
+        raise DatasetError(f"{', '.join(map(str, source))} holds no images, so the {split} split of {name} is empty.")
     return images, source
 
 

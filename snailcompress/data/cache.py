@@ -2,7 +2,7 @@
 
 `cache_dir/{name}-{split}.h5` holds one dataset `images`: uint8 (N, C, H, W), chunked one image per chunk,
 with attributes name, split, data_dir (the --data-dir it was read from, resolved; "" for the data set's
-default place) and source (the files it was read from). It is written to a temporary file and renamed
+default place), source_paths (the files it was read from, resolved) and source (the same, in words). It is written to a temporary file and renamed
 into place, so a crash never leaves a half-written cache that later loads would trust. A cached split is
 read into memory, whole or its first images (--limit) (chunked data cannot be memory-mapped, and
 training touches all of it anyway); a read of the first images alone writes no cache;
@@ -15,7 +15,7 @@ release added beside them, say). Changed file contents are not noticed.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import h5py
@@ -34,13 +34,21 @@ def _place(key: str) -> str:
     return key or "the data set's default place (no --data-dir)"
 
 
-def _resolved(source: str) -> str:
+def _resolved(source: Sequence[PathLike]) -> list[str]:
     """A source's paths made absolute, so that `--data-dir data` and `--data-dir ./data` compare alike."""
-    return ", ".join(str(Path(part).expanduser().resolve()) for part in source.split(", "))
+    return [str(Path(part).expanduser().resolve()) for part in source]
+
+
+def _recorded(stored: h5py.Dataset) -> list[str]:
+    """The files a cache was read from: `source_paths`, or in a cache written before that was kept,
+    `source` split where it joined them (as that version compared them: a path holding ", " was cut)."""
+    if "source_paths" in stored.attrs:
+        return [str(part) for part in stored.attrs["source_paths"]]
+    return str(stored.attrs.get("source", "")).split(", ")
 
 
 def read_cache(path: Path, name: str, split: str, data_dir: PathLike | None = None,
-               source: str | None = None, limit: int | None = None) -> np.ndarray:
+               source: Sequence[PathLike] | None = None, limit: int | None = None) -> np.ndarray:
     """The cached images (the first `limit` only, None: all); `source`, the files the reader would read now
     (None: not known), must be the ones the cache was read from."""
     try:
@@ -53,10 +61,10 @@ def read_cache(path: Path, name: str, split: str, data_dir: PathLike | None = No
             if made_from is not None and made_from != _data_dir_key(data_dir):
                 raise DatasetError(f"{path} caches {name} {split} as read from {_place(made_from)}, not from "
                                    f"{_place(_data_dir_key(data_dir))}; delete it to rebuild it.")
-            read_from = stored.attrs.get("source", "")
-            if source is not None and _resolved(read_from) != _resolved(source):
-                raise DatasetError(f"{path} caches {name} {split} as read from {read_from}, but {source} would be "
-                                   "read now; delete it to rebuild it.")
+            read_from = str(stored.attrs.get("source", ""))  # the paths joined: as every version wrote it
+            if source is not None and read_from != ", ".join(_resolved(source)):
+                raise DatasetError(f"{path} caches {name} {split} as read from {read_from}, but "
+                                   f"{', '.join(_resolved(source))} would be read now; delete it to rebuild it.")
             count = len(stored) if limit is None else min(limit, len(stored))
             images = np.empty((count, *stored.shape[1:]), np.uint8)
             stored.read_direct(images, np.s_[:count])
@@ -65,12 +73,15 @@ def read_cache(path: Path, name: str, split: str, data_dir: PathLike | None = No
     return images
 
 
-def write_cache(path: Path, images: np.ndarray, *, name: str, split: str, source: str,
+def write_cache(path: Path, images: np.ndarray, *, name: str, split: str, source: Sequence[PathLike],
                 data_dir: PathLike | None = None) -> None:
+    """`source`: the files (or folder) the images were read from."""
+    paths = _resolved(source)
     try:
         with atomic_path(path) as temporary, h5py.File(temporary, "w") as file:
             stored = file.create_dataset("images", data=images, chunks=(1, *images.shape[1:]))
-            stored.attrs.update(name=name, split=split, source=_resolved(source), data_dir=_data_dir_key(data_dir))
+            stored.attrs.update(name=name, split=split, source=", ".join(paths), source_paths=paths,
+                                data_dir=_data_dir_key(data_dir))
     except SnailError as error:  # atomic_path's: the operating system's failure in one sentence
         raise DatasetError(f"Cannot write the cache {path} ({error}).") from error
 
@@ -80,13 +91,13 @@ def _some_recorded_file_gone(path: Path) -> bool:
     read_cache then says so)."""
     try:
         with h5py.File(path, "r") as file:
-            recorded = str(file["images"].attrs.get("source", ""))
+            recorded = _recorded(file["images"])
     except (OSError, KeyError):
         return True
-    return not recorded or not all(Path(part).exists() for part in recorded.split(", "))
+    return not all(part and Path(part).exists() for part in recorded)
 
 
-def _found(path: Path, source: Callable[[], str]) -> str | None:
+def _found(path: Path, source: Callable[[], list[Path]]) -> list[Path] | None:
     """The files the reader would read now; None where it finds none of the data set's files (NotFound),
     or refuses because some of the files the cache was read from are gone: the cache stands in for
     them. Another refusal, with those files all still there (another release added beside them, say),
@@ -102,8 +113,8 @@ def _found(path: Path, source: Callable[[], str]) -> str | None:
 
 
 def cached(
-    name: str, split: str, cache_dir: PathLike | None, read: Callable[..., tuple[np.ndarray, str]],
-    source: Callable[[], str], data_dir: PathLike | None = None, limit: int | None = None,
+    name: str, split: str, cache_dir: PathLike | None, read: Callable[..., tuple[np.ndarray, list[Path]]],
+    source: Callable[[], list[Path]], data_dir: PathLike | None = None, limit: int | None = None,
 ) -> np.ndarray:
     """The images (the first `limit` only, None: all) from the cache if it exists (and was read from
     `data_dir`, and from the files `source()` finds there now, when they are there), else from

@@ -137,14 +137,14 @@ def _locate(data_dir: PathLike | None) -> Path:
     )
 
 
-def source(data_dir: PathLike | None, split: str) -> str:
+def source(data_dir: PathLike | None, split: str) -> list[Path]:
     """The folder or archive `read` would read, found by name alone (nothing is decoded)."""
-    return str(_locate(data_dir))
+    return [_locate(data_dir)]
 
 
-def read(data_dir: PathLike | None, split: str, limit: int | None = None) -> tuple[np.ndarray, str]:
+def read(data_dir: PathLike | None, split: str, limit: int | None = None) -> tuple[np.ndarray, list[Path]]:
     """Images (N, 3, 32, 32) of a split (the first `limit`, None: all) and the folder or archive they came from."""
     place = _locate(data_dir)
     reader = _read_folder if place.is_dir() else _read_archive
     images = reader(place, BATCHES[split], limit)
-    return images, str(place)
+    return images, [place]

@@ -51,12 +51,12 @@ def _locate(data_dir: PathLike | None, split: str, title: str, origin: str) -> P
 
 
 def _read(data_dir: PathLike | None, split: str, title: str, origin: str,
-          limit: int | None = None) -> tuple[np.ndarray, str]:
+          limit: int | None = None) -> tuple[np.ndarray, list[Path]]:
     path = _locate(data_dir, split, title, origin)
     images = read_idx_images(path, limit)
     if images.shape[2:] != (28, 28):
         raise DatasetError(f"{path} holds {images.shape[2]}x{images.shape[3]} images where {title} has 28x28.")
-    return images, str(path)
+    return images, [path]
 
 
 _MNIST = ("MNIST", "download from http://yann.lecun.com/exdb/mnist/")
@@ -68,21 +68,22 @@ def _fashion_mnist_dir(data_dir: PathLike | None) -> PathLike:
     return FASHION_MNIST_SYSTEM_DIR if data_dir is None else data_dir
 
 
-def read_mnist(data_dir: PathLike | None, split: str, limit: int | None = None) -> tuple[np.ndarray, str]:
+def read_mnist(data_dir: PathLike | None, split: str, limit: int | None = None) -> tuple[np.ndarray, list[Path]]:
     """Images (N, 1, 28, 28) of a split (the first `limit`, None: all) and the file they came from."""
     return _read(data_dir, split, *_MNIST, limit)
 
 
-def read_fashion_mnist(data_dir: PathLike | None, split: str, limit: int | None = None) -> tuple[np.ndarray, str]:
+def read_fashion_mnist(data_dir: PathLike | None, split: str,
+                       limit: int | None = None) -> tuple[np.ndarray, list[Path]]:
     """Like read_mnist; with no data_dir, the system copy in /usr/share/datasets/fashion-mnist is used."""
     return _read(_fashion_mnist_dir(data_dir), split, *_FASHION_MNIST, limit)
 
 
-def source_mnist(data_dir: PathLike | None, split: str) -> str:
+def source_mnist(data_dir: PathLike | None, split: str) -> list[Path]:
     """The file read_mnist would read, found by name alone (nothing is decoded)."""
-    return str(_locate(data_dir, split, *_MNIST))
+    return [_locate(data_dir, split, *_MNIST)]
 
 
-def source_fashion_mnist(data_dir: PathLike | None, split: str) -> str:
+def source_fashion_mnist(data_dir: PathLike | None, split: str) -> list[Path]:
     """The file read_fashion_mnist would read, found by name alone."""
-    return str(_locate(_fashion_mnist_dir(data_dir), split, *_FASHION_MNIST))
+    return [_locate(_fashion_mnist_dir(data_dir), split, *_FASHION_MNIST)]

@@ -160,13 +160,13 @@ def _locate(data_dir: PathLike | None, split: str, side: int) -> list[Path]:
     )
 
 
-def source(data_dir: PathLike | None, split: str, side: int) -> str:
-    """The files `read` would read, found by name alone (nothing is decoded)."""
-    return ", ".join(map(str, _locate(data_dir, split, side)))
+def source(data_dir: PathLike | None, split: str, side: int) -> list[Path]:
+    """The files (or the folder) `read` would read, found by name alone (nothing is decoded)."""
+    return _locate(data_dir, split, side)
 
 
-def read(data_dir: PathLike | None, split: str, side: int, limit: int | None = None) -> tuple[np.ndarray, str]:
-    """Images (N, 3, side, side) of a split (the first `limit`, None: all) and the files they came from."""
+def read(data_dir: PathLike | None, split: str, side: int, limit: int | None = None) -> tuple[np.ndarray, list[Path]]:
+    """Images (N, 3, side, side) of a split (the first `limit`, None: all) and the files (or folder) they came from."""
     paths = _locate(data_dir, split, side)
     images = _read_pngs(paths[0], side, limit) if paths[0].is_dir() else _read_npz(paths, side, limit)
-    return images, ", ".join(map(str, paths))
+    return images, paths
