@@ -2,15 +2,16 @@
 
 `cache_dir/{name}-{split}.h5` holds one dataset `images`: uint8 (N, C, H, W), chunked one image per chunk,
 with attributes name, split, data_dir (the --data-dir it was read from, resolved; "" for the data set's
-default place), source_paths (the files it was read from, resolved) and source (the same, in words). It is written to a temporary file and renamed
-into place, so a crash never leaves a half-written cache that later loads would trust. A cached split is
-read into memory, whole or its first images (--limit) (chunked data cannot be memory-mapped, and
-training touches all of it anyway); a read of the first images alone writes no cache;
-the source files are then not read, only found by name: a cache read from one --data-dir, or from other
-files than the reader would read now (PNG folders added beside the npz batches, say), is refused rather
-than served in their place (delete it to rebuild it), while a cache whose files are all gone, or some
-of them, stands in for them (but not where they are all there and the reader refuses them: another
-release added beside them, say). Changed file contents are not noticed.
+default place), source_paths (the files it was read from, resolved) and source (the same, joined). It is
+written to a temporary file and renamed into place, so a crash never leaves a half-written cache that
+later loads would trust. A cached split is read into memory, whole or its first images (--limit)
+(chunked data cannot be memory-mapped, and training touches all of it anyway); a read of the first
+images alone writes no cache. The source files are then not read, only found by name: a cache read
+from one --data-dir, or from other files than the reader would read now (PNG folders added beside the
+npz batches, say), is refused rather than served in their place (delete it to rebuild it), while a
+cache whose files are all gone, or some of them, stands in for them (but not where they are all there
+and the reader refuses them: another release added beside them, say). Changed file contents are not
+noticed.
 """
 
 from __future__ import annotations
