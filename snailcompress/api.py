@@ -340,7 +340,18 @@ def decode_image(snail: container.SnailFile, models: ModelChooser, progress: boo
     return result
 
 
+def standard_input() -> bytes:
+    """All of standard input (`-`); UsageError where the command was started with it closed."""
+    if sys.stdin is None:
+        raise UsageError("standard input is closed")
+    return sys.stdin.buffer.read()
+
+
 def default_output(source: Path, suffix: str) -> Path:
+    """Where `encode` writes a file's .snail by default: x.png -> x.snail, x.snail -> x.snail.snail; a
+    path with no name (".", "/": directories, which reading then refuses) its text + suffix."""
+    if not source.name:
+        return Path(f"{source}{suffix}")
     return source.with_name(source.name + suffix) if source.suffix == suffix else source.with_suffix(suffix)
 
 
@@ -380,7 +391,7 @@ def encode_files(jobs: Sequence[tuple], models: ModelChooser | None = None, tile
     jobs = list(jobs)
 
     def read(source):
-        image = read_image_bytes(sys.stdin.buffer.read()) if str(source) == "-" else read_image(Path(source))
+        image = read_image_bytes(standard_input()) if str(source) == "-" else read_image(Path(source))
         return image, image.width * image.height
 
     for batch, start in _in_batches(jobs, read, ENCODE_BATCH_PIXELS):
@@ -446,7 +457,7 @@ def decode_files(jobs: Sequence[tuple], models: ModelChooser | None = None, forc
 
     def read(source):
         if str(source) == "-":
-            data = sys.stdin.buffer.read()
+            data = standard_input()
         else:
             try:
                 data = Path(source).read_bytes()

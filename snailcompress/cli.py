@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import sys
+import warnings
 from pathlib import Path
 
 import click
@@ -36,6 +37,20 @@ def friendly_errors(fn):
         except KeyboardInterrupt:
             click.echo("snailcompress: interrupted", err=True)
             sys.exit(130)
+
+    return wrapper
+
+
+def without_warnings(fn):
+    """For the codec's commands, which say one line a file: a library's warning there (Pillow's about a
+    damaged TIFF tag or a large image it reads, numpy's about a model's non-finite weight) would be
+    lines of source locations around it, so it is silenced (training's and the benchmark's are not)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return fn(*args, **kwargs)
 
     return wrapper
 
@@ -510,13 +525,21 @@ def _outputs_or_stdout(inputs: tuple[str, ...], output: str | None, to_stdout: b
     if to_stdout:
         if output is not None or len(inputs) != 1:
             raise UsageError("-c writes one input to standard output: give one input and no -o")
+        _standard_output()
         if not force and sys.stdout.isatty():
             raise UsageError("-c: standard output is a terminal, which binary data would garble; redirect it, "
                              "or use -f to write there anyway")
         return [None], False
-    if "-" in inputs and output is None:
-        raise UsageError("-: standard input has no name to write beside; give -o FILE or -c")
+    if "-" in inputs and (output is None or Path(output).is_dir() or output.endswith(("/", os.sep))):
+        raise UsageError("-: standard input has no name to write beside or into a directory under; give -o FILE or -c")
     return _outputs(inputs, output, default)
+
+
+def _standard_output():
+    """Standard output's binary stream; UsageError where the command was started with it closed."""
+    if sys.stdout is None:
+        raise UsageError("standard output is closed")
+    return sys.stdout.buffer
 
 
 def _file_keys(path: Path) -> list:
@@ -635,6 +658,7 @@ def _threads(threads: int) -> None:
 @click.option("-c", "--stdout", "to_stdout", is_flag=True, help="write the .snail file to standard output")
 @click.option("-q", "--quiet", is_flag=True, help="print nothing but errors")
 @friendly_errors
+@without_warnings
 def encode(images, output, force, models, tile, context, calibrate, no_name, threads, device, to_stdout, quiet):
     """Compress images losslessly into .snail files (inputs are kept); - reads standard input."""
     from .api import DEFAULT_CONTEXT, DEFAULT_TILE, ModelChooser, default_output, encode_files, resolve_device
@@ -647,7 +671,7 @@ def encode(images, output, force, models, tile, context, calibrate, no_name, thr
     outputs, make_directories = _outputs_or_stdout(images, output, to_stdout, lambda p: default_output(p, ".snail"),
                                                    force)
     chooser = ModelChooser(models, resolve_device(device), names=not no_name)
-    stdout = sys.stdout.buffer if to_stdout else None
+    stdout = _standard_output() if to_stdout else None
     _each_file(zip(images, outputs), lambda pairs: encode_files(
         pairs, chooser, tile or DEFAULT_TILE, DEFAULT_CONTEXT if context is None else context, force=force,
         progress=not quiet, calibrate=calibrate, stdout=stdout, make_directories=make_directories),
@@ -665,6 +689,7 @@ def encode(images, output, force, models, tile, context, calibrate, no_name, thr
 @click.option("-t", "--test", is_flag=True, help="decode and check each file against its checksum, write nothing")
 @click.option("-q", "--quiet", is_flag=True, help="print nothing but errors")
 @friendly_errors
+@without_warnings
 def decode(files, output, force, models, threads, device, to_stdout, test, quiet):
     """Restore the exact original images from .snail files (checked against their checksum); - reads
     standard input. -t checks that each decodes to its checksummed pixels and writes nothing, as gzip -t."""
@@ -677,7 +702,7 @@ def decode(files, output, force, models, threads, device, to_stdout, test, quiet
     outputs, make_directories = (([None] * len(files), False) if test else
                               _outputs_or_stdout(files, output, to_stdout, decoded_output, force))
     chooser = ModelChooser(models, resolve_device(device))
-    stdout = sys.stdout.buffer if to_stdout else None
+    stdout = _standard_output() if to_stdout else None
     _each_file(zip(files, outputs), lambda pairs: decode_files(pairs, chooser, force, progress=not quiet, stdout=stdout,
                                                                test=test, make_directories=make_directories),
                force, quiet, to_stdout, check=lambda target: write_format(str(target)), make_directories=make_directories)
@@ -686,17 +711,20 @@ def decode(files, output, force, models, threads, device, to_stdout, test, quiet
 @main.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path())
 @friendly_errors
+@without_warnings
 def info(files):
     """Print the header of .snail files in words (- reads standard input); a bad file is said in one
     line, the others go on."""
+    from .api import standard_input
     from .codec import container
     from .zoo import shipped_model_with_id
 
+    _standard_output()  # what it prints would be lost
     failed = 0
     for name in files:
         try:
             try:
-                data = sys.stdin.buffer.read() if name == "-" else Path(name).read_bytes()
+                data = standard_input() if name == "-" else Path(name).read_bytes()
             except OSError as e:
                 raise UsageError(f"cannot read ({e.strerror})") from None
             header = container.read_header(data)  # nothing printed for a bad file
@@ -713,6 +741,7 @@ def info(files):
 @main.command()
 @click.option("--keep", type=click.Path(), default=None, help="keep the demo's files (image, .snail, decoded) in this directory")
 @friendly_errors
+@without_warnings
 def demo(keep):
     """Encode, decode and verify the shipped demo image; compare with PNG, WebP, JPEG-XL, JPEG 2000."""
     from .demo import run_demo

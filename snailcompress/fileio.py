@@ -2,7 +2,7 @@
 
 `atomic_write` writes the bytes to a hidden temporary file in the target's directory, flushes it
 to disk and then moves it into place in one step, so a reader (or a crash) never sees a half-written
-file.  Used for .snail files and for decoded images. `atomic_path` does the same for writers that
+file (a device or FIFO given with -f, /dev/null say, is written into instead: it is not replaced).  Used for .snail files and for decoded images. `atomic_path` does the same for writers that
 want a file name (matplotlib, h5py, safetensors, pandas): every other file the package writes.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import secrets
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -99,6 +100,9 @@ def atomic_write(path: str | os.PathLike, data: bytes, overwrite: bool = False, 
     check_target(path, make_directories)
     if not overwrite and os.path.lexists(path):
         raise OutputExistsError(f"{path} already exists (use -f to overwrite)")
+    if overwrite and _is_special(path):
+        _write_into(path, data)
+        return
 
     tmp = None
     fd = -1
@@ -137,6 +141,25 @@ def atomic_write(path: str | os.PathLike, data: bytes, overwrite: bool = False, 
                 os.unlink(tmp)
             except OSError:
                 pass
+
+
+def _is_special(path: str) -> bool:
+    """Whether `path` is there and is neither a file nor a directory: a device (/dev/null) or a FIFO."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return not stat.S_ISREG(mode) and not stat.S_ISDIR(mode)
+
+
+def _write_into(path: str, data: bytes) -> None:
+    """Write `data` into a device or FIFO (-f), as cp and zstd do: replacing it by a file (a temporary
+    file renamed over /dev/null, say) would break it for every other program."""
+    try:
+        with open(path, "wb") as stream:
+            stream.write(data)
+    except OSError as e:
+        raise SnailError(f"cannot write {path}: {_reason(e)}") from e
 
 
 def write_stream(stream, data: bytes) -> None:

@@ -1191,6 +1191,72 @@ def test_cli_stdout_refuses_a_terminal_unless_forced(work, command, source):
     assert forced.returncode == 0 and len(written) > 8, forced.stderr
 
 
+@pytest.mark.parametrize("args", [("encode", "a.png", "-c", "-f", "--model", TINY),
+                                  ("decode", "a.snail", "-c", "-f", "--model", TINY), ("info", "a.snail")])
+def test_cli_closed_standard_output_is_one_line(work, args):
+    """A command started with standard output closed (`>&-`) whose output goes there says so in one
+    line, not a traceback, and does not succeed with its output lost."""
+    done = subprocess.run([sys.executable, "-m", "snailcompress.cli", *args], stdin=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True, timeout=300, preexec_fn=lambda: os.close(1))
+    assert done.returncode != 0 and done.stderr.splitlines() == [f"{ERROR} standard output is closed"], done.stderr
+
+
+def test_cli_closed_standard_input_is_one_line(work):
+    done = subprocess.run([sys.executable, "-m", "snailcompress.cli", "encode", "-", "-o", "x.snail", "--model", TINY,
+                           "-q"], stderr=subprocess.PIPE, text=True, timeout=300, preexec_fn=lambda: os.close(0))
+    assert done.returncode != 0 and done.stderr.splitlines() == [f"{ERROR} -: standard input is closed"], done.stderr
+
+
+def test_cli_writes_into_a_fifo_given_with_force_rather_than_replace_it(work):
+    """-o /dev/null -f, say: a device or FIFO is written into (as cp and zstd do), not replaced by a file
+    renamed over it. A FIFO stands in for the device here (mknod needs root)."""
+    import stat
+    import threading
+
+    fifo = work / "pipe.snail"
+    os.mkfifo(fifo)
+    received = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    r = cli("encode", "a.png", "-o", fifo, "--model", TINY, "--tile", TILE, "-f", "-q")
+    reader.join(timeout=60)
+    assert r.exit_code == 0, r.output
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode) and received == [(work / "a.snail").read_bytes()]
+    one_line_error(cli("encode", "a.png", "-o", fifo, "--model", TINY, "-q"), "already exists (use -f")
+
+
+def test_cli_codec_commands_print_no_library_warnings(work):
+    """A library's warning (Pillow's about a damaged TIFF tag, numpy's about a non-finite weight) would
+    put lines of source locations around the one line a file gets. In a new Python, which prints
+    warnings (pytest records them instead), reading the image warns as Pillow would."""
+    script = f"""
+import sys, warnings
+from snailcompress import api
+from snailcompress.cli import main
+real = api.read_image
+def read_image(path):
+    warnings.warn("Tag data larger than file", UserWarning)
+    return real(path)
+api.read_image = read_image
+sys.argv = ["snailcompress", "encode", "a.png", "-o", "b.snail", "--model", "{TINY}", "--tile", "{TILE}"]
+main()
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert done.stdout.startswith("a.png -> b.snail") and len(done.stdout.splitlines()) == 1, done.stdout
+
+
+def test_cli_directories_and_standard_input_without_a_name_are_one_line_errors(work):
+    """`.` and `/` have no name to give an output (a traceback once); standard input none to write into a
+    directory under."""
+    for name in (".", "./", "/"):
+        one_line_error(cli("encode", name, "--model", TINY, "-q"), "is a directory, not an image")
+    (work / "out").mkdir()
+    one_line_error(CliRunner().invoke(main, ["encode", "-", "-o", "out/", "--model", TINY, "-q"],
+                                      input=(work / "a.png").read_bytes()), "standard input has no name")
+    assert listing(work) == ["a.png", "a.snail", "out"]
+
+
 def test_cli_summary_counts_every_channel_and_says_when_a_time_is_shared(work):
     """bits/subpixel divides by every channel of every pixel, a constant alpha's included; files coded
     together share one time, said as such."""
