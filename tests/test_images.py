@@ -192,6 +192,18 @@ def test_formats_that_fit(tmp_path, mode, suffixes):
             assert out.read_bytes().startswith(b"\x89PNG")
 
 
+def test_writing_checks_an_image_larger_than_pillow_reads_by_default(tmp_path, monkeypatch):
+    """A .snail file may hold up to 2**28 pixels, more than Pillow reads before calling an image a
+    decompression bomb: the check that the written bytes read back exactly lifts Pillow's limit for
+    those bytes alone (once refused as "cannot be stored exactly as PNG"), and puts it back."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10)  # the 7x5 image is "too large" for Pillow (over twice it)
+    dec = decompose(Image.new("RGB", (7, 5), (1, 2, 3)))
+    write_image(dec, tmp_path / "out.png")
+    assert Image.MAX_IMAGE_PIXELS == 10
+    with pytest.raises(ImageError, match="too many pixels"):  # a file to be read, untrusted, is still refused
+        read_image(tmp_path / "out.png")
+
+
 @pytest.mark.parametrize("size", [(1, 1), (1, 17), (17, 1)])
 @pytest.mark.parametrize("mode", SUPPORTED_MODES)
 def test_thin_images(tmp_path, mode, size):

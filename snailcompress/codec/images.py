@@ -32,6 +32,7 @@ import io
 import json
 import os
 import re
+import threading
 import warnings
 import zlib
 from dataclasses import dataclass, field
@@ -421,10 +422,24 @@ def _check_palette_storable(img: DecomposedImage, name: str) -> None:
     raise ImageError(f"{name}: this mode P image's palette or transparency cannot be stored exactly in a PNG")
 
 
+_PILLOW_LIMIT_LOCK = threading.Lock()
+
+
 def _reread(data: bytes) -> DecomposedImage:
-    with Image.open(io.BytesIO(data)) as im:
-        im.load()
-        return decompose(im)
+    """The image in file bytes this process has just written, read back with Pillow's decompression-bomb
+    limit raised to the format's (MAX_PIXELS) for the moment it takes: they are not untrusted, and a
+    .snail file may hold more pixels than Pillow reads by default."""
+    with _PILLOW_LIMIT_LOCK:
+        limit = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None if limit is None else max(limit, MAX_PIXELS)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(io.BytesIO(data)) as im:
+                    im.load()
+                    return decompose(im)
+        finally:
+            Image.MAX_IMAGE_PIXELS = limit
 
 
 def image_file_bytes(img: DecomposedImage, fmt: str = "PNG", **options: Any) -> bytes:
