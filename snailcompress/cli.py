@@ -395,8 +395,9 @@ def receptive_field_command(models, size, position, channels, output, seed, forc
                          "another --position")
     _check_picture_output(output, force, figure=True)
     fields = []
-    for spec in models:
-        loaded = model_for_receptive_field(spec, height, width, int(channels) if channels else None, seed)
+    every = [model_for_receptive_field(spec, height, width, int(channels) if channels else None, seed)
+             for spec in models]  # each loaded (or refused) before any is measured
+    for loaded in every:
         field = receptive_field(loaded.model, height, width, target, seed, name=loaded.name)
         click.echo(
             f"{loaded.name}: output {field.target} depends on {field.seen} of its {field.context} causal positions "

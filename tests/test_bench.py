@@ -400,6 +400,11 @@ def test_receptive_field_command(tmp_path):
     args = ["receptive-field", "--model", "pixelcnnpp-tiny", "--size", "18x18", "-o", str(tmp_path / "x.png")]
     bad = CliRunner().invoke(main, args)
     assert bad.exit_code == 2 and "divisible by 4" in bad.stderr
+    # a model that cannot be used is refused before any other is measured: one line, nothing printed
+    args = ["receptive-field", "--model", "pixelsnail-tiny", "--model", str(tmp_path / "missing"), "--size", "8x8",
+            "-o", str(tmp_path / "y.png")]
+    late = CliRunner().invoke(main, args)
+    assert late.exit_code != 0 and late.stdout == "" and len(late.stderr.splitlines()) == 1, late.output
 
 
 def test_bench_codecs_none_empty_and_an_out_that_is_a_file(tmp_path):
