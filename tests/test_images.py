@@ -501,7 +501,11 @@ def test_write_unknown_suffix_and_misfit(tmp_path):
     with pytest.raises(ImageError, match=r"\.jpg is not a format snailcompress writes exactly"):
         write_image(dec, tmp_path / "o.jpg")
     with pytest.raises(ImageError, match="mode RGBA image cannot be stored exactly as PPM; use .png"):
-        write_image(dec, tmp_path / "o.ppm")
+        write_image(dec, tmp_path / "o.pnm")
+    for suffix, mode in ((".ppm", "L"), (".pgm", "RGB"), (".pbm", "L"), (".pgm", "LA")):  # each Netpbm name's own mode
+        with pytest.raises(ImageError, match=rf"o\{suffix}: \{suffix} holds mode .* this one is mode {mode}; use .png or .pnm"):
+            write_image(decompose(Image.new(mode, (2, 2))), tmp_path / f"o{suffix}")
+    assert not list(tmp_path.iterdir())
     with pytest.raises(ImageError, match="as BMP"):
         write_image(dec, tmp_path / "o.bmp")
     p = Image.new("P", (2, 2))

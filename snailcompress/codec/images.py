@@ -75,6 +75,9 @@ WRITE_FORMATS: dict[str, tuple[str, dict]] = {
     ".tif": ("TIFF", {"compression": "tiff_lzw"}),
     ".tiff": ("TIFF", {"compression": "tiff_lzw"}),
 }
+#: the one mode each Netpbm name holds (Pillow writes whichever of P4, P5, P6 the mode needs, whatever
+#: the name says: an RGB image "x.pgm" would be a PPM); .pnm holds any of the three
+NETPBM_MODES = {".pbm": "1", ".pgm": "L", ".ppm": "RGB"}
 
 _MODE_NOTES = {
     "I": "32-bit integer",
@@ -501,6 +504,10 @@ def write_image(img: DecomposedImage, path: str | os.PathLike, overwrite: bool =
     if isinstance(name, bytes):
         name = os.fsdecode(name)
     fmt, options = write_format(name)
+    suffix = os.path.splitext(name)[1].lower()
+    if NETPBM_MODES.get(suffix, img.mode) != img.mode:
+        raise ImageError(f"cannot write {name}: {suffix} holds mode {NETPBM_MODES[suffix]} images, and this one is "
+                         f"mode {img.mode}; use .png or .pnm")
     if not overwrite and os.path.lexists(name):
         raise OutputExistsError(f"{name} already exists (use -f to overwrite)")
     atomic_write(name, _exact_bytes(img, fmt, options, name), overwrite, make_directories)
