@@ -11,6 +11,7 @@ And the NLL of an image as the codec codes it, each pixel scored in the window t
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +23,10 @@ from .progress import progress_bar
 from . import distributed, mixture
 from .codec.tiles import WindowPlan, default_band
 from .errors import ModelError, UsageError
+
+
+class EvaluationStopped(Exception):
+    """An evaluation ended early by its `stop` (a training run's stop signal)."""
 
 
 @dataclass
@@ -116,6 +121,7 @@ def evaluate(
     log_prob_fn=image_log_probs,
     context: int = 0,
     sharded: bool = False,
+    stop: Callable[[], bool] | None = None,
 ) -> Evaluation:
     """Bits/dim of `model` (eval mode: dropout off) over the first `limit` images of `dataset`.
 
@@ -127,6 +133,7 @@ def evaluate(
     distributed.start): each scores a contiguous run of whole batches, the same batches one process
     scores (distributed.batch_share), and every rank gets every image's NLL in order, so the result
     is the same, to the last bit, for any number of processes. Only rank 0 shows a progress bar.
+    `stop`, asked before each batch: where it says so, the evaluation ends there (EvaluationStopped).
     """
     check_counts(limit, batch_size)
     rank, world = distributed.rank_world() if sharded else (0, 1)
@@ -139,6 +146,8 @@ def evaluate(
     bar = progress_bar(total=len(mine), desc="eval", unit="img", enabled=progress and rank == 0, leave=False)
     try:
         for batch in iterate_batches(dataset, batch_size, mine.stop, mine.start):
+            if stop is not None and stop():
+                raise EvaluationStopped
             nats.append(-log_prob_fn(model, batch, context).double().cpu().numpy())
             total += float(nats[-1].sum())
             dims += batch[0, :, context:, context:].numel() * len(batch)

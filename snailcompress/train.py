@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import json
 import shutil
 import signal
@@ -51,7 +52,7 @@ from . import distributed, mixture
 from .data import load_split
 from .errors import ModelError, SnailError, UsageError
 from .fileio import atomic_path, check_directory
-from .evaluate import check_context, evaluate, scored_log_prob
+from .evaluate import EvaluationStopped, check_context, evaluate, scored_log_prob
 from .models.layers import data_dependent_init
 from .models.presets import PRESETS, ModelConfig, build_from_config, config_from_dict, preset_config
 from .zoo import last_checkpoint, load_model, save_model
@@ -349,17 +350,23 @@ def saved_options(run_dir: Path) -> TrainOptions | None:
 
 class CsvLog:
     """A run's log.csv, a row appended at a time. A resumed run first drops the rows its interrupted
-    run wrote after its checkpoint (the file rewritten whole, atomically, only where there are any)."""
+    run wrote after its checkpoint, and any it cannot read (a row cut off by a kill, a damaged file:
+    the rows after it would be glued onto it, or the curve fail to draw), rewriting the file whole,
+    atomically, only where there are any."""
 
     def __init__(self, path: Path, resume_step: int):
         self.path = path
-        rows, kept = [], []
+        kept: list[dict] = []
         if path.exists() and resume_step > 0:
-            with path.open() as f:
-                rows = list(csv.DictReader(f))
-            kept = [r for r in rows if int(r["step"]) <= resume_step]
-        if path.exists() and resume_step > 0 and len(kept) == len(rows):
-            return
+            text = path.read_text(errors="replace")
+            reader = csv.DictReader(io.StringIO(text))
+            rows = list(reader)
+            if rows and not text.endswith("\n"):
+                rows.pop()  # its last row was cut off
+            readable = [r for r in rows if None not in r and None not in r.values() and r.get("step", "").isdigit()]
+            kept = [{k: r.get(k, "") for k in LOG_FIELDS} for r in readable if int(r["step"]) <= resume_step]
+            if reader.fieldnames == LOG_FIELDS and len(kept) == len(rows) and text.endswith("\n"):
+                return
         with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
             writer = csv.DictWriter(f, LOG_FIELDS)
             writer.writeheader()
@@ -518,9 +525,17 @@ class _Run:
     lr_decay: float
     progress: dict
     loader: DataLoader | None = None  # made at the first epoch (_epoch_batches), its workers kept for the next
+    lock: object | None = None  # rank 0's hold on the run directory (_hold_run_dir), let go at the end
 
     def save(self) -> None:
-        """Rank 0 writes a checkpoint holding every rank's RNG states: under torchrun every rank calls this."""
+        """Rank 0 writes a checkpoint holding every rank's RNG states: under torchrun every rank calls
+        this. Never weights that are not finite numbers (a step that diverged after its loss was
+        scored): a run could not resume from them (TrainingDiverged, on every rank alike)."""
+        with torch.no_grad():
+            finite = all(bool(torch.isfinite(p).all()) for p in (*self.model.parameters(), *self.ema.parameters()))
+        if not finite:
+            raise TrainingDiverged(f"the weights are not finite numbers after step {self.progress['step']} (a learning "
+                                   "rate too high?); stopping without saving them")
         rng = distributed.gather_objects(_rng_state(self.device))
         if self.rank == 0:
             save_checkpoint(self.run_dir, self.model, self.ema, self.optimizer, self.progress, self.options,
@@ -593,6 +608,28 @@ def _init_weights(model, ema, start_weights: dict | None, train_set, options: Tr
     ema.load_state_dict(model.state_dict())
 
 
+RUN_LOCK = ".training"  # the file a training holds locked in its run directory while it runs
+
+
+def _hold_run_dir(run_dir: Path):
+    """The open lock file of `run_dir` (RUN_LOCK), locked (flock) while this process trains there: a
+    second training started in the same --out while one runs would interleave their log rows and
+    save over each other's checkpoints, so it is refused. The operating system lets the lock go when
+    the process ends, however it ends; the empty file stays. None where there is no flock (Windows)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover (Windows)
+        return None
+    handle = open(run_dir / RUN_LOCK, "a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise UsageError(f"--out {run_dir}: another training is running there (it holds {run_dir / RUN_LOCK}); "
+                         "wait for it to end, or give another --out") from None
+    return handle
+
+
 def _fresh_run_dir(run_dir: Path) -> bool:
     """Whether a new run may start in `run_dir` (a directory or nothing: check_directory): it is not
     there, empty, or holds only what a run killed before its first checkpoint left (its log.csv, by
@@ -600,7 +637,7 @@ def _fresh_run_dir(run_dir: Path) -> bool:
     if not run_dir.exists():
         return True
     left = {p.name for p in run_dir.iterdir()}
-    if not left <= {"log.csv", "bpd_curve.png", "checkpoints"}:
+    if not left <= {"log.csv", "bpd_curve.png", "checkpoints", RUN_LOCK}:
         return False
     saved = run_dir / "checkpoints"
     if "checkpoints" in left and any(p.is_file() and saved / "last.tmp" not in p.parents for p in saved.rglob("*")):
@@ -655,6 +692,7 @@ def _start(options: TrainOptions) -> _Run:
     for p in ema.parameters():
         p.requires_grad_(False)
     run_dir.mkdir(parents=True, exist_ok=True)  # once the model has taken the data (PixelCNN++: sides of 4k)
+    lock = _hold_run_dir(run_dir) if rank == 0 else None
 
     net = model.to(memory_format=torch.channels_last) if device.type == "cuda" else model
     if world > 1:
@@ -662,7 +700,7 @@ def _start(options: TrainOptions) -> _Run:
     return _Run(
         options, rank, world, device, run_dir, train_set, test_set, model, ema, optimizer,
         forward=torch.compile(net) if options.compile else net, autocast=network_autocast(options.precision, device),
-        lr_decay=lr_decay, progress=progress,
+        lr_decay=lr_decay, progress=progress, lock=lock,
     )
 
 
@@ -748,15 +786,21 @@ def _finished(run: _Run, clock: _Clock, stop: StopRequest) -> bool:
     return distributed.any_rank(spent)
 
 
-def _evaluate(run: _Run, clock: _Clock) -> float | None:
+def _evaluate(run: _Run, clock: _Clock, stop: StopRequest | None = None) -> float | None:
     """Test bits/dim of the EMA weights (rank 0 only), and how many test images it took
-    (progress["test_images"]); its CPU time does not count against --cpu-minutes."""
+    (progress["test_images"]); its CPU time does not count against --cpu-minutes. None too where
+    `stop` came (a signal) before it ended."""
     if run.rank != 0:
         return None
     cpu_before = time.process_time()
-    result = evaluate(run.ema, run.test_set, batch_size=max(run.options.batch_size, 16), limit=run.options.eval_images,
-                      progress=False, context=run.options.context)
-    clock.cpu_started += time.process_time() - cpu_before
+    try:
+        result = evaluate(run.ema, run.test_set, batch_size=max(run.options.batch_size, 16),
+                          limit=run.options.eval_images, progress=False, context=run.options.context,
+                          stop=None if stop is None else (lambda: stop.signal_name is not None))
+    except EvaluationStopped:
+        return None
+    finally:
+        clock.cpu_started += time.process_time() - cpu_before
     run.progress["test_images"] = result.images
     return result.bits_per_dim
 
@@ -814,9 +858,13 @@ def _finish(run: _Run, clock: _Clock, log: CsvLog | None, stop: StopRequest, win
     clock.stamp(progress)
     since_last_row = _window_fields(window)
     evaluate = stop.signal_name is None and progress.get("evaluated_step") != progress["step"]
+    if evaluate and trained:
+        run.save()  # the steps are kept whatever comes during the evaluation (a signal, a failure)
     if evaluate:
-        progress["test_bpd"] = _evaluate(run, clock)  # None on ranks > 0
-        progress["evaluated_step"] = progress["step"]
+        test_bpd = _evaluate(run, clock, stop)  # None on ranks > 0, and where a signal stopped it
+        evaluate = stop.signal_name is None
+        if evaluate:
+            progress["test_bpd"], progress["evaluated_step"] = test_bpd, progress["step"]
     if run.rank == 0 and (evaluate or since_last_row):
         log.append(_log_row(run, progress["elapsed_s"], progress["cpu_s"], progress["test_bpd"] if evaluate else None,
                             **since_last_row))
@@ -839,6 +887,15 @@ def train(options: TrainOptions, progress_bar: bool = True) -> dict:
     """
     _check_options(options)
     run = _start(options)
+    try:
+        return _train_loop(run, progress_bar)
+    finally:
+        if run.lock is not None:
+            run.lock.close()
+
+
+def _train_loop(run: _Run, progress_bar: bool) -> dict:
+    """train's loop, from the run's start (or resumption) to its last checkpoint."""
     progress = run.progress
     log = CsvLog(run.run_dir / "log.csv", progress["step"]) if run.rank == 0 else None
     bar = terminal_bar(
@@ -866,8 +923,8 @@ def train(options: TrainOptions, progress_bar: bool = True) -> dict:
         except SnailError as error:  # a damaged image met by a data worker, say
             _stop_workers(run)
             raise _unwrapped(error) from None
-    bar.close()
-    _finish(run, clock, log, stop, window, trained=progress["step"] > first_step)
+        bar.close()
+        _finish(run, clock, log, stop, window, trained=progress["step"] > first_step)  # a signal still saves
     return {**progress, "stopped_by": stop.signal_name, "steps_trained": progress["step"] - first_step}
 
 

@@ -370,6 +370,35 @@ def test_a_run_ending_on_a_log_step_writes_one_row_there(photo_dir, tmp_path, ev
     assert [bool(row["test_bpd"]) for row in rows] == [bool(eval_every), True]
 
 
+def test_a_signal_during_the_final_evaluation_keeps_the_steps_and_resumes_to_evaluate(photo_dir, tmp_path, monkeypatch):
+    """SIGTERM (a session ending) while the run's last evaluation runs: the steps are saved first and
+    the evaluation stops, as during training, rather than the handlers being gone and the run lost.
+    The same command then evaluates, and trains nothing."""
+    import signal
+
+    from snailcompress import train as train_module
+
+    real = train_module.evaluate
+    calls = []
+
+    def evaluate_with_a_signal(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            signal.raise_signal(signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "evaluate", evaluate_with_a_signal)
+    out = tmp_path / "run"
+    stopped = train(folder_options(photo_dir, out, steps=2, log_every=50), progress_bar=False)
+    assert stopped["stopped_by"] == "SIGTERM" and stopped["step"] == 2
+    assert json.loads((checkpoint(out) / "config.json").read_text())["progress"]["step"] == 2
+    rows = read_log(out)
+    assert [row["step"] for row in rows] == ["2"] and rows[0]["train_bpd"] and not rows[0]["test_bpd"]
+    resumed = train(folder_options(photo_dir, out, steps=2, log_every=50), progress_bar=False)
+    assert resumed["steps_trained"] == 0 and resumed["stopped_by"] is None and len(calls) == 2
+    assert read_log(out)[-1]["step"] == "2" and read_log(out)[-1]["test_bpd"]
+
+
 # ---------------------------------------------------------------------------------------------
 # Exact resume
 
@@ -690,6 +719,68 @@ def test_cli_train_stops_in_one_line_where_the_loss_is_not_finite(photo_dir, tmp
                                        "--steps", "2", "--workers", "0", "--device", "cpu", "--out", str(tmp_path / "run")])
     assert error_after_a_bar(result).startswith("snailcompress: error: the loss is nan at step 0")
     assert not (tmp_path / "run" / "checkpoints" / "last").exists()
+
+
+@pytest.mark.parametrize("damage", ["cut mid-row", "cut after a comma", "garbage", "another header"])
+def test_a_resumed_run_drops_log_rows_it_cannot_read(photo_dir, tmp_path, damage):
+    """A log.csv cut off by a kill in an append, or damaged: the resumed run keeps its readable rows up
+    to the checkpoint and goes on, rather than gluing its rows onto a cut one or failing to draw."""
+    out = tmp_path / "run"
+    train(folder_options(photo_dir, out, steps=3), progress_bar=False)  # log_every 1: rows at steps 1, 2, 3
+    log = out / "log.csv"
+    text = log.read_text()
+    lines = text.splitlines(keepends=True)
+    log.write_text({"cut mid-row": "".join(lines[:3]) + lines[3][:12],
+                    "cut after a comma": "".join(lines[:3]) + lines[3][: lines[3].index(",") + 1],
+                    "garbage": "garbage,x\n1,2\n", "another header": "step,bpd\n1,3.0\n"}[damage])
+    train(folder_options(photo_dir, out, steps=5), progress_bar=False)
+    rows = read_log(out)
+    kept = {"garbage": [], "another header": [1]}.get(damage, [1, 2])  # another version's rows are kept, its fields
+    assert [int(r["step"]) for r in rows] == kept + [4, 5] and all(r["train_bpd"] for r in rows[-2:])
+    assert list(rows[0]) == LOG_FIELDS and (out / "bpd_curve.png").is_file()
+
+
+def test_a_second_training_in_a_run_directory_that_is_training_is_refused(photo_dir, tmp_path):
+    """The same --out twice at once would interleave the two runs' log rows and save over each other's
+    checkpoints: while one holds the run directory (here, this test), another is refused in one line."""
+    from snailcompress.errors import UsageError
+    from snailcompress.train import _hold_run_dir
+
+    out = tmp_path / "run"
+    train(folder_options(photo_dir, out, steps=1), progress_bar=False)
+    before = (out / "log.csv").read_text()
+    held = _hold_run_dir(out)
+    try:
+        with pytest.raises(UsageError, match="another training is running there"):
+            train(folder_options(photo_dir, out, steps=2), progress_bar=False)
+        assert (out / "log.csv").read_text() == before
+    finally:
+        held.close()
+    assert train(folder_options(photo_dir, out, steps=2), progress_bar=False)["step"] == 2  # let go: it goes on
+    fresh = tmp_path / "fresh"  # a run killed before its first checkpoint leaves the lock's file: a new run may start
+    fresh.mkdir()
+    (fresh / ".training").touch()
+    assert train(folder_options(photo_dir, fresh, steps=1), progress_bar=False)["step"] == 1
+
+
+def test_weights_that_diverged_after_a_finite_loss_are_never_saved(photo_dir, tmp_path, monkeypatch):
+    """A step whose loss was finite but whose update made the weights NaN (lr 1e6): the checkpoint saved
+    after it would hold them, and the run could never resume; it stops without saving them."""
+    from snailcompress import train as train_module
+    from snailcompress.train import TrainingDiverged
+
+    real = train_module._train_step
+
+    def diverging_step(run, batch):
+        out = real(run, batch)
+        with torch.no_grad():
+            next(run.model.parameters()).fill_(float("nan"))
+        return out
+
+    monkeypatch.setattr(train_module, "_train_step", diverging_step)
+    with pytest.raises(TrainingDiverged, match="not finite numbers after step 1"):
+        train(folder_options(photo_dir, tmp_path / "run", steps=3, checkpoint_minutes=0.0), progress_bar=False)
+    assert not checkpoint(tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("damage", ["trainer.pt", "weights.safetensors", "config.json"])
