@@ -608,6 +608,20 @@ def _init_weights(model, ema, start_weights: dict | None, train_set, options: Tr
     ema.load_state_dict(model.state_dict())
 
 
+@contextlib.contextmanager
+def _fits_in_memory():
+    """A model too large to build or initialise here (--set filters=99999999, say) is one line, not
+    torch's allocator's traceback (a RuntimeError, torch.OutOfMemoryError on a GPU) or MemoryError."""
+    try:
+        yield
+    except (MemoryError, RuntimeError) as error:
+        text = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        if not isinstance(error, MemoryError) and "alloc" not in text.lower() and "out of memory" not in text.lower():
+            raise
+        raise UsageError(f"the model does not fit in memory here ({text[:160]}): smaller --set values or "
+                         "--batch-size") from None
+
+
 RUN_LOCK = ".training"  # the file a training holds locked in its run directory while it runs
 
 
@@ -679,13 +693,15 @@ def _start(options: TrainOptions) -> _Run:
     adam_eps = options.adam_eps if options.adam_eps is not None else reference["adam_eps"]
 
     torch.manual_seed(options.seed + rank)
-    model = build_from_config(config).to(device)
-    ema = build_from_config(config).to(device)
+    with _fits_in_memory():
+        model = build_from_config(config).to(device)
+        ema = build_from_config(config).to(device)
     optimizer = ReferenceAdam(model.parameters(), lr=options.lr, eps=adam_eps)
     if resuming:
         progress = load_checkpoint(run_dir, model, ema, optimizer, device, rank)
     else:
-        _init_weights(model, ema, start_weights, train_set, options, device)
+        with _fits_in_memory():
+            _init_weights(model, ema, start_weights, train_set, options, device)
         progress = {"step": 0, "epoch": 0, "images_in_epoch": 0, "images": 0, "elapsed_s": 0.0, "cpu_s": 0.0,
                     "test_bpd": None}
     ema.eval()

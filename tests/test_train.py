@@ -763,6 +763,22 @@ def test_a_second_training_in_a_run_directory_that_is_training_is_refused(photo_
     assert train(folder_options(photo_dir, fresh, steps=1), progress_bar=False)["step"] == 1
 
 
+def test_cli_train_a_model_too_large_for_memory_is_one_line(photo_dir, tmp_path, monkeypatch):
+    """--set filters=99999999: torch's allocator refuses (simulated here: the real one takes minutes to
+    fail), which was a traceback of 72 lines; now one line, and no run directory."""
+    from snailcompress import train as train_module
+
+    def too_large(config):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you tried "
+                           "to allocate 3840000000000 bytes.\nmore lines")
+
+    monkeypatch.setattr(train_module, "build_from_config", too_large)
+    out = tmp_path / "run"
+    result = CliRunner().invoke(main, ["train", "--model", "pixelsnail-tiny", *folder_cli_args(photo_dir), "--steps", "1",
+                                       "--workers", "0", "--device", "cpu", "--out", str(out)])
+    assert "does not fit in memory here ([enforce fail" in one_line_error(result) and not out.exists()
+
+
 def test_weights_that_diverged_after_a_finite_loss_are_never_saved(photo_dir, tmp_path, monkeypatch):
     """A step whose loss was finite but whose update made the weights NaN (lr 1e6): the checkpoint saved
     after it would hold them, and the run could never resume; it stops without saving them."""
