@@ -952,6 +952,11 @@ KEPT_ON_RESUME = {
 }
 
 
+#: how a kept option's typed and saved values compare: the held-out names in any order, and a folder's
+#: --channels left out as its default, 3
+_ALIKE_ON_RESUME = {"holdout": lambda names: frozenset(names or ()), "channels": lambda count: 3 if count is None else count}
+
+
 def train_options(out: str, **typed) -> tuple[TrainOptions, bool]:
     """The options of `train --out OUT` from what was typed (None: not typed), and whether they resume.
 
@@ -979,7 +984,8 @@ def resume_options(run_dir: str, **changes) -> TrainOptions:
         raise UsageError(f"{run_dir} holds no checkpoint to resume")
     changes = {k: v for k, v in changes.items() if v is not None}
     for key, option in KEPT_ON_RESUME.items():
-        if key in changes and changes[key] != getattr(saved, key):
+        same = _ALIKE_ON_RESUME.get(key, lambda value: value)
+        if key in changes and same(changes[key]) != same(getattr(saved, key)):
             raise UsageError(
                 f"{run_dir} was started with {option} {_as_option(getattr(saved, key))}; a resumed run keeps it "
                 f"(got {_as_option(changes[key])}): start a new --out to change it"

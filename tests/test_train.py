@@ -1004,6 +1004,15 @@ def test_cli_resume_refuses_another_model_or_test_split(cli_run, tmp_path, chang
     assert (checkpoint(run) / "trainer.pt").read_bytes() == before
 
 
+def test_cli_resume_takes_the_same_test_split_and_channels_said_otherwise(cli_run, tmp_path):
+    """The held-out names in another order (or repeated), and a folder's default --channels 3 typed
+    where the run was started without it, are the run's own: it resumes."""
+    run = tmp_path / "run"
+    shutil.copytree(cli_run, run)
+    result = CliRunner().invoke(main, ["train", "--out", str(run), "--steps", "3", "--holdout", "c,c", "--channels", "3"])
+    assert result.exit_code == 0 and "resuming" in result.stderr, result.output
+
+
 def test_cli_resume_with_a_cooldown_replaces_the_saved_budget_and_finds_moved_data(cli_run, photo_dir, tmp_path):
     """A run saved with --minutes (spent) resumed with --steps trains to those steps, the lr falling
     linearly over the cool-down; its data folder moved, so --data-dir points at the new place."""
