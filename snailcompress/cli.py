@@ -575,6 +575,8 @@ def _each_file(pairs, work, force: bool, quiet: bool, to_stdout: bool = False, c
     for index, (source, target) in enumerate(pairs):
         if target is None:  # standard output, or nothing (decode --test)
             continue
+        if str(source) != "-" and not os.path.lexists(source):  # reading it says so, not its output's checks
+            continue
         same = next((inputs[key] for key in _file_keys(target) if key in inputs), None)
         if same is not None:
             which = "itself" if same == target else f"the input {same}"

@@ -950,6 +950,9 @@ def test_cli_encode_bad_inputs(work):
 def test_cli_missing_input_for_decode_and_info(work):
     one_line_error(cli("decode", "missing.snail", "--model", TINY, "-q"), "missing.snail: cannot read")
     one_line_error(cli("info", "missing.snail"), "missing.snail: cannot read")
+    # an input that is not there is said to be missing, not blamed on its output's directory (foo/...snail)
+    one_line_error(cli("encode", "foo/..", "--model", TINY, "-q"), "foo/..: no such file")
+    one_line_error(cli("decode", "foo/a.snail", "--model", TINY, "-q"), "foo/a.snail: cannot read")
     assert listing(work) == ["a.png", "a.snail"]
 
 
