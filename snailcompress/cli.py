@@ -536,6 +536,15 @@ def _outputs_or_stdout(inputs: tuple[str, ...], output: str | None, to_stdout: b
     return _outputs(inputs, output, default)
 
 
+def _dash_is_standard_output(output: str | None, to_stdout: bool) -> tuple[str | None, bool]:
+    """-o - as -c (as tar -f - and curl -o - read it), not a file named -."""
+    if output == "-":
+        if to_stdout:
+            raise UsageError("-o - and -c both name standard output: give one")
+        return None, True
+    return output, to_stdout
+
+
 def _standard_output():
     """Standard output's binary stream; UsageError where the command was started with it closed."""
     if sys.stdout is None:
@@ -644,7 +653,8 @@ def _threads(threads: int) -> None:
 
 @main.command()
 @click.argument("images", nargs=-1, required=True, type=click.Path())
-@click.option("-o", "--output", type=click.Path(), help="output file (one input) or directory")
+@click.option("-o", "--output", type=click.Path(),
+              help="output file (one input) or directory; - is standard output, as -c")
 @click.option("-f", "--force", is_flag=True, help="overwrite existing outputs")
 @click.option("--model", "models", multiple=True, help="model (name or path) for the planes it fits; repeatable")
 @click.option("--tile", type=int, default=None, help="tile size in pixels [32]")
@@ -671,6 +681,7 @@ def encode(images, output, force, models, tile, context, calibrate, no_name, thr
         raise UsageError("--tile must be between 1 and 1024")
     if context is not None and not 0 <= context <= 64:
         raise UsageError("--context must be between 0 and 64")
+    output, to_stdout = _dash_is_standard_output(output, to_stdout)
     outputs, make_directories = _outputs_or_stdout(images, output, to_stdout, lambda p: default_output(p, ".snail"),
                                                    force)
     chooser = ModelChooser(models, resolve_device(device), names=not no_name)
@@ -683,7 +694,8 @@ def encode(images, output, force, models, tile, context, calibrate, no_name, thr
 
 @main.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path())
-@click.option("-o", "--output", type=click.Path(), help="output image (one input) or directory")
+@click.option("-o", "--output", type=click.Path(),
+              help="output image (one input) or directory; - is standard output, as -c")
 @click.option("-f", "--force", is_flag=True, help="overwrite existing outputs")
 @click.option("--model", "models", multiple=True, help="model the file was made with, if not a shipped one")
 @click.option("--threads", type=int, default=1, help=THREADS_HELP)
@@ -702,6 +714,7 @@ def decode(files, output, force, models, threads, device, to_stdout, test, quiet
     _threads(threads)
     if test and (output is not None or to_stdout):
         raise UsageError("-t writes nothing: give it no -o or -c")
+    output, to_stdout = _dash_is_standard_output(output, to_stdout)
     outputs, make_directories = (([None] * len(files), False) if test else
                               _outputs_or_stdout(files, output, to_stdout, decoded_output, force))
     chooser = ModelChooser(models, resolve_device(device))

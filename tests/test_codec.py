@@ -1145,6 +1145,10 @@ def test_cli_pipes_standard_input_to_standard_output(work):
     back = Image.open(io.BytesIO(r.stdout_bytes))
     assert np.array_equal(np.asarray(back), np.asarray(Image.open(work / "a.png")))
     one_line_error(cli("encode", "a.png", "a.png", "-c", "-q"), "-c writes one input")
+    r = runner.invoke(main, ["encode", "a.png", "-o", "-", "--model", TINY, "--tile", str(TILE), "-q"])  # -o - is -c
+    assert r.exit_code == 0 and r.stdout_bytes == snail and not (work / "-").exists(), r.output
+    r = runner.invoke(main, ["decode", "a.snail", "-o", "-", "--model", TINY, "-q"])
+    assert r.exit_code == 0 and Image.open(io.BytesIO(r.stdout_bytes)).size == back.size and not (work / "-").exists()
     one_line_error(cli("encode", "-", "-q"), "standard input has no name")
 
 
