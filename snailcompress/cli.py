@@ -532,7 +532,7 @@ def _outputs_or_stdout(inputs: tuple[str, ...], output: str | None, to_stdout: b
                              "or use -f to write there anyway")
         return [None], False
     if "-" in inputs and (output is None or Path(output).is_dir() or output.endswith(("/", os.sep))):
-        raise UsageError("-: standard input has no name to write beside or into a directory under; give -o FILE or -c")
+        raise UsageError("-: standard input has no name to give an output beside it or in a directory; give -o FILE or -c")
     return _outputs(inputs, output, default)
 
 
