@@ -2,8 +2,9 @@
 
 `atomic_write` writes the bytes to a hidden temporary file in the target's directory, flushes it
 to disk and then moves it into place in one step, so a reader (or a crash) never sees a half-written
-file (a device or FIFO given with -f, /dev/null say, is written into instead: it is not replaced).  Used for .snail files and for decoded images. `atomic_path` does the same for writers that
-want a file name (matplotlib, h5py, safetensors, pandas): every other file the package writes.
+file (a device or FIFO given with -f, /dev/null say, is written into instead: it is not replaced).
+Used for .snail files and for decoded images. `atomic_path` does the same for writers that want a
+file name (matplotlib, h5py, safetensors, pandas): every other file the package writes.
 """
 
 from __future__ import annotations

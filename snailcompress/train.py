@@ -867,30 +867,32 @@ def _periodic(run: _Run, clock: _Clock, window: _Window, log: CsvLog | None) -> 
 def _finish(run: _Run, clock: _Clock, log: CsvLog | None, stop: StopRequest, window: _Window, trained: bool) -> None:
     """The last evaluation (unless its step was evaluated already: a finished run run again) and log
     row (with the train bits/dim of the steps since the last one, if any: the last step's periodic
-    row and evaluation are left to this, so that its step has one row), the checkpoint (where this call trained or
-    evaluated: a finished run run again changes nothing) and the curve. A run stopped by a signal
-    logs and saves at once without evaluating: its resumed run evaluates at its end."""
+    row and evaluation are left to this, so that its step has one row), the checkpoint (where this
+    call trained or evaluated: a finished run run again changes nothing) and the curve. A run stopped
+    by a signal, before or during that evaluation, logs and saves without it: its resumed run
+    evaluates at its end."""
     progress = run.progress
     clock.stamp(progress)
     since_last_row = _window_fields(window)
     evaluate = stop.signal_name is None and progress.get("evaluated_step") != progress["step"]
-    if evaluate and trained:
+    saved = evaluate and trained
+    if saved:
         run.save()  # the steps are kept whatever comes during the evaluation (a signal, a failure)
     if evaluate:
-        test_bpd = _evaluate(run, clock, stop)  # None on ranks > 0, and where a signal stopped it
-        evaluate = stop.signal_name is None
+        test_bpd = _evaluate(run, clock, stop)
+        evaluate = run.rank != 0 or test_bpd is not None  # None on rank 0: a signal stopped it (ranks > 0 have none)
         if evaluate:
             progress["test_bpd"], progress["evaluated_step"] = test_bpd, progress["step"]
     if run.rank == 0 and (evaluate or since_last_row):
         log.append(_log_row(run, progress["elapsed_s"], progress["cpu_s"], progress["test_bpd"] if evaluate else None,
                             **since_last_row))
-    if trained or evaluate:
+    if evaluate or (trained and not saved):  # not twice where the stopped evaluation changed nothing
         run.save()
-        if run.rank == 0:
-            from .figures import plot_training_curve
+    if (trained or evaluate) and run.rank == 0:
+        from .figures import plot_training_curve
 
-            plot_training_curve(run.run_dir / "log.csv", run.run_dir / "bpd_curve.png",
-                                title=f"{run.run_dir}: {run.options.model} on {run.options.dataset}")
+        plot_training_curve(run.run_dir / "log.csv", run.run_dir / "bpd_curve.png",
+                            title=f"{run.run_dir}: {run.options.model} on {run.options.dataset}")
     if run.world > 1:
         dist.barrier()
 
